@@ -1,0 +1,57 @@
+// One catalogue of every error Sluice answers with. Codes are stable: tests and clients match on `code`,
+// never on message text. Each entry fixes the HTTP status and the OpenAI-style `type`.
+
+export interface ErrorSpec {
+  readonly status: number;
+  readonly type: string;
+  readonly message: string;
+}
+
+export const ERRORS = {
+  SLC_BAD_JSON: { status: 400, type: 'invalid_request_error', message: 'request body is not valid JSON' },
+  SLC_BAD_REQUEST: { status: 400, type: 'invalid_request_error', message: 'invalid request' },
+  SLC_UNAUTHORIZED: { status: 401, type: 'authentication_error', message: 'missing or invalid API key' },
+  SLC_NOT_FOUND: { status: 404, type: 'invalid_request_error', message: 'no route matches this path' },
+  SLC_METHOD_NOT_ALLOWED: { status: 405, type: 'invalid_request_error', message: 'method not allowed on this route' },
+  SLC_BODY_TOO_LARGE: { status: 413, type: 'invalid_request_error', message: 'request body exceeds the limit' },
+  SLC_RATE_LIMITED: { status: 429, type: 'rate_limit_error', message: 'token quota exhausted' },
+  SLC_UPSTREAM_ERROR: { status: 502, type: 'upstream_error', message: 'upstream failed' },
+  SLC_UPSTREAM_UNAVAILABLE: { status: 503, type: 'upstream_error', message: 'no upstream instance available' },
+  SLC_QUOTA_STORE_UNAVAILABLE: { status: 503, type: 'server_error', message: 'quota store unavailable' },
+  SLC_OVERLOADED: { status: 503, type: 'server_error', message: 'gateway overloaded' },
+  SLC_UPSTREAM_TIMEOUT: { status: 504, type: 'upstream_error', message: 'upstream timed out' },
+  SLC_INTERNAL: { status: 500, type: 'server_error', message: 'internal gateway error' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class SluiceError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly type: string;
+  /** Extra response headers (Retry-After, rate-limit headers). */
+  headers: Record<string, string> | undefined;
+
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; status?: number; headers?: Record<string, string> }) {
+    const spec: ErrorSpec = ERRORS[code];
+    super(message ?? spec.message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'SluiceError';
+    this.code = code;
+    this.status = options?.status ?? spec.status;
+    this.type = spec.type;
+    this.headers = options?.headers;
+  }
+}
+
+export function isSluiceError(err: unknown): err is SluiceError {
+  return err instanceof SluiceError;
+}
+
+/** OpenAI-compatible error body: {"error":{"message","type","code"}}. */
+export function errorBody(message: string, type: string, code: string): string {
+  return JSON.stringify({ error: { message, type, code, param: null } });
+}
+
+export function toErrorBody(err: SluiceError): string {
+  return errorBody(err.message, err.type, err.code);
+}

@@ -1,0 +1,117 @@
+// Every metric Sluice exports, defined in one place. prom-client is imported nowhere else.
+// Label values come from configuration only (route ids, instance names, consumer usernames, rule names),
+// never from request data, so cardinality is bounded by the config. Secrets never become labels.
+import { Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom-client';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const SIZE_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+const FLUSH_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+const ESTIMATE_BUCKETS = [-1000, -100, -10, 0, 10, 100, 1000, 10000];
+
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
+  const registry = new Registry();
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'sluice_process_' });
+  const registers = [registry];
+  return {
+    registry,
+    requests: new Counter({
+      name: 'sluice_http_requests_total', help: 'Requests answered, by route, instance and status.',
+      labelNames: ['route', 'instance', 'status'] as const, registers,
+    }),
+    requestDuration: new Histogram({
+      name: 'sluice_http_request_duration_seconds', help: 'Time from request to the last byte of the response.',
+      labelNames: ['route', 'instance', 'status'] as const, buckets: LATENCY_BUCKETS, registers,
+    }),
+    upstreamFirstByte: new Histogram({
+      name: 'sluice_upstream_first_byte_seconds', help: 'Time from sending the upstream request to its response headers.',
+      labelNames: ['route', 'instance'] as const, buckets: LATENCY_BUCKETS, registers,
+    }),
+    upstreamAttempts: new Counter({
+      name: 'sluice_upstream_attempts_total', help: 'Upstream attempts by outcome (ok, connect_error, timeout, http_429, http_5xx, aborted).',
+      labelNames: ['route', 'instance', 'outcome'] as const, registers,
+    }),
+    tokens: new Counter({
+      name: 'sluice_tokens_total', help: 'Tokens used, from upstream usage or counted, by kind (prompt, completion).',
+      labelNames: ['route', 'instance', 'consumer', 'kind'] as const, registers,
+    }),
+    tokensCharged: new Counter({
+      name: 'sluice_quota_tokens_charged_total', help: 'Tokens charged to quotas at settlement.',
+      labelNames: ['route', 'instance', 'rule', 'consumer'] as const, registers,
+    }),
+    rejected: new Counter({
+      name: 'sluice_quota_rejected_total', help: 'Requests rejected because a quota was spent.',
+      labelNames: ['route', 'instance', 'rule', 'consumer'] as const, registers,
+    }),
+    fallbacks: new Counter({
+      name: 'sluice_fallbacks_total', help: 'Times the next instance was tried, by reason.',
+      labelNames: ['route', 'from_instance', 'reason'] as const, registers,
+    }),
+    estimateError: new Histogram({
+      name: 'sluice_quota_estimate_error_tokens', help: 'Reserved minus actual tokens per settled request.',
+      labelNames: ['route'] as const, buckets: ESTIMATE_BUCKETS, registers,
+    }),
+    usageEstimated: new Counter({
+      name: 'sluice_usage_estimated_total', help: 'Responses charged from counted text because upstream usage was missing (aborted or usage-less streams).',
+      labelNames: ['route', 'reason'] as const, registers,
+    }),
+    workerTasks: new Counter({
+      name: 'sluice_worker_tasks_total', help: 'Tasks run on worker threads, by kind and outcome.',
+      labelNames: ['kind', 'outcome'] as const, registers,
+    }),
+    redisFlushes: new Counter({
+      name: 'sluice_redis_flushes_total', help: 'Pipelined flushes of pre-aggregated deltas, by outcome.',
+      labelNames: ['store', 'outcome'] as const, registers,
+    }),
+    redisFlushKeys: new Histogram({
+      name: 'sluice_redis_flush_keys', help: 'Counter keys written per flush.',
+      labelNames: ['store'] as const, buckets: SIZE_BUCKETS, registers,
+    }),
+    redisFlushCommands: new Histogram({
+      name: 'sluice_redis_flush_commands', help: 'Redis commands per flush (batch size).',
+      labelNames: ['store'] as const, buckets: SIZE_BUCKETS, registers,
+    }),
+    redisFlushDuration: new Histogram({
+      name: 'sluice_redis_flush_duration_seconds', help: 'Round trip of one pipelined flush.',
+      labelNames: ['store'] as const, buckets: FLUSH_BUCKETS, registers,
+    }),
+    redisCommands: new Counter({
+      name: 'sluice_redis_commands_total', help: 'Redis commands sent, by path (flush, sync_admission, probe).',
+      labelNames: ['store', 'path'] as const, registers,
+    }),
+    redisErrors: new Counter({
+      name: 'sluice_redis_errors_total', help: 'Redis errors, by kind (timeout, connection, reply).',
+      labelNames: ['store', 'kind'] as const, registers,
+    }),
+    redisBreakerState: new Gauge({
+      name: 'sluice_redis_breaker_state', help: 'Circuit breaker: 0 closed, 1 half-open, 2 open.',
+      labelNames: ['store'] as const, registers,
+    }),
+    redisPendingDeltas: new Gauge({
+      name: 'sluice_redis_pending_deltas', help: 'Counter keys with deltas not yet acknowledged by Redis.',
+      labelNames: ['store'] as const, registers,
+    }),
+    redisDroppedDeltas: new Counter({
+      name: 'sluice_redis_dropped_deltas_total', help: 'Deltas dropped because the pending backlog was full.',
+      labelNames: ['store'] as const, registers,
+    }),
+    syncAdmissions: new Counter({
+      name: 'sluice_quota_sync_admissions_total', help: 'Admissions decided by a synchronous Redis round trip (key near its limit).',
+      labelNames: ['store'] as const, registers,
+    }),
+    degradedAdmissions: new Counter({
+      name: 'sluice_quota_degraded_admissions_total', help: 'Admissions decided on local counters while Redis was unreachable.',
+      labelNames: ['store'] as const, registers,
+    }),
+    configReloads: new Counter({
+      name: 'sluice_config_reloads_total', help: 'Configuration reloads by outcome.',
+      labelNames: ['outcome'] as const, registers,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+/** Metrics used by quota stores; tests may pass a fresh createMetrics({ defaultMetrics: false }). */
+export type StoreMetrics = Pick<Metrics,
+  'redisFlushes' | 'redisFlushKeys' | 'redisFlushCommands' | 'redisFlushDuration' | 'redisCommands' | 'redisErrors' |
+  'redisBreakerState' | 'redisPendingDeltas' | 'redisDroppedDeltas' | 'syncAdmissions' | 'degradedAdmissions'>;
