@@ -2,7 +2,7 @@
 // Type-checks, then runs every test file under test/ with node's test runner through tsx.
 // Node 20's runner neither expands globs nor fails on an empty list, so the files are listed here,
 // and an empty list is an error. `node scripts/run-tests.mjs test/unit` runs one folder or file.
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
@@ -16,6 +16,18 @@ function collect(path, out) {
   if (st.isFile()) { if (path.endsWith('.test.ts')) out.push(path); return out; }
   for (const name of readdirSync(path).sort()) collect(join(path, name), out);
   return out;
+}
+
+// A fresh clone on a fresh machine: install what the tests need before running them.
+if (!existsSync(join(root, 'node_modules/typescript'))) {
+  const npm = spawnSync('npm', ['install', '--no-audit', '--no-fund'], { cwd: root, stdio: 'inherit' });
+  if (npm.status !== 0) { console.error('run-tests: npm install failed'); process.exit(1); }
+}
+const haveRedis = ['redis-server', 'redis-sentinel', 'redis-cli'].every((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status === 0);
+if (!haveRedis) {
+  if (process.getuid?.() !== 0) { console.error('run-tests: redis-server, redis-sentinel and redis-cli are needed: apt-get install redis-server redis-sentinel redis-tools'); process.exit(1); }
+  const apt = spawnSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel redis-tools'], { stdio: 'inherit' });
+  if (apt.status !== 0) { console.error('run-tests: installing redis failed'); process.exit(1); }
 }
 
 const files = [];

@@ -1,0 +1,91 @@
+// `sluice start | validate | mock-upstream`. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.
+import { fileURLToPath } from 'node:url';
+import { startSluice, type SluiceHandle } from '../app.ts';
+import { loadConfigFile } from '../config/load.ts';
+import { ConfigError } from '../config/validate.ts';
+import { runValidateCommand } from '../config/validate-command.ts';
+import { log } from '../core/log.ts';
+import { runMockUpstreamCommand } from '../mock/command.ts';
+import { startMockUpstream } from '../mock/server.ts';
+
+const USAGE = `usage:
+  sluice start --config <file.yaml|file.json> [--port <n>] [--admin-port <n>]
+  sluice start --embedded            local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091)
+  sluice validate --config <file>    prints ok, or every error with its path (exit 2)
+  sluice mock-upstream --port <n>    OpenAI-compatible mock LLM (see --help)`;
+
+const EMBEDDED_CONFIG = fileURLToPath(new URL('../../examples/embedded.yaml', import.meta.url));
+
+function flag(argv: string[], name: string): string | undefined {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
+}
+
+function portFlag(argv: string[], name: string): number | undefined {
+  const v = flag(argv, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) {
+    console.error(`${name}: must be a port number`);
+    process.exit(2);
+  }
+  return n;
+}
+
+async function start(argv: string[]): Promise<void> {
+  const embedded = argv.includes('--embedded');
+  let file = flag(argv, '--config');
+  const env = { ...process.env };
+  let mockClose: (() => Promise<void>) | undefined;
+  if (embedded) {
+    file ??= EMBEDDED_CONFIG;
+    const mock = await startMockUpstream({ host: '127.0.0.1', port: 0, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' });
+    mockClose = () => mock.close();
+    env.SLUICE_MOCK_ENDPOINT = `${mock.url}/v1/chat/completions`;
+    log.info('embedded mock upstream listening', { url: mock.url });
+  }
+  if (file === undefined) { console.error(USAGE); process.exit(2); }
+  const configFile = file;
+  let handle: SluiceHandle;
+  try {
+    const config = loadConfigFile(configFile, env);
+    handle = await startSluice(config, { port: portFlag(argv, '--port'), adminPort: portFlag(argv, '--admin-port') });
+  } catch (err) {
+    if (err instanceof ConfigError) { console.error(err.message); process.exit(2); }
+    throw err;
+  }
+  console.log(`sluice listening on http://127.0.0.1:${handle.port} (metrics on http://127.0.0.1:${handle.adminPort}/metrics)`);
+  process.on('SIGHUP', () => {
+    try {
+      handle.reload(loadConfigFile(configFile, env));
+    } catch (err) {
+      log.error('reload rejected; the running config stays', { err: err instanceof ConfigError ? new Error(err.message) : err });
+    }
+  });
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    handle.close().then(() => mockClose?.()).then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const cmd = argv[0];
+  const rest = argv.slice(1);
+  switch (cmd) {
+    case 'start': await start(rest); return;
+    case 'validate': process.exitCode = runValidateCommand(rest); return;
+    case 'mock-upstream': await runMockUpstreamCommand(rest); return;
+    default:
+      console.error(USAGE);
+      process.exitCode = cmd === undefined || cmd === '--help' || cmd === 'help' ? 0 : 2;
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  log.error('fatal', { err });
+  process.exit(1);
+});

@@ -1,0 +1,179 @@
+// ai-rate-limiting (APISIX / API7 fields) on routes and consumers. Unlike APISIX, `instances` and `rules`
+// may be combined on one route. Expressions and templates are compiled here once, by the same code the
+// request path uses, so a config that validates cannot fail to compile later.
+
+import type { AiRateLimitingConfig, HeaderStyle, InstanceQuotaConfig, LimitStrategy, RedisPolicy, RuleConfig, WindowType } from '../types.ts';
+import { compileCostExpr } from '../../rules/cost-expr.ts';
+import { compileCountTemplate, compileTemplate } from '../../rules/template.ts';
+import { childPath, type Issues } from '../issues.ts';
+import { APISIX_REDIS_KEYS, readApisixRedis } from '../redis.ts';
+import { POSITIVE, Section, checkInt } from '../section.ts';
+
+const KEYS = [
+  'limit', 'time_window', 'limit_strategy', 'cost_expr', 'instances', 'rules', 'rejected_code', 'rejected_msg',
+  'show_limit_quota_header', 'header_style', 'window_type', 'policy', 'allow_degradation', ...APISIX_REDIS_KEYS,
+] as const;
+const INSTANCE_KEYS = ['name', 'limit', 'time_window', 'limit_strategy', 'cost_expr'] as const;
+const RULE_KEYS = ['key', 'count', 'time_window', 'header_prefix'] as const;
+
+const STRATEGIES: readonly LimitStrategy[] = ['total_tokens', 'prompt_tokens', 'completion_tokens', 'expression'];
+const POLICIES: readonly RedisPolicy[] = ['local', 'redis', 'redis-cluster', 'redis-sentinel'];
+const HEADER_STYLES: readonly HeaderStyle[] = ['apisix', 'ietf'];
+const WINDOW_TYPES: readonly WindowType[] = ['fixed', 'sliding'];
+const HEADER_PREFIX = /^[A-Za-z0-9-]+$/;
+
+/** Where `instances[].name` must point: the route's own ai-proxy instances, or (consumers) any route's. */
+export interface InstanceScope {
+  readonly kind: 'route' | 'consumer';
+  readonly names: ReadonlySet<string>;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The expression source for `strategy`, checked; `inherited` is the plugin-level expression instances fall back to. */
+function readCostExpr(sec: Section, strategy: LimitStrategy, needed: boolean, inherited?: string): string | undefined {
+  const src = sec.str('cost_expr');
+  if (src !== undefined && strategy !== 'expression') {
+    sec.is.add(sec.p('cost_expr'), 'is only used when limit_strategy is expression');
+    return undefined;
+  }
+  if (strategy !== 'expression') return undefined;
+  if (src === undefined) {
+    if (inherited === undefined && needed && !sec.has('cost_expr')) sec.is.add(sec.p('cost_expr'), 'is required when limit_strategy is expression');
+    return inherited;
+  }
+  try {
+    compileCostExpr(src);
+  } catch (err) {
+    sec.is.add(sec.p('cost_expr'), `is not a valid expression: ${errorText(err)}`);
+    return undefined;
+  }
+  return src;
+}
+
+/** `limit` and `time_window` come as a pair. */
+function readPair(sec: Section, required: boolean): { limit: number | undefined; window: number | undefined } {
+  const limit = sec.int('limit', POSITIVE, required);
+  const window = sec.int('time_window', POSITIVE, required);
+  if (!required) {
+    if (sec.has('limit') && !sec.has('time_window')) sec.is.add(sec.p('time_window'), 'is required when limit is set');
+    if (sec.has('time_window') && !sec.has('limit')) sec.is.add(sec.p('limit'), 'is required when time_window is set');
+  }
+  return { limit, window };
+}
+
+function readInstances(sec: Section, scope: InstanceScope, strategy: LimitStrategy, costExpr: string | undefined): InstanceQuotaConfig[] {
+  const list = sec.array('instances') ?? [];
+  const out: InstanceQuotaConfig[] = [];
+  const firstIndex = new Map<string, number>();
+  list.forEach((item, i) => {
+    const inst = Section.open(sec.is, childPath(sec.p('instances'), i), item, INSTANCE_KEYS);
+    if (inst === undefined) return;
+    const name = inst.str('name', { required: true });
+    if (name !== undefined) {
+      const prev = firstIndex.get(name);
+      if (prev !== undefined) inst.is.add(inst.p('name'), `duplicates instances[${prev}].name`);
+      else firstIndex.set(name, i);
+      if (!scope.names.has(name)) {
+        inst.is.add(inst.p('name'), scope.kind === 'route'
+          ? "does not name an instance of this route's ai-proxy-multi or ai-proxy"
+          : 'does not name an instance of any route');
+      }
+    }
+    const { limit, window } = readPair(inst, true);
+    const own = inst.oneOf('limit_strategy', STRATEGIES);
+    const instStrategy = own ?? strategy;
+    out.push({
+      name: name ?? '',
+      limit: limit ?? 1,
+      time_window: window ?? 1,
+      limit_strategy: instStrategy,
+      cost_expr: readCostExpr(inst, instStrategy, true, own === undefined || own === 'expression' ? costExpr : undefined),
+    });
+  });
+  return out;
+}
+
+function readTemplateNumber(is: Issues, path: string, v: unknown): number | string | undefined {
+  if (typeof v === 'string') {
+    try {
+      compileCountTemplate(v);
+      return v;
+    } catch (err) {
+      is.add(path, errorText(err));
+      return undefined;
+    }
+  }
+  if (typeof v === 'number') return checkInt(is, path, v, POSITIVE);
+  is.add(path, 'must be a positive integer or a template such as ${var} or ${var ?? 500}');
+  return undefined;
+}
+
+function readRules(sec: Section): RuleConfig[] {
+  const list = sec.array('rules') ?? [];
+  const out: RuleConfig[] = [];
+  const prefixes = new Map<string, number>();
+  list.forEach((item, i) => {
+    const rule = Section.open(sec.is, childPath(sec.p('rules'), i), item, RULE_KEYS);
+    if (rule === undefined) return;
+    let key = rule.str('key', { required: true });
+    if (key !== undefined) {
+      try {
+        compileTemplate(key);
+      } catch (err) {
+        rule.is.add(rule.p('key'), errorText(err));
+        key = undefined;
+      }
+    }
+    const count = rule.required('count') ? readTemplateNumber(rule.is, rule.p('count'), rule.get('count')) : undefined;
+    const window = rule.required('time_window') ? readTemplateNumber(rule.is, rule.p('time_window'), rule.get('time_window')) : undefined;
+    let prefix = rule.str('header_prefix');
+    if (prefix !== undefined) {
+      if (!HEADER_PREFIX.test(prefix)) {
+        rule.is.add(rule.p('header_prefix'), "must contain only letters, digits and '-'");
+        prefix = undefined;
+      } else {
+        // Two rules with one prefix would write the same X-AI-<prefix>-RateLimit-* headers.
+        const prev = prefixes.get(prefix.toLowerCase());
+        if (prev !== undefined) rule.is.add(rule.p('header_prefix'), `duplicates rules[${prev}].header_prefix`);
+        else prefixes.set(prefix.toLowerCase(), i);
+      }
+    }
+    out.push({ key: key ?? '', count: count ?? 1, time_window: window ?? 1, header_prefix: prefix });
+  });
+  return out;
+}
+
+export function readAiRateLimiting(is: Issues, path: string, value: unknown, scope: InstanceScope): AiRateLimitingConfig | undefined {
+  const sec = Section.open(is, path, value, KEYS);
+  if (sec === undefined) return undefined;
+  const { limit, window } = readPair(sec, false);
+  const strategy = sec.oneOf('limit_strategy', STRATEGIES) ?? 'total_tokens';
+  const rules = readRules(sec);
+  // The plugin-level expression is required when something charges by it directly (the top-level limit or
+  // rules); instances that inherit the expression report its absence themselves.
+  const costExpr = readCostExpr(sec, strategy, sec.has('limit') || rules.length > 0);
+  const instances = readInstances(sec, scope, strategy, costExpr);
+  if (!sec.has('limit') && !sec.has('time_window') && instances.length === 0 && rules.length === 0) {
+    is.add(path, 'must set at least one of limit, instances or rules');
+  }
+  const policy = sec.oneOf('policy', POLICIES) ?? 'local';
+  return {
+    limit,
+    time_window: window,
+    limit_strategy: strategy,
+    cost_expr: costExpr,
+    instances,
+    rules,
+    rejected_code: sec.int('rejected_code', { min: 200, max: 599 }) ?? 429,
+    rejected_msg: sec.str('rejected_msg', { empty: true }),
+    show_limit_quota_header: sec.bool('show_limit_quota_header') ?? true,
+    header_style: sec.oneOf('header_style', HEADER_STYLES) ?? 'apisix',
+    window_type: sec.oneOf('window_type', WINDOW_TYPES) ?? 'fixed',
+    policy,
+    redis: readApisixRedis(sec, policy),
+    allow_degradation: sec.bool('allow_degradation') ?? false,
+  };
+}

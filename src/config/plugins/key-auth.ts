@@ -1,0 +1,28 @@
+// key-auth: on a route it demands a consumer key (header `apikey`, `Authorization: Bearer <key>`, or query
+// `apikey`); on a consumer it holds that consumer's key.
+
+import type { KeyAuthRouteConfig } from '../types.ts';
+import type { Issues } from '../issues.ts';
+import { isHeaderName } from '../net.ts';
+import { Section } from '../section.ts';
+
+export function readRouteKeyAuth(is: Issues, path: string, value: unknown): KeyAuthRouteConfig | undefined {
+  const sec = Section.open(is, path, value, ['header', 'query', 'hide_credentials']);
+  if (sec === undefined) return undefined;
+  let header = sec.str('header');
+  if (header !== undefined && !isHeaderName(header)) {
+    is.add(sec.p('header'), 'is not a valid header name');
+    header = undefined;
+  }
+  return {
+    // Lower-cased because the front end reports request header names in lower case.
+    header: (header ?? 'apikey').toLowerCase(),
+    query: sec.str('query') ?? 'apikey',
+    hide_credentials: sec.bool('hide_credentials') ?? false,
+  };
+}
+
+/** A consumer's credential; undefined when the plugin is malformed (the issue is recorded). */
+export function readConsumerKeyAuth(is: Issues, path: string, value: unknown): string | undefined {
+  return Section.open(is, path, value, ['key'])?.str('key', { required: true });
+}

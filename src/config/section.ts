@@ -1,0 +1,194 @@
+// Typed, issue-collecting readers over one object of the raw configuration. Every reader reports a problem at
+// the field's path and returns undefined, so validation carries on and the caller falls back to a default.
+// Messages never quote the offending value: it may be a secret substituted from $ENV.
+
+import { childPath, type Issues } from './issues.ts';
+
+export interface IntRule {
+  readonly min?: number;
+  readonly max?: number;
+}
+
+export const POSITIVE: IntRule = { min: 1 };
+export const NON_NEGATIVE: IntRule = { min: 0 };
+export const PORT: IntRule = { min: 0, max: 65535 };
+export const SERVER_PORT: IntRule = { min: 1, max: 65535 };
+
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+function typeMessage(rule: IntRule): string {
+  if (rule.min === 1 && rule.max === undefined) return 'must be a positive integer';
+  if (rule.min !== undefined && rule.max !== undefined) return `must be an integer between ${rule.min} and ${rule.max}`;
+  return 'must be an integer';
+}
+
+function rangeMessage(rule: IntRule): string {
+  if (rule.min === 1 && rule.max === undefined) return 'must be a positive integer';
+  if (rule.min !== undefined && rule.max !== undefined) return `must be an integer between ${rule.min} and ${rule.max}`;
+  if (rule.min === 0) return 'must not be negative';
+  if (rule.min !== undefined) return `must be at least ${rule.min}`;
+  return `must be at most ${rule.max}`;
+}
+
+/** Check an integer value already taken out of its object (array items, map values). */
+export function checkInt(is: Issues, path: string, v: unknown, rule: IntRule): number | undefined {
+  let n = v;
+  if (typeof v === 'string' && is.wholeEnv.has(path) && /^-?\d{1,16}$/.test(v)) n = Number(v);
+  if (typeof n !== 'number' || !Number.isSafeInteger(n)) {
+    is.add(path, typeMessage(rule));
+    return undefined;
+  }
+  if ((rule.min !== undefined && n < rule.min) || (rule.max !== undefined && n > rule.max)) {
+    is.add(path, rangeMessage(rule));
+    return undefined;
+  }
+  return n;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!;
+      row[j] = Math.min(cur + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length]!;
+}
+
+/** The closest allowed name within two edits, for "did you mean" hints on typos. */
+export function suggest(name: string, allowed: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const a of allowed) {
+    const d = editDistance(name.toLowerCase(), a.toLowerCase());
+    if (d < bestD) {
+      bestD = d;
+      best = a;
+    }
+  }
+  return best;
+}
+
+export function unknownMessage(what: string, name: string, allowed: readonly string[]): string {
+  const hint = suggest(name, allowed);
+  return hint === undefined ? `unknown ${what}` : `unknown ${what} (did you mean ${hint}?)`;
+}
+
+export class Section {
+  private constructor(
+    readonly is: Issues,
+    readonly path: string,
+    private readonly obj: Readonly<Record<string, unknown>>,
+  ) {}
+
+  /**
+   * Open `value` as an object at `path` and report keys outside `allowed`. YAML's empty value (null) and an
+   * absent section both read as {}, so `key-auth:` with nothing after it means the plugin with defaults.
+   */
+  static open(is: Issues, path: string, value: unknown, allowed: readonly string[]): Section | undefined {
+    if (value === undefined || value === null) return new Section(is, path, {});
+    if (!isPlainObject(value)) {
+      is.add(path, 'must be an object');
+      return undefined;
+    }
+    for (const key of Object.keys(value)) {
+      if (!allowed.includes(key)) is.add(childPath(path, key), unknownMessage('key', key, allowed));
+    }
+    return new Section(is, path, value);
+  }
+
+  p(key: string | number): string {
+    return childPath(this.path, key);
+  }
+
+  /** The key is written, even with an empty value (Higress's `limit_by_consumer: ''`). */
+  written(key: string): boolean {
+    return Object.hasOwn(this.obj, key);
+  }
+
+  has(key: string): boolean {
+    return this.get(key) !== undefined;
+  }
+
+  get(key: string): unknown {
+    if (!Object.hasOwn(this.obj, key)) return undefined;
+    const v = this.obj[key];
+    return v === null ? undefined : v;
+  }
+
+  required(key: string): boolean {
+    if (this.has(key)) return true;
+    this.is.add(this.p(key), 'is required');
+    return false;
+  }
+
+  str(key: string, opts: { required?: boolean; empty?: boolean } = {}): string | undefined {
+    const v = this.get(key);
+    if (v === undefined) {
+      if (opts.required === true) this.is.add(this.p(key), 'is required');
+      return undefined;
+    }
+    if (typeof v !== 'string' || (opts.empty !== true && v === '')) {
+      this.is.add(this.p(key), opts.empty === true ? 'must be a string' : 'must be a non-empty string');
+      return undefined;
+    }
+    return v;
+  }
+
+  int(key: string, rule: IntRule, required = false): number | undefined {
+    const v = this.get(key);
+    if (v === undefined) {
+      if (required) this.is.add(this.p(key), 'is required');
+      return undefined;
+    }
+    return checkInt(this.is, this.p(key), v, rule);
+  }
+
+  bool(key: string): boolean | undefined {
+    const v = this.get(key);
+    if (v === undefined) return undefined;
+    if (typeof v === 'boolean') return v;
+    if (this.is.wholeEnv.has(this.p(key)) && (v === 'true' || v === 'false')) return v === 'true';
+    this.is.add(this.p(key), 'must be a boolean');
+    return undefined;
+  }
+
+  oneOf<T extends string>(key: string, values: readonly T[]): T | undefined {
+    const v = this.get(key);
+    if (v === undefined) return undefined;
+    if (typeof v === 'string' && (values as readonly string[]).includes(v)) return v as T;
+    this.is.add(this.p(key), `must be one of: ${values.join(', ')}`);
+    return undefined;
+  }
+
+  /** An array, or undefined with an issue. `nonEmpty` also rejects []. */
+  array(key: string, opts: { required?: boolean; nonEmpty?: boolean } = {}): readonly unknown[] | undefined {
+    const v = this.get(key);
+    if (v === undefined) {
+      if (opts.required === true) this.is.add(this.p(key), 'is required');
+      return undefined;
+    }
+    if (!Array.isArray(v)) {
+      this.is.add(this.p(key), opts.nonEmpty === true ? 'must be a non-empty array' : 'must be an array');
+      return undefined;
+    }
+    if (opts.nonEmpty === true && v.length === 0) {
+      this.is.add(this.p(key), 'must be a non-empty array');
+      return undefined;
+    }
+    return v;
+  }
+
+  /** A nested object section. */
+  section(key: string, allowed: readonly string[]): Section | undefined {
+    return Section.open(this.is, this.p(key), this.get(key), allowed);
+  }
+}

@@ -1,0 +1,53 @@
+// `sluice validate --config <file>`: prints `ok` and exits 0, or prints every issue as `path: message`
+// (one per line, on stderr) and exits 2. Usage errors exit 2 as well.
+
+import { ConfigError, formatIssue } from './issues.ts';
+import { loadConfigFile } from './load.ts';
+
+export interface CommandOutput {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+const stdio: CommandOutput = {
+  out: (line) => process.stdout.write(`${line}\n`),
+  err: (line) => process.stderr.write(`${line}\n`),
+};
+
+const USAGE = 'usage: sluice validate --config <file>';
+
+function configArg(argv: readonly string[]): string | undefined {
+  let file: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--config' || a === '-c') {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('-')) return undefined;
+      file = next;
+      i++;
+    } else if (a.startsWith('--config=')) {
+      file = a.slice('--config='.length);
+    } else {
+      return undefined;
+    }
+  }
+  return file === '' ? undefined : file;
+}
+
+/** `argv` holds the arguments after `validate`. */
+export function runValidateCommand(argv: string[], io: CommandOutput = stdio, env: NodeJS.ProcessEnv = process.env): number {
+  const file = configArg(argv);
+  if (file === undefined) {
+    io.err(USAGE);
+    return 2;
+  }
+  try {
+    loadConfigFile(file, env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const issue of err.issues) io.err(formatIssue(issue));
+    return 2;
+  }
+  io.out('ok');
+  return 0;
+}

@@ -1,0 +1,474 @@
+// The request lifecycle, in order: route → key-auth → parse and count the prompt → reserve quotas →
+// pick an instance (skipping spent ones when fallback allows) → forward → relay (buffered or streamed) →
+// settle actual usage. Every path ends by settling or releasing each hold exactly once.
+import { SluiceError } from '../core/errors.ts';
+import { log } from '../core/log.ts';
+import type { ConsumerConfig } from '../config/types.ts';
+import type { Metrics } from '../metrics/registry.ts';
+import type { PlannedQuota, RequestQuotaPlan, Usage } from '../rules/quota-plan.ts';
+import { planRequest } from '../rules/quota-plan.ts';
+import { quotaHeaders } from '../rules/headers.ts';
+import type { RequestVars } from '../rules/request-vars.ts';
+import { prepareRequest, composeUpstreamBody, type PreparedRequest } from '../tokens/prepare.ts';
+import { countText } from '../tokens/count.ts';
+import { encodingForModel } from '../tokens/encoding.ts';
+import type { WorkerPool } from '../workers/pool.ts';
+import { StreamMeter } from '../streaming/usage-meter.ts';
+import { extractUsage } from '../streaming/usage.ts';
+import { UpstreamFailure, type UpstreamClient, type UpstreamResponse, type RequestKind } from '../upstream/client.ts';
+import type { Accepted, RequestSink } from '../frontend/server.ts';
+import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
+import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
+import { findRoute, type CompiledInstance, type CompiledRoute, type QuotaSource, type Snapshot } from './snapshot.ts';
+import type { QuotaStore } from '../quota/types.ts';
+
+const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
+const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
+/** Client request headers never forwarded: hop-by-hop, body framing, and every credential (the instance sets its own). */
+const DROP_REQUEST_HEADERS = new Set(['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'te', 'upgrade', 'expect',
+  'proxy-connection', 'proxy-authorization', 'authorization', 'apikey', 'api-key', 'x-api-key', 'cookie', 'accept-encoding', 'content-type']);
+/** Upstream response headers that describe the hop or the body encoding, not the response. */
+const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
+
+export interface GatewayDeps {
+  readonly metrics: Metrics;
+  readonly upstream: UpstreamClient;
+  readonly pool: WorkerPool;
+}
+
+export class Gateway implements RequestSink {
+  private snapshot: Snapshot;
+  private readonly deps: GatewayDeps;
+  private accepted = new WeakMap<CompiledRoute, Accepted>();
+  private readonly storeOfBound: (s: QuotaSource) => QuotaStore;
+  inFlight = 0;
+
+  constructor(snapshot: Snapshot, deps: GatewayDeps) {
+    this.snapshot = snapshot;
+    this.deps = deps;
+    this.storeOfBound = (s) => this.storeOf(s);
+  }
+
+  swap(snapshot: Snapshot): void {
+    this.snapshot = snapshot;
+    this.accepted = new WeakMap();
+  }
+
+  get current(): Snapshot {
+    return this.snapshot;
+  }
+
+  accept(req: ClientRequest): Accepted | SluiceError {
+    const found = findRoute(this.snapshot, req.method, req.path);
+    if (found.kind === 'not_found') return new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`);
+    if (found.kind === 'method_not_allowed') {
+      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${req.method} not allowed on ${req.path}`, { headers: { allow: found.allow } });
+    }
+    const route = found.route;
+    let a = this.accepted.get(route);
+    if (a === undefined) {
+      const snapshot = this.snapshot;
+      a = { maxBodyBytes: snapshot.config.limits.max_body_bytes, run: (rq, rs, body) => this.run(snapshot, route, rq, rs, body) };
+      this.accepted.set(route, a);
+    }
+    return a;
+  }
+
+  private storeOf(source: QuotaSource): QuotaStore {
+    const s = this.snapshot.storeOf.get(source);
+    if (s === undefined) throw new SluiceError('SLC_INTERNAL', 'quota plugin without a store');
+    return s;
+  }
+
+  private async run(snap: Snapshot, route: CompiledRoute, req: ClientRequest, res: ClientResponse, body: Buffer): Promise<void> {
+    this.inFlight++;
+    const ctx = new Exchange(route, req, res);
+    try {
+      await this.exchange(snap, ctx, body);
+    } catch (err) {
+      ctx.releaseAll();
+      const e = err instanceof SluiceError ? err : new SluiceError('SLC_INTERNAL', undefined, { cause: err });
+      if (e.code === 'SLC_INTERNAL') log.error('request failed', { route: route.id, err });
+      this.answerError(ctx, e);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private answerError(ctx: Exchange, e: SluiceError): void {
+    const res = ctx.res;
+    if (res.started) { res.destroy(); this.observe(ctx, e.status); return; }
+    const headers: HeaderList = [['content-type', 'application/json']];
+    if (e.headers !== undefined) for (const k of Object.keys(e.headers)) headers.push([k, e.headers[k]!]);
+    res.send(e.status, headers, JSON.stringify({ error: { message: e.message, type: e.type, code: e.code, param: null } }));
+    this.observe(ctx, e.status);
+  }
+
+  private authenticate(snap: Snapshot, route: CompiledRoute, req: ClientRequest): ConsumerConfig | undefined {
+    const ka = route.keyAuth;
+    if (ka === undefined) return undefined;
+    let key: string | undefined = req.headers[ka.header];
+    if (key === undefined) {
+      const auth = req.headers.authorization;
+      if (auth !== undefined && auth.length > 7 && auth.slice(0, 7).toLowerCase() === 'bearer ') key = auth.slice(7).trim();
+    }
+    if (key === undefined && req.query !== '') key = new URLSearchParams(req.query).get(ka.query) ?? undefined;
+    if (key === undefined || key === '') throw new SluiceError('SLC_UNAUTHORIZED', 'missing API key');
+    const consumer = snap.consumersByKey.get(key);
+    if (consumer === undefined) throw new SluiceError('SLC_UNAUTHORIZED', 'invalid API key');
+    return consumer;
+  }
+
+  private async exchange(snap: Snapshot, ctx: Exchange, body: Buffer): Promise<void> {
+    const { route, req, res } = ctx;
+    const consumer = this.authenticate(snap, route, req);
+    ctx.consumer = consumer?.username ?? '';
+    const kind: RequestKind = req.path.endsWith('/completions') && !req.path.endsWith('/chat/completions') ? 'completion' : 'chat';
+    const opts = { kind, defaultMaxTokens: snap.config.tokens.default_max_tokens };
+    const prepared = body.length >= snap.config.tokens.offload_bytes
+      ? await this.deps.pool.prepare(body, opts)
+      : prepareRequest(body, opts);
+    if (!prepared.ok) throw new SluiceError(/json/i.test(prepared.message) ? 'SLC_BAD_JSON' : 'SLC_BAD_REQUEST', prepared.message);
+    if (res.aborted) return;
+    ctx.prepared = prepared;
+    const estimate: Usage = {
+      prompt_tokens: prepared.promptTokens,
+      completion_tokens: prepared.reserveCompletion,
+      total_tokens: prepared.promptTokens + prepared.reserveCompletion,
+    };
+    ctx.estimate = estimate;
+
+    let plan: RequestQuotaPlan | undefined;
+    if (route.quotas !== undefined) {
+      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: req.remoteAddr, consumer: consumer?.username, routeId: route.id, uri: req.path };
+      plan = planRequest(route.quotas, vars);
+      if (plan.common.length > 0) {
+        const r = acquireAll(plan.common, estimate, Date.now(), this.storeOfBound);
+        const held = r instanceof Promise ? await r : r;
+        if (!held.ok) { this.reject(ctx, held, []); return; }
+        ctx.common = held;
+        if (res.aborted) { ctx.releaseAll(); return; }
+      }
+    }
+
+    const order = route.picker.order();
+    const denials: Rejection[] = [];
+    const deniedInstances: CompiledInstance[] = [];
+    let lastFailure: UpstreamFailure | undefined;
+    let lastResponse: { status: number; headers: UpstreamResponse['headers']; body: Buffer; instance: CompiledInstance } | undefined;
+    for (let i = 0; i < order.length; i++) {
+      const inst = order[i]!;
+      const more = i < order.length - 1;
+      const iq = plan !== undefined ? plan.perInstance(inst.name) : NO_QUOTAS;
+      ctx.instanceQuotas = iq;
+      if (iq.length > 0) {
+        const r = acquireAll(iq, estimate, Date.now(), this.storeOfBound);
+        const held = r instanceof Promise ? await r : r;
+        if (!held.ok) {
+          denials.push(held);
+          deniedInstances.push(inst);
+          if (!route.fallback.has('rate_limiting')) { this.reject(ctx, held, [inst]); return; }
+          if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: 'rate_limiting' });
+          continue;
+        }
+        ctx.instance = held;
+        if (res.aborted) { ctx.releaseAll(); return; }
+      }
+      ctx.instanceName = inst.name;
+      const outcome = await this.attempt(ctx, inst, more);
+      if (outcome === 'done') return;
+      ctx.releaseInstance();
+      if (outcome instanceof UpstreamFailure) {
+        lastFailure = outcome;
+        lastResponse = undefined;
+        this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.kind });
+      } else {
+        lastResponse = { ...outcome, instance: inst };
+        lastFailure = undefined;
+        this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.status === 429 ? 'http_429' : 'http_5xx' });
+      }
+      if (res.aborted) { ctx.releaseAll(); return; }
+    }
+    ctx.releaseAll();
+    if (denials.length === order.length) { this.reject(ctx, denials[0]!, deniedInstances, denials); return; }
+    if (lastResponse !== undefined) {
+      // Every instance answered with an error: relay the last one as it came.
+      ctx.instanceName = lastResponse.instance.name;
+      res.send(lastResponse.status, this.relayHeaders(lastResponse.headers), lastResponse.body);
+      this.observe(ctx, lastResponse.status);
+      return;
+    }
+    if (lastFailure !== undefined) {
+      if (lastFailure.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
+      throw new SluiceError('SLC_UPSTREAM_ERROR', 'every upstream instance failed: ' + lastFailure.message);
+    }
+    throw new SluiceError('SLC_UPSTREAM_UNAVAILABLE');
+  }
+
+  /** One upstream attempt. 'done' when the client got its answer; otherwise what failed, for fallback. */
+  private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean):
+    Promise<'done' | UpstreamFailure | { status: number; headers: UpstreamResponse['headers']; body: Buffer }> {
+    const { route, req, res } = ctx;
+    const prepared = ctx.prepared!;
+    const path = req.path.endsWith('/completions') && !req.path.endsWith('/chat/completions') ? inst.target.completionPath : inst.target.chatPath;
+    const payload = composeUpstreamBody(inst.model ?? prepared.model, prepared.tail);
+    const headers = forwardHeaders(req.headers, route.keyAuth?.header, inst.headers);
+    const ac = new AbortController();
+    res.onAbort(() => ac.abort());
+    const sentAt = performance.now();
+    let up: UpstreamResponse;
+    try {
+      up = await this.deps.upstream.send(inst.target.origin, path, headers, payload, ac.signal);
+    } catch (err) {
+      const f = err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream failed', err);
+      this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: f.kind });
+      if (f.kind === 'aborted' || res.aborted) { ctx.releaseAll(); return 'done'; }
+      if (more) return f;
+      ctx.releaseAll();
+      if (f.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
+      throw new SluiceError('SLC_UPSTREAM_ERROR', 'upstream unreachable');
+    }
+    this.deps.metrics.upstreamFirstByte.observe({ route: route.id, instance: inst.name }, (performance.now() - sentAt) / 1000);
+    const status = up.status;
+    const retryable = (status === 429 && route.fallback.has('http_429')) || (status >= 500 && route.fallback.has('http_5xx'));
+    this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok' });
+    const ctype = String(up.headers['content-type'] ?? '');
+    if (status >= 200 && status < 300 && ctype.includes('text/event-stream')) {
+      await this.relayStream(ctx, inst, up, ac);
+      return 'done';
+    }
+    let buf: Buffer;
+    try {
+      buf = await readBody(up);
+    } catch (err) {
+      const f = err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream body failed', err);
+      if (res.aborted) { ctx.releaseAll(); return 'done'; }
+      if (more) return f;
+      throw f.kind === 'timeout' ? new SluiceError('SLC_UPSTREAM_TIMEOUT') : new SluiceError('SLC_UPSTREAM_ERROR', 'upstream response broke off');
+    }
+    if (retryable && more) return { status, headers: up.headers, body: buf };
+    await this.relayBuffered(ctx, status, up.headers, buf);
+    return 'done';
+  }
+
+  private async relayBuffered(ctx: Exchange, status: number, upHeaders: UpstreamResponse['headers'], buf: Buffer): Promise<void> {
+    const { res } = ctx;
+    const headers = this.relayHeaders(upHeaders);
+    if (status >= 200 && status < 300) {
+      let usage: Usage | undefined;
+      let text = '';
+      try {
+        const json: unknown = JSON.parse(buf.toString('utf8'));
+        usage = extractUsage(json);
+        if (usage === undefined) text = completionText(json);
+      } catch {
+        usage = undefined;
+      }
+      if (usage === undefined) usage = await this.countedUsage(ctx, text, 'no_usage');
+      this.settle(ctx, usage);
+    } else {
+      ctx.releaseAll();
+    }
+    this.addQuotaHeaders(ctx, headers);
+    res.send(status, headers, buf);
+    this.observe(ctx, status);
+  }
+
+  private async relayStream(ctx: Exchange, inst: CompiledInstance, up: UpstreamResponse, ac: AbortController): Promise<void> {
+    const { res } = ctx;
+    const prepared = ctx.prepared!;
+    const headers = this.relayHeaders(up.headers);
+    headers.push(['cache-control', 'no-cache']);
+    this.addQuotaHeaders(ctx, headers);
+    res.start(200, headers);
+    const meter = new StreamMeter({ stripUsage: !prepared.clientWantsUsage });
+    let broken = false;
+    try {
+      for await (const chunk of up.body as AsyncIterable<Buffer>) {
+        if (res.aborted) break;
+        const out = meter.push(chunk);
+        if (out !== undefined && !res.write(out)) await res.drain();
+      }
+    } catch (err) {
+      broken = !res.aborted;
+      if (broken) log.warn('upstream stream broke off', { route: ctx.route.id, instance: inst.name, err });
+    }
+    if (res.aborted) ac.abort();
+    let usage: Usage | undefined = meter.usage;
+    if (usage === undefined || res.aborted) {
+      const reason = res.aborted ? 'client_abort' : broken ? 'upstream_broken' : 'no_usage';
+      usage = usage !== undefined && !res.aborted ? usage : await this.countedUsage(ctx, meter.text, reason);
+    }
+    this.settle(ctx, usage);
+    if (!res.aborted) {
+      if (broken) res.destroy();
+      else res.end(meter.end());
+    }
+    this.observe(ctx, res.aborted ? 499 : broken ? 502 : 200);
+  }
+
+  /** Usage when the upstream gave none: our prompt count plus the produced text, counted. */
+  private async countedUsage(ctx: Exchange, text: string, reason: string): Promise<Usage> {
+    this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
+    const prepared = ctx.prepared!;
+    const completion = text.length === 0 ? 0
+      : text.length >= this.snapshot.config.tokens.offload_bytes ? await this.deps.pool.countText(text, prepared.model)
+        : countText(text, encodingForModel(prepared.model));
+    return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
+  }
+
+  private settle(ctx: Exchange, usage: Usage): void {
+    const m = this.deps.metrics;
+    const route = ctx.route.id;
+    const instance = ctx.instanceName;
+    m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'prompt' }, usage.prompt_tokens);
+    m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'completion' }, usage.completion_tokens);
+    const est = ctx.estimate;
+    if (est !== undefined && (ctx.common !== undefined || ctx.instance !== undefined)) {
+      m.estimateError.observe({ route }, est.total_tokens - usage.total_tokens);
+    }
+    for (const hold of [ctx.common, ctx.instance]) {
+      if (hold === undefined || !hold.open) continue;
+      const charged = hold.settle(usage);
+      for (let i = 0; i < hold.quotas.length; i++) {
+        const q = hold.quotas[i]!;
+        m.tokensCharged.inc({ route, instance, rule: q.metricRule, consumer: ctx.consumer }, charged[i] ?? 0);
+      }
+    }
+  }
+
+  private addQuotaHeaders(ctx: Exchange, headers: HeaderList): void {
+    const quotas: PlannedQuota[] = [];
+    if (ctx.common !== undefined) quotas.push(...ctx.common.quotas);
+    if (ctx.instance !== undefined) quotas.push(...ctx.instance.quotas);
+    if (quotas.length === 0) return;
+    stripRateLimitHeaders(headers);
+    quotaHeaders(views(quotas, Date.now(), this.storeOfBound), { rejected: false }, headers);
+  }
+
+  private reject(ctx: Exchange, r: Rejection, instances: readonly CompiledInstance[], all?: readonly Rejection[]): void {
+    ctx.releaseAll();
+    const m = this.deps.metrics;
+    const now = Date.now();
+    const spent = new Set<PlannedQuota>();
+    for (const d of all ?? [r]) for (const q of d.spent) spent.add(q);
+    const shown: PlannedQuota[] = [];
+    if (ctx.commonQuotas !== undefined) shown.push(...ctx.commonQuotas);
+    for (const d of all ?? [r]) for (const q of d.spent) if (!shown.includes(q)) shown.push(q);
+    const entries = views(shown, now, this.storeOfBound).map((e) => (spent.has(e.q) ? { ...e, spent: true } : { ...e, spent: false }));
+    const headers: HeaderList = [['content-type', 'application/json']];
+    quotaHeaders(entries, { rejected: true }, headers);
+    let retryAfterMs = 0;
+    for (const d of all ?? [r]) retryAfterMs = Math.max(retryAfterMs, d.retryAfterMs);
+    headers.push(['retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000)))]);
+    const q = r.quota;
+    for (const d of all ?? [r]) {
+      m.rejected.inc({ route: ctx.route.id, instance: instances.length === 1 ? instances[0]!.name : '', rule: d.quota.metricRule, consumer: ctx.consumer });
+    }
+    const body = q.rejectedMsg !== undefined
+      ? (looksJson(q.rejectedMsg) ? q.rejectedMsg : JSON.stringify({ error: { message: q.rejectedMsg, type: 'rate_limit_error', code: 'SLC_RATE_LIMITED', param: null } }))
+      : JSON.stringify({ error: { message: 'token quota exhausted', type: 'rate_limit_error', code: 'SLC_RATE_LIMITED', param: null } });
+    ctx.res.send(q.rejectedCode, headers, body);
+    this.observe(ctx, q.rejectedCode);
+  }
+
+  private relayHeaders(up: UpstreamResponse['headers']): HeaderList {
+    const out: HeaderList = [];
+    for (const k of Object.keys(up)) {
+      if (HOP_HEADERS.has(k)) continue;
+      const v = up[k];
+      if (v === undefined) continue;
+      if (Array.isArray(v)) for (const x of v) out.push([k, x]); else out.push([k, v]);
+    }
+    return out;
+  }
+
+  private observe(ctx: Exchange, status: number): void {
+    const labels = { route: ctx.route.id, instance: ctx.instanceName, status: String(status) };
+    this.deps.metrics.requests.inc(labels);
+    this.deps.metrics.requestDuration.observe(labels, (performance.now() - ctx.req.startedAt) / 1000);
+  }
+}
+
+/** Per-request state. Every field is set in the constructor so all exchanges share one shape. */
+class Exchange {
+  readonly route: CompiledRoute;
+  readonly req: ClientRequest;
+  readonly res: ClientResponse;
+  consumer = '';
+  instanceName = '';
+  prepared: PreparedRequest | undefined = undefined;
+  estimate: Usage | undefined = undefined;
+  common: QuotaHold | undefined = undefined;
+  instance: QuotaHold | undefined = undefined;
+  instanceQuotas: readonly PlannedQuota[] = NO_QUOTAS;
+
+  constructor(route: CompiledRoute, req: ClientRequest, res: ClientResponse) {
+    this.route = route;
+    this.req = req;
+    this.res = res;
+  }
+
+  get commonQuotas(): readonly PlannedQuota[] | undefined {
+    return this.common?.quotas;
+  }
+
+  releaseInstance(): void {
+    this.instance?.release();
+    this.instance = undefined;
+  }
+
+  releaseAll(): void {
+    this.common?.release();
+    this.instance?.release();
+  }
+}
+
+async function readBody(up: UpstreamResponse): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of up.body as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_UPSTREAM_BODY) throw new UpstreamFailure('protocol_error', 'upstream response too large', undefined);
+      parts.push(chunk);
+    }
+  } catch (err) {
+    up.body.destroy();
+    throw err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream body failed', err);
+  }
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+}
+
+function forwardHeaders(client: Record<string, string>, keyHeader: string | undefined, instance: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of Object.keys(client)) {
+    if (DROP_REQUEST_HEADERS.has(k) || k === keyHeader) continue;
+    out[k] = client[k]!;
+  }
+  for (const k of Object.keys(instance)) out[k.toLowerCase()] = instance[k]!;
+  return out;
+}
+
+function completionText(json: unknown): string {
+  const choices = (json as { choices?: unknown } | null)?.choices;
+  if (!Array.isArray(choices)) return '';
+  let text = '';
+  for (const c of choices) {
+    const msg = (c as { message?: { content?: unknown }; text?: unknown }).message?.content ?? (c as { text?: unknown }).text;
+    if (typeof msg === 'string') text += msg;
+  }
+  return text;
+}
+
+function stripRateLimitHeaders(headers: HeaderList): void {
+  for (let i = headers.length - 1; i >= 0; i--) {
+    const k = headers[i]![0];
+    if (k.startsWith('x-ratelimit-') || k === 'ratelimit' || k === 'ratelimit-policy') headers.splice(i, 1);
+  }
+}
+
+function looksJson(s: string): boolean {
+  const c = s.trimStart()[0];
+  return c === '{' || c === '[';
+}

@@ -1,0 +1,96 @@
+// Quota response headers.
+//
+// Remaining = limit - consumed, where consumed counts only tokens of finished requests in the window
+// (reservations of running requests are left out), clamped at 0 and rounded down. It is the quota left
+// before this response's own tokens are settled, so it never increases within a window.
+// On a rejection every spent quota (consumed + reserved >= limit) shows Remaining 0.
+// Reset = seconds until the window ends, rounded up (at least 1 on a rejection).
+//
+// apisix style: X-AI-RateLimit-{Limit,Remaining,Reset}-<instance>, X-AI-<n|prefix>-RateLimit-*,
+//               X-AI-<rule_name>-RateLimit-*, X-AI-RateLimit-* for a route-wide quota.
+// ietf style:   RateLimit-Policy: "<label>";q=<limit>;w=<window s>, ...   RateLimit: "<label>";r=<remaining>;t=<reset>, ...
+//               (draft-ietf-httpapi-ratelimit-headers-09 structured fields, one list member per quota)
+// Both styles also get the OpenAI trio for the most constraining quota shown:
+//               x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens ("12s").
+// Retry-After is the caller's.
+
+import type { CounterView } from '../quota/types.ts';
+import type { PlannedQuota } from './quota-plan.ts';
+
+export interface QuotaHeaderEntry {
+  readonly q: PlannedQuota;
+  readonly view: CounterView;
+  /** Whether this quota denied the request; derived from the view when absent. */
+  readonly spent?: boolean;
+}
+
+function isSpent(e: QuotaHeaderEntry): boolean {
+  return e.spent ?? e.view.consumed + e.view.reserved >= e.view.limit;
+}
+
+function remainingOf(e: QuotaHeaderEntry, rejected: boolean): number {
+  if (rejected && isSpent(e)) return 0;
+  const r = Math.floor(e.view.limit - e.view.consumed);
+  return r > 0 ? r : 0;
+}
+
+function resetOf(view: CounterView, rejected: boolean): number {
+  const s = Math.ceil(view.resetMs / 1000);
+  return rejected && s < 1 ? 1 : s > 0 ? s : 0;
+}
+
+/** True when an earlier-or-better entry claims the same header set (e.g. a route and a consumer quota on one instance). */
+function shadowed(entries: readonly QuotaHeaderEntry[], i: number, remaining: number, rejected: boolean): boolean {
+  const key = entries[i]!.q.headerNames.key;
+  for (let j = 0; j < entries.length; j++) {
+    if (j === i) continue;
+    const o = entries[j]!;
+    if (!o.q.showHeader || o.q.headerNames.key !== key) continue;
+    const r = remainingOf(o, rejected);
+    if (r < remaining || (r === remaining && j < i)) return true;
+  }
+  return false;
+}
+
+/** Push the headers of every shown quota onto `out`. */
+export function quotaHeaders(
+  entries: readonly QuotaHeaderEntry[],
+  opts: { readonly rejected: boolean },
+  out: [string, string][],
+): void {
+  const rejected = opts.rejected;
+  let best = -1;
+  let bestRemaining = 0;
+  let bestReset = 0;
+  let policy = '';
+  let state = '';
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    const q = e.q;
+    if (!q.showHeader) continue;
+    const remaining = remainingOf(e, rejected);
+    if (shadowed(entries, i, remaining, rejected)) continue;
+    const reset = resetOf(e.view, rejected);
+    const names = q.headerNames;
+    if (q.headerStyle === 'apisix') {
+      out.push([names.limit, String(e.view.limit)], [names.remaining, String(remaining)], [names.reset, String(reset)]);
+    } else {
+      const sep = policy === '' ? '' : ', ';
+      policy += `${sep}${names.ietfLabel};q=${e.view.limit};w=${Math.round(q.counter.windowMs / 1000)}`;
+      state += `${sep}${names.ietfLabel};r=${remaining};t=${reset}`;
+    }
+    if (best < 0 || remaining < bestRemaining) {
+      best = i;
+      bestRemaining = remaining;
+      bestReset = reset;
+    }
+  }
+  if (policy !== '') out.push(['RateLimit-Policy', policy], ['RateLimit', state]);
+  if (best >= 0) {
+    out.push(
+      ['x-ratelimit-limit-tokens', String(entries[best]!.view.limit)],
+      ['x-ratelimit-remaining-tokens', String(bestRemaining)],
+      ['x-ratelimit-reset-tokens', `${bestReset}s`],
+    );
+  }
+}

@@ -1,0 +1,154 @@
+// Templates over request variables, compiled once at config load.
+//   keys:   '${http_x_subscription_id}', '${consumer_name}-${remote_addr}', '$remote_addr', plain text,
+//           '${http_x_tier ?? free}' (a default makes the variable optional)
+//   counts: 500, '500', '${http_x_custom_count}', '${http_x_custom_count ?? 500}'
+
+import { compileVar, type RequestVars, type VarGetter } from './request-vars.ts';
+
+export type KeyTemplate = (vars: RequestVars) => string | undefined;
+export type CountTemplate = (vars: RequestVars) => number | undefined;
+
+interface VarPart {
+  readonly get: VarGetter;
+  readonly fallback: string | undefined;
+}
+
+function isNameChar(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95;
+}
+
+function isNameStart(c: number): boolean {
+  return (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95;
+}
+
+/** Parse the inside of `${...}`: a name, optionally `?? default`. */
+function parseBraced(src: string, inner: string, at: number): { name: string; fallback: string | undefined } {
+  const q = inner.indexOf('??');
+  const name = (q < 0 ? inner : inner.slice(0, q)).trim();
+  if (name === '') throw new Error(`template "${src}": empty variable name at position ${at}`);
+  for (let i = 0; i < name.length; i++) {
+    if (!isNameChar(name.charCodeAt(i))) throw new Error(`template "${src}": invalid variable name "${name}" at position ${at}`);
+  }
+  if (q < 0) return { name, fallback: undefined };
+  const fallback = inner.slice(q + 2).trim();
+  if (fallback === '') throw new Error(`template "${src}": empty default after "??" at position ${at}`);
+  return { name, fallback };
+}
+
+function withPosition(src: string, at: number, name: string): VarGetter {
+  try {
+    return compileVar(name);
+  } catch (err) {
+    throw new Error(`template "${src}": ${(err as Error).message} at position ${at}`);
+  }
+}
+
+/** Split a template into literal strings and variables. */
+function parseTemplate(src: string): (string | VarPart)[] {
+  const parts: (string | VarPart)[] = [];
+  let lit = '';
+  let i = 0;
+  while (i < src.length) {
+    const c = src.charCodeAt(i);
+    if (c !== 36 /* $ */) {
+      lit += src[i];
+      i++;
+      continue;
+    }
+    if (src.charCodeAt(i + 1) === 123 /* { */) {
+      const close = src.indexOf('}', i + 2);
+      if (close < 0) throw new Error(`template "${src}": unclosed "\${" at position ${i}`);
+      const { name, fallback } = parseBraced(src, src.slice(i + 2, close), i);
+      if (lit !== '') parts.push(lit);
+      lit = '';
+      parts.push({ get: withPosition(src, i, name), fallback });
+      i = close + 1;
+      continue;
+    }
+    if (isNameStart(src.charCodeAt(i + 1))) {
+      let j = i + 1;
+      while (j < src.length && isNameChar(src.charCodeAt(j))) j++;
+      if (lit !== '') parts.push(lit);
+      lit = '';
+      parts.push({ get: withPosition(src, i, src.slice(i + 1, j)), fallback: undefined });
+      i = j;
+      continue;
+    }
+    lit += '$';
+    i++;
+  }
+  if (lit !== '') parts.push(lit);
+  return parts;
+}
+
+/**
+ * Compile a key template. The result is undefined when any variable without a default is absent,
+ * so a rule keyed on a missing header is skipped rather than lumping every such request together.
+ */
+export function compileTemplate(src: string): KeyTemplate {
+  const parts = parseTemplate(src);
+  if (parts.length === 0) throw new Error('template is empty');
+  if (parts.length === 1) {
+    const only = parts[0]!;
+    if (typeof only === 'string') return () => only;
+    const { get, fallback } = only;
+    return fallback === undefined ? get : (v) => get(v) ?? fallback;
+  }
+  return (vars) => {
+    let out = '';
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i]!;
+      if (typeof p === 'string') {
+        out += p;
+        continue;
+      }
+      const val = p.get(vars) ?? p.fallback;
+      if (val === undefined) return undefined;
+      out += val;
+    }
+    return out;
+  };
+}
+
+/** A positive safe integer written in plain decimal digits, else undefined. No regex: this runs per request. */
+export function parsePositiveInt(s: string): number | undefined {
+  const n = s.length;
+  if (n === 0 || n > 16) return undefined;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 57) return undefined;
+  }
+  const v = Number(s);
+  return v > 0 && Number.isSafeInteger(v) ? v : undefined;
+}
+
+/**
+ * Compile a count or time window: a positive integer, or `${var}` / `${var ?? default}` resolved per request.
+ * A resolved value that is not a positive integer falls back to the default, else yields undefined.
+ */
+export function compileCountTemplate(src: string | number): CountTemplate {
+  if (typeof src === 'number') {
+    if (!Number.isSafeInteger(src) || src <= 0) throw new Error(`count ${src} is not a positive integer`);
+    return () => src;
+  }
+  const s = src.trim();
+  const literal = parsePositiveInt(s);
+  if (literal !== undefined) return () => literal;
+  if (!s.startsWith('${') || s.indexOf('}') !== s.length - 1) {
+    throw new Error(`count "${src}" must be a positive integer, "\${var}" or "\${var ?? default}"`);
+  }
+  const { name, fallback } = parseBraced(src, s.slice(2, -1), 0);
+  const get = withPosition(src, 0, name);
+  if (fallback === undefined) {
+    return (v) => {
+      const raw = get(v);
+      return raw === undefined ? undefined : parsePositiveInt(raw);
+    };
+  }
+  const def = parsePositiveInt(fallback);
+  if (def === undefined) throw new Error(`count "${src}": default "${fallback}" is not a positive integer`);
+  return (v) => {
+    const raw = get(v);
+    return (raw === undefined ? undefined : parsePositiveInt(raw)) ?? def;
+  };
+}

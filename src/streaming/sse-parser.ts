@@ -1,0 +1,164 @@
+// Incremental, byte-level parser for upstream Server-Sent Events (the WHATWG event-stream grammar).
+// Chunks may split anywhere: inside a multi-byte UTF-8 character, between CR and LF, inside a field name.
+// Only complete lines are decoded, and only `data` and `event` values become strings: a typical OpenAI frame
+// costs one utf8 slice and no other allocation.
+import { SluiceError } from '../core/errors.ts';
+
+export const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
+
+export interface SseHandler {
+  /**
+   * Called at every blank line, i.e. at every event boundary, including blocks that had no data field
+   * (`data` is then null; browsers would dispatch nothing). `event` is '' when the block set no event type.
+   * `end` is the offset in the chunk being pushed just past the blank line; 0 when the boundary was completed
+   * by the start of this chunk or, from end(), when it ends the stream.
+   */
+  onEvent(data: string | null, event: string, end: number): void;
+}
+
+const LF = 0x0a;
+const CR = 0x0d;
+const COLON = 0x3a;
+const SPACE = 0x20;
+const EMPTY = Buffer.alloc(0);
+const MIN_CARRY = 256;
+
+export class SseParser {
+  private readonly handler: SseHandler;
+  private readonly maxEventBytes: number;
+  /** Bytes of an unterminated line carried over from earlier chunks. */
+  private carry: Buffer = EMPTY;
+  private carryLen = 0;
+  /** The previous chunk ended in CR: its line is complete only once we know whether LF follows. */
+  private crPending = false;
+  private data: string | null = null;
+  private eventType = '';
+  /** Bytes of the current, not yet dispatched event, line terminators included. */
+  private eventBytes = 0;
+
+  constructor(handler: SseHandler, maxEventBytes: number = DEFAULT_MAX_EVENT_BYTES) {
+    this.handler = handler;
+    this.maxEventBytes = maxEventBytes;
+  }
+
+  /** Bytes received since the last event boundary (the partial trailing event). */
+  get pendingBytes(): number {
+    return this.eventBytes + this.carryLen + (this.crPending ? 1 : 0);
+  }
+
+  push(chunk: Buffer): void {
+    const len = chunk.length;
+    let pos = 0;
+    if (this.crPending) {
+      this.crPending = false;
+      if (len > 0 && chunk[0] === LF) pos = 1;
+      this.lineFromCarry(pos, 1 + pos);
+    }
+    if (pos >= len) return;
+    // Nearly every upstream terminates lines with LF alone; native indexOf then finds every line end.
+    const anyCR = chunk.indexOf(CR, pos) !== -1;
+    while (pos < len) {
+      let i: number;
+      if (anyCR) {
+        i = pos;
+        while (i < len && chunk[i] !== LF && chunk[i] !== CR) i++;
+        if (i === len) i = -1;
+      } else {
+        i = chunk.indexOf(LF, pos);
+      }
+      if (i === -1) {
+        this.appendCarry(chunk, pos, len);
+        return;
+      }
+      let next = i + 1;
+      if (chunk[i] === CR) {
+        if (next === len) {
+          this.appendCarry(chunk, pos, i);
+          this.crPending = true;
+          return;
+        }
+        if (chunk[next] === LF) next++;
+      }
+      if (this.carryLen > 0) {
+        this.appendCarry(chunk, pos, i);
+        this.lineFromCarry(next, next - i);
+      } else {
+        this.line(chunk, pos, i, next, next - pos);
+      }
+      pos = next;
+    }
+  }
+
+  /** The stream ended: a final line or event without its terminating blank line still counts. */
+  end(): void {
+    if (this.crPending) {
+      this.crPending = false;
+      this.lineFromCarry(0, 1);
+    } else if (this.carryLen > 0) {
+      this.lineFromCarry(0, 0);
+    }
+    if (this.data !== null || this.eventBytes > 0) this.dispatch(0);
+  }
+
+  private appendCarry(src: Buffer, start: number, end: number): void {
+    const n = end - start;
+    if (n === 0) return;
+    const need = this.carryLen + n;
+    if (this.eventBytes + need > this.maxEventBytes) this.tooLarge();
+    if (need > this.carry.length) {
+      const grown = Buffer.allocUnsafe(Math.min(Math.max(need, this.carry.length * 2, MIN_CARRY), this.maxEventBytes));
+      this.carry.copy(grown, 0, 0, this.carryLen);
+      this.carry = grown;
+    }
+    src.copy(this.carry, this.carryLen, start, end);
+    this.carryLen = need;
+  }
+
+  private lineFromCarry(end: number, terminatorBytes: number): void {
+    const n = this.carryLen;
+    this.carryLen = 0;
+    this.line(this.carry, 0, n, end, n + terminatorBytes);
+  }
+
+  /** One complete line buf[start, stop); `end` is the chunk offset just past its terminator. */
+  private line(buf: Buffer, start: number, stop: number, end: number, bytes: number): void {
+    if (start === stop) {
+      this.dispatch(end);
+      return;
+    }
+    this.eventBytes += bytes;
+    if (this.eventBytes > this.maxEventBytes) this.tooLarge();
+    const first = buf[start];
+    if (first === COLON) return;
+    // Field names compared byte by byte: only `data` and `event` matter here (`id` and `retry` do not).
+    if (first === 0x64 && stop - start >= 4 && buf[start + 1] === 0x61 && buf[start + 2] === 0x74 && buf[start + 3] === 0x61
+      && (stop - start === 4 || buf[start + 4] === COLON)) {
+      const v = this.value(buf, start + 4, stop);
+      this.data = this.data === null ? v : this.data + '\n' + v;
+    } else if (first === 0x65 && stop - start >= 5 && buf[start + 1] === 0x76 && buf[start + 2] === 0x65 && buf[start + 3] === 0x6e
+      && buf[start + 4] === 0x74 && (stop - start === 5 || buf[start + 5] === COLON)) {
+      this.eventType = this.value(buf, start + 5, stop);
+    }
+  }
+
+  /** The value after a field name at `at`: skip the colon and one optional space. */
+  private value(buf: Buffer, at: number, stop: number): string {
+    if (at >= stop) return '';
+    at++;
+    if (at < stop && buf[at] === SPACE) at++;
+    return at >= stop ? '' : buf.toString('utf8', at, stop);
+  }
+
+  private dispatch(end: number): void {
+    const data = this.data;
+    const event = this.eventType;
+    this.data = null;
+    this.eventType = '';
+    this.eventBytes = 0;
+    this.handler.onEvent(data, event, end);
+  }
+
+  private tooLarge(): never {
+    throw new SluiceError('SLC_UPSTREAM_ERROR', `upstream SSE event exceeds ${this.maxEventBytes} bytes`);
+  }
+}

@@ -1,0 +1,45 @@
+// Which BPE table a model uses, and the tables themselves, loaded synchronously on first use.
+// gpt-tokenizer is imported only in src/tokens. The tables are big (o200k takes ~130-330 ms and ~90 MB to load),
+// so nothing loads at import time: a thread that never counts never pays, and callers that want the cost
+// up front (server start, worker start) call warmTokenizers().
+import { createRequire } from 'node:module';
+import type { EncodeOptions } from 'gpt-tokenizer/GptEncoding';
+
+export type TokenEncoding = 'o200k_base' | 'cl100k_base';
+
+export interface Encoder {
+  countTokens(input: string, options?: EncodeOptions): number;
+}
+
+// ESM `import()` is async and the counting API is sync, so the package's CJS build is loaded through require.
+const require = createRequire(import.meta.url);
+let o200k: Encoder | undefined;
+let cl100k: Encoder | undefined;
+
+export function getEncoder(enc: TokenEncoding): Encoder {
+  if (enc === 'o200k_base') return (o200k ??= require('gpt-tokenizer/encoding/o200k_base') as Encoder);
+  return (cl100k ??= require('gpt-tokenizer/encoding/cl100k_base') as Encoder);
+}
+
+/** Loads the given tables now, so the first request that needs one does not pay for it. */
+export function warmTokenizers(encs: readonly TokenEncoding[] = ['o200k_base']): void {
+  for (const enc of encs) getEncoder(enc);
+}
+
+const O200K_PREFIXES = ['gpt-4o', 'gpt-4.1', 'gpt-4.5', 'chatgpt-4o', 'gpt-5', 'gpt-oss', 'o1', 'o3', 'o4'];
+const CL100K_PREFIXES = ['gpt-4', 'gpt-3.5', 'gpt-35', 'text-embedding'];
+
+/**
+ * The encoding for a model name; an `org/` or `provider/` prefix is ignored. Models that are not OpenAI's
+ * (deepseek, llama, ...) have their own tokenizers; o200k is the stand-in for them.
+ */
+export function encodingForModel(model: string | undefined): TokenEncoding {
+  if (model === undefined) return 'o200k_base';
+  const slash = model.lastIndexOf('/');
+  let name = slash === -1 ? model : model.slice(slash + 1);
+  if (name !== name.toLowerCase()) name = name.toLowerCase();
+  // o200k prefixes first: 'gpt-4o' and 'gpt-4.1' also start with the cl100k prefix 'gpt-4'.
+  for (const p of O200K_PREFIXES) if (name.startsWith(p)) return 'o200k_base';
+  for (const p of CL100K_PREFIXES) if (name.startsWith(p)) return 'cl100k_base';
+  return 'o200k_base';
+}

@@ -1,0 +1,47 @@
+// What crosses the thread boundary, and how: one discriminated union each way, msgpackr-encoded into a
+// Uint8Array that owns its ArrayBuffer so it can be transferred rather than copied by postMessage.
+import { Packr } from 'msgpackr';
+import { move } from 'piscina';
+import type { TokenEncoding } from '../tokens/encoding.ts';
+import type { PrepareFailure, PrepareOptions, PreparedRequest } from '../tokens/prepare.ts';
+
+export type WorkerTask =
+  | { kind: 'prepare'; body: Uint8Array; opts: PrepareOptions }
+  | { kind: 'count-text'; text: string; enc: TokenEncoding };
+
+export type WorkerResult =
+  | { kind: 'prepare'; result: PreparedRequest | PrepareFailure }
+  | { kind: 'count-text'; tokens: number }
+  | { kind: 'error'; message: string };
+
+export type TaskKind = WorkerTask['kind'];
+
+// Records without shared structures: each message carries its own record definitions, so the two threads'
+// Packr instances never have to agree on state.
+const packr = new Packr({ useRecords: true });
+
+/** Packs a message into a fresh buffer: pack() returns a view of msgpackr's reused scratch buffer. */
+export function encodeMessage(msg: WorkerTask | WorkerResult): Uint8Array {
+  const packed = packr.pack(msg);
+  const owned = new Uint8Array(packed.byteLength);
+  owned.set(packed);
+  return owned;
+}
+
+function decode(bytes: Uint8Array): unknown {
+  // Unpacking from a Buffer makes binary fields (the request tail) come back as Buffers, as views of `bytes`.
+  return packr.unpack(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+}
+
+export function decodeTask(bytes: Uint8Array): WorkerTask {
+  return decode(bytes) as WorkerTask;
+}
+
+export function decodeResult(bytes: Uint8Array): WorkerResult {
+  return decode(bytes) as WorkerResult;
+}
+
+/** Marks an encoded message for transfer (not copy) when returned from a piscina handler. */
+export function transferable(bytes: Uint8Array): Uint8Array {
+  return move(bytes) as Uint8Array;
+}

@@ -1,0 +1,57 @@
+// Starts the real gateway (uWS front end, worker pool, undici, quota stores) on ephemeral loopback ports
+// from a raw config object in the file's shape, validated exactly as `sluice start` does.
+import { startSluice, type SluiceHandle } from '../../src/app.ts';
+import { validateConfig } from '../../src/config/validate.ts';
+
+export interface TestGateway {
+  readonly handle: SluiceHandle;
+  readonly url: string;
+  readonly adminUrl: string;
+  close(): Promise<void>;
+}
+
+export async function startGateway(raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): Promise<TestGateway> {
+  const config = validateConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
+    ...raw,
+  }, env);
+  const handle = await startSluice(config, { port: 0, adminPort: 0, defaultMetrics: false });
+  return {
+    handle,
+    url: `http://127.0.0.1:${handle.port}`,
+    adminUrl: `http://127.0.0.1:${handle.adminPort}`,
+    close: () => handle.close({ drainMs: 2000 }),
+  };
+}
+
+export interface JsonResponse {
+  status: number;
+  headers: Headers;
+  body: any;
+  text: string;
+}
+
+export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<JsonResponse> {
+  const r = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await r.text();
+  let parsed: unknown;
+  try { parsed = JSON.parse(text); } catch { parsed = undefined; }
+  return { status: r.status, headers: r.headers, body: parsed, text };
+}
+
+/** An instance block for ai-proxy-multi pointing at a mock upstream. */
+export function mockInstance(name: string, mockUrl: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    name,
+    provider: 'openai-compatible',
+    auth: { header: { Authorization: `Bearer sk-${name}` } },
+    options: { model: `${name}-model` },
+    override: { endpoint: `${mockUrl}/v1/chat/completions` },
+    ...extra,
+  };
+}

@@ -1,0 +1,267 @@
+// The gateway end to end: real uWS front end, worker threads, undici, mock upstreams on loopback, driven
+// with the real openai SDK and plain fetch. Covers proxying, streaming, abort, fallback and every error.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import OpenAI from 'openai';
+import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
+import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { freePort } from '../helpers/free-port.ts';
+
+/** An upstream that always answers one error status, OpenAI style. */
+async function fixedStatusServer(status: number): Promise<Server> {
+  const s = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { message: `fixed ${status}`, type: status === 429 ? 'rate_limit_error' : 'server_error', code: null } }));
+    });
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  return s;
+}
+
+const MESSAGES = [{ role: 'system', content: 'You are a mathematician' }, { role: 'user', content: 'What is 1+1?' }];
+
+for (const workers of [1, 2]) {
+  describe(`gateway proxy (workers: ${workers})`, () => {
+    let a: MockUpstream;
+    let b: MockUpstream;
+    let gw: TestGateway;
+    let deadPort: number;
+    let hang: Server;
+    let hangPort: number;
+    let limited: Server;
+    let broken: Server;
+
+    before(async () => {
+      a = await startMockUpstream({ name: 'a', chunks: 6 });
+      b = await startMockUpstream({ name: 'b', chunks: 6 });
+      deadPort = await freePort();
+      hang = createServer(() => { /* never answers: exercises the first-byte timeout */ });
+      await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+      hangPort = (hang.address() as { port: number }).port;
+      limited = await fixedStatusServer(429);
+      broken = await fixedStatusServer(503);
+      const limitedUrl = `http://127.0.0.1:${(limited.address() as { port: number }).port}`;
+      const brokenUrl = `http://127.0.0.1:${(broken.address() as { port: number }).port}`;
+      gw = await startGateway({
+        workers,
+        limits: { max_body_bytes: 64 * 1024, upstream_first_byte_timeout_ms: 400, upstream_connect_timeout_ms: 500 },
+        routes: [
+          { id: 'chat', uri: '/v1/chat/completions', methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [mockInstance('a', a.url)] } } },
+          { id: 'completions', uri: '/v1/completions', methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [{ ...mockInstance('a', a.url), override: { endpoint: `${a.url}/v1/completions` } }] } } },
+          {
+            id: 'fallback', uri: '/fallback/v1/chat/completions', methods: ['POST'],
+            plugins: { 'ai-proxy-multi': { fallback_strategy: ['http_429', 'http_5xx'], instances: [
+              mockInstance('dead', `http://127.0.0.1:${deadPort}`, { priority: 2 }),
+              mockInstance('a', a.url, { priority: 1 }),
+              mockInstance('b', b.url, { priority: 0 }),
+            ] } },
+          },
+          { id: 'status-fallback', uri: '/status-fallback/v1/chat/completions', plugins: { 'ai-proxy-multi': { fallback_strategy: ['http_429', 'http_5xx'], instances: [mockInstance('limited', limitedUrl, { priority: 2 }), mockInstance('broken', brokenUrl, { priority: 1 }), mockInstance('a', a.url, { priority: 0 })] } } },
+          { id: 'no-status-fallback', uri: '/no-status-fallback/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('limited', limitedUrl, { priority: 1 }), mockInstance('a', a.url, { priority: 0 })] } } },
+          { id: 'dead', uri: '/dead/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('dead', `http://127.0.0.1:${deadPort}`)] } } },
+          { id: 'slow', uri: '/slow/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('hang', `http://127.0.0.1:${hangPort}`)] } } },
+          { id: 'auth', uri: '/auth/*', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [mockInstance('a', a.url)] } } },
+        ],
+        consumers: [{ username: 'john', plugins: { 'key-auth': { key: 'john-key' } } }],
+      });
+    });
+
+    after(async () => {
+      await gw?.close();
+      await a?.close();
+      await b?.close();
+      for (const s of [hang, limited, broken]) { s?.closeAllConnections(); await new Promise((r) => s?.close(r)); }
+    });
+
+    it('relays a non-streaming completion via the openai SDK, model rewritten, usage intact', async () => {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'client-key', maxRetries: 0 });
+      const r = await client.chat.completions.create({ model: 'whatever', messages: MESSAGES as never, max_tokens: 12 });
+      assert.equal(r.model, 'a-model');
+      assert.equal(r.usage?.completion_tokens, 12);
+      assert.ok((r.usage?.prompt_tokens ?? 0) > 0);
+      assert.equal(r.usage?.total_tokens, (r.usage?.prompt_tokens ?? 0) + 12);
+    });
+
+    it('never forwards the client credential and sets the instance auth header', async () => {
+      const r = await post(`${gw.url}/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { authorization: 'Bearer client-secret', apikey: 'client-secret', 'x-mock-echo-headers': '1' });
+      assert.equal(r.status, 200);
+      const seen = r.body.mock_request_headers as Record<string, string>;
+      assert.equal(seen.authorization, 'Bearer sk-a');
+      assert.equal(seen.apikey, undefined);
+      assert.ok(!JSON.stringify(seen).includes('client-secret'));
+    });
+
+    it('streams chunk by chunk through the SDK and strips the usage chunk the client did not ask for', async () => {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
+      const stream = await client.chat.completions.create({ model: 'm', messages: MESSAGES as never, stream: true, max_tokens: 12 });
+      let chunks = 0;
+      let text = '';
+      let sawUsage = false;
+      for await (const c of stream) {
+        chunks++;
+        text += c.choices[0]?.delta?.content ?? '';
+        if (c.usage) sawUsage = true;
+      }
+      assert.ok(chunks >= 6, `expected several chunks, got ${chunks}`);
+      assert.ok(text.length > 0);
+      assert.equal(sawUsage, false, 'usage chunk must be stripped when include_usage was not requested');
+    });
+
+    it('keeps the usage chunk when the client asks for it', async () => {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
+      const stream = await client.chat.completions.create({ model: 'm', messages: MESSAGES as never, stream: true, max_tokens: 9, stream_options: { include_usage: true } });
+      let usage: OpenAI.CompletionUsage | undefined;
+      for await (const c of stream) if (c.usage) usage = c.usage;
+      assert.equal(usage?.completion_tokens, 9);
+    });
+
+    it('delivers streamed frames incrementally, not buffered', async () => {
+      const r = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-chunk-delay-ms': '60', 'x-mock-chunks': '4' },
+        body: JSON.stringify({ model: 'm', messages: MESSAGES, stream: true }),
+      });
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get('content-type') ?? '', /text\/event-stream/);
+      const times: number[] = [];
+      const t0 = performance.now();
+      for await (const _ of r.body as unknown as AsyncIterable<Uint8Array>) times.push(performance.now() - t0);
+      assert.ok(times.length >= 3, `got ${times.length} reads`);
+      assert.ok(times[times.length - 1]! - times[0]! >= 120, 'frames must arrive spread over time');
+    });
+
+    it('proxies /v1/completions', async () => {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
+      const r = await client.completions.create({ model: 'm', prompt: 'Say hi', max_tokens: 5 });
+      assert.equal(r.usage?.completion_tokens, 5);
+    });
+
+    it('cancels the upstream request when the client aborts a stream', async () => {
+      a.reset();
+      const ac = new AbortController();
+      const r = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', signal: ac.signal,
+        headers: { 'content-type': 'application/json', 'x-mock-chunk-delay-ms': '100', 'x-mock-chunks': '50' },
+        body: JSON.stringify({ model: 'm', messages: MESSAGES, stream: true }),
+      });
+      const reader = (r.body as ReadableStream<Uint8Array>).getReader();
+      await reader.read();
+      ac.abort();
+      await reader.cancel().catch(() => undefined);
+      const deadline = Date.now() + 3000;
+      while (Date.now() < deadline && a.stats().inFlight > 0) await new Promise((res) => setTimeout(res, 20));
+      assert.equal(a.stats().inFlight, 0, 'upstream stream must be cancelled');
+      assert.ok(a.stats().aborted >= 1);
+    });
+
+    it('falls back past a dead instance (connect error) to the next priority', async () => {
+      const r = await post(`${gw.url}/fallback/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(r.status, 200);
+      assert.equal(r.body.model, 'a-model');
+    });
+
+    it('falls back on 429 and 5xx before the first byte when fallback_strategy allows', async () => {
+      a.reset();
+      const r = await post(`${gw.url}/status-fallback/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(r.status, 200);
+      assert.equal(r.body.model, 'a-model');
+      assert.equal(a.stats().requests, 1);
+      const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      assert.match(m, /sluice_fallbacks_total\{route="status-fallback",from_instance="limited",reason="http_429"\} 1/);
+      assert.match(m, /sluice_fallbacks_total\{route="status-fallback",from_instance="broken",reason="http_5xx"\} 1/);
+    });
+
+    it('does not fall back on 429 when fallback_strategy does not list it: the upstream answer is relayed', async () => {
+      a.reset();
+      const r = await post(`${gw.url}/no-status-fallback/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(r.status, 429);
+      assert.equal(r.body.error.type, 'rate_limit_error');
+      assert.equal(a.stats().requests, 0);
+    });
+
+    it('forwards fault headers so a per-request upstream 503 is relayed when no fallback applies', async () => {
+      const r = await post(`${gw.url}/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { 'x-mock-status': '503' });
+      assert.equal(r.status, 503);
+    });
+
+    it('answers 400 for malformed JSON and for a body without messages', async () => {
+      const bad = await post(`${gw.url}/v1/chat/completions`, '{"model":');
+      assert.equal(bad.status, 400);
+      assert.equal(bad.body.error.type, 'invalid_request_error');
+      assert.equal(typeof bad.body.error.message, 'string');
+      const noMsgs = await post(`${gw.url}/v1/chat/completions`, { model: 'm' });
+      assert.equal(noMsgs.status, 400);
+    });
+
+    it('answers 401 without or with a wrong key under key-auth, 200 with the right one', async () => {
+      const none = await post(`${gw.url}/auth/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(none.status, 401);
+      assert.equal(none.body.error.code, 'SLC_UNAUTHORIZED');
+      const wrong = await post(`${gw.url}/auth/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { apikey: 'nope' });
+      assert.equal(wrong.status, 401);
+      const ok = await post(`${gw.url}/auth/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { apikey: 'john-key' });
+      assert.equal(ok.status, 200);
+      const bearer = await post(`${gw.url}/auth/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { authorization: 'Bearer john-key' });
+      assert.equal(bearer.status, 200);
+    });
+
+    it('answers 404 for an unknown path and 405 for a wrong method', async () => {
+      const nf = await post(`${gw.url}/nowhere`, { model: 'm', messages: MESSAGES });
+      assert.equal(nf.status, 404);
+      assert.equal(nf.body.error.code, 'SLC_NOT_FOUND');
+      const r = await fetch(`${gw.url}/v1/chat/completions`);
+      assert.equal(r.status, 405);
+      assert.equal(((await r.json()) as any).error.code, 'SLC_METHOD_NOT_ALLOWED');
+    });
+
+    it('answers 413 for a body over max_body_bytes', async () => {
+      const big = { model: 'm', messages: [{ role: 'user', content: 'x'.repeat(70 * 1024) }] };
+      const r = await post(`${gw.url}/v1/chat/completions`, big);
+      assert.equal(r.status, 413);
+      assert.equal(r.body.error.code, 'SLC_BODY_TOO_LARGE');
+    });
+
+    it('answers 502 when the only upstream is unreachable', async () => {
+      const r = await post(`${gw.url}/dead/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(r.status, 502);
+      assert.equal(r.body.error.code, 'SLC_UPSTREAM_ERROR');
+    });
+
+    it('answers 504 when the upstream does not answer in time', async () => {
+      const r = await post(`${gw.url}/slow/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(r.status, 504);
+      assert.equal(r.body.error.code, 'SLC_UPSTREAM_TIMEOUT');
+    });
+
+    it('survives garbage: odd methods, headers and bodies never crash the process', async () => {
+      const junk = [Buffer.from([0xff, 0xfe, 0x00]), '[]', 'null', '{"messages":"x"}', '{"messages":[],"stream":"yes"}', '{"messages":[{"role":"user","content":1}],"max_tokens":-1}'];
+      for (const body of junk) {
+        const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+        assert.equal(r.status, 400, `body ${String(body)}`);
+        await r.text();
+      }
+      const ok = await post(`${gw.url}/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(ok.status, 200);
+    });
+
+    it('tokenizes a large prompt on a worker thread', async () => {
+      const big = { model: 'm', messages: [{ role: 'user', content: 'lorem ipsum dolor '.repeat(2000) }], max_tokens: 3 };
+      const r = await post(`${gw.url}/v1/chat/completions`, big);
+      assert.equal(r.status, 200);
+      const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      assert.match(m, /sluice_worker_tasks_total\{kind="prepare",outcome="ok"\} [1-9]/);
+    });
+
+    it('serves Prometheus metrics, health and readiness on the admin port', async () => {
+      const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      assert.match(m, /sluice_http_requests_total\{route="chat",instance="a",status="200"\}/);
+      assert.match(m, /sluice_tokens_total\{route="chat",instance="a",consumer="",kind="completion"\}/);
+      assert.match(m, /sluice_upstream_first_byte_seconds_bucket/);
+      assert.ok(!m.includes('client-secret') && !m.includes('sk-a'), 'no secrets in metrics');
+      assert.equal((await fetch(`${gw.adminUrl}/healthz`)).status, 200);
+      assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200);
+    });
+  });
+}

@@ -1,0 +1,154 @@
+// Token accounting through the whole gateway on the local policy: concurrency bound, streams (complete,
+// aborted, usage-less), released reservations, reloads that edit a limit, expressions and header styles.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
+import { validateConfig } from '../../src/config/validate.ts';
+import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+
+const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }] };
+
+function route(mockUrl: string, arl: Record<string, unknown>, id = 'q') {
+  return { id, uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('inst', mockUrl)] }, 'ai-rate-limiting': arl } };
+}
+
+async function remaining(gw: TestGateway, headers: Record<string, string> = {}): Promise<number> {
+  // A request that the quota admits but which costs nothing: the upstream fails with 503 before any token.
+  const r = await post(`${gw.url}/v1/chat/completions`, MSG, { ...headers, 'x-mock-status': '503' });
+  assert.equal(r.status, 503);
+  return Number.NaN;
+}
+
+async function metric(gw: TestGateway, re: RegExp): Promise<number> {
+  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  return sum;
+}
+
+describe('token accounting (local policy)', () => {
+  let mock: MockUpstream;
+  before(async () => { mock = await startMockUpstream({ completionTokens: 20, chunks: 10 }); });
+  after(async () => { await mock?.close(); });
+
+  it('50 concurrent requests overshoot the limit by no more than one request', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 500, time_window: 60 })] });
+    try {
+      const results = await Promise.all(Array.from({ length: 50 }, () => post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 20 })));
+      const served = results.filter((r) => r.status === 200);
+      const rejected = results.filter((r) => r.status === 429);
+      assert.equal(served.length + rejected.length, 50);
+      const charged = served.reduce((s, r) => s + r.body.usage.total_tokens, 0);
+      const biggest = Math.max(...served.map((r) => r.body.usage.total_tokens));
+      assert.ok(charged <= 500 + biggest, `charged ${charged} > limit + one request (${biggest})`);
+      assert.ok(charged >= 500 - biggest, `admission too strict: charged only ${charged}`);
+      assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="q"/), charged);
+    } finally { await gw.close(); }
+  });
+
+  it('a streamed response is charged its usage; an aborted stream is charged the tokens produced', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 100000, time_window: 60 })] });
+    try {
+      const head = async () => Number((await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 1 })).headers.get('x-ai-ratelimit-remaining-inst'));
+      const r0 = await head();
+      const s = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...MSG, stream: true, max_tokens: 40 }) });
+      await s.text();
+      const r1 = await head();
+      const oneTokenAnswer = r0 - r1; // cost of the stream plus one 1-token answer
+      assert.ok(oneTokenAnswer >= 40, `stream charged ${oneTokenAnswer}`);
+
+      const ac = new AbortController();
+      const a = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', signal: ac.signal,
+        headers: { 'content-type': 'application/json', 'x-mock-chunk-delay-ms': '50', 'x-mock-chunks': '40' },
+        body: JSON.stringify({ ...MSG, stream: true, max_tokens: 400 }),
+      });
+      const reader = (a.body as ReadableStream<Uint8Array>).getReader();
+      for (let i = 0; i < 4; i++) await reader.read();
+      ac.abort();
+      await reader.cancel().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 300));
+      const r2 = await head();
+      const abortedCost = r1 - r2;
+      assert.ok(abortedCost > 10, `the aborted stream's produced tokens are charged (${abortedCost})`);
+      assert.ok(abortedCost < 400, `but not its whole reservation (${abortedCost})`);
+      assert.ok(await metric(gw, /^sluice_usage_estimated_total\{route="q",reason="client_abort"\}/) >= 1);
+    } finally { await gw.close(); }
+  });
+
+  it('a usage-less stream is charged from its counted text, with a metric', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 100000, time_window: 60 })] });
+    try {
+      const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-usage': 'off' }, body: JSON.stringify({ ...MSG, stream: true, max_tokens: 30 }) });
+      await r.text();
+      const after = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 1 });
+      const used = 100000 - Number(after.headers.get('x-ai-ratelimit-remaining-inst'));
+      assert.ok(used >= 30 + after.body.usage.total_tokens, `used ${used}`);
+      assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="q",reason="no_usage"\}/), 1);
+    } finally { await gw.close(); }
+  });
+
+  it('a failed attempt releases its reservation: nothing is charged', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });
+    try {
+      for (let i = 0; i < 5; i++) await remaining(gw);
+      const ok = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+      assert.equal(Number(ok.headers.get('x-ai-ratelimit-remaining-inst')), 1000 - ok.body.usage.total_tokens);
+    } finally { await gw.close(); }
+  });
+
+  it('editing a limit on reload keeps what was consumed', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });
+    try {
+      const a = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+      const used = a.body.usage.total_tokens;
+      gw.handle.reload(validateConfig({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, routes: [route(mock.url, { limit: 2000, time_window: 60 })] }));
+      const b = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+      assert.equal(b.headers.get('x-ai-ratelimit-limit-inst'), '2000');
+      assert.equal(Number(b.headers.get('x-ai-ratelimit-remaining-inst')), 2000 - used - b.body.usage.total_tokens);
+    } finally { await gw.close(); }
+  });
+
+  it('limit_strategy expression charges cost_expr over the usage', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 10000, time_window: 60, limit_strategy: 'expression', cost_expr: 'prompt_tokens + 4 * completion_tokens' })] });
+    try {
+      const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 10 });
+      const u = r.body.usage;
+      assert.equal(Number(r.headers.get('x-ai-ratelimit-remaining-inst')), 10000 - (u.prompt_tokens + 4 * u.completion_tokens));
+    } finally { await gw.close(); }
+  });
+
+  it('prompt_tokens and completion_tokens strategies count only their part', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { instances: [{ name: 'inst', limit: 10000, time_window: 60, limit_strategy: 'completion_tokens' }] })] });
+    try {
+      const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 7 });
+      assert.equal(r.headers.get('x-ai-ratelimit-remaining-inst'), String(10000 - 7));
+    } finally { await gw.close(); }
+  });
+
+  it('sends OpenAI-style x-ratelimit-*-tokens headers, and the IETF draft form on request', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 5000, time_window: 60 }), { ...route(mock.url, { limit: 5000, time_window: 60, header_style: 'ietf' }, 'ietf'), uri: '/ietf/v1/chat/completions' }] });
+    try {
+      const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+      assert.equal(r.headers.get('x-ratelimit-limit-tokens'), '5000');
+      assert.equal(Number(r.headers.get('x-ratelimit-remaining-tokens')), 5000 - r.body.usage.total_tokens);
+      assert.ok(r.headers.get('x-ratelimit-reset-tokens'));
+      const i = await post(`${gw.url}/ietf/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+      assert.match(i.headers.get('ratelimit-policy') ?? '', /q=5000/);
+      assert.match(i.headers.get('ratelimit') ?? '', /r=\d+/);
+    } finally { await gw.close(); }
+  });
+
+  it('show_limit_quota_header: false hides the headers but still limits', async () => {
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 10, time_window: 60, show_limit_quota_header: false })] });
+    try {
+      const a = await post(`${gw.url}/v1/chat/completions`, MSG);
+      assert.equal(a.status, 200);
+      assert.equal(a.headers.get('x-ai-ratelimit-limit-inst'), null);
+      const b = await post(`${gw.url}/v1/chat/completions`, MSG);
+      assert.equal(b.status, 429);
+      assert.equal(b.headers.get('x-ai-ratelimit-limit-inst'), null);
+      assert.ok(b.headers.get('retry-after'));
+    } finally { await gw.close(); }
+  });
+});

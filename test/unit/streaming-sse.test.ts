@@ -1,0 +1,92 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { SseParser } from '../../src/streaming/sse-parser.ts';
+import { SluiceError } from '../../src/core/errors.ts';
+
+interface Ev { data: string | null; event: string }
+
+function parse(chunks: Buffer[], max?: number): Ev[] {
+  const events: Ev[] = [];
+  const p = new SseParser({ onEvent: (data, event) => { events.push({ data, event }); } }, max);
+  for (const c of chunks) p.push(c);
+  p.end();
+  return events;
+}
+
+// Multi-byte characters (é, 日本, 🎌) so that splits land inside UTF-8 sequences.
+const STREAM = [
+  ': keep-alive comment',
+  '',
+  'event: message',
+  'data: {"choices":[{"delta":{"content":"héllo 日本 🎌"}}]}',
+  '',
+  'data: first line',
+  'data:second line',
+  'data',
+  'id: 7',
+  'retry: 100',
+  '',
+  'data: [DONE]',
+  '',
+  '',
+].join('\n');
+
+const EXPECTED: Ev[] = [
+  { data: null, event: '' },
+  { data: '{"choices":[{"delta":{"content":"héllo 日本 🎌"}}]}', event: 'message' },
+  { data: 'first line\nsecond line\n', event: '' },
+  { data: '[DONE]', event: '' },
+];
+
+function splitAll(text: string, terminator: string): Buffer {
+  return Buffer.from(text.replaceAll('\n', terminator), 'utf8');
+}
+
+for (const [name, term] of [['LF', '\n'], ['CRLF', '\r\n'], ['CR', '\r']] as const) {
+  test(`${name}: whole, every two-way split, and byte-by-byte give identical events`, () => {
+    const bytes = splitAll(STREAM, term);
+    assert.deepEqual(parse([bytes]), EXPECTED);
+    for (let i = 0; i <= bytes.length; i++) {
+      assert.deepEqual(parse([bytes.subarray(0, i), bytes.subarray(i)]), EXPECTED, `split at ${i}`);
+    }
+    const single = Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1));
+    assert.deepEqual(parse(single), EXPECTED);
+  });
+}
+
+test('event boundaries report the offset just past the blank line', () => {
+  const bytes = Buffer.from('data: a\n\ndata: b\r\n\r\n');
+  const ends: number[] = [];
+  const p = new SseParser({ onEvent: (_d, _e, end) => { ends.push(end); } });
+  p.push(bytes);
+  assert.deepEqual(ends, [9, bytes.length]);
+  // A CR at the very end of a chunk is held until the next byte says whether LF follows.
+  const ends2: number[] = [];
+  const q = new SseParser({ onEvent: (_d, _e, end) => { ends2.push(end); } });
+  q.push(Buffer.from('data: a\r\n\r'));
+  assert.deepEqual(ends2, []);
+  assert.equal(q.pendingBytes, 10);
+  q.push(Buffer.from('\ndata: b\n\n'));
+  assert.deepEqual(ends2, [1, 10]);
+});
+
+test('a final event without its blank line is dispatched at end()', () => {
+  assert.deepEqual(parse([Buffer.from('data: {"a":1}\n\ndata: [DONE]')]), [{ data: '{"a":1}', event: '' }, { data: '[DONE]', event: '' }]);
+  assert.deepEqual(parse([Buffer.from('data: x\r')]), [{ data: 'x', event: '' }]);
+  assert.deepEqual(parse([Buffer.from('data: x\n')]), [{ data: 'x', event: '' }]);
+  assert.deepEqual(parse([]), []);
+});
+
+test('an event larger than the bound is an upstream error, complete lines or not', () => {
+  const isTooLarge = (err: unknown) => err instanceof SluiceError && err.code === 'SLC_UPSTREAM_ERROR' && /exceeds 64 bytes/.test(err.message);
+  // One huge unterminated line arriving in pieces.
+  assert.throws(() => parse([Buffer.from('data: '), Buffer.from('x'.repeat(40)), Buffer.from('y'.repeat(40))], 64), isTooLarge);
+  // Many small lines in one event.
+  assert.throws(() => parse([Buffer.from('data: 0123456789\n'.repeat(8))], 64), isTooLarge);
+  // Events under the bound are fine, however many.
+  assert.equal(parse([Buffer.from('data: 0123456789\n\n'.repeat(100))], 64).length, 100);
+  // The default bound is 1 MiB.
+  const big = 'z'.repeat(1024 * 1024);
+  assert.throws(() => parse([Buffer.from(`data: ${big}\n\n`)]), (err: unknown) => err instanceof SluiceError && err.code === 'SLC_UPSTREAM_ERROR');
+  assert.equal(parse([Buffer.from(`data: ${big.slice(0, 1000_000)}\n\n`)])[0]?.data?.length, 1000_000);
+});
