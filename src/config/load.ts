@@ -52,7 +52,12 @@ export function parseConfigText(text: string, fileName: string): unknown {
   const doc = docs[0]!;
   if (doc.errors.length > 0) throw new ConfigError(doc.errors.map((e) => parseIssue(fileName, e)));
   keepLimitKeyText(doc);
-  return doc.toJS({ maxAliasCount: 100 });
+  try {
+    return doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    // yaml throws here on alias bombs (more alias expansions than maxAliasCount allows).
+    throw new ConfigError([{ path: '', message: `${fileName}: ${err instanceof Error ? err.message : String(err)}` }]);
+  }
 }
 
 export function loadConfigFile(path: string, env: NodeJS.ProcessEnv = process.env): SluiceConfig {

@@ -21,10 +21,18 @@ export interface IpRange {
   readonly source: string;
 }
 
-export type IpMatcher = (ip: string) => boolean;
+/** A compiled address list: call it with text, or test parsed addresses against `ranges`. */
+export interface IpMatcher {
+  (ip: string): boolean;
+  readonly ranges: readonly IpRange[];
+}
 
 export function newIpAddr(): IpAddr {
   return { family: 0, w: new Uint32Array(4) };
+}
+
+function isWs(c: number): boolean {
+  return c === 32 || c === 9;
 }
 
 function hexVal(c: number): number {
@@ -34,8 +42,11 @@ function hexVal(c: number): number {
   return -1;
 }
 
-/** Dotted quad in s[start, end) → 32-bit value, or -1. Leading zeros are refused (octal ambiguity). */
-function parseV4(s: string, start: number, end: number): number {
+/**
+ * Dotted quad in s[start, end) → out[at]; false when it is not one. Leading zeros are refused (octal
+ * ambiguity). Writing into the array instead of returning the value keeps a >2^31 number from being boxed.
+ */
+function parseV4(s: string, start: number, end: number, out: Uint32Array, at: number): boolean {
   let value = 0;
   let parts = 0;
   let i = start;
@@ -47,23 +58,30 @@ function parseV4(s: string, start: number, end: number): number {
       if (c < 48 || c > 57) break;
       octet = octet * 10 + (c - 48);
       i++;
-      if (i - partStart > 3) return -1;
+      if (i - partStart > 3) return false;
     }
     const len = i - partStart;
-    if (len === 0 || octet > 255 || (len > 1 && s.charCodeAt(partStart) === 48)) return -1;
+    if (len === 0 || octet > 255 || (len > 1 && s.charCodeAt(partStart) === 48)) return false;
     value = value * 256 + octet;
     parts++;
     if (parts < 4) {
-      if (i >= end || s.charCodeAt(i) !== 46) return -1;
+      if (i >= end || s.charCodeAt(i) !== 46) return false;
       i++;
     }
   }
-  return i === end ? value >>> 0 : -1;
+  if (i !== end) return false;
+  out[at] = value;
+  return true;
 }
+
+/** Scratch for parseV6 (synchronous use only). */
+const v6Groups = new Uint32Array(8);
+const v4Word = new Uint32Array(1);
 
 /** IPv6 text in s[start, end) → 8 groups written to `groups`, or false. Allows one '::' and a trailing dotted quad. */
 function parseV6(s: string, start: number, end: number, out: Uint32Array): boolean {
-  const groups = [0, 0, 0, 0, 0, 0, 0, 0];
+  const groups = v6Groups;
+  groups.fill(0);
   let n = 0;
   let gap = -1;
   let i = start;
@@ -89,8 +107,8 @@ function parseV6(s: string, start: number, end: number, out: Uint32Array): boole
     const len = i - gs;
     if (i < end && s.charCodeAt(i) === 46 /* . */) {
       if (n > 6) return false;
-      const v4 = parseV4(s, gs, end);
-      if (v4 < 0) return false;
+      if (!parseV4(s, gs, end, v4Word, 0)) return false;
+      const v4 = v4Word[0]!;
       groups[n++] = v4 >>> 16;
       groups[n++] = v4 & 0xffff;
       i = end;
@@ -122,16 +140,10 @@ function parseV6(s: string, start: number, end: number, out: Uint32Array): boole
   return true;
 }
 
-/**
- * Parse an address into `out` (no allocation). Accepts brackets (`[::1]`), a port after an IPv4 or
- * bracketed address (`1.2.3.4:80`, `[::1]:443`), a zone id (`fe80::1%eth0`) and surrounding spaces.
- * Returns false for anything else.
- */
-export function parseIpInto(text: string, out: IpAddr): boolean {
-  let start = 0;
-  let end = text.length;
-  while (start < end && text.charCodeAt(start) === 32) start++;
-  while (end > start && text.charCodeAt(end - 1) === 32) end--;
+/** Parse s[start, end) into `out`; see parseIpInto. */
+function parseSpan(text: string, start: number, end: number, out: IpAddr): boolean {
+  while (start < end && isWs(text.charCodeAt(start))) start++;
+  while (end > start && isWs(text.charCodeAt(end - 1))) end--;
   out.family = 0;
   if (start >= end) return false;
   if (text.charCodeAt(start) === 91 /* [ */) {
@@ -140,26 +152,54 @@ export function parseIpInto(text: string, out: IpAddr): boolean {
     start++;
     end = close;
   }
-  const zone = text.indexOf('%', start);
-  if (zone >= 0 && zone < end) end = zone;
-  let colon = text.indexOf(':', start);
-  if (colon >= end) colon = -1;
-  const dot = text.indexOf('.', start);
+  // Fast path: a bare dotted quad, the common case for socket and forwarded addresses.
+  const first = text.charCodeAt(start);
+  if (first >= 48 && first <= 57) {
+    if (parseV4(text, start, end, out.w, 3)) {
+      out.w[0] = 0;
+      out.w[1] = 0;
+      out.w[2] = 0xffff;
+      out.family = 4;
+      return true;
+    }
+  }
+  // One scan classifies the rest: a zone id ends the address; colons and dots tell the families apart.
+  let firstColon = -1;
+  let colons = 0;
+  let firstDot = -1;
+  for (let i = start; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 58) {
+      if (firstColon < 0) firstColon = i;
+      colons++;
+    } else if (c === 46) {
+      if (firstDot < 0) firstDot = i;
+    } else if (c === 37 /* % */) {
+      end = i;
+      break;
+    }
+  }
   // No colon, or a single colon after a dotted quad (a port): IPv4.
-  const v4Text = colon < 0 || (text.lastIndexOf(':', end - 1) === colon && dot >= 0 && dot < colon);
-  if (v4Text) {
-    const v4 = parseV4(text, start, colon < 0 ? end : colon);
-    if (v4 < 0) return false;
+  if (colons === 0 || (colons === 1 && firstDot >= 0 && firstDot < firstColon)) {
+    if (!parseV4(text, start, colons === 0 ? end : firstColon, out.w, 3)) return false;
     out.w[0] = 0;
     out.w[1] = 0;
     out.w[2] = 0xffff;
-    out.w[3] = v4;
     out.family = 4;
     return true;
   }
   if (!parseV6(text, start, end, out.w)) return false;
   out.family = out.w[0] === 0 && out.w[1] === 0 && out.w[2] === 0xffff ? 4 : 6;
   return true;
+}
+
+/**
+ * Parse an address into `out` (no allocation). Accepts brackets (`[::1]`), a port after an IPv4 or
+ * bracketed address (`1.2.3.4:80`, `[::1]:443`), a zone id (`fe80::1%eth0`) and surrounding spaces.
+ * Returns false for anything else.
+ */
+export function parseIpInto(text: string, out: IpAddr): boolean {
+  return parseSpan(text, 0, text.length, out);
 }
 
 function hex(v: number): string {
@@ -189,11 +229,29 @@ export function formatIp(a: IpAddr): string {
   return `${head}::${tail}`;
 }
 
+/**
+ * Canonical text of the address parsed from text[start, end). A bare dotted quad is already canonical
+ * (parseV4 refuses leading zeros), so it is returned as is, without formatting.
+ */
+function spanText(text: string, start: number, end: number, a: IpAddr): string {
+  while (start < end && isWs(text.charCodeAt(start))) start++;
+  while (end > start && isWs(text.charCodeAt(end - 1))) end--;
+  if (a.family === 4) {
+    let bare = true;
+    for (let i = start; i < end && bare; i++) {
+      const c = text.charCodeAt(i);
+      bare = (c >= 48 && c <= 57) || c === 46;
+    }
+    if (bare) return start === 0 && end === text.length ? text : text.slice(start, end);
+  }
+  return formatIp(a);
+}
+
 const scratch = newIpAddr();
 
 /** Canonical text of an address, or undefined when it is not one. */
 export function canonicalIp(text: string): string | undefined {
-  return parseIpInto(text, scratch) ? formatIp(scratch) : undefined;
+  return parseIpInto(text, scratch) ? spanText(text, 0, text.length, scratch) : undefined;
 }
 
 /** Parse an address or CIDR range ('10.0.0.0/8', '2001:db8::/32', '1.2.3.4'); throws on bad input. */
@@ -239,16 +297,26 @@ export function rangeContains(r: IpRange, a: IpAddr): boolean {
     && ((w[3]! & r.mask[3]!) >>> 0) === r.base[3];
 }
 
+export function matchesAny(ranges: readonly IpRange[], a: IpAddr): boolean {
+  for (let i = 0; i < ranges.length; i++) if (rangeContains(ranges[i]!, a)) return true;
+  return false;
+}
+
 /** Compile a list of addresses and CIDR ranges into a predicate; throws on an invalid entry. */
 export function compileIpMatcher(entries: readonly string[]): IpMatcher {
   const ranges = entries.map(parseIpRange);
-  if (ranges.length === 0) return () => false;
   const addr = newIpAddr();
-  return (ip) => {
-    if (!parseIpInto(ip, addr)) return false;
-    for (let i = 0; i < ranges.length; i++) if (rangeContains(ranges[i]!, addr)) return true;
-    return false;
-  };
+  const match = (ip: string): boolean => ranges.length > 0 && parseIpInto(ip, addr) && matchesAny(ranges, addr);
+  return Object.assign(match, { ranges });
+}
+
+const peerAddr = newIpAddr();
+const hopAddr = newIpAddr();
+
+function copyAddr(from: IpAddr, to: IpAddr | undefined): void {
+  if (to === undefined) return;
+  to.family = from.family;
+  to.w.set(from.w);
 }
 
 /**
@@ -256,23 +324,43 @@ export function compileIpMatcher(entries: readonly string[]): IpMatcher {
  * skipping trusted hops, and the first untrusted address is the client; when every hop is trusted the
  * leftmost counts. A malformed hop stops the walk at the last good (trusted) address, so a forged entry
  * can never be attributed to someone else. An untrusted peer's X-Forwarded-For is ignored.
- * Returns canonical text (IPv4-mapped addresses as dotted quads).
+ * Returns canonical text (IPv4-mapped addresses as dotted quads); each address is parsed once, and the
+ * parsed client address is left in `out` when given (family 0 when the peer address is not an address).
  */
-export function clientIp(remoteAddr: string, xff: string | undefined, trusted: IpMatcher): string {
-  const peer = canonicalIp(remoteAddr) ?? remoteAddr;
-  if (xff === undefined || xff === '' || !trusted(remoteAddr)) return peer;
-  let last = peer;
+export function clientIp(remoteAddr: string, xff: string | undefined, trusted: IpMatcher, out?: IpAddr): string {
+  if (!parseIpInto(remoteAddr, peerAddr)) {
+    copyAddr(peerAddr, out);
+    return remoteAddr;
+  }
+  if (xff === undefined || xff === '' || !matchesAny(trusted.ranges, peerAddr)) {
+    copyAddr(peerAddr, out);
+    return spanText(remoteAddr, 0, remoteAddr.length, peerAddr);
+  }
+  let lastStart = -1;
+  let lastEnd = -1;
   let end = xff.length;
   // Each pass consumes one comma-separated hop, so the loop is bounded by the header length.
   while (end > 0) {
     const comma = xff.lastIndexOf(',', end - 1);
-    const hop = xff.slice(comma + 1, end);
+    const start = comma + 1;
+    const hopEnd = end;
     end = comma < 0 ? 0 : comma;
-    if (hop.trim() === '') continue;
-    const c = canonicalIp(hop);
-    if (c === undefined) return last;
-    if (!trusted(c)) return c;
-    last = c;
+    let blank = true;
+    for (let i = start; i < hopEnd && blank; i++) blank = isWs(xff.charCodeAt(i));
+    if (blank) continue;
+    if (!parseSpan(xff, start, hopEnd, hopAddr)) break;
+    if (!matchesAny(trusted.ranges, hopAddr)) {
+      copyAddr(hopAddr, out);
+      return spanText(xff, start, hopEnd, hopAddr);
+    }
+    lastStart = start;
+    lastEnd = hopEnd;
   }
-  return last;
+  if (lastStart < 0) {
+    copyAddr(peerAddr, out);
+    return spanText(remoteAddr, 0, remoteAddr.length, peerAddr);
+  }
+  parseSpan(xff, lastStart, lastEnd, hopAddr);
+  copyAddr(hopAddr, out);
+  return spanText(xff, lastStart, lastEnd, hopAddr);
 }

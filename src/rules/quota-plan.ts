@@ -27,7 +27,7 @@ import type {
 } from '../config/types.ts';
 import type { CounterSpec } from '../quota/types.ts';
 import { compileCostExpr } from './cost-expr.ts';
-import { clientIp, compileIpMatcher, newIpAddr, parseIpInto, parseIpRange, rangeContains, type IpMatcher, type IpRange } from './ip.ts';
+import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, type IpMatcher, type IpRange } from './ip.ts';
 import { cookieValue, headerValue, queryParam, type RequestVars } from './request-vars.ts';
 import { compileCountTemplate, compileTemplate, type CountTemplate, type KeyTemplate } from './template.ts';
 
@@ -49,7 +49,8 @@ export type HeaderTarget =
 
 /** Header names precomputed at config load so responses build no strings beyond the values. */
 export interface QuotaHeaderNames {
-  /** Quotas with the same key share one set of headers; the one with the least remaining is shown. */
+  /** The lower-cased limit header name: quotas with the same key share one set of headers, and the one
+   *  with the least remaining is shown (a route and a consumer quota on one instance, say). */
   readonly key: string;
   readonly limit: string;
   readonly remaining: string;
@@ -71,6 +72,8 @@ export interface PlannedQuota {
   /** Bounded metric label derived from config only. */
   readonly metricRule: string;
   readonly consumerScoped: boolean;
+  /** The plugin config this quota comes from: the pipeline keeps one quota store per plugin (its policy). */
+  readonly source: AiRateLimitingConfig | AiTokenRatelimitConfig;
 }
 
 export interface RequestQuotaPlan {
@@ -80,7 +83,8 @@ export interface RequestQuotaPlan {
   perInstance(instanceName: string): readonly PlannedQuota[];
 }
 
-const EMPTY: readonly PlannedQuota[] = Object.freeze([]);
+// Not frozen: V8 copies frozen arrays on a slow path, and callers may copy these.
+const EMPTY: readonly PlannedQuota[] = [];
 const EMPTY_MAP: ReadonlyMap<string, readonly PlannedQuota[]> = new Map();
 
 class Plan implements RequestQuotaPlan {
@@ -139,37 +143,27 @@ function sfString(s: string): string {
   return out + '"';
 }
 
+function headerSet(prefix: string, suffix: string, label: string): QuotaHeaderNames {
+  const limit = `${prefix}Limit${suffix}`;
+  return {
+    key: limit.toLowerCase(),
+    limit,
+    remaining: `${prefix}Remaining${suffix}`,
+    reset: `${prefix}Reset${suffix}`,
+    ietfLabel: sfString(label),
+  };
+}
+
 function namesFor(target: HeaderTarget): QuotaHeaderNames {
   switch (target.kind) {
-    case 'instance': {
-      const n = headerToken(target.instance);
-      return {
-        key: `i:${target.instance}`,
-        limit: `X-AI-RateLimit-Limit-${n}`,
-        remaining: `X-AI-RateLimit-Remaining-${n}`,
-        reset: `X-AI-RateLimit-Reset-${n}`,
-        ietfLabel: sfString(target.instance),
-      };
-    }
+    case 'instance':
+      return headerSet('X-AI-RateLimit-', `-${headerToken(target.instance)}`, target.instance);
     case 'route':
-      return {
-        key: 'route',
-        limit: 'X-AI-RateLimit-Limit',
-        remaining: 'X-AI-RateLimit-Remaining',
-        reset: 'X-AI-RateLimit-Reset',
-        ietfLabel: sfString('route'),
-      };
+      return headerSet('X-AI-RateLimit-', '', 'route');
     case 'rule':
-    case 'token-rule': {
-      const n = headerToken(target.label);
-      return {
-        key: `${target.kind === 'rule' ? 'r' : 't'}:${target.label}`,
-        limit: `X-AI-${n}-RateLimit-Limit`,
-        remaining: `X-AI-${n}-RateLimit-Remaining`,
-        reset: `X-AI-${n}-RateLimit-Reset`,
-        ietfLabel: sfString(target.kind === 'rule' ? `rule-${target.label}` : target.label),
-      };
-    }
+      return headerSet(`X-AI-${headerToken(target.label)}-RateLimit-`, '', `rule-${target.label}`);
+    case 'token-rule':
+      return headerSet(`X-AI-${headerToken(target.label)}-RateLimit-`, '', target.label);
   }
 }
 
@@ -181,6 +175,7 @@ interface QuotaBase {
   readonly rejectedMsg: string | undefined;
   readonly sliding: boolean;
   readonly consumerScoped: boolean;
+  readonly source: AiRateLimitingConfig | AiTokenRatelimitConfig;
 }
 
 function makeQuota(
@@ -204,6 +199,7 @@ function makeQuota(
     rejectedMsg: base.rejectedMsg,
     metricRule,
     consumerScoped: base.consumerScoped,
+    source: base.source,
   };
 }
 
@@ -268,6 +264,7 @@ function compileArl(
     rejectedMsg: cfg.rejected_msg,
     sliding: cfg.window_type === 'sliding',
     consumerScoped,
+    source: cfg,
   };
   const instances = new Map<string, PlannedQuota>();
   const instanceQuota = (name: string, limit: number, windowS: number, cost: (u: Usage) => number, metric: string): PlannedQuota => {
@@ -347,7 +344,6 @@ interface TokenKeySlot {
 interface TokenItemSlot {
   readonly source: (vars: RequestVars) => string | undefined;
   readonly isIp: boolean;
-  readonly per: boolean;
   readonly keys: readonly TokenKeySlot[];
 }
 
@@ -359,6 +355,9 @@ interface CompiledTokenRl {
   readonly names: QuotaHeaderNames;
   readonly metricRule: string;
 }
+
+/** Parsed client address of the IP rule item being matched (synchronous use only). */
+const ipScratch = newIpAddr();
 
 function tokenSource(item: TokenRuleItem, trusted: IpMatcher, where: string): (vars: RequestVars) => string | undefined {
   switch (item.by) {
@@ -377,11 +376,12 @@ function tokenSource(item: TokenRuleItem, trusted: IpMatcher, where: string): (v
     case 'consumer':
       return (v) => (v.consumer === undefined || v.consumer === '' ? undefined : v.consumer);
     case 'ip': {
-      if (item.name === 'from-remote-addr') return (v) => clientIp(v.remoteAddr, undefined, trusted);
+      // IP sources leave the parsed address in ipScratch for the range checks that follow.
+      if (item.name === 'from-remote-addr') return (v) => clientIp(v.remoteAddr, undefined, trusted, ipScratch);
       if (item.name.startsWith('from-header-') && item.name.length > 12) {
         const h = item.name.slice(12).toLowerCase();
         // The header is believed only from a trusted proxy; clientIp falls back to the socket address.
-        return (v) => clientIp(v.remoteAddr, headerValue(v, h), trusted);
+        return (v) => clientIp(v.remoteAddr, headerValue(v, h), trusted, ipScratch);
       }
       throw new Error(`${where}: ip source must be "from-remote-addr" or "from-header-<name>", got "${item.name}"`);
     }
@@ -396,6 +396,7 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
     rejectedMsg: cfg.rejected_msg,
     sliding: cfg.window_type === 'sliding',
     consumerScoped: false,
+    source: cfg,
   };
   const header: HeaderTarget = { kind: 'token-rule', label: cfg.rule_name };
   const names = namesFor(header);
@@ -441,12 +442,10 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
         : makeQuota(base, idPrefix + keyHash(k.key), k.tokens, k.window_seconds, cost, header, names, metricRule);
       return { kind, exact: k.key, re, range, limit: k.tokens, windowS: k.window_seconds, idPrefix, fixed, cache: new Map() };
     });
-    return { source: tokenSource(item, trusted, at), isIp, per: item.per, keys };
+    return { source: tokenSource(item, trusted, at), isIp, keys };
   });
   return { global, items, base, header, names, metricRule };
 }
-
-const ipScratch = newIpAddr();
 
 function keyMatches(k: TokenKeySlot, value: string): boolean {
   switch (k.kind) {
@@ -463,7 +462,7 @@ function resolveToken(t: CompiledTokenRl, vars: RequestVars): PlannedQuota | und
     const item = t.items[i]!;
     const value = item.source(vars);
     if (value === undefined) continue;
-    if (item.isIp && !parseIpInto(value, ipScratch)) continue;
+    if (item.isIp && ipScratch.family === 0) continue;
     for (let j = 0; j < item.keys.length; j++) {
       const k = item.keys[j]!;
       if (!keyMatches(k, value)) continue;
@@ -515,11 +514,10 @@ function buildScope(route: CompiledArl | undefined, consumer: CompiledArl | unde
     }
   }
   const tokenDynamic = token !== undefined && token.items.length > 0;
-  const frozenCommon = Object.freeze(staticCommon);
   const staticPlan = rules.length === 0 && !tokenDynamic
-    ? new Plan(frozenCommon.length === 0 ? EMPTY : frozenCommon, instances.size === 0 ? EMPTY_MAP : instances)
+    ? new Plan(staticCommon.length === 0 ? EMPTY : staticCommon, instances.size === 0 ? EMPTY_MAP : instances)
     : undefined;
-  return { staticCommon: frozenCommon, rules, token: tokenDynamic ? token : undefined, instances, staticPlan };
+  return { staticCommon, rules, token: tokenDynamic ? token : undefined, instances, staticPlan };
 }
 
 /**
@@ -559,7 +557,8 @@ export function planRequest(c: CompiledRouteQuotas, vars: RequestVars): RequestQ
   if (!c.active) return EMPTY_PLAN;
   const scope = vars.consumer === undefined ? c.anonymous : (c.byConsumer.get(vars.consumer) ?? c.anonymous);
   if (scope.staticPlan !== undefined) return scope.staticPlan;
-  const common: PlannedQuota[] = scope.staticCommon.slice();
+  const common: PlannedQuota[] = [];
+  for (let i = 0; i < scope.staticCommon.length; i++) common.push(scope.staticCommon[i]!);
   for (let i = 0; i < scope.rules.length; i++) {
     const q = resolveRule(scope.rules[i]!, vars);
     if (q !== undefined) common.push(q);

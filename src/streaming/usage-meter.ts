@@ -3,11 +3,14 @@
 // usage-only chunk that Sluice made the upstream send. Pass-through mode forwards every input chunk as is.
 import { SseParser, type SseHandler } from './sse-parser.ts';
 import { parseUsage, type Usage } from './usage.ts';
+import { scanDeltaText } from './delta-scan.ts';
 
 export interface StreamMeterOptions {
   /** The client did not set stream_options.include_usage: drop the usage-only chunk (choices: [] with usage). */
   stripUsage: boolean;
   maxEventBytes?: number;
+  /** JSON.parse every frame instead of scanning plain content frames (tests compare the two paths). */
+  parseEveryFrame?: boolean;
 }
 
 const DONE = '[DONE]';
@@ -19,6 +22,7 @@ export class StreamMeter {
   private frameCount = 0;
 
   private readonly strip: boolean;
+  private readonly fast: boolean;
   private readonly parser: SseParser;
   // Strip mode only: the chunk being pushed, where its current event starts, the bytes of an event begun in
   // earlier chunks, and the kept pieces of output.
@@ -31,6 +35,7 @@ export class StreamMeter {
 
   constructor(opts: StreamMeterOptions) {
     this.strip = opts.stripUsage;
+    this.fast = opts.parseEveryFrame !== true;
     const handler: SseHandler = { onEvent: (data, _event, end) => this.onEvent(data, end) };
     this.parser = new SseParser(handler, opts.maxEventBytes);
   }
@@ -100,6 +105,13 @@ export class StreamMeter {
       return false;
     }
     this.frameCount++;
+    if (this.fast) {
+      const text = scanDeltaText(data);
+      if (text !== null) {
+        if (text.length > 0) this.textSeen += text;
+        return false;
+      }
+    }
     let frame: unknown;
     try {
       frame = JSON.parse(data);

@@ -10,6 +10,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -315,9 +316,6 @@ function tailFile(path: string, lines: number, from = 0): string {
 
 /** Poll `probe` until it returns a value (not undefined/false), or throw after timeoutMs with `context()` appended. */
 async function waitUntil<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined | false>, context: () => string): Promise<T> {
-  const t0 = performance.now(); try { return await waitUntil2(what, timeoutMs, probe, context); } finally { console.log('DBG', what, (performance.now()-t0).toFixed(0)); }
-}
-async function waitUntil2<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined | false>, context: () => string): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -900,15 +898,23 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
     const ids = (await Promise.all(procs.map((p) => call(p, 'CLUSTER', 'MYID')))) as string[];
     await Promise.all(procs.map((p, i) => call(p, 'CLUSTER', 'SET-CONFIG-EPOCH', i + 1)));
     await Promise.all(MASTER_SLOT_RANGES.map(([lo, hi], i) => call(procs[i]!, 'CLUSTER', 'ADDSLOTSRANGE', lo, hi)));
-    for (const p of procs.slice(1)) await call(procs[0]!, 'CLUSTER', 'MEET', HOST, p.port, p.spec.busPort!);
-    await waitUntil('all 6 cluster nodes to know each other', TOPOLOGY_TIMEOUT_MS, async () => {
-      for (const p of procs) {
-        const view = parseClusterNodes(await call(p, 'CLUSTER', 'NODES'));
-        if (view.length !== procs.length || view.some(isFailed)) return false;
+    const meet = (from: RedisProcess, to: RedisProcess): Promise<RespValue> => call(from, 'CLUSTER', 'MEET', HOST, to.port, to.spec.busPort!);
+    // Each replica first meets only its master and replicates it, so the other nodes learn its role from the
+    // handshake itself instead of from gossip (which runs about once a second).
+    await Promise.all([3, 4, 5].map((i) => meet(procs[i]!, procs[i - 3]!)));
+    await waitUntil('each cluster replica to know its master', TOPOLOGY_TIMEOUT_MS, async () => {
+      for (const i of [3, 4, 5]) {
+        const master = parseClusterNodes(await call(procs[i]!, 'CLUSTER', 'NODES')).find((n) => n.id === ids[i - 3]);
+        if (master === undefined || isFailed(master)) return false;
       }
       return true;
     }, () => topology.logs());
     await Promise.all([3, 4, 5].map((i) => call(procs[i]!, 'CLUSTER', 'REPLICATE', ids[i - 3]!)));
+    const pairs: Promise<RespValue>[] = [];
+    for (let i = 0; i < procs.length; i++) {
+      for (let j = i + 1; j < procs.length; j++) if (j !== i + 3) pairs.push(meet(procs[i]!, procs[j]!));
+    }
+    await Promise.all(pairs);
     await topology.waitHealthy('the cluster to be ready (cluster_state:ok, replicas linked)', TOPOLOGY_TIMEOUT_MS);
     return topology;
   } catch (err) {
@@ -954,6 +960,14 @@ function sentinelFields(reply: RespValue): Record<string, string> {
   return out;
 }
 
+const UNHEALTHY_SENTINEL_FLAGS = new Set(['s_down', 'o_down', 'disconnected', 'failover_in_progress', 'promoted']);
+
+/** Sentinel flags for an instance of this role that is up. 'master_down' on a peer only records its last vote. */
+function healthyAs(flags: string | undefined, role: string): boolean {
+  const list = (flags ?? '').split(',');
+  return list.includes(role) && !list.some((f) => UNHEALTHY_SENTINEL_FLAGS.has(f));
+}
+
 class SentinelTopology implements SentinelHandle {
   readonly masterName = MASTER_NAME;
   private stopping: Promise<void> | undefined;
@@ -997,12 +1011,14 @@ class SentinelTopology implements SentinelHandle {
       for (const s of this.sentinelProcs) {
         const m = sentinelFields(await this.askSentinel(s, 'MASTER', MASTER_NAME));
         const port = Number(m.port);
-        if (m.flags !== 'master' || Number(m['num-other-sentinels']) !== this.sentinelProcs.length - 1) return false;
+        if (!healthyAs(m.flags, 'master') || Number(m['num-other-sentinels']) !== this.sentinelProcs.length - 1) return false;
         if (agreed === undefined) agreed = port;
         else if (agreed !== port) return false;
+        const peers = await this.askSentinel(s, 'SENTINELS', MASTER_NAME);
+        if (!Array.isArray(peers) || peers.map(sentinelFields).some((x) => !healthyAs(x.flags, 'sentinel'))) return false;
         const replicas = await this.askSentinel(s, 'REPLICAS', MASTER_NAME);
         if (!Array.isArray(replicas)) return false;
-        const healthy = new Set(replicas.map(sentinelFields).filter((r) => r.flags === 'slave' && r['master-link-status'] === 'ok').map((r) => Number(r.port)));
+        const healthy = new Set(replicas.map(sentinelFields).filter((r) => healthyAs(r.flags, 'slave') && r['master-link-status'] === 'ok').map((r) => Number(r.port)));
         if (liveData.some((p) => p !== port && !healthy.has(p))) return false;
       }
       if (agreed === undefined || !liveData.includes(agreed)) return false;
@@ -1020,7 +1036,7 @@ class SentinelTopology implements SentinelHandle {
     if (replicas.length === 0) throw new Error('no live replica to promote');
     if (opts.waitForSync ?? true) await waitReplicasSynced(old, replicas, this.dataAuth, () => this.logs());
     await proc.kill('SIGKILL');
-    return waitUntil(`the sentinels to promote a replica of ${old.host}:${old.port}`, FAILOVER_TIMEOUT_MS, async () => {
+    const promoted = await waitUntil(`the sentinels to promote a replica of ${old.host}:${old.port}`, FAILOVER_TIMEOUT_MS, async () => {
       let agreed: number | undefined;
       for (const s of this.sentinelProcs.filter((p) => p.running)) {
         const addr = await this.askSentinel(s, 'GET-MASTER-ADDR-BY-NAME', MASTER_NAME);
@@ -1033,6 +1049,11 @@ class SentinelTopology implements SentinelHandle {
       const info = parseInfo(await redisCall(hp(agreed), ['INFO', 'replication'], { ...this.dataAuth, timeoutMs: PROBE_TIMEOUT_MS }));
       return info.role === 'master' ? hp(agreed) : false;
     }, () => this.logs());
+    // After switch-master each sentinel reconnects to the new master within about a second; until then it
+    // reports it 'disconnected', and a restart in that window can make the sentinels fail over again.
+    const settled = await this.waitConsistent('the sentinels to connect to the promoted master', FAILOVER_TIMEOUT_MS);
+    if (settled.port !== promoted.port) throw new Error(`sentinels moved on from ${HOST}:${promoted.port} to ${HOST}:${settled.port} right after the failover`);
+    return promoted;
   }
 
   async restartNode(node: HostPort): Promise<void> {
@@ -1041,7 +1062,8 @@ class SentinelTopology implements SentinelHandle {
     const current = await this.master();
     // Started as a replica directly: sentinel would only demote a returning old master after ~10 s.
     await restartSamePort(proc, current.port === node.port ? [] : ['--replicaof', current.host, String(current.port)]);
-    await this.waitConsistent(`node ${HOST}:${node.port} to rejoin as a replica`, FAILOVER_TIMEOUT_MS);
+    const settled = await this.waitConsistent(`node ${HOST}:${node.port} to rejoin as a replica`, FAILOVER_TIMEOUT_MS);
+    if (settled.port !== current.port) throw new Error(`the sentinels failed over from ${HOST}:${current.port} to ${HOST}:${settled.port} while ${HOST}:${node.port} restarted`);
   }
 
   stop(): Promise<void> {
@@ -1081,10 +1103,18 @@ export async function startSentinel(opts: StartSentinelOptions = {}): Promise<Se
     await waitUntil('the replica to link to the master', TOPOLOGY_TIMEOUT_MS, async () =>
       parseInfo(await redisCall(replica.address, ['INFO', 'replication'], { ...auth, timeoutMs: PROBE_TIMEOUT_MS })).master_link_status === 'up',
     () => topology.logs());
+    // Each sentinel is told its id and the other sentinels up front (as its own config rewrite would record
+    // them), so they need not discover each other through hello messages, which go out every 2 s.
+    const ids = [0, 1, 2].map(() => randomBytes(20).toString('hex'));
+    const sentinelPorts = await freePorts(3);
     const started = await Promise.allSettled([0, 1, 2].map((i) => {
       const sDir = join(dir, `sentinel-${i}`);
       mkdirSync(sDir);
-      return startOnFreePorts(1, ([port]) => {
+      let first = true;
+      return startOnFreePorts(1, ([fresh]) => {
+        const port = first ? sentinelPorts[i]! : fresh!;
+        first = false;
+        sentinelPorts[i] = port;
         const lines = [
           `port ${port}`,
           `bind ${HOST}`,
@@ -1094,12 +1124,15 @@ export async function startSentinel(opts: StartSentinelOptions = {}): Promise<Se
           `sentinel down-after-milliseconds ${MASTER_NAME} 1000`,
           `sentinel failover-timeout ${MASTER_NAME} 5000`,
           `sentinel parallel-syncs ${MASTER_NAME} 1`,
+          `sentinel myid ${ids[i]}`,
+          `sentinel known-replica ${MASTER_NAME} ${HOST} ${replica.port}`,
+          ...[0, 1, 2].filter((j) => j !== i).map((j) => `sentinel known-sentinel ${MASTER_NAME} ${HOST} ${sentinelPorts[j]} ${ids[j]}`),
         ];
         if (opts.password !== undefined) lines.push(`sentinel auth-pass ${MASTER_NAME} ${quote(opts.password)}`);
         // Sentinels also authenticate to each other with this password.
         if (opts.sentinelPassword !== undefined) lines.push(`requirepass ${quote(opts.sentinelPassword)}`);
         writeConfig(sDir, lines.join('\n') + '\n'); // sentinel rewrites it, so it stays writable
-        return new RedisProcess({ bin: REDIS_SENTINEL, label: `sentinel-${i}`, dir: sDir, port: port!, auth: { password: opts.sentinelPassword }, secrets, args: [] });
+        return new RedisProcess({ bin: REDIS_SENTINEL, label: `sentinel-${i}`, dir: sDir, port, auth: { password: opts.sentinelPassword }, secrets, args: [] });
       }).then((proc) => { sentinelProcs[i] = proc; });
     }));
     throwFirstRejection(started);

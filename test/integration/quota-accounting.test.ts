@@ -12,11 +12,10 @@ function route(mockUrl: string, arl: Record<string, unknown>, id = 'q') {
   return { id, uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('inst', mockUrl)] }, 'ai-rate-limiting': arl } };
 }
 
-async function remaining(gw: TestGateway, headers: Record<string, string> = {}): Promise<number> {
-  // A request that the quota admits but which costs nothing: the upstream fails with 503 before any token.
-  const r = await post(`${gw.url}/v1/chat/completions`, MSG, { ...headers, 'x-mock-status': '503' });
+/** A request the quota admits but whose upstream fails with 503 before producing any token. */
+async function failedAttempt(gw: TestGateway): Promise<void> {
+  const r = await post(`${gw.url}/v1/chat/completions`, MSG, { 'x-mock-status': '503' });
   assert.equal(r.status, 503);
-  return Number.NaN;
 }
 
 async function metric(gw: TestGateway, re: RegExp): Promise<number> {
@@ -91,7 +90,7 @@ describe('token accounting (local policy)', () => {
   it('a failed attempt releases its reservation: nothing is charged', async () => {
     const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });
     try {
-      for (let i = 0; i < 5; i++) await remaining(gw);
+      for (let i = 0; i < 5; i++) await failedAttempt(gw);
       const ok = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
       assert.equal(Number(ok.headers.get('x-ai-ratelimit-remaining-inst')), 1000 - ok.body.usage.total_tokens);
     } finally { await gw.close(); }

@@ -6,7 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
-import { startGateway, post, type TestGateway } from '../helpers/gateway.ts';
+import { startGateway, post } from '../helpers/gateway.ts';
 
 const MATH = { messages: [{ role: 'system', content: 'You are a mathematician' }, { role: 'user', content: 'What is 1+1?' }] };
 const NEWTON = { messages: [{ role: 'system', content: 'You are a mathematician' }, { role: 'user', content: 'Explain Newtons laws' }] };
@@ -199,7 +199,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
       const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'k', maxRetries: 0 });
       const seen: number[] = [];
       for (let i = 0; i < 3; i++) {
-        const { data, response } = await client.chat.completions.create({ model: 'x', ...(MATH as any), stream: true, max_tokens: 20 }).withResponse();
+        const { data, response } = await client.chat.completions.create({ model: 'x', messages: MATH.messages as never, stream: true, max_tokens: 20 }).withResponse();
         for await (const _ of data) { /* drain */ }
         seen.push(Number(response.headers.get('x-ai-ratelimit-remaining-openai-instance')));
       }

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { countChatPrompt, countCompletionPrompt, countText, TOKENS_PER_IMAGE } from '../../src/tokens/count.ts';
+import { clearPromptCountCache, countChatPrompt, countCompletionPrompt, countPromptText, countText, CountCache, TOKENS_PER_IMAGE } from '../../src/tokens/count.ts';
 import { encodingForModel } from '../../src/tokens/encoding.ts';
 import { chatPromptTokens, completionPromptTokens } from '../../src/mock/tokens.ts';
 
@@ -108,4 +108,37 @@ test('countCompletionPrompt handles strings, string arrays and token ids', () =>
   for (const p of ['hello <|endoftext|>', ['a', 'b c'], [10, 20], [[1], [2, 3]]]) {
     assert.ok(countCompletionPrompt(p, enc) >= completionPromptTokens(p), JSON.stringify(p));
   }
+});
+
+test('prompt counts are cached per encoding and equal the uncached counts', () => {
+  clearPromptCountCache();
+  const texts = ['You are a helpful assistant. Answer in English.', 'お誕生日おめでとう、今日は良い日ですね', 'x'.repeat(20), 'short'];
+  for (const enc of ['o200k_base', 'cl100k_base'] as const) {
+    for (const t of texts) {
+      const direct = countText(t, enc);
+      assert.equal(countPromptText(t, enc), direct);
+      assert.equal(countPromptText(t, enc), direct, 'second (cached) count');
+    }
+  }
+  // Cached separately per encoding: the Japanese text counts differently in each table.
+  assert.notEqual(countPromptText(texts[1]!, 'o200k_base'), countPromptText(texts[1]!, 'cl100k_base'));
+  clearPromptCountCache();
+});
+
+test('CountCache stays within its character budget, evicting least recently used first', () => {
+  const c = new CountCache(100);
+  c.set('a'.repeat(40), 1);
+  c.set('b'.repeat(40), 2);
+  assert.equal(c.get('a'.repeat(40)), 1); // a is now the most recent
+  c.set('c'.repeat(40), 3); // 120 chars > 100: the oldest (b) goes
+  assert.equal(c.size, 80);
+  assert.equal(c.get('b'.repeat(40)), undefined);
+  assert.equal(c.get('a'.repeat(40)), 1);
+  assert.equal(c.get('c'.repeat(40)), 3);
+  c.set('d'.repeat(100), 4); // alone at the budget: everything older goes
+  assert.equal(c.size, 100);
+  assert.equal(c.get('a'.repeat(40)), undefined);
+  assert.equal(c.get('d'.repeat(100)), 4);
+  c.clear();
+  assert.equal(c.size, 0);
 });

@@ -87,7 +87,8 @@ export function readAiProxy(is: Issues, path: string, value: unknown, instanceNa
 
 function readFallback(sec: Section): FallbackReason[] {
   const v = sec.get('fallback_strategy');
-  if (v === undefined) return [];
+  // APISIX's default is instance_health_and_rate_limiting: spent instances are skipped unless told otherwise.
+  if (v === undefined) return ['instance_health', 'rate_limiting'];
   const path = sec.p('fallback_strategy');
   const items = typeof v === 'string' ? [v] : Array.isArray(v) ? v : undefined;
   if (items === undefined) {

@@ -1,0 +1,159 @@
+// Closed-loop HTTP load generator, run as a child process (see run-load.ts) so its CPU is its own.
+// `connections` loops each keep one request in flight over a keep-alive undici Pool. After the warm-up, the
+// measured window lasts `durationMs` or until `maxRequests` requests completed, whichever comes first.
+// CPU of the watched pids is read from /proc at the exact start and end of that window, here, so the sample
+// and the window cannot drift apart.
+import { Pool } from 'undici';
+import { sampleCpu, type CpuSample } from './cpu.ts';
+import { percentile } from './stats.ts';
+
+export interface LoadSpec {
+  /** Origin, e.g. http://127.0.0.1:8080. */
+  readonly origin: string;
+  readonly path: string;
+  readonly body: string;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly connections: number;
+  readonly warmupMs: number;
+  readonly durationMs: number;
+  /** Upper bound on requests completed inside the measured window. */
+  readonly maxRequests: number;
+  /** SSE answers: count frames and the time to the first body chunk. */
+  readonly stream: boolean;
+  /** Processes whose CPU is sampled over the measured window. */
+  readonly watchPids: readonly number[];
+}
+
+export interface LoadResult {
+  readonly requests: number;
+  readonly errors: number;
+  readonly firstError: string | undefined;
+  readonly elapsedMs: number;
+  readonly rps: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  /** SSE frames (blank-line-terminated events) received inside the window; 0 unless streaming. */
+  readonly frames: number;
+  readonly framesPerSec: number;
+  readonly ttffP50Ms: number;
+  readonly ttffP99Ms: number;
+  /** µs of CPU per watched pid over the window (NaN when a process vanished). */
+  readonly cpuUs: readonly number[];
+  /** µs of busy CPU of the whole box over the window. */
+  readonly boxBusyUs: number;
+  /** This load generator's own CPU over the window, µs. */
+  readonly selfCpuUs: number;
+}
+
+type Phase = 'warmup' | 'measure' | 'done';
+
+export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
+  const pool = new Pool(spec.origin, { connections: spec.connections, pipelining: 1 });
+  const payload = Buffer.from(spec.body);
+  const headers = { ...spec.headers, 'content-type': 'application/json' };
+  const latencies = new Float64Array(spec.maxRequests);
+  const ttffs = new Float64Array(spec.stream ? spec.maxRequests : 0);
+  let phase: Phase = 'warmup';
+  let requests = 0;
+  let ttffCount = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  let frames = 0;
+  let startSample: CpuSample | undefined;
+  let endSample: CpuSample | undefined;
+  let selfStart = process.cpuUsage();
+  let selfUs = 0;
+  let endTimer: NodeJS.Timeout | undefined;
+
+  const endMeasure = () => {
+    if (phase !== 'measure') return;
+    endSample = sampleCpu(spec.watchPids);
+    const d = process.cpuUsage(selfStart);
+    selfUs = d.user + d.system;
+    phase = 'done';
+    clearTimeout(endTimer);
+  };
+  const startTimer = setTimeout(() => {
+    startSample = sampleCpu(spec.watchPids);
+    selfStart = process.cpuUsage();
+    phase = 'measure';
+    endTimer = setTimeout(endMeasure, spec.durationMs);
+  }, spec.warmupMs);
+
+  const fail = (msg: string) => {
+    if (phase === 'measure') errors++;
+    firstError ??= msg;
+  };
+
+  const loop = async (): Promise<void> => {
+    while (phase !== 'done') {
+      const t0 = performance.now();
+      try {
+        const res = await pool.request({ path: spec.path, method: 'POST', headers, body: payload });
+        let first = true;
+        // Last byte of the previous chunk, so a "\n\n" split across two chunks still counts as one event end.
+        let last = 0;
+        for await (const chunk of res.body as AsyncIterable<Buffer>) {
+          if (!spec.stream) continue;
+          if (first) {
+            first = false;
+            if (phase === 'measure' && ttffCount < ttffs.length) ttffs[ttffCount++] = performance.now() - t0;
+          }
+          if (phase === 'measure') {
+            for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) {
+              if ((i === 0 ? last : chunk[i - 1]) === 10) frames++;
+            }
+          }
+          last = chunk[chunk.length - 1]!;
+        }
+        if (res.statusCode < 200 || res.statusCode >= 300) { fail(`HTTP ${res.statusCode}`); continue; }
+        if (phase !== 'measure') continue;
+        latencies[requests++] = performance.now() - t0;
+        if (requests >= spec.maxRequests) endMeasure();
+      } catch (err) {
+        fail((err as Error).message);
+        // Never spin hot on a refused connection.
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+  };
+
+  // The generator must not outlive its window by much, whatever the server does.
+  const hardStop = setTimeout(() => { process.stderr.write('load: hard timeout\n'); process.exit(3); }, spec.warmupMs + spec.durationMs + 20_000);
+  await Promise.all(Array.from({ length: spec.connections }, loop));
+  clearTimeout(hardStop);
+  clearTimeout(startTimer);
+  await pool.destroy();
+
+  if (startSample === undefined || endSample === undefined) throw new Error('measured window never ran');
+  const elapsedMs = endSample.atMs - startSample.atMs;
+  const s0 = startSample;
+  return {
+    requests,
+    errors,
+    firstError,
+    elapsedMs,
+    rps: (requests * 1000) / elapsedMs,
+    p50Ms: percentile(latencies, requests, 0.5),
+    p99Ms: percentile(latencies, requests, 0.99),
+    frames,
+    framesPerSec: (frames * 1000) / elapsedMs,
+    ttffP50Ms: percentile(ttffs, ttffCount, 0.5),
+    ttffP99Ms: percentile(ttffs, ttffCount, 0.99),
+    cpuUs: endSample.pids.map((v, i) => v - s0.pids[i]!),
+    boxBusyUs: endSample.box - s0.box,
+    selfCpuUs: selfUs,
+  };
+}
+
+// As a forked child: one spec in over IPC, one result out, then exit.
+if (process.send !== undefined && process.argv.includes('--child')) {
+  process.once('message', (spec: LoadSpec) => {
+    runLoadHere(spec).then(
+      (result) => process.send!({ ok: true, result }, () => process.exit(0)),
+      (err: unknown) => process.send!({ ok: false, error: (err as Error).stack ?? String(err) }, () => process.exit(1)),
+    );
+  });
+  // Tell the parent the listener is in place: a spec sent earlier could be lost while tsx is still loading.
+  process.send({ ready: true });
+}

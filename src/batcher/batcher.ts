@@ -1,0 +1,152 @@
+// Flush scheduling for pre-aggregated deltas, independent of what they are written to.
+//
+// Items (e.g. one counter key in one window) are marked dirty on the request path; the batcher hands them
+// to the sink in batches: every `intervalMs`, or early when `maxBatchKeys` items are dirty. At most one
+// write is in flight at a time, so a slow store sees one batch, not a pile of them. Items the sink fails to
+// write are marked again by the sink and go out with a later batch. The backlog (dirty + in flight) is
+// bounded by `maxPendingKeys`: beyond it the oldest dirty item is handed to `sink.drop`.
+
+export interface Batchable {
+  /** Owned by the batcher: true while the item waits in the dirty set. */
+  queued: boolean;
+}
+
+export interface BatchSink<T extends Batchable> {
+  /**
+   * Write one batch. Must not reject: resolve true when every item was acknowledged, false otherwise (after
+   * marking the items to retry again with `batcher.mark`).
+   */
+  write(batch: readonly T[]): Promise<boolean>;
+  /** The backlog is full: forget this item's deltas. */
+  drop(item: T): void;
+  /** Whether timer-driven writes should be attempted now (e.g. false while a circuit breaker is open). */
+  canWrite(): boolean;
+}
+
+export interface BatcherOptions {
+  readonly intervalMs: number;
+  readonly maxBatchKeys: number;
+  readonly maxPendingKeys: number;
+}
+
+export class Batcher<T extends Batchable> {
+  private readonly sink: BatchSink<T>;
+  private readonly opts: BatcherOptions;
+  private readonly dirty = new Set<T>();
+  private inflight = 0;
+  private running: Promise<boolean> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private earlyScheduled = false;
+
+  constructor(sink: BatchSink<T>, opts: BatcherOptions) {
+    this.sink = sink;
+    this.opts = {
+      intervalMs: Math.max(1, opts.intervalMs),
+      maxBatchKeys: Math.max(1, opts.maxBatchKeys),
+      maxPendingKeys: Math.max(1, opts.maxPendingKeys),
+    };
+  }
+
+  start(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setInterval(() => this.tick(), this.opts.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Queue an item for the next batch (no-op when already queued). */
+  mark(item: T): void {
+    if (item.queued) return;
+    if (this.dirty.size + this.inflight >= this.opts.maxPendingKeys) this.evictOldest();
+    item.queued = true;
+    this.dirty.add(item);
+    if (this.dirty.size >= this.opts.maxBatchKeys && this.running === undefined && !this.earlyScheduled) {
+      this.earlyScheduled = true;
+      setImmediate(() => {
+        this.earlyScheduled = false;
+        this.tick();
+      });
+    }
+  }
+
+  /** Items not yet acknowledged: dirty plus in flight. */
+  get backlog(): number {
+    return this.dirty.size + this.inflight;
+  }
+
+  get queuedCount(): number {
+    return this.dirty.size;
+  }
+
+  get flushing(): boolean {
+    return this.running !== undefined;
+  }
+
+  /** Start a timer-style flush now if one is due and allowed (e.g. when a breaker closes). */
+  kick(): void {
+    this.tick();
+  }
+
+  /**
+   * Write everything dirty now, whatever `canWrite` says. Resolves true when every batch was acknowledged,
+   * false at the first failed batch (its items stay queued).
+   */
+  async flush(): Promise<boolean> {
+    if (this.running !== undefined) await this.running;
+    // Bounded: items dirtied while flushing wait for the next round rather than keep this call alive.
+    let rounds = Math.ceil(this.dirty.size / this.opts.maxBatchKeys);
+    while (rounds-- > 0 && this.dirty.size > 0) {
+      if (!(await this.runOnce())) return false;
+    }
+    return true;
+  }
+
+  private tick(): void {
+    if (this.running !== undefined || this.dirty.size === 0 || !this.sink.canWrite()) return;
+    void this.runOnce().then(() => {
+      if (this.dirty.size >= this.opts.maxBatchKeys) setImmediate(() => this.tick());
+    });
+  }
+
+  private runOnce(): Promise<boolean> {
+    if (this.running !== undefined) return this.running;
+    const batch = this.take();
+    if (batch.length === 0) return Promise.resolve(true);
+    this.inflight = batch.length;
+    const run = this.sink.write(batch).then(
+      (ok) => ok,
+      () => false,
+    ).finally(() => {
+      this.inflight = 0;
+      this.running = undefined;
+    });
+    this.running = run;
+    return run;
+  }
+
+  private take(): T[] {
+    const n = Math.min(this.dirty.size, this.opts.maxBatchKeys);
+    const batch = new Array<T>(n);
+    let i = 0;
+    for (const item of this.dirty) {
+      if (i === n) break;
+      batch[i++] = item;
+      item.queued = false;
+      this.dirty.delete(item);
+    }
+    return batch;
+  }
+
+  private evictOldest(): void {
+    for (const item of this.dirty) {
+      this.dirty.delete(item);
+      item.queued = false;
+      this.sink.drop(item);
+      return;
+    }
+  }
+}

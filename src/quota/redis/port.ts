@@ -1,0 +1,178 @@
+// The few Redis operations the quota store needs, over ioredis, for the three topologies. This folder is
+// the only place that imports ioredis. Options favour bounded latency over persistence of commands:
+// no offline queue (a command on a down connection fails at once), no resending of unanswered commands
+// by the client (the store decides what to send again), short reconnect backoff.
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { RedisTargetConfig } from '../../config/types.ts';
+
+export type PortArg = string | number;
+export type PortCommand = readonly [name: string, ...args: PortArg[]];
+/** One reply per command: [error, value]. */
+export type PortReply = [Error | null, unknown];
+
+export interface RedisPort {
+  readonly mode: RedisTargetConfig['mode'];
+  /** Commands whose keys map to the same group may share one pipeline (Cluster: slots served by the same nodes). */
+  groupOf(slot: number): string;
+  /**
+   * Send the commands as one pipeline, resolving with one [error, reply] per command; rejects when the
+   * pipeline failed as a whole. `readOnly` pipelines may go to a replica (Sentinel with role 'slave').
+   */
+  exec(commands: readonly PortCommand[], readOnly?: boolean): Promise<PortReply[]>;
+  /** Whether commands can be written now. */
+  readonly ready: boolean;
+  on(event: 'ready' | 'down', listener: () => void): void;
+  quit(): Promise<void>;
+}
+
+/** How a Redis failure is classified: metrics, the breaker, and whether a command may have been applied. */
+export type RedisErrorKind = 'timeout' | 'connection' | 'not_sent' | 'reply';
+
+export function classifyError(err: unknown): RedisErrorKind {
+  const e = err as { name?: string; message?: string };
+  const msg = e?.message ?? '';
+  if (/timed? ?out/i.test(msg)) return 'timeout';
+  if (/enableOfflineQueue|isn't writeable|Connection is closed|not ready|None of startup nodes/i.test(msg)) return 'not_sent';
+  if (e?.name === 'ReplyError') return 'reply';
+  return 'connection';
+}
+
+const RETRY_MS = (times: number): number => Math.min(50 * times, 200);
+
+function common(t: RedisTargetConfig): NonNullable<ClusterOptions['redisOptions']> {
+  return {
+    username: t.username,
+    password: t.password,
+    connectTimeout: t.connect_timeout_ms,
+    commandTimeout: t.timeout_ms,
+    // A socket that stops answering while commands are pending is torn down and reconnected.
+    socketTimeout: Math.max(2 * t.timeout_ms, 1000),
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    enableAutoPipelining: false,
+    connectionName: 'sluice',
+  };
+}
+
+function noisy(client: Redis | Cluster): void {
+  // Errors surface through command results and the breaker; an 'error' listener keeps ioredis from printing them.
+  client.on('error', () => undefined);
+}
+
+class StandalonePort implements RedisPort {
+  readonly mode: RedisTargetConfig['mode'];
+  private readonly writer: Redis;
+  private readonly reader: Redis | undefined;
+
+  constructor(target: RedisTargetConfig) {
+    this.mode = target.mode;
+    const base: RedisOptions = { ...common(target), db: target.database, retryStrategy: RETRY_MS, enableOfflineQueue: false };
+    if (target.mode === 'sentinel') {
+      const sentinel: RedisOptions = {
+        ...base,
+        sentinels: target.sentinels.map((s) => ({ host: s.host, port: s.port })),
+        name: target.master_name,
+        sentinelUsername: target.sentinel_username,
+        sentinelPassword: target.sentinel_password,
+        sentinelCommandTimeout: target.timeout_ms,
+        sentinelRetryStrategy: (times: number) => Math.min(100 * times, 1000),
+        failoverDetector: true,
+      };
+      // Counters are written, so the writer always follows the master; role 'slave' sends reads to a replica.
+      this.writer = new Redis({ ...sentinel, role: 'master' });
+      this.reader = target.role === 'slave' ? new Redis({ ...sentinel, role: 'slave', connectionName: 'sluice-reader' }) : undefined;
+    } else {
+      this.writer = new Redis({ ...base, host: target.host, port: target.port });
+      this.reader = undefined;
+    }
+    noisy(this.writer);
+    if (this.reader !== undefined) noisy(this.reader);
+  }
+
+  groupOf(): string {
+    return '';
+  }
+
+  get ready(): boolean {
+    return this.writer.status === 'ready';
+  }
+
+  exec(commands: readonly PortCommand[], readOnly = false): Promise<PortReply[]> {
+    const client = readOnly && this.reader !== undefined && this.reader.status === 'ready' ? this.reader : this.writer;
+    return client.pipeline(commands as unknown as string[][]).exec().then(results);
+  }
+
+  on(event: 'ready' | 'down', listener: () => void): void {
+    if (event === 'ready') this.writer.on('ready', listener);
+    else this.writer.on('close', listener);
+  }
+
+  async quit(): Promise<void> {
+    await Promise.allSettled([quit(this.writer), this.reader === undefined ? undefined : quit(this.reader)]);
+  }
+}
+
+class ClusterPort implements RedisPort {
+  readonly mode = 'cluster' as const;
+  private readonly client: Cluster;
+
+  constructor(target: RedisTargetConfig) {
+    const opts: ClusterOptions = {
+      redisOptions: common(target),
+      enableOfflineQueue: false,
+      enableReadyCheck: true,
+      scaleReads: 'master',
+      // During a failover or resharding commands are retried on the new owner rather than failed.
+      retryDelayOnFailover: 100,
+      retryDelayOnClusterDown: 100,
+      retryDelayOnTryAgain: 50,
+      retryDelayOnMoved: 0,
+      maxRedirections: 16,
+      slotsRefreshTimeout: Math.max(target.connect_timeout_ms, 1000),
+      clusterRetryStrategy: (times: number) => Math.min(100 * times, 1000),
+    };
+    const nodes = target.cluster_nodes.length > 0 ? target.cluster_nodes : [{ host: target.host, port: target.port }];
+    this.client = new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
+    noisy(this.client);
+  }
+
+  groupOf(slot: number): string {
+    const nodes = this.client.slots[slot];
+    return nodes === undefined || nodes.length === 0 ? '?' : nodes.join(';');
+  }
+
+  get ready(): boolean {
+    return this.client.status === 'ready';
+  }
+
+  exec(commands: readonly PortCommand[]): Promise<PortReply[]> {
+    return this.client.pipeline(commands as unknown as string[][]).exec().then(results);
+  }
+
+  on(event: 'ready' | 'down', listener: () => void): void {
+    if (event === 'ready') this.client.on('ready', listener);
+    else this.client.on('close', listener);
+  }
+
+  async quit(): Promise<void> {
+    await quit(this.client);
+  }
+}
+
+function results(r: [Error | null, unknown][] | null): PortReply[] {
+  if (r === null) throw new Error('pipeline was not executed');
+  return r;
+}
+
+async function quit(client: Redis | Cluster): Promise<void> {
+  try {
+    if (client.status === 'ready') await client.quit();
+  } catch {
+    // Closing anyway below.
+  }
+  client.disconnect();
+}
+
+export function createPort(target: RedisTargetConfig): RedisPort {
+  return target.mode === 'cluster' ? new ClusterPort(target) : new StandalonePort(target);
+}

@@ -1,0 +1,161 @@
+// One Redis client per target per process, shared by every store (route, plugin) that names that Redis,
+// with reference counting. The client owns what belongs to the connection rather than to a store: the
+// circuit breaker, and the dataset epoch that tells a reconnect to a fresh (emptied) Redis apart from a
+// reconnect to the same data.
+import { randomBytes } from 'node:crypto';
+import type { RedisTargetConfig } from '../../config/types.ts';
+import { CircuitBreaker, type BreakerState } from './breaker.ts';
+import { EPOCH_KEY } from './keys.ts';
+import { classifyError, createPort, type RedisErrorKind, type RedisPort } from './port.ts';
+
+export interface SharedListener {
+  breaker(state: BreakerState): void;
+  /** Redis came back without the data it had (restart without persistence): re-send acknowledged deltas. */
+  dataLost(): void;
+  /** The client became usable again (connected and epoch checked). */
+  usable(): void;
+  /** A probe was sent (for the commands metric). */
+  probe(): void;
+  error(kind: RedisErrorKind): void;
+}
+
+const FAILURE_THRESHOLD = 3;
+const PROBE_INTERVAL_MS = 500;
+const EPOCH_RETRY_MS = 200;
+
+export class SharedRedis {
+  readonly id: string;
+  readonly port: RedisPort;
+  readonly breaker: CircuitBreaker;
+  private readonly listeners = new Set<SharedListener>();
+  private epoch: string | undefined;
+  private epochChecked = false;
+  private epochTimer: NodeJS.Timeout | undefined;
+  private readyWaiters: (() => void)[] = [];
+  refs = 0;
+  private closed = false;
+
+  constructor(target: RedisTargetConfig, port: RedisPort = createPort(target)) {
+    this.id = target.id;
+    this.port = port;
+    this.breaker = new CircuitBreaker({
+      failureThreshold: FAILURE_THRESHOLD,
+      probeIntervalMs: PROBE_INTERVAL_MS,
+      probe: () => this.probe(),
+      onChange: (state) => {
+        for (const l of this.listeners) l.breaker(state);
+      },
+    });
+    // Cluster failovers keep the data on the promoted replica; an epoch key would live on one master only.
+    if (port.mode === 'cluster') this.epochChecked = true;
+    port.on('ready', () => {
+      if (port.mode === 'cluster') this.becameUsable();
+      else void this.checkEpoch();
+    });
+    port.on('down', () => {
+      if (port.mode !== 'cluster') this.epochChecked = false;
+    });
+  }
+
+  /** Connected, and (standalone/Sentinel) the dataset epoch was checked since the last connect. */
+  get usable(): boolean {
+    return this.port.ready && this.epochChecked && !this.closed;
+  }
+
+  subscribe(l: SharedListener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  /** Resolves true once usable, false after `timeoutMs`. */
+  whenUsable(timeoutMs: number): Promise<boolean> {
+    if (this.usable) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.readyWaiters = this.readyWaiters.filter((w) => w !== done);
+        resolve(false);
+      }, timeoutMs);
+      timer.unref();
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.readyWaiters.push(done);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.breaker.stop();
+    if (this.epochTimer !== undefined) clearTimeout(this.epochTimer);
+    this.listeners.clear();
+    await this.port.quit();
+  }
+
+  private becameUsable(): void {
+    if (!this.usable) return;
+    const waiters = this.readyWaiters;
+    this.readyWaiters = [];
+    for (const w of waiters) w();
+    for (const l of this.listeners) l.usable();
+  }
+
+  private async probe(): Promise<void> {
+    for (const l of this.listeners) l.probe();
+    if (!this.port.ready) throw new Error('redis not connected');
+    if (!this.epochChecked) {
+      await this.checkEpoch();
+      if (!this.epochChecked) throw new Error('redis epoch not checked');
+      return;
+    }
+    const [[err]] = (await this.port.exec([['ping']])) as [[Error | null, unknown]];
+    if (err !== null) throw err;
+  }
+
+  /**
+   * SET NX a random marker, then read it. The first reader after a data loss writes a new marker; every
+   * process that remembers another value learns the data is gone and re-sends what it had written.
+   */
+  private async checkEpoch(): Promise<void> {
+    if (this.closed || this.epochChecked) return;
+    try {
+      const token = randomBytes(8).toString('hex');
+      const replies = await this.port.exec([['set', EPOCH_KEY, token, 'NX'], ['get', EPOCH_KEY]]);
+      const [err, value] = replies[1]!;
+      if (err !== null || typeof value !== 'string') throw err ?? new Error('epoch marker missing');
+      const lost = this.epoch !== undefined && this.epoch !== value;
+      this.epoch = value;
+      this.epochChecked = true;
+      if (lost) for (const l of this.listeners) l.dataLost();
+      this.becameUsable();
+    } catch (err) {
+      const kind = classifyError(err);
+      for (const l of this.listeners) l.error(kind);
+      if (this.closed || !this.port.ready || this.epochTimer !== undefined) return;
+      this.epochTimer = setTimeout(() => {
+        this.epochTimer = undefined;
+        void this.checkEpoch();
+      }, EPOCH_RETRY_MS);
+      this.epochTimer.unref();
+    }
+  }
+}
+
+const registry = new Map<string, SharedRedis>();
+
+/** The process-wide client for a target (created on first use); pair every call with releaseRedis. */
+export function acquireRedis(target: RedisTargetConfig): SharedRedis {
+  let shared = registry.get(target.id);
+  if (shared === undefined) {
+    shared = new SharedRedis(target);
+    registry.set(target.id, shared);
+  }
+  shared.refs++;
+  return shared;
+}
+
+export async function releaseRedis(shared: SharedRedis): Promise<void> {
+  if (--shared.refs > 0) return;
+  if (registry.get(shared.id) === shared) registry.delete(shared.id);
+  await shared.close();
+}

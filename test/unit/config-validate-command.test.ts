@@ -1,0 +1,60 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { runValidateCommand, type CommandOutput } from '../../src/config/validate-command.ts';
+
+const root = new URL('../../', import.meta.url).pathname;
+const fixtures = join(root, 'test/fixtures/config/command');
+
+function run(argv: string[], env: NodeJS.ProcessEnv = {}): { code: number; out: string[]; err: string[] } {
+  const out: string[] = [];
+  const err: string[] = [];
+  const io: CommandOutput = { out: (l) => out.push(l), err: (l) => err.push(l) };
+  return { code: runValidateCommand(argv, io, env), out, err };
+}
+
+const BROKEN = [
+  'workers: must be an integer between 1 and 64',
+  'routes[0].plugins.rate-limit: unknown plugin',
+  'routes[0].plugins.ai-proxy-multi.instances[0].weight: must be an integer',
+  'routes[0].plugins.ai-rate-limiting.limit: must be a positive integer',
+  "routes[0].plugins.ai-rate-limiting.instances[0].name: does not name an instance of this route's ai-proxy-multi or ai-proxy",
+];
+
+describe('sluice validate', () => {
+  it('prints ok and returns 0 for a valid file', () => {
+    assert.deepEqual(run(['--config', join(fixtures, 'valid.json')]), { code: 0, out: ['ok'], err: [] });
+    assert.deepEqual(run([`--config=${join(fixtures, 'valid.json')}`]), { code: 0, out: ['ok'], err: [] });
+    const embedded = run(['--config', join(root, 'examples/embedded.yaml')], { SLUICE_MOCK_ENDPOINT: 'http://127.0.0.1:1/v1/chat/completions' });
+    assert.deepEqual(embedded, { code: 0, out: ['ok'], err: [] });
+  });
+
+  it('prints every issue of a broken file as path: message and returns 2', () => {
+    assert.deepEqual(run(['--config', join(fixtures, 'broken.yaml')]), { code: 2, out: [], err: BROKEN });
+  });
+
+  it('returns 2 with a usage line on bad arguments, and with the file name when it cannot be read', () => {
+    const usage = { code: 2, out: [], err: ['usage: sluice validate --config <file>'] };
+    assert.deepEqual(run([]), usage);
+    assert.deepEqual(run(['--config']), usage);
+    assert.deepEqual(run(['--config=']), usage);
+    assert.deepEqual(run(['--config', 'a.yaml', 'extra']), usage);
+    const missing = join(fixtures, 'no-such-file.yaml');
+    assert.deepEqual(run(['--config', missing]), { code: 2, out: [], err: [`${missing}: cannot read the file (ENOENT)`] });
+  });
+
+  it('writes ok to stdout and issues to stderr by default', () => {
+    const script = "import { runValidateCommand } from './src/config/validate-command.ts'; process.exitCode = runValidateCommand(process.argv.slice(1));";
+    const exec = (file: string) => spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, '--', '--config', file], {
+      cwd: root, encoding: 'utf8', timeout: 30_000,
+    });
+    const ok = exec(join(fixtures, 'valid.json'));
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.equal(ok.stdout, 'ok\n');
+    const bad = exec(join(fixtures, 'broken.yaml'));
+    assert.equal(bad.status, 2);
+    assert.equal(bad.stdout, '');
+    assert.equal(bad.stderr, BROKEN.map((l) => `${l}\n`).join(''));
+  });
+});

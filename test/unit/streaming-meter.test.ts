@@ -1,0 +1,164 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { StreamMeter } from '../../src/streaming/usage-meter.ts';
+import { extractUsage, parseUsage } from '../../src/streaming/usage.ts';
+import { SluiceError } from '../../src/core/errors.ts';
+
+function chunk(obj: unknown): string {
+  return `data: ${JSON.stringify(obj)}\n\n`;
+}
+
+const base = { id: 'chatcmpl-1', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o' };
+const USAGE = { prompt_tokens: 12, completion_tokens: 9, total_tokens: 21 };
+// A recorded-style OpenAI stream with include_usage: usage:null on every content chunk, a tool call, a
+// reasoning delta, multi-byte text, a keep-alive comment, then the usage-only chunk and [DONE].
+const BEFORE = [
+  chunk({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }], usage: null }),
+  ': keep-alive\n\n',
+  chunk({ ...base, choices: [{ index: 0, delta: { reasoning_content: 'thinking… ' }, finish_reason: null }], usage: null }),
+  chunk({ ...base, choices: [{ index: 0, delta: { content: 'Bonjour, ' }, finish_reason: null }], usage: null }),
+  chunk({ ...base, choices: [{ index: 0, delta: { content: 'le monde 🌍 日本' }, finish_reason: null }], usage: null }),
+  chunk({ ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: 'c1', type: 'function', function: { name: 'lookup', arguments: '{"q":' } }] }, finish_reason: null }], usage: null }),
+  chunk({ ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: '"x"}' } }] }, finish_reason: 'stop' }], usage: null }),
+].join('');
+const USAGE_EVENT = chunk({ ...base, choices: [], usage: USAGE });
+const AFTER = 'data: [DONE]\n\n';
+const STREAM = BEFORE + USAGE_EVENT + AFTER;
+const TEXT = 'thinking… Bonjour, le monde 🌍 日本lookup{"q":"x"}';
+
+interface Run { out: Buffer; usage: unknown; text: string; sawDone: boolean; frames: number; identity: boolean }
+
+function run(pieces: Buffer[], stripUsage: boolean): Run {
+  const m = new StreamMeter({ stripUsage });
+  const outs: Buffer[] = [];
+  let identity = true;
+  for (const p of pieces) {
+    const o = m.push(p);
+    if (o !== undefined) outs.push(o);
+    if (o !== p && p.length > 0) identity = false;
+  }
+  const tail = m.end();
+  if (tail !== undefined) outs.push(tail);
+  return { out: Buffer.concat(outs), usage: m.usage, text: m.text, sawDone: m.sawDone, frames: m.frames, identity };
+}
+
+for (const [name, term] of [['LF', '\n'], ['CRLF', '\r\n']] as const) {
+  const bytes = Buffer.from(STREAM.replaceAll('\n', term));
+  const stripped = Buffer.from((BEFORE + AFTER).replaceAll('\n', term));
+
+  test(`${name}: pass-through forwards every chunk itself and meters the same at every split`, () => {
+    for (let i = 0; i <= bytes.length; i++) {
+      const r = run([bytes.subarray(0, i), bytes.subarray(i)], false);
+      assert.ok(r.identity, `split ${i}: forwarded a copy`);
+      assert.deepEqual(r.out, bytes);
+      assert.deepEqual(r.usage, USAGE, `split ${i}`);
+      assert.equal(r.text, TEXT, `split ${i}`);
+      assert.equal(r.sawDone, true);
+      assert.equal(r.frames, 7);
+    }
+  });
+
+  test(`${name}: strip mode removes exactly the usage frame at every split`, () => {
+    for (let i = 0; i <= bytes.length; i++) {
+      const r = run([bytes.subarray(0, i), bytes.subarray(i)], true);
+      assert.equal(r.out.toString(), stripped.toString(), `split ${i}`);
+      assert.deepEqual(r.usage, USAGE, `split ${i}`);
+      assert.equal(r.text, TEXT);
+      assert.equal(r.sawDone, true);
+    }
+    const single = run(Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1)), true);
+    assert.equal(single.out.toString(), stripped.toString());
+    assert.deepEqual(single.usage, USAGE);
+  });
+}
+
+test('strip mode forwards whole-event chunks without copying and stays event-aligned', () => {
+  const m = new StreamMeter({ stripUsage: true });
+  const a = Buffer.from(BEFORE);
+  assert.equal(m.push(a), a);
+  // A partial event is held back until it completes.
+  const first = Buffer.from('data: {"choices":[{"delta":{"content":"x"}}]}\n');
+  assert.equal(m.push(first), undefined);
+  const rest = Buffer.from('\ndata: {"choices":[{"delta":{"content":"y"}}]}\n\ndata: {"cho');
+  assert.equal(m.push(rest)?.toString(), 'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: {"choices":[{"delta":{"content":"y"}}]}\n\n');
+  // The usage event in the middle of a chunk: the pieces around it are forwarded.
+  assert.equal(m.push(Buffer.from('ices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n' + AFTER))?.toString(), AFTER);
+  assert.equal(m.end(), undefined);
+  assert.deepEqual(m.usage, { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 });
+});
+
+test('usage on a chunk that also carries choices is recorded but never stripped', () => {
+  const s = chunk({ ...base, choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: 'stop' }], usage: USAGE }) + AFTER;
+  const r = run([Buffer.from(s)], true);
+  assert.equal(r.out.toString(), s);
+  assert.deepEqual(r.usage, USAGE);
+  assert.equal(r.text, 'hi');
+});
+
+test('a stream cut before [DONE] or without usage still yields its text', () => {
+  const s = chunk({ ...base, choices: [{ index: 0, delta: { content: 'partial' } }] }) + 'data: {"choices":[{"delta":{"content":" answ';
+  for (const strip of [false, true]) {
+    const r = run([Buffer.from(s)], strip);
+    assert.equal(r.usage, undefined);
+    assert.equal(r.sawDone, false);
+    assert.equal(r.text, 'partial');
+    // The truncated tail is still forwarded: the client sees what the upstream sent.
+    assert.equal(r.out.toString(), s);
+  }
+  // The usage chunk arriving without its final blank line is still read (and stripped) at end().
+  const cut = BEFORE + USAGE_EVENT.trimEnd();
+  const r = run([Buffer.from(cut)], true);
+  assert.deepEqual(r.usage, USAGE);
+  assert.equal(r.out.toString(), BEFORE);
+});
+
+test('completions streams: choices[].text is collected', () => {
+  const s = chunk({ object: 'text_completion', choices: [{ index: 0, text: 'Once' }] }) + chunk({ choices: [{ index: 0, text: ' upon' }] })
+    + chunk({ choices: [], usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } }) + AFTER;
+  const r = run([Buffer.from(s)], true);
+  assert.equal(r.text, 'Once upon');
+  assert.deepEqual(r.usage, { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
+});
+
+test('malformed frames never throw and never fake usage', () => {
+  const s = [
+    'data: {not json\n\n',
+    'data: 123\n\n',
+    'data: null\n\n',
+    'data: "str"\n\n',
+    'data: {"choices":"x"}\n\n',
+    'data: {"choices":[null, 5, {"delta":5}, {"delta":{"content":7,"tool_calls":[null,{"function":null},{"function":{"arguments":3}}]}}]}\n\n',
+    'data: {"choices":[],"usage":{"prompt_tokens":"x","completion_tokens":1}}\n\n',
+    'data: {"choices":[],"usage":{"prompt_tokens":-1,"completion_tokens":1}}\n\n',
+    'data: {"choices":[],"usage":{}}\n\n',
+    'data: {"choices":[],"usage":[]}\n\n',
+    'nonsense line without colon\n\n',
+    'data: [DONE]\n\n',
+  ].join('');
+  for (const strip of [false, true]) {
+    const r = run([Buffer.from(s)], strip);
+    assert.equal(r.usage, undefined);
+    assert.equal(r.text, '');
+    assert.equal(r.sawDone, true);
+    assert.equal(r.frames, 10);
+  }
+});
+
+test('an oversized upstream event fails the stream with SLC_UPSTREAM_ERROR', () => {
+  for (const stripUsage of [false, true]) {
+    const m = new StreamMeter({ stripUsage, maxEventBytes: 1024 });
+    assert.ok(m.push(Buffer.from(chunk({ choices: [{ delta: { content: 'ok' } }] }))));
+    assert.throws(() => m.push(Buffer.from('data: ' + 'x'.repeat(2000))), (err: unknown) => err instanceof SluiceError && err.code === 'SLC_UPSTREAM_ERROR');
+  }
+});
+
+test('extractUsage reads non-streaming bodies and tolerates a missing total', () => {
+  assert.deepEqual(extractUsage({ id: 'x', choices: [], usage: USAGE }), USAGE);
+  assert.deepEqual(extractUsage({ usage: { prompt_tokens: 5, completion_tokens: 7 } }), { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 });
+  assert.deepEqual(extractUsage({ usage: { prompt_tokens: 5 } }), { prompt_tokens: 5, completion_tokens: 0, total_tokens: 5 });
+  assert.deepEqual(extractUsage({ usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 9, prompt_tokens_details: { cached_tokens: 1 } } }), { prompt_tokens: 5, completion_tokens: 2, total_tokens: 9 });
+  assert.deepEqual(parseUsage({ prompt_tokens: 2.9, completion_tokens: 1 }), { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 });
+  for (const bad of [undefined, null, 5, 'x', [], {}, { usage: null }, { usage: {} }, { usage: { total_tokens: 4 } }, { usage: { prompt_tokens: 'a' } }, { usage: { prompt_tokens: Infinity } }, { usage: { prompt_tokens: 1, completion_tokens: -2 } }]) {
+    assert.equal(extractUsage(bad), undefined, JSON.stringify(bad));
+  }
+});
