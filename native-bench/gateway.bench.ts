@@ -1,21 +1,23 @@
 // The gateway benchmark (issue 2 item 10, issue 3 item 8): one command, Node alone.
 //   node --import tsx native-bench/gateway.bench.ts [--reps 3] [--duration 5] [--warmup 1] [--connections 64]
-//        [--stream-connections 64] [--chunks 32] [--chunk-delay-ms 2] [--workers 1] [--only a,b,c,cq,as,bs,d] [--json]
+//        [--stream-connections 64] [--chunks 32] [--chunk-delay-ms 2] [--workers 1] [--only a,b,c,cq,as,bs,d]
+//        [--max-foreign 0.25] [--budget 160] [--quiet-wait 2] [--max-requests 500000] [--json] [--profile <dir>]
 // Every server and the load generator run in processes of their own; CPU per request is the server process's
 // utime+stime over the measured window divided by what it served. Ratios against the bare hop, measured in the
 // same run on the same box, are the result; absolute numbers depend on the machine. See native-bench/README.md.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { boxBusyCores } from './lib/cpu.ts';
 import type { LoadResult } from './lib/load.ts';
 import { startServer, type Server } from './lib/proc.ts';
-import { runLoad } from './lib/run-load.ts';
+import { LoadGenerator } from './lib/run-load.ts';
 import { fmt, median, table } from './lib/stats.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX = ['--import', 'tsx'];
+const profiled = (dir: string | undefined): string[] => (dir === undefined ? TSX : ['--cpu-prof', '--cpu-prof-dir', dir, ...TSX]);
 
 interface Args {
   reps: number;
@@ -30,12 +32,17 @@ interface Args {
   only: Set<string> | undefined;
   json: boolean;
   quietWaitMs: number;
+  maxForeign: number;
+  budgetMs: number;
+  /** Directory for V8 CPU profiles of the bare hop and the Sluice processes (one file per thread). */
+  profileDir: string | undefined;
 }
 
 function parseArgs(argv: readonly string[]): Args {
   const a: Args = {
-    reps: 3, durationMs: 5000, warmupMs: 1000, connections: 64, streamConnections: 64, chunks: 32, chunkDelayMs: 2,
-    workers: 1, maxRequests: 500_000, only: undefined, json: false, quietWaitMs: 4000,
+    reps: 3, durationMs: 4000, warmupMs: 1000, connections: 64, streamConnections: 64, chunks: 32, chunkDelayMs: 2,
+    workers: 1, maxRequests: 500_000, only: undefined, json: false, quietWaitMs: 2000,
+    maxForeign: 0.25, budgetMs: 160_000, profileDir: undefined,
   };
   const num = (flag: string, v: string | undefined, min: number, max: number): number => {
     const n = Number(v);
@@ -56,8 +63,11 @@ function parseArgs(argv: readonly string[]): Args {
       case '--workers': a.workers = Math.round(num(f, v, 1, 16)); i++; break;
       case '--max-requests': a.maxRequests = Math.round(num(f, v, 100, 10_000_000)); i++; break;
       case '--quiet-wait': a.quietWaitMs = num(f, v, 0, 60) * 1000; i++; break;
+      case '--max-foreign': a.maxForeign = num(f, v, 0, 2); i++; break;
+      case '--budget': a.budgetMs = num(f, v, 10, 3600) * 1000; i++; break;
       case '--only': a.only = new Set((v ?? '').split(',').map((s) => s.trim())); i++; break;
       case '--json': a.json = true; break;
+      case '--profile': a.profileDir = v === undefined ? undefined : resolve(v); i++; break;
       default: throw new Error(`unknown argument ${f}`);
     }
   }
@@ -165,16 +175,17 @@ async function main(): Promise<number> {
   const wanted = (id: string) => args.only === undefined || args.only.has(id);
   const tmp = mkdtempSync(join(tmpdir(), 'sluice-bench-'));
   const servers: Server[] = [];
+  const stoppers: (() => Promise<void>)[] = [];
   try {
     const log = (s: string) => process.stderr.write(s + '\n');
     const mock = await startServer({
       name: 'mock-upstream', cwd: ROOT, ready: /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/,
-      args: [...TSX, 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', String(args.chunks), '--chunk-delay-ms', String(args.chunkDelayMs)],
+      args: [...profiled(args.profileDir), 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', String(args.chunks), '--chunk-delay-ms', String(args.chunkDelayMs)],
     });
     servers.push(mock);
     const hop = await startServer({
       name: 'bare-hop', cwd: ROOT, ready: /bare-hop listening on http:\/\/127\.0\.0\.1:(\d+)/,
-      args: [...TSX, 'native-bench/lib/bare-hop.ts', '--upstream', `http://127.0.0.1:${mock.port}`, '--port', '0'],
+      args: [...profiled(args.profileDir), 'native-bench/lib/bare-hop.ts', '--upstream', `http://127.0.0.1:${mock.port}`, '--port', '0'],
     });
     servers.push(hop);
 
@@ -186,7 +197,7 @@ async function main(): Promise<number> {
       try {
         const s = await startServer({
           name: target, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 30_000,
-          args: [...TSX, 'src/cli/main.ts', 'start', '--config', file, '--port', '0', '--admin-port', '0'],
+          args: [...profiled(args.profileDir), 'src/cli/main.ts', 'start', '--config', file, '--port', '0', '--admin-port', '0'],
         });
         servers.push(s);
         targets.set(target, s);
@@ -211,40 +222,63 @@ async function main(): Promise<number> {
 
     log(`gateway benchmark: ${args.reps} rep(s) × ${runnable.length} case(s), ${args.warmupMs / 1000}+${args.durationMs / 1000} s each; ` +
       `${args.connections} connections (stream ${args.streamConnections}), ${args.chunks} chunks every ${args.chunkDelayMs} ms, workers ${args.workers}`);
+    const load = await LoadGenerator.start();
+    stoppers.push(() => load.close());
+    const started = performance.now();
+    const perRunMs = args.warmupMs + args.durationMs + 600;
+    let mandatoryLeft = args.reps * runnable.length;
+    const measureOnce = async (c: CaseDef, warmupMs: number): Promise<Run> => {
+      const server = targets.get(c.target)!;
+      const watch = c.target === 'mock' ? [mock.pid] : [server.pid, mock.pid];
+      const result = await load.run({
+        origin: `http://127.0.0.1:${server.port}`, path: PATH, body: c.stream ? bodies.stream : bodies.plain,
+        headers: { authorization: 'Bearer sk-client' },
+        connections: c.stream ? args.streamConnections : args.connections,
+        warmupMs, durationMs: args.durationMs, maxRequests: args.maxRequests,
+        stream: c.stream, watchPids: watch,
+      });
+      const us = result.elapsedMs * 1000;
+      const served = c.stream ? result.frames : result.requests;
+      const serverUs = result.cpuUs[0]!;
+      const mockUs = result.cpuUs[c.target === 'mock' ? 0 : 1]!;
+      const ownUs = result.cpuUs.reduce((sum, v) => sum + v, 0) + result.selfCpuUs;
+      return {
+        result,
+        serverCpu: serverUs / served,
+        mockCpu: mockUs / served,
+        serverCores: serverUs / us,
+        loadCores: result.selfCpuUs / us,
+        foreignCores: Math.max(0, (result.boxBusyUs - ownUs) / us),
+      };
+    };
+    // Other work on the box distorts every figure: wait briefly for quiet, and while the time budget allows,
+    // repeat a run that shared the box with too much foreign load, keeping the cleanest attempt.
+    const measure = async (c: CaseDef, rep: number): Promise<Run> => {
+      let best: Run | undefined;
+      for (let attempt = 1; ; attempt++) {
+        const spare = args.budgetMs - (performance.now() - started) - mandatoryLeft * perRunMs;
+        if (attempt === 1 || spare > perRunMs) await waitQuiet(Math.min(args.quietWaitMs, Math.max(0, spare)));
+        // The first pass also warms the JIT of every process: give it a longer warm-up.
+        const run = await measureOnce(c, rep === 0 && attempt === 1 ? Math.max(args.warmupMs, 2000) : args.warmupMs);
+        const r = run.result;
+        log(`  rep ${rep + 1}.${attempt} ${c.label.padEnd(26)} ${fmt(r.rps, 0).padStart(8)} req/s` +
+          (c.stream ? `  ${fmt(r.framesPerSec, 0).padStart(8)} frames/s  ${fmt(run.serverCpu, 2)} µs/frame` : `  ${fmt(run.serverCpu, 2)} µs/req`) +
+          `  foreign ${fmt(run.foreignCores, 2)} cores${r.errors > 0 ? `  ERRORS ${r.errors} (${r.firstError})` : ''}`);
+        if (best === undefined || run.foreignCores < best.foreignCores) best = run;
+        const left = args.budgetMs - (performance.now() - started) - (mandatoryLeft - 1) * perRunMs;
+        if (best.foreignCores <= args.maxForeign || attempt >= 3 || left < 2 * perRunMs) break;
+      }
+      mandatoryLeft--;
+      return best;
+    };
     for (let rep = 0; rep < args.reps; rep++) {
       // Alternate c and c' so a drifting box does not favour one of them.
       const order = rep % 2 === 0 ? runnable : runnable.map((c) => (c.id === 'c' ? runnable.find((x) => x.id === 'cq') ?? c : c.id === 'cq' ? runnable.find((x) => x.id === 'c') ?? c : c));
       for (const c of order) {
-        await waitQuiet(args.quietWaitMs);
-        const server = targets.get(c.target)!;
-        const watch = c.target === 'mock' ? [mock.pid] : [server.pid, mock.pid];
-        const result = await runLoad({
-          origin: `http://127.0.0.1:${server.port}`, path: PATH, body: c.stream ? bodies.stream : bodies.plain,
-          headers: { authorization: 'Bearer sk-client' },
-          connections: c.stream ? args.streamConnections : args.connections,
-          warmupMs: args.warmupMs, durationMs: args.durationMs, maxRequests: args.maxRequests,
-          stream: c.stream, watchPids: watch,
-        });
-        const us = result.elapsedMs * 1000;
-        const served = c.stream ? result.frames : result.requests;
-        const serverUs = result.cpuUs[0]!;
-        const mockUs = result.cpuUs[c.target === 'mock' ? 0 : 1]!;
-        const ownUs = result.cpuUs.reduce((s, v, i) => (c.target === 'mock' && i > 0 ? s : s + v), 0) + result.selfCpuUs;
-        const run: Run = {
-          result,
-          serverCpu: serverUs / served,
-          mockCpu: mockUs / served,
-          serverCores: serverUs / us,
-          loadCores: result.selfCpuUs / us,
-          foreignCores: Math.max(0, (result.boxBusyUs - ownUs) / us),
-        };
+        const run = await measure(c, rep);
         runs.get(c.id)!.push(run);
-        log(`  rep ${rep + 1} ${c.label.padEnd(26)} ${fmt(result.rps, 0).padStart(8)} req/s` +
-          (c.stream ? `  ${fmt(result.framesPerSec, 0).padStart(8)} frames/s  ${fmt(run.serverCpu, 2)} µs/frame` : `  ${fmt(run.serverCpu, 2)} µs/req`) +
-          `  foreign ${fmt(run.foreignCores, 2)} cores${result.errors > 0 ? `  ERRORS ${result.errors} (${result.firstError})` : ''}`);
       }
     }
-
     const sums = new Map(runnable.map((c) => [c.id, summarize(c, runs.get(c.id)!)]));
     const header = ['case', 'req/s', 'p50 ms', 'p99 ms', 'frames/s', 'TTFF p50 ms', 'server CPU µs', 'per', 'server cores', 'mock CPU µs', 'loadgen cores', 'foreign cores', 'errors'];
     const rows = [header, ...[...sums.values()].map((s) => [
@@ -277,7 +311,7 @@ async function main(): Promise<number> {
     }
     return unavailable.size > 0 ? 1 : 0;
   } finally {
-    await Promise.all(servers.map((s) => s.stop()));
+    await Promise.all([...servers.map((s) => s.stop()), ...stoppers.map((stop) => stop())]);
     rmSync(tmp, { recursive: true, force: true });
   }
 }

@@ -146,14 +146,15 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
   };
 }
 
-// As a forked child: one spec in over IPC, one result out, then exit.
+// As a forked child: specs in over IPC one at a time, a result out for each; the parent stops the process.
 if (process.send !== undefined && process.argv.includes('--child')) {
-  process.once('message', (spec: LoadSpec) => {
+  process.on('message', (spec: LoadSpec) => {
     runLoadHere(spec).then(
-      (result) => process.send!({ ok: true, result }, () => process.exit(0)),
-      (err: unknown) => process.send!({ ok: false, error: (err as Error).stack ?? String(err) }, () => process.exit(1)),
+      (result) => process.send!({ ok: true, result }),
+      (err: unknown) => process.send!({ ok: false, error: (err as Error).stack ?? String(err) }),
     );
   });
+  process.once('disconnect', () => process.exit(0));
   // Tell the parent the listener is in place: a spec sent earlier could be lost while tsx is still loading.
   process.send({ ready: true });
 }

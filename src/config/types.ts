@@ -27,7 +27,7 @@ export interface LimitsConfig {
 export interface TokensConfig {
   /** Completion tokens reserved at admission when a request sets no max_tokens. Default 256. */
   readonly default_max_tokens: number;
-  /** Bodies at least this large are tokenized on a worker thread instead of inline. Default 16384. */
+  /** Bodies at least this large are tokenized on a worker thread instead of inline. Default 4096. */
   readonly offload_bytes: number;
 }
 

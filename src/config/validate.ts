@@ -38,7 +38,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   upstream_first_byte_timeout_ms: 60000,
   upstream_idle_timeout_ms: 60000,
 };
-const DEFAULT_TOKENS: TokensConfig = { default_max_tokens: 256, offload_bytes: 16384 };
+const DEFAULT_TOKENS: TokensConfig = { default_max_tokens: 256, offload_bytes: 4096 };
 const DEFAULT_BATCHING: RedisBatchingConfig = { flush_interval_ms: 50, max_batch_keys: 1000, max_pending_keys: 100000 };
 
 function readEndpoint(is: Issues, path: string, value: unknown, def: ListenConfig): ListenConfig {

@@ -9,6 +9,7 @@ import type { PlannedQuota, RequestQuotaPlan, Usage } from '../rules/quota-plan.
 import { planRequest } from '../rules/quota-plan.ts';
 import { quotaHeaders } from '../rules/headers.ts';
 import type { RequestVars } from '../rules/request-vars.ts';
+import { canonicalIp } from '../rules/ip.ts';
 import { prepareRequest, composeUpstreamBody, type PreparedRequest } from '../tokens/prepare.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
@@ -23,6 +24,7 @@ import { findRoute, type CompiledInstance, type CompiledRoute, type QuotaSource,
 import type { QuotaStore } from '../quota/types.ts';
 
 const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
+const EMPTY_BODY = Buffer.alloc(0);
 const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
 /** Client request headers never forwarded: hop-by-hop, body framing, and every credential (the instance sets its own). */
 const DROP_REQUEST_HEADERS = new Set(['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'te', 'upgrade', 'expect',
@@ -124,13 +126,18 @@ export class Gateway implements RequestSink {
     const consumer = this.authenticate(snap, route, req);
     ctx.consumer = consumer?.username ?? '';
     const kind: RequestKind = req.path.endsWith('/completions') && !req.path.endsWith('/chat/completions') ? 'completion' : 'chat';
-    const opts = { kind, defaultMaxTokens: snap.config.tokens.default_max_tokens };
-    const prepared = body.length >= snap.config.tokens.offload_bytes
+    // The tokenizer is the costliest step of a request: only routes with quotas pay for it up front, and a
+    // large body is tokenized on a worker thread so it never blocks the event loop serving everyone else.
+    ctx.kind = kind;
+    const count = route.quotas !== undefined;
+    const opts = { kind, defaultMaxTokens: snap.config.tokens.default_max_tokens, countPrompt: count };
+    const prepared = count && body.length >= snap.config.tokens.offload_bytes
       ? await this.deps.pool.prepare(body, opts)
       : prepareRequest(body, opts);
-    if (!prepared.ok) throw new SluiceError(/json/i.test(prepared.message) ? 'SLC_BAD_JSON' : 'SLC_BAD_REQUEST', prepared.message);
+    if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message);
     if (res.aborted) return;
     ctx.prepared = prepared;
+    ctx.body = body;
     const estimate: Usage = {
       prompt_tokens: prepared.promptTokens,
       completion_tokens: prepared.reserveCompletion,
@@ -140,7 +147,9 @@ export class Gateway implements RequestSink {
 
     let plan: RequestQuotaPlan | undefined;
     if (route.quotas !== undefined) {
-      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: req.remoteAddr, consumer: consumer?.username, routeId: route.id, uri: req.path };
+      // uWS may print IPv6 peers in long form: canonical text keeps ${remote_addr} keys stable.
+      const remoteAddr = canonicalIp(req.remoteAddr) ?? req.remoteAddr;
+      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr, consumer: consumer?.username, routeId: route.id, uri: req.path };
       plan = planRequest(route.quotas, vars);
       if (plan.common.length > 0) {
         const r = acquireAll(plan.common, estimate, Date.now(), this.storeOfBound);
@@ -210,7 +219,7 @@ export class Gateway implements RequestSink {
     Promise<'done' | UpstreamFailure | { status: number; headers: UpstreamResponse['headers']; body: Buffer }> {
     const { route, req, res } = ctx;
     const prepared = ctx.prepared!;
-    const path = req.path.endsWith('/completions') && !req.path.endsWith('/chat/completions') ? inst.target.completionPath : inst.target.chatPath;
+    const path = ctx.kind === 'completion' ? inst.target.completionPath : inst.target.chatPath;
     const payload = composeUpstreamBody(inst.model ?? prepared.model, prepared.tail);
     const headers = forwardHeaders(req.headers, route.keyAuth?.header, inst.headers);
     const ac = new AbortController();
@@ -310,7 +319,12 @@ export class Gateway implements RequestSink {
   /** Usage when the upstream gave none: our prompt count plus the produced text, counted. */
   private async countedUsage(ctx: Exchange, text: string, reason: string): Promise<Usage> {
     this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
-    const prepared = ctx.prepared!;
+    let prepared = ctx.prepared!;
+    if (!prepared.promptCounted) {
+      const opts = { kind: ctx.kind, defaultMaxTokens: 0, countPrompt: true };
+      const again = ctx.body.length >= this.snapshot.config.tokens.offload_bytes ? await this.deps.pool.prepare(ctx.body, opts) : prepareRequest(ctx.body, opts);
+      if (again.ok) prepared = again;
+    }
     const completion = text.length === 0 ? 0
       : text.length >= this.snapshot.config.tokens.offload_bytes ? await this.deps.pool.countText(text, prepared.model)
         : countText(text, encodingForModel(prepared.model));
@@ -398,6 +412,8 @@ class Exchange {
   consumer = '';
   instanceName = '';
   prepared: PreparedRequest | undefined = undefined;
+  body: Buffer = EMPTY_BODY;
+  kind: RequestKind = 'chat';
   estimate: Usage | undefined = undefined;
   common: QuotaHold | undefined = undefined;
   instance: QuotaHold | undefined = undefined;

@@ -48,10 +48,12 @@ export class SseParser {
 
   push(chunk: Buffer): void {
     const len = chunk.length;
+    // An empty chunk says nothing, not even whether a pending CR is followed by LF.
+    if (len === 0) return;
     let pos = 0;
     if (this.crPending) {
       this.crPending = false;
-      if (len > 0 && chunk[0] === LF) pos = 1;
+      if (chunk[0] === LF) pos = 1;
       this.lineFromCarry(pos, 1 + pos);
     }
     if (pos >= len) return;

@@ -60,7 +60,7 @@ export class StreamMeter {
     this.flushRun();
     if (this.segStart < chunk.length) this.pend.push(Buffer.from(chunk.subarray(this.segStart)));
     this.cur = undefined;
-    return this.takeOutput(chunk);
+    return this.takeOutput();
   }
 
   /** The stream ended: any held-back trailing bytes to forward. */
@@ -75,7 +75,7 @@ export class StreamMeter {
     // Bytes after the last boundary that formed no event (a stray partial line) are forwarded as they came.
     for (const p of this.pend) this.out.push(p);
     this.pend.length = 0;
-    return this.takeOutput(undefined);
+    return this.takeOutput();
   }
 
   private onEvent(data: string | null, end: number): void {
@@ -159,11 +159,11 @@ export class StreamMeter {
     this.runEnd = -1;
   }
 
-  private takeOutput(chunk: Buffer | undefined): Buffer | undefined {
+  /** One piece is returned as is (the pushed chunk itself when all of it was kept); several are joined. */
+  private takeOutput(): Buffer | undefined {
     const out = this.out;
     if (out.length === 0) return undefined;
-    const first = out[0] as Buffer;
-    const result = out.length === 1 ? (first === chunk ? chunk : first) : Buffer.concat(out);
+    const result = out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out);
     out.length = 0;
     return result;
   }

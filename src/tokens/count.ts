@@ -23,8 +23,9 @@ export function countText(text: string, enc: TokenEncoding): number {
 // every turn. Counting costs ~0.4 µs per token, a Map hit well under 1 µs, so counts of message texts are
 // remembered per encoding, within a character budget (oldest entries go first; a hit moves an entry to the back).
 const CACHE_MIN_CHARS = 16;
-const CACHE_MAX_ENTRY_CHARS = 256 * 1024;
-const CACHE_BUDGET_CHARS = 8 * 1024 * 1024;
+const CACHE_MAX_ENTRY_CHARS = 1024 * 1024;
+// Per encoding and per thread (main + each worker): at most a few tens of MB in all.
+const CACHE_BUDGET_CHARS = 4 * 1024 * 1024;
 
 export class CountCache {
   private readonly map = new Map<string, number>();
@@ -49,8 +50,8 @@ export class CountCache {
     return n;
   }
 
-  /** Callers set only after a get() miss, so `text` is never already present. */
   set(text: string, n: number): void {
+    if (this.map.has(text)) return;
     this.map.set(text, n);
     this.chars += text.length;
     while (this.chars > this.budget) {

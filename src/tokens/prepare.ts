@@ -8,6 +8,8 @@ export interface PrepareOptions {
   kind: 'chat' | 'completion';
   /** Completion tokens reserved when the request sets no max_tokens. */
   defaultMaxTokens: number;
+  /** Count prompt tokens (default true). Routes without quotas skip the tokenizer: it is the costliest step. */
+  countPrompt?: boolean;
 }
 
 export interface PreparedRequest {
@@ -18,7 +20,9 @@ export interface PreparedRequest {
   clientWantsUsage: boolean;
   /** max_completion_tokens ?? max_tokens. */
   maxTokens: number | undefined;
+  /** 0 when countPrompt was false (see promptCounted). */
   promptTokens: number;
+  promptCounted: boolean;
   /** maxTokens ?? defaultMaxTokens. */
   reserveCompletion: number;
   /**
@@ -96,7 +100,8 @@ export function prepareRequest(body: Uint8Array, opts: PrepareOptions): Prepared
   const maxTokens = maxCompletion ?? maxTokensField;
 
   const enc = encodingForModel(model);
-  let promptTokens: number;
+  const count = opts.countPrompt !== false;
+  let promptTokens = 0;
   if (opts.kind === 'chat') {
     const messages = obj.messages;
     if (!Array.isArray(messages)) return fail('SLC_BAD_REQUEST', 'messages must be an array');
@@ -104,12 +109,12 @@ export function prepareRequest(body: Uint8Array, opts: PrepareOptions): Prepared
     for (let i = 0; i < messages.length; i++) {
       if (!isObject(messages[i])) return fail('SLC_BAD_REQUEST', `messages[${i}] must be an object`);
     }
-    promptTokens = countChatPrompt(messages, enc, obj.tools, obj.functions);
+    if (count) promptTokens = countChatPrompt(messages, enc, obj.tools, obj.functions);
   } else {
     const prompt = obj.prompt;
     if (prompt === undefined || prompt === null) return fail('SLC_BAD_REQUEST', 'prompt is required');
     if (!validPrompt(prompt)) return fail('SLC_BAD_REQUEST', 'prompt must be a string, an array of strings, or token ids');
-    promptTokens = countCompletionPrompt(prompt, enc);
+    if (count) promptTokens = countCompletionPrompt(prompt, enc);
   }
 
   const clientWantsUsage = stream && isObject(streamOptions) && streamOptions.include_usage === true;
@@ -129,6 +134,7 @@ export function prepareRequest(body: Uint8Array, opts: PrepareOptions): Prepared
     clientWantsUsage,
     maxTokens,
     promptTokens,
+    promptCounted: count,
     reserveCompletion: maxTokens ?? opts.defaultMaxTokens,
     tail,
   };

@@ -34,7 +34,7 @@ export class WorkerPool {
       filename: ENTRY,
       minThreads: opts.threads,
       maxThreads: opts.threads,
-      idleTimeout: Number.MAX_SAFE_INTEGER,
+      idleTimeout: Infinity,
       maxQueue: this.maxQueue,
       recordTiming: false,
     });

@@ -228,11 +228,13 @@ const live = new Set<RedisProcess>();
 const owners = new Set<{ stop(): Promise<void> }>();
 let rootDir: string | undefined;
 let watchdog: ChildProcess | undefined;
+let hooksInstalled = false;
 
 function root(): string {
   if (rootDir === undefined) {
     rootDir = mkdtempSync(join(tmpdir(), `sluice-redis-${process.pid}-`));
-    installCleanupHooks(rootDir);
+    installCleanupHooks();
+    startWatchdog(rootDir);
   }
   return rootDir;
 }
@@ -254,10 +256,14 @@ function killLeftoversSync(): void {
   }
   live.clear();
   if (watchdog?.pid !== undefined) try { process.kill(watchdog.pid, 'SIGKILL'); } catch { /* already gone */ }
+  watchdog = undefined;
   if (rootDir !== undefined) try { rmSync(rootDir, { recursive: true, force: true }); } catch { /* best effort at exit */ }
+  rootDir = undefined;
 }
 
-function installCleanupHooks(dir: string): void {
+function installCleanupHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
   process.once('exit', killLeftoversSync);
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     const onSignal = (): void => {
@@ -270,6 +276,9 @@ function installCleanupHooks(dir: string): void {
     };
     process.on(signal, onSignal);
   }
+}
+
+function startWatchdog(dir: string): void {
   // If this process dies without running hooks, kill whatever pids are still listed (only redis processes).
   const script = 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; ' +
     'if [ -f "$2/pids" ]; then for p in $(cat "$2/pids"); do grep -q redis "/proc/$p/cmdline" 2>/dev/null && kill -9 "$p" 2>/dev/null; done; fi; ' +
@@ -379,7 +388,7 @@ class RedisProcess {
     return `--- ${this.spec.label} (${HOST}:${this.spec.port}) log tail ---\n${redact(tail, this.spec.secrets) || '(empty)'}`;
   }
 
-  /** Spawn and wait until PING answers. `runtimeArgs` apply to this start only (e.g. --replicaof). */
+  /** Spawn and wait until it answers (INFO server from this very process). `runtimeArgs` apply to this start only (e.g. --replicaof). */
   async start(runtimeArgs: readonly string[] = [], timeoutMs = START_TIMEOUT_MS): Promise<void> {
     if (this.running) throw new Error(`${this.spec.label} on port ${this.spec.port} is already running`);
     const logFrom = existsSync(this.logFile) ? statSync(this.logFile).size : 0;
@@ -414,7 +423,9 @@ class RedisProcess {
         throw new Error(`${this.spec.label} on port ${this.spec.port} exited during startup\n${this.logTail(LOG_TAIL_LINES, logFrom)}`);
       }
       try {
-        if (await redisCall(this.address, ['PING'], { ...this.spec.auth, timeoutMs: PROBE_TIMEOUT_MS }) === 'PONG') return;
+        // Check the pid too: whatever else might have grabbed the port must not pass for our server.
+        const info = parseInfo(await redisCall(this.address, ['INFO', 'server'], { ...this.spec.auth, timeoutMs: PROBE_TIMEOUT_MS }));
+        if (Number(info.process_id) === child.pid) return;
       } catch { /* not up yet */ }
       if (Date.now() >= deadline) {
         await this.kill();
@@ -424,13 +435,21 @@ class RedisProcess {
     }
   }
 
-  /** Send a signal and wait until the process is gone (SIGKILL by default). */
+  /** Send a signal and wait (bounded) until the process is gone (SIGKILL by default). */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const child = this.child;
     if (child === undefined || !this.running) return this.exited;
     child.ref(); // keep node alive while we wait for the exit event
     child.kill(signal);
-    return this.exited;
+    let timer: NodeJS.Timeout | undefined;
+    const limit = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${this.spec.label} on port ${this.spec.port} still runs ${STOP_GRACE_MS} ms after ${signal}`)), STOP_GRACE_MS);
+    });
+    try {
+      await Promise.race([this.exited, limit]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** SIGTERM, then SIGKILL after a grace period. Idempotent. */
@@ -477,10 +496,13 @@ function writeConfig(dir: string, text: string): void {
   writeFileSync(join(dir, 'redis.conf'), text, { mode: 0o600 });
 }
 
-/** Start a process on fresh ports; when a port was taken between choosing and binding, choose again. */
-async function startOnFreePorts(portCount: number, make: (ports: number[]) => RedisProcess): Promise<RedisProcess> {
+/**
+ * Start a process on free ports (`initial` if given, else fresh ones); when a port was taken between choosing
+ * and binding, choose again.
+ */
+async function startOnFreePorts(portCount: number, make: (ports: number[]) => RedisProcess, initial?: number[]): Promise<RedisProcess> {
   for (let attempt = 1; ; attempt++) {
-    const proc = make(await freePorts(portCount));
+    const proc = make(attempt === 1 && initial !== undefined ? initial : await freePorts(portCount));
     try {
       await proc.start();
       return proc;
@@ -683,7 +705,7 @@ class ClusterTopology implements ClusterHandle {
 
   private get auth(): RedisAuth { return { password: this.password }; }
   private get alive(): RedisProcess[] { return this.procs.filter((p) => p.running); }
-  logs(): string { return this.procs.filter((p) => p !== undefined).map((p) => p.logTail(8)).join('\n'); }
+  logs(): string { return this.procs.map((p) => p.logTail(8)).join('\n'); }
   private call(target: HostPort, ...args: (string | number)[]): Promise<RespValue> {
     return redisCall(target, args, { ...this.auth, timeoutMs: 5_000 });
   }
@@ -749,7 +771,7 @@ class ClusterTopology implements ClusterHandle {
         for (const n of view) {
           if (!isMaster(n) || n.slots.length === 0) continue;
           if (!livePorts.has(n.port) || isFailed(n)) return false;
-            for (const [lo, hi] of n.slots) covered += hi - lo + 1;
+          for (const [lo, hi] of n.slots) covered += hi - lo + 1;
         }
         if (covered !== SLOTS) return false;
         const idToPort = new Map(view.map((n) => [n.id, n.port]));
@@ -1099,7 +1121,7 @@ export async function startSentinel(opts: StartSentinelOptions = {}): Promise<Se
     dataProcs.push(master);
     const replica = await startData(1, master.port);
     dataProcs.push(replica);
-    // Sentinels list replicas from the master's INFO, refreshed only every 10 s: start them after the link is up.
+    // A failover needs a synced replica; and sentinels refresh a master's replica list only every 10 s.
     await waitUntil('the replica to link to the master', TOPOLOGY_TIMEOUT_MS, async () =>
       parseInfo(await redisCall(replica.address, ['INFO', 'replication'], { ...auth, timeoutMs: PROBE_TIMEOUT_MS })).master_link_status === 'up',
     () => topology.logs());
@@ -1110,11 +1132,8 @@ export async function startSentinel(opts: StartSentinelOptions = {}): Promise<Se
     const started = await Promise.allSettled([0, 1, 2].map((i) => {
       const sDir = join(dir, `sentinel-${i}`);
       mkdirSync(sDir);
-      let first = true;
-      return startOnFreePorts(1, ([fresh]) => {
-        const port = first ? sentinelPorts[i]! : fresh!;
-        first = false;
-        sentinelPorts[i] = port;
+      return startOnFreePorts(1, ([port]) => {
+        sentinelPorts[i] = port!;
         const lines = [
           `port ${port}`,
           `bind ${HOST}`,
@@ -1132,8 +1151,8 @@ export async function startSentinel(opts: StartSentinelOptions = {}): Promise<Se
         // Sentinels also authenticate to each other with this password.
         if (opts.sentinelPassword !== undefined) lines.push(`requirepass ${quote(opts.sentinelPassword)}`);
         writeConfig(sDir, lines.join('\n') + '\n'); // sentinel rewrites it, so it stays writable
-        return new RedisProcess({ bin: REDIS_SENTINEL, label: `sentinel-${i}`, dir: sDir, port, auth: { password: opts.sentinelPassword }, secrets, args: [] });
-      }).then((proc) => { sentinelProcs[i] = proc; });
+        return new RedisProcess({ bin: REDIS_SENTINEL, label: `sentinel-${i}`, dir: sDir, port: port!, auth: { password: opts.sentinelPassword }, secrets, args: [] });
+      }, [sentinelPorts[i]!]).then((proc) => { sentinelProcs[i] = proc; });
     }));
     throwFirstRejection(started);
     await topology.waitConsistent('every sentinel to see the master, 1 replica and 2 other sentinels', TOPOLOGY_TIMEOUT_MS);

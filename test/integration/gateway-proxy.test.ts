@@ -50,6 +50,7 @@ for (const workers of [1, 2]) {
         limits: { max_body_bytes: 64 * 1024, upstream_first_byte_timeout_ms: 400, upstream_connect_timeout_ms: 500 },
         routes: [
           { id: 'chat', uri: '/v1/chat/completions', methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [mockInstance('a', a.url)] } } },
+          { id: 'metered', uri: '/metered/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('a', a.url)] }, 'ai-rate-limiting': { limit: 100000000, time_window: 60 } } },
           { id: 'completions', uri: '/v1/completions', methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [{ ...mockInstance('a', a.url), override: { endpoint: `${a.url}/v1/completions` } }] } } },
           {
             id: 'fallback', uri: '/fallback/v1/chat/completions', methods: ['POST'],
@@ -248,7 +249,7 @@ for (const workers of [1, 2]) {
 
     it('tokenizes a large prompt on a worker thread', async () => {
       const big = { model: 'm', messages: [{ role: 'user', content: 'lorem ipsum dolor '.repeat(2000) }], max_tokens: 3 };
-      const r = await post(`${gw.url}/v1/chat/completions`, big);
+      const r = await post(`${gw.url}/metered/v1/chat/completions`, big);
       assert.equal(r.status, 200);
       const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
       assert.match(m, /sluice_worker_tasks_total\{kind="prepare",outcome="ok"\} [1-9]/);

@@ -59,6 +59,16 @@ describe('standalone', () => {
     assert.equal(await redisCall(r, ['PING']), 'PONG');
     assert.equal(await redisCall(r, ['GET', 'k']), null, 'no persistence: data is gone after a kill');
 
+    await r.kill();
+    const squatter = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve, reject) => { squatter.once('error', reject); squatter.listen(r.port, '127.0.0.1', resolve); });
+    try {
+      await assert.rejects(r.restart(), new RegExp(`port ${r.port} is in use`));
+    } finally {
+      await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    }
+    await r.restart();
+
     r.pause();
     await assert.rejects(redisCall(r, ['PING'], { timeoutMs: 200 }), /timed out/);
     r.resume();

@@ -252,7 +252,7 @@ describe('config defaults', () => {
     assert.deepEqual(c.limits, {
       max_body_bytes: 8388608, upstream_connect_timeout_ms: 2000, upstream_first_byte_timeout_ms: 60000, upstream_idle_timeout_ms: 60000,
     });
-    assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 16384 });
+    assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096 });
     assert.deepEqual(c.trusted_proxies, []);
     assert.deepEqual(c.redis_batching, { flush_interval_ms: 50, max_batch_keys: 1000, max_pending_keys: 100000 });
     assert.deepEqual(c.routes, []);

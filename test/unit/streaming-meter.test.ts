@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { StreamMeter } from '../../src/streaming/usage-meter.ts';
 import { extractUsage, parseUsage } from '../../src/streaming/usage.ts';
 import { SluiceError } from '../../src/core/errors.ts';
+import { scanDeltaText } from '../../src/streaming/delta-scan.ts';
 
 function chunk(obj: unknown): string {
   return `data: ${JSON.stringify(obj)}\n\n`;
@@ -160,5 +161,65 @@ test('extractUsage reads non-streaming bodies and tolerates a missing total', ()
   assert.deepEqual(parseUsage({ prompt_tokens: 2.9, completion_tokens: 1 }), { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 });
   for (const bad of [undefined, null, 5, 'x', [], {}, { usage: null }, { usage: {} }, { usage: { total_tokens: 4 } }, { usage: { prompt_tokens: 'a' } }, { usage: { prompt_tokens: Infinity } }, { usage: { prompt_tokens: 1, completion_tokens: -2 } }]) {
     assert.equal(extractUsage(bad), undefined, JSON.stringify(bad));
+  }
+});
+
+test('the delta scan fast path yields exactly what a full parse yields', () => {
+  const frames: unknown[] = [
+    { choices: [{ index: 0, delta: { role: 'assistant', content: '' } }], usage: null },
+    { choices: [{ index: 0, delta: { content: 'quote " backslash \\ both \\" tab \t nl \n uni \u00e9 \u2028 emoji 🎌' } }] },
+    { choices: [{ index: 0, delta: { content: 'ends with backslash \\' } }] },
+    { choices: [{ index: 0, delta: { content: '\\\\"' } }] },
+    { choices: [{ index: 0, delta: { content: null, reasoning_content: 'reason "x"' } }] },
+    { choices: [{ index: 0, delta: { content: 'both', reasoning_content: 'kinds' } }] },
+    { choices: [{ index: 0, delta: { content: 'a' } }, { index: 1, delta: { content: 'b' } }] },
+    { choices: [{ index: 0, text: 'completion text' }] },
+    { choices: [{ index: 0, delta: { content: 'with logprobs' }, logprobs: { content: [{ token: 'x', logprob: -0.1 }] } }] },
+    { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { name: 'f', arguments: '{"content":"not text"}' } }] } }] },
+    { choices: [{ index: 0, delta: { content: 'last' }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } },
+    { choices: [], usage: { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 } },
+  ];
+  // Compact JSON, and the spaced form some servers emit (which the scan declines and hands to JSON.parse).
+  const compact = frames.map((f) => `data: ${JSON.stringify(f)}\n\n`).join('');
+  const spaced = frames.map((f) => `data: ${JSON.stringify(f, null, 1).replaceAll('\n', '')}\n\n`).join('');
+  for (const s of [compact, spaced, compact + 'data: {"choices":[{"delta":{"content":"unterminated\n\n']) {
+    for (const stripUsage of [false, true]) {
+      const fast = new StreamMeter({ stripUsage });
+      const slow = new StreamMeter({ stripUsage, parseEveryFrame: true });
+      const b = Buffer.from(s);
+      const outFast = fast.push(b);
+      const outSlow = slow.push(b);
+      assert.deepEqual(outFast, outSlow);
+      assert.equal(fast.end(), slow.end());
+      assert.equal(fast.text, slow.text);
+      assert.deepEqual(fast.usage, slow.usage);
+      assert.equal(fast.frames, slow.frames);
+    }
+  }
+  const m = new StreamMeter({ stripUsage: false });
+  m.push(Buffer.from(compact));
+  assert.equal(m.text, ['', 'quote " backslash \\ both \\" tab \t nl \n uni \u00e9 \u2028 emoji 🎌', 'ends with backslash \\', '\\\\"', 'reason "x"',
+    'both', 'kinds', 'a', 'b', 'completion text', 'with logprobs', 'f', '{"content":"not text"}', 'last'].join(''));
+  assert.deepEqual(m.usage, { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 });
+});
+
+test('scanDeltaText takes plain content frames and declines everything else', () => {
+  assert.equal(scanDeltaText('{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}'), 'hi');
+  assert.equal(scanDeltaText('{"choices":[{"delta":{"content":"a\\"b\\\\"}}]}'), 'a"b\\');
+  assert.equal(scanDeltaText('{"choices":[{"delta":{"content":null,"reasoning_content":"r"}}]}'), 'r');
+  assert.equal(scanDeltaText('{"choices":[{"index":0,"text":"t"}]}'), 't');
+  assert.equal(scanDeltaText('{"choices":[{"delta":{"role":"assistant"}}]}'), '');
+  assert.equal(scanDeltaText('{not json at all'), '');
+  for (const declined of [
+    '{"choices":[],"usage":{"prompt_tokens":1}}',
+    '{"choices":[{"delta":{"content":"x"}}],"usage":{"total_tokens":1}}',
+    '{"choices":[{"delta":{"tool_calls":[]}}]}',
+    '{"choices":[{"delta":{"content": "spaced"}}]}',
+    '{"choices":[{"delta":{"content":"a","reasoning_content":"b"}}]}',
+    '{"choices":[{"delta":{"content":5}}]}',
+    '{"choices":[{"logprobs":{"content":[]}}]}',
+    '{"choices":[{"delta":{"content":"unterminated',
+  ]) {
+    assert.equal(scanDeltaText(declined), null, declined);
   }
 });

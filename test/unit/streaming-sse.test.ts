@@ -70,6 +70,11 @@ test('event boundaries report the offset just past the blank line', () => {
   assert.deepEqual(ends2, [1, 10]);
 });
 
+test('empty chunks change nothing, even between CR and LF', () => {
+  const events = parse([Buffer.from('data: a\r'), Buffer.alloc(0), Buffer.from('\ndata: b\r'), Buffer.alloc(0), Buffer.from('\n\r\n')]);
+  assert.deepEqual(events, [{ data: 'a\nb', event: '' }]);
+});
+
 test('a final event without its blank line is dispatched at end()', () => {
   assert.deepEqual(parse([Buffer.from('data: {"a":1}\n\ndata: [DONE]')]), [{ data: '{"a":1}', event: '' }, { data: '[DONE]', event: '' }]);
   assert.deepEqual(parse([Buffer.from('data: x\r')]), [{ data: 'x', event: '' }]);

@@ -21,6 +21,8 @@ export interface RedisPort {
   exec(commands: readonly PortCommand[], readOnly?: boolean): Promise<PortReply[]>;
   /** Whether commands can be written now. */
   readonly ready: boolean;
+  /** Read-only pipelines go to a replica (Sentinel with role 'slave'). */
+  readonly readsFromReplica: boolean;
   on(event: 'ready' | 'down', listener: () => void): void;
   quit(): Promise<void>;
 }
@@ -97,6 +99,10 @@ class StandalonePort implements RedisPort {
     return this.writer.status === 'ready';
   }
 
+  get readsFromReplica(): boolean {
+    return this.reader !== undefined;
+  }
+
   exec(commands: readonly PortCommand[], readOnly = false): Promise<PortReply[]> {
     const client = readOnly && this.reader !== undefined && this.reader.status === 'ready' ? this.reader : this.writer;
     return client.pipeline(commands as unknown as string[][]).exec().then(results);
@@ -114,6 +120,7 @@ class StandalonePort implements RedisPort {
 
 class ClusterPort implements RedisPort {
   readonly mode = 'cluster' as const;
+  readonly readsFromReplica = false;
   private readonly client: Cluster;
 
   constructor(target: RedisTargetConfig) {

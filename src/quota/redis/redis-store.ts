@@ -148,6 +148,7 @@ interface FlushOp {
 interface FlushGroup {
   readonly cmds: PortCommand[];
   readonly ops: FlushOp[];
+  readonly readOnly: boolean;
 }
 
 type RemoteOutcome = { ok: true; replies: PortReply[] } | { ok: false; kind: RedisErrorKind };
@@ -179,6 +180,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private readonly counters = new Map<string, RedisCounter>();
   private readonly allowDegradation: boolean;
   private readonly intervalMs: number;
+  private readonly timeoutMs: number;
   private readonly maxViewAgeMs: number;
   private readonly syncSafety: number;
   private readonly unsubscribe: () => void;
@@ -211,6 +213,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     this.name = opts.storeLabel;
     this.allowDegradation = opts.allowDegradation;
     this.intervalMs = Math.max(1, opts.batching.flush_interval_ms);
+    this.timeoutMs = target.timeout_ms;
     this.maxViewAgeMs = opts.maxViewAgeMs ?? DEFAULT_MAX_VIEW_AGE_MS;
     this.syncSafety = opts.syncSafety ?? DEFAULT_SYNC_SAFETY;
     const mt = opts.metrics;
@@ -303,8 +306,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     }
     const own = cells.slice(0, items.length);
     cells.length = 0;
-    if (this.shared.breaker.closed && this.shared.usable) return this.acquireRemote(items, own, now);
-    return this.unavailable(items, own, now);
+    if (!this.shared.breaker.closed) return this.unavailable(items, own, now);
+    if (this.shared.usable) return this.acquireRemote(items, own, now);
+    // Connecting (startup, or a reconnect the breaker has not judged yet): wait, bounded by the command timeout.
+    return this.shared.whenUsable(this.timeoutMs).then((up) => (up && this.shared.breaker.closed ? this.acquireRemote(items, own, now) : this.unavailable(items, own, now)));
   }
 
   settle(grant: Grant, actual: readonly number[]): void {
@@ -626,7 +631,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   // Flush (BatchSink)
 
   canWrite(): boolean {
-    return this.shared.breaker.closed && this.shared.usable;
+    // A down connection is still written to: the failed attempts are what open the breaker.
+    return this.shared.breaker.closed;
   }
 
   drop(cell: RedisCell): void {
@@ -662,22 +668,25 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       cell.inflightR = dr;
       cell.pendingC = 0;
       cell.pendingR = 0;
-      const gk = this.shared.port.groupOf(cell.counter.slot);
+      // Keys only read (no delta) are refreshed with one MGET; with a replica reader they go there.
+      const readOnly = dc === 0 && dr === 0 && this.shared.port.readsFromReplica;
+      const gk = this.shared.port.groupOf(cell.counter.slot) + (readOnly ? '/ro' : '');
       let g = groups.get(gk);
       if (g === undefined) {
-        g = { cmds: [], ops: [] };
+        g = { cmds: [], ops: [], readOnly };
         groups.set(gk, g);
       }
       const cmds = g.cmds;
-      if (dc === 0 && dr === 0 && cell.expC && cell.expR) {
+      if (dc === 0 && dr === 0) {
         const at = cmds.push(['mget', cell.keyC, cell.keyR]) - 1;
         g.ops.push({ cell, iC: at, iR: at, iExpC: -1, iExpR: -1, mget: true, dc, dr });
       } else {
         const ttl = ttlSeconds(cell, nowMs);
         const iC = cmds.push(dc !== 0 ? ['incrby', cell.keyC, dc] : ['get', cell.keyC]) - 1;
-        const iExpC = cell.expC ? -1 : cmds.push(['expire', cell.keyC, ttl, 'NX']) - 1;
+        // The TTL goes with this process's first write of the key in its window (and again after a loss).
+        const iExpC = cell.expC || dc === 0 ? -1 : cmds.push(['expire', cell.keyC, ttl, 'NX']) - 1;
         const iR = cmds.push(dr !== 0 ? ['incrby', cell.keyR, dr] : ['get', cell.keyR]) - 1;
-        const iExpR = cell.expR ? -1 : cmds.push(['expire', cell.keyR, ttl, 'NX']) - 1;
+        const iExpR = cell.expR || dr === 0 ? -1 : cmds.push(['expire', cell.keyR, ttl, 'NX']) - 1;
         g.ops.push({ cell, iC, iR, iExpC, iExpR, mget: false, dc, dr });
       }
       keys++;
@@ -687,7 +696,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     const seq = ++this.seq;
     this.inflightSeq = seq;
     const started = performance.now();
-    const outcomes = await Promise.all([...groups.values()].map((g) => this.shared.port.exec(g.cmds).then(
+    const outcomes = await Promise.all([...groups.values()].map((g) => this.shared.port.exec(g.cmds, g.readOnly).then(
       (replies): RemoteOutcome => ({ ok: true, replies }),
       (err: unknown): RemoteOutcome => ({ ok: false, kind: classifyError(err) }),
     )));
@@ -744,12 +753,12 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (errC === null) {
       const reply = int(c);
       // A key that comes back at exactly our delta was created by it: if we had set its TTL before, the
-      // key was lost in between, so set the TTL again.
+      // key was lost in between, so the next write sets the TTL again.
       if (op.dc !== 0 && reply === op.dc && cell.expC && cell.ackedC > 0) cell.expC = false;
       cell.ackedC += cell.inflightC;
       cell.inflightC = 0;
       cell.baseC = Math.max(cell.baseC, reply);
-      if (op.iExpC >= 0 && replies[op.iExpC]![0] === null && (op.dc !== 0 || c !== null)) cell.expC = true;
+      if (op.iExpC >= 0 && replies[op.iExpC]![0] === null) cell.expC = true;
     } else {
       this.restore(cell, true, false);
       failure = this.replyError(errC);
@@ -760,7 +769,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       cell.ackedR += cell.inflightR;
       cell.inflightR = 0;
       cell.baseR = reply;
-      if (op.iExpR >= 0 && replies[op.iExpR]![0] === null && (op.dr !== 0 || r !== null)) cell.expR = true;
+      if (op.iExpR >= 0 && replies[op.iExpR]![0] === null) cell.expR = true;
     } else {
       this.restore(cell, false, true);
       failure ??= this.replyError(errR);
@@ -768,10 +777,6 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (failure === undefined) {
       cell.known = true;
       this.reconciled(cell, perf);
-    }
-    if (!cell.expC || !cell.expR) {
-      // Keys created by someone else still get their TTL from us once they exist.
-      if ((!cell.expC && c !== null) || (!cell.expR && r !== null)) this.batcher.mark(cell);
     }
     return failure;
   }

@@ -31,6 +31,7 @@ export class SharedRedis {
   private epoch: string | undefined;
   private epochChecked = false;
   private epochTimer: NodeJS.Timeout | undefined;
+  private downTimer: NodeJS.Timeout | undefined;
   private readyWaiters: (() => void)[] = [];
   refs = 0;
   private closed = false;
@@ -54,6 +55,13 @@ export class SharedRedis {
     });
     port.on('down', () => {
       if (port.mode !== 'cluster') this.epochChecked = false;
+      // A connection that stays down opens the breaker even when no command notices (no traffic).
+      if (this.downTimer !== undefined || this.closed) return;
+      this.downTimer = setTimeout(() => {
+        this.downTimer = undefined;
+        if (!this.usable && !this.closed) this.breaker.open();
+      }, Math.max(target.timeout_ms, 100));
+      this.downTimer.unref();
     });
   }
 
@@ -88,6 +96,7 @@ export class SharedRedis {
     this.closed = true;
     this.breaker.stop();
     if (this.epochTimer !== undefined) clearTimeout(this.epochTimer);
+    if (this.downTimer !== undefined) clearTimeout(this.downTimer);
     this.listeners.clear();
     await this.port.quit();
   }
