@@ -1,6 +1,6 @@
 // Joins planned quotas (rules/) with their stores (quota/): acquire across stores all-or-nothing, settle
 // with actual usage, release on failure. Each hold is settled or released exactly once.
-import type { QuotaStore, Grant, CounterView } from '../quota/types.ts';
+import type { AcquireItem, CounterView, Denial, Grant, QuotaStore } from '../quota/types.ts';
 import type { PlannedQuota, Usage } from '../rules/quota-plan.ts';
 import type { QuotaSource } from './snapshot.ts';
 
@@ -60,6 +60,50 @@ export type HoldResult = QuotaHold | Rejection;
 
 type Resolve = (source: QuotaSource) => QuotaStore;
 
+function itemsOf(quotas: readonly PlannedQuota[], estimate: Usage): AcquireItem[] {
+  const items: AcquireItem[] = new Array(quotas.length);
+  for (let i = 0; i < quotas.length; i++) items[i] = { counter: quotas[i]!.counter, amount: quotas[i]!.cost(estimate) };
+  return items;
+}
+
+function denial(parts: readonly HoldPart[], qs: readonly PlannedQuota[], d: Denial): Rejection {
+  for (const p of parts) p.store.release(p.grant);
+  const spent = d.denied.map((i) => qs[i]!);
+  return { ok: false, quota: spent[0] ?? qs[0]!, spent, retryAfterMs: d.retryAfterMs };
+}
+
+/**
+ * Reserve the estimate on every quota. Synchronous when every store answers from its local view (the
+ * common case), otherwise a Promise. All or nothing: a denial releases what was already reserved.
+ */
+export function acquireAll(quotas: readonly PlannedQuota[], estimate: Usage, now: number, storeOf: Resolve): HoldResult | Promise<HoldResult> {
+  // Fast path: every quota of a request usually lives in one store, so one acquire call decides.
+  const first = storeOf(quotas[0]!.source);
+  let single = true;
+  for (let i = 1; i < quotas.length && single; i++) single = storeOf(quotas[i]!.source) === first;
+  if (single) {
+    const r = first.acquire(itemsOf(quotas, estimate), now);
+    if (r instanceof Promise) return r.then((res) => (res.ok ? new QuotaHold([{ store: first, grant: res, quotas }], quotas) : denial([], quotas, res)));
+    return r.ok ? new QuotaHold([{ store: first, grant: r, quotas }], quotas) : denial([], quotas, r);
+  }
+  return acquireGroups([...groupByStore(quotas, storeOf)], quotas, estimate, now);
+}
+
+async function acquireGroups(groups: [QuotaStore, PlannedQuota[]][], quotas: readonly PlannedQuota[], estimate: Usage, now: number): Promise<HoldResult> {
+  const parts: HoldPart[] = [];
+  try {
+    for (const [store, qs] of groups) {
+      const r = await store.acquire(itemsOf(qs, estimate), now);
+      if (!r.ok) return denial(parts, qs, r);
+      parts.push({ store, grant: r, quotas: qs });
+    }
+  } catch (err) {
+    for (const p of parts) p.store.release(p.grant);
+    throw err;
+  }
+  return new QuotaHold(parts, quotas);
+}
+
 function groupByStore(quotas: readonly PlannedQuota[], storeOf: Resolve): Map<QuotaStore, PlannedQuota[]> {
   const groups = new Map<QuotaStore, PlannedQuota[]>();
   for (const q of quotas) {
@@ -68,38 +112,6 @@ function groupByStore(quotas: readonly PlannedQuota[], storeOf: Resolve): Map<Qu
     if (g === undefined) groups.set(store, [q]); else g.push(q);
   }
   return groups;
-}
-
-/**
- * Reserve the estimate on every quota. Synchronous when every store answers from its local view (the
- * common case), otherwise a Promise. All or nothing: a denial releases what was already reserved.
- */
-export function acquireAll(quotas: readonly PlannedQuota[], estimate: Usage, now: number, storeOf: Resolve): HoldResult | Promise<HoldResult> {
-  const groups = [...groupByStore(quotas, storeOf)];
-  const parts: HoldPart[] = [];
-  const step = (i: number): HoldResult | Promise<HoldResult> => {
-    for (; i < groups.length; i++) {
-      const [store, qs] = groups[i]!;
-      const items = qs.map((q) => ({ counter: q.counter, amount: q.cost(estimate) }));
-      const r = store.acquire(items, now);
-      if (r instanceof Promise) {
-        const next = i + 1;
-        return r.then(
-          (res) => (res.ok ? (parts.push({ store, grant: res, quotas: qs }), step(next)) : deny(qs, res.denied, res.retryAfterMs)),
-          (err: unknown) => { for (const p of parts) p.store.release(p.grant); throw err; },
-        );
-      }
-      if (!r.ok) return deny(qs, r.denied, r.retryAfterMs);
-      parts.push({ store, grant: r, quotas: qs });
-    }
-    return new QuotaHold(parts, quotas);
-  };
-  const deny = (qs: readonly PlannedQuota[], denied: readonly number[], retryAfterMs: number): Rejection => {
-    for (const p of parts) p.store.release(p.grant);
-    const spent = denied.map((i) => qs[i]!);
-    return { ok: false, quota: spent[0] ?? qs[0]!, spent, retryAfterMs };
-  };
-  return step(0);
 }
 
 /** Current view of each quota, for response headers. */

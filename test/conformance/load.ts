@@ -100,3 +100,16 @@ export async function until(cond: () => boolean | Promise<boolean>, timeoutMs: n
     await sleep(20);
   }
 }
+
+/**
+ * Make a counter "known" to a store the way steady traffic does: a few requests over a few flushes, so its
+ * totals and growth rate are measured and requests far from the limit are decided locally.
+ */
+export async function warmUp(store: QuotaStore, counter: CounterSpec, now: number): Promise<void> {
+  for (let i = 0; i < 3; i++) {
+    const r = await store.acquire([{ counter, amount: 1 }], now);
+    if (r.ok) store.settle(r, [1]);
+    await store.flush();
+    await sleep(10);
+  }
+}

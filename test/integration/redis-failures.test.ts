@@ -13,7 +13,7 @@ import {
   type ClusterHandle, type HostPort, type RedisServerHandle, type SentinelHandle,
 } from '../helpers/redis-topology.ts';
 import { startFaultServer } from '../helpers/resp-fault-server.ts';
-import { flushUntilAcknowledged, startLoad, until, type Load } from '../conformance/load.ts';
+import { flushUntilAcknowledged, startLoad, until, warmUp, type Load } from '../conformance/load.ts';
 import { clusterTarget, redisStore, sentinelTarget, standaloneTarget } from '../conformance/redis-targets.ts';
 
 const WINDOW = 10 * 60_000;
@@ -113,8 +113,7 @@ describe('hung Redis', () => {
       const g = await store.acquire([{ counter: near, amount: 10 }], now);
       assert.ok(g.ok);
       store.settle(g, [995]);
-      await store.acquire([{ counter: far!, amount: 10 }], now);
-      await store.flush();
+      await warmUp(store, far!, now);
       redis.pause();
       // Near its limit the counter needs a synchronous round trip: bounded by the command timeout.
       const t0 = performance.now();

@@ -23,12 +23,19 @@ export interface RedisPort {
   readonly ready: boolean;
   /** Read-only pipelines go to a replica (Sentinel with role 'slave'). */
   readonly readsFromReplica: boolean;
+  /** A reply said a slot moved (MOVED/ASK): re-read the slot map (Cluster). */
+  slotsMoved(): void;
   on(event: 'ready' | 'down', listener: () => void): void;
   quit(): Promise<void>;
 }
 
 /** How a Redis failure is classified: metrics, the breaker, and whether a command may have been applied. */
 export type RedisErrorKind = 'timeout' | 'connection' | 'not_sent' | 'reply';
+
+/** MOVED or ASK: the key's slot is (being) served elsewhere; nothing was applied. */
+export function isRedirection(err: Error | null): boolean {
+  return err !== null && /^(MOVED|ASK) /.test(err.message);
+}
 
 export function classifyError(err: unknown): RedisErrorKind {
   const e = err as { name?: string; message?: string };
@@ -103,6 +110,10 @@ class StandalonePort implements RedisPort {
     return this.reader !== undefined;
   }
 
+  slotsMoved(): void {
+    // No slots outside Cluster.
+  }
+
   exec(commands: readonly PortCommand[], readOnly = false): Promise<PortReply[]> {
     const client = readOnly && this.reader !== undefined && this.reader.status === 'ready' ? this.reader : this.writer;
     return client.pipeline(commands as unknown as string[][]).exec().then(results);
@@ -141,6 +152,12 @@ class ClusterPort implements RedisPort {
     const nodes = target.cluster_nodes.length > 0 ? target.cluster_nodes : [{ host: target.host, port: target.port }];
     this.client = new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
     noisy(this.client);
+  }
+
+  slotsMoved(): void {
+    // ioredis follows redirections of a pipeline only when every reply in it is the same redirection;
+    // a mixed pipeline leaves its slot map stale, so refresh it (one refresh at a time, inside ioredis).
+    this.client.refreshSlotsCache();
   }
 
   groupOf(slot: number): string {

@@ -19,7 +19,7 @@ import { windowStartOf } from '../types.ts';
 import { StoreGrant, StoreGrantEntry, claimGrant, previousWeight, retryAfterMs, tokens } from '../window.ts';
 import type { BreakerState } from './breaker.ts';
 import { cellKeys, counterTag, hashSlot } from './keys.ts';
-import { classifyError, type PortCommand, type PortReply, type RedisErrorKind } from './port.ts';
+import { classifyError, isRedirection, type PortCommand, type PortReply, type RedisErrorKind } from './port.ts';
 import { acquireRedis, releaseRedis, type SharedRedis } from './shared-client.ts';
 
 export interface RedisStoreOptions {
@@ -101,6 +101,8 @@ class RedisCell implements Batchable {
   expR = false;
   /** Totals learned from Redis (or a window of a counter whose rate is known, which starts near zero). */
   known: boolean;
+  /** Its slot answered MOVED/ASK: flush it in a pipeline of its own, which ioredis can redirect whole. */
+  redirected = false;
   seenAt: number;
 
   constructor(counter: RedisCounter, start: number, known: boolean, seenAt: number) {
@@ -206,6 +208,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private seq = 0;
   /** Round trip of recent flushes, ms (EWMA). */
   private flushLatencyMs = 1;
+  /** MOVED/ASK replies in the current flush. */
+  private redirections = 0;
   private closed = false;
   private readonly scratch: RedisCell[] = [];
 
@@ -239,7 +243,6 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       sync: mt.syncAdmissions.labels({ store }),
       degraded: mt.degradedAdmissions.labels({ store }),
     };
-    this.m.breaker.set(0);
     this.batcher = new Batcher<RedisCell>(this, {
       intervalMs: this.intervalMs,
       maxBatchKeys: opts.batching.max_batch_keys,
@@ -434,12 +437,12 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
 
   /**
    * Whether the local view is not enough to admit: the counter (or the previous window of a sliding one)
-   * was never learned from Redis, the view is too old, or the remaining quota is within reach of what the
-   * other replicas may have added unseen: rate × (flush interval + flush latency + view age) × safety, plus
-   * the largest recent request.
+   * was never learned from Redis or its growth rate is not measured yet, the view is too old, or the
+   * remaining quota is within reach of what other replicas may have added unseen:
+   * rate × (flush interval + flush latency + view age) × safety, plus the largest recent request.
    */
   private needsRedis(counter: RedisCounter, cell: RedisCell, prev: RedisCell | undefined, remaining: number, amount: number, perf: number): boolean {
-    if (!cell.known || (prev !== undefined && !prev.known)) return true;
+    if (!cell.known || (prev !== undefined && !prev.known) || !counter.rateKnown) return true;
     const age = perf - cell.seenAt;
     if (age > this.maxViewAgeMs) return true;
     const horizon = this.intervalMs + this.flushLatencyMs + age;
@@ -521,6 +524,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     });
 
     if (failure !== undefined) {
+      this.m.errors[failure].inc();
       this.failed(failure);
       for (const cell of applied) this.undoRemote(cell, perCell.get(cell)!);
       if (this.allowDegradation) return this.decideDegraded(items, cells, now);
@@ -535,10 +539,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       const spec = items[i]!.counter;
       const prev = this.prevCell(cell.counter, cell);
       const prevTotal = prev === undefined ? 0 : prev.consumed() + prev.reserved();
-      const before = totals.get(cell)! + prevTotal * previousWeight(now, cell.start, spec.windowMs);
-      if (before >= spec.limit) {
+      const cur = totals.get(cell)!;
+      if (cur + prevTotal * previousWeight(now, cell.start, spec.windowMs) >= spec.limit) {
         (denied ??= []).push(i);
-        retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cell.consumed() + cell.reserved(), prevTotal));
+        retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cur, prevTotal));
       }
     }
     if (denied !== undefined) {
@@ -670,7 +674,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       cell.pendingR = 0;
       // Keys only read (no delta) are refreshed with one MGET; with a replica reader they go there.
       const readOnly = dc === 0 && dr === 0 && this.shared.port.readsFromReplica;
-      const gk = this.shared.port.groupOf(cell.counter.slot) + (readOnly ? '/ro' : '');
+      const gk = cell.redirected ? `slot:${cell.counter.slot}` : this.shared.port.groupOf(cell.counter.slot) + (readOnly ? '/ro' : '');
+      cell.redirected = false;
       let g = groups.get(gk);
       if (g === undefined) {
         g = { cmds: [], ops: [], readOnly };
@@ -707,6 +712,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
 
     let failure: RedisErrorKind | undefined;
     let k = 0;
+    this.redirections = 0;
     for (const g of groups.values()) {
       const out = outcomes[k++]!;
       if (!out.ok) {
@@ -725,9 +731,11 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     this.m.flushCommands.observe(commands);
     this.m.flushDuration.observe(latency / 1000);
     this.m.pending.set(this.batcher.backlog);
+    if (this.redirections > 0) this.shared.port.slotsMoved();
     if (failure !== undefined) {
       this.m.flushError.inc();
-      this.failed(failure);
+      // A resharding is not an outage: redirected keys are retried, the breaker is not told.
+      if (this.redirections === 0) this.failed(failure);
       return false;
     }
     this.m.flushOk.inc();
@@ -742,7 +750,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       const [err, v] = replies[op.iC]!;
       if (err !== null || !Array.isArray(v)) {
         this.restore(cell, true, true);
-        return this.replyError(err);
+        return this.replyError(cell, err);
       }
       this.learn(cell, int(v[0]), int(v[1]), perf);
       return undefined;
@@ -761,7 +769,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       if (op.iExpC >= 0 && replies[op.iExpC]![0] === null) cell.expC = true;
     } else {
       this.restore(cell, true, false);
-      failure = this.replyError(errC);
+      failure = this.replyError(cell, errC);
     }
     if (errR === null) {
       const reply = int(r);
@@ -772,7 +780,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       if (op.iExpR >= 0 && replies[op.iExpR]![0] === null) cell.expR = true;
     } else {
       this.restore(cell, false, true);
-      failure ??= this.replyError(errR);
+      failure ??= this.replyError(cell, errR);
     }
     if (failure === undefined) {
       cell.known = true;
@@ -781,9 +789,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     return failure;
   }
 
-  private replyError(err: Error | null): RedisErrorKind {
+  private replyError(cell: RedisCell, err: Error | null): RedisErrorKind {
     const kind = err === null ? 'reply' : classifyError(err);
     this.m.errors[kind].inc();
+    if (isRedirection(err)) {
+      cell.redirected = true;
+      this.redirections++;
+    }
     return kind;
   }
 
@@ -827,7 +839,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (dt < RATE_MIN_SAMPLE_MS) return;
     const grew = Math.max(0, total - counter.rateTotal);
     const sample = grew / dt;
-    counter.rate = counter.rateKnown ? counter.rate * (1 - RATE_ALPHA) + sample * RATE_ALPHA : sample;
+    // Fast attack, slow decay: a burst counts at once, a lull only gradually.
+    counter.rate = counter.rateKnown ? Math.max(sample, counter.rate * (1 - RATE_ALPHA) + sample * RATE_ALPHA) : sample;
     counter.rateKnown = true;
     if (grew > 0) {
       const mine = Math.min(1, Math.max(0, (own - counter.rateOwn) / grew));
