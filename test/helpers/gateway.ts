@@ -55,3 +55,13 @@ export function mockInstance(name: string, mockUrl: string, extra: Record<string
     ...extra,
   };
 }
+
+/**
+ * Windows are aligned to the clock, so a test that expects one window must not straddle a boundary:
+ * when fewer than `needMs` remain in the current window of `windowSeconds`, wait for the next one.
+ */
+export async function avoidWindowEdge(windowSeconds: number, needMs = 8000): Promise<void> {
+  const w = windowSeconds * 1000;
+  const left = w - (Date.now() % w);
+  if (left < needMs) await new Promise((r) => setTimeout(r, left + 50));
+}

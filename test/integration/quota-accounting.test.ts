@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig } from '../../src/config/validate.ts';
 import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { avoidWindowEdge } from '../helpers/gateway.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }] };
 
@@ -31,6 +32,7 @@ describe('token accounting (local policy)', () => {
   after(async () => { await mock?.close(); });
 
   it('50 concurrent requests overshoot the limit by no more than one request', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 500, time_window: 60 })] });
     try {
       const results = await Promise.all(Array.from({ length: 50 }, () => post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 20 })));
@@ -46,6 +48,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('a streamed response is charged its usage; an aborted stream is charged the tokens produced', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 100000, time_window: 60 })] });
     try {
       const head = async () => Number((await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 1 })).headers.get('x-ai-ratelimit-remaining-inst'));
@@ -76,6 +79,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('a usage-less stream is charged from its counted text, with a metric', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 100000, time_window: 60 })] });
     try {
       const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-usage': 'off' }, body: JSON.stringify({ ...MSG, stream: true, max_tokens: 30 }) });
@@ -88,6 +92,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('a failed attempt releases its reservation: nothing is charged', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });
     try {
       for (let i = 0; i < 5; i++) await failedAttempt(gw);
@@ -97,6 +102,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('editing a limit on reload keeps what was consumed', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });
     try {
       const a = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
@@ -109,6 +115,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('limit_strategy expression charges cost_expr over the usage', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 10000, time_window: 60, limit_strategy: 'expression', cost_expr: 'prompt_tokens + 4 * completion_tokens' })] });
     try {
       const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 10 });
@@ -118,6 +125,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('prompt_tokens and completion_tokens strategies count only their part', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { instances: [{ name: 'inst', limit: 10000, time_window: 60, limit_strategy: 'completion_tokens' }] })] });
     try {
       const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 7 });
@@ -126,6 +134,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('sends OpenAI-style x-ratelimit-*-tokens headers, and the IETF draft form on request', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 5000, time_window: 60 }), { ...route(mock.url, { limit: 5000, time_window: 60, header_style: 'ietf' }, 'ietf'), uri: '/ietf/v1/chat/completions' }] });
     try {
       const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
@@ -139,6 +148,7 @@ describe('token accounting (local policy)', () => {
   });
 
   it('show_limit_quota_header: false hides the headers but still limits', async () => {
+    await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 10, time_window: 60, show_limit_quota_header: false })] });
     try {
       const a = await post(`${gw.url}/v1/chat/completions`, MSG);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, post } from '../helpers/gateway.ts';
+import { avoidWindowEdge } from '../helpers/gateway.ts';
 
 const MATH = { messages: [{ role: 'system', content: 'You are a mathematician' }, { role: 'user', content: 'What is 1+1?' }] };
 const NEWTON = { messages: [{ role: 'system', content: 'You are a mathematician' }, { role: 'user', content: 'Explain Newtons laws' }] };
@@ -27,6 +28,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
   after(async () => { await mock?.close(); });
 
   it('Rate Limit One Instance: once deepseek-instance-1 spent its 100 tokens, traffic goes to deepseek-instance-2', async () => {
+    await avoidWindowEdge(30);
     const gw = await startGateway({
       routes: [{
         id: 'ai-rate-limiting-route', uri: '/anything', methods: ['POST'],
@@ -55,6 +57,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
   });
 
   it('Apply the Same Quota to All Instances: each instance gets 100 tokens, then 429 with every instance header', async () => {
+    await avoidWindowEdge(30);
     const gw = await startGateway({
       routes: [{
         id: 'ai-rate-limiting-route', uri: '/anything', methods: ['POST'],
@@ -85,6 +88,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
   });
 
   it('Configure Instance Priority and Rate Limiting: the high-priority instance until its 10 tokens are spent, then the other', async () => {
+    await avoidWindowEdge(30);
     const gw = await startGateway({
       routes: [{
         id: 'ai-rate-limiting-route', uri: '/anything', methods: ['POST'],
@@ -111,6 +115,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
   });
 
   it('Load Balance and Rate Limit by Consumers: each consumer has its own instance quota', async () => {
+    await avoidWindowEdge(30);
     const gw = await startGateway({
       consumers: [
         { username: 'johndoe', plugins: { 'key-auth': { key: 'john-key' }, 'ai-rate-limiting': { policy: 'local', instances: [{ name: 'openai-instance', limit: 10, time_window: 60 }], rejected_code: 429, limit_strategy: 'total_tokens' } } },
@@ -140,6 +145,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
   });
 
   it('Rate Limit by Rules: X-AI-1 / X-AI-2 headers, ${http_x_custom_count ?? 500}, skipped rules', async () => {
+    await avoidWindowEdge(30);
     const gw = await startGateway({
       routes: [{
         id: 'ai-rate-limiting-route', uri: '/anything', methods: ['POST'],
@@ -186,6 +192,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
   });
 
   it('charges streamed responses, also through the openai SDK, and Remaining never increases', async () => {
+    await avoidWindowEdge(30);
     const gw = await startGateway({
       routes: [{
         id: 'stream', uri: '/v1/chat/completions', methods: ['POST'],

@@ -572,7 +572,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private undoRemote(cell: RedisCell, amount: number): void {
     this.m.cmdSync.inc();
     cell.undoingR += amount;
-    this.shared.port.exec([['decrby', cell.keyR, amount]]).then(([[err, v]]) => {
+    this.shared.port.exec([['decrby', cell.keyR, amount]]).then((replies) => {
+      const [err, v] = replies[0] ?? [new Error('no reply'), null];
       cell.undoingR -= amount;
       if (err === null) {
         cell.baseR = int(v);
@@ -674,7 +675,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       cell.pendingR = 0;
       // Keys only read (no delta) are refreshed with one MGET; with a replica reader they go there.
       const readOnly = dc === 0 && dr === 0 && this.shared.port.readsFromReplica;
-      const gk = cell.redirected ? `slot:${cell.counter.slot}` : this.shared.port.groupOf(cell.counter.slot) + (readOnly ? '/ro' : '');
+      const gk = (cell.redirected ? `slot:${cell.counter.slot}` : this.shared.port.groupOf(cell.counter.slot)) + (readOnly ? '/ro' : '');
       cell.redirected = false;
       let g = groups.get(gk);
       if (g === undefined) {
