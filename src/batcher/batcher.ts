@@ -82,10 +82,6 @@ export class Batcher<T extends Batchable> {
     return this.dirty.size;
   }
 
-  get flushing(): boolean {
-    return this.running !== undefined;
-  }
-
   /** Start a timer-style flush now if one is due and allowed (e.g. when a breaker closes). */
   kick(): void {
     this.tick();

@@ -136,14 +136,14 @@ describe('hung Redis', () => {
     }
   });
 
-  it('a server that never answers: acquire rejects at once, the store reports unavailable', async () => {
+  it('a server that never answers: acquire rejects within timeout_ms, the store reports unavailable', async () => {
     const fault = await startFaultServer('hang');
     const { store } = redisStore({ ...standaloneTarget({ host: '127.0.0.1', port: fault.port } as RedisServerHandle), timeout_ms: 200, connect_timeout_ms: 200 }, { allowDegradation: false });
     try {
       const [c] = counters('fault', 1);
       const t0 = performance.now();
       await assert.rejects(Promise.resolve(store.acquire([{ counter: c!, amount: 1 }], Date.now())), (err: unknown) => isSluiceError(err) && err.status === 503);
-      assert.ok(performance.now() - t0 < 250);
+      assert.ok(performance.now() - t0 < 200 + 150, 'bounded by timeout_ms');
       await until(() => store.health() === 'unavailable', 3_000, 'the breaker to open');
       const { store: lenient } = redisStore({ ...standaloneTarget({ host: '127.0.0.1', port: fault.port } as RedisServerHandle), timeout_ms: 200 }, { allowDegradation: true });
       const r = await lenient.acquire([{ counter: c!, amount: 1 }], Date.now());

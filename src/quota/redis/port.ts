@@ -63,7 +63,7 @@ function common(t: RedisTargetConfig): NonNullable<ClusterOptions['redisOptions'
   };
 }
 
-function noisy(client: Redis | Cluster): void {
+function silenceErrorEvents(client: Redis | Cluster): void {
   // Errors surface through command results and the breaker; an 'error' listener keeps ioredis from printing them.
   client.on('error', () => undefined);
 }
@@ -94,8 +94,8 @@ class StandalonePort implements RedisPort {
       this.writer = new Redis({ ...base, host: target.host, port: target.port });
       this.reader = undefined;
     }
-    noisy(this.writer);
-    if (this.reader !== undefined) noisy(this.reader);
+    silenceErrorEvents(this.writer);
+    if (this.reader !== undefined) silenceErrorEvents(this.reader);
   }
 
   groupOf(): string {
@@ -151,7 +151,7 @@ class ClusterPort implements RedisPort {
     };
     const nodes = target.cluster_nodes.length > 0 ? target.cluster_nodes : [{ host: target.host, port: target.port }];
     this.client = new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
-    noisy(this.client);
+    silenceErrorEvents(this.client);
   }
 
   slotsMoved(): void {

@@ -27,7 +27,13 @@ export interface RedisStoreOptions {
   readonly metrics: StoreMetrics;
   readonly allowDegradation: boolean;
   readonly storeLabel: string;
-  /** A view not reconciled for this long is not trusted on its own: admissions need Redis. Default 5000. */
+  /**
+   * While Redis answers, a counter's view not reconciled for this long is refreshed synchronously before it
+   * admits: another replica may have spent the quota meanwhile. Default 3 flush intervals (at least 30 ms).
+   * A counter in steady use is reconciled every interval, so only idle counters pay the round trip.
+   */
+  readonly freshViewMs?: number;
+  /** While Redis is unreachable, views up to this old still admit far from their limit (rides out failovers). Default 5000. */
   readonly maxViewAgeMs?: number;
   /** Safety factor on the unseen-consumption estimate that switches a counter to synchronous admission. Default 2. */
   readonly syncSafety?: number;
@@ -104,6 +110,8 @@ class RedisCell implements Batchable {
   /** Its slot answered MOVED/ASK: flush it in a pipeline of its own, which ioredis can redirect whole. */
   redirected = false;
   seenAt: number;
+  /** When a flush of this cell last failed (its node unreachable); -Infinity once it succeeds again. */
+  failedAt = Number.NEGATIVE_INFINITY;
 
   constructor(counter: RedisCounter, start: number, known: boolean, seenAt: number) {
     this.counter = counter;
@@ -184,6 +192,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private readonly intervalMs: number;
   private readonly timeoutMs: number;
   private readonly maxViewAgeMs: number;
+  private readonly freshViewMs: number;
   private readonly syncSafety: number;
   private readonly unsubscribe: () => void;
   private readonly sweepTimer: NodeJS.Timeout;
@@ -219,6 +228,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     this.intervalMs = Math.max(1, opts.batching.flush_interval_ms);
     this.timeoutMs = target.timeout_ms;
     this.maxViewAgeMs = opts.maxViewAgeMs ?? DEFAULT_MAX_VIEW_AGE_MS;
+    this.freshViewMs = opts.freshViewMs ?? Math.max(3 * this.intervalMs, 30);
     this.syncSafety = opts.syncSafety ?? DEFAULT_SYNC_SAFETY;
     const mt = opts.metrics;
     const store = opts.storeLabel;
@@ -442,12 +452,25 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
    * rate × (flush interval + flush latency + view age) × safety, plus the largest recent request.
    */
   private needsRedis(counter: RedisCounter, cell: RedisCell, prev: RedisCell | undefined, remaining: number, amount: number, perf: number): boolean {
-    if (!cell.known || (prev !== undefined && !prev.known) || !counter.rateKnown) return true;
+    // While its node is unreachable (breaker open, or this cell's last flush failed, e.g. a Cluster master
+    // failing over) an older view still admits far from the limit; otherwise it must be fresh.
+    const unreachable = !this.shared.breaker.closed || perf - cell.failedAt < this.maxViewAgeMs;
+    return !this.trusted(counter, cell, prev, remaining, amount, perf, unreachable ? this.maxViewAgeMs : this.freshViewMs);
+  }
+
+  /**
+   * Whether the local view alone may admit: the counter (and the previous window of a sliding one) was
+   * learned from Redis, its growth rate is measured, the view is at most `maxAgeMs` old, and the remaining
+   * quota is beyond what other replicas may have added unseen:
+   * rate × (flush interval + flush latency + view age) × safety, plus the largest recent request.
+   */
+  private trusted(counter: RedisCounter, cell: RedisCell, prev: RedisCell | undefined, remaining: number, amount: number, perf: number, maxAgeMs: number): boolean {
+    if (!cell.known || (prev !== undefined && !prev.known) || !counter.rateKnown) return false;
     const age = perf - cell.seenAt;
-    if (age > this.maxViewAgeMs) return true;
+    if (age > maxAgeMs) return false;
     const horizon = this.intervalMs + this.flushLatencyMs + age;
     const biggest = Math.max(amount, counter.maxAmount, counter.maxAmountPrev);
-    return remaining < counter.rate * horizon * this.syncSafety + biggest;
+    return remaining >= counter.rate * horizon * this.syncSafety + biggest;
   }
 
   private reserveLocally(items: readonly AcquireItem[], cells: readonly RedisCell[]): StoreGrant<RedisCell> {
@@ -527,6 +550,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       this.m.errors[failure].inc();
       this.failed(failure);
       for (const cell of applied) this.undoRemote(cell, perCell.get(cell)!);
+      // The node of these counters is failing (a Cluster master or Sentinel failover in progress): a view
+      // reconciled within maxViewAgeMs and far from its limit still decides, so failovers reach no client.
+      if (this.rideOut(items, cells, now, perf)) return this.reserveLocally(items, cells);
       if (this.allowDegradation) return this.decideDegraded(items, cells, now);
       throw new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE');
     }
@@ -594,6 +620,16 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private undoLater(cell: RedisCell, amount: number): void {
     cell.pendingR -= amount;
     this.batcher.mark(cell);
+  }
+
+  private rideOut(items: readonly AcquireItem[], cells: readonly RedisCell[], now: number, perf: number): boolean {
+    for (let i = 0; i < items.length; i++) {
+      const cell = cells[i]!;
+      const prev = this.prevCell(cell.counter, cell);
+      const remaining = items[i]!.counter.limit - this.usedOf(cell, prev, now);
+      if (!this.trusted(cell.counter, cell, prev, remaining, tokens(items[i]!.amount), perf, this.maxViewAgeMs)) return false;
+    }
+    return true;
   }
 
   /** Redis is needed and not reachable: local decision on this process's share, or 503. */
@@ -719,7 +755,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       if (!out.ok) {
         failure ??= out.kind;
         this.m.errors[out.kind].inc();
-        for (const op of g.ops) this.restore(op.cell, true, true);
+        for (const op of g.ops) {
+          op.cell.failedAt = perf;
+          this.restore(op.cell, true, true);
+        }
         continue;
       }
       for (const op of g.ops) {
@@ -823,6 +862,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   /** Fresh global totals for a cell: update the view age and, for the current window, rate and share. */
   private reconciled(cell: RedisCell, perf: number): void {
     cell.seenAt = perf;
+    cell.failedAt = Number.NEGATIVE_INFINITY;
     const counter = cell.counter;
     if (cell !== counter.cur) return;
     counter.known = true;
