@@ -1,7 +1,9 @@
 // Baseline (b): the cheapest uWS + undici proxy hop, with no gateway logic at all. It reads the request body,
 // forwards it with one undici Pool to the upstream, and relays status + body; an SSE answer is streamed through
 // frame by frame with backpressure (pause the upstream body while uWS cannot take more).
-// Usage: node --import tsx native-bench/lib/bare-hop.ts --upstream http://127.0.0.1:<port> [--port 0]
+// Usage: node --import tsx native-bench/lib/bare-hop.ts --upstream http://127.0.0.1:<port> [--port 0] [--parse-in-worker]
+// --parse-in-worker first sends every body to a 1-thread piscina pool for a JSON.parse and forwards it once the
+// answer is back: the "fan every request out to a worker" design (uws-threads.bench.ts case (c)).
 // Prints `bare-hop listening on http://127.0.0.1:<port>`.
 import type { Readable } from 'node:stream';
 import uWS from 'uWebSockets.js';
@@ -19,6 +21,7 @@ const upstream = arg('--upstream');
 const port = Number(arg('--port', '0'));
 // No connection cap: an HTTP/1.1 stream holds its connection for its whole life (performance.md §2.6).
 const pool = new Pool(upstream, { connections: null, pipelining: 1 });
+const offload = process.argv.includes('--parse-in-worker') ? (await import('./parse-offload.ts')).startParseOffload(1) : undefined;
 
 const STATUS: Record<number, string> = { 200: '200 OK', 400: '400 Bad Request', 404: '404 Not Found', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 502: '502 Bad Gateway' };
 const statusLine = (s: number): string => STATUS[s] ?? `${s} Status`;
@@ -100,7 +103,8 @@ const app = uWS.App().any('/*', (res, req) => {
     parts.push(Buffer.from(ab.slice(0)));
     if (!isLast) return;
     const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-    forward(res, ex, path, contentType, body).catch(() => badGateway(res, ex));
+    if (offload === undefined) forward(res, ex, path, contentType, body).catch(() => badGateway(res, ex));
+    else offload.parse(body).then(() => forward(res, ex, path, contentType, body)).catch(() => badGateway(res, ex));
   });
 });
 
@@ -109,7 +113,7 @@ app.listen('127.0.0.1', port, (token: us_listen_socket | false) => {
   process.stdout.write(`bare-hop listening on http://127.0.0.1:${uWS.us_socket_local_port(token)}\n`);
   const stop = (): void => {
     uWS.us_listen_socket_close(token);
-    void pool.destroy().finally(() => process.exit(0));
+    void Promise.allSettled([pool.destroy(), offload?.close()]).finally(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
