@@ -4,6 +4,7 @@
 // them and waits.
 // Usage: node --import tsx native-bench/lib/uws-threads-hop.ts --upstream http://127.0.0.1:<port> [--threads 2] [--port 0]
 // Prints `uws-threads-hop listening on http://127.0.0.1:<port> (<n> threads)`.
+import { createServer } from 'node:net';
 import { Worker } from 'node:worker_threads';
 
 function arg(name: string, fallback?: string): string {
@@ -51,9 +52,22 @@ function startThread(port: number): Promise<number> {
   });
 }
 
+/** A port free right now on 127.0.0.1 (the OS picks it; a race with another process is possible but unlikely). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 try {
-  // The first thread picks the port; the others join it, which only works because the listeners share it.
-  const port = await startThread(firstPort);
+  // uWS sets SO_REUSEPORT only on a non-zero port (a port-0 listener is exclusive, so a second App could not
+  // join it): pick a free port first, then every thread listens on it.
+  const port = await startThread(firstPort === 0 ? await freePort() : firstPort);
   for (let i = 1; i < threads; i++) {
     const p = await startThread(port);
     if (p !== port) throw new Error(`hop thread ${i + 1} listened on ${p}, not ${port}`);

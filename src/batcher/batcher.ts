@@ -1,7 +1,9 @@
 // Flush scheduling for pre-aggregated deltas, independent of what they are written to.
 //
 // Items (e.g. one counter key in one window) are marked dirty on the request path; the batcher hands them
-// to the sink in batches: every `intervalMs`, or early when `maxBatchKeys` items are dirty. At most one
+// to the sink in batches: every `intervalMs`, or early when `maxBatchKeys` items are dirty, or (`immediate`)
+// on the next turn of the event loop after an item is marked, so that one batch carries what a burst of
+// requests marked in the same turn (the timer then only retries failed writes). At most one
 // write is in flight at a time, so a slow store sees one batch, not a pile of them. Items the sink fails to
 // write are marked again by the sink and go out with a later batch. The backlog (dirty + in flight) is
 // bounded by `maxPendingKeys`: beyond it the oldest dirty item is handed to `sink.drop`.
@@ -27,6 +29,8 @@ export interface BatcherOptions {
   readonly intervalMs: number;
   readonly maxBatchKeys: number;
   readonly maxPendingKeys: number;
+  /** Write on the next event-loop turn after a mark instead of waiting for the timer. Default false. */
+  readonly immediate?: boolean;
 }
 
 export class Batcher<T extends Batchable> {
@@ -36,7 +40,9 @@ export class Batcher<T extends Batchable> {
   private inflight = 0;
   private running: Promise<boolean> | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private earlyScheduled = false;
+  private scheduled = false;
+  /** The last write failed: immediate mode leaves retries to the timer rather than spin on a failing sink. */
+  private lastFailed = false;
 
   constructor(sink: BatchSink<T>, opts: BatcherOptions) {
     this.sink = sink;
@@ -44,6 +50,7 @@ export class Batcher<T extends Batchable> {
       intervalMs: Math.max(1, opts.intervalMs),
       maxBatchKeys: Math.max(1, opts.maxBatchKeys),
       maxPendingKeys: Math.max(1, opts.maxPendingKeys),
+      immediate: opts.immediate === true,
     };
   }
 
@@ -64,13 +71,8 @@ export class Batcher<T extends Batchable> {
     if (this.dirty.size + this.inflight >= this.opts.maxPendingKeys) this.evictOldest();
     item.queued = true;
     this.dirty.add(item);
-    if (this.dirty.size >= this.opts.maxBatchKeys && this.running === undefined && !this.earlyScheduled) {
-      this.earlyScheduled = true;
-      setImmediate(() => {
-        this.earlyScheduled = false;
-        this.tick();
-      });
-    }
+    if (this.running !== undefined || this.scheduled) return;
+    if (this.dirty.size >= this.opts.maxBatchKeys || (this.opts.immediate === true && !this.lastFailed)) this.schedule();
   }
 
   /** Items not yet acknowledged: dirty plus in flight. */
@@ -102,9 +104,15 @@ export class Batcher<T extends Batchable> {
   }
 
   private tick(): void {
-    if (this.running !== undefined || this.dirty.size === 0 || !this.sink.canWrite()) return;
-    void this.runOnce().then(() => {
-      if (this.dirty.size >= this.opts.maxBatchKeys) setImmediate(() => this.tick());
+    if (this.timer === undefined || this.running !== undefined || this.dirty.size === 0 || !this.sink.canWrite()) return;
+    void this.runOnce();
+  }
+
+  private schedule(): void {
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.tick();
     });
   }
 
@@ -116,9 +124,14 @@ export class Batcher<T extends Batchable> {
     const run = this.sink.write(batch).then(
       (ok) => ok,
       () => false,
-    ).finally(() => {
+    ).then((ok) => {
       this.inflight = 0;
       this.running = undefined;
+      this.lastFailed = !ok;
+      // Items marked while this batch was in flight: a full batch, or (immediate) anything after a success.
+      const more = this.dirty.size >= this.opts.maxBatchKeys || (this.opts.immediate === true && ok && this.dirty.size > 0);
+      if (more && !this.scheduled) this.schedule();
+      return ok;
     });
     this.running = run;
     return run;

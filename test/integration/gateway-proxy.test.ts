@@ -266,3 +266,35 @@ for (const workers of [1, 2]) {
     });
   });
 }
+
+describe('gateway streaming backpressure', () => {
+  it('a client that stops reading pauses the upstream read instead of buffering the stream', async () => {
+    const { request } = await import('node:http');
+    const mock = await startMockUpstream({ name: 'big' });
+    const gw = await startGateway({ routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('big', mock.url)] } } }] });
+    try {
+      // 100k frames, ~20 MB of SSE: far more than the socket buffers between the processes can hold.
+      const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'go' }], stream: true, max_tokens: 1_000_000 });
+      let received = 0;
+      const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+        const req = request(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-chunks': '100000' } }, resolve);
+        req.on('error', reject);
+        req.end(body);
+      });
+      assert.equal(res.statusCode, 200);
+      res.pause();
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(mock.stats().inFlight, 1, 'the upstream is held back while the client does not read');
+      const rss = process.memoryUsage().rss;
+      res.on('data', (c: Buffer) => { received += c.length; });
+      res.resume();
+      await new Promise<void>((resolve, reject) => { res.on('end', resolve); res.on('error', reject); });
+      assert.ok(received > 15_000_000, `received ${received} bytes`);
+      assert.ok(process.memoryUsage().rss - rss < 200 * 1024 * 1024, 'the gateway did not buffer the stream whole');
+      assert.equal(mock.stats().inFlight, 0);
+    } finally {
+      await gw.close();
+      await mock.close();
+    }
+  });
+});

@@ -20,6 +20,7 @@ import { StoreGrant, StoreGrantEntry, claimGrant, previousWeight, retryAfterMs, 
 import type { BreakerState } from './breaker.ts';
 import { cellKeys, counterTag, hashSlot } from './keys.ts';
 import { classifyError, isRedirection, type PortCommand, type PortReply, type RedisErrorKind } from './port.ts';
+import { ReplyLanes, type RemoteOutcome } from './reply-lanes.ts';
 import { acquireRedis, releaseRedis, type SharedRedis } from './shared-client.ts';
 
 export interface RedisStoreOptions {
@@ -50,6 +51,8 @@ const MAX_AMOUNT_PERIOD_MS = 1_000;
 /** Degraded admissions assume this process gets at least this share of a counter. */
 const MIN_SHARE = 0.05;
 const SWEEP_EVERY_MS = 10_000;
+/** Synchronous mode: how soon a failed write is retried. */
+const SYNC_RETRY_MS = 50;
 const CLOSE_FLUSH_MS = 2_000;
 
 class RedisCounter {
@@ -97,8 +100,10 @@ class RedisCell implements Batchable {
   inflightR = 0;
   pendingC = 0;
   pendingR = 0;
-  /** Reservations taken back with DECRBY whose reply has not arrived yet. */
+  /** Reservations taken back with DECRBY whose reply has not been applied yet. */
   undoingR = 0;
+  /** Send sequence of the reply the base totals come from; an older reply (from another lane) is ignored. */
+  appliedSeq = 0;
   /** This process's deltas acknowledged by Redis in this window (re-sent if Redis loses its data). */
   ackedC = 0;
   ackedR = 0;
@@ -161,7 +166,14 @@ interface FlushGroup {
   readonly readOnly: boolean;
 }
 
-type RemoteOutcome = { ok: true; replies: PortReply[] } | { ok: false; kind: RedisErrorKind };
+/** A synchronous admission's reply for one cell, applied in send order. */
+interface AdmissionReply {
+  readonly failure: RedisErrorKind | undefined;
+  /** The reservation's INCRBY was applied (it must be taken back if the request is not admitted). */
+  readonly applied: boolean;
+  /** Redis's total before this reservation plus this process's deltas Redis had not seen at that point. */
+  readonly before: number;
+}
 
 function int(v: unknown): number {
   if (typeof v === 'number') return v;
@@ -190,6 +202,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private readonly counters = new Map<string, RedisCounter>();
   private readonly allowDegradation: boolean;
   private readonly intervalMs: number;
+  /** flush_interval_ms 0: every admission is decided by a Redis round trip, deltas are written every tick. */
+  private readonly syncMode: boolean;
   private readonly timeoutMs: number;
   private readonly maxViewAgeMs: number;
   private readonly freshViewMs: number;
@@ -212,9 +226,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     sync: { inc(n?: number): void };
     degraded: { inc(n?: number): void };
   };
-  /** Sequence of the flush in flight (0: none); a synchronous admission compares it to tell which deltas Redis had. */
-  private inflightSeq = 0;
-  private seq = 0;
+  /** Replies are applied in send order per connection (see reply-lanes.ts). */
+  private readonly lanes = new ReplyLanes();
+  /** Numbers every pipeline sent, so a cell can tell an older reply from a newer one across lanes. */
+  private sendSeq = 0;
   /** Round trip of recent flushes, ms (EWMA). */
   private flushLatencyMs = 1;
   /** MOVED/ASK replies in the current flush. */
@@ -225,6 +240,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   constructor(target: RedisTargetConfig, opts: RedisStoreOptions) {
     this.name = opts.storeLabel;
     this.allowDegradation = opts.allowDegradation;
+    this.syncMode = opts.batching.flush_interval_ms <= 0;
     this.intervalMs = Math.max(1, opts.batching.flush_interval_ms);
     this.timeoutMs = target.timeout_ms;
     this.maxViewAgeMs = opts.maxViewAgeMs ?? DEFAULT_MAX_VIEW_AGE_MS;
@@ -254,7 +270,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       degraded: mt.degradedAdmissions.labels({ store }),
     };
     this.batcher = new Batcher<RedisCell>(this, {
-      intervalMs: this.intervalMs,
+      // Synchronous mode writes on the next tick after a delta; the timer only retries failed writes.
+      intervalMs: this.syncMode ? SYNC_RETRY_MS : this.intervalMs,
+      immediate: this.syncMode,
       maxBatchKeys: opts.batching.max_batch_keys,
       maxPendingKeys: opts.batching.max_pending_keys,
     });
@@ -297,8 +315,20 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       const cell = this.roll(counter, windowStartOf(now, spec.windowMs));
       cells[i] = cell;
       this.noteAmount(counter, amount, perf);
-      this.batcher.mark(cell);
       const prev = this.prevCell(counter, cell);
+      if (this.syncMode) {
+        // Redis decides every admission. Consumption never shrinks within a window, so a view whose
+        // consumption alone is spent denies without asking; reservations may have been settled lower since.
+        const spent = this.consumedOf(cell, prev, now);
+        if (spent >= spec.limit) {
+          (denied ??= []).push(i);
+          retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cell.consumed(), prev === undefined ? 0 : prev.consumed()));
+        }
+        remote = true;
+        continue;
+      }
+      // The cell's next flush refreshes it (an MGET when this process has no delta for it).
+      this.batcher.mark(cell);
       const used = this.usedOf(cell, prev, now);
       if (used >= spec.limit) {
         (denied ??= []).push(i);
@@ -350,7 +380,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   peek(spec: CounterSpec, now: number): CounterView {
     const counter = this.counterFor(spec);
     const cell = this.roll(counter, windowStartOf(now, spec.windowMs));
-    this.batcher.mark(cell);
+    // Refresh the view with the next flush; in synchronous mode every admission refreshes it already.
+    if (!this.syncMode || performance.now() - cell.seenAt > this.freshViewMs) this.batcher.mark(cell);
     let consumed = cell.consumed();
     let reserved = cell.reserved();
     const prev = this.prevCell(counter, cell);
@@ -436,6 +467,11 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     return cur + (prev.consumed() + prev.reserved()) * previousWeight(now, cell.start, cell.counter.windowMs);
   }
 
+  private consumedOf(cell: RedisCell, prev: RedisCell | undefined, now: number): number {
+    if (prev === undefined) return cell.consumed();
+    return cell.consumed() + prev.consumed() * previousWeight(now, cell.start, cell.counter.windowMs);
+  }
+
   private noteAmount(counter: RedisCounter, amount: number, perf: number): void {
     if (perf - counter.maxAmountAt > MAX_AMOUNT_PERIOD_MS) {
       counter.maxAmountPrev = counter.maxAmount;
@@ -500,59 +536,21 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       perCell.set(cell, (perCell.get(cell) ?? 0) + amounts[i]!);
     }
     const nowMs = Date.now();
-    const seqAtSend = this.inflightSeq;
     const order = [...perCell.keys()];
-    const outcomes = await Promise.all(order.map((cell) => this.sendAdmission(cell, perCell.get(cell)!, nowMs)));
-    const perf = performance.now();
+    const replies = await Promise.all(order.map((cell) => this.sendAdmission(cell, perCell.get(cell)!, nowMs)));
 
     let failure: RedisErrorKind | undefined;
-    const applied: RedisCell[] = [];
-    const totals = new Map<RedisCell, number>();
-    order.forEach((cell, k) => {
-      const out = outcomes[k]!;
-      const amount = perCell.get(cell)!;
-      if (!out.ok) {
-        failure ??= out.kind;
-        return;
-      }
-      const [[errR, r], [errC, c], ...rest] = out.replies as [PortReply, PortReply, ...PortReply[]];
-      if (errR !== null) {
-        failure ??= classifyError(errR);
-        return;
-      }
-      applied.push(cell);
-      cell.ackedR += amount;
-      if (errC !== null) {
-        failure ??= classifyError(errC);
-        return;
-      }
-      cell.baseR = int(r);
-      cell.baseC = Math.max(cell.baseC, int(c));
-      cell.known = true;
-      let at = 0;
-      if (!cell.expR) {
-        const [errE] = rest[at++] ?? [null];
-        if (errE === null) cell.expR = true;
-      }
-      const prev = this.prevCell(cell.counter, cell);
-      if (prev !== undefined) {
-        const [errP, pv] = rest[at] ?? [new Error('missing reply'), null];
-        if (errP === null && Array.isArray(pv)) this.learn(prev, int(pv[0]), int(pv[1]), perf);
-      }
-      this.reconciled(cell, perf);
-      // What Redis had before this request, plus what this process added and Redis has not seen yet
-      // (a flush sent before this command was applied before it: its deltas are in the reply).
-      const unseen = cell.pendingC + cell.pendingR + (this.inflightSeq !== seqAtSend ? cell.inflightC + cell.inflightR : 0);
-      totals.set(cell, int(c) + int(r) - amount + unseen);
-    });
-
+    for (const r of replies) failure ??= r.failure;
     if (failure !== undefined) {
       this.m.errors[failure].inc();
       this.failed(failure);
-      for (const cell of applied) this.undoRemote(cell, perCell.get(cell)!);
+      order.forEach((cell, k) => {
+        if (replies[k]!.applied) this.undoRemote(cell, perCell.get(cell)!);
+      });
       // The node of these counters is failing (a Cluster master or Sentinel failover in progress): a view
       // reconciled within maxViewAgeMs and far from its limit still decides, so failovers reach no client.
-      if (this.rideOut(items, cells, now, perf)) return this.reserveLocally(items, cells);
+      // Not in synchronous mode, which promises that every admission is decided by Redis.
+      if (!this.syncMode && this.rideOut(items, cells, now, performance.now())) return this.reserveLocally(items, cells);
       if (this.allowDegradation) return this.decideDegraded(items, cells, now);
       throw new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE');
     }
@@ -565,14 +563,14 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       const spec = items[i]!.counter;
       const prev = this.prevCell(cell.counter, cell);
       const prevTotal = prev === undefined ? 0 : prev.consumed() + prev.reserved();
-      const cur = totals.get(cell)!;
+      const cur = replies[order.indexOf(cell)]!.before;
       if (cur + prevTotal * previousWeight(now, cell.start, spec.windowMs) >= spec.limit) {
         (denied ??= []).push(i);
         retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cur, prevTotal));
       }
     }
     if (denied !== undefined) {
-      for (const cell of applied) this.undoRemote(cell, perCell.get(cell)!);
+      for (const cell of order) this.undoRemote(cell, perCell.get(cell)!);
       return { ok: false, denied, retryAfterMs: retry };
     }
     this.m.sync.inc();
@@ -581,40 +579,86 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     return new StoreGrant(this, entries);
   }
 
-  private async sendAdmission(cell: RedisCell, amount: number, nowMs: number): Promise<RemoteOutcome> {
+  /**
+   * INCRBY of the reservation with the consumed total read alongside. The reply is applied in send order
+   * (reply-lanes.ts), so at that moment this process's flushes and undos sent before it are already in
+   * the base totals, and the ones sent after it are exactly what is still in flight.
+   */
+  private sendAdmission(cell: RedisCell, amount: number, nowMs: number): Promise<AdmissionReply> {
     const cmds: PortCommand[] = [['incrby', cell.keyR, amount], ['get', cell.keyC]];
     if (!cell.expR) cmds.push(['expire', cell.keyR, ttlSeconds(cell, nowMs), 'NX']);
     const prev = this.prevCell(cell.counter, cell);
     if (prev !== undefined) cmds.push(['mget', prev.keyC, prev.keyR]);
     this.m.cmdSync.inc(cmds.length);
-    try {
-      return { ok: true, replies: await this.shared.port.exec(cmds) };
-    } catch (err) {
-      return { ok: false, kind: classifyError(err) };
-    }
+    const seq = ++this.sendSeq;
+    return this.lanes.send(this.laneOf(cell), () => this.shared.port.exec(cmds), (out): AdmissionReply => {
+      if (!out.ok) return { failure: out.kind, applied: false, before: 0 };
+      const [[errR, r], [errC, c], ...rest] = out.replies as [PortReply, PortReply, ...PortReply[]];
+      if (errR !== null) return { failure: classifyError(errR), applied: false, before: 0 };
+      cell.ackedR += amount;
+      if (errC !== null) return { failure: classifyError(errC), applied: true, before: 0 };
+      const perf = performance.now();
+      const total = int(c) + int(r);
+      if (this.fresher(cell, seq)) {
+        cell.baseR = int(r);
+        cell.baseC = Math.max(cell.baseC, int(c));
+      }
+      cell.known = true;
+      let at = 0;
+      if (!cell.expR) {
+        const [errE] = rest[at++] ?? [null];
+        if (errE === null) cell.expR = true;
+      }
+      if (prev !== undefined) {
+        const [errP, pv] = rest[at] ?? [new Error('missing reply'), null];
+        if (errP === null && Array.isArray(pv) && this.fresher(prev, seq)) this.learn(prev, int(pv[0]), int(pv[1]), perf);
+      }
+      this.reconciled(cell, perf);
+      // What Redis had before this request, plus what this process added that Redis had not applied when it
+      // answered (everything sent later is still in flight now, since replies are applied in send order).
+      const unseen = cell.pendingC + cell.pendingR + cell.inflightC + cell.inflightR - cell.undoingR;
+      return { failure: undefined, applied: true, before: total - amount + unseen };
+    });
   }
 
   /** Take back a reservation Redis applied for a request that is not admitted after all. */
   private undoRemote(cell: RedisCell, amount: number): void {
     this.m.cmdSync.inc();
     cell.undoingR += amount;
-    this.shared.port.exec([['decrby', cell.keyR, amount]]).then((replies) => {
-      const [err, v] = replies[0] ?? [new Error('no reply'), null];
+    const seq = ++this.sendSeq;
+    void this.lanes.send(this.laneOf(cell), () => this.shared.port.exec([['decrby', cell.keyR, amount]]), (out) => {
       cell.undoingR -= amount;
+      if (!out.ok) {
+        this.m.errors[out.kind].inc();
+        // Re-send only what surely did not reach Redis: a double undo would hide reservations.
+        if (out.kind === 'not_sent') this.undoLater(cell, amount);
+        return;
+      }
+      const [err, v] = out.replies[0] ?? [new Error('no reply'), null];
       if (err === null) {
-        cell.baseR = int(v);
+        if (this.fresher(cell, seq)) cell.baseR = int(v);
         cell.ackedR -= amount;
       } else {
         this.m.errors[classifyError(err)].inc();
         this.undoLater(cell, amount);
       }
-    }, (err: unknown) => {
-      cell.undoingR -= amount;
-      const kind = classifyError(err);
-      this.m.errors[kind].inc();
-      // Re-send only what surely did not reach Redis: a double undo would hide reservations.
-      if (kind === 'not_sent') this.undoLater(cell, amount);
     });
+  }
+
+  /** The lane (connection) a cell's commands travel on. */
+  private laneOf(cell: RedisCell): string {
+    return this.shared.port.groupOf(cell.counter.slot);
+  }
+
+  /**
+   * Whether a reply to the pipeline numbered `seq` may set the cell's base totals: not when a reply to a
+   * later pipeline was applied already (possible only across lanes, e.g. a replica read or a redirected
+   * cell's own pipeline). Records `seq` as the newest applied.
+   */
+  private fresher(cell: RedisCell, seq: number): boolean {
+    if (seq < cell.appliedSeq) return false;
+    cell.appliedSeq = seq;
+    return true;
   }
 
   private undoLater(cell: RedisCell, amount: number): void {
@@ -735,37 +779,15 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     }
     if (keys === 0) return true;
     for (const g of groups.values()) commands += g.cmds.length;
-    const seq = ++this.seq;
-    this.inflightSeq = seq;
+    const seq = ++this.sendSeq;
     const started = performance.now();
-    const outcomes = await Promise.all([...groups.values()].map((g) => this.shared.port.exec(g.cmds, g.readOnly).then(
-      (replies): RemoteOutcome => ({ ok: true, replies }),
-      (err: unknown): RemoteOutcome => ({ ok: false, kind: classifyError(err) }),
-    )));
-    const perf = performance.now();
-    this.inflightSeq = 0;
-    const latency = perf - started;
-    this.flushLatencyMs = this.flushLatencyMs * (1 - RATE_ALPHA) + latency * RATE_ALPHA;
-
-    let failure: RedisErrorKind | undefined;
-    let k = 0;
     this.redirections = 0;
-    for (const g of groups.values()) {
-      const out = outcomes[k++]!;
-      if (!out.ok) {
-        failure ??= out.kind;
-        this.m.errors[out.kind].inc();
-        for (const op of g.ops) {
-          op.cell.failedAt = perf;
-          this.restore(op.cell, true, true);
-        }
-        continue;
-      }
-      for (const op of g.ops) {
-        const kind = this.reconcileOp(op, out.replies, perf);
-        if (kind !== undefined) failure ??= kind;
-      }
-    }
+    // Each group's replies are applied as soon as they (and everything sent before on its connection) are in.
+    const failures = await Promise.all([...groups].map(([lane, g]) => this.lanes.send(lane, () => this.shared.port.exec(g.cmds, g.readOnly), (out) => this.applyGroup(g, out, seq))));
+    const latency = performance.now() - started;
+    this.flushLatencyMs = this.flushLatencyMs * (1 - RATE_ALPHA) + latency * RATE_ALPHA;
+    let failure: RedisErrorKind | undefined;
+    for (const f of failures) failure ??= f;
     this.m.cmdFlush.inc(commands);
     this.m.flushKeys.observe(keys);
     this.m.flushCommands.observe(commands);
@@ -783,8 +805,27 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     return true;
   }
 
+  /** Apply one group's outcome to its cells; returns the error kind when some of it failed (queued again). */
+  private applyGroup(g: FlushGroup, out: RemoteOutcome, seq: number): RedisErrorKind | undefined {
+    const perf = performance.now();
+    if (!out.ok) {
+      this.m.errors[out.kind].inc();
+      for (const op of g.ops) {
+        op.cell.failedAt = perf;
+        this.restore(op.cell, true, true);
+      }
+      return out.kind;
+    }
+    let failure: RedisErrorKind | undefined;
+    for (const op of g.ops) {
+      const kind = this.reconcileOp(op, out.replies, perf, seq);
+      if (kind !== undefined) failure ??= kind;
+    }
+    return failure;
+  }
+
   /** Apply one cell's replies; returns the error kind when part of it failed (that part is queued again). */
-  private reconcileOp(op: FlushOp, replies: PortReply[], perf: number): RedisErrorKind | undefined {
+  private reconcileOp(op: FlushOp, replies: PortReply[], perf: number, seq: number): RedisErrorKind | undefined {
     const cell = op.cell;
     if (op.mget) {
       const [err, v] = replies[op.iC]!;
@@ -792,12 +833,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
         this.restore(cell, true, true);
         return this.replyError(cell, err);
       }
-      this.learn(cell, int(v[0]), int(v[1]), perf);
+      if (this.fresher(cell, seq)) this.learn(cell, int(v[0]), int(v[1]), perf);
       return undefined;
     }
     let failure: RedisErrorKind | undefined;
     const [errC, c] = replies[op.iC]!;
     const [errR, r] = replies[op.iR]!;
+    const fresh = (errC === null || errR === null) && this.fresher(cell, seq);
     if (errC === null) {
       const reply = int(c);
       // A key that comes back at exactly our delta was created by it: if we had set its TTL before, the
@@ -805,7 +847,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       if (op.dc !== 0 && reply === op.dc && cell.expC && cell.ackedC > 0) cell.expC = false;
       cell.ackedC += cell.inflightC;
       cell.inflightC = 0;
-      cell.baseC = Math.max(cell.baseC, reply);
+      if (fresh) cell.baseC = Math.max(cell.baseC, reply);
       if (op.iExpC >= 0 && replies[op.iExpC]![0] === null) cell.expC = true;
     } else {
       this.restore(cell, true, false);
@@ -816,7 +858,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       if (op.dr !== 0 && reply === op.dr && cell.expR && cell.ackedR > 0) cell.expR = false;
       cell.ackedR += cell.inflightR;
       cell.inflightR = 0;
-      cell.baseR = reply;
+      if (fresh) cell.baseR = reply;
       if (op.iExpR >= 0 && replies[op.iExpR]![0] === null) cell.expR = true;
     } else {
       this.restore(cell, false, true);
@@ -824,7 +866,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     }
     if (failure === undefined) {
       cell.known = true;
-      this.reconciled(cell, perf);
+      if (fresh) this.reconciled(cell, perf);
     }
     return failure;
   }
