@@ -6,7 +6,7 @@
 //                                                                lib/bare-hop.ts --parse-in-worker
 // Same mock upstream process, same closed-loop load generator (non-streaming chat completions).
 //   node --import tsx native-bench/uws-threads.bench.ts [--reps 3] [--duration 3] [--warmup 1] [--connections 64]
-//        [--threads 2] [--only a,b1,b,c] [--quiet-wait 2] [--max-foreign 0.25] [--budget 95] [--json]
+//        [--threads 2] [--only a,b1,b,c] [--quiet-wait 1] [--max-foreign 0.25] [--budget 105] [--json]
 // CPU per request is the server process's utime+stime (every thread) over the measured window ÷ requests.
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -21,7 +21,8 @@ const TSX = ['--import', 'tsx'];
 const PATH = '/v1/chat/completions';
 const BODY = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }], max_tokens: 32 });
 /** Whatever the server does, the whole command ends by then (the exit hook of lib/proc.ts kills every child). */
-const WATCHDOG_MS = 170_000;
+const WATCHDOG_MS = 118_000;
+const STARTED = performance.now();
 
 interface Args {
   reps: number;
@@ -32,13 +33,13 @@ interface Args {
   only: Set<string> | undefined;
   quietWaitMs: number;
   maxForeign: number;
-  /** Measuring time the retries of noisy runs may use up to (the mandatory runs always happen). */
+  /** Wall time from start that retries of noisy runs may use up to (the mandatory runs always happen). */
   budgetMs: number;
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { reps: 3, durationMs: 3000, warmupMs: 1000, connections: 64, threads: 2, only: undefined, quietWaitMs: 2000, maxForeign: 0.25, budgetMs: 95_000, json: false };
+  const a: Args = { reps: 3, durationMs: 3000, warmupMs: 1000, connections: 64, threads: 2, only: undefined, quietWaitMs: 1000, maxForeign: 0.25, budgetMs: 105_000, json: false };
   const num = (flag: string, v: string | undefined, min: number, max: number): number => {
     const n = Number(v);
     if (v === undefined || !Number.isFinite(n) || n < min || n > max) throw new Error(`${flag} must be a number in ${min}..${max}`);
@@ -56,7 +57,7 @@ function parseArgs(argv: readonly string[]): Args {
       case '--only': a.only = new Set((v ?? '').split(',').map((s) => s.trim())); i++; break;
       case '--quiet-wait': a.quietWaitMs = num(f, v, 0, 10) * 1000; i++; break;
       case '--max-foreign': a.maxForeign = num(f, v, 0, 2); i++; break;
-      case '--budget': a.budgetMs = num(f, v, 10, 150) * 1000; i++; break;
+      case '--budget': a.budgetMs = num(f, v, 10, 110) * 1000; i++; break;
       case '--json': a.json = true; break;
       default: throw new Error(`unknown argument ${f}`);
     }
@@ -180,14 +181,15 @@ async function main(): Promise<number> {
     const runnable = defs.filter((c) => targets.has(c.id));
     log(`uws-threads benchmark: ${args.reps} rep(s) × ${runnable.length} case(s), ${args.warmupMs / 1000}+${args.durationMs / 1000} s each, ` +
       `${args.connections} connections, non-streaming`);
-    load = await LoadGenerator.start();
+    const gen = await LoadGenerator.start();
+    load = gen;
     const runs = new Map<string, Run[]>(runnable.map((c) => [c.id, []]));
 
     const measureOnce = async (c: CaseDef, warmupMs: number): Promise<Run> => {
       const server = targets.get(c.id)!;
       const t0 = performance.now();
       const th0 = threadCpu(server.pid);
-      const r = await load!.run({
+      const r = await gen.run({
         origin: `http://127.0.0.1:${server.port}`, path: PATH, body: BODY, headers: {},
         connections: args.connections, warmupMs, durationMs: args.durationMs, maxRequests: 2_000_000,
         stream: false, watchPids: [server.pid, mock.pid],
@@ -211,13 +213,12 @@ async function main(): Promise<number> {
     };
     // Other work on the box (a shared 2-core machine) distorts every figure. Wait briefly for quiet, and while
     // the time budget allows, repeat a run that shared the box with too much foreign load, keeping the cleanest.
-    const started = performance.now();
-    const perRunMs = args.warmupMs + args.durationMs + 700;
+    const perRunMs = args.quietWaitMs + args.warmupMs + args.durationMs + 700;
     let mandatoryLeft = args.reps * runnable.length;
     const measure = async (c: CaseDef, rep: number): Promise<Run> => {
       let best: Run | undefined;
       for (let attempt = 1; ; attempt++) {
-        const spare = args.budgetMs - (performance.now() - started) - mandatoryLeft * perRunMs;
+        const spare = args.budgetMs - (performance.now() - STARTED) - mandatoryLeft * perRunMs;
         await waitQuiet(Math.min(args.quietWaitMs, Math.max(300, spare / 4)));
         // The first pass also warms the JIT of every thread: give it a longer warm-up.
         const run = await measureOnce(c, rep === 0 && attempt === 1 ? Math.max(args.warmupMs, 2000) : args.warmupMs);
@@ -225,7 +226,7 @@ async function main(): Promise<number> {
         log(`  rep ${rep + 1}.${attempt} ${c.label.padEnd(30)} ${fmt(r.rps, 0).padStart(7)} req/s  ${fmt(run.cpuPerReq, 1)} µs/req  ` +
           `p99 ${fmt(r.p99Ms, 2)} ms  foreign ${fmt(run.foreignCores, 2)} cores${r.errors > 0 ? `  ERRORS ${r.errors} (${r.firstError})` : ''}`);
         if (best === undefined || run.foreignCores < best.foreignCores) best = run;
-        const left = args.budgetMs - (performance.now() - started) - (mandatoryLeft - 1) * perRunMs;
+        const left = args.budgetMs - (performance.now() - STARTED) - (mandatoryLeft - 1) * perRunMs;
         if (best.foreignCores <= args.maxForeign || attempt >= 3 || left < 2 * perRunMs) break;
       }
       mandatoryLeft--;
