@@ -337,14 +337,16 @@ async function main(): Promise<void> {
     let batchedRatio = Number.NaN;
     for (const c of cases) {
       const counter: CounterSpec = { id: `bench-shared-${process.pid}-${c.mode}-${c.interval}`, limit, windowMs: WINDOW_MS, sliding: false };
-      const res = await replicas({ mode: c.mode, redisPort: redis.port, intervalMs: c.interval, counter, now: Date.now(), amount, concurrency, durationMs, maxHoldMs: 20 }, 4);
+      const now = Date.now();
+      const res = await replicas({ mode: c.mode, redisPort: redis.port, intervalMs: c.interval, counter, now, amount, concurrency, durationMs, maxHoldMs: 20 }, 4);
       const admitted = res.reduce((a, r) => a + r.admittedTokens, 0);
       const ratio = admitted / limit;
       if (c.mode === 'batched' && c.interval === 50) batchedRatio = ratio;
       orows.push([c.label, fmt(admitted, 0), fmt(ratio, 4), fmt(res.reduce((a, r) => a + r.requests, 0), 0), fmt(res.reduce((a, r) => a + r.denied, 0), 0), fmt(res.reduce((a, r) => a + r.syncAdmissions, 0), 0), fmt(res.reduce((a, r) => a + r.errors, 0), 0)]);
       if (c.mode !== 'local') {
         // Cross-check against Redis itself: the consumed total written by the 4 replicas.
-        const key = cellKeys(counterTag(counter.id), windowStartOf(Date.now(), WINDOW_MS)).c;
+        // The window the replicas charged (`now` is injected), even if the clock crossed into the next one.
+        const key = cellKeys(counterTag(counter.id), windowStartOf(now, WINDOW_MS)).c;
         const stored = Number((await redisCall(redis, ['get', key])) ?? 0);
         if (stored !== admitted) console.log(`note: ${c.label}: Redis holds ${stored} consumed, replicas counted ${admitted}`);
       }

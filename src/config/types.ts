@@ -194,7 +194,7 @@ export interface AdminConfig {
 }
 
 export interface RedisBatchingConfig {
-  /** Interval between flushes of pre-aggregated deltas, ms. */
+  /** Interval between flushes of pre-aggregated deltas, ms. 0: synchronous (every admission asks Redis). */
   readonly flush_interval_ms: number;
   /** A flush starts early when this many keys are dirty. */
   readonly max_batch_keys: number;

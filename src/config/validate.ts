@@ -13,7 +13,7 @@ import { readAiRateLimiting, type InstanceScope } from './plugins/ai-rate-limiti
 import { readAiTokenRatelimit } from './plugins/ai-token-ratelimit.ts';
 import { readConsumerKeyAuth, readRouteKeyAuth } from './plugins/key-auth.ts';
 import { RedisTargets } from './redis.ts';
-import { POSITIVE, PORT, Section, isPlainObject, unknownMessage } from './section.ts';
+import { NON_NEGATIVE, POSITIVE, PORT, Section, isPlainObject, unknownMessage, type IntRule } from './section.ts';
 import { parseIpRange } from '../rules/ip.ts';
 
 export { ConfigError };
@@ -39,7 +39,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   upstream_idle_timeout_ms: 60000,
 };
 const DEFAULT_TOKENS: TokensConfig = { default_max_tokens: 256, offload_bytes: 4096 };
-const DEFAULT_BATCHING: RedisBatchingConfig = { flush_interval_ms: 50, max_batch_keys: 1000, max_pending_keys: 100000 };
+const DEFAULT_BATCHING: RedisBatchingConfig = { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000 };
 
 function readEndpoint(is: Issues, path: string, value: unknown, def: ListenConfig): ListenConfig {
   const sec = Section.open(is, path, value, ['host', 'port']);
@@ -53,13 +53,13 @@ function readEndpoint(is: Issues, path: string, value: unknown, def: ListenConfi
 }
 
 /** Reads every key of `defaults` as a positive integer. */
-function readPositiveInts<T extends object>(is: Issues, path: string, value: unknown, defaults: T): T {
+function readPositiveInts<T extends object>(is: Issues, path: string, value: unknown, defaults: T, rules: Partial<Record<keyof T & string, IntRule>> = {}): T {
   const keys = Object.keys(defaults) as (keyof T & string)[];
   const sec = Section.open(is, path, value, keys);
   const out = { ...defaults };
   if (sec === undefined) return out;
   for (const k of keys) {
-    const v = sec.int(k, POSITIVE);
+    const v = sec.int(k, rules[k] ?? POSITIVE);
     if (v !== undefined) (out as Record<string, unknown>)[k] = v;
   }
   return out;
@@ -241,7 +241,8 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   const workers = root.int('workers', { min: 1, max: 64 }) ?? 1;
   const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS);
   const tokens = readPositiveInts(is, 'tokens', root.get('tokens'), DEFAULT_TOKENS);
-  const batching = readPositiveInts(is, 'redis_batching', root.get('redis_batching'), DEFAULT_BATCHING);
+  // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).
+  const batching = readPositiveInts(is, 'redis_batching', root.get('redis_batching'), DEFAULT_BATCHING, { flush_interval_ms: NON_NEGATIVE });
   if (batching.max_pending_keys < batching.max_batch_keys) {
     is.add('redis_batching.max_pending_keys', 'must be at least redis_batching.max_batch_keys');
   }

@@ -53,9 +53,9 @@ export function redisStore(target: RedisTargetConfig, over: StoreOverrides = {})
 }
 
 /** A conformance factory: each call is a new store with its own client (a separate replica). */
-export function redisFactory(target: () => RedisTargetConfig): () => Promise<StoreHandle> {
+export function redisFactory(target: () => RedisTargetConfig, over: StoreOverrides = {}): () => Promise<StoreHandle> {
   return async () => {
-    const { store } = redisStore(target());
+    const { store } = redisStore(target(), over);
     if (!(await store.ready(10_000))) {
       await store.close();
       throw new Error('redis store did not become ready');

@@ -254,7 +254,7 @@ describe('config defaults', () => {
     });
     assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096 });
     assert.deepEqual(c.trusted_proxies, []);
-    assert.deepEqual(c.redis_batching, { flush_interval_ms: 50, max_batch_keys: 1000, max_pending_keys: 100000 });
+    assert.deepEqual(c.redis_batching, { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000 });
     assert.deepEqual(c.routes, []);
     assert.deepEqual(c.consumers, []);
     assert.deepEqual(validateConfig(null, {}), c);

@@ -47,6 +47,10 @@ export function classifyError(err: unknown): RedisErrorKind {
 }
 
 const RETRY_MS = (times: number): number => Math.min(50 * times, 200);
+/** A standalone/Sentinel client that gave up reconnecting is started again after this long. */
+const RESTART_AFTER_END_MS = 100;
+/** How often a starting Cluster client checks whether its master connections are open. */
+const MASTERS_POLL_MS = 10;
 
 function common(t: RedisTargetConfig): NonNullable<ClusterOptions['redisOptions']> {
   return {
@@ -72,6 +76,7 @@ class StandalonePort implements RedisPort {
   readonly mode: RedisTargetConfig['mode'];
   private readonly writer: Redis;
   private readonly reader: Redis | undefined;
+  private closing = false;
 
   constructor(target: RedisTargetConfig) {
     this.mode = target.mode;
@@ -95,7 +100,26 @@ class StandalonePort implements RedisPort {
       this.reader = undefined;
     }
     silenceErrorEvents(this.writer);
-    if (this.reader !== undefined) silenceErrorEvents(this.reader);
+    this.keepConnecting(this.writer);
+    if (this.reader !== undefined) {
+      silenceErrorEvents(this.reader);
+      this.keepConnecting(this.reader);
+    }
+  }
+
+  /**
+   * ioredis gives up for good ('end') when a reconnect is cut short: during a Sentinel failover its failover
+   * detector disconnects the client while the connector is still asking a sentinel for the master, the
+   * connector then fails with "Connection is closed", and the client never reconnects. Start it again.
+   */
+  private keepConnecting(client: Redis): void {
+    client.on('end', () => {
+      if (this.closing) return;
+      const timer = setTimeout(() => {
+        if (!this.closing && client.status === 'end') client.connect().catch(() => undefined);
+      }, RESTART_AFTER_END_MS);
+      timer.unref();
+    });
   }
 
   groupOf(): string {
@@ -125,6 +149,7 @@ class StandalonePort implements RedisPort {
   }
 
   async quit(): Promise<void> {
+    this.closing = true;
     await Promise.allSettled([quit(this.writer), this.reader === undefined ? undefined : quit(this.reader)]);
   }
 }
@@ -133,6 +158,9 @@ class ClusterPort implements RedisPort {
   readonly mode = 'cluster' as const;
   readonly readsFromReplica = false;
   private readonly client: Cluster;
+  private readonly readyListeners: (() => void)[] = [];
+  /** Every master's connection was opened since the cluster client last became ready. */
+  private mastersUp = false;
 
   constructor(target: RedisTargetConfig) {
     const opts: ClusterOptions = {
@@ -152,6 +180,33 @@ class ClusterPort implements RedisPort {
     const nodes = target.cluster_nodes.length > 0 ? target.cluster_nodes : [{ host: target.host, port: target.port }];
     this.client = new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
     silenceErrorEvents(this.client);
+    // ioredis opens node connections lazily. A pipeline sent to a node whose connection is still being
+    // opened fails inside ioredis and is retried `retryDelayOnFailover` later, behind pipelines sent after
+    // it, so Redis applies them out of order. Every master is therefore connected as soon as it is known,
+    // and the port reports ready once they are (bounded by the connect timeout), which keeps the order of
+    // a connection's commands (the store relies on it) outside real failovers.
+    this.client.on('ready', () => void this.connectMasters(target.connect_timeout_ms));
+    this.client.on('+node', () => setImmediate(() => void this.connectMasters(target.connect_timeout_ms)));
+    this.client.on('close', () => {
+      this.mastersUp = false;
+    });
+  }
+
+  private async connectMasters(timeoutMs: number): Promise<void> {
+    // Not while the cluster itself is connecting: ioredis drives those connections then.
+    if (this.client.status !== 'ready') return;
+    const masters = this.client.nodes('master');
+    for (const node of masters) {
+      if (node.status === 'wait') node.connect().catch(() => undefined);
+    }
+    if (this.mastersUp) return;
+    const deadline = performance.now() + timeoutMs;
+    while (this.client.status === 'ready' && masters.some((n) => n.status !== 'ready') && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, MASTERS_POLL_MS));
+    }
+    if (this.client.status !== 'ready' || this.mastersUp) return;
+    this.mastersUp = true;
+    for (const l of this.readyListeners) l();
   }
 
   slotsMoved(): void {
@@ -166,7 +221,7 @@ class ClusterPort implements RedisPort {
   }
 
   get ready(): boolean {
-    return this.client.status === 'ready';
+    return this.client.status === 'ready' && this.mastersUp;
   }
 
   exec(commands: readonly PortCommand[]): Promise<PortReply[]> {
@@ -174,7 +229,7 @@ class ClusterPort implements RedisPort {
   }
 
   on(event: 'ready' | 'down', listener: () => void): void {
-    if (event === 'ready') this.client.on('ready', listener);
+    if (event === 'ready') this.readyListeners.push(listener);
     else this.client.on('close', listener);
   }
 

@@ -351,7 +351,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     cells.length = 0;
     if (!this.shared.breaker.closed) return this.unavailable(items, own, now);
     if (this.shared.usable) return this.acquireRemote(items, own, now);
-    // Connecting (startup, or a reconnect the breaker has not judged yet): wait, bounded by the command timeout.
+    // Reconnecting (a failover, or a restart the breaker has not judged yet): a recent view far from the
+    // limit rides it out at once, as when a command fails.
+    if (!this.syncMode && this.rideOut(items, own, now, perf)) return this.reserveLocally(items, own);
+    // Connecting (startup, or no recent view): wait, bounded by the command timeout.
     return this.shared.whenUsable(this.timeoutMs).then((up) => (up && this.shared.breaker.closed ? this.acquireRemote(items, own, now) : this.unavailable(items, own, now)));
   }
 
@@ -380,8 +383,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   peek(spec: CounterSpec, now: number): CounterView {
     const counter = this.counterFor(spec);
     const cell = this.roll(counter, windowStartOf(now, spec.windowMs));
-    // Refresh the view with the next flush; in synchronous mode every admission refreshes it already.
-    if (!this.syncMode || performance.now() - cell.seenAt > this.freshViewMs) this.batcher.mark(cell);
+    // The next flush refreshes the view (an MGET when this process has no delta for it).
+    this.batcher.mark(cell);
     let consumed = cell.consumed();
     let reserved = cell.reserved();
     const prev = this.prevCell(counter, cell);
@@ -730,7 +733,11 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   async write(batch: readonly RedisCell[]): Promise<boolean> {
     if (!this.shared.usable) {
       // Nothing was sent: keep every delta queued; a down connection counts against the breaker.
-      for (const cell of batch) this.batcher.mark(cell);
+      const perf = performance.now();
+      for (const cell of batch) {
+        cell.failedAt = perf;
+        this.batcher.mark(cell);
+      }
       this.m.flushError.inc();
       this.m.errors.not_sent.inc();
       this.failed('not_sent');
@@ -877,6 +884,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (isRedirection(err)) {
       cell.redirected = true;
       this.redirections++;
+    } else {
+      // The node refused the write (READONLY while a Sentinel failover demotes it, LOADING, ...): treat the
+      // cell's node as unreachable, so its recent view keeps admitting far from the limit meanwhile.
+      cell.failedAt = performance.now();
     }
     return kind;
   }
