@@ -5,6 +5,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '
 import { SluiceError, toErrorBody } from '../core/errors.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
 import { UwsResponse } from './response.ts';
+import { sendError } from '../pipeline/error-response.ts';
 
 /** What the front end needs from the gateway behind it. */
 export interface RequestSink {
@@ -34,12 +35,6 @@ export function assertNativeUws(): void {
 }
 
 const JSON_HEADERS: [string, string][] = [['content-type', 'application/json']];
-
-export function sendError(res: ClientResponse, err: SluiceError): void {
-  const headers: [string, string][] = [['content-type', 'application/json']];
-  if (err.headers !== undefined) for (const k of Object.keys(err.headers)) headers.push([k, err.headers[k]!]);
-  res.send(err.status, headers, toErrorBody(err));
-}
 
 function listen(app: TemplatedApp, host: string, port: number): Promise<Listening> {
   return new Promise((resolve, reject) => {

@@ -1,7 +1,8 @@
 // The request lifecycle, in order: route → key-auth → parse and count the prompt → reserve quotas →
 // pick an instance (skipping spent ones when fallback allows) → forward → relay (buffered or streamed) →
 // settle actual usage. Every path ends by settling or releasing each hold exactly once.
-import { SluiceError } from '../core/errors.ts';
+import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
+import { sendError } from './error-response.ts';
 import { log } from '../core/log.ts';
 import type { ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
@@ -99,10 +100,8 @@ export class Gateway implements RequestSink {
 
   private answerError(ctx: Exchange, e: SluiceError): void {
     const res = ctx.res;
-    if (res.started) { res.destroy(); this.observe(ctx, e.status); return; }
-    const headers: HeaderList = [['content-type', 'application/json']];
-    if (e.headers !== undefined) for (const k of Object.keys(e.headers)) headers.push([k, e.headers[k]!]);
-    res.send(e.status, headers, JSON.stringify({ error: { message: e.message, type: e.type, code: e.code, param: null } }));
+    if (res.started) res.destroy();
+    else sendError(res, e);
     this.observe(ctx, e.status);
   }
 
@@ -169,7 +168,6 @@ export class Gateway implements RequestSink {
       const inst = order[i]!;
       const more = i < order.length - 1;
       const iq = plan !== undefined ? plan.perInstance(inst.name) : NO_QUOTAS;
-      ctx.instanceQuotas = iq;
       if (iq.length > 0) {
         const r = acquireAll(iq, estimate, Date.now(), this.storeOfBound);
         const held = r instanceof Promise ? await r : r;
@@ -367,7 +365,7 @@ export class Gateway implements RequestSink {
     const spent = new Set<PlannedQuota>();
     for (const d of all ?? [r]) for (const q of d.spent) spent.add(q);
     const shown: PlannedQuota[] = [];
-    if (ctx.commonQuotas !== undefined) shown.push(...ctx.commonQuotas);
+    if (ctx.common !== undefined) shown.push(...ctx.common.quotas);
     for (const d of all ?? [r]) for (const q of d.spent) if (!shown.includes(q)) shown.push(q);
     const entries = views(shown, now, this.storeOfBound).map((e) => (spent.has(e.q) ? { ...e, spent: true } : { ...e, spent: false }));
     const headers: HeaderList = [['content-type', 'application/json']];
@@ -376,12 +374,13 @@ export class Gateway implements RequestSink {
     for (const d of all ?? [r]) retryAfterMs = Math.max(retryAfterMs, d.retryAfterMs);
     headers.push(['retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000)))]);
     const q = r.quota;
-    for (const d of all ?? [r]) {
-      m.rejected.inc({ route: ctx.route.id, instance: instances.length === 1 ? instances[0]!.name : '', rule: d.quota.metricRule, consumer: ctx.consumer });
-    }
-    const body = q.rejectedMsg !== undefined
-      ? (looksJson(q.rejectedMsg) ? q.rejectedMsg : JSON.stringify({ error: { message: q.rejectedMsg, type: 'rate_limit_error', code: 'SLC_RATE_LIMITED', param: null } }))
-      : JSON.stringify({ error: { message: 'token quota exhausted', type: 'rate_limit_error', code: 'SLC_RATE_LIMITED', param: null } });
+    // `instances[i]` is the instance whose quota gave denial i (none for a route-wide quota).
+    (all ?? [r]).forEach((d, i) => {
+      m.rejected.inc({ route: ctx.route.id, instance: instances[i]?.name ?? '', rule: d.quota.metricRule, consumer: ctx.consumer });
+    });
+    const rate = ERRORS.SLC_RATE_LIMITED;
+    const body = q.rejectedMsg !== undefined && looksJson(q.rejectedMsg) ? q.rejectedMsg
+      : errorBody(q.rejectedMsg ?? rate.message, rate.type, 'SLC_RATE_LIMITED');
     ctx.res.send(q.rejectedCode, headers, body);
     this.observe(ctx, q.rejectedCode);
   }
@@ -417,16 +416,11 @@ class Exchange {
   estimate: Usage | undefined = undefined;
   common: QuotaHold | undefined = undefined;
   instance: QuotaHold | undefined = undefined;
-  instanceQuotas: readonly PlannedQuota[] = NO_QUOTAS;
 
   constructor(route: CompiledRoute, req: ClientRequest, res: ClientResponse) {
     this.route = route;
     this.req = req;
     this.res = res;
-  }
-
-  get commonQuotas(): readonly PlannedQuota[] | undefined {
-    return this.common?.quotas;
   }
 
   releaseInstance(): void {
