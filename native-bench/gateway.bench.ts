@@ -14,6 +14,7 @@ import type { LoadResult } from './lib/load.ts';
 import { startServer, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
 import { fmt, median, table } from './lib/stats.ts';
+import { numArg } from './lib/args.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX = ['--import', 'tsx'];
@@ -44,11 +45,7 @@ function parseArgs(argv: readonly string[]): Args {
     workers: 1, maxRequests: 500_000, only: undefined, json: false, quietWaitMs: 2000,
     maxForeign: 0.25, budgetMs: 160_000, profileDir: undefined,
   };
-  const num = (flag: string, v: string | undefined, min: number, max: number): number => {
-    const n = Number(v);
-    if (v === undefined || !Number.isFinite(n) || n < min || n > max) throw new Error(`${flag} must be a number in ${min}..${max}`);
-    return n;
-  };
+  const num = numArg;
   for (let i = 0; i < argv.length; i++) {
     const f = argv[i]!;
     const v = argv[i + 1];

@@ -15,6 +15,7 @@ import type { LoadResult } from './lib/load.ts';
 import { startServer, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
 import { fmt, median, table } from './lib/stats.ts';
+import { numArg } from './lib/args.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX = ['--import', 'tsx'];
@@ -40,11 +41,7 @@ interface Args {
 
 function parseArgs(argv: readonly string[]): Args {
   const a: Args = { reps: 3, durationMs: 3000, warmupMs: 1000, connections: 64, threads: 2, only: undefined, quietWaitMs: 1000, maxForeign: 0.25, budgetMs: 105_000, json: false };
-  const num = (flag: string, v: string | undefined, min: number, max: number): number => {
-    const n = Number(v);
-    if (v === undefined || !Number.isFinite(n) || n < min || n > max) throw new Error(`${flag} must be a number in ${min}..${max}`);
-    return n;
-  };
+  const num = numArg;
   for (let i = 0; i < argv.length; i++) {
     const f = argv[i]!;
     const v = argv[i + 1];
