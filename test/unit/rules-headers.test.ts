@@ -1,19 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { AiRateLimitingConfig, AiTokenRatelimitConfig, ConsumerConfig, RouteConfig, RoutePlugins } from '../../src/config/types.ts';
+import type { AiTokenRatelimitConfig, ConsumerConfig, RouteConfig, RoutePlugins } from '../../src/config/types.ts';
 import type { CounterView } from '../../src/quota/types.ts';
 import { quotaHeaders, type QuotaHeaderEntry } from '../../src/rules/headers.ts';
 import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/rules/quota-plan.ts';
 import type { RequestVars } from '../../src/rules/request-vars.ts';
-
-function arl(over: Partial<AiRateLimitingConfig>): AiRateLimitingConfig {
-  return {
-    limit: undefined, time_window: undefined, limit_strategy: 'total_tokens', cost_expr: undefined,
-    instances: [], rules: [], rejected_code: 429, rejected_msg: undefined, show_limit_quota_header: true,
-    header_style: 'apisix', window_type: 'fixed', policy: 'local', redis: undefined, allow_degradation: false,
-    ...over,
-  };
-}
+import { arl } from '../helpers/rule-configs.ts';
 
 function route(plugins: Partial<RoutePlugins>, instances: string[] = ['openai-instance', 'deepseek-instance']): RouteConfig {
   return {

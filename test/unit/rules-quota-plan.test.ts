@@ -15,17 +15,9 @@ import type {
 } from '../../src/config/types.ts';
 import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/rules/quota-plan.ts';
 import type { RequestVars } from '../../src/rules/request-vars.ts';
+import { arl } from '../helpers/rule-configs.ts';
 
 // ---- config builders (shapes of src/config/types.ts, as the validator would produce them) ----
-
-function arl(over: Partial<AiRateLimitingConfig>): AiRateLimitingConfig {
-  return {
-    limit: undefined, time_window: undefined, limit_strategy: 'total_tokens', cost_expr: undefined,
-    instances: [], rules: [], rejected_code: 429, rejected_msg: undefined, show_limit_quota_header: true,
-    header_style: 'apisix', window_type: 'fixed', policy: 'local', redis: undefined, allow_degradation: false,
-    ...over,
-  };
-}
 
 function inst(name: string, limit: number, time_window: number, limit_strategy: LimitStrategy = 'total_tokens', cost_expr?: string): InstanceQuotaConfig {
   return { name, limit, time_window, limit_strategy, cost_expr };
