@@ -17,7 +17,7 @@ import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { StreamMeter } from '../streaming/usage-meter.ts';
 import { extractUsage } from '../streaming/usage.ts';
-import { UpstreamFailure, type UpstreamClient, type UpstreamResponse, type RequestKind } from '../upstream/client.ts';
+import { UpstreamFailure, classifyError, type UpstreamClient, type UpstreamResponse, type RequestKind } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -188,7 +188,7 @@ export class Gateway implements RequestSink {
       if (outcome instanceof UpstreamFailure) {
         lastFailure = outcome;
         lastResponse = undefined;
-        this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.kind });
+        if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.kind });
       } else {
         lastResponse = { ...outcome, instance: inst };
         lastFailure = undefined;
@@ -207,7 +207,7 @@ export class Gateway implements RequestSink {
     }
     if (lastFailure !== undefined) {
       if (lastFailure.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
-      throw new SluiceError('SLC_UPSTREAM_ERROR', 'every upstream instance failed: ' + lastFailure.message);
+      throw new SluiceError('SLC_UPSTREAM_ERROR', order.length > 1 ? `every upstream instance failed: ${lastFailure.message}` : lastFailure.message);
     }
     throw new SluiceError('SLC_UPSTREAM_UNAVAILABLE');
   }
@@ -227,13 +227,10 @@ export class Gateway implements RequestSink {
     try {
       up = await this.deps.upstream.send(inst.target.origin, path, headers, payload, ac.signal);
     } catch (err) {
-      const f = err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream failed', err);
+      const f = classifyError(err);
       this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: f.kind });
       if (f.kind === 'aborted' || res.aborted) { ctx.releaseAll(); return 'done'; }
-      if (more) return f;
-      ctx.releaseAll();
-      if (f.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
-      throw new SluiceError('SLC_UPSTREAM_ERROR', 'upstream unreachable');
+      return f;
     }
     this.deps.metrics.upstreamFirstByte.observe({ route: route.id, instance: inst.name }, (performance.now() - sentAt) / 1000);
     const status = up.status;
@@ -248,10 +245,8 @@ export class Gateway implements RequestSink {
     try {
       buf = await readBody(up);
     } catch (err) {
-      const f = err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream body failed', err);
       if (res.aborted) { ctx.releaseAll(); return 'done'; }
-      if (more) return f;
-      throw f.kind === 'timeout' ? new SluiceError('SLC_UPSTREAM_TIMEOUT') : new SluiceError('SLC_UPSTREAM_ERROR', 'upstream response broke off');
+      return classifyError(err);
     }
     if (retryable && more) return { status, headers: up.headers, body: buf };
     await this.relayBuffered(ctx, status, up.headers, buf);
