@@ -1,6 +1,6 @@
 // Composition root: the one place that names concrete implementations (uWS front end, undici client,
 // piscina pool, local or Redis quota stores) and wires them into a running gateway.
-import type { AiRateLimitingConfig, AiTokenRatelimitConfig, SluiceConfig } from './config/types.ts';
+import type { SluiceConfig } from './config/types.ts';
 import { log } from './core/log.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
 import { createMetrics, type Metrics } from './metrics/registry.ts';
@@ -46,7 +46,8 @@ class StoreRegistry implements StoreResolver {
   }
 
   storeFor(source: QuotaSource): QuotaStore {
-    const target = isArl(source) ? (source.policy === 'local' ? undefined : source.redis) : source.redis;
+    // Validation leaves `redis` undefined under policy local (and for ai-token-ratelimit without a redis block).
+    const target = source.redis;
     const key = target === undefined ? 'local' : `${target.id}|${source.allow_degradation ? 'degrade' : 'strict'}`;
     let store = this.stores.get(key);
     if (store === undefined) {
@@ -64,10 +65,6 @@ class StoreRegistry implements StoreResolver {
   all(): QuotaStore[] {
     return [...this.stores.values()];
   }
-}
-
-function isArl(s: QuotaSource): s is AiRateLimitingConfig {
-  return (s as AiTokenRatelimitConfig).rule_name === undefined;
 }
 
 export async function startSluice(config: SluiceConfig, opts: StartOptions = {}): Promise<SluiceHandle> {

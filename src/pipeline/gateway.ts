@@ -280,7 +280,7 @@ export class Gateway implements RequestSink {
     const { res } = ctx;
     const prepared = ctx.prepared!;
     const headers = this.relayHeaders(up.headers);
-    headers.push(['cache-control', 'no-cache']);
+    if (!headers.some((h) => h[0] === 'cache-control')) headers.push(['cache-control', 'no-cache']);
     this.addQuotaHeaders(ctx, headers);
     res.start(200, headers);
     const meter = new StreamMeter({ stripUsage: !prepared.clientWantsUsage });
