@@ -8,6 +8,8 @@
 // write are marked again by the sink and go out with a later batch. The backlog (dirty + in flight) is
 // bounded by `maxPendingKeys`: beyond it the oldest dirty item is handed to `sink.drop`.
 
+import { monotonicClock, type Clock } from '../core/clock.ts';
+
 export interface Batchable {
   /** Owned by the batcher: true while the item waits in the dirty set. */
   queued: boolean;
@@ -31,21 +33,25 @@ export interface BatcherOptions {
   readonly maxPendingKeys: number;
   /** Write on the next event-loop turn after a mark instead of waiting for the timer. Default false. */
   readonly immediate?: boolean;
+  /** Drives the flush timer. Default: the process clock. */
+  readonly clock?: Clock;
 }
 
 export class Batcher<T extends Batchable> {
   private readonly sink: BatchSink<T>;
   private readonly opts: BatcherOptions;
+  private readonly clock: Clock;
   private readonly dirty = new Set<T>();
   private inflight = 0;
   private running: Promise<boolean> | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private cancelTimer: (() => void) | undefined;
   private scheduled = false;
   /** The last write failed: immediate mode leaves retries to the timer rather than spin on a failing sink. */
   private lastFailed = false;
 
   constructor(sink: BatchSink<T>, opts: BatcherOptions) {
     this.sink = sink;
+    this.clock = opts.clock ?? monotonicClock;
     this.opts = {
       intervalMs: Math.max(1, opts.intervalMs),
       maxBatchKeys: Math.max(1, opts.maxBatchKeys),
@@ -55,14 +61,13 @@ export class Batcher<T extends Batchable> {
   }
 
   start(): void {
-    if (this.timer !== undefined) return;
-    this.timer = setInterval(() => this.tick(), this.opts.intervalMs);
-    this.timer.unref();
+    if (this.cancelTimer !== undefined) return;
+    this.cancelTimer = this.clock.every(this.opts.intervalMs, () => this.tick());
   }
 
   stop(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
-    this.timer = undefined;
+    this.cancelTimer?.();
+    this.cancelTimer = undefined;
   }
 
   /** Queue an item for the next batch (no-op when already queued). */
@@ -104,7 +109,7 @@ export class Batcher<T extends Batchable> {
   }
 
   private tick(): void {
-    if (this.timer === undefined || this.running !== undefined || this.dirty.size === 0 || !this.sink.canWrite()) return;
+    if (this.cancelTimer === undefined || this.running !== undefined || this.dirty.size === 0 || !this.sink.canWrite()) return;
     void this.runOnce();
   }
 

@@ -11,6 +11,8 @@ export interface QuotaStoreOptions {
   readonly allowDegradation: boolean;
   /** Metric label of the store (from configuration, never a secret). */
   readonly storeLabel: string;
+  /** limits.max_quota_keys: most counters tracked by the store in this process. */
+  readonly maxKeys?: number;
 }
 
 /**
@@ -19,7 +21,7 @@ export interface QuotaStoreOptions {
  * per (target, allow_degradation) and close each.
  */
 export function createQuotaStore(target: RedisTargetConfig | undefined, opts: QuotaStoreOptions): QuotaStore {
-  if (target === undefined) return new LocalQuotaStore(opts.storeLabel);
+  if (target === undefined) return new LocalQuotaStore(opts.storeLabel, { maxKeys: opts.maxKeys, metrics: opts.metrics });
   return new RedisQuotaStore(target, opts);
 }
 

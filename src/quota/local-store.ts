@@ -1,14 +1,31 @@
 // In-process quota store (policy: local). Everything is synchronous. Each counter keeps its current and
 // previous window (the previous one weighs into sliding counts and receives late settlements of requests
-// that started in it). Counters whose windows have both passed are swept lazily.
+// that started in it). Counters whose windows have both passed are swept lazily. At most `maxKeys`
+// counters are tracked: beyond it counters that carry nothing (windows over, or nothing consumed or
+// reserved) are evicted, least recently used first; a counter holding usage in a live window is never
+// forgotten (that would hand its quota out again), so a new key then gets 503 SLC_OVERLOADED.
+import { SluiceError } from '../core/errors.ts';
+import type { StoreMetrics } from '../metrics/registry.ts';
 import type { AcquireItem, AcquireResult, CounterSpec, CounterView, Denial, Grant, QuotaStore, StoreHealth } from './types.ts';
 import { windowStartOf } from './types.ts';
-import { StoreGrant, StoreGrantEntry, claimGrant, previousWeight, retryAfterMs, tokens } from './window.ts';
+import { StoreGrant, StoreGrantEntry, TokenGuard, claimGrant, previousWeight, retryAfterMs } from './window.ts';
+
+export interface LocalStoreOptions {
+  /** Most counters tracked (limits.max_quota_keys). Default 100000. */
+  readonly maxKeys?: number;
+  readonly metrics?: Pick<StoreMetrics, 'quotaInvalidAmounts' | 'quotaTrackedKeys' | 'quotaKeyEvictions'>;
+}
+
+const DEFAULT_MAX_KEYS = 100_000;
+/** Key cap full and nothing evictable: how long new keys are refused before the counters are scanned again. */
+const EVICT_RETRY_MS = 100;
 
 class LocalCell {
   readonly start: number;
   consumed = 0;
   reserved = 0;
+  /** Grants not yet settled or released. */
+  holds = 0;
 
   constructor(start: number) {
     this.start = start;
@@ -19,6 +36,8 @@ class LocalCounter {
   readonly windowMs: number;
   cur: LocalCell;
   prev: LocalCell | undefined = undefined;
+  /** `now` of its last use (eviction picks the least recently used). */
+  usedAt = 0;
 
   constructor(windowMs: number, start: number) {
     this.windowMs = windowMs;
@@ -44,12 +63,26 @@ export class LocalQuotaStore implements QuotaStore {
   private nextSweep = 0;
   /** Scratch for acquire: the cells of the current call (no allocation on the admit path). */
   private readonly scratch: LocalCell[] = [];
+  private readonly maxKeys: number;
+  private readonly guard: TokenGuard;
+  /** After a scan that found nothing to evict, no new scan before this `now` (callers' time may jump). */
+  private evictRetryAt = Number.NEGATIVE_INFINITY;
+  private readonly m: { keys?: { set(v: number): void }; evicted?: { inc(n?: number): void }; overflow?: { inc(n?: number): void } };
 
-  constructor(name = 'local') {
+  constructor(name = 'local', opts: LocalStoreOptions = {}) {
     this.name = name;
+    this.maxKeys = Math.max(1, opts.maxKeys ?? DEFAULT_MAX_KEYS);
+    const mt = opts.metrics;
+    this.guard = new TokenGuard(name, mt?.quotaInvalidAmounts);
+    this.m = {
+      keys: mt?.quotaTrackedKeys.labels({ store: name }),
+      evicted: mt?.quotaKeyEvictions.labels({ store: name, outcome: 'evicted' }),
+      overflow: mt?.quotaKeyEvictions.labels({ store: name, outcome: 'overflow' }),
+    };
+    this.m.keys?.set(0);
   }
 
-  acquire(items: readonly AcquireItem[], now: number): AcquireResult {
+  acquire(items: readonly AcquireItem[], now: number): AcquireResult | Promise<AcquireResult> {
     if (now >= this.nextSweep) this.sweep(now);
     const cells = this.scratch;
     let denied: number[] | undefined;
@@ -57,6 +90,11 @@ export class LocalQuotaStore implements QuotaStore {
     for (let i = 0; i < items.length; i++) {
       const spec = items[i]!.counter;
       const counter = this.counterFor(spec, now);
+      if (counter === undefined) {
+        cells.length = 0;
+        this.m.overflow?.inc();
+        return Promise.reject(new SluiceError('SLC_OVERLOADED', 'too many quota keys tracked'));
+      }
       const cell = counter.roll(windowStartOf(now, spec.windowMs));
       cells[i] = cell;
       const cur = cell.consumed + cell.reserved;
@@ -76,8 +114,9 @@ export class LocalQuotaStore implements QuotaStore {
     for (let i = 0; i < items.length; i++) {
       const item = items[i]!;
       const cell = cells[i]!;
-      const amount = tokens(item.amount);
+      const amount = this.guard.estimate(item.amount, 'acquire');
       cell.reserved += amount;
+      cell.holds++;
       entries[i] = new StoreGrantEntry(item.counter, cell.start, amount, cell);
     }
     cells.length = 0;
@@ -91,15 +130,21 @@ export class LocalQuotaStore implements QuotaStore {
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
       const cell = e.cell;
+      cell.holds--;
       cell.reserved = Math.max(0, cell.reserved - e.reserved);
-      cell.consumed += tokens(actual[i] ?? 0);
+      // A value no upstream can produce (non-finite, negative, beyond any context) is charged as the estimate.
+      cell.consumed += this.guard.amount(actual[i] ?? 0, e.reserved, 'settle');
     }
   }
 
   release(grant: Grant): void {
     const g = claimGrant<LocalCell>(grant, this);
     if (g === undefined) return;
-    for (const e of g.entries) e.cell.reserved = Math.max(0, e.cell.reserved - e.reserved);
+    this.evictRetryAt = Number.NEGATIVE_INFINITY;
+    for (const e of g.entries) {
+      e.cell.holds--;
+      e.cell.reserved = Math.max(0, e.cell.reserved - e.reserved);
+    }
   }
 
   peek(counter: CounterSpec, now: number): CounterView {
@@ -131,6 +176,7 @@ export class LocalQuotaStore implements QuotaStore {
 
   close(): Promise<void> {
     this.counters.clear();
+    this.m.keys?.set(0);
     return Promise.resolve();
   }
 
@@ -139,14 +185,45 @@ export class LocalQuotaStore implements QuotaStore {
     return this.counters.size;
   }
 
-  private counterFor(spec: CounterSpec, now: number): LocalCounter {
+  private counterFor(spec: CounterSpec, now: number): LocalCounter | undefined {
     let c = this.counters.get(spec.id);
+    if (c === undefined && this.counters.size >= this.maxKeys && !this.evict(now)) return undefined;
     // Same id, new window length: the old windows do not line up with the new ones, so start afresh.
     if (c === undefined || c.windowMs !== spec.windowMs) {
       c = new LocalCounter(spec.windowMs, windowStartOf(now, spec.windowMs));
       this.counters.set(spec.id, c);
+      this.m.keys?.set(this.counters.size);
     }
+    c.usedAt = now;
     return c;
+  }
+
+  /** Nothing is lost by forgetting it: its windows are over, or no grant refers to it and it holds no usage. */
+  private evictable(c: LocalCounter, now: number): boolean {
+    const cur = c.cur;
+    const prev = c.prev;
+    // Windows over: a late settlement would land in a window nobody reads any more.
+    if (cur.start + 2 * c.windowMs <= now) return true;
+    if (cur.holds > 0 || (prev !== undefined && prev.holds > 0)) return false;
+    return cur.consumed === 0 && cur.reserved === 0 && (prev === undefined || (prev.consumed === 0 && prev.reserved === 0));
+  }
+
+  /** Key cap reached: evict the least recently used evictable counters (1% of the cap at once). */
+  private evict(now: number): boolean {
+    // A flood of new keys while nothing can go must not rescan every counter for each of them.
+    if (now >= this.evictRetryAt - EVICT_RETRY_MS && now < this.evictRetryAt) return false;
+    const candidates: [string, LocalCounter][] = [];
+    for (const e of this.counters) if (this.evictable(e[1], now)) candidates.push(e);
+    if (candidates.length === 0) {
+      this.evictRetryAt = now + EVICT_RETRY_MS;
+      return false;
+    }
+    candidates.sort((a, b) => a[1].usedAt - b[1].usedAt);
+    const n = Math.min(Math.max(1, Math.floor(this.maxKeys / 100)), candidates.length);
+    for (let i = 0; i < n; i++) this.counters.delete(candidates[i]![0]);
+    this.m.evicted?.inc(n);
+    this.m.keys?.set(this.counters.size);
+    return true;
   }
 
   private prevTotal(counter: LocalCounter, cell: LocalCell, spec: CounterSpec): number {
@@ -161,5 +238,6 @@ export class LocalQuotaStore implements QuotaStore {
     for (const [id, c] of this.counters) {
       if (c.cur.start + 2 * c.windowMs <= now) this.counters.delete(id);
     }
+    this.m.keys?.set(this.counters.size);
   }
 }

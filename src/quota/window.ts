@@ -1,4 +1,5 @@
 // Window arithmetic and the grant objects shared by every QuotaStore implementation.
+import { log } from '../core/log.ts';
 import type { CounterSpec, Grant, GrantEntry } from './types.ts';
 
 /**
@@ -36,6 +37,56 @@ export function retryAfterMs(now: number, windowStart: number, spec: CounterSpec
 /** Token amounts are whole numbers everywhere (Redis INCRBY takes integers); fractions round up, negatives are 0. */
 export function tokens(n: number): number {
   return n > 0 ? Math.ceil(n) : 0;
+}
+
+/**
+ * Largest token amount one request may reserve or be charged. Far beyond any model's context, and small
+ * enough that a window's total stays an exact integer in JavaScript (2^53) and in Redis (INCRBY, int64).
+ */
+export const MAX_TOKENS_PER_REQUEST = 1_000_000_000;
+const INVALID_LOG_EVERY_MS = 10_000;
+
+/**
+ * Defence in depth at the store boundary: amounts that are not finite, negative or beyond
+ * MAX_TOKENS_PER_REQUEST never reach a counter (the pipeline validates upstream usage before it gets here).
+ * Each refusal is counted and logged (rate-limited).
+ */
+export class TokenGuard {
+  private readonly store: string;
+  private readonly metric: { labels(l: { store: string; op: string }): { inc(n?: number): void } } | undefined;
+  private loggedAt = Number.NEGATIVE_INFINITY;
+  private suppressed = 0;
+
+  constructor(store: string, metric?: { labels(l: { store: string; op: string }): { inc(n?: number): void } }) {
+    this.store = store;
+    this.metric = metric;
+  }
+
+  /** A settlement: an invalid value is replaced by `fallback` (the reservation, so nothing used is lost). */
+  amount(v: number, fallback: number, op: string | undefined): number {
+    if (typeof v === 'number' && v >= 0 && v <= MAX_TOKENS_PER_REQUEST) return v > 0 ? Math.ceil(v) : 0;
+    if (op !== undefined) this.refused(v, op);
+    return fallback;
+  }
+
+  /** An estimate to reserve: an invalid one reserves the maximum (denied by any real limit), not nothing. */
+  estimate(v: number, op: string | undefined): number {
+    if (typeof v === 'number' && v >= 0 && v <= MAX_TOKENS_PER_REQUEST) return v > 0 ? Math.ceil(v) : 0;
+    if (op !== undefined) this.refused(v, op);
+    return v < 0 ? 0 : MAX_TOKENS_PER_REQUEST;
+  }
+
+  private refused(v: number, op: string): void {
+    this.metric?.labels({ store: this.store, op }).inc();
+    const now = Date.now();
+    if (now - this.loggedAt < INVALID_LOG_EVERY_MS) {
+      this.suppressed++;
+      return;
+    }
+    log.warn('quota store refused an invalid token amount', { store: this.store, op, value: String(v), suppressed: this.suppressed });
+    this.loggedAt = now;
+    this.suppressed = 0;
+  }
 }
 
 export class StoreGrantEntry<C> implements GrantEntry {

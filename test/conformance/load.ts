@@ -3,6 +3,7 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isSluiceError } from '../../src/core/errors.ts';
+import type { ManualClock } from '../../src/core/clock.ts';
 import type { CounterSpec, QuotaStore } from '../../src/quota/types.ts';
 
 export interface LoadOptions {
@@ -105,11 +106,32 @@ export async function until(cond: () => boolean | Promise<boolean>, timeoutMs: n
  * Make a counter "known" to a store the way steady traffic does: a few requests over a few flushes, so its
  * totals and growth rate are measured and requests far from the limit are decided locally.
  */
-export async function warmUp(store: QuotaStore, counter: CounterSpec, now: number): Promise<void> {
+export async function warmUp(store: QuotaStore, counter: CounterSpec, now: number, clock?: ManualClock): Promise<void> {
   for (let i = 0; i < 3; i++) {
     const r = await store.acquire([{ counter, amount: 1 }], now);
     if (r.ok) store.settle(r, [1]);
     await store.flush();
-    await sleep(10);
+    if (clock !== undefined) clock.advance(10);
+    else await sleep(10);
   }
+}
+
+type Call = (args: (string | number)[]) => Promise<unknown>;
+
+/**
+ * Live reservations in a holders hash (scripts.ts), judged by the Redis server's own clock, and the sum of
+ * the per-process consumed fields.
+ */
+export async function holders(call: Call, key: string): Promise<{ reserved: number; consumed: number; fields: number }> {
+  const [sec, usec] = (await call(['time'])) as [string, string];
+  const nowMs = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+  const all = ((await call(['hgetall', key])) ?? []) as string[];
+  let reserved = 0;
+  let consumed = 0;
+  for (let i = 0; i + 1 < all.length; i += 2) {
+    const [, c, r, exp] = all[i + 1]!.split(':').map(Number) as [number, number, number, number];
+    consumed += c;
+    if (exp > nowMs) reserved += r;
+  }
+  return { reserved, consumed, fields: all.length / 2 };
 }

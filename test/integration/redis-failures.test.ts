@@ -13,7 +13,7 @@ import {
   type ClusterHandle, type HostPort, type RedisServerHandle, type SentinelHandle,
 } from '../helpers/redis-topology.ts';
 import { startFaultServer } from '../helpers/resp-fault-server.ts';
-import { flushUntilAcknowledged, startLoad, until, warmUp, type Load } from '../conformance/load.ts';
+import { flushUntilAcknowledged, holders, startLoad, until, warmUp, type Load } from '../conformance/load.ts';
 import { clusterTarget, redisStore, sentinelTarget, standaloneTarget } from '../conformance/redis-targets.ts';
 
 const WINDOW = 10 * 60_000;
@@ -25,11 +25,17 @@ function counters(prefix: string, n: number, limit = 1e12): CounterSpec[] {
 
 async function total(owner: (key: string) => Promise<HostPort>, password: string | undefined, c: CounterSpec, now: number, kind: 'c' | 'r'): Promise<number> {
   const key = cellKeys(counterTag(c.id), windowStartOf(now, c.windowMs))[kind];
-  const v = await redisCall(await owner(key), ['get', key], { password });
+  const node = await owner(key);
+  if (kind === 'r') return (await holders((a) => redisCall(node, a, { password }), key)).reserved;
+  const v = await redisCall(node, ['get', key], { password });
   return v === null ? 0 : Number(v);
 }
 
-/** Every charged token is in Redis (at least once); `exact` when nothing can have been applied twice. */
+/**
+ * Every charged token is in Redis and none twice (writes are absolute and sequence-numbered), and no
+ * reservation is left. `exact`: per counter; otherwise (a failover may lose a write the old master had not
+ * replicated, repaired by the cell's next write) at least what was charged per counter, at most in total.
+ */
 async function assertTotals(load: Load, cs: CounterSpec[], now: number, owner: (key: string) => Promise<HostPort>, password: string | undefined, exact: boolean): Promise<void> {
   let charged = 0;
   let stored = 0;
@@ -40,11 +46,10 @@ async function assertTotals(load: Load, cs: CounterSpec[], now: number, owner: (
     stored += got;
     if (exact) assert.equal(got, want, `consumed total of ${c.id}`);
     else assert.ok(got >= want, `${c.id}: Redis has ${got}, charged ${want}: usage lost`);
-    assert.ok(await total(owner, password, c, now, 'r') >= 0);
+    assert.equal(await total(owner, password, c, now, 'r'), 0, `${c.id}: reservations left after the load`);
   }
   assert.ok(charged > 0, 'the load charged something');
-  // At least once: a delta may be written twice when a reply was lost, never by more than a few flushes.
-  assert.ok(stored <= charged * 1.1, `Redis has ${stored}, charged ${charged}`);
+  assert.ok(stored <= charged, `Redis has ${stored}, charged ${charged}: usage counted twice`);
 }
 
 describe('standalone Redis killed and restarted mid-load', () => {
@@ -119,14 +124,15 @@ describe('hung Redis', () => {
       const t0 = performance.now();
       await assert.rejects(Promise.resolve(store.acquire([{ counter: near, amount: 10 }], now)), (err: unknown) => isSluiceError(err) && err.code === 'SLC_QUOTA_STORE_UNAVAILABLE');
       const waited = performance.now() - t0;
-      assert.ok(waited < 300 + 250, `acquire waited ${waited} ms`);
+      // Bounded by the command timeout (300 ms), not by how long Redis stays paused; 10x slack for a loaded machine.
+      assert.ok(waited < 3_000, `acquire waited ${waited} ms`);
       // Far from its limit, with a fresh view, the request does not wait for Redis at all.
       const r = store.acquire([{ counter: far!, amount: 10 }], now);
       assert.equal(r instanceof Promise, false);
       assert.equal(store.health(), 'unavailable');
       const t1 = performance.now();
       await assert.rejects(Promise.resolve(store.acquire([{ counter: near, amount: 10 }], now)));
-      assert.ok(performance.now() - t1 < 50, 'an open breaker answers at once');
+      assert.ok(performance.now() - t1 < 250, 'an open breaker answers at once (no round trip)');
       redis.resume();
       await until(() => store.health() === 'ok', 5_000, 'the breaker to close');
       await flushUntilAcknowledged(store);
@@ -143,7 +149,7 @@ describe('hung Redis', () => {
       const [c] = counters('fault', 1);
       const t0 = performance.now();
       await assert.rejects(Promise.resolve(store.acquire([{ counter: c!, amount: 1 }], Date.now())), (err: unknown) => isSluiceError(err) && err.status === 503);
-      assert.ok(performance.now() - t0 < 200 + 150, 'bounded by timeout_ms');
+      assert.ok(performance.now() - t0 < 2_000, 'bounded by timeout_ms (200 ms; 10x slack for a loaded machine)');
       await until(() => store.health() === 'unavailable', 3_000, 'the breaker to open');
       const { store: lenient } = redisStore({ ...standaloneTarget({ host: '127.0.0.1', port: fault.port } as RedisServerHandle), timeout_ms: 200 }, { allowDegradation: true });
       const r = await lenient.acquire([{ counter: c!, amount: 1 }], Date.now());

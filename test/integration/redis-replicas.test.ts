@@ -73,7 +73,7 @@ describe('two gateway replicas on one Redis', () => {
 
       // Redis holds every token charged on both replicas (consumed counter of the current window).
       await wait(100);
-      const keys = await redisCall(redis, ['KEYS', 'sluice:v1:*:c'], { password: PASSWORD }) as string[];
+      const keys = await redisCall(redis, ['KEYS', 'sluice:v2:*:c'], { password: PASSWORD }) as string[];
       assert.ok(keys.length >= 1, 'a consumed counter exists');
       const total = Number(await redisCall(redis, ['GET', keys[0]!], { password: PASSWORD }));
       assert.ok(total >= 100, `global consumed ${total}`);
@@ -133,7 +133,7 @@ describe('two gateway replicas on one Redis', () => {
       let total = 0;
       const until = Date.now() + 8000;
       while (Date.now() < until) {
-        const keys = await redisCall(redis, ['KEYS', 'sluice:v1:*:c'], { password: PASSWORD }).catch(() => []) as string[];
+        const keys = await redisCall(redis, ['KEYS', 'sluice:v2:*:c'], { password: PASSWORD }).catch(() => []) as string[];
         total = 0;
         for (const k of keys) total += Number(await redisCall(redis, ['GET', k], { password: PASSWORD }));
         if (total >= charged - first.body.usage.total_tokens) break;

@@ -5,12 +5,13 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ManualClock } from '../../src/core/clock.ts';
 import type { Metrics } from '../../src/metrics/registry.ts';
 import { createQuotaStore, LocalQuotaStore } from '../../src/quota/index.ts';
 import { cellKeys, counterTag } from '../../src/quota/redis/keys.ts';
 import { windowStartOf, type CounterSpec, type Grant } from '../../src/quota/types.ts';
 import { redisCall, startRedis, startSentinel, type RedisServerHandle, type SentinelHandle } from '../helpers/redis-topology.ts';
-import { flushUntilAcknowledged, until, warmUp } from '../conformance/load.ts';
+import { flushUntilAcknowledged, holders, until, warmUp } from '../conformance/load.ts';
 import { redisStore, sentinelTarget, standaloneTarget } from '../conformance/redis-targets.ts';
 
 const MINUTE = 60_000;
@@ -40,13 +41,13 @@ describe('RedisQuotaStore on a standalone Redis', () => {
       const now = Date.now();
       const ws = windowStartOf(now, c.windowMs);
       const keys = cellKeys(counterTag(c.id), ws);
-      assert.match(keys.c, /^sluice:v1:\{rs-[0-9a-f]+-\d+\}:\d+:c$/);
+      assert.match(keys.c, /^sluice:v2:\{rs-[0-9a-f]+-\d+\}:\d+:c$/);
       const g = await store.acquire([{ counter: c, amount: 10 }], now);
       assert.ok(g.ok);
       store.settle(g, [7]);
       await store.flush();
       assert.equal(await call('get', keys.c), '7');
-      assert.equal(await call('get', keys.r), '0');
+      assert.deepEqual(await holders((a) => call(...a), keys.r), { reserved: 0, consumed: 7, fields: 1 });
       const ttl1 = Number(await call('pttl', keys.c));
       const expected = ws + c.windowMs + 5_000 - Date.now();
       assert.ok(ttl1 > 0 && Math.abs(ttl1 - expected) < 1_500, `ttl ${ttl1}, expected about ${expected}`);
@@ -90,7 +91,10 @@ describe('RedisQuotaStore on a standalone Redis', () => {
   });
 
   it('near the limit: admissions become synchronous and never overshoot by more than one request', async () => {
-    const { store, metrics } = redisStore(standaloneTarget(redis));
+    // Admission policy is a function of the view and the clock: a manual clock (1 ms per request) makes view
+    // ages and growth rates the same on any machine, however slow.
+    const clock = new ManualClock();
+    const { store, metrics } = redisStore(standaloneTarget(redis), { clock });
     try {
       const c = spec(50_000);
       const now = Date.now();
@@ -102,6 +106,7 @@ describe('RedisQuotaStore on a standalone Redis', () => {
         synchronous.push(p instanceof Promise);
         store.settle(r, [100]);
         if (i % 10 === 0) await store.flush();
+        clock.advance(1);
       }
       assert.equal(synchronous.length, 500, 'exactly the limit admitted');
       const remote = synchronous.filter(Boolean).length;
@@ -161,8 +166,11 @@ describe('RedisQuotaStore on a standalone Redis', () => {
 
   it('degraded: replicas divide the remaining quota by their recent shares', async () => {
     const r3 = await startRedis();
-    const heavy = redisStore(standaloneTarget(r3), { allowDegradation: true }).store;
-    const light = redisStore(standaloneTarget(r3), { allowDegradation: true }).store;
+    // Shares come from growth measured between reconciliations: a manual clock (1 ms per request) makes
+    // them independent of the machine's speed.
+    const clock = new ManualClock();
+    const heavy = redisStore(standaloneTarget(r3), { allowDegradation: true, clock }).store;
+    const light = redisStore(standaloneTarget(r3), { allowDegradation: true, clock }).store;
     const limit = 200_000;
     const c = spec(limit);
     const now = Date.now();
@@ -175,10 +183,13 @@ describe('RedisQuotaStore on a standalone Redis', () => {
         assert.ok(r.ok);
         s.settle(r, [100]);
         if (i % 20 === 19) await Promise.all([heavy.flush(), light.flush()]);
+        clock.advance(1);
       }
       await Promise.all([heavy.flush(), light.flush()]);
       await r3.kill();
       await until(() => heavy.health() === 'degraded' && light.health() === 'degraded', 3_000, 'degraded');
+      // A long outage: views are too old to ride out (maxViewAgeMs 5 s), so every admission is degraded.
+      clock.advance(6_000);
       // Outage: both replicas admit as much as their share allows; together they stay near the limit.
       const remaining = limit - 400 * 100;
       let tokens = 0;
@@ -258,9 +269,10 @@ describe('RedisQuotaStore on Sentinel with redis_role slave', () => {
       reader.peek(c, now);
       await flushUntilAcknowledged(reader);
       const replica = sentinel.nodes.find((n) => n.port !== master.port)!;
+      // Replicas receive the scripts' effects, not the scripts: every EVALSHA there is a read.
       const mgets = async (): Promise<number> => {
         const info = String(await redisCall(replica, ['info', 'commandstats'], { password: sentinel.password }));
-        return Number(/cmdstat_mget:calls=(\d+)/.exec(info)?.[1] ?? 0);
+        return Number(/cmdstat_evalsha:calls=(\d+)/.exec(info)?.[1] ?? 0) + Number(/cmdstat_eval:calls=(\d+)/.exec(info)?.[1] ?? 0);
       };
       const before = await mgets();
       await until(async () => {

@@ -1,7 +1,12 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Batcher, type Batchable, type BatchSink } from '../../src/batcher/batcher.ts';
+import { ManualClock } from '../../src/core/clock.ts';
+
+/** Let pending callbacks and promise continuations run (a few event-loop turns, no wall-clock wait). */
+async function turns(n = 5): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise((resolve) => setImmediate(resolve));
+}
 
 class Item implements Batchable {
   queued = false;
@@ -25,7 +30,7 @@ class RecordingSink implements BatchSink<Item> {
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     this.batches.push(batch.map((i) => i.id));
     if (this.gate !== undefined) await this.gate;
-    await sleep(1);
+    await turns(1);
     this.inFlight--;
     if (this.fail) {
       for (const i of batch) this.batcher.mark(i);
@@ -45,20 +50,27 @@ class RecordingSink implements BatchSink<Item> {
 
 function setup(opts: { intervalMs?: number; maxBatchKeys?: number; maxPendingKeys?: number } = {}) {
   const sink = new RecordingSink();
-  const batcher = new Batcher(sink, { intervalMs: opts.intervalMs ?? 10, maxBatchKeys: opts.maxBatchKeys ?? 100, maxPendingKeys: opts.maxPendingKeys ?? 1000 });
+  const clock = new ManualClock();
+  const batcher = new Batcher(sink, { intervalMs: opts.intervalMs ?? 10, maxBatchKeys: opts.maxBatchKeys ?? 100, maxPendingKeys: opts.maxPendingKeys ?? 1000, clock });
   sink.batcher = batcher;
-  return { sink, batcher };
+  return { sink, batcher, clock };
 }
 
 describe('batcher', () => {
   it('writes marked items once per interval, each item once per batch', async () => {
-    const { sink, batcher } = setup();
+    const { sink, batcher, clock } = setup();
     batcher.start();
     const a = new Item(1);
     const b = new Item(2);
     for (let i = 0; i < 100; i++) { batcher.mark(a); batcher.mark(b); }
     assert.equal(batcher.queuedCount, 2);
-    await sleep(40);
+    clock.advance(9);
+    await turns();
+    assert.deepEqual(sink.batches, [], 'nothing before the interval');
+    for (let i = 0; i < 4; i++) {
+      clock.advance(10);
+      await turns();
+    }
     batcher.stop();
     assert.deepEqual(sink.batches, [[1, 2]]);
     assert.equal(a.queued, false);
@@ -68,27 +80,31 @@ describe('batcher', () => {
     const { sink, batcher } = setup({ intervalMs: 60_000, maxBatchKeys: 5 });
     batcher.start();
     for (let i = 0; i < 5; i++) batcher.mark(new Item(i));
-    await sleep(20);
+    await turns();
     batcher.stop();
     assert.deepEqual(sink.batches, [[0, 1, 2, 3, 4]]);
   });
 
   it('keeps one write in flight and splits a large backlog into max_batch_keys batches', async () => {
-    const { sink, batcher } = setup({ intervalMs: 5, maxBatchKeys: 10 });
+    const { sink, batcher, clock } = setup({ intervalMs: 5, maxBatchKeys: 10 });
     batcher.start();
     for (let i = 0; i < 35; i++) batcher.mark(new Item(i));
-    for (let i = 0; i < 100 && sink.batches.flat().length < 35; i++) await sleep(5);
+    for (let i = 0; i < 100 && sink.batches.flat().length < 35; i++) {
+      clock.advance(5);
+      await turns();
+    }
     batcher.stop();
     assert.equal(sink.maxInFlight, 1);
     assert.deepEqual(sink.batches.map((b) => b.length), [10, 10, 10, 5]);
   });
 
   it('does not write on the timer while the sink refuses, but flush() does', async () => {
-    const { sink, batcher } = setup();
+    const { sink, batcher, clock } = setup();
     sink.open = false;
     batcher.start();
     batcher.mark(new Item(1));
-    await sleep(40);
+    clock.advance(40);
+    await turns();
     assert.equal(sink.batches.length, 0);
     assert.equal(await batcher.flush(), true);
     assert.deepEqual(sink.batches, [[1]]);
@@ -120,7 +136,7 @@ describe('batcher', () => {
     sink.gate = new Promise((resolve) => { openGate = resolve; });
     batcher.mark(new Item(1));
     const first = batcher.flush();
-    await sleep(5);
+    await turns();
     batcher.mark(new Item(2));
     const second = batcher.flush();
     sink.gate = undefined;

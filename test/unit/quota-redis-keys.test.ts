@@ -6,8 +6,8 @@ describe('redis key layout', () => {
   it('versions keys and puts the counter id in a hash tag', () => {
     const tag = counterTag('route-1/arl/i/openai/');
     assert.deepEqual(cellKeys(tag, 1_700_000_000_000), {
-      c: 'sluice:v1:{route-1/arl/i/openai/}:1700000000000:c',
-      r: 'sluice:v1:{route-1/arl/i/openai/}:1700000000000:r',
+      c: 'sluice:v2:{route-1/arl/i/openai/}:1700000000000:c',
+      r: 'sluice:v2:{route-1/arl/i/openai/}:1700000000000:r',
     });
   });
 

@@ -1,11 +1,17 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { LocalQuotaStore } from '../../src/quota/local-store.ts';
-import { windowStartOf, type CounterSpec } from '../../src/quota/types.ts';
+import { windowStartOf, type AcquireResult, type CounterSpec } from '../../src/quota/types.ts';
 import { StoreGrant, StoreGrantEntry, claimGrant, previousWeight, retryAfterMs, tokens } from '../../src/quota/window.ts';
 
 const fixed: CounterSpec = { id: 'f', limit: 1000, windowMs: 60_000, sliding: false };
 const sliding: CounterSpec = { ...fixed, id: 's', sliding: true };
+
+/** The local store decides synchronously (a Promise only for the key-cap overflow). */
+function sync(r: AcquireResult | Promise<AcquireResult>): AcquireResult {
+  assert.ok(!(r instanceof Promise), 'decided synchronously');
+  return r as AcquireResult;
+}
 
 describe('window math', () => {
   it('aligns windows to the epoch', () => {
@@ -64,12 +70,12 @@ describe('LocalQuotaStore specifics', () => {
   it('starts afresh when a counter changes its window length', () => {
     const store = new LocalQuotaStore();
     const now = 1_700_000_000_000;
-    const g = store.acquire([{ counter: fixed, amount: 400 }], now);
+    const g = sync(store.acquire([{ counter: fixed, amount: 400 }], now));
     assert.ok(g.ok);
     store.settle(g, [400]);
     const longer = { ...fixed, windowMs: 3_600_000 };
     assert.equal(store.peek(longer, now).consumed, 0);
-    assert.equal(store.acquire([{ counter: longer, amount: 10 }], now).ok, true);
+    assert.equal(sync(store.acquire([{ counter: longer, amount: 10 }], now)).ok, true);
     const v = store.peek(longer, now);
     assert.deepEqual([v.consumed, v.reserved], [0, 10]);
   });
@@ -77,7 +83,7 @@ describe('LocalQuotaStore specifics', () => {
   it('keeps a late settlement in its own (previous) window', () => {
     const store = new LocalQuotaStore();
     const w0 = 1_700_000_040_000;
-    const g = store.acquire([{ counter: sliding, amount: 100 }], w0 + 59_000);
+    const g = sync(store.acquire([{ counter: sliding, amount: 100 }], w0 + 59_000));
     assert.ok(g.ok);
     store.acquire([{ counter: sliding, amount: 1 }], w0 + 60_000);
     store.settle(g, [500]);
@@ -87,7 +93,7 @@ describe('LocalQuotaStore specifics', () => {
 
   it('admits on an empty counter even for a request larger than the limit', () => {
     const store = new LocalQuotaStore();
-    const r = store.acquire([{ counter: { ...fixed, limit: 10 }, amount: 50 }], 1_700_000_000_000);
+    const r = sync(store.acquire([{ counter: { ...fixed, limit: 10 }, amount: 50 }], 1_700_000_000_000));
     assert.equal(r.ok, true);
   });
 });

@@ -3,6 +3,8 @@
 // success closes it, its failure opens it again. It opens after `failureThreshold` consecutive failed round
 // trips, or at once on a timeout (a hung Redis must not be asked again on the request path).
 
+import { monotonicClock, type Clock } from '../../core/clock.ts';
+
 export type BreakerState = 'closed' | 'half-open' | 'open';
 
 export interface BreakerOptions {
@@ -11,12 +13,14 @@ export interface BreakerOptions {
   /** Resolves when Redis answers; rejects otherwise. Bounded by the client's command timeout. */
   readonly probe: () => Promise<void>;
   readonly onChange: (state: BreakerState) => void;
+  /** Schedules the probes. Default: the process clock. */
+  readonly clock?: Clock;
 }
 
 export class CircuitBreaker {
   private current: BreakerState = 'closed';
   private failures = 0;
-  private timer: NodeJS.Timeout | undefined;
+  private cancelTimer: (() => void) | undefined;
   private stopped = false;
   private readonly opts: BreakerOptions;
 
@@ -53,17 +57,16 @@ export class CircuitBreaker {
 
   stop(): void {
     this.stopped = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
+    this.cancelTimer?.();
+    this.cancelTimer = undefined;
   }
 
   private schedule(): void {
-    if (this.timer !== undefined || this.stopped) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
+    if (this.cancelTimer !== undefined || this.stopped) return;
+    this.cancelTimer = (this.opts.clock ?? monotonicClock).after(this.opts.probeIntervalMs, () => {
+      this.cancelTimer = undefined;
       void this.probe();
-    }, this.opts.probeIntervalMs);
-    this.timer.unref();
+    });
   }
 
   private async probe(): Promise<void> {

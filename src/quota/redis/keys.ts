@@ -1,13 +1,14 @@
 // Redis key layout. Changing the layout means bumping KEY_VERSION, so replicas of two releases never read
 // each other's counters with different meanings.
 //
-//   sluice:v1:{<counter id>}:<window start ms>:c   consumed tokens in the window
-//   sluice:v1:{<counter id>}:<window start ms>:r   reserved tokens (admitted, unsettled) in the window
+//   sluice:v2:{<counter id>}:<window start ms>:c   consumed tokens in the window (integer)
+//   sluice:v2:{<counter id>}:<window start ms>:r   hash, one field per process: its consumed and reserved
+//                                                  tokens in the window and its lease (scripts.ts)
 //
 // The braces are a Redis Cluster hash tag: every window of a counter lives in one slot, so a counter's
-// commands can share a pipeline and its c/r keys can be read with one MGET.
+// commands can share a pipeline and one script can touch its keys (and the previous window's) on Cluster.
 
-export const KEY_VERSION = 'v1';
+export const KEY_VERSION = 'v2';
 export const KEY_PREFIX = `sluice:${KEY_VERSION}:`;
 /** Marker written once per Redis dataset; a different value after a reconnect means the data was lost. */
 export const EPOCH_KEY = `${KEY_PREFIX}epoch`;

@@ -2,8 +2,17 @@
 // the only place that imports ioredis. Options favour bounded latency over persistence of commands:
 // no offline queue (a command on a down connection fails at once), no resending of unanswered commands
 // by the client (the store decides what to send again), short reconnect backoff.
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
+
+// Loaded on the first Redis port, not at import: a gateway with local quotas only never pays for ioredis
+// (~70 ms of start-up). ioredis is CommonJS, so a synchronous require keeps the constructors synchronous.
+let ioredisModule: typeof import('ioredis') | undefined;
+function ioredis(): typeof import('ioredis') {
+  return (ioredisModule ??= createRequire(import.meta.url)('ioredis') as typeof import('ioredis'));
+}
 import type { RedisTargetConfig } from '../../config/types.ts';
+import { SCRIPTS } from './scripts.ts';
 
 export type PortArg = string | number;
 export type PortCommand = readonly [name: string, ...args: PortArg[]];
@@ -93,10 +102,10 @@ class StandalonePort implements RedisPort {
         failoverDetector: true,
       };
       // Counters are written, so the writer always follows the master; role 'slave' sends reads to a replica.
-      this.writer = new Redis({ ...sentinel, role: 'master' });
-      this.reader = target.role === 'slave' ? new Redis({ ...sentinel, role: 'slave', connectionName: 'sluice-reader' }) : undefined;
+      this.writer = new (ioredis().Redis)({ ...sentinel, role: 'master' });
+      this.reader = target.role === 'slave' ? new (ioredis().Redis)({ ...sentinel, role: 'slave', connectionName: 'sluice-reader' }) : undefined;
     } else {
-      this.writer = new Redis({ ...base, host: target.host, port: target.port });
+      this.writer = new (ioredis().Redis)({ ...base, host: target.host, port: target.port });
       this.reader = undefined;
     }
     silenceErrorEvents(this.writer);
@@ -140,7 +149,7 @@ class StandalonePort implements RedisPort {
 
   exec(commands: readonly PortCommand[], readOnly = false): Promise<PortReply[]> {
     const client = readOnly && this.reader !== undefined && this.reader.status === 'ready' ? this.reader : this.writer;
-    return client.pipeline(commands as unknown as string[][]).exec().then(results);
+    return execScripts((cmds) => client.pipeline(cmds as unknown as string[][]).exec().then(results), commands);
   }
 
   on(event: 'ready' | 'down', listener: () => void): void {
@@ -178,7 +187,7 @@ class ClusterPort implements RedisPort {
       clusterRetryStrategy: (times: number) => Math.min(100 * times, 1000),
     };
     const nodes = target.cluster_nodes.length > 0 ? target.cluster_nodes : [{ host: target.host, port: target.port }];
-    this.client = new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
+    this.client = new (ioredis().Cluster)(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
     silenceErrorEvents(this.client);
     // ioredis opens node connections lazily. A pipeline sent to a node whose connection is still being
     // opened fails inside ioredis and is retried `retryDelayOnFailover` later, behind pipelines sent after
@@ -225,7 +234,7 @@ class ClusterPort implements RedisPort {
   }
 
   exec(commands: readonly PortCommand[]): Promise<PortReply[]> {
-    return this.client.pipeline(commands as unknown as string[][]).exec().then(results);
+    return execScripts((cmds) => this.client.pipeline(cmds as unknown as string[][]).exec().then(results), commands);
   }
 
   on(event: 'ready' | 'down', listener: () => void): void {
@@ -241,6 +250,29 @@ class ClusterPort implements RedisPort {
 function results(r: [Error | null, unknown][] | null): PortReply[] {
   if (r === null) throw new Error('pipeline was not executed');
   return r;
+}
+
+/**
+ * Sends a pipeline; EVALSHA commands answered NOSCRIPT (a restarted or newly promoted node) are sent again
+ * with the script body. Safe because every store script is idempotent (sequence-numbered absolute writes).
+ */
+async function execScripts(send: (cmds: readonly PortCommand[]) => Promise<PortReply[]>, commands: readonly PortCommand[]): Promise<PortReply[]> {
+  const replies = await send(commands);
+  let missing: number[] | undefined;
+  for (let i = 0; i < replies.length; i++) {
+    const err = replies[i]![0];
+    if (err !== null && err.message.startsWith('NOSCRIPT') && commands[i]![0] === 'evalsha') (missing ??= []).push(i);
+  }
+  if (missing === undefined) return replies;
+  const again = missing.map((i): PortCommand => {
+    const [, sha, ...rest] = commands[i]!;
+    return ['eval', SCRIPTS.get(String(sha)) ?? '', ...rest];
+  });
+  const second = await send(again);
+  missing.forEach((i, k) => {
+    replies[i] = second[k] ?? [new Error('missing reply'), null];
+  });
+  return replies;
 }
 
 async function quit(client: Redis | Cluster): Promise<void> {

@@ -1,26 +1,29 @@
 // Quota store shared across replicas through Redis (standalone, Cluster or Sentinel), with pre-aggregated,
-// batched, pipelined INCRBY and reconciliation. docs/quota-design.md gives the model and its bounds.
+// batched, pipelined writes and reconciliation. docs/quota-design.md gives the model and its bounds.
 //
-// Per counter and window ("cell") the store keeps
-//   base      global totals (consumed c, reserved r) last returned by Redis, this process's acknowledged
-//             deltas included
-//   inflight  deltas in the flush currently in flight
-//   pending   deltas since
-// and decides on used = base + inflight + pending. Requests far from their limit never wait for Redis; a
-// counter near its limit (against its recent global growth rate), never seen before, or whose view is too
-// old is admitted synchronously: INCRBY of the reservation, decided on the returned totals.
-import { performance } from 'node:perf_hooks';
+// Per counter and window ("cell") this process keeps its own state as absolute numbers (own consumed and
+// own reserved, the local truth) and the other processes' totals as of the last reply (others' consumed and
+// live reserved). A flush writes the own state with a sequence number through one script per cell
+// (scripts.ts): idempotent, so a write whose outcome is unknown is simply sent again, and the reservations
+// of a process that died stop counting when their lease ends. Requests far from their limit never wait for
+// Redis; a counter near its limit (against its recent global growth rate), never seen before, or whose
+// view is too old is admitted synchronously by the same script, which decides on the global totals.
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import type { RedisBatchingConfig, RedisTargetConfig } from '../../config/types.ts';
+import { monotonicClock, type Clock } from '../../core/clock.ts';
 import { SluiceError } from '../../core/errors.ts';
+import { log } from '../../core/log.ts';
 import type { StoreMetrics } from '../../metrics/registry.ts';
 import { Batcher, type Batchable, type BatchSink } from '../../batcher/batcher.ts';
 import type { AcquireItem, AcquireResult, CounterSpec, CounterView, Denial, Grant, QuotaStore, StoreHealth } from '../types.ts';
 import { windowStartOf } from '../types.ts';
-import { StoreGrant, StoreGrantEntry, claimGrant, previousWeight, retryAfterMs, tokens } from '../window.ts';
+import { StoreGrant, StoreGrantEntry, TokenGuard, claimGrant, previousWeight, retryAfterMs } from '../window.ts';
 import type { BreakerState } from './breaker.ts';
 import { cellKeys, counterTag, hashSlot } from './keys.ts';
-import { classifyError, isRedirection, type PortCommand, type PortReply, type RedisErrorKind } from './port.ts';
+import { classifyError, isRedirection, type PortCommand, type RedisErrorKind } from './port.ts';
 import { ReplyLanes, type RemoteOutcome } from './reply-lanes.ts';
+import { READ_SHA, WRITE_SHA } from './scripts.ts';
 import { acquireRedis, releaseRedis, type SharedRedis } from './shared-client.ts';
 
 export interface RedisStoreOptions {
@@ -38,12 +41,18 @@ export interface RedisStoreOptions {
   readonly maxViewAgeMs?: number;
   /** Safety factor on the unseen-consumption estimate that switches a counter to synchronous admission. Default 2. */
   readonly syncSafety?: number;
+  /** Most counters tracked (limits.max_quota_keys). Default 100000. */
+  readonly maxKeys?: number;
+  /** Time for view ages, rates, leases and the flush timer. Default: the process clock. */
+  readonly clock?: Clock;
 }
 
 /** Keys outlive their window by this much: late settlements of long streams and clock skew between replicas. */
 const TTL_SLACK_MS = 5_000;
 const DEFAULT_MAX_VIEW_AGE_MS = 5_000;
 const DEFAULT_SYNC_SAFETY = 2;
+const DEFAULT_LEASE_MS = 15_000;
+const DEFAULT_MAX_KEYS = 100_000;
 const RATE_ALPHA = 0.3;
 const RATE_MIN_SAMPLE_MS = 5;
 /** How long the largest recent request amount is remembered. */
@@ -54,6 +63,12 @@ const SWEEP_EVERY_MS = 10_000;
 /** Synchronous mode: how soon a failed write is retried. */
 const SYNC_RETRY_MS = 50;
 const CLOSE_FLUSH_MS = 2_000;
+/** Key cap full and nothing evictable: how long new keys are refused before the counters are scanned again. */
+const EVICT_RETRY_MS = 100;
+/** At most one log line per error kind this often (the rest are counted in the line that follows). */
+const LOG_EVERY_MS = 10_000;
+/** Reply errors that mean the node cannot take writes right now, not that the cell's data is bad. */
+const NODE_STATE = /^(READONLY|LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS|BUSY) /;
 
 class RedisCounter {
   readonly id: string;
@@ -75,9 +90,13 @@ class RedisCounter {
   maxAmount = 0;
   maxAmountPrev = 0;
   maxAmountAt = 0;
-  /** performance.now() of the last reconciliation of any of its cells. */
+  /** Clock time of the last reconciliation of any of its cells. */
   seenAt = Number.NEGATIVE_INFINITY;
   known = false;
+  /** Clock time of its last use (eviction picks the least recently used). */
+  usedAt = 0;
+  /** The limit of the last acquire (the admission script decides on it). */
+  limit: number;
 
   constructor(spec: CounterSpec) {
     this.id = spec.id;
@@ -85,6 +104,7 @@ class RedisCounter {
     this.slot = hashSlot(this.tag);
     this.windowMs = spec.windowMs;
     this.sliding = spec.sliding;
+    this.limit = spec.limit;
   }
 }
 
@@ -94,22 +114,29 @@ class RedisCell implements Batchable {
   readonly start: number;
   readonly keyC: string;
   readonly keyR: string;
-  baseC = 0;
-  baseR = 0;
-  inflightC = 0;
-  inflightR = 0;
-  pendingC = 0;
-  pendingR = 0;
-  /** Reservations taken back with DECRBY whose reply has not been applied yet. */
-  undoingR = 0;
-  /** Send sequence of the reply the base totals come from; an older reply (from another lane) is ignored. */
-  appliedSeq = 0;
-  /** This process's deltas acknowledged by Redis in this window (re-sent if Redis loses its data). */
+  /**
+   * This cell's field in the holders hash: the process id, plus a generation once counters have been evicted
+   * (a counter re-created after its eviction must not take over, and so lose, the consumed of its earlier
+   * incarnation's field).
+   */
+  readonly field: string;
+  /** This process's consumed and reserved tokens in the window: the local truth, written as absolute values. */
+  ownC = 0;
+  ownR = 0;
+  /** Reservations of synchronous admissions in flight (sent to Redis as reserved already: conservative). */
+  admittingR = 0;
+  /** What Redis holds for this process, as of the newest applied reply. */
   ackedC = 0;
   ackedR = 0;
-  /** EXPIRE NX done for the key (TTL is set once per window, never refreshed). */
-  expC = false;
-  expR = false;
+  /** Clock time of the last acknowledged write (a live reservation renews its lease well before it ends). */
+  ackedAt = Number.NEGATIVE_INFINITY;
+  /** Others' consumed and live reserved, as of the newest applied reply. */
+  othersC = 0;
+  othersR = 0;
+  /** Send sequence of the reply the totals come from; an older reply (from another lane) is ignored. */
+  appliedSeq = 0;
+  /** Grants issued on this cell not yet settled or released (the cell must not be evicted meanwhile). */
+  holds = 0;
   /** Totals learned from Redis (or a window of a counter whose rate is known, which starts near zero). */
   known: boolean;
   /** Its slot answered MOVED/ASK: flush it in a pipeline of its own, which ioredis can redirect whole. */
@@ -118,9 +145,10 @@ class RedisCell implements Batchable {
   /** When a flush of this cell last failed (its node unreachable); -Infinity once it succeeds again. */
   failedAt = Number.NEGATIVE_INFINITY;
 
-  constructor(counter: RedisCounter, start: number, known: boolean, seenAt: number) {
+  constructor(counter: RedisCounter, start: number, known: boolean, seenAt: number, field: string) {
     this.counter = counter;
     this.start = start;
+    this.field = field;
     const k = cellKeys(counter.tag, start);
     this.keyC = k.c;
     this.keyR = k.r;
@@ -129,35 +157,28 @@ class RedisCell implements Batchable {
   }
 
   consumed(): number {
-    const v = this.baseC + this.inflightC + this.pendingC;
-    return v > 0 ? v : 0;
+    return this.othersC + this.ownC;
   }
 
   reserved(): number {
-    const v = this.baseR + this.inflightR + this.pendingR - this.undoingR;
-    return v > 0 ? v : 0;
+    return this.othersR + this.ownR + this.admittingR;
   }
 
-  /** Deltas of this process not yet in Redis. */
+  /** Own usage Redis has not acknowledged yet. */
   unflushed(): number {
-    return this.inflightC + this.inflightR + this.pendingC + this.pendingR;
+    return Math.max(0, this.ownC - this.ackedC) + Math.max(0, this.ownR + this.admittingR - this.ackedR);
   }
 
   dirty(): boolean {
-    return this.pendingC !== 0 || this.pendingR !== 0 || this.inflightC !== 0 || this.inflightR !== 0;
+    return this.ownC !== this.ackedC || this.ownR + this.admittingR !== this.ackedR;
   }
 }
 
 interface FlushOp {
   readonly cell: RedisCell;
-  /** Reply index of the c and r commands, or of the MGET (c = r = index, mget = true). */
-  readonly iC: number;
-  readonly iR: number;
-  readonly iExpC: number;
-  readonly iExpR: number;
-  readonly mget: boolean;
-  readonly dc: number;
-  readonly dr: number;
+  readonly index: number;
+  /** The write's own state (undefined for a read-only refresh). */
+  readonly sent: { c: number; r: number } | undefined;
 }
 
 interface FlushGroup {
@@ -166,13 +187,25 @@ interface FlushGroup {
   readonly readOnly: boolean;
 }
 
-/** A synchronous admission's reply for one cell, applied in send order. */
+/** The script's reply, decoded. */
+interface ScriptReply {
+  readonly c: number;
+  readonly othersR: number;
+  readonly storedSeq: number;
+  readonly storedC: number;
+  readonly storedR: number;
+  readonly admitted: boolean;
+  readonly prevC: number;
+  readonly prevR: number;
+}
+
+/** A synchronous admission's reply for one cell. */
 interface AdmissionReply {
   readonly failure: RedisErrorKind | undefined;
-  /** The reservation's INCRBY was applied (it must be taken back if the request is not admitted). */
-  readonly applied: boolean;
-  /** Redis's total before this reservation plus this process's deltas Redis had not seen at that point. */
-  readonly before: number;
+  readonly admitted: boolean;
+  /** Global usage the decision was made on (for Retry-After). */
+  readonly used: number;
+  readonly prevUsed: number;
 }
 
 function int(v: unknown): number {
@@ -182,6 +215,14 @@ function int(v: unknown): number {
     return Number.isFinite(n) ? n : 0;
   }
   return 0;
+}
+
+function decode(v: unknown): ScriptReply | undefined {
+  if (!Array.isArray(v) || v.length < 8) return undefined;
+  return {
+    c: int(v[0]), othersR: int(v[1]), storedSeq: int(v[2]), storedC: int(v[3]), storedR: int(v[4]),
+    admitted: int(v[5]) === 1, prevC: int(v[6]), prevR: int(v[7]),
+  };
 }
 
 function retentionEnd(cell: RedisCell): number {
@@ -197,6 +238,8 @@ const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, 'half-open': 1,
 
 export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   readonly name: string;
+  /** This store's identity in the holders hashes: unique per process and store instance. */
+  readonly processId: string;
   private readonly shared: SharedRedis;
   private readonly batcher: Batcher<RedisCell>;
   private readonly counters = new Map<string, RedisCounter>();
@@ -208,8 +251,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private readonly maxViewAgeMs: number;
   private readonly freshViewMs: number;
   private readonly syncSafety: number;
+  private readonly leaseMs: number;
+  private readonly maxKeys: number;
+  private readonly clock: Clock;
+  private readonly guard: TokenGuard;
   private readonly unsubscribe: () => void;
-  private readonly sweepTimer: NodeJS.Timeout;
+  private readonly cancelSweep: () => void;
+  private readonly cancelRenew: () => void;
   private readonly m: {
     flushOk: { inc(n?: number): void };
     flushError: { inc(n?: number): void };
@@ -225,10 +273,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     dropped: { inc(n?: number): void };
     sync: { inc(n?: number): void };
     degraded: { inc(n?: number): void };
+    keys: { set(v: number): void };
+    evicted: { inc(n?: number): void };
+    overflow: { inc(n?: number): void };
   };
   /** Replies are applied in send order per connection (see reply-lanes.ts). */
   private readonly lanes = new ReplyLanes();
-  /** Numbers every pipeline sent, so a cell can tell an older reply from a newer one across lanes. */
+  /** Numbers every pipeline sent; also the sequence of this process's writes in the holders hashes. */
   private sendSeq = 0;
   /** Round trip of recent flushes, ms (EWMA). */
   private flushLatencyMs = 1;
@@ -236,9 +287,20 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private redirections = 0;
   private closed = false;
   private readonly scratch: RedisCell[] = [];
+  private readonly logged = new Map<string, { at: number; suppressed: number }>();
+  /**
+   * The client was usable at least once. Before that (first connect, slow on a loaded machine) unsent
+   * flushes do not count against the breaker: the shared client opens it if the connection stays down.
+   */
+  private connectedOnce = false;
+  /** After a scan that found nothing to evict, no new scan before this clock time. */
+  private evictRetryAt = Number.NEGATIVE_INFINITY;
+  /** Eviction rounds so far (cells created afterwards write under a new field name, see RedisCell.field). */
+  private evictions = 0;
 
   constructor(target: RedisTargetConfig, opts: RedisStoreOptions) {
     this.name = opts.storeLabel;
+    this.processId = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
     this.allowDegradation = opts.allowDegradation;
     this.syncMode = opts.batching.flush_interval_ms <= 0;
     this.intervalMs = Math.max(1, opts.batching.flush_interval_ms);
@@ -246,8 +308,12 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     this.maxViewAgeMs = opts.maxViewAgeMs ?? DEFAULT_MAX_VIEW_AGE_MS;
     this.freshViewMs = opts.freshViewMs ?? Math.max(3 * this.intervalMs, 30);
     this.syncSafety = opts.syncSafety ?? DEFAULT_SYNC_SAFETY;
+    this.leaseMs = Math.max(3 * this.intervalMs, opts.batching.reservation_lease_ms ?? DEFAULT_LEASE_MS);
+    this.maxKeys = Math.max(1, opts.maxKeys ?? DEFAULT_MAX_KEYS);
+    this.clock = opts.clock ?? monotonicClock;
     const mt = opts.metrics;
     const store = opts.storeLabel;
+    this.guard = new TokenGuard(store, mt.quotaInvalidAmounts);
     this.m = {
       flushOk: mt.redisFlushes.labels({ store, outcome: 'ok' }),
       flushError: mt.redisFlushes.labels({ store, outcome: 'error' }),
@@ -268,6 +334,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       dropped: mt.redisDroppedDeltas.labels({ store }),
       sync: mt.syncAdmissions.labels({ store }),
       degraded: mt.degradedAdmissions.labels({ store }),
+      keys: mt.quotaTrackedKeys.labels({ store }),
+      evicted: mt.quotaKeyEvictions.labels({ store, outcome: 'evicted' }),
+      overflow: mt.quotaKeyEvictions.labels({ store, outcome: 'overflow' }),
     };
     this.batcher = new Batcher<RedisCell>(this, {
       // Synchronous mode writes on the next tick after a delta; the timer only retries failed writes.
@@ -275,22 +344,30 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       immediate: this.syncMode,
       maxBatchKeys: opts.batching.max_batch_keys,
       maxPendingKeys: opts.batching.max_pending_keys,
+      clock: this.clock,
     });
     this.shared = acquireRedis(target);
     this.unsubscribe = this.shared.subscribe({
       breaker: (state) => {
         this.m.breaker.set(BREAKER_GAUGE[state]);
+        if (state !== 'closed') this.logError('breaker', `redis circuit breaker ${state}`, undefined);
         if (state === 'closed') this.batcher.kick();
       },
       dataLost: () => this.resendAcknowledged(),
-      usable: () => this.batcher.kick(),
+      usable: () => {
+        this.connectedOnce = true;
+        this.batcher.kick();
+      },
       probe: () => this.m.cmdProbe.inc(),
       error: (kind) => this.m.errors[kind].inc(),
     });
     this.m.breaker.set(BREAKER_GAUGE[this.shared.breaker.state]);
+    this.connectedOnce = this.shared.usable;
+    this.m.keys.set(0);
     this.batcher.start();
-    this.sweepTimer = setInterval(() => this.sweep(), SWEEP_EVERY_MS);
-    this.sweepTimer.unref();
+    this.cancelSweep = this.clock.every(SWEEP_EVERY_MS, () => this.sweep());
+    // Live reservations are written again well within their lease; dropped or failed writes are retried.
+    this.cancelRenew = this.clock.every(Math.max(this.intervalMs, Math.floor(this.leaseMs / 6)), () => this.renew());
   }
 
   /** Resolves true once Redis is connected and usable (false after `timeoutMs`). For startup and tests. */
@@ -298,11 +375,16 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     return this.shared.whenUsable(timeoutMs);
   }
 
+  /** Counters tracked (for tests and the key cap). */
+  get size(): number {
+    return this.counters.size;
+  }
+
   // ------------------------------------------------------------------------------------------------------
   // QuotaStore
 
   acquire(items: readonly AcquireItem[], now: number): AcquireResult | Promise<AcquireResult> {
-    const perf = performance.now();
+    const perf = this.clock.now();
     const cells = this.scratch;
     let denied: number[] | undefined;
     let retry = 0;
@@ -310,8 +392,14 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     for (let i = 0; i < items.length; i++) {
       const item = items[i]!;
       const spec = item.counter;
-      const amount = tokens(item.amount);
-      const counter = this.counterFor(spec);
+      const amount = this.guard.estimate(item.amount, 'acquire');
+      const counter = this.counterFor(spec, perf);
+      if (counter === undefined) {
+        cells.length = 0;
+        this.m.overflow.inc();
+        this.logError('overflow', 'quota key cap reached (limits.max_quota_keys): new key refused', undefined);
+        return Promise.reject(new SluiceError('SLC_OVERLOADED', 'too many quota keys tracked'));
+      }
       const cell = this.roll(counter, windowStartOf(now, spec.windowMs));
       cells[i] = cell;
       this.noteAmount(counter, amount, perf);
@@ -327,7 +415,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
         remote = true;
         continue;
       }
-      // The cell's next flush refreshes it (an MGET when this process has no delta for it).
+      // The cell's next flush refreshes it (a read when this process has nothing to write).
       this.batcher.mark(cell);
       const used = this.usedOf(cell, prev, now);
       if (used >= spec.limit) {
@@ -365,8 +453,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
       const cell = e.cell;
-      cell.pendingR -= e.reserved;
-      cell.pendingC += tokens(actual[i] ?? 0);
+      cell.holds--;
+      cell.ownR = Math.max(0, cell.ownR - e.reserved);
+      // A value no upstream can produce (non-finite, negative, beyond any context) is charged as the estimate.
+      cell.ownC += this.guard.amount(actual[i] ?? 0, e.reserved, 'settle');
       this.batcher.mark(cell);
     }
   }
@@ -375,15 +465,18 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     const g = claimGrant<RedisCell>(grant, this);
     if (g === undefined) return;
     for (const e of g.entries) {
-      e.cell.pendingR -= e.reserved;
+      e.cell.holds--;
+      e.cell.ownR = Math.max(0, e.cell.ownR - e.reserved);
       this.batcher.mark(e.cell);
     }
   }
 
   peek(spec: CounterSpec, now: number): CounterView {
-    const counter = this.counterFor(spec);
-    const cell = this.roll(counter, windowStartOf(now, spec.windowMs));
-    // The next flush refreshes the view (an MGET when this process has no delta for it).
+    const ws = windowStartOf(now, spec.windowMs);
+    const counter = this.counterFor(spec, this.clock.now());
+    if (counter === undefined) return { limit: spec.limit, consumed: 0, reserved: 0, resetMs: ws + spec.windowMs - now };
+    const cell = this.roll(counter, ws);
+    // The next flush refreshes the view (a read when this process has nothing to write).
     this.batcher.mark(cell);
     let consumed = cell.consumed();
     let reserved = cell.reserved();
@@ -407,14 +500,27 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (!ok) throw new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE', 'quota deltas were not acknowledged by redis');
   }
 
+  /**
+   * Writes every cell's final state with this process's reservations removed (requests still running are
+   * not waited for: the pipeline settles them before closing the store), bounded by CLOSE_FLUSH_MS. What
+   * cannot be written stops counting when its lease ends.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.batcher.stop();
-    clearInterval(this.sweepTimer);
+    this.cancelSweep();
+    this.cancelRenew();
+    for (const counter of this.counters.values()) {
+      for (const cell of [counter.cur, counter.prev]) {
+        if (cell === undefined) continue;
+        cell.ownR = 0;
+        if (cell.dirty()) this.batcher.mark(cell);
+      }
+    }
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      this.batcher.flush().catch(() => false),
+      this.drain(),
       new Promise<void>((resolve) => { timer = setTimeout(resolve, CLOSE_FLUSH_MS); }),
     ]);
     clearTimeout(timer);
@@ -422,14 +528,24 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     await releaseRedis(this.shared);
   }
 
+  /** Flush until nothing is dirty, or a flush fails (close() bounds the time). */
+  private async drain(): Promise<void> {
+    for (let i = 0; i < 5 && this.batcher.backlog > 0; i++) {
+      if (!(await this.batcher.flush().catch(() => false))) return;
+    }
+  }
+
   // ------------------------------------------------------------------------------------------------------
   // Local view
 
-  private counterFor(spec: CounterSpec): RedisCounter {
+  /** The counter for a spec, created when new; undefined when the key cap is reached and nothing can be evicted. */
+  private counterFor(spec: CounterSpec, perf: number): RedisCounter | undefined {
     let c = this.counters.get(spec.id);
     if (c === undefined) {
+      if (this.counters.size >= this.maxKeys && !this.evict()) return undefined;
       c = new RedisCounter(spec);
       this.counters.set(spec.id, c);
+      this.m.keys.set(this.counters.size);
     } else if (c.windowMs !== spec.windowMs) {
       // A new window length does not line up with the old windows: start afresh (the rate stays a hint).
       c.windowMs = spec.windowMs;
@@ -438,7 +554,41 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       c.known = false;
     }
     c.sliding = spec.sliding;
+    c.limit = spec.limit;
+    c.usedAt = perf;
     return c;
+  }
+
+  /** A counter may be forgotten when Redis holds all of its state and no grant refers to its cells. */
+  private evictable(counter: RedisCounter): boolean {
+    for (const cell of [counter.cur, counter.prev]) {
+      if (cell !== undefined && (cell.holds > 0 || cell.queued || cell.dirty() || cell.ownR > 0)) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Key cap reached: forget the least recently used evictable counters (1% of the cap at once, so the scan
+   * is paid rarely). False when none can be evicted.
+   */
+  private evict(): boolean {
+    // A flood of new keys while nothing can go must not rescan every counter for each of them.
+    const perf = this.clock.now();
+    if (perf < this.evictRetryAt) return false;
+    const want = Math.max(1, Math.floor(this.maxKeys / 100));
+    const candidates: RedisCounter[] = [];
+    for (const c of this.counters.values()) if (this.evictable(c)) candidates.push(c);
+    if (candidates.length === 0) {
+      this.evictRetryAt = perf + EVICT_RETRY_MS;
+      return false;
+    }
+    candidates.sort((a, b) => a.usedAt - b.usedAt);
+    const n = Math.min(want, candidates.length);
+    for (let i = 0; i < n; i++) this.counters.delete(candidates[i]!.id);
+    this.evictions++;
+    this.m.evicted.inc(n);
+    this.m.keys.set(this.counters.size);
+    return true;
   }
 
   /** The counter's cell for the window starting at `ws` (a `now` older than the newest window stays in it). */
@@ -447,17 +597,21 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (cur !== undefined && ws <= cur.start) return cur;
     // A counter this process has reconciled before starts its next window from its last view's age: the
     // new window starts at zero everywhere, and what others added since is bounded by rate × age.
-    const cell = new RedisCell(counter, ws, counter.known, counter.seenAt);
+    const cell = new RedisCell(counter, ws, counter.known, counter.seenAt, this.fieldName());
     if (cur !== undefined && ws - cur.start === counter.windowMs) {
       counter.prev = cur;
       // Late settlements from other replicas land in the previous window; learn its final totals once.
       if (counter.sliding) this.batcher.mark(cur);
     } else {
-      counter.prev = counter.sliding ? new RedisCell(counter, ws - counter.windowMs, false, Number.NEGATIVE_INFINITY) : undefined;
+      counter.prev = counter.sliding ? new RedisCell(counter, ws - counter.windowMs, false, Number.NEGATIVE_INFINITY, this.fieldName()) : undefined;
       if (counter.prev !== undefined) this.batcher.mark(counter.prev);
     }
     counter.cur = cell;
     return cell;
+  }
+
+  private fieldName(): string {
+    return this.evictions === 0 ? this.processId : `${this.processId}.${this.evictions.toString(36)}`;
   }
 
   private prevCell(counter: RedisCounter, cell: RedisCell): RedisCell | undefined {
@@ -484,12 +638,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (amount > counter.maxAmount) counter.maxAmount = amount;
   }
 
-  /**
-   * Whether the local view is not enough to admit: the counter (or the previous window of a sliding one)
-   * was never learned from Redis or its growth rate is not measured yet, the view is too old, or the
-   * remaining quota is within reach of what other replicas may have added unseen:
-   * rate × (flush interval + flush latency + view age) × safety, plus the largest recent request.
-   */
+  /** Whether the local view is not enough to admit (see trusted). */
   private needsRedis(counter: RedisCounter, cell: RedisCell, prev: RedisCell | undefined, remaining: number, amount: number, perf: number): boolean {
     // While its node is unreachable (breaker open, or this cell's last flush failed, e.g. a Cluster master
     // failing over) an older view still admits far from the limit; otherwise it must be fresh.
@@ -502,6 +651,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
    * learned from Redis, its growth rate is measured, the view is at most `maxAgeMs` old, and the remaining
    * quota is beyond what other replicas may have added unseen:
    * rate × (flush interval + flush latency + view age) × safety, plus the largest recent request.
+   * A pure function of the view and the clock.
    */
   private trusted(counter: RedisCounter, cell: RedisCell, prev: RedisCell | undefined, remaining: number, amount: number, perf: number, maxAgeMs: number): boolean {
     if (!cell.known || (prev !== undefined && !prev.known) || !counter.rateKnown) return false;
@@ -517,8 +667,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     for (let i = 0; i < items.length; i++) {
       const item = items[i]!;
       const cell = cells[i]!;
-      const amount = tokens(item.amount);
-      cell.pendingR += amount;
+      const amount = this.guard.estimate(item.amount, undefined);
+      cell.ownR += amount;
+      cell.holds++;
       entries[i] = new StoreGrantEntry(item.counter, cell.start, amount, cell);
     }
     return new StoreGrant(this, entries);
@@ -530,30 +681,34 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private async acquireRemote(items: readonly AcquireItem[], cells: RedisCell[], now: number): Promise<AcquireResult> {
     const n = items.length;
     const amounts = new Array<number>(n);
-    // One pipeline per distinct cell (a counter's keys share a slot, two counters may not), carrying the
+    // One script call per distinct cell (a counter's keys share a slot, two counters may not), carrying the
     // reservations of every item on it.
     const perCell = new Map<RedisCell, number>();
     for (let i = 0; i < n; i++) {
       const cell = cells[i]!;
-      amounts[i] = tokens(items[i]!.amount);
+      amounts[i] = this.guard.estimate(items[i]!.amount, undefined);
       perCell.set(cell, (perCell.get(cell) ?? 0) + amounts[i]!);
     }
     const nowMs = Date.now();
     const order = [...perCell.keys()];
-    const replies = await Promise.all(order.map((cell) => this.sendAdmission(cell, perCell.get(cell)!, nowMs)));
+    for (const cell of order) cell.holds++;
+    const replies = await Promise.all(order.map((cell) => this.sendAdmission(cell, perCell.get(cell)!, now, nowMs)));
+    for (const cell of order) cell.holds--;
 
     let failure: RedisErrorKind | undefined;
-    for (const r of replies) failure ??= r.failure;
+    let connection = false;
+    for (const r of replies) {
+      failure ??= r.failure;
+      if (r.failure !== undefined && r.failure !== 'reply') connection = true;
+    }
     if (failure !== undefined) {
-      this.m.errors[failure].inc();
-      this.failed(failure);
-      order.forEach((cell, k) => {
-        if (replies[k]!.applied) this.undoRemote(cell, perCell.get(cell)!);
-      });
+      // A reservation the script applied is taken back by the next write of the cell (absolute values).
+      for (const cell of order) if (cell.dirty()) this.batcher.mark(cell);
+      if (connection) this.failed(failure);
       // The node of these counters is failing (a Cluster master or Sentinel failover in progress): a view
       // reconciled within maxViewAgeMs and far from its limit still decides, so failovers reach no client.
       // Not in synchronous mode, which promises that every admission is decided by Redis.
-      if (!this.syncMode && this.rideOut(items, cells, now, performance.now())) return this.reserveLocally(items, cells);
+      if (!this.syncMode && this.rideOut(items, cells, now, this.clock.now())) return this.reserveLocally(items, cells);
       if (this.allowDegradation) return this.decideDegraded(items, cells, now);
       throw new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE');
     }
@@ -563,88 +718,67 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     let retry = 0;
     for (let i = 0; i < n; i++) {
       const cell = cells[i]!;
-      const spec = items[i]!.counter;
-      const prev = this.prevCell(cell.counter, cell);
-      const prevTotal = prev === undefined ? 0 : prev.consumed() + prev.reserved();
-      const cur = replies[order.indexOf(cell)]!.before;
-      if (cur + prevTotal * previousWeight(now, cell.start, spec.windowMs) >= spec.limit) {
+      const r = replies[order.indexOf(cell)]!;
+      if (!r.admitted) {
         (denied ??= []).push(i);
-        retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cur, prevTotal));
+        retry = Math.max(retry, retryAfterMs(now, cell.start, items[i]!.counter, r.used, r.prevUsed));
       }
     }
     if (denied !== undefined) {
-      for (const cell of order) this.undoRemote(cell, perCell.get(cell)!);
+      // Cells that admitted hold the amount in Redis until their next write takes it back.
+      for (const cell of order) if (cell.dirty()) this.batcher.mark(cell);
       return { ok: false, denied, retryAfterMs: retry };
     }
     this.m.sync.inc();
     const entries = new Array<StoreGrantEntry<RedisCell>>(n);
-    for (let i = 0; i < n; i++) entries[i] = new StoreGrantEntry(items[i]!.counter, cells[i]!.start, amounts[i]!, cells[i]!);
+    for (let i = 0; i < n; i++) {
+      const cell = cells[i]!;
+      cell.ownR += amounts[i]!;
+      cell.holds++;
+      entries[i] = new StoreGrantEntry(items[i]!.counter, cell.start, amounts[i]!, cell);
+    }
+    // The script stored exactly this state when nothing changed meanwhile; otherwise the next flush does.
+    for (const cell of order) if (cell.dirty()) this.batcher.mark(cell);
     return new StoreGrant(this, entries);
   }
 
   /**
-   * INCRBY of the reservation with the consumed total read alongside. The reply is applied in send order
-   * (reply-lanes.ts), so at that moment this process's flushes and undos sent before it are already in
-   * the base totals, and the ones sent after it are exactly what is still in flight.
+   * The write script with an amount to admit: Redis decides on consumed + every live reservation (+ the
+   * weighted previous window of a sliding counter), so decisions of all replicas are serialised.
    */
-  private sendAdmission(cell: RedisCell, amount: number, nowMs: number): Promise<AdmissionReply> {
-    const cmds: PortCommand[] = [['incrby', cell.keyR, amount], ['get', cell.keyC]];
-    if (!cell.expR) cmds.push(['expire', cell.keyR, ttlSeconds(cell, nowMs), 'NX']);
+  private sendAdmission(cell: RedisCell, amount: number, now: number, nowMs: number): Promise<AdmissionReply> {
     const prev = this.prevCell(cell.counter, cell);
-    if (prev !== undefined) cmds.push(['mget', prev.keyC, prev.keyR]);
-    this.m.cmdSync.inc(cmds.length);
+    const weight = prev === undefined ? 0 : previousWeight(now, cell.start, cell.counter.windowMs);
+    const sentC = cell.ownC;
+    const sentR = cell.ownR + cell.admittingR;
+    cell.admittingR += amount;
     const seq = ++this.sendSeq;
-    return this.lanes.send(this.laneOf(cell), () => this.shared.port.exec(cmds), (out): AdmissionReply => {
-      if (!out.ok) return { failure: out.kind, applied: false, before: 0 };
-      const [[errR, r], [errC, c], ...rest] = out.replies as [PortReply, PortReply, ...PortReply[]];
-      if (errR !== null) return { failure: classifyError(errR), applied: false, before: 0 };
-      cell.ackedR += amount;
-      if (errC !== null) return { failure: classifyError(errC), applied: true, before: 0 };
-      const perf = performance.now();
-      const total = int(c) + int(r);
-      if (this.fresher(cell, seq)) {
-        cell.baseR = int(r);
-        cell.baseC = Math.max(cell.baseC, int(c));
-      }
-      cell.known = true;
-      let at = 0;
-      if (!cell.expR) {
-        const [errE] = rest[at++] ?? [null];
-        if (errE === null) cell.expR = true;
-      }
-      if (prev !== undefined) {
-        const [errP, pv] = rest[at] ?? [new Error('missing reply'), null];
-        if (errP === null && Array.isArray(pv) && this.fresher(prev, seq)) this.learn(prev, int(pv[0]), int(pv[1]), perf);
-      }
-      this.reconciled(cell, perf);
-      // What Redis had before this request, plus what this process added that Redis had not applied when it
-      // answered (everything sent later is still in flight now, since replies are applied in send order).
-      const unseen = cell.pendingC + cell.pendingR + cell.inflightC + cell.inflightR - cell.undoingR;
-      return { failure: undefined, applied: true, before: total - amount + unseen };
-    });
-  }
-
-  /** Take back a reservation Redis applied for a request that is not admitted after all. */
-  private undoRemote(cell: RedisCell, amount: number): void {
+    const keys = prev === undefined ? [cell.keyC, cell.keyR] : [cell.keyC, cell.keyR, prev.keyC, prev.keyR];
+    const cmd: PortCommand = ['evalsha', WRITE_SHA, keys.length, ...keys, cell.field, seq, sentC, sentR, this.leaseMs, ttlSeconds(cell, nowMs), amount, cell.counter.limit, weight];
     this.m.cmdSync.inc();
-    cell.undoingR += amount;
-    const seq = ++this.sendSeq;
-    void this.lanes.send(this.laneOf(cell), () => this.shared.port.exec([['decrby', cell.keyR, amount]]), (out) => {
-      cell.undoingR -= amount;
+    return this.lanes.send(this.laneOf(cell), () => this.shared.port.exec([cmd]), (out): AdmissionReply => {
+      cell.admittingR -= amount;
       if (!out.ok) {
         this.m.errors[out.kind].inc();
-        // Re-send only what surely did not reach Redis: a double undo would hide reservations.
-        if (out.kind === 'not_sent') this.undoLater(cell, amount);
-        return;
+        this.logError(out.kind, 'redis admission failed', undefined);
+        return { failure: out.kind, admitted: false, used: 0, prevUsed: 0 };
       }
-      const [err, v] = out.replies[0] ?? [new Error('no reply'), null];
-      if (err === null) {
-        if (this.fresher(cell, seq)) cell.baseR = int(v);
-        cell.ackedR -= amount;
-      } else {
-        this.m.errors[classifyError(err)].inc();
-        this.undoLater(cell, amount);
+      const [err, v] = out.replies[0] ?? [new Error('missing reply'), null];
+      const reply = err === null ? decode(v) : undefined;
+      if (reply === undefined) {
+        const kind = this.replyError(cell, err);
+        return { failure: kind, admitted: false, used: 0, prevUsed: 0 };
       }
+      const perf = this.clock.now();
+      this.apply(cell, seq, reply, { c: sentC, r: sentR + (reply.admitted ? amount : 0) }, perf);
+      if (prev !== undefined && this.fresher(prev, seq)) {
+        prev.othersC = reply.prevC - prev.ackedC;
+        prev.othersR = Math.max(0, reply.prevR - prev.ackedR);
+        prev.known = true;
+        this.reconciled(prev, perf);
+      }
+      const used = reply.c + reply.othersR + sentR;
+      return { failure: undefined, admitted: reply.admitted, used, prevUsed: reply.prevC + reply.prevR };
     });
   }
 
@@ -654,9 +788,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   }
 
   /**
-   * Whether a reply to the pipeline numbered `seq` may set the cell's base totals: not when a reply to a
-   * later pipeline was applied already (possible only across lanes, e.g. a replica read or a redirected
-   * cell's own pipeline). Records `seq` as the newest applied.
+   * Whether a reply to the pipeline numbered `seq` may set the cell's totals: not when a reply to a later
+   * pipeline was applied already (possible only across lanes, e.g. a replica read or a redirected cell's
+   * own pipeline). Records `seq` as the newest applied.
    */
   private fresher(cell: RedisCell, seq: number): boolean {
     if (seq < cell.appliedSeq) return false;
@@ -664,9 +798,21 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     return true;
   }
 
-  private undoLater(cell: RedisCell, amount: number): void {
-    cell.pendingR -= amount;
-    this.batcher.mark(cell);
+  /** Apply a script reply to a cell: what Redis stores for this process, and the others' totals. */
+  private apply(cell: RedisCell, seq: number, reply: ScriptReply, sent: { c: number; r: number } | undefined, perf: number): void {
+    if (!this.fresher(cell, seq)) return;
+    // The stored own state is what this write sent when it was applied, or a newer write's (another lane).
+    if (sent !== undefined && reply.storedSeq === seq) {
+      cell.ackedC = sent.c;
+      cell.ackedR = sent.r;
+      cell.ackedAt = perf;
+      // The cell may have become evictable.
+      this.evictRetryAt = Number.NEGATIVE_INFINITY;
+    }
+    cell.othersC = Math.max(0, reply.c - reply.storedC);
+    cell.othersR = reply.othersR;
+    cell.known = true;
+    this.reconciled(cell, perf);
   }
 
   private rideOut(items: readonly AcquireItem[], cells: readonly RedisCell[], now: number, perf: number): boolean {
@@ -674,7 +820,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
       const cell = cells[i]!;
       const prev = this.prevCell(cell.counter, cell);
       const remaining = items[i]!.counter.limit - this.usedOf(cell, prev, now);
-      if (!this.trusted(cell.counter, cell, prev, remaining, tokens(items[i]!.amount), perf, this.maxViewAgeMs)) return false;
+      if (!this.trusted(cell.counter, cell, prev, remaining, this.guard.estimate(items[i]!.amount, undefined), perf, this.maxViewAgeMs)) return false;
     }
     return true;
   }
@@ -711,7 +857,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private degradedEstimate(cell: RedisCell): number {
     const s = cell.counter.share;
     const share = s <= 0 ? 1 : s < MIN_SHARE ? MIN_SHARE : s;
-    const base = Math.max(0, cell.baseC) + Math.max(0, cell.baseR);
+    const base = cell.othersC + cell.othersR + cell.ackedC + cell.ackedR;
     return Math.max(0, base + cell.unflushed() / share);
   }
 
@@ -724,44 +870,37 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   }
 
   drop(cell: RedisCell): void {
-    if (cell.pendingC === 0 && cell.pendingR === 0) return;
-    cell.pendingC = 0;
-    cell.pendingR = 0;
-    this.m.dropped.inc();
+    // The state is absolute, so nothing is lost: the renewal timer queues the cell again later.
+    if (cell.dirty()) this.m.dropped.inc();
   }
 
   async write(batch: readonly RedisCell[]): Promise<boolean> {
     if (!this.shared.usable) {
-      // Nothing was sent: keep every delta queued; a down connection counts against the breaker.
-      const perf = performance.now();
+      // Nothing was sent: keep every cell queued; a down connection counts against the breaker.
+      const perf = this.clock.now();
       for (const cell of batch) {
         cell.failedAt = perf;
         this.batcher.mark(cell);
       }
       this.m.flushError.inc();
       this.m.errors.not_sent.inc();
-      this.failed('not_sent');
+      if (this.connectedOnce) this.failed('not_sent');
       return false;
     }
     const nowMs = Date.now();
+    const seq = ++this.sendSeq;
     const groups = new Map<string, FlushGroup>();
     let keys = 0;
-    let commands = 0;
     for (const cell of batch) {
       if (retentionEnd(cell) + TTL_SLACK_MS < nowMs) {
-        // The window and its keys are gone; nobody reads these deltas any more.
-        cell.pendingC = 0;
-        cell.pendingR = 0;
+        // The window and its keys are gone; nobody reads this state any more.
+        cell.ackedC = cell.ownC;
+        cell.ackedR = cell.ownR + cell.admittingR;
         continue;
       }
-      const dc = cell.pendingC;
-      const dr = cell.pendingR;
-      cell.inflightC = dc;
-      cell.inflightR = dr;
-      cell.pendingC = 0;
-      cell.pendingR = 0;
-      // Keys only read (no delta) are refreshed with one MGET; with a replica reader they go there.
-      const readOnly = dc === 0 && dr === 0 && this.shared.port.readsFromReplica;
+      const write = cell.dirty() || (cell.ownR > 0 && this.leaseDue(cell));
+      // Keys only read are refreshed with the read script; with a replica reader they go there.
+      const readOnly = !write && this.shared.port.readsFromReplica;
       const gk = (cell.redirected ? `slot:${cell.counter.slot}` : this.shared.port.groupOf(cell.counter.slot)) + (readOnly ? '/ro' : '');
       cell.redirected = false;
       let g = groups.get(gk);
@@ -769,147 +908,105 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
         g = { cmds: [], ops: [], readOnly };
         groups.set(gk, g);
       }
-      const cmds = g.cmds;
-      if (dc === 0 && dr === 0) {
-        const at = cmds.push(['mget', cell.keyC, cell.keyR]) - 1;
-        g.ops.push({ cell, iC: at, iR: at, iExpC: -1, iExpR: -1, mget: true, dc, dr });
+      if (write) {
+        const sent = { c: cell.ownC, r: cell.ownR + cell.admittingR };
+        const index = g.cmds.push(['evalsha', WRITE_SHA, 2, cell.keyC, cell.keyR, cell.field, seq, sent.c, sent.r, this.leaseMs, ttlSeconds(cell, nowMs), 0, 0, 0]) - 1;
+        g.ops.push({ cell, index, sent });
       } else {
-        const ttl = ttlSeconds(cell, nowMs);
-        const iC = cmds.push(dc !== 0 ? ['incrby', cell.keyC, dc] : ['get', cell.keyC]) - 1;
-        // The TTL goes with this process's first write of the key in its window (and again after a loss).
-        const iExpC = cell.expC || dc === 0 ? -1 : cmds.push(['expire', cell.keyC, ttl, 'NX']) - 1;
-        const iR = cmds.push(dr !== 0 ? ['incrby', cell.keyR, dr] : ['get', cell.keyR]) - 1;
-        const iExpR = cell.expR || dr === 0 ? -1 : cmds.push(['expire', cell.keyR, ttl, 'NX']) - 1;
-        g.ops.push({ cell, iC, iR, iExpC, iExpR, mget: false, dc, dr });
+        const index = g.cmds.push(['evalsha', READ_SHA, 2, cell.keyC, cell.keyR, cell.field]) - 1;
+        g.ops.push({ cell, index, sent: undefined });
       }
       keys++;
     }
     if (keys === 0) return true;
+    let commands = 0;
     for (const g of groups.values()) commands += g.cmds.length;
-    const seq = ++this.sendSeq;
-    const started = performance.now();
+    const started = this.clock.now();
     this.redirections = 0;
     // Each group's replies are applied as soon as they (and everything sent before on its connection) are in.
     const failures = await Promise.all([...groups].map(([lane, g]) => this.lanes.send(lane, () => this.shared.port.exec(g.cmds, g.readOnly), (out) => this.applyGroup(g, out, seq))));
-    const latency = performance.now() - started;
+    const latency = this.clock.now() - started;
     this.flushLatencyMs = this.flushLatencyMs * (1 - RATE_ALPHA) + latency * RATE_ALPHA;
-    let failure: RedisErrorKind | undefined;
-    for (const f of failures) failure ??= f;
+    // Connection faults (the pipeline as a whole failed) count for the breaker; a reply error on one cell
+    // (bad data in its keys, a redirection, a node refusing writes) affects only that cell.
+    let connection: RedisErrorKind | undefined;
+    let replyFailed = false;
+    for (const f of failures) {
+      if (f === undefined) continue;
+      if (f === 'reply') replyFailed = true;
+      else connection ??= f;
+    }
     this.m.cmdFlush.inc(commands);
     this.m.flushKeys.observe(keys);
     this.m.flushCommands.observe(commands);
     this.m.flushDuration.observe(latency / 1000);
     this.m.pending.set(this.batcher.backlog);
     if (this.redirections > 0) this.shared.port.slotsMoved();
-    if (failure !== undefined) {
+    if (connection !== undefined) {
       this.m.flushError.inc();
-      // A resharding is not an outage: redirected keys are retried, the breaker is not told.
-      if (this.redirections === 0) this.failed(failure);
+      this.failed(connection);
+      return false;
+    }
+    this.shared.breaker.success();
+    if (replyFailed) {
+      this.m.flushError.inc();
       return false;
     }
     this.m.flushOk.inc();
-    this.shared.breaker.success();
     return true;
+  }
+
+  private leaseDue(cell: RedisCell): boolean {
+    return this.clock.now() - cell.ackedAt >= this.leaseMs / 3;
   }
 
   /** Apply one group's outcome to its cells; returns the error kind when some of it failed (queued again). */
   private applyGroup(g: FlushGroup, out: RemoteOutcome, seq: number): RedisErrorKind | undefined {
-    const perf = performance.now();
+    const perf = this.clock.now();
     if (!out.ok) {
       this.m.errors[out.kind].inc();
+      this.logError(out.kind, 'redis flush failed', undefined);
       for (const op of g.ops) {
         op.cell.failedAt = perf;
-        this.restore(op.cell, true, true);
+        this.batcher.mark(op.cell);
       }
       return out.kind;
     }
     let failure: RedisErrorKind | undefined;
     for (const op of g.ops) {
-      const kind = this.reconcileOp(op, out.replies, perf, seq);
-      if (kind !== undefined) failure ??= kind;
-    }
-    return failure;
-  }
-
-  /** Apply one cell's replies; returns the error kind when part of it failed (that part is queued again). */
-  private reconcileOp(op: FlushOp, replies: PortReply[], perf: number, seq: number): RedisErrorKind | undefined {
-    const cell = op.cell;
-    if (op.mget) {
-      const [err, v] = replies[op.iC]!;
-      if (err !== null || !Array.isArray(v)) {
-        this.restore(cell, true, true);
-        return this.replyError(cell, err);
+      const [err, v] = out.replies[op.index] ?? [new Error('missing reply'), null];
+      const reply = err === null ? decode(v) : undefined;
+      if (reply === undefined) {
+        this.batcher.mark(op.cell);
+        failure ??= this.replyError(op.cell, err);
+        continue;
       }
-      if (this.fresher(cell, seq)) this.learn(cell, int(v[0]), int(v[1]), perf);
-      return undefined;
-    }
-    let failure: RedisErrorKind | undefined;
-    const [errC, c] = replies[op.iC]!;
-    const [errR, r] = replies[op.iR]!;
-    const fresh = (errC === null || errR === null) && this.fresher(cell, seq);
-    if (errC === null) {
-      const reply = int(c);
-      // A key that comes back at exactly our delta was created by it: if we had set its TTL before, the
-      // key was lost in between, so the next write sets the TTL again.
-      if (op.dc !== 0 && reply === op.dc && cell.expC && cell.ackedC > 0) cell.expC = false;
-      cell.ackedC += cell.inflightC;
-      cell.inflightC = 0;
-      if (fresh) cell.baseC = Math.max(cell.baseC, reply);
-      if (op.iExpC >= 0 && replies[op.iExpC]![0] === null) cell.expC = true;
-    } else {
-      this.restore(cell, true, false);
-      failure = this.replyError(cell, errC);
-    }
-    if (errR === null) {
-      const reply = int(r);
-      if (op.dr !== 0 && reply === op.dr && cell.expR && cell.ackedR > 0) cell.expR = false;
-      cell.ackedR += cell.inflightR;
-      cell.inflightR = 0;
-      if (fresh) cell.baseR = reply;
-      if (op.iExpR >= 0 && replies[op.iExpR]![0] === null) cell.expR = true;
-    } else {
-      this.restore(cell, false, true);
-      failure ??= this.replyError(cell, errR);
-    }
-    if (failure === undefined) {
-      cell.known = true;
-      if (fresh) this.reconciled(cell, perf);
+      this.apply(op.cell, seq, reply, op.sent, perf);
+      if (op.cell.dirty()) this.batcher.mark(op.cell);
     }
     return failure;
   }
 
+  /** A reply error for one cell: logged and counted; never a connection fault. */
   private replyError(cell: RedisCell, err: Error | null): RedisErrorKind {
     const kind = err === null ? 'reply' : classifyError(err);
     this.m.errors[kind].inc();
     if (isRedirection(err)) {
       cell.redirected = true;
       this.redirections++;
-    } else {
-      // The node refused the write (READONLY while a Sentinel failover demotes it, LOADING, ...): treat the
-      // cell's node as unreachable, so its recent view keeps admitting far from the limit meanwhile.
-      cell.failedAt = performance.now();
+      return kind;
     }
-    return kind;
-  }
-
-  /** A failed write: its deltas go back to pending (at least once: a timeout may hide an applied INCRBY). */
-  private restore(cell: RedisCell, c: boolean, r: boolean): void {
-    if (c) {
-      cell.pendingC += cell.inflightC;
-      cell.inflightC = 0;
+    // The node did not answer in time, or refused the write (READONLY while a Sentinel failover demotes it,
+    // LOADING, ...): treat the cell's node as unreachable, so its recent view keeps admitting far from the
+    // limit meanwhile. A key holding bad data fails the same way, for that counter only.
+    cell.failedAt = this.clock.now();
+    if (kind !== 'reply') {
+      this.logError(kind, 'redis command failed', err ?? undefined);
+      return kind;
     }
-    if (r) {
-      cell.pendingR += cell.inflightR;
-      cell.inflightR = 0;
-    }
-    this.batcher.mark(cell);
-  }
-
-  private learn(cell: RedisCell, c: number, r: number, perf: number): void {
-    cell.baseC = Math.max(cell.baseC, c);
-    cell.baseR = r;
-    cell.known = true;
-    this.reconciled(cell, perf);
+    const nodeState = err !== null && NODE_STATE.test(err.message);
+    this.logError(`reply:${err?.message.slice(0, 40) ?? 'malformed'}`, nodeState ? 'redis node refused a quota write' : 'redis refused a quota write (bad data in the counter keys?)', err ?? undefined);
+    return 'reply';
   }
 
   /** Fresh global totals for a cell: update the view age and, for the current window, rate and share. */
@@ -920,8 +1017,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     if (cell !== counter.cur) return;
     counter.known = true;
     counter.seenAt = perf;
-    const total = cell.baseC + cell.baseR;
     const own = cell.ackedC + cell.ackedR;
+    const total = cell.othersC + cell.othersR + own;
     if (counter.rateCell !== cell) {
       counter.rateCell = cell;
       counter.rateTotal = total;
@@ -949,31 +1046,52 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     this.shared.breaker.failure(kind === 'timeout');
   }
 
-  /** Redis lost its data (restarted empty): write again everything this process had written in live windows. */
+  /** Rate-limited error log: one line per key per LOG_EVERY_MS, with how many were suppressed. No secrets. */
+  private logError(key: string, msg: string, err: Error | undefined): void {
+    const now = this.clock.now();
+    const e = this.logged.get(key);
+    if (e !== undefined && now - e.at < LOG_EVERY_MS) {
+      e.suppressed++;
+      return;
+    }
+    log.warn(msg, { store: this.name, kind: key.split(':')[0], error: err?.message, suppressed: e?.suppressed ?? 0 });
+    this.logged.set(key, { at: now, suppressed: 0 });
+  }
+
+  /** Redis lost its data (restarted empty): write again this process's state in every live window. */
   private resendAcknowledged(): void {
     for (const counter of this.counters.values()) {
       for (const cell of [counter.cur, counter.prev]) {
         if (cell === undefined) continue;
-        cell.pendingC += cell.ackedC;
-        cell.pendingR += cell.ackedR;
         cell.ackedC = 0;
         cell.ackedR = 0;
-        cell.expC = false;
-        cell.expR = false;
+        cell.ackedAt = Number.NEGATIVE_INFINITY;
         this.batcher.mark(cell);
       }
     }
   }
 
-  /** Forget counters whose windows are over and that hold no unwritten deltas. */
+  /** Queue live reservations whose lease needs renewing, and state not yet written (dropped, failed). */
+  private renew(): void {
+    if (this.closed) return;
+    for (const counter of this.counters.values()) {
+      for (const cell of [counter.cur, counter.prev]) {
+        if (cell === undefined || cell.queued) continue;
+        if (cell.dirty() || (cell.ownR > 0 && this.leaseDue(cell))) this.batcher.mark(cell);
+      }
+    }
+  }
+
+  /** Forget counters whose windows are over and that hold nothing unwritten. */
   private sweep(): void {
     const nowMs = Date.now();
     for (const [id, counter] of this.counters) {
       const cur = counter.cur;
       if (cur === undefined) continue;
       if (cur.start + 2 * counter.windowMs + TTL_SLACK_MS > nowMs) continue;
-      if (cur.dirty() || cur.queued || (counter.prev !== undefined && (counter.prev.dirty() || counter.prev.queued))) continue;
+      if (!this.evictable(counter)) continue;
       this.counters.delete(id);
     }
+    this.m.keys.set(this.counters.size);
   }
 }

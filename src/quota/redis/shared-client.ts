@@ -1,8 +1,9 @@
-// One Redis client per target per process, shared by every store (route, plugin) that names that Redis,
-// with reference counting. The client owns what belongs to the connection rather than to a store: the
-// circuit breaker, and the dataset epoch that tells a reconnect to a fresh (emptied) Redis apart from a
-// reconnect to the same data.
+// One Redis client per target and client settings per process (redisClientKey), shared by every store
+// (route, plugin) that names that Redis with the same settings, with reference counting. The client owns what
+// belongs to the connection rather than to a store: the circuit breaker, and the dataset epoch that tells a
+// reconnect to a fresh (emptied) Redis apart from a reconnect to the same data.
 import { randomBytes } from 'node:crypto';
+import { redisClientKey } from '../../config/redis.ts';
 import type { RedisTargetConfig } from '../../config/types.ts';
 import { CircuitBreaker, type BreakerState } from './breaker.ts';
 import { EPOCH_KEY } from './keys.ts';
@@ -24,6 +25,7 @@ const PROBE_INTERVAL_MS = 500;
 const EPOCH_RETRY_MS = 200;
 
 export class SharedRedis {
+  /** The registry key (redisClientKey): the target plus the client's settings. */
   readonly id: string;
   readonly port: RedisPort;
   readonly breaker: CircuitBreaker;
@@ -36,8 +38,8 @@ export class SharedRedis {
   refs = 0;
   private closed = false;
 
-  constructor(target: RedisTargetConfig, port: RedisPort = createPort(target)) {
-    this.id = target.id;
+  constructor(target: RedisTargetConfig, key = redisClientKey(target), port: RedisPort = createPort(target)) {
+    this.id = key;
     this.port = port;
     this.breaker = new CircuitBreaker({
       failureThreshold: FAILURE_THRESHOLD,
@@ -154,10 +156,11 @@ const registry = new Map<string, SharedRedis>();
 
 /** The process-wide client for a target (created on first use); pair every call with releaseRedis. */
 export function acquireRedis(target: RedisTargetConfig): SharedRedis {
-  let shared = registry.get(target.id);
+  const key = redisClientKey(target);
+  let shared = registry.get(key);
   if (shared === undefined) {
-    shared = new SharedRedis(target);
-    registry.set(target.id, shared);
+    shared = new SharedRedis(target, key);
+    registry.set(key, shared);
   }
   shared.refs++;
   return shared;

@@ -1,0 +1,117 @@
+// The Lua scripts behind every write and admission of the Redis store. Per counter and window:
+//
+//   …:c   consumed total (string, integer)
+//   …:r   holders hash: one field per process, "<seq>:<consumed>:<reserved>:<lease expiry ms>"
+//
+// A process writes its own absolute state (consumed and reserved in the window) with a sequence number;
+// the script applies it only when the sequence is newer than the stored one, adds the growth of the
+// process's consumed to the total, and sums the reservations of the other processes whose lease has not
+// expired, judged by Redis's own TIME. A write is therefore idempotent: re-sending after a timeout counts
+// nothing twice, and a reservation whose owner died stops counting when its lease ends.
+import { createHash } from 'node:crypto';
+
+const PARSE = `
+local function parse(v)
+  local s, c, r, e = string.match(v, '^(%d+):(%d+):(%d+):(%d+)$')
+  if s == nil then return 0, 0, 0, 0 end
+  return tonumber(s), tonumber(c), tonumber(r), tonumber(e)
+end
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function total(key)
+  local v = redis.call('GET', key)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if n == nil or n ~= math.floor(n) then return redis.error_reply('ERR sluice: consumed total is not an integer') end
+  return n
+end
+-- One pass over a holders hash: the field 'id' (seq, consumed, reserved; seq -1 when absent) and the sum
+-- of the other fields' live reservations. 'clean' zeroes the reservation of expired fields (their consumed
+-- stays: it keeps a late write of that process idempotent).
+local function scan(key, id, now, clean)
+  local oseq, oc, orr, sum = -1, 0, 0, 0
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local s, c, r, e = parse(all[i + 1])
+    if all[i] == id then oseq, oc, orr = s, c, r
+    elseif r > 0 then
+      if e > now then sum = sum + r
+      elseif clean then redis.call('HSET', key, all[i], string.format('%d:%d:0:0', s, c)) end
+    end
+  end
+  return oseq, oc, orr, sum
+end
+`;
+
+/**
+ * KEYS: c, r of the window [, c, r of the previous window (sliding admission)].
+ * ARGV: field (process), seq, own consumed, own reserved, lease ms, ttl s, amount to admit (0: plain write),
+ *       limit, weight of the previous window.
+ * Returns [consumed total, others' live reserved, stored seq, stored own consumed, stored own reserved,
+ *          admitted (1/0), previous consumed total, previous live reserved (all processes)].
+ * Admission: the amount is added to this process's reservation iff consumed + every live reservation
+ * (+ the weighted previous window) is below the limit, so Redis serialises the decisions.
+ */
+export const WRITE_SCRIPT = `${PARSE}
+local id, seq = ARGV[1], tonumber(ARGV[2])
+local ownC, ownR = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease, ttl, amount = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = nowMs()
+local oseq, oc, orr, rest = scan(KEYS[2], id, now, true)
+local pc, pr = 0, 0
+if KEYS[3] then
+  pc = total(KEYS[3])
+  if type(pc) == 'table' then return pc end
+  local _, _, _, all = scan(KEYS[4], '', now, false)
+  pr = all
+end
+local c
+local admitted = 0
+if seq > oseq then
+  if ownC < oc then ownC = oc end
+  if ownC > oc then
+    c = redis.call('INCRBY', KEYS[1], ownC - oc)
+    -- The key was created by this write: give it its TTL (set once per window, never refreshed).
+    if c == ownC - oc then redis.call('EXPIRE', KEYS[1], ttl, 'NX') end
+  end
+end
+if c == nil then
+  c = total(KEYS[1])
+  if type(c) == 'table' then return c end
+end
+if seq > oseq then
+  if amount > 0 and c + rest + ownR + (pc + pr) * tonumber(ARGV[9]) < tonumber(ARGV[8]) then
+    ownR = ownR + amount
+    admitted = 1
+  end
+  if ownR > 0 then
+    redis.call('HSET', KEYS[2], id, string.format('%d:%d:%d:%d', seq, ownC, ownR, now + lease))
+  else
+    redis.call('HSET', KEYS[2], id, string.format('%d:%d:0:0', seq, ownC))
+  end
+  if oseq < 0 then redis.call('EXPIRE', KEYS[2], ttl, 'NX') end
+  oseq, oc, orr = seq, ownC, ownR
+end
+return {c, rest, oseq, oc, orr, admitted, pc, pr}
+`;
+
+/** Read-only refresh (may run on a replica). KEYS: c, r. ARGV: field. Same reply layout as WRITE_SCRIPT. */
+export const READ_SCRIPT = `#!lua flags=no-writes
+${PARSE}
+local now = nowMs()
+local c = total(KEYS[1])
+if type(c) == 'table' then return c end
+local oseq, oc, orr, rest = scan(KEYS[2], ARGV[1], now, false)
+return {c, rest, oseq, oc, orr, 0, 0, 0}
+`;
+
+export function sha1(text: string): string {
+  return createHash('sha1').update(text).digest('hex');
+}
+
+export const WRITE_SHA = sha1(WRITE_SCRIPT);
+export const READ_SHA = sha1(READ_SCRIPT);
+/** Script bodies by SHA, for the EVAL fallback when a node answers NOSCRIPT (restart, failover). */
+export const SCRIPTS: ReadonlyMap<string, string> = new Map([[WRITE_SHA, WRITE_SCRIPT], [READ_SHA, READ_SCRIPT]]);

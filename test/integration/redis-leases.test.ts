@@ -1,0 +1,159 @@
+// Reservations never leak (issue 7, item 8): a reservation whose owner died, or whose write outcome is
+// unknown, stops counting within a bounded time, and after any fault, once traffic stops, reserved returns
+// to 0 and consumed equals what was charged. Real processes only: a store in a child process killed with
+// SIGKILL, and a redis-server stopped with SIGSTOP for 5 s under load.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { cellKeys, counterTag } from '../../src/quota/redis/keys.ts';
+import { windowStartOf, type CounterSpec } from '../../src/quota/types.ts';
+import { redisCall, startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
+import { flushUntilAcknowledged, holders, startLoad, until } from '../conformance/load.ts';
+import { redisStore, standaloneTarget } from '../conformance/redis-targets.ts';
+
+const WINDOW = 10 * 60_000;
+const run = randomBytes(3).toString('hex');
+let n = 0;
+const spec = (limit: number): CounterSpec => ({ id: `lease-${run}-${++n}`, limit, windowMs: WINDOW, sliding: false });
+const CHILD = fileURLToPath(new URL('../conformance/store-child.ts', import.meta.url));
+
+describe('reservation leases', () => {
+  let redis: RedisServerHandle;
+  const call = (a: (string | number)[]) => redisCall(redis, a, { password: redis.password });
+  const keysOf = (c: CounterSpec, now: number) => cellKeys(counterTag(c.id), windowStartOf(now, WINDOW));
+  before(async () => {
+    redis = await startRedis({ password: 'lease-secret' });
+  });
+  after(async () => {
+    await redis?.stop();
+  });
+
+  it('a process killed with SIGKILL: its reservations stop counting once their lease ends', async (t) => {
+    const leaseMs = 2_000;
+    const c = spec(200);
+    const now = Date.now();
+    const target = standaloneTarget(redis);
+    const child = spawn(process.execPath, ['--import', 'tsx', CHILD, JSON.stringify({ target, counter: c, amount: 40, count: 4, leaseMs, now })], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const { store } = redisStore(standaloneTarget(redis));
+    try {
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+      await until(() => out.includes('held ') || child.exitCode !== null, 30_000, 'the child to hold its reservations');
+      assert.match(out, /held /);
+      assert.equal((await holders(call, keysOf(c, now).r)).reserved, 160);
+      // Another replica sees them: 160 of 200 reserved, one more request of 40 fits, the next does not.
+      const first = await store.acquire([{ counter: c, amount: 40 }], now);
+      assert.ok(first.ok);
+      const second = await store.acquire([{ counter: c, amount: 40 }], now);
+      assert.equal(second.ok, false);
+      store.release(first);
+      await store.flush();
+
+      child.kill('SIGKILL');
+      const killedAt = performance.now();
+      await until(async () => (await holders(call, keysOf(c, now).r)).reserved === 0, 10 * leaseMs, 'the dead process\'s reservations to expire');
+      const gone = performance.now() - killedAt;
+      t.diagnostic(`reservations of the killed process stopped counting after ${Math.round(gone)} ms (lease ${leaseMs} ms)`);
+      // The quota is available again to the living replica.
+      await until(async () => {
+        const r = await store.acquire([{ counter: c, amount: 150 }], now);
+        if (r.ok) store.release(r);
+        return r.ok;
+      }, 10_000, 'the quota to be available again');
+    } finally {
+      child.kill('SIGKILL');
+      await store.close();
+    }
+  });
+
+  it('a live process keeps its reservations counted past the lease: flushes renew it', async () => {
+    const leaseMs = 2_000;
+    const c = spec(1e9);
+    const now = Date.now();
+    const { store } = redisStore(standaloneTarget(redis), { batching: { flush_interval_ms: 50, max_batch_keys: 1000, max_pending_keys: 100_000, reservation_lease_ms: leaseMs } });
+    try {
+      const g = await store.acquire([{ counter: c, amount: 70 }], now);
+      assert.ok(g.ok);
+      await store.flush();
+      // A long stream: nothing else touches the counter for 2.5 leases.
+      const until = performance.now() + 2.5 * leaseMs;
+      let samples = 0;
+      while (performance.now() < until) {
+        assert.equal((await holders(call, keysOf(c, now).r)).reserved, 70, 'the reservation lapsed while its owner was alive');
+        samples++;
+        await sleep(100);
+      }
+      assert.ok(samples > 5);
+      store.settle(g, [60]);
+      await store.flush();
+      assert.equal((await holders(call, keysOf(c, now).r)).reserved, 0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('close() writes final settlements and removes this process\'s reservations', async () => {
+    const c = spec(1e9);
+    const now = Date.now();
+    const { store } = redisStore(standaloneTarget(redis));
+    assert.ok(await store.ready());
+    const grants = [];
+    for (let i = 0; i < 3; i++) {
+      const g = await store.acquire([{ counter: c, amount: 100 }], now);
+      assert.ok(g.ok);
+      grants.push(g);
+    }
+    await store.flush();
+    assert.equal((await holders(call, keysOf(c, now).r)).reserved, 300);
+    store.settle(grants[0]!, [42]);
+    await store.close();
+    assert.equal(await call(['get', keysOf(c, now).c]), '42', 'the settlement was written');
+    assert.equal((await holders(call, keysOf(c, now).r)).reserved, 0, 'no reservation outlives close()');
+  });
+
+  it('redis-server stopped (SIGSTOP) for 5 s under load: reserved returns to 0 and consumed equals charged', async (t) => {
+    const target = () => standaloneTarget(redis, { timeout_ms: 300 });
+    const a = redisStore(target(), { allowDegradation: true });
+    const b = redisStore(target(), { allowDegradation: false });
+    // Some counters far from their limit, one near it (synchronous admissions).
+    const cs = [spec(1e12), spec(1e12), spec(1e12), spec(400_000)];
+    const now = Date.now();
+    let resumed = false;
+    try {
+      assert.ok(await a.store.ready());
+      assert.ok(await b.store.ready());
+      const la = startLoad(a.store, cs, { amount: 40, actual: 25, concurrency: 8, now, maxMs: 60_000 });
+      const lb = startLoad(b.store, cs, { amount: 40, actual: 25, concurrency: 8, now, maxMs: 60_000 });
+      await until(() => la.admitted + lb.admitted > 200, 10_000, 'load to start');
+      redis.pause();
+      await sleep(5_000);
+      redis.resume();
+      resumed = true;
+      const resumedAt = performance.now();
+      await until(() => a.store.health() === 'ok' && b.store.health() === 'ok', 15_000, 'both breakers to close');
+      const recovered = performance.now() - resumedAt;
+      const mark = lb.mark();
+      await until(() => lb.mark().admitted > 0, 10_000, 'admissions to resume on the strict replica');
+      await la.stop();
+      await lb.stop();
+      t.diagnostic(`breakers closed ${Math.round(recovered)} ms after SIGCONT; strict replica had ${mark.unavailable} 503s during the run`);
+      assert.deepEqual([...la.otherErrors, ...lb.otherErrors], []);
+      await flushUntilAcknowledged(a.store);
+      await flushUntilAcknowledged(b.store);
+      for (const c of cs) {
+        const charged = (la.charged.get(c.id) ?? 0) + (lb.charged.get(c.id) ?? 0);
+        const k = keysOf(c, now);
+        assert.equal(Number((await call(['get', k.c])) ?? 0), charged, `${c.id}: consumed equals charged (nothing twice, nothing lost)`);
+        assert.equal((await holders(call, k.r)).reserved, 0, `${c.id}: no reservation left`);
+      }
+    } finally {
+      if (!resumed) redis.resume();
+      await a.store.close();
+      await b.store.close();
+    }
+  });
+});
