@@ -8,9 +8,11 @@
 // Tokens are o200k_base as counted by gpt-tokenizer, special-token text (`<|endoftext|>`) counted as plain text.
 // Generated content is "tok" followed by " tok" repeats: every word is exactly one o200k token, so the text of
 // n tokens counts back to exactly n, whole or summed delta by delta.
-import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
+// The table comes from src/tokens (loaded once per thread, on first use): an ESM import of gpt-tokenizer here
+// would load a second copy of o200k (~90 MB) beside the gateway's CJS one in `sluice start --embedded`.
+// countText is gpt-tokenizer's count exactly, in near-linear time (a one-letter run is not quadratic).
+import { countText } from '../tokens/count.ts';
 
-const PLAIN_TEXT = { disallowedSpecial: new Set<string>() };
 const CACHE_MAX_ENTRIES = 512;
 // Longer strings are counted every time rather than pinned in memory by the cache.
 const CACHE_MAX_CHARS = 64 * 1024;
@@ -22,7 +24,7 @@ export function textTokens(text: string): number {
   if (text.length === 0) return 0;
   const hit = cache.get(text);
   if (hit !== undefined) return hit;
-  const n = countTokens(text, PLAIN_TEXT);
+  const n = countText(text, 'o200k_base');
   if (text.length <= CACHE_MAX_CHARS) {
     // Evict the oldest entry: Map iterates in insertion order.
     if (cache.size >= CACHE_MAX_ENTRIES) cache.delete(cache.keys().next().value as string);

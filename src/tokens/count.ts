@@ -1,9 +1,7 @@
 // Prompt token counting with a real BPE tokenizer. Reservations are built on these counts, so every rule here
 // errs on the side of counting more: OpenAI's chat overheads, tool definitions, names, tool calls.
-import { getEncoder, type TokenEncoding } from './encoding.ts';
-
-// An empty disallowedSpecial set makes `<|endoftext|>` and friends ordinary text: user content must never throw.
-const ORDINARY = { disallowedSpecial: new Set<string>() };
+import type { TokenEncoding } from './encoding.ts';
+import { countTextExact, CountJob } from './text-count.ts';
 
 /** Per-message overhead (OpenAI's cookbook: <|start|>{role}\n{content}<|end|>\n). */
 export const TOKENS_PER_MESSAGE = 3;
@@ -14,9 +12,12 @@ export const TOKENS_PER_NAME = 1;
 /** Flat charge per image part until image sizes are taken into account (a low-detail image is 85 tokens). */
 export const TOKENS_PER_IMAGE = 85;
 
+/**
+ * Tokens of `text` as ordinary text (`<|endoftext|>` and friends are plain characters: user content must never
+ * throw), exactly as gpt-tokenizer counts them, in time near-linear in the text (src/tokens/text-count.ts).
+ */
 export function countText(text: string, enc: TokenEncoding): number {
-  if (text.length === 0) return 0;
-  return getEncoder(enc).countTokens(text, ORDINARY);
+  return countTextExact(text, enc);
 }
 
 // Prompt text repeats across requests: system prompts, and in multi-turn chats the whole history is re-sent
@@ -68,6 +69,7 @@ export class CountCache {
 }
 
 const promptCache: Record<TokenEncoding, CountCache> = { o200k_base: new CountCache(), cl100k_base: new CountCache() };
+const CACHE_RANGE: readonly [number, number] = [CACHE_MIN_CHARS, CACHE_MAX_ENTRY_CHARS];
 
 /** countText for prompt text, through the per-encoding cache. Generated (streamed) text is unique: use countText. */
 export function countPromptText(text: string, enc: TokenEncoding): number {
@@ -90,6 +92,7 @@ export function clearPromptCountCache(): void {
 
 // Roles repeat on every request; their counts are cached per encoding instead of re-tokenized.
 const roleCache: Record<TokenEncoding, Map<string, number>> = { o200k_base: new Map(), cl100k_base: new Map() };
+const ROLE_MAX_CHARS = 32;
 
 function countRole(role: string, enc: TokenEncoding): number {
   const cache = roleCache[enc];
@@ -105,54 +108,89 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function countContent(content: unknown, enc: TokenEncoding): number {
-  if (typeof content === 'string') return countPromptText(content, enc);
-  if (!Array.isArray(content)) return 0;
-  let n = 0;
-  for (const part of content) {
-    if (typeof part === 'string') { n += countPromptText(part, enc); continue; }
-    if (!isObject(part)) continue;
-    const type = part.type;
-    if (type === 'image_url' || type === 'image' || type === 'input_image') { n += TOKENS_PER_IMAGE; continue; }
-    if (typeof part.text === 'string') n += countPromptText(part.text, enc);
-    else if (typeof part.refusal === 'string') n += countPromptText(part.refusal, enc);
-  }
-  return n;
+/**
+ * A prompt taken apart for counting: fixed overheads already in tokens, plus the texts still to tokenize.
+ * Collecting is cheap and linear; counting the texts is the costly part, done at once (countPromptParts) or
+ * in time slices with a budget on a worker thread (promptCountJob).
+ */
+export interface PromptParts {
+  fixed: number;
+  texts: string[];
 }
 
-function countJson(value: unknown, enc: TokenEncoding): number {
-  if (value === undefined || value === null) return 0;
-  return countPromptText(JSON.stringify(value), enc);
+function addContent(parts: PromptParts, content: unknown): void {
+  if (typeof content === 'string') { parts.texts.push(content); return; }
+  if (!Array.isArray(content)) return;
+  for (const part of content) {
+    if (typeof part === 'string') { parts.texts.push(part); continue; }
+    if (!isObject(part)) continue;
+    const type = part.type;
+    if (type === 'image_url' || type === 'image' || type === 'input_image') { parts.fixed += TOKENS_PER_IMAGE; continue; }
+    if (typeof part.text === 'string') parts.texts.push(part.text);
+    else if (typeof part.refusal === 'string') parts.texts.push(part.refusal);
+  }
+}
+
+function addJson(parts: PromptParts, value: unknown): void {
+  if (value === undefined || value === null) return;
+  parts.texts.push(JSON.stringify(value));
 }
 
 /**
- * Prompt tokens of a chat request: 3 per message + role, name (+1), content text, tool calls, plus 3 for the
- * reply priming, plus the JSON text of `tools` / `functions` when given.
+ * Prompt of a chat request: 3 per message + role, name (+1), content text, tool calls, plus 3 for the reply
+ * priming, plus the JSON text of `tools` / `functions` when given.
  */
-export function countChatPrompt(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown): number {
-  let n = TOKENS_REPLY_PRIMING;
+export function chatPromptParts(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown): PromptParts {
+  const parts: PromptParts = { fixed: TOKENS_REPLY_PRIMING, texts: [] };
   for (const m of messages) {
-    n += TOKENS_PER_MESSAGE;
+    parts.fixed += TOKENS_PER_MESSAGE;
     if (!isObject(m)) continue;
-    if (typeof m.role === 'string') n += countRole(m.role, enc);
-    if (typeof m.name === 'string') n += countPromptText(m.name, enc) + TOKENS_PER_NAME;
-    n += countContent(m.content, enc);
-    if (m.tool_calls !== undefined) n += countJson(m.tool_calls, enc);
-    if (m.function_call !== undefined) n += countJson(m.function_call, enc);
-    if (typeof m.tool_call_id === 'string') n += countText(m.tool_call_id, enc);
+    if (typeof m.role === 'string') {
+      if (m.role.length <= ROLE_MAX_CHARS) parts.fixed += countRole(m.role, enc);
+      else parts.texts.push(m.role);
+    }
+    if (typeof m.name === 'string') { parts.texts.push(m.name); parts.fixed += TOKENS_PER_NAME; }
+    addContent(parts, m.content);
+    if (m.tool_calls !== undefined) addJson(parts, m.tool_calls);
+    if (m.function_call !== undefined) addJson(parts, m.function_call);
+    if (typeof m.tool_call_id === 'string') parts.texts.push(m.tool_call_id);
   }
-  return n + countJson(tools, enc) + countJson(functions, enc);
+  addJson(parts, tools);
+  addJson(parts, functions);
+  return parts;
 }
 
-/** Prompt tokens of a /v1/completions `prompt`: a string, an array of strings, or token ids (flat or nested). */
-export function countCompletionPrompt(prompt: unknown, enc: TokenEncoding): number {
-  if (typeof prompt === 'string') return countPromptText(prompt, enc);
-  if (!Array.isArray(prompt)) return 0;
-  let n = 0;
+/** Prompt of a /v1/completions `prompt`: a string, an array of strings, or token ids (flat or nested). */
+export function completionPromptParts(prompt: unknown): PromptParts {
+  const parts: PromptParts = { fixed: 0, texts: [] };
+  if (typeof prompt === 'string') { parts.texts.push(prompt); return parts; }
+  if (!Array.isArray(prompt)) return parts;
   for (const p of prompt) {
-    if (typeof p === 'string') n += countPromptText(p, enc);
-    else if (typeof p === 'number') n += 1;
-    else if (Array.isArray(p)) n += p.length;
+    if (typeof p === 'string') parts.texts.push(p);
+    else if (typeof p === 'number') parts.fixed += 1;
+    else if (Array.isArray(p)) parts.fixed += p.length;
   }
+  return parts;
+}
+
+/** Counts prompt parts now, exactly (cached texts are not re-tokenized). */
+export function countPromptParts(parts: PromptParts, enc: TokenEncoding): number {
+  let n = parts.fixed;
+  for (const t of parts.texts) n += countPromptText(t, enc);
   return n;
+}
+
+/** A resumable count of prompt parts through the prompt cache; its total includes the fixed part. */
+export function promptCountJob(parts: PromptParts, enc: TokenEncoding): CountJob {
+  const job = new CountJob(parts.texts, enc, { cache: promptCache[enc], cacheRange: CACHE_RANGE });
+  job.total = parts.fixed;
+  return job;
+}
+
+export function countChatPrompt(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown): number {
+  return countPromptParts(chatPromptParts(messages, enc, tools, functions), enc);
+}
+
+export function countCompletionPrompt(prompt: unknown, enc: TokenEncoding): number {
+  return countPromptParts(completionPromptParts(prompt), enc);
 }

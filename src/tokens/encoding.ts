@@ -11,14 +11,38 @@ export interface Encoder {
   countTokens(input: string, options?: EncodeOptions): number;
 }
 
+/** The parts of gpt-tokenizer 4.0's BytePairEncodingCore that src/tokens/text-count.ts drives directly. */
+export interface EncoderCore {
+  readonly tokenSplitRegex: RegExp;
+  getBpeRankFromString(piece: string): number | undefined;
+  getBpeRankFromBytes(bytes: Uint8Array): number | undefined;
+  bytePairEncode(piece: string): number[];
+}
+
+interface EncodingModule extends Encoder {
+  readonly default: { readonly bytePairEncodingCoreProcessor: EncoderCore };
+}
+
 // ESM `import()` is async and the counting API is sync, so the package's CJS build is loaded through require.
 const require = createRequire(import.meta.url);
-let o200k: Encoder | undefined;
-let cl100k: Encoder | undefined;
+let o200k: EncodingModule | undefined;
+let cl100k: EncodingModule | undefined;
 
+function load(enc: TokenEncoding): EncodingModule {
+  if (enc === 'o200k_base') return (o200k ??= require('gpt-tokenizer/encoding/o200k_base') as EncodingModule);
+  return (cl100k ??= require('gpt-tokenizer/encoding/cl100k_base') as EncodingModule);
+}
+
+/** The library's own API: its countTokens is the reference the linear counter is tested (and benchmarked) against. */
 export function getEncoder(enc: TokenEncoding): Encoder {
-  if (enc === 'o200k_base') return (o200k ??= require('gpt-tokenizer/encoding/o200k_base') as Encoder);
-  return (cl100k ??= require('gpt-tokenizer/encoding/cl100k_base') as Encoder);
+  return load(enc);
+}
+
+/** The library's BPE core (its pre-token regex, rank tables and per-piece merge). */
+export function getEncoderCore(enc: TokenEncoding): EncoderCore {
+  const core = load(enc).default.bytePairEncodingCoreProcessor;
+  if (core === undefined || !(core.tokenSplitRegex instanceof RegExp)) throw new Error('unsupported gpt-tokenizer build: no BytePairEncodingCore');
+  return core;
 }
 
 /** Loads the given tables now, so the first request that needs one does not pay for it. */

@@ -5,13 +5,15 @@ import { move } from 'piscina';
 import type { TokenEncoding } from '../tokens/encoding.ts';
 import type { PrepareFailure, PrepareOptions, PreparedRequest } from '../tokens/prepare.ts';
 
+/** budgetMs: worker time the task may spend counting before the rest is bounded by its UTF-8 bytes. */
 export type WorkerTask =
-  | { kind: 'prepare'; body: Uint8Array; opts: PrepareOptions }
-  | { kind: 'count-text'; text: string; enc: TokenEncoding };
+  | { kind: 'prepare'; body: Uint8Array; opts: PrepareOptions; budgetMs: number }
+  | { kind: 'count-text'; text: string; enc: TokenEncoding; budgetMs: number };
 
+/** exact: false when the budget ran out and the count is an upper bound. */
 export type WorkerResult =
   | { kind: 'prepare'; result: PreparedRequest | PrepareFailure }
-  | { kind: 'count-text'; tokens: number }
+  | { kind: 'count-text'; tokens: number; exact: boolean }
   | { kind: 'error'; message: string };
 
 export type TaskKind = WorkerTask['kind'];

@@ -18,13 +18,13 @@ function chatBody(i: number, stream = false): Buffer {
 }
 
 test('protocol: encoded messages own their buffer and round-trip, tails as Buffers', () => {
-  const a = encodeMessage({ kind: 'count-text', text: 'a', enc: 'o200k_base' });
-  const b = encodeMessage({ kind: 'count-text', text: 'b', enc: 'cl100k_base' });
+  const a = encodeMessage({ kind: 'count-text', text: 'a', enc: 'o200k_base', budgetMs: 100 });
+  const b = encodeMessage({ kind: 'count-text', text: 'b', enc: 'cl100k_base', budgetMs: 100 });
   assert.notEqual(a.buffer, b.buffer);
   assert.equal(a.byteOffset, 0);
   assert.equal(a.byteLength, a.buffer.byteLength);
-  assert.deepEqual(decodeTask(a), { kind: 'count-text', text: 'a', enc: 'o200k_base' });
-  assert.deepEqual(decodeTask(b), { kind: 'count-text', text: 'b', enc: 'cl100k_base' });
+  assert.deepEqual(decodeTask(a), { kind: 'count-text', text: 'a', enc: 'o200k_base', budgetMs: 100 });
+  assert.deepEqual(decodeTask(b), { kind: 'count-text', text: 'b', enc: 'cl100k_base', budgetMs: 100 });
 
   const prepared = prepareRequest(chatBody(3, true), CHAT);
   const res = decodeResult(encodeMessage({ kind: 'prepare', result: prepared }));
