@@ -1,11 +1,25 @@
-// uWS front end: accepts connections, turns each request into a ClientRequest/ClientResponse pair, reads the
-// body under a byte limit, and hands it to the gateway. uWebSockets.js is imported in this folder only.
+// uWS front end: accepts connections, turns each request into a ClientRequest/ClientResponse pair, checks the
+// request head (header limits, framing, path), reads the body under a byte limit and a global in-flight budget,
+// and hands it to the gateway. uWebSockets.js is imported in this folder only.
+//
+// What uWS 20.30 does before our handler runs cannot be changed here (docs/architecture.md §2, README
+// "Limits"): it answers only `HTTP/1.1` request lines (HTTP/1.0, absolute-form targets and requests without
+// Host wait unanswered until its 10 s timeout), cannot parse 49 or more header lines (same wait; closed at
+// once past 4 KiB of headers), closes a connection with an invalid Content-Length or both Content-Length and
+// Transfer-Encoding without a response, closes a connection that pipelines a request while an earlier answer is
+// still pending, and times out request heads and idle keep-alive connections after a fixed ~10 s. So by default
+// the HTTP/1.x guard (http1-guard.ts) holds the public port and uWS listens on a private loopback port behind it.
+import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
+import type { LimitsConfig } from '../config/types.ts';
 import { SluiceError, toErrorBody } from '../core/errors.ts';
+import type { Metrics } from '../metrics/registry.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
-import { UwsResponse } from './response.ts';
 import { sendError } from '../pipeline/error-response.ts';
+import { UwsResponse } from './response.ts';
+import { normalizePath } from './path.ts';
+import { Guard, PEER_HEADER } from './http1-guard.ts';
 
 /** What the front end needs from the gateway behind it. */
 export interface RequestSink {
@@ -26,6 +40,43 @@ export interface Listening {
   close(): void;
 }
 
+/** A listen or admin port that cannot be bound: a startup error, never a silent second listener. */
+export class ListenError extends Error {
+  /** EADDRINUSE, EACCES, EADDRNOTAVAIL, … as node:net reports for the same address, or 'UNKNOWN'. */
+  readonly code: string;
+  readonly host: string;
+  readonly port: number;
+
+  constructor(what: string, host: string, port: number, code: string) {
+    const why = code === 'EADDRINUSE'
+      ? 'address already in use (another process, perhaps another sluice, is listening there)'
+      : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'address not available on this host' : 'cannot listen';
+    super(`${what} ${host}:${port}: ${why} [${code}]`);
+    this.name = 'ListenError';
+    this.code = code;
+    this.host = host;
+    this.port = port;
+  }
+}
+
+export type FrontendLimits = Pick<LimitsConfig,
+  'max_inflight_body_bytes' | 'max_header_fields' | 'max_header_line_bytes' | 'max_header_bytes' | 'max_drain_bytes' | 'client_body_timeout_ms'
+  | 'client_header_timeout_ms' | 'client_idle_timeout_ms'>;
+
+export type FrontendMetrics = Pick<Metrics, 'requestsInFlight' | 'bodyBytesInFlight' | 'frontendRejected'>;
+
+export interface FrontendOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly limits: FrontendLimits;
+  readonly metrics?: FrontendMetrics;
+  /** Share the port with other listeners (SO_REUSEPORT). Only for Sluice's own per-thread Apps, by design;
+   *  the default binds exclusively, so a second gateway on a taken port fails to start. */
+  readonly reusePort?: boolean;
+  /** Put the HTTP/1.x guard (http1-guard.ts) on the port and uWS behind it on a private socket. Default true. */
+  readonly http1Guard?: boolean;
+}
+
 /** Fails fast when uWS fell back to its slow `ws` shim instead of the native binary. */
 export function assertNativeUws(): void {
   const mod = uWS as unknown as Record<string, unknown>;
@@ -34,12 +85,27 @@ export function assertNativeUws(): void {
   }
 }
 
-const JSON_HEADERS: [string, string][] = [['content-type', 'application/json']];
+const LISTEN_EXCLUSIVE = 1;
+const LISTEN_DEFAULT = 0;
 
-function listen(app: TemplatedApp, host: string, port: number): Promise<Listening> {
+/** uWS says only "false" when a bind fails; node:net tells why for the same address. */
+function bindErrorCode(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'UNKNOWN'));
+    s.listen({ host, port, exclusive: true }, () => s.close(() => resolve('UNKNOWN')));
+  });
+}
+
+function listen(app: TemplatedApp, what: string, host: string, port: number, reusePort: boolean): Promise<Listening> {
   return new Promise((resolve, reject) => {
-    app.listen(host, port, (token: us_listen_socket | false) => {
-      if (!token) { reject(new Error(`cannot listen on ${host}:${port}`)); return; }
+    // The native listen takes (host, port, options, cb); the typings only declare (port, options, cb).
+    const listenWithOptions = app.listen as unknown as (h: string, p: number, o: number, cb: (t: us_listen_socket | false) => void) => void;
+    listenWithOptions.call(app, host, port, reusePort ? LISTEN_DEFAULT : LISTEN_EXCLUSIVE, (token) => {
+      if (!token) {
+        bindErrorCode(host, port).then((code) => reject(new ListenError(what, host, port, code)), reject);
+        return;
+      }
       let listening = true;
       const stopListening = () => {
         if (listening) uWS.us_listen_socket_close(token);
@@ -55,54 +121,343 @@ function listen(app: TemplatedApp, host: string, port: number): Promise<Listenin
   });
 }
 
-function readRequest(res: HttpResponse, req: HttpRequest, startedAt: number): ClientRequest {
+/** The global budget of request-body bytes held by the front end. */
+class BodyBudget {
+  used = 0;
+  private readonly max: number;
+  private readonly gauge: FrontendMetrics['bodyBytesInFlight'] | undefined;
+
+  constructor(max: number, gauge: FrontendMetrics['bodyBytesInFlight'] | undefined) {
+    this.max = max;
+    this.gauge = gauge;
+  }
+
+  tryReserve(n: number): boolean {
+    if (n > 0 && this.used + n > this.max) return false;
+    this.used += n;
+    this.gauge?.set(this.used);
+    return true;
+  }
+
+  release(n: number): void {
+    this.used -= n;
+    this.gauge?.set(this.used);
+  }
+}
+
+/** Something waiting for request-body bytes; the sweeper calls `expire` after `client_body_timeout_ms` of silence. */
+interface Waiting {
+  lastActivity: number;
+  expire(): void;
+}
+
+/** One coarse interval instead of a timer per request: most bodies arrive with their head. */
+class BodyTimeouts {
+  private readonly waiting = new Set<Waiting>();
+  private readonly timeoutMs: number;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(timeoutMs: number) {
+    this.timeoutMs = timeoutMs;
+    this.timer = setInterval(() => this.sweep(), Math.max(10, Math.min(1000, Math.floor(timeoutMs / 4))));
+    this.timer.unref();
+  }
+
+  add(w: Waiting): void {
+    this.waiting.add(w);
+  }
+
+  delete(w: Waiting): void {
+    this.waiting.delete(w);
+  }
+
+  private sweep(): void {
+    if (this.waiting.size === 0) return;
+    const deadline = performance.now() - this.timeoutMs;
+    for (const w of this.waiting) {
+      if (w.lastActivity > deadline) continue;
+      this.waiting.delete(w);
+      w.expire();
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.waiting.clear();
+  }
+}
+
+interface Front {
+  readonly sink: RequestSink;
+  readonly limits: FrontendLimits;
+  readonly metrics: FrontendMetrics | undefined;
+  readonly budget: BodyBudget;
+  readonly timeouts: BodyTimeouts;
+  /** The guard is in front: the peer address comes from its private header. */
+  readonly guarded: boolean;
+}
+
+interface BodyHold {
+  bytes: number;
+}
+
+/** What the head says about the body, after framing checks. */
+interface Head {
+  readonly request: ClientRequest;
+  /** Declared Content-Length; undefined for chunked or absent. */
+  readonly declared: number | undefined;
+  /** A body follows (Content-Length > 0 or chunked). */
+  readonly hasBody: boolean;
+}
+
+/** A head the front end refuses: `close` when the connection cannot be trusted afterwards. */
+interface Refusal {
+  readonly err: SluiceError;
+  readonly reason: string;
+  /** Framing unknown: answer and close at once, no drain. */
+  readonly framing: boolean;
+  readonly hasBody: boolean;
+}
+
+const DIGITS = /^\d{1,15}$/;
+
+function refuse(reason: string, err: SluiceError, framing: boolean, hasBody: boolean): Refusal {
+  return { err, reason, framing, hasBody };
+}
+
+/**
+ * Reads the uWS request synchronously (it dies at the first await) and checks header limits and body framing:
+ * RFC 9112 §6.3 — Content-Length with Transfer-Encoding, differing or non-numeric Content-Length values, and a
+ * transfer coding other than chunked are 400 with the connection closed.
+ */
+function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: string, startedAt: number): Head | Refusal {
+  const limits = front.limits;
   const headers: Record<string, string> = {};
+  const url = req.getUrl();
+  const query = req.getQuery() ?? '';
+  // Request line as sent: "METHOD SP target SP HTTP/1.1".
+  const requestLine = method.length + url.length + (query === '' ? 0 : query.length + 1) + 10;
+  let total = requestLine + 2;
+  let longest = requestLine;
+  let fields = 0;
+  let lengths: string[] | undefined;
+  let te: string | undefined;
+  let peer: string | undefined;
   req.forEach((k, v) => {
+    // The guard's private header: never a client's, never passed on (a client copy is dropped by the guard, or
+    // here when the guard is off).
+    if (k === PEER_HEADER) { peer = v; return; }
+    fields++;
+    const line = k.length + 2 + v.length;
+    total += line + 2;
+    if (line > longest) longest = line;
+    if (k === 'content-length') (lengths ??= []).push(v.trim());
+    else if (k === 'transfer-encoding') te = te === undefined ? v : `${te}, ${v}`;
     const prev = headers[k];
     headers[k] = prev === undefined ? v : `${prev}, ${v}`;
   });
+  const hasBody = te !== undefined || (lengths !== undefined && lengths[0] !== '0');
+  if (fields > limits.max_header_fields || longest > limits.max_header_line_bytes || total > limits.max_header_bytes) {
+    const what = fields > limits.max_header_fields ? `more than ${limits.max_header_fields} header fields`
+      : longest > limits.max_header_line_bytes ? `a header line longer than ${limits.max_header_line_bytes} bytes`
+        : `headers larger than ${limits.max_header_bytes} bytes`;
+    return refuse('headers_too_large', new SluiceError('SLC_HEADERS_TOO_LARGE', `request has ${what}`), false, hasBody);
+  }
+  let declared: number | undefined;
+  if (te !== undefined) {
+    if (lengths !== undefined) return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'request has both Content-Length and Transfer-Encoding'), true, true);
+    if (te.trim().toLowerCase() !== 'chunked') return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'unsupported Transfer-Encoding (only chunked)'), true, true);
+  } else if (lengths !== undefined) {
+    // Repeated fields or a list ("5, 5"): equal values are one length (RFC 9110 §8.6); differing ones are how
+    // requests are smuggled past a proxy that reads another one than uWS (which takes the first).
+    for (const l of lengths) {
+      for (const part of l.split(',')) {
+        const p = part.trim();
+        if (!DIGITS.test(p)) return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'invalid Content-Length'), true, true);
+        const n = Number(p);
+        if (declared === undefined) declared = n;
+        else if (n !== declared) return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'conflicting Content-Length values'), true, true);
+      }
+    }
+    headers['content-length'] = String(declared);
+  }
+  const path = normalizePath(url);
+  if (path === undefined) return refuse('bad_path', new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), false, hasBody);
   return {
-    method: req.getMethod().toUpperCase(),
-    path: req.getUrl(),
-    query: req.getQuery() ?? '',
-    headers,
-    remoteAddr: Buffer.from(res.getRemoteAddressAsText()).toString('latin1'),
-    startedAt,
+    request: {
+      method,
+      path,
+      query,
+      headers,
+      remoteAddr: front.guarded ? peer ?? '' : Buffer.from(res.getRemoteAddressAsText()).toString('latin1'),
+      startedAt,
+    },
+    declared,
+    hasBody,
   };
 }
 
-function handle(sink: RequestSink, res: HttpResponse, req: HttpRequest): void {
-  const client = new UwsResponse(res);
-  const request = readRequest(res, req, performance.now());
+/**
+ * Refuse a request whose body is unwanted: read what is left of it, discarding it, up to `max_drain_bytes` and
+ * while it keeps arriving, then answer (nginx's lingering close, done in the order uWS allows: a uWS response
+ * cannot close its connection after it has ended). A client still sending (Node's fetch, undici, the openai SDK,
+ * curl) so reads the answer instead of EPIPE or a reset. `close`: the connection is closed with the answer
+ * (413, 431, 503, 400); otherwise (404, 405) it stays usable. Past the drain bound the answer goes out with the
+ * connection closed at once.
+ */
+class Refuser {
+  private drained: number;
+  private readonly front: Front;
+  private readonly client: UwsResponse;
+  private readonly err: SluiceError;
+  private readonly close: boolean;
+  private readonly waiting: Waiting;
+
+  constructor(front: Front, client: UwsResponse, err: SluiceError, close: boolean, already: number) {
+    this.front = front;
+    this.client = client;
+    this.err = err;
+    this.close = close;
+    this.drained = already;
+    this.waiting = { lastActivity: performance.now(), expire: () => this.answer(true) };
+    front.timeouts.add(this.waiting);
+  }
+
+  /** One body chunk of `n` bytes arrived. */
+  feed(n: number, isLast: boolean): void {
+    if (this.client.aborted || this.client.done) { this.front.timeouts.delete(this.waiting); return; }
+    this.drained += n;
+    this.waiting.lastActivity = performance.now();
+    if (isLast) this.answer(this.close);
+    else if (this.drained > this.front.limits.max_drain_bytes) this.answer(true);
+  }
+
+  private answer(close: boolean): void {
+    this.front.timeouts.delete(this.waiting);
+    answer(this.client, this.err, close);
+  }
+}
+
+function answer(client: UwsResponse, err: SluiceError, close: boolean): void {
+  if (close) client.sendAndClose(err.status, errorHeaders(err), toErrorBody(err));
+  else sendError(client, err);
+}
+
+function refuseBody(front: Front, res: HttpResponse, client: UwsResponse, err: SluiceError, close: boolean, hasBody: boolean): void {
+  if (!hasBody) { answer(client, err, close); return; }
+  const r = new Refuser(front, client, err, close, 0);
+  res.onData((ab, isLast) => r.feed(ab.byteLength, isLast));
+}
+
+function errorHeaders(err: SluiceError): [string, string][] {
+  const h: [string, string][] = [['content-type', 'application/json']];
+  if (err.headers !== undefined) for (const k of Object.keys(err.headers)) h.push([k, err.headers[k]!]);
+  return h;
+}
+
+function overloaded(): SluiceError {
+  return new SluiceError('SLC_OVERLOADED', 'too many request-body bytes in flight; retry shortly', { headers: { 'retry-after': '1' } });
+}
+
+function tooLarge(max: number): SluiceError {
+  return new SluiceError('SLC_BODY_TOO_LARGE', `request body exceeds ${max} bytes`);
+}
+
+function handle(front: Front, res: HttpResponse, req: HttpRequest): void {
+  const startedAt = performance.now();
+  const method = req.getMethod().toUpperCase();
+  const metrics = front.metrics;
+  metrics?.requestsInFlight.inc();
+  // Body bytes this request holds in the budget, released once when its response finishes or aborts.
+  const hold: BodyHold = { bytes: 0 };
+  const client = new UwsResponse(res, method === 'HEAD', () => {
+    metrics?.requestsInFlight.dec();
+    if (hold.bytes > 0) { front.budget.release(hold.bytes); hold.bytes = 0; }
+  }, front.guarded);
+  const head = readHead(front, res, req, method, startedAt);
+  if (!('request' in head)) {
+    metrics?.frontendRejected.inc({ reason: head.reason });
+    if (head.framing) answer(client, head.err, true);
+    else refuseBody(front, res, client, head.err, true, head.hasBody);
+    return;
+  }
+  const request = head.request;
   let accepted: Accepted | SluiceError;
   try {
-    accepted = sink.accept(request);
+    accepted = front.sink.accept(request);
   } catch (err) {
     accepted = new SluiceError('SLC_INTERNAL', undefined, { cause: err });
   }
-  if (accepted instanceof SluiceError) { sendError(client, accepted); return; }
-  const gate = accepted;
-  const declared = request.headers['content-length'];
-  if (declared !== undefined && Number(declared) > gate.maxBodyBytes) {
-    client.sendAndClose(413, JSON_HEADERS, toErrorBody(new SluiceError('SLC_BODY_TOO_LARGE', `request body exceeds ${gate.maxBodyBytes} bytes`)));
+  if (accepted instanceof SluiceError) {
+    // 404, 405: the connection stays usable once the (bounded) body is read.
+    refuseBody(front, res, client, accepted, false, head.hasBody);
     return;
   }
-  let parts: Buffer[] | undefined;
-  let size = 0;
-  let tooLarge = false;
-  res.onData((ab, isLast) => {
-    if (tooLarge || client.aborted) return;
-    size += ab.byteLength;
-    if (size > gate.maxBodyBytes) {
-      tooLarge = true;
-      client.sendAndClose(413, JSON_HEADERS, toErrorBody(new SluiceError('SLC_BODY_TOO_LARGE', `request body exceeds ${gate.maxBodyBytes} bytes`)));
+  const gate = accepted;
+  const declared = head.declared;
+  if (declared !== undefined && declared > gate.maxBodyBytes) {
+    metrics?.frontendRejected.inc({ reason: 'body_too_large' });
+    refuseBody(front, res, client, tooLarge(gate.maxBodyBytes), true, true);
+    return;
+  }
+  if (declared !== undefined) {
+    if (!front.budget.tryReserve(declared)) {
+      metrics?.frontendRejected.inc({ reason: 'overloaded' });
+      refuseBody(front, res, client, overloaded(), true, head.hasBody);
       return;
     }
-    // uWS neuters the ArrayBuffer when this callback returns: copy it.
-    const chunk = Buffer.from(new Uint8Array(ab).slice());
-    if (!isLast) { (parts ??= []).push(chunk); return; }
-    const body = parts === undefined ? chunk : Buffer.concat([...parts, chunk], size);
-    run(gate, request, client, body);
+    hold.bytes = declared;
+  }
+  readBody(front, res, client, hold, gate, request, declared);
+}
+
+/** Body bytes are copied once: into a buffer preallocated from Content-Length, or (chunked) into parts. */
+function readBody(front: Front, res: HttpResponse, client: UwsResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
+  const body = declared === undefined ? undefined : Buffer.allocUnsafe(declared);
+  let parts: Buffer[] | undefined;
+  let size = 0;
+  let failed = false;
+  let refuser: Refuser | undefined;
+  const waiting: Waiting = {
+    lastActivity: performance.now(),
+    expire: () => {
+      failed = true;
+      front.metrics?.frontendRejected.inc({ reason: 'body_timeout' });
+      const err = new SluiceError('SLC_REQUEST_TIMEOUT', `no request-body bytes for ${front.limits.client_body_timeout_ms} ms`);
+      answer(client, err, true);
+    },
+  };
+  front.timeouts.add(waiting);
+  res.onData((ab, isLast) => {
+    const n = ab.byteLength;
+    if (refuser !== undefined) { refuser.feed(n, isLast); return; }
+    if (failed || client.aborted) { front.timeouts.delete(waiting); return; }
+    waiting.lastActivity = performance.now();
+    if (body !== undefined) {
+      // uWS frames the body by Content-Length, so it never delivers more than declared.
+      body.set(new Uint8Array(ab), size);
+      size += n;
+    } else if (n > 0) {
+      size += n;
+      let err: SluiceError | undefined;
+      if (size > gate.maxBodyBytes) err = tooLarge(gate.maxBodyBytes);
+      else if (!front.budget.tryReserve(n)) err = overloaded();
+      if (err !== undefined) {
+        failed = true;
+        front.timeouts.delete(waiting);
+        front.metrics?.frontendRejected.inc({ reason: err.code === 'SLC_OVERLOADED' ? 'overloaded' : 'body_too_large' });
+        parts = undefined;
+        refuser = new Refuser(front, client, err, true, size - n);
+        refuser.feed(n, isLast);
+        return;
+      }
+      hold.bytes += n;
+      (parts ??= []).push(Buffer.from(new Uint8Array(ab)));
+    }
+    if (!isLast) return;
+    front.timeouts.delete(waiting);
+    const full = body ?? (parts === undefined ? Buffer.alloc(0) : parts.length === 1 ? parts[0]! : Buffer.concat(parts, size));
+    run(gate, request, client, full);
   });
 }
 
@@ -123,17 +478,70 @@ function fail(res: UwsResponse, err: unknown): void {
   sendError(res, err instanceof SluiceError ? err : new SluiceError('SLC_INTERNAL', undefined, { cause: err }));
 }
 
-export function startFrontend(sink: RequestSink, host: string, port: number): Promise<Listening> {
+export async function startFrontend(sink: RequestSink, opts: FrontendOptions): Promise<Listening> {
   assertNativeUws();
+  const front: Front = {
+    sink,
+    limits: opts.limits,
+    metrics: opts.metrics,
+    budget: new BodyBudget(opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight),
+    timeouts: new BodyTimeouts(opts.limits.client_body_timeout_ms),
+    guarded: opts.http1Guard !== false,
+  };
   const app = uWS.App();
-  app.any('/*', (res, req) => handle(sink, res, req));
-  return listen(app, host, port);
+  app.any('/*', (res, req) => handle(front, res, req));
+  if (front.guarded) return startGuarded(front, app, opts);
+  let l: Listening;
+  try {
+    l = await listen(app, 'listen', opts.host, opts.port, opts.reusePort === true);
+  } catch (err) {
+    front.timeouts.stop();
+    throw err;
+  }
+  return { port: l.port, stopListening: l.stopListening, close: () => { front.timeouts.stop(); l.close(); } };
+}
+
+/**
+ * uWS on an ephemeral loopback port (bound exclusively); the guard on the public port in front of it. Not a unix
+ * socket: uWS 20.30's `listen_unix` works, but a large chunked answer written under backpressure arrived
+ * corrupted over it (a chunk header without its data, reproducibly, at ~4 MB into a paused stream), never over TCP.
+ */
+async function startGuarded(front: Front, app: TemplatedApp, opts: FrontendOptions): Promise<Listening> {
+  if (opts.reusePort === true) throw new Error('reusePort needs listen.http1_guard: false (node:net on Node 20 cannot share a port)');
+  let inner: Listening;
+  try {
+    inner = await listen(app, 'listen (private uWS endpoint of the HTTP/1.x guard)', '127.0.0.1', 0, false);
+  } catch (err) {
+    front.timeouts.stop();
+    throw err;
+  }
+  const guard = new Guard({
+    limits: opts.limits,
+    upstream: { host: '127.0.0.1', port: inner.port },
+    onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }),
+  });
+  let port: number;
+  try {
+    port = await guard.listen(opts.host, opts.port);
+  } catch (err) {
+    guard.close();
+    front.timeouts.stop();
+    inner.close();
+    throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
+  }
+  return {
+    port,
+    stopListening: () => guard.stopListening(),
+    close: () => { guard.close(); front.timeouts.stop(); inner.close(); },
+  };
 }
 
 export interface AdminHandlers {
   metrics(): Promise<{ contentType: string; body: string }>;
   ready(): boolean;
 }
+
+const JSON_HEADERS: [string, string][] = [['content-type', 'application/json']];
 
 /** The admin listener: /metrics for Prometheus, /healthz (process alive), /readyz (able to serve). */
 export function startAdmin(handlers: AdminHandlers, host: string, port: number): Promise<Listening> {
@@ -152,5 +560,5 @@ export function startAdmin(handlers: AdminHandlers, host: string, port: number):
     new UwsResponse(res).send(ok ? 200 : 503, JSON_HEADERS, ok ? '{"status":"ready"}' : '{"status":"not ready"}');
   });
   app.any('/*', (res) => { sendError(new UwsResponse(res), new SluiceError('SLC_NOT_FOUND')); });
-  return listen(app, host, port);
+  return listen(app, 'admin', host, port, false);
 }

@@ -1,0 +1,100 @@
+// What the HTTP/1.x guard (src/frontend/http1-guard.ts) costs per request, in two parts:
+// 1. bare uWS answering a small POST, direct vs. behind a pass-through node:net pipe in the same process
+//    (native-bench/lib/guard-server.ts): the floor of any node:net front;
+// 2. Sluice itself proxying to the mock upstream with `listen.http1_guard: true` vs `false`, alternated per run.
+// CPU is the server process's utime+stime per request over the measured window (the gateway process only; the
+// mock runs in its own process).
+//   node --import tsx native-bench/guard-cost.bench.ts [--connections 32] [--duration-ms 5000] [--runs 3] [--pipe-runs 0]
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { numArg } from './lib/args.ts';
+import { startServer } from './lib/proc.ts';
+import { LoadGenerator } from './lib/run-load.ts';
+import { fmt, median, table } from './lib/stats.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const argv = process.argv.slice(2);
+const flag = (name: string): string | undefined => { const i = argv.indexOf(name); return i >= 0 ? argv[i + 1] : undefined; };
+const connections = flag('--connections') === undefined ? 32 : numArg('--connections', flag('--connections'), 1, 512);
+const durationMs = flag('--duration-ms') === undefined ? 5000 : numArg('--duration-ms', flag('--duration-ms'), 500, 120_000);
+const runs = flag('--runs') === undefined ? 3 : numArg('--runs', flag('--runs'), 1, 10);
+/** Runs of part 1 (the pass-through pipe); 0 skips it. */
+const pipeRuns = flag('--pipe-runs') === undefined ? runs : numArg('--pipe-runs', flag('--pipe-runs'), 0, 10);
+
+const body = JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'What is 1+1?' }] });
+const load = await LoadGenerator.start();
+const rows: string[][] = [['mode', 'req/s', 'p50 / p99 ms', 'CPU µs/req']];
+const cpu: Record<string, number[]> = { direct: [], guard: [] };
+try {
+  for (let run = 0; run < pipeRuns; run++) {
+    for (const mode of ['direct', 'guard'] as const) {
+      const server = await startServer({ name: mode, args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', mode], cwd: ROOT, ready: /listening (\d+)/ });
+      try {
+        const r = await load.run({
+          origin: `http://127.0.0.1:${server.port}`, path: '/v1/chat/completions', body,
+          headers: { 'content-type': 'application/json' }, connections, warmupMs: 1000, durationMs,
+          maxRequests: 2_000_000, stream: false, watchPids: [server.pid],
+        });
+        const us = r.cpuUs[0]! / r.requests;
+        cpu[mode]!.push(us);
+        rows.push([`${mode} (run ${run + 1})`, fmt(r.rps, 0), `${fmt(r.p50Ms)} / ${fmt(r.p99Ms)}`, fmt(us)]);
+      } finally {
+        await server.stop();
+      }
+    }
+  }
+} finally {
+  await load.close();
+}
+console.log(table(rows));
+const d = median(cpu.direct!);
+const g = median(cpu.guard!);
+console.log(`median CPU per request: direct ${fmt(d)} µs, guard ${fmt(g)} µs, guard adds ${fmt(g - d)} µs (${fmt(g / d, 2)}× bare uWS)`);
+
+// Part 2: Sluice with the guard on and off.
+const PATH = '/v1/chat/completions';
+const tmp = mkdtempSync(join(tmpdir(), 'sluice-guard-bench-'));
+const sRows: string[][] = [['Sluice', 'req/s', 'p50 / p99 ms', 'CPU µs/req', 'errors']];
+const sCpu: Record<string, number[]> = { off: [], on: [] };
+const load2 = await LoadGenerator.start();
+const mock = await startServer({ name: 'mock-upstream', cwd: ROOT, ready: /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/, args: ['--import', 'tsx', 'native-bench/lib/mock-process.ts', '--port', '0'] });
+try {
+  for (let run = 0; run < runs; run++) {
+    for (const mode of ['off', 'on'] as const) {
+      const file = join(tmp, `${mode}.json`);
+      writeFileSync(file, JSON.stringify({
+        listen: { host: '127.0.0.1', port: 0, http1_guard: mode === 'on' }, admin: { host: '127.0.0.1', port: 0 },
+        routes: [{ id: 'chat', uri: PATH, methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [{
+          name: 'mock', provider: 'openai-compatible', auth: { header: { Authorization: 'Bearer sk-bench' } },
+          options: { model: 'gpt-4o-mini' }, override: { endpoint: `http://127.0.0.1:${mock.port}${PATH}` } }] } } }],
+      }));
+      const server = await startServer({
+        name: `sluice-guard-${mode}`, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 30_000,
+        args: ['--import', 'tsx', 'src/cli/main.ts', 'start', '--config', file, '--port', '0', '--admin-port', '0'],
+      });
+      try {
+        const r = await load2.run({
+          origin: `http://127.0.0.1:${server.port}`, path: PATH, body, headers: { 'content-type': 'application/json' },
+          connections, warmupMs: 1000, durationMs, maxRequests: 2_000_000, stream: false, watchPids: [server.pid],
+        });
+        const us = r.cpuUs[0]! / r.requests;
+        sCpu[mode]!.push(us);
+        sRows.push([`guard ${mode} (run ${run + 1})`, fmt(r.rps, 0), `${fmt(r.p50Ms)} / ${fmt(r.p99Ms)}`, fmt(us), String(r.errors)]);
+      } finally {
+        await server.stop();
+      }
+    }
+  }
+} finally {
+  await mock.stop();
+  await load2.close();
+  rmSync(tmp, { recursive: true, force: true });
+}
+console.log(table(sRows));
+const off = median(sCpu.off!);
+const on = median(sCpu.on!);
+// Each run pairs off and on back to back, so the median of the per-run ratios cancels load that drifts across runs.
+const paired = median(sCpu.on!.map((v, i) => v / sCpu.off![i]!));
+console.log(`median Sluice CPU per request: guard off ${fmt(off)} µs, guard on ${fmt(on)} µs, the guard adds ${fmt(on - off)} µs (ratio of medians ${fmt(on / off, 2)}, median of paired ratios ${fmt(paired, 2)})`);

@@ -1,0 +1,88 @@
+// A body over limits.max_body_bytes gets a 413 that real clients can read, for bodies up to 64 MiB: the front
+// end drains the rest of the body before answering (lingering close) instead of closing under a client that is
+// still sending (which gave Node's fetch EPIPE). Node's fetch, undici, the openai SDK and curl.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { request } from 'undici';
+import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
+import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+
+const MiB = 1024 * 1024;
+const SIZES = [9 * MiB, 64 * MiB];
+const haveCurl = spawnSync('sh', ['-c', 'command -v curl']).status === 0;
+
+function curl(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('curl', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d) => { out += d; });
+    c.on('error', reject);
+    c.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`curl exited ${code}: ${out}`))));
+  });
+}
+
+describe('413 is readable by real clients for bodies up to 64 MiB', () => {
+  let mock: MockUpstream;
+  let gw: TestGateway;
+  let url: string;
+  let dir: string;
+
+  before(async () => {
+    mock = await startMockUpstream({ name: 'm' });
+    gw = await startGateway({
+      limits: { max_body_bytes: MiB },
+      routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] } } }],
+    });
+    url = `${gw.url}/v1/chat/completions`;
+    dir = mkdtempSync(join(tmpdir(), 'sluice-413-'));
+  });
+
+  after(async () => {
+    await gw?.close();
+    await mock?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  for (const size of SIZES) {
+    const mb = size / MiB;
+
+    it(`Node's fetch, ${mb} MiB Buffer body`, async () => {
+      const r = await fetch(url, { method: 'POST', body: Buffer.alloc(size, 'a'), headers: { 'content-type': 'application/json' } });
+      assert.equal(r.status, 413);
+      assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'SLC_BODY_TOO_LARGE');
+    });
+
+    it(`undici request, ${mb} MiB body`, async () => {
+      const r = await request(url, { method: 'POST', body: Buffer.alloc(size, 'a'), headers: { 'content-type': 'application/json' } });
+      assert.equal(r.statusCode, 413);
+      assert.equal(((await r.body.json()) as { error: { code: string } }).error.code, 'SLC_BODY_TOO_LARGE');
+    });
+
+    it(`openai SDK, ${mb} MiB prompt`, async () => {
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+      await assert.rejects(
+        client.chat.completions.create({ model: 'x', messages: [{ role: 'user', content: 'a'.repeat(size) }] }),
+        (err: unknown) => {
+          assert.ok(err instanceof OpenAI.APIError, String(err));
+          assert.equal(err.status, 413);
+          assert.equal(err.code, 'SLC_BODY_TOO_LARGE');
+          return true;
+        },
+      );
+    });
+
+    it(`curl --data-binary, ${mb} MiB (Expect: 100-continue)`, { skip: haveCurl ? false : 'curl not installed' }, async () => {
+      const file = join(dir, `body-${mb}`);
+      writeFileSync(file, Buffer.alloc(size, 'a'));
+      const out = await curl(['-s', '-o', '-', '-w', '\n%{http_code}', '-H', 'content-type: application/json', '--data-binary', `@${file}`, url]);
+      const [body, status] = out.split('\n');
+      assert.equal(status, '413');
+      assert.equal(JSON.parse(body!).error.code, 'SLC_BODY_TOO_LARGE');
+    });
+  }
+});
