@@ -1,6 +1,9 @@
 // The request lifecycle, in order: route → key-auth → parse and count the prompt → reserve quotas →
 // pick an instance (skipping spent ones when fallback allows) → forward → relay (buffered or streamed) →
 // settle actual usage. Every path ends by settling or releasing each hold exactly once.
+// A request runs on the config snapshot current when it started, to its end: a reload swaps the snapshot
+// for new requests only, and a retired snapshot is handed back (its stores may close) once its last request
+// has finished. At shutdown, requests still running past the drain time are cut and settled (cutAll).
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
 import { sendError } from './error-response.ts';
 import { log } from '../core/log.ts';
@@ -11,50 +14,86 @@ import { planRequest } from '../rules/quota-plan.ts';
 import { quotaHeaders } from '../rules/headers.ts';
 import type { RequestVars } from '../rules/request-vars.ts';
 import { canonicalIp } from '../rules/ip.ts';
-import { prepareRequest, composeUpstreamBody, type PreparedRequest } from '../tokens/prepare.ts';
+import { prepareRequest, composeUpstreamBody, bodyMembers, type PreparedRequest } from '../tokens/prepare.ts';
+import { reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { StreamMeter } from '../streaming/usage-meter.ts';
-import { extractUsage } from '../streaming/usage.ts';
+import { isRejection, readUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { UpstreamFailure, classifyError, type UpstreamClient, type UpstreamResponse, type RequestKind } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
-import { findRoute, type CompiledInstance, type CompiledRoute, type QuotaSource, type Snapshot } from './snapshot.ts';
+import { findRoute, type CompiledInstance, type CompiledProxy, type CompiledRoute, type QuotaSource, type Snapshot } from './snapshot.ts';
 import type { QuotaStore } from '../quota/types.ts';
+import { upstreamHeaders } from './forward-headers.ts';
 
 const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
 const EMPTY_BODY = Buffer.alloc(0);
 const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
-/** Client request headers never forwarded: hop-by-hop, body framing, and every credential (the instance sets its own). */
-const DROP_REQUEST_HEADERS = new Set(['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'te', 'upgrade', 'expect',
-  'proxy-connection', 'proxy-authorization', 'authorization', 'apikey', 'api-key', 'x-api-key', 'cookie', 'accept-encoding', 'content-type']);
+/** Implausible upstream usage is logged at most once per this interval (each one is counted in a metric). */
+const USAGE_LOG_EVERY_MS = 10_000;
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
+
+type Resolve = (s: QuotaSource) => QuotaStore;
 
 export interface GatewayDeps {
   readonly metrics: Metrics;
   readonly upstream: UpstreamClient;
   readonly pool: WorkerPool;
+  /** A snapshot swapped out by a reload has no request left on it: what only it used may be closed. */
+  readonly onSnapshotRetired?: (snapshot: Snapshot) => void;
 }
 
 export class Gateway implements RequestSink {
   private snapshot: Snapshot;
   private readonly deps: GatewayDeps;
   private accepted = new WeakMap<CompiledRoute, Accepted>();
-  private readonly storeOfBound: (s: QuotaSource) => QuotaStore;
-  inFlight = 0;
+  /** Requests running, per snapshot. */
+  private readonly users = new Map<Snapshot, number>();
+  private readonly resolvers = new WeakMap<Snapshot, Resolve>();
+  private readonly active = new Set<Exchange>();
+  /** Set at shutdown: new requests get 503 SLC_SHUTTING_DOWN. */
+  draining = false;
+  private usageLoggedAt = 0;
+  private usageLogSuppressed = 0;
 
   constructor(snapshot: Snapshot, deps: GatewayDeps) {
     this.snapshot = snapshot;
     this.deps = deps;
-    this.storeOfBound = (s) => this.storeOf(s);
+  }
+
+  /** Requests running now. */
+  get inFlight(): number {
+    return this.active.size;
   }
 
   swap(snapshot: Snapshot): void {
+    const old = this.snapshot;
     this.snapshot = snapshot;
     this.accepted = new WeakMap();
+    if (!this.users.has(old)) this.deps.onSnapshotRetired?.(old);
+  }
+
+  /**
+   * Shutdown, after the drain time: abort every running request. Streams end now and are settled from the
+   * prompt and the text streamed so far; requests waiting for an upstream answer get 503 and are charged their
+   * prompt when it was sent. Returns how many were cut; wait for inFlight to reach 0 before closing stores.
+   */
+  cutAll(): number {
+    let n = 0;
+    for (const ctx of this.active) {
+      if (ctx.cut) continue;
+      ctx.cut = true;
+      n++;
+      this.deps.metrics.shutdownCut.inc({ route: ctx.route.id });
+      ctx.ac?.abort();
+      // A stream parked on a slow client wakes up only when its response goes.
+      if (ctx.res.started) ctx.res.destroy();
+    }
+    return n;
   }
 
   get current(): Snapshot {
@@ -62,6 +101,7 @@ export class Gateway implements RequestSink {
   }
 
   accept(req: ClientRequest): Accepted | SluiceError {
+    if (this.draining) return new SluiceError('SLC_SHUTTING_DOWN');
     const found = findRoute(this.snapshot, req.method, req.path);
     if (found.kind === 'not_found') return new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`);
     if (found.kind === 'method_not_allowed') {
@@ -77,15 +117,33 @@ export class Gateway implements RequestSink {
     return a;
   }
 
-  private storeOf(source: QuotaSource): QuotaStore {
-    const s = this.snapshot.storeOf.get(source);
-    if (s === undefined) throw new SluiceError('SLC_INTERNAL', 'quota plugin without a store');
-    return s;
+  /** Quota stores as the given snapshot binds them: a request keeps its own snapshot's stores across reloads. */
+  private resolver(snap: Snapshot): Resolve {
+    let r = this.resolvers.get(snap);
+    if (r === undefined) {
+      r = (source) => {
+        const s = snap.storeOf.get(source);
+        if (s === undefined) throw new SluiceError('SLC_INTERNAL', 'quota plugin without a store');
+        return s;
+      };
+      this.resolvers.set(snap, r);
+    }
+    return r;
   }
 
-  private async run(snap: Snapshot, route: CompiledRoute, req: ClientRequest, res: ClientResponse, body: Buffer): Promise<void> {
-    this.inFlight++;
-    const ctx = new Exchange(route, req, res);
+  private async run(accepted: Snapshot, acceptedRoute: CompiledRoute, req: ClientRequest, res: ClientResponse, body: Buffer): Promise<void> {
+    let snap = accepted;
+    let route = acceptedRoute;
+    if (snap !== this.snapshot) {
+      // Reloaded while the body was read: the request starts now, on the current snapshot.
+      snap = this.snapshot;
+      const r = findRoute(snap, req.method, req.path);
+      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`)); return; }
+      route = r.route;
+    }
+    this.users.set(snap, (this.users.get(snap) ?? 0) + 1);
+    const ctx = new Exchange(snap, this.resolver(snap), route, req, res);
+    this.active.add(ctx);
     try {
       await this.exchange(snap, ctx, body);
     } catch (err) {
@@ -94,7 +152,13 @@ export class Gateway implements RequestSink {
       if (e.code === 'SLC_INTERNAL') log.error('request failed', { route: route.id, err });
       this.answerError(ctx, e);
     } finally {
-      this.inFlight--;
+      this.active.delete(ctx);
+      const left = (this.users.get(snap) ?? 1) - 1;
+      if (left > 0) this.users.set(snap, left);
+      else {
+        this.users.delete(snap);
+        if (snap !== this.snapshot) this.deps.onSnapshotRetired?.(snap);
+      }
     }
   }
 
@@ -124,16 +188,19 @@ export class Gateway implements RequestSink {
     const { route, req, res } = ctx;
     const consumer = this.authenticate(snap, route, req);
     ctx.consumer = consumer?.username ?? '';
+    // APISIX precedence: an authenticated consumer's own ai-proxy(-multi) replaces the route's.
+    if (consumer?.ai_proxy !== undefined) ctx.proxy = snap.consumerProxies.get(consumer.username) ?? route;
     const kind: RequestKind = req.path.endsWith('/completions') && !req.path.endsWith('/chat/completions') ? 'completion' : 'chat';
     // The tokenizer is the costliest step of a request: only routes with quotas pay for it up front, and a
     // large body is tokenized on a worker thread so it never blocks the event loop serving everyone else.
     ctx.kind = kind;
     const count = route.quotas !== undefined;
-    const opts = { kind, defaultMaxTokens: snap.config.tokens.default_max_tokens, countPrompt: count };
+    // max_tokens / n are validated and the completion reservation capped per the route's instance models (src/tokens/limits.ts).
+    const opts = { kind, countPrompt: count, ...reservationPolicy(snap.config.tokens, ctx.proxy.instances) };
     const prepared = count && body.length >= snap.config.tokens.offload_bytes
       ? await this.deps.pool.prepare(body, opts)
       : prepareRequest(body, opts);
-    if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message);
+    if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message, { param: prepared.param });
     if (res.aborted) return;
     ctx.prepared = prepared;
     ctx.body = body;
@@ -146,12 +213,12 @@ export class Gateway implements RequestSink {
 
     let plan: RequestQuotaPlan | undefined;
     if (route.quotas !== undefined) {
-      // uWS may print IPv6 peers in long form: canonical text keeps ${remote_addr} keys stable.
-      const remoteAddr = canonicalIp(req.remoteAddr) ?? req.remoteAddr;
-      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr, consumer: consumer?.username, routeId: route.id, uri: req.path };
+      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: ctx.peer, consumer: consumer?.username, routeId: route.id, uri: req.path };
       plan = planRequest(route.quotas, vars);
+      // A fail-closed rule needs a variable this request lacks: refuse rather than serve it unmetered.
+      if (plan.missing !== undefined) throw new SluiceError('SLC_RULE_KEY_MISSING', plan.missing.message, { status: plan.missing.status });
       if (plan.common.length > 0) {
-        const r = acquireAll(plan.common, estimate, Date.now(), this.storeOfBound);
+        const r = acquireAll(plan.common, estimate, Date.now(), ctx.storeOf);
         const held = r instanceof Promise ? await r : r;
         if (!held.ok) { this.reject(ctx, held, []); return; }
         ctx.common = held;
@@ -159,22 +226,23 @@ export class Gateway implements RequestSink {
       }
     }
 
-    const order = route.picker.order();
+    const order = ctx.proxy.picker.order();
     const denials: Rejection[] = [];
     const deniedInstances: CompiledInstance[] = [];
     let lastFailure: UpstreamFailure | undefined;
     let lastResponse: { status: number; headers: UpstreamResponse['headers']; body: Buffer; instance: CompiledInstance } | undefined;
     for (let i = 0; i < order.length; i++) {
+      if (ctx.cut) throw new SluiceError('SLC_SHUTTING_DOWN');
       const inst = order[i]!;
       const more = i < order.length - 1;
       const iq = plan !== undefined ? plan.perInstance(inst.name) : NO_QUOTAS;
       if (iq.length > 0) {
-        const r = acquireAll(iq, estimate, Date.now(), this.storeOfBound);
+        const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
         const held = r instanceof Promise ? await r : r;
         if (!held.ok) {
           denials.push(held);
           deniedInstances.push(inst);
-          if (!route.fallback.has('rate_limiting')) { this.reject(ctx, held, [inst]); return; }
+          if (!ctx.proxy.fallback.has('rate_limiting')) { this.reject(ctx, held, [inst]); return; }
           if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: 'rate_limiting' });
           continue;
         }
@@ -184,6 +252,11 @@ export class Gateway implements RequestSink {
       ctx.instanceName = inst.name;
       const outcome = await this.attempt(ctx, inst, more);
       if (outcome === 'done') return;
+      if (ctx.cut) {
+        // Cut at shutdown before an answer came: the upstream had the prompt, so the prompt is charged.
+        if (ctx.sent) this.settle(ctx, await this.countedUsage(ctx, '', 0, 'shutdown'));
+        throw new SluiceError('SLC_SHUTTING_DOWN');
+      }
       ctx.releaseInstance();
       if (outcome instanceof UpstreamFailure) {
         lastFailure = outcome;
@@ -216,25 +289,31 @@ export class Gateway implements RequestSink {
   private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean):
     Promise<'done' | UpstreamFailure | { status: number; headers: UpstreamResponse['headers']; body: Buffer }> {
     const { route, req, res } = ctx;
+    // Cut while an instance quota was being acquired: nothing is sent.
+    if (ctx.cut) return new UpstreamFailure('aborted', 'gateway is shutting down', undefined);
     const prepared = ctx.prepared!;
     const path = ctx.kind === 'completion' ? inst.target.completionPath : inst.target.chatPath;
-    const payload = composeUpstreamBody(inst.model ?? prepared.model, prepared.tail);
-    const headers = forwardHeaders(req.headers, route.keyAuth?.header, inst.headers);
+    const members = prepared.clientFields === undefined ? undefined : bodyMembers(prepared.fieldKeys!, prepared.clientFields, inst.optionJson);
+    const payload = composeUpstreamBody(inst.model ?? prepared.model, prepared.tail, members);
+    const headers = upstreamHeaders(req, inst.forward, route.keyAuth?.header, inst.headers, ctx.snap.trustedProxies, ctx.peer);
     const ac = new AbortController();
+    ctx.ac = ac;
     res.onAbort(() => ac.abort());
     const sentAt = performance.now();
+    ctx.sent = true;
     let up: UpstreamResponse;
     try {
-      up = await this.deps.upstream.send(inst.target.origin, path, headers, payload, ac.signal);
+      up = await this.deps.upstream.send(inst.target.origin, path, headers, payload, ac.signal, inst.target.transport);
     } catch (err) {
       const f = classifyError(err);
       this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: f.kind });
+      if (ctx.cut) return f;
       if (f.kind === 'aborted' || res.aborted) { ctx.releaseAll(); return 'done'; }
       return f;
     }
     this.deps.metrics.upstreamFirstByte.observe({ route: route.id, instance: inst.name }, (performance.now() - sentAt) / 1000);
     const status = up.status;
-    const retryable = (status === 429 && route.fallback.has('http_429')) || (status >= 500 && route.fallback.has('http_5xx'));
+    const retryable = (status === 429 && ctx.proxy.fallback.has('http_429')) || (status >= 500 && ctx.proxy.fallback.has('http_5xx'));
     this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok' });
     const ctype = String(up.headers['content-type'] ?? '');
     if (status >= 200 && status < 300 && ctype.includes('text/event-stream')) {
@@ -245,7 +324,7 @@ export class Gateway implements RequestSink {
     try {
       buf = await readBody(up);
     } catch (err) {
-      if (res.aborted) { ctx.releaseAll(); return 'done'; }
+      if (res.aborted && !ctx.cut) { ctx.releaseAll(); return 'done'; }
       return classifyError(err);
     }
     if (retryable && more) return { status, headers: up.headers, body: buf };
@@ -258,15 +337,18 @@ export class Gateway implements RequestSink {
     const headers = this.relayHeaders(upHeaders);
     if (status >= 200 && status < 300) {
       let usage: Usage | undefined;
+      let rejected: UsageRejectReason | undefined;
       let text = '';
       try {
         const json: unknown = JSON.parse(buf.toString('utf8'));
-        usage = extractUsage(json);
+        const u = readUsage((json as { usage?: unknown } | null)?.usage, ctx.snap.maxUsage);
+        if (isRejection(u)) rejected = u.rejected; else usage = u;
         if (usage === undefined) text = completionText(json);
       } catch {
         usage = undefined;
       }
-      if (usage === undefined) usage = await this.countedUsage(ctx, text, 'no_usage');
+      if (rejected !== undefined) this.usageRejected(ctx, rejected);
+      if (usage === undefined) usage = await this.countedUsage(ctx, text, 0, rejected !== undefined ? 'usage_rejected' : 'no_usage');
       this.settle(ctx, usage);
     } else {
       ctx.releaseAll();
@@ -283,45 +365,85 @@ export class Gateway implements RequestSink {
     if (!headers.some((h) => h[0] === 'cache-control')) headers.push(['cache-control', 'no-cache']);
     this.addQuotaHeaders(ctx, headers);
     res.start(200, headers);
-    const meter = new StreamMeter({ stripUsage: !prepared.clientWantsUsage });
+    const meter = new StreamMeter({ stripUsage: !prepared.clientWantsUsage, maxUsage: ctx.snap.maxUsage });
+    // Text past the meter's bound is counted as it streams (one count in flight at a time) and dropped.
+    let counted = 0;
+    let counting: Promise<number> | undefined;
     let broken = false;
     try {
       for await (const chunk of up.body as AsyncIterable<Buffer>) {
         if (res.aborted) break;
         const out = meter.push(chunk);
         if (out !== undefined && !res.write(out)) await res.drain();
+        const piece = meter.takeCountable();
+        if (piece !== undefined) {
+          if (counting !== undefined) counted += await counting;
+          counting = this.countCompletion(ctx, piece);
+        }
       }
     } catch (err) {
-      broken = !res.aborted;
+      broken = !res.aborted && !ctx.cut;
       if (broken) log.warn('upstream stream broke off', { route: ctx.route.id, instance: inst.name, err });
     }
     if (res.aborted) ac.abort();
-    let usage: Usage | undefined = meter.usage;
-    if (usage === undefined || res.aborted) {
-      const reason = res.aborted ? 'client_abort' : broken ? 'upstream_broken' : 'no_usage';
-      usage = usage !== undefined && !res.aborted ? usage : await this.countedUsage(ctx, meter.text, reason);
+    // Decided before the response is touched: destroying it fires the abort handler (aborted becomes true),
+    // and a stream the upstream broke is a 502, not a client abort.
+    const status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;
+    // A last event without its blank line still counts (and may carry the usage): parse it before settling.
+    const last = status === 200 ? meter.end() : undefined;
+    const rejected = meter.usageRejected;
+    if (rejected !== undefined) this.usageRejected(ctx, rejected);
+    let usage = meter.usage;
+    if (usage === undefined || ctx.cut || res.aborted) {
+      const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
+      if (counting !== undefined) counted += await counting;
+      usage = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, reason);
     }
     this.settle(ctx, usage);
     if (!res.aborted) {
-      if (broken) res.destroy();
-      else res.end(meter.end());
+      if (status !== 200) res.destroy();
+      else res.end(last);
     }
-    this.observe(ctx, res.aborted ? 499 : broken ? 502 : 200);
+    this.observe(ctx, status);
   }
 
-  /** Usage when the upstream gave none: our prompt count plus the produced text, counted. */
-  private async countedUsage(ctx: Exchange, text: string, reason: string): Promise<Usage> {
+  /** Completion tokens of a piece of generated text; large pieces on a worker thread, inline if it cannot take them. */
+  private async countCompletion(ctx: Exchange, text: string): Promise<number> {
+    const model = ctx.prepared?.model;
+    if (text.length === 0) return 0;
+    if (text.length >= ctx.snap.config.tokens.offload_bytes) {
+      try {
+        return await this.deps.pool.countText(text, model);
+      } catch {
+        // An over-full or closing pool must not make the text free.
+      }
+    }
+    return countText(text, encodingForModel(model));
+  }
+
+  /** Usage when the upstream gave none (or none believable): our prompt count plus the produced text, counted. */
+  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string): Promise<Usage> {
     this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
     let prepared = ctx.prepared!;
     if (!prepared.promptCounted) {
-      const opts = { kind: ctx.kind, defaultMaxTokens: 0, countPrompt: true };
-      const again = ctx.body.length >= this.snapshot.config.tokens.offload_bytes ? await this.deps.pool.prepare(ctx.body, opts) : prepareRequest(ctx.body, opts);
+      const opts = { kind: ctx.kind, countPrompt: true, ...reservationPolicy(ctx.snap.config.tokens, ctx.proxy.instances), defaultMaxTokens: 0 };
+      const again = ctx.body.length >= ctx.snap.config.tokens.offload_bytes ? await this.deps.pool.prepare(ctx.body, opts) : prepareRequest(ctx.body, opts);
       if (again.ok) prepared = again;
     }
-    const completion = text.length === 0 ? 0
-      : text.length >= this.snapshot.config.tokens.offload_bytes ? await this.deps.pool.countText(text, prepared.model)
-        : countText(text, encodingForModel(prepared.model));
+    const completion = alreadyCounted + await this.countCompletion(ctx, text);
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
+  }
+
+  /** An upstream usage object that is not believed: counted per reason, logged at most once per interval. */
+  private usageRejected(ctx: Exchange, reason: UsageRejectReason): void {
+    this.deps.metrics.usageRejected.inc({ route: ctx.route.id, reason });
+    const now = Date.now();
+    if (now - this.usageLoggedAt < USAGE_LOG_EVERY_MS) { this.usageLogSuppressed++; return; }
+    log.warn('implausible upstream usage; charging the counted estimate', {
+      route: ctx.route.id, instance: ctx.instanceName, reason, suppressed: this.usageLogSuppressed,
+    });
+    this.usageLoggedAt = now;
+    this.usageLogSuppressed = 0;
   }
 
   private settle(ctx: Exchange, usage: Usage): void {
@@ -350,7 +472,7 @@ export class Gateway implements RequestSink {
     if (ctx.instance !== undefined) quotas.push(...ctx.instance.quotas);
     if (quotas.length === 0) return;
     stripRateLimitHeaders(headers);
-    quotaHeaders(views(quotas, Date.now(), this.storeOfBound), { rejected: false }, headers);
+    quotaHeaders(views(quotas, Date.now(), ctx.storeOf), { rejected: false }, headers);
   }
 
   private reject(ctx: Exchange, r: Rejection, instances: readonly CompiledInstance[], all?: readonly Rejection[]): void {
@@ -362,7 +484,7 @@ export class Gateway implements RequestSink {
     const shown: PlannedQuota[] = [];
     if (ctx.common !== undefined) shown.push(...ctx.common.quotas);
     for (const d of all ?? [r]) for (const q of d.spent) if (!shown.includes(q)) shown.push(q);
-    const entries = views(shown, now, this.storeOfBound).map((e) => (spent.has(e.q) ? { ...e, spent: true } : { ...e, spent: false }));
+    const entries = views(shown, now, ctx.storeOf).map((e) => (spent.has(e.q) ? { ...e, spent: true } : { ...e, spent: false }));
     const headers: HeaderList = [['content-type', 'application/json']];
     quotaHeaders(entries, { rejected: true }, headers);
     let retryAfterMs = 0;
@@ -400,9 +522,15 @@ export class Gateway implements RequestSink {
 
 /** Per-request state. Every field is set in the constructor so all exchanges share one shape. */
 class Exchange {
+  readonly snap: Snapshot;
+  readonly storeOf: Resolve;
   readonly route: CompiledRoute;
+  /** The route's ai-proxy, or the authenticated consumer's own. */
+  proxy: CompiledProxy;
   readonly req: ClientRequest;
   readonly res: ClientResponse;
+  /** The peer address in canonical text (uWS may print IPv6 in long form; ${remote_addr} keys must be stable). */
+  readonly peer: string;
   consumer = '';
   instanceName = '';
   prepared: PreparedRequest | undefined = undefined;
@@ -411,11 +539,21 @@ class Exchange {
   estimate: Usage | undefined = undefined;
   common: QuotaHold | undefined = undefined;
   instance: QuotaHold | undefined = undefined;
+  /** The current attempt's upstream request. */
+  ac: AbortController | undefined = undefined;
+  /** An upstream request was sent (its prompt may be billed). */
+  sent = false;
+  /** Cut at shutdown. */
+  cut = false;
 
-  constructor(route: CompiledRoute, req: ClientRequest, res: ClientResponse) {
+  constructor(snap: Snapshot, storeOf: Resolve, route: CompiledRoute, req: ClientRequest, res: ClientResponse) {
+    this.snap = snap;
+    this.storeOf = storeOf;
     this.route = route;
+    this.proxy = route;
     this.req = req;
     this.res = res;
+    this.peer = canonicalIp(req.remoteAddr) ?? req.remoteAddr;
   }
 
   releaseInstance(): void {
@@ -443,16 +581,6 @@ async function readBody(up: UpstreamResponse): Promise<Buffer> {
     throw err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream body failed', err);
   }
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
-}
-
-function forwardHeaders(client: Record<string, string>, keyHeader: string | undefined, instance: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const k of Object.keys(client)) {
-    if (DROP_REQUEST_HEADERS.has(k) || k === keyHeader) continue;
-    out[k] = client[k]!;
-  }
-  for (const k of Object.keys(instance)) out[k.toLowerCase()] = instance[k]!;
-  return out;
 }
 
 function completionText(json: unknown): string {

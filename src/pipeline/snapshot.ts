@@ -7,8 +7,11 @@ import type {
 } from '../config/types.ts';
 import type { QuotaStore } from '../quota/types.ts';
 import { compileRouteQuotas, type CompiledRouteQuotas } from '../rules/quota-plan.ts';
+import { compileIpMatcher, type IpMatcher } from '../rules/ip.ts';
+import { DEFAULT_MAX_USAGE } from '../streaming/usage.ts';
 import { InstancePicker } from '../upstream/select.ts';
 import { resolveTarget, type Target } from '../upstream/client.ts';
+import { compileForwardPolicy, type ForwardPolicy } from './forward-headers.ts';
 
 export interface CompiledInstance {
   readonly name: string;
@@ -18,6 +21,18 @@ export interface CompiledInstance {
   readonly target: Target;
   /** Upstream request headers: content-type plus the instance's auth headers. */
   readonly headers: Readonly<Record<string, string>>;
+  /** Which client headers this instance receives. */
+  readonly forward: ForwardPolicy;
+  /** `options` beyond `model` (the reservation reads max_tokens / n from them) and their JSON, for bodyMembers. */
+  readonly bodyOptions: Readonly<Record<string, unknown>> | undefined;
+  readonly optionJson: ReadonlyMap<string, string> | undefined;
+}
+
+/** Where a request goes: the route's ai-proxy, or the authenticated consumer's own (APISIX precedence). */
+export interface CompiledProxy {
+  readonly instances: readonly CompiledInstance[];
+  readonly picker: InstancePicker<CompiledInstance>;
+  readonly fallback: ReadonlySet<FallbackReason>;
 }
 
 export interface CompiledRoute {
@@ -40,6 +55,12 @@ export interface Snapshot {
   readonly consumersByKey: ReadonlyMap<string, ConsumerConfig>;
   /** The store that keeps each quota plugin's counters. */
   readonly storeOf: ReadonlyMap<QuotaSource, QuotaStore>;
+  /** Peers whose X-Forwarded-* headers are believed. */
+  readonly trustedProxies: IpMatcher;
+  /** Largest believable usage count of one response (tokens.max_usage). */
+  readonly maxUsage: number;
+  /** Consumers with their own ai-proxy / ai-proxy-multi, by username: used instead of the route's. */
+  readonly consumerProxies: ReadonlyMap<string, CompiledProxy>;
 }
 
 /** Gives every quota plugin its store. Implemented by the app, which owns store lifetimes. */
@@ -55,6 +76,11 @@ function compileInstance(inst: InstanceConfig): CompiledInstance {
     model: inst.model,
     target: resolveTarget(inst),
     headers: Object.freeze({ 'content-type': 'application/json', ...inst.auth_header }),
+    forward: compileForwardPolicy(inst.forward_headers),
+    bodyOptions: inst.body_options,
+    optionJson: inst.body_options === undefined
+      ? undefined
+      : new Map(Object.keys(inst.body_options).map((k) => [k, JSON.stringify(inst.body_options![k])])),
   };
 }
 
@@ -71,7 +97,7 @@ function compileRoute(route: RouteConfig, config: SluiceConfig): CompiledRoute {
     picker: new InstancePicker(instances),
     fallback: new Set(proxy?.fallback_strategy ?? []),
     keyAuth: route.plugins['key-auth'],
-    quotas: hasQuota ? compileRouteQuotas(route, config.consumers, { trustedProxies: config.trusted_proxies }) : undefined,
+    quotas: hasQuota ? compileRouteQuotas(route, config.consumers, { trustedProxies: config.trusted_proxies, keyHashSecret: config.key_hash_secret }) : undefined,
   };
 }
 
@@ -92,13 +118,23 @@ export function buildSnapshot(config: SluiceConfig, stores: StoreResolver): Snap
     if (atr !== undefined) storeOf.set(atr, stores.storeFor(atr));
   }
   const consumersByKey = new Map<string, ConsumerConfig>();
+  const consumerProxies = new Map<string, CompiledProxy>();
   for (const c of config.consumers) {
     if (c.key !== undefined) consumersByKey.set(c.key, c);
+    if (c.ai_proxy !== undefined) {
+      const instances = c.ai_proxy.instances.map(compileInstance);
+      consumerProxies.set(c.username, { instances, picker: new InstancePicker(instances), fallback: new Set(c.ai_proxy.fallback_strategy) });
+    }
     if (c.ai_rate_limiting !== undefined) storeOf.set(c.ai_rate_limiting, stores.storeFor(c.ai_rate_limiting));
   }
   // Longest prefix first, so '/v1/*' does not shadow '/v1/chat/*'.
   prefixes.sort((a, b) => b.prefix.length - a.prefix.length);
-  return { config, exact, prefixes, consumersByKey, storeOf };
+  const maxUsage = config.tokens.max_usage;
+  return {
+    config, exact, prefixes, consumersByKey, storeOf, consumerProxies,
+    trustedProxies: compileIpMatcher(config.trusted_proxies),
+    maxUsage: Number.isSafeInteger(maxUsage) && maxUsage > 0 ? maxUsage : DEFAULT_MAX_USAGE,
+  };
 }
 
 export type RouteLookup = { kind: 'found'; route: CompiledRoute } | { kind: 'not_found' } | { kind: 'method_not_allowed'; allow: string };

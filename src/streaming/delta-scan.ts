@@ -5,6 +5,12 @@
 //
 // Search patterns never start with '"': JSON is full of quotes, and V8's indexOf slows down several-fold when
 // the first character of the pattern is frequent. Each match is then checked for its opening quote.
+//
+// A text key counts only where a full parse reads text: `choices[0].delta.content` / `.reasoning_content` and
+// `choices[0].text`, with `choices` a member of the frame object itself. The scan accepts a key only in the
+// compact layouts upstreams send (`"choices":[{"index":0,"delta":{"content":…`, `"delta":{"role":"assistant",
+// "content":…`, `"choices":[{"text":…`, `"choices":[{"index":0,"text":…`) after checking that nothing before `choices` can nest it; a text key
+// anywhere else hands the frame to the full parse.
 
 const TEXT_KEYS = ['content"', 'reasoning_content"', 'text"'] as const;
 const QUOTE = 0x22;
@@ -25,6 +31,39 @@ function closingQuote(s: string, open: number): number {
   }
 }
 
+const CHOICE_OPEN = ['"choices":[{"index":0,', '"choices":[{'] as const;
+const DELTA_OPEN = ['"delta":{', '"delta":{"role":"assistant",', '"delta":{"content":null,', '"delta":{"role":"assistant","content":null,'] as const;
+
+/** Where `"choices"` opens when it is a member of the frame object (nothing before it opens an object, an array or an escape), else -1. */
+function topChoices(data: string): number {
+  const c = data.indexOf('choices":[') - 1;
+  if (c < 1 || data.charCodeAt(c) !== QUOTE || data.charCodeAt(0) !== 0x7b) return -1;
+  const brace = data.indexOf('{', 1);
+  const bracket = data.indexOf('[');
+  const esc = data.indexOf('\\');
+  if ((brace !== -1 && brace < c) || bracket < c || (esc !== -1 && esc < c)) return -1;
+  return c;
+}
+
+function endsAt(data: string, end: number, prefix: string, at: number): boolean {
+  return end - prefix.length === at && data.startsWith(prefix, at);
+}
+
+/** The key whose opening quote is at `q` is the first choice's text (`text`) or one of its delta's text fields. */
+function inTextPlace(data: string, q: number, key: string, choices: number): boolean {
+  if (choices === -1) return false;
+  for (const open of CHOICE_OPEN) {
+    if (key === 'text"') {
+      if (endsAt(data, q, open, choices)) return true;
+      continue;
+    }
+    if (!data.startsWith(open, choices)) continue;
+    const d = choices + open.length;
+    for (const delta of DELTA_OPEN) if (endsAt(data, q, delta, d)) return true;
+  }
+  return false;
+}
+
 /** The delta text of a plain chunk ('' when it has none), or null when the frame needs a full JSON.parse. */
 export function scanDeltaText(data: string): string | null {
   for (let u = data.indexOf('usage"'); u !== -1; u = data.indexOf('usage"', u + 6)) {
@@ -34,6 +73,7 @@ export function scanDeltaText(data: string): string | null {
   if (data.indexOf('_call') !== -1) return null;
   let out = '';
   let kinds = 0;
+  let choices = -2;
   for (const key of TEXT_KEYS) {
     let found = false;
     for (let i = data.indexOf(key); i !== -1; i = data.indexOf(key, i + key.length)) {
@@ -43,6 +83,8 @@ export function scanDeltaText(data: string): string | null {
       if (data.charCodeAt(v) !== COLON) return null;
       if (data.startsWith('null', v + 1)) continue;
       if (data.charCodeAt(v + 1) !== QUOTE) return null;
+      if (choices === -2) choices = topChoices(data);
+      if (!inTextPlace(data, i - 1, key, choices)) return null;
       const end = closingQuote(data, v + 1);
       if (end === -1) return null;
       const esc = data.indexOf('\\', v + 2);

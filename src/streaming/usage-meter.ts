@@ -1,9 +1,11 @@
 // Watches an upstream OpenAI SSE stream on its way to the client: records the usage chunk and the generated
 // text (to count tokens when usage never comes), and, when the client did not ask for usage, removes the
 // usage-only chunk that Sluice made the upstream send. Pass-through mode forwards every input chunk as is.
+// The text is held in a bounded TextTally: past its bound, pieces are handed out to be counted and dropped.
 import { SseParser, type SseHandler } from './sse-parser.ts';
-import { parseUsage, type Usage } from './usage.ts';
+import { isRejection, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejectReason } from './usage.ts';
 import { scanDeltaText } from './delta-scan.ts';
+import { TextTally } from './text-tally.ts';
 
 export interface StreamMeterOptions {
   /** The client did not set stream_options.include_usage: drop the usage-only chunk (choices: [] with usage). */
@@ -11,13 +13,19 @@ export interface StreamMeterOptions {
   maxEventBytes?: number;
   /** JSON.parse every frame instead of scanning plain content frames (tests compare the two paths). */
   parseEveryFrame?: boolean;
+  /** Per-request ceiling of a believable usage count (tokens.max_usage). */
+  maxUsage?: number;
+  /** Characters of text held before a piece is handed out for counting (default 64 KiB). */
+  textBound?: number;
 }
 
 const DONE = '[DONE]';
 
 export class StreamMeter {
   private usageSeen: Usage | undefined = undefined;
-  private textSeen = '';
+  private rejectedSeen: UsageRejectReason | undefined = undefined;
+  private readonly tally: TextTally;
+  private readonly maxUsage: number;
   private done = false;
   private frameCount = 0;
 
@@ -36,14 +44,27 @@ export class StreamMeter {
   constructor(opts: StreamMeterOptions) {
     this.strip = opts.stripUsage;
     this.fast = opts.parseEveryFrame !== true;
+    this.maxUsage = opts.maxUsage ?? DEFAULT_MAX_USAGE;
+    this.tally = new TextTally(opts.textBound);
     const handler: SseHandler = { onEvent: (data, _event, end) => this.onEvent(data, end) };
     this.parser = new SseParser(handler, opts.maxEventBytes);
   }
 
-  /** The last usable usage object the upstream sent. */
+  /** The usage object of the last usage-bearing frame, when it was plausible. */
   get usage(): Usage | undefined { return this.usageSeen; }
-  /** Generated text so far (content, text, reasoning_content, tool-call names and arguments), for counting. */
-  get text(): string { return this.textSeen; }
+  /** Why the last usage-bearing frame's usage was not believed (then `usage` is undefined). */
+  get usageRejected(): UsageRejectReason | undefined { return this.rejectedSeen; }
+  /**
+   * Generated text (content, text, reasoning_content, tool-call names and arguments) held and not yet handed
+   * out by takeCountable(): all of it for a stream shorter than the bound.
+   */
+  get text(): string { return this.tally.rest(); }
+  /** Characters of generated text held. */
+  get heldChars(): number { return this.tally.held; }
+  /** Tokens to add to the count of the pieces and the rest, so that cutting the text never under-counts. */
+  get countMargin(): number { return this.tally.margin; }
+  /** A piece of text to count now; the meter has dropped it. undefined until the bound is passed. */
+  takeCountable(): string | undefined { return this.tally.take(); }
   get sawDone(): boolean { return this.done; }
   /** Data events received, [DONE] excluded. */
   get frames(): number { return this.frameCount; }
@@ -108,7 +129,7 @@ export class StreamMeter {
     if (this.fast) {
       const text = scanDeltaText(data);
       if (text !== null) {
-        if (text.length > 0) this.textSeen += text;
+        if (text.length > 0) this.tally.add(text);
         return false;
       }
     }
@@ -125,27 +146,33 @@ export class StreamMeter {
       for (const c of choices) this.collectText(c);
     }
     if (f.usage === undefined || f.usage === null) return false;
-    const usage = parseUsage(f.usage);
-    if (usage !== undefined) this.usageSeen = usage;
+    const usage = readUsage(f.usage, this.maxUsage);
+    if (isRejection(usage)) {
+      this.usageSeen = undefined;
+      this.rejectedSeen = usage.rejected;
+    } else if (usage !== undefined) {
+      this.usageSeen = usage;
+      this.rejectedSeen = undefined;
+    }
     return this.strip && Array.isArray(choices) && choices.length === 0;
   }
 
   private collectText(choice: unknown): void {
     if (typeof choice !== 'object' || choice === null) return;
     const c = choice as { delta?: unknown; text?: unknown };
-    if (typeof c.text === 'string') this.textSeen += c.text;
+    if (typeof c.text === 'string') this.tally.add(c.text);
     const delta = c.delta;
     if (typeof delta !== 'object' || delta === null) return;
     const d = delta as { content?: unknown; reasoning_content?: unknown; tool_calls?: unknown };
-    if (typeof d.content === 'string') this.textSeen += d.content;
-    if (typeof d.reasoning_content === 'string') this.textSeen += d.reasoning_content;
+    if (typeof d.content === 'string') this.tally.add(d.content);
+    if (typeof d.reasoning_content === 'string') this.tally.add(d.reasoning_content);
     // Tool-call names and arguments are generated tokens too: an aborted tool call must still be charged.
     if (Array.isArray(d.tool_calls)) {
       for (const call of d.tool_calls) {
         const fn = (call as { function?: { name?: unknown; arguments?: unknown } } | null)?.function;
         if (typeof fn !== 'object' || fn === null) continue;
-        if (typeof fn.name === 'string') this.textSeen += fn.name;
-        if (typeof fn.arguments === 'string') this.textSeen += fn.arguments;
+        if (typeof fn.name === 'string') this.tally.add(fn.name);
+        if (typeof fn.arguments === 'string') this.tally.add(fn.arguments);
       }
     }
   }

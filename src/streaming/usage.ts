@@ -1,36 +1,73 @@
-// Token usage as upstreams report it: `usage` in a non-streaming body or in the final SSE chunk.
+// Token usage as upstreams report it: `usage` in a non-streaming body or in the final SSE chunk. Upstream
+// numbers are input like any other: a count that is not a non-negative safe integer at or below the
+// per-request ceiling (`tokens.max_usage`), or a total below prompt + completion, makes the whole object
+// implausible, and the caller charges its own count instead (a lying upstream must not poison a quota).
 
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** The usage object as the upstream sent it: cost expressions may name any of its numeric fields (rules/cost-expr.ts). */
+  raw?: Readonly<Record<string, unknown>>;
 }
 
-function count(v: unknown): number | undefined | null {
+/** Why an upstream usage object was not believed (the `reason` label of sluice_usage_rejected_total). */
+export type UsageRejectReason = 'malformed' | 'not_a_number' | 'negative' | 'fractional' | 'too_large' | 'inconsistent';
+
+export interface UsageRejection {
+  readonly rejected: UsageRejectReason;
+}
+
+/** Used when the config gives no `tokens.max_usage`: no single request today comes near ten million tokens. */
+export const DEFAULT_MAX_USAGE = 10_000_000;
+
+function count(v: unknown, max: number): number | undefined | UsageRejectReason {
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) return null;
-  return Math.floor(v);
+  if (typeof v !== 'number') return 'not_a_number';
+  if (Number.isNaN(v)) return 'not_a_number';
+  if (v < 0) return 'negative';
+  if (v > max) return 'too_large';
+  if (!Number.isInteger(v)) return 'fractional';
+  return v;
 }
 
 /**
- * A usage object → Usage, or undefined when it carries no usable counts. A missing prompt or completion
- * count is 0 and a missing total is their sum; a negative or non-numeric count makes the whole object unusable.
+ * A usage object → Usage; a UsageRejection when it is present but implausible; undefined when absent (no
+ * object, or neither a prompt nor a completion count). A missing prompt or completion count is 0 and a missing
+ * total is their sum. A total above prompt + completion is believed (some providers count extra tokens in it).
  */
-export function parseUsage(u: unknown): Usage | undefined {
-  if (typeof u !== 'object' || u === null) return undefined;
+export function readUsage(u: unknown, maxUsage: number = DEFAULT_MAX_USAGE): Usage | UsageRejection | undefined {
+  if (u === undefined || u === null) return undefined;
+  if (typeof u !== 'object' || Array.isArray(u)) return { rejected: 'malformed' };
   const o = u as Record<string, unknown>;
-  const prompt = count(o.prompt_tokens);
-  const completion = count(o.completion_tokens);
-  const total = count(o.total_tokens);
-  if (prompt === null || completion === null || total === null) return undefined;
+  const prompt = count(o.prompt_tokens, maxUsage);
+  const completion = count(o.completion_tokens, maxUsage);
+  const total = count(o.total_tokens, maxUsage);
+  for (const c of [prompt, completion, total]) if (typeof c === 'string') return { rejected: c };
   if (prompt === undefined && completion === undefined) return undefined;
-  const p = prompt ?? 0;
-  const c = completion ?? 0;
-  return { prompt_tokens: p, completion_tokens: c, total_tokens: total ?? p + c };
+  const p = (prompt as number | undefined) ?? 0;
+  const c = (completion as number | undefined) ?? 0;
+  if (p + c > maxUsage) return { rejected: 'too_large' };
+  const t = total as number | undefined;
+  if (t !== undefined && t < p + c) return { rejected: 'inconsistent' };
+  const usage: Usage = { prompt_tokens: p, completion_tokens: c, total_tokens: t ?? p + c };
+  // Non-enumerable: the counts stay the object's visible shape (logs, comparisons); only cost expressions read it.
+  Object.defineProperty(usage, 'raw', { value: o, enumerable: false });
+  return usage;
+}
+
+export function isRejection(u: Usage | UsageRejection | undefined): u is UsageRejection {
+  return u !== undefined && (u as UsageRejection).rejected !== undefined;
+}
+
+/** readUsage without the reason: undefined for absent and for implausible usage alike. */
+export function parseUsage(u: unknown, maxUsage: number = DEFAULT_MAX_USAGE): Usage | undefined {
+  const r = readUsage(u, maxUsage);
+  return r === undefined || isRejection(r) ? undefined : r;
 }
 
 /** The usage of a parsed non-streaming response body (or of one parsed SSE chunk). */
-export function extractUsage(json: unknown): Usage | undefined {
+export function extractUsage(json: unknown, maxUsage: number = DEFAULT_MAX_USAGE): Usage | undefined {
   if (typeof json !== 'object' || json === null) return undefined;
-  return parseUsage((json as { usage?: unknown }).usage);
+  return parseUsage((json as { usage?: unknown }).usage, maxUsage);
 }

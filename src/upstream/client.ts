@@ -22,6 +22,36 @@ export interface Target {
   readonly origin: string;
   readonly chatPath: string;
   readonly completionPath: string;
+  /** The instance's own timeout, TLS and keep-alive settings; undefined: the client's defaults. */
+  readonly transport: Transport | undefined;
+}
+
+/** Per-instance transport (APISIX `timeout`, `ssl_verify`, `keepalive`, `keepalive_timeout`), resolved at load. */
+export interface Transport {
+  /** Instances with equal settings share one undici Agent. */
+  readonly agentKey: string;
+  readonly sslVerify: boolean;
+  readonly keepalive: boolean;
+  readonly keepaliveTimeoutMs: number;
+  readonly firstByteMs: number | undefined;
+  readonly idleMs: number | undefined;
+}
+
+/** The settings of the client's own Agent: instances that only set `timeout` use it. */
+const DEFAULT_KEEPALIVE_MS = 30_000;
+const DEFAULT_AGENT_KEY = `verify|${DEFAULT_KEEPALIVE_MS}`;
+
+function resolveTransport(inst: InstanceConfig): Transport | undefined {
+  const t = inst.transport;
+  if (t === undefined) return undefined;
+  return {
+    agentKey: `${t.ssl_verify ? 'verify' : 'noverify'}|${t.keepalive ? t.keepalive_timeout_ms : 'close'}`,
+    sslVerify: t.ssl_verify,
+    keepalive: t.keepalive,
+    keepaliveTimeoutMs: t.keepalive_timeout_ms,
+    firstByteMs: t.timeout_ms,
+    idleMs: t.timeout_ms,
+  };
 }
 
 /** Resolves an instance's endpoint once, at config load. */
@@ -31,7 +61,11 @@ export function resolveTarget(inst: InstanceConfig): Target {
   const q = url.search;
   let chatPath = url.pathname + q;
   let completionPath = url.pathname + q;
-  if (url.pathname.endsWith('/chat/completions')) {
+  // An endpoint given as scheme://host[:port] only (APISIX: "only the scheme + host") gets the surface's path.
+  if (url.pathname === '/') {
+    chatPath = '/v1/chat/completions' + q;
+    completionPath = '/v1/completions' + q;
+  } else if (url.pathname.endsWith('/chat/completions')) {
     completionPath = url.pathname.slice(0, -'/chat/completions'.length) + '/completions' + q;
   } else if (url.pathname.endsWith('/completions')) {
     chatPath = url.pathname.slice(0, -'/completions'.length) + '/chat/completions' + q;
@@ -44,7 +78,7 @@ export function resolveTarget(inst: InstanceConfig): Target {
     chatPath += sep + sp.toString();
     completionPath += sep + sp.toString();
   }
-  return { origin: url.origin, chatPath, completionPath };
+  return { origin: url.origin, chatPath, completionPath, transport: resolveTransport(inst) };
 }
 
 export interface UpstreamResponse {
@@ -84,25 +118,46 @@ export function classifyError(err: unknown): UpstreamFailure {
 export class UpstreamClient {
   private readonly agent: Agent;
   private readonly timeouts: UpstreamTimeouts;
+  /** Agents for instances with their own TLS or keep-alive settings, by Transport.agentKey (few: one per distinct setting). */
+  private readonly agents = new Map<string, Agent>();
 
   constructor(timeouts: UpstreamTimeouts) {
     this.timeouts = timeouts;
     this.agent = new Agent({
       connections: null,
       pipelining: 1,
-      keepAliveTimeout: 30_000,
+      keepAliveTimeout: DEFAULT_KEEPALIVE_MS,
       connect: { timeout: timeouts.connectMs },
       headersTimeout: timeouts.firstByteMs,
       bodyTimeout: timeouts.idleMs,
     });
   }
 
-  async send(origin: string, path: string, headers: Record<string, string>, body: Buffer, signal: AbortSignal): Promise<UpstreamResponse> {
-    try {
-      const r = await this.agent.request({
-        origin, path, method: 'POST', headers, body, signal,
+  private agentFor(t: Transport): Agent {
+    if (t.agentKey === DEFAULT_AGENT_KEY) return this.agent;
+    let agent = this.agents.get(t.agentKey);
+    if (agent === undefined) {
+      agent = new Agent({
+        connections: null,
+        // undici: pipelining 0 disables keep-alive (a connection per request).
+        pipelining: t.keepalive ? 1 : 0,
+        keepAliveTimeout: t.keepaliveTimeoutMs,
+        connect: { timeout: this.timeouts.connectMs, rejectUnauthorized: t.sslVerify },
         headersTimeout: this.timeouts.firstByteMs,
         bodyTimeout: this.timeouts.idleMs,
+      });
+      this.agents.set(t.agentKey, agent);
+    }
+    return agent;
+  }
+
+  async send(origin: string, path: string, headers: Record<string, string>, body: Buffer, signal: AbortSignal, transport?: Transport): Promise<UpstreamResponse> {
+    try {
+      const agent = transport === undefined ? this.agent : this.agentFor(transport);
+      const r = await agent.request({
+        origin, path, method: 'POST', headers, body, signal,
+        headersTimeout: transport?.firstByteMs ?? this.timeouts.firstByteMs,
+        bodyTimeout: transport?.idleMs ?? this.timeouts.idleMs,
       });
       return { status: r.statusCode, headers: r.headers, body: r.body };
     } catch (err) {
@@ -110,7 +165,7 @@ export class UpstreamClient {
     }
   }
 
-  close(): Promise<void> {
-    return this.agent.close();
+  async close(): Promise<void> {
+    await Promise.all([this.agent.close(), ...[...this.agents.values()].map((a) => a.close())]);
   }
 }

@@ -158,7 +158,7 @@ test('extractUsage reads non-streaming bodies and tolerates a missing total', ()
   assert.deepEqual(extractUsage({ usage: { prompt_tokens: 5, completion_tokens: 7 } }), { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 });
   assert.deepEqual(extractUsage({ usage: { prompt_tokens: 5 } }), { prompt_tokens: 5, completion_tokens: 0, total_tokens: 5 });
   assert.deepEqual(extractUsage({ usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 9, prompt_tokens_details: { cached_tokens: 1 } } }), { prompt_tokens: 5, completion_tokens: 2, total_tokens: 9 });
-  assert.deepEqual(parseUsage({ prompt_tokens: 2.9, completion_tokens: 1 }), { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 });
+  assert.equal(parseUsage({ prompt_tokens: 2.9, completion_tokens: 1 }), undefined, 'a fractional count is implausible');
   for (const bad of [undefined, null, 5, 'x', [], {}, { usage: null }, { usage: {} }, { usage: { total_tokens: 4 } }, { usage: { prompt_tokens: 'a' } }, { usage: { prompt_tokens: Infinity } }, { usage: { prompt_tokens: 1, completion_tokens: -2 } }]) {
     assert.equal(extractUsage(bad), undefined, JSON.stringify(bad));
   }
@@ -219,6 +219,11 @@ test('scanDeltaText takes plain content frames and declines everything else', ()
     '{"choices":[{"delta":{"content":5}}]}',
     '{"choices":[{"logprobs":{"content":[]}}]}',
     '{"choices":[{"delta":{"content":"unterminated',
+    // Text keys outside choices[0].delta / choices[0]: a full parse does not read them.
+    '{"content":" ","choices":[{"index":0,"delta":{}}]}',
+    '{"choices":[{"index":0,"delta":{"content":"a"}}],"text":"b"}',
+    '{"x":{"choices":[{"delta":{"content":"nested"}}]}}',
+    '{"choices":[{"index":0,"delta":{},"message":{"content":"m"}}]}',
   ]) {
     assert.equal(scanDeltaText(declined), null, declined);
   }

@@ -1,0 +1,67 @@
+// Which client request headers reach an upstream. An allowlist, not a blocklist: a header the gateway does
+// not know about (OpenAI-Organization, X-Forwarded-For, a new credential header) stays with the gateway.
+// Defaults: content negotiation, tracing, provider beta flags; an instance's `forward_headers` extends or
+// replaces them (config/forward-headers.ts). The instance's own headers (auth, organisation, project) are set
+// last, and the X-Forwarded-* family is always written by the gateway.
+import type { ForwardHeadersConfig } from '../config/types.ts';
+import type { IpMatcher } from '../rules/ip.ts';
+import type { ClientRequest } from './http-types.ts';
+
+export const DEFAULT_FORWARD_HEADERS: readonly string[] = [
+  // content negotiation
+  'accept', 'accept-language',
+  // tracing
+  'traceparent', 'tracestate', 'baggage', 'x-request-id', 'x-correlation-id', 'b3', 'x-b3-*', 'x-cloud-trace-context',
+  // provider beta flags and API versions
+  'openai-beta', 'anthropic-beta', 'anthropic-version',
+];
+
+/** Names no policy forwards, whatever the config says (config validation rejects them too). */
+const NEVER = new Set(['host', 'content-length', 'content-type', 'transfer-encoding', 'connection', 'authorization', 'proxy-authorization',
+  'cookie', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded']);
+
+export interface ForwardPolicy {
+  readonly exact: ReadonlySet<string>;
+  readonly prefixes: readonly string[];
+}
+
+export function compileForwardPolicy(cfg: ForwardHeadersConfig | undefined): ForwardPolicy {
+  const entries = cfg === undefined ? DEFAULT_FORWARD_HEADERS : cfg.replace ? cfg.headers : [...DEFAULT_FORWARD_HEADERS, ...cfg.headers];
+  const exact = new Set<string>();
+  const prefixes: string[] = [];
+  for (const e of entries) {
+    const n = e.toLowerCase();
+    if (n.endsWith('*')) prefixes.push(n.slice(0, -1)); else exact.add(n);
+  }
+  return { exact, prefixes };
+}
+
+function allowed(p: ForwardPolicy, name: string): boolean {
+  if (p.exact.has(name)) return true;
+  for (let i = 0; i < p.prefixes.length; i++) if (name.startsWith(p.prefixes[i]!)) return true;
+  return false;
+}
+
+/**
+ * The upstream request headers: allowed client headers (never `dropName`, the route's key-auth header), the
+ * instance's headers, and X-Forwarded-For/-Proto/-Host. A client's X-Forwarded-* is believed, and extended,
+ * only when the peer is a trusted proxy.
+ */
+export function upstreamHeaders(req: ClientRequest, policy: ForwardPolicy, dropName: string | undefined,
+  instance: Readonly<Record<string, string>>, trusted: IpMatcher, peer: string): Record<string, string> {
+  const client = req.headers;
+  const out: Record<string, string> = {};
+  for (const k of Object.keys(client)) {
+    if (k === dropName || NEVER.has(k) || !allowed(policy, k)) continue;
+    out[k] = client[k]!;
+  }
+  for (const k of Object.keys(instance)) out[k.toLowerCase()] = instance[k]!;
+  const fromProxy = trusted(peer);
+  const xff = fromProxy ? client['x-forwarded-for'] : undefined;
+  out['x-forwarded-for'] = xff !== undefined && xff.trim() !== '' ? `${xff}, ${peer}` : peer;
+  const proto = fromProxy ? client['x-forwarded-proto'] : undefined;
+  out['x-forwarded-proto'] = proto !== undefined && proto !== '' ? proto : 'http';
+  const host = (fromProxy ? client['x-forwarded-host'] : undefined) ?? client.host;
+  if (host !== undefined && host !== '') out['x-forwarded-host'] = host;
+  return out;
+}

@@ -1,0 +1,41 @@
+// Hostile input: SIGHUP with a broken config file (not parseable, then parseable but invalid). The running
+// config stays, the failure is logged and sluice_config_reloads_total{outcome="error"} counts it.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
+import { mockInstance } from '../helpers/gateway.ts';
+import { startSluiceProcess, eventually } from '../helpers/sluice-process.ts';
+
+describe('a reload that fails', () => {
+  let mock: MockUpstream;
+  before(async () => { mock = await startMockUpstream(); });
+  after(async () => { await mock?.close(); });
+
+  it('is counted as an error and keeps the running config', async () => {
+    const good = { routes: [{ id: 'r', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('a', mock.url)] } } }] };
+    const gw = await startSluiceProcess(good);
+    const errors = () => gw.metric(/^sluice_config_reloads_total\{outcome="error"\}/);
+    const oks = () => gw.metric(/^sluice_config_reloads_total\{outcome="ok"\}/);
+    const serves = async () => (await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }),
+    })).status;
+    try {
+      gw.writeConfig('{ "routes": [ this is not json');
+      gw.signal('SIGHUP');
+      await eventually('the unparseable file is counted', async () => (await errors()) === 1);
+      assert.equal(await serves(), 200);
+
+      gw.writeConfig({ routes: [{ id: 'r', uri: 'no-slash', plugins: { 'ai-proxy-multi': { instances: [] } } }] });
+      gw.signal('SIGHUP');
+      await eventually('the invalid config is counted', async () => (await errors()) === 2);
+      assert.equal(await serves(), 200);
+      assert.equal(await oks(), 0);
+      assert.ok(gw.logs.filter((l) => l.includes('config reload failed')).length >= 2, 'each failure is logged');
+
+      gw.writeConfig(good);
+      gw.signal('SIGHUP');
+      await eventually('a good file reloads', async () => (await oks()) === 1);
+      assert.equal(await errors(), 2);
+    } finally { await gw.stop(); }
+  });
+});
