@@ -27,17 +27,29 @@ function substituteString(s: string, path: string, env: NodeJS.ProcessEnv, is: I
     return v;
   });
   if (!ok) is.silence(path);
-  else if (WHOLE.test(s)) is.wholeEnv.add(path);
+  else is.fromEnv.add(path);
+  if (ok && WHOLE.test(s)) is.wholeEnv.add(path);
   return out;
 }
 
-/** A substituted copy of `value`. Objects are copied onto null prototypes so a `__proto__` key stays a plain key. */
-export function substituteEnv(value: unknown, path: string, env: NodeJS.ProcessEnv, is: Issues): unknown {
+// Far deeper than any real config. A deeper tree, or a cyclic one (a YAML alias inside its own anchor,
+// `routes: &r [*r]`), is reported here instead of overflowing the stack in this and every later pass.
+const MAX_DEPTH = 64;
+
+/**
+ * A substituted copy of `value`. Objects are copied onto null prototypes so a `__proto__` key stays a plain
+ * key. The copy is a tree at most MAX_DEPTH deep: what lies deeper is reported and left out.
+ */
+export function substituteEnv(value: unknown, path: string, env: NodeJS.ProcessEnv, is: Issues, depth = 0): unknown {
   if (typeof value === 'string') return substituteString(value, path, env, is);
-  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, childPath(path, i), env, is));
+  if ((Array.isArray(value) || isPlainObject(value)) && depth >= MAX_DEPTH) {
+    is.add(path, `is nested more than ${MAX_DEPTH} levels deep (or is a recursive alias)`);
+    return undefined;
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, childPath(path, i), env, is, depth + 1));
   if (isPlainObject(value)) {
     const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
-    for (const key of Object.keys(value)) out[key] = substituteEnv(value[key], childPath(path, key), env, is);
+    for (const key of Object.keys(value)) out[key] = substituteEnv(value[key], childPath(path, key), env, is, depth + 1);
     return out;
   }
   return value;

@@ -23,6 +23,8 @@ export class ConfigError extends Error {
 
 export function childPath(path: string, key: string | number): string {
   if (typeof key === 'number') return `${path}[${key}]`;
+  // An empty key would vanish from the path (at the top level, leave none at all).
+  if (key === '') return `${path}[""]`;
   return path === '' ? key : `${path}.${key}`;
 }
 
@@ -30,6 +32,8 @@ export class Issues {
   readonly list: ConfigIssue[] = [];
   /** Paths whose string was exactly one `$ENV://NAME`: numeric and boolean readers accept their text form. */
   readonly wholeEnv = new Set<string>();
+  /** Paths whose string took any `$ENV://` value: messages about them must not quote the value (it may be a secret). */
+  readonly fromEnv = new Set<string>();
   private readonly silenced = new Set<string>();
 
   add(path: string, message: string): void {

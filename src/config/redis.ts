@@ -1,7 +1,8 @@
 // Redis connection settings from either plugin, normalised into one RedisTargetConfig. The target's `id`
-// (mode, endpoints, username, database; never a password) decides which routes share a client, so two
-// routes naming the same Redis must agree on everything else the client is built with.
+// (mode, endpoints, username, database; never a password) names the Redis; `redisClientKey` adds the other
+// client settings, so routes naming the same Redis with different timeouts or passwords get their own clients.
 
+import { createHash, randomBytes } from 'node:crypto';
 import type { RedisPolicy, RedisTargetConfig } from './types.ts';
 import { childPath, type Issues } from './issues.ts';
 import { isHost, parseHostPort } from './net.ts';
@@ -174,30 +175,15 @@ export function readHigressRedis(is: Issues, path: string, value: unknown): Redi
   });
 }
 
-/** Settings a shared client is built with besides its id; two users of one id must agree on them. */
-const CLIENT_SETTINGS = {
-  password: 'password',
-  sentinel_password: 'sentinel password',
-  timeout_ms: 'timeout',
-  connect_timeout_ms: 'connect timeout',
-  cluster_name: 'cluster name',
-} as const;
+const KEY_SALT = randomBytes(16);
 
-export class RedisTargets {
-  private readonly seen = new Map<string, { target: RedisTargetConfig; path: string }>();
-
-  /** Record a target used at `path` (a plugin); report a clash with an earlier user of the same Redis. */
-  register(is: Issues, path: string, target: RedisTargetConfig): void {
-    const first = this.seen.get(target.id);
-    if (first === undefined) {
-      this.seen.set(target.id, { target, path });
-      return;
-    }
-    const differing = (Object.keys(CLIENT_SETTINGS) as (keyof typeof CLIENT_SETTINGS)[])
-      .filter((k) => first.target[k] !== target[k])
-      .map((k) => CLIENT_SETTINGS[k]);
-    if (differing.length > 0) {
-      is.add(path, `uses the same Redis as ${first.path} but with a different ${differing.join(', ')}`);
-    }
-  }
+/**
+ * What one Redis client (connection) of a process is built from: the target's id plus every other setting the
+ * client takes (password, timeouts, cluster name). Routes agreeing on all of them share one client and one
+ * quota store; routes differing in any (APISIX allows per-route `redis_timeout`, passwords, ...) each get their
+ * own, so every route keeps its own settings. Secrets enter only through a salted hash: the key never holds them.
+ */
+export function redisClientKey(t: RedisTargetConfig): string {
+  const settings = JSON.stringify([t.password ?? null, t.sentinel_password ?? null, t.timeout_ms, t.connect_timeout_ms, t.cluster_name ?? null]);
+  return `${t.id}#${createHash('sha256').update(KEY_SALT).update(settings).digest('hex').slice(0, 16)}`;
 }

@@ -1,8 +1,10 @@
 // `sluice validate --config <file>`: prints `ok` and exits 0, or prints every issue as `path: message`
-// (one per line, on stderr) and exits 2. Usage errors exit 2 as well.
+// (one per line, on stderr) and exits 2. Usage errors exit 2 as well. Warnings (config/warnings.ts) go to
+// stderr as `warning: path: message` and do not change the exit code.
 
 import { ConfigError, formatIssue } from './issues.ts';
 import { loadConfigFile } from './load.ts';
+import { configWarnings } from './warnings.ts';
 
 export interface CommandOutput {
   out(line: string): void;
@@ -42,7 +44,8 @@ export function runValidateCommand(argv: string[], io: CommandOutput = stdio, en
     return 2;
   }
   try {
-    loadConfigFile(file, env);
+    const config = loadConfigFile(file, env);
+    for (const w of configWarnings(config)) io.err(`warning: ${formatIssue(w)}`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     for (const issue of err.issues) io.err(formatIssue(issue));

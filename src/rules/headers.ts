@@ -10,8 +10,12 @@
 //               X-AI-<rule_name>-RateLimit-*, X-AI-RateLimit-* for a route-wide quota.
 // ietf style:   RateLimit-Policy: "<label>";q=<limit>;w=<window s>, ...   RateLimit: "<label>";r=<remaining>;t=<reset>, ...
 //               (draft-ietf-httpapi-ratelimit-headers-09 structured fields, one list member per quota)
+// standard_headers (APISIX): X-RateLimit-{Limit,Remaining,Reset}-{Tokens|PromptTokens|CompletionTokens},
+//               Reset in whole seconds; quotas sharing a name show the one with the least remaining.
 // Both styles also get the OpenAI trio for the most constraining quota shown:
-//               x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens ("12s").
+//               x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens ("12s"),
+//               unless standard headers already wrote X-RateLimit-*-Tokens.
+// A rejection by an ai-token-ratelimit quota also carries Higress's X-TokenRateLimit-Reset: <seconds>.
 // Retry-After is the caller's.
 
 import type { CounterView } from '../quota/types.ts';
@@ -64,9 +68,16 @@ export function quotaHeaders(
   let bestReset = 0;
   let policy = '';
   let state = '';
+  let trioTaken = false;
+  let rejectReset: [string, number] | undefined;
   for (let i = 0; i < entries.length; i++) {
     const e = entries[i]!;
     const q = e.q;
+    // Higress sends this header on every rejection, whatever show_limit_quota_header says.
+    if (rejected && q.rejectResetHeader !== undefined && isSpent(e)) {
+      const reset = resetOf(e.view, true);
+      if (rejectReset === undefined || reset > rejectReset[1]) rejectReset = [q.rejectResetHeader, reset];
+    }
     if (!q.showHeader) continue;
     const remaining = remainingOf(e, rejected);
     if (shadowed(entries, i, remaining, rejected)) continue;
@@ -74,6 +85,7 @@ export function quotaHeaders(
     const names = q.headerNames;
     if (q.headerStyle === 'apisix') {
       out.push([names.limit, String(e.view.limit)], [names.remaining, String(remaining)], [names.reset, String(reset)]);
+      if (names.key === 'x-ratelimit-limit-tokens') trioTaken = true;
     } else {
       const sep = policy === '' ? '' : ', ';
       policy += `${sep}${names.ietfLabel};q=${e.view.limit};w=${Math.round(q.counter.windowMs / 1000)}`;
@@ -86,7 +98,8 @@ export function quotaHeaders(
     }
   }
   if (policy !== '') out.push(['RateLimit-Policy', policy], ['RateLimit', state]);
-  if (best >= 0) {
+  if (rejectReset !== undefined) out.push([rejectReset[0], String(rejectReset[1])]);
+  if (best >= 0 && !trioTaken) {
     out.push(
       ['x-ratelimit-limit-tokens', String(entries[best]!.view.limit)],
       ['x-ratelimit-remaining-tokens', String(bestRemaining)],

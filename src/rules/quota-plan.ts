@@ -1,21 +1,24 @@
 // Which quotas a request touches. `compileRouteQuotas` turns a route's ai-rate-limiting, its consumers'
 // ai-rate-limiting and its ai-token-ratelimit into lookup tables once per config snapshot; `planRequest`
-// then does only lookups, template resolution and (on a cache miss) one hash per dynamic key.
+// then does only lookups, template resolution and (on a cache miss) one keyed hash per dynamic key.
 //
-// Counter ids are stable across reloads and replicas and hold no secrets: they are built from config
-// names, the window length and a truncated SHA-1 of dynamic key values (which may be API keys). Limits are
-// not part of an id, so editing a limit keeps what has been consumed; a new window length starts afresh.
+// Counter ids are stable across reloads and hold no secrets: they are built from config names, the window
+// length and an HMAC-SHA256 of key values (which may be API keys) under `key_hash_secret` (a random
+// per-process key when none is configured, so replicas must configure one to share per-key counters).
+// Limits are not part of an id, so editing a limit, or a templated limit resolving differently, keeps what
+// has been consumed; a new window length starts afresh.
 //
 //   r/<route>/arl/i/<instance>/<window s>              route instance quota (listed, or the top-level limit)
 //   r/<route>/arl/route/<window s>                     top-level limit on a route without ai-proxy-multi
 //   r/<route>/arl/rule/<n>/<window s>/<hash>           rules[n-1]
 //   c/<consumer>/arl/...                               the same shapes for a consumer's own plugin; shared by
 //                                                      every route the consumer calls, as in APISIX
+//   r/<route>/arl/c/<consumer>/...                     the route's plugin for a consumer with its own ai-proxy
 //   t/<rule_name>/g/<window s>                         ai-token-ratelimit global_threshold
 //   t/<rule_name>/<kind>/<source>/<window s>/<hash>    ai-token-ratelimit rule item key; like Higress, the
 //                                                      rule_name is the sharing group across routes
 
-import { hash } from 'node:crypto';
+import { createHmac, createSecretKey, randomBytes, type KeyObject } from 'node:crypto';
 import type {
   AiRateLimitingConfig,
   AiTokenRatelimitConfig,
@@ -26,15 +29,18 @@ import type {
   TokenRuleItem,
 } from '../config/types.ts';
 import type { CounterSpec } from '../quota/types.ts';
-import { compileCostExpr } from './cost-expr.ts';
+import { compileCostExpr, type RawUsage } from './cost-expr.ts';
 import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, type IpMatcher, type IpRange } from './ip.ts';
+import { compileRuleRegex, type RuleRegex } from './regex.ts';
 import { cookieValue, headerValue, queryParam, type RequestVars } from './request-vars.ts';
-import { compileCountTemplate, compileTemplate, type CountTemplate, type KeyTemplate } from './template.ts';
+import { compileCountTemplate, compileTemplate, requiredVars, type CountTemplate, type KeyTemplate, type RequiredVar } from './template.ts';
 
 export interface Usage {
   readonly prompt_tokens: number;
   readonly completion_tokens: number;
   readonly total_tokens: number;
+  /** The upstream's usage object as it came (settlement only): cost expressions may name any numeric field. */
+  readonly raw?: RawUsage;
 }
 
 export type HeaderTarget =
@@ -67,6 +73,8 @@ export interface PlannedQuota {
   readonly headerNames: QuotaHeaderNames;
   readonly showHeader: boolean;
   readonly headerStyle: 'apisix' | 'ietf';
+  /** Extra header carrying the reset seconds on a rejection by this quota (Higress: X-TokenRateLimit-Reset). */
+  readonly rejectResetHeader: string | undefined;
   readonly rejectedCode: number;
   readonly rejectedMsg: string | undefined;
   /** Bounded metric label derived from config only. */
@@ -76,11 +84,20 @@ export interface PlannedQuota {
   readonly source: AiRateLimitingConfig | AiTokenRatelimitConfig;
 }
 
+/** A request lacking a variable that a fail-closed rule or templated limit needs: answer this instead. */
+export interface MissingVariable {
+  readonly status: number;
+  /** Names the plugin, the rule and the variable; never a value. */
+  readonly message: string;
+}
+
 export interface RequestQuotaPlan {
   /** Quotas that apply to every upstream attempt. */
   readonly common: readonly PlannedQuota[];
   /** Quotas of one upstream instance (may be empty). */
   perInstance(instanceName: string): readonly PlannedQuota[];
+  /** Set when the request must be refused because a needed variable is absent; the quotas are then empty. */
+  readonly missing: MissingVariable | undefined;
 }
 
 // Not frozen: V8 copies frozen arrays on a slow path, and callers may copy these.
@@ -91,6 +108,7 @@ class Plan implements RequestQuotaPlan {
   constructor(
     readonly common: readonly PlannedQuota[],
     private readonly instances: ReadonlyMap<string, readonly PlannedQuota[]>,
+    readonly missing: MissingVariable | undefined = undefined,
   ) {}
 
   perInstance(instanceName: string): readonly PlannedQuota[] {
@@ -118,9 +136,16 @@ function seg(s: string): string {
   return encodeURIComponent(s);
 }
 
-/** 64 bits of SHA-1: no secret value appears in an id, collisions stay negligible. */
-function keyHash(s: string): string {
-  return hash('sha1', s, 'hex').slice(0, 16);
+/** Used when the config sets no key_hash_secret: stable for the process, so reloads keep per-key counters. */
+const PROCESS_SECRET = createSecretKey(randomBytes(32));
+
+type KeyHasher = (s: string) => string;
+
+/** 128 bits of HMAC-SHA256: a key value (an API key, say) cannot be recovered or confirmed from Redis without the secret. */
+function keyHasher(secret: string | undefined): KeyHasher {
+  // A KeyObject spares each HMAC the key setup a raw Buffer costs (about a third of the time, measured).
+  const key: KeyObject = secret === undefined ? PROCESS_SECRET : createSecretKey(Buffer.from(secret, 'utf8'));
+  return (s) => createHmac('sha256', key).update(s).digest('hex').slice(0, 32);
 }
 
 function headerToken(s: string): string {
@@ -154,7 +179,19 @@ function headerSet(prefix: string, suffix: string, label: string): QuotaHeaderNa
   };
 }
 
-function namesFor(target: HeaderTarget): QuotaHeaderNames {
+/** APISIX standard_headers: the suffix follows the limit strategy (an expression counts as Tokens). */
+const STANDARD_SUFFIX: Readonly<Record<LimitStrategy, string>> = {
+  total_tokens: 'Tokens',
+  prompt_tokens: 'PromptTokens',
+  completion_tokens: 'CompletionTokens',
+  expression: 'Tokens',
+};
+
+function namesFor(target: HeaderTarget, standard: LimitStrategy | undefined): QuotaHeaderNames {
+  if (standard !== undefined) {
+    const label = target.kind === 'instance' ? target.instance : target.kind === 'route' ? 'route' : target.label;
+    return headerSet('X-RateLimit-', `-${STANDARD_SUFFIX[standard]}`, label);
+  }
   switch (target.kind) {
     case 'instance':
       return headerSet('X-AI-RateLimit-', `-${headerToken(target.instance)}`, target.instance);
@@ -171,6 +208,7 @@ function namesFor(target: HeaderTarget): QuotaHeaderNames {
 interface QuotaBase {
   readonly showHeader: boolean;
   readonly headerStyle: 'apisix' | 'ietf';
+  readonly rejectResetHeader: string | undefined;
   readonly rejectedCode: number;
   readonly rejectedMsg: string | undefined;
   readonly sliding: boolean;
@@ -195,6 +233,7 @@ function makeQuota(
     headerNames,
     showHeader: base.showHeader,
     headerStyle: base.headerStyle,
+    rejectResetHeader: base.rejectResetHeader,
     rejectedCode: base.rejectedCode,
     rejectedMsg: base.rejectedMsg,
     metricRule,
@@ -203,7 +242,7 @@ function makeQuota(
   };
 }
 
-/** Dynamic-key quotas are cached per slot; a full cache is dropped, which bounds memory under key churn. */
+/** Dynamic quotas are cached per slot; a full cache is dropped, which bounds memory under key churn. */
 const MAX_CACHED_KEYS = 4096;
 
 function cachePut(cache: Map<string, PlannedQuota>, key: string, q: PlannedQuota): PlannedQuota {
@@ -215,11 +254,85 @@ function cachePut(cache: Map<string, PlannedQuota>, key: string, q: PlannedQuota
 // ---------------------------------------------------------------------------------------------------------
 // ai-rate-limiting
 
+/** What to do when a request lacks a variable a slot needs. */
+interface MissingPolicy {
+  readonly reject: boolean;
+  readonly status: number;
+}
+
+/** A limit and window, each a literal or a template resolved per request. */
+interface LimitTemplate {
+  readonly count: CountTemplate;
+  readonly window: CountTemplate;
+  readonly countSrc: string | number;
+  readonly windowSrc: string | number;
+  readonly countVars: readonly RequiredVar[];
+  readonly windowVars: readonly RequiredVar[];
+}
+
+function limitTemplate(count: string | number, window: string | number, at: string, countField: string): LimitTemplate {
+  const wrap = <T>(what: string, f: () => T): T => {
+    try {
+      return f();
+    } catch (err) {
+      throw new Error(`${at}.${what}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    count: wrap(countField, () => compileCountTemplate(count)),
+    window: wrap('time_window', () => compileCountTemplate(window)),
+    countSrc: count,
+    windowSrc: window,
+    countVars: requiredVars(count),
+    windowVars: requiredVars(window),
+  };
+}
+
+/**
+ * Why a template did not resolve: the first absent variable, or the one whose value is not a positive integer.
+ * The answer goes to the client, so it names variables only: never a value, nor the template (config text).
+ */
+function describeMiss(required: readonly RequiredVar[], vars: RequestVars): string {
+  for (const v of required) if (v.get(vars) === undefined) return `request variable "${v.name}" is missing`;
+  return required.length > 0 ? `request variable "${required[0]!.name}" is not a positive integer` : 'the template did not resolve';
+}
+
+/** A templated (or literal) top-level or instance quota: one counter per resolved window, limit applied per request. */
+interface LimitSlot {
+  readonly fixed: PlannedQuota | undefined;
+  readonly tpl: LimitTemplate;
+  readonly make: (limit: number, windowS: number) => PlannedQuota;
+  readonly cache: Map<string, PlannedQuota>;
+  readonly what: string;
+  readonly missing: MissingPolicy;
+}
+
+type Resolved = PlannedQuota | MissingVariable | undefined;
+
+function isMissing(r: Resolved): r is MissingVariable {
+  return r !== undefined && (r as MissingVariable).message !== undefined && (r as PlannedQuota).counter === undefined;
+}
+
+function missingOf(policy: MissingPolicy, what: string, why: string): MissingVariable | undefined {
+  return policy.reject ? { status: policy.status, message: `${what}: ${why}` } : undefined;
+}
+
+function resolveLimitSlot(slot: LimitSlot, vars: RequestVars): Resolved {
+  if (slot.fixed !== undefined) return slot.fixed;
+  const t = slot.tpl;
+  const limit = t.count(vars);
+  if (limit === undefined) return missingOf(slot.missing, `${slot.what} limit`, describeMiss(t.countVars, vars));
+  const windowS = t.window(vars);
+  if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars));
+  const cacheKey = `${limit}/${windowS}`;
+  return slot.cache.get(cacheKey) ?? cachePut(slot.cache, cacheKey, slot.make(limit, windowS));
+}
+
 interface RuleSlot {
   readonly keySrc: string;
   readonly key: KeyTemplate;
-  readonly count: CountTemplate;
-  readonly window: CountTemplate;
+  readonly keyVars: readonly RequiredVar[];
+  readonly tpl: LimitTemplate;
   readonly idPrefix: string;
   readonly base: QuotaBase;
   readonly cost: (u: Usage) => number;
@@ -227,27 +340,43 @@ interface RuleSlot {
   readonly names: QuotaHeaderNames;
   readonly metricRule: string;
   readonly cache: Map<string, PlannedQuota>;
+  readonly hash: KeyHasher;
+  readonly what: string;
+  /** `rules[i]`, for the answer to a request no rule applies to. */
+  readonly label: string;
+  readonly missing: MissingPolicy;
 }
 
-function resolveRule(slot: RuleSlot, vars: RequestVars): PlannedQuota | undefined {
+/** A rule whose key is absent: skipped, unless no rule of its plugin applies (then the request fails closed). */
+interface KeyMiss {
+  readonly keyMiss: string;
+}
+
+function resolveRule(slot: RuleSlot, vars: RequestVars): Resolved | KeyMiss {
   const value = slot.key(vars);
-  if (value === undefined) return undefined;
-  const limit = slot.count(vars);
-  const windowS = slot.window(vars);
-  if (limit === undefined || windowS === undefined) return undefined;
+  if (value === undefined) return { keyMiss: `${slot.label}: ${describeMiss(slot.keyVars, vars)}` };
+  // The key is there but its limit is not: the rule cannot be applied, and skipping it would serve unmetered.
+  const t = slot.tpl;
+  const limit = t.count(vars);
+  if (limit === undefined) return missingOf(slot.missing, `${slot.what} count`, describeMiss(t.countVars, vars));
+  const windowS = t.window(vars);
+  if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars));
   const hit = slot.cache.get(value);
   if (hit !== undefined && hit.counter.limit === limit && hit.counter.windowMs === windowS * 1000) return hit;
   // The template source is hashed with the value so a rule re-keyed on another variable starts afresh.
-  const id = `${slot.idPrefix}${windowS}/${keyHash(`${slot.keySrc}\n${value}`)}`;
+  const id = `${slot.idPrefix}${windowS}/${slot.hash(`${slot.keySrc}\n${value}`)}`;
   return cachePut(slot.cache, value, makeQuota(slot.base, id, limit, windowS, slot.cost, slot.header, slot.names, slot.metricRule));
 }
 
 interface CompiledArl {
   /** Instance name → quota (a listed instance, or the top-level limit applied to an unlisted one). */
-  readonly instances: Map<string, PlannedQuota>;
+  readonly instances: Map<string, LimitSlot>;
   /** Top-level limit when the route has no instance list. */
-  readonly routeWide: PlannedQuota | undefined;
+  readonly routeWide: LimitSlot | undefined;
   readonly rules: RuleSlot[];
+  /** Names the plugin in a missing-variable answer. */
+  readonly plugin: string;
+  readonly missing: MissingPolicy;
 }
 
 function compileArl(
@@ -256,37 +385,56 @@ function compileArl(
   consumerScoped: boolean,
   proxyInstances: readonly string[] | undefined,
   where: string,
+  hash: KeyHasher,
 ): CompiledArl {
   const base: QuotaBase = {
     showHeader: cfg.show_limit_quota_header,
     headerStyle: cfg.header_style,
+    rejectResetHeader: undefined,
     rejectedCode: cfg.rejected_code,
     rejectedMsg: cfg.rejected_msg,
     sliding: cfg.window_type === 'sliding',
     consumerScoped,
     source: cfg,
   };
-  const instances = new Map<string, PlannedQuota>();
-  const instanceQuota = (name: string, limit: number, windowS: number, cost: (u: Usage) => number, metric: string): PlannedQuota => {
-    const header: HeaderTarget = { kind: 'instance', instance: name };
-    return makeQuota(base, `${prefix}i/${seg(name)}/${windowS}`, limit, windowS, cost, header, namesFor(header), metric);
+  const missing: MissingPolicy = { reject: cfg.on_missing_key !== 'skip', status: cfg.missing_key_code };
+  const plugin = consumerScoped ? `consumer ${prefix.split('/')[1] ?? ''} ai-rate-limiting` : 'ai-rate-limiting';
+  const names = (header: HeaderTarget, strategy: LimitStrategy): QuotaHeaderNames => namesFor(header, cfg.standard_headers ? strategy : undefined);
+  const limitSlot = (
+    tpl: LimitTemplate, what: string, idOf: (windowS: number) => string, cost: (u: Usage) => number,
+    header: HeaderTarget, strategy: LimitStrategy, metric: string,
+  ): LimitSlot => {
+    const headerNames = names(header, strategy);
+    const make = (limit: number, windowS: number): PlannedQuota => makeQuota(base, idOf(windowS), limit, windowS, cost, header, headerNames, metric);
+    const staticLimit = typeof tpl.countSrc === 'number' ? tpl.countSrc : undefined;
+    const staticWindow = typeof tpl.windowSrc === 'number' ? tpl.windowSrc : undefined;
+    const fixed = staticLimit !== undefined && staticWindow !== undefined ? make(staticLimit, staticWindow) : undefined;
+    return { fixed, tpl, make, cache: new Map(), what, missing };
   };
-  for (const inst of cfg.instances) {
-    const cost = costOf(inst.limit_strategy, inst.cost_expr, `${where}.instances[${inst.name}]`);
-    instances.set(inst.name, instanceQuota(inst.name, inst.limit, inst.time_window, cost, consumerScoped ? 'consumer' : 'instance'));
-  }
-  let routeWide: PlannedQuota | undefined;
+  const instances = new Map<string, LimitSlot>();
+  const instanceSlot = (name: string, tpl: LimitTemplate, strategy: LimitStrategy, cost: (u: Usage) => number, metric: string): LimitSlot => {
+    const header: HeaderTarget = { kind: 'instance', instance: name };
+    return limitSlot(tpl, `${plugin} instance "${name}"`, (w) => `${prefix}i/${seg(name)}/${w}`, cost, header, strategy, metric);
+  };
+  cfg.instances.forEach((inst, i) => {
+    const at = `${where}.instances[${i}]`;
+    const cost = costOf(inst.limit_strategy, inst.cost_expr, at);
+    const tpl = limitTemplate(inst.limit, inst.time_window, at, 'limit');
+    instances.set(inst.name, instanceSlot(inst.name, tpl, inst.limit_strategy, cost, consumerScoped ? 'consumer' : 'instance'));
+  });
+  let routeWide: LimitSlot | undefined;
   if (cfg.limit !== undefined && cfg.time_window !== undefined) {
     const cost = costOf(cfg.limit_strategy, cfg.cost_expr, where);
     const metric = consumerScoped ? 'consumer' : 'route';
+    const tpl = limitTemplate(cfg.limit, cfg.time_window, where, 'limit');
     if (proxyInstances !== undefined && proxyInstances.length > 0) {
       // APISIX semantics: the top-level quota is a separate counter for every instance not listed.
       for (const name of proxyInstances) {
-        if (!instances.has(name)) instances.set(name, instanceQuota(name, cfg.limit, cfg.time_window, cost, metric));
+        if (!instances.has(name)) instances.set(name, instanceSlot(name, tpl, cfg.limit_strategy, cost, metric));
       }
     } else {
       const header: HeaderTarget = { kind: 'route' };
-      routeWide = makeQuota(base, `${prefix}route/${cfg.time_window}`, cfg.limit, cfg.time_window, cost, header, namesFor(header), metric);
+      routeWide = limitSlot(tpl, plugin, (w) => `${prefix}route/${w}`, cost, header, cfg.limit_strategy, metric);
     }
   }
   const ruleCost = cfg.rules.length > 0 ? costOf(cfg.limit_strategy, cfg.cost_expr, where) : COST.total_tokens;
@@ -294,28 +442,31 @@ function compileArl(
     const label = r.header_prefix ?? String(i + 1);
     const header: HeaderTarget = { kind: 'rule', label };
     const at = `${where}.rules[${i}]`;
-    const wrap = <T>(what: string, f: () => T): T => {
-      try {
-        return f();
-      } catch (err) {
-        throw new Error(`${at}.${what}: ${(err as Error).message}`);
-      }
-    };
+    let key: KeyTemplate;
+    try {
+      key = compileTemplate(r.key);
+    } catch (err) {
+      throw new Error(`${at}.key: ${(err as Error).message}`);
+    }
     return {
       keySrc: r.key,
-      key: wrap('key', () => compileTemplate(r.key)),
-      count: wrap('count', () => compileCountTemplate(r.count)),
-      window: wrap('time_window', () => compileCountTemplate(r.time_window)),
+      key,
+      keyVars: requiredVars(r.key),
+      tpl: limitTemplate(r.count, r.time_window, at, 'count'),
       idPrefix: `${prefix}rule/${i + 1}/`,
       base,
       cost: ruleCost,
       header,
-      names: namesFor(header),
+      names: names(header, cfg.limit_strategy),
       metricRule: consumerScoped ? `consumer-rule-${label}` : `rule-${label}`,
       cache: new Map(),
+      hash,
+      what: `${plugin} rules[${i}]`,
+      label: `rules[${i}]`,
+      missing,
     };
   });
-  return { instances, routeWide, rules };
+  return { instances, routeWide, rules, plugin, missing };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -331,7 +482,7 @@ type MatchKind = typeof MATCH_EXACT | typeof MATCH_REGEXP | typeof MATCH_ANY | t
 interface TokenKeySlot {
   readonly kind: MatchKind;
   readonly exact: string;
-  readonly re: RegExp | undefined;
+  readonly re: RuleRegex | undefined;
   readonly range: IpRange | undefined;
   readonly limit: number;
   readonly windowS: number;
@@ -350,10 +501,13 @@ interface TokenItemSlot {
 interface CompiledTokenRl {
   readonly global: PlannedQuota | undefined;
   readonly items: readonly TokenItemSlot[];
+  /** Current Higress: every matching item applies; false: only the first matching one. */
+  readonly allMatch: boolean;
   readonly base: QuotaBase;
   readonly header: HeaderTarget;
   readonly names: QuotaHeaderNames;
   readonly metricRule: string;
+  readonly hash: KeyHasher;
 }
 
 /** Parsed client address of the IP rule item being matched (synchronous use only). */
@@ -388,10 +542,11 @@ function tokenSource(item: TokenRuleItem, trusted: IpMatcher, where: string): (v
   }
 }
 
-function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: string): CompiledTokenRl {
+function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: string, hash: KeyHasher): CompiledTokenRl {
   const base: QuotaBase = {
     showHeader: cfg.show_limit_quota_header,
     headerStyle: 'apisix',
+    rejectResetHeader: 'X-TokenRateLimit-Reset',
     rejectedCode: cfg.rejected_code,
     rejectedMsg: cfg.rejected_msg,
     sliding: cfg.window_type === 'sliding',
@@ -399,7 +554,7 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
     source: cfg,
   };
   const header: HeaderTarget = { kind: 'token-rule', label: cfg.rule_name };
-  const names = namesFor(header);
+  const names = namesFor(header, undefined);
   const metricRule = cfg.rule_name;
   const cost = COST.total_tokens;
   const rulePrefix = `t/${seg(cfg.rule_name)}/`;
@@ -414,7 +569,7 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
     const kindSeg = `${item.per ? 'per-' : ''}${item.by}/${seg(item.name)}`;
     const keys = item.limit_keys.map((k: TokenLimitKey, j): TokenKeySlot => {
       let kind: MatchKind;
-      let re: RegExp | undefined;
+      let re: RuleRegex | undefined;
       let range: IpRange | undefined;
       if (k.key === '*') {
         kind = MATCH_ANY;
@@ -428,7 +583,7 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
       } else if (k.key.startsWith('regexp:')) {
         kind = MATCH_REGEXP;
         try {
-          re = new RegExp(k.key.slice(7));
+          re = compileRuleRegex(k.key.slice(7));
         } catch (err) {
           throw new Error(`${at}.limit_keys[${j}].key: invalid regular expression: ${(err as Error).message}`);
         }
@@ -439,12 +594,12 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
       // A key that is not per-value has one counter shared by every value it matches, named by the key itself.
       const fixed = item.per
         ? undefined
-        : makeQuota(base, idPrefix + keyHash(k.key), k.tokens, k.window_seconds, cost, header, names, metricRule);
+        : makeQuota(base, idPrefix + hash(k.key), k.tokens, k.window_seconds, cost, header, names, metricRule);
       return { kind, exact: k.key, re, range, limit: k.tokens, windowS: k.window_seconds, idPrefix, fixed, cache: new Map() };
     });
     return { source: tokenSource(item, trusted, at), isIp, keys };
   });
-  return { global, items, base, header, names, metricRule };
+  return { global, items, allMatch: cfg.rule_match !== 'first', base, header, names, metricRule, hash };
 }
 
 function keyMatches(k: TokenKeySlot, value: string): boolean {
@@ -456,8 +611,11 @@ function keyMatches(k: TokenKeySlot, value: string): boolean {
   }
 }
 
-/** Higress order: the first rule item whose source is present and matches one of its keys; its first matching key. */
-function resolveToken(t: CompiledTokenRl, vars: RequestVars): PlannedQuota | undefined {
+/**
+ * Higress order within an item: its first matching key. Across items: every item whose source is present
+ * and matches applies (current Higress), or only the first such item (`rule_match: first`).
+ */
+function resolveToken(t: CompiledTokenRl, vars: RequestVars, out: PlannedQuota[]): void {
   for (let i = 0; i < t.items.length; i++) {
     const item = t.items[i]!;
     const value = item.source(vars);
@@ -466,14 +624,16 @@ function resolveToken(t: CompiledTokenRl, vars: RequestVars): PlannedQuota | und
     for (let j = 0; j < item.keys.length; j++) {
       const k = item.keys[j]!;
       if (!keyMatches(k, value)) continue;
-      if (k.fixed !== undefined) return k.fixed;
-      const hit = k.cache.get(value);
-      if (hit !== undefined) return hit;
-      const q = makeQuota(t.base, k.idPrefix + keyHash(value), k.limit, k.windowS, COST.total_tokens, t.header, t.names, t.metricRule);
-      return cachePut(k.cache, value, q);
+      let q = k.fixed ?? k.cache.get(value);
+      if (q === undefined) {
+        q = cachePut(k.cache, value, makeQuota(t.base, k.idPrefix + t.hash(value), k.limit, k.windowS, COST.total_tokens, t.header, t.names, t.metricRule));
+      }
+      // Two items may resolve to one counter (the same key written twice): it is held once.
+      if (!out.includes(q)) out.push(q);
+      if (!t.allMatch) return;
+      break;
     }
   }
-  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -482,9 +642,13 @@ function resolveToken(t: CompiledTokenRl, vars: RequestVars): PlannedQuota | und
 /** Everything one kind of caller (anonymous, or one consumer) gets on this route. */
 export interface RouteQuotaScope {
   readonly staticCommon: readonly PlannedQuota[];
-  readonly rules: readonly RuleSlot[];
+  readonly dynamicCommon: readonly LimitSlot[];
+  /** The rules of the route's plugin and of the consumer's, each group failing closed on its own. */
+  readonly rules: readonly CompiledArl[];
   readonly token: CompiledTokenRl | undefined;
-  readonly instances: ReadonlyMap<string, readonly PlannedQuota[]>;
+  /** Instance name → its quota slots; `staticInstances` holds the same when none is templated. */
+  readonly instanceSlots: ReadonlyMap<string, readonly LimitSlot[]>;
+  readonly staticInstances: ReadonlyMap<string, readonly PlannedQuota[]> | undefined;
   /** Set when nothing depends on the request: the plan is returned as is. */
   readonly staticPlan: RequestQuotaPlan | undefined;
 }
@@ -500,51 +664,74 @@ export interface CompiledRouteQuotas {
 
 function buildScope(route: CompiledArl | undefined, consumer: CompiledArl | undefined, token: CompiledTokenRl | undefined): RouteQuotaScope {
   const staticCommon: PlannedQuota[] = [];
-  if (route?.routeWide) staticCommon.push(route.routeWide);
-  if (consumer?.routeWide) staticCommon.push(consumer.routeWide);
+  const dynamicCommon: LimitSlot[] = [];
+  for (const slot of [route?.routeWide, consumer?.routeWide]) {
+    if (slot === undefined) continue;
+    if (slot.fixed !== undefined) staticCommon.push(slot.fixed);
+    else dynamicCommon.push(slot);
+  }
   if (token?.global) staticCommon.push(token.global);
-  const rules = [...(route?.rules ?? []), ...(consumer?.rules ?? [])];
-  const instances = new Map<string, PlannedQuota[]>();
+  const rules = [route, consumer].filter((a): a is CompiledArl => a !== undefined && a.rules.length > 0);
+  const instanceSlots = new Map<string, LimitSlot[]>();
+  let allFixed = true;
   for (const arl of [route, consumer]) {
     if (arl === undefined) continue;
-    for (const [name, q] of arl.instances) {
-      const list = instances.get(name);
-      if (list === undefined) instances.set(name, [q]);
-      else list.push(q);
+    for (const [name, slot] of arl.instances) {
+      if (slot.fixed === undefined) allFixed = false;
+      const list = instanceSlots.get(name);
+      if (list === undefined) instanceSlots.set(name, [slot]);
+      else list.push(slot);
     }
   }
+  let staticInstances: Map<string, PlannedQuota[]> | undefined;
+  if (allFixed) {
+    staticInstances = new Map();
+    for (const [name, slots] of instanceSlots) staticInstances.set(name, slots.map((s) => s.fixed!));
+  }
   const tokenDynamic = token !== undefined && token.items.length > 0;
-  const staticPlan = rules.length === 0 && !tokenDynamic
-    ? new Plan(staticCommon.length === 0 ? EMPTY : staticCommon, instances.size === 0 ? EMPTY_MAP : instances)
+  const staticPlan = rules.length === 0 && !tokenDynamic && dynamicCommon.length === 0 && staticInstances !== undefined
+    ? new Plan(staticCommon.length === 0 ? EMPTY : staticCommon, staticInstances.size === 0 ? EMPTY_MAP : staticInstances)
     : undefined;
-  return { staticCommon, rules, token: tokenDynamic ? token : undefined, instances, staticPlan };
+  return { staticCommon, dynamicCommon, rules, token: tokenDynamic ? token : undefined, instanceSlots, staticInstances, staticPlan };
+}
+
+export interface CompileOptions {
+  readonly trustedProxies: readonly string[];
+  /** `key_hash_secret`; absent: the process's random key. */
+  readonly keyHashSecret?: string | undefined;
 }
 
 /**
  * Compile a route's quotas. Throws Error naming the offending field on a bad template, expression,
  * regular expression or IP range (config validation surfaces these with their paths).
  */
-export function compileRouteQuotas(
-  route: RouteConfig,
-  consumers: readonly ConsumerConfig[],
-  opts: { readonly trustedProxies: readonly string[] },
-): CompiledRouteQuotas {
+export function compileRouteQuotas(route: RouteConfig, consumers: readonly ConsumerConfig[], opts: CompileOptions): CompiledRouteQuotas {
   const trusted = compileIpMatcher(opts.trustedProxies);
+  const hash = keyHasher(opts.keyHashSecret);
   const proxyInstances = route.plugins['ai-proxy-multi']?.instances.map((i) => i.name);
   const arlCfg = route.plugins['ai-rate-limiting'];
   const tokenCfg = route.plugins['ai-token-ratelimit'];
   const routeArl = arlCfg === undefined
     ? undefined
-    : compileArl(arlCfg, `r/${seg(route.id)}/arl/`, false, proxyInstances, `routes[${route.id}].plugins.ai-rate-limiting`);
+    : compileArl(arlCfg, `r/${seg(route.id)}/arl/`, false, proxyInstances, `routes[${route.id}].plugins.ai-rate-limiting`, hash);
   const token = tokenCfg === undefined
     ? undefined
-    : compileTokenRl(tokenCfg, trusted, `routes[${route.id}].plugins.ai-token-ratelimit`);
+    : compileTokenRl(tokenCfg, trusted, `routes[${route.id}].plugins.ai-token-ratelimit`, hash);
   const anonymous = buildScope(routeArl, undefined, token);
   const byConsumer = new Map<string, RouteQuotaScope>();
   for (const c of consumers) {
-    if (c.ai_rate_limiting === undefined) continue;
-    const arl = compileArl(c.ai_rate_limiting, `c/${seg(c.username)}/arl/`, true, proxyInstances, `consumers[${c.username}].ai_rate_limiting`);
-    byConsumer.set(c.username, buildScope(routeArl, arl, token));
+    // A consumer with its own ai-proxy(-multi) is served by its instances (APISIX: the consumer's plugin
+    // replaces the route's): the route's ai-rate-limiting applies to them under counters of that consumer
+    // alone, and the consumer's own top-level limit to each of its instances.
+    const own = c.ai_proxy?.instances.map((i) => i.name);
+    if (c.ai_rate_limiting === undefined && (own === undefined || arlCfg === undefined)) continue;
+    const routeScoped = own === undefined || arlCfg === undefined
+      ? routeArl
+      : compileArl(arlCfg, `r/${seg(route.id)}/arl/c/${seg(c.username)}/`, false, own, `routes[${route.id}].plugins.ai-rate-limiting`, hash);
+    const arl = c.ai_rate_limiting === undefined
+      ? undefined
+      : compileArl(c.ai_rate_limiting, `c/${seg(c.username)}/arl/`, true, own ?? proxyInstances, `consumers[${c.username}].ai_rate_limiting`, hash);
+    byConsumer.set(c.username, buildScope(routeScoped, arl, token));
   }
   const active = routeArl !== undefined || token !== undefined || byConsumer.size > 0;
   return { routeId: route.id, active, anonymous, byConsumer };
@@ -552,20 +739,59 @@ export function compileRouteQuotas(
 
 const EMPTY_PLAN: RequestQuotaPlan = new Plan(EMPTY, EMPTY_MAP);
 
-/** The quotas this request touches. Allocates only when rules or token rule items resolve per request. */
+function missingPlan(m: MissingVariable): RequestQuotaPlan {
+  return new Plan(EMPTY, EMPTY_MAP, m);
+}
+
+/**
+ * The quotas this request touches. Allocates only when rules, templated limits or token rule items resolve
+ * per request. A plan with `missing` set must be answered with that error (fail closed).
+ */
 export function planRequest(c: CompiledRouteQuotas, vars: RequestVars): RequestQuotaPlan {
   if (!c.active) return EMPTY_PLAN;
   const scope = vars.consumer === undefined ? c.anonymous : (c.byConsumer.get(vars.consumer) ?? c.anonymous);
   if (scope.staticPlan !== undefined) return scope.staticPlan;
   const common: PlannedQuota[] = [];
   for (let i = 0; i < scope.staticCommon.length; i++) common.push(scope.staticCommon[i]!);
-  for (let i = 0; i < scope.rules.length; i++) {
-    const q = resolveRule(scope.rules[i]!, vars);
+  for (let i = 0; i < scope.dynamicCommon.length; i++) {
+    const q = resolveLimitSlot(scope.dynamicCommon[i]!, vars);
+    if (isMissing(q)) return missingPlan(q);
     if (q !== undefined) common.push(q);
   }
-  if (scope.token !== undefined) {
-    const q = resolveToken(scope.token, vars);
-    if (q !== undefined) common.push(q);
+  for (let g = 0; g < scope.rules.length; g++) {
+    const group = scope.rules[g]!;
+    let applied = 0;
+    let misses: string[] | undefined;
+    for (let i = 0; i < group.rules.length; i++) {
+      const q = resolveRule(group.rules[i]!, vars);
+      if (q === undefined) continue;
+      if ((q as KeyMiss).keyMiss !== undefined) {
+        (misses ??= []).push((q as KeyMiss).keyMiss);
+        continue;
+      }
+      if (isMissing(q as Resolved)) return missingPlan(q as MissingVariable);
+      common.push(q as PlannedQuota);
+      applied++;
+    }
+    // APISIX: a request to which no rule applies is refused, not served unmetered.
+    if (applied === 0 && misses !== undefined && group.missing.reject) {
+      return missingPlan({ status: group.missing.status, message: `${group.plugin}: no rule applies to this request: ${misses.join('; ')}` });
+    }
   }
-  return new Plan(common, scope.instances);
+  if (scope.token !== undefined) resolveToken(scope.token, vars, common);
+  let instances: ReadonlyMap<string, readonly PlannedQuota[]> | undefined = scope.staticInstances;
+  if (instances === undefined) {
+    const resolved = new Map<string, PlannedQuota[]>();
+    for (const [name, slots] of scope.instanceSlots) {
+      const list: PlannedQuota[] = [];
+      for (const slot of slots) {
+        const q = resolveLimitSlot(slot, vars);
+        if (isMissing(q)) return missingPlan(q);
+        if (q !== undefined) list.push(q);
+      }
+      resolved.set(name, list);
+    }
+    instances = resolved;
+  }
+  return new Plan(common, instances.size === 0 ? EMPTY_MAP : instances);
 }

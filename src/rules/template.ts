@@ -9,8 +9,15 @@ export type KeyTemplate = (vars: RequestVars) => string | undefined;
 export type CountTemplate = (vars: RequestVars) => number | undefined;
 
 interface VarPart {
+  readonly name: string;
   readonly get: VarGetter;
   readonly fallback: string | undefined;
+}
+
+/** A variable a template cannot do without (no `?? default`), with its getter: names the culprit of a miss. */
+export interface RequiredVar {
+  readonly name: string;
+  readonly get: VarGetter;
 }
 
 function isNameChar(c: number): boolean {
@@ -61,7 +68,7 @@ function parseTemplate(src: string): (string | VarPart)[] {
       const { name, fallback } = parseBraced(src, src.slice(i + 2, close), i);
       if (lit !== '') parts.push(lit);
       lit = '';
-      parts.push({ get: withPosition(src, i, name), fallback });
+      parts.push({ name, get: withPosition(src, i, name), fallback });
       i = close + 1;
       continue;
     }
@@ -70,7 +77,8 @@ function parseTemplate(src: string): (string | VarPart)[] {
       while (j < src.length && isNameChar(src.charCodeAt(j))) j++;
       if (lit !== '') parts.push(lit);
       lit = '';
-      parts.push({ get: withPosition(src, i, src.slice(i + 1, j)), fallback: undefined });
+      const name = src.slice(i + 1, j);
+      parts.push({ name, get: withPosition(src, i, name), fallback: undefined });
       i = j;
       continue;
     }
@@ -108,6 +116,16 @@ export function compileTemplate(src: string): KeyTemplate {
     }
     return out;
   };
+}
+
+/** The variables of a key or count template that have no default, in order (numbers have none). */
+export function requiredVars(src: string | number): RequiredVar[] {
+  if (typeof src === 'number') return [];
+  const out: RequiredVar[] = [];
+  for (const p of parseTemplate(src)) {
+    if (typeof p !== 'string' && p.fallback === undefined) out.push({ name: p.name, get: p.get });
+  }
+  return out;
 }
 
 /** A positive safe integer written in plain decimal digits, else undefined. No regex: this runs per request. */

@@ -144,7 +144,7 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
     } finally { await gw.close(); }
   });
 
-  it('Rate Limit by Rules: X-AI-1 / X-AI-2 headers, ${http_x_custom_count ?? 500}, skipped rules', async () => {
+  it('Rate Limit by Rules: X-AI-1 / X-AI-2 headers, ${http_x_custom_count ?? 500}, a rule without its key skipped, none applying refused', async () => {
     await avoidWindowEdge(30);
     const gw = await startGateway({
       routes: [{
@@ -184,10 +184,11 @@ describe('seed 001: APISIX ai-rate-limiting examples', () => {
       assert.equal(t1.status, 200);
       assert.equal(t1.headers.get('x-ai-2-ratelimit-limit'), '50');
       assert.equal(t1.headers.get('x-ai-1-ratelimit-limit'), null);
-      // No rule matches: the request passes unlimited.
-      const free = await post(`${gw.url}/anything`, MATH);
-      assert.equal(free.status, 200);
-      assert.equal(free.headers.get('x-ai-1-ratelimit-limit'), null);
+      // No rule applies: refused as APISIX does (issue 8 item 5; before, it passed unmetered), naming the variables.
+      const none = await post(`${gw.url}/anything`, MATH);
+      assert.equal(none.status, 400);
+      assert.equal(none.body.error.code, 'SLC_RULE_KEY_MISSING');
+      assert.match(none.body.error.message, /"http_x_subscription_id" is missing.*"http_x_trial_id" is missing/);
     } finally { await gw.close(); }
   });
 

@@ -48,7 +48,7 @@ test('syntax errors name the position', () => {
   assert.throws(() => compileCostExpr('prompt_tokens +'), /unexpected end of expression at position 15/);
   assert.throws(() => compileCostExpr('(1 + 2'), /expected "\)" at position 6/);
   assert.throws(() => compileCostExpr('1 + 2)'), /unexpected "\)" at position 5/);
-  assert.throws(() => compileCostExpr('cached_tokens * 2'), /unknown identifier "cached_tokens" at position 0/);
+  assert.throws(() => compileCostExpr('max * 2'), /function "max" needs arguments at position 0/);
   assert.throws(() => compileCostExpr('1 + pow(2, 3)'), /unknown function "pow" at position 4/);
   assert.throws(() => compileCostExpr('max(1)'), /max\(\) takes 2 argument\(s\), got 1/);
   assert.throws(() => compileCostExpr('ceil(1, 2)'), /ceil\(\) takes 1/);
@@ -63,10 +63,59 @@ test('JavaScript never runs: code-looking input is rejected by the grammar', () 
     'constructor.constructor("return process")()',
     'total_tokens; process.exit(1)',
     '`${total_tokens}`',
-    'this',
     'total_tokens.toString',
-    'globalThis',
+    '__proto__.x',
   ]) {
     assert.throws(() => compileCostExpr(src), /cost_expr/, src);
   }
+  // A bare name is a usage field: never a JavaScript binding, and only an own property of the usage counts.
+  for (const src of ['this', 'globalThis', 'constructor', '__proto__', 'toString']) {
+    assert.equal(compileCostExpr(src)({ ...u, raw: {} }), 0, src);
+  }
+});
+
+// ---- APISIX: a cost expression may name any numeric field of the upstream's usage ----
+
+test('APISIX cost_expr over an Anthropic usage: input + cache creation + output', () => {
+  const f = compileCostExpr('input_tokens + cache_creation_input_tokens + output_tokens');
+  const raw = { input_tokens: 12, cache_creation_input_tokens: 1000, cache_read_input_tokens: 0, output_tokens: 40 };
+  assert.equal(f({ prompt_tokens: 12, completion_tokens: 40, total_tokens: 52, raw }), 1052);
+});
+
+test('APISIX cost_expr: a nested OpenAI field (prompt_tokens_details.cached_tokens) resolves', () => {
+  const f = compileCostExpr('prompt_tokens - cached_tokens * 0.9 + completion_tokens');
+  const raw = { prompt_tokens: 1000, completion_tokens: 10, total_tokens: 1010, prompt_tokens_details: { cached_tokens: 800 } };
+  assert.equal(f({ prompt_tokens: 1000, completion_tokens: 10, total_tokens: 1010, raw }), 290);
+});
+
+test('APISIX cost_expr: a top-level field wins over a nested one of the same name', () => {
+  const f = compileCostExpr('cached_tokens');
+  const raw = { prompt_tokens: 5, cached_tokens: 3, prompt_tokens_details: { cached_tokens: 100 } };
+  assert.equal(f({ prompt_tokens: 5, completion_tokens: 0, total_tokens: 5, raw }), 3);
+});
+
+test('APISIX cost_expr: a name the usage does not carry counts 0; a negative cost counts 0', () => {
+  const raw = { prompt_tokens: 5, completion_tokens: 2 };
+  const usage = { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7, raw };
+  assert.equal(compileCostExpr('total_tokens + reasoning_tokens')(usage), 7);
+  assert.equal(compileCostExpr('prompt_tokens - 100 * completion_tokens')(usage), 0);
+  // Non-finite or negative fields from an upstream are not counts.
+  assert.equal(compileCostExpr('a + b + 1')({ ...usage, raw: { a: -5, b: 'x' } }), 1);
+});
+
+test('without the raw usage (the reservation) the cost is an upper bound of every settled cost', () => {
+  const estimate = { prompt_tokens: 100, completion_tokens: 50, total_tokens: 150 };
+  const cases: [string, Record<string, unknown>][] = [
+    ['input_tokens + cache_creation_input_tokens + output_tokens', { input_tokens: 20, cache_creation_input_tokens: 80, output_tokens: 50 }],
+    ['prompt_tokens - cached_tokens * 0.9 + completion_tokens', { prompt_tokens: 100, completion_tokens: 50, prompt_tokens_details: { cached_tokens: 0 } }],
+    ['max(reasoning_tokens, 10) * 2 + total_tokens / max(1, cached_tokens)', { total_tokens: 150, reasoning_tokens: 50, cached_tokens: 1 }],
+    ['ceil(cache_read_input_tokens / 10) - floor(output_tokens / 3)', { cache_read_input_tokens: 150, output_tokens: 0 }],
+  ];
+  for (const [src, raw] of cases) {
+    const f = compileCostExpr(src);
+    const bound = f(estimate);
+    const settled = f({ prompt_tokens: 100, completion_tokens: 50, total_tokens: 150, raw });
+    assert.ok(bound >= settled, `${src}: bound ${bound} < settled ${settled}`);
+  }
+  assert.equal(compileCostExpr('prompt_tokens + 4 * completion_tokens')(estimate), 300, 'the normalised names keep their point values');
 });

@@ -161,7 +161,7 @@ test('ietf style: RateLimit-Policy and RateLimit structured lists', () => {
 
 test('token-rule and route-wide header names', () => {
   const tokenCfg: AiTokenRatelimitConfig = {
-    rule_name: 'default_rule', global_threshold: { tokens: 1000, window_seconds: 60 }, rule_items: [], rejected_code: 429,
+    rule_name: 'default_rule', global_threshold: { tokens: 1000, window_seconds: 60 }, rule_items: [], rule_match: 'all', rejected_code: 429,
     rejected_msg: 'Too many requests', show_limit_quota_header: true, window_type: 'fixed', redis: undefined, allow_degradation: false,
   };
   const t = quotas(route({ 'ai-token-ratelimit': tokenCfg })).plan.common[0]!;
@@ -191,7 +191,7 @@ test('quotaHeaders appends to the caller array', () => {
 
 test('a rule header_prefix equal to a token rule_name yields one header set, not duplicates', () => {
   const tokenCfg: AiTokenRatelimitConfig = {
-    rule_name: 'team', global_threshold: { tokens: 1000, window_seconds: 60 }, rule_items: [], rejected_code: 429,
+    rule_name: 'team', global_threshold: { tokens: 1000, window_seconds: 60 }, rule_items: [], rule_match: 'all', rejected_code: 429,
     rejected_msg: 'Too many requests', show_limit_quota_header: true, window_type: 'fixed', redis: undefined, allow_degradation: false,
   };
   const { plan } = quotas(route({
@@ -202,4 +202,50 @@ test('a rule header_prefix equal to a token rule_name yields one header set, not
   const h = render([{ q: plan.common[0]!, view: view(1000, 10, 0, 1_000) }, { q: plan.common[1]!, view: view(100, 10, 0, 1_000) }]);
   assert.deepEqual(Object.keys(h).filter((k) => k.toLowerCase().startsWith('x-ai-team')), ['X-AI-TEAM-RateLimit-Limit', 'X-AI-TEAM-RateLimit-Remaining', 'X-AI-TEAM-RateLimit-Reset']);
   assert.equal(h['X-AI-TEAM-RateLimit-Remaining'], '90');
+});
+
+// ---- APISIX standard_headers ----
+
+test('standard_headers: X-RateLimit-*-Tokens replaces X-AI-RateLimit-*, Reset in whole seconds, no duplicate OpenAI trio', () => {
+  const { inst } = quotas(route({ 'ai-rate-limiting': arl({ limit: 100000, time_window: 60, standard_headers: true }) }));
+  const h = render([{ q: inst('openai-instance'), view: view(100000, 15, 0, 41_200) }]);
+  assert.deepEqual(h, {
+    'X-RateLimit-Limit-Tokens': '100000',
+    'X-RateLimit-Remaining-Tokens': '99985',
+    'X-RateLimit-Reset-Tokens': '42',
+  });
+  const rejected = render([{ q: inst('openai-instance'), view: view(100000, 100000, 0, 17_500) }], true);
+  assert.equal(rejected['X-RateLimit-Remaining-Tokens'], '0');
+  assert.equal(rejected['X-RateLimit-Reset-Tokens'], '18');
+});
+
+test('standard_headers: the suffix follows limit_strategy (PromptTokens, CompletionTokens); the OpenAI trio stays', () => {
+  const prompt = quotas(route({ 'ai-rate-limiting': arl({ limit: 50000, time_window: 60, limit_strategy: 'prompt_tokens', standard_headers: true }) }));
+  const h = render([{ q: prompt.inst('openai-instance'), view: view(50000, 10, 0, 55_000) }]);
+  assert.equal(h['X-RateLimit-Limit-PromptTokens'], '50000');
+  assert.equal(h['X-RateLimit-Remaining-PromptTokens'], '49990');
+  assert.equal(h['X-RateLimit-Reset-PromptTokens'], '55');
+  assert.equal(h['x-ratelimit-remaining-tokens'], '49990');
+  const completion = quotas(route({ 'ai-rate-limiting': arl({ instances: [{ name: 'openai-instance', limit: 10, time_window: 60, limit_strategy: 'completion_tokens', cost_expr: undefined }], standard_headers: true }) }));
+  assert.equal(completion.inst('openai-instance').headerNames.limit, 'X-RateLimit-Limit-CompletionTokens');
+});
+
+test('standard_headers: two quotas with one standard name show the one with the least remaining', () => {
+  const { plan, inst } = quotas(route({
+    'ai-rate-limiting': arl({ limit: 1000, time_window: 60, standard_headers: true, rules: [{ key: '${http_x_u}', count: 100, time_window: 60, header_prefix: undefined }] }),
+  }), vars({ headers: { 'x-u': 'u' } }));
+  const h = render([{ q: plan.common[0]!, view: view(100, 90, 0, 5_000) }, { q: inst('openai-instance'), view: view(1000, 10, 0, 5_000) }]);
+  assert.deepEqual(h, { 'X-RateLimit-Limit-Tokens': '100', 'X-RateLimit-Remaining-Tokens': '10', 'X-RateLimit-Reset-Tokens': '5' });
+});
+
+// ---- Higress ----
+
+test('Higress: a rejection by ai-token-ratelimit carries X-TokenRateLimit-Reset, even with quota headers off', () => {
+  const tokenCfg: AiTokenRatelimitConfig = {
+    rule_name: 'r', global_threshold: { tokens: 100, window_seconds: 60 }, rule_items: [], rule_match: 'all', rejected_code: 429,
+    rejected_msg: 'Too many requests', show_limit_quota_header: false, window_type: 'fixed', redis: undefined, allow_degradation: false,
+  };
+  const t = quotas(route({ 'ai-token-ratelimit': tokenCfg })).plan.common[0]!;
+  assert.deepEqual(render([{ q: t, view: view(100, 120, 0, 30_500) }], true), { 'X-TokenRateLimit-Reset': '31' });
+  assert.deepEqual(render([{ q: t, view: view(100, 10, 0, 30_500) }], false), {}, 'not on success');
 });

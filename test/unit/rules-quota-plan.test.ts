@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { createHash } from 'node:crypto';
 import assert from 'node:assert/strict';
 import type {
   AiProxyConfig,
@@ -50,7 +51,7 @@ function consumer(username: string, ai_rate_limiting?: AiRateLimitingConfig): Co
 
 function atr(over: Partial<AiTokenRatelimitConfig>): AiTokenRatelimitConfig {
   return {
-    rule_name: 'default_rule', global_threshold: undefined, rule_items: [], rejected_code: 429,
+    rule_name: 'default_rule', global_threshold: undefined, rule_items: [], rule_match: 'all', rejected_code: 429,
     rejected_msg: 'Too many requests', show_limit_quota_header: true, window_type: 'fixed', redis: undefined,
     allow_degradation: false, ...over,
   };
@@ -173,7 +174,7 @@ test('consumer top-level limit applies per instance; route and consumer quotas b
   assert.deepEqual(planRequest(c, vars()).perInstance('b'), [], 'anonymous callers only get the route quotas');
 });
 
-test('seed: rules keyed on headers, X-Custom-Count override, skipped when the key is absent', () => {
+test('seed: rules keyed on headers, X-Custom-Count override, a rule skipped when its key is absent', () => {
   const c = compileRouteQuotas(route('ai-rate-limiting-route', {
     'ai-proxy-multi': proxy('openai-instance', 'deepseek-instance'),
     'ai-rate-limiting': arl({
@@ -191,7 +192,7 @@ test('seed: rules keyed on headers, X-Custom-Count override, skipped when the ke
   assert.deepEqual(q1.header, { kind: 'rule', label: '1' });
   assert.equal(q1.headerNames.limit, 'X-AI-1-RateLimit-Limit');
   assert.equal(q1.metricRule, 'rule-1');
-  assert.match(q1.counter.id, /^r\/ai-rate-limiting-route\/arl\/rule\/1\/60\/[0-9a-f]{16}$/);
+  assert.match(q1.counter.id, /^r\/ai-rate-limiting-route\/arl\/rule\/1\/60\/[0-9a-f]{32}$/);
   assert.ok(!q1.counter.id.includes('sub-123456789'), 'the key value is hashed');
   assert.deepEqual(sub.perInstance('openai-instance'), [], 'rules are common, not per instance');
 
@@ -214,7 +215,16 @@ test('seed: rules keyed on headers, X-Custom-Count override, skipped when the ke
   const both = planRequest(c, vars({ headers: { 'x-subscription-id': 's', 'x-trial-id': 't' } }));
   assert.deepEqual(both.common.map((q) => q.header), [{ kind: 'rule', label: '1' }, { kind: 'rule', label: '2' }], 'every matching rule applies');
 
-  assert.deepEqual(planRequest(c, vars()).common, [], 'no rule matches: the request passes');
+  // APISIX: a request to which no rule applies fails (it must not escape every quota by dropping headers).
+  const none = planRequest(c, vars());
+  assert.deepEqual(none.common, []);
+  assert.equal(none.missing?.status, 400);
+  assert.match(none.missing!.message, /no rule applies.*"http_x_subscription_id" is missing.*"http_x_trial_id" is missing/);
+  const skipping = compileRouteQuotas(route('skip', {
+    'ai-rate-limiting': arl({ on_missing_key: 'skip', missing_key_code: 403, rules: [rule('${http_x_subscription_id}', 5, 60)] }),
+  }), [], NO_PROXIES);
+  const skipped = planRequest(skipping, vars());
+  assert.deepEqual([skipped.common, skipped.missing], [[], undefined], 'on_missing_key: skip serves it without the rule');
 });
 
 test('rule header_prefix, templated window, combined keys and invalid counts', () => {
@@ -235,11 +245,15 @@ test('rule header_prefix, templated window, combined keys and invalid counts', (
   assert.match(q.counter.id, /^r\/r2\/arl\/rule\/1\/3600\//);
   const q60 = only(planRequest(c, vars({ consumer: 'jack' })).common);
   assert.match(q60.counter.id, /^r\/r2\/arl\/rule\/1\/60\//, 'another window length is another counter');
-  assert.deepEqual(planRequest(c, vars()).common, [], 'no consumer: the combined key is absent');
+  assert.match(planRequest(c, vars()).missing!.message, /"consumer_name" is missing/, 'no consumer: the combined key is absent');
 
-  assert.deepEqual(planRequest(c, vars({ query: 'apikey=k1' })).common, [], 'count without default and no header: skipped');
-  assert.deepEqual(planRequest(c, vars({ query: 'apikey=k1', headers: { 'x-count': 'lots' } })).common, [], 'invalid count: skipped');
-  assert.equal(only(planRequest(c, vars({ query: 'apikey=k1', headers: { 'x-count': '7' } })).common).counter.limit, 7);
+  // A rule whose key is there but whose count is not is refused (APISIX errors the rule), naming the variable.
+  const noCount = planRequest(c, vars({ query: 'apikey=k1', consumer: 'jack' }));
+  assert.match(noCount.missing!.message, /rules\[1\] count: request variable "http_x_count" is missing/);
+  const badCount = planRequest(c, vars({ query: 'apikey=k1', consumer: 'jack', headers: { 'x-count': 'lots' } }));
+  assert.match(badCount.missing!.message, /request variable "http_x_count" is not a positive integer/);
+  assert.ok(!badCount.missing!.message.includes('lots'), 'values are never echoed');
+  assert.equal(planRequest(c, vars({ query: 'apikey=k1', consumer: 'jack', headers: { 'x-count': '7' } })).common[1]!.counter.limit, 7);
 });
 
 test('rules and instance limits combine on one route', () => {
@@ -355,13 +369,13 @@ const APIKEY_RULE = atr({
   ],
 });
 
-test('higress: apikey param, exact keys then per-key regexp and * (first item and first key win)', () => {
-  const c = compileRouteQuotas(route('r', { 'ai-token-ratelimit': APIKEY_RULE }), [], NO_PROXIES);
+test('higress rule_match: first (before PR #4011): apikey param, the first matching item and its first matching key win', () => {
+  const c = compileRouteQuotas(route('r', { 'ai-token-ratelimit': { ...APIKEY_RULE, rule_match: 'first' } }), [], NO_PROXIES);
   const plan = (q: string) => planRequest(c, vars({ query: q })).common;
   const exact1 = only(plan('apikey=9a342114-ba8a-11ec-b1bf-00163e1250b5'));
   assert.deepEqual([exact1.counter.limit, exact1.counter.windowMs], [10, 60_000]);
   assert.ok(!exact1.counter.id.includes('9a342114'), 'configured keys are hashed too');
-  assert.match(exact1.counter.id, /^t\/default_rule\/param\/apikey\/60\/[0-9a-f]{16}$/);
+  assert.match(exact1.counter.id, /^t\/default_rule\/param\/apikey\/60\/[0-9a-f]{32}$/);
   const exact2 = only(plan('apikey=a6a6d7f2-ba8a-11ec-bec2-00163e1250b5'));
   assert.deepEqual([exact2.counter.limit, exact2.counter.windowMs], [100, 3_600_000], 'first item wins over the ^a regexp');
   assert.equal(only(plan('apikey=9a342114-ba8a-11ec-b1bf-00163e1250b5')), exact1, 'exact key: one shared counter');
@@ -380,6 +394,15 @@ test('higress: apikey param, exact keys then per-key regexp and * (first item an
   assert.deepEqual(plan('other=1'), []);
 });
 
+test('higress (current): every matching rule item applies, each with its first matching key', () => {
+  const c = compileRouteQuotas(route('r', { 'ai-token-ratelimit': APIKEY_RULE }), [], NO_PROXIES);
+  const limits = (q: string) => planRequest(c, vars({ query: q })).common.map((x) => [x.counter.limit, x.counter.windowMs / 1000]);
+  assert.deepEqual(limits('apikey=9a342114-ba8a-11ec-b1bf-00163e1250b5'), [[10, 60], [1000, 3600]], 'exact key and the * of the per item');
+  assert.deepEqual(limits('apikey=a6a6d7f2-ba8a-11ec-bec2-00163e1250b5'), [[100, 3600], [10, 1]], 'exact key and ^a (first matching key of the item)');
+  assert.deepEqual(limits('apikey=zzz'), [[1000, 3600]]);
+  assert.deepEqual(limits(''), []);
+});
+
 test('higress: x-ca-key header, exact then per-header', () => {
   const c = compileRouteQuotas(route('r', {
     'ai-token-ratelimit': atr({
@@ -390,8 +413,9 @@ test('higress: x-ca-key header, exact then per-header', () => {
     }),
   }), [], NO_PROXIES);
   const plan = (v: string) => only(planRequest(c, vars({ headers: { 'x-ca-key': v } })).common).counter;
-  assert.deepEqual([plan('102234').limit, plan('102234').windowMs], [10, 60_000]);
-  assert.deepEqual([plan('308239').limit, plan('308239').windowMs], [10, 3_600_000]);
+  const all = (v: string) => planRequest(c, vars({ headers: { 'x-ca-key': v } })).common.map((q) => [q.counter.limit, q.counter.windowMs]);
+  assert.deepEqual(all('102234'), [[10, 60_000], [1000, 3_600_000]], 'the exact item and the per-header * both apply');
+  assert.deepEqual(all('308239'), [[10, 3_600_000], [1000, 3_600_000]]);
   assert.equal(plan('b1').limit, 100);
   assert.equal(plan('zz').limit, 1000);
 });
@@ -443,8 +467,8 @@ test('higress: consumer items, exact then per-consumer', () => {
     }),
   }), [], NO_PROXIES);
   const of = (name: string | undefined) => planRequest(c, vars({ consumer: name })).common;
-  assert.equal(only(of('consumer1')).counter.limit, 10);
-  assert.equal(only(of('consumer2')).counter.windowMs, 3_600_000);
+  assert.deepEqual(of('consumer1').map((q) => q.counter.limit), [10, 1000], 'exact item and per-consumer * both apply');
+  assert.equal(of('consumer2')[0]!.counter.windowMs, 3_600_000);
   assert.equal(only(of('alice')).counter.limit, 10);
   assert.equal(only(of('bob')).counter.limit, 100);
   assert.notEqual(only(of('carol')).counter.id, only(of('dave')).counter.id);
@@ -462,7 +486,7 @@ test('higress: cookie items with a custom rejection', () => {
       ],
     }),
   }), [], NO_PROXIES);
-  const q = only(planRequest(c, vars({ headers: { cookie: 'other=1; key1=value1' } })).common);
+  const q = planRequest(c, vars({ headers: { cookie: 'other=1; key1=value1' } })).common[0]!;
   assert.equal(q.counter.limit, 10);
   assert.equal(q.rejectedCode, 200);
   assert.equal(q.rejectedMsg, '{"code":-1,"msg":"Too many requests"}');
@@ -481,7 +505,7 @@ test('higress: a present value matching no key falls through to the next item; k
     }),
   }), [], NO_PROXIES);
   const p = (h: Record<string, string>) => planRequest(c, vars({ headers: h })).common;
-  assert.equal(only(p({ 'x-tier': 'gold', 'x-user': 'u' })).counter.limit, 5000);
+  assert.deepEqual(p({ 'x-tier': 'gold', 'x-user': 'u' }).map((q) => q.counter.limit), [5000, 100], 'both items match: both apply');
   assert.equal(only(p({ 'x-tier': 'silver', 'x-user': 'u' })).counter.limit, 100, 'no gold: next item');
   assert.equal(only(p({ 'x-user': 'admin' })).counter.limit, 100, '* listed first wins');
   assert.deepEqual(p({ 'x-tier': 'silver' }), []);
@@ -497,4 +521,45 @@ test('global_threshold and rule items combine; ai-rate-limiting and ai-token-rat
   assert.deepEqual(p.common.map((q) => q.metricRule), ['default_rule', 'rule-1', 'default_rule']);
   assert.equal(p.common[0]!.counter.id, 't/default_rule/g/60');
   assert.equal(only(p.perInstance('a')).counter.limit, 10);
+});
+
+// ---- issue 7 item 11: limit keys are hashed with a secret ----
+
+test('key values are HMAC-SHA256ed with key_hash_secret: same secret same id, another secret another id', () => {
+  const r = route('h', { 'ai-rate-limiting': arl({ rules: [rule('${http_authorization}', 10, 60)] }) });
+  const v = vars({ headers: { authorization: 'Bearer sk-live-123' } });
+  const id = (secret?: string) => only(planRequest(compileRouteQuotas(r, [], { trustedProxies: [], keyHashSecret: secret }), v).common).counter.id;
+  assert.equal(id('s1'), id('s1'), 'replicas configured alike agree');
+  assert.notEqual(id('s1'), id('s2'));
+  assert.equal(id(), id(), 'no secret: one random key for the whole process (reloads keep counters)');
+  assert.notEqual(id(), id('s1'));
+  // An unkeyed hash of a guessed key cannot confirm it.
+  const plain = createHash('sha256').update('${http_authorization}\nBearer sk-live-123').digest('hex').slice(0, 32);
+  assert.ok(!id('s1').endsWith(plain));
+});
+
+// ---- templated limits (APISIX: limit and time_window may be ${var ?? default}) ----
+
+test('templated top-level and instance limits resolve per request; one counter per resolved window', () => {
+  const c = compileRouteQuotas(route('tpl', {
+    'ai-proxy-multi': proxy('a', 'b'),
+    'ai-rate-limiting': arl({
+      limit: '${http_x_count ?? 10}', time_window: '${http_x_window ?? 60}',
+      instances: [{ name: 'a', limit: '${http_x_a_limit}', time_window: 60, limit_strategy: 'total_tokens', cost_expr: undefined }],
+    }),
+  }), [], NO_PROXIES);
+  const p = (h: Record<string, string>) => planRequest(c, vars({ headers: h }));
+  const b10 = only(p({ 'x-a-limit': '5' }).perInstance('b'));
+  assert.deepEqual([b10.counter.limit, b10.counter.windowMs], [10, 60_000]);
+  const b77 = only(p({ 'x-a-limit': '5', 'x-count': '77' }).perInstance('b'));
+  assert.equal(b77.counter.limit, 77);
+  assert.equal(b77.counter.id, b10.counter.id, 'the limit is not part of the id');
+  assert.notEqual(only(p({ 'x-a-limit': '5', 'x-window': '30' }).perInstance('b')).counter.id, b10.counter.id);
+  assert.equal(only(p({ 'x-a-limit': '5' }).perInstance('a')).counter.limit, 5);
+  // The instance limit has no default: a request without it fails closed, naming the variable.
+  assert.match(p({}).missing!.message, /instance "a" limit: request variable "http_x_a_limit" is missing/);
+
+  const routeWide = compileRouteQuotas(route('tpl2', { 'ai-rate-limiting': arl({ limit: '${http_x_count ?? 10}', time_window: 60 }) }), [], NO_PROXIES);
+  assert.equal(only(planRequest(routeWide, vars({ headers: { 'x-count': '3' } })).common).counter.limit, 3);
+  assert.equal(only(planRequest(routeWide, vars()).common).counter.limit, 10);
 });

@@ -1,19 +1,39 @@
 // ai-proxy (one upstream) and ai-proxy-multi (weighted instances in priority groups with fallback), in
 // APISIX's shape. Both normalise into one AiProxyConfig so the request path handles a single shape.
 //
-// APISIX fields Sluice does not implement are rejected with a reason rather than silently ignored:
-// `timeout` (Sluice's upstream timeouts are the top-level `limits`), and `balancer.algorithm: chash` with its
-// `hash_on`/`key` (Sluice balances by smooth weighted round robin only; `algorithm: roundrobin` is accepted).
+// APISIX's transport fields (`timeout`, `ssl_verify`, `keepalive`, `keepalive_timeout`) apply to every instance
+// of the plugin; `options` beyond `model` are merged into the upstream body. Fields without a meaning in Sluice
+// are accepted and documented (`keepalive_pool`, `logging`, instances' `checks`); fields Sluice cannot honour
+// are rejected with a reason: `balancer.algorithm: chash` with its `hash_on`/`key` (smooth weighted round
+// robin only), and options that would replace the client's prompt or streaming mode.
 
-import type { AiProxyConfig, FallbackReason, InstanceConfig, Provider } from '../types.ts';
+import type { AiProxyConfig, FallbackReason, InstanceConfig, InstanceTransportConfig, Provider } from '../types.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { isHeaderName, isHeaderValue, isHttpUrl } from '../net.ts';
-import { NON_NEGATIVE, Section, isPlainObject } from '../section.ts';
+import { NON_NEGATIVE, POSITIVE, Section, checkInt, isPlainObject } from '../section.ts';
+import { readForwardHeaders } from '../forward-headers.ts';
 
 const PROVIDERS: readonly Provider[] = ['openai', 'deepseek', 'openai-compatible'];
-const INSTANCE_KEYS = ['name', 'provider', 'weight', 'priority', 'auth', 'options', 'override'] as const;
-const SINGLE_KEYS = ['provider', 'auth', 'options', 'override', 'timeout'] as const;
-const MULTI_KEYS = ['instances', 'fallback_strategy', 'balancer', 'timeout'] as const;
+const INSTANCE_KEYS = ['name', 'provider', 'weight', 'priority', 'auth', 'options', 'override', 'forward_headers', 'checks'] as const;
+const TRANSPORT_KEYS = [
+  'timeout', 'ssl_verify', 'keepalive', 'keepalive_timeout', 'keepalive_pool', 'logging', 'max_stream_duration_ms', 'max_response_bytes',
+] as const;
+const SINGLE_KEYS = ['provider', 'auth', 'options', 'override', 'forward_headers', ...TRANSPORT_KEYS] as const;
+const MULTI_KEYS = ['instances', 'fallback_strategy', 'balancer', ...TRANSPORT_KEYS] as const;
+
+/** APISIX `timeout` range, ms. */
+const TIMEOUT_RULE = { min: 1, max: 600_000 } as const;
+/** Sluice's keep-alive timeout when `keepalive_timeout` is not set (APISIX's default is 60000). */
+const DEFAULT_KEEPALIVE_TIMEOUT_MS = 30_000;
+/**
+ * `options` keys that would replace what the client's request is (its prompt, tools, streaming mode): the
+ * prompt is counted and the stream relayed from the client's request, so an instance must not change them.
+ */
+const FORBIDDEN_OPTIONS = new Set(['messages', 'prompt', 'stream', 'stream_options', 'tools', 'functions']);
+/** Options the reservation reads: they must be what OpenAI accepts. */
+const COUNT_OPTIONS: Readonly<Record<string, { min: number; max?: number }>> = {
+  max_tokens: { min: 1 }, max_completion_tokens: { min: 1 }, n: { min: 1, max: 128 },
+};
 
 const FALLBACKS: Readonly<Record<string, readonly FallbackReason[]>> = {
   instance_health_and_rate_limiting: ['instance_health', 'rate_limiting'],
@@ -49,19 +69,74 @@ function readStringMap(is: Issues, path: string, value: unknown, kind: 'header' 
   return out;
 }
 
-function rejectTimeout(sec: Section): void {
-  if (sec.has('timeout')) {
-    sec.is.add(sec.p('timeout'), 'is not supported; set limits.upstream_connect_timeout_ms and limits.upstream_first_byte_timeout_ms');
+/** The plugin-level transport fields; undefined when none is set (the gateway's defaults apply). */
+function readTransport(sec: Section): InstanceTransportConfig | undefined {
+  const timeout = sec.int('timeout', TIMEOUT_RULE);
+  const sslVerify = sec.bool('ssl_verify');
+  const keepalive = sec.bool('keepalive');
+  const keepaliveTimeout = sec.int('keepalive_timeout', { min: 1000 });
+  sec.int('keepalive_pool', POSITIVE);
+  // Rejected rather than ignored: a config relying on these caps must not run without them.
+  for (const k of ['max_stream_duration_ms', 'max_response_bytes']) {
+    if (sec.has(k)) sec.is.add(sec.p(k), 'is not supported: buffered upstream answers are capped at 64 MiB and streams end after limits.upstream_idle_timeout_ms of silence');
   }
+  const logging = sec.section('logging', ['summaries', 'payloads']);
+  logging?.bool('summaries');
+  logging?.bool('payloads');
+  if (timeout === undefined && sslVerify === undefined && keepalive === undefined && keepaliveTimeout === undefined) return undefined;
+  return {
+    timeout_ms: timeout, ssl_verify: sslVerify ?? true, keepalive: keepalive ?? true,
+    keepalive_timeout_ms: keepaliveTimeout ?? DEFAULT_KEEPALIVE_TIMEOUT_MS,
+  };
+}
+
+/** APISIX's `options` (additionalProperties: true): `model` picks the model, every other field goes into the body. */
+function readOptions(sec: Section): { model: string | undefined; body: Record<string, unknown> | undefined } {
+  const v = sec.get('options');
+  if (v === undefined) return { model: undefined, body: undefined };
+  const path = sec.p('options');
+  if (!isPlainObject(v)) {
+    sec.is.add(path, 'must be an object');
+    return { model: undefined, body: undefined };
+  }
+  let model: string | undefined;
+  let body: Record<string, unknown> | undefined;
+  for (const key of Object.keys(v)) {
+    const p = childPath(path, key);
+    const value = v[key];
+    if (key === 'model') {
+      if (typeof value !== 'string') sec.is.add(p, 'must be a string');
+      else model = value;
+      continue;
+    }
+    if (FORBIDDEN_OPTIONS.has(key)) {
+      sec.is.add(p, "cannot be set by an instance: it is the client's request (Sluice counts the prompt and relays the stream the client asked for)");
+      continue;
+    }
+    const rule = Object.hasOwn(COUNT_OPTIONS, key) ? COUNT_OPTIONS[key] : undefined;
+    if (rule !== undefined && checkInt(sec.is, p, value, rule) === undefined) continue;
+    if (value === undefined || value === null) continue;
+    body ??= {};
+    Object.defineProperty(body, key, { value, enumerable: true, writable: true, configurable: true });
+  }
+  return { model, body };
+}
+
+/** Only the checks' shape is read: Sluice runs no active health checks (see the README). */
+function readChecks(sec: Section): void {
+  const checks = sec.get('checks');
+  if (checks === undefined) return;
+  if (!isPlainObject(checks)) sec.is.add(sec.p('checks'), 'must be an object');
+  else if (!isPlainObject(checks.active)) sec.is.add(childPath(sec.p('checks'), 'active'), 'must be an object');
 }
 
 /** The provider/auth/options/override body shared by an ai-proxy config and an ai-proxy-multi instance. */
-function readUpstream(sec: Section, name: string, weight: number, priority: number): InstanceConfig {
+function readUpstream(sec: Section, name: string, weight: number, priority: number, transport: InstanceTransportConfig | undefined): InstanceConfig {
   const provider = sec.required('provider') ? sec.oneOf('provider', PROVIDERS) : undefined;
   const auth = sec.section('auth', ['header', 'query']);
   const authHeader = auth === undefined ? {} : readStringMap(sec.is, auth.p('header'), auth.get('header'), 'header');
   const authQuery = auth === undefined ? {} : readStringMap(sec.is, auth.p('query'), auth.get('query'), 'query');
-  const model = sec.section('options', ['model'])?.str('model');
+  const { model, body: bodyOptions } = readOptions(sec);
   const override = sec.section('override', ['endpoint']);
   let endpoint = override?.str('endpoint');
   if (endpoint !== undefined && !isHttpUrl(endpoint)) {
@@ -71,18 +146,25 @@ function readUpstream(sec: Section, name: string, weight: number, priority: numb
   if (provider === 'openai-compatible' && override !== undefined && !override.has('endpoint')) {
     sec.is.add(childPath(sec.p('override'), 'endpoint'), 'is required for provider openai-compatible');
   }
+  const forward = readForwardHeaders(sec);
   return {
     name, provider: provider ?? 'openai', weight, priority,
     auth_header: authHeader, auth_query: authQuery, model, endpoint,
+    ...(forward === undefined ? {} : { forward_headers: forward }),
+    ...(bodyOptions === undefined ? {} : { body_options: bodyOptions }),
+    ...(transport === undefined ? {} : { transport }),
   };
 }
 
-/** ai-proxy: one upstream, exposed as a single instance called `instanceName`. */
-export function readAiProxy(is: Issues, path: string, value: unknown, instanceName: string): AiProxyConfig | undefined {
+/**
+ * ai-proxy: one upstream, exposed as a single instance named as APISIX names it, `ai-proxy-<provider>`: the
+ * name in X-AI-RateLimit-*-<instance> headers and in ai-rate-limiting `instances[].name`.
+ */
+export function readAiProxy(is: Issues, path: string, value: unknown): AiProxyConfig | undefined {
   const sec = Section.open(is, path, value, SINGLE_KEYS);
   if (sec === undefined) return undefined;
-  rejectTimeout(sec);
-  return { instances: [readUpstream(sec, instanceName, 1, 0)], fallback_strategy: [], single: true };
+  const upstream = readUpstream(sec, '', 1, 0, readTransport(sec));
+  return { instances: [{ ...upstream, name: `ai-proxy-${upstream.provider}` }], fallback_strategy: [], single: true };
 }
 
 function readFallback(sec: Section): FallbackReason[] {
@@ -120,7 +202,7 @@ function readBalancer(sec: Section): void {
 export function readAiProxyMulti(is: Issues, path: string, value: unknown): AiProxyConfig | undefined {
   const sec = Section.open(is, path, value, MULTI_KEYS);
   if (sec === undefined) return undefined;
-  rejectTimeout(sec);
+  const transport = readTransport(sec);
   readBalancer(sec);
   const fallback = readFallback(sec);
   const list = sec.array('instances', { required: true, nonEmpty: true }) ?? [];
@@ -143,7 +225,8 @@ export function readAiProxyMulti(is: Issues, path: string, value: unknown): AiPr
     // weights are all 0 as equally weighted.
     const weight = inst.int('weight', NON_NEGATIVE) ?? 1;
     const priority = inst.int('priority', {}) ?? 0;
-    instances.push(readUpstream(inst, name ?? `instance-${i}`, weight, priority));
+    readChecks(inst);
+    instances.push(readUpstream(inst, name ?? `instance-${i}`, weight, priority, transport));
   });
   return { instances, fallback_strategy: fallback, single: false };
 }

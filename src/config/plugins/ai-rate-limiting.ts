@@ -4,14 +4,15 @@
 
 import type { AiRateLimitingConfig, HeaderStyle, InstanceQuotaConfig, LimitStrategy, RedisPolicy, RuleConfig, WindowType } from '../types.ts';
 import { compileCostExpr } from '../../rules/cost-expr.ts';
-import { compileCountTemplate, compileTemplate } from '../../rules/template.ts';
+import { compileCountTemplate, compileTemplate, parsePositiveInt } from '../../rules/template.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { APISIX_REDIS_KEYS, readApisixRedis } from '../redis.ts';
 import { POSITIVE, Section, checkInt } from '../section.ts';
 
 const KEYS = [
   'limit', 'time_window', 'limit_strategy', 'cost_expr', 'instances', 'rules', 'rejected_code', 'rejected_msg',
-  'show_limit_quota_header', 'header_style', 'window_type', 'policy', 'allow_degradation', ...APISIX_REDIS_KEYS,
+  'show_limit_quota_header', 'header_style', 'standard_headers', 'on_missing_key', 'missing_key_code', 'window_type',
+  'policy', 'allow_degradation', ...APISIX_REDIS_KEYS,
 ] as const;
 const INSTANCE_KEYS = ['name', 'limit', 'time_window', 'limit_strategy', 'cost_expr'] as const;
 const RULE_KEYS = ['key', 'count', 'time_window', 'header_prefix'] as const;
@@ -20,6 +21,7 @@ const STRATEGIES: readonly LimitStrategy[] = ['total_tokens', 'prompt_tokens', '
 const POLICIES: readonly RedisPolicy[] = ['local', 'redis', 'redis-cluster', 'redis-sentinel'];
 const HEADER_STYLES: readonly HeaderStyle[] = ['apisix', 'ietf'];
 const WINDOW_TYPES: readonly WindowType[] = ['fixed', 'sliding'];
+const MISSING_KEY = ['reject', 'skip'] as const;
 const HEADER_PREFIX = /^[A-Za-z0-9-]+$/;
 
 /** Where `instances[].name` must point: the route's own ai-proxy instances, or (consumers) any route's. */
@@ -30,6 +32,14 @@ export interface InstanceScope {
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** A template or expression error; when the value came from `$ENV://` it may be a secret, so only the position is told. */
+function quotedError(is: Issues, path: string, err: unknown): string {
+  const text = errorText(err);
+  if (!is.fromEnv.has(path)) return text;
+  const at = / at position \d+$/.exec(text);
+  return `is not valid${at === null ? '' : at[0]} (the value, from $ENV, is not repeated)`;
 }
 
 /** The expression source for `strategy`, checked; `inherited` is the plugin-level expression instances fall back to. */
@@ -47,16 +57,23 @@ function readCostExpr(sec: Section, strategy: LimitStrategy, needed: boolean, in
   try {
     compileCostExpr(src);
   } catch (err) {
-    sec.is.add(sec.p('cost_expr'), `is not a valid expression: ${errorText(err)}`);
+    sec.is.add(sec.p('cost_expr'), `is not a valid expression: ${quotedError(sec.is, sec.p('cost_expr'), err)}`);
     return undefined;
   }
   return src;
 }
 
-/** `limit` and `time_window` come as a pair. */
-function readPair(sec: Section, required: boolean): { limit: number | undefined; window: number | undefined } {
-  const limit = sec.int('limit', POSITIVE, required);
-  const window = sec.int('time_window', POSITIVE, required);
+/** `limit` and `time_window` come as a pair; each a positive integer or a template resolved per request. */
+function readPair(sec: Section, required: boolean): { limit: number | string | undefined; window: number | string | undefined } {
+  const read = (key: string): number | string | undefined => {
+    if (!sec.has(key)) {
+      if (required) sec.required(key);
+      return undefined;
+    }
+    return readTemplateNumber(sec.is, sec.p(key), sec.get(key));
+  };
+  const limit = read('limit');
+  const window = read('time_window');
   if (!required) {
     if (sec.has('limit') && !sec.has('time_window')) sec.is.add(sec.p('time_window'), 'is required when limit is set');
     if (sec.has('time_window') && !sec.has('limit')) sec.is.add(sec.p('limit'), 'is required when time_window is set');
@@ -98,11 +115,14 @@ function readInstances(sec: Section, scope: InstanceScope, strategy: LimitStrate
 
 function readTemplateNumber(is: Issues, path: string, v: unknown): number | string | undefined {
   if (typeof v === 'string') {
+    // '500' (or a `$ENV://N` number, which arrives as text) is the number it spells.
+    const literal = parsePositiveInt(v.trim());
+    if (literal !== undefined) return literal;
     try {
       compileCountTemplate(v);
       return v;
     } catch (err) {
-      is.add(path, errorText(err));
+      is.add(path, quotedError(is, path, err));
       return undefined;
     }
   }
@@ -123,7 +143,7 @@ function readRules(sec: Section): RuleConfig[] {
       try {
         compileTemplate(key);
       } catch (err) {
-        rule.is.add(rule.p('key'), errorText(err));
+        rule.is.add(rule.p('key'), quotedError(rule.is, rule.p('key'), err));
         key = undefined;
       }
     }
@@ -160,6 +180,12 @@ export function readAiRateLimiting(is: Issues, path: string, value: unknown, sco
     is.add(path, 'must set at least one of limit, instances or rules');
   }
   const policy = sec.oneOf('policy', POLICIES) ?? 'local';
+  const rejectedCode = sec.int('rejected_code', { min: 200, max: 599 }) ?? 429;
+  const rejectedMsg = sec.str('rejected_msg', { empty: true });
+  const showHeader = sec.bool('show_limit_quota_header') ?? true;
+  const headerStyle = sec.oneOf('header_style', HEADER_STYLES) ?? 'apisix';
+  const standardHeaders = sec.bool('standard_headers') ?? false;
+  if (standardHeaders && headerStyle === 'ietf') sec.is.add(sec.p('standard_headers'), 'cannot be combined with header_style: ietf');
   return {
     limit,
     time_window: window,
@@ -167,10 +193,13 @@ export function readAiRateLimiting(is: Issues, path: string, value: unknown, sco
     cost_expr: costExpr,
     instances,
     rules,
-    rejected_code: sec.int('rejected_code', { min: 200, max: 599 }) ?? 429,
-    rejected_msg: sec.str('rejected_msg', { empty: true }),
-    show_limit_quota_header: sec.bool('show_limit_quota_header') ?? true,
-    header_style: sec.oneOf('header_style', HEADER_STYLES) ?? 'apisix',
+    rejected_code: rejectedCode,
+    rejected_msg: rejectedMsg,
+    show_limit_quota_header: showHeader,
+    header_style: headerStyle,
+    standard_headers: standardHeaders,
+    on_missing_key: sec.oneOf('on_missing_key', MISSING_KEY) ?? 'reject',
+    missing_key_code: sec.int('missing_key_code', { min: 400, max: 599 }) ?? 400,
     window_type: sec.oneOf('window_type', WINDOW_TYPES) ?? 'fixed',
     policy,
     redis: readApisixRedis(sec, policy),

@@ -1,12 +1,16 @@
-// ai-token-ratelimit (Higress fields). Differences from Higress, all deliberate:
+// ai-token-ratelimit (Higress fields), as current Higress (PR #4011) validates them: at most 10 `rule_items`,
+// and a `limit_by_per_*` key (other than per IP) must be `regexp:<re>` or exactly `*`. Every matching rule
+// item applies (`rule_match: first` restores the older first-match behaviour). Differences, all deliberate:
 // - `redis` is optional; without it counting is local to the process.
 // - `global_threshold` and `rule_items` may both be set (Higress takes one or the other); both then apply.
 // - Mistakes Higress accepts silently and then ignores fail here: more than one `token_per_*` on one entry
 //   (Higress picks one at random), a `regexp:` or `*` key on an exact `limit_by_*` item (Higress only
 //   matches them on `limit_by_per_*`), and a `limit_keys` entry repeating an earlier key (never matched).
+// - `regexp:` patterns use RE2 syntax (Go's, as in Higress) and match in linear time (rules/regex.ts).
 
 import type { AiTokenRatelimitConfig, LimitByKind, TokenLimitKey, TokenRuleItem, WindowType } from '../types.ts';
 import { parseIpRange } from '../../rules/ip.ts';
+import { compileRuleRegex } from '../../rules/regex.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { isHeaderName } from '../net.ts';
 import { readHigressRedis } from '../redis.ts';
@@ -14,8 +18,10 @@ import { POSITIVE, Section } from '../section.ts';
 
 const KEYS = [
   'rule_name', 'global_threshold', 'rule_items', 'rejected_code', 'rejected_msg', 'show_limit_quota_header',
-  'window_type', 'redis', 'allow_degradation',
+  'window_type', 'redis', 'allow_degradation', 'rule_match',
 ] as const;
+/** Current Higress caps rule_items (PR #4011): every matching item is checked on every request. */
+const MAX_RULE_ITEMS = 10;
 
 const WINDOWS = { token_per_second: 1, token_per_minute: 60, token_per_hour: 3600, token_per_day: 86400 } as const;
 const WINDOW_KEYS = Object.keys(WINDOWS) as (keyof typeof WINDOWS)[];
@@ -93,11 +99,15 @@ function checkKey(is: Issues, path: string, key: string, by: LimitByKind, per: b
     is.add(path, 'regexp: and * keys are only allowed with limit_by_per_*');
     return false;
   }
+  if (!pattern && per) {
+    is.add(path, "must start with 'regexp:' or be exactly '*'");
+    return false;
+  }
   if (key.startsWith('regexp:')) {
     try {
-      new RegExp(key.slice('regexp:'.length));
+      compileRuleRegex(key.slice('regexp:'.length));
     } catch (err) {
-      is.add(path, `is not a valid regular expression: ${errorText(err)}`);
+      is.add(path, is.fromEnv.has(path) ? 'is not a valid regular expression (the value, from $ENV, is not repeated)' : `is not a valid regular expression: ${errorText(err)}`);
       return false;
     }
   }
@@ -131,6 +141,7 @@ function readLimitKeys(sec: Section, by: LimitByKind, per: boolean): TokenLimitK
 
 function readRuleItems(sec: Section): TokenRuleItem[] {
   const list = sec.array('rule_items', { nonEmpty: true }) ?? [];
+  if (list.length > MAX_RULE_ITEMS) sec.is.add(sec.p('rule_items'), `must have at most ${MAX_RULE_ITEMS} items`);
   const out: TokenRuleItem[] = [];
   list.forEach((value, i) => {
     const item = Section.open(sec.is, childPath(sec.p('rule_items'), i), value, ITEM_KEYS);
@@ -163,6 +174,7 @@ export function readAiTokenRatelimit(is: Issues, path: string, value: unknown): 
     rule_name: ruleName ?? '',
     global_threshold: globalThreshold,
     rule_items: ruleItems,
+    rule_match: sec.oneOf('rule_match', ['all', 'first'] as const) ?? 'all',
     rejected_code: sec.int('rejected_code', { min: 200, max: 599 }) ?? 429,
     rejected_msg: sec.str('rejected_msg', { empty: true }) ?? 'Too many requests',
     show_limit_quota_header: sec.bool('show_limit_quota_header') ?? true,

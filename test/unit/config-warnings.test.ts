@@ -1,0 +1,66 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { validateConfig } from '../../src/config/validate.ts';
+import { configWarnings } from '../../src/config/warnings.ts';
+import { runValidateCommand } from '../../src/config/validate-command.ts';
+
+function routeWith(plugins: Record<string, unknown>): Record<string, unknown> {
+  return { routes: [{ uri: '/v1/chat/completions', plugins: { 'ai-proxy': { provider: 'openai' }, ...plugins } }] };
+}
+
+test('cost_expr naming a field no known provider reports validates with a warning, not an error', () => {
+  const cfg = validateConfig(routeWith({
+    'ai-rate-limiting': { limit: 100, time_window: 60, limit_strategy: 'expression', cost_expr: 'input_tokens + cache_creation_input_tokens + bogus_tokens' },
+  }), {});
+  assert.deepEqual(configWarnings(cfg).map((w) => [w.path, /"bogus_tokens"/.test(w.message)]), [['routes[0].plugins.ai-rate-limiting.cost_expr', true]]);
+  const known = validateConfig(routeWith({
+    'ai-rate-limiting': { limit: 100, time_window: 60, limit_strategy: 'expression', cost_expr: 'prompt_tokens - cached_tokens + completion_tokens' },
+  }), {});
+  assert.deepEqual(configWarnings(known), []);
+});
+
+test('per-key rules on a Redis policy without key_hash_secret: a warning naming the rules, never a secret', () => {
+  const redisRules = {
+    'ai-rate-limiting': { policy: 'redis', redis_host: '127.0.0.1', rules: [{ key: '${http_x_user}', count: 10, time_window: 60 }] },
+  };
+  const w = configWarnings(validateConfig(routeWith(redisRules), {}));
+  assert.equal(w.length, 1);
+  assert.equal(w[0]!.path, 'key_hash_secret');
+  assert.match(w[0]!.message, /routes\[0\]\.plugins\.ai-rate-limiting\.rules/);
+  const withSecret = validateConfig({ ...routeWith(redisRules), key_hash_secret: '$ENV://KHS' }, { KHS: 'hunter2-very-secret' });
+  assert.equal(withSecret.key_hash_secret, 'hunter2-very-secret');
+  assert.deepEqual(configWarnings(withSecret), []);
+  assert.deepEqual(configWarnings(validateConfig(routeWith({ 'ai-rate-limiting': { rules: [{ key: '${http_x_user}', count: 10, time_window: 60 }] } }), {})), [], 'local policy: no warning');
+});
+
+test('sluice validate prints warnings on stderr and still says ok', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-warn-'));
+  try {
+    const file = join(dir, 'c.json');
+    writeFileSync(file, JSON.stringify({
+      key_hash_secret: 'do-not-print-me-ever',
+      ...routeWith({ 'ai-rate-limiting': { limit: 100, time_window: 60, limit_strategy: 'expression', cost_expr: 'weird_field * 2' } }),
+    }));
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = runValidateCommand(['--config', file], { out: (l) => out.push(l), err: (l) => err.push(l) }, {});
+    assert.equal(code, 0);
+    assert.deepEqual(out, ['ok']);
+    assert.equal(err.length, 1);
+    assert.match(err[0]!, /^warning: routes\[0\]\.plugins\.ai-rate-limiting\.cost_expr: names "weird_field"/);
+    assert.ok(!err.join('\n').includes('do-not-print-me-ever'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('key_hash_secret shorter than 16 bytes is an error that does not quote it', () => {
+  assert.throws(() => validateConfig({ key_hash_secret: 'short-key' }, {}), (err: Error) => {
+    assert.match(err.message, /^key_hash_secret: must be at least 16 bytes/);
+    assert.ok(!err.message.includes('short-key'));
+    return true;
+  });
+});
