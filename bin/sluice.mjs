@@ -1,9 +1,11 @@
 #!/usr/bin/env node
-// Runs the TypeScript CLI under tsx (the loader then also reaches worker threads), forwarding signals.
-import { spawn } from 'node:child_process';
+// Runs the compiled CLI (dist/) in this process: no loader, no child process; signals reach the gateway directly.
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-const main = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
-const child = spawn(process.execPath, ['--import', 'tsx', main, ...process.argv.slice(2)], { stdio: 'inherit' });
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
-child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+const main = new URL('../dist/cli/main.js', import.meta.url);
+if (!existsSync(fileURLToPath(main))) {
+  console.error(`sluice: ${fileURLToPath(main)} is missing: build it with \`npm run build\` in ${fileURLToPath(new URL('..', import.meta.url))} (npm install does it too)`);
+  process.exit(1);
+}
+await import(main.href);

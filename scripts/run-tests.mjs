@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Type-checks, then runs every test file under test/ with node's test runner through tsx.
+// Type-checks, builds dist/, then runs every test file under test/ with node's test runner through tsx.
 // Node 20's runner neither expands globs nor fails on an empty list, so the files are listed here,
 // and an empty list is an error. `node scripts/run-tests.mjs test/unit` runs one folder or file.
 import { existsSync, readdirSync, statSync } from 'node:fs';
@@ -18,16 +18,17 @@ function collect(path, out) {
   return out;
 }
 
-// A fresh clone on a fresh machine: install what the tests need before running them.
+// Tests change nothing on the machine: missing tools are reported, not installed (.ci/run installs them).
 if (!existsSync(join(root, 'node_modules/typescript'))) {
-  const npm = spawnSync('npm', ['install', '--no-audit', '--no-fund'], { cwd: root, stdio: 'inherit' });
-  if (npm.status !== 0) { console.error('run-tests: npm install failed'); process.exit(1); }
+  console.error('run-tests: dependencies are missing: run `npm ci` (or `npm install`) first');
+  process.exit(1);
 }
-const haveRedis = ['redis-server', 'redis-sentinel', 'redis-cli'].every((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status === 0);
-if (!haveRedis) {
-  if (process.getuid?.() !== 0) { console.error('run-tests: redis-server, redis-sentinel and redis-cli are needed: apt-get install redis-server redis-sentinel redis-tools'); process.exit(1); }
-  const apt = spawnSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel redis-tools'], { stdio: 'inherit' });
-  if (apt.status !== 0) { console.error('run-tests: installing redis failed'); process.exit(1); }
+const missing = ['redis-server', 'redis-sentinel', 'redis-cli'].filter((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0);
+if (missing.length > 0) {
+  console.error(`run-tests: ${missing.join(', ')} not found; the tests start their own Redis processes. Install them, e.g.\n` +
+    '  sudo apt-get install redis-server redis-sentinel redis-tools      (Debian/Ubuntu)\n' +
+    '  brew install redis                                                (macOS)');
+  process.exit(1);
 }
 
 const files = [];
@@ -40,6 +41,9 @@ if (!skipTypecheck) {
   const k6 = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '-p', 'load-tests/tsconfig.json'], { cwd: root, stdio: 'inherit' });
   if (k6.status !== 0) { console.error('run-tests: load-tests type check failed'); process.exit(1); }
 }
+// The CLI and packaging tests run the compiled build (bin/ -> dist/), so it must match the sources.
+const build = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
+if (build.status !== 0) { console.error('run-tests: build (tsc -p tsconfig.build.json) failed'); process.exit(1); }
 
 console.log(`run-tests: ${files.length} files`);
 const run = spawnSync(process.execPath, [

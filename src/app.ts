@@ -1,11 +1,15 @@
 // Composition root: the one place that names concrete implementations (uWS front end, undici client,
 // piscina pool, local or Redis quota stores) and wires them into a running gateway.
 import type { SluiceConfig } from './config/types.ts';
+import { redisClientKey } from './config/redis.ts';
 import { log } from './core/log.ts';
+import { configWarnings } from './config/warnings.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
+// A taken listen/admin port rejects startSluice with this (message names the address and the errno code).
+export { ListenError } from './frontend/server.ts';
 import { createMetrics, type Metrics } from './metrics/registry.ts';
 import { Gateway } from './pipeline/gateway.ts';
-import { buildSnapshot, type QuotaSource, type StoreResolver } from './pipeline/snapshot.ts';
+import { buildSnapshot, type QuotaSource, type Snapshot, type StoreResolver } from './pipeline/snapshot.ts';
 import { createQuotaStore } from './quota/index.ts';
 import type { QuotaStore } from './quota/types.ts';
 import { UpstreamClient } from './upstream/client.ts';
@@ -19,7 +23,12 @@ export interface SluiceHandle {
   readonly gateway: Gateway;
   /** Swap in a new validated config; the old one stays when building the new snapshot fails. */
   reload(config: SluiceConfig): void;
-  /** Stop accepting, let in-flight requests finish (bounded), flush quota deltas, release everything. */
+  /** Load a config and swap it in; a failure to load or to build is logged and counted, and the old config stays. */
+  reloadFrom(load: () => SluiceConfig): boolean;
+  /**
+   * Stop accepting, let in-flight requests finish for up to `drainMs` (default shutdown.drain_timeout_ms),
+   * then cut what still runs and settle it, and only then flush and close the quota stores.
+   */
   close(opts?: { drainMs?: number }): Promise<void>;
 }
 
@@ -30,9 +39,27 @@ export interface StartOptions {
   readonly defaultMetrics?: boolean;
 }
 
-/** Quota stores outlive config snapshots, so a reload keeps every counter. Keyed by Redis target and degradation mode. */
+/** After a cut at shutdown, how long settling (counting the streamed text) may take before stores close anyway. */
+const SETTLE_AFTER_CUT_MS = 10_000;
+
+async function waitUntil(done: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}
+
+/**
+ * Quota stores, keyed by Redis target and degradation mode, shared by every snapshot that names the same
+ * key, so a reload keeps every counter. Each snapshot holds a reference on the stores it uses from when it is
+ * built until the gateway retires it (swapped out and its last request finished); a store no snapshot
+ * references any more is closed then (its close() flushes its deltas).
+ */
 class StoreRegistry implements StoreResolver {
-  private readonly stores = new Map<string, QuotaStore>();
+  private readonly stores = new Map<string, { store: QuotaStore; refs: number }>();
+  private readonly keysOf = new WeakMap<Snapshot, readonly string[]>();
+  private readonly closing = new Set<Promise<void>>();
+  /** Keys used by the snapshot being built. */
+  private building: Set<string> | undefined;
+  private created = 0;
   private config: SluiceConfig;
   private readonly metrics: Metrics;
 
@@ -41,29 +68,75 @@ class StoreRegistry implements StoreResolver {
     this.metrics = metrics;
   }
 
-  setConfig(config: SluiceConfig): void {
+  /** Build a snapshot of `config` holding references on its stores; throws (closing stores made for it) on failure. */
+  build(config: SluiceConfig): Snapshot {
+    const previous = this.config;
     this.config = config;
+    const keys = new Set<string>();
+    this.building = keys;
+    try {
+      const snap = buildSnapshot(config, this);
+      for (const k of keys) this.stores.get(k)!.refs++;
+      this.keysOf.set(snap, [...keys]);
+      return snap;
+    } catch (err) {
+      this.config = previous;
+      this.closeUnreferenced();
+      throw err;
+    } finally {
+      this.building = undefined;
+    }
+  }
+
+  /** The snapshot is out of use: drop its references and close stores nobody references. */
+  retire(snap: Snapshot): void {
+    const keys = this.keysOf.get(snap);
+    if (keys === undefined) return;
+    this.keysOf.delete(snap);
+    for (const k of keys) {
+      const e = this.stores.get(k);
+      if (e !== undefined) e.refs--;
+    }
+    this.closeUnreferenced();
+  }
+
+  private closeUnreferenced(): void {
+    for (const [k, e] of this.stores) {
+      if (e.refs > 0) continue;
+      this.stores.delete(k);
+      log.info('quota store no longer used; closing it', { store: e.store.name });
+      const p = e.store.close().catch((err: unknown) => log.error('closing a quota store failed', { store: e.store.name, err }));
+      this.closing.add(p);
+      void p.then(() => this.closing.delete(p));
+    }
+  }
+
+  /** Stores closing after a reload dropped them. */
+  pendingCloses(): Promise<void>[] {
+    return [...this.closing];
   }
 
   storeFor(source: QuotaSource): QuotaStore {
     // Validation leaves `redis` undefined under policy local (and for ai-token-ratelimit without a redis block).
     const target = source.redis;
-    const key = target === undefined ? 'local' : `${target.id}|${source.allow_degradation ? 'degrade' : 'strict'}`;
-    let store = this.stores.get(key);
-    if (store === undefined) {
-      store = createQuotaStore(target, {
-        batching: this.config.redis_batching,
-        metrics: this.metrics,
-        allowDegradation: source.allow_degradation,
-        storeLabel: target === undefined ? 'local' : `${target.mode}-${this.stores.size}`,
-      });
-      this.stores.set(key, store);
-    }
+    const key = target === undefined ? 'local' : `${redisClientKey(target)}|${source.allow_degradation ? 'degrade' : 'strict'}`;
+    this.building?.add(key);
+    const known = this.stores.get(key);
+    if (known !== undefined) return known.store;
+    const store = createQuotaStore(target, {
+      batching: this.config.redis_batching,
+      metrics: this.metrics,
+      allowDegradation: source.allow_degradation,
+      // A fresh number per store: a store closed by a reload never shares its metric label with a new one.
+      storeLabel: target === undefined ? 'local' : `${target.mode}-${this.created++}`,
+      maxKeys: this.config.limits.max_quota_keys,
+    });
+    this.stores.set(key, { store, refs: 0 });
     return store;
   }
 
   all(): QuotaStore[] {
-    return [...this.stores.values()];
+    return [...this.stores.values()].map((e) => e.store);
   }
 }
 
@@ -79,13 +152,14 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   });
   const pool = new WorkerPool({
     threads: config.workers,
+    countBudgetMs: config.tokens.count_budget_ms,
     onTask: (kind, outcome) => metrics.workerTasks.inc({ kind, outcome }),
   });
-  const gateway = new Gateway(buildSnapshot(config, stores), { metrics, upstream, pool });
+  const gateway = new Gateway(stores.build(config), { metrics, upstream, pool, onSnapshotRetired: (snap) => stores.retire(snap) });
   let front: Listening | undefined;
   let admin: Listening | undefined;
   try {
-    front = await startFrontend(gateway, config.listen.host, opts.port ?? config.listen.port);
+    front = await startFrontend(gateway, { host: config.listen.host, port: opts.port ?? config.listen.port, limits: config.limits, metrics, http1Guard: config.listen.http1_guard });
     admin = await startAdmin({
       metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
       ready: () => stores.all().every((s) => s.health() !== 'unavailable'),
@@ -95,38 +169,66 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
     await Promise.allSettled([pool.close(), upstream.close(), ...stores.all().map((s) => s.close())]);
     throw err;
   }
+  for (const w of configWarnings(config)) log.warn('config warning', { path: w.path, message: w.message });
   log.info('sluice listening', { host: config.listen.host, port: front.port, admin_port: admin.port, workers: config.workers, routes: config.routes.length });
 
   let closed = false;
   const frontL = front;
   const adminL = admin;
+  const reload = (next: SluiceConfig): void => {
+    try {
+      // Requests already running keep the old snapshot (and its stores) until they end.
+      gateway.swap(stores.build(next));
+      metrics.configReloads.inc({ outcome: 'ok' });
+      log.info('config reloaded', { routes: next.routes.length });
+      for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
+    } catch (err) {
+      metrics.configReloads.inc({ outcome: 'error' });
+      log.error('config reload failed; keeping the previous config', { err });
+      throw err;
+    }
+  };
   return {
     port: front.port,
     adminPort: admin.port,
     metrics,
     gateway,
-    reload(next: SluiceConfig) {
+    reload,
+    reloadFrom(load: () => SluiceConfig): boolean {
+      let next: SluiceConfig;
       try {
-        stores.setConfig(next);
-        gateway.swap(buildSnapshot(next, stores));
-        metrics.configReloads.inc({ outcome: 'ok' });
-        log.info('config reloaded', { routes: next.routes.length });
+        next = load();
       } catch (err) {
-        stores.setConfig(gateway.current.config);
         metrics.configReloads.inc({ outcome: 'error' });
-        log.error('config reload failed; keeping the previous config', { err });
-        throw err;
+        // A ConfigError's message lists every issue with its path; config values are never quoted in it.
+        log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
+        return false;
+      }
+      try {
+        reload(next);
+        return true;
+      } catch {
+        return false;
       }
     },
     async close(closeOpts = {}) {
       if (closed) return;
       closed = true;
       frontL.stopListening();
-      const deadline = Date.now() + (closeOpts.drainMs ?? 10_000);
-      while (gateway.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      gateway.draining = true;
+      const drainMs = closeOpts.drainMs ?? gateway.current.config.shutdown.drain_timeout_ms;
+      await waitUntil(() => gateway.inFlight === 0, drainMs);
+      if (gateway.inFlight > 0) {
+        // Cut and settle before the stores close: their final flush must carry these charges, and every
+        // reservation must be released, not left to expire.
+        const cut = gateway.cutAll();
+        log.warn('drain time over; cutting requests still running and charging what they produced', { cut, drain_timeout_ms: drainMs });
+        await waitUntil(() => gateway.inFlight === 0, SETTLE_AFTER_CUT_MS);
+        if (gateway.inFlight > 0) log.error('requests still unsettled when the stores close', { in_flight: gateway.inFlight });
+      }
       frontL.close();
       adminL.close();
-      await Promise.allSettled(stores.all().map((s) => s.close()));
+      await Promise.allSettled([...stores.all().map((s) => s.close()), ...stores.pendingCloses()]);
       await Promise.allSettled([pool.close(), upstream.close()]);
     },
   };

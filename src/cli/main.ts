@@ -1,12 +1,12 @@
 // `sluice start | validate | mock-upstream`. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.
+// Each command imports only what it runs: `validate` never loads uWS, undici or a tokenizer, and the mock
+// upstream (with its own node:http server) loads only for `mock-upstream` and `start --embedded`.
 import { fileURLToPath } from 'node:url';
-import { startSluice, type SluiceHandle } from '../app.ts';
+import type { SluiceHandle } from '../app.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError } from '../config/validate.ts';
-import { runValidateCommand } from '../config/validate-command.ts';
 import { log } from '../core/log.ts';
-import { runMockUpstreamCommand } from '../mock/command.ts';
-import { startMockUpstream } from '../mock/server.ts';
+import { runtimeProblem } from './runtime.ts';
 
 const USAGE = `usage:
   sluice start --config <file.yaml|file.json> [--port <n>] [--admin-port <n>]
@@ -33,12 +33,18 @@ function portFlag(argv: string[], name: string): number | undefined {
 }
 
 async function start(argv: string[]): Promise<void> {
+  const problem = runtimeProblem();
+  if (problem !== undefined) {
+    console.error(problem);
+    process.exit(1);
+  }
   const embedded = argv.includes('--embedded');
   let file = flag(argv, '--config');
   const env = { ...process.env };
   let mockClose: (() => Promise<void>) | undefined;
   if (embedded) {
     file ??= EMBEDDED_CONFIG;
+    const { startMockUpstream } = await import('../mock/server.ts');
     const mock = await startMockUpstream({ host: '127.0.0.1', port: 0, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' });
     mockClose = () => mock.close();
     env.SLUICE_MOCK_ENDPOINT = `${mock.url}/v1/chat/completions`;
@@ -47,26 +53,36 @@ async function start(argv: string[]): Promise<void> {
   if (file === undefined) { console.error(USAGE); process.exit(2); }
   const configFile = file;
   let handle: SluiceHandle;
+  let listenHost: string;
+  let adminHost: string;
   try {
     const config = loadConfigFile(configFile, env);
+    listenHost = config.listen.host;
+    adminHost = config.admin.host;
+    const { startSluice } = await import('../app.ts');
     handle = await startSluice(config, { port: portFlag(argv, '--port'), adminPort: portFlag(argv, '--admin-port') });
   } catch (err) {
     if (err instanceof ConfigError) { console.error(err.message); process.exit(2); }
+    // A taken or forbidden port (app.ts's ListenError, matched by name so this file need not import app.ts):
+    // one plain line, whatever the log level.
+    if (err instanceof Error && err.name === 'ListenError') { console.error(`sluice: ${err.message}`); process.exit(1); }
     throw err;
   }
-  console.log(`sluice listening on http://127.0.0.1:${handle.port} (metrics on http://127.0.0.1:${handle.adminPort}/metrics)`);
-  process.on('SIGHUP', () => {
-    try {
-      handle.reload(loadConfigFile(configFile, env));
-    } catch (err) {
-      log.error('reload rejected; the running config stays', { err: err instanceof ConfigError ? new Error(err.message) : err });
-    }
-  });
+  console.log(`sluice listening on http://${listenHost}:${handle.port} (metrics on http://${adminHost}:${handle.adminPort}/metrics)`);
+  // A file that fails to load or validate is logged and counted (sluice_config_reloads_total{outcome="error"}).
+  process.on('SIGHUP', () => { handle.reloadFrom(() => loadConfigFile(configFile, env)); });
   let stopping = false;
-  const stop = (): void => {
+  const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
-    handle.close().then(() => mockClose?.()).then(() => process.exit(0), () => process.exit(1));
+    log.info('stopping: draining in-flight requests', { signal });
+    handle.close().then(() => mockClose?.()).then(() => {
+      log.info('stopped');
+      process.exit(0);
+    }, (err: unknown) => {
+      log.error('shutdown failed', { err });
+      process.exit(1);
+    });
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
@@ -77,8 +93,8 @@ async function main(argv: string[]): Promise<void> {
   const rest = argv.slice(1);
   switch (cmd) {
     case 'start': await start(rest); return;
-    case 'validate': process.exitCode = runValidateCommand(rest); return;
-    case 'mock-upstream': await runMockUpstreamCommand(rest); return;
+    case 'validate': process.exitCode = (await import('../config/validate-command.ts')).runValidateCommand(rest); return;
+    case 'mock-upstream': await (await import('../mock/command.ts')).runMockUpstreamCommand(rest); return;
     default:
       console.error(USAGE);
       process.exitCode = cmd === undefined || cmd === '--help' || cmd === 'help' ? 0 : 2;

@@ -11,6 +11,9 @@ export type FallbackReason = 'rate_limiting' | 'http_429' | 'http_5xx' | 'instan
 export interface ListenConfig {
   readonly host: string;
   readonly port: number;
+  /** The node:net HTTP/1.x guard in front of uWS (src/frontend/http1-guard.ts). Default true; false only behind a
+   *  proxy that already normalises HTTP/1.x. */
+  readonly http1_guard: boolean;
 }
 
 export interface LimitsConfig {
@@ -22,6 +25,29 @@ export interface LimitsConfig {
   readonly upstream_first_byte_timeout_ms: number;
   /** Longest silence between two body chunks of a streaming response, ms. Default 60000. */
   readonly upstream_idle_timeout_ms: number;
+  /**
+   * Most quota counters (distinct quota keys) one store tracks in this process. Beyond it idle counters are
+   * evicted (after their state is in Redis); a new key when none can be evicted gets 503 SLC_OVERLOADED.
+   * Default 100000.
+   */
+  readonly max_quota_keys: number;
+  /** Request-body bytes all requests together may hold in the front end; beyond it: 503 SLC_OVERLOADED. Default 64 MiB. */
+  readonly max_inflight_body_bytes: number;
+  /** Most header fields in a request; more: 431. Default 48 (uWS itself cannot parse 49 or more). */
+  readonly max_header_fields: number;
+  /** Longest request line or header line (name: value), bytes; longer: 431. Default 8192 (nginx's buffer size). */
+  readonly max_header_line_bytes: number;
+  /** Most bytes of request line and header lines together; more: 431. Default 32768 (nginx: 4 × 8 KiB). */
+  readonly max_header_bytes: number;
+  /** After an early answer (413, 503, 431), how much of the unread body is read and discarded before the
+   *  connection is closed, so clients still sending can read the answer (nginx's lingering close). Default 64 MiB. */
+  readonly max_drain_bytes: number;
+  /** Longest silence between two chunks of a request body, ms; then 408 and close (nginx client_body_timeout). Default 60000. */
+  readonly client_body_timeout_ms: number;
+  /** With the HTTP/1.x guard: longest wait for a started request head to complete, ms; then 408 and close. Default 10000. */
+  readonly client_header_timeout_ms: number;
+  /** With the HTTP/1.x guard: a keep-alive connection quiet this long (ms) between requests is closed. Default 60000. */
+  readonly client_idle_timeout_ms: number;
 }
 
 export interface TokensConfig {
@@ -29,6 +55,22 @@ export interface TokensConfig {
   readonly default_max_tokens: number;
   /** Bodies at least this large are tokenized on a worker thread instead of inline. Default 4096. */
   readonly offload_bytes: number;
+  /** Most completion tokens one request reserves, all `n` choices together; also the per-choice cap of a
+   *  model not in the known-model table. Default 32768. */
+  readonly max_reservation: number;
+  /** Largest single usage number believed from an upstream. Default max(16 × max_reservation, the largest
+   *  known context window) — 1047576 with the defaults. */
+  readonly max_usage: number;
+  /** Limits of models beyond (or overriding) the built-in table; a name also matches its `-suffixed` variants. */
+  readonly models: Readonly<Record<string, TokensModelConfig>>;
+  /** Worker-thread time one task may spend tokenizing before the rest is estimated by its UTF-8 byte length
+   *  (an upper bound), ms. Default 2000. Read when the gateway starts (the pool is not rebuilt on reload). */
+  readonly count_budget_ms: number;
+}
+
+export interface TokensModelConfig {
+  readonly max_output_tokens: number;
+  readonly context_window: number;
 }
 
 export interface InstanceConfig {
@@ -44,6 +86,35 @@ export interface InstanceConfig {
   /** Full URL of the upstream endpoint, e.g. http://127.0.0.1:9100/v1/chat/completions.
    *  When absent, the provider's public endpoint for the request path is used. */
   readonly endpoint: string | undefined;
+  /** Client headers this instance may receive beyond (or instead of) the default allowlist; absent: the default. */
+  readonly forward_headers?: ForwardHeadersConfig;
+  /** `options` other than `model`, merged into the upstream body over the client's fields (APISIX: options win). */
+  readonly body_options?: Readonly<Record<string, unknown>>;
+  /** The plugin's `timeout`, `ssl_verify`, `keepalive*` (APISIX); absent: the defaults and limits.* timeouts. */
+  readonly transport?: InstanceTransportConfig;
+}
+
+export interface InstanceTransportConfig {
+  /** Upstream first-byte and idle timeout for this instance, ms (APISIX `timeout`); undefined: limits.*. */
+  readonly timeout_ms: number | undefined;
+  /** false: the upstream's TLS certificate is not verified. Default true. */
+  readonly ssl_verify: boolean;
+  /** false: a new connection per request. Default true. */
+  readonly keepalive: boolean;
+  /** How long an idle kept-alive connection stays open, ms. Default 60000 (APISIX). */
+  readonly keepalive_timeout_ms: number;
+}
+
+export interface ForwardHeadersConfig {
+  /** Lower-case header names; an entry ending in '*' is a prefix. */
+  readonly headers: readonly string[];
+  /** true: these replace the default allowlist; false: they extend it. */
+  readonly replace: boolean;
+}
+
+export interface ShutdownConfig {
+  /** On SIGTERM, how long in-flight requests may run before remaining streams are cut and settled, ms. Default 30000. */
+  readonly drain_timeout_ms: number;
 }
 
 export interface AiProxyConfig {
@@ -73,8 +144,10 @@ export interface QuotaSpec {
 
 export interface InstanceQuotaConfig {
   readonly name: string;
-  readonly limit: number;
-  readonly time_window: number;
+  /** A positive integer, or a template such as '${http_x_count ?? 10}' resolved per request. */
+  readonly limit: number | string;
+  /** Seconds, or a template. */
+  readonly time_window: number | string;
   readonly limit_strategy: LimitStrategy;
   readonly cost_expr: string | undefined;
 }
@@ -91,7 +164,7 @@ export interface RuleConfig {
 
 export type RedisPolicy = 'local' | 'redis' | 'redis-cluster' | 'redis-sentinel';
 
-/** A Redis connection, normalised from either plugin's fields. Two routes naming the same target share one client. */
+/** A Redis connection, normalised from either plugin's fields. Routes naming the same target with the same client settings share one client (redisClientKey). */
 export interface RedisTargetConfig {
   readonly mode: 'standalone' | 'cluster' | 'sentinel';
   readonly host: string;
@@ -116,9 +189,10 @@ export interface RedisTargetConfig {
 }
 
 export interface AiRateLimitingConfig {
-  /** Top-level quota, applied to every instance not listed in `instances` (absent when not configured). */
-  readonly limit: number | undefined;
-  readonly time_window: number | undefined;
+  /** Top-level quota, applied to every instance not listed in `instances` (absent when not configured).
+   *  A positive integer or a template resolved per request, like `instances[].limit`. */
+  readonly limit: number | string | undefined;
+  readonly time_window: number | string | undefined;
   readonly limit_strategy: LimitStrategy;
   readonly cost_expr: string | undefined;
   readonly instances: readonly InstanceQuotaConfig[];
@@ -127,6 +201,14 @@ export interface AiRateLimitingConfig {
   readonly rejected_msg: string | undefined;
   readonly show_limit_quota_header: boolean;
   readonly header_style: HeaderStyle;
+  /** APISIX `standard_headers`: X-RateLimit-{Limit,Remaining,Reset}-{Tokens|PromptTokens|CompletionTokens}
+   *  instead of the X-AI-RateLimit-* forms. Default false. */
+  readonly standard_headers: boolean;
+  /** A rule (or templated limit) needing a request variable the request lacks: 'reject' (default) answers
+   *  `missing_key_code`; 'skip' serves the request without that quota. */
+  readonly on_missing_key: 'reject' | 'skip';
+  /** Status of the missing-variable answer. Default 400. */
+  readonly missing_key_code: number;
   readonly window_type: WindowType;
   readonly policy: RedisPolicy;
   readonly redis: RedisTargetConfig | undefined;
@@ -157,6 +239,9 @@ export interface AiTokenRatelimitConfig {
   readonly rule_name: string;
   readonly global_threshold: { readonly tokens: number; readonly window_seconds: number } | undefined;
   readonly rule_items: readonly TokenRuleItem[];
+  /** 'all' (current Higress): every matching rule item applies and any can reject; 'first': only the first
+   *  matching item (Higress before PR #4011). Default 'all'. */
+  readonly rule_match: 'all' | 'first';
   readonly rejected_code: number;
   readonly rejected_msg: string;
   readonly show_limit_quota_header: boolean;
@@ -186,6 +271,8 @@ export interface ConsumerConfig {
   /** key-auth credential. Never logged, never a metric label. */
   readonly key: string | undefined;
   readonly ai_rate_limiting: AiRateLimitingConfig | undefined;
+  /** The consumer's own ai-proxy / ai-proxy-multi: replaces the route's on every route the consumer is authenticated on. */
+  readonly ai_proxy?: AiProxyConfig;
 }
 
 export interface AdminConfig {
@@ -200,6 +287,11 @@ export interface RedisBatchingConfig {
   readonly max_batch_keys: number;
   /** Most deltas kept while Redis is unreachable; beyond it the oldest windows are dropped and counted. */
   readonly max_pending_keys: number;
+  /**
+   * Lease of this process's reservations in Redis, ms: renewed by its flushes; when the process dies (or
+   * cannot reach Redis) its reservations stop counting at most this long after its last write. Default 15000.
+   */
+  readonly reservation_lease_ms?: number;
 }
 
 export interface SluiceConfig {
@@ -212,6 +304,10 @@ export interface SluiceConfig {
   /** Peers whose X-Forwarded-For is believed (exact addresses or CIDR ranges). */
   readonly trusted_proxies: readonly string[];
   readonly redis_batching: RedisBatchingConfig;
+  /** HMAC-SHA256 key for rule key values (API keys, user ids) in counter ids. Absent: a random key per
+   *  process, which replicas sharing Redis cannot agree on. Never logged. */
+  readonly key_hash_secret: string | undefined;
+  readonly shutdown: ShutdownConfig;
   readonly routes: readonly RouteConfig[];
   readonly consumers: readonly ConsumerConfig[];
 }

@@ -3,7 +3,7 @@
 
 import type {
   AdminConfig, AiProxyConfig, ConsumerConfig, LimitsConfig, ListenConfig, RedisBatchingConfig, RouteConfig,
-  RoutePlugins, SluiceConfig, TokensConfig,
+  RoutePlugins, ShutdownConfig, SluiceConfig, TokensConfig, TokensModelConfig,
 } from './types.ts';
 import { substituteEnv } from './env.ts';
 import { ConfigError, Issues, childPath, type ConfigIssue } from './issues.ts';
@@ -12,36 +12,76 @@ import { readAiProxy, readAiProxyMulti, NAME_MESSAGE, NAME_PATTERN } from './plu
 import { readAiRateLimiting, type InstanceScope } from './plugins/ai-rate-limiting.ts';
 import { readAiTokenRatelimit } from './plugins/ai-token-ratelimit.ts';
 import { readConsumerKeyAuth, readRouteKeyAuth } from './plugins/key-auth.ts';
-import { RedisTargets } from './redis.ts';
 import { NON_NEGATIVE, POSITIVE, PORT, Section, isPlainObject, unknownMessage, type IntRule } from './section.ts';
 import { parseIpRange } from '../rules/ip.ts';
+import { DEFAULT_MAX_RESERVATION, defaultMaxUsage } from '../tokens/limits.ts';
 
 export { ConfigError };
 export type { ConfigIssue };
 
-const TOP_KEYS = ['listen', 'admin', 'workers', 'limits', 'tokens', 'trusted_proxies', 'redis_batching', 'routes', 'consumers'] as const;
+const TOP_KEYS = ['listen', 'admin', 'workers', 'limits', 'tokens', 'trusted_proxies', 'redis_batching', 'shutdown', 'key_hash_secret', 'routes', 'consumers'] as const;
 // `upstream` is accepted because APISIX route definitions (seed 001's rules example) carry one; as in APISIX,
 // ai-proxy and ai-proxy-multi choose the upstream themselves, so it is checked to be an object and unused.
 const ROUTE_KEYS = ['id', 'uri', 'methods', 'plugins', 'upstream'] as const;
 const PLUGINS = ['ai-proxy', 'ai-proxy-multi', 'key-auth', 'ai-rate-limiting', 'ai-token-ratelimit'] as const;
-const CONSUMER_PLUGINS = ['key-auth', 'ai-rate-limiting'] as const;
+const CONSUMER_PLUGINS = ['key-auth', 'ai-rate-limiting', 'ai-proxy', 'ai-proxy-multi'] as const;
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS'] as const;
 /** An exact path, or a prefix ending in '*'; no query, fragment or whitespace. */
 const URI = /^\/[^\s?#*]*\*?$/;
 const USERNAME = /^[a-zA-Z0-9_-]+$/;
 
-const DEFAULT_LISTEN: ListenConfig = { host: '127.0.0.1', port: 9080 };
+const DEFAULT_LISTEN: ListenConfig = { host: '127.0.0.1', port: 9080, http1_guard: true };
 const DEFAULT_ADMIN: AdminConfig = { host: '127.0.0.1', port: 9091 };
 const DEFAULT_LIMITS: LimitsConfig = {
   max_body_bytes: 8 * 1024 * 1024,
   upstream_connect_timeout_ms: 2000,
   upstream_first_byte_timeout_ms: 60000,
   upstream_idle_timeout_ms: 60000,
+  max_quota_keys: 100_000,
+  max_inflight_body_bytes: 64 * 1024 * 1024,
+  max_header_fields: 48,
+  max_header_line_bytes: 8192,
+  max_header_bytes: 32768,
+  max_drain_bytes: 64 * 1024 * 1024,
+  client_body_timeout_ms: 60000,
+  client_header_timeout_ms: 10000,
+  client_idle_timeout_ms: 60000,
 };
-const DEFAULT_TOKENS: TokensConfig = { default_max_tokens: 256, offload_bytes: 4096 };
-const DEFAULT_BATCHING: RedisBatchingConfig = { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000 };
+const TOKENS_KEYS = ['default_max_tokens', 'offload_bytes', 'max_reservation', 'max_usage', 'models', 'count_budget_ms'] as const;
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/;
 
-function readEndpoint(is: Issues, path: string, value: unknown, def: ListenConfig): ListenConfig {
+/** tokens.*: max_usage defaults from max_reservation and the model tables (src/tokens/limits.ts). */
+function readTokens(is: Issues, value: unknown): TokensConfig {
+  const sec = Section.open(is, 'tokens', value, TOKENS_KEYS);
+  const s = sec ?? Section.open(is, 'tokens', {}, TOKENS_KEYS)!;
+  const models: Record<string, TokensModelConfig> = {};
+  const rawModels = s.get('models');
+  if (rawModels !== undefined && !isPlainObject(rawModels)) is.add(s.p('models'), 'must be an object');
+  else if (rawModels !== undefined) {
+    for (const name of Object.keys(rawModels)) {
+      const path = childPath(s.p('models'), name);
+      if (!MODEL_NAME.test(name)) { is.add(path, 'must be a model name (letters, digits, . _ : @ / -)'); continue; }
+      const m = Section.open(is, path, rawModels[name], ['max_output_tokens', 'context_window']);
+      if (m === undefined) continue;
+      const out = m.int('max_output_tokens', POSITIVE, true);
+      const ctx = m.int('context_window', POSITIVE, true);
+      if (out !== undefined && ctx !== undefined) models[name] = { max_output_tokens: out, context_window: ctx };
+    }
+  }
+  const maxReservation = s.int('max_reservation', { min: 1, max: 100_000_000 }) ?? DEFAULT_MAX_RESERVATION;
+  return {
+    default_max_tokens: s.int('default_max_tokens', POSITIVE) ?? 256,
+    offload_bytes: s.int('offload_bytes', POSITIVE) ?? 4096,
+    max_reservation: maxReservation,
+    max_usage: s.int('max_usage', POSITIVE) ?? defaultMaxUsage(maxReservation, models),
+    models,
+    count_budget_ms: s.int('count_budget_ms', { min: 1, max: 600_000 }) ?? 2000,
+  };
+}
+const DEFAULT_SHUTDOWN: ShutdownConfig = { drain_timeout_ms: 30000 };
+const DEFAULT_BATCHING: RedisBatchingConfig = { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000, reservation_lease_ms: 15000 };
+
+function readEndpoint(is: Issues, path: string, value: unknown, def: AdminConfig): AdminConfig {
   const sec = Section.open(is, path, value, ['host', 'port']);
   if (sec === undefined) return def;
   let host = sec.str('host');
@@ -50,6 +90,18 @@ function readEndpoint(is: Issues, path: string, value: unknown, def: ListenConfi
     host = undefined;
   }
   return { host: host ?? def.host, port: sec.int('port', PORT) ?? def.port };
+}
+
+/** listen: an endpoint plus `http1_guard` (the node:net HTTP/1.x guard in front of uWS; default on). */
+function readListen(is: Issues, value: unknown): ListenConfig {
+  const sec = Section.open(is, 'listen', value, ['host', 'port', 'http1_guard']);
+  if (sec === undefined) return DEFAULT_LISTEN;
+  let host = sec.str('host');
+  if (host !== undefined && !isHost(host)) {
+    is.add(sec.p('host'), 'must be an IP address or host name');
+    host = undefined;
+  }
+  return { host: host ?? DEFAULT_LISTEN.host, port: sec.int('port', PORT) ?? DEFAULT_LISTEN.port, http1_guard: sec.bool('http1_guard') ?? DEFAULT_LISTEN.http1_guard };
 }
 
 /** Reads every key of `defaults` as a positive integer. */
@@ -151,7 +203,8 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
     proxy = readAiProxyMulti(is, childPath(pluginsPath, 'ai-proxy-multi'), conf('ai-proxy-multi'));
   } else if (present.has('ai-proxy')) {
     // The single instance is named after the route when the route has an explicit id.
-    proxy = readAiProxy(is, childPath(pluginsPath, 'ai-proxy'), conf('ai-proxy'), sec.has('id') ? id : 'ai-proxy');
+    // Named `ai-proxy-<provider>` as APISIX names it (X-AI-RateLimit-Remaining-ai-proxy-openai).
+    proxy = readAiProxy(is, childPath(pluginsPath, 'ai-proxy'), conf('ai-proxy'));
   }
   const scope: InstanceScope = { kind: 'route', names: new Set(proxy?.instances.map((i) => i.name) ?? []) };
   const routePlugins: RoutePlugins = {
@@ -167,13 +220,11 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
   return { route: { id, uri: uri ?? '/', methods, plugins: routePlugins }, path };
 }
 
-function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { consumers: ConsumerConfig[]; paths: string[] } {
+function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { consumers: ConsumerConfig[] } {
   const list = sec.array('consumers') ?? [];
   const consumers: ConsumerConfig[] = [];
-  const paths: string[] = [];
   const names = new Map<string, number>();
   const keys = new Map<string, number>();
-  const scope: InstanceScope = { kind: 'consumer', names: routeInstances };
   list.forEach((value, i) => {
     const path = childPath(sec.p('consumers'), i);
     const c = Section.open(sec.is, path, value, ['username', 'plugins']);
@@ -195,7 +246,7 @@ function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { con
     for (const name of Object.keys(plugins)) {
       if ((CONSUMER_PLUGINS as readonly string[]).includes(name)) continue;
       c.is.add(childPath(pluginsPath, name), (PLUGINS as readonly string[]).includes(name)
-        ? 'is not supported on consumers (only key-auth and ai-rate-limiting)'
+        ? `is not supported on consumers (only ${CONSUMER_PLUGINS.join(', ')})`
         : unknownMessage('plugin', name, CONSUMER_PLUGINS));
     }
     const has = (n: string): boolean => Object.hasOwn(plugins, n);
@@ -206,13 +257,21 @@ function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { con
       if (prev !== undefined) c.is.add(childPath(childPath(pluginsPath, 'key-auth'), 'key'), `duplicates the key of consumers[${prev}]`);
       else keys.set(key, i);
     }
+    // APISIX: a consumer's ai-proxy / ai-proxy-multi replaces the route's for that consumer's requests.
+    let proxy: AiProxyConfig | undefined;
+    if (has('ai-proxy') && has('ai-proxy-multi')) c.is.add(pluginsPath, 'must contain at most one of ai-proxy or ai-proxy-multi');
+    else if (has('ai-proxy-multi')) proxy = readAiProxyMulti(c.is, childPath(pluginsPath, 'ai-proxy-multi'), plugins['ai-proxy-multi']);
+    else if (has('ai-proxy')) proxy = readAiProxy(c.is, childPath(pluginsPath, 'ai-proxy'), plugins['ai-proxy']);
+    const scope: InstanceScope = {
+      kind: 'consumer',
+      names: proxy === undefined ? routeInstances : new Set([...routeInstances, ...proxy.instances.map((inst) => inst.name)]),
+    };
     const rl = has('ai-rate-limiting')
       ? readAiRateLimiting(c.is, childPath(pluginsPath, 'ai-rate-limiting'), plugins['ai-rate-limiting'], scope)
       : undefined;
-    consumers.push({ username: username ?? '', key, ai_rate_limiting: rl });
-    paths.push(path);
+    consumers.push({ username: username ?? '', key, ai_rate_limiting: rl, ...(proxy === undefined ? {} : { ai_proxy: proxy }) });
   });
-  return { consumers, paths };
+  return { consumers };
 }
 
 function deepFreeze<T>(value: T): T {
@@ -233,20 +292,32 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   const root = Section.open(is, '', input, TOP_KEYS);
   if (root === undefined) throw new ConfigError(is.list);
 
-  const listen = readEndpoint(is, 'listen', root.get('listen'), DEFAULT_LISTEN);
+  const listen = readListen(is, root.get('listen'));
   const admin = readEndpoint(is, 'admin', root.get('admin'), DEFAULT_ADMIN);
   if (admin.port !== 0 && admin.port === listen.port && admin.host === listen.host) {
     is.add('admin.port', 'must differ from listen.port');
   }
   const workers = root.int('workers', { min: 1, max: 64 }) ?? 1;
-  const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS);
-  const tokens = readPositiveInts(is, 'tokens', root.get('tokens'), DEFAULT_TOKENS);
+  const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS, { max_quota_keys: { min: 1, max: 100_000_000 } });
+  const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).
-  const batching = readPositiveInts(is, 'redis_batching', root.get('redis_batching'), DEFAULT_BATCHING, { flush_interval_ms: NON_NEGATIVE });
+  // A lease shorter than a few flush intervals would let live reservations lapse between renewals.
+  const batching = readPositiveInts(is, 'redis_batching', root.get('redis_batching'), DEFAULT_BATCHING, { flush_interval_ms: NON_NEGATIVE, reservation_lease_ms: { min: 1000, max: 3_600_000 } });
+  if ((batching.reservation_lease_ms ?? 0) < 3 * batching.flush_interval_ms) {
+    is.add('redis_batching.reservation_lease_ms', 'must be at least 3 × redis_batching.flush_interval_ms');
+  }
   if (batching.max_pending_keys < batching.max_batch_keys) {
     is.add('redis_batching.max_pending_keys', 'must be at least redis_batching.max_batch_keys');
   }
   const trusted = readTrustedProxies(root);
+  // HMAC key for rule key values in counter ids; the value is never echoed in an issue or a log.
+  let keyHashSecret = root.str('key_hash_secret');
+  if (keyHashSecret !== undefined && Buffer.byteLength(keyHashSecret) < 16) {
+    is.add('key_hash_secret', 'must be at least 16 bytes (a short key can be guessed offline from the counter ids in Redis)');
+    keyHashSecret = undefined;
+  }
+  // drain_timeout_ms 0: cut in-flight requests at once.
+  const shutdown = readPositiveInts(is, 'shutdown', root.get('shutdown'), DEFAULT_SHUTDOWN, { drain_timeout_ms: NON_NEGATIVE });
 
   // Routes are matched in file order and the first match wins, so two routes with overlapping uri and
   // methods are legal: the later one only serves what the earlier one does not match.
@@ -264,20 +335,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
 
   const allInstances = new Set<string>();
   for (const d of drafts) for (const inst of d.route.plugins['ai-proxy-multi']?.instances ?? []) allInstances.add(inst.name);
-  const { consumers, paths: consumerPaths } = readConsumers(root, allInstances);
-
-  const targets = new RedisTargets();
-  for (const d of drafts) {
-    const rl = d.route.plugins['ai-rate-limiting'];
-    if (rl?.redis !== undefined) targets.register(is, `${d.path}.plugins.ai-rate-limiting`, rl.redis);
-    const tr = d.route.plugins['ai-token-ratelimit'];
-    if (tr?.redis !== undefined) targets.register(is, `${d.path}.plugins.ai-token-ratelimit.redis`, tr.redis);
-  }
-  consumers.forEach((c, i) => {
-    if (c.ai_rate_limiting?.redis !== undefined) {
-      targets.register(is, `${consumerPaths[i]!}.plugins.ai-rate-limiting`, c.ai_rate_limiting.redis);
-    }
-  });
+  const { consumers } = readConsumers(root, allInstances);
 
   if (is.list.length > 0) throw new ConfigError(is.list);
   const config: SluiceConfig = {
@@ -287,7 +345,9 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
     limits,
     tokens,
     trusted_proxies: trusted,
+    key_hash_secret: keyHashSecret,
     redis_batching: batching,
+    shutdown,
     routes: drafts.map((d) => d.route),
     consumers,
   };

@@ -102,6 +102,36 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       name: 'sluice_quota_degraded_admissions_total', help: 'Admissions decided on local counters while Redis was unreachable.',
       labelNames: ['store'] as const, registers,
     }),
+    quotaInvalidAmounts: new Counter({
+      name: 'sluice_quota_invalid_amounts_total', help: 'Token amounts a quota store refused (non-finite, negative or too large), by operation.',
+      labelNames: ['store', 'op'] as const, registers,
+    }),
+    quotaTrackedKeys: new Gauge({
+      name: 'sluice_quota_tracked_keys', help: 'Quota counters tracked in this process (capped by limits.max_quota_keys).',
+      labelNames: ['store'] as const, registers,
+    }),
+    quotaKeyEvictions: new Counter({
+      name: 'sluice_quota_key_evictions_total', help: 'Quota counters over limits.max_quota_keys: evicted (idle, flushed) or overflow (new key refused with 503).',
+      labelNames: ['store', 'outcome'] as const, registers,
+    }),
+    usageRejected: new Counter({
+      name: 'sluice_usage_rejected_total', help: 'Upstream usage objects not believed (malformed, not_a_number, negative, fractional, too_large, inconsistent); the counted estimate was charged instead.',
+      labelNames: ['route', 'reason'] as const, registers,
+    }),
+    shutdownCut: new Counter({
+      name: 'sluice_shutdown_cut_total', help: 'Requests still running when the shutdown drain time ran out, cut and settled from counted text.',
+      labelNames: ['route'] as const, registers,
+    }),
+    requestsInFlight: new Gauge({
+      name: 'sluice_requests_in_flight', help: 'Requests accepted by the front end whose response has not finished or aborted yet.', registers,
+    }),
+    bodyBytesInFlight: new Gauge({
+      name: 'sluice_request_body_bytes_in_flight', help: 'Request-body bytes held by the front end (budget: limits.max_inflight_body_bytes).', registers,
+    }),
+    frontendRejected: new Counter({
+      name: 'sluice_frontend_rejected_total', help: 'Requests the front end answered itself before the pipeline, by reason.',
+      labelNames: ['reason'] as const, registers,
+    }),
     configReloads: new Counter({
       name: 'sluice_config_reloads_total', help: 'Configuration reloads by outcome.',
       labelNames: ['outcome'] as const, registers,
@@ -114,4 +144,5 @@ export type Metrics = ReturnType<typeof createMetrics>;
 /** Metrics used by quota stores; tests may pass a fresh createMetrics({ defaultMetrics: false }). */
 export type StoreMetrics = Pick<Metrics,
   'redisFlushes' | 'redisFlushKeys' | 'redisFlushCommands' | 'redisFlushDuration' | 'redisCommands' | 'redisErrors' |
-  'redisBreakerState' | 'redisPendingDeltas' | 'redisDroppedDeltas' | 'syncAdmissions' | 'degradedAdmissions'>;
+  'redisBreakerState' | 'redisPendingDeltas' | 'redisDroppedDeltas' | 'syncAdmissions' | 'degradedAdmissions' | 'quotaInvalidAmounts' |
+  'quotaTrackedKeys' | 'quotaKeyEvictions'>;

@@ -44,7 +44,10 @@ export async function post(url: string, body: unknown, headers: Record<string, s
   return { status: r.status, headers: r.headers, body: parsed, text };
 }
 
-/** An instance block for ai-proxy-multi pointing at a mock upstream. */
+/**
+ * An instance block for ai-proxy-multi pointing at a mock upstream. Its `forward_headers` lets the mock's
+ * per-request fault headers (x-mock-*) through the gateway's client-header allowlist.
+ */
 export function mockInstance(name: string, mockUrl: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     name,
@@ -52,6 +55,7 @@ export function mockInstance(name: string, mockUrl: string, extra: Record<string
     auth: { header: { Authorization: `Bearer sk-${name}` } },
     options: { model: `${name}-model` },
     override: { endpoint: `${mockUrl}/v1/chat/completions` },
+    forward_headers: ['x-mock-*'],
     ...extra,
   };
 }

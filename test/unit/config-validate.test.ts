@@ -4,6 +4,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadConfigFile } from '../../src/config/load.ts';
 import { ConfigError, validateConfig, type ConfigIssue } from '../../src/config/validate.ts';
+import { redisClientKey } from '../../src/config/redis.ts';
 
 const fixtures = new URL('../fixtures/config/', import.meta.url).pathname;
 const examples = new URL('../../examples/', import.meta.url).pathname;
@@ -48,7 +49,7 @@ const WIN = 'must set exactly one of token_per_second, token_per_minute, token_p
 const LIMIT_BY = 'must set exactly one of limit_by_header, limit_by_param, limit_by_consumer, limit_by_cookie, '
   + 'limit_by_per_header, limit_by_per_param, limit_by_per_consumer, limit_by_per_cookie, limit_by_per_ip';
 const URI_MSG = "must start with '/' and may end with '*' (prefix match); no query or whitespace";
-const TIMEOUT_MSG = 'is not supported; set limits.upstream_connect_timeout_ms and limits.upstream_first_byte_timeout_ms';
+const FORBIDDEN_OPTION = "cannot be set by an instance: it is the client's request (Sluice counts the prompt and relays the stream the client asked for)";
 const CHASH_ONLY = 'is only used by the chash algorithm, which Sluice does not support';
 
 // One fixture per failure mode, each with the exact list of issues it must produce, in order.
@@ -74,7 +75,6 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${PM}.instances[1].name`, 'duplicates instances[0].name'],
     [`${PM}.instances[1].override.endpoint`, 'is required for provider openai-compatible'],
     [`${PM}.instances[2].name`, "must contain only letters, digits, '.', '_' and '-'"],
-    [`${PM}.instances[2].options.max_tokens`, 'unknown key'],
     [`${PM}.instances[2].override.endpoint`, 'must be an absolute http(s) URL'],
     [`${PM}.instances[3].name`, 'is required'],
     [`${PM}.instances[3].priority`, 'must be an integer'],
@@ -87,12 +87,16 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${PM}.instances`, 'must be a non-empty array'],
   ],
   'apisix-unsupported.yaml': [
-    [`${PM}.timeout`, TIMEOUT_MSG],
+    [`${PM}.timeout`, 'must be an integer between 1 and 600000'],
+    [`${PM}.max_response_bytes`, 'is not supported: buffered upstream answers are capped at 64 MiB and streams end after limits.upstream_idle_timeout_ms of silence'],
     [`${PM}.balancer.algorithm`, 'chash is not supported; Sluice balances by weighted round robin'],
     [`${PM}.balancer.hash_on`, CHASH_ONLY],
     [`${PM}.balancer.key`, CHASH_ONLY],
+    [`${PM}.instances[0].checks.active`, 'must be an object'],
+    [`${PM}.instances[0].options.max_tokens`, 'must be a positive integer'],
     ['routes[1].plugins.ai-proxy.extra', 'unknown key'],
-    ['routes[1].plugins.ai-proxy.timeout', TIMEOUT_MSG],
+    ['routes[1].plugins.ai-proxy.keepalive_timeout', 'must be at least 1000'],
+    ['routes[1].plugins.ai-proxy.options.stream', FORBIDDEN_OPTION],
   ],
   'route-fields.yaml': [
     ['routes[0].uri', URI_MSG],
@@ -125,7 +129,8 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${RL}.instances[0].cost_expr`, /^is not a valid expression: .*end of expression/],
     [`${RL}.instances[1].cost_expr`, 'is only used when limit_strategy is expression'],
     ['routes[1].plugins.ai-rate-limiting.cost_expr', 'is only used when limit_strategy is expression'],
-    ['routes[2].plugins.ai-rate-limiting.cost_expr', /^is not a valid expression: .*reasoning_tokens/],
+    // Any usage field name is accepted (APISIX resolves names against the usage); a bare function name is not.
+    ['routes[2].plugins.ai-rate-limiting.cost_expr', /^is not a valid expression: .*function "max" needs arguments/],
   ],
   'rules.yaml': [
     [`${RL}.rules[0].key`, /unclosed/],
@@ -157,14 +162,11 @@ const INVALID: Record<string, readonly Expected[]> = {
     ['routes[4].plugins.ai-rate-limiting.redis_sentinels[3]', "must be 'host:port' or {host, port}"],
     ['routes[5].plugins.ai-rate-limiting.policy', 'must be one of: local, redis, redis-cluster, redis-sentinel'],
   ],
-  'redis-shared-conflict.yaml': [
-    ['routes[1].plugins.ai-rate-limiting', 'uses the same Redis as routes[0].plugins.ai-rate-limiting but with a different password, timeout'],
-  ],
   'consumers.yaml': [
     [`${R}.key-auth.header`, 'is not a valid header name'],
     [`${R}.key-auth.hide_credentials`, 'must be a boolean'],
     ['consumers[0].username', "must contain only letters, digits, '_' and '-'"],
-    ['consumers[1].plugins.ai-proxy', 'is not supported on consumers (only key-auth and ai-rate-limiting)'],
+    ['consumers[1].plugins.ai-token-ratelimit', 'is not supported on consumers (only key-auth, ai-rate-limiting, ai-proxy, ai-proxy-multi)'],
     ['consumers[1].plugins.limit-count', 'unknown plugin'],
     ['consumers[1].plugins.key-auth.key', 'duplicates the key of consumers[0]'],
     ['consumers[2].username', 'duplicates consumers[1].username'],
@@ -246,23 +248,27 @@ describe('config fixtures: one per failure mode', () => {
 describe('config defaults', () => {
   it('an empty config gets every documented default', () => {
     const c = validateConfig({}, {});
-    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 9080 });
+    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 9080, http1_guard: true });
     assert.deepEqual(c.admin, { host: '127.0.0.1', port: 9091 });
     assert.equal(c.workers, 1);
     assert.deepEqual(c.limits, {
       max_body_bytes: 8388608, upstream_connect_timeout_ms: 2000, upstream_first_byte_timeout_ms: 60000, upstream_idle_timeout_ms: 60000,
+      max_quota_keys: 100000,
+      max_inflight_body_bytes: 67108864, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
+      max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000,
     });
-    assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096 });
+    assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096, max_reservation: 32768, max_usage: 1047576, models: {}, count_budget_ms: 2000 });
     assert.deepEqual(c.trusted_proxies, []);
-    assert.deepEqual(c.redis_batching, { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000 });
+    assert.deepEqual(c.redis_batching, { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000, reservation_lease_ms: 15000 });
     assert.deepEqual(c.routes, []);
     assert.deepEqual(c.consumers, []);
+    assert.equal(c.key_hash_secret, undefined);
     assert.deepEqual(validateConfig(null, {}), c);
   });
 
   it('a partial section keeps defaults for the fields it omits', () => {
     const c = validateConfig({ listen: { port: 0 }, limits: { max_body_bytes: 1024 }, workers: 2 }, {});
-    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 0 });
+    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 0, http1_guard: true });
     assert.equal(c.limits.max_body_bytes, 1024);
     assert.equal(c.limits.upstream_connect_timeout_ms, 2000);
     assert.equal(c.workers, 2);
@@ -286,6 +292,7 @@ describe('config defaults', () => {
     assert.deepEqual(r.plugins['ai-rate-limiting'], {
       limit: 100, time_window: 60, limit_strategy: 'total_tokens', cost_expr: undefined, instances: [], rules: [],
       rejected_code: 429, rejected_msg: undefined, show_limit_quota_header: true, header_style: 'apisix',
+      standard_headers: false, on_missing_key: 'reject', missing_key_code: 400,
       window_type: 'fixed', policy: 'local', redis: undefined, allow_degradation: false,
     });
     assert.equal(r.plugins['ai-token-ratelimit'], undefined);
@@ -304,7 +311,7 @@ describe('config defaults', () => {
 });
 
 describe('config normalisation', () => {
-  it('ai-proxy becomes a single instance named after the route, or ai-proxy without an id', () => {
+  it('ai-proxy becomes a single instance named ai-proxy-<provider>, as APISIX names it', () => {
     const proxy = { provider: 'deepseek', auth: { header: { Authorization: 'Bearer k' } }, options: { model: 'deepseek-chat' } };
     const c = validateConfig({
       routes: [
@@ -314,13 +321,13 @@ describe('config normalisation', () => {
     }, {});
     assert.deepEqual(c.routes[0]!.plugins['ai-proxy-multi'], {
       instances: [{
-        name: 'chat', provider: 'deepseek', weight: 1, priority: 0, auth_header: { Authorization: 'Bearer k' }, auth_query: {},
+        name: 'ai-proxy-deepseek', provider: 'deepseek', weight: 1, priority: 0, auth_header: { Authorization: 'Bearer k' }, auth_query: {},
         model: 'deepseek-chat', endpoint: undefined,
       }],
       fallback_strategy: [],
       single: true,
     });
-    assert.equal(c.routes[1]!.plugins['ai-proxy-multi']!.instances[0]!.name, 'ai-proxy');
+    assert.equal(c.routes[1]!.plugins['ai-proxy-multi']!.instances[0]!.name, 'ai-proxy-openai-compatible');
     assert.equal(c.routes[1]!.plugins['ai-proxy-multi']!.instances[0]!.endpoint, 'http://127.0.0.1:1/v1/chat/completions');
   });
 
@@ -427,6 +434,25 @@ describe('config redis targets', () => {
     });
   });
 
+  it('routes on the same Redis may differ in timeout and password (APISIX: per-route settings); each set gets its own client key', () => {
+    const c = validateConfig({
+      routes: [
+        redisRoute('/a', { policy: 'redis', redis_host: '127.0.0.1', redis_password: 'first-secret' }),
+        redisRoute('/b', { policy: 'redis', redis_host: '127.0.0.1', redis_password: 'second-secret', redis_timeout: 500 }),
+        redisRoute('/c', { policy: 'redis', redis_host: '127.0.0.1', redis_password: 'first-secret', redis_timeout: 500 }),
+        redisRoute('/d', { policy: 'redis', redis_host: '127.0.0.1', redis_password: 'first-secret' }),
+        route({ uri: '/e' }, { 'ai-token-ratelimit': { rule_name: 'r', global_threshold: { token_per_minute: 1 }, redis: { service_name: '127.0.0.1', password: 'first-secret' } } }),
+      ],
+    }, {});
+    const targets = c.routes.map((r) => (r.plugins['ai-rate-limiting'] ?? r.plugins['ai-token-ratelimit'])!.redis!);
+    assert.equal(new Set(targets.map((t) => t.id)).size, 1);
+    const keys = targets.map(redisClientKey);
+    assert.equal(keys[3], keys[0], 'the same settings share a client');
+    assert.equal(keys[4], keys[0], 'Higress timeout 1000 = APISIX default');
+    assert.equal(new Set([keys[0], keys[1], keys[2]]).size, 3);
+    for (const k of keys) assert.ok(!k.includes('secret'));
+  });
+
   it('cluster ids ignore node order; sentinel ids include master and role', () => {
     const c = validateConfig({
       routes: [
@@ -467,7 +493,7 @@ describe('config $ENV substitution', () => {
         },
       }],
     }, { HOST: '127.0.0.1', PORT: '8080', KEY: 'sk-abc', URL: 'http://127.0.0.1:9/v1/chat/completions', HIDE: 'true' });
-    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080 });
+    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8080, http1_guard: true });
     const inst = c.routes[0]!.plugins['ai-proxy-multi']!.instances[0]!;
     assert.equal(inst.auth_header['Authorization'], 'Bearer sk-abc');
     assert.equal(inst.endpoint, 'http://127.0.0.1:9/v1/chat/completions');
@@ -491,7 +517,7 @@ describe('config $ENV substitution', () => {
         { username: 'y', plugins: { 'key-auth': { key: '$ENV://S' } } },
       ],
     }, { S: secret }));
-    assert.equal(err.length, 3);
+    assert.equal(err.length, 2, "endpoint and duplicate key; differing Redis passwords are allowed");
     for (const i of err) assert.ok(!i.message.includes(secret) && !i.path.includes(secret), `${i.path}: ${i.message}`);
   });
 
@@ -565,7 +591,7 @@ describe('examples/embedded.yaml', () => {
 
   it('validates with the mock endpoint set and has the two documented routes', () => {
     const c = loadConfigFile(file, { SLUICE_MOCK_ENDPOINT: endpoint });
-    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 9080 });
+    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 9080, http1_guard: true });
     assert.deepEqual(c.admin, { host: '127.0.0.1', port: 9091 });
     assert.equal(c.workers, 1);
     assert.deepEqual(c.routes.map((r) => [r.id, r.uri, r.methods]), [
