@@ -44,6 +44,8 @@ if (!skipTypecheck) {
 // The CLI and packaging tests run the compiled build (bin/ -> dist/), so it must match the sources.
 const build = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
 if (build.status !== 0) { console.error('run-tests: build (tsc -p tsconfig.build.json) failed'); process.exit(1); }
+const ranks = spawnSync(process.execPath, [join(root, 'scripts/build-ranks.mjs')], { cwd: root, stdio: 'inherit' });
+if (ranks.status !== 0) { console.error('run-tests: build (scripts/build-ranks.mjs) failed'); process.exit(1); }
 
 console.log(`run-tests: ${files.length} files`);
 const run = spawnSync(process.execPath, [

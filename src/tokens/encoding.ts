@@ -2,6 +2,7 @@
 // gpt-tokenizer is imported only in src/tokens. The tables are big (o200k takes ~130-330 ms and ~90 MB to load),
 // so nothing loads at import time: a thread that never counts never pays, and callers that want the cost
 // up front (server start, worker start) call warmTokenizers().
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { EncodeOptions } from 'gpt-tokenizer/GptEncoding';
 
@@ -28,9 +29,30 @@ const require = createRequire(import.meta.url);
 let o200k: EncodingModule | undefined;
 let cl100k: EncodingModule | undefined;
 
+interface GptEncodingClass {
+  getEncodingApi(name: TokenEncoding, ranks: () => unknown): EncodingModule['default'] & Encoder;
+}
+
+/**
+ * The rank table as JSON, written next to the compiled module by scripts/build-ranks.mjs from the library's own
+ * table: JSON.parse takes ~70 ms where compiling the library's 2.4 MB array literal takes ~260 ms of start-up.
+ * Absent when running from sources (tests under tsx): then the library's module is loaded as is.
+ */
+function loadFromJson(enc: TokenEncoding): EncodingModule | undefined {
+  let text: string;
+  try {
+    text = readFileSync(new URL(`./ranks/${enc}.json`, import.meta.url), 'utf8');
+  } catch {
+    return undefined;
+  }
+  const { GptEncoding } = require('gpt-tokenizer/GptEncoding') as { GptEncoding: GptEncodingClass };
+  const api = GptEncoding.getEncodingApi(enc, () => JSON.parse(text) as unknown);
+  return { countTokens: api.countTokens, default: api };
+}
+
 function load(enc: TokenEncoding): EncodingModule {
-  if (enc === 'o200k_base') return (o200k ??= require('gpt-tokenizer/encoding/o200k_base') as EncodingModule);
-  return (cl100k ??= require('gpt-tokenizer/encoding/cl100k_base') as EncodingModule);
+  if (enc === 'o200k_base') return (o200k ??= loadFromJson(enc) ?? require('gpt-tokenizer/encoding/o200k_base') as EncodingModule);
+  return (cl100k ??= loadFromJson(enc) ?? require('gpt-tokenizer/encoding/cl100k_base') as EncodingModule);
 }
 
 /** The library's own API: its countTokens is the reference the linear counter is tested (and benchmarked) against. */
