@@ -52,6 +52,14 @@ async function start(argv: string[]): Promise<void> {
   }
   if (file === undefined) { console.error(USAGE); process.exit(2); }
   const configFile = file;
+  // Handlers go in before start-up: a SIGHUP with no listener would kill the process (the default action), and
+  // the gateway is listening before startSluice resolves. Signals that come early are applied once it has.
+  let early: { reload: boolean; stop: NodeJS.Signals | undefined } | undefined = { reload: false, stop: undefined };
+  let onHup = (): void => { early!.reload = true; };
+  let onStop = (signal: NodeJS.Signals): void => { early!.stop ??= signal; };
+  process.on('SIGHUP', () => onHup());
+  process.on('SIGINT', (sig) => onStop(sig));
+  process.on('SIGTERM', (sig) => onStop(sig));
   let handle: SluiceHandle;
   let listenHost: string;
   let adminHost: string;
@@ -70,7 +78,7 @@ async function start(argv: string[]): Promise<void> {
   }
   console.log(`sluice listening on http://${listenHost}:${handle.port} (metrics on http://${adminHost}:${handle.adminPort}/metrics)`);
   // A file that fails to load or validate is logged and counted (sluice_config_reloads_total{outcome="error"}).
-  process.on('SIGHUP', () => { handle.reloadFrom(() => loadConfigFile(configFile, env)); });
+  onHup = () => { handle.reloadFrom(() => loadConfigFile(configFile, env)); };
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
@@ -84,8 +92,11 @@ async function start(argv: string[]): Promise<void> {
       process.exit(1);
     });
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  onStop = stop;
+  const pending = early;
+  early = undefined;
+  if (pending.stop !== undefined) stop(pending.stop);
+  else if (pending.reload) onHup();
 }
 
 async function main(argv: string[]): Promise<void> {
