@@ -208,10 +208,14 @@ test('compose: two replicas, one Redis-held quota, streamed and non-streamed req
   // SIGTERM (docker stop -> tini -> node) drains: a slow stream started before the stop completes.
   const slow = slowStream(ports.gw1);
   await slow.started;
-  const stopCall = dcAsync(['stop', '-t', '40'], 180_000);
+  // The gateways first: `stop` of the whole project may signal the mock upstream at the same time, and a mock
+  // that exits cuts the very stream whose drain this checks. The rest of the stack stops after them.
+  const stopCall = dcAsync(['stop', '-t', '40', 'gateway-1', 'gateway-2'], 180_000);
   const drained = await slow.done;
   const stop = await stopCall;
   assert.equal(stop.status, 0, stop.out);
+  const stopRest = dc(['stop', '-t', '40'], 180_000);
+  assert.equal(stopRest.status, 0, stopRest.out);
   assert.equal(drained.status, 200);
   assert.match(drained.text, /data: \[DONE\]/, 'the in-flight stream finished during the drain');
 
