@@ -3,6 +3,7 @@
 // Defaults: content negotiation, tracing, provider beta flags; an instance's `forward_headers` extends or
 // replaces them (config/forward-headers.ts). The instance's own headers (auth, organisation, project) are set
 // last, and the X-Forwarded-* family is always written by the gateway.
+import { NEVER_FORWARDED } from '../config/forward-headers.ts';
 import type { ForwardHeadersConfig } from '../config/types.ts';
 import type { IpMatcher } from '../rules/ip.ts';
 import type { ClientRequest } from './http-types.ts';
@@ -16,9 +17,8 @@ export const DEFAULT_FORWARD_HEADERS: readonly string[] = [
   'openai-beta', 'anthropic-beta', 'anthropic-version',
 ];
 
-/** Names no policy forwards, whatever the config says (config validation rejects them too). */
-const NEVER = new Set(['host', 'content-length', 'content-type', 'transfer-encoding', 'connection', 'authorization', 'proxy-authorization',
-  'cookie', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded']);
+/** Names no policy forwards, whatever the config says: the list config validation refuses in forward_headers. */
+const NEVER: ReadonlySet<string> = new Set(NEVER_FORWARDED);
 
 export interface ForwardPolicy {
   readonly exact: ReadonlySet<string>;
