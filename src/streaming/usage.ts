@@ -3,10 +3,21 @@
 // per-request ceiling (`tokens.max_usage`), or a total below prompt + completion, makes the whole object
 // implausible, and the caller charges its own count instead (a lying upstream must not poison a quota).
 
+/**
+ * Normalised across providers: prompt_tokens counts every input token (cache reads and cache writes included),
+ * completion_tokens every output token (reasoning included); the three kinds below are parts of those, never
+ * added on top. Providers that report them apart (Anthropic's cache fields, Gemini's thoughts) are summed in.
+ */
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Of prompt_tokens: read from a prompt cache. */
+  cached_prompt_tokens?: number;
+  /** Of prompt_tokens: written to a prompt cache. */
+  cache_write_tokens?: number;
+  /** Of completion_tokens: reasoning/thinking. */
+  reasoning_tokens?: number;
   /** The usage object as the upstream sent it: cost expressions may name any of its numeric fields (rules/cost-expr.ts). */
   raw?: Readonly<Record<string, unknown>>;
 }
@@ -53,6 +64,47 @@ export function readUsage(u: unknown, maxUsage: number = DEFAULT_MAX_USAGE): Usa
   const usage: Usage = { prompt_tokens: p, completion_tokens: c, total_tokens: t ?? p + c };
   // Non-enumerable: the counts stay the object's visible shape (logs, comparisons); only cost expressions read it.
   Object.defineProperty(usage, 'raw', { value: o, enumerable: false });
+  return usage;
+}
+
+/** Counts a provider module read from its own usage object, before validation (undefined: not reported). */
+export interface UsageCounts {
+  readonly prompt: unknown;
+  readonly completion: unknown;
+  readonly total?: unknown;
+  readonly cachedPrompt?: unknown;
+  readonly cacheWrite?: unknown;
+  readonly reasoning?: unknown;
+}
+
+/**
+ * Validates counts already normalised by a provider module (see Usage) into a Usage; `raw` is the upstream's
+ * object, kept for cost expressions. undefined when neither prompt nor completion is reported; a rejection
+ * when any count is implausible or a part exceeds its whole.
+ */
+export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unknown>>, maxUsage: number = DEFAULT_MAX_USAGE): Usage | UsageRejection | undefined {
+  const prompt = count(c.prompt, maxUsage);
+  const completion = count(c.completion, maxUsage);
+  const total = count(c.total, maxUsage);
+  const cached = count(c.cachedPrompt, maxUsage);
+  const write = count(c.cacheWrite, maxUsage);
+  const reasoning = count(c.reasoning, maxUsage);
+  for (const v of [prompt, completion, total, cached, write, reasoning]) if (typeof v === 'string') return { rejected: v };
+  if (prompt === undefined && completion === undefined) return undefined;
+  const p = (prompt as number | undefined) ?? 0;
+  const o = (completion as number | undefined) ?? 0;
+  if (p + o > maxUsage) return { rejected: 'too_large' };
+  const t = total as number | undefined;
+  if (t !== undefined && t < p + o) return { rejected: 'inconsistent' };
+  const cp = (cached as number | undefined) ?? 0;
+  const cw = (write as number | undefined) ?? 0;
+  const r = (reasoning as number | undefined) ?? 0;
+  if (cp + cw > p || r > o) return { rejected: 'inconsistent' };
+  const usage: Usage = {
+    prompt_tokens: p, completion_tokens: o, total_tokens: t ?? p + o,
+    cached_prompt_tokens: cp, cache_write_tokens: cw, reasoning_tokens: r,
+  };
+  Object.defineProperty(usage, 'raw', { value: raw, enumerable: false });
   return usage;
 }
 
