@@ -8,10 +8,19 @@ export const MOCK_UPSTREAM_USAGE = `usage: sluice mock-upstream [options]
   --chunk-delay-ms <n>     delay between content frames (default 0)
   --ttft-ms <n>            delay before the first frame / a non-stream answer (default 0)
   --completion-tokens <n>  completion tokens when the request has no max_tokens (default 16)
-  --usage auto|on|off      streaming usage frame (default auto: when stream_options.include_usage is true)
+  --usage auto|on|off      usage in answers (default auto: always, OpenAI chat/completions streams only with
+                           stream_options.include_usage); off: never
   --name <s>               value of the x-mock-name response header
-Per-request faults: headers x-mock-status, x-mock-delay-ms, x-mock-disconnect-after, x-mock-chunks,
-x-mock-chunk-delay-ms, x-mock-ttft-ms, x-mock-completion-tokens, x-mock-usage, x-mock-echo-headers.`;
+  --require-auth <spec>    credential every request needs (name=value header, ?name=value query, | between
+                           alternatives); missing → the provider's 401
+Surfaces: OpenAI /v1/{chat/completions,completions,responses,embeddings}; Azure /openai/deployments/<d>/...
+?api-version= and /openai/v1/...; Anthropic /v1/messages, /v1/messages/count_tokens; Gemini
+/v1beta/models/<m>:{generateContent,streamGenerateContent,countTokens}. Control: /mock/stats, /mock/last-request,
+/mock/requests, /mock/reset.
+Per-request headers: x-mock-status, x-mock-retry-after, x-mock-delay-ms, x-mock-ttft-ms, x-mock-chunks,
+x-mock-chunk-delay-ms, x-mock-disconnect-after, x-mock-stream-error-after, x-mock-stream-error-status,
+x-mock-completion-tokens, x-mock-cached-tokens, x-mock-cache-write-tokens, x-mock-reasoning-tokens, x-mock-usage,
+x-mock-lie-{prompt,completion,total}-tokens, x-mock-require-auth, x-mock-echo-headers.`;
 
 export class MockArgsError extends Error {}
 
@@ -51,6 +60,8 @@ export function parseMockUpstreamArgs(argv: readonly string[]): MockUpstreamOpti
       opts.host = take();
     } else if (flag === '--name') {
       opts.name = take();
+    } else if (flag === '--require-auth') {
+      opts.requireAuth = take();
     } else if (flag === '--usage') {
       const raw = take();
       if (raw !== 'auto' && raw !== 'on' && raw !== 'off') throw new MockArgsError(`--usage must be auto, on or off, got "${raw}"`);

@@ -255,7 +255,7 @@ describe('mock upstream: faults and errors', () => {
   it('answers 404, 405, 400 and rejects bad fault headers', async () => {
     const post = (path: string, body: string, headers: Record<string, string> = {}) =>
       fetch(mock.url + path, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } });
-    const notFound = await post('/v1/embeddings', '{}');
+    const notFound = await post('/v1/nothing-here', '{}');
     assert.equal(notFound.status, 404);
     assert.deepEqual(Object.keys(((await notFound.json()) as { error: object }).error).sort(), ['code', 'message', 'param', 'type']);
     const wrongMethod = await fetch(mock.url + '/v1/chat/completions');
@@ -298,7 +298,12 @@ describe('mock upstream: stats and cleanup', () => {
     const reset = await fetch(mock.url + '/mock/reset', { method: 'POST' });
     assert.equal(reset.status, 200);
     await reset.arrayBuffer();
-    assert.deepEqual(mock.stats(), { requests: 0, byStatus: {}, inFlight: 0, aborted: 0 });
+    const cleared = mock.stats();
+    assert.deepEqual({ requests: cleared.requests, byStatus: cleared.byStatus, inFlight: cleared.inFlight, aborted: cleared.aborted },
+      { requests: 0, byStatus: {}, inFlight: 0, aborted: 0 });
+    assert.equal(cleared.lastRequest, undefined);
+    assert.deepEqual(cleared.bySurface, {});
+    assert.equal(cleared.usage.total_tokens, 0);
   });
 
   it('stops a slow stream when the client aborts, leaving nothing in flight', async () => {
