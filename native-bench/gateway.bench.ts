@@ -1,125 +1,150 @@
-// The gateway benchmark (issue 2 item 10, issue 3 item 8): one command, Node alone.
-//   node --import tsx native-bench/gateway.bench.ts [--reps 3] [--duration 5] [--warmup 1] [--connections 64]
-//        [--stream-connections 64] [--chunks 32] [--chunk-delay-ms 2] [--workers 1] [--only a,b,c,cq,as,bs,d]
-//        [--max-foreign 0.25] [--budget 160] [--quiet-wait 2] [--max-requests 500000] [--json] [--profile <dir>]
-// Every server and the load generator run in processes of their own; CPU per request is the server process's
-// utime+stime over the measured window divided by what it served. Ratios against the bare hop, measured in the
-// same run on the same box, are the result; absolute numbers depend on the machine. See native-bench/README.md.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+// The gateway benchmark (issue 11 item 3; before it issue 2 item 10 and issue 3 item 8): Sluice against nginx
+// and the bare uWS + undici hop, in one run, on the same mock upstream.
+//   npm run bench                      # ≈ 3–4 min on 2 cores
+//   npm run bench -- --quick           # ≈ 1 min smoke run
+//   node --import tsx native-bench/gateway.bench.ts [--quick] [--json] [--reps 2] [--duration 4] [--warmup 1]
+//        [--connections 64] [--stream-connections 64] [--chunks 32] [--chunk-delay-ms 2] [--slow-streams 2000]
+//        [--slow-delay-ms 50] [--slow-frames 100] [--slow-duration 4] [--rss-streams 2000] [--sluice auto|dist|tsx] [--build]
+//        [--slow-upstream lean|mock] [--no-install] [--only nginx,hop,sluice,sluiceQuota]
+//        [--kinds json64,json1,stream,slow] [--threads]
+// Every server, both mocks and the load generator run in processes of their own; CPU of the process under test
+// is its utime+stime from /proc/<pid>/stat over the measured window (for nginx: its single worker) divided by
+// what it served. Absolute numbers depend on the box; the ratios against nginx measured in the same run are the
+// result. See native-bench/README.md.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { boxBusyCores } from './lib/cpu.ts';
+import { freePorts } from '../test/helpers/free-port.ts';
+import { numArg } from './lib/args.ts';
 import type { LoadResult } from './lib/load.ts';
+import { findNginx, startNginx, testNginxConfig, writeNginxConfig, type NginxFound } from './lib/nginx.ts';
 import { startServer, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
-import { fmt, median, table } from './lib/stats.ts';
-import { numArg } from './lib/args.ts';
+import { fmt, median, slope, table } from './lib/stats.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX = ['--import', 'tsx'];
-const profiled = (dir: string | undefined): string[] => (dir === undefined ? TSX : ['--cpu-prof', '--cpu-prof-dir', dir, ...TSX]);
+const PATH = '/v1/chat/completions';
+const SLOW_PATH = '/slow/v1/chat/completions';
+const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }];
 
-interface Args {
+export interface Args {
+  quick: boolean;
+  json: boolean;
   reps: number;
-  durationMs: number;
   warmupMs: number;
+  durationMs: number;
   connections: number;
   streamConnections: number;
   chunks: number;
   chunkDelayMs: number;
-  workers: number;
+  slowStreams: number;
+  slowDelayMs: number;
+  slowFrames: number;
+  slowDurationMs: number;
+  /** Idle streams (one frame a second) held open to measure RSS per open stream. */
+  rssStreams: number;
   maxRequests: number;
+  sluice: 'auto' | 'dist' | 'tsx';
+  /** Upstream of the slow streams: lib/slow-sse.ts (lean, default) or src/mock. */
+  slowUpstream: 'lean' | 'mock';
+  build: boolean;
+  install: boolean;
+  threads: boolean;
   only: Set<string> | undefined;
-  json: boolean;
-  quietWaitMs: number;
-  maxForeign: number;
-  budgetMs: number;
-  /** Directory for V8 CPU profiles of the bare hop and the Sluice processes (one file per thread). */
-  profileDir: string | undefined;
+  /** Measurement kinds to run (json64, json1, stream, slow); all by default. */
+  kinds: Set<string> | undefined;
 }
 
-function parseArgs(argv: readonly string[]): Args {
+export function parseArgs(argv: readonly string[]): Args {
+  const quick = argv.includes('--quick');
   const a: Args = {
-    reps: 3, durationMs: 4000, warmupMs: 1000, connections: 64, streamConnections: 64, chunks: 32, chunkDelayMs: 2,
-    workers: 1, maxRequests: 500_000, only: undefined, json: false, quietWaitMs: 2000,
-    maxForeign: 0.25, budgetMs: 160_000, profileDir: undefined,
+    quick, json: false, reps: quick ? 1 : 2, warmupMs: quick ? 500 : 1000, durationMs: quick ? 1500 : 4000,
+    connections: 64, streamConnections: 64, chunks: 32, chunkDelayMs: 2,
+    slowStreams: quick ? 1000 : 2000, slowDelayMs: 50, slowFrames: 100, slowDurationMs: quick ? 2000 : 4000,
+    rssStreams: quick ? 500 : 2000,
+    maxRequests: 500_000, sluice: 'auto', slowUpstream: 'lean', build: false, install: true, threads: false, only: undefined, kinds: undefined,
   };
-  const num = numArg;
   for (let i = 0; i < argv.length; i++) {
     const f = argv[i]!;
     const v = argv[i + 1];
     switch (f) {
-      case '--reps': a.reps = Math.round(num(f, v, 1, 9)); i++; break;
-      case '--duration': a.durationMs = num(f, v, 0.5, 60) * 1000; i++; break;
-      case '--warmup': a.warmupMs = num(f, v, 0, 30) * 1000; i++; break;
-      case '--connections': a.connections = Math.round(num(f, v, 1, 1024)); i++; break;
-      case '--stream-connections': a.streamConnections = Math.round(num(f, v, 1, 4096)); i++; break;
-      case '--chunks': a.chunks = Math.round(num(f, v, 1, 1000)); i++; break;
-      case '--chunk-delay-ms': a.chunkDelayMs = Math.round(num(f, v, 0, 1000)); i++; break;
-      case '--workers': a.workers = Math.round(num(f, v, 1, 16)); i++; break;
-      case '--max-requests': a.maxRequests = Math.round(num(f, v, 100, 10_000_000)); i++; break;
-      case '--quiet-wait': a.quietWaitMs = num(f, v, 0, 60) * 1000; i++; break;
-      case '--max-foreign': a.maxForeign = num(f, v, 0, 2); i++; break;
-      case '--budget': a.budgetMs = num(f, v, 10, 3600) * 1000; i++; break;
-      case '--only': a.only = new Set((v ?? '').split(',').map((s) => s.trim())); i++; break;
+      case '--quick': break;
       case '--json': a.json = true; break;
-      case '--profile': a.profileDir = v === undefined ? undefined : resolve(v); i++; break;
+      case '--build': a.build = true; break;
+      case '--no-install': a.install = false; break;
+      case '--threads': a.threads = true; break;
+      case '--reps': a.reps = Math.round(numArg(f, v, 1, 5)); i++; break;
+      case '--duration': a.durationMs = numArg(f, v, 0.5, 30) * 1000; i++; break;
+      case '--warmup': a.warmupMs = numArg(f, v, 0, 10) * 1000; i++; break;
+      case '--connections': a.connections = Math.round(numArg(f, v, 1, 1024)); i++; break;
+      case '--stream-connections': a.streamConnections = Math.round(numArg(f, v, 1, 1024)); i++; break;
+      case '--chunks': a.chunks = Math.round(numArg(f, v, 1, 1000)); i++; break;
+      case '--chunk-delay-ms': a.chunkDelayMs = Math.round(numArg(f, v, 0, 1000)); i++; break;
+      case '--slow-streams': a.slowStreams = Math.round(numArg(f, v, 1, 5000)); i++; break;
+      case '--slow-delay-ms': a.slowDelayMs = Math.round(numArg(f, v, 5, 1000)); i++; break;
+      case '--slow-frames': a.slowFrames = Math.round(numArg(f, v, 10, 1000)); i++; break;
+      case '--slow-duration': a.slowDurationMs = numArg(f, v, 1, 30) * 1000; i++; break;
+      case '--rss-streams': a.rssStreams = Math.round(numArg(f, v, 10, 5000)); i++; break;
+      case '--max-requests': a.maxRequests = Math.round(numArg(f, v, 100, 5_000_000)); i++; break;
+      case '--sluice':
+        if (v !== 'auto' && v !== 'dist' && v !== 'tsx') throw new Error('--sluice must be auto, dist or tsx');
+        a.sluice = v; i++; break;
+      case '--slow-upstream':
+        if (v !== 'lean' && v !== 'mock') throw new Error('--slow-upstream must be lean or mock');
+        a.slowUpstream = v; i++; break;
+      case '--kinds': a.kinds = new Set((v ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')); i++; break;
+      case '--only': a.only = new Set((v ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')); i++; break;
       default: throw new Error(`unknown argument ${f}`);
     }
   }
   return a;
 }
 
-type Target = 'mock' | 'hop' | 'sluice' | 'sluiceQuota';
+type TargetId = 'mock' | 'nginx' | 'hop' | 'sluice' | 'sluiceQuota';
+type Kind = 'json64' | 'json1' | 'stream' | 'rss' | 'slow';
 
-interface CaseDef {
-  readonly id: string;
-  readonly label: string;
-  readonly target: Target;
-  readonly stream: boolean;
-}
-
-const CASES: readonly CaseDef[] = [
-  { id: 'a', label: '(a) mock upstream direct', target: 'mock', stream: false },
-  { id: 'b', label: '(b) bare uWS+undici hop', target: 'hop', stream: false },
-  { id: 'c', label: '(c) Sluice', target: 'sluice', stream: false },
-  { id: 'cq', label: "(c') Sluice + quota", target: 'sluiceQuota', stream: false },
-  { id: 'as', label: '(a) mock direct, stream', target: 'mock', stream: true },
-  { id: 'bs', label: '(b) bare hop, stream', target: 'hop', stream: true },
-  { id: 'd', label: '(d) Sluice, stream', target: 'sluice', stream: true },
+const TARGETS: readonly { id: TargetId; label: string }[] = [
+  { id: 'mock', label: 'mock upstream direct' },
+  { id: 'nginx', label: 'nginx reverse proxy' },
+  { id: 'hop', label: 'bare hop (uWS + undici)' },
+  { id: 'sluice', label: 'Sluice' },
+  { id: 'sluiceQuota', label: 'Sluice + local quota' },
 ];
+const PROXIES: readonly TargetId[] = ['nginx', 'hop', 'sluice', 'sluiceQuota'];
 
-const PATH = '/v1/chat/completions';
-const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }];
-
-function gatewayConfig(mockPort: number, workers: number, quota: boolean): string {
-  const plugins: Record<string, unknown> = {
-    'ai-proxy-multi': {
-      instances: [{
-        name: 'mock', provider: 'openai-compatible',
-        auth: { header: { Authorization: 'Bearer sk-bench' } },
-        options: { model: 'gpt-4o-mini' },
-        override: { endpoint: `http://127.0.0.1:${mockPort}${PATH}` },
-      }],
-    },
+function gatewayConfig(mockPort: number, slowPort: number, quota: boolean): string {
+  const route = (id: string, uri: string, port: number) => {
+    const plugins: Record<string, unknown> = {
+      'ai-proxy-multi': {
+        instances: [{
+          name: 'mock', provider: 'openai-compatible',
+          auth: { header: { Authorization: 'Bearer sk-bench' } },
+          options: { model: 'gpt-4o-mini' },
+          override: { endpoint: `http://127.0.0.1:${port}${PATH}` },
+        }],
+      },
+    };
+    // Far from the limit (local policy): measures admission + settlement cost, never a rejection.
+    if (quota) plugins['ai-rate-limiting'] = { limit: 1_000_000_000_000, time_window: 3600 };
+    return { id, uri, methods: ['POST'], plugins };
   };
-  // Far from the limit (local policy): measures admission + settlement cost, never a rejection.
-  if (quota) plugins['ai-rate-limiting'] = { limit: 1_000_000_000, time_window: 3600 };
   return JSON.stringify({
     listen: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0 },
-    workers,
-    routes: [{ id: 'chat', uri: PATH, methods: ['POST'], plugins }],
+    workers: 1,
+    routes: [route('chat', PATH, mockPort), route('slow', SLOW_PATH, slowPort)],
   }, null, 2);
 }
 
 /** One request before measuring, so a broken target fails loudly instead of benchmarking error answers. */
-async function probe(port: number, body: string, stream: boolean): Promise<string | undefined> {
+async function probe(port: number, path: string, body: string, stream: boolean): Promise<string | undefined> {
   try {
-    const res = await fetch(`http://127.0.0.1:${port}${PATH}`, {
+    const res = await fetch(`http://127.0.0.1:${port}${path}`, {
       method: 'POST', headers: { 'content-type': 'application/json', authorization: 'Bearer sk-client' }, body,
-      signal: AbortSignal.timeout(10_000),
+      signal: AbortSignal.timeout(15_000),
     });
     const text = await res.text();
     if (res.status !== 200) return `HTTP ${res.status}: ${text.slice(0, 200)}`;
@@ -131,199 +156,372 @@ async function probe(port: number, body: string, stream: boolean): Promise<strin
   }
 }
 
-interface Run {
-  readonly result: LoadResult;
-  /** µs of the server under test per request (non-stream) or per frame (stream). */
-  readonly serverCpu: number;
-  readonly mockCpu: number;
-  readonly loadCores: number;
-  readonly foreignCores: number;
-  readonly serverCores: number;
-}
-
-interface Summary {
-  readonly def: CaseDef;
-  readonly runs: Run[];
-  rps: number; p50: number; p99: number; fps: number; ttff50: number; ttff99: number;
-  serverCpu: number; mockCpu: number; serverCores: number; loadCores: number; foreignCores: number; errors: number;
-}
-
-function summarize(def: CaseDef, runs: Run[]): Summary {
-  const m = (f: (r: Run) => number) => median(runs.map(f));
-  return {
-    def, runs,
-    rps: m((r) => r.result.rps), p50: m((r) => r.result.p50Ms), p99: m((r) => r.result.p99Ms),
-    fps: m((r) => r.result.framesPerSec), ttff50: m((r) => r.result.ttffP50Ms), ttff99: m((r) => r.result.ttffP99Ms),
-    serverCpu: m((r) => r.serverCpu), mockCpu: m((r) => r.mockCpu), serverCores: m((r) => r.serverCores),
-    loadCores: m((r) => r.loadCores), foreignCores: m((r) => r.foreignCores),
-    errors: runs.reduce((s, r) => s + r.result.errors, 0),
-  };
-}
-
-async function waitQuiet(maxMs: number): Promise<void> {
-  const until = performance.now() + maxMs;
-  while (performance.now() < until) {
-    if ((await boxBusyCores(300)) < 0.3) return;
+function newestMtime(dir: string, ext: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) newest = Math.max(newest, newestMtime(p, ext));
+    else if (e.name.endsWith(ext)) newest = Math.max(newest, statSync(p).mtimeMs);
   }
+  return newest;
+}
+
+/** How Sluice is started: compiled dist/ when present (unless --sluice tsx), else src/ through tsx. */
+function sluiceCommand(args: Args, log: (s: string) => void): { argv: string[]; mode: string } {
+  if (args.build) {
+    log('npm run build …');
+    try {
+      execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'ignore', timeout: 300_000 });
+    } catch (err) {
+      log(`npm run build failed (${(err as Error).message.split('\n')[0]}): using what dist/ holds, if anything`);
+    }
+  }
+  const dist = join(ROOT, 'dist/cli/main.js');
+  if (args.sluice !== 'tsx' && existsSync(dist)) {
+    const stale = newestMtime(join(ROOT, 'src'), '.ts') > statSync(dist).mtimeMs;
+    return { argv: [dist], mode: `compiled dist/ (node dist/cli/main.js)${stale ? '; WARNING: src/ has changed since dist/cli/main.js was built (pass --build)' : ''}` };
+  }
+  if (args.sluice === 'dist') throw new Error('--sluice dist: dist/cli/main.js is missing (npm run build)');
+  return { argv: [...TSX, join(ROOT, 'src/cli/main.ts')], mode: 'src/ through tsx (no dist/: npm run build for the compiled gateway)' };
+}
+
+function uptime(): string {
+  try {
+    return execFileSync('uptime', { encoding: 'utf8', timeout: 5000 }).trim();
+  } catch {
+    return `loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`;
+  }
+}
+
+interface Run {
+  readonly target: TargetId;
+  readonly kind: Kind;
+  readonly result: LoadResult;
+  /** µs of the process under test per request (JSON) or per SSE frame (streams). */
+  readonly cpu: number;
+  readonly foreignCores: number;
+  readonly loadCores: number;
+  /** CPU of the upstream (mock) process ÷ wall time. */
+  readonly upstreamCores: number;
+  /** Slow streams: KiB of RSS per open stream, (window − before) ÷ open. */
+  readonly rssPerStreamKb: number;
+  /** The slope of RSS over open streams while they open and stay open (one-off growth lands in the intercept). */
+  readonly rssSlopeKb: number;
+}
+
+export interface Cell {
+  cpu: number; rps: number; p50: number; p99: number; fps: number; offeredFps: number; rssPerStreamKb: number; rssSlopeKb: number;
+  openStreams: number; foreignCores: number; loadCores: number; upstreamCores: number; errors: number; firstError: string | undefined;
+}
+
+export interface RatioRow {
+  readonly name: string;
+  readonly value: number;
+  readonly unit: string;
+  /** '≤' or '≥'; undefined for an informational row. */
+  readonly op: '≤' | '≥' | undefined;
+  readonly target: number;
+  readonly stretch?: number;
+}
+
+/** The ratio table of issue 11 item 4 from the per-target medians; NaN where a side was not measured. */
+export function ratioRows(cell: (t: TargetId, k: Kind) => Cell | undefined): RatioRow[] {
+  const v = (t: TargetId, k: Kind, f: (c: Cell) => number) => { const c = cell(t, k); return c === undefined ? Number.NaN : f(c); };
+  const cpu = (t: TargetId, k: Kind) => v(t, k, (c) => c.cpu);
+  const rows: RatioRow[] = [];
+  for (const [t, label] of [['sluice', 'Sluice'], ['sluiceQuota', 'Sluice + quota']] as const) {
+    rows.push({ name: `${label} JSON CPU/req ÷ nginx, 64 conn`, value: cpu(t, 'json64') / cpu('nginx', 'json64'), unit: '×', op: '≤', target: 2.5, stretch: 2 });
+    rows.push({ name: `${label} JSON CPU/req ÷ nginx, 1 conn`, value: cpu(t, 'json1') / cpu('nginx', 'json1'), unit: '×', op: '≤', target: 2.5, stretch: 2 });
+  }
+  rows.push({ name: 'latency added over nginx, p50 at 1 in flight (quota on)', value: v('sluiceQuota', 'json1', (c) => c.p50) - v('nginx', 'json1', (c) => c.p50), unit: 'ms', op: '≤', target: 0.1 });
+  rows.push({ name: 'latency added over nginx, p99 at 1 in flight (quota on)', value: v('sluiceQuota', 'json1', (c) => c.p99) - v('nginx', 'json1', (c) => c.p99), unit: 'ms', op: '≤', target: 0.3 });
+  rows.push({ name: 'quota on ÷ quota off, CPU/req at 64 conn', value: cpu('sluiceQuota', 'json64') / cpu('sluice', 'json64'), unit: '×', op: '≤', target: 1.1 });
+  rows.push({ name: 'quota on ÷ quota off, CPU/req at 1 conn', value: cpu('sluiceQuota', 'json1') / cpu('sluice', 'json1'), unit: '×', op: '≤', target: 1.1 });
+  rows.push({ name: 'Sluice streaming CPU/frame ÷ nginx (2 ms spacing)', value: cpu('sluice', 'stream') / cpu('nginx', 'stream'), unit: '×', op: '≤', target: 2 });
+  rows.push({ name: 'Sluice + quota streaming CPU/frame ÷ nginx', value: cpu('sluiceQuota', 'stream') / cpu('nginx', 'stream'), unit: '×', op: '≤', target: 2 });
+  for (const [t, label, op] of [['sluice', 'Sluice', '≥'], ['sluiceQuota', 'Sluice + quota', '≥'], ['nginx', 'nginx', undefined], ['hop', 'bare hop', undefined]] as const) {
+    rows.push({ name: `${label} delivered ÷ offered frames/s, slow streams`, value: 100 * v(t, 'slow', (c) => c.fps / c.offeredFps), unit: '%', op, target: 90 });
+  }
+  rows.push({ name: 'Sluice + quota delivered frames/s ÷ nginx delivered (same box, same run)', value: 100 * v('sluiceQuota', 'slow', (c) => c.fps) / v('nginx', 'slow', (c) => c.fps), unit: '%', op: undefined, target: Number.NaN });
+  for (const [t, label, op] of [['sluice', 'Sluice', '≤'], ['sluiceQuota', 'Sluice + quota', '≤'], ['nginx', 'nginx (worker)', undefined], ['hop', 'bare hop', undefined]] as const) {
+    rows.push({ name: `${label} RSS per open stream (Δ÷N)`, value: v(t, 'rss', (c) => c.rssPerStreamKb), unit: 'KB', op, target: 20 });
+    rows.push({ name: `${label} RSS per open stream (slope)`, value: v(t, 'rss', (c) => c.rssSlopeKb), unit: 'KB', op: undefined, target: Number.NaN });
+  }
+  rows.push({ name: 'bare hop JSON CPU/req ÷ nginx, 64 conn', value: cpu('hop', 'json64') / cpu('nginx', 'json64'), unit: '×', op: undefined, target: Number.NaN });
+  rows.push({ name: 'Sluice JSON CPU/req ÷ bare hop, 64 conn (issue 2: ≤ 2)', value: cpu('sluice', 'json64') / cpu('hop', 'json64'), unit: '×', op: undefined, target: Number.NaN });
+  return rows;
+}
+
+export function verdict(r: RatioRow): string {
+  if (r.op === undefined) return '(info)';
+  if (!Number.isFinite(r.value)) return 'not measured';
+  const pass = r.op === '≤' ? r.value <= r.target : r.value >= r.target;
+  if (!pass) return 'MISS';
+  return r.stretch !== undefined && r.value <= r.stretch ? 'PASS (stretch)' : 'PASS';
+}
+
+// ── HOOK: the threads run (issue 11 item 3), waiting for item 1 (`workers: auto | N`, gateway threads) ──
+// Set THREADS_READY to true once the gateway serves on N threads, and make threadsConfig() produce what asks
+// for N gateway threads. The run then measures Sluice (quota on) JSON at 64 connections with 1 and with 2
+// threads and checks CPU/request(2) ≤ 1.10 × CPU/request(1). Quota exactness across threads belongs in a test.
+const THREADS_READY = false;
+function threadsConfig(base: string, threads: number): string {
+  return JSON.stringify({ ...JSON.parse(base) as object, workers: threads }, null, 2);
 }
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
-  const wanted = (id: string) => args.only === undefined || args.only.has(id);
+  const log = (s: string) => process.stderr.write(s + '\n');
+  const wanted = (t: TargetId) => t === 'mock' || args.only === undefined || args.only.has(t);
   const tmp = mkdtempSync(join(tmpdir(), 'sluice-bench-'));
-  // Also on Ctrl-C, which exits without running the finally block below.
   const removeTmp = () => rmSync(tmp, { recursive: true, force: true });
   process.once('exit', removeTmp);
   const servers: Server[] = [];
   const stoppers: (() => Promise<void>)[] = [];
+  const skipped = new Map<string, string>();
+  const loadStart = uptime();
+  const started = performance.now();
   try {
-    const log = (s: string) => process.stderr.write(s + '\n');
-    const mock = await startServer({
-      name: 'mock-upstream', cwd: ROOT, ready: /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/,
-      args: [...profiled(args.profileDir), 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', String(args.chunks), '--chunk-delay-ms', String(args.chunkDelayMs)],
-    });
-    servers.push(mock);
-    const hop = await startServer({
-      name: 'bare-hop', cwd: ROOT, ready: /bare-hop listening on http:\/\/127\.0\.0\.1:(\d+)/,
-      args: [...profiled(args.profileDir), 'native-bench/lib/bare-hop.ts', '--upstream', `http://127.0.0.1:${mock.port}`, '--port', '0'],
-    });
-    servers.push(hop);
+    const sluiceCmd = sluiceCommand(args, log);
+    let nginx: NginxFound | undefined;
+    if (wanted('nginx')) {
+      const found = findNginx(args.install, log);
+      if (typeof found === 'string') skipped.set('nginx', found);
+      else nginx = found;
+    }
+    const mockArgs = (chunks: number, delay: number) => [...TSX, 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', String(chunks), '--chunk-delay-ms', String(delay)];
+    const MOCK_READY = /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/;
+    const [mock, slowMock] = await Promise.all([
+      startServer({ name: 'mock-upstream', cwd: ROOT, ready: MOCK_READY, args: mockArgs(args.chunks, args.chunkDelayMs) }),
+      args.slowUpstream === 'mock'
+        ? startServer({ name: 'slow-mock-upstream', cwd: ROOT, ready: MOCK_READY, args: mockArgs(100_000, args.slowDelayMs) })
+        : startServer({ name: 'slow-sse', cwd: ROOT, ready: /slow-sse listening on http:\/\/127\.0\.0\.1:(\d+)/,
+          args: [...TSX, 'native-bench/lib/slow-sse.ts', '--port', '0', '--delay-ms', String(args.slowDelayMs)] }),
+    ]);
+    servers.push(mock, slowMock);
 
-    const targets = new Map<Target, Server>([['mock', mock], ['hop', hop]]);
-    // Keyed by target (did not start) or by case id (its probe failed).
-    const unavailable = new Map<string, string>();
-    const startSluice = async (target: Target, quota: boolean) => {
-      const file = join(tmp, `${target}.json`);
-      writeFileSync(file, gatewayConfig(mock.port, args.workers, quota));
-      try {
+    // Per target: the server of the JSON and 2 ms stream cases, and the one of the slow streams (the same
+    // process on its /slow/ route, except the bare hop, which forwards every path to one upstream).
+    const fast = new Map<TargetId, Server>([['mock', mock]]);
+    const slow = new Map<TargetId, Server>();
+    const starts: Promise<void>[] = [];
+    const attempt = (t: TargetId, f: () => Promise<void>) => starts.push(f().catch((err: unknown) => { skipped.set(t, (err as Error).message); }));
+    if (nginx !== undefined) {
+      const bin = nginx.bin;
+      attempt('nginx', async () => {
+        const [port] = await freePorts(1) as [number];
+        const dir = join(tmp, 'nginx');
+        const file = writeNginxConfig({ dir, port, upstreamPort: mock.port, slowUpstreamPort: slowMock.port, asRoot: process.getuid?.() === 0 });
+        const bad = testNginxConfig(bin, dir, file);
+        if (bad !== undefined) throw new Error(`nginx -t: ${bad}`);
+        const s = await startNginx(bin, dir, file, port);
+        servers.push(s);
+        fast.set('nginx', s);
+        slow.set('nginx', s);
+      });
+    }
+    const HOP_READY = /bare-hop listening on http:\/\/127\.0\.0\.1:(\d+)/;
+    if (wanted('hop')) {
+      attempt('hop', async () => {
+        const hopArgs = (port: number) => [...TSX, 'native-bench/lib/bare-hop.ts', '--upstream', `http://127.0.0.1:${port}`, '--port', '0'];
+        const [h, hs] = await Promise.all([
+          startServer({ name: 'bare-hop', cwd: ROOT, ready: HOP_READY, args: hopArgs(mock.port) }),
+          startServer({ name: 'bare-hop-slow', cwd: ROOT, ready: HOP_READY, args: hopArgs(slowMock.port) }),
+        ]);
+        servers.push(h, hs);
+        fast.set('hop', h);
+        slow.set('hop', hs);
+      });
+    }
+    for (const [t, quota] of [['sluice', false], ['sluiceQuota', true]] as const) {
+      if (!wanted(t)) continue;
+      attempt(t, async () => {
+        const file = join(tmp, `${t}.json`);
+        writeFileSync(file, gatewayConfig(mock.port, slowMock.port, quota));
         const s = await startServer({
-          name: target, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 30_000,
-          args: [...profiled(args.profileDir), 'src/cli/main.ts', 'start', '--config', file, '--port', '0', '--admin-port', '0'],
+          name: t, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
+          args: [...sluiceCmd.argv, 'start', '--config', file, '--port', '0', '--admin-port', '0'],
         });
         servers.push(s);
-        targets.set(target, s);
-      } catch (err) {
-        unavailable.set(target, (err as Error).message);
-      }
-    };
-    if (CASES.some((c) => c.target === 'sluice' && wanted(c.id))) await startSluice('sluice', false);
-    if (wanted('cq')) await startSluice('sluiceQuota', true);
+        fast.set(t, s);
+        slow.set(t, s);
+      });
+    }
+    await Promise.all(starts);
 
     const bodies = {
-      plain: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: args.chunks }),
+      json: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: args.chunks }),
       stream: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: args.chunks, stream: true }),
+      slow: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: args.slowFrames, stream: true }),
+      // 60 frames a second apart: open for the whole window, nearly no CPU, so RSS is about holding streams.
+      rss: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: 60, stream: true, user: 'bench-delay-1000' }),
+      slowProbe: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: 2, stream: true }),
     };
-    const cases = CASES.filter((c) => wanted(c.id) && targets.has(c.target));
-    for (const c of cases) {
-      const why = await probe(targets.get(c.target)!.port, c.stream ? bodies.stream : bodies.plain, c.stream);
-      if (why !== undefined) unavailable.set(c.id, `probe failed: ${why}`);
+    for (const t of [...fast.keys()]) {
+      const s = fast.get(t)!;
+      const why = (await probe(s.port, PATH, bodies.json, false)) ?? (await probe(s.port, PATH, bodies.stream, true)) ??
+        (t === 'mock' ? undefined : await probe(slow.get(t)!.port, t === 'hop' ? PATH : SLOW_PATH, bodies.slowProbe, true));
+      if (why !== undefined) { skipped.set(t, `probe failed: ${why}`); fast.delete(t); }
     }
-    const runnable = cases.filter((c) => !unavailable.has(c.id));
-    const runs = new Map<string, Run[]>(runnable.map((c) => [c.id, []]));
+    const proxies = PROXIES.filter((t) => fast.has(t));
 
-    log(`gateway benchmark: ${args.reps} rep(s) × ${runnable.length} case(s), ${args.warmupMs / 1000}+${args.durationMs / 1000} s each; ` +
-      `${args.connections} connections (stream ${args.streamConnections}), ${args.chunks} chunks every ${args.chunkDelayMs} ms, workers ${args.workers}`);
+    const head = [
+      `gateway benchmark, ${new Date().toISOString()}, node ${process.version}, ${cpus().length} cores${args.quick ? ', --quick' : ''}`,
+      `load at start: ${loadStart}`,
+      `nginx: ${nginx === undefined ? `SKIPPED (${skipped.get('nginx') ?? 'not asked for'})` : `${nginx.bin} ${nginx.version} (found via ${nginx.how}), worker_processes 1, keepalive 64 to the upstream, proxy_buffering off; CPU and RSS are the worker's`}`,
+      `Sluice: ${sluiceCmd.mode}`,
+      `upstream: src/mock in its own process (${args.chunks} frames ${args.chunkDelayMs} ms apart); slow streams: ` +
+        `${args.slowUpstream === 'mock' ? 'a second src/mock' : 'native-bench/lib/slow-sse.ts (lean, same chunks)'} in its own process, ${args.slowFrames} frames ${args.slowDelayMs} ms apart`,
+    ];
+    for (const h of head) log(h);
+
     const load = await LoadGenerator.start();
     stoppers.push(() => load.close());
-    const started = performance.now();
-    const perRunMs = args.warmupMs + args.durationMs + 600;
-    let mandatoryLeft = args.reps * runnable.length;
-    const measureOnce = async (c: CaseDef, warmupMs: number): Promise<Run> => {
-      const server = targets.get(c.target)!;
-      const watch = c.target === 'mock' ? [mock.pid] : [server.pid, mock.pid];
+    const runs: Run[] = [];
+    const firstWarm = new Set<TargetId>();
+    const measure = async (t: TargetId, kind: Kind): Promise<void> => {
+      if (args.kinds !== undefined && !args.kinds.has(kind)) return;
+      const isSlow = kind === 'slow' || kind === 'rss';
+      const server = isSlow ? slow.get(t)! : fast.get(t)!;
+      const watch = t === 'mock' ? [mock.pid] : [server.pid, isSlow ? slowMock.pid : mock.pid];
+      // The first run of a process also warms its JIT: a longer warm-up.
+      const warm = isSlow ? (args.quick ? 1500 : kind === 'rss' ? 2500 : 3000) : firstWarm.has(t) ? args.warmupMs : Math.max(args.warmupMs, args.quick ? 1000 : 2000);
+      firstWarm.add(t);
+      const connections = kind === 'json64' ? args.connections : kind === 'json1' ? 1 : kind === 'stream' ? args.streamConnections : kind === 'rss' ? args.rssStreams : args.slowStreams;
       const result = await load.run({
-        origin: `http://127.0.0.1:${server.port}`, path: PATH, body: c.stream ? bodies.stream : bodies.plain,
-        headers: { authorization: 'Bearer sk-client' },
-        connections: c.stream ? args.streamConnections : args.connections,
-        warmupMs, durationMs: args.durationMs, maxRequests: args.maxRequests,
-        stream: c.stream, watchPids: watch,
+        origin: `http://127.0.0.1:${server.port}`, path: isSlow && t !== 'hop' ? SLOW_PATH : PATH,
+        body: kind === 'rss' ? bodies.rss : isSlow ? bodies.slow : kind === 'stream' ? bodies.stream : bodies.json,
+        headers: { authorization: 'Bearer sk-client' }, connections, warmupMs: warm,
+        durationMs: kind === 'rss' ? (args.quick ? 1000 : 1500) : isSlow ? args.slowDurationMs : args.durationMs, maxRequests: args.maxRequests,
+        stream: kind === 'stream' || isSlow, watchPids: watch,
+        ...(isSlow ? { abortAtEnd: true, rampMs: kind === 'rss' ? warm * 0.8 : Math.min(1000, warm / 2), sampleRss: true, raw: true } : {}),
       });
       const us = result.elapsedMs * 1000;
-      const served = c.stream ? result.frames : result.requests;
-      const serverUs = result.cpuUs[0]!;
-      const mockUs = result.cpuUs[c.target === 'mock' ? 0 : 1]!;
-      const ownUs = result.cpuUs.reduce((sum, v) => sum + v, 0) + result.selfCpuUs;
-      return {
-        result,
-        serverCpu: serverUs / served,
-        mockCpu: mockUs / served,
-        serverCores: serverUs / us,
-        loadCores: result.selfCpuUs / us,
-        foreignCores: Math.max(0, (result.boxBusyUs - ownUs) / us),
+      const served = kind === 'stream' || isSlow ? result.frames : result.requests;
+      const ownUs = result.cpuUs.reduce((s, v) => s + v, 0) + result.selfCpuUs;
+      const rssPerStreamKb = result.rssWindowKb !== undefined && result.openStreams !== undefined && result.openStreams > 0
+        ? (result.rssWindowKb[0]! - result.rssBeforeKb![0]!) / result.openStreams : Number.NaN;
+      const run: Run = {
+        target: t, kind, result, cpu: result.cpuUs[0]! / served,
+        foreignCores: Math.max(0, (result.boxBusyUs - ownUs) / us), loadCores: result.selfCpuUs / us, rssPerStreamKb,
+        upstreamCores: result.cpuUs[result.cpuUs.length - 1]! / us, rssSlopeKb: slope(result.rssSeries ?? []),
       };
+      runs.push(run);
+      const r = run.result;
+      log(`  ${kind.padEnd(6)} ${t.padEnd(11)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50Ms, 2)} p99 ${fmt(r.p99Ms, 2)} ms  ` +
+        (kind === 'stream' || isSlow ? `${fmt(r.framesPerSec, 0)} frames/s  ${fmt(run.cpu, 2)} µs/frame` : `${fmt(run.cpu, 2)} µs/req`) +
+        (isSlow ? `  open ${fmt(r.openStreams ?? Number.NaN, 0)}  ${fmt(rssPerStreamKb, 1)} KB/stream (slope ${fmt(run.rssSlopeKb, 1)})  upstream ${fmt(run.upstreamCores, 2)} cores` : '') +
+        `  foreign ${fmt(run.foreignCores, 2)} cores${r.errors > 0 ? `  ERRORS ${r.errors} (${r.firstError})` : ''}`);
     };
-    // Other work on the box distorts every figure: wait briefly for quiet, and while the time budget allows,
-    // repeat a run that shared the box with too much foreign load, keeping the cleanest attempt.
-    const measure = async (c: CaseDef, rep: number): Promise<Run> => {
-      let best: Run | undefined;
-      for (let attempt = 1; ; attempt++) {
-        const spare = args.budgetMs - (performance.now() - started) - mandatoryLeft * perRunMs;
-        if (attempt === 1 || spare > perRunMs) await waitQuiet(Math.min(args.quietWaitMs, Math.max(0, spare)));
-        // The first pass also warms the JIT of every process: give it a longer warm-up.
-        const run = await measureOnce(c, rep === 0 && attempt === 1 ? Math.max(args.warmupMs, 2000) : args.warmupMs);
-        const r = run.result;
-        log(`  rep ${rep + 1}.${attempt} ${c.label.padEnd(26)} ${fmt(r.rps, 0).padStart(8)} req/s` +
-          (c.stream ? `  ${fmt(r.framesPerSec, 0).padStart(8)} frames/s  ${fmt(run.serverCpu, 2)} µs/frame` : `  ${fmt(run.serverCpu, 2)} µs/req`) +
-          `  foreign ${fmt(run.foreignCores, 2)} cores${r.errors > 0 ? `  ERRORS ${r.errors} (${r.firstError})` : ''}`);
-        if (best === undefined || run.foreignCores < best.foreignCores) best = run;
-        const left = args.budgetMs - (performance.now() - started) - (mandatoryLeft - 1) * perRunMs;
-        if (best.foreignCores <= args.maxForeign || attempt >= 3 || left < 2 * perRunMs) break;
-      }
-      mandatoryLeft--;
-      return best;
-    };
-    for (let rep = 0; rep < args.reps; rep++) {
-      // Alternate c and c' so a drifting box does not favour one of them.
-      const order = rep % 2 === 0 ? runnable : runnable.map((c) => (c.id === 'c' ? runnable.find((x) => x.id === 'cq') ?? c : c.id === 'cq' ? runnable.find((x) => x.id === 'c') ?? c : c));
-      for (const c of order) {
-        const run = await measure(c, rep);
-        runs.get(c.id)!.push(run);
-      }
-    }
-    const sums = new Map(runnable.map((c) => [c.id, summarize(c, runs.get(c.id)!)]));
-    const header = ['case', 'req/s', 'p50 ms', 'p99 ms', 'frames/s', 'TTFF p50 ms', 'server CPU µs', 'per', 'server cores', 'mock CPU µs', 'loadgen cores', 'foreign cores', 'errors'];
-    const rows = [header, ...[...sums.values()].map((s) => [
-      s.def.label, fmt(s.rps, 0), fmt(s.p50, 2), fmt(s.p99, 2), s.def.stream ? fmt(s.fps, 0) : '—', s.def.stream ? fmt(s.ttff50, 2) : '—',
-      fmt(s.serverCpu, 2), s.def.stream ? 'frame' : 'req', fmt(s.serverCores, 2), fmt(s.mockCpu, 2), fmt(s.loadCores, 2), fmt(s.foreignCores, 2), String(s.errors),
-    ])];
-    console.log(`\nMedians of ${args.reps} run(s); server = the process under test (the mock itself for (a)).\n`);
-    console.log(table(rows));
 
-    // Two readings of each ratio: between the medians, and the median of per-repetition ratios. The cases of a
-    // pair run back to back, so the per-repetition ratio cancels most of a slow drift in foreign load; the
-    // verdict uses it.
-    const ratio = (num: string, den: string, f: (r: Run) => number) => {
-      const a = sums.get(num);
-      const b = sums.get(den);
-      if (a === undefined || b === undefined) return { ofMedians: Number.NaN, pairs: Number.NaN };
-      const ofMedians = median(a.runs.map(f)) / median(b.runs.map(f));
-      const n = Math.min(a.runs.length, b.runs.length);
-      return { ofMedians, pairs: median(Array.from({ length: n }, (_, i) => f(a.runs[i]!) / f(b.runs[i]!))) };
-    };
-    const ratios = [
-      { name: '(c) CPU/req ÷ (b) CPU/req', ...ratio('c', 'b', (r) => r.serverCpu), target: 2.0, better: 'lower' as const },
-      { name: '(d) CPU/frame ÷ (b) stream CPU/frame', ...ratio('d', 'bs', (r) => r.serverCpu), target: 1.25, better: 'lower' as const },
-      { name: "(c') req/s ÷ (c) req/s", ...ratio('cq', 'c', (r) => r.result.rps), target: 0.95, better: 'higher' as const },
-      { name: "(c') CPU/req ÷ (c) CPU/req", ...ratio('cq', 'c', (r) => r.serverCpu), target: Number.NaN, better: 'lower' as const },
-    ];
-    console.log('\n' + table([['ratio', 'median of per-rep ratios', 'ratio of medians', 'target', 'verdict'], ...ratios.map((r) => [
-      r.name, fmt(r.pairs, 3), fmt(r.ofMedians, 3), Number.isFinite(r.target) ? `${r.better === 'lower' ? '≤' : '≥'} ${r.target}` : '(info)',
-      !Number.isFinite(r.pairs) || !Number.isFinite(r.target) ? '' : (r.better === 'lower' ? r.pairs <= r.target : r.pairs >= r.target) ? 'PASS' : 'FAIL',
-    ])]));
-    for (const [t, why] of unavailable) console.log(`\nnot measured: ${t}: ${why}`);
-    const maxForeign = Math.max(0, ...[...sums.values()].map((s) => s.foreignCores));
-    if (maxForeign > 0.15) console.log(`\nnote: up to ${fmt(maxForeign, 2)} cores of foreign load ran during the runs; req/s is affected more than CPU/req.`);
-    if (args.json) {
-      console.log(JSON.stringify({ args: { ...args, only: args.only === undefined ? undefined : [...args.only] }, cases: [...sums.values()].map((s) => ({ ...s, def: s.def.id, runs: undefined })), ratios }));
+    // RSS first, on processes that have served only the probes: later runs leave garbage that a collection
+    // during the RSS window would return, hiding what the streams hold.
+    for (const t of proxies) await measure(t, 'rss');
+    // Each measurement kind runs every target back to back, so the ratios of a kind share the box's state;
+    // the order flips every other repetition so a drifting box favours no one.
+    for (let rep = 0; rep < args.reps; rep++) {
+      const order = rep % 2 === 0 ? proxies : [...proxies].reverse();
+      for (const t of order) await measure(t, 'json64');
+      for (const t of rep === 0 && fast.has('mock') ? ['mock' as const, ...order] : order) await measure(t, 'json1');
     }
-    return unavailable.size > 0 ? 1 : 0;
+    for (const t of proxies) await measure(t, 'stream');
+    for (const t of proxies) await measure(t, 'slow');
+
+    const offeredPerStream = (args.slowFrames + 3) / (((args.slowFrames - 1) * args.slowDelayMs) / 1000);
+    const cells = new Map<string, Cell>();
+    for (const t of ['mock', ...proxies] as TargetId[]) {
+      for (const k of ['json64', 'json1', 'stream', 'rss', 'slow'] as Kind[]) {
+        const rs = runs.filter((r) => r.target === t && r.kind === k);
+        if (rs.length === 0) continue;
+        const m = (f: (r: Run) => number) => median(rs.map(f));
+        cells.set(`${t}/${k}`, {
+          cpu: m((r) => r.cpu), rps: m((r) => r.result.rps), p50: m((r) => r.result.p50Ms), p99: m((r) => r.result.p99Ms),
+          fps: m((r) => r.result.framesPerSec), offeredFps: args.slowStreams * offeredPerStream,
+          rssPerStreamKb: m((r) => r.rssPerStreamKb), rssSlopeKb: m((r) => r.rssSlopeKb), openStreams: m((r) => r.result.openStreams ?? Number.NaN),
+          foreignCores: Math.max(...rs.map((r) => r.foreignCores)), loadCores: m((r) => r.loadCores), upstreamCores: m((r) => r.upstreamCores),
+          errors: rs.reduce((s, r) => s + r.result.errors, 0), firstError: rs.find((r) => r.result.firstError !== undefined)?.result.firstError,
+        });
+      }
+    }
+    const cell = (t: TargetId, k: Kind) => cells.get(`${t}/${k}`);
+    const label = (t: TargetId) => TARGETS.find((x) => x.id === t)!.label;
+    const c = (t: TargetId, k: Kind, f: (x: Cell) => string) => { const x = cell(t, k); return x === undefined ? '—' : f(x); };
+
+    // Threads run hook (see THREADS_READY above).
+    let threads: { skipped: string } | { cpu1: number; cpu2: number } = { skipped: 'needs `workers: auto` (issue 11 item 1), not built yet' };
+    if (args.threads && THREADS_READY) {
+      const cpuWith = async (n: number): Promise<number> => {
+        const file = join(tmp, `threads-${n}.json`);
+        writeFileSync(file, threadsConfig(gatewayConfig(mock.port, slowMock.port, true), n));
+        const s = await startServer({ name: `sluice-${n}t`, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
+          args: [...sluiceCmd.argv, 'start', '--config', file, '--port', '0', '--admin-port', '0'] });
+        try {
+          const r = await load.run({ origin: `http://127.0.0.1:${s.port}`, path: PATH, body: bodies.json, headers: { authorization: 'Bearer sk-client' },
+            connections: args.connections, warmupMs: 2000, durationMs: args.durationMs, maxRequests: args.maxRequests, stream: false, watchPids: [s.pid] });
+          return r.cpuUs[0]! / r.requests;
+        } finally { await s.stop(); }
+      };
+      threads = { cpu1: await cpuWith(1), cpu2: await cpuWith(2) };
+    }
+
+    const out: string[] = ['', ...head, ''];
+    out.push(`JSON (non-streaming), median of ${args.reps} run(s); CPU = the process under test (nginx: its worker), µs per request:`, '');
+    out.push(table([
+      ['target', 'CPU µs/req @64', 'req/s @64', 'p50 ms @64', 'p99 ms @64', 'CPU µs/req @1', 'req/s @1', 'p50 ms @1', 'p99 ms @1', 'foreign cores (max)', 'errors'],
+      ...(['mock', ...proxies] as TargetId[]).map((t) => [
+        label(t), c(t, 'json64', (x) => fmt(x.cpu, 1)), c(t, 'json64', (x) => fmt(x.rps, 0)), c(t, 'json64', (x) => fmt(x.p50, 2)), c(t, 'json64', (x) => fmt(x.p99, 2)),
+        c(t, 'json1', (x) => fmt(x.cpu, 1)), c(t, 'json1', (x) => fmt(x.rps, 0)), c(t, 'json1', (x) => fmt(x.p50, 3)), c(t, 'json1', (x) => fmt(x.p99, 3)),
+        fmt(Math.max(cell(t, 'json64')?.foreignCores ?? 0, cell(t, 'json1')?.foreignCores ?? 0), 2),
+        String((cell(t, 'json64')?.errors ?? 0) + (cell(t, 'json1')?.errors ?? 0)),
+      ]),
+    ]));
+    out.push('', `Streaming: ${args.streamConnections} streams of ${args.chunks} frames ${args.chunkDelayMs} ms apart; RSS: ${args.rssStreams} idle streams ` +
+      '(1 frame/s, opened over 2 s) measured first, on fresh processes: (RSS in the window − RSS before) ÷ open streams, and the slope of RSS over open streams while they open; ' +
+      `slow: ${args.slowStreams} concurrent streams of ${args.slowFrames} frames ${args.slowDelayMs} ms apart, offered ${fmt(args.slowStreams * offeredPerStream, 0)} frames/s:`, '');
+    out.push(table([
+      ['target', 'CPU µs/frame', 'frames/s', 'slow: delivered frames/s', 'delivered %', 'open streams', 'KB RSS/stream: Δ÷N / slope (idle streams)', 'slow: CPU µs/frame', 'slow: loadgen / upstream cores', 'foreign cores (max)', 'errors'],
+      ...proxies.map((t) => [
+        label(t), c(t, 'stream', (x) => fmt(x.cpu, 2)), c(t, 'stream', (x) => fmt(x.fps, 0)), c(t, 'slow', (x) => fmt(x.fps, 0)),
+        c(t, 'slow', (x) => fmt((100 * x.fps) / x.offeredFps, 1)), c(t, 'slow', (x) => fmt(x.openStreams, 0)),
+        c(t, 'rss', (x) => `${fmt(x.rssPerStreamKb, 1)} / ${fmt(x.rssSlopeKb, 1)} (${fmt(x.openStreams, 0)} open)`),
+        c(t, 'slow', (x) => fmt(x.cpu, 2)), c(t, 'slow', (x) => `${fmt(x.loadCores, 2)} / ${fmt(x.upstreamCores, 2)}`),
+        fmt(Math.max(cell(t, 'stream')?.foreignCores ?? 0, cell(t, 'slow')?.foreignCores ?? 0), 2),
+        String((cell(t, 'stream')?.errors ?? 0) + (cell(t, 'slow')?.errors ?? 0)),
+      ]),
+    ]));
+    const rows = ratioRows(cell);
+    out.push('', 'Targets (issue 11 item 4), ratios within this run:', '');
+    out.push(table([['ratio', 'value', 'target', 'verdict'], ...rows.map((r) => [
+      r.name, Number.isFinite(r.value) ? `${fmt(r.value, r.unit === 'ms' ? 3 : r.unit === '×' ? 2 : 1)} ${r.unit}` : '—',
+      r.op === undefined ? '' : `${r.op} ${r.target}${r.unit === '×' ? '×' : ` ${r.unit}`}${r.stretch !== undefined ? ` (stretch ${r.stretch}×)` : ''}`, verdict(r),
+    ])]));
+    out.push('', 'threads run (1 vs 2 gateway threads, CPU/req must not rise > 10%): ' + ('skipped' in threads
+      ? `not measured: ${threads.skipped}`
+      : `${fmt(threads.cpu1, 1)} → ${fmt(threads.cpu2, 1)} µs/req (${fmt(threads.cpu2 / threads.cpu1, 2)}×) ${threads.cpu2 <= 1.1 * threads.cpu1 ? 'PASS' : 'MISS'}`));
+    for (const [t, why] of skipped) out.push(`not measured: ${t}: ${why.split('\n')[0]}`);
+    const loadEnd = uptime();
+    out.push(`load at end: ${loadEnd}`, `wall time ${fmt((performance.now() - started) / 1000, 0)} s`);
+    const maxForeign = Math.max(0, ...[...cells.values()].map((x) => x.foreignCores));
+    if (maxForeign > 0.25) out.push(`note: up to ${fmt(maxForeign, 2)} cores of foreign load ran during the runs: req/s and latency suffer more than CPU/req.`);
+    console.log(out.join('\n'));
+    if (args.json) {
+      console.log(JSON.stringify({
+        at: new Date().toISOString(), loadStart, loadEnd, nginx: nginx ?? null, sluice: sluiceCmd.mode,
+        args: { ...args, only: args.only === undefined ? undefined : [...args.only] },
+        cells: Object.fromEntries(cells), ratios: rows.map((r) => ({ ...r, verdict: verdict(r) })), threads,
+        skipped: Object.fromEntries(skipped),
+      }));
+    }
+    return skipped.size > 0 ? 1 : 0;
   } finally {
     await Promise.all([...servers.map((s) => s.stop()), ...stoppers.map((stop) => stop())]);
     removeTmp();
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => { console.error(err instanceof Error ? err.message : err); process.exit(1); },
-);
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => { console.error(err instanceof Error ? err.message : err); process.exit(1); },
+  );
+}

@@ -1,7 +1,7 @@
 // CPU accounting from /proc, read by whoever owns the measured interval. /proc/<pid>/stat's utime+stime cover
 // every thread of the process (worker threads included), which is what "the gateway's CPU" must mean.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 function clockTicks(): number {
   try {
@@ -15,18 +15,61 @@ function clockTicks(): number {
 /** Microseconds per clock tick (10,000 on the usual CLK_TCK of 100). */
 export const US_PER_TICK = 1e6 / clockTicks();
 
+// The command name (field 2) may contain spaces and parentheses: fields are read after the last ')'.
+// There fields[0] is field 3 (state), so ppid (field 4) is fields[1], utime (14) fields[11], stime (15) fields[12].
+function statFields(text: string): string[] {
+  const close = text.lastIndexOf(')');
+  if (close === -1) throw new Error('not a /proc/<pid>/stat line');
+  return text.slice(close + 2).trim().split(' ');
+}
+
+/** utime+stime in clock ticks from the text of /proc/<pid>/stat. */
+export function parseStatTicks(text: string): number {
+  const f = statFields(text);
+  const ticks = Number(f[11]) + Number(f[12]);
+  if (!Number.isFinite(ticks)) throw new Error('no utime/stime in /proc/<pid>/stat');
+  return ticks;
+}
+
+/** The parent pid from the text of /proc/<pid>/stat. */
+export function parseStatPpid(text: string): number {
+  return Number(statFields(text)[1]);
+}
+
+/** VmRSS in KiB from the text of /proc/<pid>/status; NaN when absent (a zombie has none). */
+export function parseVmRssKb(text: string): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(text);
+  return m === null ? Number.NaN : Number(m[1]);
+}
+
 /** utime+stime of a process in µs, or NaN when it is gone. */
 export function processCpuUs(pid: number): number {
-  let text: string;
   try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return parseStatTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')) * US_PER_TICK;
   } catch {
     return Number.NaN;
   }
-  // The command name (field 2) may contain spaces and parentheses: parse after the last ')'.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // fields[0] is field 3 (state), so utime (field 14) is fields[11] and stime (field 15) is fields[12].
-  return (Number(fields[11]) + Number(fields[12])) * US_PER_TICK;
+}
+
+/** Resident set of a process in KiB, or NaN when it is gone. */
+export function processRssKb(pid: number): number {
+  try {
+    return parseVmRssKb(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Pids whose parent is `ppid` (a scan of /proc: works without CONFIG_PROC_CHILDREN). */
+export function childPids(ppid: number): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (parseStatPpid(readFileSync(`/proc/${name}/stat`, 'utf8')) === ppid) out.push(Number(name));
+    } catch { /* exited meanwhile */ }
+  }
+  return out;
 }
 
 /** Whole-box busy CPU (all cores, everything but idle and iowait) in µs, from the first line of /proc/stat. */

@@ -4,8 +4,9 @@
 // CPU of the watched pids is read from /proc at the exact start and end of that window, here, so the sample
 // and the window cannot drift apart.
 import { Pool } from 'undici';
-import { sampleCpu, type CpuSample } from './cpu.ts';
-import { percentile } from './stats.ts';
+import { postRequest, RawConnection } from './raw-http.ts';
+import { processRssKb, sampleCpu, type CpuSample } from './cpu.ts';
+import { median, percentile } from './stats.ts';
 
 export interface LoadSpec {
   /** Origin, e.g. http://127.0.0.1:8080. */
@@ -22,6 +23,14 @@ export interface LoadSpec {
   readonly stream: boolean;
   /** Processes whose CPU is sampled over the measured window. */
   readonly watchPids: readonly number[];
+  /** Slow streams: cut every request still in flight when the window ends instead of letting it finish. */
+  readonly abortAtEnd?: boolean;
+  /** Connection loops start spread over this many ms (so slow streams do not tick in lock-step). */
+  readonly rampMs?: number;
+  /** Slow streams: a bare net.Socket client (raw-http.ts) instead of undici, so the client costs little per frame. */
+  readonly raw?: boolean;
+  /** Sample the watched pids' RSS over 1 s before the first request and every 200 ms inside the window. */
+  readonly sampleRss?: boolean;
 }
 
 export interface LoadResult {
@@ -43,6 +52,13 @@ export interface LoadResult {
   readonly boxBusyUs: number;
   /** This load generator's own CPU over the window, µs. */
   readonly selfCpuUs: number;
+  /** With sampleRss: KiB per watched pid before the first request, and the median of the window's samples. */
+  readonly rssBeforeKb?: readonly number[];
+  readonly rssWindowKb?: readonly number[];
+  /** With sampleRss: median number of responses open (headers in, body not ended) at the RSS samples. */
+  readonly openStreams?: number;
+  /** With sampleRss: [open responses, KiB of the first watched pid] every 100 ms from the first request on. */
+  readonly rssSeries?: readonly (readonly [number, number])[];
 }
 
 type Phase = 'warmup' | 'measure' | 'done';
@@ -64,6 +80,27 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
   let selfStart = process.cpuUsage();
   let selfUs = 0;
   let endTimer: NodeJS.Timeout | undefined;
+  let rssTimer: NodeJS.Timeout | undefined;
+  let open = 0;
+  const series: [number, number][] = [];
+  let seriesTimer: NodeJS.Timeout | undefined;
+  let rssBefore: number[] | undefined;
+  if (spec.sampleRss === true) {
+    // The median of a few samples: the server may still be returning memory from the previous run.
+    const before: number[][] = spec.watchPids.map(() => []);
+    for (let k = 0; k < 5; k++) {
+      spec.watchPids.forEach((pid, i) => before[i]!.push(processRssKb(pid)));
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    rssBefore = before.map((v) => median(v));
+    seriesTimer = setInterval(() => { if (series.length < 2000) series.push([open, processRssKb(spec.watchPids[0]!)]); }, 100);
+  }
+  const rssSamples: number[][] = spec.watchPids.map(() => []);
+  const openSamples: number[] = [];
+  const sampleRss = () => {
+    spec.watchPids.forEach((pid, i) => rssSamples[i]!.push(processRssKb(pid)));
+    openSamples.push(open);
+  };
 
   const endMeasure = () => {
     if (phase !== 'measure') return;
@@ -72,12 +109,19 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
     selfUs = d.user + d.system;
     phase = 'done';
     clearTimeout(endTimer);
+    clearInterval(rssTimer);
+    clearInterval(seriesTimer);
+    if (spec.abortAtEnd === true) {
+      void pool.destroy().catch(() => undefined);
+      for (const c of raws) c.destroy();
+    }
   };
   const startTimer = setTimeout(() => {
     startSample = sampleCpu(spec.watchPids);
     selfStart = process.cpuUsage();
     phase = 'measure';
     endTimer = setTimeout(endMeasure, spec.durationMs);
+    if (rssBefore !== undefined) rssTimer = setInterval(sampleRss, 200);
   }, spec.warmupMs);
 
   const fail = (msg: string) => {
@@ -85,11 +129,62 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
     firstError ??= msg;
   };
 
-  const loop = async (): Promise<void> => {
+  const raws: RawConnection[] = [];
+  const origin = new URL(spec.origin);
+  const rawBytes = spec.raw === true ? postRequest(origin.hostname, Number(origin.port), spec.path, spec.headers, spec.body) : Buffer.alloc(0);
+  const rawLoop = async (i: number): Promise<void> => {
+    const ramp = spec.rampMs ?? 0;
+    if (ramp > 0) await new Promise((r) => setTimeout(r, (i * ramp) / spec.connections));
+    let t0 = 0;
+    let first = true;
+    let last = 0;
+    let isOpen = false;
+    const conn = new RawConnection(origin.hostname, Number(origin.port), {
+      head: () => { open++; isOpen = true; first = true; last = 0; },
+      body: (b, start, end) => {
+        if (start === end) return;
+        if (first) {
+          first = false;
+          if (phase === 'measure' && ttffCount < ttffs.length) ttffs[ttffCount++] = performance.now() - t0;
+        }
+        if (phase === 'measure') {
+          for (let k = b.indexOf(10, start); k !== -1 && k < end; k = b.indexOf(10, k + 1)) {
+            if ((k === start ? last : b[k - 1]) === 10) frames++;
+          }
+        }
+        last = b[end - 1]!;
+      },
+    });
+    raws.push(conn);
+    while (phase !== 'done') {
+      t0 = performance.now();
+      try {
+        const status = await conn.request(rawBytes);
+        if (isOpen) { open--; isOpen = false; }
+        if (status < 200 || status >= 300) { fail(`HTTP ${status}`); continue; }
+        if (phase !== 'measure') continue;
+        latencies[requests++] = performance.now() - t0;
+        if (requests >= spec.maxRequests) endMeasure();
+      } catch (err) {
+        if (isOpen) { open--; isOpen = false; }
+        if ((phase as Phase) === 'done' && spec.abortAtEnd === true) break;
+        fail((err as Error).message);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    conn.destroy();
+  };
+
+  const loop = async (i: number): Promise<void> => {
+    const ramp = spec.rampMs ?? 0;
+    if (ramp > 0) await new Promise((r) => setTimeout(r, (i * ramp) / spec.connections));
     while (phase !== 'done') {
       const t0 = performance.now();
+      let isOpen = false;
       try {
         const res = await pool.request({ path: spec.path, method: 'POST', headers, body: payload });
+        open++;
+        isOpen = true;
         let first = true;
         // Last byte of the previous chunk, so a "\n\n" split across two chunks still counts as one event end.
         let last = 0;
@@ -106,11 +201,16 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
           }
           last = chunk[chunk.length - 1]!;
         }
+        open--;
+        isOpen = false;
         if (res.statusCode < 200 || res.statusCode >= 300) { fail(`HTTP ${res.statusCode}`); continue; }
         if (phase !== 'measure') continue;
         latencies[requests++] = performance.now() - t0;
         if (requests >= spec.maxRequests) endMeasure();
       } catch (err) {
+        if (isOpen) open--;
+        // A request cut at the end of the window is the plan, not an error.
+        if ((phase as Phase) === 'done' && spec.abortAtEnd === true) break;
         fail((err as Error).message);
         // Never spin hot on a refused connection.
         await new Promise((r) => setTimeout(r, 10));
@@ -120,10 +220,10 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
 
   // The generator must not outlive its window by much, whatever the server does.
   const hardStop = setTimeout(() => { process.stderr.write('load: hard timeout\n'); process.exit(3); }, spec.warmupMs + spec.durationMs + 20_000);
-  await Promise.all(Array.from({ length: spec.connections }, loop));
+  await Promise.all(Array.from({ length: spec.connections }, (_, i) => (spec.raw === true ? rawLoop(i) : loop(i))));
   clearTimeout(hardStop);
   clearTimeout(startTimer);
-  await pool.destroy();
+  if (!pool.destroyed) await pool.destroy();
 
   if (startSample === undefined || endSample === undefined) throw new Error('measured window never ran');
   const elapsedMs = endSample.atMs - startSample.atMs;
@@ -143,6 +243,12 @@ export async function runLoadHere(spec: LoadSpec): Promise<LoadResult> {
     cpuUs: endSample.pids.map((v, i) => v - s0.pids[i]!),
     boxBusyUs: endSample.box - s0.box,
     selfCpuUs: selfUs,
+    ...(rssBefore === undefined ? {} : {
+      rssBeforeKb: rssBefore,
+      rssWindowKb: rssSamples.map((v) => median(v)),
+      openStreams: median(openSamples),
+      rssSeries: series,
+    }),
   };
 }
 

@@ -28,3 +28,15 @@ export function table(rows: readonly (readonly string[])[]): string {
   const sep = '|' + widths.map((w, c) => (c === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|';
   return [line(rows[0]!), sep, ...rows.slice(1).map(line)].join('\n');
 }
+
+/** Least-squares slope of y on x over [x, y] points; NaN with fewer than 3 points or no spread in x. */
+export function slope(points: readonly (readonly [number, number])[]): number {
+  const p = points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  if (p.length < 3) return Number.NaN;
+  const mx = p.reduce((s, [x]) => s + x, 0) / p.length;
+  const my = p.reduce((s, [, y]) => s + y, 0) / p.length;
+  let num = 0;
+  let den = 0;
+  for (const [x, y] of p) { num += (x - mx) * (y - my); den += (x - mx) ** 2; }
+  return den === 0 ? Number.NaN : num / den;
+}
