@@ -800,6 +800,9 @@ class GuardConn {
 
   private onClientEnd(): void {
     this.clientEnded = true;
+    // A client that closes its side while its answer is still coming has gone (nginx records a 499 here too):
+    // abort now, so the upstream stops generating tokens nobody reads, instead of after two failed writes.
+    if (this.inFlight && this.reqBody === 'none') { this.destroy(); return; }
     if (!this.inFlight && this.reqBody === 'none' && (this.inBuf === undefined || this.inBuf.length === 0)) this.finish();
     else if (!this.inFlight && this.reqBody === 'none') { this.next(); this.uncorkUp(); }
   }
