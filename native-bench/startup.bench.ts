@@ -75,6 +75,11 @@ async function firstServed(url: string, child: ChildProcess, deadline: number): 
 
 async function main(): Promise<void> {
   const mock = await startMockUpstream({ host: '127.0.0.1', port: 0 });
+  // The mock counts prompts with its own (lazily loaded) rank table: load it now, not inside run 1's timing.
+  await (await fetch(`${mock.url}/v1/chat/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ messages: [{ role: 'user', content: 'warm up' }], max_tokens: 1 }),
+  })).arrayBuffer();
   const dir = mkdtempSync(join(tmpdir(), 'sluice-startup-'));
   const results: { startS: number; cpuS: number; rssMb: number; procs: number }[] = [];
   try {

@@ -5,7 +5,7 @@
 // Other processes may share the cores: modes alternate in rounds and each cell keeps its best round.
 // Usage: node --import tsx native-bench/thread-offload.bench.ts [--threads 2] [--ms 300]
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { prepareRequest, type PrepareOptions } from '../src/tokens/prepare.ts';
+import { parseOptions, prepareRequest, type PrepareOptions } from '../test/helpers/prepare.ts';
 import { warmTokenizers } from '../src/tokens/encoding.ts';
 import { WorkerPool } from '../src/workers/pool.ts';
 
@@ -116,7 +116,7 @@ function pooled(pool: WorkerPool, bodies: Buffer[], inFlight: number): Promise<R
     let done = 0;
     const lane = async (): Promise<void> => {
       while (started < MAX_OPS && (started < 2 || performance.now() < deadline)) {
-        const r = await pool.prepare(stamp(bodies[started++ % VARIANTS]!), OPTS);
+        const r = await pool.prepare(stamp(bodies[started++ % VARIANTS]!), parseOptions(OPTS));
         if (!r.ok) throw new Error(r.message);
         done++;
       }
@@ -162,14 +162,14 @@ async function main(): Promise<void> {
   try {
     // Thread start-up (and the workers' own tokenizer load) is not what is measured.
     const warm = body(512);
-    await Promise.all(Array.from({ length: THREADS * 4 }, () => pool.prepare(warm, OPTS)));
+    await Promise.all(Array.from({ length: THREADS * 4 }, () => pool.prepare(warm, parseOptions(OPTS))));
     const hop = best([await floor(pool), await floor(pool), await floor(pool)]);
 
     const rows: string[][] = [];
     for (const size of SIZES) {
       const bodies = Array.from({ length: VARIANTS }, () => body(size));
       const tokens = (prepareRequest(bodies[0]!, OPTS) as { promptTokens: number }).promptTokens;
-      for (let i = 0; i < VARIANTS; i++) { prepareRequest(bodies[i]!, OPTS); await pool.prepare(bodies[i]!, OPTS); }
+      for (let i = 0; i < VARIANTS; i++) { prepareRequest(bodies[i]!, OPTS); await pool.prepare(bodies[i]!, parseOptions(OPTS)); }
       const h: Result[] = [];
       const a: Result[] = [];
       const s: Result[] = [];

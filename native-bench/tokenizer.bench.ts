@@ -1,12 +1,13 @@
 // Token counting cost per KiB of text, before (gpt-tokenizer's own countTokens) and after (src/tokens countText:
-// the library's merge for short pieces, an O(n log n) merge for long ones), on ordinary and adversarial text,
-// in one run. Both count exactly the same tokens (checked here for every text). "after ×10" counts a text ten
+// the compact rank table, the library's merge rule for short pieces, an O(n log n) merge for long ones), on
+// ordinary and adversarial text, in one run. Both count exactly the same tokens (checked here for every text). "after ×10" counts a text ten
 // times longer, to show the cost per KiB stays flat (the library's grows with the length of a piece).
 // Each cell is the best of a few rounds of process CPU time (other processes may share the cores), each call
-// with the library's piece cache cleared; a variant whose call takes over 2 s is not repeated.
+// with the piece caches (the library's and ours) cleared; a variant whose call takes over 2 s is not repeated.
 // Usage: node --import tsx native-bench/tokenizer.bench.ts [--kib 16] [--reps 3]
 import { getEncoder, warmTokenizers } from '../src/tokens/encoding.ts';
 import { countText } from '../src/tokens/count.ts';
+import { clearPieceCache } from '../src/tokens/text-count.ts';
 import { numArg } from './lib/args.ts';
 
 function flag(name: string, fallback: number, min: number, max: number): number {
@@ -48,12 +49,13 @@ const KINDS: Record<string, (bytes: number) => string> = {
   'combining marks': (b) => 'e' + '\u0301'.repeat(Math.ceil(b / 2)),
 };
 
-// The library caches whole pieces (a repeated 16 KiB run would be one Map hit): every repetition starts cold.
+// Both cache whole pieces (a repeated 16 KiB run would be one Map hit): every repetition starts cold.
 const clearMergeCache = (getEncoder('o200k_base') as unknown as { clearMergeCache(): void }).clearMergeCache;
 
-/** CPU ms of one call, the library's piece cache cleared first. */
+/** CPU ms of one call, the piece caches cleared first. */
 function once(fn: () => number): { ms: number; tokens: number } {
   clearMergeCache();
+  clearPieceCache();
   const c0 = process.cpuUsage();
   const tokens = fn();
   const c = process.cpuUsage(c0);

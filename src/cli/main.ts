@@ -64,6 +64,8 @@ async function start(argv: string[]): Promise<void> {
   let listenHost: string;
   let adminHost: string;
   try {
+    // Provider modules register their names and instance checks with config validation.
+    await import('../providers/registry.ts');
     const config = loadConfigFile(configFile, env);
     listenHost = config.listen.host;
     adminHost = config.admin.host;
@@ -104,7 +106,10 @@ async function main(argv: string[]): Promise<void> {
   const rest = argv.slice(1);
   switch (cmd) {
     case 'start': await start(rest); return;
-    case 'validate': process.exitCode = (await import('../config/validate-command.ts')).runValidateCommand(rest); return;
+    case 'validate':
+      await import('../providers/registry.ts');
+      process.exitCode = (await import('../config/validate-command.ts')).runValidateCommand(rest);
+      return;
     case 'mock-upstream': await (await import('../mock/command.ts')).runMockUpstreamCommand(rest); return;
     default:
       console.error(USAGE);

@@ -15,7 +15,7 @@ import { Section, isPlainObject } from './section.ts';
 /** Lower-case names (or prefixes, for a trailing '*') no forward_headers entry may name or cover. */
 export const NEVER_FORWARDED: readonly string[] = [
   'host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-type', 'content-encoding', 'te', 'trailer',
-  'upgrade', 'expect', 'proxy-connection', 'proxy-authorization', 'authorization', 'apikey', 'api-key', 'x-api-key', 'cookie',
+  'upgrade', 'expect', 'proxy-connection', 'proxy-authorization', 'authorization', 'apikey', 'api-key', 'x-api-key', 'x-goog-api-key', 'cookie',
   'accept-encoding', 'openai-organization', 'openai-project', 'forwarded', 'x-real-ip', 'x-forwarded-for', 'x-forwarded-host',
   'x-forwarded-proto', 'x-forwarded-port', 'x-forwarded-prefix',
 ];

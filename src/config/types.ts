@@ -2,10 +2,15 @@
 // APISIX standalone file (routes, consumers, plugins) and the Higress ai-token-ratelimit plugin, so users
 // of the seed documents can bring their definitions. Every other layer imports config types from here.
 
-export type LimitStrategy = 'total_tokens' | 'prompt_tokens' | 'completion_tokens' | 'expression';
+/** What a quota counts: a token kind of the normalised usage (streaming/usage.ts), or a cost expression. */
+export type LimitStrategy =
+  | 'total_tokens' | 'prompt_tokens' | 'completion_tokens'
+  | 'cached_prompt_tokens' | 'cache_write_tokens' | 'reasoning_tokens' | 'uncached_prompt_tokens'
+  | 'expression';
 export type WindowType = 'fixed' | 'sliding';
 export type HeaderStyle = 'apisix' | 'ietf';
-export type Provider = 'openai' | 'deepseek' | 'openai-compatible';
+/** A config `provider` name as APISIX `ai-proxy` spells it; the registered ones are providers/registry.ts PROVIDER_NAMES. */
+export type Provider = string;
 export type FallbackReason = 'rate_limiting' | 'http_429' | 'http_5xx' | 'instance_health';
 
 export interface ListenConfig {
@@ -162,6 +167,17 @@ export interface RuleConfig {
   readonly header_prefix: string | undefined;
 }
 
+/** ai-rate-limiting `model_limits[]`: a quota per upstream model (the instance's model after rewriting). */
+export interface ModelLimitConfig {
+  /** An exact model name, or a pattern with `*` (any run of characters); the first matching entry applies. */
+  readonly model: string;
+  /** A positive integer, or a template. Each matching model gets its own counter. */
+  readonly limit: number | string;
+  readonly time_window: number | string;
+  readonly limit_strategy: LimitStrategy;
+  readonly cost_expr: string | undefined;
+}
+
 export type RedisPolicy = 'local' | 'redis' | 'redis-cluster' | 'redis-sentinel';
 
 /** A Redis connection, normalised from either plugin's fields. Routes naming the same target with the same client settings share one client (redisClientKey). */
@@ -197,6 +213,8 @@ export interface AiRateLimitingConfig {
   readonly cost_expr: string | undefined;
   readonly instances: readonly InstanceQuotaConfig[];
   readonly rules: readonly RuleConfig[];
+  /** Per-model quotas, applied per upstream attempt to the instance's model (absent or empty: none). */
+  readonly model_limits?: readonly ModelLimitConfig[];
   readonly rejected_code: number;
   readonly rejected_msg: string | undefined;
   readonly show_limit_quota_header: boolean;
@@ -242,6 +260,9 @@ export interface AiTokenRatelimitConfig {
   /** 'all' (current Higress): every matching rule item applies and any can reject; 'first': only the first
    *  matching item (Higress before PR #4011). Default 'all'. */
   readonly rule_match: 'all' | 'first';
+  /** Sluice extension: what every counter of the rule charges. Absent: 'total_tokens' (Higress: input + output). */
+  readonly limit_strategy?: LimitStrategy;
+  readonly cost_expr?: string | undefined;
   readonly rejected_code: number;
   readonly rejected_msg: string;
   readonly show_limit_quota_header: boolean;

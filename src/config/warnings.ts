@@ -23,6 +23,9 @@ function costExprWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIs
   cfg.instances.forEach((inst, i) => {
     if (inst.cost_expr !== cfg.cost_expr) check(inst.cost_expr, childPath(childPath(childPath(path, 'instances'), i), 'cost_expr'));
   });
+  (cfg.model_limits ?? []).forEach((m, i) => {
+    if (m.cost_expr !== cfg.cost_expr) check(m.cost_expr, childPath(childPath(childPath(path, 'model_limits'), i), 'cost_expr'));
+  });
 }
 
 export function configWarnings(config: SluiceConfig): ConfigIssue[] {

@@ -6,7 +6,7 @@ import { Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 const SIZE_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 const FLUSH_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
-const ESTIMATE_BUCKETS = [-1000, -100, -10, 0, 10, 100, 1000, 10000];
+const ESTIMATE_BUCKETS = [-1000, -100, -10, -1, 0, 10, 100, 1000, 10000];
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
@@ -31,7 +31,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ['route', 'instance', 'outcome'] as const, registers,
     }),
     tokens: new Counter({
-      name: 'sluice_tokens_total', help: 'Tokens used, from upstream usage or counted, by kind (prompt, completion).',
+      name: 'sluice_tokens_total', help: 'Tokens used, from upstream usage or counted, by kind: prompt, completion, and parts of those (never added on top): cached_prompt, cache_write (of prompt), reasoning (of completion).',
       labelNames: ['route', 'instance', 'consumer', 'kind'] as const, registers,
     }),
     tokensCharged: new Counter({

@@ -1,10 +1,13 @@
 // The one way an error becomes a response: status, content type, the error's own headers (Allow,
-// Retry-After) and the OpenAI-style body. Used by the front end and the pipeline alike.
+// Retry-After) and the body (OpenAI-style, or in the client surface's format). Used by the front end and the pipeline alike.
 import { toErrorBody, type SluiceError } from '../core/errors.ts';
 import type { ClientResponse, HeaderList } from './http-types.ts';
 
-export function sendError(res: ClientResponse, err: SluiceError): void {
+/** An error body in a client surface's own format (SurfaceSpec.errorBody); absent: the OpenAI shape. */
+export type ErrorFormat = (status: number, code: string, type: string, message: string, param: string | undefined) => string;
+
+export function sendError(res: ClientResponse, err: SluiceError, format?: ErrorFormat): void {
   const headers: HeaderList = [['content-type', 'application/json']];
   if (err.headers !== undefined) for (const k of Object.keys(err.headers)) headers.push([k, err.headers[k]!]);
-  res.send(err.status, headers, toErrorBody(err));
+  res.send(err.status, headers, format === undefined ? toErrorBody(err) : format(err.status, err.code, err.type, err.message, err.param));
 }

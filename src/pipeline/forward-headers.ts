@@ -44,17 +44,20 @@ function allowed(p: ForwardPolicy, name: string): boolean {
 
 /**
  * The upstream request headers: allowed client headers (never `dropName`, the route's key-auth header), the
- * instance's headers, and X-Forwarded-For/-Proto/-Host. A client's X-Forwarded-* is believed, and extended,
- * only when the peer is a trusted proxy.
+ * provider's (version headers, signatures: they win over the client's), the instance's (auth: they win over
+ * everything), and X-Forwarded-For/-Proto/-Host. A client's X-Forwarded-* is believed, and extended, only when
+ * the peer is a trusted proxy.
  */
 export function upstreamHeaders(req: ClientRequest, policy: ForwardPolicy, dropName: string | undefined,
-  instance: Readonly<Record<string, string>>, trusted: IpMatcher, peer: string): Record<string, string> {
+  provider: Readonly<Record<string, string>> | undefined, instance: Readonly<Record<string, string>>,
+  trusted: IpMatcher, peer: string): Record<string, string> {
   const client = req.headers;
   const out: Record<string, string> = {};
   for (const k of Object.keys(client)) {
     if (k === dropName || NEVER.has(k) || !allowed(policy, k)) continue;
     out[k] = client[k]!;
   }
+  if (provider !== undefined) for (const k of Object.keys(provider)) out[k.toLowerCase()] = provider[k]!;
   for (const k of Object.keys(instance)) out[k.toLowerCase()] = instance[k]!;
   const fromProxy = trusted(peer);
   const xff = fromProxy ? client['x-forwarded-for'] : undefined;

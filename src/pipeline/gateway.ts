@@ -1,6 +1,9 @@
 // The request lifecycle, in order: route → key-auth → parse and count the prompt → reserve quotas →
 // pick an instance (skipping spent ones when fallback allows) → forward → relay (buffered or streamed) →
 // settle actual usage. Every path ends by settling or releasing each hold exactly once.
+// No wire format is known here: the request path gives the client's surface (providers/registry.ts), whose
+// spec parses the body and formats errors; each instance's resolved provider builds its upstream request,
+// decodes its answer (buffered, or streamed through a codec) and classifies its failures for fallback.
 // A request runs on the config snapshot current when it started, to its end: a reload swaps the snapshot
 // for new requests only, and a retired snapshot is handed back (its stores may close) once its last request
 // has finished. At shutdown, requests still running past the drain time are cut and settled (cutAll).
@@ -11,17 +14,19 @@ import type { ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { PlannedQuota, RequestQuotaPlan, Usage } from '../rules/quota-plan.ts';
 import { planRequest } from '../rules/quota-plan.ts';
-import { quotaHeaders } from '../rules/headers.ts';
+import { USAGE_HEADER, quotaHeaders, usageHeaderValue } from '../rules/headers.ts';
 import type { RequestVars } from '../rules/request-vars.ts';
 import { canonicalIp } from '../rules/ip.ts';
-import { prepareRequest, composeUpstreamBody, bodyMembers, type PreparedRequest } from '../tokens/prepare.ts';
+import { bodyMembers } from '../tokens/prepare.ts';
 import { reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { StreamMeter } from '../streaming/usage-meter.ts';
-import { isRejection, readUsage, type UsageRejectReason } from '../streaming/usage.ts';
-import { UpstreamFailure, classifyError, type UpstreamClient, type UpstreamResponse, type RequestKind } from '../upstream/client.ts';
+import type { UsageRejectReason } from '../streaming/usage.ts';
+import { prepareCall } from '../providers/prepare.ts';
+import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
+import type { FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
+import { UpstreamFailure, classifyError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -38,6 +43,12 @@ const USAGE_LOG_EVERY_MS = 10_000;
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
 
 type Resolve = (s: QuotaSource) => QuotaStore;
+
+/** A non-2xx answer kept for fallback: relayed if no later instance does better. */
+interface Retry {
+  readonly failure: FailureAnswer;
+  readonly headers: UpstreamResponse['headers'];
+}
 
 export interface GatewayDeps {
   readonly metrics: Metrics;
@@ -165,7 +176,7 @@ export class Gateway implements RequestSink {
   private answerError(ctx: Exchange, e: SluiceError): void {
     const res = ctx.res;
     if (res.started) res.destroy();
-    else sendError(res, e);
+    else sendError(res, e, ctx.spec?.errorBody);
     this.observe(ctx, e.status);
   }
 
@@ -190,16 +201,29 @@ export class Gateway implements RequestSink {
     ctx.consumer = consumer?.username ?? '';
     // APISIX precedence: an authenticated consumer's own ai-proxy(-multi) replaces the route's.
     if (consumer?.ai_proxy !== undefined) ctx.proxy = snap.consumerProxies.get(consumer.username) ?? route;
-    const kind: RequestKind = req.path.endsWith('/completions') && !req.path.endsWith('/chat/completions') ? 'completion' : 'chat';
+    // The client's API, from the path; its spec parses the body and formats every error it gets.
+    const surface = surfaceForPath(req.path);
+    const spec = surfaceSpec(surface);
+    ctx.surface = surface;
+    ctx.spec = spec;
+    if (spec === undefined || ctx.proxy.coverage.get(surface) === 'none') {
+      throw new SluiceError('SLC_BAD_REQUEST', `${req.path}: surface ${surface} is not supported by this route's instances`);
+    }
+    // count_tokens and the like produce no tokens: passed through, no reservation, no settlement.
+    const metered = spec.metered;
+    ctx.metered = metered;
     // The tokenizer is the costliest step of a request: only routes with quotas pay for it up front, and a
     // large body is tokenized on a worker thread so it never blocks the event loop serving everyone else.
-    ctx.kind = kind;
-    const count = route.quotas !== undefined;
+    const count = route.quotas !== undefined && metered;
     // max_tokens / n are validated and the completion reservation capped per the route's instance models (src/tokens/limits.ts).
-    const opts = { kind, countPrompt: count, ...reservationPolicy(snap.config.tokens, ctx.proxy.instances) };
+    const opts: ParseOptions = {
+      surface, path: req.path, query: req.query, countPrompt: count, promptScale: ctx.proxy.promptScale,
+      ...reservationPolicy(snap.config.tokens, ctx.proxy.instances),
+    };
+    ctx.parseOpts = opts;
     const prepared = count && body.length >= snap.config.tokens.offload_bytes
       ? await this.deps.pool.prepare(body, opts)
-      : prepareRequest(body, opts);
+      : prepareCall(body, opts);
     if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message, { param: prepared.param });
     if (res.aborted) return;
     ctx.prepared = prepared;
@@ -212,8 +236,8 @@ export class Gateway implements RequestSink {
     ctx.estimate = estimate;
 
     let plan: RequestQuotaPlan | undefined;
-    if (route.quotas !== undefined) {
-      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: ctx.peer, consumer: consumer?.username, routeId: route.id, uri: req.path };
+    if (route.quotas !== undefined && metered) {
+      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: ctx.peer, consumer: consumer?.username, routeId: route.id, uri: req.path, model: prepared.model };
       plan = planRequest(route.quotas, vars);
       // A fail-closed rule needs a variable this request lacks: refuse rather than serve it unmetered.
       if (plan.missing !== undefined) throw new SluiceError('SLC_RULE_KEY_MISSING', plan.missing.message, { status: plan.missing.status });
@@ -226,16 +250,19 @@ export class Gateway implements RequestSink {
       }
     }
 
-    const order = ctx.proxy.picker.order();
+    let order = ctx.proxy.picker.order();
+    // Instances whose provider cannot serve this surface are skipped, as if unavailable.
+    if (ctx.proxy.coverage.get(surface) === 'some') order = order.filter((i) => i.provider.mode(surface) !== undefined);
     const denials: Rejection[] = [];
     const deniedInstances: CompiledInstance[] = [];
     let lastFailure: UpstreamFailure | undefined;
-    let lastResponse: { status: number; headers: UpstreamResponse['headers']; body: Buffer; instance: CompiledInstance } | undefined;
+    let lastResponse: (Retry & { instance: CompiledInstance }) | undefined;
     for (let i = 0; i < order.length; i++) {
       if (ctx.cut) throw new SluiceError('SLC_SHUTTING_DOWN');
       const inst = order[i]!;
       const more = i < order.length - 1;
-      const iq = plan !== undefined ? plan.perInstance(inst.name) : NO_QUOTAS;
+      // ${upstream_model} and model_limits: the model this instance sends. Throws SLC_RULE_KEY_MISSING when fail-closed.
+      const iq = plan !== undefined ? plan.perInstance(inst.name, inst.model ?? prepared.model) : NO_QUOTAS;
       if (iq.length > 0) {
         const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
         const held = r instanceof Promise ? await r : r;
@@ -250,6 +277,11 @@ export class Gateway implements RequestSink {
         if (res.aborted) { ctx.releaseAll(); return; }
       }
       ctx.instanceName = inst.name;
+      ctx.outputScale = inst.outputScale;
+      // The upstream cannot produce more than it was allowed: a scaled count of its text is capped there. Only
+      // when the client's own max_tokens / n reach the upstream (instance options may replace them).
+      const p = ctx.prepared;
+      ctx.completionCap = p !== undefined && p.maxTokens !== undefined && inst.bodyOptions === undefined ? p.n * p.maxTokens : Infinity;
       const outcome = await this.attempt(ctx, inst, more);
       if (outcome === 'done') return;
       if (ctx.cut) {
@@ -265,17 +297,18 @@ export class Gateway implements RequestSink {
       } else {
         lastResponse = { ...outcome, instance: inst };
         lastFailure = undefined;
-        this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.status === 429 ? 'http_429' : 'http_5xx' });
+        this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.failure.retry ?? 'http_5xx' });
       }
       if (res.aborted) { ctx.releaseAll(); return; }
     }
     ctx.releaseAll();
     if (denials.length === order.length) { this.reject(ctx, denials[0]!, deniedInstances, denials); return; }
     if (lastResponse !== undefined) {
-      // Every instance answered with an error: relay the last one as it came.
+      // Every instance answered with an error: relay the last one (in the client's surface).
       ctx.instanceName = lastResponse.instance.name;
-      res.send(lastResponse.status, this.relayHeaders(lastResponse.headers), lastResponse.body);
-      this.observe(ctx, lastResponse.status);
+      const f = lastResponse.failure;
+      res.send(f.status, withContentType(this.relayHeaders(lastResponse.headers), f.contentType), f.body);
+      this.observe(ctx, f.status);
       return;
     }
     if (lastFailure !== undefined) {
@@ -286,16 +319,16 @@ export class Gateway implements RequestSink {
   }
 
   /** One upstream attempt. 'done' when the client got its answer; otherwise what failed, for fallback. */
-  private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean):
-    Promise<'done' | UpstreamFailure | { status: number; headers: UpstreamResponse['headers']; body: Buffer }> {
+  private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean): Promise<'done' | UpstreamFailure | Retry> {
     const { route, req, res } = ctx;
     // Cut while an instance quota was being acquired: nothing is sent.
     if (ctx.cut) return new UpstreamFailure('aborted', 'gateway is shutting down', undefined);
     const prepared = ctx.prepared!;
-    const path = ctx.kind === 'completion' ? inst.target.completionPath : inst.target.chatPath;
+    const provider = inst.provider;
+    ctx.translated = provider.mode(prepared.surface) === 'translated';
     const members = prepared.clientFields === undefined ? undefined : bodyMembers(prepared.fieldKeys!, prepared.clientFields, inst.optionJson);
-    const payload = composeUpstreamBody(inst.model ?? prepared.model, prepared.tail, members);
-    const headers = upstreamHeaders(req, inst.forward, route.keyAuth?.header, inst.headers, ctx.snap.trustedProxies, ctx.peer);
+    const call = provider.request(prepared, inst.model ?? prepared.model, members);
+    const headers = upstreamHeaders(req, inst.forward, route.keyAuth?.header, call.headers, inst.headers, ctx.snap.trustedProxies, ctx.peer);
     const ac = new AbortController();
     ctx.ac = ac;
     res.onAbort(() => ac.abort());
@@ -303,7 +336,7 @@ export class Gateway implements RequestSink {
     ctx.sent = true;
     let up: UpstreamResponse;
     try {
-      up = await this.deps.upstream.send(inst.target.origin, path, headers, payload, ac.signal, inst.target.transport);
+      up = await this.deps.upstream.send(provider.origin, call.path, headers, call.body, ac.signal, inst.transport);
     } catch (err) {
       const f = classifyError(err);
       this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: f.kind });
@@ -313,10 +346,9 @@ export class Gateway implements RequestSink {
     }
     this.deps.metrics.upstreamFirstByte.observe({ route: route.id, instance: inst.name }, (performance.now() - sentAt) / 1000);
     const status = up.status;
-    const retryable = (status === 429 && ctx.proxy.fallback.has('http_429')) || (status >= 500 && ctx.proxy.fallback.has('http_5xx'));
+    const ok = status >= 200 && status < 300;
     this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok' });
-    const ctype = String(up.headers['content-type'] ?? '');
-    if (status >= 200 && status < 300 && ctype.includes('text/event-stream')) {
+    if (ok && provider.isStream(prepared, String(up.headers['content-type'] ?? ''))) {
       await this.relayStream(ctx, inst, up, ac);
       return 'done';
     }
@@ -327,45 +359,48 @@ export class Gateway implements RequestSink {
       if (res.aborted && !ctx.cut) { ctx.releaseAll(); return 'done'; }
       return classifyError(err);
     }
-    if (retryable && more) return { status, headers: up.headers, body: buf };
-    await this.relayBuffered(ctx, status, up.headers, buf);
+    if (!ok) {
+      const failure = provider.failure(prepared, status, buf);
+      const retryable = failure.retry !== undefined && ctx.proxy.fallback.has(failure.retry);
+      if (retryable && more) return { failure, headers: up.headers };
+      ctx.releaseAll();
+      const out = withContentType(this.relayHeaders(up.headers), failure.contentType);
+      this.addQuotaHeaders(ctx, out);
+      res.send(failure.status, out, failure.body);
+      this.observe(ctx, failure.status);
+      return 'done';
+    }
+    await this.relayBuffered(ctx, inst, status, up.headers, buf);
     return 'done';
   }
 
-  private async relayBuffered(ctx: Exchange, status: number, upHeaders: UpstreamResponse['headers'], buf: Buffer): Promise<void> {
+  private async relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamResponse['headers'], buf: Buffer): Promise<void> {
     const { res } = ctx;
-    const headers = this.relayHeaders(upHeaders);
-    if (status >= 200 && status < 300) {
-      let usage: Usage | undefined;
-      let rejected: UsageRejectReason | undefined;
-      let text = '';
-      try {
-        const json: unknown = JSON.parse(buf.toString('utf8'));
-        const u = readUsage((json as { usage?: unknown } | null)?.usage, ctx.snap.maxUsage);
-        if (isRejection(u)) rejected = u.rejected; else usage = u;
-        if (usage === undefined) text = completionText(json);
-      } catch {
-        usage = undefined;
-      }
+    const decoded = inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage);
+    const headers = withContentType(this.relayHeaders(upHeaders), decoded.contentType);
+    if (ctx.metered) {
+      const rejected = decoded.rejected;
+      let usage = decoded.usage;
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
-      if (usage === undefined) usage = await this.countedUsage(ctx, text, 0, rejected !== undefined ? 'usage_rejected' : 'no_usage');
+      if (usage === undefined) usage = await this.countedUsage(ctx, decoded.text, 0, rejected !== undefined ? 'usage_rejected' : 'no_usage');
       this.settle(ctx, usage);
     } else {
       ctx.releaseAll();
     }
     this.addQuotaHeaders(ctx, headers);
-    res.send(status, headers, buf);
+    res.send(status, headers, decoded.body);
     this.observe(ctx, status);
   }
 
   private async relayStream(ctx: Exchange, inst: CompiledInstance, up: UpstreamResponse, ac: AbortController): Promise<void> {
     const { res } = ctx;
     const prepared = ctx.prepared!;
+    const meter = inst.provider.stream(prepared, { maxUsage: ctx.snap.maxUsage });
     const headers = this.relayHeaders(up.headers);
+    if (ctx.translated) withContentType(headers, meter.contentType);
     if (!headers.some((h) => h[0] === 'cache-control')) headers.push(['cache-control', 'no-cache']);
     this.addQuotaHeaders(ctx, headers);
     res.start(200, headers);
-    const meter = new StreamMeter({ stripUsage: !prepared.clientWantsUsage, maxUsage: ctx.snap.maxUsage });
     // Text past the meter's bound is counted as it streams (one count in flight at a time) and dropped.
     let counted = 0;
     let counting: Promise<number> | undefined;
@@ -376,7 +411,7 @@ export class Gateway implements RequestSink {
         const out = meter.push(chunk);
         if (out !== undefined && !res.write(out)) await res.drain();
         const piece = meter.takeCountable();
-        if (piece !== undefined) {
+        if (piece !== undefined && ctx.metered) {
           if (counting !== undefined) counted += await counting;
           counting = this.countCompletion(ctx, piece);
         }
@@ -391,15 +426,19 @@ export class Gateway implements RequestSink {
     const status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;
     // A last event without its blank line still counts (and may carry the usage): parse it before settling.
     const last = status === 200 ? meter.end() : undefined;
-    const rejected = meter.usageRejected;
-    if (rejected !== undefined) this.usageRejected(ctx, rejected);
-    let usage = meter.usage;
-    if (usage === undefined || ctx.cut || res.aborted) {
-      const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
-      if (counting !== undefined) counted += await counting;
-      usage = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, reason);
+    if (ctx.metered) {
+      const rejected = meter.usageRejected;
+      if (rejected !== undefined) this.usageRejected(ctx, rejected);
+      let usage = meter.usage;
+      if (usage === undefined || ctx.cut || res.aborted) {
+        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
+        if (counting !== undefined) counted += await counting;
+        usage = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, reason);
+      }
+      this.settle(ctx, usage);
+    } else {
+      ctx.releaseAll();
     }
-    this.settle(ctx, usage);
     if (!res.aborted) {
       if (status !== 200) res.destroy();
       else res.end(last);
@@ -411,14 +450,15 @@ export class Gateway implements RequestSink {
   private async countCompletion(ctx: Exchange, text: string): Promise<number> {
     const model = ctx.prepared?.model;
     if (text.length === 0) return 0;
+    const scale = ctx.outputScale;
     if (text.length >= ctx.snap.config.tokens.offload_bytes) {
       try {
-        return await this.deps.pool.countText(text, model);
+        return Math.ceil(await this.deps.pool.countText(text, model) * scale);
       } catch {
         // An over-full or closing pool must not make the text free.
       }
     }
-    return countText(text, encodingForModel(model));
+    return Math.ceil(countText(text, encodingForModel(model)) * scale);
   }
 
   /** Usage when the upstream gave none (or none believable): our prompt count plus the produced text, counted. */
@@ -426,11 +466,12 @@ export class Gateway implements RequestSink {
     this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
     let prepared = ctx.prepared!;
     if (!prepared.promptCounted) {
-      const opts = { kind: ctx.kind, countPrompt: true, ...reservationPolicy(ctx.snap.config.tokens, ctx.proxy.instances), defaultMaxTokens: 0 };
-      const again = ctx.body.length >= ctx.snap.config.tokens.offload_bytes ? await this.deps.pool.prepare(ctx.body, opts) : prepareRequest(ctx.body, opts);
+      const opts: ParseOptions = { ...ctx.parseOpts!, countPrompt: true, defaultMaxTokens: 0 };
+      const again = ctx.body.length >= ctx.snap.config.tokens.offload_bytes ? await this.deps.pool.prepare(ctx.body, opts) : prepareCall(ctx.body, opts);
       if (again.ok) prepared = again;
     }
-    const completion = alreadyCounted + await this.countCompletion(ctx, text);
+    let completion = alreadyCounted + await this.countCompletion(ctx, text);
+    if (ctx.outputScale > 1 && completion > ctx.completionCap) completion = ctx.completionCap;
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
   }
 
@@ -452,6 +493,11 @@ export class Gateway implements RequestSink {
     const instance = ctx.instanceName;
     m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'prompt' }, usage.prompt_tokens);
     m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'completion' }, usage.completion_tokens);
+    // Parts of prompt / completion, reported apart (never added to them); absent when the usage was counted.
+    if (usage.cached_prompt_tokens !== undefined) m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'cached_prompt' }, usage.cached_prompt_tokens);
+    if (usage.cache_write_tokens !== undefined) m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'cache_write' }, usage.cache_write_tokens);
+    if (usage.reasoning_tokens !== undefined) m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'reasoning' }, usage.reasoning_tokens);
+    ctx.usage = usage;
     const est = ctx.estimate;
     if (est !== undefined && (ctx.common !== undefined || ctx.instance !== undefined)) {
       m.estimateError.observe({ route }, est.total_tokens - usage.total_tokens);
@@ -473,6 +519,8 @@ export class Gateway implements RequestSink {
     if (quotas.length === 0) return;
     stripRateLimitHeaders(headers);
     quotaHeaders(views(quotas, Date.now(), ctx.storeOf), { rejected: false }, headers);
+    // Set once settled: non-streaming answers only (a stream's headers leave before its usage is known).
+    if (ctx.usage !== undefined) headers.push([USAGE_HEADER, usageHeaderValue(ctx.usage)]);
   }
 
   private reject(ctx: Exchange, r: Rejection, instances: readonly CompiledInstance[], all?: readonly Rejection[]): void {
@@ -496,8 +544,10 @@ export class Gateway implements RequestSink {
       m.rejected.inc({ route: ctx.route.id, instance: instances[i]?.name ?? '', rule: d.quota.metricRule, consumer: ctx.consumer });
     });
     const rate = ERRORS.SLC_RATE_LIMITED;
+    const message = q.rejectedMsg ?? rate.message;
     const body = q.rejectedMsg !== undefined && looksJson(q.rejectedMsg) ? q.rejectedMsg
-      : errorBody(q.rejectedMsg ?? rate.message, rate.type, 'SLC_RATE_LIMITED');
+      : ctx.spec !== undefined ? ctx.spec.errorBody(q.rejectedCode, 'SLC_RATE_LIMITED', rate.type, message, undefined)
+        : errorBody(message, rate.type, 'SLC_RATE_LIMITED');
     ctx.res.send(q.rejectedCode, headers, body);
     this.observe(ctx, q.rejectedCode);
   }
@@ -533,10 +583,23 @@ class Exchange {
   readonly peer: string;
   consumer = '';
   instanceName = '';
-  prepared: PreparedRequest | undefined = undefined;
+  /** The serving instance's CompiledInstance.outputScale. */
+  outputScale = 1;
+  /** Most completion tokens the serving instance may produce for this request (Infinity: not known). */
+  completionCap = Infinity;
+  prepared: PreparedCall | undefined = undefined;
   body: Buffer = EMPTY_BODY;
-  kind: RequestKind = 'chat';
+  /** The client's API (from the path) and its spec (undefined when no registered module defines it). */
+  surface: SurfaceId = 'openai-chat';
+  spec: SurfaceSpec | undefined = undefined;
+  /** false for surfaces that produce no tokens: no reservation, no settlement. */
+  metered = true;
+  parseOpts: ParseOptions | undefined = undefined;
+  /** The current attempt's provider translates between its wire format and the client's. */
+  translated = false;
   estimate: Usage | undefined = undefined;
+  /** The usage settled (X-Sluice-Usage on a non-streaming answer). */
+  usage: Usage | undefined = undefined;
   common: QuotaHold | undefined = undefined;
   instance: QuotaHold | undefined = undefined;
   /** The current attempt's upstream request. */
@@ -583,21 +646,18 @@ async function readBody(up: UpstreamResponse): Promise<Buffer> {
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
 }
 
-function completionText(json: unknown): string {
-  const choices = (json as { choices?: unknown } | null)?.choices;
-  if (!Array.isArray(choices)) return '';
-  let text = '';
-  for (const c of choices) {
-    const msg = (c as { message?: { content?: unknown }; text?: unknown }).message?.content ?? (c as { text?: unknown }).text;
-    if (typeof msg === 'string') text += msg;
-  }
-  return text;
+/** Replaces the content type when the provider gives one (a translated answer); otherwise the upstream's stays. */
+function withContentType(headers: HeaderList, contentType: string | undefined): HeaderList {
+  if (contentType === undefined) return headers;
+  for (let i = headers.length - 1; i >= 0; i--) if (headers[i]![0] === 'content-type') headers.splice(i, 1);
+  headers.push(['content-type', contentType]);
+  return headers;
 }
 
 function stripRateLimitHeaders(headers: HeaderList): void {
   for (let i = headers.length - 1; i >= 0; i--) {
     const k = headers[i]![0];
-    if (k.startsWith('x-ratelimit-') || k === 'ratelimit' || k === 'ratelimit-policy') headers.splice(i, 1);
+    if (k.startsWith('x-ratelimit-') || k === 'ratelimit' || k === 'ratelimit-policy' || k === USAGE_HEADER) headers.splice(i, 1);
   }
 }
 

@@ -1,8 +1,9 @@
 // Compiles a validated config into the runtime snapshot the request path reads: route lookup tables,
-// resolved upstream targets, instance pickers, compiled quota plans and the quota store of each plugin.
+// each instance's provider resolved once (addressing, auth, codecs: src/providers/), instance pickers,
+// compiled quota plans and the quota store of each plugin.
 // A reload builds a new snapshot and swaps it whole; quota stores outlive snapshots (see StoreRegistry).
 import type {
-  AiRateLimitingConfig, AiTokenRatelimitConfig, ConsumerConfig, FallbackReason, InstanceConfig,
+  AiProxyConfig, AiRateLimitingConfig, AiTokenRatelimitConfig, ConsumerConfig, FallbackReason, InstanceConfig,
   KeyAuthRouteConfig, RouteConfig, SluiceConfig,
 } from '../config/types.ts';
 import type { QuotaStore } from '../quota/types.ts';
@@ -10,7 +11,10 @@ import { compileRouteQuotas, type CompiledRouteQuotas } from '../rules/quota-pla
 import { compileIpMatcher, type IpMatcher } from '../rules/ip.ts';
 import { DEFAULT_MAX_USAGE } from '../streaming/usage.ts';
 import { InstancePicker } from '../upstream/select.ts';
-import { resolveTarget, type Target } from '../upstream/client.ts';
+import { resolveTransport, type Transport } from '../upstream/client.ts';
+import { ConfigError, childPath, type ConfigIssue } from '../config/issues.ts';
+import { SURFACE_IDS, isIssues, promptScaleOf, resolveInstance } from '../providers/registry.ts';
+import type { ResolvedProvider, ResolveIssue, SurfaceId } from '../providers/types.ts';
 import { compileForwardPolicy, type ForwardPolicy } from './forward-headers.ts';
 
 export interface CompiledInstance {
@@ -18,7 +22,13 @@ export interface CompiledInstance {
   readonly weight: number;
   readonly priority: number;
   readonly model: string | undefined;
-  readonly target: Target;
+  /** The instance's provider: upstream origin and path, provider headers, body, codecs, error classification. */
+  readonly provider: ResolvedProvider;
+  /** The instance's own timeout, TLS and keep-alive settings; undefined: the client's defaults. */
+  readonly transport: Transport | undefined;
+  /** Multiplier for text this instance generated and Sluice had to count (no usage, or an aborted stream): its
+   *  provider module's estimate scale, 1 where o200k/cl100k is the model's own tokenizer. */
+  readonly outputScale: number;
   /** Upstream request headers: content-type plus the instance's auth headers. */
   readonly headers: Readonly<Record<string, string>>;
   /** Which client headers this instance receives. */
@@ -28,11 +38,18 @@ export interface CompiledInstance {
   readonly optionJson: ReadonlyMap<string, string> | undefined;
 }
 
+/** How many of a proxy's instances serve a surface. */
+export type Coverage = 'all' | 'some' | 'none';
+
 /** Where a request goes: the route's ai-proxy, or the authenticated consumer's own (APISIX precedence). */
 export interface CompiledProxy {
   readonly instances: readonly CompiledInstance[];
   readonly picker: InstancePicker<CompiledInstance>;
   readonly fallback: ReadonlySet<FallbackReason>;
+  /** Per surface: whether every instance serves it, some (the others are skipped), or none (400). */
+  readonly coverage: ReadonlyMap<SurfaceId, Coverage>;
+  /** Prompt estimate multiplier: the largest of its instances' provider modules (ParseOptions.promptScale). */
+  readonly promptScale: number;
 }
 
 export interface CompiledRoute {
@@ -42,6 +59,8 @@ export interface CompiledRoute {
   readonly instances: readonly CompiledInstance[];
   readonly picker: InstancePicker<CompiledInstance>;
   readonly fallback: ReadonlySet<FallbackReason>;
+  readonly coverage: ReadonlyMap<SurfaceId, Coverage>;
+  readonly promptScale: number;
   readonly keyAuth: KeyAuthRouteConfig | undefined;
   readonly quotas: CompiledRouteQuotas | undefined;
 }
@@ -68,13 +87,29 @@ export interface StoreResolver {
   storeFor(source: QuotaSource): QuotaStore;
 }
 
-function compileInstance(inst: InstanceConfig): CompiledInstance {
+/** Collects the issues of resolving instances, with their config paths, to throw them all at once. */
+class ResolveErrors {
+  readonly list: ConfigIssue[] = [];
+
+  add(base: string, issues: readonly ResolveIssue[]): void {
+    for (const i of issues) this.list.push({ path: i.path === '' ? base : childPath(base, i.path), message: i.message });
+  }
+}
+
+function compileInstance(inst: InstanceConfig, path: string, errors: ResolveErrors): CompiledInstance | undefined {
+  const provider = resolveInstance(inst);
+  if (isIssues(provider)) {
+    errors.add(path, provider);
+    return undefined;
+  }
   return {
     name: inst.name,
     weight: inst.weight,
     priority: inst.priority,
     model: inst.model,
-    target: resolveTarget(inst),
+    provider,
+    transport: resolveTransport(inst),
+    outputScale: promptScaleOf(inst.provider),
     headers: Object.freeze({ 'content-type': 'application/json', ...inst.auth_header }),
     forward: compileForwardPolicy(inst.forward_headers),
     bodyOptions: inst.body_options,
@@ -84,18 +119,38 @@ function compileInstance(inst: InstanceConfig): CompiledInstance {
   };
 }
 
-function compileRoute(route: RouteConfig, config: SluiceConfig): CompiledRoute {
-  const proxy = route.plugins['ai-proxy-multi'];
-  const instances = (proxy?.instances ?? []).map(compileInstance);
+/** An ai-proxy(-multi)'s instances compiled, with the paths config validation gave them. */
+function compileProxy(proxy: AiProxyConfig | undefined, pluginsPath: string, errors: ResolveErrors): CompiledProxy {
+  const configs = proxy?.instances ?? [];
+  const instances: CompiledInstance[] = [];
+  configs.forEach((inst, i) => {
+    const path = proxy!.single ? childPath(pluginsPath, 'ai-proxy') : childPath(childPath(childPath(pluginsPath, 'ai-proxy-multi'), 'instances'), i);
+    const c = compileInstance(inst, path, errors);
+    if (c !== undefined) instances.push(c);
+  });
+  const coverage = new Map<SurfaceId, Coverage>();
+  for (const s of SURFACE_IDS) {
+    const n = instances.filter((i) => i.provider.mode(s) !== undefined).length;
+    coverage.set(s, n === 0 ? 'none' : n === instances.length ? 'all' : 'some');
+  }
+  return {
+    instances,
+    picker: new InstancePicker(instances),
+    fallback: new Set(proxy?.fallback_strategy ?? []),
+    coverage,
+    promptScale: Math.max(1, ...configs.map((i) => promptScaleOf(i.provider))),
+  };
+}
+
+function compileRoute(route: RouteConfig, index: number, config: SluiceConfig, errors: ResolveErrors): CompiledRoute {
+  const proxy = compileProxy(route.plugins['ai-proxy-multi'], `routes[${index}].plugins`, errors);
   const hasQuota = route.plugins['ai-rate-limiting'] !== undefined || route.plugins['ai-token-ratelimit'] !== undefined ||
     config.consumers.some((c) => c.ai_rate_limiting !== undefined);
   return {
     id: route.id,
     config: route,
     methods: route.methods.length > 0 ? new Set(route.methods) : undefined,
-    instances,
-    picker: new InstancePicker(instances),
-    fallback: new Set(proxy?.fallback_strategy ?? []),
+    ...proxy,
     keyAuth: route.plugins['key-auth'],
     quotas: hasQuota ? compileRouteQuotas(route, config.consumers, { trustedProxies: config.trusted_proxies, keyHashSecret: config.key_hash_secret }) : undefined,
   };
@@ -105,8 +160,9 @@ export function buildSnapshot(config: SluiceConfig, stores: StoreResolver): Snap
   const exact = new Map<string, CompiledRoute[]>();
   const prefixes: { prefix: string; route: CompiledRoute }[] = [];
   const storeOf = new Map<QuotaSource, QuotaStore>();
-  for (const r of config.routes) {
-    const compiled = compileRoute(r, config);
+  const errors = new ResolveErrors();
+  config.routes.forEach((r, index) => {
+    const compiled = compileRoute(r, index, config, errors);
     if (r.uri.endsWith('*')) prefixes.push({ prefix: r.uri.slice(0, -1), route: compiled });
     else {
       const list = exact.get(r.uri);
@@ -116,17 +172,16 @@ export function buildSnapshot(config: SluiceConfig, stores: StoreResolver): Snap
     if (arl !== undefined) storeOf.set(arl, stores.storeFor(arl));
     const atr = r.plugins['ai-token-ratelimit'];
     if (atr !== undefined) storeOf.set(atr, stores.storeFor(atr));
-  }
+  });
   const consumersByKey = new Map<string, ConsumerConfig>();
   const consumerProxies = new Map<string, CompiledProxy>();
-  for (const c of config.consumers) {
+  config.consumers.forEach((c, index) => {
     if (c.key !== undefined) consumersByKey.set(c.key, c);
-    if (c.ai_proxy !== undefined) {
-      const instances = c.ai_proxy.instances.map(compileInstance);
-      consumerProxies.set(c.username, { instances, picker: new InstancePicker(instances), fallback: new Set(c.ai_proxy.fallback_strategy) });
-    }
+    if (c.ai_proxy !== undefined) consumerProxies.set(c.username, compileProxy(c.ai_proxy, `consumers[${index}].plugins`, errors));
     if (c.ai_rate_limiting !== undefined) storeOf.set(c.ai_rate_limiting, stores.storeFor(c.ai_rate_limiting));
-  }
+  });
+  // Validation ran the same resolution when the registry was loaded; this catches a config validated without it.
+  if (errors.list.length > 0) throw new ConfigError(errors.list);
   // Longest prefix first, so '/v1/*' does not shadow '/v1/chat/*'.
   prefixes.sort((a, b) => b.prefix.length - a.prefix.length);
   const maxUsage = config.tokens.max_usage;

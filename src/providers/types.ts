@@ -61,6 +61,8 @@ export interface ParsedCall {
   readonly scale: number;
   readonly fieldKeys: readonly string[] | undefined;
   readonly clientFields: (string | null)[] | undefined;
+  /** Copied to PreparedCall.query by finishCall (set by surfaces whose provider addresses the call with it). */
+  readonly query?: string;
 }
 
 /**
@@ -81,6 +83,8 @@ export interface PreparedCall {
   readonly promptExact: boolean;
   readonly reserveCompletion: number;
   readonly tail: Buffer;
+  /** The client's raw query (ParseOptions.query) when a provider needs it to address the call (Gemini: alt=sse). */
+  readonly query?: string;
   readonly fieldKeys?: readonly string[];
   readonly clientFields?: readonly (string | null)[];
 }

@@ -6,18 +6,26 @@
 //   unary   := ('-' | '+') unary | primary
 //   primary := number | ident | func '(' expr (',' expr)* ')' | '(' expr ')'
 //
-// Identifiers name fields of the upstream's usage object, as in APISIX: a top-level numeric field first
-// (`input_tokens`, `cache_creation_input_tokens` on an Anthropic usage), then a numeric field of a nested
-// object (`cached_tokens` under `prompt_tokens_details`); a name the usage does not carry is 0.
-// `prompt_tokens`, `completion_tokens` and `total_tokens` fall back to Sluice's normalised counts, and
-// `input_tokens` / `output_tokens` to the first two. Functions: max(a,b), min(a,b), ceil(x), floor(x).
+// Names. The normalised token kinds come from Sluice's own Usage first, so an expression means the same on
+// every provider: `prompt_tokens`, `completion_tokens`, `total_tokens`, `cached_prompt_tokens`,
+// `cache_write_tokens`, `reasoning_tokens` and the derived `uncached_prompt_tokens` (prompt − cached). The
+// kinds are parts of prompt/completion (streaming/usage.ts), never added on top. A kind the Usage does not
+// carry falls through to the upstream's raw usage object, like every other name, as in APISIX: a top-level
+// numeric field first (`input_tokens`, `cache_creation_input_tokens` on an Anthropic usage), then a numeric
+// field of a nested object (`cached_tokens` under `prompt_tokens_details`); a name the usage does not carry
+// is 0. `input_tokens` / `output_tokens` are raw names (Anthropic's input_tokens excludes cache tokens) that
+// fall back to the normalised prompt / completion. Functions: max(a,b), min(a,b), ceil(x), floor(x).
 // Division by zero yields 0 so a usage with no completion tokens cannot produce an infinite charge.
 //
 // Without the raw usage (the reservation at admission, or a stream that reported none) the charge is an
-// upper bound: prompt_tokens / input_tokens take the counted prompt, completion_tokens / output_tokens
-// anything from 0 to the reserved completion, total_tokens from the prompt to the reserved total, and
-// every other name anything from 0 to the reserved total; interval arithmetic gives the largest value the
-// expression can then take (divisors are assumed to be 0 or at least 1 in magnitude, as token counts are).
+// upper bound. Domains: prompt_tokens is the counted prompt p; input_tokens, cached_prompt_tokens,
+// cache_write_tokens and uncached_prompt_tokens are in [0, p] (cached + write ≤ p); completion_tokens and
+// output_tokens in [0, C] (the reserved completion); reasoning_tokens in [0, completion_tokens];
+// total_tokens in [p, p + C]; every other name in [0, p + C]. The part of an expression that is linear in
+// these names is maximised exactly over those domains (so `prompt_tokens - cached_prompt_tokens +
+// 0.1 * cached_prompt_tokens` reserves p, not 1.1 p); non-linear sub-expressions (products of names,
+// division by a name, functions) are bounded by interval arithmetic (divisors are assumed to be 0 or at
+// least 1 in magnitude, as token counts are).
 
 export type RawUsage = Readonly<Record<string, unknown>>;
 
@@ -25,6 +33,12 @@ export interface CostUsage {
   readonly prompt_tokens: number;
   readonly completion_tokens: number;
   readonly total_tokens: number;
+  /** Of prompt_tokens; absent when not known (the reservation, a counted usage). */
+  readonly cached_prompt_tokens?: number;
+  /** Of prompt_tokens. */
+  readonly cache_write_tokens?: number;
+  /** Of completion_tokens. */
+  readonly reasoning_tokens?: number;
   /** The upstream's usage object, when there is one. */
   readonly raw?: RawUsage;
 }
@@ -38,25 +52,42 @@ type Ast =
 
 const ARITY = { max: 2, min: 2, ceil: 1, floor: 1 } as const;
 
-/** Names Sluice computes itself when the upstream's usage lacks them. */
-const NORMALISED: Readonly<Record<string, (u: CostUsage) => number>> = {
+/** The normalised token kinds, read from Sluice's Usage before the raw object (undefined: not known). */
+const NORMALISED: Readonly<Record<string, (u: CostUsage) => number | undefined>> = {
   prompt_tokens: (u) => u.prompt_tokens,
   completion_tokens: (u) => u.completion_tokens,
   total_tokens: (u) => u.total_tokens,
+  cached_prompt_tokens: (u) => u.cached_prompt_tokens,
+  cache_write_tokens: (u) => u.cache_write_tokens,
+  reasoning_tokens: (u) => u.reasoning_tokens,
+};
+
+/** Raw names that fall back to a normalised count when the upstream's usage lacks them. */
+const FALLBACK: Readonly<Record<string, (u: CostUsage) => number>> = {
   input_tokens: (u) => u.prompt_tokens,
   output_tokens: (u) => u.completion_tokens,
 };
 
+/** The names `limit_strategy` accepts besides `expression`, each the same as the cost expression of that name. */
+export const TOKEN_KIND_NAMES: readonly string[] = [
+  'total_tokens', 'prompt_tokens', 'completion_tokens', 'cached_prompt_tokens', 'cache_write_tokens', 'reasoning_tokens',
+  'uncached_prompt_tokens',
+];
+
 /**
- * Usage fields some provider reports (OpenAI, Azure, DeepSeek, Anthropic, Gemini's OpenAI endpoint).
+ * Usage fields some provider reports (OpenAI, Azure, DeepSeek, Anthropic, Gemini native and OpenAI-compatible), and the
+ * normalised kinds.
  * `sluice validate` warns about other names: they would always count 0 unless an upstream sends them.
  */
 export const KNOWN_USAGE_FIELDS: ReadonlySet<string> = new Set([
   'prompt_tokens', 'completion_tokens', 'total_tokens', 'input_tokens', 'output_tokens',
+  'cached_prompt_tokens', 'cache_write_tokens', 'uncached_prompt_tokens',
   'cached_tokens', 'audio_tokens', 'text_tokens', 'image_tokens', 'reasoning_tokens',
   'accepted_prediction_tokens', 'rejected_prediction_tokens',
   'cache_creation_input_tokens', 'cache_read_input_tokens', 'ephemeral_5m_input_tokens', 'ephemeral_1h_input_tokens',
   'prompt_cache_hit_tokens', 'prompt_cache_miss_tokens', 'web_search_requests', 'thoughts_tokens',
+  'promptTokenCount', 'candidatesTokenCount', 'totalTokenCount', 'cachedContentTokenCount', 'thoughtsTokenCount',
+  'toolUsePromptTokenCount',
 ]);
 
 const MAX_IDENT = 64;
@@ -71,14 +102,35 @@ function fieldValue(v: unknown): number | undefined {
   return typeof v === 'number' && Number.isFinite(v) ? (v > 0 ? v : 0) : undefined;
 }
 
-/** A field of the usage: top level, then Sluice's normalised count, then the first nested object carrying it. */
+/** The count a part-of kind lies within: a raw value standing in for a missing kind is capped by it. */
+const PARENT: Readonly<Record<string, (u: CostUsage) => number>> = {
+  cached_prompt_tokens: (u) => u.prompt_tokens,
+  cache_write_tokens: (u) => u.prompt_tokens,
+  reasoning_tokens: (u) => u.completion_tokens,
+};
+
+/** A kind of Sluice's Usage, else a field of the raw usage (top level, then nested), else a fallback count, else 0. */
 function lookup(u: CostUsage, name: string): number {
+  if (Object.hasOwn(NORMALISED, name)) {
+    const v = NORMALISED[name]!(u);
+    if (v !== undefined) return v;
+    // A usage without the kind (an older reader, a counted estimate): the raw field of that name, but never
+    // more than its whole, which is what the reservation's upper bound assumes.
+    if (Object.hasOwn(PARENT, name)) return Math.min(rawLookup(u, name), PARENT[name]!(u));
+  } else if (name === 'uncached_prompt_tokens') {
+    const v = u.prompt_tokens - lookup(u, 'cached_prompt_tokens');
+    return v > 0 ? v : 0;
+  }
+  return rawLookup(u, name);
+}
+
+function rawLookup(u: CostUsage, name: string): number {
   const raw = u.raw;
   if (raw !== undefined) {
     const top = Object.hasOwn(raw, name) ? fieldValue(raw[name]) : undefined;
     if (top !== undefined) return top;
   }
-  if (Object.hasOwn(NORMALISED, name)) return NORMALISED[name]!(u);
+  if (Object.hasOwn(FALLBACK, name)) return FALLBACK[name]!(u);
   if (raw === undefined) return 0;
   for (const k in raw) {
     if (!Object.hasOwn(raw, k)) continue;
@@ -119,13 +171,7 @@ type Interval = readonly [lo: number, hi: number];
 function evalInterval(n: Ast, u: CostUsage): Interval {
   switch (n.t) {
     case 'num': return [n.v, n.v];
-    case 'id': {
-      // The prompt is counted before the call; completion (and so total) counts are at most the reservation.
-      if (n.name === 'prompt_tokens' || n.name === 'input_tokens') return [u.prompt_tokens, u.prompt_tokens];
-      if (n.name === 'total_tokens') return [u.prompt_tokens, u.total_tokens];
-      if (n.name === 'completion_tokens' || n.name === 'output_tokens') return [0, Math.max(0, u.completion_tokens)];
-      return [0, Math.max(0, u.total_tokens)];
-    }
+    case 'id': return domain(n.name, u);
     case 'neg': {
       const [lo, hi] = evalInterval(n.a, u);
       return [-hi, -lo];
@@ -161,6 +207,105 @@ function evalInterval(n: Ast, u: CostUsage): Interval {
     }
   }
 }
+
+/** The range a name can take when only the estimate is known (the file comment lists the domains). */
+function domain(name: string, u: CostUsage): Interval {
+  const p = u.prompt_tokens;
+  switch (name) {
+    case 'prompt_tokens': return [p, p];
+    case 'input_tokens':
+    case 'cached_prompt_tokens':
+    case 'cache_write_tokens':
+    case 'uncached_prompt_tokens':
+      return [0, Math.max(0, p)];
+    case 'completion_tokens':
+    case 'output_tokens':
+    case 'reasoning_tokens':
+      return [0, Math.max(0, u.completion_tokens)];
+    case 'total_tokens': return [p, u.total_tokens];
+    default: return [0, Math.max(0, u.total_tokens)];
+  }
+}
+
+/** An expression as k + Σ coef·name + Σ a·(non-linear sub-expression), built once at compile time. */
+interface Linear {
+  readonly k: number;
+  readonly coef: ReadonlyMap<string, number>;
+  readonly opaque: readonly { readonly a: number; readonly node: Ast }[];
+}
+
+function isConst(l: Linear): boolean {
+  return l.coef.size === 0 && l.opaque.length === 0;
+}
+
+function scale(l: Linear, f: number): Linear {
+  const coef = new Map<string, number>();
+  for (const [n, a] of l.coef) coef.set(n, a * f);
+  return { k: l.k * f, coef, opaque: l.opaque.map((o) => ({ a: o.a * f, node: o.node })) };
+}
+
+function sum(x: Linear, y: Linear): Linear {
+  const coef = new Map(x.coef);
+  for (const [n, a] of y.coef) coef.set(n, (coef.get(n) ?? 0) + a);
+  return { k: x.k + y.k, coef, opaque: [...x.opaque, ...y.opaque] };
+}
+
+function linear(n: Ast): Linear {
+  const none = new Map<string, number>();
+  switch (n.t) {
+    case 'num': return { k: n.v, coef: none, opaque: [] };
+    case 'id':
+      // prompt − cached: never negative, as cached ≤ prompt.
+      if (n.name === 'uncached_prompt_tokens') return { k: 0, coef: new Map([['prompt_tokens', 1], ['cached_prompt_tokens', -1]]), opaque: [] };
+      return { k: 0, coef: new Map([[n.name, 1]]), opaque: [] };
+    case 'neg': return scale(linear(n.a), -1);
+    case 'bin': {
+      const a = linear(n.a);
+      const b = linear(n.b);
+      if (n.op === '+') return sum(a, b);
+      if (n.op === '-') return sum(a, scale(b, -1));
+      if (n.op === '*') {
+        if (isConst(a)) return scale(b, a.k);
+        if (isConst(b)) return scale(a, b.k);
+      } else if (isConst(b)) {
+        return b.k === 0 ? { k: 0, coef: none, opaque: [] } : scale(a, 1 / b.k);
+      }
+      return { k: 0, coef: none, opaque: [{ a: 1, node: n }] };
+    }
+    case 'call': return { k: 0, coef: none, opaque: [{ a: 1, node: n }] };
+  }
+}
+
+/**
+ * Largest value of the expression over the estimate's domains: the linear part maximised exactly (cached and
+ * cache-write tokens share the prompt; reasoning tokens are part of the completion), each non-linear part
+ * bounded by its interval.
+ */
+function linearMax(l: Linear, u: CostUsage): number {
+  const p = Math.max(0, u.prompt_tokens);
+  const c = Math.max(0, u.completion_tokens);
+  const t = Math.max(0, u.total_tokens);
+  const co = (name: string): number => l.coef.get(name) ?? 0;
+  let hi = l.k;
+  hi += co('prompt_tokens') * u.prompt_tokens;
+  hi += p * Math.max(0, co('cached_prompt_tokens'), co('cache_write_tokens'));
+  hi += Math.max(0, co('input_tokens') * p);
+  hi += c * Math.max(0, co('completion_tokens'), co('completion_tokens') + co('reasoning_tokens'));
+  hi += Math.max(0, co('output_tokens') * c);
+  hi += Math.max(co('total_tokens') * u.prompt_tokens, co('total_tokens') * u.total_tokens);
+  for (const [name, a] of l.coef) if (!SHAPED.has(name)) hi += Math.max(0, a * t);
+  for (const o of l.opaque) {
+    const [lo, up] = evalInterval(o.node, u);
+    hi += Math.max(o.a * lo, o.a * up);
+  }
+  return hi;
+}
+
+/** Names with a domain of their own in linearMax. */
+const SHAPED: ReadonlySet<string> = new Set([
+  'prompt_tokens', 'cached_prompt_tokens', 'cache_write_tokens', 'input_tokens', 'completion_tokens', 'reasoning_tokens',
+  'output_tokens', 'total_tokens',
+]);
 
 /** Fold constant sub-trees once at compile time. */
 function fold(n: Ast): Ast {
@@ -331,8 +476,9 @@ class Parser {
 /** Largest charge a single request can produce: keeps counters inside safe-integer arithmetic. */
 const MAX_COST = 2 ** 40;
 
+/** Rounded to a millionth first, so floating-point noise in `0.1 * x` cannot tip a whole token either way. */
 function clamp(v: number): number {
-  return v > 0 ? (v >= MAX_COST ? MAX_COST : Math.ceil(v)) : 0;
+  return v > 0 ? (v >= MAX_COST ? MAX_COST : Math.ceil(Math.round(v * 1e6) / 1e6)) : 0;
 }
 
 /**
@@ -346,7 +492,8 @@ export function compileCostExpr(src: string): (u: CostUsage) => number {
     const v = clamp(ast.v);
     return () => v;
   }
-  return (u) => clamp(u.raw !== undefined ? evalPoint(ast, u) : evalInterval(ast, u)[1]);
+  const lin = linear(ast);
+  return (u) => clamp(u.raw !== undefined ? evalPoint(ast, u) : linearMax(lin, u));
 }
 
 /** The usage field names an expression reads (for `sluice validate` warnings). Throws like compileCostExpr. */

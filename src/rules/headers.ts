@@ -19,7 +19,22 @@
 // Retry-After is the caller's.
 
 import type { CounterView } from '../quota/types.ts';
-import type { PlannedQuota } from './quota-plan.ts';
+import type { PlannedQuota, Usage } from './quota-plan.ts';
+
+/** Lower-case: how the pipeline's header lists hold names (an upstream's copy is dropped before ours is added). */
+export const USAGE_HEADER = 'x-sluice-usage';
+
+/**
+ * X-Sluice-Usage, a structured-field dictionary (RFC 8941) of integers: the usage a non-streaming answer was
+ * settled with, `prompt=…, completion=…, total=…, cached_prompt=…, cache_write=…, reasoning=…`. The last three
+ * are parts of prompt / completion (never added on top). A usage Sluice counted itself (the upstream gave
+ * none, or none believable) has no kinds and ends with the bare key `estimated` (true).
+ */
+export function usageHeaderValue(u: Usage): string {
+  const head = `prompt=${u.prompt_tokens}, completion=${u.completion_tokens}, total=${u.total_tokens}`;
+  if (u.raw === undefined) return `${head}, estimated`;
+  return `${head}, cached_prompt=${u.cached_prompt_tokens ?? 0}, cache_write=${u.cache_write_tokens ?? 0}, reasoning=${u.reasoning_tokens ?? 0}`;
+}
 
 export interface QuotaHeaderEntry {
   readonly q: PlannedQuota;

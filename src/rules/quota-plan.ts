@@ -11,12 +11,17 @@
 //   r/<route>/arl/i/<instance>/<window s>              route instance quota (listed, or the top-level limit)
 //   r/<route>/arl/route/<window s>                     top-level limit on a route without ai-proxy-multi
 //   r/<route>/arl/rule/<n>/<window s>/<hash>           rules[n-1]
+//   r/<route>/arl/m/<window s>/<hash of model>         model_limits: one counter per upstream model
 //   c/<consumer>/arl/...                               the same shapes for a consumer's own plugin; shared by
 //                                                      every route the consumer calls, as in APISIX
 //   r/<route>/arl/c/<consumer>/...                     the route's plugin for a consumer with its own ai-proxy
 //   t/<rule_name>/g/<window s>                         ai-token-ratelimit global_threshold
 //   t/<rule_name>/<kind>/<source>/<window s>/<hash>    ai-token-ratelimit rule item key; like Higress, the
 //                                                      rule_name is the sharing group across routes
+//
+// Quotas that name `${upstream_model}` (in a key, limit or window) and `model_limits` depend on the instance
+// tried: they are resolved per attempt by `perInstance(name, upstreamModel)`, not at admission, so a spent
+// model quota moves the request to the next instance under `fallback_strategy: rate_limiting`.
 
 import { createHmac, createSecretKey, randomBytes, type KeyObject } from 'node:crypto';
 import type {
@@ -29,16 +34,24 @@ import type {
   TokenRuleItem,
 } from '../config/types.ts';
 import type { CounterSpec } from '../quota/types.ts';
+import { SluiceError } from '../core/errors.ts';
 import { compileCostExpr, type RawUsage } from './cost-expr.ts';
 import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, type IpMatcher, type IpRange } from './ip.ts';
 import { compileRuleRegex, type RuleRegex } from './regex.ts';
-import { cookieValue, headerValue, queryParam, type RequestVars } from './request-vars.ts';
-import { compileCountTemplate, compileTemplate, requiredVars, type CountTemplate, type KeyTemplate, type RequiredVar } from './template.ts';
+import { INSTANCE_VARS, cookieValue, headerValue, queryParam, type RequestVars } from './request-vars.ts';
+import {
+  compileCountTemplate, compileTemplate, requiredVars, templateVars, type CountTemplate, type KeyTemplate, type RequiredVar,
+} from './template.ts';
 
+/** The normalised usage (streaming/usage.ts): the three kinds are parts of prompt / completion, never added on top. */
 export interface Usage {
   readonly prompt_tokens: number;
   readonly completion_tokens: number;
   readonly total_tokens: number;
+  /** Absent when not known: the reservation's estimate, or a usage counted from text. */
+  readonly cached_prompt_tokens?: number;
+  readonly cache_write_tokens?: number;
+  readonly reasoning_tokens?: number;
   /** The upstream's usage object as it came (settlement only): cost expressions may name any numeric field. */
   readonly raw?: RawUsage;
 }
@@ -51,7 +64,9 @@ export type HeaderTarget =
   /** X-AI-<n>-RateLimit-* (n = 1-based rule position) or X-AI-<header_prefix>-RateLimit-* */
   | { readonly kind: 'rule'; readonly label: string }
   /** X-AI-<rule_name>-RateLimit-* */
-  | { readonly kind: 'token-rule'; readonly label: string };
+  | { readonly kind: 'token-rule'; readonly label: string }
+  /** model_limits: X-AI-Model-RateLimit-* (one upstream model per attempt, so one set) */
+  | { readonly kind: 'model' };
 
 /** Header names precomputed at config load so responses build no strings beyond the values. */
 export interface QuotaHeaderNames {
@@ -94,8 +109,14 @@ export interface MissingVariable {
 export interface RequestQuotaPlan {
   /** Quotas that apply to every upstream attempt. */
   readonly common: readonly PlannedQuota[];
-  /** Quotas of one upstream instance (may be empty). */
-  perInstance(instanceName: string): readonly PlannedQuota[];
+  /**
+   * Quotas of one upstream attempt (may be empty). `upstreamModel` is the model that instance sends (its own,
+   * else the requested one): quotas on `${upstream_model}` and `model_limits` need it. Throws SluiceError
+   * SLC_RULE_KEY_MISSING (with the plugin's missing_key_code) when a fail-closed quota lacks a variable.
+   */
+  perInstance(instanceName: string, upstreamModel?: string): readonly PlannedQuota[];
+  /** perInstance without the throw: the missing variable is returned instead. */
+  forInstance(instanceName: string, upstreamModel: string | undefined): readonly PlannedQuota[] | MissingVariable;
   /** Set when the request must be refused because a needed variable is absent; the quotas are then empty. */
   readonly missing: MissingVariable | undefined;
 }
@@ -104,15 +125,41 @@ export interface RequestQuotaPlan {
 const EMPTY: readonly PlannedQuota[] = [];
 const EMPTY_MAP: ReadonlyMap<string, readonly PlannedQuota[]> = new Map();
 
+/** A rule group whose instance-scoped rules decide, per attempt, whether any rule applied. */
+interface DeferredGroup {
+  readonly group: CompiledArl;
+  readonly applied: number;
+  readonly misses: readonly string[] | undefined;
+}
+
+/** What a plan still resolves per attempt: the request's variables and the scope's instance-scoped quotas. */
+interface LateWork {
+  readonly scope: RouteQuotaScope;
+  readonly vars: RequestVars;
+  readonly groups: readonly DeferredGroup[];
+}
+
+export function isMissingVariable(r: readonly PlannedQuota[] | MissingVariable): r is MissingVariable {
+  return !Array.isArray(r);
+}
+
 class Plan implements RequestQuotaPlan {
   constructor(
     readonly common: readonly PlannedQuota[],
     private readonly instances: ReadonlyMap<string, readonly PlannedQuota[]>,
     readonly missing: MissingVariable | undefined = undefined,
+    private readonly late: LateWork | undefined = undefined,
   ) {}
 
-  perInstance(instanceName: string): readonly PlannedQuota[] {
-    return this.instances.get(instanceName) ?? EMPTY;
+  perInstance(instanceName: string, upstreamModel?: string): readonly PlannedQuota[] {
+    const r = this.forInstance(instanceName, upstreamModel);
+    if (isMissingVariable(r)) throw new SluiceError('SLC_RULE_KEY_MISSING', r.message, { status: r.status });
+    return r;
+  }
+
+  forInstance(instanceName: string, upstreamModel: string | undefined): readonly PlannedQuota[] | MissingVariable {
+    const base = this.instances.get(instanceName) ?? EMPTY;
+    return this.late === undefined ? base : resolveLate(this.late, instanceName, upstreamModel, base);
   }
 }
 
@@ -123,6 +170,11 @@ const COST: Readonly<Record<Exclude<LimitStrategy, 'expression'>, (u: Usage) => 
   total_tokens: (u) => u.total_tokens,
   prompt_tokens: (u) => u.prompt_tokens,
   completion_tokens: (u) => u.completion_tokens,
+  // Exact with the upstream's usage; bounded by the reserved prompt / completion before it (cost-expr.ts).
+  cached_prompt_tokens: compileCostExpr('cached_prompt_tokens'),
+  cache_write_tokens: compileCostExpr('cache_write_tokens'),
+  reasoning_tokens: compileCostExpr('reasoning_tokens'),
+  uncached_prompt_tokens: compileCostExpr('uncached_prompt_tokens'),
 };
 
 function costOf(strategy: LimitStrategy, expr: string | undefined, where: string): (u: Usage) => number {
@@ -184,12 +236,16 @@ const STANDARD_SUFFIX: Readonly<Record<LimitStrategy, string>> = {
   total_tokens: 'Tokens',
   prompt_tokens: 'PromptTokens',
   completion_tokens: 'CompletionTokens',
+  cached_prompt_tokens: 'CachedPromptTokens',
+  cache_write_tokens: 'CacheWriteTokens',
+  reasoning_tokens: 'ReasoningTokens',
+  uncached_prompt_tokens: 'UncachedPromptTokens',
   expression: 'Tokens',
 };
 
 function namesFor(target: HeaderTarget, standard: LimitStrategy | undefined): QuotaHeaderNames {
   if (standard !== undefined) {
-    const label = target.kind === 'instance' ? target.instance : target.kind === 'route' ? 'route' : target.label;
+    const label = target.kind === 'instance' ? target.instance : target.kind === 'route' || target.kind === 'model' ? target.kind : target.label;
     return headerSet('X-RateLimit-', `-${STANDARD_SUFFIX[standard]}`, label);
   }
   switch (target.kind) {
@@ -201,6 +257,8 @@ function namesFor(target: HeaderTarget, standard: LimitStrategy | undefined): Qu
       return headerSet(`X-AI-${headerToken(target.label)}-RateLimit-`, '', `rule-${target.label}`);
     case 'token-rule':
       return headerSet(`X-AI-${headerToken(target.label)}-RateLimit-`, '', target.label);
+    case 'model':
+      return headerSet('X-AI-Model-RateLimit-', '', 'model');
   }
 }
 
@@ -268,6 +326,12 @@ interface LimitTemplate {
   readonly windowSrc: string | number;
   readonly countVars: readonly RequiredVar[];
   readonly windowVars: readonly RequiredVar[];
+  /** Names an instance variable (`${upstream_model}`): resolved per attempt. */
+  readonly late: boolean;
+}
+
+function namesInstanceVar(...srcs: (string | number)[]): boolean {
+  return srcs.some((src) => templateVars(src).some((v) => INSTANCE_VARS.has(v)));
 }
 
 function limitTemplate(count: string | number, window: string | number, at: string, countField: string): LimitTemplate {
@@ -285,6 +349,7 @@ function limitTemplate(count: string | number, window: string | number, at: stri
     windowSrc: window,
     countVars: requiredVars(count),
     windowVars: requiredVars(window),
+    late: namesInstanceVar(count, window),
   };
 }
 
@@ -345,6 +410,8 @@ interface RuleSlot {
   /** `rules[i]`, for the answer to a request no rule applies to. */
   readonly label: string;
   readonly missing: MissingPolicy;
+  /** The key, count or window names `${upstream_model}`: resolved per attempt. */
+  readonly late: boolean;
 }
 
 /** A rule whose key is absent: skipped, unless no rule of its plugin applies (then the request fails closed). */
@@ -374,9 +441,76 @@ interface CompiledArl {
   /** Top-level limit when the route has no instance list. */
   readonly routeWide: LimitSlot | undefined;
   readonly rules: RuleSlot[];
+  /** `rules` split: resolved at admission, and per attempt (they name `${upstream_model}`). */
+  readonly commonRules: RuleSlot[];
+  readonly lateRules: RuleSlot[];
+  /** model_limits, in order (the first entry matching the upstream model applies). */
+  readonly models: ModelSlot[];
   /** Names the plugin in a missing-variable answer. */
   readonly plugin: string;
   readonly missing: MissingPolicy;
+}
+
+/** One model_limits entry: a counter per matching upstream model. */
+interface ModelSlot {
+  readonly matches: (model: string) => boolean;
+  readonly tpl: LimitTemplate;
+  readonly idPrefix: string;
+  readonly base: QuotaBase;
+  readonly cost: (u: Usage) => number;
+  readonly names: QuotaHeaderNames;
+  readonly metricRule: string;
+  readonly cache: Map<string, PlannedQuota>;
+  readonly hash: KeyHasher;
+  readonly what: string;
+  readonly plugin: string;
+  readonly missing: MissingPolicy;
+}
+
+const MODEL_HEADER: HeaderTarget = { kind: 'model' };
+
+/** `*` matches any run of characters (none included); no regular expression, so matching is linear. */
+function modelMatcher(pattern: string): (model: string) => boolean {
+  if (!pattern.includes('*')) return (m) => m === pattern;
+  const parts = pattern.split('*');
+  const first = parts[0]!;
+  const last = parts[parts.length - 1]!;
+  return (m) => {
+    if (m.length < first.length + last.length || !m.startsWith(first) || !m.endsWith(last)) return false;
+    const end = m.length - last.length;
+    let at = first.length;
+    for (let i = 1; i < parts.length - 1; i++) {
+      const part = parts[i]!;
+      const j = m.indexOf(part, at);
+      if (j < 0 || j + part.length > end) return false;
+      at = j + part.length;
+    }
+    return true;
+  };
+}
+
+/** The quota of the first model_limits entry matching the attempt's upstream model (none when none matches). */
+function resolveModel(slots: readonly ModelSlot[], vars: RequestVars): Resolved {
+  const model = vars.upstreamModel;
+  if (model === undefined || model === '') {
+    // Every entry of one list shares its plugin's policy and name.
+    const first = slots[0]!;
+    return missingOf(first.missing, first.plugin, 'model_limits: request variable "upstream_model" is missing (the request names no model and the instance sets none)');
+  }
+  for (let i = 0; i < slots.length; i++) {
+    const slot = slots[i]!;
+    if (!slot.matches(model)) continue;
+    const t = slot.tpl;
+    const limit = t.count(vars);
+    if (limit === undefined) return missingOf(slot.missing, `${slot.what} limit`, describeMiss(t.countVars, vars));
+    const windowS = t.window(vars);
+    if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars));
+    const hit = slot.cache.get(model);
+    if (hit !== undefined && hit.counter.limit === limit && hit.counter.windowMs === windowS * 1000) return hit;
+    const id = `${slot.idPrefix}${windowS}/${slot.hash(model)}`;
+    return cachePut(slot.cache, model, makeQuota(slot.base, id, limit, windowS, slot.cost, MODEL_HEADER, slot.names, slot.metricRule));
+  }
+  return undefined;
 }
 
 function compileArl(
@@ -448,11 +582,12 @@ function compileArl(
     } catch (err) {
       throw new Error(`${at}.key: ${(err as Error).message}`);
     }
+    const tpl = limitTemplate(r.count, r.time_window, at, 'count');
     return {
       keySrc: r.key,
       key,
       keyVars: requiredVars(r.key),
-      tpl: limitTemplate(r.count, r.time_window, at, 'count'),
+      tpl,
       idPrefix: `${prefix}rule/${i + 1}/`,
       base,
       cost: ruleCost,
@@ -464,9 +599,32 @@ function compileArl(
       what: `${plugin} rules[${i}]`,
       label: `rules[${i}]`,
       missing,
+      late: tpl.late || namesInstanceVar(r.key),
     };
   });
-  return { instances, routeWide, rules, plugin, missing };
+  const models = (cfg.model_limits ?? []).map((m, i): ModelSlot => {
+    const at = `${where}.model_limits[${i}]`;
+    const label = String(i + 1);
+    return {
+      matches: modelMatcher(m.model),
+      tpl: limitTemplate(m.limit, m.time_window, at, 'limit'),
+      idPrefix: `${prefix}m/`,
+      base,
+      cost: costOf(m.limit_strategy, m.cost_expr, at),
+      names: names(MODEL_HEADER, m.limit_strategy),
+      metricRule: consumerScoped ? `consumer-model-${label}` : `model-${label}`,
+      cache: new Map(),
+      hash,
+      what: `${plugin} model_limits[${i}]`,
+      plugin,
+      missing,
+    };
+  });
+  return {
+    instances, routeWide, rules, models, plugin, missing,
+    commonRules: rules.filter((r) => !r.late),
+    lateRules: rules.filter((r) => r.late),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -508,6 +666,8 @@ interface CompiledTokenRl {
   readonly names: QuotaHeaderNames;
   readonly metricRule: string;
   readonly hash: KeyHasher;
+  /** What every counter of the rule charges (`limit_strategy`, default total_tokens as in Higress). */
+  readonly cost: (u: Usage) => number;
 }
 
 /** Parsed client address of the IP rule item being matched (synchronous use only). */
@@ -556,7 +716,7 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
   const header: HeaderTarget = { kind: 'token-rule', label: cfg.rule_name };
   const names = namesFor(header, undefined);
   const metricRule = cfg.rule_name;
-  const cost = COST.total_tokens;
+  const cost = costOf(cfg.limit_strategy ?? 'total_tokens', cfg.cost_expr, where);
   const rulePrefix = `t/${seg(cfg.rule_name)}/`;
   const g = cfg.global_threshold;
   const global = g === undefined
@@ -599,7 +759,7 @@ function compileTokenRl(cfg: AiTokenRatelimitConfig, trusted: IpMatcher, where: 
     });
     return { source: tokenSource(item, trusted, at), isIp, keys };
   });
-  return { global, items, allMatch: cfg.rule_match !== 'first', base, header, names, metricRule, hash };
+  return { global, items, allMatch: cfg.rule_match !== 'first', base, header, names, metricRule, hash, cost };
 }
 
 function keyMatches(k: TokenKeySlot, value: string): boolean {
@@ -626,7 +786,7 @@ function resolveToken(t: CompiledTokenRl, vars: RequestVars, out: PlannedQuota[]
       if (!keyMatches(k, value)) continue;
       let q = k.fixed ?? k.cache.get(value);
       if (q === undefined) {
-        q = cachePut(k.cache, value, makeQuota(t.base, k.idPrefix + t.hash(value), k.limit, k.windowS, COST.total_tokens, t.header, t.names, t.metricRule));
+        q = cachePut(k.cache, value, makeQuota(t.base, k.idPrefix + t.hash(value), k.limit, k.windowS, t.cost, t.header, t.names, t.metricRule));
       }
       // Two items may resolve to one counter (the same key written twice): it is held once.
       if (!out.includes(q)) out.push(q);
@@ -643,6 +803,14 @@ function resolveToken(t: CompiledTokenRl, vars: RequestVars, out: PlannedQuota[]
 export interface RouteQuotaScope {
   readonly staticCommon: readonly PlannedQuota[];
   readonly dynamicCommon: readonly LimitSlot[];
+  /** Top-level limits naming `${upstream_model}`: resolved per attempt. */
+  readonly lateCommon: readonly LimitSlot[];
+  /** Instance name → its slots naming `${upstream_model}` (resolved per attempt, not in instanceSlots). */
+  readonly lateInstances: ReadonlyMap<string, readonly LimitSlot[]>;
+  /** model_limits of the route's plugin and of the consumer's, each list matched on its own. */
+  readonly models: readonly (readonly ModelSlot[])[];
+  /** Something is resolved per attempt. */
+  readonly hasLate: boolean;
   /** The rules of the route's plugin and of the consumer's, each group failing closed on its own. */
   readonly rules: readonly CompiledArl[];
   readonly token: CompiledTokenRl | undefined;
@@ -665,21 +833,26 @@ export interface CompiledRouteQuotas {
 function buildScope(route: CompiledArl | undefined, consumer: CompiledArl | undefined, token: CompiledTokenRl | undefined): RouteQuotaScope {
   const staticCommon: PlannedQuota[] = [];
   const dynamicCommon: LimitSlot[] = [];
+  const lateCommon: LimitSlot[] = [];
   for (const slot of [route?.routeWide, consumer?.routeWide]) {
     if (slot === undefined) continue;
     if (slot.fixed !== undefined) staticCommon.push(slot.fixed);
+    else if (slot.tpl.late) lateCommon.push(slot);
     else dynamicCommon.push(slot);
   }
+  const models = [route, consumer].filter((a): a is CompiledArl => a !== undefined && a.models.length > 0).map((a) => a.models);
   if (token?.global) staticCommon.push(token.global);
   const rules = [route, consumer].filter((a): a is CompiledArl => a !== undefined && a.rules.length > 0);
   const instanceSlots = new Map<string, LimitSlot[]>();
+  const lateInstances = new Map<string, LimitSlot[]>();
   let allFixed = true;
   for (const arl of [route, consumer]) {
     if (arl === undefined) continue;
     for (const [name, slot] of arl.instances) {
-      if (slot.fixed === undefined) allFixed = false;
-      const list = instanceSlots.get(name);
-      if (list === undefined) instanceSlots.set(name, [slot]);
+      const into = slot.fixed === undefined && slot.tpl.late ? lateInstances : instanceSlots;
+      if (slot.fixed === undefined && !slot.tpl.late) allFixed = false;
+      const list = into.get(name);
+      if (list === undefined) into.set(name, [slot]);
       else list.push(slot);
     }
   }
@@ -689,10 +862,14 @@ function buildScope(route: CompiledArl | undefined, consumer: CompiledArl | unde
     for (const [name, slots] of instanceSlots) staticInstances.set(name, slots.map((s) => s.fixed!));
   }
   const tokenDynamic = token !== undefined && token.items.length > 0;
-  const staticPlan = rules.length === 0 && !tokenDynamic && dynamicCommon.length === 0 && staticInstances !== undefined
+  const hasLate = lateCommon.length > 0 || lateInstances.size > 0 || models.length > 0 || rules.some((g) => g.lateRules.length > 0);
+  const staticPlan = rules.length === 0 && !tokenDynamic && dynamicCommon.length === 0 && !hasLate && staticInstances !== undefined
     ? new Plan(staticCommon.length === 0 ? EMPTY : staticCommon, staticInstances.size === 0 ? EMPTY_MAP : staticInstances)
     : undefined;
-  return { staticCommon, dynamicCommon, rules, token: tokenDynamic ? token : undefined, instanceSlots, staticInstances, staticPlan };
+  return {
+    staticCommon, dynamicCommon, lateCommon, lateInstances, models, hasLate, rules,
+    token: tokenDynamic ? token : undefined, instanceSlots, staticInstances, staticPlan,
+  };
 }
 
 export interface CompileOptions {
@@ -758,12 +935,13 @@ export function planRequest(c: CompiledRouteQuotas, vars: RequestVars): RequestQ
     if (isMissing(q)) return missingPlan(q);
     if (q !== undefined) common.push(q);
   }
+  let deferred: DeferredGroup[] | undefined;
   for (let g = 0; g < scope.rules.length; g++) {
     const group = scope.rules[g]!;
     let applied = 0;
     let misses: string[] | undefined;
-    for (let i = 0; i < group.rules.length; i++) {
-      const q = resolveRule(group.rules[i]!, vars);
+    for (let i = 0; i < group.commonRules.length; i++) {
+      const q = resolveRule(group.commonRules[i]!, vars);
       if (q === undefined) continue;
       if ((q as KeyMiss).keyMiss !== undefined) {
         (misses ??= []).push((q as KeyMiss).keyMiss);
@@ -772,6 +950,11 @@ export function planRequest(c: CompiledRouteQuotas, vars: RequestVars): RequestQ
       if (isMissing(q as Resolved)) return missingPlan(q as MissingVariable);
       common.push(q as PlannedQuota);
       applied++;
+    }
+    // Rules naming the upstream model may still apply: the attempt decides.
+    if (group.lateRules.length > 0) {
+      (deferred ??= []).push({ group, applied, misses });
+      continue;
     }
     // APISIX: a request to which no rule applies is refused, not served unmetered.
     if (applied === 0 && misses !== undefined && group.missing.reject) {
@@ -793,5 +976,53 @@ export function planRequest(c: CompiledRouteQuotas, vars: RequestVars): RequestQ
     }
     instances = resolved;
   }
-  return new Plan(common, instances.size === 0 ? EMPTY_MAP : instances);
+  const late: LateWork | undefined = scope.hasLate ? { scope, vars, groups: deferred ?? [] } : undefined;
+  return new Plan(common, instances.size === 0 ? EMPTY_MAP : instances, undefined, late);
+}
+
+/** The per-attempt quotas of an instance: `base` (resolved at admission) plus what names the upstream model. */
+function resolveLate(late: LateWork, instanceName: string, upstreamModel: string | undefined, base: readonly PlannedQuota[]): readonly PlannedQuota[] | MissingVariable {
+  const { scope } = late;
+  const vars: RequestVars = { ...late.vars, upstreamModel };
+  const out = base.slice();
+  const add = (q: Resolved): MissingVariable | undefined => {
+    if (isMissing(q)) return q;
+    if (q !== undefined && !out.includes(q)) out.push(q);
+    return undefined;
+  };
+  for (let i = 0; i < scope.lateCommon.length; i++) {
+    const m = add(resolveLimitSlot(scope.lateCommon[i]!, vars));
+    if (m !== undefined) return m;
+  }
+  const slots = scope.lateInstances.get(instanceName);
+  if (slots !== undefined) {
+    for (let i = 0; i < slots.length; i++) {
+      const m = add(resolveLimitSlot(slots[i]!, vars));
+      if (m !== undefined) return m;
+    }
+  }
+  for (let g = 0; g < late.groups.length; g++) {
+    const d = late.groups[g]!;
+    let applied = d.applied;
+    let misses = d.misses;
+    for (let i = 0; i < d.group.lateRules.length; i++) {
+      const q = resolveRule(d.group.lateRules[i]!, vars);
+      if (q === undefined) continue;
+      if ((q as KeyMiss).keyMiss !== undefined) {
+        misses = [...(misses ?? []), (q as KeyMiss).keyMiss];
+        continue;
+      }
+      const m = add(q as Resolved);
+      if (m !== undefined) return m;
+      applied++;
+    }
+    if (applied === 0 && misses !== undefined && d.group.missing.reject) {
+      return { status: d.group.missing.status, message: `${d.group.plugin}: no rule applies to this request: ${misses.join('; ')}` };
+    }
+  }
+  for (let i = 0; i < scope.models.length; i++) {
+    const m = add(resolveModel(scope.models[i]!, vars));
+    if (m !== undefined) return m;
+  }
+  return out;
 }

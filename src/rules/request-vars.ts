@@ -1,5 +1,6 @@
 // Request variables with nginx/APISIX names (`http_x_user`, `arg_apikey`, `cookie_session`, `remote_addr`,
-// `consumer_name`, `route_id`, `uri`). Names are resolved to getters once, at config load; the query string
+// `consumer_name`, `route_id`, `uri`), plus `model` (the requested model) and `upstream_model` (the model the
+// attempted instance sends: its own after rewriting, else the requested one; known per instance only). Names are resolved to getters once, at config load; the query string
 // and the cookie header are scanned on demand for the one name asked, so a request pays nothing for
 // variables no rule uses and no parse result is kept between requests.
 
@@ -14,6 +15,10 @@ export interface RequestVars {
   readonly consumer: string | undefined;
   readonly routeId: string;
   readonly uri: string;
+  /** The model the client asked for (body or path); absent when it named none. */
+  readonly model?: string | undefined;
+  /** The model sent to the instance being tried; set only while resolving that instance's quotas. */
+  readonly upstreamModel?: string | undefined;
 }
 
 export type VarGetter = (vars: RequestVars) => string | undefined;
@@ -94,7 +99,12 @@ const FIXED: Readonly<Record<string, VarGetter>> = {
   route_id: (v) => nonEmpty(v.routeId),
   uri: (v) => nonEmpty(v.uri),
   host: (v) => headerValue(v, 'host'),
+  model: (v) => nonEmpty(v.model),
+  upstream_model: (v) => nonEmpty(v.upstreamModel),
 };
+
+/** Variables whose value depends on the upstream instance: quotas using them are resolved per attempt. */
+export const INSTANCE_VARS: ReadonlySet<string> = new Set(['upstream_model']);
 
 /** Resolve a variable name to a getter; throws on a name Sluice does not know (config validation). */
 export function compileVar(name: string): VarGetter {
@@ -113,7 +123,7 @@ export function compileVar(name: string): VarGetter {
     return (v) => cookieValue(headerValue(v, 'cookie'), cookie);
   }
   throw new Error(
-    `unknown variable "${name}" (known: http_<header>, arg_<param>, cookie_<name>, remote_addr, consumer_name, route_id, uri, host)`,
+    `unknown variable "${name}" (known: http_<header>, arg_<param>, cookie_<name>, remote_addr, consumer_name, route_id, uri, host, model, upstream_model)`,
   );
 }
 

@@ -128,6 +128,14 @@ export function requiredVars(src: string | number): RequiredVar[] {
   return out;
 }
 
+/** Every variable a key or count template names, defaults or not (numbers name none). */
+export function templateVars(src: string | number): string[] {
+  if (typeof src === 'number') return [];
+  const out: string[] = [];
+  for (const p of parseTemplate(src)) if (typeof p !== 'string' && !out.includes(p.name)) out.push(p.name);
+  return out;
+}
+
 /** A positive safe integer written in plain decimal digits, else undefined. No regex: this runs per request. */
 export function parsePositiveInt(s: string): number | undefined {
   const n = s.length;

@@ -3,7 +3,7 @@
 // usage-only chunk that Sluice made the upstream send. Pass-through mode forwards every input chunk as is.
 // The text is held in a bounded TextTally: past its bound, pieces are handed out to be counted and dropped.
 import { SseParser, type SseHandler } from './sse-parser.ts';
-import { isRejection, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejectReason } from './usage.ts';
+import { isRejection, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
 import { scanDeltaText } from './delta-scan.ts';
 import { TextTally } from './text-tally.ts';
 
@@ -17,6 +17,8 @@ export interface StreamMeterOptions {
   maxUsage?: number;
   /** Characters of text held before a piece is handed out for counting (default 64 KiB). */
   textBound?: number;
+  /** Reads a frame's `usage` object (default readUsage: the three counts; a provider may read its token kinds too). */
+  readUsage?: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined;
 }
 
 const DONE = '[DONE]';
@@ -26,6 +28,7 @@ export class StreamMeter {
   private rejectedSeen: UsageRejectReason | undefined = undefined;
   private readonly tally: TextTally;
   private readonly maxUsage: number;
+  private readonly readUsage: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined;
   private done = false;
   private frameCount = 0;
 
@@ -45,6 +48,7 @@ export class StreamMeter {
     this.strip = opts.stripUsage;
     this.fast = opts.parseEveryFrame !== true;
     this.maxUsage = opts.maxUsage ?? DEFAULT_MAX_USAGE;
+    this.readUsage = opts.readUsage ?? readUsage;
     this.tally = new TextTally(opts.textBound);
     const handler: SseHandler = { onEvent: (data, _event, end) => this.onEvent(data, end) };
     this.parser = new SseParser(handler, opts.maxEventBytes);
@@ -146,7 +150,7 @@ export class StreamMeter {
       for (const c of choices) this.collectText(c);
     }
     if (f.usage === undefined || f.usage === null) return false;
-    const usage = readUsage(f.usage, this.maxUsage);
+    const usage = this.readUsage(f.usage, this.maxUsage);
     if (isRejection(usage)) {
       this.usageSeen = undefined;
       this.rejectedSeen = usage.rejected;

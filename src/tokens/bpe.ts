@@ -5,29 +5,29 @@
 // It is resumable: run(until) stops at a deadline, and at any point `tokens` (the pieces not yet merged) is an
 // upper bound of the final count, since merging only ever lowers it.
 
-/** The slice of gpt-tokenizer's BytePairEncodingCore this module needs. */
-export interface BpeCore {
-  getBpeRankFromBytes(bytes: Uint8Array): number | undefined;
+/** Rank of a byte string, or -1: src/tokens/rank-table.ts's RankTable (gpt-tokenizer's getBpeRankFromBytes). */
+export interface ByteRanks {
+  rankOfBytes(bytes: Uint8Array, start: number, end: number): number;
 }
 
-const MEMO_MAX = 1 << 17;
 const TOKEN_BITS = 2 ** 18;
+const MEMO_MAX = 1 << 17;
 
 /**
- * Pair ranks keyed by the two tokens' ids: the merged token's bytes are those of the pair, so its rank is a
- * function of (left id, right id). Memoised: the library's byte lookup validates UTF-8 and decodes (or
- * binary-searches) on every call, ~1 µs, and a long piece repeats few pairs.
+ * Pair ranks memoised by the two tokens' ids, for pieces without a BOM: there a token's bytes are always its
+ * id's bytes, so the pair's rank is a function of (left id, right id), and a long run repeats few pairs.
+ * (With a BOM in the piece, one id can stand for two byte strings: see rank-table.ts; no memo then.)
  */
-export class RankLookup {
-  private readonly core: BpeCore;
+export class PairMemo {
+  private readonly ranks: ByteRanks;
   private memo = new Map<number, number>();
   private readonly byteRank = new Int32Array(256);
 
-  constructor(core: BpeCore) {
-    this.core = core;
+  constructor(ranks: ByteRanks) {
+    this.ranks = ranks;
     for (let b = 0; b < 256; b++) {
-      const r = core.getBpeRankFromBytes(Uint8Array.of(b));
-      if (r === undefined || r >= TOKEN_BITS) throw new Error('unsupported BPE table: a byte without a token');
+      const r = ranks.rankOfBytes(Uint8Array.of(b), 0, 1);
+      if (r < 0 || r >= TOKEN_BITS) throw new Error('unsupported BPE table: a byte without a token');
       this.byteRank[b] = r;
     }
   }
@@ -42,13 +42,20 @@ export class RankLookup {
     const key = left * TOKEN_BITS + right;
     let r = this.memo.get(key);
     if (r === undefined) {
-      r = this.core.getBpeRankFromBytes(bytes.subarray(start, end)) ?? -1;
+      r = this.ranks.rankOfBytes(bytes, start, end);
       if (r >= TOKEN_BITS) r = -1;
       if (this.memo.size >= MEMO_MAX) this.memo = new Map();
       this.memo.set(key, r);
     }
     return r;
   }
+}
+
+function hasBom(b: Uint8Array): boolean {
+  for (let i = b.indexOf(0xef); i !== -1 && i + 2 < b.length; i = b.indexOf(0xef, i + 1)) {
+    if (b[i + 1] === 0xbb && b[i + 2] === 0xbf) return true;
+  }
+  return false;
 }
 
 // Heap keys pack rank and position into one double: rank · 2^POS_BITS + position, exact below 2^53.
@@ -112,15 +119,16 @@ export class PieceMerge {
   tokens: number;
   done = false;
   private readonly bytes: Uint8Array;
-  private readonly ranks: RankLookup;
-  /** Token id of the span each live node covers. */
-  private readonly tok: Int32Array;
+  private readonly ranks: ByteRanks;
+  /** With a memo: the token id of the span each live node covers. */
+  private readonly memo: PairMemo | undefined;
+  private readonly tok: Int32Array | undefined;
   private readonly next: Int32Array;
   private readonly prev: Int32Array;
   private readonly rank: Int32Array;
   private readonly heap: KeyHeap;
 
-  constructor(bytes: Uint8Array, ranks: RankLookup) {
+  constructor(bytes: Uint8Array, ranks: ByteRanks, memo?: PairMemo) {
     const m = bytes.length;
     if (m >= POS_SCALE) throw new RangeError('piece too long for an exact merge');
     this.bytes = bytes;
@@ -129,7 +137,10 @@ export class PieceMerge {
     this.next = new Int32Array(m);
     this.prev = new Int32Array(m);
     this.rank = new Int32Array(m);
-    this.tok = new Int32Array(m);
+    if (memo !== undefined && !hasBom(bytes)) {
+      this.memo = memo;
+      this.tok = new Int32Array(m);
+    }
     // n − 1 initial pairs plus at most two per merge: 3n entries at most, so the heap never grows.
     this.heap = new KeyHeap(m * 3);
     // Only allocation here: the first pass over the pairs is part of run(), so it too stops at deadlines.
@@ -150,7 +161,10 @@ export class PieceMerge {
       this.rank[i] = NO_RANK;
       return;
     }
-    const r = this.ranks.pair(this.tok[i]!, this.tok[j]!, this.bytes, i, this.end(j));
+    const tok = this.tok;
+    const r = tok !== undefined
+      ? this.memo!.pair(tok[i]!, tok[j]!, this.bytes, i, this.end(j))
+      : this.ranks.rankOfBytes(this.bytes, i, this.end(j));
     if (r < 0) {
       this.rank[i] = NO_RANK;
       return;
@@ -165,17 +179,16 @@ export class PieceMerge {
     const bytes = this.bytes;
     const m = bytes.length;
     if (this.init < m) {
-      const ranks = this.ranks;
-      const tok = this.tok;
       const next = this.next;
       const prev = this.prev;
-      // Tokens and links of every byte first, then the ranks of the pairs.
+      // Links of every byte first, then the ranks of the pairs.
       if (this.init === 0) {
         for (let i = 0; i < m; i++) {
-          tok[i] = ranks.single(bytes[i]!);
           next[i] = i + 1;
           prev[i] = i - 1;
         }
+        const tok = this.tok;
+        if (tok !== undefined) for (let i = 0; i < m; i++) tok[i] = this.memo!.single(bytes[i]!);
         this.rank[m - 1] = NO_RANK;
       }
       for (let i = this.init; i < m - 1; i++) {
@@ -207,7 +220,7 @@ export class PieceMerge {
       next[i] = k;
       if (k < m) prev[k] = i;
       rank[j] = NO_RANK;
-      this.tok[i] = r;
+      if (this.tok !== undefined) this.tok[i] = r;
       this.tokens--;
       this.setRank(i);
       const p = prev[i]!;

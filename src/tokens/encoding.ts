@@ -1,10 +1,15 @@
-// Which BPE table a model uses, and the tables themselves, loaded synchronously on first use.
-// gpt-tokenizer is imported only in src/tokens. The tables are big (o200k takes ~130-330 ms and ~90 MB to load),
-// so nothing loads at import time: a thread that never counts never pays, and callers that want the cost
-// up front (server start, worker start) call warmTokenizers().
+// Which BPE table a model uses, and the tables themselves, loaded synchronously on first use, one copy per thread.
+// gpt-tokenizer is imported only in src/tokens. Counting uses the library's pre-token regex and a compact rank
+// table (rank-table.ts) that the build writes to dist/tokens/ranks/<encoding>.bin: one readFileSync, ~4 MB, a
+// few ms. The library's own encoder (a Map of ~200k strings, ~300 ms and ~90 MB per thread) is loaded only as
+// the reference that tests and benchmarks compare against (getEncoder). Nothing loads at import time: a thread
+// that never counts never pays, and callers that want the cost up front (server start, worker start) call
+// warmTokenizers(). cl100k loads only when a model needs it.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { CL100K_TOKEN_SPLIT_REGEX, O200K_TOKEN_SPLIT_REGEX } from 'gpt-tokenizer/encodingParams/constants';
 import type { EncodeOptions } from 'gpt-tokenizer/GptEncoding';
+import { RankTable, type RankEntry } from './rank-table.ts';
 
 export type TokenEncoding = 'o200k_base' | 'cl100k_base';
 
@@ -12,64 +17,59 @@ export interface Encoder {
   countTokens(input: string, options?: EncodeOptions): number;
 }
 
-/** The parts of gpt-tokenizer 4.0's BytePairEncodingCore that src/tokens/text-count.ts drives directly. */
-export interface EncoderCore {
-  readonly tokenSplitRegex: RegExp;
-  getBpeRankFromString(piece: string): number | undefined;
-  getBpeRankFromBytes(bytes: Uint8Array): number | undefined;
-  bytePairEncode(piece: string): number[];
-}
-
-interface EncodingModule extends Encoder {
-  readonly default: { readonly bytePairEncodingCoreProcessor: EncoderCore };
-}
-
-// ESM `import()` is async and the counting API is sync, so the package's CJS build is loaded through require.
+// The library's CJS build is loaded through require: the counting API is sync, ESM `import()` is not.
 const require = createRequire(import.meta.url);
-let o200k: EncodingModule | undefined;
-let cl100k: EncodingModule | undefined;
+const tables: Partial<Record<TokenEncoding, RankTable>> = {};
+const references: Partial<Record<TokenEncoding, Encoder>> = {};
 
-interface GptEncodingClass {
-  getEncodingApi(name: TokenEncoding, ranks: () => unknown): EncodingModule['default'] & Encoder;
+/** Names the encoding and the library version a table file was built from; a stale file is refused. */
+function tableTag(enc: TokenEncoding): string {
+  const { version } = require('gpt-tokenizer/package.json') as { version: string };
+  return `${enc}@gpt-tokenizer-${version}`;
+}
+
+/** gpt-tokenizer's rank array for `enc` (its 2.4 MB array-literal module: ~260 ms to compile for o200k). */
+function libraryRanks(enc: TokenEncoding): readonly RankEntry[] {
+  return (require(`gpt-tokenizer/cjs/bpeRanks/${enc}`) as { default: readonly RankEntry[] }).default;
+}
+
+/** The table in its file form, built from the library's ranks (scripts/build-ranks.mjs writes it to dist). */
+export function serializeRankTable(enc: TokenEncoding): Uint8Array {
+  return RankTable.serialize(libraryRanks(enc), tableTag(enc));
 }
 
 /**
- * The rank table as JSON, written next to the compiled module by scripts/build-ranks.mjs from the library's own
- * table: JSON.parse takes ~70 ms where compiling the library's 2.4 MB array literal takes ~260 ms of start-up.
- * Absent when running from sources (tests under tsx): then the library's module is loaded as is.
+ * The rank table of `enc`: from the file the build wrote next to this module, or, running from sources (tests
+ * under tsx) where there is none, built in memory from the library's ranks (~0.4 s).
  */
-function loadFromJson(enc: TokenEncoding): EncodingModule | undefined {
-  let text: string;
+export function getRankTable(enc: TokenEncoding): RankTable {
+  let table = tables[enc];
+  if (table !== undefined) return table;
+  let file: Uint8Array | undefined;
   try {
-    text = readFileSync(new URL(`./ranks/${enc}.json`, import.meta.url), 'utf8');
-  } catch {
-    return undefined;
+    file = readFileSync(new URL(`./ranks/${enc}.bin`, import.meta.url));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const { GptEncoding } = require('gpt-tokenizer/GptEncoding') as { GptEncoding: GptEncodingClass };
-  const api = GptEncoding.getEncodingApi(enc, () => JSON.parse(text) as unknown);
-  return { countTokens: api.countTokens, default: api };
+  const tag = tableTag(enc);
+  table = RankTable.parse(file ?? RankTable.serialize(libraryRanks(enc), tag), tag);
+  tables[enc] = table;
+  return table;
 }
 
-function load(enc: TokenEncoding): EncodingModule {
-  if (enc === 'o200k_base') return (o200k ??= loadFromJson(enc) ?? require('gpt-tokenizer/encoding/o200k_base') as EncodingModule);
-  return (cl100k ??= loadFromJson(enc) ?? require('gpt-tokenizer/encoding/cl100k_base') as EncodingModule);
+/** The library's pre-token regex (a shared /gu object: callers copy it before using lastIndex). */
+export function getSplitRegex(enc: TokenEncoding): RegExp {
+  return enc === 'o200k_base' ? O200K_TOKEN_SPLIT_REGEX : CL100K_TOKEN_SPLIT_REGEX;
 }
 
-/** The library's own API: its countTokens is the reference the linear counter is tested (and benchmarked) against. */
+/** The library's own API, loaded on first use: the reference the counter is tested and benchmarked against. */
 export function getEncoder(enc: TokenEncoding): Encoder {
-  return load(enc);
-}
-
-/** The library's BPE core (its pre-token regex, rank tables and per-piece merge). */
-export function getEncoderCore(enc: TokenEncoding): EncoderCore {
-  const core = load(enc).default.bytePairEncodingCoreProcessor;
-  if (core === undefined || !(core.tokenSplitRegex instanceof RegExp)) throw new Error('unsupported gpt-tokenizer build: no BytePairEncodingCore');
-  return core;
+  return (references[enc] ??= require(`gpt-tokenizer/encoding/${enc}`) as Encoder);
 }
 
 /** Loads the given tables now, so the first request that needs one does not pay for it. */
 export function warmTokenizers(encs: readonly TokenEncoding[] = ['o200k_base']): void {
-  for (const enc of encs) getEncoder(enc);
+  for (const enc of encs) getRankTable(enc);
 }
 
 const O200K_PREFIXES = ['gpt-4o', 'gpt-4.1', 'gpt-4.5', 'chatgpt-4o', 'gpt-5', 'gpt-oss', 'o1', 'o3', 'o4'];

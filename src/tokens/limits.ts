@@ -107,7 +107,7 @@ export interface CompletionReservation {
 
 export interface ReservationRefusal {
   ok: false;
-  param: 'max_tokens' | 'max_completion_tokens';
+  param: 'max_tokens' | 'max_completion_tokens' | 'max_output_tokens';
   message: string;
 }
 
@@ -117,7 +117,7 @@ export interface ReservationRefusal {
  */
 export function completionReservation(
   policy: ReservationPolicy, requestModel: string | undefined, requested: number | undefined,
-  param: 'max_tokens' | 'max_completion_tokens', n: number, refuse = true,
+  param: 'max_tokens' | 'max_completion_tokens' | 'max_output_tokens', n: number, refuse = true,
 ): CompletionReservation | ReservationRefusal {
   const maxReservation = policy.maxReservation ?? DEFAULT_MAX_RESERVATION;
   const candidates = policy.instanceModels ?? [null];

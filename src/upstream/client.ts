@@ -1,7 +1,8 @@
 // Upstream HTTP client over one undici Agent (keep-alive pools per origin, no cap on connections: an
 // HTTP/1.1 stream holds its connection for its whole life, so a capped pool would cap concurrent streams).
-// undici is imported in this folder only.
-import { Agent, errors } from 'undici';
+// Only HTTP: origin, path, headers, body and transport. Where a request goes and what it says is the
+// provider's (src/providers/). undici is imported in this folder only.
+import { Agent, errors } from './undici-agent.ts';
 import type { Readable } from 'node:stream';
 import type { InstanceConfig } from '../config/types.ts';
 
@@ -9,21 +10,6 @@ export interface UpstreamTimeouts {
   readonly connectMs: number;
   readonly firstByteMs: number;
   readonly idleMs: number;
-}
-
-export type RequestKind = 'chat' | 'completion';
-
-const PROVIDER_BASE: Record<string, string> = {
-  openai: 'https://api.openai.com/v1',
-  deepseek: 'https://api.deepseek.com/v1',
-};
-
-export interface Target {
-  readonly origin: string;
-  readonly chatPath: string;
-  readonly completionPath: string;
-  /** The instance's own timeout, TLS and keep-alive settings; undefined: the client's defaults. */
-  readonly transport: Transport | undefined;
 }
 
 /** Per-instance transport (APISIX `timeout`, `ssl_verify`, `keepalive`, `keepalive_timeout`), resolved at load. */
@@ -41,7 +27,8 @@ export interface Transport {
 const DEFAULT_KEEPALIVE_MS = 30_000;
 const DEFAULT_AGENT_KEY = `verify|${DEFAULT_KEEPALIVE_MS}`;
 
-function resolveTransport(inst: InstanceConfig): Transport | undefined {
+/** An instance's transport settings, resolved once at config load. */
+export function resolveTransport(inst: InstanceConfig): Transport | undefined {
   const t = inst.transport;
   if (t === undefined) return undefined;
   return {
@@ -52,33 +39,6 @@ function resolveTransport(inst: InstanceConfig): Transport | undefined {
     firstByteMs: t.timeout_ms,
     idleMs: t.timeout_ms,
   };
-}
-
-/** Resolves an instance's endpoint once, at config load. */
-export function resolveTarget(inst: InstanceConfig): Target {
-  const raw = inst.endpoint ?? `${PROVIDER_BASE[inst.provider] ?? PROVIDER_BASE.openai}/chat/completions`;
-  const url = new URL(raw);
-  const q = url.search;
-  let chatPath = url.pathname + q;
-  let completionPath = url.pathname + q;
-  // An endpoint given as scheme://host[:port] only (APISIX: "only the scheme + host") gets the surface's path.
-  if (url.pathname === '/') {
-    chatPath = '/v1/chat/completions' + q;
-    completionPath = '/v1/completions' + q;
-  } else if (url.pathname.endsWith('/chat/completions')) {
-    completionPath = url.pathname.slice(0, -'/chat/completions'.length) + '/completions' + q;
-  } else if (url.pathname.endsWith('/completions')) {
-    chatPath = url.pathname.slice(0, -'/completions'.length) + '/chat/completions' + q;
-  }
-  const extra = Object.keys(inst.auth_query);
-  if (extra.length > 0) {
-    const sp = new URLSearchParams();
-    for (const k of extra) sp.set(k, inst.auth_query[k]!);
-    const sep = q === '' ? '?' : '&';
-    chatPath += sep + sp.toString();
-    completionPath += sep + sp.toString();
-  }
-  return { origin: url.origin, chatPath, completionPath, transport: resolveTransport(inst) };
 }
 
 export interface UpstreamResponse {

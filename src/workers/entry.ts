@@ -6,7 +6,7 @@
 // of its text is bounded by its UTF-8 byte length (src/tokens/text-count.ts).
 import { promptCountJob } from '../tokens/count.ts';
 import { warmTokenizers } from '../tokens/encoding.ts';
-import { finishRequest, parseRequest } from '../tokens/prepare.ts';
+import { finishCall, parseCall } from '../providers/prepare.ts';
 import { CountJob } from '../tokens/text-count.ts';
 import { driveJob } from './drive.ts';
 import { decodeTask, encodeMessage, transferable, type WorkerResult, type WorkerTask } from './protocol.ts';
@@ -17,12 +17,12 @@ warmTokenizers(['o200k_base']);
 async function run(task: WorkerTask): Promise<WorkerResult> {
   switch (task.kind) {
     case 'prepare': {
-      const parsed = parseRequest(task.body, task.opts);
+      const parsed = parseCall(task.body, task.opts);
       if (!parsed.ok) return { kind: 'prepare', result: parsed };
-      if (parsed.parts === undefined) return { kind: 'prepare', result: finishRequest(parsed, 0, true) };
+      if (parsed.parts === undefined) return { kind: 'prepare', result: finishCall(parsed, 0, true) };
       const job = promptCountJob(parsed.parts, parsed.enc);
       await driveJob(job, task.budgetMs);
-      return { kind: 'prepare', result: finishRequest(parsed, job.total, job.exact) };
+      return { kind: 'prepare', result: finishCall(parsed, job.total, job.exact) };
     }
     case 'count-text': {
       const job = new CountJob([task.text], task.enc);

@@ -9,7 +9,7 @@
 import type { Piscina } from 'piscina';
 import { SluiceError } from '../core/errors.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
-import type { PrepareFailure, PrepareOptions, PreparedRequest } from '../tokens/prepare.ts';
+import type { CallFailure, ParseOptions, PreparedCall } from '../providers/types.ts';
 import type { TaskKind, WorkerResult, WorkerTask } from './protocol.ts';
 
 export interface WorkerPoolOptions {
@@ -127,7 +127,7 @@ export class WorkerPool {
     return this.starting;
   }
 
-  async prepare(body: Uint8Array, opts: PrepareOptions): Promise<PreparedRequest | PrepareFailure> {
+  async prepare(body: Uint8Array, opts: ParseOptions): Promise<PreparedCall | CallFailure> {
     const res = await this.run({ kind: 'prepare', body, opts, budgetMs: this.budgetMs }, body.byteLength);
     if (res.kind !== 'prepare') throw this.unexpected('prepare', res);
     return res.result;

@@ -3,16 +3,19 @@
 import { Packr } from 'msgpackr';
 import { move } from 'piscina';
 import type { TokenEncoding } from '../tokens/encoding.ts';
-import type { PrepareFailure, PrepareOptions, PreparedRequest } from '../tokens/prepare.ts';
+import type { CallFailure, ParseOptions, PreparedCall } from '../providers/types.ts';
 
-/** budgetMs: worker time the task may spend counting before the rest is bounded by its UTF-8 bytes. */
+/**
+ * budgetMs: worker time the task may spend counting before the rest is bounded by its UTF-8 bytes. A prepare
+ * task carries its surface, path and query in `opts`: the worker asks the provider registry for the parser.
+ */
 export type WorkerTask =
-  | { kind: 'prepare'; body: Uint8Array; opts: PrepareOptions; budgetMs: number }
+  | { kind: 'prepare'; body: Uint8Array; opts: ParseOptions; budgetMs: number }
   | { kind: 'count-text'; text: string; enc: TokenEncoding; budgetMs: number };
 
 /** exact: false when the budget ran out and the count is an upper bound. */
 export type WorkerResult =
-  | { kind: 'prepare'; result: PreparedRequest | PrepareFailure }
+  | { kind: 'prepare'; result: PreparedCall | CallFailure }
   | { kind: 'count-text'; tokens: number; exact: boolean }
   | { kind: 'error'; message: string };
 

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig } from '../../src/config/validate.ts';
 import { reservationPolicy } from '../../src/tokens/limits.ts';
-import { bodyMembers, composeUpstreamBody, prepareRequest, type PreparedRequest } from '../../src/tokens/prepare.ts';
+import { bodyMembers, composeUpstreamBody } from '../../src/tokens/prepare.ts';
+import { prepareRequest, type PreparedRequest } from '../helpers/prepare.ts';
 import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
 import { freePort } from '../helpers/free-port.ts';
 

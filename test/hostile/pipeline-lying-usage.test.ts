@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:http';
 import { startGateway, post, type TestGateway } from '../helpers/gateway.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisTotals } from '../helpers/redis-totals.ts';
-import { prepareRequest } from '../../src/tokens/prepare.ts';
+import { prepareRequest } from '../helpers/prepare.ts';
 import { countText } from '../../src/tokens/count.ts';
 
 const TEXT = 'The answer is two, because one plus one makes two in ordinary arithmetic.';

@@ -7,7 +7,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig, ConfigError } from '../../src/config/validate.ts';
-import { prepareRequest } from '../../src/tokens/prepare.ts';
+import { prepareRequest } from '../helpers/prepare.ts';
 import { countText } from '../../src/tokens/count.ts';
 import { startGateway, mockInstance, avoidWindowEdge } from '../helpers/gateway.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';

@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { composeUpstreamBody, prepareRequest, type PrepareFailure, type PrepareOptions, type PreparedRequest } from '../../src/tokens/prepare.ts';
+import { composeUpstreamBody } from '../../src/tokens/prepare.ts';
+import { prepareRequest, type PrepareFailure, type PrepareOptions, type PreparedRequest } from '../helpers/prepare.ts';
 import { warmTokenizers } from '../../src/tokens/encoding.ts';
 import { check, describeThrown } from './fc-setup.ts';
 

@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { loadConfigFile } from '../../src/config/load.ts';
 import { ConfigError, validateConfig, type ConfigIssue } from '../../src/config/validate.ts';
 import { redisClientKey } from '../../src/config/redis.ts';
+// Provider modules register their names and instance checks with validation (as the CLI and the app do).
+import '../../src/providers/registry.ts';
 
 const fixtures = new URL('../fixtures/config/', import.meta.url).pathname;
 const examples = new URL('../../examples/', import.meta.url).pathname;
@@ -71,7 +73,7 @@ const INVALID: Record<string, readonly Expected[]> = {
   ],
   'instance-fields.yaml': [
     [`${PM}.fallback_strategy[1]`, PER],
-    [`${PM}.instances[0].provider`, 'must be one of: openai, deepseek, openai-compatible'],
+    [`${PM}.instances[0].provider`, /^must be one of: openai, deepseek, openai-compatible, aimlapi, openrouter, azure-openai/],
     [`${PM}.instances[1].name`, 'duplicates instances[0].name'],
     [`${PM}.instances[1].override.endpoint`, 'is required for provider openai-compatible'],
     [`${PM}.instances[2].name`, "must contain only letters, digits, '.', '_' and '-'"],
@@ -114,14 +116,14 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${RL}.header_style`, 'must be one of: apisix, ietf'],
     [`${RL}.window_type`, 'must be one of: fixed, sliding'],
     ['routes[1].plugins.ai-rate-limiting.time_window', 'is required when limit is set'],
-    ['routes[2].plugins.ai-rate-limiting', 'must set at least one of limit, instances or rules'],
+    ['routes[2].plugins.ai-rate-limiting', 'must set at least one of limit, instances, rules or model_limits'],
   ],
   'rate-limit-instances.yaml': [
     [`${RL}.instances[1].name`, 'duplicates instances[0].name'],
     [`${RL}.instances[2].name`, "does not name an instance of this route's ai-proxy-multi or ai-proxy"],
     [`${RL}.instances[2].time_window`, 'is required'],
     [`${RL}.instances[3].name`, 'is required'],
-    [`${RL}.instances[3].limit_strategy`, 'must be one of: total_tokens, prompt_tokens, completion_tokens, expression'],
+    [`${RL}.instances[3].limit_strategy`, 'must be one of: total_tokens, prompt_tokens, completion_tokens, cached_prompt_tokens, cache_write_tokens, reasoning_tokens, uncached_prompt_tokens, expression'],
     ['routes[1].plugins.ai-rate-limiting.instances[1].name', "does not name an instance of this route's ai-proxy-multi or ai-proxy"],
   ],
   'cost-expr.yaml': [

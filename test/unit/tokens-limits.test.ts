@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import {
   completionReservation, DEFAULT_MAX_RESERVATION, defaultMaxUsage, KNOWN_MODELS, maxUsageOf, modelLimits, reservationPolicy,
 } from '../../src/tokens/limits.ts';
-import { prepareRequest, type PrepareFailure, type PreparedRequest, type PrepareOptions } from '../../src/tokens/prepare.ts';
+import { prepareRequest, type PrepareFailure, type PreparedRequest, type PrepareOptions } from '../helpers/prepare.ts';
 import { ConfigError, validateConfig } from '../../src/config/validate.ts';
 
 test('modelLimits: longest prefix at a name boundary, provider prefixes and case ignored, config first', () => {

@@ -4,9 +4,9 @@
 // Linearity is checked by counting work (rank lookups), never by timing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { getEncoder, getEncoderCore, type TokenEncoding } from '../../src/tokens/encoding.ts';
+import { getEncoder, getRankTable, type TokenEncoding } from '../../src/tokens/encoding.ts';
 import { countTextExact, CountJob, utf8Length } from '../../src/tokens/text-count.ts';
-import { PieceMerge, RankLookup } from '../../src/tokens/bpe.ts';
+import { PieceMerge, type ByteRanks } from '../../src/tokens/bpe.ts';
 import { countText } from '../../src/tokens/count.ts';
 
 const ORDINARY = { disallowedSpecial: new Set<string>() };
@@ -57,6 +57,11 @@ const ADVERSARIAL: Record<string, string> = {
   'special-token text': '<|endoftext|><|im_start|>system<|im_sep|><|fim_prefix|>'.repeat(100),
   'punctuation run': '!?'.repeat(3000),
   'lone surrogates': '\ud800a\udc00'.repeat(1000),
+  // The library's byte lookup drops a leading BOM (EF BB BF): long pieces with BOMs inside merge by its rule.
+  'BOM run': '\ufeff'.repeat(2000),
+  'BOMs in punctuation': '!\ufeff#(\ufeff\ufeff//)'.repeat(300),
+  'BOM before words': '\ufeffusing \ufeffnamespace\ufeff\n\n'.repeat(200),
+  'long whole tokens': ('='.repeat(64) + ' ' + '-'.repeat(80) + '\n').repeat(50),
   'ordinary': ORDINARY_TEXT.repeat(10),
 };
 
@@ -83,13 +88,11 @@ test('equal on many short random mixtures (pieces around the short/long threshol
 });
 
 test('PieceMerge does linear work: rank lookups ≤ 3 per byte, on runs far past what the reference can count', () => {
-  const core = getEncoderCore('o200k_base');
+  const table = getRankTable('o200k_base');
   for (const text of ['a'.repeat(200_000), '😀'.repeat(50_000), ' '.repeat(200_000), randomLetters(200_000, 3)]) {
     const bytes = new TextEncoder().encode(text);
     let lookups = 0;
-    const counting = new RankLookup({ getBpeRankFromBytes: (b) => core.getBpeRankFromBytes(b) });
-    const pair = counting.pair.bind(counting);
-    counting.pair = (...args: Parameters<RankLookup['pair']>) => { lookups++; return pair(...args); };
+    const counting: ByteRanks = { rankOfBytes: (b, s, e) => { lookups++; return table.rankOfBytes(b, s, e); } };
     const m = new PieceMerge(bytes, counting);
     m.run();
     assert.ok(m.tokens > 0 && m.tokens <= bytes.length);

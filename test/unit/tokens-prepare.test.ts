@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { composeUpstreamBody, prepareRequest, type PrepareFailure, type PreparedRequest } from '../../src/tokens/prepare.ts';
+import { composeUpstreamBody } from '../../src/tokens/prepare.ts';
+import { prepareRequest, type PrepareFailure, type PreparedRequest } from '../helpers/prepare.ts';
 import { countChatPrompt, countCompletionPrompt } from '../../src/tokens/count.ts';
 
 const CHAT = { kind: 'chat', defaultMaxTokens: 256 } as const;

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { SluiceError } from '../../src/core/errors.ts';
 import { countTextExact } from '../../src/tokens/text-count.ts';
-import { prepareRequest } from '../../src/tokens/prepare.ts';
+import { parseOptions, prepareRequest } from '../helpers/prepare.ts';
 
 const CHAT = { kind: 'chat', defaultMaxTokens: 256 } as const;
 /** One pre-token piece per run: each merges exactly (pieces up to 256 KiB), in O(n log n), but takes a while. */
@@ -26,7 +26,7 @@ test('one thread: a small prepare finishes while large adversarial counts are st
     const large = Array.from({ length: 4 }, (_, i) => pool.countText(run(150_000, 2), 'gpt-4o').then((n) => { done.push(`large${i}`); return n; }));
     const body = smallBody(1);
     const t0 = performance.now();
-    const small = await pool.prepare(body, CHAT);
+    const small = await pool.prepare(body, parseOptions(CHAT));
     const delay = performance.now() - t0;
     done.push('small');
     t.diagnostic(`small prepare behind 4 large counts: ${delay.toFixed(1)} ms; large done before it: ${done.indexOf('small')}`);
@@ -47,7 +47,7 @@ test('two threads: large tasks spread, small ones still go first', async () => {
     await Promise.all([pool.countText('a', undefined), pool.countText('b', undefined)]);
     let largeDone = 0;
     const large = Array.from({ length: 8 }, () => pool.countText(run(150_000, 2), 'gpt-4o').then(() => { largeDone++; }));
-    const smalls = await Promise.all(Array.from({ length: 20 }, (_, i) => pool.prepare(smallBody(i), CHAT).then((r) => ({ r, largeDone }))));
+    const smalls = await Promise.all(Array.from({ length: 20 }, (_, i) => pool.prepare(smallBody(i), parseOptions(CHAT)).then((r) => ({ r, largeDone }))));
     for (const s of smalls) assert.ok(s.r.ok);
     assert.ok(smalls.every((s) => s.largeDone <= 2), smalls.map((s) => s.largeDone).join(','));
     await Promise.all(large);
@@ -66,7 +66,7 @@ test('past its counting budget a task ends with an upper bound (UTF-8 bytes of t
     assert.ok(bound <= Buffer.byteLength(text), 'never above the byte length');
     // Prepare: the prompt estimate is marked inexact, and still at least the exact count.
     const body = Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: text }] }));
-    const r = await pool.prepare(body, CHAT);
+    const r = await pool.prepare(body, parseOptions(CHAT));
     const inline = prepareRequest(body, CHAT);
     assert.ok(r.ok && inline.ok);
     if (r.ok && inline.ok) {

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WorkerPool } from '../../src/workers/pool.ts';
 import { decodeResult, decodeTask, encodeMessage } from '../../src/workers/protocol.ts';
-import { composeUpstreamBody, prepareRequest, type PreparedRequest } from '../../src/tokens/prepare.ts';
+import { composeUpstreamBody } from '../../src/tokens/prepare.ts';
+import { parseOptions, prepareRequest, type PreparedRequest } from '../helpers/prepare.ts';
 import { countText } from '../../src/tokens/count.ts';
 import { SluiceError } from '../../src/core/errors.ts';
 
@@ -46,12 +47,12 @@ for (const threads of [1, 2]) {
     try {
       assert.equal(pool.threads, threads);
       const body = chatBody(5, true);
-      const viaPool = await pool.prepare(body, CHAT);
+      const viaPool = await pool.prepare(body, parseOptions(CHAT));
       assert.deepEqual(viaPool, prepareRequest(body, CHAT));
       const ok = viaPool as PreparedRequest;
       assert.deepEqual(JSON.parse(composeUpstreamBody('other', ok.tail).toString()).stream_options, { include_usage: true });
 
-      const bad = await pool.prepare(Buffer.from('{not json'), CHAT);
+      const bad = await pool.prepare(Buffer.from('{not json'), parseOptions(CHAT));
       assert.deepEqual(bad, { ok: false, code: 'SLC_BAD_JSON', message: 'request body is not valid JSON' });
 
       assert.equal(await pool.countText('hello world', 'gpt-4o'), 2);
@@ -61,7 +62,7 @@ for (const threads of [1, 2]) {
       // Many tasks in flight at once, answers matched to their requests.
       const n = 200;
       const bodies = Array.from({ length: n }, (_, i) => chatBody(i));
-      const results = await Promise.all(bodies.map((b) => pool.prepare(b, CHAT)));
+      const results = await Promise.all(bodies.map((b) => pool.prepare(b, parseOptions(CHAT))));
       for (let i = 0; i < n; i++) assert.deepEqual(results[i], prepareRequest(bodies[i]!, CHAT), `task ${i}`);
       const counts = await Promise.all(Array.from({ length: 50 }, (_, i) => pool.countText('tok '.repeat(i), 'gpt-4o')));
       for (let i = 0; i < 50; i++) assert.equal(counts[i], countText('tok '.repeat(i), 'o200k_base'));

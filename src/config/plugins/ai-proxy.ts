@@ -7,13 +7,13 @@
 // are rejected with a reason: `balancer.algorithm: chash` with its `hash_on`/`key` (smooth weighted round
 // robin only), and options that would replace the client's prompt or streaming mode.
 
-import type { AiProxyConfig, FallbackReason, InstanceConfig, InstanceTransportConfig, Provider } from '../types.ts';
+import type { AiProxyConfig, FallbackReason, InstanceConfig, InstanceTransportConfig } from '../types.ts';
+import { providerCatalogue } from '../provider-catalogue.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { isHeaderName, isHeaderValue, isHttpUrl } from '../net.ts';
 import { NON_NEGATIVE, POSITIVE, Section, checkInt, isPlainObject } from '../section.ts';
 import { readForwardHeaders } from '../forward-headers.ts';
 
-const PROVIDERS: readonly Provider[] = ['openai', 'deepseek', 'openai-compatible'];
 const INSTANCE_KEYS = ['name', 'provider', 'weight', 'priority', 'auth', 'options', 'override', 'forward_headers', 'checks'] as const;
 const TRANSPORT_KEYS = [
   'timeout', 'ssl_verify', 'keepalive', 'keepalive_timeout', 'keepalive_pool', 'logging', 'max_stream_duration_ms', 'max_response_bytes',
@@ -132,7 +132,7 @@ function readChecks(sec: Section): void {
 
 /** The provider/auth/options/override body shared by an ai-proxy config and an ai-proxy-multi instance. */
 function readUpstream(sec: Section, name: string, weight: number, priority: number, transport: InstanceTransportConfig | undefined): InstanceConfig {
-  const provider = sec.required('provider') ? sec.oneOf('provider', PROVIDERS) : undefined;
+  const provider = sec.required('provider') ? readProvider(sec) : undefined;
   const auth = sec.section('auth', ['header', 'query']);
   const authHeader = auth === undefined ? {} : readStringMap(sec.is, auth.p('header'), auth.get('header'), 'header');
   const authQuery = auth === undefined ? {} : readStringMap(sec.is, auth.p('query'), auth.get('query'), 'query');
@@ -147,13 +147,39 @@ function readUpstream(sec: Section, name: string, weight: number, priority: numb
     sec.is.add(childPath(sec.p('override'), 'endpoint'), 'is required for provider openai-compatible');
   }
   const forward = readForwardHeaders(sec);
-  return {
+  const inst: InstanceConfig = {
     name, provider: provider ?? 'openai', weight, priority,
     auth_header: authHeader, auth_query: authQuery, model, endpoint,
     ...(forward === undefined ? {} : { forward_headers: forward }),
     ...(bodyOptions === undefined ? {} : { body_options: bodyOptions }),
     ...(transport === undefined ? {} : { transport }),
   };
+  // The provider module resolves the instance (its URL shapes, required fields) as it will at load.
+  const catalogue = providerCatalogue();
+  if (provider !== undefined && catalogue !== undefined) {
+    const reported = new Set(sec.is.list.map((i) => i.path));
+    for (const issue of catalogue.check(inst)) {
+      const p = issue.path === '' ? sec.path : childPath(sec.path, issue.path);
+      if (!reported.has(p)) sec.is.add(p, issue.message);
+    }
+  }
+  return inst;
+}
+
+/** A provider name a registered module serves (src/providers/registry.ts); any string until one is registered. */
+function readProvider(sec: Section): string | undefined {
+  const v = sec.get('provider');
+  if (v === undefined) return undefined;
+  const catalogue = providerCatalogue();
+  if (typeof v !== 'string' || v === '') {
+    sec.is.add(sec.p('provider'), catalogue === undefined ? 'must be a non-empty string' : `must be one of: ${catalogue.names.join(', ')}`);
+    return undefined;
+  }
+  if (catalogue !== undefined && !catalogue.names.includes(v)) {
+    sec.is.add(sec.p('provider'), catalogue.unsupported(v));
+    return undefined;
+  }
+  return v;
 }
 
 /**

@@ -2,7 +2,7 @@
 // may be combined on one route. Expressions and templates are compiled here once, by the same code the
 // request path uses, so a config that validates cannot fail to compile later.
 
-import type { AiRateLimitingConfig, HeaderStyle, InstanceQuotaConfig, LimitStrategy, RedisPolicy, RuleConfig, WindowType } from '../types.ts';
+import type { AiRateLimitingConfig, HeaderStyle, InstanceQuotaConfig, LimitStrategy, ModelLimitConfig, RedisPolicy, RuleConfig, WindowType } from '../types.ts';
 import { compileCostExpr } from '../../rules/cost-expr.ts';
 import { compileCountTemplate, compileTemplate, parsePositiveInt } from '../../rules/template.ts';
 import { childPath, type Issues } from '../issues.ts';
@@ -10,14 +10,22 @@ import { APISIX_REDIS_KEYS, readApisixRedis } from '../redis.ts';
 import { POSITIVE, Section, checkInt } from '../section.ts';
 
 const KEYS = [
-  'limit', 'time_window', 'limit_strategy', 'cost_expr', 'instances', 'rules', 'rejected_code', 'rejected_msg',
+  'limit', 'time_window', 'limit_strategy', 'cost_expr', 'instances', 'rules', 'model_limits', 'rejected_code', 'rejected_msg',
   'show_limit_quota_header', 'header_style', 'standard_headers', 'on_missing_key', 'missing_key_code', 'window_type',
   'policy', 'allow_degradation', ...APISIX_REDIS_KEYS,
 ] as const;
 const INSTANCE_KEYS = ['name', 'limit', 'time_window', 'limit_strategy', 'cost_expr'] as const;
 const RULE_KEYS = ['key', 'count', 'time_window', 'header_prefix'] as const;
+const MODEL_LIMIT_KEYS = ['model', 'limit', 'time_window', 'limit_strategy', 'cost_expr'] as const;
+/** Each request scans the entries for the first matching model: keep the list short. */
+const MAX_MODEL_LIMITS = 64;
+const MAX_MODEL_PATTERN = 256;
 
-const STRATEGIES: readonly LimitStrategy[] = ['total_tokens', 'prompt_tokens', 'completion_tokens', 'expression'];
+/** Token kinds (streaming/usage.ts) and `expression`; shared with ai-token-ratelimit. */
+export const STRATEGIES: readonly LimitStrategy[] = [
+  'total_tokens', 'prompt_tokens', 'completion_tokens', 'cached_prompt_tokens', 'cache_write_tokens', 'reasoning_tokens',
+  'uncached_prompt_tokens', 'expression',
+];
 const POLICIES: readonly RedisPolicy[] = ['local', 'redis', 'redis-cluster', 'redis-sentinel'];
 const HEADER_STYLES: readonly HeaderStyle[] = ['apisix', 'ietf'];
 const WINDOW_TYPES: readonly WindowType[] = ['fixed', 'sliding'];
@@ -43,7 +51,7 @@ function quotedError(is: Issues, path: string, err: unknown): string {
 }
 
 /** The expression source for `strategy`, checked; `inherited` is the plugin-level expression instances fall back to. */
-function readCostExpr(sec: Section, strategy: LimitStrategy, needed: boolean, inherited?: string): string | undefined {
+export function readCostExpr(sec: Section, strategy: LimitStrategy, needed: boolean, inherited?: string): string | undefined {
   const src = sec.str('cost_expr');
   if (src !== undefined && strategy !== 'expression') {
     sec.is.add(sec.p('cost_expr'), 'is only used when limit_strategy is expression');
@@ -113,6 +121,43 @@ function readInstances(sec: Section, scope: InstanceScope, strategy: LimitStrate
   return out;
 }
 
+function readModelLimits(sec: Section, strategy: LimitStrategy, costExpr: string | undefined): ModelLimitConfig[] {
+  const list = sec.array('model_limits') ?? [];
+  if (list.length > MAX_MODEL_LIMITS) sec.is.add(sec.p('model_limits'), `must have at most ${MAX_MODEL_LIMITS} entries`);
+  const out: ModelLimitConfig[] = [];
+  const firstIndex = new Map<string, number>();
+  let catchAll: number | undefined;
+  list.forEach((item, i) => {
+    const ml = Section.open(sec.is, childPath(sec.p('model_limits'), i), item, MODEL_LIMIT_KEYS);
+    if (ml === undefined) return;
+    let model = ml.str('model', { required: true });
+    if (model !== undefined) {
+      if (model.length > MAX_MODEL_PATTERN) {
+        ml.is.add(ml.p('model'), `must be at most ${MAX_MODEL_PATTERN} characters`);
+        model = undefined;
+      } else if (catchAll !== undefined) {
+        ml.is.add(ml.p('model'), `is never used: model_limits[${catchAll}].model "*" matches every model first`);
+      } else {
+        const prev = firstIndex.get(model);
+        if (prev !== undefined) ml.is.add(ml.p('model'), `duplicates model_limits[${prev}].model`);
+        else firstIndex.set(model, i);
+        if (model === '*') catchAll = i;
+      }
+    }
+    const { limit, window } = readPair(ml, true);
+    const own = ml.oneOf('limit_strategy', STRATEGIES);
+    const st = own ?? strategy;
+    out.push({
+      model: model ?? '',
+      limit: limit ?? 1,
+      time_window: window ?? 1,
+      limit_strategy: st,
+      cost_expr: readCostExpr(ml, st, true, own === undefined || own === 'expression' ? costExpr : undefined),
+    });
+  });
+  return out;
+}
+
 function readTemplateNumber(is: Issues, path: string, v: unknown): number | string | undefined {
   if (typeof v === 'string') {
     // '500' (or a `$ENV://N` number, which arrives as text) is the number it spells.
@@ -176,8 +221,9 @@ export function readAiRateLimiting(is: Issues, path: string, value: unknown, sco
   // rules); instances that inherit the expression report its absence themselves.
   const costExpr = readCostExpr(sec, strategy, sec.has('limit') || rules.length > 0);
   const instances = readInstances(sec, scope, strategy, costExpr);
-  if (!sec.has('limit') && !sec.has('time_window') && instances.length === 0 && rules.length === 0) {
-    is.add(path, 'must set at least one of limit, instances or rules');
+  const modelLimits = readModelLimits(sec, strategy, costExpr);
+  if (!sec.has('limit') && !sec.has('time_window') && instances.length === 0 && rules.length === 0 && !sec.has('model_limits')) {
+    is.add(path, 'must set at least one of limit, instances, rules or model_limits');
   }
   const policy = sec.oneOf('policy', POLICIES) ?? 'local';
   const rejectedCode = sec.int('rejected_code', { min: 200, max: 599 }) ?? 429;
@@ -193,6 +239,8 @@ export function readAiRateLimiting(is: Issues, path: string, value: unknown, sco
     cost_expr: costExpr,
     instances,
     rules,
+    // Absent unless configured, so configs without it keep their shape.
+    ...(sec.has('model_limits') ? { model_limits: modelLimits } : {}),
     rejected_code: rejectedCode,
     rejected_msg: rejectedMsg,
     show_limit_quota_header: showHeader,

@@ -6,6 +6,8 @@
 // - Mistakes Higress accepts silently and then ignores fail here: more than one `token_per_*` on one entry
 //   (Higress picks one at random), a `regexp:` or `*` key on an exact `limit_by_*` item (Higress only
 //   matches them on `limit_by_per_*`), and a `limit_keys` entry repeating an earlier key (never matched).
+// - `limit_strategy` / `cost_expr` (ai-rate-limiting's fields) choose what the rule's counters charge: a token
+//   kind or an expression; Higress always charges input + output (the default, `total_tokens`).
 // - `regexp:` patterns use RE2 syntax (Go's, as in Higress) and match in linear time (rules/regex.ts).
 
 import type { AiTokenRatelimitConfig, LimitByKind, TokenLimitKey, TokenRuleItem, WindowType } from '../types.ts';
@@ -14,11 +16,12 @@ import { compileRuleRegex } from '../../rules/regex.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { isHeaderName } from '../net.ts';
 import { readHigressRedis } from '../redis.ts';
+import { STRATEGIES, readCostExpr } from './ai-rate-limiting.ts';
 import { POSITIVE, Section } from '../section.ts';
 
 const KEYS = [
   'rule_name', 'global_threshold', 'rule_items', 'rejected_code', 'rejected_msg', 'show_limit_quota_header',
-  'window_type', 'redis', 'allow_degradation', 'rule_match',
+  'window_type', 'redis', 'allow_degradation', 'rule_match', 'limit_strategy', 'cost_expr',
 ] as const;
 /** Current Higress caps rule_items (PR #4011): every matching item is checked on every request. */
 const MAX_RULE_ITEMS = 10;
@@ -170,11 +173,14 @@ export function readAiTokenRatelimit(is: Issues, path: string, value: unknown): 
   }
   const ruleItems = readRuleItems(sec);
   if (!sec.has('global_threshold') && !sec.has('rule_items')) is.add(path, 'must set global_threshold or rule_items');
+  const strategy = sec.oneOf('limit_strategy', STRATEGIES) ?? 'total_tokens';
   return {
     rule_name: ruleName ?? '',
     global_threshold: globalThreshold,
     rule_items: ruleItems,
     rule_match: sec.oneOf('rule_match', ['all', 'first'] as const) ?? 'all',
+    limit_strategy: strategy,
+    cost_expr: readCostExpr(sec, strategy, true),
     rejected_code: sec.int('rejected_code', { min: 200, max: 599 }) ?? 429,
     rejected_msg: sec.str('rejected_msg', { empty: true }) ?? 'Too many requests',
     show_limit_quota_header: sec.bool('show_limit_quota_header') ?? true,

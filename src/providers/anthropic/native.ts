@@ -1,0 +1,151 @@
+// Anthropic answers to Anthropic clients: bytes pass through untouched, usage and text are read on the side.
+import { SseParser } from '../../streaming/sse-parser.ts';
+import { TextTally } from '../../streaming/text-tally.ts';
+import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
+import { contentText, deltaText, isObject, literalText, scanDelta } from './events.ts';
+import { anthropicUsage, StreamUsage } from './usage.ts';
+
+export const JSON_TYPE = 'application/json';
+export const SSE_TYPE = 'text/event-stream';
+
+/** Parses a buffered body; undefined when it is not a JSON object. */
+export function parseBody(body: Buffer): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(body.toString('utf8'));
+    return isObject(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A buffered Messages answer, passed through. An unreadable body is counted as text: nothing goes uncharged. */
+export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
+  const obj = parseBody(body);
+  if (obj === undefined) return { body, contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: body.toString('utf8') };
+  const u = anthropicUsage(obj.usage, maxUsage);
+  if (u !== undefined && !isRejection(u)) return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
+  return { body, contentType: JSON_TYPE, usage: undefined, rejected: u?.rejected, text: contentText(obj.content) };
+}
+
+/**
+ * Reads an Anthropic event stream: usage (message_start + message_delta), generated text into a bounded tally,
+ * the error event. Subclasses decide what the client gets.
+ */
+export abstract class AnthropicStreamReader {
+  protected readonly tally: TextTally;
+  protected readonly su = new StreamUsage();
+  protected readonly maxUsage: number;
+  protected readonly parser: SseParser;
+  /** The stream's error event, when one came. */
+  error: { type: string; message: string } | undefined = undefined;
+  stopped = false;
+
+  constructor(opts: StreamOptions) {
+    this.maxUsage = opts.maxUsage;
+    this.tally = new TextTally(opts.textBound);
+    this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); } });
+  }
+
+  get usage(): Usage | undefined {
+    const u = this.su.read(this.maxUsage);
+    return u === undefined || isRejection(u) ? undefined : u;
+  }
+
+  get usageRejected(): UsageRejectReason | undefined {
+    const u = this.su.read(this.maxUsage);
+    return u !== undefined && isRejection(u) ? u.rejected : undefined;
+  }
+
+  get text(): string { return this.tally.rest(); }
+  get countMargin(): number { return this.tally.margin; }
+  takeCountable(): string | undefined { return this.tally.take(); }
+
+  private onData(data: string): void {
+    const s = scanDelta(data);
+    if (s !== null) {
+      this.tally.add(literalText(data, s));
+      this.onFastDelta(data, s.index, s.kind, s.start, s.end);
+      return;
+    }
+    let f: unknown;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (!isObject(f)) return;
+    switch (f.type) {
+      case 'message_start': {
+        const m = isObject(f.message) ? f.message : {};
+        this.su.add(m.usage, false);
+        this.onMessageStart(m);
+        return;
+      }
+      case 'content_block_start': {
+        const b = isObject(f.content_block) ? f.content_block : {};
+        const index = typeof f.index === 'number' ? f.index : 0;
+        if (typeof b.text === 'string') this.tally.add(b.text);
+        if (typeof b.thinking === 'string') this.tally.add(b.thinking);
+        if (b.type === 'tool_use' || b.type === 'server_tool_use') {
+          if (typeof b.name === 'string') this.tally.add(b.name);
+          // Input given whole at the start (not streamed) is generated output too.
+          if (isObject(b.input) && Object.keys(b.input).length > 0) this.tally.add(JSON.stringify(b.input));
+        }
+        this.onBlockStart(index, b);
+        return;
+      }
+      case 'content_block_delta': {
+        const d = deltaText(f.delta);
+        if (d === undefined) return;
+        this.tally.add(d.text);
+        this.onDelta(typeof f.index === 'number' ? f.index : 0, d.kind, d.text);
+        return;
+      }
+      case 'message_delta': {
+        this.su.add(f.usage, true);
+        const d = isObject(f.delta) ? f.delta : {};
+        this.onMessageDelta(typeof d.stop_reason === 'string' ? d.stop_reason : undefined);
+        return;
+      }
+      case 'message_stop':
+        this.stopped = true;
+        this.onMessageStop();
+        return;
+      case 'error': {
+        const e = isObject(f.error) ? f.error : {};
+        this.error = {
+          type: typeof e.type === 'string' ? e.type : 'api_error',
+          message: typeof e.message === 'string' ? e.message : 'upstream stream error',
+        };
+        this.onError(this.error);
+        return;
+      }
+      default:
+        // ping, content_block_stop, and event kinds added later carry nothing to meter.
+    }
+  }
+
+  protected onFastDelta(_data: string, _index: number, _kind: 'text' | 'thinking' | 'json', _start: number, _end: number): void {}
+  protected onMessageStart(_m: Record<string, unknown>): void {}
+  protected onBlockStart(_index: number, _b: Record<string, unknown>): void {}
+  protected onDelta(_index: number, _kind: 'text' | 'thinking' | 'json', _text: string): void {}
+  protected onMessageDelta(_stopReason: string | undefined): void {}
+  protected onMessageStop(): void {}
+  protected onError(_e: { type: string; message: string }): void {}
+}
+
+/** Native: every byte goes to the client as it came. */
+export class NativeStreamCodec extends AnthropicStreamReader implements StreamCodec {
+  readonly contentType = SSE_TYPE;
+
+  push(chunk: Buffer): Buffer | undefined {
+    this.parser.push(chunk);
+    return chunk.length > 0 ? chunk : undefined;
+  }
+
+  end(): Buffer | undefined {
+    this.parser.end();
+    return undefined;
+  }
+}

@@ -1,0 +1,163 @@
+// Metering a Gemini stream: SSE (`alt=sse`, one GenerateContentResponse per `data:` event, no [DONE]) or one
+// JSON array of them. The framing is read from the first byte that is not whitespace ('[' or '{': JSON), so a
+// stream is metered right whatever the request said. Every frame may carry usageMetadata; it is cumulative, so
+// the last one wins and nothing is added up (and only the last is read: the others are just kept). It is reported
+// only once final (a frame with a finishReason, or a clean end): a stream cut in the middle is charged its counted
+// text, not a partial usage.
+import { SseParser } from '../../streaming/sse-parser.ts';
+import { TextTally } from '../../streaming/text-tally.ts';
+import { isRejection, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import type { StreamCodec, StreamOptions } from '../types.ts';
+import { scanTextFrame } from './frame-scan.ts';
+import { JsonArrayScanner } from './json-array.ts';
+import { geminiUsage, responseText } from './usage.ts';
+
+function isSpace(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+}
+
+/** Feeds an upstream byte stream frame by frame (each frame's JSON text) to `onFrame`, SSE or JSON array alike. */
+export class FrameReader {
+  private readonly onFrame: (json: string) => void;
+  private sse: SseParser | undefined;
+  private json: JsonArrayScanner | undefined;
+
+  constructor(onFrame: (json: string) => void) {
+    this.onFrame = onFrame;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.sse !== undefined) { this.sse.push(chunk); return; }
+    if (this.json !== undefined) { this.json.push(chunk); return; }
+    let i = 0;
+    while (i < chunk.length && isSpace(chunk[i]!)) i++;
+    if (i === chunk.length) return;
+    const c = chunk[i]!;
+    if (c === 0x5b || c === 0x7b) {
+      this.json = new JsonArrayScanner(this.onFrame);
+      this.json.push(chunk.subarray(i));
+    } else {
+      this.sse = new SseParser({ onEvent: (data) => { if (data !== null && data !== '' && data !== '[DONE]') this.onFrame(data); } });
+      this.sse.push(chunk.subarray(i));
+    }
+  }
+
+  end(): void {
+    this.sse?.end();
+  }
+}
+
+/** Usage and text of a Gemini stream, frame by frame. */
+export class GeminiMeter {
+  private readonly tally: TextTally;
+  private readonly maxUsage: number;
+  /** The last usageMetadata seen (or the fast-path frame holding it), read only when asked: every frame has one. */
+  private lastMeta: unknown = undefined;
+  private read: Usage | UsageRejection | undefined = undefined;
+  private readDone = true;
+  private final = false;
+  readonly add = (t: string): void => this.tally.add(t);
+
+  constructor(opts: StreamOptions) {
+    this.maxUsage = opts.maxUsage;
+    this.tally = new TextTally(opts.textBound);
+  }
+
+  /** Reads one parsed frame: its usage, whether it is the last, and (unless a translator does) its text. */
+  frame(json: unknown, collectText = true): void {
+    if (typeof json !== 'object' || json === null) return;
+    if (collectText) responseText(json, this.add);
+    const f = json as { usageMetadata?: unknown; candidates?: unknown };
+    if (f.usageMetadata !== undefined && f.usageMetadata !== null) {
+      this.lastMeta = f.usageMetadata;
+      this.readDone = false;
+    }
+    const cands = f.candidates;
+    if (!this.final && Array.isArray(cands)) {
+      for (const c of cands) if (typeof (c as { finishReason?: unknown } | null)?.finishReason === 'string') this.final = true;
+    }
+  }
+
+  /** A frame read by the fast path (frame-scan.ts) that carries usageMetadata: parsed only if it stays the last. */
+  usageFrame(data: string): void {
+    this.lastMeta = data;
+    this.readDone = false;
+  }
+
+  /** The stream ended cleanly: its last usage is its whole usage. */
+  finish(): void {
+    this.final = true;
+  }
+
+  private last(): Usage | UsageRejection | undefined {
+    if (!this.readDone) {
+      let meta = this.lastMeta;
+      if (typeof meta === 'string') {
+        try { meta = (JSON.parse(meta) as { usageMetadata?: unknown }).usageMetadata; } catch { meta = undefined; }
+      }
+      this.read = geminiUsage(meta, this.maxUsage);
+      this.readDone = true;
+    }
+    return this.read;
+  }
+
+  get usage(): Usage | undefined {
+    const u = this.final ? this.last() : undefined;
+    return u === undefined || isRejection(u) ? undefined : u;
+  }
+
+  get usageRejected(): UsageRejectReason | undefined {
+    const u = this.final ? this.last() : undefined;
+    return u !== undefined && isRejection(u) ? u.rejected : undefined;
+  }
+
+  get text(): string { return this.tally.rest(); }
+  get countMargin(): number { return this.tally.margin; }
+  takeCountable(): string | undefined { return this.tally.take(); }
+}
+
+/** A native Gemini stream: bytes pass through untouched, each frame is parsed to meter it. */
+export class GeminiStream implements StreamCodec {
+  readonly contentType: string;
+  private readonly meter: GeminiMeter;
+  private readonly reader: FrameReader;
+
+  constructor(sse: boolean, opts: StreamOptions) {
+    this.contentType = sse ? 'text/event-stream' : 'application/json';
+    this.meter = new GeminiMeter(opts);
+    this.reader = new FrameReader((data) => this.onFrame(data));
+  }
+
+  push(chunk: Buffer): Buffer | undefined {
+    this.reader.push(chunk);
+    return chunk.length > 0 ? chunk : undefined;
+  }
+
+  end(): Buffer | undefined {
+    this.reader.end();
+    this.meter.finish();
+    return undefined;
+  }
+
+  get usage(): Usage | undefined { return this.meter.usage; }
+  get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
+  get text(): string { return this.meter.text; }
+  get countMargin(): number { return this.meter.countMargin; }
+  takeCountable(): string | undefined { return this.meter.takeCountable(); }
+
+  private onFrame(data: string): void {
+    const fast = scanTextFrame(data);
+    if (fast !== null) {
+      this.meter.add(fast.text);
+      if (fast.usage) this.meter.usageFrame(data);
+      return;
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(data);
+    } catch {
+      return;
+    }
+    this.meter.frame(json);
+  }
+}

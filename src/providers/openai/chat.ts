@@ -1,0 +1,183 @@
+// The OpenAI chat/completions and completions surfaces: request parsing and validation (what the client may
+// send, how much completion to reserve, what prompt to count), and the codecs of their answers: a buffered
+// body's usage and text, and the SSE stream metered by StreamMeter (usage from the last chunk; Sluice forces
+// stream_options.include_usage upstream and strips the usage-only chunk when the client did not ask for it).
+import { errorBody as openAiError } from '../../core/errors.ts';
+import { chatPromptParts, completionPromptParts, type PromptParts } from '../../tokens/count.ts';
+import { encodingForModel } from '../../tokens/encoding.ts';
+import { completionReservation, mergedReservation, MAX_N } from '../../tokens/limits.ts';
+import { isJsonObject, parseJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
+import { StreamMeter } from '../../streaming/usage-meter.ts';
+import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
+
+export function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
+  return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };
+}
+
+/** An OpenAI usage object → Usage (cached and reasoning tokens are parts of prompt and completion). */
+export function openAiUsage(u: unknown, maxUsage: number): Usage | UsageRejection | undefined {
+  if (u === undefined || u === null) return undefined;
+  if (typeof u !== 'object' || Array.isArray(u)) return { rejected: 'malformed' };
+  const o = u as Record<string, unknown>;
+  const pd = o.prompt_tokens_details;
+  const cd = o.completion_tokens_details;
+  return usageFromCounts({
+    prompt: o.prompt_tokens,
+    completion: o.completion_tokens,
+    total: o.total_tokens,
+    cachedPrompt: typeof pd === 'object' && pd !== null ? (pd as Record<string, unknown>).cached_tokens : undefined,
+    reasoning: typeof cd === 'object' && cd !== null ? (cd as Record<string, unknown>).reasoning_tokens : undefined,
+  }, o, maxUsage);
+}
+
+function validPrompt(prompt: unknown): boolean {
+  if (typeof prompt === 'string') return true;
+  if (!Array.isArray(prompt)) return false;
+  for (const p of prompt) {
+    if (typeof p === 'string' || typeof p === 'number') continue;
+    if (!Array.isArray(p)) return false;
+    for (const id of p) if (typeof id !== 'number') return false;
+  }
+  return true;
+}
+
+/** Parse and validate a chat or completions body and size its completion reservation. */
+function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): ParsedCall | CallFailure {
+  const obj = parseJsonObject(body);
+  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
+  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
+
+  const model = obj.model;
+  if (model !== undefined && typeof model !== 'string') return fail('SLC_BAD_REQUEST', 'model must be a string', 'model');
+
+  const streamField = obj.stream;
+  if (streamField !== undefined && streamField !== null && typeof streamField !== 'boolean') {
+    return fail('SLC_BAD_REQUEST', 'stream must be a boolean', 'stream');
+  }
+  const stream = streamField === true;
+
+  const streamOptions = obj.stream_options;
+  if (streamOptions !== undefined && streamOptions !== null && !isJsonObject(streamOptions)) {
+    return fail('SLC_BAD_REQUEST', 'stream_options must be an object', 'stream_options');
+  }
+
+  const maxCompletion = positiveInt(obj, 'max_completion_tokens');
+  if (typeof maxCompletion === 'string') return fail('SLC_BAD_REQUEST', maxCompletion, 'max_completion_tokens');
+  const maxTokensField = positiveInt(obj, 'max_tokens');
+  if (typeof maxTokensField === 'string') return fail('SLC_BAD_REQUEST', maxTokensField, 'max_tokens');
+  const maxTokens = maxCompletion ?? maxTokensField;
+
+  const nField = obj.n;
+  let n = 1;
+  if (nField !== undefined && nField !== null) {
+    if (typeof nField !== 'number' || !Number.isInteger(nField) || nField < 1 || nField > MAX_N) {
+      return fail('SLC_BAD_REQUEST', `n must be an integer from 1 to ${MAX_N}`, 'n');
+    }
+    n = nField;
+  }
+  const reservation = completionReservation(opts, model, maxTokens, maxCompletion !== undefined ? 'max_completion_tokens' : 'max_tokens', n);
+  if (!reservation.ok) return fail('SLC_BAD_REQUEST', reservation.message, reservation.param);
+  const reserveCompletion = opts.instanceAsks === undefined
+    ? reservation.tokens
+    : mergedReservation(opts, opts.instanceAsks, model, maxTokensField, maxCompletion, n);
+
+  const enc = encodingForModel(model);
+  const count = opts.countPrompt !== false;
+  let parts: PromptParts | undefined;
+  if (chat) {
+    const messages = obj.messages;
+    if (!Array.isArray(messages)) return fail('SLC_BAD_REQUEST', 'messages must be an array', 'messages');
+    if (messages.length === 0) return fail('SLC_BAD_REQUEST', 'messages must not be empty', 'messages');
+    for (let i = 0; i < messages.length; i++) {
+      if (!isJsonObject(messages[i])) return fail('SLC_BAD_REQUEST', `messages[${i}] must be an object`, 'messages');
+    }
+    if (count) parts = chatPromptParts(messages, enc, obj.tools, obj.functions);
+  } else {
+    const prompt = obj.prompt;
+    if (prompt === undefined || prompt === null) return fail('SLC_BAD_REQUEST', 'prompt is required', 'prompt');
+    if (!validPrompt(prompt)) return fail('SLC_BAD_REQUEST', 'prompt must be a string, an array of strings, or token ids', 'prompt');
+    if (count) parts = completionPromptParts(prompt);
+  }
+
+  const clientWantsUsage = stream && isJsonObject(streamOptions) && streamOptions.include_usage === true;
+  const fieldKeys = opts.overrideKeys;
+  const clientFields = takeOverrideFields(obj, fieldKeys);
+  return {
+    ok: true, surface: opts.surface, obj, model, stream, clientWantsUsage, maxTokens, n, reserveCompletion, enc, parts,
+    scale: opts.promptScale !== undefined && opts.promptScale > 1 ? opts.promptScale : 1,
+    fieldKeys: clientFields === undefined ? undefined : fieldKeys, clientFields,
+  };
+}
+
+/** Sluice meters from the upstream's usage chunk; the client sees it only if it asked (the codec strips it). */
+function forceStreamUsage(obj: Record<string, unknown>, stream: boolean): void {
+  if (!stream) return;
+  if (isJsonObject(obj.stream_options)) obj.stream_options.include_usage = true;
+  else obj.stream_options = { include_usage: true };
+}
+
+/** The OpenAI error shape: {"error":{"message","type","code","param"}}. */
+export function openAiErrorBody(_status: number, code: string, type: string, message: string, param: string | undefined): string {
+  return openAiError(message, type, code, param ?? null);
+}
+
+export const chatSurface: SurfaceSpec = {
+  id: 'openai-chat',
+  metered: true,
+  parse: (body, opts) => parseOpenAi(body, opts, true),
+  finish: forceStreamUsage,
+  errorBody: openAiErrorBody,
+};
+
+export const completionsSurface: SurfaceSpec = {
+  id: 'openai-completions',
+  metered: true,
+  parse: (body, opts) => parseOpenAi(body, opts, false),
+  finish: forceStreamUsage,
+  errorBody: openAiErrorBody,
+};
+
+/** Generated text of a chat or completions body (message content, or a completion's text), for counting. */
+function completionText(json: unknown): string {
+  const choices = (json as { choices?: unknown } | null)?.choices;
+  if (!Array.isArray(choices)) return '';
+  let text = '';
+  for (const c of choices) {
+    const msg = (c as { message?: { content?: unknown }; text?: unknown }).message?.content ?? (c as { text?: unknown }).text;
+    if (typeof msg === 'string') text += msg;
+  }
+  return text;
+}
+
+/** A buffered 2xx chat/completions answer: relayed as it came; its usage, or its text to count. */
+export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
+  let usage: Usage | undefined;
+  let rejected: UsageRejectReason | undefined;
+  let text = '';
+  try {
+    const json: unknown = JSON.parse(body.toString('utf8'));
+    const u = openAiUsage((json as { usage?: unknown } | null)?.usage, maxUsage);
+    if (isRejection(u)) rejected = u.rejected; else usage = u;
+    if (usage === undefined) text = completionText(json);
+  } catch {
+    usage = undefined;
+  }
+  return { body, contentType: undefined, usage, rejected, text };
+}
+
+const SSE = 'text/event-stream';
+
+/** The chat/completions stream as it came (minus the forced usage chunk), metered by StreamMeter. */
+class ChatStream extends StreamMeter implements StreamCodec {
+  readonly contentType = SSE;
+}
+
+export function streamChat(call: PreparedCall, opts: StreamOptions): StreamCodec {
+  return new ChatStream({ stripUsage: !call.clientWantsUsage, maxUsage: opts.maxUsage, textBound: opts.textBound, readUsage: openAiUsage });
+}
+
+/** OpenAI-shaped errors pass through unchanged; 429 and 5xx may fall back to the next instance. */
+export function openAiFailure(_call: PreparedCall, status: number, body: Buffer): FailureAnswer {
+  return { retry: status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : undefined, status, body, contentType: undefined };
+}
