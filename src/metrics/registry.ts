@@ -2,6 +2,7 @@
 // Label values come from configuration only (route ids, instance names, consumer usernames, rule names),
 // never from request data, so cardinality is bounded by the config. Secrets never become labels.
 import { Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom-client';
+import { HotSlots } from './slots.ts';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 const SIZE_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
@@ -12,31 +13,40 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'sluice_process_' });
   const registers = [registry];
+  // Per-request metrics live in plain-number slots (hot) and reach these metrics at scrape time via collect().
+  const hot = new HotSlots(LATENCY_BUCKETS);
   return {
     registry,
+    hot,
     requests: new Counter({
       name: 'sluice_http_requests_total', help: 'Requests answered, by route, instance and status.',
       labelNames: ['route', 'instance', 'status'] as const, registers,
+      collect() { hot.requests.export(this); },
     }),
     requestDuration: new Histogram({
       name: 'sluice_http_request_duration_seconds', help: 'Time from request to the last byte of the response.',
       labelNames: ['route', 'instance', 'status'] as const, buckets: LATENCY_BUCKETS, registers,
+      collect() { hot.requestDuration.export(this); },
     }),
     upstreamFirstByte: new Histogram({
       name: 'sluice_upstream_first_byte_seconds', help: 'Time from sending the upstream request to its response headers.',
       labelNames: ['route', 'instance'] as const, buckets: LATENCY_BUCKETS, registers,
+      collect() { hot.upstreamFirstByte.export(this); },
     }),
     upstreamAttempts: new Counter({
       name: 'sluice_upstream_attempts_total', help: 'Upstream attempts by outcome (ok, connect_error, timeout, http_429, http_5xx, aborted).',
       labelNames: ['route', 'instance', 'outcome'] as const, registers,
+      collect() { hot.upstreamAttempts.export(this); },
     }),
     tokens: new Counter({
       name: 'sluice_tokens_total', help: 'Tokens used, from upstream usage or counted, by kind: prompt, completion, and parts of those (never added on top): cached_prompt, cache_write (of prompt), reasoning (of completion).',
       labelNames: ['route', 'instance', 'consumer', 'kind'] as const, registers,
+      collect() { hot.tokens.export(this); },
     }),
     tokensCharged: new Counter({
       name: 'sluice_quota_tokens_charged_total', help: 'Tokens charged to quotas at settlement.',
       labelNames: ['route', 'instance', 'rule', 'consumer'] as const, registers,
+      collect() { hot.tokensCharged.export(this); },
     }),
     rejected: new Counter({
       name: 'sluice_quota_rejected_total', help: 'Requests rejected because a quota was spent.',

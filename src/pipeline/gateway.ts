@@ -26,7 +26,7 @@ import type { UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
 import type { FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { UpstreamFailure, classifyError, type UpstreamClient, type UpstreamResponse } from '../upstream/client.ts';
+import { UpstreamFailure, classifyError, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -47,7 +47,7 @@ type Resolve = (s: QuotaSource) => QuotaStore;
 /** A non-2xx answer kept for fallback: relayed if no later instance does better. */
 interface Retry {
   readonly failure: FailureAnswer;
-  readonly headers: UpstreamResponse['headers'];
+  readonly headers: UpstreamHeaders;
 }
 
 export interface GatewayDeps {
@@ -100,7 +100,7 @@ export class Gateway implements RequestSink {
       ctx.cut = true;
       n++;
       this.deps.metrics.shutdownCut.inc({ route: ctx.route.id });
-      ctx.ac?.abort();
+      ctx.call?.abort();
       // A stream parked on a slow client wakes up only when its response goes.
       if (ctx.res.started) ctx.res.destroy();
     }
@@ -329,35 +329,37 @@ export class Gateway implements RequestSink {
     const members = prepared.clientFields === undefined ? undefined : bodyMembers(prepared.fieldKeys!, prepared.clientFields, inst.optionJson);
     const call = provider.request(prepared, inst.model ?? prepared.model, members);
     const headers = upstreamHeaders(req, inst.forward, route.keyAuth?.header, call.headers, inst.headers, ctx.snap.trustedProxies, ctx.peer);
-    const ac = new AbortController();
-    ctx.ac = ac;
-    res.onAbort(() => ac.abort());
     const sentAt = performance.now();
     ctx.sent = true;
-    let up: UpstreamResponse;
+    const up = this.deps.upstream.send(provider.origin, call.path, headers, call.body, inst.transport);
+    ctx.call = up;
+    res.onAbort(ctx.abortUpstream);
     try {
-      up = await this.deps.upstream.send(provider.origin, call.path, headers, call.body, ac.signal, inst.transport);
+      await up.head();
     } catch (err) {
       const f = classifyError(err);
-      this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: f.kind });
+      this.deps.metrics.hot.route(route.id, inst.name).attempt(f.kind);
       if (ctx.cut) return f;
       if (f.kind === 'aborted' || res.aborted) { ctx.releaseAll(); return 'done'; }
       return f;
     }
-    this.deps.metrics.upstreamFirstByte.observe({ route: route.id, instance: inst.name }, (performance.now() - sentAt) / 1000);
+    const slots = this.deps.metrics.hot.route(route.id, inst.name);
+    slots.firstByte((performance.now() - sentAt) / 1000);
     const status = up.status;
     const ok = status >= 200 && status < 300;
-    this.deps.metrics.upstreamAttempts.inc({ route: route.id, instance: inst.name, outcome: status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok' });
+    slots.attempt(status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok');
     if (ok && provider.isStream(prepared, String(up.headers['content-type'] ?? ''))) {
-      await this.relayStream(ctx, inst, up, ac);
+      await this.relayStream(ctx, inst, up);
       return 'done';
     }
     let buf: Buffer;
     try {
-      buf = await readBody(up);
+      buf = await up.readAll(MAX_UPSTREAM_BODY);
     } catch (err) {
       if (res.aborted && !ctx.cut) { ctx.releaseAll(); return 'done'; }
-      return classifyError(err);
+      // A body that breaks off after the headers is a protocol error, whatever broke it (as a timeout is not retried as one).
+      const f = classifyError(err);
+      return f.kind === 'protocol_error' ? f : new UpstreamFailure('protocol_error', 'upstream body failed', err);
     }
     if (!ok) {
       const failure = provider.failure(prepared, status, buf);
@@ -374,7 +376,7 @@ export class Gateway implements RequestSink {
     return 'done';
   }
 
-  private async relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamResponse['headers'], buf: Buffer): Promise<void> {
+  private async relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer): Promise<void> {
     const { res } = ctx;
     const decoded = inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage);
     const headers = withContentType(this.relayHeaders(upHeaders), decoded.contentType);
@@ -392,7 +394,7 @@ export class Gateway implements RequestSink {
     this.observe(ctx, status);
   }
 
-  private async relayStream(ctx: Exchange, inst: CompiledInstance, up: UpstreamResponse, ac: AbortController): Promise<void> {
+  private async relayStream(ctx: Exchange, inst: CompiledInstance, up: UpstreamCall): Promise<void> {
     const { res } = ctx;
     const prepared = ctx.prepared!;
     const meter = inst.provider.stream(prepared, { maxUsage: ctx.snap.maxUsage });
@@ -406,7 +408,8 @@ export class Gateway implements RequestSink {
     let counting: Promise<number> | undefined;
     let broken = false;
     try {
-      for await (const chunk of up.body as AsyncIterable<Buffer>) {
+      // Chunks queued past a high-water mark while this waits on a slow client pause the upstream socket.
+      for (let chunk = await up.next(); chunk !== null; chunk = await up.next()) {
         if (res.aborted) break;
         const out = meter.push(chunk);
         if (out !== undefined && !res.write(out)) await res.drain();
@@ -420,7 +423,7 @@ export class Gateway implements RequestSink {
       broken = !res.aborted && !ctx.cut;
       if (broken) log.warn('upstream stream broke off', { route: ctx.route.id, instance: inst.name, err });
     }
-    if (res.aborted) ac.abort();
+    if (res.aborted) up.abort();
     // Decided before the response is touched: destroying it fires the abort handler (aborted becomes true),
     // and a stream the upstream broke is a 502, not a client abort.
     const status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;
@@ -491,12 +494,14 @@ export class Gateway implements RequestSink {
     const m = this.deps.metrics;
     const route = ctx.route.id;
     const instance = ctx.instanceName;
-    m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'prompt' }, usage.prompt_tokens);
-    m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'completion' }, usage.completion_tokens);
+    const slots = m.hot.route(route, instance);
+    const tokens = slots.tokens(ctx.consumer);
+    tokens.add('prompt', usage.prompt_tokens);
+    tokens.add('completion', usage.completion_tokens);
     // Parts of prompt / completion, reported apart (never added to them); absent when the usage was counted.
-    if (usage.cached_prompt_tokens !== undefined) m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'cached_prompt' }, usage.cached_prompt_tokens);
-    if (usage.cache_write_tokens !== undefined) m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'cache_write' }, usage.cache_write_tokens);
-    if (usage.reasoning_tokens !== undefined) m.tokens.inc({ route, instance, consumer: ctx.consumer, kind: 'reasoning' }, usage.reasoning_tokens);
+    if (usage.cached_prompt_tokens !== undefined) tokens.add('cached_prompt', usage.cached_prompt_tokens);
+    if (usage.cache_write_tokens !== undefined) tokens.add('cache_write', usage.cache_write_tokens);
+    if (usage.reasoning_tokens !== undefined) tokens.add('reasoning', usage.reasoning_tokens);
     ctx.usage = usage;
     const est = ctx.estimate;
     if (est !== undefined && (ctx.common !== undefined || ctx.instance !== undefined)) {
@@ -507,7 +512,7 @@ export class Gateway implements RequestSink {
       const charged = hold.settle(usage);
       for (let i = 0; i < hold.quotas.length; i++) {
         const q = hold.quotas[i]!;
-        m.tokensCharged.inc({ route, instance, rule: q.metricRule, consumer: ctx.consumer }, charged[i] ?? 0);
+        slots.charged(q.metricRule, ctx.consumer, charged[i] ?? 0);
       }
     }
   }
@@ -552,7 +557,7 @@ export class Gateway implements RequestSink {
     this.observe(ctx, q.rejectedCode);
   }
 
-  private relayHeaders(up: UpstreamResponse['headers']): HeaderList {
+  private relayHeaders(up: UpstreamHeaders): HeaderList {
     const out: HeaderList = [];
     for (const k of Object.keys(up)) {
       if (HOP_HEADERS.has(k)) continue;
@@ -564,9 +569,7 @@ export class Gateway implements RequestSink {
   }
 
   private observe(ctx: Exchange, status: number): void {
-    const labels = { route: ctx.route.id, instance: ctx.instanceName, status: String(status) };
-    this.deps.metrics.requests.inc(labels);
-    this.deps.metrics.requestDuration.observe(labels, (performance.now() - ctx.req.startedAt) / 1000);
+    this.deps.metrics.hot.route(ctx.route.id, ctx.instanceName).answered(status, (performance.now() - ctx.req.startedAt) / 1000);
   }
 }
 
@@ -603,7 +606,9 @@ class Exchange {
   common: QuotaHold | undefined = undefined;
   instance: QuotaHold | undefined = undefined;
   /** The current attempt's upstream request. */
-  ac: AbortController | undefined = undefined;
+  call: UpstreamCall | undefined = undefined;
+  /** The client went away: cut the current attempt (one closure per request, not per attempt). */
+  readonly abortUpstream = (): void => { this.call?.abort(); };
   /** An upstream request was sent (its prompt may be billed). */
   sent = false;
   /** Cut at shutdown. */
@@ -628,22 +633,6 @@ class Exchange {
     this.common?.release();
     this.instance?.release();
   }
-}
-
-async function readBody(up: UpstreamResponse): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let size = 0;
-  try {
-    for await (const chunk of up.body as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > MAX_UPSTREAM_BODY) throw new UpstreamFailure('protocol_error', 'upstream response too large', undefined);
-      parts.push(chunk);
-    }
-  } catch (err) {
-    up.body.destroy();
-    throw err instanceof UpstreamFailure ? err : new UpstreamFailure('protocol_error', 'upstream body failed', err);
-  }
-  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
 }
 
 /** Replaces the content type when the provider gives one (a translated answer); otherwise the upstream's stays. */

@@ -2,8 +2,7 @@
 // HTTP/1.1 stream holds its connection for its whole life, so a capped pool would cap concurrent streams).
 // Only HTTP: origin, path, headers, body and transport. Where a request goes and what it says is the
 // provider's (src/providers/). undici is imported in this folder only.
-import { Agent, errors } from './undici-agent.ts';
-import type { Readable } from 'node:stream';
+import { Agent, errors, parseHeaders, type DispatchHandler } from './undici-agent.ts';
 import type { InstanceConfig } from '../config/types.ts';
 
 export interface UpstreamTimeouts {
@@ -41,11 +40,7 @@ export function resolveTransport(inst: InstanceConfig): Transport | undefined {
   };
 }
 
-export interface UpstreamResponse {
-  readonly status: number;
-  readonly headers: Record<string, string | string[] | undefined>;
-  readonly body: Readable;
-}
+export type UpstreamHeaders = Record<string, string | string[] | undefined>;
 
 export type FailureKind = 'connect_error' | 'timeout' | 'aborted' | 'protocol_error';
 
@@ -111,21 +106,199 @@ export class UpstreamClient {
     return agent;
   }
 
-  async send(origin: string, path: string, headers: Record<string, string>, body: Buffer, signal: AbortSignal, transport?: Transport): Promise<UpstreamResponse> {
+  /**
+   * Starts one POST; the returned call is the undici handler itself (no AbortController, no body stream).
+   * Await `call.head()`, then read the body with `readAll(max)` or `next()`; `abort()` cuts it at any point.
+   */
+  send(origin: string, path: string, headers: Record<string, string>, body: Buffer, transport?: Transport): UpstreamCall {
+    const agent = transport === undefined ? this.agent : this.agentFor(transport);
+    const call = new UpstreamCall();
     try {
-      const agent = transport === undefined ? this.agent : this.agentFor(transport);
-      const r = await agent.request({
-        origin, path, method: 'POST', headers, body, signal,
+      agent.dispatch({
+        origin, path, method: 'POST', headers, body,
         headersTimeout: transport?.firstByteMs ?? this.timeouts.firstByteMs,
         bodyTimeout: transport?.idleMs ?? this.timeouts.idleMs,
-      });
-      return { status: r.statusCode, headers: r.headers, body: r.body };
+      }, call);
     } catch (err) {
-      throw classifyError(err);
+      call.onError(err as Error);
     }
+    return call;
   }
 
   async close(): Promise<void> {
     await Promise.all([this.agent.close(), ...[...this.agents.values()].map((a) => a.close())]);
   }
 }
+
+/** Body bytes queued for a reader that is not asking (a stream parked on a slow client) before the socket pauses. */
+const QUEUE_HIGH_WATER = 64 * 1024;
+const NO_HEADERS: UpstreamHeaders = Object.freeze({}) as UpstreamHeaders;
+type Waiter = ((v: unknown) => void) | undefined;
+
+/**
+ * One upstream request, driven by undici's dispatch handler callbacks. Every failure (timeouts, resets, a body
+ * past readAll's cap, abort()) becomes one UpstreamFailure, delivered to whatever waits now or next.
+ * Readers: `head()` once, then either `readAll(max)` once or `next()` in a loop (one outstanding at a time).
+ */
+export class UpstreamCall implements DispatchHandler {
+  status = 0;
+  headers: UpstreamHeaders = NO_HEADERS;
+  private abortFn: ((err?: Error) => void) | undefined = undefined;
+  private resumeFn: (() => void) | undefined = undefined;
+  private failure: UpstreamFailure | undefined = undefined;
+  private headDone = false;
+  private ended = false;
+  private paused = false;
+  /** readAll's cap; while collecting, the queue is the whole body so far. */
+  private collecting = false;
+  private max = Infinity;
+  private queue: Buffer[] = [];
+  private queueHead = 0;
+  private queued = 0;
+  private resolve: Waiter = undefined;
+  private reject: Waiter = undefined;
+
+  /** Body bytes received and not yet read (bounded by QUEUE_HIGH_WATER plus one chunk while streaming). */
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
+  /** Cuts the request now (client gone, shutdown): pending and later reads fail with kind 'aborted'. */
+  abort(): void {
+    if (this.failure !== undefined || this.ended) return;
+    this.fail(new UpstreamFailure('aborted', 'request aborted', undefined));
+  }
+
+  /** Resolves once status and headers are in (`status`, `headers`). */
+  head(): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.headDone) return Promise.resolve();
+    return this.wait();
+  }
+
+  /** The whole body; past `max` bytes the request is cut and this fails with 'protocol_error'. */
+  readAll(max: number): Promise<Buffer> {
+    this.collecting = true;
+    this.max = max;
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.queued > max) { this.tooLarge(); return Promise.reject(this.failure); }
+    if (this.ended) return Promise.resolve(this.joined());
+    this.unpause();
+    return this.wait();
+  }
+
+  /** The next body chunk, or null at the end. The socket pauses while QUEUE_HIGH_WATER bytes wait unread. */
+  next(): Promise<Buffer | null> {
+    if (this.queueHead < this.queue.length) {
+      const c = this.queue[this.queueHead]!;
+      this.queue[this.queueHead++] = EMPTY;
+      this.queued -= c.length;
+      if (this.queueHead === this.queue.length) { this.queue.length = 0; this.queueHead = 0; }
+      if (this.paused && this.queued < QUEUE_HIGH_WATER) this.unpause();
+      return Promise.resolve(c);
+    }
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.ended) return Promise.resolve(null);
+    this.unpause();
+    return this.wait();
+  }
+
+  // undici's handler callbacks (its core calls these directly; the newer controller API is wrapped per request).
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortFn = abort;
+    if (this.failure !== undefined) abort(this.failure);
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    // 1xx informational answers (103 Early Hints) precede the real one.
+    if (statusCode < 200 || this.failure !== undefined) return true;
+    this.status = statusCode;
+    this.headers = parseHeaders(rawHeaders);
+    this.resumeFn = resume;
+    this.headDone = true;
+    this.settle(undefined);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.failure !== undefined) return true;
+    if (this.collecting) {
+      this.queued += chunk.length;
+      if (this.queued > this.max) { this.tooLarge(); return true; }
+      this.queue.push(chunk);
+      return true;
+    }
+    if (this.resolve !== undefined) { this.settle(chunk); return true; }
+    this.queue.push(chunk);
+    this.queued += chunk.length;
+    if (this.queued >= QUEUE_HIGH_WATER) { this.paused = true; return false; }
+    return true;
+  }
+
+  onComplete(): void {
+    if (this.failure !== undefined) return;
+    this.ended = true;
+    if (this.resolve === undefined) return;
+    this.settle(this.collecting ? this.joined() : null);
+  }
+
+  onError(err: Error): void {
+    if (this.failure !== undefined || this.ended) return;
+    this.failure = classifyError(err);
+    this.rejectWaiter();
+  }
+
+  private tooLarge(): void {
+    this.queue = [];
+    this.fail(new UpstreamFailure('protocol_error', 'upstream response too large', undefined));
+  }
+
+  private fail(f: UpstreamFailure): void {
+    this.failure = f;
+    this.queue.length = 0;
+    this.queued = 0;
+    // Before onConnect (still queued for a connection) onConnect aborts it.
+    this.abortFn?.(f);
+    this.rejectWaiter();
+  }
+
+  private unpause(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.resumeFn?.();
+  }
+
+  private joined(): Buffer {
+    const q = this.queue;
+    const out = q.length === 1 ? q[0]! : Buffer.concat(q, this.queued);
+    this.queue = [];
+    this.queued = 0;
+    return out;
+  }
+
+  private wait<T>(): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.resolve = resolve as Waiter;
+      this.reject = reject;
+    });
+  }
+
+  private settle(v: unknown): void {
+    const r = this.resolve;
+    if (r === undefined) return;
+    this.resolve = undefined;
+    this.reject = undefined;
+    r(v);
+  }
+
+  private rejectWaiter(): void {
+    const r = this.reject;
+    if (r === undefined) return;
+    this.resolve = undefined;
+    this.reject = undefined;
+    r(this.failure);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

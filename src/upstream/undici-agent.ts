@@ -13,3 +13,6 @@ Object.assign(dispatcher.prototype, require('undici/lib/api/index.js') as object
 export const Agent = require('undici/lib/dispatcher/agent.js') as typeof Undici.Agent;
 export type Agent = Undici.Agent;
 export const errors = require('undici/lib/core/errors.js') as typeof Undici.errors;
+/** undici's own raw-header parser (the one `request()` uses): `[name, value, ...]` buffers to a lower-cased record. */
+export const parseHeaders = (require('undici/lib/core/util.js') as { parseHeaders: (raw: Buffer[]) => Record<string, string | string[] | undefined> }).parseHeaders;
+export type DispatchHandler = Undici.Dispatcher.DispatchHandler;
