@@ -7,16 +7,11 @@ import { GeminiStream } from '../src/providers/gemini/stream.ts';
 import { TranslatedStream } from '../src/providers/gemini/translate-response.ts';
 import type { PreparedCall } from '../src/providers/types.ts';
 import { StreamMeter } from '../src/streaming/usage-meter.ts';
-import { numArg } from './lib/args.ts';
-
-function flag(name: string, fallback: number, min: number, max: number): number {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? numArg(name, process.argv[i + 1], min, max) : fallback;
-}
+import { flag } from './lib/args.ts';
+import { openAiFrames, runCodec, word, type Sink } from './lib/codec-run.ts';
 
 const FRAMES = flag('--frames', 200_000, 1000, 10_000_000);
 const REPS = flag('--reps', 5, 1, 20);
-const WORDS = ['The', ' tide', ' rises', ' twice', ' a', ' day,', ' "pulled"', ' by', ' the', ' Moon.\n'];
 const MAX = 10_000_000;
 
 /** Gemini frames as the API streams them: every frame carries usageMetadata, the last one the final counts. */
@@ -28,43 +23,11 @@ function geminiFrames(n: number, sse: boolean): Buffer[] {
   });
   const out: Buffer[] = [];
   for (let i = 0; i < n; i++) {
-    const json = JSON.stringify(frame(WORDS[i % WORDS.length]! + WORDS[(i + 3) % WORDS.length]!, i === n - 1));
+    const json = JSON.stringify(frame(word(i), i === n - 1));
     // run() starts a new codec every 1000 frames: each group is a whole array.
     out.push(Buffer.from(sse ? `data: ${json}\r\n\r\n` : (i % 1000 === 0 ? '[' : ',\r\n') + json + (i % 1000 === 999 || i === n - 1 ? ']' : '')));
   }
   return out;
-}
-
-function openAiFrames(n: number): Buffer[] {
-  const head = { id: 'chatcmpl-1', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o' };
-  const f = (o: unknown) => Buffer.from(`data: ${JSON.stringify(o)}\n\n`);
-  const out = [f({ ...head, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }], usage: null })];
-  for (let i = 0; i < n; i++) out.push(f({ ...head, choices: [{ index: 0, delta: { content: WORDS[i % WORDS.length]! + WORDS[(i + 3) % WORDS.length]! }, finish_reason: null }], usage: null }));
-  out.push(f({ ...head, choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage: null }), f({ ...head, choices: [], usage: { prompt_tokens: 20, completion_tokens: 2 * n, total_tokens: 20 + 2 * n } }), Buffer.from('data: [DONE]\n\n'));
-  return out;
-}
-
-interface Sink { push(c: Buffer): Buffer | undefined; end(): Buffer | undefined; takeCountable(): string | undefined }
-
-function run(frames: Buffer[], make: () => Sink): number {
-  let best = Infinity;
-  for (let r = 0; r < REPS; r++) {
-    // One codec per 1000 frames: streams are short-lived, and the text tally's cuts stay in the measurement.
-    const t0 = process.cpuUsage();
-    let sink = make();
-    let bytes = 0;
-    for (let i = 0; i < frames.length; i++) {
-      if (i % 1000 === 0) { sink.end(); sink = make(); }
-      const o = sink.push(frames[i]!);
-      if (o !== undefined) bytes += o.length;
-      sink.takeCountable();
-    }
-    sink.end();
-    const d = process.cpuUsage(t0);
-    if (bytes === 0) throw new Error('nothing came out');
-    best = Math.min(best, (d.user + d.system) / FRAMES);
-  }
-  return best;
 }
 
 const call: PreparedCall = {
@@ -74,6 +37,7 @@ const call: PreparedCall = {
 const sse = geminiFrames(FRAMES, true);
 const arr = geminiFrames(FRAMES, false);
 const oa = openAiFrames(FRAMES);
+const run = (frames: Buffer[], make: () => Sink): number => runCodec(frames, make, REPS, FRAMES);
 const rows: [string, number][] = [
   ['openai StreamMeter, pass-through', run(oa, () => new StreamMeter({ stripUsage: false }))],
   ['gemini native SSE (pass-through)', run(sse, () => new GeminiStream(true, { maxUsage: MAX }))],

@@ -70,6 +70,8 @@ interface Surface {
   /** The mock path of the same surface served directly, when it differs (Azure's deployment URL). */
   directPath?(stream: boolean): string;
   readonly streams: boolean;
+  /** false: measured streamed only (a second stream format of a surface already measured buffered). */
+  readonly buffered?: boolean;
   /** Translated: the direct baseline is the upstream's own surface (`direct` names it). */
   readonly direct?: string;
   /** Text that ends a complete stream in this surface. */
@@ -82,6 +84,9 @@ const chatBody = (stream: boolean, chunks: number) => JSON.stringify({
 });
 const geminiPath = (stream: boolean) => `/v1beta/models/gemini-bench:${stream ? 'streamGenerateContent?alt=sse' : 'generateContent'}`;
 
+const geminiBody = (_stream: boolean, chunks: number) =>
+  JSON.stringify({ contents: [{ role: 'user', parts: [{ text: MESSAGES[0]!.content }] }], generationConfig: { maxOutputTokens: chunks } });
+
 const SURFACES: readonly Surface[] = [
   { id: 'chat', label: 'openai-chat → openai', prefix: '/oa', path: () => '/v1/chat/completions', body: chatBody, streams: true, endMark: '[DONE]' },
   {
@@ -93,8 +98,11 @@ const SURFACES: readonly Surface[] = [
     body: (stream, chunks) => JSON.stringify({ model: 'claude-bench', max_tokens: chunks, messages: MESSAGES, ...(stream ? { stream: true } : {}) }),
   },
   {
-    id: 'generate', label: 'gemini-generate → gemini', prefix: '/ge', path: geminiPath, streams: true, endMark: 'finishReason',
-    body: (_stream, chunks) => JSON.stringify({ contents: [{ role: 'user', parts: [{ text: MESSAGES[0]!.content }] }], generationConfig: { maxOutputTokens: chunks } }),
+    id: 'generate', label: 'gemini-generate → gemini', prefix: '/ge', path: geminiPath, streams: true, endMark: 'finishReason', body: geminiBody,
+  },
+  {
+    id: 'generate-array', label: 'gemini-generate → gemini (JSON array stream)', prefix: '/ge', path: () => '/v1beta/models/gemini-bench:streamGenerateContent',
+    streams: true, buffered: false, endMark: 'finishReason', body: geminiBody,
   },
   {
     id: 'responses', label: 'openai-responses → openai', prefix: '/oa', path: () => '/v1/responses', streams: true, endMark: 'response.completed',
@@ -138,6 +146,7 @@ function casesFor(args: Args): CaseDef[] {
   for (const stream of [false, true]) {
     for (const s of SURFACES) {
       if (stream && !s.streams) continue;
+      if (!stream && s.buffered === false) continue;
       const body = s.body(stream, args.chunks);
       if (s.direct === undefined) {
         out.push({ id: `${s.id}.direct${stream ? '.stream' : ''}`, surface: s, sluice: false, stream, path: s.directPath?.(stream) ?? s.path(stream), body });

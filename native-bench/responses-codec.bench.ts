@@ -5,12 +5,7 @@
 // Usage: node --import tsx native-bench/responses-codec.bench.ts [--frames 200000] [--reps 5]
 import { ResponsesStream } from '../src/providers/openai/responses.ts';
 import { StreamMeter } from '../src/streaming/usage-meter.ts';
-import { numArg } from './lib/args.ts';
-
-function flag(name: string, fallback: number, min: number, max: number): number {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? numArg(name, process.argv[i + 1], min, max) : fallback;
-}
+import { flag } from './lib/args.ts';
 
 const FRAMES = flag('--frames', 200_000, 1000, 10_000_000);
 const REPS = flag('--reps', 5, 1, 20);

@@ -48,6 +48,7 @@ async function start(argv: string[]): Promise<void> {
     const mock = await startMockUpstream({ host: '127.0.0.1', port: 0, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' });
     mockClose = () => mock.close();
     env.SLUICE_MOCK_ENDPOINT = `${mock.url}/v1/chat/completions`;
+    env.SLUICE_MOCK_ORIGIN = mock.url;
     log.info('embedded mock upstream listening', { url: mock.url });
   }
   if (file === undefined) { console.error(USAGE); process.exit(2); }

@@ -11,25 +11,11 @@
 // compact layouts upstreams send (`"choices":[{"index":0,"delta":{"content":…`, `"delta":{"role":"assistant",
 // "content":…`, `"choices":[{"text":…`, `"choices":[{"index":0,"text":…`) after checking that nothing before `choices` can nest it; a text key
 // anywhere else hands the frame to the full parse.
+import { closingQuote } from './json-literal.ts';
 
 const TEXT_KEYS = ['content"', 'reasoning_content"', 'text"'] as const;
 const QUOTE = 0x22;
-const BACKSLASH = 0x5c;
 const COLON = 0x3a;
-
-/** Index of the quote closing the string literal that opens at `open`, or -1. */
-function closingQuote(s: string, open: number): number {
-  let j = open + 1;
-  for (;;) {
-    j = s.indexOf('"', j);
-    if (j === -1) return -1;
-    let k = j - 1;
-    while (s.charCodeAt(k) === BACKSLASH) k--;
-    // An even number of backslashes before the quote: it is not escaped.
-    if (((j - 1 - k) & 1) === 0) return j;
-    j++;
-  }
-}
 
 const CHOICE_OPEN = ['"choices":[{"index":0,', '"choices":[{'] as const;
 const DELTA_OPEN = ['"delta":{', '"delta":{"role":"assistant",', '"delta":{"content":null,', '"delta":{"role":"assistant","content":null,'] as const;

@@ -7,23 +7,9 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { metric, eventually } from '../helpers/metrics.ts';
 
 const BODY = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Count to a hundred please' }], stream: true, max_tokens: 400 });
-
-async function metric(gw: TestGateway, re: RegExp): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  return sum;
-}
-
-async function eventually(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('a client that half-closes its connection mid-stream', () => {
   let mock: MockUpstream;

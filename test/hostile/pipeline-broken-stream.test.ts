@@ -5,23 +5,9 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { metric, eventually } from '../helpers/metrics.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }], stream: true, max_tokens: 40 };
-
-async function metric(gw: TestGateway, re: RegExp): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  return sum;
-}
-
-async function eventually(what: string, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('a stream the upstream breaks', () => {
   let mock: MockUpstream;

@@ -6,6 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { startGateway, post, type TestGateway } from '../helpers/gateway.ts';
+import { metric } from '../helpers/metrics.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisTotals } from '../helpers/redis-totals.ts';
 import { prepareRequest } from '../helpers/prepare.ts';
@@ -68,13 +69,6 @@ function countedEstimate(): number {
   const p = prepareRequest(Buffer.from(JSON.stringify(REQUEST)), { kind: 'chat', defaultMaxTokens: 256, countPrompt: true } as Parameters<typeof prepareRequest>[1]);
   assert.ok(p.ok);
   return p.promptTokens + countText(TEXT, 'o200k_base');
-}
-
-async function metric(gw: TestGateway, re: RegExp): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  return sum;
 }
 
 async function streamed(gw: TestGateway, lie: string): Promise<string> {

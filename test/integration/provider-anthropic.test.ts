@@ -8,6 +8,8 @@ import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, type TestGateway } from '../helpers/gateway.ts';
+import { charged, expectCharged, mockTotal, waitMoved } from '../helpers/metrics.ts';
+import { readAll, readChatStream } from '../helpers/sse.ts';
 import { ANTHROPIC_PROMPT_SCALE, anthropicPromptParts } from '../../src/providers/anthropic/estimate.ts';
 import { countPromptParts, countText } from '../../src/tokens/count.ts';
 
@@ -31,30 +33,6 @@ function config(mockUrl: string): Record<string, unknown> {
       },
     }],
   };
-}
-
-async function charged(gw: TestGateway): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`sluice_quota_tokens_charged_total{route="${ROUTE}"`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
-
-/** Waits (generously: the machine is shared) until the charged total has moved by `expected` from `before`. */
-async function expectCharged(gw: TestGateway, before: number, expected: number): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  let now = await charged(gw);
-  while (now - before !== expected && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    now = await charged(gw);
-  }
-  assert.equal(now - before, expected, `charged ${now - before}, expected ${expected}`);
-}
-
-function mockTotal(mock: MockUpstream): number {
-  return mock.stats().usage.total_tokens;
 }
 
 const MESSAGES = [{ role: 'user' as const, content: 'Tell me about the tides, briefly.' }];
@@ -83,7 +61,7 @@ describe('provider anthropic through the gateway', () => {
   });
 
   it('messages (buffered): the SDK gets the mock\'s message; upstream auth and version are the instance\'s; charged = usage incl. cache', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const msg = await claude.messages.create(
       { model: 'claude-client', max_tokens: 40, system: SYSTEM, messages: MESSAGES },
@@ -94,7 +72,7 @@ describe('provider anthropic through the gateway', () => {
     assert.equal(msg.usage.cache_creation_input_tokens, 3);
     const total = msg.usage.input_tokens + 5 + 3 + msg.usage.output_tokens;
     assert.equal(mockTotal(mock) - u0, total);
-    await expectCharged(gw, c0, total);
+    await expectCharged(gw, ROUTE, c0, total);
     const last = mock.requests().at(-1)!;
     assert.equal(last.path, '/v1/messages');
     assert.equal(last.headers['x-api-key'], 'sk-ant-instance', 'the client\'s key never goes upstream');
@@ -103,7 +81,7 @@ describe('provider anthropic through the gateway', () => {
   });
 
   it('messages (stream): events pass through to the SDK; charged = message_start + message_delta usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const stream = claude.messages.stream(
       { model: 'claude-client', max_tokens: 40, system: SYSTEM, messages: MESSAGES },
@@ -116,11 +94,11 @@ describe('provider anthropic through the gateway', () => {
     assert.equal(final.usage.cache_read_input_tokens, 4);
     const total = final.usage.input_tokens + 4 + (final.usage.cache_creation_input_tokens ?? 0) + final.usage.output_tokens;
     assert.equal(mockTotal(mock) - u0, total);
-    await expectCharged(gw, c0, total);
+    await expectCharged(gw, ROUTE, c0, total);
   });
 
   it('messages (stream cut by the upstream): charged = the prompt estimate + the counted text', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const body = { model: 'claude-client', max_tokens: 40, system: SYSTEM, messages: MESSAGES, stream: true };
     const r = await fetch(`${gw.url}/v1/messages`, {
       method: 'POST',
@@ -129,55 +107,44 @@ describe('provider anthropic through the gateway', () => {
     });
     assert.equal(r.status, 200);
     // Read in pieces: the gateway destroys a stream the upstream broke, and what arrived before must be kept.
-    let raw = '';
-    const reader = (r.body as ReadableStream<Uint8Array>).getReader();
-    const dec = new TextDecoder();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        raw += dec.decode(value, { stream: true });
-      }
-    } catch {
-      // the cut
-    }
+    const raw = await readAll(r);
     // The text the gateway received is what the mock wrote before dropping: 3 frames of its deterministic slice.
     const estimate = Math.ceil(countPromptParts(anthropicPromptParts(body), 'o200k_base') * ANTHROPIC_PROMPT_SCALE);
     const seen = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
-    const c1 = await waitMoved(gw, c0);
+    const c1 = await waitMoved(gw, ROUTE, c0);
     const produced = c1 - c0 - estimate;
     assert.ok(seen.length > 0, 'the frames before the cut reached the client');
     assert.equal(produced, counted(seen, 40), `charged ${c1 - c0} = estimate ${estimate} + counted text`);
   });
 
   it('messages (stream aborted by the client, SDK): charged = the prompt estimate + the text received so far', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const body = { model: 'claude-client', max_tokens: 24, system: SYSTEM, messages: MESSAGES };
     const stream = claude.messages.stream(body, { headers: { 'x-mock-chunk-delay-ms': '1000', 'x-mock-chunks': '8' } });
     await new Promise<void>((resolve) => stream.on('text', () => resolve()));
     stream.abort();
     await stream.done().catch(() => undefined);
     const estimate = Math.ceil(countPromptParts(anthropicPromptParts(body), 'o200k_base') * ANTHROPIC_PROMPT_SCALE);
-    const produced = (await waitMoved(gw, c0)) - c0 - estimate;
+    const produced = (await waitMoved(gw, ROUTE, c0)) - c0 - estimate;
     assert.ok(produced > 0 && produced < 24, `charged the estimate ${estimate} + ${produced} tokens of text, not the whole answer`);
   });
 
   it('messages without usage (buffered and stream): charged = the prompt estimate + the counted text', async () => {
     const body = { model: 'claude-client', max_tokens: 40, system: SYSTEM, messages: MESSAGES };
     const estimate = Math.ceil(countPromptParts(anthropicPromptParts(body), 'o200k_base') * ANTHROPIC_PROMPT_SCALE);
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const msg = await claude.messages.create(body, { headers: { 'x-mock-usage': 'off' } });
     const text = msg.content.map((b) => (b.type === 'text' ? b.text : '')).join('');
     assert.ok(text.length > 0);
-    await expectCharged(gw, c0, estimate + counted(text, 40));
-    const c1 = await charged(gw);
+    await expectCharged(gw, ROUTE, c0, estimate + counted(text, 40));
+    const c1 = await charged(gw, ROUTE);
     // Raw HTTP: the SDK's stream helper itself needs the usage this stream lacks.
     const r = await fetch(`${gw.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-usage': 'off' }, body: JSON.stringify({ ...body, stream: true }) });
     const raw = await r.text();
     assert.ok(raw.includes('event: message_stop'));
     const streamed = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
     assert.ok(streamed.length > 0);
-    await expectCharged(gw, c1, estimate + counted(streamed, 40));
+    await expectCharged(gw, ROUTE, c1, estimate + counted(streamed, 40));
   });
 
   it('estimate: the reservation bounds the mock\'s prompt count on every kind of text (sluice_quota_estimate_error_tokens ≥ 0)', async (t) => {
@@ -204,13 +171,13 @@ describe('provider anthropic through the gateway', () => {
   });
 
   it('count_tokens: passed through with the instance model, nothing charged', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const r = await claude.messages.countTokens({ model: 'claude-client', system: SYSTEM, messages: MESSAGES });
     assert.ok(r.input_tokens > 0);
     const last = mock.requests().at(-1)!;
     assert.equal(last.path, '/v1/messages/count_tokens');
     assert.equal((last.body as { model: string }).model, 'claude-inst');
-    assert.equal(await charged(gw), c0);
+    assert.equal(await charged(gw, ROUTE), c0);
   });
 
   it('errors: a bad request gets Anthropic\'s error shape', async () => {
@@ -230,7 +197,7 @@ describe('provider anthropic through the gateway', () => {
   });
 
   it('openai SDK → anthropic instance (buffered): a chat.completion with usage mapped; charged = that usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const r = await openai.chat.completions.create(
       { model: 'gpt-client', max_tokens: 30, messages: [{ role: 'system', content: SYSTEM }, ...MESSAGES] },
@@ -242,7 +209,7 @@ describe('provider anthropic through the gateway', () => {
     assert.equal(r.usage!.prompt_tokens_details!.cached_tokens, 6);
     assert.equal(r.usage!.total_tokens, r.usage!.prompt_tokens + r.usage!.completion_tokens);
     assert.equal(mockTotal(mock) - u0, r.usage!.total_tokens);
-    await expectCharged(gw, c0, r.usage!.total_tokens);
+    await expectCharged(gw, ROUTE, c0, r.usage!.total_tokens);
     const up = mock.requests().at(-1)!;
     assert.equal(up.path, '/v1/messages');
     const ub = up.body as Record<string, unknown>;
@@ -252,37 +219,25 @@ describe('provider anthropic through the gateway', () => {
   });
 
   it('openai SDK → anthropic instance (stream, include_usage): chunks, a usage chunk, charged = that usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const stream = await openai.chat.completions.create({ model: 'gpt-client', max_tokens: 30, messages: MESSAGES, stream: true, stream_options: { include_usage: true } });
-    let text = '';
-    let usage: OpenAI.CompletionUsage | undefined;
-    let finish: string | null = null;
-    for await (const chunk of stream) {
-      text += chunk.choices[0]?.delta.content ?? '';
-      if (chunk.choices[0]?.finish_reason) finish = chunk.choices[0].finish_reason;
-      if (chunk.usage) usage = chunk.usage;
-    }
+    const { text, finish, usage } = await readChatStream(stream);
     assert.ok(text.length > 0);
     assert.equal(finish, 'stop');
     assert.ok(usage !== undefined);
     assert.equal(mockTotal(mock) - u0, usage.total_tokens);
-    await expectCharged(gw, c0, usage.total_tokens);
+    await expectCharged(gw, ROUTE, c0, usage.total_tokens);
   });
 
   it('openai SDK → anthropic instance (stream, no include_usage): no usage chunk, still charged the mock\'s usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const stream = await openai.chat.completions.create({ model: 'gpt-client', max_tokens: 30, messages: MESSAGES, stream: true });
-    let sawUsage = false;
-    let text = '';
-    for await (const chunk of stream) {
-      if (chunk.usage) sawUsage = true;
-      text += chunk.choices[0]?.delta.content ?? '';
-    }
-    assert.equal(sawUsage, false);
+    const { text, usage } = await readChatStream(stream);
+    assert.equal(usage, undefined);
     assert.ok(text.length > 0);
-    await expectCharged(gw, c0, mockTotal(mock) - u0);
+    await expectCharged(gw, ROUTE, c0, mockTotal(mock) - u0);
   });
 
   it('openai SDK → anthropic instance: an upstream error reaches the client in OpenAI\'s shape', async () => {
@@ -297,17 +252,6 @@ describe('provider anthropic through the gateway', () => {
     );
   });
 });
-
-/** The charged total once it moved (an aborted stream settles after the client saw the cut). */
-async function waitMoved(gw: TestGateway, before: number): Promise<number> {
-  const deadline = Date.now() + 15_000;
-  let now = await charged(gw);
-  while (now === before && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    now = await charged(gw);
-  }
-  return now;
-}
 
 describe('provider anthropic: fallback across providers on the OpenAI chat surface', () => {
   it('an Anthropic 529 falls back to an openai-compatible instance; charged = the answering instance\'s usage', async () => {
@@ -330,12 +274,12 @@ describe('provider anthropic: fallback across providers on the OpenAI chat surfa
     });
     try {
       const openai = new OpenAI({ apiKey: 'x', baseURL: `${gw.url}/v1`, maxRetries: 0 });
-      const c0 = await charged(gw);
+      const c0 = await charged(gw, ROUTE);
       const r = await openai.chat.completions.create({ model: 'any', messages: MESSAGES }, { headers: { 'x-mock-status': '529' } });
       assert.equal(r.model, 'oa-model');
       const paths = mock.requests().map((q) => q.path);
       assert.deepEqual(paths.slice(-2), ['/v1/messages', '/v1/chat/completions']);
-      await expectCharged(gw, c0, r.usage!.total_tokens);
+      await expectCharged(gw, ROUTE, c0, r.usage!.total_tokens);
     } finally {
       await gw.close();
       await mock.close();

@@ -8,6 +8,8 @@ import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { ConfigError, validateConfig } from '../../src/config/validate.ts';
 import { isIssues, resolveInstance } from '../../src/providers/registry.ts';
 import { startGateway, avoidWindowEdge, type TestGateway } from '../helpers/gateway.ts';
+import { charged } from '../helpers/metrics.ts';
+import { readChatStream } from '../helpers/sse.ts';
 
 const API_VERSION = '2024-10-21';
 const KEY = 'azure-secret';
@@ -16,13 +18,6 @@ interface Seen { path: string; query: Record<string, string>; headers: Record<st
 
 async function lastRequest(mock: MockUpstream): Promise<Seen> {
   return (await (await fetch(`${mock.url}/mock/last-request`)).json()) as Seen;
-}
-
-async function charged(gw: TestGateway): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) if (/^sluice_quota_tokens_charged_total\{route="az"/.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  return sum;
 }
 
 function azureRoute(endpoint: string, uri = '/openai/*'): Record<string, unknown> {
@@ -52,55 +47,50 @@ describe('azure-openai provider', () => {
 
     it('chat: deployment path, api-version and api-key reach the upstream; the quota is charged the usage', async () => {
       await avoidWindowEdge(60);
-      const before = await charged(gw);
+      const before = await charged(gw, 'az');
       const r = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Hello Azure' }] });
       assert.ok(r.usage !== undefined && r.usage.total_tokens > 0);
       const seen = await lastRequest(mock);
       assert.equal(seen.path, '/openai/deployments/gpt-4o-prod/chat/completions');
       assert.equal(seen.query['api-version'], API_VERSION);
       assert.equal(seen.headers['api-key'], KEY, 'the instance key, not the client key');
-      assert.equal(await charged(gw) - before, r.usage.total_tokens);
+      assert.equal(await charged(gw, 'az') - before, r.usage.total_tokens);
     });
 
     it('chat stream: usage from the stream is charged; the client that asked for it gets it', async () => {
       await avoidWindowEdge(60);
-      const before = await charged(gw);
+      const before = await charged(gw, 'az');
       const stream = await client.chat.completions.create({
         model: 'gpt-4o', messages: [{ role: 'user', content: 'Stream please' }], stream: true, stream_options: { include_usage: true },
       });
-      let text = '';
-      let usage: OpenAI.CompletionUsage | undefined;
-      for await (const chunk of stream) {
-        text += chunk.choices[0]?.delta?.content ?? '';
-        if (chunk.usage) usage = chunk.usage;
-      }
+      const { text, usage } = await readChatStream(stream);
       assert.ok(text.length > 0);
       assert.ok(usage !== undefined, 'usage chunk relayed');
       const seen = await lastRequest(mock);
       assert.equal(seen.path, '/openai/deployments/gpt-4o-prod/chat/completions');
       assert.equal(seen.body.stream_options.include_usage, true);
-      assert.equal(await charged(gw) - before, usage.total_tokens);
+      assert.equal(await charged(gw, 'az') - before, usage.total_tokens);
     });
 
     it('completions: the deployment path with the completions suffix', async () => {
       await avoidWindowEdge(60);
-      const before = await charged(gw);
+      const before = await charged(gw, 'az');
       const r = await client.completions.create({ model: 'gpt-35-turbo-instruct', prompt: 'Once upon a time' });
       const seen = await lastRequest(mock);
       assert.equal(seen.path, '/openai/deployments/gpt-4o-prod/completions');
       assert.equal(seen.query['api-version'], API_VERSION);
-      assert.equal(await charged(gw) - before, r.usage!.total_tokens);
+      assert.equal(await charged(gw, 'az') - before, r.usage!.total_tokens);
     });
 
     it('embeddings: the deployment path with the embeddings suffix, prompt tokens charged', async () => {
       await avoidWindowEdge(60);
-      const before = await charged(gw);
+      const before = await charged(gw, 'az');
       const r = await client.embeddings.create({ model: 'text-embedding-3-small', input: ['one input', 'and another'] });
       const seen = await lastRequest(mock);
       assert.equal(seen.path, '/openai/deployments/gpt-4o-prod/embeddings');
       assert.equal(seen.query['api-version'], API_VERSION);
       assert.equal(seen.headers['api-key'], KEY);
-      assert.equal(await charged(gw) - before, r.usage.total_tokens);
+      assert.equal(await charged(gw, 'az') - before, r.usage.total_tokens);
     });
   });
 
@@ -114,7 +104,7 @@ describe('azure-openai provider', () => {
       assert.equal(seen.path, '/openai/v1/chat/completions');
       assert.equal(seen.headers['api-key'], KEY);
       assert.equal(seen.body.model, 'gpt-4o-prod');
-      assert.equal(await charged(gw), r.usage!.total_tokens);
+      assert.equal(await charged(gw, 'az'), r.usage!.total_tokens);
     } finally { await gw.close(); }
   });
 

@@ -9,6 +9,8 @@ import { GoogleGenAI } from '@google/genai';
 import OpenAI from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, type TestGateway } from '../helpers/gateway.ts';
+import { charged, expectCharged, mockTotal, waitMoved } from '../helpers/metrics.ts';
+import { readAll, readChatStream } from '../helpers/sse.ts';
 import { geminiPromptParts, PROMPT_SCALE } from '../../src/providers/gemini/estimate.ts';
 import { countPromptParts, countText } from '../../src/tokens/count.ts';
 
@@ -55,40 +57,6 @@ function config(mockUrl: string): Record<string, unknown> {
   };
 }
 
-async function charged(gw: TestGateway, route = ROUTE): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`sluice_quota_tokens_charged_total{route="${route}"`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
-
-/** Waits (generously: the machine is shared) until the charged total has moved by `expected` from `before`. */
-async function expectCharged(gw: TestGateway, before: number, expected: number, route = ROUTE): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  let now = await charged(gw, route);
-  while (now - before !== expected && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    now = await charged(gw, route);
-  }
-  assert.equal(now - before, expected, `charged ${now - before}, expected ${expected}`);
-}
-
-async function waitMoved(gw: TestGateway, before: number): Promise<number> {
-  const deadline = Date.now() + 15_000;
-  let now = await charged(gw);
-  while (now === before && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    now = await charged(gw);
-  }
-  return now;
-}
-
-function mockTotal(mock: MockUpstream): number {
-  return mock.stats().usage.total_tokens;
-}
-
 const CONTENTS = [{ role: 'user', parts: [{ text: 'Tell me about the tides, briefly.' }] }];
 const SYSTEM = 'You are a concise oceanographer.';
 const MESSAGES = [{ role: 'user' as const, content: 'Tell me about the tides, briefly.' }];
@@ -111,7 +79,7 @@ describe('provider gemini through the gateway', () => {
   });
 
   it('generateContent (SDK): the mock\'s answer; instance key and model upstream; charged = usage incl. cached and thoughts', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const r = await genai.models.generateContent({
       model: 'gemini-client',
@@ -125,7 +93,7 @@ describe('provider gemini through the gateway', () => {
     const total = um.promptTokenCount! + um.candidatesTokenCount! + um.thoughtsTokenCount!;
     assert.equal(um.totalTokenCount, total);
     assert.equal(mockTotal(mock) - u0, total);
-    await expectCharged(gw, c0, total);
+    await expectCharged(gw, ROUTE, c0, total);
     const last = mock.requests().at(-1)!;
     assert.equal(last.path, '/v1beta/models/gemini-inst:generateContent');
     assert.equal(last.headers['x-goog-api-key'], 'instance-key', 'the client\'s key never goes upstream');
@@ -134,7 +102,7 @@ describe('provider gemini through the gateway', () => {
   });
 
   it('generateContentStream (SDK, alt=sse): frames pass through; charged = the last usageMetadata', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const stream = await genai.models.generateContentStream({
       model: 'gemini-client', contents: CONTENTS,
@@ -149,14 +117,14 @@ describe('provider gemini through the gateway', () => {
     assert.ok(text.length > 0);
     assert.equal(last?.thoughtsTokenCount, 3);
     assert.equal(mockTotal(mock) - u0, last!.totalTokenCount);
-    await expectCharged(gw, c0, last!.totalTokenCount!);
+    await expectCharged(gw, ROUTE, c0, last!.totalTokenCount!);
     const up = mock.requests().at(-1)!;
     assert.equal(up.path, '/v1beta/models/gemini-inst:streamGenerateContent');
     assert.equal(up.query.alt, 'sse');
   });
 
   it('streamGenerateContent without alt=sse: one JSON array, passed through and metered', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const r = await fetch(`${gw.url}/v1beta/models/gemini-client:streamGenerateContent`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
@@ -168,32 +136,21 @@ describe('provider gemini through the gateway', () => {
     assert.ok(Array.isArray(arr) && arr.length > 1);
     const total = arr.at(-1)!.usageMetadata!.totalTokenCount;
     assert.equal(mockTotal(mock) - u0, total);
-    await expectCharged(gw, c0, total);
+    await expectCharged(gw, ROUTE, c0, total);
     assert.equal(mock.requests().at(-1)!.query.alt, undefined);
   });
 
   it('stream cut by the upstream: charged = the prompt estimate + the counted text', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const body = { contents: CONTENTS, systemInstruction: { parts: [{ text: SYSTEM }] }, generationConfig: { maxOutputTokens: 40 } };
     const r = await fetch(`${gw.url}/v1beta/models/gemini-client:streamGenerateContent?alt=sse`, {
       method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-disconnect-after': '3' }, body: JSON.stringify(body),
     });
     assert.equal(r.status, 200);
-    let raw = '';
-    const reader = (r.body as ReadableStream<Uint8Array>).getReader();
-    const dec = new TextDecoder();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        raw += dec.decode(value, { stream: true });
-      }
-    } catch {
-      // the cut
-    }
+    const raw = await readAll(r);
     const estimate = Math.ceil(countPromptParts(geminiPromptParts(body.contents, body.systemInstruction, undefined), 'o200k_base') * PROMPT_SCALE);
     const seen = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
-    const c1 = await waitMoved(gw, c0);
+    const c1 = await waitMoved(gw, ROUTE, c0);
     assert.ok(seen.length > 0, 'the frames before the cut reached the client');
     // Gemini output Sluice had to count: o200k × the module's scale (no public tokenizer), at most maxOutputTokens.
     const counted = Math.min(Math.ceil(countText(seen, 'o200k_base') * PROMPT_SCALE), 40);
@@ -201,7 +158,7 @@ describe('provider gemini through the gateway', () => {
   });
 
   it('stream aborted by the client: charged = the prompt estimate + the text the gateway had received', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const body = { contents: CONTENTS, generationConfig: { maxOutputTokens: 24 } };
     const ac = new AbortController();
     const r = await fetch(`${gw.url}/v1beta/models/gemini-client:streamGenerateContent?alt=sse`, {
@@ -213,7 +170,7 @@ describe('provider gemini through the gateway', () => {
     assert.ok(first.value !== undefined && first.value.length > 0);
     ac.abort();
     const estimate = Math.ceil(countPromptParts(geminiPromptParts(body.contents, undefined, undefined), 'o200k_base') * PROMPT_SCALE);
-    const c1 = await waitMoved(gw, c0);
+    const c1 = await waitMoved(gw, ROUTE, c0);
     // At least the first frame's text was counted; never more than the whole answer (24 tokens) would have been.
     assert.ok(c1 - c0 > estimate, `charged ${c1 - c0} > estimate ${estimate}`);
     assert.ok(c1 - c0 <= estimate + 24, `charged ${c1 - c0} ≤ estimate ${estimate} + 24`);
@@ -272,7 +229,7 @@ describe('provider gemini through the gateway', () => {
       assert.equal(reqs.at(-2)!.path, '/v1beta/models/gemini-inst:generateContent');
       assert.equal(reqs.at(-1)!.path, '/v1/chat/completions');
       assert.equal(mockTotal(mock) - u0, r.usage!.total_tokens);
-      await expectCharged(gw, c0, r.usage!.total_tokens, 'gemfb');
+      await expectCharged(gw, 'gemfb', c0, r.usage!.total_tokens);
     }
   });
 
@@ -289,7 +246,7 @@ describe('provider gemini through the gateway', () => {
   });
 
   it('openai SDK → gemini instance (buffered): a chat.completion with usage mapped; charged = that usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const r = await openai.chat.completions.create(
       { model: 'gpt-client', max_tokens: 30, messages: [{ role: 'system', content: SYSTEM }, ...MESSAGES] },
@@ -302,7 +259,7 @@ describe('provider gemini through the gateway', () => {
     assert.equal(r.usage!.completion_tokens_details!.reasoning_tokens, 4);
     assert.equal(r.usage!.total_tokens, r.usage!.prompt_tokens + r.usage!.completion_tokens);
     assert.equal(mockTotal(mock) - u0, r.usage!.total_tokens);
-    await expectCharged(gw, c0, r.usage!.total_tokens);
+    await expectCharged(gw, ROUTE, c0, r.usage!.total_tokens);
     const up = mock.requests().at(-1)!;
     assert.equal(up.path, '/v1beta/models/gemini-inst:generateContent');
     const ub = up.body as Record<string, unknown>;
@@ -312,40 +269,28 @@ describe('provider gemini through the gateway', () => {
   });
 
   it('openai SDK → gemini instance (stream, include_usage): chunks, a usage chunk, charged = that usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const stream = await openai.chat.completions.create({ model: 'gpt-client', max_tokens: 30, messages: MESSAGES, stream: true, stream_options: { include_usage: true } });
-    let text = '';
-    let usage: OpenAI.CompletionUsage | undefined;
-    let finish: string | null = null;
-    for await (const chunk of stream) {
-      text += chunk.choices[0]?.delta.content ?? '';
-      if (chunk.choices[0]?.finish_reason) finish = chunk.choices[0].finish_reason;
-      if (chunk.usage) usage = chunk.usage;
-    }
+    const { text, finish, usage } = await readChatStream(stream);
     assert.ok(text.length > 0);
     assert.equal(finish, 'stop');
     assert.ok(usage !== undefined);
     assert.equal(mockTotal(mock) - u0, usage.total_tokens);
-    await expectCharged(gw, c0, usage.total_tokens);
+    await expectCharged(gw, ROUTE, c0, usage.total_tokens);
     const up = mock.requests().at(-1)!;
     assert.equal(up.path, '/v1beta/models/gemini-inst:streamGenerateContent');
     assert.equal(up.query.alt, 'sse');
   });
 
   it('openai SDK → gemini instance (stream, no include_usage): no usage chunk, still charged the mock\'s usage', async () => {
-    const c0 = await charged(gw);
+    const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);
     const stream = await openai.chat.completions.create({ model: 'gpt-client', max_tokens: 30, messages: MESSAGES, stream: true });
-    let sawUsage = false;
-    let text = '';
-    for await (const chunk of stream) {
-      if (chunk.usage) sawUsage = true;
-      text += chunk.choices[0]?.delta.content ?? '';
-    }
-    assert.equal(sawUsage, false);
+    const { text, usage } = await readChatStream(stream);
+    assert.equal(usage, undefined);
     assert.ok(text.length > 0);
-    await expectCharged(gw, c0, mockTotal(mock) - u0);
+    await expectCharged(gw, ROUTE, c0, mockTotal(mock) - u0);
   });
 
   it('openai SDK → gemini instance: an upstream error reaches the client in OpenAI\'s shape', async () => {

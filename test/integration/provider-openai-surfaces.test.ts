@@ -9,6 +9,8 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { charged, expectCharged, mockTotal, waitMoved } from '../helpers/metrics.ts';
+import { readAll } from '../helpers/sse.ts';
 import { responsesPromptParts } from '../../src/providers/openai/responses.ts';
 import { embeddingsPromptParts } from '../../src/providers/openai/embeddings.ts';
 import { countPromptParts, countText, type PromptParts } from '../../src/tokens/count.ts';
@@ -20,40 +22,6 @@ function config(route: string, instance: Record<string, unknown>, limit = 100_00
       plugins: { 'ai-proxy-multi': { instances: [instance] }, 'ai-rate-limiting': { limit, time_window: 3600 } },
     }],
   };
-}
-
-async function charged(gw: TestGateway, route: string): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`sluice_quota_tokens_charged_total{route="${route}"`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
-
-/** Waits (generously: the machine is shared) until the charged total has moved by `expected` from `before`. */
-async function expectCharged(gw: TestGateway, route: string, before: number, expected: number): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  let now = await charged(gw, route);
-  while (now - before !== expected && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    now = await charged(gw, route);
-  }
-  assert.equal(now - before, expected, `charged ${now - before}, expected ${expected}`);
-}
-
-async function waitMoved(gw: TestGateway, route: string, before: number): Promise<number> {
-  const deadline = Date.now() + 15_000;
-  let now = await charged(gw, route);
-  while (now === before && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    now = await charged(gw, route);
-  }
-  return now;
-}
-
-function mockTotal(mock: MockUpstream): number {
-  return mock.stats().usage.total_tokens;
 }
 
 const MODEL = 'gpt-4o';
@@ -77,22 +45,6 @@ function deltasIn(raw: string): string {
     if (ev.type === 'response.output_text.delta') text += ev.delta ?? '';
   }
   return text;
-}
-
-async function readAll(r: Response): Promise<string> {
-  let raw = '';
-  const reader = (r.body as ReadableStream<Uint8Array>).getReader();
-  const dec = new TextDecoder();
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      raw += dec.decode(value, { stream: true });
-    }
-  } catch {
-    // the upstream's cut, relayed
-  }
-  return raw;
 }
 
 describe('openai responses and embeddings through the gateway (openai-compatible instance)', () => {

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig } from '../../src/config/validate.ts';
 import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { metric } from '../helpers/metrics.ts';
 import { avoidWindowEdge } from '../helpers/gateway.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }] };
@@ -17,13 +18,6 @@ function route(mockUrl: string, arl: Record<string, unknown>, id = 'q') {
 async function failedAttempt(gw: TestGateway): Promise<void> {
   const r = await post(`${gw.url}/v1/chat/completions`, MSG, { 'x-mock-status': '503' });
   assert.equal(r.status, 503);
-}
-
-async function metric(gw: TestGateway, re: RegExp): Promise<number> {
-  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  return sum;
 }
 
 describe('token accounting (local policy)', () => {

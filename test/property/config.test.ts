@@ -18,6 +18,7 @@ const ENV: NodeJS.ProcessEnv = {
   OPENAI_API_KEY: `sk-${SECRET_MARK}-openai`,
   DEEPSEEK_API_KEY: `sk-${SECRET_MARK}-deepseek`,
   SLUICE_MOCK_ENDPOINT: 'http://127.0.0.1:9/v1/chat/completions',
+  SLUICE_MOCK_ORIGIN: 'http://127.0.0.1:9',
   SECRET_VALUE: `${SECRET_MARK}-value`,
   NUMERIC: '42',
   FLAG: 'true',

@@ -26,7 +26,7 @@ describe('sluice validate', () => {
   it('prints ok and returns 0 for a valid file', () => {
     assert.deepEqual(run(['--config', join(fixtures, 'valid.json')]), { code: 0, out: ['ok'], err: [] });
     assert.deepEqual(run([`--config=${join(fixtures, 'valid.json')}`]), { code: 0, out: ['ok'], err: [] });
-    const embedded = run(['--config', join(root, 'examples/embedded.yaml')], { SLUICE_MOCK_ENDPOINT: 'http://127.0.0.1:1/v1/chat/completions' });
+    const embedded = run(['--config', join(root, 'examples/embedded.yaml')], { SLUICE_MOCK_ENDPOINT: 'http://127.0.0.1:1/v1/chat/completions', SLUICE_MOCK_ORIGIN: 'http://127.0.0.1:1' });
     assert.deepEqual(embedded, { code: 0, out: ['ok'], err: [] });
   });
 

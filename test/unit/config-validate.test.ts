@@ -592,13 +592,19 @@ describe('examples/embedded.yaml', () => {
   const endpoint = 'http://127.0.0.1:41234/v1/chat/completions';
 
   it('validates with the mock endpoint set and has the two documented routes', () => {
-    const c = loadConfigFile(file, { SLUICE_MOCK_ENDPOINT: endpoint });
+    const c = loadConfigFile(file, { SLUICE_MOCK_ENDPOINT: endpoint, SLUICE_MOCK_ORIGIN: 'http://127.0.0.1:41234' });
     assert.deepEqual(c.listen, { host: '127.0.0.1', port: 9080, http1_guard: true });
     assert.deepEqual(c.admin, { host: '127.0.0.1', port: 9091 });
     assert.equal(c.workers, 1);
     assert.deepEqual(c.routes.map((r) => [r.id, r.uri, r.methods]), [
       ['ai-rate-limiting-route', '/anything', ['POST']],
       ['chat', '/v1/chat/completions', []],
+      ['anthropic', '/v1/messages*', []],
+      ['gemini', '/v1beta/models/*', []],
+      ['openai-apis', '/v1/*', []],
+    ]);
+    assert.deepEqual(c.routes.slice(2).map((r) => r.plugins['ai-proxy-multi']!.instances.map((i) => [i.provider, i.endpoint])), [
+      [['anthropic', 'http://127.0.0.1:41234']], [['gemini', 'http://127.0.0.1:41234']], [['openai', 'http://127.0.0.1:41234']],
     ]);
     const [quota, chat] = c.routes;
     const pm = quota!.plugins['ai-proxy-multi']!;
@@ -620,7 +626,7 @@ describe('examples/embedded.yaml', () => {
 
   it('names the missing variable at each endpoint when SLUICE_MOCK_ENDPOINT is unset', () => {
     const msg = 'environment variable SLUICE_MOCK_ENDPOINT is not set';
-    assertIssues(issuesOf(() => loadConfigFile(file, {})), [
+    assertIssues(issuesOf(() => loadConfigFile(file, { SLUICE_MOCK_ORIGIN: 'http://127.0.0.1:41234' })), [
       ['routes[0].plugins.ai-proxy-multi.instances[0].override.endpoint', msg],
       ['routes[0].plugins.ai-proxy-multi.instances[1].override.endpoint', msg],
       ['routes[1].plugins.ai-proxy-multi.instances[0].override.endpoint', msg],

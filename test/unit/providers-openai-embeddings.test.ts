@@ -5,30 +5,14 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeEmbeddings, embeddingsPromptParts, embeddingsSurface, embeddingsUsage, MAX_EMBEDDING_INPUTS, streamEmbeddings } from '../../src/providers/openai/embeddings.ts';
 import { prepareCall } from '../../src/providers/prepare.ts';
-import type { CallFailure, ParseOptions, ParsedCall, PreparedCall } from '../../src/providers/types.ts';
+import { surfaceParser } from '../helpers/surface-parse.ts';
+import type { ParseOptions, PreparedCall } from '../../src/providers/types.ts';
 import { countPromptParts, countText } from '../../src/tokens/count.ts';
 import { isRejection } from '../../src/streaming/usage.ts';
 
 const OPTS: ParseOptions = { surface: 'openai-embeddings', path: '/v1/embeddings', query: '', defaultMaxTokens: 256 };
 const MAX_USAGE = 10_000_000;
-
-function parse(body: unknown, opts: Partial<ParseOptions> = {}): ParsedCall | CallFailure {
-  const raw = typeof body === 'string' ? body : JSON.stringify(body);
-  return embeddingsSurface.parse(Buffer.from(raw), { ...OPTS, ...opts });
-}
-
-function ok(body: unknown, opts: Partial<ParseOptions> = {}): ParsedCall {
-  const r = parse(body, opts);
-  assert.ok(r.ok, `expected ok, got ${JSON.stringify(r)}`);
-  return r;
-}
-
-function bad(body: unknown, param: string | undefined, code = 'SLC_BAD_REQUEST'): void {
-  const r = parse(body);
-  assert.equal(r.ok, false, `expected a failure for ${JSON.stringify(body).slice(0, 80)}`);
-  assert.equal((r as CallFailure).code, code);
-  assert.equal((r as CallFailure).param, param);
-}
+const { ok, bad } = surfaceParser(embeddingsSurface, OPTS);
 
 describe('embeddings: validation', () => {
   it('rejects bodies that are not a JSON object', () => {

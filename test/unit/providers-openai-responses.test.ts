@@ -7,31 +7,14 @@ import {
   decodeResponses, responsesOutputText, responsesPromptParts, responsesSurface, responsesUsage, ResponsesStream, SMALL_EVENT_BYTES,
 } from '../../src/providers/openai/responses.ts';
 import { prepareCall } from '../../src/providers/prepare.ts';
-import type { CallFailure, ParseOptions, ParsedCall, PreparedCall } from '../../src/providers/types.ts';
+import { surfaceParser } from '../helpers/surface-parse.ts';
+import type { ParseOptions, PreparedCall } from '../../src/providers/types.ts';
 import { countPromptParts, countText } from '../../src/tokens/count.ts';
 import { isRejection, type Usage } from '../../src/streaming/usage.ts';
 
 const OPTS: ParseOptions = { surface: 'openai-responses', path: '/v1/responses', query: '', defaultMaxTokens: 256 };
 const MAX_USAGE = 10_000_000;
-
-function parse(body: unknown, opts: Partial<ParseOptions> = {}): ParsedCall | CallFailure {
-  const raw = typeof body === 'string' ? body : JSON.stringify(body);
-  return responsesSurface.parse(Buffer.from(raw), { ...OPTS, ...opts });
-}
-
-function ok(body: unknown, opts: Partial<ParseOptions> = {}): ParsedCall {
-  const r = parse(body, opts);
-  assert.ok(r.ok, `expected ok, got ${JSON.stringify(r)}`);
-  return r;
-}
-
-function bad(body: unknown, param: string | undefined, code = 'SLC_BAD_REQUEST'): void {
-  const r = parse(body);
-  assert.equal(r.ok, false, `expected a failure for ${JSON.stringify(body)}`);
-  const f = r as CallFailure;
-  assert.equal(f.code, code);
-  assert.equal(f.param, param);
-}
+const { ok, bad } = surfaceParser(responsesSurface, OPTS);
 
 describe('responses: validation', () => {
   it('rejects bodies that are not a JSON object', () => {

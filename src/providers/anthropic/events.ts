@@ -3,6 +3,7 @@
 // scanDelta finds its text with a few comparisons and no JSON.parse, and returns where the JSON string literal
 // sits, so a translator can splice the literal into its own frame without unescaping and re-escaping it.
 // Any other layout returns null and the caller parses the event in full (both paths read the same text).
+import { closingQuote } from '../../streaming/json-literal.ts';
 
 export type DeltaKind = 'text' | 'thinking' | 'json';
 
@@ -22,20 +23,6 @@ const KINDS: readonly (readonly [string, DeltaKind])[] = [
   ['thinking_delta","thinking":', 'thinking'],
 ];
 const QUOTE = 0x22;
-const BACKSLASH = 0x5c;
-
-/** Index of the quote closing the string literal that opens at `open`, or -1. */
-export function closingQuote(s: string, open: number): number {
-  let j = open + 1;
-  for (;;) {
-    j = s.indexOf('"', j);
-    if (j === -1) return -1;
-    let k = j - 1;
-    while (s.charCodeAt(k) === BACKSLASH) k--;
-    if (((j - 1 - k) & 1) === 0) return j;
-    j++;
-  }
-}
 
 export function scanDelta(data: string): DeltaScan | null {
   if (!data.startsWith(HEAD)) return null;

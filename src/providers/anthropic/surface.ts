@@ -1,23 +1,14 @@
 // The Anthropic client surfaces: POST …/messages (metered) and …/messages/count_tokens (passed through). Both
 // parse and validate on the worker threads, so everything here is pure.
 import { completionReservation, mergedReservation } from '../../tokens/limits.ts';
-import { parseJsonObject, takeOverrideFields } from '../../tokens/prepare.ts';
+import { takeOverrideFields } from '../../tokens/prepare.ts';
+import { fail, parseBodyObject } from '../parse-common.ts';
 import type { CallFailure, ParseOptions, ParsedCall, SurfaceSpec } from '../types.ts';
 import { ANTHROPIC_PROMPT_SCALE, anthropicPromptParts } from './estimate.ts';
 
-function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
-  return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };
-}
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function parseJson(body: Uint8Array): { readonly ok: true; readonly obj: Record<string, unknown> } | CallFailure {
-  const obj = parseJsonObject(body);
-  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
-  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
-  return { ok: true, obj };
 }
 
 function validContent(c: unknown): boolean {
@@ -28,7 +19,7 @@ function validContent(c: unknown): boolean {
 }
 
 export function parseMessages(body: Uint8Array, opts: ParseOptions): ParsedCall | CallFailure {
-  const parsed = parseJson(body);
+  const parsed = parseBodyObject(body);
   if (!parsed.ok) return parsed;
   const o = parsed.obj;
   const model = o.model;
@@ -78,7 +69,7 @@ export function parseMessages(body: Uint8Array, opts: ParseOptions): ParsedCall 
 
 /** count_tokens produces no tokens: only the JSON is checked, and the body goes upstream with the model rewritten. */
 export function parseCountTokens(body: Uint8Array, _opts: ParseOptions): ParsedCall | CallFailure {
-  const parsed = parseJson(body);
+  const parsed = parseBodyObject(body);
   if (!parsed.ok) return parsed;
   const o = parsed.obj;
   return {

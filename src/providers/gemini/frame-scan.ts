@@ -7,6 +7,7 @@
 // A key is found by its quoted name: inside a JSON string a quote is always escaped, so `"text"` can only be a
 // key or a whole string value, and the checks around it (`"parts": [{` before, `}]` after) pin it to the first
 // and only key of the only part.
+import { closingQuote } from '../../streaming/json-literal.ts';
 
 export interface TextFrame {
   /** The text, decoded. */
@@ -20,7 +21,6 @@ export interface TextFrame {
 }
 
 const QUOTE = 0x22;
-const BACKSLASH = 0x5c;
 
 function skipSpace(s: string, i: number): number {
   for (;;) {
@@ -35,19 +35,6 @@ function skipSpaceBack(s: string, i: number): number {
     const c = s.charCodeAt(i);
     if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return i;
     i--;
-  }
-}
-
-/** Index of the quote closing the string literal that opens at `open`, or -1. */
-function closingQuote(s: string, open: number): number {
-  let j = open + 1;
-  for (;;) {
-    j = s.indexOf('"', j);
-    if (j === -1) return -1;
-    let k = j - 1;
-    while (s.charCodeAt(k) === BACKSLASH) k--;
-    if (((j - 1 - k) & 1) === 0) return j;
-    j++;
   }
 }
 

@@ -3,16 +3,14 @@
 // not the body, so the body goes upstream as the client sent it (the tail has no model to take out).
 // Errors are in Google's shape: {"error":{"code":400,"message":"…","status":"INVALID_ARGUMENT"}}.
 import { completionReservation } from '../../tokens/limits.ts';
-import { isJsonObject, parseJsonObject, takeOverrideFields } from '../../tokens/prepare.ts';
+import { isJsonObject, takeOverrideFields } from '../../tokens/prepare.ts';
+import { fail, parseBodyObject } from '../parse-common.ts';
 import type { CallFailure, ParseOptions, ParsedCall, SurfaceSpec } from '../types.ts';
 import { geminiPromptParts, PROMPT_SCALE } from './estimate.ts';
 
 /** Gemini accepts 1..8 candidates. */
 export const MAX_CANDIDATES = 8;
 
-function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
-  return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };
-}
 
 export interface GeminiPath {
   readonly model: string;
@@ -60,9 +58,9 @@ function checkContent(c: unknown, param: string): string | undefined {
 export function parseGenerate(body: Uint8Array, opts: ParseOptions): ParsedCall | CallFailure {
   const where = parseGeminiPath(opts.path);
   if (where === undefined) return fail('SLC_BAD_REQUEST', 'the path must end in /models/<model>:generateContent or :streamGenerateContent');
-  const obj = parseJsonObject(body);
-  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
-  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
+  const parsed = parseBodyObject(body);
+  if (!parsed.ok) return parsed;
+  const obj = parsed.obj;
 
   const contents = obj.contents;
   if (!Array.isArray(contents)) return fail('SLC_BAD_REQUEST', 'contents must be an array', 'contents');

@@ -6,14 +6,12 @@ import { errorBody as openAiError } from '../../core/errors.ts';
 import { chatPromptParts, completionPromptParts, type PromptParts } from '../../tokens/count.ts';
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation, MAX_N } from '../../tokens/limits.ts';
-import { isJsonObject, parseJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
+import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { fail, modelAndStream, parseBodyObject, promptScale } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
-export function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
-  return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };
-}
 
 /** An OpenAI usage object → Usage (cached and reasoning tokens are parts of prompt and completion). */
 export function openAiUsage(u: unknown, maxUsage: number): Usage | UsageRejection | undefined {
@@ -44,18 +42,12 @@ function validPrompt(prompt: unknown): boolean {
 
 /** Parse and validate a chat or completions body and size its completion reservation. */
 function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): ParsedCall | CallFailure {
-  const obj = parseJsonObject(body);
-  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
-  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
-
-  const model = obj.model;
-  if (model !== undefined && typeof model !== 'string') return fail('SLC_BAD_REQUEST', 'model must be a string', 'model');
-
-  const streamField = obj.stream;
-  if (streamField !== undefined && streamField !== null && typeof streamField !== 'boolean') {
-    return fail('SLC_BAD_REQUEST', 'stream must be a boolean', 'stream');
-  }
-  const stream = streamField === true;
+  const parsed = parseBodyObject(body);
+  if (!parsed.ok) return parsed;
+  const obj = parsed.obj;
+  const head = modelAndStream(obj);
+  if (!head.ok) return head;
+  const { model, stream } = head;
 
   const streamOptions = obj.stream_options;
   if (streamOptions !== undefined && streamOptions !== null && !isJsonObject(streamOptions)) {
@@ -105,7 +97,7 @@ function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): Parse
   const clientFields = takeOverrideFields(obj, fieldKeys);
   return {
     ok: true, surface: opts.surface, obj, model, stream, clientWantsUsage, maxTokens, n, reserveCompletion, enc, parts,
-    scale: opts.promptScale !== undefined && opts.promptScale > 1 ? opts.promptScale : 1,
+    scale: promptScale(opts),
     fieldKeys: clientFields === undefined ? undefined : fieldKeys, clientFields,
   };
 }

@@ -6,11 +6,12 @@
 // instead of being JSON.parsed whole.
 import type { PromptParts } from '../../tokens/count.ts';
 import { encodingForModel } from '../../tokens/encoding.ts';
-import { isJsonObject, parseJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
+import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, type ScanPath } from '../../streaming/json-scan.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
-import { fail, openAiErrorBody } from './chat.ts';
+import { fail, parseBodyObject, promptScale } from '../parse-common.ts';
+import { openAiErrorBody } from './chat.ts';
 
 /** OpenAI's limit on the number of inputs in one request. */
 export const MAX_EMBEDDING_INPUTS = 2048;
@@ -56,9 +57,9 @@ export function embeddingsPromptParts(input: unknown): PromptParts | string {
 }
 
 function parseEmbeddings(body: Uint8Array, opts: ParseOptions): ParsedCall | CallFailure {
-  const obj = parseJsonObject(body);
-  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
-  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
+  const parsed = parseBodyObject(body);
+  if (!parsed.ok) return parsed;
+  const obj = parsed.obj;
   const model = obj.model;
   if (model !== undefined && typeof model !== 'string') return fail('SLC_BAD_REQUEST', 'model must be a string', 'model');
   if (obj.input === undefined || obj.input === null) return fail('SLC_BAD_REQUEST', 'input is required', 'input');
@@ -80,7 +81,7 @@ function parseEmbeddings(body: Uint8Array, opts: ParseOptions): ParsedCall | Cal
     reserveCompletion: 0,
     enc: encodingForModel(model),
     parts: opts.countPrompt !== false ? parts : undefined,
-    scale: opts.promptScale !== undefined && opts.promptScale > 1 ? opts.promptScale : 1,
+    scale: promptScale(opts),
     fieldKeys: clientFields === undefined ? undefined : fieldKeys, clientFields,
   };
 }

@@ -13,12 +13,13 @@
 import { TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, type PromptParts } from '../../tokens/count.ts';
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation } from '../../tokens/limits.ts';
-import { isJsonObject, parseJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
+import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonScanSink, type ScanPath } from '../../streaming/json-scan.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
-import { fail, openAiErrorBody } from './chat.ts';
+import { fail, modelAndStream, parseBodyObject, promptScale } from '../parse-common.ts';
+import { openAiErrorBody } from './chat.ts';
 
 type Obj = Record<string, unknown>;
 
@@ -157,17 +158,12 @@ function validInput(input: unknown): string | undefined {
 }
 
 function parseResponses(body: Uint8Array, opts: ParseOptions): ParsedCall | CallFailure {
-  const obj = parseJsonObject(body);
-  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
-  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
-
-  const model = obj.model;
-  if (model !== undefined && typeof model !== 'string') return fail('SLC_BAD_REQUEST', 'model must be a string', 'model');
-  const streamField = obj.stream;
-  if (streamField !== undefined && streamField !== null && typeof streamField !== 'boolean') {
-    return fail('SLC_BAD_REQUEST', 'stream must be a boolean', 'stream');
-  }
-  const stream = streamField === true;
+  const parsed = parseBodyObject(body);
+  if (!parsed.ok) return parsed;
+  const obj = parsed.obj;
+  const head = modelAndStream(obj);
+  if (!head.ok) return head;
+  const { model, stream } = head;
   // A background response answers at once with no usage and finishes later upstream: it could not be metered.
   if (obj.background === true) {
     return fail('SLC_BAD_REQUEST', 'background responses cannot be metered by this gateway: send the request without background', 'background');
@@ -203,7 +199,7 @@ function parseResponses(body: Uint8Array, opts: ParseOptions): ParsedCall | Call
     // The terminal event always carries usage: nothing to force on or strip.
     clientWantsUsage: true,
     maxTokens: maxOutput, n: 1, reserveCompletion, enc, parts,
-    scale: opts.promptScale !== undefined && opts.promptScale > 1 ? opts.promptScale : 1,
+    scale: promptScale(opts),
     fieldKeys: clientFields === undefined ? undefined : fieldKeys, clientFields,
   };
 }

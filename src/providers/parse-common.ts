@@ -1,0 +1,31 @@
+// Checks every surface parser starts with: one wording of each client error across surfaces.
+import { parseJsonObject } from '../tokens/prepare.ts';
+import type { CallFailure, ParseOptions } from './types.ts';
+
+export function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
+  return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };
+}
+
+/** The body as a JSON object, or the 400 a body that is not valid JSON or not an object gets. */
+export function parseBodyObject(body: Uint8Array): { readonly ok: true; readonly obj: Record<string, unknown> } | CallFailure {
+  const obj = parseJsonObject(body);
+  if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
+  if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
+  return { ok: true, obj };
+}
+
+/** OpenAI-style `model` (optional string) and `stream` (optional boolean or null). */
+export function modelAndStream(obj: Record<string, unknown>): { readonly ok: true; readonly model: string | undefined; readonly stream: boolean } | CallFailure {
+  const model = obj.model;
+  if (model !== undefined && typeof model !== 'string') return fail('SLC_BAD_REQUEST', 'model must be a string', 'model');
+  const streamField = obj.stream;
+  if (streamField !== undefined && streamField !== null && typeof streamField !== 'boolean') {
+    return fail('SLC_BAD_REQUEST', 'stream must be a boolean', 'stream');
+  }
+  return { ok: true, model, stream: streamField === true };
+}
+
+/** The route's prompt scale (1 unless it scales up). */
+export function promptScale(opts: ParseOptions): number {
+  return opts.promptScale !== undefined && opts.promptScale > 1 ? opts.promptScale : 1;
+}
