@@ -24,8 +24,8 @@
 // total_tokens in [p, p + C]; every other name in [0, p + C]. The part of an expression that is linear in
 // these names is maximised exactly over those domains (so `prompt_tokens - cached_prompt_tokens +
 // 0.1 * cached_prompt_tokens` reserves p, not 1.1 p); non-linear sub-expressions (products of names,
-// division by a name, functions) are bounded by interval arithmetic (divisors are assumed to be 0 or at
-// least 1 in magnitude, as token counts are).
+// division by a name, functions) are bounded by interval arithmetic (divisors are assumed to be 0, at least 1
+// in magnitude as token counts are, or an end of their range).
 
 export type RawUsage = Readonly<Record<string, unknown>>;
 
@@ -190,11 +190,13 @@ function evalInterval(n: Ast, u: CostUsage): Interval {
         const q = [alo / blo, alo / bhi, ahi / blo, ahi / bhi];
         return [Math.min(...q), Math.max(...q)];
       }
-      // Otherwise divisors are 0 (quotient 0) or at least 1 in magnitude.
+      // Otherwise divisors are 0 (quotient 0), at least 1 in magnitude, or an end of the range: an end below 1
+      // is what a constant makes of a count (`min(0.5, input_tokens)` is 0 or 0.5) and divides the most.
       const ds: number[] = [];
       const cands: number[] = [];
       if (blo <= 0 && bhi >= 0) cands.push(0);
-      for (const d of [blo, bhi, 1, -1]) if (d >= blo && d <= bhi && Math.abs(d) >= 1) ds.push(d);
+      for (const d of [blo, bhi]) if (d !== 0) ds.push(d);
+      for (const d of [1, -1]) if (d >= blo && d <= bhi) ds.push(d);
       for (const d of ds) cands.push(alo / d, ahi / d);
       return cands.length === 0 ? [0, 0] : [Math.min(...cands), Math.max(...cands)];
     }
