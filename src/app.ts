@@ -41,6 +41,8 @@ export interface StartOptions {
 
 /** After a cut at shutdown, how long settling (counting the streamed text) may take before stores close anyway. */
 const SETTLE_AFTER_CUT_MS = 10_000;
+/** How long shutdown waits for the HTTP/1.x guard to pass on the last bytes of answers that have ended. */
+const QUIESCE_MS = 2_000;
 
 async function waitUntil(done: () => boolean, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
@@ -226,6 +228,8 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
         await waitUntil(() => gateway.inFlight === 0, SETTLE_AFTER_CUT_MS);
         if (gateway.inFlight > 0) log.error('requests still unsettled when the stores close', { in_flight: gateway.inFlight });
       }
+      // A request that ended may still have its last bytes on the way through the HTTP/1.x guard.
+      await frontL.quiesce?.(QUIESCE_MS);
       frontL.close();
       adminL.close();
       await Promise.allSettled([...stores.all().map((s) => s.close()), ...stores.pendingCloses()]);

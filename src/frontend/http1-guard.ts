@@ -846,6 +846,11 @@ class GuardConn {
     setTimeout(() => this.destroy(), LINGER_MS).unref();
   }
 
+  /** A response is still being relayed, or bytes of one still wait in the client socket's buffer. */
+  get busy(): boolean {
+    return this.inFlight || this.client.writableLength > 0;
+  }
+
   destroy(): void {
     this.closing = true;
     this.client.destroy();
@@ -893,6 +898,15 @@ export class Guard {
 
   stopListening(): void {
     if (this.server.listening) this.server.close();
+  }
+
+  /**
+   * Resolves once no connection is relaying an answer (or after graceMs). At shutdown the gateway's requests can
+   * have ended while the guard still forwards their last bytes; closing then would reset those clients.
+   */
+  async quiesce(graceMs: number): Promise<void> {
+    const deadline = Date.now() + graceMs;
+    while (Date.now() < deadline && [...this.conns].some((c) => c.busy)) await new Promise((r) => setTimeout(r, 10));
   }
 
   close(): void {

@@ -38,6 +38,8 @@ export interface Listening {
   stopListening(): void;
   /** Close every connection. */
   close(): void;
+  /** Wait (at most graceMs) until no answer is still being written to a client, so close() cuts none short. */
+  quiesce?(graceMs: number): Promise<void>;
 }
 
 /** A listen or admin port that cannot be bound: a startup error, never a silent second listener. */
@@ -498,7 +500,7 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     front.timeouts.stop();
     throw err;
   }
-  return { port: l.port, stopListening: l.stopListening, close: () => { front.timeouts.stop(); l.close(); } };
+  return { port: l.port, stopListening: l.stopListening, close: () => { front.timeouts.stop(); l.close(); }, quiesce: () => Promise.resolve() };
 }
 
 /**
@@ -533,6 +535,7 @@ async function startGuarded(front: Front, app: TemplatedApp, opts: FrontendOptio
     port,
     stopListening: () => guard.stopListening(),
     close: () => { guard.close(); front.timeouts.stop(); inner.close(); },
+    quiesce: (graceMs) => guard.quiesce(graceMs),
   };
 }
 
