@@ -277,11 +277,7 @@ export class Gateway implements RequestSink {
         if (res.aborted) { ctx.releaseAll(); return; }
       }
       ctx.instanceName = inst.name;
-      ctx.outputScale = inst.outputScale;
-      // The upstream cannot produce more than it was allowed: a scaled count of its text is capped there. Only
-      // when the client's own max_tokens / n reach the upstream (instance options may replace them).
-      const p = ctx.prepared;
-      ctx.completionCap = p !== undefined && p.maxTokens !== undefined && inst.bodyOptions === undefined ? p.n * p.maxTokens : Infinity;
+      ctx.served = inst;
       const outcome = await this.attempt(ctx, inst, more);
       if (outcome === 'done') return;
       if (ctx.cut) {
@@ -453,7 +449,7 @@ export class Gateway implements RequestSink {
   private async countCompletion(ctx: Exchange, text: string): Promise<number> {
     const model = ctx.prepared?.model;
     if (text.length === 0) return 0;
-    const scale = ctx.outputScale;
+    const scale = ctx.served?.outputScale ?? 1;
     if (text.length >= ctx.snap.config.tokens.offload_bytes) {
       try {
         return Math.ceil(await this.deps.pool.countText(text, model) * scale);
@@ -474,7 +470,13 @@ export class Gateway implements RequestSink {
       if (again.ok) prepared = again;
     }
     let completion = alreadyCounted + await this.countCompletion(ctx, text);
-    if (ctx.outputScale > 1 && completion > ctx.completionCap) completion = ctx.completionCap;
+    const inst = ctx.served;
+    const asked = ctx.prepared!;
+    // A scaled count is capped at what the upstream was allowed to produce, when the client's own max_tokens / n
+    // reached it (instance options may replace them): the upstream cannot have produced more.
+    if (inst !== undefined && inst.outputScale > 1 && asked.maxTokens !== undefined && inst.bodyOptions === undefined) {
+      completion = Math.min(completion, asked.n * asked.maxTokens);
+    }
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
   }
 
@@ -586,10 +588,8 @@ class Exchange {
   readonly peer: string;
   consumer = '';
   instanceName = '';
-  /** The serving instance's CompiledInstance.outputScale. */
-  outputScale = 1;
-  /** Most completion tokens the serving instance may produce for this request (Infinity: not known). */
-  completionCap = Infinity;
+  /** The instance of the current attempt (its outputScale and options size counted output). */
+  served: CompiledInstance | undefined = undefined;
   prepared: PreparedCall | undefined = undefined;
   body: Buffer = EMPTY_BODY;
   /** The client's API (from the path) and its spec (undefined when no registered module defines it). */
