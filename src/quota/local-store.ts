@@ -9,6 +9,7 @@ import type { StoreMetrics } from '../metrics/registry.ts';
 import type { AcquireItem, AcquireResult, CounterSpec, CounterView, Denial, Grant, QuotaStore, StoreHealth } from './types.ts';
 import { windowStartOf } from './types.ts';
 import { StoreGrant, StoreGrantEntry, TokenGuard, claimGrant, previousWeight, retryAfterMs } from './window.ts';
+import { V_BASE_C, V_BASE_R, V_CAP_MARGIN, V_LIMIT_MARGIN, V_PREV_C, V_PREV_R, V_VALID_UNTIL, type LedgerBackend, type LedgerCell } from './shared/link.ts';
 
 export interface LocalStoreOptions {
   /** Most counters tracked (limits.max_quota_keys). Default 100000. */
@@ -20,12 +21,16 @@ const DEFAULT_MAX_KEYS = 100_000;
 /** Key cap full and nothing evictable: how long new keys are refused before the counters are scanned again. */
 const EVICT_RETRY_MS = 100;
 
-class LocalCell {
+class LocalCell implements LedgerCell {
   readonly start: number;
   consumed = 0;
   reserved = 0;
   /** Grants not yet settled or released. */
   holds = 0;
+  /** Serving threads (shared/ledger-host.ts): the linked ledger slot and what was folded in from it. */
+  slot = -1;
+  pulledC = 0;
+  pulledR = 0;
 
   constructor(start: number) {
     this.start = start;
@@ -57,7 +62,7 @@ class LocalCounter {
 
 const SWEEP_EVERY_MS = 10_000;
 
-export class LocalQuotaStore implements QuotaStore {
+export class LocalQuotaStore implements QuotaStore, LedgerBackend {
   readonly name: string;
   private readonly counters = new Map<string, LocalCounter>();
   private nextSweep = 0;
@@ -180,6 +185,40 @@ export class LocalQuotaStore implements QuotaStore {
     return Promise.resolve();
   }
 
+  // ------------------------------------------------------------------------------------------------------
+  // Serving threads (shared/ledger-host.ts): slots hold the threads' usage; the cells count it as their own.
+
+  ledgerClaim(grant: Grant): boolean {
+    const g = claimGrant<LocalCell>(grant, this);
+    if (g === undefined) return false;
+    for (const e of g.entries) e.cell.holds--;
+    return true;
+  }
+
+  ledgerApply(cell: LedgerCell, dC: number, dR: number): void {
+    const c = cell as LocalCell;
+    c.consumed += dC;
+    c.reserved = Math.max(0, c.reserved + dR);
+  }
+
+  /** Exact: a thread decides `consumed + reserved < limit` on the same totals this store would. */
+  ledgerView(id: string, cell: LedgerCell, out: Float64Array): void {
+    const c = cell as LocalCell;
+    out[V_BASE_C] = c.consumed - c.pulledC;
+    out[V_BASE_R] = c.reserved - c.pulledR;
+    const counter = this.counters.get(id);
+    const prev = counter !== undefined && counter.cur === c ? counter.prev : undefined;
+    out[V_PREV_C] = prev === undefined ? 0 : prev.consumed - prev.pulledC;
+    out[V_PREV_R] = prev === undefined ? 0 : prev.reserved - prev.pulledR;
+    out[V_LIMIT_MARGIN] = 0;
+    out[V_CAP_MARGIN] = Number.NEGATIVE_INFINITY;
+    out[V_VALID_UNTIL] = Number.POSITIVE_INFINITY;
+  }
+
+  ledgerTouch(): void {}
+
+  ledgerBind(): void {}
+
   /** Counters held (for tests of the sweep). */
   get size(): number {
     return this.counters.size;
@@ -205,6 +244,8 @@ export class LocalQuotaStore implements QuotaStore {
     // Windows over: a late settlement would land in a window nobody reads any more.
     if (cur.start + 2 * c.windowMs <= now) return true;
     if (cur.holds > 0 || (prev !== undefined && prev.holds > 0)) return false;
+    // Linked to a ledger slot: serving threads may hold usage in it.
+    if (cur.slot >= 0 || (prev !== undefined && prev.slot >= 0)) return false;
     return cur.consumed === 0 && cur.reserved === 0 && (prev === undefined || (prev.consumed === 0 && prev.reserved === 0));
   }
 

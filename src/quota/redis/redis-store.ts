@@ -25,6 +25,7 @@ import { classifyError, isRedirection, type PortCommand, type RedisErrorKind } f
 import { ReplyLanes, type RemoteOutcome } from './reply-lanes.ts';
 import { READ_SHA, WRITE_SHA } from './scripts.ts';
 import { acquireRedis, releaseRedis, type SharedRedis } from './shared-client.ts';
+import { V_BASE_C, V_BASE_R, V_CAP_MARGIN, V_LIMIT_MARGIN, V_PREV_C, V_PREV_R, V_VALID_UNTIL, type LedgerBackend, type LedgerCell } from '../shared/link.ts';
 
 export interface RedisStoreOptions {
   readonly batching: RedisBatchingConfig;
@@ -108,8 +109,12 @@ class RedisCounter {
   }
 }
 
-class RedisCell implements Batchable {
+class RedisCell implements Batchable, LedgerCell {
   queued = false;
+  /** Serving threads (shared/ledger-host.ts): the linked ledger slot and what was folded into own* from it. */
+  slot = -1;
+  pulledC = 0;
+  pulledR = 0;
   readonly counter: RedisCounter;
   readonly start: number;
   readonly keyC: string;
@@ -236,7 +241,7 @@ function ttlSeconds(cell: RedisCell, nowMs: number): number {
 
 const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 };
 
-export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
+export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, LedgerBackend {
   readonly name: string;
   /** This store's identity in the holders hashes: unique per process and store instance. */
   readonly processId: string;
@@ -297,6 +302,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   private evictRetryAt = Number.NEGATIVE_INFINITY;
   /** Eviction rounds so far (cells created afterwards write under a new field name, see RedisCell.field). */
   private evictions = 0;
+  /** Serving threads: the LedgerHost's callback for a linked cell whose view changed. */
+  private ledgerChanged: ((cell: LedgerCell) => void) | undefined = undefined;
 
   constructor(target: RedisTargetConfig, opts: RedisStoreOptions) {
     this.name = opts.storeLabel;
@@ -562,7 +569,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
   /** A counter may be forgotten when Redis holds all of its state and no grant refers to its cells. */
   private evictable(counter: RedisCounter): boolean {
     for (const cell of [counter.cur, counter.prev]) {
-      if (cell !== undefined && (cell.holds > 0 || cell.queued || cell.dirty() || cell.ownR > 0)) return false;
+      if (cell !== undefined && (cell.holds > 0 || cell.queued || cell.dirty() || cell.ownR > 0 || cell.slot >= 0)) return false;
     }
     return true;
   }
@@ -1011,6 +1018,11 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
 
   /** Fresh global totals for a cell: update the view age and, for the current window, rate and share. */
   private reconciled(cell: RedisCell, perf: number): void {
+    this.reconcileView(cell, perf);
+    if (this.ledgerChanged !== undefined) this.republish(cell);
+  }
+
+  private reconcileView(cell: RedisCell, perf: number): void {
     cell.seenAt = perf;
     cell.failedAt = Number.NEGATIVE_INFINITY;
     const counter = cell.counter;
@@ -1040,6 +1052,63 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell> {
     counter.rateTotal = total;
     counter.rateOwn = own;
     counter.rateAt = perf;
+  }
+
+  // ------------------------------------------------------------------------------------------------------
+  // Serving threads (shared/ledger-host.ts): slots hold the threads' usage; ownC/ownR include what was
+  // pulled from them, so every write carries this process's absolute state, every thread's included.
+
+  ledgerClaim(grant: Grant): boolean {
+    const g = claimGrant<RedisCell>(grant, this);
+    if (g === undefined) return false;
+    for (const e of g.entries) e.cell.holds--;
+    return true;
+  }
+
+  ledgerApply(cell: LedgerCell, dC: number, dR: number): void {
+    const c = cell as RedisCell;
+    c.ownC += dC;
+    c.ownR = Math.max(0, c.ownR + dR);
+    this.batcher.mark(c);
+  }
+
+  /**
+   * The thread rule is never looser than trusted(): with h = interval + flush latency + freshViewMs (the
+   * oldest view it may admit on), used < limit − (S·G·h + a_max) and used + amount ≤ limit − S·G·h imply
+   * remaining ≥ S·G·h + max(amount, a_max). Valid while the view is younger than freshViewMs, and never in
+   * synchronous mode, with the breaker open, or before the counter is known.
+   */
+  ledgerView(_id: string, cell: LedgerCell, out: Float64Array): void {
+    const c = cell as RedisCell;
+    const counter = c.counter;
+    const prev = this.prevCell(counter, c);
+    out[V_BASE_C] = c.consumed() - c.pulledC;
+    out[V_BASE_R] = c.reserved() - c.pulledR;
+    out[V_PREV_C] = prev === undefined ? 0 : prev.consumed() - prev.pulledC;
+    out[V_PREV_R] = prev === undefined ? 0 : prev.reserved() - prev.pulledR;
+    const h = this.intervalMs + this.flushLatencyMs + this.freshViewMs;
+    const cap = counter.rate * h * this.syncSafety;
+    out[V_CAP_MARGIN] = cap;
+    out[V_LIMIT_MARGIN] = cap + Math.max(counter.maxAmount, counter.maxAmountPrev);
+    const trustworthy = !this.syncMode && this.shared.breaker.closed && c.known && (prev === undefined || prev.known) && counter.rateKnown;
+    const left = c.seenAt + this.freshViewMs - this.clock.now();
+    out[V_VALID_UNTIL] = trustworthy && left > 0 ? Date.now() + left : 0;
+  }
+
+  ledgerTouch(cell: LedgerCell): void {
+    this.batcher.mark(cell as RedisCell);
+  }
+
+  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined): void {
+    this.ledgerChanged = changed;
+  }
+
+  /** A reconciled cell's slot (and the current window's, whose previous-window fields it feeds). */
+  private republish(cell: RedisCell): void {
+    const fn = this.ledgerChanged!;
+    if (cell.slot >= 0) fn(cell);
+    const cur = cell.counter.cur;
+    if (cur !== undefined && cur !== cell && cur.slot >= 0) fn(cur);
   }
 
   private failed(kind: RedisErrorKind): void {

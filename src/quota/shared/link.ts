@@ -1,0 +1,48 @@
+// What a backend store (LocalQuotaStore, RedisQuotaStore) offers the main thread's LedgerHost. Nothing here
+// runs unless a host is attached, so a store without one behaves exactly as before.
+import type { Grant } from '../types.ts';
+
+/** The part of a backend's window cell the host manages. */
+export interface LedgerCell {
+  readonly start: number;
+  /** The ledger slot this cell is linked to, or −1. */
+  slot: number;
+  /** How much of the slot's tC / tR the backend has folded into its own totals so far. */
+  pulledC: number;
+  pulledR: number;
+}
+
+/** Index of each published field in the `out` array of `ledgerView`. */
+export const V_BASE_C = 0;
+export const V_BASE_R = 1;
+export const V_PREV_C = 2;
+export const V_PREV_R = 3;
+export const V_LIMIT_MARGIN = 4;
+export const V_CAP_MARGIN = 5;
+export const V_VALID_UNTIL = 6;
+export const VIEW_FIELDS = 7;
+
+export interface LedgerBackend {
+  /**
+   * Take a grant over for the ledger: the backend marks it done (a later settle/release of it is ignored)
+   * and drops its own holds on the cells; the host moves the reservations into slots. False when the
+   * grant is not this store's or was settled already.
+   */
+  ledgerClaim(grant: Grant): boolean;
+  /** Fold serving threads' consumed/reserved deltas of a linked cell into the backend's own usage. */
+  ledgerApply(cell: LedgerCell, dC: number, dR: number): void;
+  /**
+   * The fields a serving thread decides on, for a linked cell of counter `id`: usage held outside the
+   * ledger (totals minus what was pulled), the previous window's, the margins and the validity
+   * (wall-clock ms, compared with acquire's `now`; 0 = always ask the main thread).
+   */
+  ledgerView(id: string, cell: LedgerCell, out: Float64Array): void;
+  /** Queue a linked cell for a refresh from the shared store (no-op for local stores). */
+  ledgerTouch(cell: LedgerCell): void;
+  /** Called by the backend whenever the view of a linked cell changed on its own (a reconciliation). */
+  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined): void;
+}
+
+export function isLedgerBackend(s: object): s is LedgerBackend {
+  return typeof (s as Partial<LedgerBackend>).ledgerClaim === 'function';
+}
