@@ -18,7 +18,7 @@ RUN set -eu; \
     npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
     rm -f .npm-build-ca.pem
 COPY tsconfig.json tsconfig.build.json ./
-COPY scripts/build-ranks.mjs ./scripts/build-ranks.mjs
+COPY scripts/build-ranks.mjs scripts/bundle.mjs ./scripts/
 COPY src ./src
 RUN npm run build --silent \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error \

@@ -46,6 +46,8 @@ const build = spawnSync(process.execPath, [join(root, 'node_modules/typescript/b
 if (build.status !== 0) { console.error('run-tests: build (tsc -p tsconfig.build.json) failed'); process.exit(1); }
 const ranks = spawnSync(process.execPath, [join(root, 'scripts/build-ranks.mjs')], { cwd: root, stdio: 'inherit' });
 if (ranks.status !== 0) { console.error('run-tests: build (scripts/build-ranks.mjs) failed'); process.exit(1); }
+const bundle = spawnSync(process.execPath, [join(root, 'scripts/bundle.mjs')], { cwd: root, stdio: 'inherit' });
+if (bundle.status !== 0) { console.error('run-tests: build (scripts/bundle.mjs) failed'); process.exit(1); }
 
 console.log(`run-tests: ${files.length} files`);
 const run = spawnSync(process.execPath, [

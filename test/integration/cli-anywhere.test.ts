@@ -2,7 +2,7 @@
 // no loader, as one process that handles SIGTERM itself. scripts/run-tests.mjs builds dist/ before the tests.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -155,6 +155,37 @@ test('start --embedded from outside the repo: the bundled example config and the
   await r.arrayBuffer();
   gw.child.kill('SIGTERM');
   assert.deepEqual(await exitOf(gw.child), { code: 0, signal: null }, gw.output());
+});
+
+test('bin/sluice.mjs runs the bundle; in a checkout, dist/cli/main.js when the bundle is older (saying why) or missing', () => {
+  // Stand-ins for the two builds next to a copy of bin/: which one runs is all this checks.
+  const app = join(dir, 'launcher');
+  mkdirSync(join(app, 'bin'), { recursive: true });
+  mkdirSync(join(app, 'dist/cli'), { recursive: true });
+  mkdirSync(join(app, 'dist/bundle'), { recursive: true });
+  copyFileSync(bin, join(app, 'bin/sluice.mjs'));
+  const main = join(app, 'dist/cli/main.js');
+  const bundle = join(app, 'dist/bundle/sluice.cjs');
+  writeFileSync(join(app, 'package.json'), '{ "type": "module" }');
+  writeFileSync(main, "console.log('tsc output');");
+  writeFileSync(bundle, "console.log('bundle');");
+  const run = () => spawnSync(process.execPath, [join(app, 'bin/sluice.mjs')], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+  const t = Date.now() / 1000;
+  utimesSync(main, t - 10, t - 10);
+  let r = run();
+  assert.equal(r.stdout.trim(), 'bundle');
+  assert.equal(r.stderr, '');
+  utimesSync(bundle, t - 20, t - 20);
+  r = run();
+  assert.equal(r.stdout.trim(), 'bundle', 'no src/ (an installed package): build times mean nothing, the bundle runs');
+  mkdirSync(join(app, 'src'));
+  r = run();
+  assert.equal(r.stdout.trim(), 'tsc output');
+  assert.match(r.stderr, /sluice: dist\/bundle\/sluice\.cjs is older than dist\/ .*`npm run build`/);
+  rmSync(bundle);
+  r = run();
+  assert.equal(r.stdout.trim(), 'tsc output');
+  assert.equal(r.stderr, '');
 });
 
 test('runtimeProblem: Node 20 with glibc >= 2.27 runs; other runtimes are refused with the reason', () => {

@@ -103,7 +103,7 @@ after(() => {
 });
 
 test('the tarball holds the compiled build and nothing for development', () => {
-  for (const f of ['package.json', 'README.md', 'bin/sluice.mjs', 'dist/cli/main.js', 'dist/workers/entry.js', 'dist/workers/pool.js', 'examples/embedded.yaml']) {
+  for (const f of ['package.json', 'README.md', 'bin/sluice.mjs', 'dist/cli/main.js', 'dist/bundle/sluice.cjs', 'dist/workers/entry.js', 'dist/workers/pool.js', 'examples/embedded.yaml']) {
     assert.ok(packed.includes(f), `${f} is packed`);
   }
   const unwanted = packed.filter((f) => /^(src|test|native-bench|load-tests|scripts|deploy|\.ci)\//.test(f) || f.endsWith('.map') || f.endsWith('.ts') || /^tsconfig/.test(f) || f === 'Dockerfile');
@@ -161,6 +161,7 @@ test('npm install <tarball> in an empty directory, then npx sluice validate | mo
     assert.match(text, /data: \[DONE\]/);
 
     assert.equal(await stop(gw), 0, gw.output());
+    assert.doesNotMatch(gw.output(), /is older than dist/, 'the installed package runs its bundle');
     assert.equal(await stop(mock), 0, mock.output());
   } finally {
     delete process.env.SLUICE_TARBALL_KEY;

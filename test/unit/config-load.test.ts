@@ -3,8 +3,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { loadConfigFile, parseConfigText } from '../../src/config/load.ts';
 import { ConfigError, validateConfig } from '../../src/config/validate.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
 
 function parseError(text: string, file: string): ConfigError {
   try {
@@ -58,6 +62,35 @@ describe('parseConfigText', () => {
       rule_items: [{ 'limit_by_header': 'x-ca-key', limit_keys: [{ key: '0123', token_per_minute: 10 }, { key: '102234', token_per_minute: 10 }] }],
       other: [{ key: 123 }],
     });
+  });
+
+  it('reads .json files as the YAML parser would: duplicate keys refused, limit_keys text kept, YAML in .json accepted', () => {
+    const json = JSON.stringify({ listen: { host: '127.0.0.1', port: 1 }, routes: [{ uri: '/a"b:\\', methods: ['POST'], plugins: {} }], k: [[{}], null, 1.5, 'x'] }, null, 2);
+    assert.deepEqual(parseConfigText(json, 'c.json'), parseConfigText(json, 'c.yaml'));
+    const dup = parseError('{\n  "a": 1,\n  "b": {"x": 1, "x" : 2}\n}', 'c.json');
+    assert.deepEqual(dup.issues, [{ path: '', message: 'c.json:3:17: Map keys must be unique' }]);
+    assert.equal(parseError('{"a": 1, "\\u0061": 2}', 'c.json').issues.length, 1);
+    const higress = '{"rule_items": [{"limit_keys": [{"key": 0.50, "token_per_minute": 10}]}]}';
+    assert.deepEqual(parseConfigText(higress, 'c.json'), { rule_items: [{ limit_keys: [{ key: '0.50', token_per_minute: 10 }] }] });
+    assert.deepEqual(parseConfigText('routes:\n  - uri: /a\n', 'c.json'), { routes: [{ uri: '/a' }] });
+    assert.equal(parseConfigText('', 'c.json'), undefined);
+  });
+
+  it('loads the YAML parser only for text JSON.parse cannot read alike (start-up cost)', () => {
+    const code = [
+      "const { createRequire } = await import('node:module');",
+      "const { parseConfigText } = await import('./src/config/load.ts');",
+      "const loaded = () => Object.keys(createRequire(import.meta.url).cache).some((f) => f.includes('/node_modules/yaml/'));",
+      "parseConfigText('{\"routes\": [{\"uri\": \"/a\"}]}', 'c.json');",
+      "const afterJson = loaded();",
+      "try { parseConfigText('{\"a\": 1, \"a\": 2}', 'c.json'); } catch { /* duplicate key: the YAML parser says where */ }",
+      "const afterOtherJson = loaded();",
+      "parseConfigText('a: 1', 'c.yaml');",
+      "console.log(JSON.stringify([afterJson, afterOtherJson, loaded()]));",
+    ].join('\n');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), [false, true, true]);
   });
 
   it('bounds alias expansion', () => {

@@ -1,5 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { compileRuleRegex } from '../../src/rules/regex.ts';
 import { validateConfig, ConfigError } from '../../src/config/validate.ts';
 
@@ -46,4 +48,21 @@ test('a config with an unsupported pattern fails validation with the path of the
   const ok = structuredClone(cfg);
   ok.routes[0]!.plugins['ai-token-ratelimit'].rule_items[0]!.limit_keys[0]!.key = 'regexp:^(a+)+$';
   assert.doesNotThrow(() => validateConfig(ok, {}));
+});
+
+test('re2js loads with the first pattern, not with the config validator (start-up cost)', () => {
+  const code = [
+    "const { createRequire } = await import('node:module');",
+    "const { validateConfig } = await import('./src/config/validate.ts');",
+    "const { compileRuleRegex } = await import('./src/rules/regex.ts');",
+    "const loaded = () => Object.keys(createRequire(import.meta.url).cache).some((f) => f.includes('/node_modules/re2js/'));",
+    'validateConfig({}, {});',
+    'const before = loaded();',
+    "compileRuleRegex('^a+$');",
+    'console.log(JSON.stringify([before, loaded()]));',
+  ].join('\n');
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), [false, true]);
 });
