@@ -215,6 +215,12 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
     out[V_VALID_UNTIL] = Number.POSITIVE_INFINITY;
   }
 
+  ledgerCellOf(counter: CounterSpec, now: number): LedgerCell | undefined {
+    const c = this.counters.get(counter.id);
+    if (c === undefined || c.windowMs !== counter.windowMs) return undefined;
+    return c.cur.start === windowStartOf(now, counter.windowMs) ? c.cur : undefined;
+  }
+
   ledgerTouch(): void {}
 
   ledgerBind(): void {}

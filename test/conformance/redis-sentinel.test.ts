@@ -1,6 +1,7 @@
 import { after, before } from 'node:test';
 import { startSentinel, type SentinelHandle } from '../helpers/redis-topology.ts';
 import { runQuotaStoreSuite } from './quota-store.case.ts';
+import { ledgerFactory } from './ledger-targets.ts';
 import { redisFactory, sentinelTarget } from './redis-targets.ts';
 
 let sentinel: SentinelHandle;
@@ -12,3 +13,6 @@ after(async () => {
 });
 
 runQuotaStoreSuite('redis sentinel (master, replica, 3 sentinels)', redisFactory(() => sentinelTarget(sentinel)), { shared: true });
+
+// The same topology behind a serving thread's ledger (LedgerHost + LedgerClient over the Sentinel store).
+runQuotaStoreSuite('ledger over redis sentinel', ledgerFactory(() => redisFactory(() => sentinelTarget(sentinel))()), { shared: true });

@@ -8,8 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { SluiceError } from '../../src/core/errors.ts';
 import { LedgerHost } from '../../src/quota/shared/ledger-host.ts';
 import { LedgerClient } from '../../src/quota/shared/ledger-store.ts';
-import { F_CAP_MARGIN, F_LIMIT_MARGIN, F_VALID_UNTIL, SLOT_FIELDS } from '../../src/quota/shared/ledger.ts';
-import type { CounterSpec, QuotaStore } from '../../src/quota/types.ts';
+import { F_CAP_MARGIN, F_LIMIT_MARGIN, F_VALID_UNTIL, SLOT_FIELDS, counterKey, hash3 } from '../../src/quota/shared/ledger.ts';
+import type { AcquireResult, CounterSpec, QuotaStore } from '../../src/quota/types.ts';
+import { windowStartOf } from '../../src/quota/types.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisStore, standaloneTarget } from '../conformance/redis-targets.ts';
 
@@ -76,6 +77,75 @@ describe('ledger over redis: what a thread decides alone', () => {
     assert.equal(asked(), before + 1);
     host.close();
     await backend.close();
+  });
+
+  it('a counter another replica spent: once its view is valid the thread denies alone, until it goes stale or the window changes', async () => {
+    const target = standaloneTarget(redis);
+    const batching = { flush_interval_ms: 10, max_batch_keys: 1000, max_pending_keys: 100_000 };
+    const { store: other } = redisStore(target, { batching });
+    // A view valid for 2 s: long enough for a loaded machine to see it valid between two polls.
+    const { store: backend } = redisStore(standaloneTarget(redis), { batching, freshViewMs: 2_000 });
+    assert.ok(await other.ready(10_000));
+    assert.ok(await backend.ready(10_000));
+    const { host, store, asked } = setup(backend);
+    const c: CounterSpec = { id: `view-${run}-spent`, limit: 1000, windowMs: 600_000, sliding: false };
+    const g = await other.acquire([{ counter: c, amount: 1000 }], Date.now());
+    assert.ok(g.ok);
+    other.settle(g, [1000]);
+    await other.flush();
+    try {
+      // This process never had a grant on it: delegated denials until the counter is known and its rate
+      // measured (the store's own trust rule), then the thread denies on the published view.
+      let t0 = 0;
+      const delegated: Promise<AcquireResult>[] = [];
+      await until(() => {
+        const now = Date.now();
+        const r = store.acquire([{ counter: c, amount: 1 }], now);
+        if (r instanceof Promise) {
+          delegated.push(r);
+          return false;
+        }
+        assert.equal(r.ok, false);
+        t0 = now;
+        return true;
+      }, 'a denial decided on the thread');
+      for (const d of await Promise.all(delegated)) assert.equal(d.ok, false);
+      const before = asked();
+      assert.ok(before >= 1);
+      for (let i = 0; i < 200; i++) {
+        const r = store.acquire([{ counter: c, amount: 1 }], t0);
+        assert.equal(r instanceof Promise, false, `acquire ${i} was delegated`);
+        assert.equal((r as { ok: boolean }).ok, false);
+      }
+      assert.equal(asked(), before, '200 denials without a message');
+      const k = new Int32Array(3);
+      hash3(counterKey('r', c.id, c.windowMs), k);
+      host.table.lock();
+      const slot = host.table.findLocked(k, windowStartOf(t0, c.windowMs));
+      host.table.unlock();
+      const validity = (): number => host.table.f64[slot * SLOT_FIELDS + F_VALID_UNTIL]!;
+      const first = validity();
+      assert.ok(slot >= 0 && first > t0 && first < t0 + 600_000, `slot ${slot} valid until ${first - t0} ms after t0`);
+      // The thread's denials mark the slot; the main thread refreshes its view from Redis and republishes.
+      await until(() => validity() > first, 'the denied counter\'s view to be refreshed');
+      // At the end of the published view's validity: delegated (and denied by the store).
+      const validUntil = validity();
+      const stale = store.acquire([{ counter: c, amount: 1 }], validUntil);
+      assert.ok(stale instanceof Promise, 'a stale view is delegated');
+      assert.equal((await stale).ok, false);
+      assert.equal(asked(), before + 1);
+      // The next window has no slot: delegated, and admitted by the store.
+      const next = store.acquire([{ counter: c, amount: 1 }], windowStartOf(t0, c.windowMs) + c.windowMs);
+      assert.ok(next instanceof Promise, 'a new window is delegated');
+      const n = await next;
+      assert.equal(n.ok, true);
+      if (n.ok) store.release(n);
+      assert.equal(asked(), before + 2);
+    } finally {
+      host.close();
+      await backend.close();
+      await other.close();
+    }
   });
 
   it('synchronous mode: every admission goes to the main thread (and so to Redis)', async () => {

@@ -200,6 +200,57 @@ describe('ledger host and client bounds', () => {
     await backend.close();
   });
 
+  it('a denial binds a slot: further acquires of the spent counter are denied on the thread until the window changes', async () => {
+    const backend = new LocalQuotaStore('local');
+    const host = new LedgerHost({ maxSlots: 16 });
+    host.attach('s', backend);
+    let asked = 0;
+    const store = new LedgerClient(host.descriptor(), (r) => {
+      if (r.kind === 'acquire') asked++;
+      return host.handle(r);
+    }).storeFor('s', 'l');
+    // Spent in the backend (another replica's, or the main thread's, usage): no slot and no grant yet.
+    const c: CounterSpec = { id: 'spent', limit: 100, windowMs: 60_000, sliding: false };
+    const ws = Math.floor(Date.now() / 60_000) * 60_000;
+    const now = ws + 15_000;
+    const g = backend.acquire([{ counter: c, amount: 100 }], now);
+    assert.ok(!(g instanceof Promise) && g.ok);
+    backend.settle(g, [100]);
+    const first = await store.acquire([{ counter: c, amount: 1 }], now);
+    assert.deepEqual(first, { ok: false, denied: [0], retryAfterMs: 45_000 });
+    assert.equal(asked, 1);
+    const n = 500;
+    for (let i = 0; i < n; i++) {
+      const r = store.acquire([{ counter: c, amount: 1 }], now + i);
+      assert.equal(r instanceof Promise, false, `acquire ${i} was delegated`);
+      assert.deepEqual(r, { ok: false, denied: [0], retryAfterMs: 45_000 - i });
+    }
+    assert.equal(asked, 1, `${n} denials decided on the thread`);
+    // A request with a roomy counter too: every counter got a slot, so the thread decides it alone.
+    const roomy: CounterSpec = { id: 'roomy', limit: 1000, windowMs: 60_000, sliding: false };
+    assert.deepEqual(await store.acquire([{ counter: roomy, amount: 5 }, { counter: c, amount: 5 }], now), { ok: false, denied: [1], retryAfterMs: 45_000 });
+    assert.equal(asked, 2);
+    assert.deepEqual(store.acquire([{ counter: roomy, amount: 5 }, { counter: c, amount: 5 }], now), { ok: false, denied: [1], retryAfterMs: 45_000 });
+    const alone = store.acquire([{ counter: roomy, amount: 5 }], now);
+    assert.ok(!(alone instanceof Promise) && alone.ok, 'the roomy counter is admitted on the thread');
+    store.release(alone);
+    assert.equal(asked, 2);
+    assert.equal(backend.peek(roomy, now).reserved, 0, 'denials reserved nothing');
+    // The next window has no slot yet: delegated, and admitted there.
+    const next = store.acquire([{ counter: c, amount: 1 }], ws + 60_000);
+    assert.ok(next instanceof Promise, 'a new window is delegated');
+    assert.equal((await next).ok, true);
+    assert.equal(asked, 3);
+    // A view that stops being valid (its store detached) stops deciding on the thread too.
+    host.detach('s');
+    const gone = store.acquire([{ counter: c, amount: 1 }], now);
+    assert.ok(gone instanceof Promise, 'an invalid view is delegated');
+    await assert.rejects(gone, (e: unknown) => e instanceof SluiceError && e.code === 'SLC_QUOTA_STORE_UNAVAILABLE');
+    assert.equal(asked, 4);
+    host.close();
+    await backend.close();
+  });
+
   it('a slot freed under a grant (its thread gone) is reused safely: the late settle charges nothing', async () => {
     const backend = new LocalQuotaStore('local');
     const host = new LedgerHost({ maxSlots: 1, holdGraceMs: 0 });

@@ -1095,6 +1095,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     out[V_VALID_UNTIL] = trustworthy && left > 0 ? Date.now() + left : 0;
   }
 
+  ledgerCellOf(spec: CounterSpec, now: number): LedgerCell | undefined {
+    const counter = this.counters.get(spec.id);
+    const cur = counter?.cur;
+    if (counter === undefined || cur === undefined || counter.windowMs !== spec.windowMs) return undefined;
+    return cur.start === windowStartOf(now, spec.windowMs) ? cur : undefined;
+  }
+
   ledgerTouch(cell: LedgerCell): void {
     this.batcher.mark(cell as RedisCell);
   }

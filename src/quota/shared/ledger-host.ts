@@ -3,7 +3,7 @@
 // moves the grant's reservations into slots and publishes the backend's view into them. It folds the
 // threads' slot usage into the backends (dirty ring, polled) and frees slots whose windows are over.
 import { SluiceError } from '../../core/errors.ts';
-import type { AcquireItem, AcquireResult, QuotaStore } from '../types.ts';
+import type { AcquireItem, AcquireResult, CounterSpec, QuotaStore } from '../types.ts';
 import type { StoreGrantEntry } from '../window.ts';
 import {
   F_BASE_C, F_BASE_R, F_CAP_MARGIN, F_HOLDS, F_LIMIT_MARGIN, F_PREV_C, F_PREV_R, F_TC, F_TR, F_VALID_UNTIL, F_WMS, F_WS,
@@ -163,7 +163,7 @@ export class LedgerHost {
     try {
       this.pullLocked();
       const r = a.backend.acquire(items, now);
-      if (!(r instanceof Promise)) return this.finishLocked(a, r);
+      if (!(r instanceof Promise)) return this.finishLocked(a, items, r, now);
       pending = r;
     } finally {
       this.unlock();
@@ -172,17 +172,20 @@ export class LedgerHost {
     this.lock();
     try {
       this.pullLocked();
-      return this.finishLocked(a, r);
+      return this.finishLocked(a, items, r, now);
     } finally {
       this.unlock();
     }
   }
 
-  private finishLocked(a: Attached, r: AcquireResult): LedgerReply {
-    if (!r.ok) return { kind: 'denied', denied: [...r.denied], retryAfterMs: r.retryAfterMs };
+  private finishLocked(a: Attached, items: readonly AcquireItem[], r: AcquireResult, now: number): LedgerReply {
+    if (!r.ok) {
+      this.bindLocked(a, items, now);
+      return { kind: 'denied', denied: [...r.denied], retryAfterMs: r.retryAfterMs };
+    }
     const entries = r.entries as readonly StoreGrantEntry<LedgerCell>[];
     for (const e of entries) {
-      if (this.linkLocked(a, e) < 0) {
+      if (this.linkLocked(a, e.counter, e.cell) < 0) {
         a.backend.release(r);
         return { kind: 'error', code: 'SLC_OVERLOADED', message: 'too many quota keys tracked' };
       }
@@ -203,27 +206,46 @@ export class LedgerHost {
     return { kind: 'granted', entries: out };
   }
 
-  /** The slot of a grant entry's cell, linking (or relinking) one; −1 when the table is full. */
-  private linkLocked(a: Attached, e: StoreGrantEntry<LedgerCell>): number {
-    const cell = e.cell;
+  /**
+   * A denial binds (and publishes) a slot for every counter of the request too, so a serving thread denies
+   * a spent counter on its own (`used ≥ limit` on a valid view) instead of sending every request for it
+   * here. All or none: a thread delegates while any counter of a request lacks a slot. A full table binds
+   * nothing (the thread keeps delegating).
+   */
+  private bindLocked(a: Attached, items: readonly AcquireItem[], now: number): void {
+    const cells: LedgerCell[] = [];
+    for (const item of items) {
+      const cell = a.backend.ledgerCellOf(item.counter, now);
+      if (cell === undefined) return;
+      cells.push(cell);
+    }
+    for (let i = 0; i < items.length; i++) {
+      const s = this.linkLocked(a, items[i]!.counter, cells[i]!);
+      if (s < 0) return;
+      this.publishLocked(s);
+    }
+  }
+
+  /** The slot of a counter's backend cell, linking (or relinking) one; −1 when the table is full. */
+  private linkLocked(a: Attached, counter: CounterSpec, cell: LedgerCell): number {
     if (cell.slot >= 0 && this.cells[cell.slot] === cell) return cell.slot;
     const k = this.kbuf;
-    hash3(counterKey(a.key, e.counter.id, e.counter.windowMs), k);
+    hash3(counterKey(a.key, counter.id, counter.windowMs), k);
     let s = this.table.findLocked(k, cell.start);
     if (s >= 0) {
       // The slot outlived its cell (a counter forgotten and created again, a store attached again).
       const old = this.cells[s];
       if (old !== undefined) this.unlinkCell(s, old);
     } else {
-      s = this.table.insertLocked(k, cell.start, e.counter.windowMs, a.dir);
+      s = this.table.insertLocked(k, cell.start, counter.windowMs, a.dir);
       if (s < 0) {
         this.evictLocked(Date.now());
-        s = this.table.insertLocked(k, cell.start, e.counter.windowMs, a.dir);
+        s = this.table.insertLocked(k, cell.start, counter.windowMs, a.dir);
         if (s < 0) return -1;
       }
     }
     this.cells[s] = cell;
-    this.ids[s] = e.counter.id;
+    this.ids[s] = counter.id;
     this.owners[s] = a;
     cell.slot = s;
     cell.pulledC = 0;
@@ -268,17 +290,21 @@ export class LedgerHost {
   /** Fold the dirty slots' thread usage into their backend cells. */
   private pullLocked(): void {
     const n = this.table.drainLocked(this.drained);
-    for (let i = 0; i < n; i++) this.pullSlot(this.drained[i]!);
+    for (let i = 0; i < n; i++) this.pullSlot(this.drained[i]!, true);
   }
 
-  private pullSlot(s: number): void {
+  /** `touch`: a slot dirty with nothing to fold in was marked by a denial on a thread; refresh its view. */
+  private pullSlot(s: number, touch = false): void {
     const cell = this.cells[s];
     const a = this.owners[s];
     if (cell === undefined || a === undefined) return;
     const f = this.table.f64;
     const dC = f[s * SLOT_FIELDS + F_TC]! - cell.pulledC;
     const dR = f[s * SLOT_FIELDS + F_TR]! - cell.pulledR;
-    if (dC === 0 && dR === 0) return;
+    if (dC === 0 && dR === 0) {
+      if (touch) a.backend.ledgerTouch(cell);
+      return;
+    }
     a.backend.ledgerApply(cell, dC, dR);
     cell.pulledC += dC;
     cell.pulledR += dR;

@@ -135,6 +135,10 @@ export class LedgerQuotaStore implements QuotaStore {
         f[o + F_HOLDS] += 1;
         t.markDirtyLocked(s);
       }
+    } else if (verdict === DENY) {
+      // The main thread then refreshes the spent counters (Redis: a read on the next flush), as the store
+      // does for a denial of its own, so a hammered spent counter's view stays valid.
+      for (let i = 0; i < n; i++) if (this.spent[i] === 1) t.markDirtyLocked(this.slots[i]!);
     }
     t.unlock();
     if (verdict === DELEGATE) return this.delegateAcquire(items, now);

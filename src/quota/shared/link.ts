@@ -1,6 +1,6 @@
 // What a backend store (LocalQuotaStore, RedisQuotaStore) offers the main thread's LedgerHost. Nothing here
 // runs unless a host is attached, so a store without one behaves exactly as before.
-import type { Grant } from '../types.ts';
+import type { CounterSpec, Grant } from '../types.ts';
 
 /** The part of a backend's window cell the host manages. */
 export interface LedgerCell {
@@ -39,6 +39,11 @@ export interface LedgerBackend {
   ledgerView(id: string, cell: LedgerCell, out: Float64Array): void;
   /** Queue a linked cell for a refresh from the shared store (no-op for local stores). */
   ledgerTouch(cell: LedgerCell): void;
+  /**
+   * The cell `acquire(…, now)` decided `counter` on, when the backend holds it and it is the window of
+   * `now` (after a denial, so the host can bind a slot to it); undefined otherwise.
+   */
+  ledgerCellOf(counter: CounterSpec, now: number): LedgerCell | undefined;
   /** Called by the backend whenever the view of a linked cell changed on its own (a reconciliation). */
   ledgerBind(changed: ((cell: LedgerCell) => void) | undefined): void;
 }
