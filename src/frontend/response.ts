@@ -76,14 +76,18 @@ export class UwsResponse implements ClientResponse {
     this.finish();
   }
 
-  start(status: number, headers: HeaderList): void {
-    if (this.aborted || this.started) return;
+  start(status: number, headers: HeaderList, first?: Uint8Array): boolean {
+    if (this.aborted || this.started) return true;
     this.started = true;
     const res = this.res;
+    let ok = true;
+    // One cork, one write: the head and a first chunk that came with the upstream's head leave together.
     res.cork(() => {
       res.writeStatus(statusLine(status));
       for (let i = 0; i < headers.length; i++) res.writeHeader(headers[i]![0], headers[i]![1]);
+      if (first !== undefined && !this.head) ok = res.write(first);
     });
+    return ok;
   }
 
   write(chunk: Uint8Array): boolean {

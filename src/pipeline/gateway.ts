@@ -398,17 +398,22 @@ export class Gateway implements RequestSink {
     if (ctx.translated) withContentType(headers, meter.contentType);
     if (!headers.some((h) => h[0] === 'cache-control')) headers.push(['cache-control', 'no-cache']);
     this.addQuotaHeaders(ctx, headers);
-    res.start(200, headers);
+    // A chunk that came with the upstream's head leaves with ours, in one write; otherwise the head goes now.
+    let first = up.takeQueued();
+    if (first === undefined) res.start(200, headers);
     // Text past the meter's bound is counted as it streams (one count in flight at a time) and dropped.
     let counted = 0;
     let counting: Promise<number> | undefined;
     let broken = false;
     try {
       // Chunks queued past a high-water mark while this waits on a slow client pause the upstream socket.
-      for (let chunk = await up.next(); chunk !== null; chunk = await up.next()) {
+      for (let chunk = first ?? await up.next(); chunk !== null; chunk = await up.next()) {
         if (res.aborted) break;
         const out = meter.push(chunk);
-        if (out !== undefined && !res.write(out)) await res.drain();
+        if (first !== undefined) {
+          first = undefined;
+          if (!res.start(200, headers, out)) await res.drain();
+        } else if (out !== undefined && !res.write(out)) await res.drain();
         const piece = meter.takeCountable();
         if (piece !== undefined && ctx.metered) {
           if (counting !== undefined) counted += await counting;

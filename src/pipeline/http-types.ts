@@ -27,8 +27,9 @@ export interface ClientResponse {
   onAbort(cb: () => void): void;
   /** Whole response at once. Ignored after abort. */
   send(status: number, headers: HeaderList, body: string | Uint8Array): void;
-  /** Begin a streamed response. */
-  start(status: number, headers: HeaderList): void;
+  /** Begin a streamed response; `first`, when given, leaves with the head in one write. false: the client is
+   *  slow, await drain() before writing more. */
+  start(status: number, headers: HeaderList, first?: Uint8Array): boolean;
   /** Write a chunk of a streamed response. false: the client is slow, await drain() before writing more. */
   write(chunk: Uint8Array): boolean;
   /** Resolves when the client can take more data (or has gone). */

@@ -50,8 +50,17 @@ function inTextPlace(data: string, q: number, key: string, choices: number): boo
   return false;
 }
 
+/**
+ * Where the last scanDeltaText call found its text: the offsets of its first character and of its closing quote
+ * when the frame held exactly one text literal without escapes (`literals` 1, `escaped` false). StreamMeter
+ * learns a stream's constant frame prefix and suffix from it (usage-meter.ts).
+ */
+export const lastScan = { literals: 0, escaped: false, start: 0, end: 0 };
+
 /** The delta text of a plain chunk ('' when it has none), or null when the frame needs a full JSON.parse. */
 export function scanDeltaText(data: string): string | null {
+  lastScan.literals = 0;
+  lastScan.escaped = false;
   for (let u = data.indexOf('usage"'); u !== -1; u = data.indexOf('usage"', u + 6)) {
     if (data.charCodeAt(u - 1) === QUOTE && !data.startsWith(':null', u + 6)) return null;
   }
@@ -74,7 +83,11 @@ export function scanDeltaText(data: string): string | null {
       const end = closingQuote(data, v + 1);
       if (end === -1) return null;
       const esc = data.indexOf('\\', v + 2);
+      lastScan.literals++;
+      lastScan.start = v + 2;
+      lastScan.end = end;
       if (esc !== -1 && esc < end) {
+        lastScan.escaped = true;
         let s: unknown;
         try { s = JSON.parse(data.slice(v + 1, end + 1)); } catch { return null; }
         out += s as string;

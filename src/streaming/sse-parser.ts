@@ -14,6 +14,12 @@ export interface SseHandler {
    * by the start of this chunk or, from end(), when it ends the stream.
    */
   onEvent(data: string | null, event: string, end: number): void;
+  /**
+   * Optional: an event whose data is one line lying whole in the pushed chunk is handed over as bytes,
+   * undecoded (`buf[start, stop)`, valid only during the call), instead of onEvent. Events with several data
+   * lines, or whose line spans chunks, still come to onEvent.
+   */
+  onRawData?(buf: Buffer, start: number, stop: number, end: number): void;
 }
 
 const LF = 0x0a;
@@ -35,6 +41,10 @@ export class SseParser {
   private eventType = '';
   /** Bytes of the current, not yet dispatched event, line terminators included. */
   private eventBytes = 0;
+  /** Raw mode (handler.onRawData): the event's one data line, not decoded yet. */
+  private rawBuf: Buffer | undefined = undefined;
+  private rawStart = 0;
+  private rawStop = 0;
 
   constructor(handler: SseHandler, maxEventBytes: number = DEFAULT_MAX_EVENT_BYTES) {
     this.handler = handler;
@@ -47,6 +57,12 @@ export class SseParser {
   }
 
   push(chunk: Buffer): void {
+    this.scan(chunk);
+    // An event still open at the chunk's end keeps no reference to the chunk.
+    if (this.rawBuf !== undefined) this.decodeRaw();
+  }
+
+  private scan(chunk: Buffer): void {
     const len = chunk.length;
     // An empty chunk says nothing, not even whether a pending CR is followed by LF.
     if (len === 0) return;
@@ -135,6 +151,15 @@ export class SseParser {
     // Field names compared byte by byte: only `data` and `event` matter here (`id` and `retry` do not).
     if (first === 0x64 && stop - start >= 4 && buf[start + 1] === 0x61 && buf[start + 2] === 0x74 && buf[start + 3] === 0x61
       && (stop - start === 4 || buf[start + 4] === COLON)) {
+      if (this.handler.onRawData !== undefined && this.data === null && this.rawBuf === undefined && buf !== this.carry) {
+        let at = start + 4;
+        if (at < stop) { at++; if (at < stop && buf[at] === SPACE) at++; }
+        this.rawBuf = buf;
+        this.rawStart = at;
+        this.rawStop = stop;
+        return;
+      }
+      if (this.rawBuf !== undefined) this.decodeRaw();
       const v = this.value(buf, start + 4, stop);
       this.data = this.data === null ? v : this.data + '\n' + v;
     } else if (first === 0x65 && stop - start >= 5 && buf[start + 1] === 0x76 && buf[start + 2] === 0x65 && buf[start + 3] === 0x6e
@@ -151,7 +176,22 @@ export class SseParser {
     return at >= stop ? '' : buf.toString('utf8', at, stop);
   }
 
+  private decodeRaw(): void {
+    const b = this.rawBuf as Buffer;
+    this.rawBuf = undefined;
+    this.data = this.rawStart >= this.rawStop ? '' : b.toString('utf8', this.rawStart, this.rawStop);
+  }
+
   private dispatch(end: number): void {
+    const raw = this.rawBuf;
+    if (raw !== undefined) {
+      this.rawBuf = undefined;
+      this.data = null;
+      this.eventType = '';
+      this.eventBytes = 0;
+      this.handler.onRawData!(raw, this.rawStart, this.rawStop, end);
+      return;
+    }
     const data = this.data;
     const event = this.eventType;
     this.data = null;

@@ -2,10 +2,19 @@
 // text (to count tokens when usage never comes), and, when the client did not ask for usage, removes the
 // usage-only chunk that Sluice made the upstream send. Pass-through mode forwards every input chunk as is.
 // The text is held in a bounded TextTally: past its bound, pieces are handed out to be counted and dropped.
+//
+// Most frames of a stream differ only in their text: `{"id":…,"choices":[{"index":0,"delta":{"content":"` +
+// text + `"},"logprobs":null,"finish_reason":null}],"usage":null}`. Once a frame has been read whole (the scan
+// of delta-scan.ts found exactly one text literal, without escapes), its bytes before and after the text are
+// kept; a later frame made of the same prefix and suffix around bytes without a quote or backslash is that
+// frame with other text, so its text bytes are copied as they are — no string, no scan — and decoded only
+// when the text is needed: the stream ends without usage, is aborted, or holds more than the bound. A stream
+// whose usage arrives never decodes them. Any other frame (the usage chunk, tool calls, escapes, another
+// shape) takes the decoded path.
 import { SseParser, type SseHandler } from './sse-parser.ts';
 import { isRejection, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
-import { scanDeltaText } from './delta-scan.ts';
-import { TextTally } from './text-tally.ts';
+import { lastScan, scanDeltaText } from './delta-scan.ts';
+import { DEFAULT_TEXT_BOUND, TextTally } from './text-tally.ts';
 
 export interface StreamMeterOptions {
   /** The client did not set stream_options.include_usage: drop the usage-only chunk (choices: [] with usage). */
@@ -22,6 +31,24 @@ export interface StreamMeterOptions {
 }
 
 const DONE = '[DONE]';
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+/** Times a stream may learn a new frame shape: a stream whose frames keep changing shape stops trying. */
+const MAX_LEARN = 4;
+/** First size of the undecoded-text buffer. */
+const RAW_START = 64;
+
+/** buf[a, b) starts and ends on whole UTF-8 characters, so decoding it alone or joined to others gives the same text. */
+function wholeChars(buf: Buffer, a: number, b: number): boolean {
+  const first = buf[a]!;
+  if (first >= 0x80 && first < 0xc0) return false;
+  let i = b - 1;
+  let tail = 0;
+  while (i > a && tail < 3 && (buf[i]! & 0xc0) === 0x80) { i--; tail++; }
+  const lead = buf[i]!;
+  const need = lead < 0x80 ? 0 : lead >= 0xf8 ? -1 : lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : -1;
+  return need === tail;
+}
 
 export class StreamMeter {
   private usageSeen: Usage | undefined = undefined;
@@ -31,6 +58,15 @@ export class StreamMeter {
   private readonly readUsage: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined;
   private done = false;
   private frameCount = 0;
+  private readonly bound: number;
+  // The learned frame (an ASCII frame's data: its characters are its bytes), where its text starts and where
+  // its suffix starts; and the undecoded text bytes held.
+  private shape: string | undefined = undefined;
+  private preLen = 0;
+  private sufAt = 0;
+  private learned = 0;
+  private raw: Buffer | undefined = undefined;
+  private rawLen = 0;
 
   private readonly strip: boolean;
   private readonly fast: boolean;
@@ -50,7 +86,10 @@ export class StreamMeter {
     this.maxUsage = opts.maxUsage ?? DEFAULT_MAX_USAGE;
     this.readUsage = opts.readUsage ?? readUsage;
     this.tally = new TextTally(opts.textBound);
-    const handler: SseHandler = { onEvent: (data, _event, end) => this.onEvent(data, end) };
+    this.bound = Math.max(16, opts.textBound ?? DEFAULT_TEXT_BOUND);
+    const handler: SseHandler = this.fast
+      ? { onEvent: (data, _event, end) => this.onEvent(data, end), onRawData: (buf, start, stop, end) => this.onRaw(buf, start, stop, end) }
+      : { onEvent: (data, _event, end) => this.onEvent(data, end) };
     this.parser = new SseParser(handler, opts.maxEventBytes);
   }
 
@@ -62,9 +101,9 @@ export class StreamMeter {
    * Generated text (content, text, reasoning_content, tool-call names and arguments) held and not yet handed
    * out by takeCountable(): all of it for a stream shorter than the bound.
    */
-  get text(): string { return this.tally.rest(); }
-  /** Characters of generated text held. */
-  get heldChars(): number { return this.tally.held; }
+  get text(): string { this.decodeHeld(); return this.tally.rest(); }
+  /** Characters of generated text held (undecoded bytes counted as characters: never fewer). */
+  get heldChars(): number { return this.tally.held + this.rawLen; }
   /** Tokens to add to the count of the pieces and the rest, so that cutting the text never under-counts. */
   get countMargin(): number { return this.tally.margin; }
   /** A piece of text to count now; the meter has dropped it. undefined until the bound is passed. */
@@ -103,9 +142,83 @@ export class StreamMeter {
     return this.takeOutput();
   }
 
+  /** A one-line data event as bytes: a frame of the learned shape is kept undecoded, any other is decoded. */
+  private onRaw(buf: Buffer, start: number, stop: number, end: number): void {
+    if (this.keepIfPlain(buf, start, stop)) {
+      this.frameCount++;
+      if (this.strip) this.afterEvent(false, end);
+      return;
+    }
+    this.onEvent(buf.toString('utf8', start, stop), end);
+  }
+
+  /** buf[start, stop) is the learned prefix + text without quote or backslash + the learned suffix: keep the text bytes. */
+  private keepIfPlain(buf: Buffer, start: number, stop: number): boolean {
+    const shape = this.shape;
+    if (shape === undefined) return false;
+    const preLen = this.preLen;
+    const sufAt = this.sufAt;
+    const sufLen = shape.length - sufAt;
+    const a = start + preLen;
+    const b = stop - sufLen;
+    if (b < a) return false;
+    // From the end: the suffix (usage, finish_reason) tells frames apart sooner than the constant id.
+    for (let i = sufLen - 1; i >= 0; i--) if (buf[b + i] !== shape.charCodeAt(sufAt + i)) return false;
+    for (let i = preLen - 1; i >= 0; i--) if (buf[start + i] !== shape.charCodeAt(i)) return false;
+    let high = false;
+    for (let i = a; i < b; i++) {
+      const c = buf[i]!;
+      if (c === QUOTE || c === BACKSLASH) return false;
+      if (c >= 0x80) high = true;
+    }
+    if (a === b) return true;
+    if (high && !wholeChars(buf, a, b)) return false;
+    const n = b - a;
+    let raw = this.raw;
+    if (raw === undefined || this.rawLen + n > raw.length) {
+      // Its own memory (not a pool slice, which would pin a shared 8 KiB slab for the stream's life).
+      const grown = Buffer.allocUnsafeSlow(Math.max(RAW_START, (this.rawLen + n) * 3 >> 1));
+      if (raw !== undefined) raw.copy(grown, 0, 0, this.rawLen);
+      raw = this.raw = grown;
+    }
+    if (n < 32) { let o = this.rawLen; for (let i = a; i < b; i++) raw[o++] = buf[i]!; } else buf.copy(raw, this.rawLen, a, b);
+    this.rawLen += n;
+    if (this.rawLen + this.tally.held > this.bound) this.decodeHeld();
+    return true;
+  }
+
+  /** The undecoded text bytes go to the tally (which may cut a piece to count). */
+  private decodeHeld(): void {
+    if (this.rawLen === 0) return;
+    const text = this.raw!.toString('utf8', 0, this.rawLen);
+    this.rawLen = 0;
+    if (this.raw!.length > 4096) this.raw = undefined;
+    this.tally.add(text);
+  }
+
+  private addText(text: string): void {
+    if (this.rawLen > 0) this.decodeHeld();
+    this.tally.add(text);
+  }
+
+  /** A frame read by the scan, with one text literal and no escape: its bytes around the text are the shape. */
+  private learn(data: string): void {
+    if (this.learned >= MAX_LEARN || lastScan.literals !== 1 || lastScan.escaped || lastScan.end <= lastScan.start) return;
+    // ASCII only, so that comparing a frame's bytes with the shape's character codes is comparing bytes.
+    if (Buffer.byteLength(data) !== data.length) return;
+    this.learned++;
+    this.shape = data;
+    this.preLen = lastScan.start;
+    this.sufAt = lastScan.end;
+  }
+
   private onEvent(data: string | null, end: number): void {
     const drop = data !== null && this.onData(data);
     if (!this.strip) return;
+    this.afterEvent(drop, end);
+  }
+
+  private afterEvent(drop: boolean, end: number): void {
     const cur = this.cur;
     if (drop) {
       this.flushRun();
@@ -133,7 +246,10 @@ export class StreamMeter {
     if (this.fast) {
       const text = scanDeltaText(data);
       if (text !== null) {
-        if (text.length > 0) this.tally.add(text);
+        if (text.length > 0) {
+          this.addText(text);
+          this.learn(data);
+        }
         return false;
       }
     }
@@ -164,19 +280,19 @@ export class StreamMeter {
   private collectText(choice: unknown): void {
     if (typeof choice !== 'object' || choice === null) return;
     const c = choice as { delta?: unknown; text?: unknown };
-    if (typeof c.text === 'string') this.tally.add(c.text);
+    if (typeof c.text === 'string') this.addText(c.text);
     const delta = c.delta;
     if (typeof delta !== 'object' || delta === null) return;
     const d = delta as { content?: unknown; reasoning_content?: unknown; tool_calls?: unknown };
-    if (typeof d.content === 'string') this.tally.add(d.content);
-    if (typeof d.reasoning_content === 'string') this.tally.add(d.reasoning_content);
+    if (typeof d.content === 'string') this.addText(d.content);
+    if (typeof d.reasoning_content === 'string') this.addText(d.reasoning_content);
     // Tool-call names and arguments are generated tokens too: an aborted tool call must still be charged.
     if (Array.isArray(d.tool_calls)) {
       for (const call of d.tool_calls) {
         const fn = (call as { function?: { name?: unknown; arguments?: unknown } } | null)?.function;
         if (typeof fn !== 'object' || fn === null) continue;
-        if (typeof fn.name === 'string') this.tally.add(fn.name);
-        if (typeof fn.arguments === 'string') this.tally.add(fn.arguments);
+        if (typeof fn.name === 'string') this.addText(fn.name);
+        if (typeof fn.arguments === 'string') this.addText(fn.arguments);
       }
     }
   }

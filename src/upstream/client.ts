@@ -187,16 +187,21 @@ export class UpstreamCall implements DispatchHandler {
     return this.wait();
   }
 
+  /** A body chunk already received (it came with the head), taken synchronously; undefined when none waits. */
+  takeQueued(): Buffer | undefined {
+    if (this.queueHead >= this.queue.length || this.collecting) return undefined;
+    const c = this.queue[this.queueHead]!;
+    this.queue[this.queueHead++] = EMPTY;
+    this.queued -= c.length;
+    if (this.queueHead === this.queue.length) { this.queue.length = 0; this.queueHead = 0; }
+    if (this.paused && this.queued < QUEUE_HIGH_WATER) this.unpause();
+    return c;
+  }
+
   /** The next body chunk, or null at the end. The socket pauses while QUEUE_HIGH_WATER bytes wait unread. */
   next(): Promise<Buffer | null> {
-    if (this.queueHead < this.queue.length) {
-      const c = this.queue[this.queueHead]!;
-      this.queue[this.queueHead++] = EMPTY;
-      this.queued -= c.length;
-      if (this.queueHead === this.queue.length) { this.queue.length = 0; this.queueHead = 0; }
-      if (this.paused && this.queued < QUEUE_HIGH_WATER) this.unpause();
-      return Promise.resolve(c);
-    }
+    const c = this.takeQueued();
+    if (c !== undefined) return Promise.resolve(c);
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (this.ended) return Promise.resolve(null);
     this.unpause();

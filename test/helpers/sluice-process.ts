@@ -36,7 +36,8 @@ function configText(raw: Record<string, unknown> | string, port: number, adminPo
   return JSON.stringify({ ...raw, listen: { host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: adminPort } }, null, 2);
 }
 
-export async function startSluiceProcess(raw: Record<string, unknown>, opts: { env?: NodeJS.ProcessEnv; startTimeoutMs?: number } = {}): Promise<SluiceProcess> {
+/** `raw` as a string is written as is (its own listen/admin ports; url and adminUrl then name the free ones picked). */
+export async function startSluiceProcess(raw: Record<string, unknown> | string, opts: { env?: NodeJS.ProcessEnv; startTimeoutMs?: number } = {}): Promise<SluiceProcess> {
   const [port, adminPort] = await freePorts(2) as [number, number];
   const dir = mkdtempSync(join(tmpdir(), 'sluice-proc-'));
   const configFile = join(dir, 'config.json');
@@ -100,7 +101,10 @@ export async function startSluiceProcess(raw: Record<string, unknown>, opts: { e
       return m === null ? 0 : Number(m[1]) * 1024;
     },
     metric: async (re) => {
-      const text = await (await fetch(`${adminUrl}/metrics`)).text();
+      // uWS closes an idle keep-alive connection after its fixed ~10 s: a scrape racing that close ("other side
+      // closed") is retried once, on a new connection.
+      const scrape = async () => (await fetch(`${adminUrl}/metrics`)).text();
+      const text = await scrape().catch(scrape);
       let sum = 0;
       for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
       return sum;

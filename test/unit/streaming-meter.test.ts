@@ -228,3 +228,59 @@ test('scanDeltaText takes plain content frames and declines everything else', ()
     assert.equal(scanDeltaText(declined), null, declined);
   }
 });
+
+test('frames of one learned shape: text kept as bytes yields what a full parse yields, at every split and past the bound', () => {
+  const shape = (content: string) => chunk({ ...base, choices: [{ index: 0, delta: { content }, logprobs: null, finish_reason: null }], usage: null });
+  const texts = [' Hello', ' wörld', ' 日本', ' 🌍', '', ' say "hi"', ' back\\slash', ' usage', ' plain', ' tok', ' tok', 'é'];
+  const frames = [
+    chunk({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], usage: null }),
+    ...texts.map(shape),
+    chunk({ ...base, choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }], usage: null }),
+  ];
+  const body = frames.join('');
+  const full = texts.join('');
+  for (const usage of [true, false]) {
+    const s = Buffer.from(body + (usage ? USAGE_EVENT : '') + AFTER);
+    for (let i = 0; i <= s.length; i += 7) {
+      for (const stripUsage of [false, true]) {
+        const fast = new StreamMeter({ stripUsage });
+        const slow = new StreamMeter({ stripUsage, parseEveryFrame: true });
+        const outs = [fast.push(s.subarray(0, i)), fast.push(s.subarray(i)), fast.end()];
+        const slowOuts = [slow.push(s.subarray(0, i)), slow.push(s.subarray(i)), slow.end()];
+        assert.equal(Buffer.concat(outs.filter((o) => o !== undefined)).toString(), Buffer.concat(slowOuts.filter((o) => o !== undefined)).toString(), `split ${i}`);
+        assert.equal(fast.text, full, `split ${i}`);
+        assert.equal(slow.text, full);
+        assert.deepEqual(fast.usage, usage ? USAGE : undefined);
+        assert.equal(fast.frames, slow.frames);
+      }
+    }
+  }
+  // A stream cut mid-way (no usage, no [DONE]): the text kept so far is all there.
+  const cut = new StreamMeter({ stripUsage: true });
+  cut.push(Buffer.from(frames.slice(0, 5).join('')));
+  assert.equal(cut.text, texts.slice(0, 4).join(''));
+  // Past the bound, pieces are handed out to count; pieces + rest are the whole text, in order.
+  const long = Array.from({ length: 400 }, (_, i) => ` w${i}${i % 9 === 0 ? ' 日本' : ''}`);
+  const m = new StreamMeter({ stripUsage: true, textBound: 64 });
+  let got = '';
+  for (const t of long) {
+    m.push(Buffer.from(shape(t)));
+    for (let p = m.takeCountable(); p !== undefined; p = m.takeCountable()) got += p;
+    assert.ok(m.heldChars <= 2 * 64 + 16, `held ${m.heldChars}`);
+  }
+  assert.equal(got + m.text, long.join(''));
+  assert.ok(m.countMargin > 0);
+});
+
+test('learned-shape frames whose text bytes are not whole UTF-8 characters decode as a full parse does', () => {
+  const pre = Buffer.from(`data: {"id":"x","choices":[{"index":0,"delta":{"content":"`);
+  const suf = Buffer.from(`"},"finish_reason":null}],"usage":null}\n\n`);
+  const frame = (bytes: number[]) => Buffer.concat([pre, Buffer.from(bytes), suf]);
+  // 'ab', then the first two bytes of '€' (E2 82 AC), then its last byte alone, then a stray continuation byte.
+  const pieces = [frame([0x61, 0x62]), frame([0x20, 0xe2, 0x82]), frame([0xac, 0x63]), frame([0x80]), frame([0x64, 0xf0, 0x9f, 0x8c, 0x8d])];
+  const fast = new StreamMeter({ stripUsage: false });
+  const slow = new StreamMeter({ stripUsage: false, parseEveryFrame: true });
+  for (const p of pieces) { fast.push(p); slow.push(p); }
+  assert.equal(fast.text, slow.text);
+  assert.equal(fast.text, 'ab \ufffd\ufffdc\ufffdd🌍');
+});

@@ -95,3 +95,34 @@ test('an event larger than the bound is an upstream error, complete lines or not
   assert.throws(() => parse([Buffer.from(`data: ${big}\n\n`)]), (err: unknown) => err instanceof SluiceError && err.code === 'SLC_UPSTREAM_ERROR');
   assert.equal(parse([Buffer.from(`data: ${big.slice(0, 1000_000)}\n\n`)])[0]?.data?.length, 1000_000);
 });
+
+test('raw mode: one-line data events come as undecoded bytes, others as strings; same data and ends at every split', () => {
+  for (const [name, term] of [['LF', '\n'], ['CRLF', '\r\n'], ['CR', '\r']] as const) {
+    const bytes = splitAll(STREAM, term);
+    const run = (chunks: Buffer[]) => {
+      const out: { data: string | null; raw: boolean; end: number }[] = [];
+      let copy: Buffer | undefined;
+      const p = new SseParser({
+        onEvent: (data, _e, end) => { out.push({ data, raw: false, end }); },
+        onRawData: (buf, start, stop, end) => {
+          copy = Buffer.from(buf.subarray(start, stop));
+          out.push({ data: copy.toString('utf8'), raw: true, end });
+        },
+      });
+      for (const c of chunks) p.push(c);
+      p.end();
+      return out;
+    };
+    const whole = run([bytes]);
+    assert.deepEqual(whole.map((e) => e.data), EXPECTED.map((e) => e.data), name);
+    // The one-line events lying whole in the chunk come raw; the three-line event never does, nor (CR) the last
+    // one, whose final CR may yet be followed by LF in a next chunk, so its blank line completes only at end().
+    assert.deepEqual(whole.map((e) => e.raw), [false, true, false, term !== '\r'], name);
+    for (let i = 0; i <= bytes.length; i++) {
+      const r = run([bytes.subarray(0, i), bytes.subarray(i)]);
+      assert.deepEqual(r.map((e) => e.data), EXPECTED.map((e) => e.data), `${name} split at ${i}`);
+    }
+    const single = run(Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1)));
+    assert.deepEqual(single.map((e) => e.data), EXPECTED.map((e) => e.data), `${name} byte by byte`);
+  }
+});

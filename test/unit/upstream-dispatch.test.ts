@@ -213,3 +213,34 @@ test('an unreachable upstream: connect_error', async () => {
     await client.close();
   }
 });
+
+test('takeQueued: a chunk that came with the head is taken synchronously; none when the head came alone', async () => {
+  let release!: () => void;
+  const later = new Promise<void>((r) => { release = r; });
+  const { origin, server } = await serve((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    if (req.url === '/together') { res.write('data: first\n\n'); res.end(); return; }
+    // The head alone, then a chunk once the test has looked.
+    res.flushHeaders();
+    void later.then(() => res.end('data: late\n\n'));
+  });
+  const client = new UpstreamClient(TIMEOUTS);
+  try {
+    const together = client.send(origin, '/together', { 'content-type': 'application/json' }, BODY);
+    await together.head();
+    // The head and the first bytes usually share a packet; poll until the chunk is queued, then take it synchronously.
+    await until(() => together.queuedBytes > 0, 'the first chunk');
+    assert.equal(together.takeQueued()?.toString(), 'data: first\n\n');
+    assert.equal(together.takeQueued(), undefined);
+    assert.equal(await together.next(), null);
+
+    const alone = client.send(origin, '/alone', { 'content-type': 'application/json' }, BODY);
+    await alone.head();
+    assert.equal(alone.takeQueued(), undefined);
+    release();
+    assert.equal((await alone.next())?.toString(), 'data: late\n\n');
+    assert.equal(await alone.next(), null);
+  } finally {
+    await stop(server, client);
+  }
+});
