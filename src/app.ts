@@ -1,10 +1,10 @@
 // Composition root: the one place that names concrete implementations (uWS front end, undici client,
 // piscina pool, local or Redis quota stores) and wires them into a running gateway.
 import type { SluiceConfig } from './config/types.ts';
-import { redisClientKey } from './config/redis.ts';
 import { log } from './core/log.ts';
 import { configWarnings } from './config/warnings.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
+import { aggregateMetrics, metricsJson, type MetricsJson } from './metrics/aggregate.ts';
 // A taken listen/admin port rejects startSluice with this (message names the address and the errno code).
 export { ListenError } from './frontend/server.ts';
 import { createMetrics, type Metrics } from './metrics/registry.ts';
@@ -15,13 +15,21 @@ import type { QuotaStore } from './quota/types.ts';
 import { UpstreamClient } from './upstream/client.ts';
 import { WorkerPool } from './workers/pool.ts';
 import { warmTokenizers } from './tokens/encoding.ts';
+import { LedgerHost } from './quota/shared/ledger-host.ts';
+import { ThreadSupervisor, type MainSnapshot } from './threads/supervisor.ts';
+import { quotaSources, quotaStoreKey } from './threads/store-key.ts';
 
 export interface SluiceHandle {
   readonly port: number;
   readonly adminPort: number;
+  /** The main thread's metrics (with workers > 1: not the serving threads'; /metrics sums them all). */
   readonly metrics: Metrics;
+  /** The gateway serving on the main thread. With workers > 1 there is none (reading it throws). */
   readonly gateway: Gateway;
-  /** Swap in a new validated config; the old one stays when building the new snapshot fails. */
+  /** With workers > 1: the serving threads. */
+  readonly threads?: ServingThreads;
+  /** Swap in a new validated config; the old one stays when building the new snapshot fails. With workers > 1
+   *  the swap on the threads completes asynchronously (reloadFrom's log line and metric say when). */
   reload(config: SluiceConfig): void;
   /** Load a config and swap it in; a failure to load or to build is logged and counted, and the old config stays. */
   reloadFrom(load: () => SluiceConfig): boolean;
@@ -32,11 +40,22 @@ export interface SluiceHandle {
   close(opts?: { drainMs?: number }): Promise<void>;
 }
 
+export interface ServingThreads {
+  readonly count: number;
+  /** Each serving thread's own registry as JSON, in thread order (tests check that every thread served). */
+  perThreadMetrics(): Promise<MetricsJson[]>;
+  /** Resolves once the last reload has been answered by every thread. */
+  settled(): Promise<void>;
+}
+
 export interface StartOptions {
   /** Override listen/admin ports (tests pass 0 for ephemeral ports). */
   readonly port?: number;
   readonly adminPort?: number;
   readonly defaultMetrics?: boolean;
+  /** workers > 1: a serving thread died. Default: log it and exit the process with status 1 (never serve on
+   *  fewer threads than configured). */
+  readonly onThreadFailure?: (err: Error) => void;
 }
 
 /** After a cut at shutdown, how long settling (counting the streamed text) may take before stores close anyway. */
@@ -64,10 +83,13 @@ class StoreRegistry implements StoreResolver {
   private created = 0;
   private config: SluiceConfig;
   private readonly metrics: Metrics;
+  private readonly ledger: LedgerHost | undefined;
 
-  constructor(config: SluiceConfig, metrics: Metrics) {
+  /** `ledger` (workers > 1): every store is attached to it while it exists, for the serving threads' views. */
+  constructor(config: SluiceConfig, metrics: Metrics, ledger?: LedgerHost) {
     this.config = config;
     this.metrics = metrics;
+    this.ledger = ledger;
   }
 
   /** Build a snapshot of `config` holding references on its stores; throws (closing stores made for it) on failure. */
@@ -106,6 +128,9 @@ class StoreRegistry implements StoreResolver {
     for (const [k, e] of this.stores) {
       if (e.refs > 0) continue;
       this.stores.delete(k);
+      // What the threads charged to it is folded in before its final flush (its snapshots' requests have ended).
+      this.ledger?.poll();
+      this.ledger?.detach(k);
       log.info('quota store no longer used; closing it', { store: e.store.name });
       const p = e.store.close().catch((err: unknown) => log.error('closing a quota store failed', { store: e.store.name, err }));
       this.closing.add(p);
@@ -119,9 +144,8 @@ class StoreRegistry implements StoreResolver {
   }
 
   storeFor(source: QuotaSource): QuotaStore {
-    // Validation leaves `redis` undefined under policy local (and for ai-token-ratelimit without a redis block).
     const target = source.redis;
-    const key = target === undefined ? 'local' : `${redisClientKey(target)}|${source.allow_degradation ? 'degrade' : 'strict'}`;
+    const key = quotaStoreKey(source);
     this.building?.add(key);
     const known = this.stores.get(key);
     if (known !== undefined) return known.store;
@@ -134,15 +158,24 @@ class StoreRegistry implements StoreResolver {
       maxKeys: this.config.limits.max_quota_keys,
     });
     this.stores.set(key, { store, refs: 0 });
+    this.ledger?.attach(key, store);
     return store;
   }
 
   all(): QuotaStore[] {
     return [...this.stores.values()].map((e) => e.store);
   }
+
+  /** Key → metric label of every store. */
+  labels(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [k, e] of this.stores) out[k] = e.store.name;
+    return out;
+  }
 }
 
 export async function startSluice(config: SluiceConfig, opts: StartOptions = {}): Promise<SluiceHandle> {
+  if (config.workers > 1) return startThreaded(config, opts);
   // Load the tokenizer tables now, not on the first request (130–330 ms).
   warmTokenizers();
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
@@ -153,7 +186,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
     idleMs: config.limits.upstream_idle_timeout_ms,
   });
   const pool = new WorkerPool({
-    threads: config.workers,
+    threads: config.tokens.offload_threads,
     countBudgetMs: config.tokens.count_budget_ms,
     onTask: (kind, outcome) => metrics.workerTasks.inc({ kind, outcome }),
   });
@@ -234,6 +267,137 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
       adminL.close();
       await Promise.allSettled([...stores.all().map((s) => s.close()), ...stores.pendingCloses()]);
       await Promise.allSettled([pool.close(), upstream.close()]);
+    },
+  };
+}
+
+/**
+ * workers > 1: the serving threads (src/threads/) each run a uWS App and a Gateway; this thread holds the quota
+ * backends (attached to the shared ledger), the HTTP/1.x guard when on, the admin listener, reloads and signals.
+ * Every config is validated and built here first, so one that fails to build never reaches a thread.
+ */
+async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<SluiceHandle> {
+  const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
+  const ledger = new LedgerHost();
+  const stores = new StoreRegistry(config, metrics, ledger);
+  const mainSnapshot = (cfg: SluiceConfig): MainSnapshot => {
+    const snap = stores.build(cfg);
+    const labels = stores.labels();
+    const map: Record<string, { key: string; label: string }> = {};
+    for (const [path, source] of quotaSources(cfg)) {
+      const key = quotaStoreKey(source);
+      map[path] = { key, label: labels[key] ?? key };
+    }
+    return { stores: map, retire: () => stores.retire(snap) };
+  };
+  const closeStores = async (): Promise<void> => {
+    // The ledger folds what the threads charged into the backends, whose final flush then carries it.
+    ledger.close();
+    await Promise.allSettled([...stores.all().map((s) => s.close()), ...stores.pendingCloses()]);
+  };
+  let first: MainSnapshot;
+  try {
+    first = mainSnapshot(config);
+  } catch (err) {
+    await closeStores();
+    throw err;
+  }
+  const onFatal = opts.onThreadFailure ?? ((err: Error) => {
+    log.error('a serving thread failed; exiting (Sluice does not serve on fewer threads than configured)', { err });
+    process.exit(1);
+  });
+  let threads: ThreadSupervisor | undefined;
+  let admin: Listening | undefined;
+  try {
+    threads = await ThreadSupervisor.start({
+      threads: config.workers, config, first, ledger, onFatal,
+      host: config.listen.host, port: opts.port ?? config.listen.port, guard: config.listen.http1_guard,
+      limits: config.limits, metrics,
+    });
+    const sup = threads;
+    admin = await startAdmin({
+      metrics: async () => aggregateMetrics([await metricsJson(metrics.registry), ...await sup.metrics()]),
+      ready: () => sup.ready() && stores.all().every((s) => s.health() !== 'unavailable'),
+    }, config.admin.host, opts.adminPort ?? config.admin.port);
+  } catch (err) {
+    await threads?.close();
+    await closeStores();
+    throw err;
+  }
+  const sup = threads;
+  const adminL = admin;
+  for (const w of configWarnings(config)) log.warn('config warning', { path: w.path, message: w.message });
+  log.info('sluice listening', { host: config.listen.host, port: sup.port, admin_port: adminL.port, workers: config.workers, routes: config.routes.length });
+
+  let current = config;
+  let closed = false;
+  // Reloads reach the threads in order, one at a time.
+  let lastReload: Promise<void> = Promise.resolve();
+  const reload = (next: SluiceConfig): void => {
+    let main: MainSnapshot;
+    try {
+      main = mainSnapshot(next);
+    } catch (err) {
+      metrics.configReloads.inc({ outcome: 'error' });
+      log.error('config reload failed; keeping the previous config', { err });
+      throw err;
+    }
+    if (next.workers !== current.workers) log.warn('workers changed; the number of serving threads changes only at restart', { workers: current.workers });
+    lastReload = lastReload.then(() => sup.reload(next, main)).then((failed) => {
+      if (failed.length === 0) {
+        current = next;
+        metrics.configReloads.inc({ outcome: 'ok' });
+        log.info('config reloaded', { routes: next.routes.length, threads: sup.count });
+        for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
+      } else {
+        metrics.configReloads.inc({ outcome: 'error' });
+        log.error('config reload failed on some serving threads; they keep the previous config, the others serve the new one', { failed });
+      }
+    });
+  };
+  return {
+    port: sup.port,
+    adminPort: adminL.port,
+    metrics,
+    get gateway(): Gateway {
+      throw new Error('with workers > 1 the gateways run on the serving threads');
+    },
+    threads: {
+      count: sup.count,
+      perThreadMetrics: () => sup.metrics(),
+      settled: () => lastReload,
+    },
+    reload,
+    reloadFrom(load: () => SluiceConfig): boolean {
+      let next: SluiceConfig;
+      try {
+        next = load();
+      } catch (err) {
+        metrics.configReloads.inc({ outcome: 'error' });
+        log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
+        return false;
+      }
+      try {
+        reload(next);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    async close(closeOpts = {}) {
+      if (closed) return;
+      closed = true;
+      await sup.stopListening();
+      await lastReload;
+      const drainMs = closeOpts.drainMs ?? current.shutdown.drain_timeout_ms;
+      const { cut, left } = await sup.drain(drainMs, SETTLE_AFTER_CUT_MS);
+      if (cut > 0) log.warn('drain time over; requests still running were cut and charged what they produced', { cut, drain_timeout_ms: drainMs });
+      if (left > 0) log.error('requests still unsettled when the stores close', { in_flight: left });
+      // A request that ended may still have its last bytes on the way through the HTTP/1.x guard.
+      await sup.quiesce(QUIESCE_MS);
+      await sup.close();
+      adminL.close();
+      await closeStores();
     },
   };
 }

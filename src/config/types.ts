@@ -60,6 +60,9 @@ export interface TokensConfig {
   readonly default_max_tokens: number;
   /** Bodies at least this large are tokenized on a worker thread instead of inline. Default 4096. */
   readonly offload_bytes: number;
+  /** Size of the tokenizer pool (piscina) of each serving thread, started on its first offloaded task. Default 1.
+   *  Read when the gateway starts (the pool is not rebuilt on reload). */
+  readonly offload_threads: number;
   /** Most completion tokens one request reserves, all `n` choices together; also the per-choice cap of a
    *  model not in the known-model table. Default 32768. */
   readonly max_reservation: number;
@@ -318,7 +321,9 @@ export interface RedisBatchingConfig {
 export interface SluiceConfig {
   readonly listen: ListenConfig;
   readonly admin: AdminConfig;
-  /** Worker threads in the piscina pool. */
+  /** Serving threads (`workers: auto | N`, "auto" resolved to os.availableParallelism() at validation). 1: the
+   *  main thread serves (no extra thread); N > 1: N threads each run a uWS App and a Gateway (src/threads/).
+   *  Read at start-up only. */
   readonly workers: number;
   readonly limits: LimitsConfig;
   readonly tokens: TokensConfig;

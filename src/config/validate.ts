@@ -5,6 +5,7 @@ import type {
   AdminConfig, AiProxyConfig, ConsumerConfig, LimitsConfig, ListenConfig, RedisBatchingConfig, RouteConfig,
   RoutePlugins, ShutdownConfig, SluiceConfig, TokensConfig, TokensModelConfig,
 } from './types.ts';
+import { availableParallelism } from 'node:os';
 import { substituteEnv } from './env.ts';
 import { ConfigError, Issues, childPath, type ConfigIssue } from './issues.ts';
 import { isHost } from './net.ts';
@@ -47,7 +48,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   client_header_timeout_ms: 10000,
   client_idle_timeout_ms: 60000,
 };
-const TOKENS_KEYS = ['default_max_tokens', 'offload_bytes', 'max_reservation', 'max_usage', 'models', 'count_budget_ms'] as const;
+const TOKENS_KEYS = ['default_max_tokens', 'offload_bytes', 'offload_threads', 'max_reservation', 'max_usage', 'models', 'count_budget_ms'] as const;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/;
 
 /** tokens.*: max_usage defaults from max_reservation and the model tables (src/tokens/limits.ts). */
@@ -72,6 +73,7 @@ function readTokens(is: Issues, value: unknown): TokensConfig {
   return {
     default_max_tokens: s.int('default_max_tokens', POSITIVE) ?? 256,
     offload_bytes: s.int('offload_bytes', POSITIVE) ?? 4096,
+    offload_threads: s.int('offload_threads', { min: 1, max: 64 }) ?? 1,
     max_reservation: maxReservation,
     max_usage: s.int('max_usage', POSITIVE) ?? defaultMaxUsage(maxReservation, models),
     models,
@@ -115,6 +117,21 @@ function readPositiveInts<T extends object>(is: Issues, path: string, value: unk
     if (v !== undefined) (out as Record<string, unknown>)[k] = v;
   }
   return out;
+}
+
+/** Most serving threads: far above any core count Sluice is deployed on, low enough to catch a typo. */
+const MAX_WORKERS = 256;
+
+/** `workers`: serving threads, "auto" (one per core: os.availableParallelism()) or an integer 1..256. */
+function readWorkers(is: Issues, v: unknown): number {
+  if (v === undefined) return 1;
+  if (v === 'auto') return Math.min(MAX_WORKERS, Math.max(1, availableParallelism()));
+  const n = typeof v === 'string' && is.wholeEnv.has('workers') && /^\d{1,4}$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_WORKERS) {
+    is.add('workers', `must be "auto" or an integer from 1 to ${MAX_WORKERS}`);
+    return 1;
+  }
+  return n;
 }
 
 function readTrustedProxies(sec: Section): string[] {
@@ -297,7 +314,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   if (admin.port !== 0 && admin.port === listen.port && admin.host === listen.host) {
     is.add('admin.port', 'must differ from listen.port');
   }
-  const workers = root.int('workers', { min: 1, max: 64 }) ?? 1;
+  const workers = readWorkers(is, root.get('workers'));
   const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS, { max_quota_keys: { min: 1, max: 100_000_000 } });
   const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).

@@ -77,6 +77,9 @@ export interface FrontendOptions {
   readonly reusePort?: boolean;
   /** Put the HTTP/1.x guard (http1-guard.ts) on the port and uWS behind it on a private socket. Default true. */
   readonly http1Guard?: boolean;
+  /** A guard runs elsewhere (the main thread, startGuard()) and relays to this App, which listens itself on
+   *  host:port (the private loopback port, with reusePort): peer addresses come from the guard's header. */
+  readonly behindGuard?: boolean;
 }
 
 /** Fails fast when uWS fell back to its slow `ws` shim instead of the native binary. */
@@ -243,6 +246,7 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
   let longest = requestLine;
   let fields = 0;
   let lengths: string[] | undefined;
+  let single: string | undefined;
   let te: string | undefined;
   let peer: string | undefined;
   req.forEach((k, v) => {
@@ -253,12 +257,19 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
     const line = k.length + 2 + v.length;
     total += line + 2;
     if (line > longest) longest = line;
-    if (k === 'content-length') (lengths ??= []).push(v.trim());
-    else if (k === 'transfer-encoding') te = te === undefined ? v : `${te}, ${v}`;
+    if (k === 'content-length') {
+      // One plain decimal value (nearly every request) needs no array and no split.
+      if (lengths === undefined && single === undefined && DIGITS.test(v)) single = v;
+      else {
+        lengths ??= [];
+        if (single !== undefined) { lengths.push(single); single = undefined; }
+        lengths.push(v.trim());
+      }
+    } else if (k === 'transfer-encoding') te = te === undefined ? v : `${te}, ${v}`;
     const prev = headers[k];
     headers[k] = prev === undefined ? v : `${prev}, ${v}`;
   });
-  const hasBody = te !== undefined || (lengths !== undefined && lengths[0] !== '0');
+  const hasBody = te !== undefined || (single !== undefined ? single !== '0' : lengths !== undefined && lengths[0] !== '0');
   if (fields > limits.max_header_fields || longest > limits.max_header_line_bytes || total > limits.max_header_bytes) {
     const what = fields > limits.max_header_fields ? `more than ${limits.max_header_fields} header fields`
       : longest > limits.max_header_line_bytes ? `a header line longer than ${limits.max_header_line_bytes} bytes`
@@ -267,7 +278,7 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
   }
   let declared: number | undefined;
   if (te !== undefined) {
-    if (lengths !== undefined) return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'request has both Content-Length and Transfer-Encoding'), true, true);
+    if (lengths !== undefined || single !== undefined) return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'request has both Content-Length and Transfer-Encoding'), true, true);
     if (te.trim().toLowerCase() !== 'chunked') return refuse('framing', new SluiceError('SLC_BAD_REQUEST', 'unsupported Transfer-Encoding (only chunked)'), true, true);
   } else if (lengths !== undefined) {
     // Repeated fields or a list ("5, 5"): equal values are one length (RFC 9110 §8.6); differing ones are how
@@ -282,6 +293,9 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
       }
     }
     headers['content-length'] = String(declared);
+  } else if (single !== undefined) {
+    declared = Number(single);
+    if (single.length > 1 && single.charCodeAt(0) === 0x30) headers['content-length'] = String(declared);
   }
   const path = normalizePath(url);
   if (path === undefined) return refuse('bad_path', new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), false, hasBody);
@@ -488,11 +502,11 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     metrics: opts.metrics,
     budget: new BodyBudget(opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight),
     timeouts: new BodyTimeouts(opts.limits.client_body_timeout_ms),
-    guarded: opts.http1Guard !== false,
+    guarded: opts.http1Guard !== false || opts.behindGuard === true,
   };
   const app = uWS.App();
   app.any('/*', (res, req) => handle(front, res, req));
-  if (front.guarded) return startGuarded(front, app, opts);
+  if (front.guarded && opts.behindGuard !== true) return startGuarded(front, app, opts);
   let l: Listening;
   try {
     l = await listen(app, 'listen', opts.host, opts.port, opts.reusePort === true);
@@ -537,6 +551,49 @@ async function startGuarded(front: Front, app: TemplatedApp, opts: FrontendOptio
     close: () => { guard.close(); front.timeouts.stop(); inner.close(); },
     quiesce: (graceMs) => guard.quiesce(graceMs),
   };
+}
+
+export interface GuardOnlyOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly limits: FrontendLimits;
+  readonly metrics?: FrontendMetrics;
+  /** The private loopback port the serving threads' uWS Apps share (SO_REUSEPORT). */
+  readonly upstreamPort: number;
+}
+
+/** The HTTP/1.x guard alone, on the public port (bound exclusively), relaying to uWS Apps in other threads. */
+export async function startGuard(opts: GuardOnlyOptions): Promise<Listening> {
+  const guard = new Guard({
+    limits: opts.limits,
+    upstream: { host: '127.0.0.1', port: opts.upstreamPort },
+    onReject: (reason) => opts.metrics?.frontendRejected.inc({ reason }),
+  });
+  let port: number;
+  try {
+    port = await guard.listen(opts.host, opts.port);
+  } catch (err) {
+    guard.close();
+    throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
+  }
+  return { port, stopListening: () => guard.stopListening(), close: () => guard.close(), quiesce: (graceMs) => guard.quiesce(graceMs) };
+}
+
+/**
+ * SO_REUSEPORT lets any socket of the same user join a port. Serving threads listening that way on the public
+ * port (guard off) first take this lock, an abstract unix socket named after the address, so a second Sluice on
+ * the same address is refused as an exclusive bind would be. Linux only (abstract sockets), like SO_REUSEPORT.
+ */
+export function lockListenAddress(host: string, port: number): Promise<{ release(): void }> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => reject(new ListenError('listen', host, port, err.code ?? 'UNKNOWN')));
+    s.listen({ path: `\0sluice:${host}:${port}` }, () => {
+      s.removeAllListeners('error');
+      s.on('error', () => { /* a lock socket nobody connects to */ });
+      resolve({ release: () => { if (s.listening) s.close(); } });
+    });
+  });
 }
 
 export interface AdminHandlers {

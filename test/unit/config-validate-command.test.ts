@@ -15,7 +15,7 @@ function run(argv: string[], env: NodeJS.ProcessEnv = {}): { code: number; out: 
 }
 
 const BROKEN = [
-  'workers: must be an integer between 1 and 64',
+  'workers: must be "auto" or an integer from 1 to 256',
   'routes[0].plugins.rate-limit: unknown plugin',
   'routes[0].plugins.ai-proxy-multi.instances[0].weight: must be an integer',
   'routes[0].plugins.ai-rate-limiting.limit: must be a positive integer',

@@ -2,6 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { loadConfigFile } from '../../src/config/load.ts';
 import { ConfigError, validateConfig, type ConfigIssue } from '../../src/config/validate.ts';
 import { redisClientKey } from '../../src/config/redis.ts';
@@ -201,7 +202,7 @@ const INVALID: Record<string, readonly Expected[]> = {
   'globals.yaml': [
     ['listen.host', 'must be an IP address or host name'],
     ['admin.port', 'must differ from listen.port'],
-    ['workers', 'must be an integer between 1 and 64'],
+    ['workers', 'must be "auto" or an integer from 1 to 256'],
     ['limits.max_body_bytes', 'must be a positive integer'],
     ['limits.upstream_idle_timeout_ms', 'must be a positive integer'],
     ['tokens.default_max_tokens', 'must be a positive integer'],
@@ -259,7 +260,7 @@ describe('config defaults', () => {
       max_inflight_body_bytes: 67108864, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
       max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000,
     });
-    assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096, max_reservation: 32768, max_usage: 1047576, models: {}, count_budget_ms: 2000 });
+    assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096, offload_threads: 1, max_reservation: 32768, max_usage: 1047576, models: {}, count_budget_ms: 2000 });
     assert.deepEqual(c.trusted_proxies, []);
     assert.deepEqual(c.redis_batching, { flush_interval_ms: 100, max_batch_keys: 1000, max_pending_keys: 100000, reservation_lease_ms: 15000 });
     assert.deepEqual(c.routes, []);
@@ -274,6 +275,16 @@ describe('config defaults', () => {
     assert.equal(c.limits.max_body_bytes, 1024);
     assert.equal(c.limits.upstream_connect_timeout_ms, 2000);
     assert.equal(c.workers, 2);
+  });
+
+  it('workers: "auto" is one serving thread per core; tokens.offload_threads sizes each thread\'s tokenizer pool', () => {
+    const c = validateConfig({ workers: 'auto', tokens: { offload_threads: 3 } }, {});
+    assert.equal(c.workers, Math.min(256, availableParallelism()));
+    assert.equal(c.tokens.offload_threads, 3);
+    for (const bad of [0, 257, 1.5, 'two', true]) {
+      assert.throws(() => validateConfig({ workers: bad }, {}), (e: Error) => e.message.includes('workers: must be "auto" or an integer from 1 to 256'));
+    }
+    assert.throws(() => validateConfig({ tokens: { offload_threads: 0 } }, {}), (e: Error) => e.message.includes('tokens.offload_threads: must be an integer between 1 and 64'));
   });
 
   it('route, instance and plugin defaults', () => {

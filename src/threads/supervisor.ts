@@ -1,0 +1,377 @@
+// The main thread of a multi-threaded gateway (workers > 1): starts the serving threads (serving.ts), shares
+// the listen port between them, answers their delegated quota requests with the LedgerHost, sends reloads,
+// collects metrics, and drains and closes them. It serves no client request itself.
+//
+// Listening: with the HTTP/1.x guard (default) the guard holds the public port here and relays to one private
+// loopback port every thread's uWS App shares (SO_REUSEPORT); without it the threads share the public port
+// after this thread took an abstract-socket lock on the address, so a second Sluice there is still refused.
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { Worker } from 'node:worker_threads';
+import type { SluiceConfig } from '../config/types.ts';
+import { log } from '../core/log.ts';
+import { ListenError, lockListenAddress, startGuard, type FrontendLimits, type FrontendMetrics, type Listening } from '../frontend/server.ts';
+import type { MetricsJson } from '../metrics/aggregate.ts';
+import type { LedgerHost } from '../quota/shared/ledger-host.ts';
+import type { FromThread, ListenSpec, ThreadInit, ThreadReply, ToThread } from './protocol.ts';
+import type { StoreMap } from './store-key.ts';
+
+// Compiled (dist/) this file is supervisor.js next to serving.js; under tsx (tests, benches) both are .ts, and a
+// worker's entry does not go through the loader hooks `--import tsx` installs (Node 20), so the thread registers
+// tsx itself before importing it (piscina's pool gets by because it require()s its entry from a .js worker).
+const FROM_SOURCES = import.meta.url.endsWith('.ts');
+const ENTRY = new URL(FROM_SOURCES ? './serving.ts' : './serving.js', import.meta.url);
+
+function spawn(options: { workerData: ThreadInit; name: string }): Worker {
+  if (!FROM_SOURCES) return new Worker(ENTRY, options);
+  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
+  const code = `import(${api}).then((t) => { t.register(); return import(${JSON.stringify(ENTRY.href)}); })`;
+  return new Worker(code, { ...options, eval: true });
+}
+
+/** Loading a thread (modules, tokenizer table) on a busy 2-core machine can take seconds. */
+const START_TIMEOUT_MS = 120_000;
+const CALL_TIMEOUT_MS = 30_000;
+const METRICS_TIMEOUT_MS = 10_000;
+const CLOSE_TIMEOUT_MS = 15_000;
+/** After a thread closed its App it ends by itself; terminate() is the last resort (see end()). */
+const EXIT_TIMEOUT_MS = 5_000;
+/** Attempts at a free port for the first thread when another process takes the one picked first. */
+const PORT_ATTEMPTS = 5;
+
+/** A port free on `host` right now. uWS sets SO_REUSEPORT only when asked for a non-zero port (a port-0 listener is
+ *  exclusive, so a second App could not join it): every thread then listens on the port picked here. */
+function pickPort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen({ host, port: 0, exclusive: true }, () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** The main thread's own snapshot of one config version: holds the backend stores the threads' views use. */
+export interface MainSnapshot {
+  /** The backend store of every quota plugin of the config. */
+  readonly stores: StoreMap;
+  /** Every thread has retired this version: drop the snapshot's store references. */
+  retire(): void;
+}
+
+export interface SupervisorOptions {
+  readonly threads: number;
+  readonly config: SluiceConfig;
+  /** The first config's main-thread snapshot, built (and its stores attached to the ledger) before any thread starts. */
+  readonly first: MainSnapshot;
+  readonly host: string;
+  readonly port: number;
+  readonly guard: boolean;
+  readonly limits: FrontendLimits;
+  /** The main thread's metrics, for the guard's refusals. */
+  readonly metrics: FrontendMetrics;
+  readonly ledger: LedgerHost;
+  /** A serving thread died or failed after start-up: the process cannot go on with fewer threads. */
+  readonly onFatal: (err: Error) => void;
+}
+
+type Outgoing = ToThread extends infer T ? T extends { id: number } ? Omit<T, 'id'> : never : never;
+
+interface Thread {
+  readonly index: number;
+  readonly worker: Worker;
+  readonly calls: Map<number, { resolve: (r: ThreadReply) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>;
+  listening: boolean;
+  exited: boolean;
+}
+
+/** Versions of the config in use: which threads hold each, and the main snapshot to retire when none does. */
+interface Version {
+  readonly main: MainSnapshot;
+  readonly holders: Set<number>;
+  /** A swap to this version is still being answered. */
+  pending: boolean;
+}
+
+export class ThreadSupervisor {
+  readonly count: number;
+  private readonly opts: SupervisorOptions;
+  private readonly threads: Thread[] = [];
+  private readonly versions = new Map<number, Version>();
+  private version = 0;
+  private nextId = 1;
+  private closing = false;
+  private failed: Error | undefined;
+  private guard: Listening | undefined;
+  private lock: { release(): void } | undefined;
+  /** The public port. */
+  port = 0;
+  /** Rule key values are HMAC'ed into counter ids: every thread must use the same key, also when the config
+   *  gives none (quota-plan.ts would draw a random one per thread). One per process, kept across reloads. */
+  private readonly processSecret = randomBytes(32).toString('base64');
+
+  private constructor(opts: SupervisorOptions) {
+    this.opts = opts;
+    this.count = opts.threads;
+  }
+
+  static async start(opts: SupervisorOptions): Promise<ThreadSupervisor> {
+    const s = new ThreadSupervisor(opts);
+    try {
+      await s.boot();
+    } catch (err) {
+      await s.abort();
+      throw err;
+    }
+    return s;
+  }
+
+  private forThreads(config: SluiceConfig): SluiceConfig {
+    return config.key_hash_secret !== undefined ? config : { ...config, key_hash_secret: this.processSecret };
+  }
+
+  private async boot(): Promise<void> {
+    const o = this.opts;
+    this.versions.set(0, { main: o.first, holders: new Set(), pending: false });
+    const config = this.forThreads(o.config);
+    const ready: Promise<void>[] = [];
+    for (let i = 0; i < o.threads; i++) {
+      const init: ThreadInit = { index: i, config, version: 0, stores: o.first.stores, ledger: o.ledger.descriptor() };
+      const worker = spawn({ workerData: init, name: `sluice-serving-${i}` });
+      const t: Thread = { index: i, worker, calls: new Map(), listening: false, exited: false };
+      this.threads.push(t);
+      ready.push(this.wire(t));
+    }
+    await Promise.all(ready);
+    for (const t of this.threads) this.versions.get(0)!.holders.add(t.index);
+
+    const spec = (port: number): ListenSpec => (o.guard ? { host: '127.0.0.1', port, behindGuard: true } : { host: o.host, port, behindGuard: false });
+    const wanted = o.guard ? 0 : o.port;
+    let shared = 0;
+    for (let attempt = 1; shared === 0; attempt++) {
+      const port = wanted !== 0 ? wanted : await pickPort(spec(0).host);
+      try {
+        // The address lock before any thread binds (SO_REUSEPORT would let another Sluice join the port): the
+        // public port with the guard off; the private one with the guard on, so two processes that picked the
+        // same free port cannot end up sharing it.
+        this.lock = await lockListenAddress(spec(port).host, port);
+        shared = await this.listen(this.threads[0]!, spec(port));
+      } catch (err) {
+        this.lock?.release();
+        this.lock = undefined;
+        const taken = err instanceof ListenError && err.code === 'EADDRINUSE';
+        if (wanted !== 0 || !taken || attempt >= PORT_ATTEMPTS) throw err;
+      }
+    }
+    await Promise.all(this.threads.slice(1).map((t) => this.listen(t, spec(shared))));
+    if (o.guard) {
+      this.guard = await startGuard({ host: o.host, port: o.port, limits: o.limits, metrics: o.metrics, upstreamPort: shared });
+      this.port = this.guard.port;
+    } else {
+      this.port = shared;
+    }
+  }
+
+  /** Resolves when the thread is ready; afterwards its death is fatal. */
+  private wire(t: Thread): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let started = false;
+      const timer = setTimeout(() => reject(new Error(`serving thread ${t.index} did not start within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+      /** `gone`: the thread has ended (otherwise it is alive but useless: failed or crashed). */
+      const die = (err: Error, gone: boolean): void => {
+        if (gone) {
+          t.exited = true;
+          for (const c of t.calls.values()) { clearTimeout(c.timer); c.reject(err); }
+          t.calls.clear();
+        }
+        if (!started) { clearTimeout(timer); reject(err); return; }
+        if (this.closing) return;
+        this.failed ??= err;
+        this.closing = true;
+        // The other threads close their Apps first: a process ending with a live uWS App in a thread aborts.
+        void this.closeThreads(EXIT_TIMEOUT_MS).finally(() => this.opts.onFatal(err));
+      };
+      t.worker.on('message', (m: FromThread) => {
+        switch (m.kind) {
+          case 'ready': started = true; clearTimeout(timer); resolve(); return;
+          case 'failed': die(new Error(`serving thread ${t.index} failed to start: ${m.message}`), false); return;
+          case 'crashed':
+            log.error('serving thread crashed', { thread: t.index, err: m.message });
+            die(new Error(`serving thread ${t.index} crashed: ${m.message}`), false);
+            return;
+          case 'ledger': this.ledger(t, m.id, m); return;
+          case 'retired': this.retired(t.index, m.version); return;
+          default: {
+            const c = t.calls.get(m.id);
+            if (c === undefined) return;
+            t.calls.delete(m.id);
+            clearTimeout(c.timer);
+            c.resolve(m as ThreadReply);
+          }
+        }
+      });
+      t.worker.on('error', (err) => {
+        log.error('serving thread crashed', { thread: t.index, err });
+        die(err, true);
+      });
+      t.worker.on('exit', (code) => {
+        if (t.exited) return;
+        if (!this.closing) log.error('serving thread exited', { thread: t.index, code });
+        die(new Error(`serving thread ${t.index} exited with code ${code}`), true);
+      });
+    });
+  }
+
+  private ledger(t: Thread, id: number, m: Extract<FromThread, { kind: 'ledger' }>): void {
+    this.opts.ledger.handle(m.req).then(
+      (reply) => { if (!t.exited) t.worker.postMessage({ kind: 'ledger-reply', id, reply } satisfies ToThread); },
+      (err: unknown) => {
+        if (!t.exited) t.worker.postMessage({ kind: 'ledger-reply', id, reply: { kind: 'error', code: 'SLC_INTERNAL', message: err instanceof Error ? err.message : String(err) } } satisfies ToThread);
+      },
+    );
+  }
+
+  private retired(index: number, version: number): void {
+    const v = this.versions.get(version);
+    if (v === undefined) return;
+    v.holders.delete(index);
+    this.maybeRetire(version);
+  }
+
+  private maybeRetire(version: number): void {
+    const v = this.versions.get(version);
+    if (v === undefined || v.pending || v.holders.size > 0 || version === this.version) return;
+    this.versions.delete(version);
+    v.main.retire();
+  }
+
+  private call(t: Thread, msg: Outgoing, ms: number): Promise<ThreadReply> {
+    if (t.exited) return Promise.reject(new Error(`serving thread ${t.index} is gone`));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        t.calls.delete(id);
+        reject(new Error(`serving thread ${t.index} did not answer '${msg.kind}' within ${ms} ms`));
+      }, ms);
+      t.calls.set(id, { resolve, reject, timer });
+      t.worker.postMessage({ ...msg, id } as ToThread);
+    });
+  }
+
+  private async listen(t: Thread, spec: ListenSpec): Promise<number> {
+    const r = await this.call(t, { kind: 'listen', spec }, CALL_TIMEOUT_MS);
+    if (r.kind === 'listening') { t.listening = true; return r.port; }
+    const code = r.kind === 'listen-failed' ? r.code : 'UNKNOWN';
+    throw new ListenError(spec.behindGuard ? 'listen (private uWS endpoint of the HTTP/1.x guard)' : 'listen', spec.host, spec.port, code);
+  }
+
+  /** Every thread is up and listening. */
+  ready(): boolean {
+    return !this.closing && this.failed === undefined && this.threads.every((t) => t.listening && !t.exited);
+  }
+
+  /**
+   * Sends a config whose main-thread snapshot was built (so its stores exist and are attached to the ledger) to
+   * every thread. Resolves with the threads that could not swap (they keep the previous config).
+   */
+  async reload(config: SluiceConfig, main: MainSnapshot): Promise<{ index: number; message: string }[]> {
+    const version = ++this.version;
+    const v: Version = { main, holders: new Set(), pending: true };
+    this.versions.set(version, v);
+    const forThreads = this.forThreads(config);
+    const results = await Promise.all(this.threads.map(async (t) => {
+      try {
+        const r = await this.call(t, { kind: 'swap', version, config: forThreads, stores: main.stores }, CALL_TIMEOUT_MS);
+        if (r.kind === 'swapped') { v.holders.add(t.index); return undefined; }
+        return { index: t.index, message: r.kind === 'swap-failed' ? r.message : `unexpected answer ${r.kind}` };
+      } catch (err) {
+        return { index: t.index, message: err instanceof Error ? err.message : String(err) };
+      }
+    }));
+    v.pending = false;
+    // Earlier versions no thread holds any more can go; so can this one if no thread took it.
+    for (const k of [...this.versions.keys()]) this.maybeRetire(k);
+    if (v.holders.size === 0) { this.versions.delete(version); main.retire(); }
+    return results.filter((x): x is { index: number; message: string } => x !== undefined);
+  }
+
+  /** Every serving thread's registry as JSON (a thread that does not answer in time fails the scrape). */
+  async metrics(): Promise<MetricsJson[]> {
+    return Promise.all(this.threads.map(async (t) => {
+      const r = await this.call(t, { kind: 'metrics' }, METRICS_TIMEOUT_MS);
+      if (r.kind !== 'metrics-reply') throw new Error(`unexpected answer ${r.kind}`);
+      return r.metrics;
+    }));
+  }
+
+  /** Stop accepting connections: the guard's public port, or (guard off) every thread's listener, then the lock. */
+  async stopListening(): Promise<void> {
+    this.closing = true;
+    // With the guard the threads keep their private port until close(): open client connections still need it.
+    if (this.guard !== undefined) { this.guard.stopListening(); return; }
+    await Promise.allSettled(this.threads.map((t) => this.call(t, { kind: 'stop-listening' }, CALL_TIMEOUT_MS)));
+    this.lock?.release();
+  }
+
+  /** Every thread refuses new requests, waits up to drainMs for in-flight ones, then cuts and settles the rest. */
+  async drain(drainMs: number, settleMs: number): Promise<{ cut: number; left: number }> {
+    this.closing = true;
+    const replies = await Promise.allSettled(this.threads.map((t) => this.call(t, { kind: 'drain', drainMs, settleMs }, drainMs + settleMs + CALL_TIMEOUT_MS)));
+    let cut = 0;
+    let left = 0;
+    replies.forEach((r, i) => {
+      if (r.status === 'fulfilled' && r.value.kind === 'drained') { cut += r.value.cut; left += r.value.left; }
+      else log.error('serving thread did not drain', { thread: i, err: r.status === 'rejected' ? r.reason : undefined });
+    });
+    return { cut, left };
+  }
+
+  /** Waits (at most graceMs) for the guard to pass on the last bytes of answers that have ended. */
+  async quiesce(graceMs: number): Promise<void> {
+    await this.guard?.quiesce?.(graceMs);
+  }
+
+  /** Closes every thread (App, tokenizer pool, upstream client) and the guard. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.closeThreads(CLOSE_TIMEOUT_MS);
+    this.guard?.close();
+    this.lock?.release();
+  }
+
+  private async closeThreads(ms: number): Promise<void> {
+    await Promise.allSettled(this.threads.map(async (t) => {
+      if (t.exited) return;
+      try {
+        await this.call(t, { kind: 'close' }, ms);
+      } catch (err) {
+        if (!t.exited) log.warn('serving thread did not close in time', { thread: t.index, err });
+      }
+      await this.end(t);
+    }));
+  }
+
+  /**
+   * Waits for a closed thread to end by itself. terminate() is the last resort only: a thread ending while its uWS
+   * App is open (it did not answer 'close') aborts the whole process in uWS's loop teardown (uWS 20.30, Node 20).
+   */
+  private async end(t: Thread): Promise<void> {
+    if (t.exited) return;
+    const gone = new Promise<void>((r) => t.worker.once('exit', () => r()));
+    const ended = await Promise.race([gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), EXIT_TIMEOUT_MS).unref())]);
+    if (!ended && !t.exited) {
+      log.warn('serving thread did not end after closing; terminating it', { thread: t.index });
+      await t.worker.terminate();
+    }
+    t.exited = true;
+  }
+
+  /** Start-up failed: end every thread and free what was bound. */
+  private async abort(): Promise<void> {
+    this.closing = true;
+    this.guard?.close();
+    this.lock?.release();
+    await this.closeThreads(EXIT_TIMEOUT_MS);
+  }
+}
