@@ -15,7 +15,7 @@ import type { QuotaStore } from './quota/types.ts';
 import { UpstreamClient } from './upstream/client.ts';
 import { WorkerPool } from './workers/pool.ts';
 import { warmTokenizers } from './tokens/encoding.ts';
-import { LedgerHost } from './quota/shared/ledger-host.ts';
+import { LedgerHost, ledgerSlotsFor } from './quota/shared/ledger-host.ts';
 import { ThreadSupervisor, type MainSnapshot } from './threads/supervisor.ts';
 import { quotaSources, quotaStoreKey } from './threads/store-key.ts';
 
@@ -46,6 +46,12 @@ export interface ServingThreads {
   perThreadMetrics(): Promise<MetricsJson[]>;
   /** Resolves once the last reload has been answered by every thread. */
   settled(): Promise<void>;
+  /**
+   * Make serving thread `index` throw an uncaught error, as a bug in it would: the process then fails as on
+   * any thread crash (onThreadFailure; by default it logs and exits 1). For tests of that path; not reachable
+   * from the network or the config.
+   */
+  crash(index: number): void;
 }
 
 export interface StartOptions {
@@ -174,6 +180,25 @@ class StoreRegistry implements StoreResolver {
   }
 }
 
+/** Load a config and swap it in; a failure to load or to build is logged and counted, and the old config stays. */
+function reloadFrom(load: () => SluiceConfig, reload: (next: SluiceConfig) => void, metrics: Metrics): boolean {
+  let next: SluiceConfig;
+  try {
+    next = load();
+  } catch (err) {
+    metrics.configReloads.inc({ outcome: 'error' });
+    // A ConfigError's message lists every issue with its path; config values are never quoted in it.
+    log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
+    return false;
+  }
+  try {
+    reload(next);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export async function startSluice(config: SluiceConfig, opts: StartOptions = {}): Promise<SluiceHandle> {
   if (config.workers > 1) return startThreaded(config, opts);
   // Load the tokenizer tables now, not on the first request (130–330 ms).
@@ -229,23 +254,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
     metrics,
     gateway,
     reload,
-    reloadFrom(load: () => SluiceConfig): boolean {
-      let next: SluiceConfig;
-      try {
-        next = load();
-      } catch (err) {
-        metrics.configReloads.inc({ outcome: 'error' });
-        // A ConfigError's message lists every issue with its path; config values are never quoted in it.
-        log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
-        return false;
-      }
-      try {
-        reload(next);
-        return true;
-      } catch {
-        return false;
-      }
-    },
+    reloadFrom: (load: () => SluiceConfig) => reloadFrom(load, reload, metrics),
     async close(closeOpts = {}) {
       if (closed) return;
       closed = true;
@@ -278,7 +287,8 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
  */
 async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<SluiceHandle> {
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
-  const ledger = new LedgerHost();
+  // Sized once (every thread maps the buffer): a reload that raises max_quota_keys keeps this size (see reload).
+  const ledger = new LedgerHost({ maxSlots: ledgerSlotsFor(config.limits.max_quota_keys) });
   const stores = new StoreRegistry(config, metrics, ledger);
   const mainSnapshot = (cfg: SluiceConfig): MainSnapshot => {
     const snap = stores.build(cfg);
@@ -343,6 +353,9 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       throw err;
     }
     if (next.workers !== current.workers) log.warn('workers changed; the number of serving threads changes only at restart', { workers: current.workers });
+    if (ledgerSlotsFor(next.limits.max_quota_keys) > ledger.table.slots) {
+      log.warn('limits.max_quota_keys grew; the quota ledger of the serving threads keeps its size until restart (when full, new quota keys get 503 SLC_OVERLOADED)', { ledger_slots: ledger.table.slots });
+    }
     lastReload = lastReload.then(() => sup.reload(next, main)).then((failed) => {
       if (failed.length === 0) {
         current = next;
@@ -366,24 +379,10 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       count: sup.count,
       perThreadMetrics: () => sup.metrics(),
       settled: () => lastReload,
+      crash: (index) => sup.crash(index, `crash requested through SluiceHandle.threads.crash(${index})`),
     },
     reload,
-    reloadFrom(load: () => SluiceConfig): boolean {
-      let next: SluiceConfig;
-      try {
-        next = load();
-      } catch (err) {
-        metrics.configReloads.inc({ outcome: 'error' });
-        log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
-        return false;
-      }
-      try {
-        reload(next);
-        return true;
-      } catch {
-        return false;
-      }
-    },
+    reloadFrom: (load: () => SluiceConfig) => reloadFrom(load, reload, metrics),
     async close(closeOpts = {}) {
       if (closed) return;
       closed = true;

@@ -36,7 +36,9 @@ export type ToThread =
   | { readonly kind: 'drain'; readonly id: number; readonly drainMs: number; readonly settleMs: number }
   /** Close the App, the tokenizer pool and the upstream client; the thread then ends. */
   | { readonly kind: 'close'; readonly id: number }
-  | { readonly kind: 'ledger-reply'; readonly id: number; readonly reply: LedgerReply };
+  | { readonly kind: 'ledger-reply'; readonly id: number; readonly reply: LedgerReply }
+  /** Throw `message` as an uncaught error on the thread (SluiceHandle.threads.crash: the failure path, for tests). */
+  | { readonly kind: 'crash'; readonly message: string };
 
 /** Serving thread → main. */
 export type FromThread =

@@ -22,6 +22,11 @@ import { quotaSources, type StoreMap } from './store-key.ts';
 
 /** A delegated quota decision the main thread has not answered by then fails the request with 503. */
 const LEDGER_TIMEOUT_MS = 30_000;
+/**
+ * The request itself gives up after LEDGER_TIMEOUT_MS (LedgerClient), which still takes a later answer (a late
+ * grant is released at once). A reply still missing after this long is dropped, so the pending map stays bounded.
+ */
+const LEDGER_FORGET_MS = 4 * LEDGER_TIMEOUT_MS;
 
 if (parentPort === null) throw new Error('src/threads/serving.ts runs as a worker thread only');
 const port = parentPort;
@@ -41,8 +46,8 @@ function delegate(req: LedgerRequest): Promise<LedgerReply> {
     const id = nextLedgerId++;
     const timer = setTimeout(() => {
       pendingLedger.delete(id);
-      resolve({ kind: 'error', code: 'SLC_QUOTA_STORE_UNAVAILABLE', message: `the main thread did not answer a quota request within ${LEDGER_TIMEOUT_MS} ms` });
-    }, LEDGER_TIMEOUT_MS);
+      resolve({ kind: 'error', code: 'SLC_QUOTA_STORE_UNAVAILABLE', message: `the main thread did not answer a quota request within ${LEDGER_FORGET_MS} ms` });
+    }, LEDGER_FORGET_MS);
     pendingLedger.set(id, { resolve, timer });
     post({ kind: 'ledger', id, req });
   });
@@ -62,7 +67,7 @@ function start(): void {
     countBudgetMs: config.tokens.count_budget_ms,
     onTask: (kind, outcome) => metrics.workerTasks.inc({ kind, outcome }),
   });
-  const ledger = new LedgerClient(init.ledger, delegate);
+  const ledger = new LedgerClient(init.ledger, delegate, { timeoutMs: LEDGER_TIMEOUT_MS });
   // Quota plugins are found by their path in the config the thread built from (see store-key.ts).
   let stores = init.stores;
   let pathOf = new Map<QuotaSource, string>();
@@ -160,6 +165,10 @@ function start(): void {
         post({ kind: 'drained', id: msg.id, cut, left: gateway.inFlight });
         return;
       }
+      case 'crash':
+        // Outside this handler, so it reaches the thread's uncaughtException handler as a real fault would.
+        setImmediate(() => { throw new Error(msg.message); });
+        return;
       case 'close': {
         front?.close();
         await Promise.allSettled([pool.close(), upstream.close()]);

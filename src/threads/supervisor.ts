@@ -296,6 +296,12 @@ export class ThreadSupervisor {
     return results.filter((x): x is { index: number; message: string } => x !== undefined);
   }
 
+  /** Make serving thread `index` throw an uncaught error (the crash path, end to end: for tests). */
+  crash(index: number, message: string): void {
+    const t = this.threads[index];
+    if (t !== undefined && !t.exited) t.worker.postMessage({ kind: 'crash', message } satisfies ToThread);
+  }
+
   /** Every serving thread's registry as JSON (a thread that does not answer in time fails the scrape). */
   async metrics(): Promise<MetricsJson[]> {
     return Promise.all(this.threads.map(async (t) => {

@@ -100,10 +100,12 @@ describe('serving threads (workers: 2, in process)', () => {
     assert.ok(each.every((n) => n > 0), `both threads admitted or refused: ${each.join(' + ')}`);
   });
 
-  it('a reload reaches every thread', async () => {
+  it('a reload reaches every thread (and one raising limits.max_quota_keys keeps the ledger serving quotas)', async () => {
+    // The ledger was sized for the default 100,000 keys at start; it cannot grow, and keeps serving.
     const next = validateConfig({
       listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, workers: 2,
-      routes: routes(mock.url, [{ id: 'added', uri: '/added/v1/chat/completions', plugins: proxy(mock.url) }]),
+      limits: { max_quota_keys: 1_000_000 },
+      routes: routes(mock.url, [{ id: 'added', uri: '/added/v1/chat/completions', plugins: { ...proxy(mock.url), 'ai-rate-limiting': { limit: 1_000_000, time_window: 60 } } }]),
     }, {});
     const reloadsBefore = await metric(gw, /^sluice_config_reloads_total\{outcome="ok"\}/);
     gw.handle.reload(next);

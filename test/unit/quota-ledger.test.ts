@@ -5,8 +5,9 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { LocalQuotaStore } from '../../src/quota/local-store.ts';
 import { F_BASE_C, F_TR, LedgerTable, SLOT_FIELDS, createLedger } from '../../src/quota/shared/ledger.ts';
-import { LedgerHost } from '../../src/quota/shared/ledger-host.ts';
+import { LedgerHost, MAX_LEDGER_SLOTS, MIN_LEDGER_SLOTS, ledgerSlotsFor } from '../../src/quota/shared/ledger-host.ts';
 import { LedgerClient } from '../../src/quota/shared/ledger-store.ts';
+import type { LedgerReply, LedgerRequest } from '../../src/quota/shared/protocol.ts';
 import { SluiceError } from '../../src/core/errors.ts';
 import type { CounterSpec } from '../../src/quota/types.ts';
 
@@ -154,6 +155,15 @@ describe('ledger table', () => {
 });
 
 describe('ledger host and client bounds', () => {
+  it('the table is sized from limits.max_quota_keys: two windows per key, within fixed bounds', () => {
+    assert.equal(ledgerSlotsFor(100_000), 200_000);
+    assert.equal(ledgerSlotsFor(1), MIN_LEDGER_SLOTS);
+    assert.equal(ledgerSlotsFor(100_000_000), MAX_LEDGER_SLOTS);
+    const host = new LedgerHost({ maxSlots: ledgerSlotsFor(10) });
+    assert.equal(host.table.slots, MIN_LEDGER_SLOTS);
+    host.close();
+  });
+
   const spec = (id: string, limit = 1000): CounterSpec => ({ id, limit, windowMs: 600_000, sliding: false });
 
   it('a full table answers SLC_OVERLOADED and leaves nothing reserved in the backend', async () => {
@@ -294,5 +304,32 @@ describe('ledger host and client bounds', () => {
     await assert.rejects(async () => store.acquire([{ counter: spec('e'), amount: 1 }], Date.now()), (e: unknown) => e instanceof SluiceError && e.code === 'SLC_QUOTA_STORE_UNAVAILABLE');
     await assert.rejects(store.flush(), (e: unknown) => e instanceof SluiceError);
     host.close();
+  });
+
+  it('a grant that arrives after the thread gave up (503) is released at once, not held until the window ends', async () => {
+    const backend = new LocalQuotaStore('local');
+    const host = new LedgerHost({ maxSlots: 16 });
+    host.attach('s', backend);
+    // The main thread answers only when the test lets it, long after the client's (short) timeout.
+    let answer: ((r: LedgerReply) => void) | undefined;
+    let asked: LedgerRequest | undefined;
+    const store = new LedgerClient(host.descriptor(), (r) => {
+      asked = r;
+      return new Promise<LedgerReply>((resolve) => { answer = resolve; });
+    }, { timeoutMs: 30 }).storeFor('s', 'l');
+    const c = spec('late', 1000);
+    const now = Date.now();
+    await assert.rejects(async () => store.acquire([{ counter: c, amount: 400 }], now), (e: unknown) => e instanceof SluiceError && e.code === 'SLC_QUOTA_STORE_UNAVAILABLE');
+    const reply = await host.handle(asked!);
+    assert.equal(reply.kind, 'granted');
+    const slot = reply.kind === 'granted' ? reply.entries[0]!.slot : -1;
+    assert.equal(host.table.f64[slot * SLOT_FIELDS + F_TR], 400, 'exported into the slot');
+    answer!(reply);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(host.table.f64[slot * SLOT_FIELDS + F_TR], 0, 'the late grant was released on the thread');
+    host.poll();
+    assert.deepEqual([backend.peek(c, now).consumed, backend.peek(c, now).reserved], [0, 0]);
+    host.close();
+    await backend.close();
   });
 });

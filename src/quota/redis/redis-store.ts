@@ -70,6 +70,8 @@ const EVICT_RETRY_MS = 100;
 const LOG_EVERY_MS = 10_000;
 /** Reply errors that mean the node cannot take writes right now, not that the cell's data is bad. */
 const NODE_STATE = /^(READONLY|LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS|BUSY) /;
+/** Sends of one synchronous admission whose write arrived after a newer one (see AdmissionReply.stale). */
+const ADMISSION_ATTEMPTS = 4;
 
 class RedisCounter {
   readonly id: string;
@@ -200,6 +202,8 @@ interface ScriptReply {
   readonly storedC: number;
   readonly storedR: number;
   readonly admitted: boolean;
+  /** An admission the script did not decide (its write was older than the stored one). */
+  readonly undecided: boolean;
   readonly prevC: number;
   readonly prevR: number;
 }
@@ -208,6 +212,12 @@ interface ScriptReply {
 interface AdmissionReply {
   readonly failure: RedisErrorKind | undefined;
   readonly admitted: boolean;
+  /**
+   * The script did not decide: a newer write of this process's field was stored first, so this one (its
+   * sequence older) was not applied. Happens when a command answered NOSCRIPT is sent again as EVAL after
+   * later commands (a fresh or restarted Redis): such a reply is no denial, the admission is sent again.
+   */
+  readonly stale: boolean;
   /** Global usage the decision was made on (for Retry-After). */
   readonly used: number;
   readonly prevUsed: number;
@@ -226,7 +236,7 @@ function decode(v: unknown): ScriptReply | undefined {
   if (!Array.isArray(v) || v.length < 8) return undefined;
   return {
     c: int(v[0]), othersR: int(v[1]), storedSeq: int(v[2]), storedC: int(v[3]), storedR: int(v[4]),
-    admitted: int(v[5]) === 1, prevC: int(v[6]), prevR: int(v[7]),
+    admitted: int(v[5]) === 1, undecided: int(v[5]) === 2, prevC: int(v[6]), prevR: int(v[7]),
   };
 }
 
@@ -699,7 +709,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     const nowMs = Date.now();
     const order = [...perCell.keys()];
     for (const cell of order) cell.holds++;
-    const replies = await Promise.all(order.map((cell) => this.sendAdmission(cell, perCell.get(cell)!, now, nowMs)));
+    const replies = await Promise.all(order.map((cell) => this.admit(cell, perCell.get(cell)!, now, nowMs)));
     for (const cell of order) cell.holds--;
 
     let failure: RedisErrorKind | undefined;
@@ -749,6 +759,16 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     return new StoreGrant(this, entries);
   }
 
+  /** A synchronous admission, sent again (with a new sequence) while Redis answers that it did not decide it. */
+  private async admit(cell: RedisCell, amount: number, now: number, nowMs: number): Promise<AdmissionReply> {
+    for (let attempt = 1; ; attempt++) {
+      const r = await this.sendAdmission(cell, amount, now, nowMs);
+      if (!r.stale) return r;
+      // Still undecided: a failure (ride-out, degraded or 503), never a denial the counter did not earn.
+      if (attempt >= ADMISSION_ATTEMPTS) return { failure: 'reply', admitted: false, stale: false, used: 0, prevUsed: 0 };
+    }
+  }
+
   /**
    * The write script with an amount to admit: Redis decides on consumed + every live reservation (+ the
    * weighted previous window of a sliding counter), so decisions of all replicas are serialised.
@@ -768,13 +788,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       if (!out.ok) {
         this.m.errors[out.kind].inc();
         this.logError(out.kind, 'redis admission failed', undefined);
-        return { failure: out.kind, admitted: false, used: 0, prevUsed: 0 };
+        return { failure: out.kind, admitted: false, stale: false, used: 0, prevUsed: 0 };
       }
       const [err, v] = out.replies[0] ?? [new Error('missing reply'), null];
       const reply = err === null ? decode(v) : undefined;
       if (reply === undefined) {
         const kind = this.replyError(cell, err);
-        return { failure: kind, admitted: false, used: 0, prevUsed: 0 };
+        return { failure: kind, admitted: false, stale: false, used: 0, prevUsed: 0 };
       }
       const perf = this.clock.now();
       this.apply(cell, seq, reply, { c: sentC, r: sentR + (reply.admitted ? amount : 0) }, perf);
@@ -785,7 +805,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
         this.reconciled(prev, perf);
       }
       const used = reply.c + reply.othersR + sentR;
-      return { failure: undefined, admitted: reply.admitted, used, prevUsed: reply.prevC + reply.prevR };
+      return { failure: undefined, admitted: reply.admitted, stale: reply.undecided, used, prevUsed: reply.prevC + reply.prevR };
     });
   }
 

@@ -50,9 +50,11 @@ end
  * ARGV: field (process), seq, own consumed, own reserved, lease ms, ttl s, amount to admit (0: plain write),
  *       limit, weight of the previous window.
  * Returns [consumed total, others' live reserved, stored seq, stored own consumed, stored own reserved,
- *          admitted (1/0), previous consumed total, previous live reserved (all processes)].
+ *          admitted (1 yes, 0 no, 2 not decided), previous consumed total, previous live reserved (all processes)].
  * Admission: the amount is added to this process's reservation iff consumed + every live reservation
- * (+ the weighted previous window) is below the limit, so Redis serialises the decisions.
+ * (+ the weighted previous window) is below the limit, so Redis serialises the decisions. A write whose
+ * sequence is not newer than the stored one (it arrived after a later write of the process, e.g. an EVALSHA
+ * answered NOSCRIPT and sent again as EVAL) is not applied and decides nothing: admitted 2.
  */
 export const WRITE_SCRIPT = `${PARSE}
 local id, seq = ARGV[1], tonumber(ARGV[2])
@@ -93,6 +95,8 @@ if seq > oseq then
   end
   if oseq < 0 then redis.call('EXPIRE', KEYS[2], ttl, 'NX') end
   oseq, oc, orr = seq, ownC, ownR
+elseif amount > 0 then
+  admitted = 2
 end
 return {c, rest, oseq, oc, orr, admitted, pc, pr}
 `;

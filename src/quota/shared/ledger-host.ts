@@ -17,6 +17,20 @@ import type { LedgerDescriptor, LedgerReply, LedgerRequest } from './protocol.ts
 
 /** Two windows for each of limits.max_quota_keys' default 100,000 counters. */
 const DEFAULT_MAX_SLOTS = 200_000;
+/** Bounds of `ledgerSlotsFor`: a small key cap still gets a useful table; a huge one no multi-GB buffer. */
+export const MIN_LEDGER_SLOTS = 4_096;
+export const MAX_LEDGER_SLOTS = 4_000_000;
+
+/**
+ * Slots for a table serving `limits.max_quota_keys` counters: two windows each (the current and the previous
+ * one, kept for sliding counts and late settlements), within [MIN_LEDGER_SLOTS, MAX_LEDGER_SLOTS]. Beyond the
+ * maximum (149 B of address space per slot: 596 MB) a full table answers new counters SLC_OVERLOADED, as the
+ * key cap does.
+ */
+export function ledgerSlotsFor(maxQuotaKeys: number): number {
+  const want = 2 * Math.floor(maxQuotaKeys);
+  return Math.min(MAX_LEDGER_SLOTS, Math.max(MIN_LEDGER_SLOTS, Number.isFinite(want) ? want : MAX_LEDGER_SLOTS));
+}
 const DEFAULT_POLL_MS = 10;
 const EVICT_EVERY_MS = 1_000;
 /**

@@ -17,21 +17,31 @@ const MAX_CACHED_KEYS = 65_536;
 
 type Delegate = (req: LedgerRequest) => Promise<LedgerReply>;
 
+/** A delegated decision the main thread has not answered by then fails the request with 503. */
+export const DEFAULT_DELEGATE_TIMEOUT_MS = 30_000;
+
+export interface LedgerClientOptions {
+  /** How long a delegated request may wait for the main thread. Default 30 s. */
+  readonly timeoutMs?: number;
+}
+
 export class LedgerClient {
   private readonly table: LedgerTable;
   private readonly delegate: Delegate;
+  private readonly timeoutMs: number;
   private readonly stores = new Map<string, LedgerQuotaStore>();
 
-  constructor(desc: LedgerDescriptor, delegate: Delegate) {
+  constructor(desc: LedgerDescriptor, delegate: Delegate, opts: LedgerClientOptions = {}) {
     this.table = new LedgerTable(desc);
     this.delegate = delegate;
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_DELEGATE_TIMEOUT_MS;
   }
 
   /** A QuotaStore for the backend registered under `store`; `name` is its metric label. close() is a no-op. */
   storeFor(store: string, name: string): QuotaStore {
     let s = this.stores.get(store);
     if (s === undefined || s.name !== name) {
-      s = new LedgerQuotaStore(this.table, store, name, this.delegate);
+      s = new LedgerQuotaStore(this.table, store, name, this.delegate, this.timeoutMs);
       this.stores.set(store, s);
     }
     return s;
@@ -55,6 +65,7 @@ export class LedgerQuotaStore implements QuotaStore {
   private readonly f: Float64Array;
   private readonly storeKey: string;
   private readonly delegate: Delegate;
+  private readonly timeoutMs: number;
   private readonly guard: TokenGuard;
   private readonly keys = new Map<string, CachedKey>();
   private readonly dirKey = new Int32Array(3);
@@ -68,12 +79,13 @@ export class LedgerQuotaStore implements QuotaStore {
   private prevs = new Float64Array(8);
   private spent = new Uint8Array(8);
 
-  constructor(table: LedgerTable, storeKey: string, name: string, delegate: Delegate) {
+  constructor(table: LedgerTable, storeKey: string, name: string, delegate: Delegate, timeoutMs = DEFAULT_DELEGATE_TIMEOUT_MS) {
     this.table = table;
     this.f = table.f64;
     this.storeKey = storeKey;
     this.name = name;
     this.delegate = delegate;
+    this.timeoutMs = timeoutMs;
     this.guard = new TokenGuard(name);
     storeDirKey(storeKey, this.dirKey);
   }
@@ -259,19 +271,53 @@ export class LedgerQuotaStore implements QuotaStore {
       items: items.map((i) => ({ id: i.counter.id, limit: i.counter.limit, windowMs: i.counter.windowMs, sliding: i.counter.sliding, amount: i.amount })),
       now,
     };
-    const reply = await this.ask(req);
+    const reply = await this.ask(req, (late) => {
+      // Given up on (503 already answered): a grant that arrives anyway is released at once, or its tokens
+      // would stay reserved in the slots until the window ends.
+      if (late.kind === 'granted' && late.entries.length === items.length) this.release(this.grantOf(items, late));
+    });
     if (reply.kind === 'denied') return { ok: false, denied: reply.denied, retryAfterMs: reply.retryAfterMs };
     if (reply.kind !== 'granted' || reply.entries.length !== items.length) throw this.failure(reply);
+    return this.grantOf(items, reply);
+  }
+
+  private grantOf(items: readonly AcquireItem[], reply: Extract<LedgerReply, { kind: 'granted' }>): StoreGrant<number> {
     const entries = reply.entries.map((e, i) => new StoreGrantEntry(items[i]!.counter, e.windowStart, e.reserved, e.slot));
     return new StoreGrant(this, entries);
   }
 
-  private async ask(req: LedgerRequest): Promise<LedgerReply> {
+  /**
+   * The main thread's answer, or SLC_QUOTA_STORE_UNAVAILABLE after `timeoutMs`; `late` then receives the
+   * answer if it still comes.
+   */
+  private ask(req: LedgerRequest, late?: (reply: LedgerReply) => void): Promise<LedgerReply> {
+    let answer: Promise<LedgerReply>;
     try {
-      return await this.delegate(req);
+      answer = this.delegate(req);
     } catch (err) {
-      throw new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE', 'quota ledger unreachable', { cause: err });
+      return Promise.reject(new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE', 'quota ledger unreachable', { cause: err }));
     }
+    return new Promise<LedgerReply>((resolve, reject) => {
+      let done = false;
+      const timer = setTimeout(() => {
+        done = true;
+        reject(new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE', `the main thread did not answer a quota request within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      answer.then((reply) => {
+        if (!done) {
+          done = true;
+          clearTimeout(timer);
+          resolve(reply);
+        } else if (late !== undefined) {
+          late(reply);
+        }
+      }, (err: unknown) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        reject(new SluiceError('SLC_QUOTA_STORE_UNAVAILABLE', 'quota ledger unreachable', { cause: err }));
+      });
+    });
   }
 
   private failure(reply: LedgerReply): SluiceError {

@@ -1,0 +1,8 @@
+// A real gateway process (workers: 2, default failure handling) for serving-thread-crash.test.ts: prints
+// "listening <port>", then makes serving thread 0 crash when a line arrives on stdin.
+import { startSluice } from '../../src/app.ts';
+import { validateConfig } from '../../src/config/validate.ts';
+
+const handle = await startSluice(validateConfig(JSON.parse(process.argv[2]!) as Record<string, unknown>, {}));
+process.stdout.write(`listening ${handle.port}\n`);
+process.stdin.once('data', () => handle.threads!.crash(0));
