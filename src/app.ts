@@ -12,8 +12,7 @@ import { Gateway } from './pipeline/gateway.ts';
 import { buildSnapshot, type QuotaSource, type Snapshot, type StoreResolver } from './pipeline/snapshot.ts';
 import { createQuotaStore } from './quota/index.ts';
 import type { QuotaStore } from './quota/types.ts';
-import { UpstreamClient } from './upstream/client.ts';
-import { WorkerPool } from './workers/pool.ts';
+import { createServingParts } from './threads/serving-parts.ts';
 import { warmTokenizers } from './tokens/encoding.ts';
 import { LedgerHost, ledgerSlotsFor } from './quota/shared/ledger-host.ts';
 import { ThreadSupervisor, type MainSnapshot } from './threads/supervisor.ts';
@@ -205,16 +204,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   warmTokenizers();
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
   const stores = new StoreRegistry(config, metrics);
-  const upstream = new UpstreamClient({
-    connectMs: config.limits.upstream_connect_timeout_ms,
-    firstByteMs: config.limits.upstream_first_byte_timeout_ms,
-    idleMs: config.limits.upstream_idle_timeout_ms,
-  });
-  const pool = new WorkerPool({
-    threads: config.tokens.offload_threads,
-    countBudgetMs: config.tokens.count_budget_ms,
-    onTask: (kind, outcome) => metrics.workerTasks.inc({ kind, outcome }),
-  });
+  const { upstream, pool } = createServingParts(config, metrics);
   const gateway = new Gateway(stores.build(config), { metrics, upstream, pool, onSnapshotRetired: (snap) => stores.retire(snap) });
   let front: Listening | undefined;
   let admin: Listening | undefined;

@@ -392,6 +392,13 @@ export interface GuardOptions {
 const HOLD_BYTES = 64 * 1024;
 /** Longest response head accepted from uWS. */
 const MAX_RESPONSE_HEAD = 64 * 1024;
+/**
+ * A connection to uWS left quiet this long is closed by the guard. uWS closes idle connections itself after its
+ * fixed 10 s timeout, which its 4 s timer ticks make fire 8–12 s after the last activity; a request the guard
+ * forwarded just as that close crossed it would be lost (the client saw "other side closed"). Closing first, at
+ * 4 s, leaves the race no window: the next request opens a new loopback connection (~0.1 ms).
+ */
+export const UPSTREAM_IDLE_MS = 4_000;
 /** After the guard closes a connection, how long the client's remaining input is read and discarded. */
 const LINGER_MS = 2000;
 
@@ -463,6 +470,8 @@ class GuardConn {
       this.client.end();
       this.dropUp();
       this.linger();
+    } else if (this.up !== undefined && now - this.lastActive >= UPSTREAM_IDLE_MS) {
+      this.dropUp();
     }
   }
 

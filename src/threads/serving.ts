@@ -15,8 +15,7 @@ import { LedgerClient } from '../quota/shared/ledger-store.ts';
 import type { LedgerReply, LedgerRequest } from '../quota/shared/protocol.ts';
 import type { QuotaStore } from '../quota/types.ts';
 import { warmTokenizers } from '../tokens/encoding.ts';
-import { UpstreamClient } from '../upstream/client.ts';
-import { WorkerPool } from '../workers/pool.ts';
+import { createServingParts } from './serving-parts.ts';
 import type { FromThread, ThreadInit, ToThread } from './protocol.ts';
 import { quotaSources, type StoreMap } from './store-key.ts';
 
@@ -57,16 +56,7 @@ function start(): void {
   const config = init.config;
   warmTokenizers();
   const metrics = createMetrics({ defaultMetrics: false });
-  const upstream = new UpstreamClient({
-    connectMs: config.limits.upstream_connect_timeout_ms,
-    firstByteMs: config.limits.upstream_first_byte_timeout_ms,
-    idleMs: config.limits.upstream_idle_timeout_ms,
-  });
-  const pool = new WorkerPool({
-    threads: config.tokens.offload_threads,
-    countBudgetMs: config.tokens.count_budget_ms,
-    onTask: (kind, outcome) => metrics.workerTasks.inc({ kind, outcome }),
-  });
+  const { upstream, pool } = createServingParts(config, metrics);
   const ledger = new LedgerClient(init.ledger, delegate, { timeoutMs: LEDGER_TIMEOUT_MS });
   // Quota plugins are found by their path in the config the thread built from (see store-key.ts).
   let stores = init.stores;
