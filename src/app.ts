@@ -67,6 +67,8 @@ export interface StartOptions {
 const SETTLE_AFTER_CUT_MS = 10_000;
 /** How long shutdown waits for the HTTP/1.x guard to pass on the last bytes of answers that have ended. */
 const QUIESCE_MS = 2_000;
+/** workers > 1: after a serving thread failed, how long the stores' final flush may take before the exit. */
+const FATAL_FLUSH_MS = 10_000;
 
 async function waitUntil(done: () => boolean, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
@@ -304,7 +306,10 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
   }
   const onFatal = opts.onThreadFailure ?? ((err: Error) => {
     log.error('a serving thread failed; exiting (Sluice does not serve on fewer threads than configured)', { err });
-    process.exit(1);
+    // The threads are closed by now: what was charged (the ledger, the stores' unflushed deltas) still goes to the
+    // backends first, bounded so an unreachable Redis cannot hold the exit.
+    const bound = new Promise<void>((r) => setTimeout(r, FATAL_FLUSH_MS));
+    void Promise.race([closeStores(), bound]).finally(() => process.exit(1));
   });
   let threads: ThreadSupervisor | undefined;
   let admin: Listening | undefined;
@@ -316,7 +321,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
     });
     const sup = threads;
     admin = await startAdmin({
-      metrics: async () => aggregateMetrics([await metricsJson(metrics.registry), ...await sup.metrics()]),
+      metrics: async () => aggregateMetrics([await metricsJson(metrics.registry), ...await sup.scrape()]),
       ready: () => sup.ready() && stores.all().every((s) => s.health() !== 'unavailable'),
     }, config.admin.host, opts.adminPort ?? config.admin.port);
   } catch (err) {
@@ -356,6 +361,10 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
         metrics.configReloads.inc({ outcome: 'error' });
         log.error('config reload failed on some serving threads; they keep the previous config, the others serve the new one', { failed });
       }
+    }).catch((err: unknown) => {
+      // The chain must stay usable: a rejected link would skip every later reload and fail close() before the flush.
+      metrics.configReloads.inc({ outcome: 'error' });
+      log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
     });
   };
   return {

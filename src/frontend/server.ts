@@ -581,14 +581,17 @@ export async function startGuard(opts: GuardOnlyOptions): Promise<Listening> {
 
 /**
  * SO_REUSEPORT lets any socket of the same user join a port. Serving threads listening that way on the public
- * port (guard off) first take this lock, an abstract unix socket named after the address, so a second Sluice on
- * the same address is refused as an exclusive bind would be. Linux only (abstract sockets), like SO_REUSEPORT.
+ * port (guard off) first take this lock, an abstract unix socket named after the port, so a second Sluice on
+ * the same port is refused as an exclusive bind would be, whatever host it names (so two threaded Sluices on
+ * different addresses cannot share a port either). Linux only (abstract sockets), like SO_REUSEPORT.
  */
 export function lockListenAddress(host: string, port: number): Promise<{ release(): void }> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', (err: NodeJS.ErrnoException) => reject(new ListenError('listen', host, port, err.code ?? 'UNKNOWN')));
-    s.listen({ path: `\0sluice:${host}:${port}` }, () => {
+    // Named after the port alone: another spelling of the address (`localhost`, `127.1`) or a wildcard host
+    // would otherwise take a different lock and join the same socket through SO_REUSEPORT.
+    s.listen({ path: `\0sluice:port:${port}` }, () => {
       s.removeAllListeners('error');
       s.on('error', () => { /* a lock socket nobody connects to */ });
       resolve({ release: () => { if (s.listening) s.close(); } });

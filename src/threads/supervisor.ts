@@ -33,6 +33,8 @@ function spawn(options: { workerData: ThreadInit; name: string }): Worker {
 const START_TIMEOUT_MS = 120_000;
 const CALL_TIMEOUT_MS = 30_000;
 const METRICS_TIMEOUT_MS = 10_000;
+/** /metrics waits this long for each thread (under Prometheus' default 10 s scrape timeout). */
+const SCRAPE_TIMEOUT_MS = 3_000;
 const CLOSE_TIMEOUT_MS = 15_000;
 /** After a thread closed its App it ends by itself; terminate() is the last resort (see end()). */
 const EXIT_TIMEOUT_MS = 5_000;
@@ -99,6 +101,8 @@ export class ThreadSupervisor {
   private readonly opts: SupervisorOptions;
   private readonly threads: Thread[] = [];
   private readonly versions = new Map<number, Version>();
+  /** Each thread's last registry JSON, for a scrape it does not answer in time. */
+  private readonly lastMetrics: (MetricsJson | undefined)[] = [];
   private version = 0;
   private nextId = 1;
   private closing = false;
@@ -302,13 +306,37 @@ export class ThreadSupervisor {
     if (t !== undefined && !t.exited) t.worker.postMessage({ kind: 'crash', message } satisfies ToThread);
   }
 
-  /** Every serving thread's registry as JSON (a thread that does not answer in time fails the scrape). */
+  /** Every serving thread's registry as JSON (a thread that does not answer in time fails the call). */
   async metrics(): Promise<MetricsJson[]> {
     return Promise.all(this.threads.map(async (t) => {
       const r = await this.call(t, { kind: 'metrics' }, METRICS_TIMEOUT_MS);
       if (r.kind !== 'metrics-reply') throw new Error(`unexpected answer ${r.kind}`);
+      this.lastMetrics[t.index] = r.metrics;
       return r.metrics;
     }));
+  }
+
+  /**
+   * The parts of a /metrics answer: every thread's registry, or the last one it sent when it does not answer
+   * within SCRAPE_TIMEOUT_MS (busy, or gone). The scrape still answers in bounded time, and the sums of its
+   * counters never go down (a missing part would look like a counter reset to Prometheus).
+   */
+  async scrape(): Promise<MetricsJson[]> {
+    const replies = await Promise.allSettled(this.threads.map(async (t) => {
+      const r = await this.call(t, { kind: 'metrics' }, SCRAPE_TIMEOUT_MS);
+      if (r.kind !== 'metrics-reply') throw new Error(`unexpected answer ${r.kind}`);
+      return r.metrics;
+    }));
+    const parts: MetricsJson[] = [];
+    const stale: number[] = [];
+    replies.forEach((r, i) => {
+      if (r.status === 'fulfilled') this.lastMetrics[i] = r.value;
+      else stale.push(i);
+      const m = this.lastMetrics[i];
+      if (m !== undefined) parts.push(m);
+    });
+    if (stale.length > 0) log.warn('serving threads did not answer the metrics scrape; using their last answer', { threads: stale });
+    return parts;
   }
 
   /** Stop accepting connections: the guard's public port, or (guard off) every thread's listener, then the lock. */
