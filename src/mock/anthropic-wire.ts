@@ -2,23 +2,9 @@
 // message_start and the cumulative message_delta, as the real API sends it) and count_tokens. Reasoning tokens
 // are inside output_tokens and reported apart in output_tokens_details.thinking_tokens; a request with thinking
 // enabled also gets them as a thinking block (streamed as one thinking_delta and a signature_delta) before the text.
+import { anthropicErrorType } from '../providers/anthropic/surface.ts';
 import { completionSlice } from './tokens.ts';
 import { wire, type AnswerContext, type Renderer } from './surface.ts';
-
-export function anthropicErrorType(status: number): string {
-  switch (status) {
-    case 400: return 'invalid_request_error';
-    case 401: return 'authentication_error';
-    case 402: return 'billing_error';
-    case 403: return 'permission_error';
-    case 404: return 'not_found_error';
-    case 413: return 'request_too_large';
-    case 429: return 'rate_limit_error';
-    case 504: return 'timeout_error';
-    case 529: return 'overloaded_error';
-    default: return status >= 500 ? 'api_error' : 'invalid_request_error';
-  }
-}
 
 export function anthropicError(status: number, message: string): string {
   return JSON.stringify({ type: 'error', error: { type: anthropicErrorType(status), message } });

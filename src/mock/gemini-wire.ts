@@ -2,27 +2,12 @@
 // (`?alt=sse`) or as one JSON array whose elements arrive as they are generated. Zero cached/thoughts counts are
 // left out, as the real API does. With generationConfig.thinkingConfig.includeThoughts the reasoning tokens also come
 // as a `thought: true` part (one chunk of its own when streaming) before the text.
+import { rpcStatus } from '../providers/gemini/surface.ts';
 import { completionSlice } from './tokens.ts';
 import { wire, type AnswerContext, type Renderer } from './surface.ts';
 
-export function googleStatus(status: number): string {
-  switch (status) {
-    case 400: return 'INVALID_ARGUMENT';
-    case 401: return 'UNAUTHENTICATED';
-    case 403: return 'PERMISSION_DENIED';
-    case 404: return 'NOT_FOUND';
-    case 409: return 'ABORTED';
-    case 429: return 'RESOURCE_EXHAUSTED';
-    case 499: return 'CANCELLED';
-    case 501: return 'UNIMPLEMENTED';
-    case 503: return 'UNAVAILABLE';
-    case 504: return 'DEADLINE_EXCEEDED';
-    default: return status >= 500 ? 'INTERNAL' : 'FAILED_PRECONDITION';
-  }
-}
-
 export function geminiError(status: number, message: string): string {
-  return JSON.stringify({ error: { code: status, message, status: googleStatus(status) } });
+  return JSON.stringify({ error: { code: status, message, status: rpcStatus(status) } });
 }
 
 export function generateRenderer(ctx: AnswerContext, sse: boolean): Renderer {
