@@ -1,4 +1,4 @@
-// A real gateway process (workers: 2, default failure handling) for serving-thread-crash.test.ts: prints
+// A real gateway process (workers > 1, default failure handling), run by crash-child.ts: prints
 // "listening <port>", then makes serving thread 0 crash when a line arrives on stdin.
 import { startSluice } from '../../src/app.ts';
 import { validateConfig } from '../../src/config/validate.ts';

@@ -2,15 +2,14 @@
 // logging it; the process never goes on serving on fewer threads than configured.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { startSluice } from '../../src/app.ts';
 import { validateConfig } from '../../src/config/validate.ts';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { mockInstance, post } from '../helpers/gateway.ts';
 import { eventually } from '../helpers/sluice-process.ts';
+import { startCrashChild } from '../helpers/crash-child.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'hello' }], max_tokens: 5 };
-const CHILD = new URL('../helpers/thread-crash-child.ts', import.meta.url);
 
 function raw(mockUrl: string): Record<string, unknown> {
   return {
@@ -25,25 +24,16 @@ describe('a serving thread crashing after start-up', () => {
   after(async () => { await mock?.close(); });
 
   it('a real gateway process logs it and exits 1 (every App closed first: no uWS abort)', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CHILD.pathname, JSON.stringify(raw(mock.url))], {
-      stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, SLUICE_LOG: 'info' },
-    });
+    const child = await startCrashChild(raw(mock.url));
     try {
-      let out = '';
-      let err = '';
-      child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
-      child.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
-      const exited = new Promise<number | string>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig ?? 'unknown')));
-      await eventually('the child listens', () => /listening \d+/.test(out), 120_000);
-      const port = Number(/listening (\d+)/.exec(out)![1]);
-      assert.equal((await post(`http://127.0.0.1:${port}/v1/chat/completions`, MSG)).status, 200);
-      child.stdin!.write('crash\n');
-      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running after 60 s'), 60_000).unref())]);
+      assert.equal((await post(`http://127.0.0.1:${child.port}/v1/chat/completions`, MSG)).status, 200);
+      const code = await child.crash(60_000);
+      const err = child.stderr();
       assert.equal(code, 1, err);
       assert.match(err, /"serving thread crashed".*crash requested through SluiceHandle\.threads\.crash\(0\)/);
       assert.match(err, /a serving thread failed; exiting/);
     } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      child.kill();
     }
   });
 

@@ -10,11 +10,10 @@ import { startSluice, type SluiceHandle } from '../../src/app.ts';
 import { mockInstance, post } from '../helpers/gateway.ts';
 import { eventually } from '../helpers/sluice-process.ts';
 import { freePorts } from '../helpers/free-port.ts';
-import { spawn } from 'node:child_process';
+import { startCrashChild } from '../helpers/crash-child.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisTotals } from '../helpers/redis-totals.ts';
 
-const CRASH_CHILD = new URL('../helpers/thread-crash-child.ts', import.meta.url);
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }], max_tokens: 20 };
 
@@ -109,32 +108,22 @@ describe('serving threads: a thread crash loses no charged token', () => {
         },
       }],
     };
-    const child = spawn(process.execPath, ['--import', 'tsx', CRASH_CHILD.pathname, JSON.stringify(raw)], {
-      stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, SLUICE_LOG: 'info' },
-    });
+    const child = await startCrashChild(raw);
     try {
-      let out = '';
-      let err = '';
-      child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
-      child.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
-      const exited = new Promise<number | string>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig ?? 'unknown')));
-      await eventually('the child listens', () => /listening \d+/.test(out), 120_000);
-      const port = Number(/listening (\d+)/.exec(out)![1]);
       let charged = 0;
       for (let i = 0; i < 10; i++) {
-        const r = await post(`http://127.0.0.1:${port}/v1/chat/completions`, MSG);
+        const r = await post(`http://127.0.0.1:${child.port}/v1/chat/completions`, MSG);
         assert.equal(r.status, 200, r.text);
         charged += r.body.usage.total_tokens as number;
       }
       assert.ok(charged > 0);
-      child.stdin!.write('crash\n');
-      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running after 90 s'), 90_000).unref())]);
-      assert.equal(code, 1, err.slice(-2000));
+      const code = await child.crash(90_000);
+      assert.equal(code, 1, child.stderr().slice(-2000));
       const totals = await redisTotals(redis, 'r/crash/');
       assert.equal(totals.consumed, charged);
       assert.equal(totals.reserved, 0);
     } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      child.kill();
     }
   });
 });
