@@ -5,7 +5,7 @@
 //   node --import tsx native-bench/gateway.bench.ts [--quick] [--json] [--reps 2] [--duration 4] [--warmup 1]
 //        [--connections 64] [--stream-connections 64] [--chunks 32] [--chunk-delay-ms 2] [--slow-streams 2000]
 //        [--slow-delay-ms 50] [--slow-frames 100] [--slow-duration 4] [--rss-streams 2000] [--sluice auto|dist|tsx] [--build]
-//        [--slow-upstream lean|mock] [--no-install] [--only nginx,hop,sluice,sluiceQuota]
+//        [--slow-upstream lean|mock] [--no-install] [--only nginx,hop,sluice,sluiceQuota,sluiceDirect]
 //        [--kinds json64,json1,stream,slow] [--threads]
 // Every server, both mocks and the load generator run in processes of their own; CPU of the process under test
 // is its utime+stime from /proc/<pid>/stat over the measured window (for nginx: its single worker) divided by
@@ -103,7 +103,7 @@ export function parseArgs(argv: readonly string[]): Args {
   return a;
 }
 
-type TargetId = 'mock' | 'nginx' | 'hop' | 'sluice' | 'sluiceQuota';
+type TargetId = 'mock' | 'nginx' | 'hop' | 'sluice' | 'sluiceQuota' | 'sluiceDirect';
 type Kind = 'json64' | 'json1' | 'stream' | 'rss' | 'slow';
 
 const TARGETS: readonly { id: TargetId; label: string }[] = [
@@ -112,10 +112,12 @@ const TARGETS: readonly { id: TargetId; label: string }[] = [
   { id: 'hop', label: 'bare hop (uWS + undici)' },
   { id: 'sluice', label: 'Sluice' },
   { id: 'sluiceQuota', label: 'Sluice + local quota' },
+  // Behind a load balancer or proxy that normalises HTTP/1.x: no guard hop (architecture §6).
+  { id: 'sluiceDirect', label: 'Sluice + local quota, listen.http1_guard: false' },
 ];
-const PROXIES: readonly TargetId[] = ['nginx', 'hop', 'sluice', 'sluiceQuota'];
+const PROXIES: readonly TargetId[] = ['nginx', 'hop', 'sluice', 'sluiceQuota', 'sluiceDirect'];
 
-function gatewayConfig(mockPort: number, slowPort: number, quota: boolean): string {
+function gatewayConfig(mockPort: number, slowPort: number, quota: boolean, guard: boolean): string {
   const route = (id: string, uri: string, port: number) => {
     const plugins: Record<string, unknown> = {
       'ai-proxy-multi': {
@@ -132,7 +134,7 @@ function gatewayConfig(mockPort: number, slowPort: number, quota: boolean): stri
     return { id, uri, methods: ['POST'], plugins };
   };
   return JSON.stringify({
-    listen: { host: '127.0.0.1', port: 0 },
+    listen: { host: '127.0.0.1', port: 0, http1_guard: guard },
     admin: { host: '127.0.0.1', port: 0 },
     workers: 1,
     routes: [route('chat', PATH, mockPort), route('slow', SLOW_PATH, slowPort)],
@@ -247,6 +249,14 @@ export function ratioRows(cell: (t: TargetId, k: Kind) => Cell | undefined): Rat
     rows.push({ name: `${label} RSS per open stream (Δ÷N)`, value: v(t, 'rss', (c) => c.rssPerStreamKb), unit: 'KB', op, target: 20 });
     rows.push({ name: `${label} RSS per open stream (slope)`, value: v(t, 'rss', (c) => c.rssSlopeKb), unit: 'KB', op: undefined, target: Number.NaN });
   }
+  // The same targets without the guard's hop (listen.http1_guard: false, quota on).
+  rows.push({ name: 'guard off + quota: JSON CPU/req ÷ nginx, 64 conn', value: cpu('sluiceDirect', 'json64') / cpu('nginx', 'json64'), unit: '×', op: '≤', target: 2.5, stretch: 2 });
+  rows.push({ name: 'guard off + quota: JSON CPU/req ÷ nginx, 1 conn', value: cpu('sluiceDirect', 'json1') / cpu('nginx', 'json1'), unit: '×', op: '≤', target: 2.5, stretch: 2 });
+  rows.push({ name: 'guard off + quota: latency added over nginx, p50 at 1 in flight', value: v('sluiceDirect', 'json1', (c) => c.p50) - v('nginx', 'json1', (c) => c.p50), unit: 'ms', op: '≤', target: 0.1 });
+  rows.push({ name: 'guard off + quota: latency added over nginx, p99 at 1 in flight', value: v('sluiceDirect', 'json1', (c) => c.p99) - v('nginx', 'json1', (c) => c.p99), unit: 'ms', op: '≤', target: 0.3 });
+  rows.push({ name: 'guard off + quota: streaming CPU/frame ÷ nginx', value: cpu('sluiceDirect', 'stream') / cpu('nginx', 'stream'), unit: '×', op: '≤', target: 2 });
+  rows.push({ name: 'guard off + quota: delivered ÷ offered frames/s, slow streams', value: 100 * v('sluiceDirect', 'slow', (c) => c.fps / c.offeredFps), unit: '%', op: '≥', target: 90 });
+  rows.push({ name: 'guard off + quota: RSS per open stream (Δ÷N)', value: v('sluiceDirect', 'rss', (c) => c.rssPerStreamKb), unit: 'KB', op: '≤', target: 20 });
   rows.push({ name: 'bare hop JSON CPU/req ÷ nginx, 64 conn', value: cpu('hop', 'json64') / cpu('nginx', 'json64'), unit: '×', op: undefined, target: Number.NaN });
   rows.push({ name: 'Sluice JSON CPU/req ÷ bare hop, 64 conn (issue 2: ≤ 2)', value: cpu('sluice', 'json64') / cpu('hop', 'json64'), unit: '×', op: undefined, target: Number.NaN });
   return rows;
@@ -333,11 +343,11 @@ async function main(): Promise<number> {
         slow.set('hop', hs);
       });
     }
-    for (const [t, quota] of [['sluice', false], ['sluiceQuota', true]] as const) {
+    for (const [t, quota, guard] of [['sluice', false, true], ['sluiceQuota', true, true], ['sluiceDirect', true, false]] as const) {
       if (!wanted(t)) continue;
       attempt(t, async () => {
         const file = join(tmp, `${t}.json`);
-        writeFileSync(file, gatewayConfig(mock.port, slowMock.port, quota));
+        writeFileSync(file, gatewayConfig(mock.port, slowMock.port, quota, guard));
         const s = await startServer({
           name: t, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
           args: [...sluiceCmd.argv, 'start', '--config', file, '--port', '0', '--admin-port', '0'],
@@ -452,7 +462,7 @@ async function main(): Promise<number> {
     if (args.threads && THREADS_READY) {
       const cpuWith = async (n: number, quota = true): Promise<number> => {
         const file = join(tmp, `threads-${n}-${quota ? 'quota' : 'plain'}.json`);
-        writeFileSync(file, threadsConfig(gatewayConfig(mock.port, slowMock.port, quota), n));
+        writeFileSync(file, threadsConfig(gatewayConfig(mock.port, slowMock.port, quota, true), n));
         const s = await startServer({ name: `sluice-${n}t`, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
           args: [...sluiceCmd.argv, 'start', '--config', file, '--port', '0', '--admin-port', '0'] });
         try {

@@ -7,7 +7,7 @@
 // with `git archive <rev> src | tar -x -C <dir>` plus a node_modules symlink). --b-no-guard: B runs with
 // listen.http1_guard false. --semi N: both run with a fixed N MiB young generation and --trace-gc; allocation per
 // request ≈ scavenges × N MiB ÷ requests (warm-up included). --profile-b: B runs under --cpu-prof into that dir.
-// --summarise: self time of a .cpuprofile by owner (the nearest guard / undici / uWS front end / pipeline / body /
+// --summarise: self time of a .cpuprofile by owner (the nearest guard / upstream client / uWS front end / pipeline / body /
 // metrics / quota frame above each sample; socket-write builtins and uWS respond apart), optionally in µs.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,9 +29,9 @@ interface Profile { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[
 
 function owner(url: string): string | undefined {
   if (url.includes('http1-guard')) return 'HTTP/1.x guard';
-  if (url.includes('undici')) return 'undici';
+  if (url.includes('undici') || url.includes('/src/upstream/')) return 'upstream client';
   if (url.includes('/src/frontend/')) return 'uWS front end';
-  if (/\/src\/(pipeline|upstream)\//.test(url)) return 'pipeline';
+  if (url.includes('/src/pipeline/')) return 'pipeline';
   if (/\/src\/(providers|tokens|streaming)\//.test(url)) return 'body (parse, re-serialise, decode, meter)';
   if (url.includes('/src/metrics/') || url.includes('prom-client')) return 'metrics';
   if (/\/src\/(rules|quota)\//.test(url)) return 'quota';

@@ -24,11 +24,11 @@ const dist = fileURLToPath(new URL('../dist/', import.meta.url));
 const outdir = `${dist}bundle`;
 // Their code is strict-mode safe (ES modules, CommonJS that says "use strict" or is compiled from TypeScript
 // modules): the bundle is strict. prom-client's tdigest and bintrees are not: they load from node_modules.
-const BUNDLED = ['yaml', 'prom-client', '@opentelemetry/api', 'gpt-tokenizer', 'undici'];
+const BUNDLED = ['yaml', 'prom-client', '@opentelemetry/api', 'gpt-tokenizer'];
 // Files whose module-level `createRequire(import.meta.url)` is dropped in the bundle, so their require() calls
-// (literal specifiers of BUNDLED packages) are bundled, and evaluated on the call as before: undici's Agent
-// (~30 CommonJS files otherwise) and yaml (loaded by the config loader for YAML files only).
-const REQUIRE_BUNDLED = ['upstream/undici-agent.js', 'config/load.js'];
+// (literal specifiers of BUNDLED packages) are bundled, and evaluated on the call as before: yaml (loaded by the
+// config loader for YAML files only).
+const REQUIRE_BUNDLED = ['config/load.js'];
 const CREATE_REQUIRE = 'const require = createRequire(import.meta.url);';
 
 function packageOf(spec) {

@@ -1,9 +1,12 @@
-// Upstream HTTP client over one undici Agent (keep-alive pools per origin, no cap on connections: an
-// HTTP/1.1 stream holds its connection for its whole life, so a capped pool would cap concurrent streams).
-// Only HTTP: origin, path, headers, body and transport. Where a request goes and what it says is the
-// provider's (src/providers/). undici is imported in this folder only.
-import { Agent, errors, parseHeaders, type DispatchHandler } from './undici-agent.ts';
+// Upstream HTTP client: keep-alive pools per origin and transport setting (h1-pool.ts, a purpose-built HTTP/1.1
+// client; no cap on connections: an HTTP/1.1 stream holds its connection for its whole life, so a capped pool
+// would cap concurrent streams). Only HTTP: origin, path, headers, body and transport. Where a request goes and
+// what it says is the provider's (src/providers/).
+import { Pool, UpstreamFailure, requestHead, type Connection, type FailureKind, type ResponseHandler } from './h1-pool.ts';
+import type { UpstreamHeaders } from './h1-head.ts';
 import type { InstanceConfig } from '../config/types.ts';
+
+export { UpstreamFailure, type FailureKind, type UpstreamHeaders };
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -13,7 +16,7 @@ export interface UpstreamTimeouts {
 
 /** Per-instance transport (APISIX `timeout`, `ssl_verify`, `keepalive`, `keepalive_timeout`), resolved at load. */
 export interface Transport {
-  /** Instances with equal settings share one undici Agent. */
+  /** Instances with equal settings share one pool per origin. */
   readonly agentKey: string;
   readonly sslVerify: boolean;
   readonly keepalive: boolean;
@@ -22,9 +25,10 @@ export interface Transport {
   readonly idleMs: number | undefined;
 }
 
-/** The settings of the client's own Agent: instances that only set `timeout` use it. */
+/** Keep-alive time of idle connections for instances without their own `keepalive_timeout`. */
 const DEFAULT_KEEPALIVE_MS = 30_000;
-const DEFAULT_AGENT_KEY = `verify|${DEFAULT_KEEPALIVE_MS}`;
+/** Past this many pools, empty ones are dropped when a new origin appears. */
+const MAX_IDLE_POOLS = 64;
 
 /** An instance's transport settings, resolved once at config load. */
 export function resolveTransport(inst: InstanceConfig): Transport | undefined {
@@ -40,93 +44,69 @@ export function resolveTransport(inst: InstanceConfig): Transport | undefined {
   };
 }
 
-export type UpstreamHeaders = Record<string, string | string[] | undefined>;
+const NODE_CONNECT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'EPIPE']);
 
-export type FailureKind = 'connect_error' | 'timeout' | 'aborted' | 'protocol_error';
-
-/** A failed attempt that produced no HTTP response. */
-export class UpstreamFailure extends Error {
-  readonly kind: FailureKind;
-  constructor(kind: FailureKind, message: string, cause: unknown) {
-    super(message, { cause });
-    this.kind = kind;
-  }
-}
-
+/** Any error of an attempt as an UpstreamFailure (the pool's own failures pass through unchanged). */
 export function classifyError(err: unknown): UpstreamFailure {
   if (err instanceof UpstreamFailure) return err;
   const code = (err as { code?: string } | null)?.code ?? '';
-  if (err instanceof errors.HeadersTimeoutError || err instanceof errors.BodyTimeoutError || err instanceof errors.ConnectTimeoutError ||
-      code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') {
-    return new UpstreamFailure('timeout', 'upstream timed out', err);
-  }
-  if (err instanceof errors.RequestAbortedError || code === 'UND_ERR_ABORTED' || (err as Error | null)?.name === 'AbortError') {
-    return new UpstreamFailure('aborted', 'request aborted', err);
-  }
-  if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'EAI_AGAIN' ||
-      code === 'UND_ERR_SOCKET' || code === 'UND_ERR_CLOSED' || code === 'EPIPE') {
-    return new UpstreamFailure('connect_error', 'upstream unreachable', err);
-  }
+  if (code === 'ETIMEDOUT') return new UpstreamFailure('timeout', 'upstream timed out', err);
+  if ((err as Error | null)?.name === 'AbortError') return new UpstreamFailure('aborted', 'request aborted', err);
+  if (NODE_CONNECT_CODES.has(code)) return new UpstreamFailure('connect_error', 'upstream unreachable', err);
   return new UpstreamFailure('protocol_error', 'upstream protocol error', err);
 }
 
 export class UpstreamClient {
-  private readonly agent: Agent;
   private readonly timeouts: UpstreamTimeouts;
-  /** Agents for instances with their own TLS or keep-alive settings, by Transport.agentKey (few: one per distinct setting). */
-  private readonly agents = new Map<string, Agent>();
+  /** Pools by transport setting and origin (few: one per distinct instance endpoint and setting). */
+  private readonly pools = new Map<string, Pool>();
+  private closed = false;
 
   constructor(timeouts: UpstreamTimeouts) {
     this.timeouts = timeouts;
-    this.agent = new Agent({
-      connections: null,
-      pipelining: 1,
-      keepAliveTimeout: DEFAULT_KEEPALIVE_MS,
-      connect: { timeout: timeouts.connectMs },
-      headersTimeout: timeouts.firstByteMs,
-      bodyTimeout: timeouts.idleMs,
-    });
   }
 
-  private agentFor(t: Transport): Agent {
-    if (t.agentKey === DEFAULT_AGENT_KEY) return this.agent;
-    let agent = this.agents.get(t.agentKey);
-    if (agent === undefined) {
-      agent = new Agent({
-        connections: null,
-        // undici: pipelining 0 disables keep-alive (a connection per request).
-        pipelining: t.keepalive ? 1 : 0,
-        keepAliveTimeout: t.keepaliveTimeoutMs,
-        connect: { timeout: this.timeouts.connectMs, rejectUnauthorized: t.sslVerify },
-        headersTimeout: this.timeouts.firstByteMs,
-        bodyTimeout: this.timeouts.idleMs,
+  private poolFor(origin: string, t: Transport | undefined): Pool {
+    const key = t === undefined ? origin : `${t.agentKey}|${origin}`;
+    let pool = this.pools.get(key);
+    if (pool === undefined) {
+      // Origins come from config; reloads can retire them. Pools with no connection left go first.
+      if (this.pools.size >= MAX_IDLE_POOLS) for (const [k, p] of this.pools) if (p.open === 0) this.pools.delete(k);
+      pool = new Pool(origin, {
+        connectMs: this.timeouts.connectMs,
+        keepAlive: t?.keepalive ?? true,
+        keepAliveMs: t?.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_MS,
+        rejectUnauthorized: t?.sslVerify ?? true,
       });
-      this.agents.set(t.agentKey, agent);
+      this.pools.set(key, pool);
     }
-    return agent;
+    return pool;
   }
 
   /**
-   * Starts one POST; the returned call is the undici handler itself (no AbortController, no body stream).
+   * Starts one POST; the returned call is the pool's response handler (no AbortController, no body stream).
    * Await `call.head()`, then read the body with `readAll(max)` or `next()`; `abort()` cuts it at any point.
    */
   send(origin: string, path: string, headers: Record<string, string>, body: Buffer, transport?: Transport): UpstreamCall {
-    const agent = transport === undefined ? this.agent : this.agentFor(transport);
     const call = new UpstreamCall();
+    if (this.closed) { call.onError(new UpstreamFailure('aborted', 'upstream client closed', undefined)); return call; }
+    let pool: Pool;
     try {
-      agent.dispatch({
-        origin, path, method: 'POST', headers, body,
-        headersTimeout: transport?.firstByteMs ?? this.timeouts.firstByteMs,
-        bodyTimeout: transport?.idleMs ?? this.timeouts.idleMs,
-      }, call);
+      pool = this.poolFor(origin, transport);
     } catch (err) {
-      call.onError(err as Error);
+      call.onError(new UpstreamFailure('connect_error', 'invalid upstream origin', err));
+      return call;
     }
+    const head = requestHead(pool, path, headers, body.length);
+    if (typeof head !== 'string') { call.onError(head); return call; }
+    pool.take().send(call, head, body, transport?.firstByteMs ?? this.timeouts.firstByteMs, transport?.idleMs ?? this.timeouts.idleMs);
     return call;
   }
 
+  /** Closes idle connections and resolves once requests in flight have finished. */
   async close(): Promise<void> {
-    await Promise.all([this.agent.close(), ...[...this.agents.values()].map((a) => a.close())]);
+    this.closed = true;
+    await Promise.all([...this.pools.values()].map((p) => p.close()));
   }
 }
 
@@ -136,15 +116,14 @@ const NO_HEADERS: UpstreamHeaders = Object.freeze({}) as UpstreamHeaders;
 type Waiter = ((v: unknown) => void) | undefined;
 
 /**
- * One upstream request, driven by undici's dispatch handler callbacks. Every failure (timeouts, resets, a body
+ * One upstream request, driven by the pool's handler callbacks. Every failure (timeouts, resets, a body
  * past readAll's cap, abort()) becomes one UpstreamFailure, delivered to whatever waits now or next.
  * Readers: `head()` once, then either `readAll(max)` once or `next()` in a loop (one outstanding at a time).
  */
-export class UpstreamCall implements DispatchHandler {
+export class UpstreamCall implements ResponseHandler {
   status = 0;
   headers: UpstreamHeaders = NO_HEADERS;
-  private abortFn: ((err?: Error) => void) | undefined = undefined;
-  private resumeFn: (() => void) | undefined = undefined;
+  private conn: Connection | undefined = undefined;
   private failure: UpstreamFailure | undefined = undefined;
   private headDone = false;
   private ended = false;
@@ -208,22 +187,18 @@ export class UpstreamCall implements DispatchHandler {
     return this.wait();
   }
 
-  // undici's handler callbacks (its core calls these directly; the newer controller API is wrapped per request).
+  // The pool's handler callbacks.
 
-  onConnect(abort: (err?: Error) => void): void {
-    this.abortFn = abort;
-    if (this.failure !== undefined) abort(this.failure);
+  onStart(conn: Connection): void {
+    this.conn = conn;
   }
 
-  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    // 1xx informational answers (103 Early Hints) precede the real one.
-    if (statusCode < 200 || this.failure !== undefined) return true;
-    this.status = statusCode;
-    this.headers = parseHeaders(rawHeaders);
-    this.resumeFn = resume;
+  onHead(status: number, headers: UpstreamHeaders): void {
+    if (this.failure !== undefined) return;
+    this.status = status;
+    this.headers = headers;
     this.headDone = true;
     this.settle(undefined);
-    return true;
   }
 
   onData(chunk: Buffer): boolean {
@@ -248,9 +223,9 @@ export class UpstreamCall implements DispatchHandler {
     this.settle(this.collecting ? this.joined() : null);
   }
 
-  onError(err: Error): void {
+  onError(err: UpstreamFailure): void {
     if (this.failure !== undefined || this.ended) return;
-    this.failure = classifyError(err);
+    this.failure = err;
     this.rejectWaiter();
   }
 
@@ -263,15 +238,14 @@ export class UpstreamCall implements DispatchHandler {
     this.failure = f;
     this.queue.length = 0;
     this.queued = 0;
-    // Before onConnect (still queued for a connection) onConnect aborts it.
-    this.abortFn?.(f);
+    this.conn?.cancel(this);
     this.rejectWaiter();
   }
 
   private unpause(): void {
     if (!this.paused) return;
     this.paused = false;
-    this.resumeFn?.();
+    this.conn?.resume(this);
   }
 
   private joined(): Buffer {

@@ -5,8 +5,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { UpstreamClient, UpstreamFailure, type UpstreamCall } from '../../src/upstream/client.ts';
+import { UpstreamClient, type UpstreamCall } from '../../src/upstream/client.ts';
 import { freePorts } from '../helpers/free-port.ts';
+import { failureOf, until } from '../helpers/upstream-call.ts';
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -33,23 +34,6 @@ async function stop(server: Server, client: UpstreamClient): Promise<void> {
 const TIMEOUTS = { connectMs: 10_000, firstByteMs: 30_000, idleMs: 30_000 };
 const BODY = Buffer.from('{"q":1}');
 
-async function failureOf(p: Promise<unknown>): Promise<UpstreamFailure> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof UpstreamFailure, String(err));
-    return err;
-  }
-  assert.fail('expected a failure');
-}
-
-async function until(cond: () => boolean, what: string, deadlineMs = 20_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!cond()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function readToEnd(call: UpstreamCall): Promise<number> {
   let n = 0;

@@ -1,0 +1,554 @@
+// A purpose-built HTTP/1.1 client for upstream POSTs: keep-alive pools per origin over node:net / node:tls, one
+// request per connection at a time, a strict incremental response parser (length, chunked, close-delimited),
+// backpressure through socket pause/resume, and three timeouts (connect, first byte, idle body). It replaces
+// undici on the hot path: no request object, header validation pass, llhttp call-outs or timer wheel per request,
+// and body chunks reach the handler as views of the socket's buffers (architecture §6 has the measurements).
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { isToken, parseResponseHead, type UpstreamHeaders } from './h1-head.ts';
+
+export type FailureKind = 'connect_error' | 'timeout' | 'aborted' | 'protocol_error';
+
+/** A failed attempt that produced no HTTP response. */
+export class UpstreamFailure extends Error {
+  readonly kind: FailureKind;
+  constructor(kind: FailureKind, message: string, cause: unknown) {
+    super(message, { cause });
+    this.kind = kind;
+  }
+}
+
+/** What a request's handler is told; the pool calls these in order: start, head, data…, complete | error. */
+export interface ResponseHandler {
+  /** The connection (or connection attempt) now carrying the request: `cancel` and `resume` go through it. */
+  onStart(conn: Connection): void;
+  /** Status and headers of the final (non-1xx) answer. */
+  onHead(status: number, headers: UpstreamHeaders): void;
+  /** A body chunk (a view of the socket's buffer); false asks to pause the socket until `conn.resume(handler)`. */
+  onData(chunk: Buffer): boolean;
+  onComplete(): void;
+  onError(err: UpstreamFailure): void;
+}
+
+export interface PoolOptions {
+  readonly connectMs: number;
+  readonly keepAlive: boolean;
+  readonly keepAliveMs: number;
+  readonly rejectUnauthorized: boolean;
+}
+
+/** An answer head larger than this (with 1xx heads before it) fails the request. */
+export const MAX_RESPONSE_HEAD = 64 * 1024;
+const MAX_CHUNK_LINE = 4096;
+const MAX_TRAILERS = 16 * 1024;
+/** The server's Keep-Alive hint is cut by this much: a connection is dropped before the server drops it. */
+const HINT_MARGIN_MS = 1000;
+const CRLFCRLF = Buffer.from('\r\n\r\n');
+const LFLF = Buffer.from('\n\n');
+const LFCRLF = Buffer.from('\n\r\n');
+const HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'te', 'trailer', 'proxy-connection', 'expect']);
+
+const enum St { Idle, Head, Length, Chunked, Close, Done }
+const enum Ch { Size, Ext, SizeLf, Data, DataCr, DataLf, TrailerStart, Trailer, TrailerLf, EndLf }
+
+/** One keep-alive connection to an origin; carries at most one request at a time. */
+export class Connection {
+  readonly pool: Pool;
+  readonly socket: Socket;
+  private handler: ResponseHandler | undefined = undefined;
+  private connected = false;
+  dead = false;
+  /** In the pool's idle list. */
+  parked = false;
+  private st = St.Idle;
+  private timer: NodeJS.Timeout | undefined = undefined;
+  private bodyIdleMs = 0;
+  private firstByteMs = 0;
+  private paused = false;
+  private reusable = false;
+  private keepAliveMs = -1;
+  private pendingBody: Buffer | undefined = undefined;
+  private pendingHead: string | undefined = undefined;
+  /** Head bytes received so far, while the head is incomplete. */
+  private headAcc: Buffer | undefined = undefined;
+  private headLen = 0;
+  private remaining = 0;
+  private ch = Ch.Size;
+  private chDigits = 0;
+  private chLine = 0;
+  private trailerBytes = 0;
+  private gotBytes = false;
+
+  constructor(pool: Pool) {
+    this.pool = pool;
+    const o = pool.opts;
+    this.socket = pool.tls
+      ? tlsConnect({ host: pool.host, port: pool.port, servername: pool.servername, rejectUnauthorized: o.rejectUnauthorized,
+        ALPNProtocols: ['http/1.1'], session: pool.tlsSession })
+      : netConnect({ host: pool.host, port: pool.port, noDelay: true });
+    const s = this.socket;
+    if (pool.tls) {
+      s.setNoDelay(true);
+      s.once('secureConnect', () => this.onConnected());
+      (s as TLSSocket).on('session', (session: Buffer) => { pool.tlsSession = session; });
+    } else {
+      s.once('connect', () => this.onConnected());
+    }
+    s.setKeepAlive(true, 60_000);
+    s.on('data', (b: Buffer) => this.onSocketData(b));
+    s.on('end', () => this.onSocketEnd());
+    s.on('error', (err: Error) => this.onSocketError(err));
+    s.on('close', () => this.onSocketClose());
+    this.arm(o.connectMs);
+  }
+
+  /** Sends one request on this connection (fresh, or taken idle from the pool). */
+  send(handler: ResponseHandler, head: string, body: Buffer, firstByteMs: number, idleMs: number): void {
+    this.handler = handler;
+    this.st = St.Head;
+    this.firstByteMs = firstByteMs;
+    this.bodyIdleMs = idleMs;
+    this.gotBytes = false;
+    handler.onStart(this);
+    if (this.connected) this.write(head, body);
+    else { this.pendingHead = head; this.pendingBody = body; }
+  }
+
+  /** Cuts the request `h` if this connection still carries it; the connection is closed, never reused. */
+  cancel(h: ResponseHandler): void {
+    if (this.handler !== h) return;
+    this.handler = undefined;
+    this.destroy();
+  }
+
+  /** Resumes a socket paused because `h`'s reader stopped asking. */
+  resume(h: ResponseHandler): void {
+    if (this.handler !== h || !this.paused) return;
+    this.paused = false;
+    this.socket.resume();
+    if (this.st === St.Length || this.st === St.Chunked || this.st === St.Close) this.arm(this.bodyIdleMs);
+  }
+
+  /** Taken from the idle pool for a new request. */
+  wake(): void {
+    this.parked = false;
+    this.socket.ref();
+    this.disarm();
+    this.st = St.Idle;
+  }
+
+  /** Parked in the idle pool: closed after the keep-alive time (or the server's hint, whichever is shorter). */
+  park(): void {
+    const hint = this.keepAliveMs >= 0 ? this.keepAliveMs - HINT_MARGIN_MS : Infinity;
+    const ms = Math.min(this.pool.opts.keepAliveMs, hint);
+    if (ms <= 0) { this.destroy(); return; }
+    this.arm(ms);
+    // An idle connection alone does not keep the process alive.
+    this.socket.unref();
+    this.timer!.unref();
+    this.parked = true;
+    this.pool.idle.push(this);
+  }
+
+  destroy(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.disarm();
+    this.socket.destroy();
+  }
+
+  private write(head: string, body: Buffer): void {
+    const s = this.socket;
+    this.arm(this.firstByteMs);
+    s.cork();
+    s.write(head, 'latin1');
+    s.write(body);
+    s.uncork();
+  }
+
+  private onConnected(): void {
+    this.connected = true;
+    this.disarm();
+    const head = this.pendingHead;
+    if (head === undefined) return;
+    const body = this.pendingBody!;
+    this.pendingHead = undefined;
+    this.pendingBody = undefined;
+    if (this.handler !== undefined) this.write(head, body);
+  }
+
+  private arm(ms: number): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = setTimeout(this.onTimer, ms);
+  }
+
+  private disarm(): void {
+    if (this.timer === undefined) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private readonly onTimer = (): void => {
+    this.timer = undefined;
+    if (this.handler === undefined) { this.destroy(); return; }
+    const what = !this.connected ? 'connecting to the upstream timed out'
+      : this.st === St.Head ? 'upstream sent no answer in time' : 'upstream body stalled';
+    this.fail(new UpstreamFailure('timeout', what, undefined));
+  };
+
+  private fail(f: UpstreamFailure): void {
+    const h = this.handler;
+    this.handler = undefined;
+    this.destroy();
+    h?.onError(f);
+  }
+
+  private onSocketError(err: Error): void {
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    const tlsRefused = this.pool.tls && !this.connected;
+    const kind = code === 'ETIMEDOUT' ? 'timeout' : 'connect_error';
+    this.fail(new UpstreamFailure(tlsRefused ? 'connect_error' : kind,
+      this.connected ? 'upstream connection failed' : 'upstream unreachable', err));
+  }
+
+  private onSocketEnd(): void {
+    if (this.st === St.Close && this.handler !== undefined) { this.finish(false); return; }
+    if (this.handler === undefined) { this.destroy(); return; }
+    const midBody = this.st === St.Length || this.st === St.Chunked;
+    this.fail(new UpstreamFailure(midBody ? 'protocol_error' : 'connect_error',
+      midBody ? 'upstream closed the connection mid-body' : 'upstream closed the connection', undefined));
+  }
+
+  private onSocketClose(): void {
+    this.dead = true;
+    this.disarm();
+    if (this.handler !== undefined) this.fail(new UpstreamFailure('connect_error', 'upstream closed the connection', undefined));
+    this.pool.dropped(this);
+  }
+
+  private onSocketData(b: Buffer): void {
+    if (this.handler === undefined || this.st === St.Idle || this.st === St.Done) {
+      // Bytes nobody asked for (a second answer, garbage on an idle connection): the connection is unusable.
+      this.handler = undefined;
+      this.destroy();
+      return;
+    }
+    this.gotBytes = true;
+    const h = this.handler;
+    let buf = b;
+    let off = 0;
+    while (off < buf.length && this.handler === h) {
+      switch (this.st) {
+        case St.Head: {
+          const r = this.readHead(buf, off);
+          if (r === undefined) return;
+          buf = r.buf;
+          off = r.off;
+          break;
+        }
+        case St.Length: {
+          const n = Math.min(this.remaining, buf.length - off);
+          const chunk = off === 0 && n === buf.length ? buf : buf.subarray(off, off + n);
+          off += n;
+          this.remaining -= n;
+          if (this.remaining === 0) {
+            const more = off < buf.length;
+            this.deliver(h, chunk);
+            if (this.handler === h) this.finish(more);
+            return;
+          }
+          this.deliver(h, chunk);
+          break;
+        }
+        case St.Chunked:
+          off = this.readChunked(h, buf, off);
+          break;
+        case St.Close:
+          this.deliver(h, off === 0 ? buf : buf.subarray(off));
+          off = buf.length;
+          break;
+        default:
+          off = buf.length;
+      }
+    }
+    if (this.handler === h && (this.st === St.Length || this.st === St.Chunked || this.st === St.Close)) {
+      if (this.paused) { this.disarm(); this.socket.pause(); } else this.timer?.refresh();
+    }
+  }
+
+  private deliver(h: ResponseHandler, chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    if (!h.onData(chunk)) this.paused = true;
+  }
+
+  /** Reads head bytes from buf[off..]; returns where the body starts (in buf or the head buffer), or undefined to wait. */
+  private readHead(buf: Buffer, off: number): { buf: Buffer; off: number } | undefined {
+    let data = buf;
+    let start = off;
+    let from = off;
+    if (this.headAcc !== undefined) {
+      // Rare: the head spans reads. One growing buffer, searched only where new bytes can complete the blank line.
+      from = Math.max(0, this.headLen - 3);
+      data = this.append(buf, off);
+      start = 0;
+    }
+    for (;;) {
+      const end = data.indexOf(CRLFCRLF, from);
+      if (end < 0) {
+        if (data.length - start > MAX_RESPONSE_HEAD) this.fail(new UpstreamFailure('protocol_error', 'upstream answer head too large', undefined));
+        else if (data.indexOf(LFLF, from) >= 0 || data.indexOf(LFCRLF, from) >= 0) this.fail(new UpstreamFailure('protocol_error', 'upstream answer head has bare LF line ends', undefined));
+        else this.stash(data, start);
+        return undefined;
+      }
+      if (end - start > MAX_RESPONSE_HEAD) { this.fail(new UpstreamFailure('protocol_error', 'upstream answer head too large', undefined)); return undefined; }
+      const head = parseResponseHead(data.toString('latin1', start, end));
+      if (typeof head === 'string') { this.fail(new UpstreamFailure('protocol_error', `malformed upstream answer: ${head}`, undefined)); return undefined; }
+      start = end + 4;
+      from = start;
+      if (head.status < 200) {
+        if (head.status === 101) { this.fail(new UpstreamFailure('protocol_error', 'upstream switched protocols', undefined)); return undefined; }
+        continue;
+      }
+      this.headAcc = undefined;
+      this.headLen = 0;
+      this.reusable = head.reusable && this.pool.opts.keepAlive;
+      this.keepAliveMs = head.keepAliveMs;
+      const h = this.handler!;
+      switch (head.framing) {
+        case 'none': this.st = St.Done; break;
+        case 'length': this.st = head.length === 0 ? St.Done : St.Length; this.remaining = head.length; break;
+        case 'chunked': this.st = St.Chunked; this.ch = Ch.Size; this.remaining = 0; this.chDigits = 0; this.chLine = 0; this.trailerBytes = 0; break;
+        default: this.st = St.Close;
+      }
+      this.arm(this.bodyIdleMs);
+      h.onHead(head.status, head.headers);
+      if (this.handler !== h) return undefined;
+      if (this.st === St.Done) { this.finish(start < data.length); return undefined; }
+      return { buf: data, off: start };
+    }
+  }
+
+  /** Appends buf[off..] to the head buffer; returns the bytes held so far. */
+  private append(buf: Buffer, off: number): Buffer {
+    let acc = this.headAcc!;
+    const need = this.headLen + buf.length - off;
+    if (acc.length < need) {
+      const grown = Buffer.allocUnsafe(Math.max(need, 2 * acc.length));
+      acc.copy(grown, 0, 0, this.headLen);
+      acc = grown;
+      this.headAcc = acc;
+    }
+    buf.copy(acc, this.headLen, off);
+    this.headLen = need;
+    return acc.subarray(0, need);
+  }
+
+  /** Keeps data[start..] (an incomplete head) for the next read. */
+  private stash(data: Buffer, start: number): void {
+    const rest = data.length - start;
+    const acc = this.headAcc;
+    if (acc !== undefined && data.buffer === acc.buffer && data.byteOffset === acc.byteOffset) {
+      if (start > 0) acc.copy(acc, 0, start, data.length);
+      this.headLen = rest;
+      return;
+    }
+    const fresh = Buffer.allocUnsafe(Math.max(1024, 2 * rest));
+    data.copy(fresh, 0, start);
+    this.headAcc = fresh;
+    this.headLen = rest;
+  }
+
+  /** Chunked body (RFC 9112 §7.1), strictly: hex sizes ≤ 13 digits, CRLF line ends, bounded extensions and trailers. */
+  private readChunked(h: ResponseHandler, buf: Buffer, off: number): number {
+    let i = off;
+    const n = buf.length;
+    while (i < n) {
+      switch (this.ch) {
+        case Ch.Data: {
+          const take = Math.min(this.remaining, n - i);
+          const chunk = i === 0 && take === n ? buf : buf.subarray(i, i + take);
+          i += take;
+          this.remaining -= take;
+          if (this.remaining === 0) this.ch = Ch.DataCr;
+          this.deliver(h, chunk);
+          if (this.handler !== h) return n;
+          continue;
+        }
+        case Ch.Size: {
+          const c = buf[i]!;
+          const d = c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x57 : c >= 0x41 && c <= 0x46 ? c - 0x37 : -1;
+          if (d >= 0) {
+            if (++this.chDigits > 13) return this.chunkError(n, 'chunk size too large');
+            this.remaining = this.remaining * 16 + d;
+          } else if (this.chDigits === 0) {
+            return this.chunkError(n, 'malformed chunk size');
+          } else if (c === 0x0d) {
+            this.ch = Ch.SizeLf;
+          } else if (c === 0x3b || c === 0x20 || c === 0x09) {
+            this.ch = Ch.Ext;
+          } else {
+            return this.chunkError(n, 'malformed chunk size');
+          }
+          break;
+        }
+        case Ch.Ext: {
+          const c = buf[i]!;
+          if (c === 0x0d) this.ch = Ch.SizeLf;
+          else if ((c < 0x20 && c !== 0x09) || c === 0x7f) return this.chunkError(n, 'malformed chunk extension');
+          else if (++this.chLine > MAX_CHUNK_LINE) return this.chunkError(n, 'chunk extension too long');
+          break;
+        }
+        case Ch.SizeLf:
+          if (buf[i] !== 0x0a) return this.chunkError(n, 'malformed chunk line end');
+          this.chDigits = 0;
+          this.chLine = 0;
+          this.ch = this.remaining === 0 ? Ch.TrailerStart : Ch.Data;
+          break;
+        case Ch.DataCr:
+          if (buf[i] !== 0x0d) return this.chunkError(n, 'chunk data longer than its size');
+          this.ch = Ch.DataLf;
+          break;
+        case Ch.DataLf:
+          if (buf[i] !== 0x0a) return this.chunkError(n, 'chunk data longer than its size');
+          this.ch = Ch.Size;
+          break;
+        case Ch.TrailerStart:
+          if (buf[i] === 0x0d) { this.ch = Ch.EndLf; break; }
+          this.ch = Ch.Trailer;
+          continue;
+        case Ch.Trailer: {
+          const c = buf[i]!;
+          if (c === 0x0d) this.ch = Ch.TrailerLf;
+          else if (c === 0x0a || c === 0 || ++this.trailerBytes > MAX_TRAILERS) return this.chunkError(n, 'malformed trailer section');
+          break;
+        }
+        case Ch.TrailerLf:
+          if (buf[i] !== 0x0a) return this.chunkError(n, 'malformed trailer section');
+          this.ch = Ch.TrailerStart;
+          break;
+        case Ch.EndLf:
+          if (buf[i] !== 0x0a) return this.chunkError(n, 'malformed chunked ending');
+          this.finish(i + 1 < n);
+          return n;
+      }
+      i++;
+    }
+    return n;
+  }
+
+  private chunkError(n: number, what: string): number {
+    this.fail(new UpstreamFailure('protocol_error', `malformed upstream body: ${what}`, undefined));
+    return n;
+  }
+
+  /** The answer is complete; `extra` says bytes followed it in the same read (the connection is then unusable). */
+  private finish(extra: boolean): void {
+    const h = this.handler!;
+    this.handler = undefined;
+    this.st = St.Done;
+    this.disarm();
+    if (this.paused) { this.paused = false; this.socket.resume(); }
+    // Bytes of the request still queued here: the server answered before reading it all (an early 413).
+    const reuse = this.reusable && !extra && this.socket.writableLength === 0 && !this.dead && !this.pool.closed;
+    if (reuse) this.park(); else this.destroy();
+    h.onComplete();
+  }
+
+  /** True when the request got no answer byte on a connection that had carried earlier requests. */
+  get silent(): boolean {
+    return !this.gotBytes;
+  }
+}
+
+/** Keep-alive connections to one origin. */
+export class Pool {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: boolean;
+  readonly servername: string | undefined;
+  /** The Host header: the origin's host[:port]. */
+  readonly hostHeader: string;
+  readonly opts: PoolOptions;
+  readonly idle: Connection[] = [];
+  tlsSession: Buffer | undefined = undefined;
+  closed = false;
+  open = 0;
+  private deadIdle = 0;
+  private onEmpty: (() => void) | undefined = undefined;
+
+  constructor(origin: string, opts: PoolOptions) {
+    const url = new URL(origin);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`unsupported upstream scheme ${url.protocol}`);
+    this.tls = url.protocol === 'https:';
+    this.host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+    this.port = url.port === '' ? (this.tls ? 443 : 80) : Number(url.port);
+    this.servername = this.tls && isIP(this.host) === 0 ? this.host : undefined;
+    this.hostHeader = url.host;
+    this.opts = opts;
+  }
+
+  /** An idle connection, or a new one. */
+  take(): Connection {
+    const idle = this.idle;
+    while (idle.length > 0) {
+      const c = idle.pop()!;
+      if (!c.dead) { c.wake(); return c; }
+      // Counted by dropped() already, or not yet closed (then it is no longer in the list when it is).
+      if (c.parked) c.parked = false; else this.deadIdle--;
+    }
+    this.open++;
+    return new Connection(this);
+  }
+
+  dropped(c: Connection): void {
+    this.open--;
+    if (c.parked) {
+      c.parked = false;
+      // Parked connections that closed stay listed until taken: compact once they are half the list.
+      if (++this.deadIdle * 2 > this.idle.length) {
+        const live = this.idle.filter((x) => {
+          if (!x.dead) return true;
+          x.parked = false;
+          return false;
+        });
+        this.idle.length = 0;
+        this.idle.push(...live);
+        this.deadIdle = 0;
+      }
+    }
+    if (this.open === 0) this.onEmpty?.();
+  }
+
+  /** Closes idle connections now and resolves once the busy ones have finished. */
+  close(): Promise<void> {
+    this.closed = true;
+    for (const c of this.idle) { c.parked = false; c.destroy(); }
+    this.idle.length = 0;
+    this.deadIdle = 0;
+    if (this.open === 0) return Promise.resolve();
+    return new Promise((resolve) => { this.onEmpty = resolve; });
+  }
+}
+
+const FORBIDDEN_VALUE = /[\r\n\0]/;
+
+/**
+ * The request head, or a message saying why it cannot be sent (a header value with CR, LF or NUL, a bad name or
+ * path): such a request never reaches the wire.
+ */
+export function requestHead(pool: Pool, path: string, headers: Readonly<Record<string, string>>, bodyLength: number): string | UpstreamFailure {
+  if (path.length === 0 || path.charCodeAt(0) !== 0x2f || /[\s\0]/.test(path)) return new UpstreamFailure('protocol_error', 'invalid upstream path', undefined);
+  let host = pool.hostHeader;
+  let lines = '';
+  for (const k in headers) {
+    const v = headers[k]!;
+    if (FORBIDDEN_VALUE.test(v) || !isToken(k)) return new UpstreamFailure('protocol_error', `invalid upstream request header ${isToken(k) ? k : ''}`.trimEnd(), undefined);
+    const lower = k.toLowerCase();
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === 'host' && v !== '') host = v;
+      continue;
+    }
+    lines += `${k}: ${v}\r\n`;
+  }
+  return `POST ${path} HTTP/1.1\r\nhost: ${host}\r\n${lines}content-length: ${bodyLength}\r\n${pool.opts.keepAlive ? '' : 'connection: close\r\n'}\r\n`;
+}
