@@ -1,6 +1,6 @@
 // Paired A/B of two gateway checkouts on one mock upstream, measurements interleaved (A B B A A B …), for changes
 // whose effect is smaller than the box's drift between two `npm run bench` runs; and a CPU profile summary.
-//   node --import tsx native-bench/hot-path.bench.ts [--a <checkout>] [--b <checkout>] [--kinds json64,stream]
+//   node --import tsx native-bench/hot-path.bench.ts [--a <checkout>] [--b <checkout>] [--kinds json64,json1,stream]
 //        [--reps 6] [--duration 3] [--b-no-guard] [--semi 16] [--profile-b <dir>]
 //   node --import tsx native-bench/hot-path.bench.ts --summarise <file.cpuprofile> [--us <µs per request>] [--skip <s>]
 // --a/--b: checkouts whose src/cli/main.ts is run through tsx (default: this one; an older commit can be extracted
@@ -15,14 +15,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
+import { flag, opt } from './lib/argv.ts';
 import { median } from './lib/stats.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PATH = '/v1/chat/completions';
 const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }];
-const argv = process.argv.slice(2);
-const opt = (name: string, def: string): string => { const i = argv.indexOf(name); return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : def; };
-const flag = (name: string): boolean => argv.includes(name);
 
 interface ProfileNode { id: number; callFrame: { functionName: string; url: string }; children?: number[] }
 interface Profile { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number }
@@ -121,6 +119,7 @@ async function ab(): Promise<void> {
     const load = await LoadGenerator.start();
     const bodies: Record<string, string> = {
       json64: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: 32 }),
+      json1: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: 32 }),
       stream: JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: 32, stream: true }),
     };
     const cpu = new Map<string, number[]>();
@@ -136,11 +135,11 @@ async function ab(): Promise<void> {
           warmed.add(k + kind);
           const gc0 = scavenges[k];
           const res = await load.run({ origin: `http://127.0.0.1:${s.port}`, path: PATH, body: bodies[kind]!, headers: { authorization: 'Bearer sk-client' },
-            connections: 64, warmupMs, durationMs, maxRequests: 500_000, stream, watchPids: [s.pid, mock.pid] });
+            connections: kind === 'json1' ? 1 : 64, warmupMs, durationMs, maxRequests: 500_000, stream, watchPids: [s.pid, mock.pid] });
           const v = res.cpuUs[0]! / (stream ? res.frames : res.requests);
           const key = `${kind} ${k}`;
           cpu.set(key, [...(cpu.get(key) ?? []), v]);
-          let line = `${kind.padEnd(6)} ${k} ${v.toFixed(2)} µs/${stream ? 'frame' : 'request'}  ${res.rps.toFixed(0)} req/s  errors ${res.errors}`;
+          let line = `${kind.padEnd(6)} ${k} ${v.toFixed(2)} µs/${stream ? 'frame' : 'request'}  ${res.rps.toFixed(0)} req/s  p50 ${res.p50Ms.toFixed(3)} p99 ${res.p99Ms.toFixed(3)} ms  errors ${res.errors}`;
           if (semi > 0) {
             const kb = ((scavenges[k] - gc0) * semi * 1024) / (res.rps * (warmupMs + durationMs) / 1000);
             alloc.set(key, [...(alloc.get(key) ?? []), kb]);

@@ -7,7 +7,7 @@ import { startAdmin, startFrontend, type Listening } from './frontend/server.ts'
 import { aggregateMetrics, metricsJson, type MetricsJson } from './metrics/aggregate.ts';
 // A taken listen/admin port rejects startSluice with this (message names the address and the errno code).
 export { ListenError } from './frontend/server.ts';
-import { createMetrics, type Metrics } from './metrics/registry.ts';
+import { createMetrics, removeStoreSeries, type Metrics } from './metrics/registry.ts';
 import { Gateway } from './pipeline/gateway.ts';
 import { buildSnapshot, type QuotaSource, type Snapshot, type StoreResolver } from './pipeline/snapshot.ts';
 import { createQuotaStore } from './quota/index.ts';
@@ -51,6 +51,8 @@ export interface ServingThreads {
    * from the network or the config.
    */
   crash(index: number): void;
+  /** Block serving thread `index`'s loop for `ms`, as a long computation would (tests of late answers). */
+  stall(index: number, ms: number): void;
 }
 
 export interface StartOptions {
@@ -61,6 +63,8 @@ export interface StartOptions {
   /** workers > 1: a serving thread died. Default: log it and exit the process with status 1 (never serve on
    *  fewer threads than configured). */
   readonly onThreadFailure?: (err: Error) => void;
+  /** Tests only, never from the config: shorter waits to reach timeout paths. */
+  readonly testHooks?: { readonly swapTimeoutMs?: number };
 }
 
 /** After a cut at shutdown, how long settling (counting the streamed text) may take before stores close anyway. */
@@ -139,7 +143,11 @@ class StoreRegistry implements StoreResolver {
       this.ledger?.poll();
       this.ledger?.detach(k);
       log.info('quota store no longer used; closing it', { store: e.store.name });
-      const p = e.store.close().catch((err: unknown) => log.error('closing a quota store failed', { store: e.store.name, err }));
+      const name = e.store.name;
+      const p = e.store.close().catch((err: unknown) => log.error('closing a quota store failed', { store: name, err }))
+        // Its series go once it is closed (nothing updates them any more), unless a live store took the label.
+        .then(() => (this.all().some((s) => s.name === name) ? undefined : removeStoreSeries(this.metrics, name)))
+        .catch((err: unknown) => log.error('removing the metrics of a closed quota store failed', { store: name, err }));
       this.closing.add(p);
       void p.then(() => this.closing.delete(p));
     }
@@ -317,7 +325,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
     threads = await ThreadSupervisor.start({
       threads: config.workers, config, first, ledger, onFatal,
       host: config.listen.host, port: opts.port ?? config.listen.port, guard: config.listen.http1_guard,
-      limits: config.limits, metrics,
+      limits: config.limits, metrics, swapTimeoutMs: opts.testHooks?.swapTimeoutMs,
     });
     const sup = threads;
     admin = await startAdmin({
@@ -379,6 +387,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       perThreadMetrics: () => sup.metrics(),
       settled: () => lastReload,
       crash: (index) => sup.crash(index, `crash requested through SluiceHandle.threads.crash(${index})`),
+      stall: (index, ms) => sup.stall(index, ms),
     },
     reload,
     reloadFrom: (load: () => SluiceConfig) => reloadFrom(load, reload, metrics),

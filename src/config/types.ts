@@ -53,6 +53,9 @@ export interface LimitsConfig {
   readonly client_header_timeout_ms: number;
   /** With the HTTP/1.x guard: a keep-alive connection quiet this long (ms) between requests is closed. Default 60000. */
   readonly client_idle_timeout_ms: number;
+  /** Longest wait for a client to take more of an answer it stopped reading, ms; then the answer is cut (a stream is
+   *  settled as a client abort, nginx send_timeout). Default 60000. */
+  readonly client_send_timeout_ms: number;
 }
 
 export interface TokensConfig {

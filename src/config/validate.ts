@@ -47,6 +47,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   client_body_timeout_ms: 60000,
   client_header_timeout_ms: 10000,
   client_idle_timeout_ms: 60000,
+  client_send_timeout_ms: 60000,
 };
 const TOKENS_KEYS = ['default_max_tokens', 'offload_bytes', 'offload_threads', 'max_reservation', 'max_usage', 'models', 'count_budget_ms'] as const;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/;

@@ -383,7 +383,8 @@ export type UwsEndpoint = { readonly path: string } | { readonly host: string; r
 
 export interface GuardOptions {
   readonly limits: GuardLimits;
-  readonly upstream: UwsEndpoint;
+  /** Where uWS listens; several (one per serving thread) take new client connections in turn. */
+  readonly upstream: UwsEndpoint | readonly UwsEndpoint[];
   /** Counts the guard's own refusals (same metric as the front end's). */
   readonly onReject?: (reason: string) => void;
 }
@@ -636,7 +637,7 @@ class GuardConn {
 
   private upstream(): Socket {
     if (this.up !== undefined) return this.up;
-    const ep = this.g.upstream;
+    const ep = this.g.endpoint();
     const up = 'path' in ep ? connect(ep.path) : connect({ host: ep.host, port: ep.port, noDelay: true });
     this.up = up;
     up.on('data', (d: Buffer) => this.onUp(up, d));
@@ -870,7 +871,8 @@ class GuardConn {
 
 export class Guard {
   readonly limits: GuardLimits;
-  readonly upstream: UwsEndpoint;
+  private readonly upstreams: readonly UwsEndpoint[];
+  private turn = 0;
   readonly onReject: ((reason: string) => void) | undefined;
   readonly conns = new Set<GuardConn>();
   readonly server: Server;
@@ -878,7 +880,8 @@ export class Guard {
 
   constructor(opts: GuardOptions) {
     this.limits = opts.limits;
-    this.upstream = opts.upstream;
+    this.upstreams = Array.isArray(opts.upstream) ? opts.upstream : [opts.upstream as UwsEndpoint];
+    if (this.upstreams.length === 0) throw new Error('the guard needs at least one uWS endpoint');
     this.onReject = opts.onReject;
     this.server = createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
       const c = new GuardConn(this, client);
@@ -890,6 +893,15 @@ export class Guard {
       for (const c of this.conns) c.tick(coarseNow);
     }, every);
     this.timer.unref();
+  }
+
+  /** The uWS endpoint for a new relay connection: each in turn (one per serving thread). */
+  endpoint(): UwsEndpoint {
+    const eps = this.upstreams;
+    if (eps.length === 1) return eps[0]!;
+    const ep = eps[this.turn]!;
+    this.turn = (this.turn + 1) % eps.length;
+    return ep;
   }
 
   /** Binds host:port exclusively (no SO_REUSEPORT); rejects with node's errno error. */

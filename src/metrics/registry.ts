@@ -2,12 +2,19 @@
 // Label values come from configuration only (route ids, instance names, consumer usernames, rule names),
 // never from request data, so cardinality is bounded by the config. Secrets never become labels.
 import { Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom-client';
-import { HotSlots } from './slots.ts';
+import { HotSlots, PlainGauge } from './slots.ts';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 const SIZE_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 const FLUSH_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 const ESTIMATE_BUCKETS = [-1000, -100, -10, -1, 0, 10, 100, 1000, 10000];
+
+/** A label-less gauge moved on the request path: a PlainGauge, read by its prom-client Gauge at scrape time. */
+function plainGauge(cfg: { name: string; help: string; registers: Registry[] }): PlainGauge {
+  const g = new PlainGauge();
+  new Gauge({ ...cfg, collect() { g.export(this); } });
+  return g;
+}
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
@@ -132,10 +139,10 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       name: 'sluice_shutdown_cut_total', help: 'Requests still running when the shutdown drain time ran out, cut and settled from counted text.',
       labelNames: ['route'] as const, registers,
     }),
-    requestsInFlight: new Gauge({
+    requestsInFlight: plainGauge({
       name: 'sluice_requests_in_flight', help: 'Requests accepted by the front end whose response has not finished or aborted yet.', registers,
     }),
-    bodyBytesInFlight: new Gauge({
+    bodyBytesInFlight: plainGauge({
       name: 'sluice_request_body_bytes_in_flight', help: 'Request-body bytes held by the front end (budget: limits.max_inflight_body_bytes).', registers,
     }),
     frontendRejected: new Counter({
@@ -156,3 +163,36 @@ export type StoreMetrics = Pick<Metrics,
   'redisFlushes' | 'redisFlushKeys' | 'redisFlushCommands' | 'redisFlushDuration' | 'redisCommands' | 'redisErrors' |
   'redisBreakerState' | 'redisPendingDeltas' | 'redisDroppedDeltas' | 'syncAdmissions' | 'degradedAdmissions' | 'quotaInvalidAmounts' |
   'quotaTrackedKeys' | 'quotaKeyEvictions'>;
+
+/** Every metric a quota store labels with `store` (the type check keeps it in step with StoreMetrics). */
+const STORE_METRIC_KEYS = {
+  redisFlushes: true, redisFlushKeys: true, redisFlushCommands: true, redisFlushDuration: true, redisCommands: true,
+  redisErrors: true, redisBreakerState: true, redisPendingDeltas: true, redisDroppedDeltas: true, syncAdmissions: true,
+  degradedAdmissions: true, quotaInvalidAmounts: true, quotaTrackedKeys: true, quotaKeyEvictions: true,
+} as const satisfies Record<keyof StoreMetrics, true>;
+
+type LabelSet = Record<string, string | number>;
+interface Removable {
+  get(): Promise<{ values: { labels: LabelSet }[] }> | { values: { labels: LabelSet }[] };
+  remove(labels: LabelSet): void;
+}
+
+/**
+ * Drops every series labelled `store="<store>"` (a quota store closed by a reload), so labels of closed stores
+ * do not pile up in /metrics. Call it once the store is closed: a later update would bring the series back.
+ */
+export async function removeStoreSeries(metrics: StoreMetrics, store: string): Promise<void> {
+  for (const key of Object.keys(STORE_METRIC_KEYS) as (keyof StoreMetrics)[]) {
+    const metric = metrics[key] as unknown as Removable;
+    const seen = new Set<string>();
+    for (const { labels } of (await metric.get()).values) {
+      if (labels.store !== store) continue;
+      // A histogram's bucket samples carry `le`, which is not one of its label names.
+      const { le: _le, ...own } = labels;
+      const id = JSON.stringify(own);
+      if (seen.has(id)) continue;
+      seen.add(id);
+      metric.remove(own);
+    }
+  }
+}

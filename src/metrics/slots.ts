@@ -4,9 +4,19 @@
 // which is the order the per-call API produced, so /metrics text is unchanged. Keys come from the same
 // configuration-bounded values as the labels did (route ids, instance names, consumers, rules), so cardinality
 // is unchanged; statuses are the few codes the gateway answers with.
-import type { Counter, Histogram } from 'prom-client';
+import type { Counter, Gauge, Histogram } from 'prom-client';
 
 type Labels = Record<string, string>;
+
+/** A gauge without labels that every request moves (requests and body bytes in flight): a plain number, copied
+ *  into its prom-client Gauge by the gauge's collect() at scrape time (prom-client's inc/dec/set allocate per call). */
+export class PlainGauge {
+  value = 0;
+  inc(n = 1): void { this.value += n; }
+  dec(n = 1): void { this.value -= n; }
+  set(v: number): void { this.value = v; }
+  export(g: Gauge): void { g.set(this.value); }
+}
 
 /** One counter series. `exported` is what collect() has already added to the prom-client counter. */
 export class CounterSlot {

@@ -53,12 +53,13 @@ export function upstreamHeaders(req: ClientRequest, policy: ForwardPolicy, dropN
   trusted: IpMatcher, peer: string): Record<string, string> {
   const client = req.headers;
   const out: Record<string, string> = {};
-  for (const k of Object.keys(client)) {
-    if (k === dropName || NEVER.has(k) || !allowed(policy, k)) continue;
+  // for-in over own keys: no array of keys per request.
+  for (const k in client) {
+    if (k === dropName || NEVER.has(k) || !allowed(policy, k) || !Object.hasOwn(client, k)) continue;
     out[k] = client[k]!;
   }
-  if (provider !== undefined) for (const k of Object.keys(provider)) out[k.toLowerCase()] = provider[k]!;
-  for (const k of Object.keys(instance)) out[k.toLowerCase()] = instance[k]!;
+  if (provider !== undefined) for (const k in provider) if (Object.hasOwn(provider, k)) out[k.toLowerCase()] = provider[k]!;
+  for (const k in instance) if (Object.hasOwn(instance, k)) out[k.toLowerCase()] = instance[k]!;
   const fromProxy = trusted(peer);
   const xff = fromProxy ? client['x-forwarded-for'] : undefined;
   out['x-forwarded-for'] = xff !== undefined && xff.trim() !== '' ? `${xff}, ${peer}` : peer;

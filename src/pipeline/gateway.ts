@@ -25,7 +25,7 @@ import type { WorkerPool } from '../workers/pool.ts';
 import type { UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
-import type { FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
+import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
 import { UpstreamFailure, classifyError, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
@@ -142,34 +142,39 @@ export class Gateway implements RequestSink {
     return r;
   }
 
-  private async run(accepted: Snapshot, acceptedRoute: CompiledRoute, req: ClientRequest, res: ClientResponse, body: Buffer): Promise<void> {
+  /** Synchronous up to the request's one async frame (exchange): run's bookkeeping costs no frame of its own. */
+  private run(accepted: Snapshot, acceptedRoute: CompiledRoute, req: ClientRequest, res: ClientResponse, body: Buffer): Promise<void> | undefined {
     let snap = accepted;
     let route = acceptedRoute;
     if (snap !== this.snapshot) {
       // Reloaded while the body was read: the request starts now, on the current snapshot.
       snap = this.snapshot;
       const r = findRoute(snap, req.method, req.path);
-      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`)); return; }
+      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`)); return undefined; }
       route = r.route;
     }
     this.users.set(snap, (this.users.get(snap) ?? 0) + 1);
     const ctx = new Exchange(snap, this.resolver(snap), route, req, res);
     this.active.add(ctx);
-    try {
-      await this.exchange(snap, ctx, body);
-    } catch (err) {
-      ctx.releaseAll();
-      const e = err instanceof SluiceError ? err : new SluiceError('SLC_INTERNAL', undefined, { cause: err });
-      if (e.code === 'SLC_INTERNAL') log.error('request failed', { route: route.id, err });
-      this.answerError(ctx, e);
-    } finally {
-      this.active.delete(ctx);
-      const left = (this.users.get(snap) ?? 1) - 1;
-      if (left > 0) this.users.set(snap, left);
-      else {
-        this.users.delete(snap);
-        if (snap !== this.snapshot) this.deps.onSnapshotRetired?.(snap);
-      }
+    return this.exchange(snap, ctx, body);
+  }
+
+  /** A request failed: release what it holds and answer (or cut) it. */
+  private failed(ctx: Exchange, err: unknown): void {
+    ctx.releaseAll();
+    const e = err instanceof SluiceError ? err : new SluiceError('SLC_INTERNAL', undefined, { cause: err });
+    if (e.code === 'SLC_INTERNAL') log.error('request failed', { route: ctx.route.id, err });
+    this.answerError(ctx, e);
+  }
+
+  /** A request ended, however: it leaves the active set and its snapshot. */
+  private finished(snap: Snapshot, ctx: Exchange): void {
+    this.active.delete(ctx);
+    const left = (this.users.get(snap) ?? 1) - 1;
+    if (left > 0) this.users.set(snap, left);
+    else {
+      this.users.delete(snap);
+      if (snap !== this.snapshot) this.deps.onSnapshotRetired?.(snap);
     }
   }
 
@@ -195,123 +200,130 @@ export class Gateway implements RequestSink {
     return consumer;
   }
 
+  /** The request from key-auth to its answer, in one async frame: its errors are answered and its bookkeeping undone here. */
   private async exchange(snap: Snapshot, ctx: Exchange, body: Buffer): Promise<void> {
-    const { route, req, res } = ctx;
-    const consumer = this.authenticate(snap, route, req);
-    ctx.consumer = consumer?.username ?? '';
-    // APISIX precedence: an authenticated consumer's own ai-proxy(-multi) replaces the route's.
-    if (consumer?.ai_proxy !== undefined) ctx.proxy = snap.consumerProxies.get(consumer.username) ?? route;
-    // The client's API, from the path; its spec parses the body and formats every error it gets.
-    const surface = surfaceForPath(req.path);
-    const spec = surfaceSpec(surface);
-    ctx.surface = surface;
-    ctx.spec = spec;
-    if (spec === undefined || ctx.proxy.coverage.get(surface) === 'none') {
-      throw new SluiceError('SLC_BAD_REQUEST', `${req.path}: surface ${surface} is not supported by this route's instances`);
-    }
-    // count_tokens and the like produce no tokens: passed through, no reservation, no settlement.
-    const metered = spec.metered;
-    ctx.metered = metered;
-    // The tokenizer is the costliest step of a request: only routes with quotas pay for it up front, and a
-    // large body is tokenized on a worker thread so it never blocks the event loop serving everyone else.
-    const count = route.quotas !== undefined && metered;
-    // max_tokens / n are validated and the completion reservation capped per the route's instance models (src/tokens/limits.ts).
-    const opts: ParseOptions = {
-      surface, path: req.path, query: req.query, countPrompt: count, promptScale: ctx.proxy.promptScale,
-      ...reservationPolicy(snap.config.tokens, ctx.proxy.instances),
-    };
-    ctx.parseOpts = opts;
-    const prepared = count && body.length >= snap.config.tokens.offload_bytes
-      ? await this.deps.pool.prepare(body, opts)
-      : prepareCall(body, opts);
-    if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message, { param: prepared.param });
-    if (res.aborted) return;
-    ctx.prepared = prepared;
-    ctx.body = body;
-    const estimate: Usage = {
-      prompt_tokens: prepared.promptTokens,
-      completion_tokens: prepared.reserveCompletion,
-      total_tokens: prepared.promptTokens + prepared.reserveCompletion,
-    };
-    ctx.estimate = estimate;
-
-    let plan: RequestQuotaPlan | undefined;
-    if (route.quotas !== undefined && metered) {
-      const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: ctx.peer, consumer: consumer?.username, routeId: route.id, uri: req.path, model: prepared.model };
-      plan = planRequest(route.quotas, vars);
-      // A fail-closed rule needs a variable this request lacks: refuse rather than serve it unmetered.
-      if (plan.missing !== undefined) throw new SluiceError('SLC_RULE_KEY_MISSING', plan.missing.message, { status: plan.missing.status });
-      if (plan.common.length > 0) {
-        const r = acquireAll(plan.common, estimate, Date.now(), ctx.storeOf);
-        const held = r instanceof Promise ? await r : r;
-        if (!held.ok) { this.reject(ctx, held, []); return; }
-        ctx.common = held;
-        if (res.aborted) { ctx.releaseAll(); return; }
+    try {
+      const { route, req, res } = ctx;
+      const consumer = this.authenticate(snap, route, req);
+      ctx.consumer = consumer?.username ?? '';
+      // APISIX precedence: an authenticated consumer's own ai-proxy(-multi) replaces the route's.
+      if (consumer?.ai_proxy !== undefined) ctx.proxy = snap.consumerProxies.get(consumer.username) ?? route;
+      // The client's API, from the path; its spec parses the body and formats every error it gets.
+      const surface = surfaceForPath(req.path);
+      const spec = surfaceSpec(surface);
+      ctx.surface = surface;
+      ctx.spec = spec;
+      if (spec === undefined || ctx.proxy.coverage.get(surface) === 'none') {
+        throw new SluiceError('SLC_BAD_REQUEST', `${req.path}: surface ${surface} is not supported by this route's instances`);
       }
-    }
+      // count_tokens and the like produce no tokens: passed through, no reservation, no settlement.
+      const metered = spec.metered;
+      ctx.metered = metered;
+      // The tokenizer is the costliest step of a request: only routes with quotas pay for it up front, and a
+      // large body is tokenized on a worker thread so it never blocks the event loop serving everyone else.
+      const count = route.quotas !== undefined && metered;
+      // max_tokens / n are validated and the completion reservation capped per the route's instance models (src/tokens/limits.ts).
+      const opts: ParseOptions = {
+        surface, path: req.path, query: req.query, countPrompt: count, promptScale: ctx.proxy.promptScale,
+        ...reservationPolicy(snap.config.tokens, ctx.proxy.instances),
+      };
+      ctx.parseOpts = opts;
+      const prepared = count && body.length >= snap.config.tokens.offload_bytes
+        ? await this.deps.pool.prepare(body, opts)
+        : prepareCall(body, opts);
+      if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message, { param: prepared.param });
+      if (res.aborted) return;
+      ctx.prepared = prepared;
+      ctx.body = body;
+      const estimate: Usage = {
+        prompt_tokens: prepared.promptTokens,
+        completion_tokens: prepared.reserveCompletion,
+        total_tokens: prepared.promptTokens + prepared.reserveCompletion,
+      };
+      ctx.estimate = estimate;
 
-    let order = ctx.proxy.picker.order();
-    // Instances whose provider cannot serve this surface are skipped, as if unavailable.
-    if (ctx.proxy.coverage.get(surface) === 'some') order = order.filter((i) => i.provider.mode(surface) !== undefined);
-    const denials: Rejection[] = [];
-    const deniedInstances: CompiledInstance[] = [];
-    let lastFailure: UpstreamFailure | undefined;
-    let lastResponse: (Retry & { instance: CompiledInstance }) | undefined;
-    for (let i = 0; i < order.length; i++) {
-      if (ctx.cut) throw new SluiceError('SLC_SHUTTING_DOWN');
-      const inst = order[i]!;
-      const more = i < order.length - 1;
-      // ${upstream_model} and model_limits: the model this instance sends. Throws SLC_RULE_KEY_MISSING when fail-closed.
-      const iq = plan !== undefined ? plan.perInstance(inst.name, inst.model ?? prepared.model) : NO_QUOTAS;
-      if (iq.length > 0) {
-        const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
-        const held = r instanceof Promise ? await r : r;
-        if (!held.ok) {
-          denials.push(held);
-          deniedInstances.push(inst);
-          if (!ctx.proxy.fallback.has('rate_limiting')) { this.reject(ctx, held, [inst]); return; }
-          if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: 'rate_limiting' });
-          continue;
+      let plan: RequestQuotaPlan | undefined;
+      if (route.quotas !== undefined && metered) {
+        const vars: RequestVars = { headers: req.headers, query: req.query, remoteAddr: ctx.peer, consumer: consumer?.username, routeId: route.id, uri: req.path, model: prepared.model };
+        plan = planRequest(route.quotas, vars);
+        // A fail-closed rule needs a variable this request lacks: refuse rather than serve it unmetered.
+        if (plan.missing !== undefined) throw new SluiceError('SLC_RULE_KEY_MISSING', plan.missing.message, { status: plan.missing.status });
+        if (plan.common.length > 0) {
+          const r = acquireAll(plan.common, estimate, Date.now(), ctx.storeOf);
+          const held = r instanceof Promise ? await r : r;
+          if (!held.ok) { this.reject(ctx, held, []); return; }
+          ctx.common = held;
+          if (res.aborted) { ctx.releaseAll(); return; }
         }
-        ctx.instance = held;
+      }
+
+      let order = ctx.proxy.picker.order();
+      // Instances whose provider cannot serve this surface are skipped, as if unavailable.
+      if (ctx.proxy.coverage.get(surface) === 'some') order = order.filter((i) => i.provider.mode(surface) !== undefined);
+      const denials: Rejection[] = [];
+      const deniedInstances: CompiledInstance[] = [];
+      let lastFailure: UpstreamFailure | undefined;
+      let lastResponse: (Retry & { instance: CompiledInstance }) | undefined;
+      for (let i = 0; i < order.length; i++) {
+        if (ctx.cut) throw new SluiceError('SLC_SHUTTING_DOWN');
+        const inst = order[i]!;
+        const more = i < order.length - 1;
+        // ${upstream_model} and model_limits: the model this instance sends. Throws SLC_RULE_KEY_MISSING when fail-closed.
+        const iq = plan !== undefined ? plan.perInstance(inst.name, inst.model ?? prepared.model) : NO_QUOTAS;
+        if (iq.length > 0) {
+          const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
+          const held = r instanceof Promise ? await r : r;
+          if (!held.ok) {
+            denials.push(held);
+            deniedInstances.push(inst);
+            if (!ctx.proxy.fallback.has('rate_limiting')) { this.reject(ctx, held, [inst]); return; }
+            if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: 'rate_limiting' });
+            continue;
+          }
+          ctx.instance = held;
+          if (res.aborted) { ctx.releaseAll(); return; }
+        }
+        ctx.instanceName = inst.name;
+        ctx.served = inst;
+        const outcome = await this.attempt(ctx, inst, more);
+        if (outcome === 'done') return;
+        if (ctx.cut) {
+          // Cut at shutdown before an answer came: the upstream had the prompt, so the prompt is charged.
+          if (ctx.sent) this.settle(ctx, await this.countedUsage(ctx, '', 0, 'shutdown'));
+          throw new SluiceError('SLC_SHUTTING_DOWN');
+        }
+        ctx.releaseInstance();
+        if (outcome instanceof UpstreamFailure) {
+          lastFailure = outcome;
+          lastResponse = undefined;
+          if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.kind });
+        } else {
+          lastResponse = { ...outcome, instance: inst };
+          lastFailure = undefined;
+          this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.failure.retry ?? 'http_5xx' });
+        }
         if (res.aborted) { ctx.releaseAll(); return; }
       }
-      ctx.instanceName = inst.name;
-      ctx.served = inst;
-      const outcome = await this.attempt(ctx, inst, more);
-      if (outcome === 'done') return;
-      if (ctx.cut) {
-        // Cut at shutdown before an answer came: the upstream had the prompt, so the prompt is charged.
-        if (ctx.sent) this.settle(ctx, await this.countedUsage(ctx, '', 0, 'shutdown'));
-        throw new SluiceError('SLC_SHUTTING_DOWN');
+      ctx.releaseAll();
+      if (denials.length === order.length) { this.reject(ctx, denials[0]!, deniedInstances, denials); return; }
+      if (lastResponse !== undefined) {
+        // Every instance answered with an error: relay the last one (in the client's surface).
+        ctx.instanceName = lastResponse.instance.name;
+        const f = lastResponse.failure;
+        res.send(f.status, withContentType(this.relayHeaders(lastResponse.headers), f.contentType), f.body);
+        this.observe(ctx, f.status);
+        return;
       }
-      ctx.releaseInstance();
-      if (outcome instanceof UpstreamFailure) {
-        lastFailure = outcome;
-        lastResponse = undefined;
-        if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.kind });
-      } else {
-        lastResponse = { ...outcome, instance: inst };
-        lastFailure = undefined;
-        this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.failure.retry ?? 'http_5xx' });
+      if (lastFailure !== undefined) {
+        if (lastFailure.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
+        throw new SluiceError('SLC_UPSTREAM_ERROR', order.length > 1 ? `every upstream instance failed: ${lastFailure.message}` : lastFailure.message);
       }
-      if (res.aborted) { ctx.releaseAll(); return; }
+      throw new SluiceError('SLC_UPSTREAM_UNAVAILABLE');
+    } catch (err) {
+      this.failed(ctx, err);
+    } finally {
+      this.finished(snap, ctx);
     }
-    ctx.releaseAll();
-    if (denials.length === order.length) { this.reject(ctx, denials[0]!, deniedInstances, denials); return; }
-    if (lastResponse !== undefined) {
-      // Every instance answered with an error: relay the last one (in the client's surface).
-      ctx.instanceName = lastResponse.instance.name;
-      const f = lastResponse.failure;
-      res.send(f.status, withContentType(this.relayHeaders(lastResponse.headers), f.contentType), f.body);
-      this.observe(ctx, f.status);
-      return;
-    }
-    if (lastFailure !== undefined) {
-      if (lastFailure.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
-      throw new SluiceError('SLC_UPSTREAM_ERROR', order.length > 1 ? `every upstream instance failed: ${lastFailure.message}` : lastFailure.message);
-    }
-    throw new SluiceError('SLC_UPSTREAM_UNAVAILABLE');
   }
 
   /** One upstream attempt. 'done' when the client got its answer; otherwise what failed, for fallback. */
@@ -368,25 +380,36 @@ export class Gateway implements RequestSink {
       this.observe(ctx, failure.status);
       return 'done';
     }
-    await this.relayBuffered(ctx, inst, status, up.headers, buf);
+    const counting = this.relayBuffered(ctx, inst, status, up.headers, buf);
+    if (counting !== undefined) await counting;
     return 'done';
   }
 
-  private async relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer): Promise<void> {
-    const { res } = ctx;
+  /** Synchronous when the answer carries a usable usage (nearly always); a promise only when its text is counted. */
+  private relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer): Promise<void> | undefined {
     const decoded = inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage);
     const headers = withContentType(this.relayHeaders(upHeaders), decoded.contentType);
     if (ctx.metered) {
       const rejected = decoded.rejected;
-      let usage = decoded.usage;
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
-      if (usage === undefined) usage = await this.countedUsage(ctx, decoded.text, 0, rejected !== undefined ? 'usage_rejected' : 'no_usage');
-      this.settle(ctx, usage);
+      if (decoded.usage === undefined) return this.relayCounted(ctx, status, headers, decoded);
+      this.settle(ctx, decoded.usage);
     } else {
       ctx.releaseAll();
     }
+    this.sendBuffered(ctx, status, headers, decoded.body);
+    return undefined;
+  }
+
+  private async relayCounted(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody): Promise<void> {
+    const usage = await this.countedUsage(ctx, decoded.text, 0, decoded.rejected !== undefined ? 'usage_rejected' : 'no_usage');
+    this.settle(ctx, usage);
+    this.sendBuffered(ctx, status, headers, decoded.body);
+  }
+
+  private sendBuffered(ctx: Exchange, status: number, headers: HeaderList, body: DecodedBody['body']): void {
     this.addQuotaHeaders(ctx, headers);
-    res.send(status, headers, decoded.body);
+    ctx.res.send(status, headers, body);
     this.observe(ctx, status);
   }
 
@@ -407,7 +430,8 @@ export class Gateway implements RequestSink {
     let broken = false;
     try {
       // Chunks queued past a high-water mark while this waits on a slow client pause the upstream socket.
-      for (let chunk = first ?? await up.next(); chunk !== null; chunk = await up.next()) {
+      // A chunk already queued is taken without an await (each await allocates its reaction and closures).
+      for (let chunk = first ?? await up.next(); chunk !== null; chunk = up.takeQueued() ?? await up.next()) {
         if (res.aborted) break;
         const out = meter.push(chunk);
         if (first !== undefined) {
@@ -566,8 +590,9 @@ export class Gateway implements RequestSink {
 
   private relayHeaders(up: UpstreamHeaders): HeaderList {
     const out: HeaderList = [];
-    for (const k of Object.keys(up)) {
-      if (HOP_HEADERS.has(k)) continue;
+    // for-in over the own keys of a plain object: no array of keys per answer.
+    for (const k in up) {
+      if (HOP_HEADERS.has(k) || !Object.hasOwn(up, k)) continue;
       const v = up[k];
       if (v === undefined) continue;
       if (Array.isArray(v)) for (const x of v) out.push([k, x]); else out.push([k, v]);

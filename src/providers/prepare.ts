@@ -18,7 +18,7 @@ export function finishCall(p: ParsedCall, promptTokens: number, promptExact: boo
   surfaceSpec(p.surface)?.finish?.(p.obj, p.stream);
   const tail = serializeTail(p.obj);
   const prompt = p.scale === 1 ? promptTokens : Math.ceil(promptTokens * p.scale);
-  return {
+  const call: { -readonly [K in keyof PreparedCall]: PreparedCall[K] } = {
     ok: true,
     surface: p.surface,
     model: p.model,
@@ -31,9 +31,11 @@ export function finishCall(p: ParsedCall, promptTokens: number, promptExact: boo
     promptExact,
     reserveCompletion: p.reserveCompletion,
     tail,
-    ...(p.query === undefined ? {} : { query: p.query }),
-    ...(p.clientFields === undefined ? {} : { fieldKeys: p.fieldKeys, clientFields: p.clientFields }),
   };
+  // Present only when set (the call crosses to worker threads and into tests as it is), without spread temporaries.
+  if (p.query !== undefined) call.query = p.query;
+  if (p.clientFields !== undefined) { call.fieldKeys = p.fieldKeys; call.clientFields = p.clientFields; }
+  return call;
 }
 
 /** parseCall, the prompt counted now and exactly, finishCall: the inline path. */

@@ -78,7 +78,10 @@ export class StreamMeter {
   private pend: Buffer[] = [];
   private runStart = -1;
   private runEnd = -1;
-  private out: Buffer[] = [];
+  /** Output pieces [0, outN): the array is reused across chunks (emptying it with `length = 0` would free its
+   *  backing store and allocate a new one on the next chunk's push). */
+  private out: (Buffer | undefined)[] = [];
+  private outN = 0;
 
   constructor(opts: StreamMeterOptions) {
     this.strip = opts.stripUsage;
@@ -137,7 +140,7 @@ export class StreamMeter {
     this.segStart = 0;
     this.parser.end();
     // Bytes after the last boundary that formed no event (a stray partial line) are forwarded as they came.
-    for (const p of this.pend) this.out.push(p);
+    for (const p of this.pend) this.emit(p);
     this.pend.length = 0;
     return this.takeOutput();
   }
@@ -225,7 +228,7 @@ export class StreamMeter {
       this.pend.length = 0;
     } else {
       if (this.pend.length > 0) {
-        for (const p of this.pend) this.out.push(p);
+        for (const p of this.pend) this.emit(p);
         this.pend.length = 0;
       }
       if (cur !== undefined && end > this.segStart) {
@@ -301,17 +304,25 @@ export class StreamMeter {
   private flushRun(): void {
     if (this.runStart === -1) return;
     const cur = this.cur as Buffer;
-    this.out.push(this.runStart === 0 && this.runEnd === cur.length ? cur : cur.subarray(this.runStart, this.runEnd));
+    this.emit(this.runStart === 0 && this.runEnd === cur.length ? cur : cur.subarray(this.runStart, this.runEnd));
     this.runStart = -1;
     this.runEnd = -1;
   }
 
+  private emit(piece: Buffer): void {
+    this.out[this.outN++] = piece;
+  }
+
   /** One piece is returned as is (the pushed chunk itself when all of it was kept); several are joined. */
   private takeOutput(): Buffer | undefined {
+    const n = this.outN;
+    if (n === 0) return undefined;
     const out = this.out;
-    if (out.length === 0) return undefined;
-    const result = out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out);
-    out.length = 0;
+    const result = n === 1 ? out[0]! : Buffer.concat(out.slice(0, n) as Buffer[]);
+    // Emptied without shrinking, so no piece stays pinned; a chunk that split into many pieces gives its array up.
+    if (out.length > 16) this.out = [];
+    else for (let i = 0; i < n; i++) out[i] = undefined;
+    this.outN = 0;
     return result;
   }
 }

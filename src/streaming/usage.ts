@@ -89,7 +89,10 @@ export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unk
   const cached = count(c.cachedPrompt, maxUsage);
   const write = count(c.cacheWrite, maxUsage);
   const reasoning = count(c.reasoning, maxUsage);
-  for (const v of [prompt, completion, total, cached, write, reasoning]) if (typeof v === 'string') return { rejected: v };
+  // The first rejection in field order, without an array per usage.
+  const bad = typeof prompt === 'string' ? prompt : typeof completion === 'string' ? completion : typeof total === 'string' ? total
+    : typeof cached === 'string' ? cached : typeof write === 'string' ? write : typeof reasoning === 'string' ? reasoning : undefined;
+  if (bad !== undefined) return { rejected: bad };
   if (prompt === undefined && completion === undefined) return undefined;
   const p = (prompt as number | undefined) ?? 0;
   const o = (completion as number | undefined) ?? 0;

@@ -13,6 +13,8 @@ export interface ListenSpec {
   readonly port: number;
   /** A guard on the main thread relays to this App (peer addresses come from its header). */
   readonly behindGuard: boolean;
+  /** Behind the guard: this thread's own unix socket, instead of the shared loopback port. */
+  readonly unixPath?: string;
 }
 
 /** The serving thread's workerData. */
@@ -24,6 +26,8 @@ export interface ThreadInit {
   /** The backend store of every quota plugin of the config. */
   readonly stores: StoreMap;
   readonly ledger: LedgerDescriptor;
+  /** limits.max_inflight_body_bytes is one budget for the process: every thread's App draws from this cell. */
+  readonly bodyBudget: SharedArrayBuffer;
 }
 
 /** Main → serving thread. */
@@ -38,7 +42,9 @@ export type ToThread =
   | { readonly kind: 'close'; readonly id: number }
   | { readonly kind: 'ledger-reply'; readonly id: number; readonly reply: LedgerReply }
   /** Throw `message` as an uncaught error on the thread (SluiceHandle.threads.crash: the failure path, for tests). */
-  | { readonly kind: 'crash'; readonly message: string };
+  | { readonly kind: 'crash'; readonly message: string }
+  /** Block the thread's loop for `ms` (SluiceHandle.threads.stall: a busy or wedged thread, for tests). */
+  | { readonly kind: 'stall'; readonly ms: number };
 
 /** Serving thread → main. */
 export type FromThread =

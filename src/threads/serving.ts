@@ -116,7 +116,8 @@ function start(): void {
         try {
           front = await startFrontend(gateway, {
             host: msg.spec.host, port: msg.spec.port, limits: config.limits, metrics,
-            http1Guard: false, behindGuard: msg.spec.behindGuard, reusePort: true,
+            http1Guard: false, behindGuard: msg.spec.behindGuard, reusePort: msg.spec.unixPath === undefined, bodyBudget: init.bodyBudget,
+            ...(msg.spec.unixPath !== undefined ? { unixPath: msg.spec.unixPath } : {}),
           });
           post({ kind: 'listening', id: msg.id, port: front.port });
         } catch (err) {
@@ -155,6 +156,10 @@ function start(): void {
         post({ kind: 'drained', id: msg.id, cut, left: gateway.inFlight });
         return;
       }
+      case 'stall':
+        // Synchronously, as a thread stuck in a long computation would be: messages after it wait their turn.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, msg.ms);
+        return;
       case 'crash':
         // Outside this handler, so it reaches the thread's uncaughtException handler as a real fault would.
         setImmediate(() => { throw new Error(msg.message); });

@@ -2,15 +2,19 @@
 // the listen port between them, answers their delegated quota requests with the LedgerHost, sends reloads,
 // collects metrics, and drains and closes them. It serves no client request itself.
 //
-// Listening: with the HTTP/1.x guard (default) the guard holds the public port here and relays to one private
-// loopback port every thread's uWS App shares (SO_REUSEPORT); without it the threads share the public port
-// after this thread took an abstract-socket lock on the address, so a second Sluice there is still refused.
+// Listening: with the HTTP/1.x guard (default) the guard holds the public port here and relays to each thread's
+// uWS App on its own unix socket in a private directory, new connections to each thread in turn (to one private
+// loopback port every App shares with SO_REUSEPORT where that directory cannot be made); without it the threads
+// share the public port after this thread took an abstract-socket lock on the address, so a second Sluice there
+// is still refused.
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { SluiceConfig } from '../config/types.ts';
 import { log } from '../core/log.ts';
-import { ListenError, lockListenAddress, startGuard, type FrontendLimits, type FrontendMetrics, type Listening } from '../frontend/server.ts';
+import { bodyBudgetCell } from '../frontend/body-budget.ts';
+import { ListenError, lockListenAddress, privateSocketDir, startGuard, type FrontendLimits, type FrontendMetrics, type Listening } from '../frontend/server.ts';
 import type { MetricsJson } from '../metrics/aggregate.ts';
 import type { LedgerHost } from '../quota/shared/ledger-host.ts';
 import type { FromThread, ListenSpec, ThreadInit, ThreadReply, ToThread } from './protocol.ts';
@@ -74,6 +78,8 @@ export interface SupervisorOptions {
   /** The main thread's metrics, for the guard's refusals. */
   readonly metrics: FrontendMetrics;
   readonly ledger: LedgerHost;
+  /** Tests only (StartOptions.testHooks): how long a thread may take to answer a config swap. */
+  readonly swapTimeoutMs?: number;
   /** A serving thread died or failed after start-up: the process cannot go on with fewer threads. */
   readonly onFatal: (err: Error) => void;
 }
@@ -91,6 +97,8 @@ interface Thread {
 /** Versions of the config in use: which threads hold each, and the main snapshot to retire when none does. */
 interface Version {
   readonly main: MainSnapshot;
+  /** Threads that hold this version or may still take it: a thread is added when the swap is sent (an answer
+   *  after the call's timeout still swaps the thread) and leaves on `retired`, `swap-failed` or its exit. */
   readonly holders: Set<number>;
   /** A swap to this version is still being answered. */
   pending: boolean;
@@ -108,6 +116,8 @@ export class ThreadSupervisor {
   private closing = false;
   private failed: Error | undefined;
   private guard: Listening | undefined;
+  /** The threads' unix sockets behind the guard; removed at close. */
+  private socketDir: { readonly path: string; remove(): void } | undefined;
   private lock: { release(): void } | undefined;
   /** The public port. */
   port = 0;
@@ -137,19 +147,30 @@ export class ThreadSupervisor {
 
   private async boot(): Promise<void> {
     const o = this.opts;
-    this.versions.set(0, { main: o.first, holders: new Set(), pending: false });
+    this.versions.set(0, { main: o.first, holders: new Set(Array.from({ length: o.threads }, (_, i) => i)), pending: false });
     const config = this.forThreads(o.config);
+    const bodyBudget = bodyBudgetCell();
     const ready: Promise<void>[] = [];
     for (let i = 0; i < o.threads; i++) {
-      const init: ThreadInit = { index: i, config, version: 0, stores: o.first.stores, ledger: o.ledger.descriptor() };
+      const init: ThreadInit = { index: i, config, version: 0, stores: o.first.stores, ledger: o.ledger.descriptor(), bodyBudget };
       const worker = spawn({ workerData: init, name: `sluice-serving-${i}` });
       const t: Thread = { index: i, worker, calls: new Map(), listening: false, exited: false };
       this.threads.push(t);
       ready.push(this.wire(t));
     }
     await Promise.all(ready);
-    for (const t of this.threads) this.versions.get(0)!.holders.add(t.index);
 
+    // Behind the guard each thread gets its own unix socket in a private directory (the cheaper hop; the guard
+    // hands new connections to each in turn); where that directory cannot be made, one shared loopback port.
+    const dir = o.guard ? privateSocketDir() : undefined;
+    if (dir !== undefined) {
+      this.socketDir = dir;
+      const eps = this.threads.map((t) => ({ path: join(dir.path, `t${t.index}.sock`) }));
+      await Promise.all(this.threads.map((t, i) => this.listen(t, { host: '127.0.0.1', port: 0, behindGuard: true, unixPath: eps[i]!.path })));
+      this.guard = await startGuard({ host: o.host, port: o.port, limits: o.limits, metrics: o.metrics, upstream: eps });
+      this.port = this.guard.port;
+      return;
+    }
     const spec = (port: number): ListenSpec => (o.guard ? { host: '127.0.0.1', port, behindGuard: true } : { host: o.host, port, behindGuard: false });
     const wanted = o.guard ? 0 : o.port;
     let shared = 0;
@@ -170,7 +191,7 @@ export class ThreadSupervisor {
     }
     await Promise.all(this.threads.slice(1).map((t) => this.listen(t, spec(shared))));
     if (o.guard) {
-      this.guard = await startGuard({ host: o.host, port: o.port, limits: o.limits, metrics: o.metrics, upstreamPort: shared });
+      this.guard = await startGuard({ host: o.host, port: o.port, limits: o.limits, metrics: o.metrics, upstream: [{ host: '127.0.0.1', port: shared }] });
       this.port = this.guard.port;
     } else {
       this.port = shared;
@@ -188,6 +209,8 @@ export class ThreadSupervisor {
           t.exited = true;
           for (const c of t.calls.values()) { clearTimeout(c.timer); c.reject(err); }
           t.calls.clear();
+          // Its requests are gone with it: it holds no version any more (at shutdown the stores close anyway).
+          if (!this.closing) for (const [version, v] of this.versions) { v.holders.delete(t.index); this.maybeRetire(version); }
         }
         if (!started) { clearTimeout(timer); reject(err); return; }
         if (this.closing) return;
@@ -208,7 +231,10 @@ export class ThreadSupervisor {
           case 'retired': this.retired(t.index, m.version); return;
           default: {
             const c = t.calls.get(m.id);
-            if (c === undefined) return;
+            if (c === undefined) {
+              if (m.kind === 'swapped' || m.kind === 'swap-failed') this.lateSwap(t.index, m);
+              return;
+            }
             t.calls.delete(m.id);
             clearTimeout(c.timer);
             c.resolve(m as ThreadReply);
@@ -236,6 +262,17 @@ export class ThreadSupervisor {
     );
   }
 
+  /** A swap answered after its call timed out: the thread took the version (it holds it already), or not. */
+  private lateSwap(index: number, m: Extract<FromThread, { kind: 'swapped' | 'swap-failed' }>): void {
+    if (m.kind === 'swapped') {
+      log.warn('serving thread answered a config swap late; it serves that version', { thread: index, version: m.version });
+      return;
+    }
+    log.warn('serving thread answered a config swap late: it failed and keeps its previous config', { thread: index, version: m.version, err: m.message });
+    this.versions.get(m.version)?.holders.delete(index);
+    this.maybeRetire(m.version);
+  }
+
   private retired(index: number, version: number): void {
     const v = this.versions.get(version);
     if (v === undefined) return;
@@ -243,9 +280,11 @@ export class ThreadSupervisor {
     this.maybeRetire(version);
   }
 
+  /** Only a version no thread holds or may still take is retired (its stores may close then); the current one
+   *  too once no thread took it. */
   private maybeRetire(version: number): void {
     const v = this.versions.get(version);
-    if (v === undefined || v.pending || v.holders.size > 0 || version === this.version) return;
+    if (v === undefined || v.pending || v.holders.size > 0) return;
     this.versions.delete(version);
     v.main.retire();
   }
@@ -284,19 +323,24 @@ export class ThreadSupervisor {
     const v: Version = { main, holders: new Set(), pending: true };
     this.versions.set(version, v);
     const forThreads = this.forThreads(config);
+    const timeoutMs = this.opts.swapTimeoutMs ?? CALL_TIMEOUT_MS;
     const results = await Promise.all(this.threads.map(async (t) => {
+      // Held from the moment it is sent: a thread that answers after the timeout still swaps to it.
+      if (!t.exited) v.holders.add(t.index);
       try {
-        const r = await this.call(t, { kind: 'swap', version, config: forThreads, stores: main.stores }, CALL_TIMEOUT_MS);
-        if (r.kind === 'swapped') { v.holders.add(t.index); return undefined; }
+        const r = await this.call(t, { kind: 'swap', version, config: forThreads, stores: main.stores }, timeoutMs);
+        if (r.kind === 'swapped') return undefined;
+        v.holders.delete(t.index);
         return { index: t.index, message: r.kind === 'swap-failed' ? r.message : `unexpected answer ${r.kind}` };
       } catch (err) {
+        if (t.exited) v.holders.delete(t.index);
+        else log.warn('serving thread did not answer a config swap in time; the stores of that version and the previous one stay open until it answers or ends', { thread: t.index, version, timeout_ms: timeoutMs });
         return { index: t.index, message: err instanceof Error ? err.message : String(err) };
       }
     }));
     v.pending = false;
-    // Earlier versions no thread holds any more can go; so can this one if no thread took it.
+    // Versions no thread holds (or may still take) any more can go: earlier ones, and this one if none took it.
     for (const k of [...this.versions.keys()]) this.maybeRetire(k);
-    if (v.holders.size === 0) { this.versions.delete(version); main.retire(); }
     return results.filter((x): x is { index: number; message: string } => x !== undefined);
   }
 
@@ -304,6 +348,12 @@ export class ThreadSupervisor {
   crash(index: number, message: string): void {
     const t = this.threads[index];
     if (t !== undefined && !t.exited) t.worker.postMessage({ kind: 'crash', message } satisfies ToThread);
+  }
+
+  /** Block serving thread `index` for `ms` (a busy or wedged thread: for tests). */
+  stall(index: number, ms: number): void {
+    const t = this.threads[index];
+    if (t !== undefined && !t.exited) t.worker.postMessage({ kind: 'stall', ms } satisfies ToThread);
   }
 
   /** Every serving thread's registry as JSON (a thread that does not answer in time fails the call). */
@@ -372,6 +422,7 @@ export class ThreadSupervisor {
     await this.closeThreads(CLOSE_TIMEOUT_MS);
     this.guard?.close();
     this.lock?.release();
+    this.socketDir?.remove();
   }
 
   private async closeThreads(ms: number): Promise<void> {
@@ -407,5 +458,6 @@ export class ThreadSupervisor {
     this.guard?.close();
     this.lock?.release();
     await this.closeThreads(EXIT_TIMEOUT_MS);
+    this.socketDir?.remove();
   }
 }

@@ -66,9 +66,29 @@ function longestMatch(name: string, table: Readonly<Record<string, ModelLimits>>
   return best;
 }
 
+/** modelLimits per custom table (tokens.models, fixed once loaded) and model name: every request asks again. */
+const limitsMemo = new WeakMap<object, Map<string, ModelLimits | null>>();
+const NO_CUSTOM = {};
+/** Bounds of the memo: model names come from clients. */
+const MEMO_NAMES = 256;
+const MEMO_NAME_CHARS = 128;
+
 /** Limits of a model: tokens.models entries first, then the built-in table; undefined when unknown. */
 export function modelLimits(model: string | undefined, custom?: Readonly<Record<string, ModelLimits>>): ModelLimits | undefined {
   if (model === undefined || model === '') return undefined;
+  if (model.length > MEMO_NAME_CHARS) return lookupLimits(model, custom);
+  let memo = limitsMemo.get(custom ?? NO_CUSTOM);
+  if (memo === undefined) limitsMemo.set(custom ?? NO_CUSTOM, (memo = new Map()));
+  let found = memo.get(model);
+  if (found === undefined) {
+    found = lookupLimits(model, custom) ?? null;
+    if (memo.size >= MEMO_NAMES) memo.clear();
+    memo.set(model, found);
+  }
+  return found ?? undefined;
+}
+
+function lookupLimits(model: string, custom: Readonly<Record<string, ModelLimits>> | undefined): ModelLimits | undefined {
   const name = bareName(model);
   return (custom !== undefined ? longestMatch(name, custom) : undefined) ?? longestMatch(name, KNOWN_MODELS);
 }

@@ -112,6 +112,13 @@ export class UpstreamClient {
 
 /** Body bytes queued for a reader that is not asking (a stream parked on a slow client) before the socket pauses. */
 const QUEUE_HIGH_WATER = 64 * 1024;
+/**
+ * Queued chunks shorter than this are copied together into one growing buffer (up to TAIL_MAX): queued as they
+ * come, a body trickled a byte per packet would hold one Buffer per socket read, ~90 bytes of memory per byte
+ * (measured: a buffered answer of 8 MiB in 1-byte chunks took the gateway's RSS up by 880 MiB).
+ */
+const SMALL_CHUNK = 2048;
+const TAIL_MAX = 16 * 1024;
 const NO_HEADERS: UpstreamHeaders = Object.freeze({}) as UpstreamHeaders;
 type Waiter = ((v: unknown) => void) | undefined;
 
@@ -134,6 +141,9 @@ export class UpstreamCall implements ResponseHandler {
   private queue: Buffer[] = [];
   private queueHead = 0;
   private queued = 0;
+  /** Small chunks copied together, not yet in `queue` (their bytes are in `queued`). */
+  private tail: Buffer | undefined = undefined;
+  private tailLen = 0;
   private resolve: Waiter = undefined;
   private reject: Waiter = undefined;
 
@@ -168,7 +178,11 @@ export class UpstreamCall implements ResponseHandler {
 
   /** A body chunk already received (it came with the head), taken synchronously; undefined when none waits. */
   takeQueued(): Buffer | undefined {
-    if (this.queueHead >= this.queue.length || this.collecting) return undefined;
+    if (this.collecting) return undefined;
+    if (this.queueHead >= this.queue.length) {
+      if (this.tailLen === 0) return undefined;
+      this.flushTail();
+    }
     const c = this.queue[this.queueHead]!;
     this.queue[this.queueHead++] = EMPTY;
     this.queued -= c.length;
@@ -204,14 +218,12 @@ export class UpstreamCall implements ResponseHandler {
   onData(chunk: Buffer): boolean {
     if (this.failure !== undefined) return true;
     if (this.collecting) {
-      this.queued += chunk.length;
-      if (this.queued > this.max) { this.tooLarge(); return true; }
-      this.queue.push(chunk);
+      if (this.queued + chunk.length > this.max) { this.tooLarge(); return true; }
+      this.enqueue(chunk);
       return true;
     }
     if (this.resolve !== undefined) { this.settle(chunk); return true; }
-    this.queue.push(chunk);
-    this.queued += chunk.length;
+    this.enqueue(chunk);
     if (this.queued >= QUEUE_HIGH_WATER) { this.paused = true; return false; }
     return true;
   }
@@ -229,6 +241,43 @@ export class UpstreamCall implements ResponseHandler {
     this.rejectWaiter();
   }
 
+  private enqueue(chunk: Buffer): void {
+    const n = chunk.length;
+    this.queued += n;
+    if (n >= SMALL_CHUNK) {
+      this.flushTail();
+      this.queue.push(chunk);
+      return;
+    }
+    let t = this.tail;
+    if (t !== undefined && this.tailLen + n > t.length) {
+      if (this.tailLen + n > TAIL_MAX) {
+        this.flushTail();
+        t = undefined;
+      } else {
+        const grown = Buffer.allocUnsafe(Math.min(TAIL_MAX, Math.max(2 * t.length, this.tailLen + n)));
+        t.copy(grown, 0, 0, this.tailLen);
+        t = grown;
+        this.tail = t;
+      }
+    }
+    if (t === undefined) {
+      t = Buffer.allocUnsafe(Math.max(512, n));
+      this.tail = t;
+      this.tailLen = 0;
+    }
+    chunk.copy(t, this.tailLen);
+    this.tailLen += n;
+  }
+
+  private flushTail(): void {
+    const t = this.tail;
+    if (t === undefined) return;
+    if (this.tailLen > 0) this.queue.push(t.subarray(0, this.tailLen));
+    this.tail = undefined;
+    this.tailLen = 0;
+  }
+
   private tooLarge(): void {
     this.queue = [];
     this.fail(new UpstreamFailure('protocol_error', 'upstream response too large', undefined));
@@ -238,6 +287,8 @@ export class UpstreamCall implements ResponseHandler {
     this.failure = f;
     this.queue.length = 0;
     this.queued = 0;
+    this.tail = undefined;
+    this.tailLen = 0;
     this.conn?.cancel(this);
     this.rejectWaiter();
   }
@@ -249,6 +300,7 @@ export class UpstreamCall implements ResponseHandler {
   }
 
   private joined(): Buffer {
+    this.flushTail();
     const q = this.queue;
     const out = q.length === 1 ? q[0]! : Buffer.concat(q, this.queued);
     this.queue = [];

@@ -59,7 +59,8 @@ export function parseResponseHead(s: string): ResponseHead | string {
     if (d < 0 || d > 9) return 'malformed status code';
     status = status * 10 + d;
   }
-  if (status < 100) return 'malformed status code';
+  // RFC 9110 §15 defines 100-599 only; anything else is relayed by no client library and answered as a 502.
+  if (status < 100 || status > 599) return 'malformed status code';
   let pos = s.indexOf('\r\n');
   if (pos < 0) pos = s.length;
   if (pos > 12 && s.charCodeAt(12) !== 0x20) return 'malformed status line';

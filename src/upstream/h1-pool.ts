@@ -43,6 +43,12 @@ const MAX_CHUNK_LINE = 4096;
 const MAX_TRAILERS = 16 * 1024;
 /** The server's Keep-Alive hint is cut by this much: a connection is dropped before the server drops it. */
 const HINT_MARGIN_MS = 1000;
+/** An idle time learned from the server's closes is forgotten after this long, then learned again (it may have changed). */
+const LEARNED_IDLE_TTL_MS = 60_000;
+/** A connection idle at least this long is written one event-loop turn after it is taken (Connection.send). */
+const DEFER_AFTER_IDLE_MS = 1000;
+/** After an origin sent bytes past a complete answer, its connections are not reused for this long. */
+const STRAY_NO_REUSE_MS = 60_000;
 const CRLFCRLF = Buffer.from('\r\n\r\n');
 const LFLF = Buffer.from('\n\n');
 const LFCRLF = Buffer.from('\n\r\n');
@@ -78,6 +84,15 @@ export class Connection {
   private chLine = 0;
   private trailerBytes = 0;
   private gotBytes = false;
+  /** Bytes of 1xx heads before this answer's final head: they count toward MAX_RESPONSE_HEAD, or a 1xx flood
+   *  would keep the parser busy until the first-byte timeout (1xx heads do not restart it). */
+  private infoBytes = 0;
+  /** When this connection was parked, and until when it may be taken again (ms, Date.now()). */
+  parkedAt = 0;
+  idleUntil = 0;
+  /** Taken from the idle pool after DEFER_AFTER_IDLE_MS: the request waits one event-loop turn before it is written (see send()). */
+  private reused = false;
+  private sendArgs: [number, number] = [0, 0];
 
   constructor(pool: Pool) {
     this.pool = pool;
@@ -109,9 +124,46 @@ export class Connection {
     this.firstByteMs = firstByteMs;
     this.bodyIdleMs = idleMs;
     this.gotBytes = false;
+    this.infoBytes = 0;
     handler.onStart(this);
-    if (this.connected) this.write(head, body);
+    if (this.reused) {
+      // A connection taken from the idle pool after a while is written one turn later, after the poll phase has
+      // read what the kernel already holds for it: the server's FIN for an idle close (the keep-alive race) or
+      // stray bytes, which would otherwise be read as this request's answer. Either kills the connection before
+      // anything is written, and the request goes on a new one (safe: the upstream saw nothing).
+      this.reused = false;
+      this.st = St.Idle;
+      this.pendingHead = head;
+      this.pendingBody = body;
+      this.sendArgs = [firstByteMs, idleMs];
+      setImmediate(this.writeReused);
+    } else if (this.connected) this.write(head, body);
     else { this.pendingHead = head; this.pendingBody = body; }
+  }
+
+  private readonly writeReused = (): void => {
+    const head = this.pendingHead;
+    if (head === undefined || this.handler === undefined) return;
+    if (this.dead) { this.redispatch(); return; }
+    const body = this.pendingBody!;
+    this.pendingHead = undefined;
+    this.pendingBody = undefined;
+    this.st = St.Head;
+    this.write(head, body);
+  };
+
+  /** A reused connection that died before its deferred write: the request goes, unsent, on a new connection. */
+  private redispatch(): boolean {
+    const h = this.handler;
+    const head = this.pendingHead;
+    if (h === undefined || head === undefined || !this.connected) return false;
+    const body = this.pendingBody!;
+    this.handler = undefined;
+    this.pendingHead = undefined;
+    this.pendingBody = undefined;
+    this.destroy();
+    this.pool.fresh().send(h, head, body, this.sendArgs[0], this.sendArgs[1]);
+    return true;
   }
 
   /** Cuts the request `h` if this connection still carries it; the connection is closed, never reused. */
@@ -132,6 +184,9 @@ export class Connection {
   /** Taken from the idle pool for a new request. */
   wake(): void {
     this.parked = false;
+    // Only a connection idle a while is near the server's idle close; one parked moments ago (the busy case) is
+    // written at once: a turn's wait there cost ~10 us of CPU per request (8 concurrent, loopback).
+    this.reused = Date.now() - this.parkedAt >= DEFER_AFTER_IDLE_MS;
     this.socket.ref();
     this.disarm();
     this.st = St.Idle;
@@ -140,13 +195,15 @@ export class Connection {
   /** Parked in the idle pool: closed after the keep-alive time (or the server's hint, whichever is shorter). */
   park(): void {
     const hint = this.keepAliveMs >= 0 ? this.keepAliveMs - HINT_MARGIN_MS : Infinity;
-    const ms = Math.min(this.pool.opts.keepAliveMs, hint);
-    if (ms <= 0) { this.destroy(); return; }
+    const ms = Math.min(this.pool.opts.keepAliveMs, hint, this.pool.idleLimit());
+    if (ms <= 0 || this.pool.noReuse()) { this.destroy(); return; }
     this.arm(ms);
     // An idle connection alone does not keep the process alive.
     this.socket.unref();
     this.timer!.unref();
     this.parked = true;
+    this.parkedAt = Date.now();
+    this.idleUntil = this.parkedAt + ms;
     this.pool.idle.push(this);
   }
 
@@ -161,7 +218,9 @@ export class Connection {
     const s = this.socket;
     this.arm(this.firstByteMs);
     s.cork();
-    s.write(head, 'latin1');
+    // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low
+    // byte of each character, so U+010A / U+010D would reach the wire as LF / CR (a header injected upstream).
+    s.write(head, 'utf8');
     s.write(body);
     s.uncork();
   }
@@ -204,6 +263,7 @@ export class Connection {
   }
 
   private onSocketError(err: Error): void {
+    if (this.redispatch()) return;
     const code = (err as NodeJS.ErrnoException).code ?? '';
     const tlsRefused = this.pool.tls && !this.connected;
     const kind = code === 'ETIMEDOUT' ? 'timeout' : 'connect_error';
@@ -212,6 +272,11 @@ export class Connection {
   }
 
   private onSocketEnd(): void {
+    // The server closed a parked connection (or one taken, its request not yet written): learn how long it keeps
+    // idle connections (it gave no hint, or a longer one), so later ones are dropped before that instead of
+    // racing its close with a request.
+    if (this.parked || (this.connected && this.pendingHead !== undefined)) this.pool.idleClosed(Date.now() - this.parkedAt);
+    if (this.redispatch()) return;
     if (this.st === St.Close && this.handler !== undefined) { this.finish(false); return; }
     if (this.handler === undefined) { this.destroy(); return; }
     const midBody = this.st === St.Length || this.st === St.Chunked;
@@ -222,6 +287,7 @@ export class Connection {
   private onSocketClose(): void {
     this.dead = true;
     this.disarm();
+    this.redispatch();
     if (this.handler !== undefined) this.fail(new UpstreamFailure('connect_error', 'upstream closed the connection', undefined));
     this.pool.dropped(this);
   }
@@ -229,6 +295,8 @@ export class Connection {
   private onSocketData(b: Buffer): void {
     if (this.handler === undefined || this.st === St.Idle || this.st === St.Done) {
       // Bytes nobody asked for (a second answer, garbage on an idle connection): the connection is unusable.
+      this.pool.strayBytes();
+      if (this.redispatch()) return;
       this.handler = undefined;
       this.destroy();
       return;
@@ -295,14 +363,15 @@ export class Connection {
     for (;;) {
       const end = data.indexOf(CRLFCRLF, from);
       if (end < 0) {
-        if (data.length - start > MAX_RESPONSE_HEAD) this.fail(new UpstreamFailure('protocol_error', 'upstream answer head too large', undefined));
+        if (this.infoBytes + data.length - start > MAX_RESPONSE_HEAD) this.fail(new UpstreamFailure('protocol_error', 'upstream answer head too large', undefined));
         else if (data.indexOf(LFLF, from) >= 0 || data.indexOf(LFCRLF, from) >= 0) this.fail(new UpstreamFailure('protocol_error', 'upstream answer head has bare LF line ends', undefined));
         else this.stash(data, start);
         return undefined;
       }
-      if (end - start > MAX_RESPONSE_HEAD) { this.fail(new UpstreamFailure('protocol_error', 'upstream answer head too large', undefined)); return undefined; }
+      if (this.infoBytes + end - start > MAX_RESPONSE_HEAD) { this.fail(new UpstreamFailure('protocol_error', 'upstream answer head too large', undefined)); return undefined; }
       const head = parseResponseHead(data.toString('latin1', start, end));
       if (typeof head === 'string') { this.fail(new UpstreamFailure('protocol_error', `malformed upstream answer: ${head}`, undefined)); return undefined; }
+      if (head.status < 200) this.infoBytes += end + 4 - start;
       start = end + 4;
       from = start;
       if (head.status < 200) {
@@ -333,7 +402,8 @@ export class Connection {
     let acc = this.headAcc!;
     const need = this.headLen + buf.length - off;
     if (acc.length < need) {
-      const grown = Buffer.allocUnsafe(Math.max(need, 2 * acc.length));
+      // Doubling, but not far past the bound: a head trickled to just under 64 KiB holds ~64 KiB, not 128.
+      const grown = Buffer.allocUnsafe(Math.max(need, Math.min(2 * acc.length, MAX_RESPONSE_HEAD + 4)));
       acc.copy(grown, 0, 0, this.headLen);
       acc = grown;
       this.headAcc = acc;
@@ -362,54 +432,63 @@ export class Connection {
   private readChunked(h: ResponseHandler, buf: Buffer, off: number): number {
     let i = off;
     const n = buf.length;
-    while (i < n) {
+    // The data of every chunk in this read goes to the handler once, at the end of the read: thousands of tiny
+    // chunks would otherwise cost a call, a view and a client write each (and ~90 bytes of memory per queued
+    // byte), and a view of a few bytes among kilobytes of chunk extensions, queued, would hold the whole read.
+    let a = -1;
+    let b = 0;
+    let parts: Buffer[] | undefined;
+    let total = 0;
+    let bad: string | undefined;
+    scan: while (i < n) {
       switch (this.ch) {
         case Ch.Data: {
           const take = Math.min(this.remaining, n - i);
-          const chunk = i === 0 && take === n ? buf : buf.subarray(i, i + take);
+          if (a < 0) { a = i; b = i + take; } else (parts ??= [buf.subarray(a, b)]).push(buf.subarray(i, i + take));
+          total += take;
           i += take;
           this.remaining -= take;
           if (this.remaining === 0) this.ch = Ch.DataCr;
-          this.deliver(h, chunk);
-          if (this.handler !== h) return n;
           continue;
         }
         case Ch.Size: {
           const c = buf[i]!;
           const d = c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x57 : c >= 0x41 && c <= 0x46 ? c - 0x37 : -1;
           if (d >= 0) {
-            if (++this.chDigits > 13) return this.chunkError(n, 'chunk size too large');
+            if (++this.chDigits > 13) { bad = 'chunk size too large'; break scan; }
             this.remaining = this.remaining * 16 + d;
           } else if (this.chDigits === 0) {
-            return this.chunkError(n, 'malformed chunk size');
+            bad = 'malformed chunk size';
+            break scan;
           } else if (c === 0x0d) {
             this.ch = Ch.SizeLf;
           } else if (c === 0x3b || c === 0x20 || c === 0x09) {
             this.ch = Ch.Ext;
           } else {
-            return this.chunkError(n, 'malformed chunk size');
+            bad = 'malformed chunk size';
+            break scan;
           }
           break;
         }
         case Ch.Ext: {
           const c = buf[i]!;
           if (c === 0x0d) this.ch = Ch.SizeLf;
-          else if ((c < 0x20 && c !== 0x09) || c === 0x7f) return this.chunkError(n, 'malformed chunk extension');
-          else if (++this.chLine > MAX_CHUNK_LINE) return this.chunkError(n, 'chunk extension too long');
+          else if ((c < 0x20 && c !== 0x09) || c === 0x7f) { bad = 'malformed chunk extension'; break scan; }
+          else if (++this.chLine > MAX_CHUNK_LINE) { bad = 'chunk extension too long'; break scan; }
           break;
         }
         case Ch.SizeLf:
-          if (buf[i] !== 0x0a) return this.chunkError(n, 'malformed chunk line end');
+          if (buf[i] !== 0x0a) { bad = 'malformed chunk line end'; break scan; }
           this.chDigits = 0;
           this.chLine = 0;
           this.ch = this.remaining === 0 ? Ch.TrailerStart : Ch.Data;
           break;
         case Ch.DataCr:
-          if (buf[i] !== 0x0d) return this.chunkError(n, 'chunk data longer than its size');
+          if (buf[i] !== 0x0d) { bad = 'chunk data longer than its size'; break scan; }
           this.ch = Ch.DataLf;
           break;
         case Ch.DataLf:
-          if (buf[i] !== 0x0a) return this.chunkError(n, 'chunk data longer than its size');
+          if (buf[i] !== 0x0a) { bad = 'chunk data longer than its size'; break scan; }
           this.ch = Ch.Size;
           break;
         case Ch.TrailerStart:
@@ -419,26 +498,39 @@ export class Connection {
         case Ch.Trailer: {
           const c = buf[i]!;
           if (c === 0x0d) this.ch = Ch.TrailerLf;
-          else if (c === 0x0a || c === 0 || ++this.trailerBytes > MAX_TRAILERS) return this.chunkError(n, 'malformed trailer section');
+          else if (c === 0x0a || c === 0 || ++this.trailerBytes > MAX_TRAILERS) { bad = 'malformed trailer section'; break scan; }
           break;
         }
         case Ch.TrailerLf:
-          if (buf[i] !== 0x0a) return this.chunkError(n, 'malformed trailer section');
+          if (buf[i] !== 0x0a) { bad = 'malformed trailer section'; break scan; }
           this.ch = Ch.TrailerStart;
           break;
         case Ch.EndLf:
-          if (buf[i] !== 0x0a) return this.chunkError(n, 'malformed chunked ending');
+          if (buf[i] !== 0x0a) { bad = 'malformed chunked ending'; break scan; }
+          if (total > 0) {
+            this.deliverSpans(h, buf, a, b, parts, total);
+            if (this.handler !== h) return n;
+          }
           this.finish(i + 1 < n);
           return n;
       }
       i++;
     }
+    // Data before a malformed part is still delivered: the text that came is counted and charged.
+    if (total > 0) this.deliverSpans(h, buf, a, b, parts, total);
+    if (bad !== undefined && this.handler === h) this.chunkError(bad);
     return n;
   }
 
-  private chunkError(n: number, what: string): number {
+  /** One read's chunk data: a view when it is one span of at least half the read, else one compact copy. */
+  private deliverSpans(h: ResponseHandler, buf: Buffer, a: number, b: number, parts: Buffer[] | undefined, total: number): void {
+    if (parts !== undefined) this.deliver(h, Buffer.concat(parts, total));
+    else if (2 * total >= buf.length) this.deliver(h, a === 0 && b === buf.length ? buf : buf.subarray(a, b));
+    else this.deliver(h, Buffer.from(buf.subarray(a, b)));
+  }
+
+  private chunkError(what: string): void {
     this.fail(new UpstreamFailure('protocol_error', `malformed upstream body: ${what}`, undefined));
-    return n;
   }
 
   /** The answer is complete; `extra` says bytes followed it in the same read (the connection is then unusable). */
@@ -449,6 +541,7 @@ export class Connection {
     this.disarm();
     if (this.paused) { this.paused = false; this.socket.resume(); }
     // Bytes of the request still queued here: the server answered before reading it all (an early 413).
+    if (extra) this.pool.strayBytes();
     const reuse = this.reusable && !extra && this.socket.writableLength === 0 && !this.dead && !this.pool.closed;
     if (reuse) this.park(); else this.destroy();
     h.onComplete();
@@ -474,7 +567,11 @@ export class Pool {
   closed = false;
   open = 0;
   private deadIdle = 0;
+  private serverIdleMs = 0;
+  private serverIdleAt = 0;
+  private noReuseUntil = 0;
   private onEmpty: (() => void) | undefined = undefined;
+  private emptied: Promise<void> | undefined = undefined;
 
   constructor(origin: string, opts: PoolOptions) {
     const url = new URL(origin);
@@ -490,14 +587,57 @@ export class Pool {
   /** An idle connection, or a new one. */
   take(): Connection {
     const idle = this.idle;
+    const now = Date.now();
+    const limit = this.idleLimit();
     while (idle.length > 0) {
       const c = idle.pop()!;
-      if (!c.dead) { c.wake(); return c; }
+      if (!c.dead) {
+        // Its idle timer may not have fired yet (a busy loop runs timers late): past its time, or past what the
+        // server was since seen to keep, it would race the server's close.
+        if (now < c.idleUntil && now - c.parkedAt < limit) { c.wake(); return c; }
+        c.parked = false;
+        c.destroy();
+        continue;
+      }
       // Counted by dropped() already, or not yet closed (then it is no longer in the list when it is).
       if (c.parked) c.parked = false; else this.deadIdle--;
     }
+    return this.fresh();
+  }
+
+  /** A new connection. */
+  fresh(): Connection {
     this.open++;
     return new Connection(this);
+  }
+
+  /**
+   * The server sent bytes past a complete answer. Delayed a little, such bytes reach a connection already
+   * carrying the next request and are read as its answer (another client's bytes), and nothing on the wire
+   * tells them from a real answer: so no connection to this origin is reused for a while.
+   */
+  strayBytes(): void {
+    this.noReuseUntil = Date.now() + STRAY_NO_REUSE_MS;
+  }
+
+  noReuse(): boolean {
+    return this.noReuseUntil !== 0 && Date.now() < this.noReuseUntil;
+  }
+
+  /** A parked connection was closed by the server after `ms` idle. */
+  idleClosed(ms: number): void {
+    const now = Date.now();
+    // The longest such idle time seen lately: a restart closing every connection at once must not shrink it.
+    if (now - this.serverIdleAt > LEARNED_IDLE_TTL_MS) this.serverIdleMs = 0;
+    this.serverIdleMs = Math.max(this.serverIdleMs, ms);
+    this.serverIdleAt = now;
+  }
+
+  /** How long a connection may stay parked given the server's observed idle closes (Infinity: none seen lately). */
+  idleLimit(): number {
+    const t = this.serverIdleMs;
+    if (t === 0 || Date.now() - this.serverIdleAt > LEARNED_IDLE_TTL_MS) return Infinity;
+    return t - Math.min(HINT_MARGIN_MS, t / 4);
   }
 
   dropped(c: Connection): void {
@@ -526,15 +666,17 @@ export class Pool {
     this.idle.length = 0;
     this.deadIdle = 0;
     if (this.open === 0) return Promise.resolve();
-    return new Promise((resolve) => { this.onEmpty = resolve; });
+    // Closed again (a retired client, then shutdown): the same promise, or the first caller would wait forever.
+    this.emptied ??= new Promise((resolve) => { this.onEmpty = resolve; });
+    return this.emptied;
   }
 }
 
-const FORBIDDEN_VALUE = /[\r\n\0]/;
+const FORBIDDEN_VALUE = /[\0-\x08\x0a-\x1f\x7f]/;
 
 /**
- * The request head, or a message saying why it cannot be sent (a header value with CR, LF or NUL, a bad name or
- * path): such a request never reaches the wire.
+ * The request head, or a message saying why it cannot be sent (a header value with a control character other than
+ * HTAB, a bad name or path): such a request never reaches the wire.
  */
 export function requestHead(pool: Pool, path: string, headers: Readonly<Record<string, string>>, bodyLength: number): string | UpstreamFailure {
   if (path.length === 0 || path.charCodeAt(0) !== 0x2f || /[\s\0]/.test(path)) return new UpstreamFailure('protocol_error', 'invalid upstream path', undefined);

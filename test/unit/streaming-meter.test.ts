@@ -88,6 +88,23 @@ test('strip mode forwards whole-event chunks without copying and stays event-ali
   assert.deepEqual(m.usage, { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 });
 });
 
+test('strip mode: a chunk that splits into many pieces around usage-only events, then ordinary chunks again', () => {
+  const m = new StreamMeter({ stripUsage: true });
+  const content = (i: number) => chunk({ ...base, choices: [{ index: 0, delta: { content: `w${i} ` }, finish_reason: null }], usage: null });
+  let many = '';
+  let kept = '';
+  for (let i = 0; i < 40; i++) { many += content(i) + USAGE_EVENT; kept += content(i); }
+  assert.equal(m.push(Buffer.from(many))?.toString(), kept, '40 pieces joined, every usage-only event removed');
+  for (let round = 0; round < 3; round++) {
+    const one = Buffer.from(content(100 + round));
+    assert.equal(m.push(one), one, 'a whole kept chunk is forwarded as it is');
+    assert.equal(m.push(Buffer.from(content(200 + round) + USAGE_EVENT + content(300 + round)))?.toString(), content(200 + round) + content(300 + round));
+  }
+  assert.equal(m.push(Buffer.from(AFTER))?.toString(), AFTER);
+  assert.equal(m.end(), undefined);
+  assert.deepEqual(m.usage, USAGE);
+});
+
 test('usage on a chunk that also carries choices is recorded but never stripped', () => {
   const s = chunk({ ...base, choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: 'stop' }], usage: USAGE }) + AFTER;
   const r = run([Buffer.from(s)], true);

@@ -34,6 +34,24 @@ test('modelLimits: longest prefix at a name boundary, provider prefixes and case
   for (const k of Object.keys(KNOWN_MODELS)) assert.ok(KNOWN_MODELS[k]!.max_output_tokens <= KNOWN_MODELS[k]!.context_window, k);
 });
 
+test('modelLimits is memoised per table and name: answers unchanged when asked again, past the bound, for long names', () => {
+  const custom = { 'my-model': { max_output_tokens: 777, context_window: 9999 } };
+  const other = { 'my-model': { max_output_tokens: 555, context_window: 9999 } };
+  for (let round = 0; round < 2; round++) {
+    assert.equal(modelLimits('my-model-v2', custom)?.max_output_tokens, 777);
+    assert.equal(modelLimits('my-model-v2', other)?.max_output_tokens, 555, 'each table answers for itself');
+    assert.equal(modelLimits('my-model-v2'), undefined, 'no table: the built-in one only');
+    assert.equal(modelLimits('GPT-4o', custom)?.max_output_tokens, 16384);
+  }
+  // More distinct (client-chosen) names than the memo keeps, then the first ones again.
+  for (let i = 0; i < 600; i++) assert.equal(modelLimits(`gpt-4o-${i}`, custom)?.max_output_tokens, 16384);
+  for (let i = 0; i < 600; i++) assert.equal(modelLimits(`unknown-${i}`, custom), undefined);
+  assert.equal(modelLimits('gpt-4o-0', custom)?.max_output_tokens, 16384);
+  const long = `gpt-4.1-${'x'.repeat(300)}`;
+  assert.equal(modelLimits(long)?.max_output_tokens, 32768, 'a name past the memo\'s length bound is looked up each time');
+  assert.equal(modelLimits(long)?.max_output_tokens, 32768);
+});
+
 test('completionReservation: per-choice cap, n multiplies, max_reservation caps the whole', () => {
   const policy = { defaultMaxTokens: 256, maxReservation: 32768, instanceModels: ['gpt-4o-mini'] };
   const r = (req: number | undefined, n = 1, p: typeof policy | Record<string, unknown> = policy) =>

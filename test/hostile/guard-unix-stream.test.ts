@@ -1,0 +1,156 @@
+// The HTTP/1.x guard relays to uWS over a unix socket in a private directory. An earlier uWS build corrupted a
+// large chunked answer written under backpressure over a unix socket (a chunk header without its data, a few MB
+// into a stream whose reader had paused); this replays that case through a real gateway process: fast upstreams,
+// clients that stop reading for a while every MiB, several at once, and every byte checked — chunk framing, SSE
+// framing and the frame sequence. Also: the socket's directory is private and goes with the gateway.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import { connect } from 'node:net';
+import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { startSluiceProcess, type SluiceProcess } from '../helpers/sluice-process.ts';
+
+const MIB = 1024 * 1024;
+
+/** SSE frames numbered from 0, each `pad` characters of content, written as fast as the gateway takes them. */
+async function fastUpstream(): Promise<Server> {
+  const s = createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (b: Buffer) => parts.push(b));
+    req.on('end', () => {
+      const { messages } = JSON.parse(Buffer.concat(parts).toString()) as { messages: { content: string }[] };
+      const [mib, pad] = messages[0]!.content.split(' ').map(Number) as [number, number];
+      const frames = Math.ceil((mib * MIB) / pad);
+      const text = 'x'.repeat(pad);
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      let i = 0;
+      const pump = (): void => {
+        while (i < frames) {
+          const f = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { content: `${i}:${text}` }, finish_reason: null }] })}\n\n`;
+          i++;
+          if (!res.write(f)) { res.once('drain', pump); return; }
+        }
+        res.end(`data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage: { prompt_tokens: 5, completion_tokens: frames, total_tokens: frames + 5 } })}\n\ndata: [DONE]\n\n`);
+      };
+      pump();
+    });
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  return s;
+}
+
+/** One streamed request over a raw socket whose reader pauses `pauseMs` after every MiB; the raw bytes back. */
+function pausingRead(port: number, mib: number, pad: number, pauseMs: number): Promise<Buffer> {
+  const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: `${mib} ${pad}` }], stream: true });
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let got = 0;
+    let nextPause = MIB;
+    const deadline = setTimeout(() => { s.destroy(); reject(new Error(`no end after 90 s (${got} bytes)`)); }, 90_000);
+    s.on('data', (d: Buffer) => {
+      chunks.push(d);
+      got += d.length;
+      if (got > nextPause) {
+        nextPause += MIB;
+        s.pause();
+        setTimeout(() => s.resume(), pauseMs);
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => { clearTimeout(deadline); resolve(Buffer.concat(chunks)); });
+    s.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  });
+}
+
+/** Checks the answer's chunked framing, SSE framing and frame numbering; returns the numbered frames seen. */
+function verify(all: Buffer): number {
+  const headEnd = all.indexOf('\r\n\r\n');
+  assert.ok(headEnd > 0, 'no answer head');
+  assert.match(all.toString('latin1', 0, headEnd), /^HTTP\/1\.1 200 /);
+  assert.match(all.toString('latin1', 0, headEnd), /transfer-encoding: chunked/i);
+  const parts: Buffer[] = [];
+  let p = headEnd + 4;
+  for (;;) {
+    const le = all.indexOf('\r\n', p);
+    assert.ok(le > 0, `chunk line missing at byte ${p}`);
+    const line = all.toString('latin1', p, le);
+    assert.match(line, /^[0-9a-f]+$/i, `chunk size line at byte ${p}: ${JSON.stringify(line.slice(0, 40))}`);
+    const size = parseInt(line, 16);
+    if (size === 0) break;
+    parts.push(all.subarray(le + 2, le + 2 + size));
+    assert.equal(all.toString('latin1', le + 2 + size, le + 4 + size), '\r\n', `chunk at byte ${le} is not followed by CRLF`);
+    p = le + 4 + size;
+  }
+  let expect = 0;
+  const text = Buffer.concat(parts).toString('utf8');
+  assert.ok(text.endsWith('data: [DONE]\n\n'), 'the stream does not end with [DONE]');
+  for (const f of text.split('\n\n')) {
+    if (f === '' || f === 'data: [DONE]') continue;
+    assert.ok(f.startsWith('data: '), `a frame near #${expect} is not an SSE data line: ${JSON.stringify(f.slice(0, 60))}`);
+    const j = JSON.parse(f.slice(6)) as { choices: { delta?: { content?: string } }[] };
+    const c = j.choices[0]?.delta?.content;
+    if (c === undefined) continue;
+    assert.equal(Number(c.slice(0, c.indexOf(':'))), expect, 'frames out of sequence');
+    expect++;
+  }
+  return expect;
+}
+
+/** The unix socket paths a process listens on, from /proc (its socket fds matched against /proc/net/unix). */
+function unixPathsOf(pid: number): string[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m !== null) inodes.add(m[1]!);
+    } catch { /* closed meanwhile */ }
+  }
+  const paths: string[] = [];
+  for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && inodes.has(f[6]!) && f[7]!.startsWith('/')) paths.push(f[7]!);
+  }
+  return [...new Set(paths)];
+}
+
+describe('the guard relays large streams over its unix socket intact', () => {
+  let upstream: Server;
+  let gw: SluiceProcess;
+  before(async () => {
+    upstream = await fastUpstream();
+    const port = (upstream.address() as { port: number }).port;
+    gw = await startSluiceProcess({
+      workers: 1,
+      routes: [{ id: 'fast', uri: '/v1/chat/completions', plugins: {
+        'ai-proxy-multi': { instances: [{ name: 'up', provider: 'openai-compatible', override: { endpoint: `http://127.0.0.1:${port}/v1/chat/completions` } }] },
+      } }],
+    });
+  });
+  after(async () => {
+    await gw?.stop();
+    upstream?.closeAllConnections();
+    await new Promise<void>((r) => (upstream ? upstream.close(() => r()) : r()));
+  });
+
+  it('the socket lives in a new directory only the gateway user can open', () => {
+    const paths = unixPathsOf(gw.pid);
+    assert.equal(paths.length, 1, `unix sockets of the gateway: ${paths.join(', ')}`);
+    assert.equal(statSync(dirname(paths[0]!)).mode & 0o777, 0o700);
+  });
+
+  it('three paused readers at once: 12 MiB each in small, medium and 64 KB frames, every byte in place', async () => {
+    const port = Number(new URL(gw.url).port);
+    const runs = await Promise.all([pausingRead(port, 12, 200, 150), pausingRead(port, 12, 8000, 300), pausingRead(port, 12, 65_000, 100)]);
+    const frames = runs.map(verify);
+    assert.deepEqual(frames, [Math.ceil((12 * MIB) / 200), Math.ceil((12 * MIB) / 8000), Math.ceil((12 * MIB) / 65_000)]);
+  });
+
+  it('the directory goes when the gateway stops', async () => {
+    const [path] = unixPathsOf(gw.pid);
+    gw.signal('SIGTERM');
+    assert.equal(await gw.exited, 0);
+    assert.equal(existsSync(dirname(path!)), false, `${dirname(path!)} left behind`);
+  });
+});

@@ -1,0 +1,439 @@
+// Hostile and broken upstreams against Sluice's own HTTP/1.1 client (upstream/h1-pool.ts), end to end through
+// real gateways: scripted raw TCP/TLS upstreams (test/helpers/scripted-upstream.ts) answer with exactly the
+// bytes each case needs. One case per item: header injection toward the upstream, status codes outside
+// 100-599, 1xx floods, tiny-chunk and chunk-extension floods (gateway RSS from /proc), an endless stream to a
+// client that stopped reading, extra answers past a framed one (another client's bytes), the keep-alive race
+// against an upstream closing idle connections without a hint, a FIN or stray bytes already received on an
+// idle connection, error mapping (502 / 504 JSON errors, charged mid-stream failures), TLS, close() twice,
+// SIGTERM with pooled streams in flight.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
+import { startGateway, post } from '../helpers/gateway.ts';
+import { startSluiceProcess, eventually, type SluiceProcess } from '../helpers/sluice-process.ts';
+import { startScriptedUpstream, chatAnswer, sseDelta, type ScriptedUpstream, type Script } from '../helpers/scripted-upstream.ts';
+import { exchange } from '../helpers/raw-http.ts';
+import { metric } from '../helpers/metrics.ts';
+import { freePort } from '../helpers/free-port.ts';
+import { UpstreamClient } from '../../src/upstream/client.ts';
+
+const ASK = { model: 'm', messages: [{ role: 'user', content: 'hi' }], max_tokens: 20 };
+const STREAM = { ...ASK, stream: true };
+const MiB = 2 ** 20;
+/** Per case: generous on a shared 2-core machine; each case bounds its own waits well inside it. */
+const T = { timeout: 120_000 };
+
+function route(upstreamUrl: string, plugin: Record<string, unknown> = {}, inst: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    routes: [{
+      id: 'u', uri: '/v1/chat/completions',
+      plugins: {
+        'ai-proxy-multi': { ...plugin, instances: [{ name: 'a', provider: 'openai-compatible', override: { endpoint: `${upstreamUrl}/v1/chat/completions` }, ...inst }] },
+        'ai-rate-limiting': { limit: 10_000_000, time_window: 3600 },
+      },
+    }],
+  };
+}
+
+/** Starts a scripted upstream and an in-process gateway in front of it; both closed by the returned function. */
+async function setup(script: Script, cfg: (url: string) => Record<string, unknown> = (u) => route(u), tls = false) {
+  const up = await startScriptedUpstream(script, { tls });
+  const gw = await startGateway(cfg(up.url));
+  return { up, gw, close: async () => { await gw.close(); await up.close(); } };
+}
+
+/** Writes `piece` `times` times, respecting backpressure; then `end` (if any). Stops when the socket closes. */
+function pump(s: Socket, piece: Buffer, times: number, end?: string): void {
+  let sent = 0;
+  const go = (): void => {
+    while (!s.destroyed && sent < times) {
+      sent++;
+      if (!s.write(piece)) { s.once('drain', go); return; }
+    }
+    if (!s.destroyed && end !== undefined) s.end(end);
+  };
+  go();
+}
+
+/** Samples a process's RSS every 20 ms until `done` settles; returns the peak growth over the first sample. */
+async function peakGrowth(p: SluiceProcess, done: Promise<unknown>): Promise<number> {
+  const base = p.rss();
+  let peak = base;
+  let running = true;
+  const sampler = (async () => {
+    while (running) {
+      peak = Math.max(peak, p.rss());
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  try { await done; } finally { running = false; await sampler; }
+  return peak - base;
+}
+
+describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
+  it('a client header value with U+010A / U+010D (UTF-8) never reaches the upstream as a line break', T, async () => {
+    const t = await setup((_req, s) => { s.write(chatAnswer('hi')); }, (u) => route(u, {}, { forward_headers: ['x-fwd-*'] }));
+    try {
+      const port = Number(new URL(t.gw.url).port);
+      const body = JSON.stringify(ASK);
+      // uWS decodes header values from UTF-8; a latin1 write kept only each character's low byte: C4 8A -> LF.
+      for (const value of ['a\u010ax-injected: yes', 'a\u010d\u010ax-injected: yes']) {
+        const raw = Buffer.concat([
+          Buffer.from(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nx-fwd-a: `),
+          Buffer.from(value, 'utf8'),
+          Buffer.from(`\r\nconnection: close\r\n\r\n${body}`),
+        ]);
+        const before = t.up.requests.length;
+        const r = await exchange(port, raw, { waitMs: 15_000 });
+        const seen = t.up.requests.slice(before);
+        for (const q of seen) {
+          const lines = q.head.split(/\r\n|\n|\r/);
+          assert.ok(!lines.some((l) => /^x-injected/i.test(l)), `an injected header line reached the upstream: ${JSON.stringify(q.head)}`);
+          // Forwarded as the client's own UTF-8 bytes.
+          assert.equal(Buffer.from(q.headers['x-fwd-a']!, 'latin1').toString('utf8'), value);
+        }
+        assert.ok(r.responses[0] !== undefined && (r.responses[0].status === 200 || r.responses[0].status === 400), `status ${r.responses[0]?.status}`);
+      }
+    } finally { await t.close(); }
+  });
+
+  it('a status code outside 100-599 (600, 999) is a 502 JSON error, not relayed', T, async () => {
+    let status = '600';
+    const t = await setup((_req, s) => { s.write(chatAnswer('hi').replace('200 OK', `${status} Odd`)); });
+    try {
+      for (const code of ['600', '999']) {
+        status = code;
+        const r = await post(`${t.gw.url}/v1/chat/completions`, ASK);
+        assert.equal(r.status, 502, `${code}: ${r.status} ${r.text}`);
+        assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR');
+      }
+    } finally { await t.close(); }
+  });
+
+  it('a flood of 1xx heads is refused past the head bound, long before the first-byte timeout', T, async () => {
+    let heads = 0;
+    const blob = Buffer.from('HTTP/1.1 100 Continue\r\n\r\n'.repeat(1000));
+    const t = await setup((_req, s) => {
+      // 1xx heads do not restart the first-byte clock; uncounted, they kept the parser busy until it ran out.
+      const go = (): void => {
+        while (!s.destroyed && heads < 5_000_000) {
+          heads += 1000;
+          if (!s.write(blob)) { s.once('drain', go); return; }
+        }
+      };
+      go();
+    }, (u) => ({ limits: { upstream_first_byte_timeout_ms: 40_000 }, ...route(u) }));
+    try {
+      const r = await post(`${t.gw.url}/v1/chat/completions`, ASK);
+      assert.equal(r.status, 502, r.text);
+      assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR');
+      assert.match(r.body?.error?.message ?? '', /too large/);
+    } finally { await t.close(); }
+  });
+
+  describe('memory: a buffered answer in a flood of tiny chunks (a gateway process per case, RSS from /proc)', () => {
+    const TINY = 4 * MiB;
+    const EXT_DATA = 100_000;
+
+    /** RSS growth of a fresh, warmed-up gateway process while it relays one answer the upstream floods. */
+    async function growthFor(what: 'tiny' | 'ext', expect: number): Promise<number> {
+      const up = await startScriptedUpstream((req, s) => {
+        if ((JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content === 'warm') { s.write(chatAnswer('warm')); return; }
+        s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n');
+        // 'tiny': 1-byte chunks; 'ext': 1-byte chunks each behind a 4 KiB chunk extension.
+        if (what === 'tiny') pump(s, Buffer.from('1\r\nx\r\n'.repeat(8192)), TINY / 8192, '0\r\n\r\n');
+        else pump(s, Buffer.from(`1;${'e'.repeat(4000)}\r\nx\r\n`.repeat(16)), EXT_DATA / 16, '0\r\n\r\n');
+      });
+      const gw = await startSluiceProcess(route(up.url));
+      try {
+        const ask = (content: string) => fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...ASK, messages: [{ role: 'user', content }] }) });
+        // Warm up (first requests load parts lazily) before the RSS baseline.
+        for (let i = 0; i < 3; i++) await (await ask('warm')).text();
+        let status = 0;
+        let length = 0;
+        const done = (async () => {
+          const r = await ask(what);
+          status = r.status;
+          length = (await r.arrayBuffer()).byteLength;
+        })();
+        const growth = await peakGrowth(gw, done);
+        assert.equal(status, 200);
+        assert.equal(length, expect, 'every byte relayed');
+        return growth;
+      } finally { await gw.stop(); await up.close(); }
+    }
+
+    it('4 MiB of 1-byte chunks: RSS grows by far less than the ~110 bytes per byte it took', T, async () => {
+      const growth = await growthFor('tiny', TINY);
+      assert.ok(growth < 120 * MiB, `RSS grew by ${(growth / MiB).toFixed(0)} MiB for a ${TINY / MiB} MiB answer`);
+    });
+
+    it('100 KB of 1-byte chunks behind 4 KiB extensions (400 MB on the wire): the reads they came in are not all held', T, async () => {
+      const growth = await growthFor('ext', EXT_DATA);
+      assert.ok(growth < 120 * MiB, `RSS grew by ${(growth / MiB).toFixed(0)} MiB for a ${EXT_DATA} byte answer`);
+    });
+  });
+
+  it('an endless stream to a client that stopped reading: the upstream is paused and RSS stops growing', T, async () => {
+    let written = 0;
+    let lastWrite = Date.now();
+    const up = await startScriptedUpstream((req, s) => {
+      if ((JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content === 'warm') { s.write(chatAnswer('warm')); return; }
+      s.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n');
+      const ev = Buffer.from(sseDelta('x'.repeat(4000)));
+      const chunk = Buffer.concat([Buffer.from(`${ev.length.toString(16)}\r\n`), ev, Buffer.from('\r\n')]);
+      const go = (): void => {
+        while (!s.destroyed && written < 2048 * MiB) {
+          written += chunk.length;
+          lastWrite = Date.now();
+          if (!s.write(chunk)) { s.once('drain', go); return; }
+        }
+      };
+      go();
+    });
+    const gw = await startSluiceProcess(route(up.url));
+    const { connect } = await import('node:net');
+    const client = connect(Number(new URL(gw.url).port), '127.0.0.1');
+    client.on('error', () => undefined);
+    try {
+      for (let i = 0; i < 3; i++) await (await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...ASK, messages: [{ role: 'user', content: 'warm' }] }) })).text();
+      const body = JSON.stringify(STREAM);
+      client.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      client.once('data', () => client.pause());
+      // The upstream's writes stall once every buffer on the way is full and the gateway paused its socket.
+      await eventually('the upstream\'s writes stalled', async () => written > 0 && Date.now() - lastWrite > 2000, 60_000);
+      const stalledAt = written;
+      // The text counted past the meter's bound starts the tokenizer threads (~100 MiB once): the check is that
+      // RSS stops growing, not its level.
+      const base = gw.rss();
+      let peak = base;
+      for (let i = 0; i < 30; i++) { peak = Math.max(peak, gw.rss()); await new Promise((r) => setTimeout(r, 100)); }
+      assert.equal(written, stalledAt, 'nothing more was read from the upstream while the client read nothing');
+      assert.ok(written < 256 * MiB, `the upstream wrote ${(written / MiB).toFixed(0)} MiB before it was paused`);
+      assert.ok(peak - base < 32 * MiB, `RSS still grew by ${((peak - base) / MiB).toFixed(0)} MiB after the upstream stalled`);
+    } finally { client.destroy(); await gw.stop(); await up.close(); }
+  });
+
+  it('an upstream that sends a second answer after a framed one: once seen, no client gets another client\'s answer', T, async () => {
+    const t = await setup((req, s) => {
+      const who = (JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content;
+      s.write(chatAnswer(`for ${who}`));
+      // A forged answer a moment later, in its own packet: on a connection already reused it would be read as
+      // the next request's answer, carrying this client's data to another client.
+      setTimeout(() => { if (!s.destroyed) s.write(chatAnswer(`LEAK of ${who}`)); }, 3);
+    });
+    try {
+      const first = await post(`${t.gw.url}/v1/chat/completions`, { ...ASK, messages: [{ role: 'user', content: 'first' }] });
+      assert.equal(first.body?.choices?.[0]?.message?.content, 'for first');
+      // The forged bytes land on the parked connection, which the gateway closes.
+      await eventually('the gateway closed the connection the stray answer came on', async () => t.up.sockets.size === 0);
+      let wrong = 0;
+      const seen: string[] = [];
+      let seq = 0;
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        for (let i = 0; i < 25; i++) {
+          const me = `client-${seq++}`;
+          const r = await post(`${t.gw.url}/v1/chat/completions`, { ...ASK, messages: [{ role: 'user', content: me }] })
+            .catch((err: Error) => { throw new Error(`${me}: ${String(err.cause)}`); });
+          assert.equal(r.status, 200, r.text);
+          const got = r.body?.choices?.[0]?.message?.content;
+          if (got !== `for ${me}`) { wrong++; if (seen.length < 3) seen.push(`${me} got ${got}`); }
+        }
+      }));
+      assert.equal(wrong, 0, `clients got another request's answer: ${seen.join('; ')}`);
+    } finally { await t.close(); }
+  });
+
+  it('keep-alive race: an upstream closing idle connections after 400 ms (no hint): requests sent around its close do not fail', T, async () => {
+    const idleTimers = new Map<Socket, NodeJS.Timeout>();
+    const up = await startScriptedUpstream((_req, s) => {
+      clearTimeout(idleTimers.get(s));
+      s.write(chatAnswer('hi'));
+      idleTimers.set(s, setTimeout(() => s.end(), 400));
+    }, { onConnection: (s) => { s.on('data', () => clearTimeout(idleTimers.get(s))); s.on('close', () => clearTimeout(idleTimers.get(s))); } });
+    const gw = await startGateway(route(up.url));
+    try {
+      // The gateway learns the upstream's idle close from the first one and drops idle connections 100 ms
+      // before it (a quarter of it, at most 1 s), at take time too, so a loop running late cannot race it; the
+      // margin keeps this independent of the machine's load (a 100 ms close, 25 ms margin: 5 of 300 failed at load 8).
+      const TOTAL = 120;
+      let failed = 0;
+      const reasons = new Set<string>();
+      await Promise.all(Array.from({ length: 4 }, async () => {
+        for (let i = 0; i < TOTAL / 4; i++) {
+          // Around the upstream's idle close: 390-410 ms after the previous answer.
+          await new Promise((r) => setTimeout(r, 390 + Math.random() * 20));
+          const r = await post(`${gw.url}/v1/chat/completions`, ASK);
+          if (r.status !== 200) { failed++; reasons.add(`${r.status} ${r.body?.error?.message}`); }
+        }
+      }));
+      assert.ok(failed <= 1, `${failed} of ${TOTAL} requests failed: ${[...reasons].join('; ')}`);
+    } finally { await gw.close(); await up.close(); }
+  });
+
+  it('error mapping: refused, reset, malformed, oversized head -> 502; no answer in time -> 504 (OpenAI-style JSON)', T, async () => {
+    const closedPort = await freePort();
+    const refused = await startGateway(route(`http://127.0.0.1:${closedPort}`));
+    try {
+      const r = await post(`${refused.url}/v1/chat/completions`, ASK);
+      assert.equal(r.status, 502, r.text);
+      assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR');
+    } finally { await refused.close(); }
+    const cases: [string, Script, number, string][] = [
+      ['reset before any answer', (_q, s) => { s.resetAndDestroy(); }, 502, 'SLC_UPSTREAM_ERROR'],
+      ['FIN before any answer', (_q, s) => { s.end(); }, 502, 'SLC_UPSTREAM_ERROR'],
+      ['garbage status line', (_q, s) => { s.end('HTTP/9.9 banana\r\n\r\n'); }, 502, 'SLC_UPSTREAM_ERROR'],
+      ['two different Content-Length values', (_q, s) => { s.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!'); }, 502, 'SLC_UPSTREAM_ERROR'],
+      ['a head past 64 KiB', (_q, s) => { s.write(`HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(70_000)}\r\n\r\n`); }, 502, 'SLC_UPSTREAM_ERROR'],
+      ['no answer (first-byte timeout)', () => undefined, 504, 'SLC_UPSTREAM_TIMEOUT'],
+    ];
+    for (const [what, script, status, code] of cases) {
+      const t = await setup(script, (u) => route(u, { timeout: 1500 }));
+      try {
+        const r = await post(`${t.gw.url}/v1/chat/completions`, ASK);
+        assert.equal(r.status, status, `${what}: ${r.text}`);
+        assert.equal(r.body?.error?.code, code, what);
+        assert.equal(typeof r.body?.error?.message, 'string', what);
+      } finally { await t.close(); }
+    }
+  });
+
+  it('a stream that breaks mid-body (malformed chunk, or stalls past the idle timeout) is a 502, charged for its text', T, async () => {
+    const text = 'one two three four five six seven eight nine ten';
+    const frames = text.split(/(?= )/).map(sseDelta).join('');
+    const chunk = (s: string) => `${Buffer.byteLength(s).toString(16)}\r\n${s}\r\n`;
+    const scripts: [string, Script][] = [
+      ['malformed chunk', (_q, s) => { s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n${chunk(frames)}zz\r\n`); }],
+      ['stall', (_q, s) => { s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n${chunk(frames)}`); }],
+    ];
+    for (const [what, script] of scripts) {
+      const t = await setup(script, (u) => route(u, { timeout: 1000 }));
+      try {
+        const r = await fetch(`${t.gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(STREAM) });
+        assert.equal(r.status, 200, what);
+        await assert.rejects(r.text(), `${what}: the client sees the stream cut, not a clean end`);
+        await eventually(`${what}: recorded`, async () => (await metric(t.gw, /^sluice_http_requests_total\{route="u",instance="a",status="502"\}/)) === 1);
+        assert.equal(await metric(t.gw, /^sluice_usage_estimated_total\{route="u",reason="upstream_broken"\}/), 1, what);
+        // Prompt plus the ten words that came.
+        assert.ok(await metric(t.gw, /^sluice_quota_tokens_charged_total\{route="u"/) >= 10, what);
+      } finally { await t.close(); }
+    }
+  });
+
+  it('TLS upstream: ssl_verify false streams and reuses its connection; ssl_verify true refuses a self-signed one (502)', T, async () => {
+    const script: Script = (_q, s) => {
+      const body = `${sseDelta('hello')}data: [DONE]\n\n`;
+      s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    };
+    const off = await setup(script, (u) => route(u, { ssl_verify: false }), true);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await fetch(`${off.gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(STREAM) });
+        assert.equal(r.status, 200);
+        assert.match(await r.text(), /hello[\s\S]*\[DONE\]/);
+      }
+      assert.equal(off.up.connections, 1, 'one TLS connection, reused');
+    } finally { await off.close(); }
+    const on = await setup(script, (u) => route(u, { ssl_verify: true }), true);
+    try {
+      const r = await post(`${on.gw.url}/v1/chat/completions`, STREAM);
+      assert.equal(r.status, 502, r.text);
+      assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR');
+      assert.equal(on.up.requests.length, 0, 'nothing sent over an unverified connection');
+    } finally { await on.close(); }
+  });
+
+  it('UpstreamClient.close() twice with a request in flight: both resolve once it ends (none waits forever)', T, async () => {
+    let answer: (() => void) | undefined;
+    const up = await startScriptedUpstream((_q, s) => { answer = () => s.write(chatAnswer('late')); });
+    const client = new UpstreamClient({ connectMs: 2000, firstByteMs: 30_000, idleMs: 30_000 });
+    try {
+      const call = client.send(up.url, '/v1/chat/completions', { 'content-type': 'application/json' }, Buffer.from(JSON.stringify(ASK)));
+      await eventually('the request reached the upstream', async () => answer !== undefined);
+      let closed = 0;
+      const first = client.close().then(() => { closed++; });
+      const second = client.close().then(() => { closed++; });
+      answer!();
+      await call.head();
+      await call.readAll(1 * MiB);
+      await eventually('both close() calls resolved', async () => closed === 2, 10_000);
+      await Promise.all([first, second]);
+    } finally { await up.close(); }
+  });
+
+  it('an idle connection whose FIN (or stray bytes) already reached the gateway is not written to: the request goes on a new one', T, async () => {
+    const up = await startScriptedUpstream((req, s) => { s.write(chatAnswer(`answer ${req.index}`)); });
+    try {
+      for (const [what, poke] of [['FIN', (s: Socket) => s.end()], ['stray bytes', (s: Socket) => s.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale')]] as const) {
+        const client = new UpstreamClient({ connectMs: 2000, firstByteMs: 10_000, idleMs: 10_000 });
+        const ask = async (): Promise<string> => {
+          const call = client.send(up.url, '/v1/chat/completions', { 'content-type': 'application/json' }, Buffer.from(JSON.stringify(ASK)));
+          await call.head();
+          return (await call.readAll(MiB)).toString();
+        };
+        try {
+          const before = up.connections;
+          assert.match(await ask(), /answer 0/, what);
+          // Idle past the point where a server's idle close becomes likely.
+          await new Promise((r) => setTimeout(r, 1200));
+          const [sock] = [...up.sockets];
+          poke(sock!);
+          // The bytes reach this process's kernel buffer, unread: nothing runs the event loop until send() is called.
+          const until = Date.now() + 50;
+          while (Date.now() < until) { /* spin */ }
+          const answer = await ask();
+          assert.match(answer, /answer 0/, `${what}: answered on a new connection, not with the stale bytes: ${answer}`);
+          assert.equal(up.connections, before + 2, `${what}: a second connection was opened`);
+          await eventually(`${what}: the old connection is closed`, async () => up.sockets.size === 1);
+        } finally { await client.close(); }
+        await eventually(`${what}: the client's connections are closed`, async () => up.sockets.size === 0);
+      }
+    } finally { await up.close(); }
+  });
+
+  describe('SIGTERM with requests on pooled upstream connections', () => {
+    let up: ScriptedUpstream;
+    let gw: SluiceProcess;
+    before(async () => {
+      up = await startScriptedUpstream((req, s) => {
+        const body = JSON.parse(req.body.toString()) as { stream?: boolean; messages: { content: string }[] };
+        const what = body.messages[0]!.content;
+        if (what === 'warm') { s.write(chatAnswer('warm')); return; }
+        if (what === 'silent') return;
+        // A stream that never ends: one event every 50 ms.
+        s.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n');
+        const ev = sseDelta(' tok');
+        const timer = setInterval(() => { if (s.destroyed) clearInterval(timer); else s.write(`${Buffer.byteLength(ev).toString(16)}\r\n${ev}\r\n`); }, 50);
+        s.on('close', () => clearInterval(timer));
+      });
+      gw = await startSluiceProcess({ shutdown: { drain_timeout_ms: 1000 }, ...route(up.url) });
+    });
+    after(async () => { await gw?.stop(); await up?.close(); });
+
+    it('streams and a request waiting for its head, on reused connections, are cut at the drain; the process exits', async () => {
+      const ask = (content: string, stream: boolean) => fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...ASK, stream, messages: [{ role: 'user', content }] }),
+      });
+      // Two pooled connections first, so the next requests reuse them.
+      await Promise.all([ask('warm', false).then((r) => r.text()), ask('warm', false).then((r) => r.text())]);
+      const stream = await ask('stream', true);
+      assert.equal(stream.status, 200);
+      const reader = (stream.body as ReadableStream<Uint8Array>).getReader();
+      await reader.read();
+      const silent = ask('silent', false).then(async (r) => ({ status: r.status, text: await r.text() }), (err: unknown) => ({ status: 0, text: String(err) }));
+      await eventually('both reached the upstream', () => up.requests.length === 4);
+      assert.ok(up.connections <= 3, `pooled connections reused (${up.connections} opened)`);
+      gw.signal('SIGTERM');
+      const code = await Promise.race([gw.exited, new Promise((r) => setTimeout(() => r('still running'), 30_000))]);
+      assert.equal(code, 0, `exit: ${code}`);
+      const s = await silent;
+      assert.ok(s.status === 503 || s.status === 0, `the waiting request: ${s.status} ${s.text}`);
+      let tail = '';
+      try {
+        for (;;) { const { done, value } = await reader.read(); if (done) break; tail += Buffer.from(value).toString(); }
+      } catch { /* cut */ }
+      assert.doesNotMatch(tail, /\[DONE\]/, 'the endless stream was cut, not ended');
+      await eventually('the upstream connections closed', () => up.sockets.size === 0);
+    });
+  });
+});
