@@ -389,6 +389,8 @@ export interface GuardOptions {
   readonly onReject?: (reason: string) => void;
 }
 
+/** Connection attempts to a full uWS accept queue before the guard answers 503 itself (~1.9 s in all). */
+const UP_RETRIES = 40;
 /** Most unparsed bytes held from a client while its previous request is answered; beyond, reading pauses. */
 const HOLD_BYTES = 64 * 1024;
 /** Longest response head accepted from uWS. */
@@ -445,6 +447,10 @@ class GuardConn {
   private pausedHold = false;
   private pausedBody = false;
   private corkedUp: Socket | undefined;
+  /** Bytes written to a unix-socket relay connection not yet connected (see openUp). */
+  private upPending: Buffer[] | undefined = undefined;
+  private upRetry = false;
+  private upAttempts = 0;
 
   constructor(g: Guard, client: Socket) {
     this.g = g;
@@ -584,10 +590,10 @@ class GuardConn {
     // Head and the body bytes that came with it leave in one writev (uncorked at the end of the client's read).
     if (this.corkedUp === undefined) { up.cork(); this.corkedUp = up; }
     if (head.rewrite) {
-      up.write(buildHead(head, this.peerLine, this.client.localAddress ?? 'localhost'));
+      this.upWrite(up, buildHead(head, this.peerLine, this.client.localAddress ?? 'localhost'));
     } else {
-      up.write(buf.subarray(0, head.blankAt));
-      up.write(this.peerBuf ??= Buffer.from(this.peerLine, 'latin1'));
+      this.upWrite(up, buf.subarray(0, head.blankAt));
+      this.upWrite(up, this.peerBuf ??= Buffer.from(this.peerLine, 'latin1'));
     }
   }
 
@@ -616,7 +622,7 @@ class GuardConn {
       end = r === -1 ? d.length : r;
       if (r >= 0) { this.reqBody = 'none'; this.reqChunks = undefined; }
     }
-    if (end > start && !up.write(start === 0 && end === d.length ? d : d.subarray(start, end)) && !this.pausedBody) {
+    if (end > start && !this.upWrite(up, start === 0 && end === d.length ? d : d.subarray(start, end)) && !this.pausedBody) {
       this.pausedBody = true;
       this.client.pause();
     }
@@ -637,18 +643,60 @@ class GuardConn {
 
   private upstream(): Socket {
     if (this.up !== undefined) return this.up;
+    return this.openUp();
+  }
+
+  private openUp(): Socket {
     const ep = this.g.endpoint();
-    const up = 'path' in ep ? connect(ep.path) : connect({ host: ep.host, port: ep.port, noDelay: true });
+    const unix = 'path' in ep;
+    const up = unix ? connect(ep.path) : connect({ host: ep.host, port: ep.port, noDelay: true });
     this.up = up;
+    if (unix) {
+      // A unix socket whose accept queue is full refuses at once (EAGAIN) where TCP would retry its SYN: keep
+      // what is written until connected, to send it again on a new connection (bounded: past the socket's
+      // high-water mark the client is paused).
+      this.upPending = [];
+      up.once('connect', () => { if (this.up === up) { this.upPending = undefined; this.upAttempts = 0; } });
+    }
     up.on('data', (d: Buffer) => this.onUp(up, d));
     up.on('drain', () => {
       if (!this.pausedBody) return;
       this.pausedBody = false;
       if (!this.pausedHold && !this.closing) this.client.resume();
     });
-    up.on('error', () => { /* 'close' follows */ });
+    up.on('error', (err: NodeJS.ErrnoException) => {
+      if (up === this.up && this.upPending !== undefined && err.code === 'EAGAIN') this.upRetry = true;
+      /* 'close' follows */
+    });
     up.on('close', () => this.onUpClose(up));
     return up;
+  }
+
+  private upWrite(up: Socket, b: Buffer): boolean {
+    if (this.upPending !== undefined && up === this.up) this.upPending.push(b);
+    return up.write(b);
+  }
+
+  /** uWS's accept queue was full: connect again shortly and send what the refused connection held. */
+  private retryUp(): void {
+    const pending = this.upPending ?? [];
+    this.upPending = undefined;
+    if (++this.upAttempts > UP_RETRIES) {
+      this.up = undefined;
+      if (!this.resStarted) this.refuse('overloaded', new SluiceError('SLC_OVERLOADED', 'the gateway could not take the connection in time'), this.curHead);
+      else this.destroy();
+      return;
+    }
+    setTimeout(() => {
+      if (this.closing) return;
+      const up = this.openUp();
+      let full = false;
+      for (const b of pending) full = !this.upWrite(up, b) || full;
+      if (this.pausedBody && !full) {
+        this.pausedBody = false;
+        if (!this.pausedHold) this.client.resume();
+      }
+    }, Math.min(50, 2 ** this.upAttempts)).unref();
   }
 
   private onUp(up: Socket, d: Buffer): void {
@@ -795,6 +843,8 @@ class GuardConn {
 
   private onUpClose(up: Socket): void {
     if (up !== this.up) return;
+    if (this.upRetry) { this.upRetry = false; this.retryUp(); return; }
+    this.upAttempts = 0;
     this.up = undefined;
     this.pausedUp = false;
     if (this.closing) return;

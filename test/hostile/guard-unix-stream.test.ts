@@ -147,6 +147,23 @@ describe('the guard relays large streams over its unix socket intact', () => {
     assert.deepEqual(frames, [Math.ceil((12 * MIB) / 200), Math.ceil((12 * MIB) / 8000), Math.ceil((12 * MIB) / 65_000)]);
   });
 
+  it('1,500 connections opened at once, past uWS\'s accept queue (512): every one gets its answer', { timeout: 120_000 }, async () => {
+    const port = Number(new URL(gw.url).port);
+    const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: '0 200' }], stream: true });
+    const one = (): Promise<string> => new Promise((resolve, reject) => {
+      const s = connect(port, '127.0.0.1');
+      const parts: Buffer[] = [];
+      const deadline = setTimeout(() => { s.destroy(); reject(new Error('no answer within 90 s')); }, 90_000);
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.on('error', reject);
+      s.on('close', () => { clearTimeout(deadline); resolve(Buffer.concat(parts).toString('latin1')); });
+      s.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    });
+    const answers = await Promise.allSettled(Array.from({ length: 1500 }, one));
+    const bad = answers.filter((a) => a.status === 'rejected' || !/^HTTP\/1\.1 200 [\s\S]*data: \[DONE\]/.test(a.value));
+    assert.equal(bad.length, 0, `${bad.length} of 1500 failed, e.g. ${bad.slice(0, 2).map((a) => a.status === 'rejected' ? String(a.reason) : JSON.stringify(a.value.slice(0, 120))).join(' | ')}`);
+  });
+
   it('the directory goes when the gateway stops', async () => {
     const [path] = unixPathsOf(gw.pid);
     gw.signal('SIGTERM');
