@@ -5,10 +5,10 @@
 //
 // Usage: node --import tsx native-bench/body-budget.bench.ts [--quick]
 // Bounded: a few seconds; the worker threads end by themselves (and are terminated at the end).
-import { Worker } from 'node:worker_threads';
 import { LocalBodyBudget, SharedBodyBudget, bodyBudgetCell, type BodyBudget } from '../src/frontend/body-budget.ts';
 import { createMetrics } from '../src/metrics/registry.ts';
 import { fmt, median, table } from './lib/stats.ts';
+import { runTogether, tsWorker } from './lib/together.ts';
 
 const QUICK = process.argv.includes('--quick');
 const OPS = QUICK ? 1_000_000 : 5_000_000;
@@ -26,36 +26,10 @@ function loop(b: BodyBudget, ops: number): number {
   return Number(process.hrtime.bigint() - t0) / ops;
 }
 
-function tsWorker(url: URL, options: ConstructorParameters<typeof Worker>[1]): Worker {
-  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
-  return new Worker(`import(${api}).then((t) => { t.register(); return import(${JSON.stringify(url.href)}); })`, { ...options, eval: true });
-}
-
 /** Mean ns per op of each of `n` threads running at once on one cell. */
 async function threads(n: number, max: number): Promise<{ ns: number; refused: number }> {
   const cell = bodyBudgetCell();
-  const barrier = new Int32Array(new SharedArrayBuffer(4));
-  const workers: Worker[] = [];
-  const ready: Promise<void>[] = [];
-  const done: Promise<{ ns: number; refused: number }>[] = [];
-  for (let i = 0; i < n; i++) {
-    const w = tsWorker(WORKER, { workerData: { cell, max, ops: OPS, barrier } });
-    workers.push(w);
-    let onReady!: () => void;
-    ready.push(new Promise((r) => { onReady = r; }));
-    done.push(new Promise((resolve, reject) => {
-      w.on('message', (m: { ready?: boolean; ns?: number; refused?: number }) => {
-        if (m.ready === true) onReady();
-        else resolve({ ns: m.ns!, refused: m.refused! });
-      });
-      w.once('error', reject);
-    }));
-  }
-  await Promise.all(ready);
-  Atomics.store(barrier, 0, 1);
-  Atomics.notify(barrier, 0);
-  const rs = await Promise.all(done);
-  for (const w of workers) await w.terminate();
+  const rs = await runTogether<{ ns: number; refused: number }>(n, (_i, barrier) => tsWorker(WORKER, { workerData: { cell, max, ops: OPS, barrier } }));
   const left = new SharedBodyBudget(cell, max, undefined).total();
   if (left !== 0) throw new Error(`the shared budget holds ${left} bytes after the run`);
   return { ns: rs.reduce((a, r) => a + r.ns / OPS, 0) / n, refused: rs.reduce((a, r) => a + r.refused, 0) };

@@ -7,13 +7,14 @@
 // Bounded: a few seconds per section; the worker threads are terminated at the end.
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { LocalQuotaStore } from '../src/quota/local-store.ts';
 import { LedgerHost } from '../src/quota/shared/ledger-host.ts';
 import { LedgerClient } from '../src/quota/shared/ledger-store.ts';
 import type { LedgerRequest } from '../src/quota/shared/protocol.ts';
 import type { CounterSpec, QuotaStore } from '../src/quota/types.ts';
 import { fmt, median, table } from './lib/stats.ts';
+import { runTogether, tsWorker } from './lib/together.ts';
 
 const QUICK = process.argv.includes('--quick');
 const OPS = QUICK ? 100_000 : 500_000;
@@ -37,41 +38,18 @@ function loop(store: QuotaStore, ops: number): number {
 }
 
 /** A worker with tsx registered (a worker's entry does not go through `--import tsx`'s hooks on Node 20). */
-function tsWorker(url: URL, options: ConstructorParameters<typeof Worker>[1]): Worker {
-  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
-  return new Worker(`import(${api}).then((t) => { t.register(); return import(${JSON.stringify(url.href)}); })`, { ...options, eval: true });
-}
 
 async function threads(host: LedgerHost, n: number, ops: number): Promise<{ usPerOp: number; delegated: number }> {
-  const barrier = new Int32Array(new SharedArrayBuffer(4));
-  const workers: Worker[] = [];
-  const ready: Promise<void>[] = [];
-  const done: Promise<{ ns: number; delegated: number }>[] = [];
-  for (let i = 0; i < n; i++) {
+  const ports: MessagePort[] = [];
+  const rs = await runTogether<{ ns: number; delegated: number }>(n, (_i, barrier) => {
     const { port1, port2 } = new MessageChannel();
+    ports.push(port1);
     port1.on('message', (m: { id: number; req: LedgerRequest }) => {
       void host.handle(m.req).then((reply) => port1.postMessage({ id: m.id, reply }));
     });
-    const w = tsWorker(WORKER, { workerData: { desc: host.descriptor(), port: port2, store: 'bench', counter, ops, barrier }, transferList: [port2] });
-    workers.push(w);
-    let onReady!: () => void;
-    ready.push(new Promise((r) => { onReady = r; }));
-    done.push(new Promise((resolve, reject) => {
-      w.on('message', (m: { ready?: boolean; ns?: number; delegated?: number }) => {
-        if (m.ready === true) onReady();
-        else {
-          port1.close();
-          resolve({ ns: m.ns!, delegated: m.delegated! });
-        }
-      });
-      w.once('error', reject);
-    }));
-  }
-  await Promise.all(ready);
-  Atomics.store(barrier, 0, 1);
-  Atomics.notify(barrier, 0);
-  const rs = await Promise.all(done);
-  for (const w of workers) await w.terminate();
+    return tsWorker(WORKER, { workerData: { desc: host.descriptor(), port: port2, store: 'bench', counter, ops, barrier }, transferList: [port2] });
+  });
+  for (const p of ports) p.close();
   // Per thread: the mean time per op of each thread (they run concurrently).
   return { usPerOp: rs.reduce((a, r) => a + r.ns / ops / 1000, 0) / n, delegated: rs.reduce((a, r) => a + r.delegated, 0) };
 }
