@@ -830,7 +830,8 @@ class GuardConn {
     this.inResBody = false;
     this.resChunks = undefined;
     this.lastActive = coarseNow;
-    if (this.resClose || (this.curMinor === 0 && !this.curKeepAlive)) {
+    // Either side said close (RFC 9112 §9.6): the client may be reading until the connection ends.
+    if (this.resClose || !this.curKeepAlive) {
       this.closing = true;
       this.client.end();
       this.dropUp();
