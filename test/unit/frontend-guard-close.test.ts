@@ -6,14 +6,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer, type Socket } from 'node:net';
 import { Guard } from '../../src/frontend/http1-guard.ts';
+import { GUARD_LIMITS } from '../helpers/guard-limits.ts';
 
-const LIMITS = {
-  max_header_fields: 48,
-  max_header_line_bytes: 8192,
-  max_header_bytes: 32768,
-  client_header_timeout_ms: 10_000,
-  client_idle_timeout_ms: 60_000,
-};
 
 const CHUNKED = 'HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata: \r\n0\r\n\r\n';
 
@@ -28,7 +22,7 @@ describe('the guard honours a client\'s Connection: close', () => {
         s.once('data', () => s.write(CHUNKED));
       });
       await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
-      const guard = new Guard({ limits: LIMITS, upstream: { host: '127.0.0.1', port: (up.address() as { port: number }).port } });
+      const guard = new Guard({ limits: GUARD_LIMITS, upstream: { host: '127.0.0.1', port: (up.address() as { port: number }).port } });
       try {
         const port = await guard.listen('127.0.0.1', 0);
         const text = await new Promise<string>((resolve, reject) => {

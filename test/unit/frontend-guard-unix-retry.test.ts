@@ -11,14 +11,8 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Guard } from '../../src/frontend/http1-guard.ts';
+import { GUARD_LIMITS } from '../helpers/guard-limits.ts';
 
-const LIMITS = {
-  max_header_fields: 48,
-  max_header_line_bytes: 8192,
-  max_header_bytes: 32768,
-  client_header_timeout_ms: 10_000,
-  client_idle_timeout_ms: 60_000,
-};
 
 const STAND_IN = `
 const net = require('node:net');
@@ -63,7 +57,7 @@ describe('the guard connects again when uWS\'s unix accept queue is full', () =>
     const dir = mkdtempSync(join(tmpdir(), 'sluice-retry-'));
     const path = join(dir, 'uws.sock');
     const stop = await standIn(path, 800);
-    const guard = new Guard({ limits: LIMITS, upstream: { path } });
+    const guard = new Guard({ limits: GUARD_LIMITS, upstream: { path } });
     try {
       const port = await guard.listen('127.0.0.1', 0);
       const answers = await Promise.all(Array.from({ length: 24 }, () => ask(port)));
@@ -80,7 +74,7 @@ describe('the guard connects again when uWS\'s unix accept queue is full', () =>
     const dir = mkdtempSync(join(tmpdir(), 'sluice-retry-'));
     const path = join(dir, 'uws.sock');
     const stop = await standIn(path, 8000);
-    const guard = new Guard({ limits: LIMITS, upstream: { path } });
+    const guard = new Guard({ limits: GUARD_LIMITS, upstream: { path } });
     try {
       const port = await guard.listen('127.0.0.1', 0);
       const answers = await Promise.all(Array.from({ length: 8 }, () => ask(port)));

@@ -6,14 +6,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { Guard, UPSTREAM_IDLE_MS } from '../../src/frontend/http1-guard.ts';
+import { GUARD_LIMITS } from '../helpers/guard-limits.ts';
 
-const LIMITS = {
-  max_header_fields: 48,
-  max_header_line_bytes: 8192,
-  max_header_bytes: 32768,
-  client_header_timeout_ms: 10_000,
-  client_idle_timeout_ms: 60_000,
-};
 
 const ANSWER = 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok';
 
@@ -71,7 +65,7 @@ async function until(cond: () => boolean, ms: number, what: string): Promise<voi
 describe('http1 guard: quiet connections to uWS', () => {
   it(`are closed by the guard after ${UPSTREAM_IDLE_MS} ms; the client keeps its connection and the next request opens a new one`, async () => {
     const up = await startUpstream();
-    const guard = new Guard({ limits: LIMITS, upstream: { host: '127.0.0.1', port: up.port } });
+    const guard = new Guard({ limits: GUARD_LIMITS, upstream: { host: '127.0.0.1', port: up.port } });
     const port = await guard.listen('127.0.0.1', 0);
     const client = connect({ host: '127.0.0.1', port });
     client.on('error', () => {});
