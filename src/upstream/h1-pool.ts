@@ -83,7 +83,6 @@ export class Connection {
   private chDigits = 0;
   private chLine = 0;
   private trailerBytes = 0;
-  private gotBytes = false;
   /** Bytes of 1xx heads before this answer's final head: they count toward MAX_RESPONSE_HEAD, or a 1xx flood
    *  would keep the parser busy until the first-byte timeout (1xx heads do not restart it). */
   private infoBytes = 0;
@@ -123,7 +122,6 @@ export class Connection {
     this.st = St.Head;
     this.firstByteMs = firstByteMs;
     this.bodyIdleMs = idleMs;
-    this.gotBytes = false;
     this.infoBytes = 0;
     handler.onStart(this);
     if (this.reused) {
@@ -301,7 +299,6 @@ export class Connection {
       this.destroy();
       return;
     }
-    this.gotBytes = true;
     const h = this.handler;
     let buf = b;
     let off = 0;
@@ -545,11 +542,6 @@ export class Connection {
     const reuse = this.reusable && !extra && this.socket.writableLength === 0 && !this.dead && !this.pool.closed;
     if (reuse) this.park(); else this.destroy();
     h.onComplete();
-  }
-
-  /** True when the request got no answer byte on a connection that had carried earlier requests. */
-  get silent(): boolean {
-    return !this.gotBytes;
   }
 }
 
