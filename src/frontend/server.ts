@@ -616,8 +616,9 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
  * uWS on a unix socket in a private directory (mode 0700) — or, where that cannot be made, on an ephemeral
  * loopback port bound exclusively — and the guard on the public port in front of it. The unix socket is the
  * cheaper hop: no TCP stack on either side of every relayed write (`native-bench/hot-path.bench.ts`, paired:
- * JSON 208.6 → 176.4 µs/request, streams unchanged). An earlier uWS build corrupted a large chunked answer
- * under backpressure over a unix socket; `test/hostile/guard-unix-stream.test.ts` replays that case on every run.
+ * JSON 208.6 → 176.4 µs/request, streams unchanged). uWS 20.30 drops a large write when its cork buffer cannot
+ * be flushed into a full socket; response.ts keeps every corked write within that buffer (the guard's unix hop
+ * fills fastest, so it showed first: `test/hostile/guard-unix-stream.test.ts` replays it on every run).
  */
 async function startGuarded(front: Front, app: TemplatedApp, opts: FrontendOptions): Promise<Listening> {
   if (opts.reusePort === true) throw new Error('reusePort needs listen.http1_guard: false (node:net on Node 20 cannot share a port)');

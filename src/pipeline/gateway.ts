@@ -40,6 +40,12 @@ const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
 /** Implausible upstream usage is logged at most once per this interval (each one is counted in a metric). */
 const USAGE_LOG_EVERY_MS = 10_000;
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
+/**
+ * Upstream header bytes relayed to a client (UTF-8, at most 2 per latin1 character); headers past it are dropped.
+ * A bound on what an upstream makes the gateway hold and send, and a head that fits, with Sluice's own headers,
+ * in uWS's 16 KiB cork buffer (frontend/response.ts). nginx answers 502 to heads over its 4–8 KiB proxy buffer.
+ */
+export const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
 
 type Resolve = (s: QuotaSource) => QuotaStore;
@@ -590,12 +596,21 @@ export class Gateway implements RequestSink {
 
   private relayHeaders(up: UpstreamHeaders): HeaderList {
     const out: HeaderList = [];
+    let left = MAX_RELAYED_HEADER_BYTES;
     // for-in over the own keys of a plain object: no array of keys per answer.
     for (const k in up) {
       if (HOP_HEADERS.has(k) || !Object.hasOwn(up, k)) continue;
       const v = up[k];
       if (v === undefined) continue;
-      if (Array.isArray(v)) for (const x of v) out.push([k, x]); else out.push([k, v]);
+      if (Array.isArray(v)) {
+        for (const x of v) {
+          left -= k.length + 2 * x.length + 4;
+          if (left >= 0) out.push([k, x]);
+        }
+      } else {
+        left -= k.length + 2 * v.length + 4;
+        if (left >= 0) out.push([k, v]);
+      }
     }
     return out;
   }

@@ -1,6 +1,7 @@
-// The HTTP/1.x guard relays to uWS over a unix socket in a private directory. An earlier uWS build corrupted a
-// large chunked answer written under backpressure over a unix socket (a chunk header without its data, a few MB
-// into a stream whose reader had paused); this replays that case through a real gateway process: fast upstreams,
+// The HTTP/1.x guard relays to uWS over a unix socket in a private directory. uWS 20.30 drops the data of a large
+// write when its cork buffer cannot be flushed into a full socket (a chunk header without its data, a few MB into
+// a stream whose reader had paused; frontend/response.ts now keeps every corked write within the cork buffer,
+// test/unit/uws-response-backpressure.test.ts); this replays that case through a real gateway process: fast upstreams,
 // clients that stop reading for a while every MiB, several at once, and every byte checked — chunk framing, SSE
 // framing and the frame sequence. Also: the socket's directory is private and goes with the gateway.
 import { describe, it, before, after } from 'node:test';
