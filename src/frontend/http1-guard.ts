@@ -8,6 +8,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { SluiceError, toErrorBody, type ErrorCode } from '../core/errors.ts';
+import { TCHAR } from '../core/http-token.ts';
 
 /** Private header carrying the client's address to uWS; a client-sent copy is removed first. */
 export const PEER_HEADER = 'x-sluice-peer';
@@ -54,11 +55,6 @@ export interface HeadError {
 
 export type HeadResult = RequestHead | HeadError;
 
-// RFC 9110 §5.6.2 tchar.
-const TCHAR = new Uint8Array(256);
-for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
-for (let c = 0x30; c <= 0x39; c++) TCHAR[c] = 1;
-for (let c = 0x41; c <= 0x5a; c++) { TCHAR[c] = 1; TCHAR[c + 32] = 1; }
 
 const CR = 13;
 const LF = 10;

@@ -373,7 +373,15 @@ export class Gateway implements RequestSink {
       if (res.aborted && !ctx.cut) { ctx.releaseAll(); return 'done'; }
       // A body that breaks off after the headers is a protocol error, whatever broke it (as a timeout is not retried as one).
       const f = classifyError(err);
-      return f.kind === 'protocol_error' ? f : new UpstreamFailure('protocol_error', 'upstream body failed', err);
+      const failure = f.kind === 'protocol_error' ? f : new UpstreamFailure('protocol_error', 'upstream body failed', err);
+      if (!ok || ctx.cut) return failure;
+      // A 2xx answer that broke off was produced (and billed) upstream: not sent again to another instance, and
+      // charged like a broken stream, the prompt plus the text received, counted; the client gets a 502.
+      log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
+      if (ctx.metered) this.settle(ctx, await this.countedUsage(ctx, up.partial().toString('utf8'), 0, 'upstream_broken'));
+      else ctx.releaseAll();
+      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answer broke off'));
+      return 'done';
     }
     if (!ok) {
       const failure = provider.failure(prepared, status, buf);

@@ -176,6 +176,12 @@ export class UpstreamCall implements ResponseHandler {
     return this.wait();
   }
 
+  /** After readAll failed: the body bytes received before it broke off (empty when none, or when it was cut for
+   *  size or by abort()). For charging what an upstream produced. */
+  partial(): Buffer {
+    return this.collecting && this.queued > 0 ? this.joined() : EMPTY;
+  }
+
   /** A body chunk already received (it came with the head), taken synchronously; undefined when none waits. */
   takeQueued(): Buffer | undefined {
     if (this.collecting) return undefined;

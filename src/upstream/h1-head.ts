@@ -1,5 +1,6 @@
 // Strict parsing of an upstream's HTTP/1.x response head (RFC 9112): status line, header fields, and what frames
 // the body. Pure functions over a latin1 string, so framing decisions are tested without sockets.
+import { isToken } from '../core/http-token.ts';
 
 export type UpstreamHeaders = Record<string, string | string[] | undefined>;
 
@@ -18,21 +19,6 @@ export interface ResponseHead {
   readonly keepAliveMs: number;
 }
 
-// RFC 9110 §5.6.2 tchar.
-const TCHAR = new Uint8Array(128);
-for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
-for (let c = 0x30; c <= 0x39; c++) TCHAR[c] = 1;
-for (let c = 0x41; c <= 0x5a; c++) TCHAR[c] = 1;
-for (let c = 0x61; c <= 0x7a; c++) TCHAR[c] = 1;
-
-export function isToken(s: string): boolean {
-  if (s.length === 0) return false;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 128 || TCHAR[c] === 0) return false;
-  }
-  return true;
-}
 
 /** A field value may hold visible characters, SP, HTAB and obs-text; never CR, LF, NUL or other controls. */
 function validValue(s: string): boolean {

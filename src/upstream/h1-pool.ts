@@ -5,7 +5,8 @@
 // and body chunks reach the handler as views of the socket's buffers (architecture §6 has the measurements).
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { isToken, parseResponseHead, type UpstreamHeaders } from './h1-head.ts';
+import { isToken } from '../core/http-token.ts';
+import { parseResponseHead, type UpstreamHeaders } from './h1-head.ts';
 
 export type FailureKind = 'connect_error' | 'timeout' | 'aborted' | 'protocol_error';
 

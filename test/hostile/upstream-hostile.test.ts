@@ -351,6 +351,45 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     }
   });
 
+  it('a buffered 2xx answer that breaks mid-body (reset, stall) is a 502, charged its prompt and text, and not sent to the next instance', T, async () => {
+    const partial = '{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"one two three four five six seven eight nine ten';
+    const head = `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(partial) + 500}\r\n\r\n`;
+    const scripts: [string, Script][] = [
+      ['reset', (_q, s) => { s.write(head + partial); setTimeout(() => s.resetAndDestroy(), 50); }],
+      ['stall', (_q, s) => { s.write(head + partial); }],
+    ];
+    for (const [what, script] of scripts) {
+      const broken = await startScriptedUpstream(script);
+      const good = await startScriptedUpstream((_q, s) => { s.write(chatAnswer('fine')); });
+      const gw = await startGateway({
+        routes: [{
+          id: 'u', uri: '/v1/chat/completions',
+          plugins: {
+            'ai-proxy-multi': {
+              timeout: 1000,
+              fallback_strategy: ['rate_limiting', 'http_429', 'http_5xx'],
+              instances: [
+                { name: 'a', provider: 'openai-compatible', priority: 2, override: { endpoint: `${broken.url}/v1/chat/completions` } },
+                { name: 'b', provider: 'openai-compatible', priority: 1, override: { endpoint: `${good.url}/v1/chat/completions` } },
+              ],
+            },
+            'ai-rate-limiting': { limit: 10_000_000, time_window: 3600 },
+          },
+        }],
+      });
+      try {
+        const r = await post(`${gw.url}/v1/chat/completions`, ASK);
+        assert.equal(r.status, 502, `${what}: ${r.status} ${r.text}`);
+        assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR', what);
+        assert.equal(good.requests.length, 0, `${what}: the prompt went to a second instance`);
+        assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="u",reason="upstream_broken"\}/), 1, what);
+        // The prompt plus the ten words (and the JSON around them) that came.
+        assert.ok(await metric(gw, /^sluice_quota_tokens_charged_total\{route="u"/) >= 15, what);
+        await eventually(`${what}: recorded`, async () => (await metric(gw, /^sluice_http_requests_total\{route="u",instance="a",status="502"\}/)) === 1);
+      } finally { await gw.close(); await broken.close(); await good.close(); }
+    }
+  });
+
   it('TLS upstream: ssl_verify false streams and reuses its connection; ssl_verify true refuses a self-signed one (502)', T, async () => {
     const script: Script = (_q, s) => {
       const body = `${sseDelta('hello')}data: [DONE]\n\n`;

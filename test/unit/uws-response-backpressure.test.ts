@@ -16,7 +16,7 @@ import type { ClientRequest, ClientResponse } from '../../src/pipeline/http-type
 
 /** Sizes written in turn: around and far past the 16 KiB cork buffer, and small ones in between. */
 const SIZES = [40_000, 16_380, 16_384, 16_400, 70_000, 300, 17_000, 131_072, 9, 32_768, 15_000, 200_000];
-const STREAM_WRITES = 240;
+const STREAM_WRITES = 160;
 const SEND_BYTES = 2_000_000;
 
 function piece(n: number, seq: number): Buffer {
@@ -147,9 +147,9 @@ describe('UwsResponse: large writes to a reader that stops', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it(`a stream of ${STREAM_WRITES} writes of 9 B–200 KB arrives whole, four times over`, async () => {
+  it(`a stream of ${STREAM_WRITES} writes of 9 B–200 KB arrives whole, twice over`, async () => {
     const want = streamWant();
-    for (let round = 0; round < 4; round++) {
+    for (let round = 0; round < 2; round++) {
       const raw = await readSlowly(path, 'GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n', 64 * 1024, () => writerBlocked, 300);
       const [a] = answers(raw);
       assert.equal(a!.body.length, want.length, `round ${round}: ${a!.body.length} bytes, ${want.length} written`);
@@ -157,8 +157,8 @@ describe('UwsResponse: large writes to a reader that stops', () => {
     }
   });
 
-  it('whole answers of 2 MB (tryEnd, resumed from onWritable) arrive whole, four times over', async () => {
-    for (let i = 0; i < 4; i++) {
+  it('whole answers of 2 MB (tryEnd, resumed from onWritable) arrive whole, twice over', async () => {
+    for (let i = 0; i < 2; i++) {
       const raw = await readSlowly(path, `GET /send/${i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`, 64 * 1024, () => false, 2);
       const [a] = answers(raw);
       assert.ok(a!.body.equals(sendWant(i)), `answer ${i}: ${a!.body.length} bytes, ${sendWant(i).length} sent, or other bytes`);

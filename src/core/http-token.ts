@@ -1,0 +1,18 @@
+// RFC 9110 §5.6.2 token characters (tchar), the one table both HTTP/1.x parsers use: the guard's request heads
+// and the upstream client's response heads.
+
+/** 1 for a tchar, 0 otherwise; 256 entries, so any byte indexes it. */
+export const TCHAR: Uint8Array = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
+for (let c = 0x30; c <= 0x39; c++) TCHAR[c] = 1;
+for (let c = 0x41; c <= 0x5a; c++) { TCHAR[c] = 1; TCHAR[c + 32] = 1; }
+
+/** A non-empty string of tchars only. */
+export function isToken(s: string): boolean {
+  if (s.length === 0) return false;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 256 || TCHAR[c] === 0) return false;
+  }
+  return true;
+}
