@@ -3,7 +3,7 @@
 // longer uses is closed only after its last request ended. Real `sluice start` processes, local and Redis.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
+import { startScriptedUpstream, chatAnswer, sseDelta, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 import { mockInstance, avoidWindowEdge } from '../helpers/gateway.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisTotals } from '../helpers/redis-totals.ts';
@@ -32,12 +32,37 @@ interface InFlight {
   done: () => boolean;
 }
 
-/** One buffered request held 4 s by the upstream and one 4 s stream (usage asked for, so the client sees it). */
+const USAGE = { prompt_tokens: 12, completion_tokens: 20, total_tokens: 32 };
+
+/** An upstream that answers at once, except a request with `x-mock-hold` (held until released) and a stream
+ *  (its first event at once, the rest with its usage when released): the reload always lands while both run. */
+async function holdingUpstream(): Promise<{ up: ScriptedUpstream; held: Map<string, () => void> }> {
+  const held = new Map<string, () => void>();
+  const chunk = (text: string) => `${Buffer.byteLength(text).toString(16)}\r\n${text}\r\n`;
+  const up = await startScriptedUpstream((req, s) => {
+    if ((JSON.parse(req.body.toString()) as { stream?: boolean }).stream === true) {
+      s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n${chunk(sseDelta('One'))}`);
+      held.set('streamed', () => {
+        const rest = [' two', ' three', ' four'].map(sseDelta).join('') +
+          `data: {"id":"x","object":"chat.completion.chunk","model":"m","choices":[],"usage":${JSON.stringify(USAGE)}}\n\ndata: [DONE]\n\n`;
+        if (!s.destroyed) s.write(`${chunk(rest)}0\r\n\r\n`);
+      });
+    } else if (req.headers['x-mock-hold'] !== undefined) {
+      held.set('buffered', () => { if (!s.destroyed) s.write(chatAnswer('One two three four', USAGE)); });
+    } else {
+      s.write(chatAnswer('One two three four', USAGE));
+    }
+  });
+  return { up, held };
+}
+
+/** One buffered request the upstream holds and one stream it holds after its first event (usage asked for, so
+ *  the client sees it). */
 function startRequests(gw: SluiceProcess): InFlight {
   let finished = 0;
   const buffered = (async () => {
     const r = await fetch(`${gw.url}/v1/chat/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-ttft-ms': '4000' }, body: JSON.stringify(MSG),
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-hold': '1' }, body: JSON.stringify(MSG),
     });
     const body = await r.json() as { usage?: { total_tokens: number } };
     finished++;
@@ -45,7 +70,7 @@ function startRequests(gw: SluiceProcess): InFlight {
   })();
   const streamed = (async () => {
     const r = await fetch(`${gw.url}/v1/chat/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-chunks': '10', 'x-mock-chunk-delay-ms': '400' },
+      method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ ...MSG, stream: true, stream_options: { include_usage: true } }),
     });
     const text = await r.text();
@@ -58,13 +83,15 @@ function startRequests(gw: SluiceProcess): InFlight {
 }
 
 /** Reload while both requests are at the upstream; returns their usage. */
-async function reloadDuringRequests(gw: SluiceProcess, mock: MockUpstream, next: Record<string, unknown>): Promise<number> {
+async function reloadDuringRequests(gw: SluiceProcess, held: Map<string, () => void>, next: Record<string, unknown>): Promise<number> {
+  held.clear();
   const inflight = startRequests(gw);
-  await eventually('both requests reached the upstream', () => mock.stats().inFlight >= 2);
+  await eventually('both requests reached the upstream', () => held.size === 2);
   gw.writeConfig(next);
   gw.signal('SIGHUP');
   await eventually('the reload is counted', async () => (await gw.metric(/^sluice_config_reloads_total\{outcome="ok"\}/)) === 1);
   assert.equal(inflight.done(), false, 'the reload happened while both requests were in flight');
+  for (const release of held.values()) release();
   const [b, s] = await Promise.all([inflight.buffered, inflight.streamed]);
   assert.equal(b.status, 200);
   assert.equal(s.status, 200);
@@ -74,10 +101,11 @@ async function reloadDuringRequests(gw: SluiceProcess, mock: MockUpstream, next:
 }
 
 describe('reload with quota-metered requests in flight', () => {
-  let mock: MockUpstream;
+  let mock: ScriptedUpstream;
+  let held: Map<string, () => void>;
   let redis: RedisServerHandle;
   before(async () => {
-    mock = await startMockUpstream({ completionTokens: 20 });
+    ({ up: mock, held } = await holdingUpstream());
     redis = await startRedis();
   });
   after(async () => {
@@ -89,7 +117,7 @@ describe('reload with quota-metered requests in flight', () => {
     await avoidWindowEdge(WINDOW, 30_000);
     const gw = await startSluiceProcess(config(mock.url, 100_000, {}));
     try {
-      const used = await reloadDuringRequests(gw, mock, config(mock.url, 200_000, {}));
+      const used = await reloadDuringRequests(gw, held, config(mock.url, 200_000, {}));
       const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(MSG) });
       const u = (await r.json() as { usage: { total_tokens: number } }).usage.total_tokens;
       assert.equal(r.headers.get('x-ai-ratelimit-remaining-inst'), String(200_000 - used - u), 'the new limit, and what the in-flight requests used');
@@ -101,7 +129,7 @@ describe('reload with quota-metered requests in flight', () => {
     const quota = { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, redis_database: 2 };
     const gw = await startSluiceProcess(config(mock.url, 100_000, quota));
     try {
-      const used = await reloadDuringRequests(gw, mock, config(mock.url, 200_000, quota));
+      const used = await reloadDuringRequests(gw, held, config(mock.url, 200_000, quota));
       gw.signal('SIGTERM');
       assert.equal(await gw.exited, 0);
       const totals = await redisTotals({ ...redis, database: 2 }, 'r/metered/');
@@ -116,7 +144,7 @@ describe('reload with quota-metered requests in flight', () => {
     const afterQuota = { ...before, redis_database: 4 };
     const gw = await startSluiceProcess(config(mock.url, 100_000, before));
     try {
-      const used = await reloadDuringRequests(gw, mock, config(mock.url, 200_000, afterQuota));
+      const used = await reloadDuringRequests(gw, held, config(mock.url, 200_000, afterQuota));
       await eventually('the old store is closed', () => gw.logs.some((l) => l.includes('quota store no longer used')));
       const closedAt = gw.logs.findIndex((l) => l.includes('quota store no longer used'));
       assert.ok(closedAt >= 0);

@@ -287,11 +287,13 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
       // The gateway learns the upstream's idle close from the first one and drops idle connections 100 ms
       // before it (a quarter of it, at most 1 s), at take time too, so a loop running late cannot race it; the
       // margin keeps this independent of the machine's load (a 100 ms close, 25 ms margin: 5 of 300 failed at load 8).
+      // 120 requests in all, 8 loops at a time (each loop waits ~400 ms per request).
       const TOTAL = 120;
+      const LOOPS = 8;
       let failed = 0;
       const reasons = new Set<string>();
-      await Promise.all(Array.from({ length: 4 }, async () => {
-        for (let i = 0; i < TOTAL / 4; i++) {
+      await Promise.all(Array.from({ length: LOOPS }, async () => {
+        for (let i = 0; i < TOTAL / LOOPS; i++) {
           // Around the upstream's idle close: 390-410 ms after the previous answer.
           await new Promise((r) => setTimeout(r, 390 + Math.random() * 20));
           const r = await post(`${gw.url}/v1/chat/completions`, ASK);
@@ -494,7 +496,7 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
       await eventually('both reached the upstream', () => up.requests.length === 4);
       assert.ok(up.connections <= 3, `pooled connections reused (${up.connections} opened)`);
       gw.signal('SIGTERM');
-      const code = await Promise.race([gw.exited, new Promise((r) => setTimeout(() => r('still running'), 30_000))]);
+      const code = await Promise.race([gw.exited, new Promise((r) => setTimeout(() => r('still running'), 30_000).unref())]);
       assert.equal(code, 0, `exit: ${code}`);
       const s = await silent;
       assert.ok(s.status === 503 || s.status === 0, `the waiting request: ${s.status} ${s.text}`);

@@ -15,6 +15,7 @@ import { eventually } from '../helpers/metrics.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import type { MetricsJson } from '../../src/metrics/aggregate.ts';
 import { redisTotals } from '../helpers/redis-totals.ts';
+import { startScriptedUpstream, chatAnswer, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }], max_tokens: 20 };
 
@@ -82,12 +83,12 @@ function gaugeOf(json: MetricsJson, name: string): number {
   return json.find((m) => m.name === name)?.values[0]?.value ?? 0;
 }
 
-/** A POST on a connection of its own (so the kernel picks a thread for it); `x-mock-ttft-ms` keeps it in flight. */
-function slowPost(port: number, path: string, ttftMs: number): { req: ClientRequest; done: Promise<{ status: number; text: string }> } {
-  const body = JSON.stringify(MSG);
+/** A POST on a connection of its own (so the kernel picks a thread for it), asking `content`; the upstream holds it. */
+function slowPost(port: number, path: string, content: string): { req: ClientRequest; done: Promise<{ status: number; text: string }> } {
+  const body = JSON.stringify({ ...MSG, messages: [{ role: 'user', content }] });
   const req = httpRequest({
     host: '127.0.0.1', port, path, method: 'POST', agent: false,
-    headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-mock-ttft-ms': String(ttftMs) },
+    headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
   });
   const done = new Promise<{ status: number; text: string }>((resolve, reject) => {
     req.on('response', (res) => {
@@ -107,12 +108,21 @@ describe('serving threads: a late thread\'s version outlives a later reload whil
   let mock: MockUpstream;
   let redis: RedisServerHandle;
   let gw: SluiceHandle | undefined;
+  // The q2 route's upstream holds each answer until the test releases it (by the request's content): the held
+  // request ends only after the reload it must outlive, however slow the machine.
+  let holding: ScriptedUpstream;
+  const release = new Map<string, () => void>();
   before(async () => {
     mock = await startMockUpstream({ completionTokens: 5, chunks: 2 });
+    holding = await startScriptedUpstream((req, s) => {
+      const content = (JSON.parse(req.body.toString()) as typeof MSG).messages[0]!.content;
+      release.set(content, () => { if (!s.destroyed) s.write(chatAnswer('held', { prompt_tokens: 12, completion_tokens: 5, total_tokens: 17 })); });
+    });
     redis = await startRedis();
   });
   after(async () => {
     await gw?.close({ drainMs: 500 });
+    await holding?.close();
     await mock?.close();
     await redis?.stop();
   });
@@ -121,7 +131,7 @@ describe('serving threads: a late thread\'s version outlives a later reload whil
     const free = { id: 'free', uri: '/free/v1/chat/completions', plugins: proxy(mock.url) };
     const q2 = {
       id: 'q2', uri: '/q2/v1/chat/completions',
-      plugins: { ...proxy(mock.url), 'ai-rate-limiting': { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, limit: 1_000_000, time_window: 3600 } },
+      plugins: { ...proxy(holding.url), 'ai-rate-limiting': { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, limit: 1_000_000, time_window: 3600 } },
     };
     const v0 = { workers: 2, listen: { host: '127.0.0.1', port: 0, http1_guard: false }, redis_batching: { flush_interval_ms: 20 }, routes: [free] };
     gw = await start(v0, { testHooks: { swapTimeoutMs: 200 } });
@@ -133,19 +143,20 @@ describe('serving threads: a late thread\'s version outlives a later reload whil
     await h.threads!.perThreadMetrics();
     const inFlight = async (): Promise<number[]> => (await h.threads!.perThreadMetrics()).map((j) => gaugeOf(j, 'sluice_requests_in_flight'));
     // A slow request held on thread 1; ones the kernel gives thread 0 are cut at once (they settle then).
-    let held: ReturnType<typeof slowPost> | undefined;
-    for (let attempt = 0; held === undefined; attempt++) {
+    let onThread1: ReturnType<typeof slowPost> | undefined;
+    let heldContent = '';
+    for (let attempt = 0; onThread1 === undefined; attempt++) {
       assert.ok(attempt < 40, 'no request landed on thread 1');
       const before = await inFlight();
-      const r = slowPost(h.port, '/q2/v1/chat/completions', 15_000);
+      const content = `held ${attempt}`;
+      const r = slowPost(h.port, '/q2/v1/chat/completions', content);
       r.done.catch(() => { /* cut by the test */ });
       let thread = -1;
       await eventually('the request is in flight', async () => {
         thread = (await inFlight()).findIndex((n, i) => n > before[i]!);
         return thread >= 0;
       }, 60_000);
-      if (thread === 1) held = r;
-      else {
+      if (thread === 1) { onThread1 = r; heldContent = content; } else {
         r.req.destroy();
         await eventually('the cut request ended', async () => (await inFlight())[0] === 0, 60_000);
       }
@@ -154,7 +165,9 @@ describe('serving threads: a late thread\'s version outlives a later reload whil
     h.reload(configOf(v0));
     await h.threads!.settled();
     await eventually('thread 0 has no request left', async () => (await inFlight())[0] === 0, 60_000);
-    const last = await held.done;
+    await eventually('the held request reached the upstream', async () => release.has(heldContent), 60_000);
+    release.get(heldContent)!();
+    const last = await onThread1.done;
     assert.equal(last.status, 200, last.text);
     await eventually('no request in flight', async () => (await inFlight()).every((n) => n === 0), 60_000);
     const charged = async (): Promise<number> => {

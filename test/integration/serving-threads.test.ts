@@ -23,7 +23,7 @@ function proxy(mockUrl: string) {
 function routes(mockUrl: string, extra: Record<string, unknown>[] = []) {
   return [
     { id: 'free', uri: '/free/v1/chat/completions', plugins: proxy(mockUrl) },
-    { id: 'q', uri: '/q/v1/chat/completions', plugins: { ...proxy(mockUrl), 'ai-rate-limiting': { limit: 3000, time_window: 60 } } },
+    { id: 'q', uri: '/q/v1/chat/completions', plugins: { ...proxy(mockUrl), 'ai-rate-limiting': { limit: 3000, time_window: 3600 } } },
     ...extra,
   ];
 }
@@ -85,7 +85,7 @@ describe('serving threads (workers: 2, in process)', () => {
   });
 
   it('one local quota under a concurrent burst (200 requests, 32 at a time): overshoot ≤ one request', async () => {
-    await avoidWindowEdge(60, 20_000);
+    await avoidWindowEdge(3600, 20_000);
     const results = await burst(200, 32, () => post(`${gw.url}/q/v1/chat/completions`, MSG));
     const ok = results.filter((r) => r.status === 200);
     const rejected = results.filter((r) => r.status === 429);
@@ -192,13 +192,13 @@ describe('serving threads with Redis (standalone)', () => {
   });
 
   it('two threads, one quota: Redis totals equal what was charged', async () => {
-    await avoidWindowEdge(60, 20_000);
+    await avoidWindowEdge(3600, 20_000);
     const gw = await startGateway({
       workers: 2,
       redis_batching: { flush_interval_ms: 20, max_batch_keys: 1000, max_pending_keys: 100000 },
       routes: [{
         id: 'rq', uri: '/v1/chat/completions',
-        plugins: { ...proxy(mock.url), 'ai-rate-limiting': { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, redis_password: 'threads-secret', limit: 1_000_000, time_window: 60 } },
+        plugins: { ...proxy(mock.url), 'ai-rate-limiting': { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, redis_password: 'threads-secret', limit: 1_000_000, time_window: 3600 } },
       }],
     });
     let charged = 0;
