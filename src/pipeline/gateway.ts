@@ -332,20 +332,28 @@ export class Gateway implements RequestSink {
     }
   }
 
-  /** One upstream attempt. 'done' when the client got its answer; otherwise what failed, for fallback. */
-  private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean): Promise<'done' | UpstreamFailure | Retry> {
-    const { route, req, res } = ctx;
-    // Cut while an instance quota was being acquired: nothing is sent.
-    if (ctx.cut) return new UpstreamFailure('aborted', 'gateway is shutting down', undefined);
+  /** Builds and sends an attempt's request. A frame of its own: the upstream body and headers are not kept alive
+   *  by attempt()'s suspended frame for as long as the answer streams. */
+  private send(ctx: Exchange, inst: CompiledInstance): UpstreamCall {
     const prepared = ctx.prepared!;
     const provider = inst.provider;
     ctx.translated = provider.mode(prepared.surface) === 'translated';
     const members = prepared.clientFields === undefined ? undefined : bodyMembers(prepared.fieldKeys!, prepared.clientFields, inst.optionJson);
     const call = provider.request(prepared, inst.model ?? prepared.model, members);
-    const headers = upstreamHeaders(req, inst.forward, route.keyAuth?.header, call.headers, inst.headers, ctx.snap.trustedProxies, ctx.peer);
-    const sentAt = performance.now();
+    const headers = upstreamHeaders(ctx.req, inst.forward, ctx.route.keyAuth?.header, call.headers, inst.headers, ctx.snap.trustedProxies, ctx.peer);
     ctx.sent = true;
-    const up = this.deps.upstream.send(provider.origin, call.path, headers, call.body, inst.transport);
+    return this.deps.upstream.send(provider.origin, call.path, headers, call.body, inst.transport);
+  }
+
+  /** One upstream attempt. 'done' when the client got its answer; otherwise what failed, for fallback. */
+  private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean): Promise<'done' | UpstreamFailure | Retry> {
+    const { route, res } = ctx;
+    // Cut while an instance quota was being acquired: nothing is sent.
+    if (ctx.cut) return new UpstreamFailure('aborted', 'gateway is shutting down', undefined);
+    const prepared = ctx.prepared!;
+    const provider = inst.provider;
+    const sentAt = performance.now();
+    const up = this.send(ctx, inst);
     ctx.call = up;
     res.onAbort(ctx.abortUpstream);
     try {
@@ -431,13 +439,14 @@ export class Gateway implements RequestSink {
     const { res } = ctx;
     const prepared = ctx.prepared!;
     const meter = inst.provider.stream(prepared, { maxUsage: ctx.snap.maxUsage });
-    const headers = this.relayHeaders(up.headers);
+    // Dropped once sent: the suspended frame would otherwise hold the header list for as long as the stream runs.
+    let headers: HeaderList | undefined = this.relayHeaders(up.headers);
     if (ctx.translated) withContentType(headers, meter.contentType);
     if (!headers.some((h) => h[0] === 'cache-control')) headers.push(['cache-control', 'no-cache']);
     this.addQuotaHeaders(ctx, headers);
     // A chunk that came with the upstream's head leaves with ours, in one write; otherwise the head goes now.
     let first = up.takeQueued();
-    if (first === undefined) res.start(200, headers);
+    if (first === undefined) { res.start(200, headers); headers = undefined; }
     // Text past the meter's bound is counted as it streams (one count in flight at a time) and dropped.
     let counted = 0;
     let counting: Promise<number> | undefined;
@@ -450,7 +459,9 @@ export class Gateway implements RequestSink {
         const out = meter.push(chunk);
         if (first !== undefined) {
           first = undefined;
-          if (!res.start(200, headers, out)) await res.drain();
+          const sent = res.start(200, headers!, out);
+          headers = undefined;
+          if (!sent) await res.drain();
         } else if (out !== undefined && !res.write(out)) await res.drain();
         const piece = meter.takeCountable();
         if (piece !== undefined && ctx.metered) {
