@@ -47,7 +47,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   client_body_timeout_ms: 60000,
   client_header_timeout_ms: 10000,
   client_idle_timeout_ms: 60000,
-  client_send_timeout_ms: 60000,
+  client_send_timeout_ms: 10000,
 };
 const TOKENS_KEYS = ['default_max_tokens', 'offload_bytes', 'offload_threads', 'max_reservation', 'max_usage', 'models', 'count_budget_ms'] as const;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/;
@@ -316,7 +316,11 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
     is.add('admin.port', 'must differ from listen.port');
   }
   const workers = readWorkers(is, root.get('workers'));
-  const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS, { max_quota_keys: { min: 1, max: 100_000_000 } });
+  const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS, {
+    max_quota_keys: { min: 1, max: 100_000_000 },
+    // uWS 20.30 closes a connection whose pending write made no progress for its fixed ~10 s (8–12 s: 4 s timer ticks).
+    client_send_timeout_ms: { min: 1, max: 10_000 },
+  });
   const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).
   // A lease shorter than a few flush intervals would let live reservations lapse between renewals.

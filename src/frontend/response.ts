@@ -156,8 +156,8 @@ export class UwsResponse implements ClientResponse {
   /** uWS took only part of a whole answer: give it the rest as the client reads (uWS's own timeout bounds a
    *  client that reads nothing; it then runs onAborted). */
   private sendRest(body: Buffer): void {
-    // A copy: the caller may reuse its buffer once send() returns.
-    this.rest = Buffer.from(body);
+    // Not a copy: send()'s callers hand over their body (up to the 64 MiB answer bound) and never reuse it.
+    this.rest = body;
     this.res.onWritable((offset) => {
       const rest = this.rest;
       if (rest === undefined || this.aborted) return true;

@@ -39,6 +39,9 @@ const EMPTY_BODY = Buffer.alloc(0);
 const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
 /** Implausible upstream usage is logged at most once per this interval (each one is counted in a metric). */
 const USAGE_LOG_EVERY_MS = 10_000;
+/** Bytes of a cut-short answer counted per token it may be charged (few tokens span more), and at most this many. */
+const CUT_BYTES_PER_TOKEN = 8;
+const MAX_CUT_TEXT = 4 * 1024 * 1024;
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
 /**
  * Upstream header bytes relayed to a client (UTF-8, at most 2 per latin1 character); headers past it are dropped.
@@ -362,7 +365,12 @@ export class Gateway implements RequestSink {
       const f = classifyError(err);
       this.deps.metrics.hot.route(route.id, inst.name).attempt(f.kind);
       if (ctx.cut) return f;
-      if (f.kind === 'aborted' || res.aborted) { ctx.releaseAll(); return 'done'; }
+      if (f.kind === 'aborted' || res.aborted) {
+        // The client went away while the upstream had its prompt: charged, or leaving would be free.
+        await this.chargeCut(ctx, EMPTY_BODY, 'client_abort');
+        this.observe(ctx, 499);
+        return 'done';
+      }
       return f;
     }
     const slots = this.deps.metrics.hot.route(route.id, inst.name);
@@ -378,16 +386,25 @@ export class Gateway implements RequestSink {
     try {
       buf = await up.readAll(MAX_UPSTREAM_BODY);
     } catch (err) {
-      if (res.aborted && !ctx.cut) { ctx.releaseAll(); return 'done'; }
+      // An error answer is not billed: one cut short is released (a client abort) or falls back (a broken body).
+      if (res.aborted && !ctx.cut) {
+        if (ok) await this.chargeCut(ctx, up.partial(), 'client_abort');
+        else ctx.releaseAll();
+        this.observe(ctx, 499);
+        return 'done';
+      }
       // A body that breaks off after the headers is a protocol error, whatever broke it (as a timeout is not retried as one).
       const f = classifyError(err);
       const failure = f.kind === 'protocol_error' ? f : new UpstreamFailure('protocol_error', 'upstream body failed', err);
-      if (!ok || ctx.cut) return failure;
-      // A 2xx answer that broke off was produced (and billed) upstream: not sent again to another instance, and
-      // charged like a broken stream, the prompt plus the text received, counted; the client gets a 502.
+      if (!ok) return failure;
+      // A 2xx answer cut short was produced (and billed) upstream: not sent again to another instance, and charged
+      // like a broken stream, the prompt plus the text received; the client gets a 502 (503 at shutdown).
+      if (ctx.cut) {
+        await this.chargeCut(ctx, up.partial(), 'shutdown');
+        throw new SluiceError('SLC_SHUTTING_DOWN');
+      }
       log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
-      if (ctx.metered) this.settle(ctx, await this.countedUsage(ctx, up.partial().toString('utf8'), 0, 'upstream_broken'));
-      else ctx.releaseAll();
+      await this.chargeCut(ctx, up.partial(), 'upstream_broken');
       this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answer broke off'));
       return 'done';
     }
@@ -532,6 +549,22 @@ export class Gateway implements RequestSink {
       completion = Math.min(completion, asked.n * asked.maxTokens);
     }
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
+  }
+
+  /**
+   * Settles a non-streamed request cut short after its prompt was sent: the prompt plus the answer bytes received,
+   * counted, but no more completion than the request allowed (n × max_tokens) nor `tokens.max_usage`; only a
+   * prefix of the bytes that could reach that cap is counted, so a huge broken body costs bounded CPU.
+   */
+  private async chargeCut(ctx: Exchange, partial: Buffer, reason: string): Promise<void> {
+    if (!ctx.metered) { ctx.releaseAll(); return; }
+    const asked = ctx.prepared!;
+    const max = ctx.snap.maxUsage;
+    const cap = asked.maxTokens !== undefined ? Math.min(max, asked.n * asked.maxTokens) : max;
+    const text = partial.toString('utf8', 0, Math.min(partial.length, cap * CUT_BYTES_PER_TOKEN, MAX_CUT_TEXT));
+    const usage = await this.countedUsage(ctx, text, 0, reason);
+    const completion = Math.min(usage.completion_tokens, cap);
+    this.settle(ctx, { prompt_tokens: usage.prompt_tokens, completion_tokens: completion, total_tokens: usage.prompt_tokens + completion });
   }
 
   /** An upstream usage object that is not believed: counted per reason, logged at most once per interval. */

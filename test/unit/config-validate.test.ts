@@ -258,7 +258,7 @@ describe('config defaults', () => {
       max_body_bytes: 8388608, upstream_connect_timeout_ms: 2000, upstream_first_byte_timeout_ms: 60000, upstream_idle_timeout_ms: 60000,
       max_quota_keys: 100000,
       max_inflight_body_bytes: 67108864, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
-      max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000, client_send_timeout_ms: 60000,
+      max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000, client_send_timeout_ms: 10000,
     });
     assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096, offload_threads: 1, max_reservation: 32768, max_usage: 1047576, models: {}, count_budget_ms: 2000 });
     assert.deepEqual(c.trusted_proxies, []);
