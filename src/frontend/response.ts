@@ -203,7 +203,7 @@ export class UwsResponse implements ClientResponse {
     // One cork, one write: the head and a first chunk that came with the upstream's head leave together,
     // when both fit in the cork buffer; a larger first chunk follows in pieces.
     let rest: Uint8Array | undefined;
-    if (first !== undefined && first.byteLength > CORK_BYTES - headBytes(headers) - 256) { rest = first; first = undefined; }
+    if (first !== undefined && first.byteLength > PIECE - headBytes(headers)) { rest = first; first = undefined; }
     const c = corking(this);
     c.status = status;
     c.headers = headers;

@@ -42,16 +42,23 @@ const USAGE_LOG_EVERY_MS = 10_000;
 /** Bytes of a cut-short answer counted per token it may be charged (few tokens span more), and at most this many. */
 const CUT_BYTES_PER_TOKEN = 8;
 const MAX_CUT_TEXT = 4 * 1024 * 1024;
-/** Upstream response headers that describe the hop or the body encoding, not the response. */
 /**
  * Upstream header bytes relayed to a client (UTF-8, at most 2 per latin1 character); headers past it are dropped.
  * A bound on what an upstream makes the gateway hold and send, and a head that fits, with Sluice's own headers,
  * in uWS's 16 KiB cork buffer (frontend/response.ts). nginx answers 502 to heads over its 4–8 KiB proxy buffer.
  */
-export const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
+const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
+/** Upstream response headers that describe the hop or the body encoding, not the response. */
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
 
 type Resolve = (s: QuotaSource) => QuotaStore;
+
+/** Adds a relayed header while `left` bytes of the budget cover it; returns what is left (below 0: all spent). */
+function pushWithin(out: HeaderList, name: string, value: string, left: number): number {
+  left -= name.length + 2 * value.length + 4;
+  if (left >= 0) out.push([name, value]);
+  return left;
+}
 
 /** A non-2xx answer kept for fallback: relayed if no later instance does better. */
 interface Retry {
@@ -532,7 +539,8 @@ export class Gateway implements RequestSink {
   }
 
   /** Usage when the upstream gave none (or none believable): our prompt count plus the produced text, counted. */
-  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string): Promise<Usage> {
+  /** `cap`: most completion tokens charged, whatever the text counts. */
+  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string, cap = Infinity): Promise<Usage> {
     this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
     let prepared = ctx.prepared!;
     if (!prepared.promptCounted) {
@@ -548,6 +556,7 @@ export class Gateway implements RequestSink {
     if (inst !== undefined && inst.outputScale > 1 && asked.maxTokens !== undefined && inst.bodyOptions === undefined) {
       completion = Math.min(completion, asked.n * asked.maxTokens);
     }
+    completion = Math.min(completion, cap);
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
   }
 
@@ -562,9 +571,7 @@ export class Gateway implements RequestSink {
     const max = ctx.snap.maxUsage;
     const cap = asked.maxTokens !== undefined ? Math.min(max, asked.n * asked.maxTokens) : max;
     const text = partial.toString('utf8', 0, Math.min(partial.length, cap * CUT_BYTES_PER_TOKEN, MAX_CUT_TEXT));
-    const usage = await this.countedUsage(ctx, text, 0, reason);
-    const completion = Math.min(usage.completion_tokens, cap);
-    this.settle(ctx, { prompt_tokens: usage.prompt_tokens, completion_tokens: completion, total_tokens: usage.prompt_tokens + completion });
+    this.settle(ctx, await this.countedUsage(ctx, text, 0, reason, cap));
   }
 
   /** An upstream usage object that is not believed: counted per reason, logged at most once per interval. */
@@ -654,15 +661,8 @@ export class Gateway implements RequestSink {
       if (HOP_HEADERS.has(k) || !Object.hasOwn(up, k)) continue;
       const v = up[k];
       if (v === undefined) continue;
-      if (Array.isArray(v)) {
-        for (const x of v) {
-          left -= k.length + 2 * x.length + 4;
-          if (left >= 0) out.push([k, x]);
-        }
-      } else {
-        left -= k.length + 2 * v.length + 4;
-        if (left >= 0) out.push([k, v]);
-      }
+      if (Array.isArray(v)) for (const x of v) left = pushWithin(out, k, x, left);
+      else left = pushWithin(out, k, v, left);
     }
     return out;
   }
