@@ -101,3 +101,22 @@ export function chatAnswer(text: string, usage = { prompt_tokens: 5, completion_
 export function sseDelta(text: string): string {
   return `data: {"id":"x","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":${JSON.stringify(text)}}}],"usage":null}\n\n`;
 }
+
+/**
+ * Answers with a chunked SSE stream of 4,000-character deltas, written as fast as the socket takes them (waiting
+ * for 'drain' when it is full) until `maxBytes` are written or the socket closes; `onWrite` sees each chunk's size.
+ */
+export function endlessSse(s: Socket, maxBytes: number, onWrite: (bytes: number) => void): void {
+  s.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n');
+  const ev = Buffer.from(sseDelta('x'.repeat(4000)));
+  const chunk = Buffer.concat([Buffer.from(`${ev.length.toString(16)}\r\n`), ev, Buffer.from('\r\n')]);
+  let written = 0;
+  const go = (): void => {
+    while (!s.destroyed && written < maxBytes) {
+      written += chunk.length;
+      onWrite(chunk.length);
+      if (!s.write(chunk)) { s.once('drain', go); return; }
+    }
+  };
+  go();
+}

@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { startSluiceProcess, eventually } from '../helpers/sluice-process.ts';
-import { startScriptedUpstream, chatAnswer, sseDelta } from '../helpers/scripted-upstream.ts';
+import { startScriptedUpstream, chatAnswer, endlessSse } from '../helpers/scripted-upstream.ts';
 
 const MiB = 2 ** 20;
 
@@ -18,16 +18,7 @@ describe('a client that stops reading a stream is cut after client_send_timeout_
       const up = await startScriptedUpstream((req, s) => {
         if (!req.body.toString().includes('"stream":true')) { s.write(chatAnswer('warm')); return; }
         s.on('close', () => { streamClosed = true; });
-        s.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n');
-        const ev = Buffer.from(sseDelta('x'.repeat(4000)));
-        const chunk = Buffer.concat([Buffer.from(`${ev.length.toString(16)}\r\n`), ev, Buffer.from('\r\n')]);
-        const go = (): void => {
-          while (!s.destroyed && written < 512 * MiB) {
-            written += chunk.length;
-            if (!s.write(chunk)) { s.once('drain', go); return; }
-          }
-        };
-        go();
+        endlessSse(s, 512 * MiB, (n) => { written += n; });
       });
       const raw = {
         listen: { http1_guard: guard },

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { startGateway, post } from '../helpers/gateway.ts';
 import { startSluiceProcess, eventually, type SluiceProcess } from '../helpers/sluice-process.ts';
-import { startScriptedUpstream, chatAnswer, sseDelta, type ScriptedUpstream, type Script } from '../helpers/scripted-upstream.ts';
+import { startScriptedUpstream, chatAnswer, sseDelta, endlessSse, type ScriptedUpstream, type Script } from '../helpers/scripted-upstream.ts';
 import { exchange } from '../helpers/raw-http.ts';
 import { metric } from '../helpers/metrics.ts';
 import { freePort } from '../helpers/free-port.ts';
@@ -202,17 +202,7 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     let lastWrite = Date.now();
     const up = await startScriptedUpstream((req, s) => {
       if ((JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content === 'warm') { s.write(chatAnswer('warm')); return; }
-      s.write('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n');
-      const ev = Buffer.from(sseDelta('x'.repeat(4000)));
-      const chunk = Buffer.concat([Buffer.from(`${ev.length.toString(16)}\r\n`), ev, Buffer.from('\r\n')]);
-      const go = (): void => {
-        while (!s.destroyed && written < 2048 * MiB) {
-          written += chunk.length;
-          lastWrite = Date.now();
-          if (!s.write(chunk)) { s.once('drain', go); return; }
-        }
-      };
-      go();
+      endlessSse(s, 2048 * MiB, (n) => { written += n; lastWrite = Date.now(); });
     });
     const gw = await startSluiceProcess(route(up.url));
     const { connect } = await import('node:net');
