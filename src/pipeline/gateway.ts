@@ -18,7 +18,7 @@ import { USAGE_HEADER, quotaHeaders, usageHeaderValue } from '../rules/headers.t
 import type { RequestVars } from '../rules/request-vars.ts';
 import { canonicalIp } from '../rules/ip.ts';
 import { bodyMembers } from '../tokens/prepare.ts';
-import { reservationPolicy } from '../tokens/limits.ts';
+import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
@@ -550,28 +550,29 @@ export class Gateway implements RequestSink {
     }
     let completion = alreadyCounted + await this.countCompletion(ctx, text);
     const inst = ctx.served;
-    const asked = ctx.prepared!;
-    // A scaled count is capped at what the upstream was allowed to produce, when the client's own max_tokens / n
-    // reached it (instance options may replace them): the upstream cannot have produced more.
-    if (inst !== undefined && inst.outputScale > 1 && asked.maxTokens !== undefined && inst.bodyOptions === undefined) {
-      completion = Math.min(completion, asked.n * asked.maxTokens);
-    }
+    // A scaled count is capped at what the upstream was allowed to produce: it cannot have produced more.
+    if (inst !== undefined && inst.outputScale > 1) completion = Math.min(completion, this.ceilingOf(ctx) ?? Infinity);
     completion = Math.min(completion, cap);
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
   }
 
   /**
    * Settles a non-streamed request cut short after its prompt was sent: the prompt plus the answer bytes received,
-   * counted, but no more completion than the request allowed (n × max_tokens) nor `tokens.max_usage`; only a
-   * prefix of the bytes that could reach that cap is counted, so a huge broken body costs bounded CPU.
+   * counted, but no more completion than the served upstream was allowed (n × max_tokens, the instance's options
+   * included) nor `tokens.max_usage`; only a prefix of the bytes that could reach that cap is counted, so a huge
+   * broken body costs bounded CPU.
    */
   private async chargeCut(ctx: Exchange, partial: Buffer, reason: string): Promise<void> {
     if (!ctx.metered) { ctx.releaseAll(); return; }
-    const asked = ctx.prepared!;
-    const max = ctx.snap.maxUsage;
-    const cap = asked.maxTokens !== undefined ? Math.min(max, asked.n * asked.maxTokens) : max;
+    const cap = Math.min(ctx.snap.maxUsage, this.ceilingOf(ctx) ?? Infinity);
     const text = partial.toString('utf8', 0, Math.min(partial.length, cap * CUT_BYTES_PER_TOKEN, MAX_CUT_TEXT));
     this.settle(ctx, await this.countedUsage(ctx, text, 0, reason, cap));
+  }
+
+  /** Most completion the upstream that served (or is serving) this request was allowed to produce. */
+  private ceilingOf(ctx: Exchange): number | undefined {
+    const asked = ctx.prepared!;
+    return completionCeiling(asked.maxTokens, asked.n, ctx.served?.bodyOptions);
   }
 
   /** An upstream usage object that is not believed: counted per reason, logged at most once per interval. */

@@ -219,6 +219,24 @@ function askOf(o: Readonly<Record<string, unknown>> | undefined): InstanceAsk | 
   return ask.max_tokens === undefined && ask.max_completion_tokens === undefined && ask.n === undefined ? null : ask;
 }
 
+/**
+ * Most completion tokens an upstream can have produced for one request (n × the output limit), or undefined when
+ * nothing limited it. An instance's options replace the client's fields of the same name; since the client's
+ * limit may sit in the other field, the larger of what either set is taken: an upper bound, never an undercharge.
+ */
+export function completionCeiling(clientMax: number | undefined, clientN: number, options: Readonly<Record<string, unknown>> | undefined): number | undefined {
+  const ask = askOf(options);
+  const mt = ask?.max_tokens;
+  const mct = ask?.max_completion_tokens;
+  let limit: number | undefined;
+  if (mt !== undefined && mct !== undefined) limit = Math.max(mt, mct);
+  else {
+    const own = mt ?? mct;
+    limit = own === undefined ? clientMax : clientMax === undefined ? own : Math.max(own, clientMax);
+  }
+  return limit === undefined ? undefined : (ask?.n ?? clientN) * limit;
+}
+
 const policies = new WeakMap<object, WeakMap<readonly PolicyInstance[], ReservationPolicy>>();
 
 /**

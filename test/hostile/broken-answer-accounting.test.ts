@@ -13,12 +13,13 @@ const ASK = { model: 'm', messages: [{ role: 'user', content: 'Tell me a long st
 const T = { timeout: 180_000 };
 const CHARGED = /^sluice_quota_tokens_charged_total\{route="u"/;
 
-function route(url: string): Record<string, unknown> {
+function route(url: string, options?: Record<string, unknown>): Record<string, unknown> {
+  const instance = { name: 'a', provider: 'openai-compatible', override: { endpoint: `${url}/v1/chat/completions` }, ...(options ? { options } : {}) };
   return {
     routes: [{
       id: 'u', uri: '/v1/chat/completions',
       plugins: {
-        'ai-proxy-multi': { timeout: 60_000, instances: [{ name: 'a', provider: 'openai-compatible', override: { endpoint: `${url}/v1/chat/completions` } }] },
+        'ai-proxy-multi': { timeout: 60_000, instances: [instance] },
         'ai-rate-limiting': { limit: 10_000_000, time_window: 3600 },
       },
     }],
@@ -112,13 +113,14 @@ describe('non-streamed answers cut short', () => {
     } finally { await gw.stop(); await up.close(); }
   });
 
+  // 1 MiB of text after the head, then a reset: an upstream that ignored max_tokens, or sent garbage.
+  const brokenMiB: Script = (_q, s) => {
+    s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${4 * 1024 * 1024}\r\n\r\n${PARTIAL} ${'lorem ipsum dolor sit amet '.repeat(40_000)}`);
+    setTimeout(() => s.resetAndDestroy(), 200);
+  };
+
   it('a broken 2xx body is charged no more completion than the request allowed (max_tokens 20), whatever the upstream sent', T, async () => {
-    // 1 MiB of text after the head, then a reset: an upstream that ignored max_tokens, or sent garbage.
-    const script: Script = (_q, s) => {
-      s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${4 * 1024 * 1024}\r\n\r\n${PARTIAL} ${'lorem ipsum dolor sit amet '.repeat(40_000)}`);
-      setTimeout(() => s.resetAndDestroy(), 200);
-    };
-    const up = await startScriptedUpstream(script);
+    const up = await startScriptedUpstream(brokenMiB);
     const gw = await startSluiceProcess(route(up.url));
     try {
       const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(ASK) });
@@ -128,6 +130,21 @@ describe('non-streamed answers cut short', () => {
       const charged = await gw.metric(CHARGED);
       // The prompt (~20 tokens) plus at most max_tokens (20) of completion.
       assert.ok(charged <= 60, `charged ${charged} tokens for a request with max_tokens 20 (its reservation was ~40)`);
+    } finally { await gw.stop(); await up.close(); }
+  });
+
+  it('the cap is what the serving instance allowed: its options replace the client\'s max_tokens (20 → 400)', T, async () => {
+    const up = await startScriptedUpstream(brokenMiB);
+    const gw = await startSluiceProcess(route(up.url, { max_tokens: 400 }));
+    try {
+      const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(ASK) });
+      assert.equal(r.status, 502);
+      await r.text();
+      assert.match(up.requests[0]!.body.toString(), /"max_tokens":400/, 'the upstream was asked for 400');
+      await eventually('charged', async () => (await gw.metric(CHARGED)) > 0);
+      const charged = await gw.metric(CHARGED);
+      // The upstream could produce 400 tokens and sent far more text: the client's own 20 is not the cap.
+      assert.ok(charged > 400 && charged <= 440, `charged ${charged} tokens: prompt (~20) + 400 of completion expected`);
     } finally { await gw.stop(); await up.close(); }
   });
 });

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  completionReservation, DEFAULT_MAX_RESERVATION, defaultMaxUsage, KNOWN_MODELS, maxUsageOf, modelLimits, reservationPolicy,
+  completionCeiling, completionReservation, DEFAULT_MAX_RESERVATION, defaultMaxUsage, KNOWN_MODELS, maxUsageOf, modelLimits, reservationPolicy,
 } from '../../src/tokens/limits.ts';
 import { prepareRequest, type PrepareFailure, type PreparedRequest, type PrepareOptions } from '../helpers/prepare.ts';
 import { ConfigError, validateConfig } from '../../src/config/validate.ts';
@@ -163,4 +163,19 @@ test('tokens.* config errors carry their paths', () => {
   assert.deepEqual(issues({ tokens: { models: { m: { max_output_tokens: 5 } } } }), ['tokens.models.m.context_window: is required']);
   assert.deepEqual(issues({ tokens: { models: { m: { max_output_tokens: 5, context_window: 9, extra: 1 } } } }).length, 1);
   assert.deepEqual(issues({ tokens: { modles: {} } }).length, 1);
+});
+
+test('completionCeiling: n × the output limit the upstream was sent; an instance\'s options replace the client\'s, never lowering the bound', () => {
+  assert.equal(completionCeiling(undefined, 1, undefined), undefined, 'nothing limited the answer');
+  assert.equal(completionCeiling(20, 3, undefined), 60);
+  assert.equal(completionCeiling(20, 1, { temperature: 0 }), 20, 'options without limits leave the client\'s');
+  assert.equal(completionCeiling(20, 1, { max_tokens: 400 }), 400, 'the instance raised it');
+  assert.equal(completionCeiling(undefined, 1, { max_completion_tokens: 50 }), 50);
+  // The client's limit may be in the other field, which the instance leaves in place: the larger bounds both.
+  assert.equal(completionCeiling(500, 1, { max_tokens: 50 }), 500);
+  // Both fields set by the instance: the client's are both replaced.
+  assert.equal(completionCeiling(500, 1, { max_tokens: 50, max_completion_tokens: 70 }), 70);
+  assert.equal(completionCeiling(20, 1, { n: 4 }), 80);
+  assert.equal(completionCeiling(20, 4, { n: 1, max_tokens: 10 }), 20);
+  assert.equal(completionCeiling(undefined, 2, { n: 3 }), undefined);
 });
