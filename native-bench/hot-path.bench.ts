@@ -1,11 +1,13 @@
 // Paired A/B of two gateway checkouts on one mock upstream, measurements interleaved (A B B A A B …), for changes
 // whose effect is smaller than the box's drift between two `npm run bench` runs; and a CPU profile summary.
 //   node --import tsx native-bench/hot-path.bench.ts [--a <checkout>] [--b <checkout>] [--kinds json64,json1,stream]
-//        [--reps 6] [--duration 3] [--b-no-guard] [--b-node-args "<flags>"] [--semi 16] [--profile-b <dir>]
+//        [--reps 6] [--duration 3] [--a-no-guard] [--b-no-guard] [--a-quota] [--b-quota] [--b-node-args "<flags>"]
+//        [--semi 16] [--profile-b <dir>]
 //   node --import tsx native-bench/hot-path.bench.ts --summarise <file.cpuprofile> [--us <µs per request>] [--skip <s>]
 // --a/--b: checkouts whose src/cli/main.ts is run through tsx (default: this one; an older commit can be extracted
 // with `git archive <rev> src | tar -x -C <dir>` plus a node_modules symlink). --b-no-guard: B runs with
-// listen.http1_guard false. --b-node-args: node flags for B only (e.g. "--max-semi-space-size=32"). --semi N: both run with a fixed N MiB young generation and --trace-gc; allocation per
+// listen.http1_guard false (--a-no-guard: A). --a-quota/--b-quota: that side's route has a local ai-rate-limiting quota far from
+// its limit. --b-node-args: node flags for B only (e.g. "--max-semi-space-size=32"). --semi N: both run with a fixed N MiB young generation and --trace-gc; allocation per
 // request ≈ scavenges × N MiB ÷ requests (warm-up included). --profile-b: B runs under --cpu-prof into that dir.
 // --summarise: self time of a .cpuprofile by owner (the nearest guard / upstream client / uWS front end / pipeline / body /
 // metrics / quota frame above each sample; socket-write builtins and uWS respond apart), optionally in µs.
@@ -95,17 +97,19 @@ async function ab(): Promise<void> {
     const mock = await startServer({ name: 'mock-upstream', cwd: ROOT, ready: /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/,
       args: ['--import', 'tsx', 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', '32', '--chunk-delay-ms', '2'] });
     servers.push(mock);
-    const config = (guard: boolean) => JSON.stringify({
+    const config = (guard: boolean, quota: boolean) => JSON.stringify({
       listen: { host: '127.0.0.1', port: 0, http1_guard: guard }, admin: { host: '127.0.0.1', port: 0 }, workers: 1,
       routes: [{ id: 'chat', uri: PATH, methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [{
         name: 'mock', provider: 'openai-compatible', auth: { header: { Authorization: 'Bearer sk-bench' } },
-        options: { model: 'gpt-4o-mini' }, override: { endpoint: `http://127.0.0.1:${mock.port}${PATH}` } }] } } }],
+        options: { model: 'gpt-4o-mini' }, override: { endpoint: `http://127.0.0.1:${mock.port}${PATH}` } }] },
+      // Far from the limit, as in gateway.bench.ts: admission and settlement cost, never a rejection.
+      ...(quota ? { 'ai-rate-limiting': { limit: 1_000_000_000_000, time_window: 3600 } } : {}) } }],
     });
     const gw: Record<'A' | 'B', Server> = {} as Record<'A' | 'B', Server>;
     const scavenges = { A: 0, B: 0 };
     for (const k of ['A', 'B'] as const) {
       const file = join(tmp, `${k}.json`);
-      writeFileSync(file, config(!(k === 'B' && flag('--b-no-guard'))));
+      writeFileSync(file, config(!(k === 'B' ? flag('--b-no-guard') : flag('--a-no-guard')), k === 'B' ? flag('--b-quota') : flag('--a-quota')));
       const extra = [
         ...(semi > 0 ? ['--trace-gc', `--min-semi-space-size=${semi}`, `--max-semi-space-size=${semi}`] : []),
         ...(k === 'B' ? opt('--b-node-args', '').split(' ').filter((a) => a !== '') : []),
@@ -126,7 +130,8 @@ async function ab(): Promise<void> {
     const cpu = new Map<string, number[]>();
     const alloc = new Map<string, number[]>();
     const warmed = new Set<string>();
-    console.log(`A ${dirs.A}\nB ${dirs.B}${flag('--b-no-guard') ? ' (http1_guard: false)' : ''}\nload at start ${readFileSync('/proc/loadavg', 'utf8').trim()}`);
+    const traits = (k: 'a' | 'b'): string => [flag(`--${k}-no-guard`) ? 'http1_guard: false' : '', flag(`--${k}-quota`) ? 'local quota' : ''].filter((t) => t !== '').join(', ');
+    console.log(`A ${dirs.A}${traits('a') === '' ? '' : ` (${traits('a')})`}\nB ${dirs.B}${traits('b') === '' ? '' : ` (${traits('b')})`}\nload at start ${readFileSync('/proc/loadavg', 'utf8').trim()}`);
     for (let r = 0; r < reps; r++) {
       for (const kind of kinds) {
         for (const k of r % 2 === 0 ? (['A', 'B'] as const) : (['B', 'A'] as const)) {

@@ -21,7 +21,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'sluice_process_' });
   const registers = [registry];
   // Per-request metrics live in plain-number slots (hot) and reach these metrics at scrape time via collect().
-  const hot = new HotSlots(LATENCY_BUCKETS);
+  const hot = new HotSlots(LATENCY_BUCKETS, ESTIMATE_BUCKETS);
   return {
     registry,
     hot,
@@ -66,6 +66,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
     estimateError: new Histogram({
       name: 'sluice_quota_estimate_error_tokens', help: 'Reserved minus actual tokens per settled request.',
       labelNames: ['route'] as const, buckets: ESTIMATE_BUCKETS, registers,
+      collect() { hot.estimateError.export(this); },
     }),
     usageEstimated: new Counter({
       name: 'sluice_usage_estimated_total', help: 'Responses charged from counted text because upstream usage was missing (aborted or usage-less streams).',

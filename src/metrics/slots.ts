@@ -115,6 +115,7 @@ export class RouteSlots {
   private readonly tokenSlots = new Map<string, TokenSlots>();
   private readonly chargedSlots = new Map<string, CounterSlot>();
   private firstByteSlot: HistogramSlot | undefined;
+  private estimateSlot: HistogramSlot | undefined;
   constructor(private readonly hot: HotSlots, readonly route: string, readonly instance: string) {}
 
   /** One answered request: requests_total and request_duration_seconds. */
@@ -127,6 +128,11 @@ export class RouteSlots {
     }
     s.requests.value++;
     s.duration.observe(seconds);
+  }
+
+  /** Reserved minus actual tokens of one settled request: a series per route, shared by its instances. */
+  estimateError(tokens: number): void {
+    (this.estimateSlot ??= this.hot.estimateOf(this.route)).observe(tokens);
   }
 
   firstByte(seconds: number): void {
@@ -170,12 +176,22 @@ export class HotSlots {
   readonly upstreamAttempts = new CounterSlots();
   readonly tokens = new CounterSlots();
   readonly tokensCharged = new CounterSlots();
+  readonly estimateError: HistogramSlots;
   private readonly routes = new Map<string, Map<string, RouteSlots>>();
+  private readonly estimates = new Map<string, HistogramSlot>();
 
-  constructor(latencyBuckets: readonly number[]) {
+  constructor(latencyBuckets: readonly number[], estimateBuckets: readonly number[]) {
     const sorted = [...latencyBuckets].sort((a, b) => a - b);
     this.requestDuration = new HistogramSlots(sorted);
     this.upstreamFirstByte = new HistogramSlots(sorted);
+    this.estimateError = new HistogramSlots([...estimateBuckets].sort((a, b) => a - b));
+  }
+
+  /** The estimate-error series of a route (labelled by route alone). */
+  estimateOf(route: string): HistogramSlot {
+    let s = this.estimates.get(route);
+    if (s === undefined) { s = this.estimateError.make({ route }); this.estimates.set(route, s); }
+    return s;
   }
 
   /** The slots of (route, instance); '' is the instance of answers given before any instance was chosen. */

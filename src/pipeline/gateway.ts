@@ -602,7 +602,7 @@ export class Gateway implements RequestSink {
     ctx.usage = usage;
     const est = ctx.estimate;
     if (est !== undefined && (ctx.common !== undefined || ctx.instance !== undefined)) {
-      m.estimateError.observe({ route }, est.total_tokens - usage.total_tokens);
+      slots.estimateError(est.total_tokens - usage.total_tokens);
     }
     for (const hold of [ctx.common, ctx.instance]) {
       if (hold === undefined || !hold.open) continue;
