@@ -275,6 +275,23 @@ export function verdict(r: RatioRow): string {
 // thread included) and CPU/request(2) ≤ 1.10 × CPU/request(1) is checked. Quota exactness across threads is
 // asserted in test/integration/serving-threads.test.ts, not here.
 const THREADS_READY = true;
+
+/** CPU µs/request with 1 and with 2 serving threads: medians of interleaved repetitions. */
+export interface ThreadsPair { readonly cpu1: number; readonly cpu2: number }
+/** quota: the target (guard on, as shipped); plain: quota off; direct: quota on, listen.http1_guard false. */
+export interface ThreadsResult { readonly quota: ThreadsPair; readonly plain: ThreadsPair; readonly direct: ThreadsPair }
+
+export function threadsLines(threads: { skipped: string } | ThreadsResult, reps: number): string[] {
+  const head = 'threads run (1 vs 2 gateway threads, CPU/req must not rise > 10%)';
+  if ('skipped' in threads) return [`${head}: not measured: ${threads.skipped}`];
+  const line = (p: ThreadsPair): string => `${fmt(p.cpu1, 1)} → ${fmt(p.cpu2, 1)} µs/req (${fmt(p.cpu2 / p.cpu1, 2)}×)`;
+  return [
+    `${head}, medians of ${reps} interleaved pair(s):`,
+    `  quota on: ${line(threads.quota)} ${threads.quota.cpu2 <= 1.1 * threads.quota.cpu1 ? 'PASS' : 'MISS'}`,
+    `  quota off (info): ${line(threads.plain)}`,
+    `  quota on, listen.http1_guard false (info): ${line(threads.direct)}`,
+  ];
+}
 function threadsConfig(base: string, threads: number): string {
   return JSON.stringify({ ...JSON.parse(base) as object, workers: threads }, null, 2);
 }
@@ -458,11 +475,11 @@ async function main(): Promise<number> {
     const c = (t: TargetId, k: Kind, f: (x: Cell) => string) => { const x = cell(t, k); return x === undefined ? '—' : f(x); };
 
     // Threads run hook (see THREADS_READY above).
-    let threads: { skipped: string } | { cpu1: number; cpu2: number; plain1: number; plain2: number } = { skipped: '--threads not given' };
+    let threads: { skipped: string } | ThreadsResult = { skipped: '--threads not given' };
     if (args.threads && THREADS_READY) {
-      const cpuWith = async (n: number, quota = true): Promise<number> => {
-        const file = join(tmp, `threads-${n}-${quota ? 'quota' : 'plain'}.json`);
-        writeFileSync(file, threadsConfig(gatewayConfig(mock.port, slowMock.port, quota, true), n));
+      const cpuWith = async (n: number, quota: boolean, guard: boolean): Promise<number> => {
+        const file = join(tmp, `threads-${n}-${quota ? 'quota' : 'plain'}-${guard ? 'guard' : 'direct'}.json`);
+        writeFileSync(file, threadsConfig(gatewayConfig(mock.port, slowMock.port, quota, guard), n));
         const s = await startServer({ name: `sluice-${n}t`, cwd: ROOT, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
           args: [...sluiceCmd.argv, 'start', '--config', file, '--port', '0', '--admin-port', '0'] });
         try {
@@ -471,8 +488,18 @@ async function main(): Promise<number> {
           return r.cpuUs[0]! / r.requests;
         } finally { await s.stop(); }
       };
-      // Quota off as well: tells the ledger's share of a difference from the threads' own.
-      threads = { cpu1: await cpuWith(1), cpu2: await cpuWith(2), plain1: await cpuWith(1, false), plain2: await cpuWith(2, false) };
+      // Each variant: --reps pairs, the order reversed every other pair (1 2, 2 1, …) so drift of the box falls
+      // on both sides; medians. Quota off tells the ledger's share of a difference from the threads' own; guard
+      // off has no main-thread relay (the kernel spreads connections over the threads' own listeners).
+      const pairs = async (quota: boolean, guard: boolean): Promise<ThreadsPair> => {
+        const one: number[] = [];
+        const two: number[] = [];
+        for (let i = 0; i < args.reps; i++) {
+          for (const n of i % 2 === 0 ? [1, 2] : [2, 1]) (n === 1 ? one : two).push(await cpuWith(n, quota, guard));
+        }
+        return { cpu1: median(one), cpu2: median(two) };
+      };
+      threads = { quota: await pairs(true, true), plain: await pairs(false, true), direct: await pairs(true, false) };
     }
 
     const out: string[] = ['', ...head, ''];
@@ -506,10 +533,7 @@ async function main(): Promise<number> {
       r.name, Number.isFinite(r.value) ? `${fmt(r.value, r.unit === 'ms' ? 3 : r.unit === '×' ? 2 : 1)} ${r.unit}` : '—',
       r.op === undefined ? '' : `${r.op} ${r.target}${r.unit === '×' ? '×' : ` ${r.unit}`}${r.stretch !== undefined ? ` (stretch ${r.stretch}×)` : ''}`, verdict(r),
     ])]));
-    out.push('', 'threads run (1 vs 2 gateway threads, CPU/req must not rise > 10%): ' + ('skipped' in threads
-      ? `not measured: ${threads.skipped}`
-      : `${fmt(threads.cpu1, 1)} → ${fmt(threads.cpu2, 1)} µs/req (${fmt(threads.cpu2 / threads.cpu1, 2)}×) ${threads.cpu2 <= 1.1 * threads.cpu1 ? 'PASS' : 'MISS'}`
-        + `; quota off (info): ${fmt(threads.plain1, 1)} → ${fmt(threads.plain2, 1)} µs/req (${fmt(threads.plain2 / threads.plain1, 2)}×)`));
+    out.push('', ...threadsLines(threads, args.reps));
     for (const [t, why] of skipped) out.push(`not measured: ${t}: ${why.split('\n')[0]}`);
     const loadEnd = uptime();
     out.push(`load at end: ${loadEnd}`, `wall time ${fmt((performance.now() - started) / 1000, 0)} s`);

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childPids, parseStatPpid, parseStatTicks, parseVmRssKb, processCpuUs, processRssKb } from '../../native-bench/lib/cpu.ts';
 import { findNginx, nginxConfig, parseNginxVersion, testNginxConfig, writeNginxConfig } from '../../native-bench/lib/nginx.ts';
-import { parseArgs, ratioRows, verdict, type Cell } from '../../native-bench/gateway.bench.ts';
+import { parseArgs, ratioRows, threadsLines, verdict, type Cell } from '../../native-bench/gateway.bench.ts';
 import { postRequest, ResponseParser } from '../../native-bench/lib/raw-http.ts';
 import { slope } from '../../native-bench/lib/stats.ts';
 
@@ -153,5 +153,15 @@ describe('bench harness: flags and ratios', () => {
     assert.equal(verdict(byName('bare hop JSON CPU/req ÷ nginx, 64 conn')), '(info)');
     assert.equal(slope([[0, 100], [10, 120], [20, 140], [30, 160]]), 2);
     assert.ok(Number.isNaN(slope([[5, 1], [5, 2], [5, 3]])));
+  });
+
+  it('threads run: the quota-on pair gives the verdict (≤ 1.10×), quota off and guard off are information', () => {
+    assert.deepEqual(threadsLines({ skipped: '--threads not given' }, 2), ['threads run (1 vs 2 gateway threads, CPU/req must not rise > 10%): not measured: --threads not given']);
+    const lines = threadsLines({ quota: { cpu1: 100, cpu2: 109 }, plain: { cpu1: 90, cpu2: 120 }, direct: { cpu1: 80, cpu2: 100 } }, 3);
+    assert.match(lines[0]!, /medians of 3 interleaved pair/);
+    assert.match(lines[1]!, /quota on: 100\.0 → 109\.0 µs\/req \(1\.09×\) PASS$/);
+    assert.match(lines[2]!, /quota off \(info\): 90\.0 → 120\.0 µs\/req \(1\.33×\)$/);
+    assert.match(lines[3]!, /http1_guard false \(info\): 80\.0 → 100\.0 µs\/req \(1\.25×\)$/);
+    assert.match(threadsLines({ quota: { cpu1: 100, cpu2: 111 }, plain: { cpu1: 1, cpu2: 1 }, direct: { cpu1: 1, cpu2: 1 } }, 1)[1]!, /MISS$/);
   });
 });
