@@ -5,7 +5,7 @@
 //   node --import tsx native-bench/gateway.bench.ts [--quick] [--json] [--reps 2] [--duration 4] [--warmup 1]
 //        [--connections 64] [--stream-connections 64] [--chunks 32] [--chunk-delay-ms 2] [--slow-streams 2000]
 //        [--slow-delay-ms 50] [--slow-frames 100] [--slow-duration 4] [--rss-streams 2000] [--sluice auto|dist|tsx] [--build]
-//        [--slow-upstream lean|mock] [--no-install] [--only nginx,hop,sluice,sluiceQuota,sluiceDirect]
+//        [--slow-upstream lean|mock] [--no-install] [--only nginx,hop,floor,sluice,sluiceQuota,sluiceDirect]
 //        [--kinds json64,json1,stream,slow] [--threads]
 // Every server, both mocks and the load generator run in processes of their own; CPU of the process under test
 // is its utime+stime from /proc/<pid>/stat over the measured window (for nginx: its single worker) divided by
@@ -103,19 +103,23 @@ export function parseArgs(argv: readonly string[]): Args {
   return a;
 }
 
-type TargetId = 'mock' | 'nginx' | 'hop' | 'sluice' | 'sluiceQuota' | 'sluiceDirect';
+type TargetId = 'mock' | 'nginx' | 'hop' | 'floor' | 'sluice' | 'sluiceQuota' | 'sluiceDirect';
 type Kind = 'json64' | 'json1' | 'stream' | 'rss' | 'slow';
 
 const TARGETS: readonly { id: TargetId; label: string }[] = [
   { id: 'mock', label: 'mock upstream direct' },
   { id: 'nginx', label: 'nginx reverse proxy' },
   { id: 'hop', label: 'bare hop (uWS + undici)' },
+  // uWS + a minimal net.Socket keep-alive client + the least metering (lib/lean-hop.ts): JSON only.
+  { id: 'floor', label: 'floor: uWS + net.Socket client + metering' },
   { id: 'sluice', label: 'Sluice' },
   { id: 'sluiceQuota', label: 'Sluice + local quota' },
   // Behind a load balancer or proxy that normalises HTTP/1.x: no guard hop (architecture §6).
   { id: 'sluiceDirect', label: 'Sluice + local quota, listen.http1_guard: false' },
 ];
-const PROXIES: readonly TargetId[] = ['nginx', 'hop', 'sluice', 'sluiceQuota', 'sluiceDirect'];
+const PROXIES: readonly TargetId[] = ['nginx', 'hop', 'floor', 'sluice', 'sluiceQuota', 'sluiceDirect'];
+/** Targets measured on the JSON kinds only. */
+const JSON_ONLY: ReadonlySet<TargetId> = new Set(['floor']);
 
 function gatewayConfig(mockPort: number, slowPort: number, quota: boolean, guard: boolean): string {
   const route = (id: string, uri: string, port: number) => {
@@ -259,6 +263,12 @@ export function ratioRows(cell: (t: TargetId, k: Kind) => Cell | undefined): Rat
   rows.push({ name: 'guard off + quota: RSS per open stream (Δ÷N)', value: v('sluiceDirect', 'rss', (c) => c.rssPerStreamKb), unit: 'KB', op: '≤', target: 20 });
   rows.push({ name: 'bare hop JSON CPU/req ÷ nginx, 64 conn', value: cpu('hop', 'json64') / cpu('nginx', 'json64'), unit: '×', op: undefined, target: Number.NaN });
   rows.push({ name: 'Sluice JSON CPU/req ÷ bare hop, 64 conn (issue 2: ≤ 2)', value: cpu('sluice', 'json64') / cpu('hop', 'json64'), unit: '×', op: undefined, target: Number.NaN });
+  // Where uWS + Node itself lands with the least metering work (lib/lean-hop.ts), and what Sluice costs over it.
+  for (const k of ['json64', 'json1'] as const) {
+    const conn = k === 'json64' ? '64 conn' : '1 conn';
+    rows.push({ name: `floor (uWS + net.Socket + metering) JSON CPU/req ÷ nginx, ${conn}`, value: cpu('floor', k) / cpu('nginx', k), unit: '×', op: undefined, target: Number.NaN });
+    rows.push({ name: `guard off + quota: JSON CPU/req ÷ floor, ${conn}`, value: cpu('sluiceDirect', k) / cpu('floor', k), unit: '×', op: undefined, target: Number.NaN });
+  }
   return rows;
 }
 
@@ -360,6 +370,14 @@ async function main(): Promise<number> {
         slow.set('hop', hs);
       });
     }
+    if (wanted('floor')) {
+      attempt('floor', async () => {
+        const f = await startServer({ name: 'lean-hop', cwd: ROOT, ready: /lean-hop listening on http:\/\/127\.0\.0\.1:(\d+)/,
+          args: [...TSX, 'native-bench/lib/lean-hop.ts', '--upstream', String(mock.port), '--port', '0'] });
+        servers.push(f);
+        fast.set('floor', f);
+      });
+    }
     for (const [t, quota, guard] of [['sluice', false, true], ['sluiceQuota', true, true], ['sluiceDirect', true, false]] as const) {
       if (!wanted(t)) continue;
       attempt(t, async () => {
@@ -386,8 +404,8 @@ async function main(): Promise<number> {
     };
     for (const t of [...fast.keys()]) {
       const s = fast.get(t)!;
-      const why = (await probe(s.port, PATH, bodies.json, false)) ?? (await probe(s.port, PATH, bodies.stream, true)) ??
-        (t === 'mock' ? undefined : await probe(slow.get(t)!.port, t === 'hop' ? PATH : SLOW_PATH, bodies.slowProbe, true));
+      const why = (await probe(s.port, PATH, bodies.json, false)) ?? (JSON_ONLY.has(t) ? undefined : (await probe(s.port, PATH, bodies.stream, true)) ??
+        (t === 'mock' ? undefined : await probe(slow.get(t)!.port, t === 'hop' ? PATH : SLOW_PATH, bodies.slowProbe, true)));
       if (why !== undefined) { skipped.set(t, `probe failed: ${why}`); fast.delete(t); }
     }
     const proxies = PROXIES.filter((t) => fast.has(t));
@@ -408,6 +426,7 @@ async function main(): Promise<number> {
     const firstWarm = new Set<TargetId>();
     const measure = async (t: TargetId, kind: Kind): Promise<void> => {
       if (args.kinds !== undefined && !args.kinds.has(kind)) return;
+      if (JSON_ONLY.has(t) && kind !== 'json64' && kind !== 'json1') return;
       const isSlow = kind === 'slow' || kind === 'rss';
       const server = isSlow ? slow.get(t)! : fast.get(t)!;
       const watch = t === 'mock' ? [mock.pid] : [server.pid, isSlow ? slowMock.pid : mock.pid];

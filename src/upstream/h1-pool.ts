@@ -40,6 +40,8 @@ export interface PoolOptions {
 
 /** An answer head larger than this (with 1xx heads before it) fails the request. */
 export const MAX_RESPONSE_HEAD = 64 * 1024;
+/** Bodies up to this size are copied behind the head and written as one buffer (see Connection.write). */
+const ONE_WRITE_MAX = 16 * 1024;
 const MAX_CHUNK_LINE = 4096;
 const MAX_TRAILERS = 16 * 1024;
 /** The server's Keep-Alive hint is cut by this much: a connection is dropped before the server drops it. */
@@ -216,9 +218,19 @@ export class Connection {
   private write(head: string, body: Buffer): void {
     const s = this.socket;
     this.arm(this.firstByteMs);
-    s.cork();
     // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low
     // byte of each character, so U+010A / U+010D would reach the wire as LF / CR (a header injected upstream).
+    if (body.length <= ONE_WRITE_MAX) {
+      // A small request goes as one buffer: a corked pair takes node's writev path, whose per-chunk bookkeeping
+      // cost more than copying the body once.
+      const n = Buffer.byteLength(head, 'utf8');
+      const out = Buffer.allocUnsafe(n + body.length);
+      out.write(head, 0, n, 'utf8');
+      body.copy(out, n);
+      s.write(out);
+      return;
+    }
+    s.cork();
     s.write(head, 'utf8');
     s.write(body);
     s.uncork();
