@@ -391,7 +391,7 @@ export class Gateway implements RequestSink {
     }
     let buf: Buffer;
     try {
-      buf = await up.readAll(MAX_UPSTREAM_BODY);
+      buf = up.bodyNow(MAX_UPSTREAM_BODY) ?? await up.readAll(MAX_UPSTREAM_BODY);
     } catch (err) {
       // An error answer is not billed: one cut short is released (a client abort) or falls back (a broken body).
       if (res.aborted && !ctx.cut) {

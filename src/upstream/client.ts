@@ -176,6 +176,15 @@ export class UpstreamCall implements ResponseHandler {
     return this.wait();
   }
 
+  /** The whole body when it already arrived complete (it came with the head), without a promise; else undefined,
+   *  and readAll waits for it. */
+  bodyNow(max: number): Buffer | undefined {
+    if (!this.ended || this.failure !== undefined || this.queued > max) return undefined;
+    this.collecting = true;
+    this.max = max;
+    return this.joined();
+  }
+
   /** After readAll failed: the body bytes received before it broke off (empty when none, or when it was cut for
    *  size or by abort()). For charging what an upstream produced. */
   partial(): Buffer {

@@ -228,3 +228,41 @@ test('takeQueued: a chunk that came with the head is taken synchronously; none w
     await stop(server, client);
   }
 });
+
+test('bodyNow: the body of an answer that came whole with its head, without a promise; undefined otherwise', async () => {
+  let release: (() => void) | undefined;
+  const { origin, server } = await serve((req, res) => {
+    if (req.url === '/late') {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '9' });
+      res.write('{"late":');
+      release = () => res.end('1}'.slice(0, 1));
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"whole":true}');
+  });
+  const client = new UpstreamClient(TIMEOUTS);
+  try {
+    const whole = client.send(origin, '/whole', {}, BODY);
+    await whole.head();
+    let body: Buffer | undefined;
+    await until(() => (body = whole.bodyNow(1 << 20)) !== undefined, 'the whole answer arrived');
+    assert.equal(body!.toString(), '{"whole":true}');
+    // Over its cap it is left to readAll, which fails as protocol_error.
+    const capped = client.send(origin, '/whole', {}, BODY);
+    await capped.head();
+    await until(() => capped.queuedBytes === 14, 'the body arrived');
+    assert.equal(capped.bodyNow(5), undefined);
+    assert.equal((await failureOf(capped.readAll(5))).kind, 'protocol_error');
+    // Not complete yet: undefined, and readAll gets the rest.
+    const late = client.send(origin, '/late', {}, BODY);
+    await late.head();
+    assert.equal(late.bodyNow(1 << 20), undefined);
+    const rest = late.readAll(1 << 20);
+    await until(() => release !== undefined, 'the first part was sent');
+    release!();
+    assert.equal((await rest).toString(), '{"late":1');
+  } finally {
+    await stop(server, client);
+  }
+});
