@@ -219,22 +219,23 @@ function askOf(o: Readonly<Record<string, unknown>> | undefined): InstanceAsk | 
   return ask.max_tokens === undefined && ask.max_completion_tokens === undefined && ask.n === undefined ? null : ask;
 }
 
+/** Option keys that set an output budget this module does not read (the Gemini and legacy Anthropic shapes). */
+const UNREAD_LIMITS = ['generationConfig', 'generation_config', 'max_tokens_to_sample'] as const;
+
 /**
- * Most completion tokens an upstream can have produced for one request (n × the output limit), or undefined when
- * nothing limited it. An instance's options replace the client's fields of the same name; since the client's
- * limit may sit in the other field, the larger of what either set is taken: an upper bound, never an undercharge.
+ * Most completion tokens an upstream can have produced for one request (choices × the output limit), or undefined when
+ * nothing known limited it. An instance's options replace the client's fields of the same name, but the client's
+ * limit may sit in a field they leave (or one the provider reads instead): the largest of what either set is taken,
+ * an upper bound, never an undercharge (an instance that lowers the client's limit leaves the looser ceiling).
+ * Options that set a budget in a shape not read here give no ceiling at all.
  */
 export function completionCeiling(clientMax: number | undefined, clientN: number, options: Readonly<Record<string, unknown>> | undefined): number | undefined {
+  if (options !== undefined && UNREAD_LIMITS.some((k) => Object.hasOwn(options, k))) return undefined;
   const ask = askOf(options);
-  const mt = ask?.max_tokens;
-  const mct = ask?.max_completion_tokens;
-  let limit: number | undefined;
-  if (mt !== undefined && mct !== undefined) limit = Math.max(mt, mct);
-  else {
-    const own = mt ?? mct;
-    limit = own === undefined ? clientMax : clientMax === undefined ? own : Math.max(own, clientMax);
-  }
-  return limit === undefined ? undefined : (ask?.n ?? clientN) * limit;
+  const mot = typeof options?.max_output_tokens === 'number' ? options.max_output_tokens : 0;
+  const own = Math.max(ask?.max_tokens ?? 0, ask?.max_completion_tokens ?? 0, mot);
+  const limit = own === 0 ? clientMax : Math.max(own, clientMax ?? 0);
+  return limit === undefined ? undefined : Math.max(ask?.n ?? 0, clientN) * limit;
 }
 
 const policies = new WeakMap<object, WeakMap<readonly PolicyInstance[], ReservationPolicy>>();

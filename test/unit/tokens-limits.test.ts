@@ -173,9 +173,14 @@ test('completionCeiling: n × the output limit the upstream was sent; an instanc
   assert.equal(completionCeiling(undefined, 1, { max_completion_tokens: 50 }), 50);
   // The client's limit may be in the other field, which the instance leaves in place: the larger bounds both.
   assert.equal(completionCeiling(500, 1, { max_tokens: 50 }), 500);
-  // Both fields set by the instance: the client's are both replaced.
-  assert.equal(completionCeiling(500, 1, { max_tokens: 50, max_completion_tokens: 70 }), 70);
+  // Both fields set by the instance: the client's may still sit in a third (a Responses client's max_output_tokens).
+  assert.equal(completionCeiling(500, 1, { max_tokens: 50, max_completion_tokens: 70 }), 500);
+  assert.equal(completionCeiling(undefined, 1, { max_tokens: 50, max_completion_tokens: 70 }), 70);
   assert.equal(completionCeiling(20, 1, { n: 4 }), 80);
-  assert.equal(completionCeiling(20, 4, { n: 1, max_tokens: 10 }), 20);
+  assert.equal(completionCeiling(20, 4, { n: 1, max_tokens: 10 }), 80, 'lower values leave the client\'s (its n may sit in another field)');
   assert.equal(completionCeiling(undefined, 2, { n: 3 }), undefined);
+  // The Responses API's field counts; a budget in a shape not read here (Gemini's generationConfig) gives no ceiling.
+  assert.equal(completionCeiling(20, 1, { max_output_tokens: 4000 }), 4000);
+  assert.equal(completionCeiling(20, 1, { generationConfig: { maxOutputTokens: 4000 } }), undefined);
+  assert.equal(completionCeiling(20, 1, { max_tokens_to_sample: 4000 }), undefined);
 });
