@@ -2,7 +2,7 @@
 // request per connection at a time, a strict incremental response parser (length, chunked, close-delimited),
 // backpressure through socket pause/resume, and three timeouts (connect, first byte, idle body). It replaces
 // undici on the hot path: no request object, header validation pass, llhttp call-outs or timer wheel per request,
-// and body chunks reach the handler as views of the socket's buffers (architecture §6 has the measurements).
+// and body chunks reach the handler as views of the socket's buffers (docs/performance.md has the measurements).
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { isToken } from '../core/http-token.ts';
