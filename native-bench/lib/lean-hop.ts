@@ -9,14 +9,11 @@
 import { connect, type Socket } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { HttpResponse } from 'uWebSockets.js';
+import { flag } from './args.ts';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1]! : fallback;
-}
-
-const upstreamPort = Number(arg('--upstream', '0'));
-const port = Number(arg('--port', '0'));
+const upstreamPort = flag('--upstream', 0, 1, 65535);
+if (upstreamPort === 0) { process.stderr.write('lean-hop: --upstream <port> is required\n'); process.exit(2); }
+const port = flag('--port', 0, 0, 65535);
 const HEAD = `POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:${upstreamPort}\r\ncontent-type: application/json\r\nauthorization: Bearer sk-bench\r\ncontent-length: `;
 const LIMIT = 1_000_000_000_000;
 const WINDOW_S = 3600;

@@ -55,7 +55,6 @@ export interface HeadError {
 
 export type HeadResult = RequestHead | HeadError;
 
-
 const CR = 13;
 const LF = 10;
 const SP = 32;

@@ -19,7 +19,6 @@ export interface ResponseHead {
   readonly keepAliveMs: number;
 }
 
-
 /** A field value may hold visible characters, SP, HTAB and obs-text; never CR, LF, NUL or other controls. */
 function validValue(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
