@@ -1,10 +1,13 @@
 // What the HTTP/1.x guard (src/frontend/http1-guard.ts) costs per request, in two parts:
-// 1. bare uWS answering a small POST, direct vs. behind a pass-through node:net pipe in the same process
-//    (native-bench/lib/guard-server.ts): the floor of any node:net front;
+// 1. bare uWS answering a small POST, direct vs. behind a pass-through node:net pipe in the same process (the
+//    floor of any node:net front) vs. behind the project's guard on a unix socket (native-bench/lib/guard-server.ts);
 // 2. Sluice itself proxying to the mock upstream with `listen.http1_guard: true` vs `false`, alternated per run.
 // CPU is the server process's utime+stime per request over the measured window (the gateway process only; the
 // mock runs in its own process).
 //   node --import tsx native-bench/guard-cost.bench.ts [--connections 32] [--duration-ms 5000] [--runs 3] [--pipe-runs 0]
+//   node --import tsx native-bench/guard-cost.bench.ts --ab <checkout> [--ab-b <checkout>] [--connections 32] [--duration-ms 5000] [--runs 6]
+// --ab: only a paired A/B of the guard alone (src/frontend/http1-guard.ts of <checkout> as A, --ab-b or this one as B) in front of
+// bare uWS on a unix socket, measured A B B A … so drift cancels; prints both medians and how many pairs B won.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,14 +26,46 @@ const runs = flag('--runs') === undefined ? 3 : numArg('--runs', flag('--runs'),
 /** Runs of part 1 (the pass-through pipe); 0 skips it. */
 const pipeRuns = flag('--pipe-runs') === undefined ? runs : numArg('--pipe-runs', flag('--pipe-runs'), 0, 10);
 
+const abFrom = flag('--ab');
+const abB = flag('--ab-b') ?? ROOT;
+
 const body = JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'What is 1+1?' }] });
+
+if (abFrom !== undefined) {
+  const abLoad = await LoadGenerator.start();
+  const us: Record<'A' | 'B', number[]> = { A: [], B: [] };
+  try {
+    for (let run = 0; run < runs; run++) {
+      for (const side of run % 2 === 0 ? ['A', 'B'] as const : ['B', 'A'] as const) {
+        const server = await startServer({ name: `guard-${side}`, cwd: ROOT, ready: /listening (\d+)/,
+          args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', 'real', side === 'A' ? abFrom : abB] });
+        try {
+          const r = await abLoad.run({
+            origin: `http://127.0.0.1:${server.port}`, path: '/v1/chat/completions', body,
+            headers: { 'content-type': 'application/json' }, connections, warmupMs: 1000, durationMs,
+            maxRequests: 2_000_000, stream: false, watchPids: [server.pid],
+          });
+          us[side].push(r.cpuUs[0]! / r.requests);
+          console.log(`${side} ${fmt(r.cpuUs[0]! / r.requests)} µs/request  ${fmt(r.rps, 0)} req/s  errors ${r.errors}`);
+        } finally {
+          await server.stop();
+        }
+      }
+    }
+  } finally {
+    await abLoad.close();
+  }
+  const wins = us.B.filter((b, i) => b < us.A[i]!).length;
+  console.log(`guard alone: A ${fmt(median(us.A))}  B ${fmt(median(us.B))} µs/request  B/A ${fmt(median(us.B) / median(us.A), 3)}  (B lower in ${wins} of ${runs} pairs)`);
+  process.exit(0);
+}
 const load = await LoadGenerator.start();
 const rows: string[][] = [['mode', 'req/s', 'p50 / p99 ms', 'CPU µs/req']];
-const cpu: Record<string, number[]> = { direct: [], guard: [] };
+const cpu: Record<string, number[]> = { direct: [], guard: [], real: [] };
 try {
   for (let run = 0; run < pipeRuns; run++) {
-    for (const mode of ['direct', 'guard'] as const) {
-      const server = await startServer({ name: mode, args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', mode], cwd: ROOT, ready: /listening (\d+)/ });
+    for (const mode of ['direct', 'guard', 'real'] as const) {
+      const server = await startServer({ name: mode, args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', mode, ROOT], cwd: ROOT, ready: /listening (\d+)/ });
       try {
         const r = await load.run({
           origin: `http://127.0.0.1:${server.port}`, path: '/v1/chat/completions', body,
@@ -51,7 +86,9 @@ try {
 console.log(table(rows));
 const d = median(cpu.direct!);
 const g = median(cpu.guard!);
-console.log(`median CPU per request: direct ${fmt(d)} µs, guard ${fmt(g)} µs, guard adds ${fmt(g - d)} µs (${fmt(g / d, 2)}× bare uWS)`);
+const real = median(cpu.real!);
+console.log(`median CPU per request: direct ${fmt(d)} µs, pass-through pipe ${fmt(g)} µs (adds ${fmt(g - d)} µs, ${fmt(g / d, 2)}× bare uWS), `
+  + `the HTTP/1.x guard on a unix socket ${fmt(real)} µs (adds ${fmt(real - d)} µs, ${fmt(real / d, 2)}×)`);
 
 // Part 2: Sluice with the guard on and off.
 const PATH = '/v1/chat/completions';
