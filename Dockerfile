@@ -48,5 +48,6 @@ EXPOSE 9080 9091
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9091/readyz',{signal:AbortSignal.timeout(2500)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/bin/sluice.mjs"]
+# --min-semi-space-size: see docs/operations.md, "Node flags".
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "--min-semi-space-size=8", "/app/bin/sluice.mjs"]
 CMD ["start", "--config", "/etc/sluice/sluice.yaml"]

@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { freePorts } from '../test/helpers/free-port.ts';
 import { numArg } from './lib/args.ts';
 import type { LoadResult } from './lib/load.ts';
+import { deployedNodeFlags } from './lib/node-flags.ts';
 import { findNginx, startNginx, testNginxConfig, writeNginxConfig, type NginxFound } from './lib/nginx.ts';
 import { startServer, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
@@ -26,6 +27,8 @@ import { fmt, median, slope, table } from './lib/stats.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX = ['--import', 'tsx'];
+/** What Sluice is deployed with (package.json's start, the image's ENTRYPOINT); every Node proxy under test runs with it. */
+const NODE_FLAGS = deployedNodeFlags(ROOT);
 const PATH = '/v1/chat/completions';
 const SLOW_PATH = '/slow/v1/chat/completions';
 const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }];
@@ -185,10 +188,10 @@ function sluiceCommand(args: Args, log: (s: string) => void): { argv: string[]; 
   const dist = join(ROOT, 'dist/cli/main.js');
   if (args.sluice !== 'tsx' && existsSync(dist)) {
     const stale = newestMtime(join(ROOT, 'src'), '.ts') > statSync(dist).mtimeMs;
-    return { argv: [dist], mode: `compiled dist/ (node dist/cli/main.js)${stale ? '; WARNING: src/ has changed since dist/cli/main.js was built (pass --build)' : ''}` };
+    return { argv: [...NODE_FLAGS, dist], mode: `compiled dist/ (${['node', ...NODE_FLAGS].join(' ')} dist/cli/main.js)${stale ? '; WARNING: src/ has changed since dist/cli/main.js was built (pass --build)' : ''}` };
   }
   if (args.sluice === 'dist') throw new Error('--sluice dist: dist/cli/main.js is missing (npm run build)');
-  return { argv: [...TSX, join(ROOT, 'src/cli/main.ts')], mode: 'src/ through tsx (no dist/: npm run build for the compiled gateway)' };
+  return { argv: [...NODE_FLAGS, ...TSX, join(ROOT, 'src/cli/main.ts')], mode: `src/ through tsx, node flags ${NODE_FLAGS.join(' ') || 'none'} (no dist/: npm run build for the compiled gateway)` };
 }
 
 function uptime(): string {
@@ -360,7 +363,7 @@ async function main(): Promise<number> {
     const HOP_READY = /bare-hop listening on http:\/\/127\.0\.0\.1:(\d+)/;
     if (wanted('hop')) {
       attempt('hop', async () => {
-        const hopArgs = (port: number) => [...TSX, 'native-bench/lib/bare-hop.ts', '--upstream', `http://127.0.0.1:${port}`, '--port', '0'];
+        const hopArgs = (port: number) => [...NODE_FLAGS, ...TSX, 'native-bench/lib/bare-hop.ts', '--upstream', `http://127.0.0.1:${port}`, '--port', '0'];
         const [h, hs] = await Promise.all([
           startServer({ name: 'bare-hop', cwd: ROOT, ready: HOP_READY, args: hopArgs(mock.port) }),
           startServer({ name: 'bare-hop-slow', cwd: ROOT, ready: HOP_READY, args: hopArgs(slowMock.port) }),
@@ -373,7 +376,7 @@ async function main(): Promise<number> {
     if (wanted('floor')) {
       attempt('floor', async () => {
         const f = await startServer({ name: 'lean-hop', cwd: ROOT, ready: /lean-hop listening on http:\/\/127\.0\.0\.1:(\d+)/,
-          args: [...TSX, 'native-bench/lib/lean-hop.ts', '--upstream', String(mock.port), '--port', '0'] });
+          args: [...NODE_FLAGS, ...TSX, 'native-bench/lib/lean-hop.ts', '--upstream', String(mock.port), '--port', '0'] });
         servers.push(f);
         fast.set('floor', f);
       });
@@ -414,7 +417,7 @@ async function main(): Promise<number> {
       `gateway benchmark, ${new Date().toISOString()}, node ${process.version}, ${cpus().length} cores${args.quick ? ', --quick' : ''}`,
       `load at start: ${loadStart}`,
       `nginx: ${nginx === undefined ? `SKIPPED (${skipped.get('nginx') ?? 'not asked for'})` : `${nginx.bin} ${nginx.version} (found via ${nginx.how}), worker_processes 1, keepalive 64 to the upstream, proxy_buffering off; CPU and RSS are the worker's`}`,
-      `Sluice: ${sluiceCmd.mode}`,
+      `Sluice: ${sluiceCmd.mode}; node flags of every Node proxy (Sluice, bare hop, floor), as deployed (package.json start): ${NODE_FLAGS.join(' ') || 'none'}`,
       `upstream: src/mock in its own process (${args.chunks} frames ${args.chunkDelayMs} ms apart); slow streams: ` +
         `${args.slowUpstream === 'mock' ? 'a second src/mock' : 'native-bench/lib/slow-sse.ts (lean, same chunks)'} in its own process, ${args.slowFrames} frames ${args.slowDelayMs} ms apart`,
     ];
