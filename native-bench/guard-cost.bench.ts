@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { numArg } from './lib/args.ts';
+import type { LoadResult } from './lib/load.ts';
 import { startServer } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
 import { fmt, median, table } from './lib/stats.ts';
@@ -31,25 +32,30 @@ const abB = flag('--ab-b') ?? ROOT;
 
 const body = JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'What is 1+1?' }] });
 
+/** One run of native-bench/lib/guard-server.ts in the given mode (and checkout): its load result and CPU µs per request. */
+async function guardServerRun(load: LoadGenerator, mode: 'direct' | 'guard' | 'real', checkout: string): Promise<{ r: LoadResult; us: number }> {
+  const server = await startServer({ name: mode, args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', mode, checkout], cwd: ROOT, ready: /listening (\d+)/ });
+  try {
+    const r = await load.run({
+      origin: `http://127.0.0.1:${server.port}`, path: '/v1/chat/completions', body,
+      headers: { 'content-type': 'application/json' }, connections, warmupMs: 1000, durationMs,
+      maxRequests: 2_000_000, stream: false, watchPids: [server.pid],
+    });
+    return { r, us: r.cpuUs[0]! / r.requests };
+  } finally {
+    await server.stop();
+  }
+}
+
 if (abFrom !== undefined) {
   const abLoad = await LoadGenerator.start();
   const us: Record<'A' | 'B', number[]> = { A: [], B: [] };
   try {
     for (let run = 0; run < runs; run++) {
       for (const side of run % 2 === 0 ? ['A', 'B'] as const : ['B', 'A'] as const) {
-        const server = await startServer({ name: `guard-${side}`, cwd: ROOT, ready: /listening (\d+)/,
-          args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', 'real', side === 'A' ? abFrom : abB] });
-        try {
-          const r = await abLoad.run({
-            origin: `http://127.0.0.1:${server.port}`, path: '/v1/chat/completions', body,
-            headers: { 'content-type': 'application/json' }, connections, warmupMs: 1000, durationMs,
-            maxRequests: 2_000_000, stream: false, watchPids: [server.pid],
-          });
-          us[side].push(r.cpuUs[0]! / r.requests);
-          console.log(`${side} ${fmt(r.cpuUs[0]! / r.requests)} µs/request  ${fmt(r.rps, 0)} req/s  errors ${r.errors}`);
-        } finally {
-          await server.stop();
-        }
+        const { r, us: cpuUs } = await guardServerRun(abLoad, 'real', side === 'A' ? abFrom : abB);
+        us[side].push(cpuUs);
+        console.log(`${side} ${fmt(cpuUs)} µs/request  ${fmt(r.rps, 0)} req/s  errors ${r.errors}`);
       }
     }
   } finally {
@@ -65,19 +71,9 @@ const cpu: Record<string, number[]> = { direct: [], guard: [], real: [] };
 try {
   for (let run = 0; run < pipeRuns; run++) {
     for (const mode of ['direct', 'guard', 'real'] as const) {
-      const server = await startServer({ name: mode, args: ['--import', 'tsx', 'native-bench/lib/guard-server.ts', mode, ROOT], cwd: ROOT, ready: /listening (\d+)/ });
-      try {
-        const r = await load.run({
-          origin: `http://127.0.0.1:${server.port}`, path: '/v1/chat/completions', body,
-          headers: { 'content-type': 'application/json' }, connections, warmupMs: 1000, durationMs,
-          maxRequests: 2_000_000, stream: false, watchPids: [server.pid],
-        });
-        const us = r.cpuUs[0]! / r.requests;
-        cpu[mode]!.push(us);
-        rows.push([`${mode} (run ${run + 1})`, fmt(r.rps, 0), `${fmt(r.p50Ms)} / ${fmt(r.p99Ms)}`, fmt(us)]);
-      } finally {
-        await server.stop();
-      }
+      const { r, us } = await guardServerRun(load, mode, ROOT);
+      cpu[mode]!.push(us);
+      rows.push([`${mode} (run ${run + 1})`, fmt(r.rps, 0), `${fmt(r.p50Ms)} / ${fmt(r.p99Ms)}`, fmt(us)]);
     }
   }
 } finally {

@@ -24,7 +24,8 @@ if (!existsSync(MAIN)) { console.error('tail-latency: dist/cli/main.js is missin
 const rounds = numArg('--rounds', opt('--rounds', '3'), 1, 20);
 const requests = numArg('--requests', opt('--requests', '15000'), 1000, 200_000);
 const warmup = Math.min(3000, requests);
-const variants = opt('--variants', `default|${deployedNodeFlags(ROOT).join(' ')}`).split('|').map((v) => v.trim() || 'default');
+const DEPLOYED = deployedNodeFlags(ROOT);
+const variants = opt('--variants', `default|${DEPLOYED.join(' ')}`).split('|').map((v) => v.trim() || 'default');
 const MAX_WAIT_MS = 10_000;
 
 const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }] });
@@ -94,7 +95,7 @@ try {
       const flags = t === 'floor' || t === 'default' ? [] : t.split(/\s+/);
       const srv = t === 'floor'
         ? await startServer({ name: 'floor', cwd: ROOT, ready: /lean-hop listening on http:\/\/127\.0\.0\.1:(\d+)/,
-          args: [...deployedNodeFlags(ROOT), '--import', 'tsx', 'native-bench/lib/lean-hop.ts', '--upstream', String(mock.port), '--port', '0'] })
+          args: [...DEPLOYED, '--import', 'tsx', 'native-bench/lib/lean-hop.ts', '--upstream', String(mock.port), '--port', '0'] })
         : await startServer({ name: 'sluice', cwd: dir, ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
           args: [...flags, MAIN, 'start', '--config', config, '--port', '0', '--admin-port', String(admin)] });
       try {
