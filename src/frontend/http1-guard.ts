@@ -9,6 +9,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { SluiceError, toErrorBody, type ErrorCode } from '../core/errors.ts';
 import { TCHAR } from '../core/http-token.ts';
+import { copyingReads } from '../core/socket-read.ts';
 
 /** Private header carrying the client's address to uWS; a client-sent copy is removed first. */
 export const PEER_HEADER = 'x-sluice-peer';
@@ -644,7 +645,10 @@ class GuardConn {
   private openUp(): Socket {
     const ep = this.g.endpoint();
     const unix = 'path' in ep;
-    const up = unix ? connect(ep.path) : connect({ host: ep.host, port: ep.port, noDelay: true });
+    // uWS's answers are read through copyingReads (no stream machinery per read); the client's side cannot be:
+    // node:net servers take no `onread` for the sockets they accept.
+    const onread = copyingReads((d) => this.onUp(up, d));
+    const up: Socket = unix ? connect({ path: ep.path, onread }) : connect({ host: ep.host, port: ep.port, noDelay: true, onread });
     this.up = up;
     if (unix) {
       // A unix socket whose accept queue is full refuses at once (EAGAIN) where TCP would retry its SYN: keep
@@ -653,7 +657,6 @@ class GuardConn {
       this.upPending = [];
       up.once('connect', () => { if (this.up === up) { this.upPending = undefined; this.upAttempts = 0; } });
     }
-    up.on('data', (d: Buffer) => this.onUp(up, d));
     up.on('drain', () => {
       if (!this.pausedBody) return;
       this.pausedBody = false;

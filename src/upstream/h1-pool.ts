@@ -2,10 +2,11 @@
 // request per connection at a time, a strict incremental response parser (length, chunked, close-delimited),
 // backpressure through socket pause/resume, and three timeouts (connect, first byte, idle body). It replaces
 // undici on the hot path: no request object, header validation pass, llhttp call-outs or timer wheel per request,
-// and body chunks reach the handler as views of the socket's buffers (docs/performance.md has the measurements).
+// and body chunks reach the handler as views of each read (core/socket-read.ts; docs/performance.md has the measurements).
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { isToken } from '../core/http-token.ts';
+import { copyingReads } from '../core/socket-read.ts';
 import { parseResponseHead, type UpstreamHeaders } from './h1-head.ts';
 
 export type FailureKind = 'connect_error' | 'timeout' | 'aborted' | 'protocol_error';
@@ -102,7 +103,7 @@ export class Connection {
     this.socket = pool.tls
       ? tlsConnect({ host: pool.host, port: pool.port, servername: pool.servername, rejectUnauthorized: o.rejectUnauthorized,
         ALPNProtocols: ['http/1.1'], session: pool.tlsSession })
-      : netConnect({ host: pool.host, port: pool.port, noDelay: true });
+      : netConnect({ host: pool.host, port: pool.port, noDelay: true, onread: copyingReads((b) => this.onSocketData(b)) });
     const s = this.socket;
     if (pool.tls) {
       s.setNoDelay(true);
@@ -112,7 +113,7 @@ export class Connection {
       s.once('connect', () => this.onConnected());
     }
     s.setKeepAlive(true, 60_000);
-    s.on('data', (b: Buffer) => this.onSocketData(b));
+    if (pool.tls) s.on('data', (b: Buffer) => this.onSocketData(b));
     s.on('end', () => this.onSocketEnd());
     s.on('error', (err: Error) => this.onSocketError(err));
     s.on('close', () => this.onSocketClose());

@@ -1,0 +1,86 @@
+// core/socket-read.ts on real loopback sockets: every read reaches the callback as its own buffer, so chunks kept
+// from one socket survive later reads of other sockets into the shared scratch buffer; pause() stops reads until
+// resume(); 'end' and 'close' fire as with 'data'.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { copyingReads } from '../../src/core/socket-read.ts';
+
+const T = { timeout: 20_000 };
+
+async function serve(onConn: (s: Socket) => void): Promise<{ server: Server; port: number }> {
+  const server = createServer(onConn);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+/** Polls `cond` every 5 ms until it holds, failing after `ms`. */
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+test('chunks kept from one socket are not overwritten by later reads of other sockets', T, async (t) => {
+  const peers: Socket[] = [];
+  const { server, port } = await serve((s) => { peers.push(s); });
+  const kept: Buffer[][] = [[], []];
+  const clients = [0, 1].map((i) => connect({ host: '127.0.0.1', port, onread: copyingReads((c) => { kept[i]!.push(c); }) }));
+  t.after(() => { for (const c of clients) c.destroy(); for (const p of peers) p.destroy(); server.close(); });
+  await until(() => peers.length === 2);
+  const sent: Buffer[][] = [[], []];
+  // Alternate writes from the two peers, each waiting for its bytes to be read, so reads land in turn.
+  for (let round = 0; round < 20; round++) {
+    for (const i of [0, 1]) {
+      const bytes = Buffer.alloc(1000 + round * 37 + i, 0x41 + ((round * 2 + i) % 26));
+      sent[i]!.push(bytes);
+      const want = sent[i]!.reduce((n, b) => n + b.length, 0);
+      peers[i]!.write(bytes);
+      await until(() => kept[i]!.reduce((n, b) => n + b.length, 0) === want);
+    }
+  }
+  for (const i of [0, 1]) assert.ok(Buffer.concat(kept[i]!).equals(Buffer.concat(sent[i]!)), `socket ${i}: bytes kept differ from bytes sent`);
+});
+
+test('a large write arrives whole, across reads, in order', T, async (t) => {
+  const big = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 7 + (i >> 11)) & 0xff;
+  const { server, port } = await serve((s) => { s.end(big); });
+  const got: Buffer[] = [];
+  const c = connect({ host: '127.0.0.1', port, onread: copyingReads((b) => { got.push(b); }) });
+  t.after(() => { c.destroy(); server.close(); });
+  await once(c, 'end');
+  assert.ok(got.length > 1, 'more than one read');
+  assert.ok(Buffer.concat(got).equals(big), 'bytes read differ from bytes sent');
+});
+
+test("pause() stops the callbacks until resume(); 'end' and 'close' still fire", T, async (t) => {
+  let peer: Socket | undefined;
+  const { server, port } = await serve((s) => { peer = s; });
+  let reads = 0;
+  let bytes = 0;
+  const c = connect({ host: '127.0.0.1', port, onread: copyingReads((b) => { reads++; bytes += b.length; }) });
+  t.after(() => { c.destroy(); peer?.destroy(); server.close(); });
+  await until(() => peer !== undefined);
+  peer!.write('first');
+  await until(() => bytes === 5);
+  c.pause();
+  peer!.write('second');
+  // The bytes wait in the kernel while paused: give the loop many turns to read them if it (wrongly) would.
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(bytes, 5);
+  const ended = once(c, 'end');
+  const closed = once(c, 'close');
+  c.resume();
+  await until(() => bytes === 11);
+  peer!.end();
+  await ended;
+  c.end();
+  await closed;
+  assert.ok(reads >= 2);
+});
