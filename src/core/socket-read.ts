@@ -2,12 +2,12 @@
 // read on this box (a 64 KiB allocation shrunk to an exact-size buffer of its own, Readable.push, an emit); copying
 // the bytes read into a pooled buffer costs ~0.2 µs. Each chunk handed on is its own buffer, as a 'data' chunk is,
 // so nothing downstream (a queued write, a held view) can alias the scratch buffer, and sockets on one thread can
-// share it: a read is copied before the next read can land. For node:net sockets only (node:tls takes no `onread`).
+// share it: a read is copied before the next read can land. node:tls honours `onread` for the decrypted bytes.
 import type { OnReadOpts } from 'node:net';
 
 const SCRATCH = Buffer.allocUnsafe(64 * 1024);
 
-/** `onread` options for `net.connect`: `onChunk` gets every read as a fresh buffer; 'end', 'close', pause() and resume() work as with 'data'. */
+/** `onread` options for `net.connect` / `tls.connect`: `onChunk` gets every read as a fresh buffer; 'end', 'close', pause() and resume() work as with 'data'. */
 export function copyingReads(onChunk: (chunk: Buffer) => void): OnReadOpts {
   return {
     buffer: SCRATCH,

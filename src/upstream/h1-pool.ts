@@ -3,8 +3,8 @@
 // backpressure through socket pause/resume, and three timeouts (connect, first byte, idle body). It replaces
 // undici on the hot path: no request object, header validation pass, llhttp call-outs or timer wheel per request,
 // and body chunks reach the handler as views of each read (core/socket-read.ts; docs/performance.md has the measurements).
-import { connect as netConnect, isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { isToken } from '../core/http-token.ts';
 import { copyingReads } from '../core/socket-read.ts';
 import { parseResponseHead, type UpstreamHeaders } from './h1-head.ts';
@@ -61,6 +61,12 @@ const HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding', 'conn
 const enum St { Idle, Head, Length, Chunked, Close, Done }
 const enum Ch { Size, Ext, SizeLf, Data, DataCr, DataLf, TrailerStart, Trailer, TrailerLf, EndLf }
 
+/** tls.connect documents `onread` (it gets the decrypted bytes); @types/node's ConnectionOptions lacks it. */
+function tlsOptions(pool: Pool, onread: OnReadOpts): ConnectionOptions & { onread: OnReadOpts } {
+  return { host: pool.host, port: pool.port, servername: pool.servername, rejectUnauthorized: pool.opts.rejectUnauthorized,
+    ALPNProtocols: ['http/1.1'], session: pool.tlsSession, onread };
+}
+
 /** One keep-alive connection to an origin; carries at most one request at a time. */
 export class Connection {
   readonly pool: Pool;
@@ -100,10 +106,8 @@ export class Connection {
   constructor(pool: Pool) {
     this.pool = pool;
     const o = pool.opts;
-    this.socket = pool.tls
-      ? tlsConnect({ host: pool.host, port: pool.port, servername: pool.servername, rejectUnauthorized: o.rejectUnauthorized,
-        ALPNProtocols: ['http/1.1'], session: pool.tlsSession })
-      : netConnect({ host: pool.host, port: pool.port, noDelay: true, onread: copyingReads((b) => this.onSocketData(b)) });
+    const onread = copyingReads((b) => this.onSocketData(b));
+    this.socket = pool.tls ? tlsConnect(tlsOptions(pool, onread)) : netConnect({ host: pool.host, port: pool.port, noDelay: true, onread });
     const s = this.socket;
     if (pool.tls) {
       s.setNoDelay(true);
@@ -113,7 +117,6 @@ export class Connection {
       s.once('connect', () => this.onConnected());
     }
     s.setKeepAlive(true, 60_000);
-    if (pool.tls) s.on('data', (b: Buffer) => this.onSocketData(b));
     s.on('end', () => this.onSocketEnd());
     s.on('error', (err: Error) => this.onSocketError(err));
     s.on('close', () => this.onSocketClose());

@@ -1,9 +1,12 @@
-// core/socket-read.ts on real loopback sockets: every read reaches the callback as its own buffer, so chunks kept
-// from one socket survive later reads of other sockets into the shared scratch buffer; pause() stops reads until
-// resume(); 'end' and 'close' fire as with 'data'.
+// core/socket-read.ts on real loopback sockets (TCP and TLS): every read reaches the callback as its own buffer, so
+// chunks kept from one socket survive later reads of other sockets into the shared scratch buffer; pause() stops
+// reads until resume(); 'end' and 'close' fire as with 'data'.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect, createServer, type AddressInfo, type OnReadOpts, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as createTlsServer, type ConnectionOptions as TlsConnectionOptions, type TLSSocket } from 'node:tls';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { copyingReads } from '../../src/core/socket-read.ts';
 
@@ -83,4 +86,36 @@ test("pause() stops the callbacks until resume(); 'end' and 'close' still fire",
   c.end();
   await closed;
   assert.ok(reads >= 2);
+});
+
+test('over TLS: the decrypted bytes arrive whole and in order; pause() holds them until resume()', T, async (t) => {
+  const dir = join(import.meta.dirname, '../fixtures/tls');
+  const big = Buffer.alloc(512 * 1024);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 13 + (i >> 9)) & 0xff;
+  let peer: TLSSocket | undefined;
+  const server = createTlsServer({ key: readFileSync(join(dir, 'self-signed.key')), cert: readFileSync(join(dir, 'self-signed.crt')) }, (s) => { peer = s; });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const got: Buffer[] = [];
+  let bytes = 0;
+  // tls.connect documents `onread`; @types/node's ConnectionOptions lacks it.
+  const opts: TlsConnectionOptions & { onread: OnReadOpts } = { host: '127.0.0.1', port: (server.address() as AddressInfo).port,
+    rejectUnauthorized: false, onread: copyingReads((b) => { got.push(b); bytes += b.length; }) };
+  const c = tlsConnect(opts);
+  t.after(() => { c.destroy(); peer?.destroy(); server.close(); });
+  await once(c, 'secureConnect');
+  await until(() => peer !== undefined);
+  peer!.write('first');
+  await until(() => bytes === 5);
+  c.pause();
+  peer!.write('second');
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(bytes, 5);
+  c.resume();
+  await until(() => bytes === 11);
+  const ended = once(c, 'end');
+  peer!.end(big);
+  await ended;
+  assert.ok(Buffer.concat(got).equals(Buffer.concat([Buffer.from('firstsecond'), big])), 'bytes read differ from bytes sent');
 });
