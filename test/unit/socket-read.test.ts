@@ -28,6 +28,19 @@ async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   }
 }
 
+/** 'first' is read; after pause(), 'second' waits in the kernel however many loop turns pass; resume() reads it. */
+async function pauseHolds(c: Socket, peer: Socket, bytes: () => number): Promise<void> {
+  peer.write('first');
+  await until(() => bytes() === 5);
+  c.pause();
+  peer.write('second');
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(bytes(), 5);
+  c.resume();
+  await until(() => bytes() === 11);
+}
+
 test('chunks kept from one socket are not overwritten by later reads of other sockets', T, async (t) => {
   const peers: Socket[] = [];
   const { server, port } = await serve((s) => { peers.push(s); });
@@ -69,18 +82,9 @@ test("pause() stops the callbacks until resume(); 'end' and 'close' still fire",
   const c = connect({ host: '127.0.0.1', port, onread: copyingReads((b) => { reads++; bytes += b.length; }) });
   t.after(() => { c.destroy(); peer?.destroy(); server.close(); });
   await until(() => peer !== undefined);
-  peer!.write('first');
-  await until(() => bytes === 5);
-  c.pause();
-  peer!.write('second');
-  // The bytes wait in the kernel while paused: give the loop many turns to read them if it (wrongly) would.
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  await new Promise((r) => setTimeout(r, 50));
-  assert.equal(bytes, 5);
   const ended = once(c, 'end');
   const closed = once(c, 'close');
-  c.resume();
-  await until(() => bytes === 11);
+  await pauseHolds(c, peer!, () => bytes);
   peer!.end();
   await ended;
   c.end();
@@ -105,15 +109,7 @@ test('over TLS: the decrypted bytes arrive whole and in order; pause() holds the
   t.after(() => { c.destroy(); peer?.destroy(); server.close(); });
   await once(c, 'secureConnect');
   await until(() => peer !== undefined);
-  peer!.write('first');
-  await until(() => bytes === 5);
-  c.pause();
-  peer!.write('second');
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  await new Promise((r) => setTimeout(r, 50));
-  assert.equal(bytes, 5);
-  c.resume();
-  await until(() => bytes === 11);
+  await pauseHolds(c, peer!, () => bytes);
   const ended = once(c, 'end');
   peer!.end(big);
   await ended;
