@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { copyingReads } from '../../src/core/socket-read.ts';
+import { until } from '../helpers/upstream-call.ts';
 
 const T = { timeout: 20_000 };
 
@@ -19,26 +20,17 @@ async function serve(onConn: (s: Socket) => void): Promise<{ server: Server; por
   return { server, port: (server.address() as AddressInfo).port };
 }
 
-/** Polls `cond` every 5 ms until it holds, failing after `ms`. */
-async function until(cond: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 /** 'first' is read; after pause(), 'second' waits in the kernel however many loop turns pass; resume() reads it. */
 async function pauseHolds(c: Socket, peer: Socket, bytes: () => number): Promise<void> {
   peer.write('first');
-  await until(() => bytes() === 5);
+  await until(() => bytes() === 5, "'first' read", 10_000);
   c.pause();
   peer.write('second');
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   await new Promise((r) => setTimeout(r, 50));
   assert.equal(bytes(), 5);
   c.resume();
-  await until(() => bytes() === 11);
+  await until(() => bytes() === 11, "'second' read after resume()", 10_000);
 }
 
 test('chunks kept from one socket are not overwritten by later reads of other sockets', T, async (t) => {
@@ -47,7 +39,7 @@ test('chunks kept from one socket are not overwritten by later reads of other so
   const kept: Buffer[][] = [[], []];
   const clients = [0, 1].map((i) => connect({ host: '127.0.0.1', port, onread: copyingReads((c) => { kept[i]!.push(c); }) }));
   t.after(() => { for (const c of clients) c.destroy(); for (const p of peers) p.destroy(); server.close(); });
-  await until(() => peers.length === 2);
+  await until(() => peers.length === 2, 'both connections accepted', 10_000);
   const sent: Buffer[][] = [[], []];
   // Alternate writes from the two peers, each waiting for its bytes to be read, so reads land in turn.
   for (let round = 0; round < 20; round++) {
@@ -56,7 +48,7 @@ test('chunks kept from one socket are not overwritten by later reads of other so
       sent[i]!.push(bytes);
       const want = sent[i]!.reduce((n, b) => n + b.length, 0);
       peers[i]!.write(bytes);
-      await until(() => kept[i]!.reduce((n, b) => n + b.length, 0) === want);
+      await until(() => kept[i]!.reduce((n, b) => n + b.length, 0) === want, `socket ${i}'s bytes read`, 10_000);
     }
   }
   for (const i of [0, 1]) assert.ok(Buffer.concat(kept[i]!).equals(Buffer.concat(sent[i]!)), `socket ${i}: bytes kept differ from bytes sent`);
@@ -81,7 +73,7 @@ test("pause() stops the callbacks until resume(); 'end' and 'close' still fire",
   let bytes = 0;
   const c = connect({ host: '127.0.0.1', port, onread: copyingReads((b) => { reads++; bytes += b.length; }) });
   t.after(() => { c.destroy(); peer?.destroy(); server.close(); });
-  await until(() => peer !== undefined);
+  await until(() => peer !== undefined, 'the connection accepted', 10_000);
   const ended = once(c, 'end');
   const closed = once(c, 'close');
   await pauseHolds(c, peer!, () => bytes);
@@ -108,7 +100,7 @@ test('over TLS: the decrypted bytes arrive whole and in order; pause() holds the
   const c = tlsConnect(opts);
   t.after(() => { c.destroy(); peer?.destroy(); server.close(); });
   await once(c, 'secureConnect');
-  await until(() => peer !== undefined);
+  await until(() => peer !== undefined, 'the connection accepted', 10_000);
   await pauseHolds(c, peer!, () => bytes);
   const ended = once(c, 'end');
   peer!.end(big);
