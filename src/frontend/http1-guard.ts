@@ -10,6 +10,7 @@ import { STATUS_CODES } from 'node:http';
 import { SluiceError, toErrorBody, type ErrorCode } from '../core/errors.ts';
 import { TCHAR } from '../core/http-token.ts';
 import { copyingReads } from '../core/socket-read.ts';
+import type { NetResponse, ResponseWire } from './net-response.ts';
 
 /** Private header carrying the client's address to uWS; a client-sent copy is removed first. */
 export const PEER_HEADER = 'x-sluice-peer';
@@ -44,8 +45,10 @@ export interface RequestHead {
   readonly rewrite: boolean;
   /** Request-target for uWS (origin-form). */
   readonly target: string;
-  /** Header lines as [name, value] (value trimmed); only filled when `rewrite`. */
+  /** Header lines as [name, value] (value trimmed); only filled when `rewrite` for uWS. */
   readonly fields: [string, string][] | undefined;
+  /** Per header line: name start, colon, value start, value end (trimmed), offsets into the parsed buffer. */
+  readonly lines: readonly number[];
   readonly host: string | undefined;
 }
 
@@ -100,8 +103,10 @@ function hasToken(list: string, token: string): boolean {
 /**
  * Parses and validates the complete head in buf[0, end) (end from findHeadEnd): request line, header lines,
  * limits (431), framing per RFC 9112 §6.3 (400), version (505 for anything but HTTP/1.0 and HTTP/1.1).
+ * `forUws`: the head is relayed to uWS, so it must fit uWS's 48 lines and a rewrite needs `fields`; a head the
+ * guard serves itself needs neither.
  */
-export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): HeadResult {
+export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits, forUws = true): HeadResult {
   // Request line.
   let eol = buf.indexOf(LF, 0);
   let lineEnd = eol > 0 && buf[eol - 1] === CR ? eol - 1 : eol;
@@ -228,6 +233,7 @@ export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): 
     framing = declared > 0 ? 'length' : 'none';
   }
   const keepAlive = conn === undefined ? minor === 1 : minor === 1 ? !hasToken(conn, 'close') : hasToken(conn, 'keep-alive');
+  if (!forUws) return { method, minor, end, blankAt, framing, length, keepAlive, rewrite, target, fields: undefined, lines, host };
   // uWS parses at most 48 lines: ours (peer, and for HTTP/1.0 Host and Connection) come on top of the client's.
   const added = 1 + (hosts === 0 ? 1 : 0) + (minor === 0 && !keepAlive ? 1 : 0) - (peer ? 1 : 0);
   if (fields + added > UWS_MAX_HEADER_LINES) rewrite = true;
@@ -263,7 +269,7 @@ export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): 
       }
     }
   }
-  return { method, minor, end, blankAt, framing, length, keepAlive, rewrite, target, fields: out, host };
+  return { method, minor, end, blankAt, framing, length, keepAlive, rewrite, target, fields: out, lines, host };
 }
 
 /** Serialises a rewritten head for uWS: HTTP/1.1, CRLF, Host and Connection added when missing, peer last. */
@@ -377,10 +383,18 @@ export function errorResponse(err: SluiceError, withBody: boolean): Buffer {
 /** Where uWS listens privately. */
 export type UwsEndpoint = { readonly path: string } | { readonly host: string; readonly port: number };
 
+/** Serves the requests the guard parsed, in the guard's own thread, instead of relaying them to uWS. */
+export interface GuardServer {
+  /** One request: `buf` holds its head (read it now: the buffer is reused); the answer goes through `wire`. */
+  serve(wire: ResponseWire, head: RequestHead, buf: Buffer, peer: string): NetResponse;
+}
+
 export interface GuardOptions {
   readonly limits: GuardLimits;
   /** Where uWS listens; several (one per serving thread) take new client connections in turn. */
-  readonly upstream: UwsEndpoint | readonly UwsEndpoint[];
+  readonly upstream?: UwsEndpoint | readonly UwsEndpoint[];
+  /** Serve requests here instead (`upstream` is then unused). */
+  readonly serve?: GuardServer;
   /** Counts the guard's own refusals (same metric as the front end's). */
   readonly onReject?: (reason: string) => void;
 }
@@ -406,11 +420,18 @@ const RESPONSE_HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
 /** Timeouts use one coarse sweep for all connections rather than a timer per connection. */
 let coarseNow = performance.now();
 
-class GuardConn {
+const EMPTY = Buffer.alloc(0);
+
+class GuardConn implements ResponseWire {
   private readonly g: Guard;
   private readonly client: Socket;
   private up: Socket | undefined;
+  private readonly peer: string;
   private readonly peerLine: string;
+  /** The answer being written when the guard serves requests itself (Guard.serve). */
+  private cur: NetResponse | undefined = undefined;
+  /** Client input is being processed: an answer completed meanwhile leaves the next request to that loop. */
+  private inInput = false;
   private peerBuf: Buffer | undefined;
   // Request side.
   private inBuf: Buffer | undefined;
@@ -451,13 +472,21 @@ class GuardConn {
   constructor(g: Guard, client: Socket) {
     this.g = g;
     this.client = client;
-    this.peerLine = `${PEER_HEADER}: ${client.remoteAddress ?? ''}\r\n\r\n`;
+    this.peer = client.remoteAddress ?? '';
+    this.peerLine = `${PEER_HEADER}: ${this.peer}\r\n\r\n`;
     client.setNoDelay(true);
     client.on('data', (d: Buffer) => this.onClient(d));
     client.on('end', () => this.onClientEnd());
     client.on('error', () => this.destroy());
     client.on('close', () => this.destroy());
-    client.on('drain', () => { if (this.up !== undefined && this.pausedUp) { this.pausedUp = false; this.up.resume(); } });
+    client.on('drain', () => {
+      this.cur?.drained();
+      if (this.up !== undefined && this.pausedUp) { this.pausedUp = false; this.up.resume(); }
+    });
+  }
+
+  get socket(): Socket {
+    return this.client;
   }
 
   /** Called by the sweeper. */
@@ -481,7 +510,12 @@ class GuardConn {
   private onClient(d: Buffer): void {
     this.lastActive = coarseNow;
     if (this.closing) return;
-    this.onClientData(d);
+    this.inInput = true;
+    try {
+      this.onClientData(d);
+    } finally {
+      this.inInput = false;
+    }
     this.uncorkUp();
   }
 
@@ -520,6 +554,16 @@ class GuardConn {
 
   /** Parses and forwards held requests while no answer is pending. */
   private next(): void {
+    const nested = this.inInput;
+    this.inInput = true;
+    try {
+      this.nextHeld();
+    } finally {
+      this.inInput = nested;
+    }
+  }
+
+  private nextHeld(): void {
     while (!this.closing && !this.inFlight && this.reqBody === 'none') {
       let buf = this.inBuf;
       if (buf === undefined || buf.length === 0) {
@@ -549,7 +593,7 @@ class GuardConn {
         return;
       }
       this.scanFrom = 0;
-      const head = parseRequestHead(buf, found.end, limits);
+      const head = parseRequestHead(buf, found.end, limits, this.g.serve === undefined);
       if ('error' in head) {
         const reason = head.error === 'SLC_HEADERS_TOO_LARGE' ? 'headers_too_large' : head.error === 'SLC_HTTP_VERSION_NOT_SUPPORTED' ? 'http_version' : 'framing';
         this.refuse(reason, new SluiceError(head.error, head.message), buf.subarray(0, 5).toString('latin1') === 'HEAD ');
@@ -573,16 +617,9 @@ class GuardConn {
   }
 
   private forwardHead(buf: Buffer, head: RequestHead): void {
+    if (this.g.serve !== undefined) { this.serveHead(buf, head); return; }
     const up = this.upstream();
-    this.inFlight = true;
-    this.curHead = head.method === 'HEAD';
-    this.curMinor = head.minor;
-    this.curKeepAlive = head.keepAlive;
-    this.resStarted = false;
-    this.inResBody = false;
-    this.reqBody = head.framing;
-    this.reqLeft = head.length;
-    this.reqChunks = head.framing === 'chunked' ? new ChunkedScanner(true) : undefined;
+    this.begin(head, head.framing === 'chunked' ? new ChunkedScanner(true) : undefined);
     // Head and the body bytes that came with it leave in one writev (uncorked at the end of the client's read).
     if (this.corkedUp === undefined) { up.cork(); this.corkedUp = up; }
     if (head.rewrite) {
@@ -593,6 +630,79 @@ class GuardConn {
     }
   }
 
+  /** A request is under way: its answer is pending, its body (framed by `chunks` when chunked) is next. */
+  private begin(head: RequestHead, chunks: ChunkedScanner | undefined): void {
+    this.inFlight = true;
+    this.curHead = head.method === 'HEAD';
+    this.curMinor = head.minor;
+    this.curKeepAlive = head.keepAlive;
+    this.resStarted = false;
+    this.inResBody = false;
+    this.reqBody = head.framing;
+    this.reqLeft = head.length;
+    this.reqChunks = chunks;
+  }
+
+  /** The guard serves the request itself: the front end reads the head now and its body as it arrives. */
+  private serveHead(buf: Buffer, head: RequestHead): void {
+    this.begin(head, head.framing === 'chunked' ? new ChunkedScanner(true, (b, s, e) => this.bodyData(b.subarray(s, e), false)) : undefined);
+    const res = this.g.serve!.serve(this, head, buf, this.peer);
+    // Answered at once (a refusal of a request without a body to read).
+    if (res.done || res.aborted) return;
+    this.cur = res;
+    if (head.framing === 'none') this.bodyData(EMPTY, true);
+  }
+
+  private bodyData(chunk: Buffer, isLast: boolean): void {
+    const cur = this.cur;
+    if (cur !== undefined && !cur.done && !cur.aborted) cur.onBody?.(chunk, isLast);
+  }
+
+  /** Request-body bytes from d[start..] for a request the guard serves; returns how many bytes of d it used. */
+  private serveBody(d: Buffer, start: number): number {
+    if (this.reqBody === 'length') {
+      const n = Math.min(this.reqLeft, d.length - start);
+      this.reqLeft -= n;
+      const end = start + n;
+      if (this.reqLeft === 0) this.reqBody = 'none';
+      if (n > 0) this.bodyData(start === 0 && end === d.length ? d : d.subarray(start, end), this.reqBody === 'none');
+      return end;
+    }
+    const r = this.reqChunks!.push(d, start, d.length);
+    if (r === -2) {
+      this.g.onReject?.('framing');
+      this.failRequest(new SluiceError('SLC_BAD_REQUEST', 'malformed chunked request body'));
+      return -1;
+    }
+    if (r === -1) return d.length;
+    this.reqBody = 'none';
+    this.reqChunks = undefined;
+    this.bodyData(EMPTY, true);
+    return r;
+  }
+
+  /** ResponseWire: an answer the guard served was handed to the client's socket. */
+  answered(close: boolean): void {
+    this.cur = undefined;
+    this.inFlight = false;
+    this.lastActive = coarseNow;
+    if (close || !this.curKeepAlive) {
+      this.closing = true;
+      this.client.end();
+      this.linger();
+      return;
+    }
+    this.headSince = coarseNow;
+    // Inside onClient the loop there goes on to the next held request; otherwise (an answer that came later)
+    // start it here.
+    if (!this.inInput) this.next();
+  }
+
+  /** ResponseWire: drop the connection. */
+  cut(): void {
+    this.destroy();
+  }
+
   private uncorkUp(): void {
     const up = this.corkedUp;
     this.corkedUp = undefined;
@@ -601,6 +711,7 @@ class GuardConn {
 
   /** Forwards request-body bytes from d[start..]; returns how many bytes of d the body used, or -1 after a refusal. */
   private forwardBody(d: Buffer, start: number): number {
+    if (this.g.serve !== undefined) return this.serveBody(d, start);
     const up = this.upstream();
     let end: number;
     if (this.reqBody === 'length') {
@@ -888,7 +999,11 @@ class GuardConn {
   /** A request already partly forwarded turned out malformed: answer it if uWS has not started to. */
   private failRequest(err: SluiceError): void {
     this.dropUp();
-    if (!this.resStarted) { this.refuse('framing', err, this.curHead); return; }
+    const cur = this.cur;
+    this.cur = undefined;
+    const started = this.resStarted || cur?.started === true;
+    cur?.abort();
+    if (!started) { this.refuse('framing', err, this.curHead); return; }
     this.destroy();
   }
 
@@ -915,11 +1030,15 @@ class GuardConn {
     this.client.destroy();
     this.dropUp();
     this.g.conns.delete(this);
+    const cur = this.cur;
+    this.cur = undefined;
+    cur?.abort();
   }
 }
 
 export class Guard {
   readonly limits: GuardLimits;
+  readonly serve: GuardServer | undefined;
   private readonly upstreams: readonly UwsEndpoint[];
   private turn = 0;
   readonly onReject: ((reason: string) => void) | undefined;
@@ -929,8 +1048,9 @@ export class Guard {
 
   constructor(opts: GuardOptions) {
     this.limits = opts.limits;
-    this.upstreams = Array.isArray(opts.upstream) ? opts.upstream : [opts.upstream as UwsEndpoint];
-    if (this.upstreams.length === 0) throw new Error('the guard needs at least one uWS endpoint');
+    this.serve = opts.serve;
+    this.upstreams = opts.upstream === undefined ? [] : Array.isArray(opts.upstream) ? opts.upstream : [opts.upstream as UwsEndpoint];
+    if (this.upstreams.length === 0 && this.serve === undefined) throw new Error('the guard needs at least one uWS endpoint or a server');
     this.onReject = opts.onReject;
     this.server = createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
       const c = new GuardConn(this, client);

@@ -3,7 +3,9 @@
 // A HEAD request's answer carries the headers (and Content-Length) of the GET answer, never a body, and closes
 // the connection (see respond()).
 import type { HttpResponse } from 'uWebSockets.js';
-import type { ClientResponse, HeaderList } from '../pipeline/http-types.ts';
+import type { HeaderList } from '../pipeline/http-types.ts';
+import type { BodySink } from './net-response.ts';
+import { BaseResponse } from './response-base.ts';
 import { statusLine } from './status.ts';
 
 const NO_HEADERS: HeaderList = [];
@@ -66,18 +68,11 @@ function corking(target: UwsResponse): Corked {
   return corked;
 }
 
-export class UwsResponse implements ClientResponse {
-  aborted = false;
-  done = false;
-  started = false;
-  private abortCb: (() => void) | undefined = undefined;
-  private drainWaiters: (() => void)[] | undefined = undefined;
+export class UwsResponse extends BaseResponse {
+  /** uWS deals with `Expect: 100-continue` before the handler runs. */
+  readonly awaitingContinue = false;
   private readonly res: HttpResponse;
-  private readonly head: boolean;
-  private finishCb: (() => void) | undefined;
   private readonly guarded: boolean;
-  private readonly sendTimeoutMs: number;
-  private sendTimer: NodeJS.Timeout | undefined = undefined;
   /** The body of a whole answer uWS has not taken all of yet (respond() with tryEnd). */
   private rest: Buffer | undefined = undefined;
 
@@ -85,42 +80,18 @@ export class UwsResponse implements ClientResponse {
    *  guard is in front, and closes the client connection itself after an answer saying `Connection: close`.
    *  `sendTimeoutMs` (> 0): a client that takes nothing of a pending answer for this long is cut off. */
   constructor(res: HttpResponse, head = false, onFinish?: () => void, guarded = false, sendTimeoutMs = 0) {
+    super(head, onFinish, sendTimeoutMs);
     this.res = res;
-    this.head = head;
     this.guarded = guarded;
-    this.sendTimeoutMs = sendTimeoutMs;
-    this.finishCb = onFinish;
-    res.onAborted(() => {
-      this.aborted = true;
-      const cb = this.abortCb;
-      this.abortCb = undefined;
-      this.wakeDrainers();
-      if (cb !== undefined && !this.done) cb();
-      this.finish();
-    });
+    res.onAborted(() => this.aborting());
   }
 
-  private finish(): void {
-    const cb = this.finishCb;
-    if (cb === undefined) return;
-    this.finishCb = undefined;
-    cb();
+  /** The request body as uWS delivers it (each chunk valid only during the call). */
+  onData(sink: BodySink): void {
+    this.res.onData((ab, isLast) => sink(new Uint8Array(ab), isLast));
   }
 
-  onAbort(cb: () => void): void {
-    this.abortCb = cb;
-  }
-
-  send(status: number, headers: HeaderList, body: string | Uint8Array): void {
-    this.respond(status, headers, body, false);
-  }
-
-  /** Answer and close the connection: used when the rest of an oversized body will not be read. */
-  sendAndClose(status: number, headers: HeaderList, body: string): void {
-    this.respond(status, headers, body, true);
-  }
-
-  private respond(status: number, headers: HeaderList, body: string | Uint8Array, close: boolean): void {
+  protected respond(status: number, headers: HeaderList, body: string | Uint8Array, close: boolean): void {
     if (this.aborted || this.done) return;
     this.done = true;
     this.started = true;
@@ -251,20 +222,11 @@ export class UwsResponse implements ClientResponse {
     corked.ok = corked.target!.res.write(corked.chunk!);
   }
 
-  drain(): Promise<void> {
-    if (this.aborted || this.done) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      if (this.drainWaiters === undefined) {
-        this.drainWaiters = [];
-        // uWS already holds the bytes write() could not send; onWritable only tells us it has room again.
-        this.res.onWritable(() => {
-          this.wakeDrainers();
-          return true;
-        });
-        // A client that reads nothing would hold the answer, its upstream and its reservation forever.
-        if (this.sendTimeoutMs > 0) this.sendTimer = setTimeout(() => this.sendTimedOut(), this.sendTimeoutMs);
-      }
-      this.drainWaiters.push(resolve);
+  /** uWS already holds the bytes write() could not send; onWritable only tells us it has room again. */
+  protected override watchWritable(): void {
+    this.res.onWritable(() => {
+      this.wakeDrainers();
+      return true;
     });
   }
 
@@ -301,19 +263,8 @@ export class UwsResponse implements ClientResponse {
     this.finish();
   }
 
-  private sendTimedOut(): void {
-    this.sendTimer = undefined;
-    if (this.aborted || this.done) return;
-    // uWS runs onAborted when it closes a connection with an answer pending: drainers wake there, the stream
-    // ends as a client abort and is settled.
+  /** uWS runs onAborted when it closes a connection with an answer pending. */
+  protected cutOff(): void {
     this.res.close();
-  }
-
-  private wakeDrainers(): void {
-    if (this.sendTimer !== undefined) { clearTimeout(this.sendTimer); this.sendTimer = undefined; }
-    const waiters = this.drainWaiters;
-    if (waiters === undefined) return;
-    this.drainWaiters = undefined;
-    for (const w of waiters) w();
   }
 }

@@ -18,11 +18,12 @@ import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '
 import type { LimitsConfig } from '../config/types.ts';
 import { SluiceError, toErrorBody } from '../core/errors.ts';
 import type { Metrics } from '../metrics/registry.ts';
-import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
+import type { ClientRequest, ClientResponse, HeaderList } from '../pipeline/http-types.ts';
 import { sendError } from '../pipeline/error-response.ts';
 import { UwsResponse } from './response.ts';
+import { NetResponse, type BodySink, type ResponseWire } from './net-response.ts';
 import { normalizePath } from './path.ts';
-import { Guard, PEER_HEADER, type UwsEndpoint } from './http1-guard.ts';
+import { Guard, PEER_HEADER, type GuardOptions, type RequestHead, type UwsEndpoint } from './http1-guard.ts';
 import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budget.ts';
 
 /** What the front end needs from the gateway behind it. */
@@ -79,8 +80,11 @@ export interface FrontendOptions {
   /** Share the port with other listeners (SO_REUSEPORT). Only for Sluice's own per-thread Apps, by design;
    *  the default binds exclusively, so a second gateway on a taken port fails to start. */
   readonly reusePort?: boolean;
-  /** Put the HTTP/1.x guard (http1-guard.ts) on the port and uWS behind it on a private socket. Default true. */
+  /** Put the HTTP/1.x guard (http1-guard.ts) on the port. Default true. It serves requests itself, in this
+   *  thread; with `guardRelay` it relays them to uWS on a private socket instead (what serving threads need). */
   readonly http1Guard?: boolean;
+  /** With the guard on: relay to a uWS App behind it rather than serve in the guard (tests of the relay). */
+  readonly guardRelay?: boolean;
   /** A guard runs elsewhere (the main thread, startGuard()) and relays to this App, which listens itself on
    *  host:port (the private loopback port, with reusePort): peer addresses come from the guard's header. */
   readonly behindGuard?: boolean;
@@ -229,6 +233,16 @@ class BodyTimeouts {
     clearInterval(this.timer);
     this.waiting.clear();
   }
+}
+
+/** A response the front end answers on: uWS's (UwsResponse) or the guard's own (NetResponse). */
+interface FrontResponse extends ClientResponse {
+  /** Answer and close the connection. */
+  sendAndClose(status: number, headers: HeaderList, body: string): void;
+  /** The request body goes to `sink` as it arrives. */
+  onData(sink: BodySink): void;
+  /** The client waits for `100 Continue` before sending its body: a refusal can answer without reading it. */
+  readonly awaitingContinue: boolean;
 }
 
 interface Front {
@@ -391,12 +405,12 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
 class Refuser {
   private drained: number;
   private readonly front: Front;
-  private readonly client: UwsResponse;
+  private readonly client: FrontResponse;
   private readonly err: SluiceError;
   private readonly close: boolean;
   private readonly waiting: Waiting;
 
-  constructor(front: Front, client: UwsResponse, err: SluiceError, close: boolean, already: number) {
+  constructor(front: Front, client: FrontResponse, err: SluiceError, close: boolean, already: number) {
     this.front = front;
     this.client = client;
     this.err = err;
@@ -421,15 +435,17 @@ class Refuser {
   }
 }
 
-function answer(client: UwsResponse, err: SluiceError, close: boolean): void {
+function answer(client: FrontResponse, err: SluiceError, close: boolean): void {
   if (close) client.sendAndClose(err.status, errorHeaders(err), toErrorBody(err));
   else sendError(client, err);
 }
 
-function refuseBody(front: Front, res: HttpResponse, client: UwsResponse, err: SluiceError, close: boolean, hasBody: boolean): void {
+function refuseBody(front: Front, client: FrontResponse, err: SluiceError, close: boolean, hasBody: boolean): void {
   if (!hasBody) { answer(client, err, close); return; }
+  // The client has not sent its body yet: answer now and close rather than invite it.
+  if (client.awaitingContinue) { answer(client, err, true); return; }
   const r = new Refuser(front, client, err, close, 0);
-  res.onData((ab, isLast) => r.feed(ab.byteLength, isLast));
+  client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
 }
 
 function errorHeaders(err: SluiceError): [string, string][] {
@@ -453,18 +469,74 @@ function handle(front: Front, res: HttpResponse, req: HttpRequest): void {
   metrics?.requestsInFlight.inc();
   // Body bytes this request holds in the budget, released once when its response finishes or aborts.
   const hold: BodyHold = { bytes: 0 };
-  const client = new UwsResponse(res, method === 'HEAD', () => {
-    metrics?.requestsInFlight.dec();
-    if (hold.bytes > 0) { front.budget.release(hold.bytes); hold.bytes = 0; }
-  }, front.guarded, front.limits.client_send_timeout_ms);
+  const client = new UwsResponse(res, method === 'HEAD', finisher(front, hold), front.guarded, front.limits.client_send_timeout_ms);
   const head = readHead(front, res, req, method, startedAt);
   if (!('request' in head)) {
     metrics?.frontendRejected.inc({ reason: head.reason });
     if (head.framing) answer(client, head.err, true);
-    else refuseBody(front, res, client, head.err, true, head.hasBody);
+    else refuseBody(front, client, head.err, true, head.hasBody);
     return;
   }
-  const request = head.request;
+  admit(front, client, hold, head.request, head.declared, head.hasBody);
+}
+
+/** Releases what a request holds (its in-flight count, its body bytes) once its response finishes or aborts. */
+function finisher(front: Front, hold: BodyHold): () => void {
+  return () => {
+    front.metrics?.requestsInFlight.dec();
+    if (hold.bytes > 0) { front.budget.release(hold.bytes); hold.bytes = 0; }
+  };
+}
+
+/**
+ * A request the HTTP/1.x guard parsed and serves in its own thread: its head was validated there (limits, framing,
+ * version), so what is left is what readHead does after those checks. `buf` is read synchronously.
+ */
+function serveInGuard(front: Front, wire: ResponseWire, head: RequestHead, buf: Buffer, peer: string): NetResponse {
+  const startedAt = performance.now();
+  const method = head.method.toUpperCase();
+  front.metrics?.requestsInFlight.inc();
+  const hold: BodyHold = { bytes: 0 };
+  const headers = headerRecord(wire, head, buf);
+  const hasBody = head.framing !== 'none';
+  const expect = headers.expect;
+  const client = new NetResponse(wire, method === 'HEAD', head.minor === 0, head.keepAlive,
+    hasBody && expect !== undefined && expect.toLowerCase() === '100-continue', finisher(front, hold), front.limits.client_send_timeout_ms);
+  const target = head.target;
+  const q = target.indexOf('?');
+  const path = normalizePath(q < 0 ? target : target.slice(0, q));
+  if (path === undefined) {
+    front.metrics?.frontendRejected.inc({ reason: 'bad_path' });
+    refuseBody(front, client, new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), true, hasBody);
+    return client;
+  }
+  const request: ClientRequest = { method, path, query: q < 0 ? '' : target.slice(q + 1), headers, remoteAddr: peer, startedAt };
+  admit(front, client, hold, request, head.framing === 'chunked' ? undefined : head.length, hasBody);
+  return client;
+}
+
+/** The head's fields as the pipeline reads them: lower-case names, repeated ones joined with ', ', values UTF-8
+ *  (as uWS decodes them), the guard's private header dropped, Host from an absolute-form target. */
+function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Record<string, string> {
+  const headers: Record<string, string> = {};
+  const lines = head.lines;
+  for (let i = 0; i < lines.length; i += 4) {
+    const name = buf.toString('latin1', lines[i]!, lines[i + 1]!).toLowerCase();
+    if (name === PEER_HEADER) continue;
+    const value = buf.toString('utf8', lines[i + 2]!, lines[i + 3]!);
+    const prev = headers[name];
+    headers[name] = prev === undefined ? value : `${prev}, ${value}`;
+  }
+  if (head.host !== undefined) headers.host = head.host;
+  else if (headers.host === undefined) headers.host = wire.socket.localAddress ?? 'localhost';
+  // Repeated equal lengths ("5, 5") or leading zeros: the one length the guard framed the body by.
+  if (head.framing === 'length') headers['content-length'] = String(head.length);
+  return headers;
+}
+
+/** Route and method check, body limits and budget, then the body is read and the gateway runs. */
+function admit(front: Front, client: FrontResponse, hold: BodyHold, request: ClientRequest, declared: number | undefined, hasBody: boolean): void {
+  const metrics = front.metrics;
   let accepted: Accepted | SluiceError;
   try {
     accepted = front.sink.accept(request);
@@ -473,32 +545,31 @@ function handle(front: Front, res: HttpResponse, req: HttpRequest): void {
   }
   if (accepted instanceof SluiceError) {
     // 404, 405: the connection stays usable once the (bounded) body is read.
-    refuseBody(front, res, client, accepted, false, head.hasBody);
+    refuseBody(front, client, accepted, false, hasBody);
     return;
   }
   const gate = accepted;
-  const declared = head.declared;
   if (declared !== undefined && declared > gate.maxBodyBytes) {
     metrics?.frontendRejected.inc({ reason: 'body_too_large' });
-    refuseBody(front, res, client, tooLarge(gate.maxBodyBytes), true, true);
+    refuseBody(front, client, tooLarge(gate.maxBodyBytes), true, true);
     return;
   }
   if (declared !== undefined) {
     if (!front.budget.tryReserve(declared)) {
       metrics?.frontendRejected.inc({ reason: 'overloaded' });
-      refuseBody(front, res, client, overloaded(), true, head.hasBody);
+      refuseBody(front, client, overloaded(), true, hasBody);
       return;
     }
     hold.bytes = declared;
   }
-  readBody(front, res, client, hold, gate, request, declared);
+  readBody(front, client, hold, gate, request, declared);
 }
 
 /** Body bytes are copied once: into a buffer preallocated from Content-Length, or (chunked) into parts. */
-function readBody(front: Front, res: HttpResponse, client: UwsResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
+function readBody(front: Front, client: FrontResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
   const reader = new BodyReader(front, client, hold, gate, request, declared === undefined ? undefined : Buffer.allocUnsafe(declared));
   front.timeouts.add(reader);
-  res.onData((ab, isLast) => reader.data(ab, isLast));
+  client.onData((chunk, isLast) => reader.data(chunk, isLast));
 }
 
 /** One request's body as it arrives: the sweeper's Waiting entry and the state of uWS's onData in one object,
@@ -510,14 +581,14 @@ class BodyReader implements Waiting {
   private failed = false;
   private refuser: Refuser | undefined = undefined;
   private readonly front: Front;
-  private readonly client: UwsResponse;
+  private readonly client: FrontResponse;
   private readonly hold: BodyHold;
   private readonly gate: Accepted;
   private readonly request: ClientRequest;
   /** Preallocated from Content-Length; undefined for a chunked body (kept in parts). */
   private readonly body: Buffer | undefined;
 
-  constructor(front: Front, client: UwsResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, body: Buffer | undefined) {
+  constructor(front: Front, client: FrontResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, body: Buffer | undefined) {
     this.front = front;
     this.client = client;
     this.hold = hold;
@@ -533,16 +604,16 @@ class BodyReader implements Waiting {
     answer(this.client, err, true);
   }
 
-  data(ab: ArrayBuffer, isLast: boolean): void {
-    const n = ab.byteLength;
+  data(chunk: Uint8Array, isLast: boolean): void {
+    const n = chunk.byteLength;
     const front = this.front;
     if (this.refuser !== undefined) { this.refuser.feed(n, isLast); return; }
     if (this.failed || this.client.aborted) { front.timeouts.delete(this); return; }
     this.lastActivity = performance.now();
     const body = this.body;
     if (body !== undefined) {
-      // uWS frames the body by Content-Length, so it never delivers more than declared.
-      body.set(new Uint8Array(ab), this.size);
+      // uWS and the guard frame the body by Content-Length, so neither delivers more than declared.
+      body.set(chunk, this.size);
       this.size += n;
     } else if (n > 0) {
       const size = this.size += n;
@@ -560,7 +631,8 @@ class BodyReader implements Waiting {
         return;
       }
       this.hold.bytes += n;
-      (this.parts ??= []).push(Buffer.from(new Uint8Array(ab)));
+      // A copy: uWS reuses its chunk's memory, the guard its held input.
+      (this.parts ??= []).push(Buffer.from(chunk));
     }
     if (!isLast) return;
     front.timeouts.delete(this);
@@ -570,7 +642,7 @@ class BodyReader implements Waiting {
   }
 }
 
-function run(gate: Accepted, req: ClientRequest, res: UwsResponse, body: Buffer): void {
+function run(gate: Accepted, req: ClientRequest, res: FrontResponse, body: Buffer): void {
   let out: void | Promise<void>;
   try {
     out = gate.run(req, res, body);
@@ -581,7 +653,7 @@ function run(gate: Accepted, req: ClientRequest, res: UwsResponse, body: Buffer)
   if (out !== undefined) out.catch((err: unknown) => fail(res, err));
 }
 
-function fail(res: UwsResponse, err: unknown): void {
+function fail(res: FrontResponse, err: unknown): void {
   if (res.done || res.aborted) return;
   if (res.started) { res.destroy(); return; }
   sendError(res, err instanceof SluiceError ? err : new SluiceError('SLC_INTERNAL', undefined, { cause: err }));
@@ -599,6 +671,7 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     timeouts: new BodyTimeouts(opts.limits.client_body_timeout_ms),
     guarded: opts.http1Guard !== false || opts.behindGuard === true,
   };
+  if (front.guarded && opts.behindGuard !== true && opts.guardRelay !== true) return startServingGuard(front, opts);
   const app = uWS.App();
   app.any('/*', (res, req) => handle(front, res, req));
   if (front.guarded && opts.behindGuard !== true) return startGuarded(front, app, opts);
@@ -610,6 +683,36 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     throw err;
   }
   return { port: l.port, stopListening: l.stopListening, close: () => { front.timeouts.stop(); l.close(); }, quiesce: () => Promise.resolve() };
+}
+
+/**
+ * The guard on the public port serving every request itself (`workers: 1`): no uWS App, no relay. Each request
+ * costs the relay's two extra socket writes and reads less (docs/performance.md, "Serving from the guard").
+ */
+async function startServingGuard(front: Front, opts: FrontendOptions): Promise<Listening> {
+  if (opts.reusePort === true) throw new Error('reusePort needs listen.http1_guard: false (node:net on Node 20 cannot share a port)');
+  return guardOnPort(front, opts, { serve: { serve: (wire, head, buf, peer) => serveInGuard(front, wire, head, buf, peer) } }, () => { /* nothing behind it */ });
+}
+
+/** The guard on the public port, relaying to `to.upstream` or serving with `to.serve`; `closeBehind` closes what
+ *  it relays to. */
+async function guardOnPort(front: Front, opts: FrontendOptions, to: Pick<GuardOptions, 'upstream' | 'serve'>, closeBehind: () => void): Promise<Listening> {
+  const guard = new Guard({ limits: opts.limits, ...to, onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }) });
+  let port: number;
+  try {
+    port = await guard.listen(opts.host, opts.port);
+  } catch (err) {
+    guard.close();
+    front.timeouts.stop();
+    closeBehind();
+    throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
+  }
+  return {
+    port,
+    stopListening: () => guard.stopListening(),
+    close: () => { guard.close(); front.timeouts.stop(); closeBehind(); },
+    quiesce: (graceMs) => guard.quiesce(graceMs),
+  };
 }
 
 /**
@@ -629,26 +732,7 @@ async function startGuarded(front: Front, app: TemplatedApp, opts: FrontendOptio
     front.timeouts.stop();
     throw err;
   }
-  const guard = new Guard({
-    limits: opts.limits,
-    upstream: inner.path !== undefined ? { path: inner.path } : { host: '127.0.0.1', port: inner.port },
-    onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }),
-  });
-  let port: number;
-  try {
-    port = await guard.listen(opts.host, opts.port);
-  } catch (err) {
-    guard.close();
-    front.timeouts.stop();
-    inner.close();
-    throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
-  }
-  return {
-    port,
-    stopListening: () => guard.stopListening(),
-    close: () => { guard.close(); front.timeouts.stop(); inner.close(); },
-    quiesce: (graceMs) => guard.quiesce(graceMs),
-  };
+  return guardOnPort(front, opts, { upstream: inner.path !== undefined ? { path: inner.path } : { host: '127.0.0.1', port: inner.port } }, () => inner.close());
 }
 
 export interface GuardOnlyOptions {

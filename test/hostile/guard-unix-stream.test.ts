@@ -1,4 +1,5 @@
-// The HTTP/1.x guard relays to uWS over a unix socket in a private directory. uWS 20.30 drops the data of a large
+// With serving threads the HTTP/1.x guard relays to uWS over unix sockets in a private directory (with one thread
+// it serves requests itself, and the same streams are checked through its own writes). uWS 20.30 drops the data of a large
 // write when its cork buffer cannot be flushed into a full socket (a chunk header without its data, a few MB into
 // a stream whose reader had paused; frontend/response.ts now keeps every corked write within the cork buffer,
 // test/unit/uws-response-backpressure.test.ts); this replays that case through a real gateway process: fast upstreams,
@@ -116,14 +117,16 @@ function unixPathsOf(pid: number): string[] {
   return [...new Set(paths)];
 }
 
-describe('the guard relays large streams over its unix socket intact', { timeout: 600_000 }, () => {
+for (const workers of [2, 1]) describe(workers > 1
+  ? 'the guard relays large streams over its unix sockets to two serving threads intact'
+  : 'the guard serving itself (workers: 1) writes large streams to paused readers intact', { timeout: 600_000 }, () => {
   let upstream: Server;
   let gw: SluiceProcess;
   before(async () => {
     upstream = await fastUpstream();
     const port = (upstream.address() as { port: number }).port;
     gw = await startSluiceProcess({
-      workers: 1,
+      workers,
       routes: [{ id: 'fast', uri: '/v1/chat/completions', plugins: {
         'ai-proxy-multi': { instances: [{ name: 'up', provider: 'openai-compatible', override: { endpoint: `http://127.0.0.1:${port}/v1/chat/completions` } }] },
       } }],
@@ -135,9 +138,11 @@ describe('the guard relays large streams over its unix socket intact', { timeout
     await new Promise<void>((r) => (upstream ? upstream.close(() => r()) : r()));
   });
 
-  it('the socket lives in a new directory only the gateway user can open', () => {
+  it(workers > 1 ? 'the sockets live in a new directory only the gateway user can open' : 'no unix socket: nothing is relayed', () => {
     const paths = unixPathsOf(gw.pid);
-    assert.equal(paths.length, 1, `unix sockets of the gateway: ${paths.join(', ')}`);
+    assert.equal(paths.length, workers > 1 ? workers : 0, `unix sockets of the gateway: ${paths.join(', ')}`);
+    if (workers === 1) return;
+    assert.equal(new Set(paths.map((p) => dirname(p))).size, 1);
     assert.equal(statSync(dirname(paths[0]!)).mode & 0o777, 0o700);
   });
 
@@ -148,10 +153,10 @@ describe('the guard relays large streams over its unix socket intact', { timeout
     assert.deepEqual(frames, [Math.ceil((4 * MIB) / 1000), Math.ceil((6 * MIB) / 8000), Math.ceil((6 * MIB) / 65_000)]);
   });
 
-  it('the directory goes when the gateway stops', async () => {
+  it(workers > 1 ? 'the directory goes when the gateway stops' : 'the gateway stops cleanly', async () => {
     const [path] = unixPathsOf(gw.pid);
     gw.signal('SIGTERM');
     assert.equal(await gw.exited, 0);
-    assert.equal(existsSync(dirname(path!)), false, `${dirname(path!)} left behind`);
+    if (path !== undefined) assert.equal(existsSync(dirname(path)), false, `${dirname(path)} left behind`);
   });
 });

@@ -4,7 +4,7 @@
 // it shows up here.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
 import { exchange, parseResponses, type RawResponse } from '../helpers/raw-http.ts';
@@ -183,16 +183,44 @@ describe('HTTP/1.x framing (raw sockets, uWS front end)', () => {
     assert.equal(r.responses[0]?.status, 200);
   });
 
-  it('HEAD answers carry Content-Length and no body, and Connection: close (uWS 20.30 endWithoutBody limitation)', async () => {
+  it('HEAD answers carry Content-Length and no body, and the connection stays usable (the guard writes them)', async () => {
     for (const path of ['/nope', '/v1/chat/completions']) {
-      const r = await exchange(port, `HEAD ${path} HTTP/1.1\r\nHost: gw\r\n\r\n`, { headRequests: 1, responses: 1 });
-      assert.equal(r.responses.length, 1, path);
+      const r = await exchange(port, `HEAD ${path} HTTP/1.1\r\nHost: gw\r\n\r\nGET /after HTTP/1.1\r\nHost: gw\r\n\r\n`, { headRequests: 1, responses: 2 });
+      assert.equal(r.responses.length, 2, path);
       // 404 from the front end; the chat route's pipeline refuses an empty body (4xx).
       assert.ok(path === '/nope' ? r.responses[0]!.status === 404 : r.responses[0]!.status >= 400 && r.responses[0]!.status < 500, String(r.responses[0]!.status));
       assert.ok(Number(r.responses[0]!.headers['content-length']) > 0);
-      assert.equal(r.responses[0]!.headers.connection?.toLowerCase(), 'close');
-      assert.ok(r.raw.endsWith('\r\n\r\n'), 'no body bytes after the head');
+      assert.notEqual(r.responses[0]!.headers.connection?.toLowerCase(), 'close');
+      // The GET's answer follows the HEAD's head directly: no body bytes came between them.
+      assertError(r.responses[1], 404, 'SLC_NOT_FOUND');
+      assert.match(r.responses[1]!.json.error.message, /\/after\b/);
+      assert.equal(r.closed, false);
     }
+  });
+
+  it('Expect: 100-continue: an accepted request is invited to send its body; a refused one is answered at once', async () => {
+    const s = connect(port, '127.0.0.1');
+    let raw = '';
+    const arrived = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no answer; got ${JSON.stringify(raw)}`)), 10_000);
+      s.on('data', (d: Buffer) => {
+        raw += d.toString('latin1');
+        if (raw.startsWith('HTTP/1.1 100 Continue\r\n\r\n') && parseResponses(raw.slice(25)).length === 1) { clearTimeout(timer); resolve(); }
+      });
+    });
+    s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(BODY)}\r\nExpect: 100-continue\r\n\r\n`);
+    const invited = Date.now() + 10_000;
+    while (!raw.startsWith('HTTP/1.1 100 Continue') && Date.now() < invited) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(raw, 'HTTP/1.1 100 Continue\r\n\r\n', 'only the interim answer before the body');
+    s.write(BODY);
+    await arrived;
+    s.destroy();
+    assert.equal(parseResponses(raw.slice(25))[0]!.status, 200);
+
+    const big = await exchange(port, `POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: ${2 * 1024 * 1024}\r\nExpect: 100-continue\r\n\r\n`, { waitMs: 10_000 });
+    assert.equal(big.raw.includes('100 Continue'), false);
+    assertError(big.responses[0], 413, 'SLC_BODY_TOO_LARGE');
+    assert.equal(big.closed, true);
   });
 
   it('pipelined requests answered synchronously (404s) are answered in order', async () => {
