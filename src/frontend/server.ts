@@ -8,7 +8,8 @@
 // once past 4 KiB of headers), closes a connection with an invalid Content-Length or both Content-Length and
 // Transfer-Encoding without a response, closes a connection that pipelines a request while an earlier answer is
 // still pending, and times out request heads and idle keep-alive connections after a fixed ~10 s. So by default
-// the HTTP/1.x guard (http1-guard.ts) holds the public port and uWS listens on a private loopback port behind it.
+// the HTTP/1.x guard (http1-guard.ts) holds the public port: with one thread it serves requests itself through
+// this module's checks (serveInGuard, NetResponse); serving threads' uWS Apps listen privately behind it.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -23,7 +24,7 @@ import { sendError } from '../pipeline/error-response.ts';
 import { UwsResponse } from './response.ts';
 import { NetResponse, type BodySink, type ResponseWire } from './net-response.ts';
 import { normalizePath } from './path.ts';
-import { Guard, PEER_HEADER, type GuardOptions, type RequestHead, type UwsEndpoint } from './http1-guard.ts';
+import { Guard, PEER_HEADER, type RequestHead, type UwsEndpoint } from './http1-guard.ts';
 import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budget.ts';
 
 /** What the front end needs from the gateway behind it. */
@@ -80,11 +81,9 @@ export interface FrontendOptions {
   /** Share the port with other listeners (SO_REUSEPORT). Only for Sluice's own per-thread Apps, by design;
    *  the default binds exclusively, so a second gateway on a taken port fails to start. */
   readonly reusePort?: boolean;
-  /** Put the HTTP/1.x guard (http1-guard.ts) on the port. Default true. It serves requests itself, in this
-   *  thread; with `guardRelay` it relays them to uWS on a private socket instead (what serving threads need). */
+  /** Put the HTTP/1.x guard (http1-guard.ts) on the port, serving requests itself in this thread. Default true.
+   *  (Serving threads are relayed to by a guard elsewhere: `behindGuard`.) */
   readonly http1Guard?: boolean;
-  /** With the guard on: relay to a uWS App behind it rather than serve in the guard (tests of the relay). */
-  readonly guardRelay?: boolean;
   /** A guard runs elsewhere (the main thread, startGuard()) and relays to this App, which listens itself on
    *  host:port (the private loopback port, with reusePort): peer addresses come from the guard's header. */
   readonly behindGuard?: boolean;
@@ -140,24 +139,6 @@ function listen(app: TemplatedApp, what: string, host: string, port: number, reu
 
 /** Longest unix socket path (sun_path is 108 bytes with its terminating NUL). */
 const MAX_UNIX_PATH = 107;
-
-/**
- * uWS on a unix socket only the gateway's user can reach (in privateSocketDir()); undefined when that cannot be
- * made or uWS cannot listen there (the caller then uses loopback TCP). The directory goes with close().
- */
-async function listenPrivateUnix(app: TemplatedApp): Promise<(Listening & { path: string }) | undefined> {
-  const dir = privateSocketDir();
-  if (dir === undefined) return undefined;
-  const path = join(dir.path, 'uws.sock');
-  let l: Listening;
-  try {
-    l = await listenUnix(app, path);
-  } catch {
-    dir.remove();
-    return undefined;
-  }
-  return { ...l, path, close: () => { l.close(); dir.remove(); } };
-}
 
 /**
  * A fresh directory only the gateway's user can open (mkdtemp makes it 0700) for its private unix sockets;
@@ -671,10 +652,9 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     timeouts: new BodyTimeouts(opts.limits.client_body_timeout_ms),
     guarded: opts.http1Guard !== false || opts.behindGuard === true,
   };
-  if (front.guarded && opts.behindGuard !== true && opts.guardRelay !== true) return startServingGuard(front, opts);
+  if (front.guarded && opts.behindGuard !== true) return startServingGuard(front, opts);
   const app = uWS.App();
   app.any('/*', (res, req) => handle(front, res, req));
-  if (front.guarded && opts.behindGuard !== true) return startGuarded(front, app, opts);
   let l: Listening;
   try {
     l = opts.unixPath !== undefined ? await listenUnix(app, opts.unixPath) : await listen(app, 'listen', opts.host, opts.port, opts.reusePort === true);
@@ -691,48 +671,25 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
  */
 async function startServingGuard(front: Front, opts: FrontendOptions): Promise<Listening> {
   if (opts.reusePort === true) throw new Error('reusePort needs listen.http1_guard: false (node:net on Node 20 cannot share a port)');
-  return guardOnPort(front, opts, { serve: { serve: (wire, head, buf, peer) => serveInGuard(front, wire, head, buf, peer) } }, () => { /* nothing behind it */ });
-}
-
-/** The guard on the public port, relaying to `to.upstream` or serving with `to.serve`; `closeBehind` closes what
- *  it relays to. */
-async function guardOnPort(front: Front, opts: FrontendOptions, to: Pick<GuardOptions, 'upstream' | 'serve'>, closeBehind: () => void): Promise<Listening> {
-  const guard = new Guard({ limits: opts.limits, ...to, onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }) });
+  const guard = new Guard({
+    limits: opts.limits,
+    serve: { serve: (wire, head, buf, peer) => serveInGuard(front, wire, head, buf, peer) },
+    onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }),
+  });
   let port: number;
   try {
     port = await guard.listen(opts.host, opts.port);
   } catch (err) {
     guard.close();
     front.timeouts.stop();
-    closeBehind();
     throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
   }
   return {
     port,
     stopListening: () => guard.stopListening(),
-    close: () => { guard.close(); front.timeouts.stop(); closeBehind(); },
+    close: () => { guard.close(); front.timeouts.stop(); },
     quiesce: (graceMs) => guard.quiesce(graceMs),
   };
-}
-
-/**
- * uWS on a unix socket in a private directory (mode 0700) — or, where that cannot be made, on an ephemeral
- * loopback port bound exclusively — and the guard on the public port in front of it. The unix socket is the
- * cheaper hop: no TCP stack on either side of every relayed write (`native-bench/hot-path.bench.ts`, paired:
- * JSON 208.6 → 176.4 µs/request, streams unchanged). uWS 20.30 drops a large write when its cork buffer cannot
- * be flushed into a full socket; response.ts keeps every corked write within that buffer (the guard's unix hop
- * fills fastest, so it showed first: `test/hostile/guard-unix-stream.test.ts` replays it on every run).
- */
-async function startGuarded(front: Front, app: TemplatedApp, opts: FrontendOptions): Promise<Listening> {
-  if (opts.reusePort === true) throw new Error('reusePort needs listen.http1_guard: false (node:net on Node 20 cannot share a port)');
-  let inner: Listening & { path?: string };
-  try {
-    inner = (await listenPrivateUnix(app)) ?? await listen(app, 'listen (private uWS endpoint of the HTTP/1.x guard)', '127.0.0.1', 0, false);
-  } catch (err) {
-    front.timeouts.stop();
-    throw err;
-  }
-  return guardOnPort(front, opts, { upstream: inner.path !== undefined ? { path: inner.path } : { host: '127.0.0.1', port: inner.port } }, () => inner.close());
 }
 
 export interface GuardOnlyOptions {
