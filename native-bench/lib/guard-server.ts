@@ -34,6 +34,7 @@ if (mode === 'real') {
     if (!token) { console.error('listen failed'); process.exit(1); }
     const guard = new Guard({ upstream: { path }, limits: {
       max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768, client_header_timeout_ms: 10_000, client_idle_timeout_ms: 60_000,
+      client_send_timeout_ms: 10_000,
     } });
     void guard.listen('127.0.0.1', 0).then((port) => console.log(`listening ${port}`));
   }, path);

@@ -23,6 +23,8 @@ export interface GuardLimits {
   readonly max_header_bytes: number;
   readonly client_header_timeout_ms: number;
   readonly client_idle_timeout_ms: number;
+  /** A client that reads none of its answers this long is cut off (when the guard serves requests itself). */
+  readonly client_send_timeout_ms: number;
 }
 
 export type HeadLimits = Pick<GuardLimits, 'max_header_fields' | 'max_header_line_bytes' | 'max_header_bytes'>;
@@ -432,6 +434,8 @@ class GuardConn implements ResponseWire {
   private cur: NetResponse | undefined = undefined;
   /** Client input is being processed: an answer completed meanwhile leaves the next request to that loop. */
   private inInput = false;
+  /** Since when the next request waits for the client to read its answers (0: not waiting). */
+  private drainSince = 0;
   private peerBuf: Buffer | undefined;
   // Request side.
   private inBuf: Buffer | undefined;
@@ -482,6 +486,11 @@ class GuardConn implements ResponseWire {
     client.on('drain', () => {
       this.cur?.drained();
       if (this.up !== undefined && this.pausedUp) { this.pausedUp = false; this.up.resume(); }
+      if (this.drainSince !== 0) {
+        this.drainSince = 0;
+        this.headSince = coarseNow;
+        this.next();
+      }
     });
   }
 
@@ -491,8 +500,15 @@ class GuardConn implements ResponseWire {
 
   /** Called by the sweeper. */
   tick(now: number): void {
-    if (this.closing || this.inFlight || this.reqBody !== 'none') return;
     const limits = this.g.limits;
+    if (this.drainSince !== 0) {
+      if (this.closing) return;
+      // The socket drained without this connection hearing of it: go on.
+      if (!this.client.writableNeedDrain) { this.drainSince = 0; this.headSince = now; this.next(); return; }
+      if (now - this.drainSince >= limits.client_send_timeout_ms) this.destroy();
+      return;
+    }
+    if (this.closing || this.inFlight || this.reqBody !== 'none') return;
     if (this.inBuf !== undefined && this.inBuf.length > 0) {
       if (now - this.headSince >= limits.client_header_timeout_ms) {
         this.refuse('header_timeout', new SluiceError('SLC_REQUEST_TIMEOUT', `request head not complete within ${limits.client_header_timeout_ms} ms`), false);
@@ -572,6 +588,14 @@ class GuardConn implements ResponseWire {
         if (this.clientEnded) this.finish();
         return;
       }
+      // Served here, answers are written whole whether or not the client reads them: a client that pipelines
+      // requests without reading would grow them without bound. Its next request waits until it reads (its
+      // input past HOLD_BYTES pauses), up to client_send_timeout_ms.
+      if (this.g.serve !== undefined && this.client.writableNeedDrain) {
+        if (this.drainSince === 0) this.drainSince = coarseNow;
+        this.holdCheck();
+        return;
+      }
       // Empty lines before a request line are ignored (RFC 9112 §2.2).
       let skip = 0;
       while (skip < buf.length && (buf[skip] === CR || buf[skip] === LF)) skip++;
@@ -589,6 +613,10 @@ class GuardConn implements ResponseWire {
           this.refuse('headers_too_large', new SluiceError('SLC_HEADERS_TOO_LARGE', `request has headers larger than ${limits.max_header_bytes} bytes`), false);
         } else if (this.clientEnded) {
           this.finish();
+        } else {
+          // All that is held is the start of a head (bounded by max_header_bytes): its rest must be read, even
+          // from a client paused for holding too much (it got 408 after client_header_timeout_ms instead).
+          this.holdResume();
         }
         return;
       }
@@ -600,18 +628,18 @@ class GuardConn implements ResponseWire {
         return;
       }
       this.forwardHead(buf, head);
-      const rest = buf.subarray(head.end);
+      let rest = buf.subarray(head.end);
       this.inBuf = undefined;
       this.headSince = coarseNow;
-      if (rest.length === 0) return;
-      if (this.reqBody !== 'none') {
+      if (rest.length > 0 && this.reqBody !== 'none') {
         const used = this.forwardBody(rest, 0);
-        if (used < 0 || used === rest.length) return;
-        this.inBuf = rest.subarray(used);
-      } else {
-        this.inBuf = rest;
+        if (used < 0) return;
+        rest = rest.subarray(used);
       }
-      this.holdCheck();
+      // Nothing held any more: reading goes on (the rest of this body or the next request is still to come; a
+      // client paused for holding too much would otherwise stay paused). The loop goes on: a request served here
+      // may be answered already.
+      if (rest.length > 0) { this.inBuf = rest; this.holdCheck(); } else this.holdResume();
     }
     this.holdCheck();
   }

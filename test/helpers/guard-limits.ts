@@ -7,4 +7,5 @@ export const GUARD_LIMITS: GuardLimits = {
   max_header_bytes: 32768,
   client_header_timeout_ms: 10_000,
   client_idle_timeout_ms: 60_000,
+  client_send_timeout_ms: 10_000,
 };

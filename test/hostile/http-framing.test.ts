@@ -256,6 +256,68 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assert.equal(r.closed, false);
   });
 
+  it('a client pipelining requests without reading the answers stops being read (no answers pile up in memory)', async () => {
+    const s = connect(port, '127.0.0.1');
+    s.on('error', () => { /* cut at the end of the test */ });
+    s.pause();
+    await new Promise((r) => s.once('connect', r));
+    const one = Buffer.from('GET /nope HTTP/1.1\r\nHost: gw\r\n\r\n');
+    const chunk = Buffer.concat(Array.from({ length: Math.floor(65_536 / one.length) }, () => one));
+    // 64 KiB of pipelined 404s at a time, each written once the last was taken, until one is not taken for 1.5 s:
+    // the gateway stops reading once its answers fill the sockets towards a client that reads none of them
+    // (here ~4 MiB were taken in all; a gateway that kept reading took all 24 MiB and grew by ~1 GB).
+    const MAX = 384;
+    let taken = 0;
+    while (taken < MAX) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), 1500);
+        s.write(chunk, () => { clearTimeout(timer); resolve(true); });
+      });
+      if (!ok) break;
+      taken++;
+    }
+    assert.ok(taken < MAX, `the gateway read all ${(MAX * chunk.length) >> 20} MiB of requests whose answers nobody read`);
+    // Once the client reads, every request is answered (the one write not taken included).
+    const expected = (taken + 1) * (chunk.length / one.length);
+    let answers = 0;
+    let tail = '';
+    let lastBytes = '';
+    const all = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${answers} of ${expected} answers${s.destroyed ? ', connection closed' : ''}; last: ${JSON.stringify(tail)} ${JSON.stringify(lastBytes)}`)), 60_000);
+      s.on('data', (d: Buffer) => {
+        const text = tail + d.toString('latin1');
+        lastBytes = text.slice(-400);
+        for (let i = text.indexOf('HTTP/1.1 404 '); i >= 0; i = text.indexOf('HTTP/1.1 404 ', i + 1)) answers++;
+        tail = text.slice(-12);
+        if (answers >= expected) { clearTimeout(timer); resolve(); }
+      });
+    });
+    s.resume();
+    await all;
+    s.destroy();
+    assert.equal(answers, expected);
+  });
+
+  it('a body that starts in held pipelined input is read to its end (reading resumes once the held input is used)', async () => {
+    // Over 64 KiB of pipelined requests: the guard holds them and pauses reading; the POST after them has the
+    // last bytes of its body in a later write, which must still be read once the held input has been used.
+    const gets = 'GET /nope HTTP/1.1\r\nHost: gw\r\n\r\n'.repeat(2200);
+    const full = post();
+    const cut = full.length - 10;
+    const r = await exchange(port, gets + full.slice(0, cut), { responses: 2201, waitMs: 30_000, feed: (s) => { setTimeout(() => s.write(full.slice(cut)), 300); } });
+    assert.equal(r.responses.length, 2201);
+    assert.equal(r.responses[2200]!.status, 200);
+  });
+
+  it('a head that starts at the end of held pipelined input is read to its end (no 408 for a paused client)', async () => {
+    const gets = 'GET /nope HTTP/1.1\r\nHost: gw\r\n\r\n'.repeat(2200);
+    const last = 'GET /last HTTP/1.1\r\nHost: gw\r\n\r\n';
+    const r = await exchange(port, gets + last.slice(0, 10), { responses: 2201, waitMs: 30_000, feed: (s) => { setTimeout(() => s.write(last.slice(10)), 300); } });
+    assert.equal(r.responses.length, 2201);
+    assertError(r.responses[2200], 404, 'SLC_NOT_FOUND');
+    assert.match(r.responses[2200]!.json.error.message, /\/last\b/);
+  });
+
   it('pipelined requests sent byte by byte are answered in order', async () => {
     const data = Buffer.from(post() + post(), 'latin1');
     const r = await exchange(port, Buffer.alloc(0), {
