@@ -686,29 +686,6 @@ class GuardConn implements ResponseWire {
     if (cur !== undefined && !cur.done && !cur.aborted) cur.onBody?.(chunk, isLast);
   }
 
-  /** Request-body bytes from d[start..] for a request the guard serves; returns how many bytes of d it used. */
-  private serveBody(d: Buffer, start: number): number {
-    if (this.reqBody === 'length') {
-      const n = Math.min(this.reqLeft, d.length - start);
-      this.reqLeft -= n;
-      const end = start + n;
-      if (this.reqLeft === 0) this.reqBody = 'none';
-      if (n > 0) this.bodyData(start === 0 && end === d.length ? d : d.subarray(start, end), this.reqBody === 'none');
-      return end;
-    }
-    const r = this.reqChunks!.push(d, start, d.length);
-    if (r === -2) {
-      this.g.onReject?.('framing');
-      this.failRequest(new SluiceError('SLC_BAD_REQUEST', 'malformed chunked request body'));
-      return -1;
-    }
-    if (r === -1) return d.length;
-    this.reqBody = 'none';
-    this.reqChunks = undefined;
-    this.bodyData(EMPTY, true);
-    return r;
-  }
-
   /** ResponseWire: an answer the guard served was handed to the client's socket. */
   answered(close: boolean): void {
     this.cur = undefined;
@@ -737,12 +714,12 @@ class GuardConn implements ResponseWire {
     up?.uncork();
   }
 
-  /** Forwards request-body bytes from d[start..]; returns how many bytes of d the body used, or -1 after a refusal. */
+  /** Forwards request-body bytes from d[start..] (to uWS, or to the request served here); returns how many bytes of
+   *  d the body used, or -1 after a refusal. */
   private forwardBody(d: Buffer, start: number): number {
-    if (this.g.serve !== undefined) return this.serveBody(d, start);
-    const up = this.upstream();
+    const chunked = this.reqBody === 'chunked';
     let end: number;
-    if (this.reqBody === 'length') {
+    if (!chunked) {
       const n = Math.min(this.reqLeft, d.length - start);
       this.reqLeft -= n;
       end = start + n;
@@ -757,12 +734,21 @@ class GuardConn implements ResponseWire {
       end = r === -1 ? d.length : r;
       if (r >= 0) { this.reqBody = 'none'; this.reqChunks = undefined; }
     }
-    if (end > start && !this.upWrite(up, start === 0 && end === d.length ? d : d.subarray(start, end)) && !this.pausedBody) {
+    const bytes = end > start ? (start === 0 && end === d.length ? d : d.subarray(start, end)) : undefined;
+    if (this.g.serve !== undefined) {
+      // Served here: a chunked body's data went out through its scanner's callback; a framed one's is these bytes.
+      const last = this.reqBody === 'none';
+      if (!chunked && bytes !== undefined) this.bodyData(bytes, last);
+      else if (chunked && last) this.bodyData(EMPTY, true);
+      return end;
+    }
+    if (bytes !== undefined && !this.upWrite(this.upstream(), bytes) && !this.pausedBody) {
       this.pausedBody = true;
       this.client.pause();
     }
     return end;
   }
+
 
   /** Held bytes beyond the bound pause the client until the pending answer is complete. */
   private holdCheck(): void {

@@ -4,11 +4,8 @@
 // The connection (GuardConn) owns framing of the request side, pipelining and timeouts; this writes one answer.
 import type { Socket } from 'node:net';
 import type { HeaderList } from '../pipeline/http-types.ts';
-import { BaseResponse } from './response-base.ts';
+import { BaseResponse, type BodySink } from './response-base.ts';
 import { statusLine } from './status.ts';
-
-/** A request body's bytes as they arrive; the last call has isLast (an empty chunk when nothing is left). */
-export type BodySink = (chunk: Uint8Array, isLast: boolean) => void;
 
 /** The client connection an answer is written to. */
 export interface ResponseWire {

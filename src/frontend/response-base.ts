@@ -3,6 +3,9 @@
 // and the front end's release (in-flight count, body bytes) runs exactly once whichever way the response ends.
 import type { ClientResponse, HeaderList } from '../pipeline/http-types.ts';
 
+/** A request body's bytes as they arrive; the last call has isLast (an empty chunk when nothing is left). */
+export type BodySink = (chunk: Uint8Array, isLast: boolean) => void;
+
 export abstract class BaseResponse implements ClientResponse {
   aborted = false;
   done = false;
@@ -36,6 +39,10 @@ export abstract class BaseResponse implements ClientResponse {
     this.respond(status, headers, body, true);
   }
 
+  /** The request body goes to `sink` as it arrives. */
+  abstract onData(sink: BodySink): void;
+  /** The client waits for `100 Continue` before sending its body: a refusal can answer without reading it. */
+  abstract readonly awaitingContinue: boolean;
   protected abstract respond(status: number, headers: HeaderList, body: string | Uint8Array, close: boolean): void;
   abstract start(status: number, headers: HeaderList, first?: Uint8Array): boolean;
   abstract write(chunk: Uint8Array): boolean;

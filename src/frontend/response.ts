@@ -4,8 +4,7 @@
 // the connection (see respond()).
 import type { HttpResponse } from 'uWebSockets.js';
 import type { HeaderList } from '../pipeline/http-types.ts';
-import type { BodySink } from './net-response.ts';
-import { BaseResponse } from './response-base.ts';
+import { BaseResponse, type BodySink } from './response-base.ts';
 import { statusLine } from './status.ts';
 
 const NO_HEADERS: HeaderList = [];

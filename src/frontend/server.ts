@@ -19,10 +19,11 @@ import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from '
 import type { LimitsConfig } from '../config/types.ts';
 import { SluiceError, toErrorBody } from '../core/errors.ts';
 import type { Metrics } from '../metrics/registry.ts';
-import type { ClientRequest, ClientResponse, HeaderList } from '../pipeline/http-types.ts';
+import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
 import { sendError } from '../pipeline/error-response.ts';
 import { UwsResponse } from './response.ts';
-import { NetResponse, type BodySink, type ResponseWire } from './net-response.ts';
+import { NetResponse, type ResponseWire } from './net-response.ts';
+import type { BaseResponse } from './response-base.ts'; // UwsResponse or the guard's NetResponse
 import { normalizePath } from './path.ts';
 import { Guard, PEER_HEADER, type RequestHead, type UwsEndpoint } from './http1-guard.ts';
 import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budget.ts';
@@ -216,16 +217,6 @@ class BodyTimeouts {
   }
 }
 
-/** A response the front end answers on: uWS's (UwsResponse) or the guard's own (NetResponse). */
-interface FrontResponse extends ClientResponse {
-  /** Answer and close the connection. */
-  sendAndClose(status: number, headers: HeaderList, body: string): void;
-  /** The request body goes to `sink` as it arrives. */
-  onData(sink: BodySink): void;
-  /** The client waits for `100 Continue` before sending its body: a refusal can answer without reading it. */
-  readonly awaitingContinue: boolean;
-}
-
 interface Front {
   readonly sink: RequestSink;
   readonly limits: FrontendLimits;
@@ -386,12 +377,12 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
 class Refuser {
   private drained: number;
   private readonly front: Front;
-  private readonly client: FrontResponse;
+  private readonly client: BaseResponse;
   private readonly err: SluiceError;
   private readonly close: boolean;
   private readonly waiting: Waiting;
 
-  constructor(front: Front, client: FrontResponse, err: SluiceError, close: boolean, already: number) {
+  constructor(front: Front, client: BaseResponse, err: SluiceError, close: boolean, already: number) {
     this.front = front;
     this.client = client;
     this.err = err;
@@ -416,12 +407,12 @@ class Refuser {
   }
 }
 
-function answer(client: FrontResponse, err: SluiceError, close: boolean): void {
+function answer(client: BaseResponse, err: SluiceError, close: boolean): void {
   if (close) client.sendAndClose(err.status, errorHeaders(err), toErrorBody(err));
   else sendError(client, err);
 }
 
-function refuseBody(front: Front, client: FrontResponse, err: SluiceError, close: boolean, hasBody: boolean): void {
+function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close: boolean, hasBody: boolean): void {
   if (!hasBody) { answer(client, err, close); return; }
   // The client has not sent its body yet: answer now and close rather than invite it.
   if (client.awaitingContinue) { answer(client, err, true); return; }
@@ -516,7 +507,7 @@ function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Recor
 }
 
 /** Route and method check, body limits and budget, then the body is read and the gateway runs. */
-function admit(front: Front, client: FrontResponse, hold: BodyHold, request: ClientRequest, declared: number | undefined, hasBody: boolean): void {
+function admit(front: Front, client: BaseResponse, hold: BodyHold, request: ClientRequest, declared: number | undefined, hasBody: boolean): void {
   const metrics = front.metrics;
   let accepted: Accepted | SluiceError;
   try {
@@ -547,7 +538,7 @@ function admit(front: Front, client: FrontResponse, hold: BodyHold, request: Cli
 }
 
 /** Body bytes are copied once: into a buffer preallocated from Content-Length, or (chunked) into parts. */
-function readBody(front: Front, client: FrontResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
+function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
   const reader = new BodyReader(front, client, hold, gate, request, declared === undefined ? undefined : Buffer.allocUnsafe(declared));
   front.timeouts.add(reader);
   client.onData((chunk, isLast) => reader.data(chunk, isLast));
@@ -562,14 +553,14 @@ class BodyReader implements Waiting {
   private failed = false;
   private refuser: Refuser | undefined = undefined;
   private readonly front: Front;
-  private readonly client: FrontResponse;
+  private readonly client: BaseResponse;
   private readonly hold: BodyHold;
   private readonly gate: Accepted;
   private readonly request: ClientRequest;
   /** Preallocated from Content-Length; undefined for a chunked body (kept in parts). */
   private readonly body: Buffer | undefined;
 
-  constructor(front: Front, client: FrontResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, body: Buffer | undefined) {
+  constructor(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, body: Buffer | undefined) {
     this.front = front;
     this.client = client;
     this.hold = hold;
@@ -623,7 +614,7 @@ class BodyReader implements Waiting {
   }
 }
 
-function run(gate: Accepted, req: ClientRequest, res: FrontResponse, body: Buffer): void {
+function run(gate: Accepted, req: ClientRequest, res: BaseResponse, body: Buffer): void {
   let out: void | Promise<void>;
   try {
     out = gate.run(req, res, body);
@@ -634,7 +625,7 @@ function run(gate: Accepted, req: ClientRequest, res: FrontResponse, body: Buffe
   if (out !== undefined) out.catch((err: unknown) => fail(res, err));
 }
 
-function fail(res: FrontResponse, err: unknown): void {
+function fail(res: BaseResponse, err: unknown): void {
   if (res.done || res.aborted) return;
   if (res.started) { res.destroy(); return; }
   sendError(res, err instanceof SluiceError ? err : new SluiceError('SLC_INTERNAL', undefined, { cause: err }));
