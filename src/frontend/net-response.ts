@@ -84,7 +84,7 @@ export class NetResponse extends BaseResponse {
     const text = headText(status, headers, framing);
     const socket = this.wire.socket;
     if (this.head || size === 0) socket.write(text);
-    else if (typeof body === 'string') socket.write(size <= ONE_BUFFER ? text + body : Buffer.from(text + body));
+    else if (typeof body === 'string') socket.write(text + body);
     else if (size <= ONE_BUFFER) {
       const n = Buffer.byteLength(text);
       const out = Buffer.allocUnsafe(n + size);
