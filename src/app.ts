@@ -325,7 +325,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
     threads = await ThreadSupervisor.start({
       threads: config.workers, config, first, ledger, onFatal,
       host: config.listen.host, port: opts.port ?? config.listen.port, guard: config.listen.http1_guard,
-      limits: config.limits, metrics, swapTimeoutMs: opts.testHooks?.swapTimeoutMs,
+      swapTimeoutMs: opts.testHooks?.swapTimeoutMs,
     });
     const sup = threads;
     admin = await startAdmin({

@@ -16,8 +16,8 @@ export type FallbackReason = 'rate_limiting' | 'http_429' | 'http_5xx' | 'instan
 export interface ListenConfig {
   readonly host: string;
   readonly port: number;
-  /** The node:net HTTP/1.x guard in front of uWS (src/frontend/http1-guard.ts). Default true; false only behind a
-   *  proxy that already normalises HTTP/1.x. */
+  /** The node:net HTTP/1.x guard on the port, serving requests itself (src/frontend/http1-guard.ts); false: uWS
+   *  alone. Default true; false only behind a proxy that already normalises HTTP/1.x. */
   readonly http1_guard: boolean;
 }
 

@@ -95,7 +95,7 @@ function readEndpoint(is: Issues, path: string, value: unknown, def: AdminConfig
   return { host: host ?? def.host, port: sec.int('port', PORT) ?? def.port };
 }
 
-/** listen: an endpoint plus `http1_guard` (the node:net HTTP/1.x guard in front of uWS; default on). */
+/** listen: an endpoint plus `http1_guard` (the node:net HTTP/1.x guard serving the port instead of uWS; default on). */
 function readListen(is: Issues, value: unknown): ListenConfig {
   const sec = Section.open(is, 'listen', value, ['host', 'port', 'http1_guard']);
   if (sec === undefined) return DEFAULT_LISTEN;

@@ -1,6 +1,6 @@
-// ClientResponse written by the HTTP/1.x guard itself onto the client's node:net socket, for requests the guard
-// serves in its own thread (`workers: 1`) instead of relaying them to uWS over a unix socket: the relay's two
-// extra socket writes and reads per message were the floor of a guarded request (docs/performance.md).
+// ClientResponse written by the HTTP/1.x guard itself onto the client's node:net socket: with the guard on, every
+// serving thread's guard serves its requests (relaying them to uWS cost two extra socket writes and reads per
+// message, the floor of a guarded request: docs/performance.md).
 // The connection (GuardConn) owns framing of the request side, pipelining and timeouts; this writes one answer.
 import type { Socket } from 'node:net';
 import type { HeaderList } from '../pipeline/http-types.ts';

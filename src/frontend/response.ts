@@ -71,17 +71,14 @@ export class UwsResponse extends BaseResponse {
   /** uWS deals with `Expect: 100-continue` before the handler runs. */
   readonly awaitingContinue = false;
   private readonly res: HttpResponse;
-  private readonly guarded: boolean;
   /** The body of a whole answer uWS has not taken all of yet (respond() with tryEnd). */
   private rest: Buffer | undefined = undefined;
 
-  /** `onFinish` runs exactly once, when the response is complete or the client has gone. `guarded`: the HTTP/1.x
-   *  guard is in front, and closes the client connection itself after an answer saying `Connection: close`.
-   *  `sendTimeoutMs` (> 0): a client that takes nothing of a pending answer for this long is cut off. */
-  constructor(res: HttpResponse, head = false, onFinish?: () => void, guarded = false, sendTimeoutMs = 0) {
+  /** `onFinish` runs exactly once, when the response is complete or the client has gone. `sendTimeoutMs` (> 0):
+   *  a client that takes nothing of a pending answer for this long is cut off. */
+  constructor(res: HttpResponse, head = false, onFinish?: () => void, sendTimeoutMs = 0) {
     super(head, onFinish, sendTimeoutMs);
     this.res = res;
-    this.guarded = guarded;
     res.onAborted(() => this.aborting());
   }
 
@@ -102,7 +99,7 @@ export class UwsResponse extends BaseResponse {
     const room = CORK_BYTES - headBytes(headers);
     const size = typeof body === 'string' ? (3 * body.length <= room ? 0 : Buffer.byteLength(body)) : body.byteLength;
     // The sendAndClose() answers (errors of the front end) are small; uWS closes after them itself.
-    if (size > room && !this.head && (!close || this.guarded)) {
+    if (size > room && !this.head && !close) {
       c.whole = typeof body === 'string' ? Buffer.from(body) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     }
     try {
@@ -159,12 +156,7 @@ export class UwsResponse extends BaseResponse {
     // would be dropped: a HEAD answer says `Connection: close` and the client closes it (RFC 9112 §9.6); uWS
     // writes that header but does not close the socket itself (its idle timeout does).
     if (self!.head) res.endWithoutBody(typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength, true);
-    else if (close && self!.guarded) {
-      // uWS closing a connection it has not read to the end makes the guard's next write fail (EPIPE), which
-      // can discard this answer before the guard reads it; uWS keeps reading (and dropping) the body instead.
-      res.writeHeader('connection', 'close');
-      res.end(body, false);
-    } else res.end(body, close);
+    else res.end(body, close);
   }
 
   start(status: number, headers: HeaderList, first?: Uint8Array): boolean {

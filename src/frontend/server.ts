@@ -1,6 +1,7 @@
-// uWS front end: accepts connections, turns each request into a ClientRequest/ClientResponse pair, checks the
-// request head (header limits, framing, path), reads the body under a byte limit and a global in-flight budget,
-// and hands it to the gateway. uWebSockets.js is imported in this folder only.
+// Front end: accepts connections (through the HTTP/1.x guard, or a uWS App with the guard off), turns each request
+// into a ClientRequest/ClientResponse pair, checks the request head (header limits, framing, path), reads the body
+// under a byte limit and a global in-flight budget, and hands it to the gateway. uWebSockets.js is imported in
+// this folder only.
 //
 // What uWS 20.30 does before our handler runs cannot be changed here (docs/architecture.md §2, README
 // "Limits"): it answers only `HTTP/1.1` request lines (HTTP/1.0, absolute-form targets and requests without
@@ -8,12 +9,9 @@
 // once past 4 KiB of headers), closes a connection with an invalid Content-Length or both Content-Length and
 // Transfer-Encoding without a response, closes a connection that pipelines a request while an earlier answer is
 // still pending, and times out request heads and idle keep-alive connections after a fixed ~10 s. So by default
-// the HTTP/1.x guard (http1-guard.ts) holds the public port: with one thread it serves requests itself through
-// this module's checks (serveInGuard, NetResponse); serving threads' uWS Apps listen privately behind it.
-import { mkdtempSync, rmSync } from 'node:fs';
+// the HTTP/1.x guard (http1-guard.ts) holds the public port and serves requests itself through this module's
+// checks (serveInGuard, NetResponse), in every serving thread; a uWS App serves only with `listen.http1_guard: false`.
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import type { LimitsConfig } from '../config/types.ts';
@@ -25,7 +23,8 @@ import { UwsResponse } from './response.ts';
 import { NetResponse, type ResponseWire } from './net-response.ts';
 import type { BaseResponse } from './response-base.ts'; // UwsResponse or the guard's NetResponse
 import { normalizePath } from './path.ts';
-import { Guard, PEER_HEADER, type RequestHead, type UwsEndpoint } from './http1-guard.ts';
+import { Guard, type RequestHead } from './http1-guard.ts';
+import { closeListener, listenerFd, shareListener } from './listener-share.ts';
 import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budget.ts';
 
 /** What the front end needs from the gateway behind it. */
@@ -45,6 +44,8 @@ export interface Listening {
   stopListening(): void;
   /** Close every connection. */
   close(): void;
+  /** The guard's listening socket, for the process's other serving threads to share (FrontendOptions.shareFd). */
+  readonly fd?: number;
   /** Wait (at most graceMs) until no answer is still being written to a client, so close() cuts none short. */
   quiesce?(graceMs: number): Promise<void>;
 }
@@ -82,14 +83,11 @@ export interface FrontendOptions {
   /** Share the port with other listeners (SO_REUSEPORT). Only for Sluice's own per-thread Apps, by design;
    *  the default binds exclusively, so a second gateway on a taken port fails to start. */
   readonly reusePort?: boolean;
-  /** Put the HTTP/1.x guard (http1-guard.ts) on the port, serving requests itself in this thread. Default true.
-   *  (Serving threads are relayed to by a guard elsewhere: `behindGuard`.) */
+  /** Put the HTTP/1.x guard (http1-guard.ts) on the port, serving requests itself in this thread. Default true. */
   readonly http1Guard?: boolean;
-  /** A guard runs elsewhere (the main thread, startGuard()) and relays to this App, which listens itself on
-   *  host:port (the private loopback port, with reusePort): peer addresses come from the guard's header. */
-  readonly behindGuard?: boolean;
-  /** With behindGuard: listen on this unix socket path instead of host:port (a serving thread behind the guard). */
-  readonly unixPath?: string;
+  /** Serve on this thread's own descriptor of the listening socket another thread of the process bound (its
+   *  `Listening.fd`; listener-share.ts) instead of binding host:port. With the guard only. */
+  readonly shareFd?: number;
   /** Serving threads: the process-wide body budget's shared cell (body-budget.ts); otherwise this App's own. */
   readonly bodyBudget?: SharedArrayBuffer;
 }
@@ -135,43 +133,6 @@ function listen(app: TemplatedApp, what: string, host: string, port: number, reu
         close: () => { stopListening(); (app as unknown as { close(): void }).close(); },
       });
     });
-  });
-}
-
-/** Longest unix socket path (sun_path is 108 bytes with its terminating NUL). */
-const MAX_UNIX_PATH = 107;
-
-/**
- * A fresh directory only the gateway's user can open (mkdtemp makes it 0700) for its private unix sockets;
- * undefined when it cannot be made or a socket path in it could exceed sun_path.
- */
-export function privateSocketDir(): { readonly path: string; remove(): void } | undefined {
-  let path: string;
-  try {
-    path = mkdtempSync(join(tmpdir(), 'sluice-'));
-  } catch {
-    return undefined;
-  }
-  // Also on an exit that skips close() (a crashed serving thread ends the process with exit 1).
-  const onExit = () => rmSync(path, { recursive: true, force: true });
-  const remove = () => { process.off('exit', onExit); onExit(); };
-  process.once('exit', onExit);
-  // Room for the longest socket name used in it ('t255.sock').
-  if (Buffer.byteLength(path) + 10 > MAX_UNIX_PATH) { remove(); return undefined; }
-  return { path, remove };
-}
-
-function listenUnix(app: TemplatedApp, path: string): Promise<Listening> {
-  return new Promise((resolve, reject) => {
-    app.listen_unix((token) => {
-      if (!token) { reject(new ListenError('listen (private unix socket of the HTTP/1.x guard)', path, 0, 'UNKNOWN')); return; }
-      let listening = true;
-      const stopListening = () => {
-        if (listening) uWS.us_listen_socket_close(token);
-        listening = false;
-      };
-      resolve({ port: 0, stopListening, close: () => { stopListening(); (app as unknown as { close(): void }).close(); } });
-    }, path);
   });
 }
 
@@ -223,8 +184,6 @@ interface Front {
   readonly metrics: FrontendMetrics | undefined;
   readonly budget: BodyBudget;
   readonly timeouts: BodyTimeouts;
-  /** The guard is in front: the peer address comes from its private header. */
-  readonly guarded: boolean;
 }
 
 interface BodyHold {
@@ -272,15 +231,11 @@ class HeadScan {
   lengths: string[] | undefined = undefined;
   single: string | undefined = undefined;
   te: string | undefined = undefined;
-  peer: string | undefined = undefined;
 }
 
 const scan = new HeadScan();
 
 function scanHeader(k: string, v: string): void {
-  // The guard's private header: never a client's, never passed on (a client copy is dropped by the guard, or
-  // here when the guard is off).
-  if (k === PEER_HEADER) { scan.peer = v; return; }
   scan.fields++;
   const line = k.length + 2 + v.length;
   scan.total += line + 2;
@@ -307,7 +262,7 @@ function scanHeaders(req: HttpRequest, headers: Record<string, string>, requestL
   scan.total = requestLine + 2;
   scan.longest = requestLine;
   scan.fields = 0;
-  scan.lengths = scan.single = scan.te = scan.peer = undefined;
+  scan.lengths = scan.single = scan.te = undefined;
   req.forEach(scanHeader);
   scan.headers = NO_HEADERS;
   return scan;
@@ -320,7 +275,7 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
   const query = req.getQuery() ?? '';
   // Request line as sent: "METHOD SP target SP HTTP/1.1".
   const requestLine = method.length + url.length + (query === '' ? 0 : query.length + 1) + 10;
-  const { total, longest, fields, lengths, single, te, peer } = scanHeaders(req, headers, requestLine);
+  const { total, longest, fields, lengths, single, te } = scanHeaders(req, headers, requestLine);
   scan.lengths = undefined;
   const hasBody = te !== undefined || (single !== undefined ? single !== '0' : lengths !== undefined && lengths[0] !== '0');
   if (fields > limits.max_header_fields || longest > limits.max_header_line_bytes || total > limits.max_header_bytes) {
@@ -358,7 +313,7 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
       path,
       query,
       headers,
-      remoteAddr: front.guarded ? peer ?? '' : Buffer.from(res.getRemoteAddressAsText()).toString('latin1'),
+      remoteAddr: Buffer.from(res.getRemoteAddressAsText()).toString('latin1'),
       startedAt,
     },
     declared,
@@ -441,7 +396,7 @@ function handle(front: Front, res: HttpResponse, req: HttpRequest): void {
   metrics?.requestsInFlight.inc();
   // Body bytes this request holds in the budget, released once when its response finishes or aborts.
   const hold: BodyHold = { bytes: 0 };
-  const client = new UwsResponse(res, method === 'HEAD', finisher(front, hold), front.guarded, front.limits.client_send_timeout_ms);
+  const client = new UwsResponse(res, method === 'HEAD', finisher(front, hold), front.limits.client_send_timeout_ms);
   const head = readHead(front, res, req, method, startedAt);
   if (!('request' in head)) {
     metrics?.frontendRejected.inc({ reason: head.reason });
@@ -488,13 +443,12 @@ function serveInGuard(front: Front, wire: ResponseWire, head: RequestHead, buf: 
 }
 
 /** The head's fields as the pipeline reads them: lower-case names, repeated ones joined with ', ', values UTF-8
- *  (as uWS decodes them), the guard's private header dropped, Host from an absolute-form target. */
+ *  (as uWS decodes them), Host from an absolute-form target. */
 function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Record<string, string> {
   const headers: Record<string, string> = {};
   const lines = head.lines;
   for (let i = 0; i < lines.length; i += 4) {
     const name = buf.toString('latin1', lines[i]!, lines[i + 1]!).toLowerCase();
-    if (name === PEER_HEADER) continue;
     const value = buf.toString('utf8', lines[i + 2]!, lines[i + 3]!);
     const prev = headers[name];
     headers[name] = prev === undefined ? value : `${prev}, ${value}`;
@@ -641,14 +595,13 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
       ? new SharedBodyBudget(opts.bodyBudget, opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight)
       : new LocalBodyBudget(opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight),
     timeouts: new BodyTimeouts(opts.limits.client_body_timeout_ms),
-    guarded: opts.http1Guard !== false || opts.behindGuard === true,
   };
-  if (front.guarded && opts.behindGuard !== true) return startServingGuard(front, opts);
+  if (opts.http1Guard !== false) return startServingGuard(front, opts);
   const app = uWS.App();
   app.any('/*', (res, req) => handle(front, res, req));
   let l: Listening;
   try {
-    l = opts.unixPath !== undefined ? await listenUnix(app, opts.unixPath) : await listen(app, 'listen', opts.host, opts.port, opts.reusePort === true);
+    l = await listen(app, 'listen', opts.host, opts.port, opts.reusePort === true);
   } catch (err) {
     front.timeouts.stop();
     throw err;
@@ -657,8 +610,8 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
 }
 
 /**
- * The guard on the public port serving every request itself (`workers: 1`): no uWS App, no relay. Each request
- * costs the relay's two extra socket writes and reads less (docs/performance.md, "Serving from the guard").
+ * The guard on the public port serving every request itself, no uWS App: on the port it binds, or (another serving
+ * thread's) on its own descriptor of that socket (`shareFd`).
  */
 async function startServingGuard(front: Front, opts: FrontendOptions): Promise<Listening> {
   if (opts.reusePort === true) throw new Error('reusePort needs listen.http1_guard: false (node:net on Node 20 cannot share a port)');
@@ -668,45 +621,34 @@ async function startServingGuard(front: Front, opts: FrontendOptions): Promise<L
     onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }),
   });
   let port: number;
+  let fd: number;
   try {
-    port = await guard.listen(opts.host, opts.port);
+    if (opts.shareFd === undefined) {
+      port = await guard.listen(opts.host, opts.port);
+    } else {
+      const listener = await shareListener(opts.shareFd);
+      try {
+        port = await guard.adopt(listener);
+      } catch (err) {
+        await closeListener(listener);
+        throw err;
+      }
+    }
+    fd = listenerFd(guard.server);
   } catch (err) {
     guard.close();
     front.timeouts.stop();
-    throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === undefined && opts.shareFd !== undefined) throw err;
+    throw new ListenError('listen', opts.host, opts.port, code ?? 'UNKNOWN');
   }
   return {
     port,
+    fd,
     stopListening: () => guard.stopListening(),
     close: () => { guard.close(); front.timeouts.stop(); },
     quiesce: (graceMs) => guard.quiesce(graceMs),
   };
-}
-
-export interface GuardOnlyOptions {
-  readonly host: string;
-  readonly port: number;
-  readonly limits: FrontendLimits;
-  readonly metrics?: FrontendMetrics;
-  /** The serving threads' uWS Apps: one unix socket each, or one loopback port they share (SO_REUSEPORT). */
-  readonly upstream: readonly UwsEndpoint[];
-}
-
-/** The HTTP/1.x guard alone, on the public port (bound exclusively), relaying to uWS Apps in other threads. */
-export async function startGuard(opts: GuardOnlyOptions): Promise<Listening> {
-  const guard = new Guard({
-    limits: opts.limits,
-    upstream: opts.upstream,
-    onReject: (reason) => opts.metrics?.frontendRejected.inc({ reason }),
-  });
-  let port: number;
-  try {
-    port = await guard.listen(opts.host, opts.port);
-  } catch (err) {
-    guard.close();
-    throw new ListenError('listen', opts.host, opts.port, (err as NodeJS.ErrnoException).code ?? 'UNKNOWN');
-  }
-  return { port, stopListening: () => guard.stopListening(), close: () => guard.close(), quiesce: (graceMs) => guard.quiesce(graceMs) };
 }
 
 /**

@@ -7,14 +7,16 @@ import type { LedgerDescriptor, LedgerReply, LedgerRequest } from '../quota/shar
 import type { MetricsJson } from '../metrics/aggregate.ts';
 import type { StoreMap } from './store-key.ts';
 
-/** Where a serving thread's uWS App listens. */
+/**
+ * Where a serving thread listens. With the HTTP/1.x guard, the first thread binds host:port and serves on it
+ * itself; each other thread serves on its own descriptor of that socket (`shareFd`, the first thread's
+ * `listening.fd`). Without it, each thread's uWS App binds host:port with SO_REUSEPORT.
+ */
 export interface ListenSpec {
   readonly host: string;
   readonly port: number;
-  /** A guard on the main thread relays to this App (peer addresses come from its header). */
-  readonly behindGuard: boolean;
-  /** Behind the guard: this thread's own unix socket, instead of the shared loopback port. */
-  readonly unixPath?: string;
+  readonly guard: boolean;
+  readonly shareFd?: number;
 }
 
 /** The serving thread's workerData. */
@@ -36,6 +38,8 @@ export type ToThread =
   | { readonly kind: 'swap'; readonly id: number; readonly version: number; readonly config: SluiceConfig; readonly stores: StoreMap }
   | { readonly kind: 'metrics'; readonly id: number }
   | { readonly kind: 'stop-listening'; readonly id: number }
+  /** Wait (at most graceMs) until no answer is still being written to a client (Listening.quiesce). */
+  | { readonly kind: 'quiesce'; readonly id: number; readonly graceMs: number }
   /** Refuse new requests (503), wait up to drainMs for in-flight ones, cut the rest and wait for their settlement. */
   | { readonly kind: 'drain'; readonly id: number; readonly drainMs: number; readonly settleMs: number }
   /** Close the App, the tokenizer pool and the upstream client; the thread then ends. */
@@ -55,13 +59,15 @@ export type FromThread =
   /** An uncaught error: the thread closed its App (a thread ending with a live uWS App aborts the process) and
    *  serves no more; the main thread ends the process. */
   | { readonly kind: 'crashed'; readonly message: string }
-  | { readonly kind: 'listening'; readonly id: number; readonly port: number }
+  /** `fd`: with the guard, the listening socket's descriptor (for ListenSpec.shareFd). */
+  | { readonly kind: 'listening'; readonly id: number; readonly port: number; readonly fd?: number }
   /** `code`: the errno node:net reports for the address (ListenError). */
   | { readonly kind: 'listen-failed'; readonly id: number; readonly code: string; readonly message: string }
   | { readonly kind: 'swapped'; readonly id: number; readonly version: number }
   | { readonly kind: 'swap-failed'; readonly id: number; readonly version: number; readonly message: string }
   | { readonly kind: 'metrics-reply'; readonly id: number; readonly metrics: MetricsJson }
   | { readonly kind: 'stopped-listening'; readonly id: number }
+  | { readonly kind: 'quiesced'; readonly id: number }
   /** `cut`: requests cut after drainMs; `left`: still unsettled when settleMs ran out. */
   | { readonly kind: 'drained'; readonly id: number; readonly cut: number; readonly left: number }
   | { readonly kind: 'closed'; readonly id: number }

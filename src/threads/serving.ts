@@ -116,10 +116,10 @@ function start(): void {
         try {
           front = await startFrontend(gateway, {
             host: msg.spec.host, port: msg.spec.port, limits: config.limits, metrics,
-            http1Guard: false, behindGuard: msg.spec.behindGuard, reusePort: msg.spec.unixPath === undefined, bodyBudget: init.bodyBudget,
-            ...(msg.spec.unixPath !== undefined ? { unixPath: msg.spec.unixPath } : {}),
+            http1Guard: msg.spec.guard, reusePort: !msg.spec.guard, bodyBudget: init.bodyBudget,
+            ...(msg.spec.shareFd !== undefined ? { shareFd: msg.spec.shareFd } : {}),
           });
-          post({ kind: 'listening', id: msg.id, port: front.port });
+          post({ kind: 'listening', id: msg.id, port: front.port, ...(front.fd !== undefined ? { fd: front.fd } : {}) });
         } catch (err) {
           post({ kind: 'listen-failed', id: msg.id, code: err instanceof ListenError ? err.code : 'UNKNOWN', message: err instanceof Error ? err.message : String(err) });
         }
@@ -142,6 +142,10 @@ function start(): void {
       case 'stop-listening':
         front?.stopListening();
         post({ kind: 'stopped-listening', id: msg.id });
+        return;
+      case 'quiesce':
+        await front?.quiesce?.(msg.graceMs);
+        post({ kind: 'quiesced', id: msg.id });
         return;
       case 'drain': {
         gateway.draining = true;

@@ -2,19 +2,17 @@
 // the listen port between them, answers their delegated quota requests with the LedgerHost, sends reloads,
 // collects metrics, and drains and closes them. It serves no client request itself.
 //
-// Listening: with the HTTP/1.x guard (default) the guard holds the public port here and relays to each thread's
-// uWS App on its own unix socket in a private directory, new connections to each thread in turn (to one private
-// loopback port every App shares with SO_REUSEPORT where that directory cannot be made); without it the threads
-// share the public port after this thread took an abstract-socket lock on the address, so a second Sluice there
-// is still refused.
+// Listening: with the HTTP/1.x guard (default) the first thread binds the public port exclusively and every
+// other thread serves on its own descriptor of that socket (frontend/listener-share.ts), so each thread's guard
+// serves its connections itself; without it the threads' uWS Apps share the public port with SO_REUSEPORT after
+// this thread took an abstract-socket lock on the address, so a second Sluice there is still refused.
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { SluiceConfig } from '../config/types.ts';
 import { log } from '../core/log.ts';
 import { bodyBudgetCell } from '../frontend/body-budget.ts';
-import { ListenError, lockListenAddress, privateSocketDir, startGuard, type FrontendLimits, type FrontendMetrics, type Listening } from '../frontend/server.ts';
+import { ListenError, lockListenAddress } from '../frontend/server.ts';
 import type { MetricsJson } from '../metrics/aggregate.ts';
 import type { LedgerHost } from '../quota/shared/ledger-host.ts';
 import type { FromThread, ListenSpec, ThreadInit, ThreadReply, ToThread } from './protocol.ts';
@@ -74,9 +72,6 @@ export interface SupervisorOptions {
   readonly host: string;
   readonly port: number;
   readonly guard: boolean;
-  readonly limits: FrontendLimits;
-  /** The main thread's metrics, for the guard's refusals. */
-  readonly metrics: FrontendMetrics;
   readonly ledger: LedgerHost;
   /** Tests only (StartOptions.testHooks): how long a thread may take to answer a config swap. */
   readonly swapTimeoutMs?: number;
@@ -115,9 +110,6 @@ export class ThreadSupervisor {
   private nextId = 1;
   private closing = false;
   private failed: Error | undefined;
-  private guard: Listening | undefined;
-  /** The threads' unix sockets behind the guard; removed at close. */
-  private socketDir: { readonly path: string; remove(): void } | undefined;
   private lock: { release(): void } | undefined;
   /** The public port. */
   port = 0;
@@ -160,42 +152,30 @@ export class ThreadSupervisor {
     }
     await Promise.all(ready);
 
-    // Behind the guard each thread gets its own unix socket in a private directory (the cheaper hop; the guard
-    // hands new connections to each in turn); where that directory cannot be made, one shared loopback port.
-    const dir = o.guard ? privateSocketDir() : undefined;
-    if (dir !== undefined) {
-      this.socketDir = dir;
-      const eps = this.threads.map((t) => ({ path: join(dir.path, `t${t.index}.sock`) }));
-      await Promise.all(this.threads.map((t, i) => this.listen(t, { host: '127.0.0.1', port: 0, behindGuard: true, unixPath: eps[i]!.path })));
-      this.guard = await startGuard({ host: o.host, port: o.port, limits: o.limits, metrics: o.metrics, upstream: eps });
-      this.port = this.guard.port;
+    if (o.guard) {
+      // The first thread binds the public port exclusively; the others serve on their own descriptors of it.
+      const first = await this.listen(this.threads[0]!, { host: o.host, port: o.port, guard: true });
+      if (first.fd === undefined) throw new Error('serving thread 0 did not report its listening socket');
+      await Promise.all(this.threads.slice(1).map((t) => this.listen(t, { host: o.host, port: first.port, guard: true, shareFd: first.fd })));
+      this.port = first.port;
       return;
     }
-    const spec = (port: number): ListenSpec => (o.guard ? { host: '127.0.0.1', port, behindGuard: true } : { host: o.host, port, behindGuard: false });
-    const wanted = o.guard ? 0 : o.port;
     let shared = 0;
     for (let attempt = 1; shared === 0; attempt++) {
-      const port = wanted !== 0 ? wanted : await pickPort(spec(0).host);
+      const port = o.port !== 0 ? o.port : await pickPort(o.host);
       try {
-        // The address lock before any thread binds (SO_REUSEPORT would let another Sluice join the port): the
-        // public port with the guard off; the private one with the guard on, so two processes that picked the
-        // same free port cannot end up sharing it.
-        this.lock = await lockListenAddress(spec(port).host, port);
-        shared = await this.listen(this.threads[0]!, spec(port));
+        // The address lock before any thread binds: SO_REUSEPORT would let another Sluice join the port.
+        this.lock = await lockListenAddress(o.host, port);
+        shared = (await this.listen(this.threads[0]!, { host: o.host, port, guard: false })).port;
       } catch (err) {
         this.lock?.release();
         this.lock = undefined;
         const taken = err instanceof ListenError && err.code === 'EADDRINUSE';
-        if (wanted !== 0 || !taken || attempt >= PORT_ATTEMPTS) throw err;
+        if (o.port !== 0 || !taken || attempt >= PORT_ATTEMPTS) throw err;
       }
     }
-    await Promise.all(this.threads.slice(1).map((t) => this.listen(t, spec(shared))));
-    if (o.guard) {
-      this.guard = await startGuard({ host: o.host, port: o.port, limits: o.limits, metrics: o.metrics, upstream: [{ host: '127.0.0.1', port: shared }] });
-      this.port = this.guard.port;
-    } else {
-      this.port = shared;
-    }
+    await Promise.all(this.threads.slice(1).map((t) => this.listen(t, { host: o.host, port: shared, guard: false })));
+    this.port = shared;
   }
 
   /** Resolves when the thread is ready; afterwards its death is fatal. */
@@ -302,11 +282,11 @@ export class ThreadSupervisor {
     });
   }
 
-  private async listen(t: Thread, spec: ListenSpec): Promise<number> {
+  private async listen(t: Thread, spec: ListenSpec): Promise<{ port: number; fd: number | undefined }> {
     const r = await this.call(t, { kind: 'listen', spec }, CALL_TIMEOUT_MS);
-    if (r.kind === 'listening') { t.listening = true; return r.port; }
-    const code = r.kind === 'listen-failed' ? r.code : 'UNKNOWN';
-    throw new ListenError(spec.behindGuard ? 'listen (private uWS endpoint of the HTTP/1.x guard)' : 'listen', spec.host, spec.port, code);
+    if (r.kind === 'listening') { t.listening = true; return { port: r.port, fd: r.fd }; }
+    if (r.kind === 'listen-failed' && r.code === 'UNKNOWN' && spec.shareFd !== undefined) throw new Error(`serving thread ${t.index}: ${r.message}`);
+    throw new ListenError('listen', spec.host, spec.port, r.kind === 'listen-failed' ? r.code : 'UNKNOWN');
   }
 
   /** Every thread is up and listening. */
@@ -389,11 +369,9 @@ export class ThreadSupervisor {
     return parts;
   }
 
-  /** Stop accepting connections: the guard's public port, or (guard off) every thread's listener, then the lock. */
+  /** Stop accepting connections: every thread's listener (the socket closes with the last), then the lock. */
   async stopListening(): Promise<void> {
     this.closing = true;
-    // With the guard the threads keep their private port until close(): open client connections still need it.
-    if (this.guard !== undefined) { this.guard.stopListening(); return; }
     await Promise.allSettled(this.threads.map((t) => this.call(t, { kind: 'stop-listening' }, CALL_TIMEOUT_MS)));
     this.lock?.release();
   }
@@ -411,18 +389,16 @@ export class ThreadSupervisor {
     return { cut, left };
   }
 
-  /** Waits (at most graceMs) for the guard to pass on the last bytes of answers that have ended. */
+  /** Waits (at most graceMs) for every thread's guard to write the last bytes of answers that have ended. */
   async quiesce(graceMs: number): Promise<void> {
-    await this.guard?.quiesce?.(graceMs);
+    await Promise.allSettled(this.threads.map((t) => this.call(t, { kind: 'quiesce', graceMs }, graceMs + CALL_TIMEOUT_MS)));
   }
 
-  /** Closes every thread (App, tokenizer pool, upstream client) and the guard. */
+  /** Closes every thread (its listener, tokenizer pool, upstream client). */
   async close(): Promise<void> {
     this.closing = true;
     await this.closeThreads(CLOSE_TIMEOUT_MS);
-    this.guard?.close();
     this.lock?.release();
-    this.socketDir?.remove();
   }
 
   private async closeThreads(ms: number): Promise<void> {
@@ -455,9 +431,7 @@ export class ThreadSupervisor {
   /** Start-up failed: end every thread and free what was bound. */
   private async abort(): Promise<void> {
     this.closing = true;
-    this.guard?.close();
     this.lock?.release();
     await this.closeThreads(EXIT_TIMEOUT_MS);
-    this.socketDir?.remove();
   }
 }

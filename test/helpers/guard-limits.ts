@@ -1,4 +1,4 @@
-// The HTTP/1.x guard's limits at their defaults, for tests that run a Guard directly against a stand-in for uWS.
+// The HTTP/1.x guard's limits at their defaults, for tests that run a Guard directly.
 import type { GuardLimits } from '../../src/frontend/http1-guard.ts';
 
 export const GUARD_LIMITS: GuardLimits = {

@@ -33,7 +33,9 @@ export interface SluiceProcess {
 
 function configText(raw: Record<string, unknown> | string, port: number, adminPort: number): string {
   if (typeof raw === 'string') return raw;
-  return JSON.stringify({ ...raw, listen: { host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: adminPort } }, null, 2);
+  // A `listen` given keeps its other settings (http1_guard); host and port are always the free ones picked.
+  const listen = typeof raw.listen === 'object' && raw.listen !== null ? raw.listen : {};
+  return JSON.stringify({ ...raw, listen: { ...listen, host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: adminPort } }, null, 2);
 }
 
 /** `raw` as a string is written as is (its own listen/admin ports; url and adminUrl then name the free ones picked). */

@@ -10,9 +10,10 @@ import { connect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startFrontend, type Listening, type RequestSink } from '../../src/frontend/server.ts';
+import uWS from 'uWebSockets.js';
+import { UwsResponse } from '../../src/frontend/response.ts';
 import { validateConfig } from '../../src/config/validate.ts';
-import type { ClientRequest, ClientResponse } from '../../src/pipeline/http-types.ts';
+import type { ClientResponse } from '../../src/pipeline/http-types.ts';
 
 /** Sizes written in turn: around and far past the 16 KiB cork buffer, and small ones in between. */
 const SIZES = [40_000, 16_380, 16_384, 16_400, 70_000, 300, 17_000, 131_072, 9, 32_768, 15_000, 200_000];
@@ -39,33 +40,40 @@ function sendWant(i: number): Buffer {
 /** The streaming handler is waiting for the client to take more. */
 let writerBlocked = false;
 
-const sink: RequestSink = {
-  accept(req: ClientRequest) {
-    return {
-      maxBodyBytes: 1024,
-      async run(r: ClientRequest, res: ClientResponse) {
-        if (r.path.startsWith('/send/')) {
-          res.send(200, [['content-type', 'application/octet-stream']], sendWant(Number(r.path.slice(6))));
-          return;
-        }
-        let ok = res.start(200, [['content-type', 'text/event-stream']], piece(50_000, -1));
-        for (let i = 0; i < STREAM_WRITES; i++) {
-          if (!ok) {
-            const blocked = setTimeout(() => { writerBlocked = true; }, 30);
-            await res.drain();
-            clearTimeout(blocked);
-            writerBlocked = false;
-            if (res.aborted) return;
-          }
-          ok = res.write(piece(SIZES[i % SIZES.length]!, i));
-        }
-        if (!ok) await res.drain();
-        res.end(piece(90_000, -2));
-      },
-    };
-    void req;
-  },
-};
+async function serve(path: string, res: ClientResponse): Promise<void> {
+  if (path.startsWith('/send/')) {
+    res.send(200, [['content-type', 'application/octet-stream']], sendWant(Number(path.slice(6))));
+    return;
+  }
+  let ok = res.start(200, [['content-type', 'text/event-stream']], piece(50_000, -1));
+  for (let i = 0; i < STREAM_WRITES; i++) {
+    if (!ok) {
+      const blocked = setTimeout(() => { writerBlocked = true; }, 30);
+      await res.drain();
+      clearTimeout(blocked);
+      writerBlocked = false;
+      if (res.aborted) return;
+    }
+    ok = res.write(piece(SIZES[i % SIZES.length]!, i));
+  }
+  if (!ok) await res.drain();
+  res.end(piece(90_000, -2));
+}
+
+/** A uWS App answering every request through UwsResponse, on a unix socket at `path`. */
+function listenUnix(path: string, sendTimeoutMs: number): Promise<() => void> {
+  const app = uWS.App();
+  app.any('/*', (res, req) => {
+    const client = new UwsResponse(res, false, undefined, sendTimeoutMs);
+    serve(req.getUrl(), client).catch(() => client.destroy());
+  });
+  return new Promise((resolve, reject) => {
+    app.listen_unix((token) => {
+      if (!token) { reject(new Error(`cannot listen on ${path}`)); return; }
+      resolve(() => { uWS.us_listen_socket_close(token); (app as unknown as { close(): void }).close(); });
+    }, path);
+  });
+}
 
 /** Sends `requests` on one connection and reads the answers in bursts, stopping after each one until `stopped()`
  *  says the writer is blocked (or `maxStopMs` passed). Resolves with everything read when the server closes. */
@@ -135,15 +143,14 @@ function answers(raw: Buffer): { head: string; body: Buffer }[] {
 describe('UwsResponse: large writes to a reader that stops', () => {
   let dir: string;
   let path: string;
-  let front: Listening;
+  let close: (() => void) | undefined;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'sluice-uws-bp-'));
     path = join(dir, 'uws.sock');
-    const limits = validateConfig({ routes: [] }).limits;
-    front = await startFrontend(sink, { host: '127.0.0.1', port: 0, limits, http1Guard: false, unixPath: path });
+    close = await listenUnix(path, validateConfig({ routes: [] }).limits.client_send_timeout_ms);
   });
   after(() => {
-    front?.close();
+    close?.();
     rmSync(dir, { recursive: true, force: true });
   });
 
