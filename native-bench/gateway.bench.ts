@@ -291,8 +291,9 @@ const THREADS_READY = true;
 
 /** CPU µs/request with 1 and with 2 serving threads: medians of interleaved repetitions. */
 export interface ThreadsPair { readonly cpu1: number; readonly cpu2: number }
-/** quota: the target (guard on, as shipped); plain: quota off; direct: quota on, listen.http1_guard false. */
-export interface ThreadsResult { readonly quota: ThreadsPair; readonly plain: ThreadsPair; readonly direct: ThreadsPair }
+/** quota: the target (guard on, as shipped); plain: quota off; direct: quota on, listen.http1_guard false;
+ *  nginx: worker_processes 1 against 2 (every worker's CPU), the same box's own cost of a second core busy. */
+export interface ThreadsResult { readonly quota: ThreadsPair; readonly plain: ThreadsPair; readonly direct: ThreadsPair; readonly nginx?: ThreadsPair }
 
 export function threadsLines(threads: { skipped: string } | ThreadsResult, reps: number): string[] {
   const head = 'threads run (1 vs 2 gateway threads, CPU/req must not rise > 10%)';
@@ -303,6 +304,9 @@ export function threadsLines(threads: { skipped: string } | ThreadsResult, reps:
     `  quota on: ${line(threads.quota)} ${threads.quota.cpu2 <= 1.1 * threads.quota.cpu1 ? 'PASS' : 'MISS'}`,
     `  quota off (info): ${line(threads.plain)}`,
     `  quota on, listen.http1_guard false (info): ${line(threads.direct)}`,
+    threads.nginx === undefined
+      ? '  nginx 1 vs 2 workers (baseline): not measured (no nginx)'
+      : `  nginx 1 vs 2 workers (baseline, info): ${line(threads.nginx)}; Sluice's rise over nginx's: ${fmt((threads.quota.cpu2 / threads.quota.cpu1) / (threads.nginx.cpu2 / threads.nginx.cpu1), 2)}×`,
   ];
 }
 function threadsConfig(base: string, threads: number): string {
@@ -512,7 +516,7 @@ async function main(): Promise<number> {
       };
       // Each variant: --reps pairs, the order reversed every other pair (1 2, 2 1, …) so drift of the box falls
       // on both sides; medians. Quota off tells the ledger's share of a difference from the threads' own; guard
-      // off has no main-thread relay (the kernel spreads connections over the threads' own listeners).
+      // off, each thread's uWS App has its own listener (SO_REUSEPORT) instead of a descriptor of one socket.
       const pairs = async (quota: boolean, guard: boolean): Promise<ThreadsPair> => {
         const one: number[] = [];
         const two: number[] = [];
@@ -521,7 +525,32 @@ async function main(): Promise<number> {
         }
         return { cpu1: median(one), cpu2: median(two) };
       };
-      threads = { quota: await pairs(true, true), plain: await pairs(false, true), direct: await pairs(true, false) };
+      // nginx with 1 and with 2 worker processes on the same mock: what a second busy core costs any server here
+      // (the load generator and the mock share the two cores).
+      const ng = nginx;
+      const nginxWith = async (n: number): Promise<number> => {
+        const [port] = await freePorts(1) as [number];
+        const dir = join(tmp, `nginx-threads-${n}`);
+        const file = writeNginxConfig({ dir, port, upstreamPort: mock.port, slowUpstreamPort: slowMock.port, workers: n, asRoot: process.getuid?.() === 0 });
+        const s = await startNginx(ng!.bin, dir, file, port, 15_000, n);
+        try {
+          const r = await load.run({ origin: `http://127.0.0.1:${port}`, path: PATH, body: bodies.json, headers: { authorization: 'Bearer sk-client' },
+            connections: args.connections, warmupMs: 2000, durationMs: args.durationMs, maxRequests: args.maxRequests, stream: false, watchPids: s.workerPids });
+          return r.cpuUs.reduce((a, b) => a + b, 0) / r.requests;
+        } finally { await s.stop(); }
+      };
+      const nginxPairs = async (): Promise<ThreadsPair> => {
+        const one: number[] = [];
+        const two: number[] = [];
+        for (let i = 0; i < args.reps; i++) {
+          for (const n of i % 2 === 0 ? [1, 2] : [2, 1]) (n === 1 ? one : two).push(await nginxWith(n));
+        }
+        return { cpu1: median(one), cpu2: median(two) };
+      };
+      threads = {
+        quota: await pairs(true, true), plain: await pairs(false, true), direct: await pairs(true, false),
+        ...(ng !== undefined && !skipped.has('nginx') ? { nginx: await nginxPairs() } : {}),
+      };
     }
 
     const out: string[] = ['', ...head, ''];

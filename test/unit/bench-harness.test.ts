@@ -163,5 +163,8 @@ describe('bench harness: flags and ratios', () => {
     assert.match(lines[2]!, /quota off \(info\): 90\.0 → 120\.0 µs\/req \(1\.33×\)$/);
     assert.match(lines[3]!, /http1_guard false \(info\): 80\.0 → 100\.0 µs\/req \(1\.25×\)$/);
     assert.match(threadsLines({ quota: { cpu1: 100, cpu2: 111 }, plain: { cpu1: 1, cpu2: 1 }, direct: { cpu1: 1, cpu2: 1 } }, 1)[1]!, /MISS$/);
+    assert.match(lines[4]!, /nginx 1 vs 2 workers \(baseline\): not measured/);
+    const withNginx = threadsLines({ quota: { cpu1: 100, cpu2: 125 }, plain: { cpu1: 1, cpu2: 1 }, direct: { cpu1: 1, cpu2: 1 }, nginx: { cpu1: 40, cpu2: 50 } }, 2);
+    assert.match(withNginx[4]!, /nginx 1 vs 2 workers \(baseline, info\): 40\.0 → 50\.0 µs\/req \(1\.25×\); Sluice's rise over nginx's: 1\.00×$/);
   });
 });
