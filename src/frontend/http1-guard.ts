@@ -674,23 +674,19 @@ export class Guard {
 
   /** Binds host:port exclusively (no SO_REUSEPORT); rejects with node's errno error. */
   listen(host: string, port: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      this.server.once('error', onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off('error', onError);
-        this.server.on('error', () => { /* accept errors (EMFILE) are transient */ });
-        resolve((this.server.address() as { port: number }).port);
-      });
-    });
+    return this.start({ host, port, exclusive: true });
   }
 
   /** Listens on a descriptor of a socket another thread bound (listener-share.ts); resolves with its port. */
   adopt(listener: object): Promise<number> {
+    return this.start(listener);
+  }
+
+  private start(what: object): Promise<number> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.server.once('error', onError);
-      this.server.listen(listener, () => {
+      this.server.listen(what, () => {
         this.server.off('error', onError);
         this.server.on('error', () => { /* accept errors (EMFILE) are transient */ });
         resolve((this.server.address() as { port: number }).port);
