@@ -44,8 +44,9 @@ export interface Listening {
   stopListening(): void;
   /** Close every connection. */
   close(): void;
-  /** The guard's listening socket, for the process's other serving threads to share (FrontendOptions.shareFd). */
-  readonly fd?: number;
+  /** The guard's listening socket's descriptor, for the process's other serving threads to share
+   *  (FrontendOptions.shareFd); read only when another thread needs it (libuv's handle, not node's typings). */
+  shareableFd?(): number;
   /** Wait (at most graceMs) until no answer is still being written to a client, so close() cuts none short. */
   quiesce?(graceMs: number): Promise<void>;
 }
@@ -86,7 +87,7 @@ export interface FrontendOptions {
   /** Put the HTTP/1.x guard (http1-guard.ts) on the port, serving requests itself in this thread. Default true. */
   readonly http1Guard?: boolean;
   /** Serve on this thread's own descriptor of the listening socket another thread of the process bound (its
-   *  `Listening.fd`; listener-share.ts) instead of binding host:port. With the guard only. */
+   *  `Listening.shareableFd()`; listener-share.ts) instead of binding host:port. With the guard only. */
   readonly shareFd?: number;
   /** Serving threads: the process-wide body budget's shared cell (body-budget.ts); otherwise this App's own. */
   readonly bodyBudget?: SharedArrayBuffer;
@@ -621,7 +622,6 @@ async function startServingGuard(front: Front, opts: FrontendOptions): Promise<L
     onReject: (reason) => front.metrics?.frontendRejected.inc({ reason }),
   });
   let port: number;
-  let fd: number;
   try {
     if (opts.shareFd === undefined) {
       port = await guard.listen(opts.host, opts.port);
@@ -634,7 +634,6 @@ async function startServingGuard(front: Front, opts: FrontendOptions): Promise<L
         throw err;
       }
     }
-    fd = listenerFd(guard.server);
   } catch (err) {
     guard.close();
     front.timeouts.stop();
@@ -644,7 +643,7 @@ async function startServingGuard(front: Front, opts: FrontendOptions): Promise<L
   }
   return {
     port,
-    fd,
+    shareableFd: () => listenerFd(guard.server),
     stopListening: () => guard.stopListening(),
     close: () => { guard.close(); front.timeouts.stop(); },
     quiesce: (graceMs) => guard.quiesce(graceMs),

@@ -119,7 +119,9 @@ function start(): void {
             http1Guard: msg.spec.guard, reusePort: !msg.spec.guard, bodyBudget: init.bodyBudget,
             ...(msg.spec.shareFd !== undefined ? { shareFd: msg.spec.shareFd } : {}),
           });
-          post({ kind: 'listening', id: msg.id, port: front.port, ...(front.fd !== undefined ? { fd: front.fd } : {}) });
+          // The first guarded thread's socket is what the others share (ListenSpec.shareFd).
+          const fd = msg.spec.guard && msg.spec.shareFd === undefined ? front.shareableFd?.() : undefined;
+          post({ kind: 'listening', id: msg.id, port: front.port, ...(fd !== undefined ? { fd } : {}) });
         } catch (err) {
           post({ kind: 'listen-failed', id: msg.id, code: err instanceof ListenError ? err.code : 'UNKNOWN', message: err instanceof Error ? err.message : String(err) });
         }
