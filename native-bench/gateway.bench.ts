@@ -517,11 +517,11 @@ async function main(): Promise<number> {
       // Each variant: --reps pairs, the order reversed every other pair (1 2, 2 1, …) so drift of the box falls
       // on both sides; medians. Quota off tells the ledger's share of a difference from the threads' own; guard
       // off, each thread's uWS App has its own listener (SO_REUSEPORT) instead of a descriptor of one socket.
-      const pairs = async (quota: boolean, guard: boolean): Promise<ThreadsPair> => {
+      const pairs = async (cpu: (n: number) => Promise<number>): Promise<ThreadsPair> => {
         const one: number[] = [];
         const two: number[] = [];
         for (let i = 0; i < args.reps; i++) {
-          for (const n of i % 2 === 0 ? [1, 2] : [2, 1]) (n === 1 ? one : two).push(await cpuWith(n, quota, guard));
+          for (const n of i % 2 === 0 ? [1, 2] : [2, 1]) (n === 1 ? one : two).push(await cpu(n));
         }
         return { cpu1: median(one), cpu2: median(two) };
       };
@@ -539,17 +539,10 @@ async function main(): Promise<number> {
           return r.cpuUs.reduce((a, b) => a + b, 0) / r.requests;
         } finally { await s.stop(); }
       };
-      const nginxPairs = async (): Promise<ThreadsPair> => {
-        const one: number[] = [];
-        const two: number[] = [];
-        for (let i = 0; i < args.reps; i++) {
-          for (const n of i % 2 === 0 ? [1, 2] : [2, 1]) (n === 1 ? one : two).push(await nginxWith(n));
-        }
-        return { cpu1: median(one), cpu2: median(two) };
-      };
       threads = {
-        quota: await pairs(true, true), plain: await pairs(false, true), direct: await pairs(true, false),
-        ...(ng !== undefined && !skipped.has('nginx') ? { nginx: await nginxPairs() } : {}),
+        quota: await pairs((n) => cpuWith(n, true, true)), plain: await pairs((n) => cpuWith(n, false, true)),
+        direct: await pairs((n) => cpuWith(n, true, false)),
+        ...(ng !== undefined && !skipped.has('nginx') ? { nginx: await pairs(nginxWith) } : {}),
       };
     }
 
