@@ -49,5 +49,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9091/readyz',{signal:AbortSignal.timeout(2500)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 STOPSIGNAL SIGTERM
 # --min-semi-space-size: see docs/operations.md, "Node flags".
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "--min-semi-space-size=8", "/app/bin/sluice.mjs"]
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "--min-semi-space-size=8", "--max-semi-space-size=8", "/app/bin/sluice.mjs"]
 CMD ["start", "--config", "/etc/sluice/sluice.yaml"]

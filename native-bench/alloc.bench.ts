@@ -7,11 +7,13 @@
 //      and major GCs kept), its scaled self sizes ÷ requests: KB per request by function, and the total.
 // Requests are counted by the gateway itself (sluice_http_requests_total), in windows bounded in time and count.
 //   node --import tsx native-bench/alloc.bench.ts [--kinds json,stream] [--duration 4] [--semi 2] [--interval 512]
-//        [--dirs <checkout>[,<checkout>…]] [--reps 1] [--top 25] [--no-guard] [--connections 64] [--tree <substring>] [--no-inline]
+//        [--dirs <checkout>[,<checkout>…]] [--reps 1] [--top 25] [--no-guard] [--connections 64] [--tree <substring>] [--no-inline] [--survivors]
 // The profiler records physical frames: a function TurboFan inlined is counted in its caller. --no-inline runs
 // the gateway with --no-turbo-inlining to attribute exactly (totals then rise a little: less escape analysis).
 // --dirs: measure those checkouts' src/ (e.g. one extracted with `git archive <rev> src | tar -x -C <dir>` plus a
 // node_modules symlink; default this one), each in its own host, windows interleaved (A B, B A, …) over --reps.
+// --survivors: the profile keeps only objects that survived a scavenge (promoted, or young at the end), i.e. what
+// makes scavenges and full GCs cost; objects still young at the end are a bias of one young generation's worth.
 // --tree: also print the allocating stacks (3 frames up) of leaf functions whose name contains the substring.
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -30,7 +32,7 @@ const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely
 interface CallFrame { functionName: string; url: string; lineNumber: number; columnNumber: number }
 interface HeapNode { callFrame: CallFrame; selfSize: number; id: number; children: HeapNode[] }
 
-type ToHost = { cmd: 'count' } | { cmd: 'start'; profile: boolean; interval: number } | { cmd: 'stop' } | { cmd: 'exit' };
+type ToHost = { cmd: 'count' } | { cmd: 'start'; profile: boolean; interval: number; survivors: boolean } | { cmd: 'stop' } | { cmd: 'exit' };
 interface Stopped { requests: number; scavenges: number; majors: number; profile?: HeapNode }
 
 // ---------------------------------------------------------------- host: the gateway under measurement
@@ -66,7 +68,7 @@ async function host(configFile: string, root: string): Promise<void> {
       if (msg.cmd === 'start') {
         start = { requests: await answered(), scavenges, majors, profile: msg.profile };
         if (msg.profile) {
-          await post('HeapProfiler.startSampling', { samplingInterval: msg.interval, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+          await post('HeapProfiler.startSampling', { samplingInterval: msg.interval, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: !msg.survivors });
         }
         process.send!({ started: true, port: handle.port });
       } else if (msg.cmd === 'stop') {
@@ -255,13 +257,13 @@ async function main(): Promise<void> {
           const h = hosts[i]!;
           const t = tallies[i]!;
           // Scavenges × young generation: everything allocated in new space (objects pretenured or large go elsewhere).
-          await send(h.child, { cmd: 'start', profile: false, interval });
+          await send(h.child, { cmd: 'start', profile: false, interval, survivors: false });
           const plain = await run(h, durationMs);
           const s1 = await send<Stopped>(h.child, { cmd: 'stop' });
           t.gcKb.push((s1.scavenges * semi * 1024) / s1.requests);
           t.cpuUs.push(plain.cpuUs[0]! / plain.requests);
           if (stream && plain.requests > 0) t.frames.push(plain.frames / plain.requests);
-          await send(h.child, { cmd: 'start', profile: true, interval });
+          await send(h.child, { cmd: 'start', profile: true, interval, survivors: flag('--survivors') });
           await run(h, durationMs);
           const s2 = await send<Stopped>(h.child, { cmd: 'stop' });
           const b = breakdown(s2.profile!, tree);

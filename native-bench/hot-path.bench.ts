@@ -1,13 +1,15 @@
 // Paired A/B of two gateway checkouts on one mock upstream, measurements interleaved (A B B A A B …), for changes
 // whose effect is smaller than the box's drift between two `npm run bench` runs; and a CPU profile summary.
 //   node --import tsx native-bench/hot-path.bench.ts [--a <checkout>] [--b <checkout>] [--kinds json64,json1,stream]
-//        [--reps 6] [--duration 3] [--a-no-guard] [--b-no-guard] [--a-quota] [--b-quota] [--b-node-args "<flags>"]
-//        [--semi 16] [--profile-b <dir>]
+//        [--reps 6] [--duration 3] [--a-no-guard] [--b-no-guard] [--a-quota] [--b-quota] [--a-node-args "<flags>"]
+//        [--b-node-args "<flags>"]
+//        [--semi 16] [--profile-b <dir>] [--dist]
 //   node --import tsx native-bench/hot-path.bench.ts --summarise <file.cpuprofile> [--us <µs per request>] [--skip <s>]
 // --a/--b: checkouts whose src/cli/main.ts is run through tsx (default: this one; an older commit can be extracted
-// with `git archive <rev> src | tar -x -C <dir>` plus a node_modules symlink). --b-no-guard: B runs with
+// with `git archive <rev> src | tar -x -C <dir>` plus a node_modules symlink); with --dist, their compiled
+// dist/cli/main.js instead (what production runs: tsc's output can differ from tsx's in what the GC sees). --b-no-guard: B runs with
 // listen.http1_guard false (--a-no-guard: A). --a-quota/--b-quota: that side's route has a local ai-rate-limiting quota far from
-// its limit. --b-node-args: node flags for B only (e.g. "--max-semi-space-size=32"). --semi N: both run with a fixed N MiB young generation and --trace-gc; allocation per
+// its limit. --a-node-args/--b-node-args: node flags for that side only (e.g. "--max-semi-space-size=32"). --semi N: both run with a fixed N MiB young generation and --trace-gc; allocation per
 // request ≈ scavenges × N MiB ÷ requests (warm-up included). --profile-b: B runs under --cpu-prof into that dir.
 // --summarise: self time of a .cpuprofile by owner (the nearest guard / upstream client / uWS front end / pipeline / body /
 // metrics / quota frame above each sample; socket-write builtins and uWS respond apart), optionally in µs.
@@ -112,11 +114,11 @@ async function ab(): Promise<void> {
       writeFileSync(file, config(!(k === 'B' ? flag('--b-no-guard') : flag('--a-no-guard')), k === 'B' ? flag('--b-quota') : flag('--a-quota')));
       const extra = [
         ...(semi > 0 ? ['--trace-gc', `--min-semi-space-size=${semi}`, `--max-semi-space-size=${semi}`] : []),
-        ...(k === 'B' ? opt('--b-node-args', '').split(' ').filter((a) => a !== '') : []),
+        ...opt(k === 'B' ? '--b-node-args' : '--a-node-args', '').split(' ').filter((a) => a !== ''),
         ...(k === 'B' && profileB !== '' ? ['--cpu-prof', `--cpu-prof-dir=${profileB}`, '--cpu-prof-interval', '500'] : []),
       ];
       const s = await startServer({ name: `gateway ${k}`, cwd: dirs[k], ready: /sluice listening on http:\/\/127\.0\.0\.1:(\d+)/, timeoutMs: 60_000,
-        args: [...extra, '--import', 'tsx', join(dirs[k], 'src/cli/main.ts'), 'start', '--config', file, '--port', '0', '--admin-port', '0'] });
+        args: [...extra, ...(flag('--dist') ? [join(dirs[k], 'dist/cli/main.js')] : ['--import', 'tsx', join(dirs[k], 'src/cli/main.ts')]), 'start', '--config', file, '--port', '0', '--admin-port', '0'] });
       s.child.stdout!.on('data', (d: string) => { for (let i = d.indexOf('Scavenge'); i !== -1; i = d.indexOf('Scavenge', i + 1)) scavenges[k]++; });
       servers.push(s);
       gw[k] = s;

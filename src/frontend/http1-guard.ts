@@ -9,6 +9,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { SluiceError, toErrorBody, type ErrorCode } from '../core/errors.ts';
 import { TCHAR } from '../core/http-token.ts';
+import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { NetResponse, ResponseWire } from './net-response.ts';
 
 export interface GuardLimits {
@@ -317,7 +318,7 @@ let coarseNow = performance.now();
 
 const EMPTY = Buffer.alloc(0);
 
-class GuardConn implements ResponseWire {
+class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
   private readonly g: Guard;
   private readonly client: Socket;
   private readonly peer: string;
@@ -346,6 +347,9 @@ class GuardConn implements ResponseWire {
   private closing = false;
   private clientEnded = false;
   private pausedHold = false;
+  liveOwner: object | undefined = undefined;
+  livePrev: GuardConn | undefined = undefined;
+  liveNext: GuardConn | undefined = undefined;
 
   constructor(g: Guard, client: Socket) {
     this.g = g;
@@ -652,7 +656,8 @@ export class Guard {
   readonly limits: GuardLimits;
   readonly serve: GuardServer;
   readonly onReject: ((reason: string) => void) | undefined;
-  readonly conns = new Set<GuardConn>();
+  /** Not a Set: connections come and go per request for clients without keep-alive (core/live-list.ts). */
+  readonly conns = new LiveList<GuardConn>();
   readonly server: Server;
   private readonly timer: NodeJS.Timeout;
 
@@ -667,7 +672,7 @@ export class Guard {
     const every = Math.max(10, Math.min(1000, Math.floor(Math.min(opts.limits.client_header_timeout_ms, opts.limits.client_idle_timeout_ms) / 4)));
     this.timer = setInterval(() => {
       coarseNow = performance.now();
-      for (const c of this.conns) c.tick(coarseNow);
+      for (const c of this.conns.entries()) c.tick(coarseNow);
     }, every);
     this.timer.unref();
   }
@@ -704,12 +709,12 @@ export class Guard {
    */
   async quiesce(graceMs: number): Promise<void> {
     const deadline = Date.now() + graceMs;
-    while (Date.now() < deadline && [...this.conns].some((c) => c.busy)) await new Promise((r) => setTimeout(r, 10));
+    while (Date.now() < deadline && this.conns.entries().some((c) => c.busy)) await new Promise((r) => setTimeout(r, 10));
   }
 
   close(): void {
     clearInterval(this.timer);
     this.stopListening();
-    for (const c of [...this.conns]) c.destroy();
+    for (const c of this.conns.entries()) c.destroy();
   }
 }

@@ -16,6 +16,7 @@ import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import type { LimitsConfig } from '../config/types.ts';
 import { SluiceError, toErrorBody } from '../core/errors.ts';
+import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
 import { sendError } from '../pipeline/error-response.ts';
@@ -138,14 +139,14 @@ function listen(app: TemplatedApp, what: string, host: string, port: number, reu
 }
 
 /** Something waiting for request-body bytes; the sweeper calls `expire` after `client_body_timeout_ms` of silence. */
-interface Waiting {
+interface Waiting extends LiveEntry<Waiting> {
   lastActivity: number;
   expire(): void;
 }
 
 /** One coarse interval instead of a timer per request: most bodies arrive with their head. */
 class BodyTimeouts {
-  private readonly waiting = new Set<Waiting>();
+  private readonly waiting = new LiveList<Waiting>();
   private readonly timeoutMs: number;
   private readonly timer: NodeJS.Timeout;
 
@@ -166,7 +167,7 @@ class BodyTimeouts {
   private sweep(): void {
     if (this.waiting.size === 0) return;
     const deadline = performance.now() - this.timeoutMs;
-    for (const w of this.waiting) {
+    for (const w of this.waiting.entries()) {
       if (w.lastActivity > deadline) continue;
       this.waiting.delete(w);
       w.expire();
@@ -344,7 +345,7 @@ class Refuser {
     this.err = err;
     this.close = close;
     this.drained = already;
-    this.waiting = { lastActivity: performance.now(), expire: () => this.answer(true) };
+    this.waiting = { lastActivity: performance.now(), expire: () => this.answer(true), liveOwner: undefined, livePrev: undefined, liveNext: undefined };
     front.timeouts.add(this.waiting);
   }
 
@@ -503,6 +504,9 @@ function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Acce
  *  rather than closures over a context of their own per request. */
 class BodyReader implements Waiting {
   lastActivity = performance.now();
+  liveOwner: object | undefined = undefined;
+  livePrev: Waiting | undefined = undefined;
+  liveNext: Waiting | undefined = undefined;
   private parts: Buffer[] | undefined = undefined;
   private size = 0;
   private failed = false;

@@ -10,6 +10,7 @@
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
 import { sendError } from './error-response.ts';
 import { log } from '../core/log.ts';
+import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { PlannedQuota, RequestQuotaPlan, Usage } from '../rules/quota-plan.ts';
@@ -81,7 +82,7 @@ export class Gateway implements RequestSink {
   /** Requests running, per snapshot. */
   private readonly users = new Map<Snapshot, number>();
   private readonly resolvers = new WeakMap<Snapshot, Resolve>();
-  private readonly active = new Set<Exchange>();
+  private readonly active = new LiveList<Exchange>();
   /** Set at shutdown: new requests get 503 SLC_SHUTTING_DOWN. */
   draining = false;
   private usageLoggedAt = 0;
@@ -111,7 +112,7 @@ export class Gateway implements RequestSink {
    */
   cutAll(): number {
     let n = 0;
-    for (const ctx of this.active) {
+    for (const ctx of this.active.entries()) {
       if (ctx.cut) continue;
       ctx.cut = true;
       n++;
@@ -674,7 +675,7 @@ export class Gateway implements RequestSink {
 }
 
 /** Per-request state. Every field is set in the constructor so all exchanges share one shape. */
-class Exchange {
+class Exchange implements LiveEntry<Exchange> {
   readonly snap: Snapshot;
   readonly storeOf: Resolve;
   readonly route: CompiledRoute;
@@ -711,6 +712,9 @@ class Exchange {
   sent = false;
   /** Cut at shutdown. */
   cut = false;
+  liveOwner: object | undefined = undefined;
+  livePrev: Exchange | undefined = undefined;
+  liveNext: Exchange | undefined = undefined;
 
   constructor(snap: Snapshot, storeOf: Resolve, route: CompiledRoute, req: ClientRequest, res: ClientResponse) {
     this.snap = snap;

@@ -13,6 +13,7 @@ const root = fileURLToPath(new URL('../..', import.meta.url));
 test('package.json start and the Dockerfile ENTRYPOINT run node with the same flags, the young generation one included', () => {
   const fromStart = deployedNodeFlags(root);
   assert.ok(fromStart.some((f) => /^--min-semi-space-size=\d+$/.test(f)), `start script flags: ${fromStart.join(' ')}`);
+  assert.ok(fromStart.some((f) => /^--max-semi-space-size=\d+$/.test(f)), `start script flags: ${fromStart.join(' ')}`);
   const docker = readFileSync(join(root, 'Dockerfile'), 'utf8');
   const m = /^ENTRYPOINT (\[.*\])$/m.exec(docker);
   assert.ok(m, 'Dockerfile has an exec-form ENTRYPOINT');
