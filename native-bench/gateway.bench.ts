@@ -467,9 +467,26 @@ async function main(): Promise<number> {
         `  foreign ${fmt(run.foreignCores, 2)} cores${r.errors > 0 ? `  ERRORS ${r.errors} (${r.firstError})` : ''}`);
     };
 
-    // RSS first, on processes that have served only the probes: later runs leave garbage that a collection
-    // during the RSS window would return, hiding what the streams hold.
-    for (const t of proxies) await measure(t, 'rss');
+    // RSS first, on processes that have served only the probes and a priming burst: later runs leave garbage that
+    // a collection during the RSS window would return, hiding what the streams hold. The burst (1 s of JSON, 1.5 s
+    // of short streams, 64 connections) pays what any process that has served traffic holds whatever it serves
+    // next: JIT code, the young generation's pages (up to 2 × 8 MiB for Node, touched once), pools. Without it
+    // those one-time costs were charged to the 2,000 streams (several KB each for the Node proxies).
+    const prime = async (t: TargetId): Promise<void> => {
+      const server = slow.get(t)!;
+      const path = t === 'hop' ? PATH : SLOW_PATH;
+      for (const [body, stream, durationMs] of [[bodies.json, false, 1000], [bodies.slowProbe, true, 1500]] as const) {
+        await load.run({ origin: `http://127.0.0.1:${server.port}`, path, body, headers: { authorization: 'Bearer sk-client' },
+          connections: 64, warmupMs: 0, durationMs, maxRequests: 100_000, stream, watchPids: [server.pid] });
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    };
+    for (const t of proxies) {
+      if (args.kinds !== undefined && !args.kinds.has('rss')) break;
+      if (JSON_ONLY.has(t) || !slow.has(t)) continue;
+      await prime(t);
+      await measure(t, 'rss');
+    }
     // Each measurement kind runs every target back to back, so the ratios of a kind share the box's state;
     // the order flips every other repetition so a drifting box favours no one.
     for (let rep = 0; rep < args.reps; rep++) {
@@ -558,7 +575,7 @@ async function main(): Promise<number> {
       ]),
     ]));
     out.push('', `Streaming: ${args.streamConnections} streams of ${args.chunks} frames ${args.chunkDelayMs} ms apart; RSS: ${args.rssStreams} idle streams ` +
-      '(1 frame/s, opened over 2 s) measured first, on fresh processes: (RSS in the window − RSS before) ÷ open streams, and the slope of RSS over open streams while they open; ' +
+      '(1 frame/s, opened over 2 s) measured first, on processes that served only a priming burst (1 s JSON, 1.5 s short streams): (RSS in the window − RSS before) ÷ open streams, and the slope of RSS over open streams while they open; ' +
       `slow: ${args.slowStreams} concurrent streams of ${args.slowFrames} frames ${args.slowDelayMs} ms apart, offered ${fmt(args.slowStreams * offeredPerStream, 0)} frames/s:`, '');
     out.push(table([
       ['target', 'CPU µs/frame', 'frames/s', 'slow: delivered frames/s', 'delivered %', 'open streams', 'KB RSS/stream: Δ÷N / slope (idle streams)', 'slow: CPU µs/frame', 'slow: loadgen / upstream cores', 'foreign cores (max)', 'errors'],
