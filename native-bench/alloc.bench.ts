@@ -20,13 +20,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { startServer, stopChild, track, type Server } from './lib/proc.ts';
+import { stopChild, track, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
+import { CHAT_PATH, chatGatewayConfig, startChatMock } from './lib/chat-route.ts';
 import { flag, opt } from './lib/argv.ts';
 
 const SELF = fileURLToPath(import.meta.url);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const PATH = '/v1/chat/completions';
+const PATH = CHAT_PATH;
 const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }];
 
 interface CallFrame { functionName: string; url: string; lineNumber: number; columnNumber: number }
@@ -224,16 +225,10 @@ async function main(): Promise<void> {
   const hosts: Host[] = [];
   let load: LoadGenerator | undefined;
   try {
-    const mock = await startServer({ name: 'mock-upstream', cwd: ROOT, ready: /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/,
-      args: ['--import', 'tsx', 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', '32', '--chunk-delay-ms', '2'] });
+    const mock = await startChatMock(ROOT);
     servers.push(mock);
     const file = join(tmp, 'config.json');
-    writeFileSync(file, JSON.stringify({
-      listen: { host: '127.0.0.1', port: 0, http1_guard: guard }, admin: { host: '127.0.0.1', port: 0 }, workers: 1,
-      routes: [{ id: 'chat', uri: PATH, methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [{
-        name: 'mock', provider: 'openai-compatible', auth: { header: { Authorization: 'Bearer sk-bench' } },
-        options: { model: 'gpt-4o-mini' }, override: { endpoint: `http://127.0.0.1:${mock.port}${PATH}` } }] } } }],
-    }));
+    writeFileSync(file, chatGatewayConfig(mock.port, { guard, quota: false }));
     for (const d of dirs) hosts.push(await startHost(d, file, semi));
     load = await LoadGenerator.start();
     const bodies: Record<string, string> = {

@@ -19,11 +19,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, type Server } from './lib/proc.ts';
 import { LoadGenerator } from './lib/run-load.ts';
+import { CHAT_PATH, chatGatewayConfig, startChatMock } from './lib/chat-route.ts';
 import { flag, opt } from './lib/argv.ts';
 import { median } from './lib/stats.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const PATH = '/v1/chat/completions';
+const PATH = CHAT_PATH;
 const MESSAGES = [{ role: 'user', content: 'Say hello to the benchmark, politely and briefly.' }];
 
 interface ProfileNode { id: number; callFrame: { functionName: string; url: string }; children?: number[] }
@@ -96,17 +97,9 @@ async function ab(): Promise<void> {
   const tmp = mkdtempSync(join(tmpdir(), 'sluice-hot-path-'));
   const servers: Server[] = [];
   try {
-    const mock = await startServer({ name: 'mock-upstream', cwd: ROOT, ready: /mock-upstream listening on http:\/\/127\.0\.0\.1:(\d+)/,
-      args: ['--import', 'tsx', 'native-bench/lib/mock-process.ts', '--port', '0', '--chunks', '32', '--chunk-delay-ms', '2'] });
+    const mock = await startChatMock(ROOT);
     servers.push(mock);
-    const config = (guard: boolean, quota: boolean) => JSON.stringify({
-      listen: { host: '127.0.0.1', port: 0, http1_guard: guard }, admin: { host: '127.0.0.1', port: 0 }, workers: 1,
-      routes: [{ id: 'chat', uri: PATH, methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [{
-        name: 'mock', provider: 'openai-compatible', auth: { header: { Authorization: 'Bearer sk-bench' } },
-        options: { model: 'gpt-4o-mini' }, override: { endpoint: `http://127.0.0.1:${mock.port}${PATH}` } }] },
-      // Far from the limit, as in gateway.bench.ts: admission and settlement cost, never a rejection.
-      ...(quota ? { 'ai-rate-limiting': { limit: 1_000_000_000_000, time_window: 3600 } } : {}) } }],
-    });
+    const config = (guard: boolean, quota: boolean): string => chatGatewayConfig(mock.port, { guard, quota });
     const gw: Record<'A' | 'B', Server> = {} as Record<'A' | 'B', Server>;
     const scavenges = { A: 0, B: 0 };
     for (const k of ['A', 'B'] as const) {

@@ -12,6 +12,7 @@ import { findNginx, nginxConfig, parseNginxVersion, testNginxConfig, writeNginxC
 import { parseArgs, ratioRows, threadsLines, verdict, type Cell } from '../../native-bench/gateway.bench.ts';
 import { postRequest, ResponseParser } from '../../native-bench/lib/raw-http.ts';
 import { slope } from '../../native-bench/lib/stats.ts';
+import { scavenges } from '../../native-bench/gc-promotion.bench.ts';
 
 describe('bench harness: nginx config', () => {
   const opts = { dir: '/tmp/x', port: 40001, upstreamPort: 40002, slowUpstreamPort: 40003 };
@@ -166,5 +167,18 @@ describe('bench harness: flags and ratios', () => {
     assert.match(lines[4]!, /nginx 1 vs 2 workers \(baseline\): not measured/);
     const withNginx = threadsLines({ quota: { cpu1: 100, cpu2: 125 }, plain: { cpu1: 1, cpu2: 1 }, direct: { cpu1: 1, cpu2: 1 }, nginx: { cpu1: 40, cpu2: 50 } }, 2);
     assert.match(withNginx[4]!, /nginx 1 vs 2 workers \(baseline, info\): 40\.0 → 50\.0 µs\/req \(1\.25×\); Sluice's rise over nginx's: 1\.00×$/);
+  });
+
+  it('gc-promotion reads the scavenges of --trace-gc-nvp output and nothing else', () => {
+    const text = [
+      '[1:0x1]     6474 ms: pause=3.2 mutator=53.8 gc=s reduce_memory=0 scavenge=3.19 allocated=11709440 promoted=1592368 new_space_survived=1545592 nodes_promoted=0',
+      'some log line with gc=s inside words',
+      '[1:0x1]     7000 ms: pause=12.0 mutator=1.0 gc=mc reduce_memory=0 promoted=5',
+      '[1:0x1]     7100 ms: pause=0.9 mutator=70.1 gc=s reduce_memory=0 allocated=13479160 promoted=3184 new_space_survived=148312',
+    ].join('\n');
+    assert.deepEqual(scavenges(text), [
+      { pause: 3.2, promoted: 1_592_368, survived: 1_545_592, allocated: 11_709_440 },
+      { pause: 0.9, promoted: 3184, survived: 148_312, allocated: 13_479_160 },
+    ]);
   });
 });
