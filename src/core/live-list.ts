@@ -3,7 +3,7 @@
 // in flight rehashes into a new table, and every discarded table keeps a link to its successor (for iterators).
 // Once one discarded table is promoted to the old generation, that chain keeps every later table, and every
 // request it ever held, alive through scavenges until the next full GC: measured at 64 connections, ~15% of all
-// bytes a request allocates were promoted this way, and scavenges took 3-6 ms instead of ~0.5. Here an entry is
+// bytes a request allocates were promoted this way, and scavenges took 3-6 ms instead of ~1. Here an entry is
 // unlinked when removed, so nothing dead points at anything young.
 
 /** What a LiveList holds: its links, owned by the list (undefined while the entry is not in one). */
