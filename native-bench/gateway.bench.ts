@@ -431,18 +431,31 @@ async function main(): Promise<number> {
     stoppers.push(() => load.close());
     const runs: Run[] = [];
     const firstWarm = new Set<TargetId>();
+    // Before the RSS run, a burst (1 s of JSON, 1.5 s of short streams, 64 connections) pays what any process that
+    // has served traffic holds whatever it serves next: JIT code, the young generation's pages (up to 2 × 8 MiB for
+    // Node, touched once), pools. Without it those one-time costs were charged to the 2,000 streams (several KB
+    // each for the Node proxies).
+    const prime = async (server: Server, path: string): Promise<void> => {
+      for (const [body, stream, durationMs] of [[bodies.json, false, 1000], [bodies.slowProbe, true, 1500]] as const) {
+        await load.run({ origin: `http://127.0.0.1:${server.port}`, path, body, headers: { authorization: 'Bearer sk-client' },
+          connections: 64, warmupMs: 0, durationMs, maxRequests: 100_000, stream, watchPids: [server.pid] });
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    };
     const measure = async (t: TargetId, kind: Kind): Promise<void> => {
       if (args.kinds !== undefined && !args.kinds.has(kind)) return;
       if (JSON_ONLY.has(t) && kind !== 'json64' && kind !== 'json1') return;
       const isSlow = kind === 'slow' || kind === 'rss';
       const server = isSlow ? slow.get(t)! : fast.get(t)!;
+      const path = isSlow && t !== 'hop' ? SLOW_PATH : PATH;
+      if (kind === 'rss') await prime(server, path);
       const watch = t === 'mock' ? [mock.pid] : [server.pid, isSlow ? slowMock.pid : mock.pid];
       // The first run of a process also warms its JIT: a longer warm-up.
       const warm = isSlow ? (args.quick ? 1500 : kind === 'rss' ? 2500 : 3000) : firstWarm.has(t) ? args.warmupMs : Math.max(args.warmupMs, args.quick ? 1000 : 2000);
       firstWarm.add(t);
       const connections = kind === 'json64' ? args.connections : kind === 'json1' ? 1 : kind === 'stream' ? args.streamConnections : kind === 'rss' ? args.rssStreams : args.slowStreams;
       const result = await load.run({
-        origin: `http://127.0.0.1:${server.port}`, path: isSlow && t !== 'hop' ? SLOW_PATH : PATH,
+        origin: `http://127.0.0.1:${server.port}`, path,
         body: kind === 'rss' ? bodies.rss : isSlow ? bodies.slow : kind === 'stream' ? bodies.stream : bodies.json,
         headers: { authorization: 'Bearer sk-client' }, connections, warmupMs: warm,
         durationMs: kind === 'rss' ? (args.quick ? 1000 : 1500) : isSlow ? args.slowDurationMs : args.durationMs, maxRequests: args.maxRequests,
@@ -467,26 +480,9 @@ async function main(): Promise<number> {
         `  foreign ${fmt(run.foreignCores, 2)} cores${r.errors > 0 ? `  ERRORS ${r.errors} (${r.firstError})` : ''}`);
     };
 
-    // RSS first, on processes that have served only the probes and a priming burst: later runs leave garbage that
-    // a collection during the RSS window would return, hiding what the streams hold. The burst (1 s of JSON, 1.5 s
-    // of short streams, 64 connections) pays what any process that has served traffic holds whatever it serves
-    // next: JIT code, the young generation's pages (up to 2 × 8 MiB for Node, touched once), pools. Without it
-    // those one-time costs were charged to the 2,000 streams (several KB each for the Node proxies).
-    const prime = async (t: TargetId): Promise<void> => {
-      const server = slow.get(t)!;
-      const path = t === 'hop' ? PATH : SLOW_PATH;
-      for (const [body, stream, durationMs] of [[bodies.json, false, 1000], [bodies.slowProbe, true, 1500]] as const) {
-        await load.run({ origin: `http://127.0.0.1:${server.port}`, path, body, headers: { authorization: 'Bearer sk-client' },
-          connections: 64, warmupMs: 0, durationMs, maxRequests: 100_000, stream, watchPids: [server.pid] });
-      }
-      await new Promise((r) => setTimeout(r, 1000));
-    };
-    for (const t of proxies) {
-      if (args.kinds !== undefined && !args.kinds.has('rss')) break;
-      if (JSON_ONLY.has(t) || !slow.has(t)) continue;
-      await prime(t);
-      await measure(t, 'rss');
-    }
+    // RSS first, on processes that have served only the probes and a priming burst (prime): later runs leave
+    // garbage that a collection during the RSS window would return, hiding what the streams hold.
+    for (const t of proxies) await measure(t, 'rss');
     // Each measurement kind runs every target back to back, so the ratios of a kind share the box's state;
     // the order flips every other repetition so a drifting box favours no one.
     for (let rep = 0; rep < args.reps; rep++) {

@@ -61,12 +61,12 @@ async function main(): Promise<void> {
     for (const kind of kinds) {
       const stream = kind === 'stream';
       const body = JSON.stringify({ model: 'bench', messages: MESSAGES, max_tokens: 32, ...(stream ? { stream: true } : {}) });
+      const spec = { origin: `http://127.0.0.1:${gw.port}`, path: PATH, body, headers: { authorization: 'Bearer sk-client' },
+        connections, warmupMs: 0, stream, watchPids: [gw.pid] };
       // Warm-up first (JIT, pools), then the window whose scavenges count.
-      await load.run({ origin: `http://127.0.0.1:${gw.port}`, path: PATH, body, headers: { authorization: 'Bearer sk-client' },
-        connections, warmupMs: 0, durationMs: 2000, maxRequests: 200_000, stream, watchPids: [gw.pid] });
+      await load.run({ ...spec, durationMs: 2000, maxRequests: 200_000 });
       const from = out.length;
-      const res = await load.run({ origin: `http://127.0.0.1:${gw.port}`, path: PATH, body, headers: { authorization: 'Bearer sk-client' },
-        connections, warmupMs: 0, durationMs, maxRequests: 500_000, stream, watchPids: [gw.pid] });
+      const res = await load.run({ ...spec, durationMs, maxRequests: 500_000 });
       await new Promise((r) => setTimeout(r, 200));
       const s = scavenges(out.slice(from));
       if (s.length === 0) { console.log(`${kind}: no scavenge in the window (${res.requests} requests)`); continue; }
