@@ -4,7 +4,6 @@
 // port is refused (guard on and off), and with Redis the totals written are what the threads charged.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { request as httpRequest } from 'node:http';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import type { MetricsJson } from '../../src/metrics/aggregate.ts';
 import { validateConfig } from '../../src/config/validate.ts';
@@ -12,6 +11,7 @@ import { avoidWindowEdge, mockInstance, post, startGateway, type JsonResponse, t
 import { metric } from '../helpers/metrics.ts';
 import { eventually, startSluiceProcess, type SluiceProcess } from '../helpers/sluice-process.ts';
 import { freePorts } from '../helpers/free-port.ts';
+import { exchange } from '../helpers/raw-http.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisTotals } from '../helpers/redis-totals.ts';
 
@@ -55,35 +55,25 @@ function served(json: MetricsJson, route: string): number {
   return (m?.values ?? []).filter((v) => v.labels.route === route).reduce((s, v) => s + v.value, 0);
 }
 
-/** A POST on a connection of its own (no keep-alive pool): its status once the answer has been read. */
-function postOnNewConnection(url: string, body: unknown): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', connection: 'close' }, timeout: 20_000 }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 20 s')));
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
-}
-
 async function perThread(gw: TestGateway, route: string): Promise<number[]> {
   return (await gw.handle.threads!.perThreadMetrics()).map((j) => served(j, route));
 }
 
 /**
  * Requests per thread on `route` once every thread has answered one. Which thread accepts a connection is the
- * kernel's choice, and a burst may reuse keep-alive connections one thread accepted: new connections, in rounds
- * of 20, until each thread has answered on the route (or 30 s pass). Every status must pass `ok`.
+ * kernel's choice, and a burst may reuse keep-alive connections one thread accepted: new connections (one request
+ * each, then closed), in rounds of 20, until each thread has answered on the route (or 30 s pass). Every status
+ * must pass `ok`.
  */
-async function untilEveryThreadServed(gw: TestGateway, route: string, url: string, ok: (status: number) => boolean): Promise<number[]> {
+async function untilEveryThreadServed(gw: TestGateway, route: string, path: string, ok: (status: number) => boolean): Promise<number[]> {
+  const port = Number(new URL(gw.url).port);
+  const body = JSON.stringify(MSG);
+  const request = `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
   const deadline = Date.now() + 30_000;
   let each = await perThread(gw, route);
   while (!each.every((n) => n > 0) && Date.now() < deadline) {
-    const statuses = await burst(20, 8, () => postOnNewConnection(url, MSG));
-    assert.deepEqual(statuses.filter((st) => !ok(st)), []);
+    const results = await burst(20, 8, () => exchange(port, request, { responses: 1, waitMs: 20_000 }));
+    assert.deepEqual(results.map((r) => r.responses[0]?.status ?? 0).filter((st) => !ok(st)), []);
     each = await perThread(gw, route);
   }
   return each;
@@ -111,7 +101,7 @@ describe('serving threads (workers: 2, in process)', () => {
     const each = await perThread(gw, 'free');
     assert.equal(each.length, 2);
     assert.equal(each[0]! + each[1]!, before + 200);
-    const after = await untilEveryThreadServed(gw, 'free', `${gw.url}/free/v1/chat/completions`, (st) => st === 200);
+    const after = await untilEveryThreadServed(gw, 'free', '/free/v1/chat/completions', (st) => st === 200);
     assert.ok(after.every((n) => n > 0), `both threads served: ${after.join(' + ')}`);
     assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200);
   });
@@ -128,7 +118,7 @@ describe('serving threads (workers: 2, in process)', () => {
     assert.ok(charged >= 3000 - biggest, `admission too strict: charged only ${charged}`);
     assert.ok(rejected.length > 0);
     await eventually('charged metric', async () => await metric(gw, /^sluice_quota_tokens_charged_total\{route="q"/) === charged);
-    const each = await untilEveryThreadServed(gw, 'q', `${gw.url}/q/v1/chat/completions`, (st) => st === 200 || st === 429);
+    const each = await untilEveryThreadServed(gw, 'q', '/q/v1/chat/completions', (st) => st === 200 || st === 429);
     assert.ok(each.every((n) => n > 0), `both threads admitted or refused: ${each.join(' + ')}`);
   });
 
@@ -145,7 +135,7 @@ describe('serving threads (workers: 2, in process)', () => {
     assert.equal(await metric(gw, /^sluice_config_reloads_total\{outcome="ok"\}/), reloadsBefore + 1);
     const results = await burst(60, 16, () => post(`${gw.url}/added/v1/chat/completions`, MSG));
     assert.deepEqual(results.filter((r) => r.status !== 200).map((r) => r.status), []);
-    const each = await untilEveryThreadServed(gw, 'added', `${gw.url}/added/v1/chat/completions`, (st) => st === 200);
+    const each = await untilEveryThreadServed(gw, 'added', '/added/v1/chat/completions', (st) => st === 200);
     assert.ok(each.every((n) => n > 0), `both threads serve the added route: ${each.join(' + ')}`);
   });
 });
