@@ -31,14 +31,19 @@ interface ProfileNode { id: number; callFrame: { functionName: string; url: stri
 interface Profile { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number }
 
 function owner(url: string): string | undefined {
+  // src/ under tsx, dist/ for --dist runs.
+  const m = /\/(?:src|dist)\/([a-z]+)\//.exec(url);
   if (url.includes('http1-guard')) return 'HTTP/1.x guard';
-  if (url.includes('undici') || url.includes('/src/upstream/')) return 'upstream client';
-  if (url.includes('/src/frontend/')) return 'uWS front end';
-  if (url.includes('/src/pipeline/')) return 'pipeline';
-  if (/\/src\/(providers|tokens|streaming)\//.test(url)) return 'body (parse, re-serialise, decode, meter)';
-  if (url.includes('/src/metrics/') || url.includes('prom-client')) return 'metrics';
-  if (/\/src\/(rules|quota)\//.test(url)) return 'quota';
-  return undefined;
+  if (url.includes('undici') || m?.[1] === 'upstream') return 'upstream client';
+  if (m === null) return url.includes('prom-client') ? 'metrics' : undefined;
+  switch (m[1]) {
+    case 'frontend': return 'uWS front end';
+    case 'pipeline': return 'pipeline';
+    case 'providers': case 'tokens': case 'streaming': return 'body (parse, re-serialise, decode, meter)';
+    case 'metrics': return 'metrics';
+    case 'rules': case 'quota': return 'quota';
+    default: return undefined;
+  }
 }
 
 const WRITES = new Set(['writev', 'writeBuffer', 'writeUtf8String', 'writeLatin1String']);
