@@ -1,10 +1,11 @@
 // A purpose-built HTTP/1.1 client for upstream POSTs: keep-alive pools per origin over node:net / node:tls, one
 // request per connection at a time, a strict incremental response parser (length, chunked, close-delimited),
-// backpressure through socket pause/resume, and three timeouts (connect, first byte, idle body). It replaces
-// undici on the hot path: no request object, header validation pass, llhttp call-outs or timer wheel per request,
+// backpressure through socket pause/resume, and three timeouts (connect, first byte, idle body: deadlines behind one
+// timer per thread, core/deadlines.ts). It replaces undici on the hot path: no request object, header validation pass, llhttp call-outs or timer wheel per request,
 // and body chunks reach the handler as views of each read (core/socket-read.ts; docs/performance.md has the measurements).
 import { connect as netConnect, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import { Deadlines, type DeadlineEntry } from '../core/deadlines.ts';
 import { isToken } from '../core/http-token.ts';
 import { copyingReads } from '../core/socket-read.ts';
 import { parseResponseHead, type UpstreamHeaders } from './h1-head.ts';
@@ -61,6 +62,9 @@ const HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding', 'conn
 const enum St { Idle, Head, Length, Chunked, Close, Done }
 const enum Ch { Size, Ext, SizeLf, Data, DataCr, DataLf, TrailerStart, Trailer, TrailerLf, EndLf }
 
+/** Every connection's one pending timeout (connect, first byte, idle body or keep-alive park), behind one timer per thread. */
+const deadlines = new Deadlines<Connection>();
+
 /** tls.connect documents `onread` (it gets the decrypted bytes); @types/node's ConnectionOptions lacks it. */
 function tlsOptions(pool: Pool, onread: OnReadOpts): ConnectionOptions & { onread: OnReadOpts } {
   return { host: pool.host, port: pool.port, servername: pool.servername, rejectUnauthorized: pool.opts.rejectUnauthorized,
@@ -68,7 +72,7 @@ function tlsOptions(pool: Pool, onread: OnReadOpts): ConnectionOptions & { onrea
 }
 
 /** One keep-alive connection to an origin; carries at most one request at a time. */
-export class Connection {
+export class Connection implements DeadlineEntry<Connection> {
   readonly pool: Pool;
   readonly socket: Socket;
   private handler: ResponseHandler | undefined = undefined;
@@ -77,7 +81,10 @@ export class Connection {
   /** In the pool's idle list. */
   parked = false;
   private st = St.Idle;
-  private timer: NodeJS.Timeout | undefined = undefined;
+  deadline = 0;
+  liveOwner: object | undefined = undefined;
+  livePrev: Connection | undefined = undefined;
+  liveNext: Connection | undefined = undefined;
   private bodyIdleMs = 0;
   private firstByteMs = 0;
   private paused = false;
@@ -203,9 +210,8 @@ export class Connection {
     const ms = Math.min(this.pool.opts.keepAliveMs, hint, this.pool.idleLimit());
     if (ms <= 0 || this.pool.noReuse()) { this.destroy(); return; }
     this.arm(ms);
-    // An idle connection alone does not keep the process alive.
+    // An idle connection alone does not keep the process alive (nor does the deadlines' timer).
     this.socket.unref();
-    this.timer!.unref();
     this.parked = true;
     this.parkedAt = Date.now();
     this.idleUntil = this.parkedAt + ms;
@@ -252,23 +258,20 @@ export class Connection {
   }
 
   private arm(ms: number): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = setTimeout(this.onTimer, ms);
+    deadlines.set(this, ms);
   }
 
   private disarm(): void {
-    if (this.timer === undefined) return;
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    deadlines.clear(this);
   }
 
-  private readonly onTimer = (): void => {
-    this.timer = undefined;
+  /** The pending timeout passed (called by `deadlines`, which has already dropped it). */
+  onDeadline(): void {
     if (this.handler === undefined) { this.destroy(); return; }
     const what = !this.connected ? 'connecting to the upstream timed out'
       : this.st === St.Head ? 'upstream sent no answer in time' : 'upstream body stalled';
     this.fail(new UpstreamFailure('timeout', what, undefined));
-  };
+  }
 
   private fail(f: UpstreamFailure): void {
     const h = this.handler;
@@ -354,7 +357,7 @@ export class Connection {
       }
     }
     if (this.handler === h && (this.st === St.Length || this.st === St.Chunked || this.st === St.Close)) {
-      if (this.paused) { this.disarm(); this.socket.pause(); } else this.timer?.refresh();
+      if (this.paused) { this.disarm(); this.socket.pause(); } else this.arm(this.bodyIdleMs);
     }
   }
 
