@@ -27,7 +27,7 @@ import type { UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { UpstreamFailure, classifyError, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { UpstreamFailure, classifyError, headerValue, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -386,7 +386,7 @@ export class Gateway implements RequestSink {
     const status = up.status;
     const ok = status >= 200 && status < 300;
     slots.attempt(status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok');
-    if (ok && provider.isStream(prepared, String(up.headers['content-type'] ?? ''))) {
+    if (ok && provider.isStream(prepared, headerValue(up.headers, 'content-type') ?? '')) {
       await this.relayStream(ctx, inst, up);
       return 'done';
     }
@@ -658,13 +658,9 @@ export class Gateway implements RequestSink {
   private relayHeaders(up: UpstreamHeaders): HeaderList {
     const out: HeaderList = [];
     let left = MAX_RELAYED_HEADER_BYTES;
-    // for-in over the own keys of a plain object: no array of keys per answer.
-    for (const k in up) {
-      if (HOP_HEADERS.has(k) || !Object.hasOwn(up, k)) continue;
-      const v = up[k];
-      if (v === undefined) continue;
-      if (Array.isArray(v)) for (const x of v) left = pushWithin(out, k, x, left);
-      else left = pushWithin(out, k, v, left);
+    for (let i = 0; i < up.length; i += 2) {
+      const k = up[i]!;
+      if (!HOP_HEADERS.has(k)) left = pushWithin(out, k, up[i + 1]!, left);
     }
     return out;
   }

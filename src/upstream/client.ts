@@ -3,10 +3,10 @@
 // would cap concurrent streams). Only HTTP: origin, path, headers, body and transport. Where a request goes and
 // what it says is the provider's (src/providers/).
 import { Pool, UpstreamFailure, requestHead, type Connection, type FailureKind, type ResponseHandler } from './h1-pool.ts';
-import type { UpstreamHeaders } from './h1-head.ts';
+import { headerValue, headerValues, type UpstreamHeaders } from './h1-head.ts';
 import type { InstanceConfig } from '../config/types.ts';
 
-export { UpstreamFailure, type FailureKind, type UpstreamHeaders };
+export { UpstreamFailure, headerValue, headerValues, type FailureKind, type UpstreamHeaders };
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -119,7 +119,7 @@ const QUEUE_HIGH_WATER = 64 * 1024;
  */
 const SMALL_CHUNK = 2048;
 const TAIL_MAX = 16 * 1024;
-const NO_HEADERS: UpstreamHeaders = Object.freeze({}) as UpstreamHeaders;
+const NO_HEADERS: UpstreamHeaders = Object.freeze([]);
 type Waiter = ((v: unknown) => void) | undefined;
 
 /**

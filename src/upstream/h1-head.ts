@@ -1,8 +1,26 @@
 // Strict parsing of an upstream's HTTP/1.x response head (RFC 9112): status line, header fields, and what frames
 // the body. Pure functions over a latin1 string, so framing decisions are tested without sockets.
-import { isToken } from '../core/http-token.ts';
+import { TCHAR } from '../core/http-token.ts';
 
-export type UpstreamHeaders = Record<string, string | string[] | undefined>;
+/**
+ * Header fields in the order received, flat: name, value, name, value… Names are lower-cased; a repeated name
+ * appears once per line. A flat list costs one array per answer; an object keyed by name cost a dictionary-mode
+ * store per field (and care with `__proto__`), and the relay walks the fields in order anyway.
+ */
+export type UpstreamHeaders = readonly string[];
+
+/** The first value of `name` (lower-case), or undefined. */
+export function headerValue(h: UpstreamHeaders, name: string): string | undefined {
+  for (let i = 0; i < h.length; i += 2) if (h[i] === name) return h[i + 1];
+  return undefined;
+}
+
+/** Every value of `name` (lower-case), in order. */
+export function headerValues(h: UpstreamHeaders, name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < h.length; i += 2) if (h[i] === name) out.push(h[i + 1]!);
+  return out;
+}
 
 /** A response head, or why it is refused. */
 export interface ResponseHead {
@@ -19,23 +37,23 @@ export interface ResponseHead {
   readonly keepAliveMs: number;
 }
 
-/** A field value may hold visible characters, SP, HTAB and obs-text; never CR, LF, NUL or other controls. */
-function validValue(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
+const MAX_LENGTH = Number.MAX_SAFE_INTEGER;
+/** s[a, b), a field value or reason phrase, holds visible characters, SP, HTAB and obs-text only: no CR, LF, NUL or other controls. */
+function validValue(s: string, a: number, b: number): boolean {
+  for (let i = a; i < b; i++) {
     const c = s.charCodeAt(i);
     if ((c < 0x20 && c !== 0x09) || c === 0x7f) return false;
   }
   return true;
 }
 
-const MAX_LENGTH = Number.MAX_SAFE_INTEGER;
-
 /**
  * Parses `s`, a head without its final blank line (status line and header lines joined by CRLF). Returns the
  * head or a message saying what is malformed.
  */
 export function parseResponseHead(s: string): ResponseHead | string {
-  if (s.length < 12 || !s.startsWith('HTTP/1.')) return 'malformed status line';
+  const n = s.length;
+  if (n < 12 || !s.startsWith('HTTP/1.')) return 'malformed status line';
   const m = s.charCodeAt(7);
   if ((m !== 0x30 && m !== 0x31) || s.charCodeAt(8) !== 0x20) return 'unsupported HTTP version';
   let status = 0;
@@ -47,37 +65,45 @@ export function parseResponseHead(s: string): ResponseHead | string {
   // RFC 9110 §15 defines 100-599 only; anything else is relayed by no client library and answered as a 502.
   if (status < 100 || status > 599) return 'malformed status code';
   let pos = s.indexOf('\r\n');
-  if (pos < 0) pos = s.length;
+  if (pos < 0) pos = n;
   if (pos > 12 && s.charCodeAt(12) !== 0x20) return 'malformed status line';
-  if (!validValue(s.slice(12, pos))) return 'malformed status line';
+  if (!validValue(s, 12, pos)) return 'malformed status line';
   const minor = m === 0x31 ? 1 : 0;
-  const headers: UpstreamHeaders = {};
+  const headers: string[] = [];
   let lengthValue: string | undefined;
   let te: string | undefined;
   let connection = '';
   let keepAlive: string | undefined;
-  while (pos < s.length) {
+  while (pos < n) {
     const start = pos + 2;
     let end = s.indexOf('\r\n', start);
-    if (end < 0) end = s.length;
+    if (end < 0) end = n;
     const first = s.charCodeAt(start);
     if (first === 0x20 || first === 0x09) return 'obsolete line folding';
     const colon = s.indexOf(':', start);
     if (colon < 0 || colon > end) return 'header line without a colon';
-    const rawName = s.slice(start, colon);
-    if (!isToken(rawName)) return 'malformed header name';
+    // The name as tchars, lower-cased only if it has capitals.
+    let upper = false;
+    for (let i = start; i < colon; i++) {
+      const c = s.charCodeAt(i);
+      if (TCHAR[c] === 0) return 'malformed header name';
+      if (c <= 0x5a && c >= 0x41) upper = true;
+    }
+    if (colon === start) return 'malformed header name';
+    const name = upper ? s.slice(start, colon).toLowerCase() : s.slice(start, colon);
     let a = colon + 1;
     let b = end;
     while (a < b && (s.charCodeAt(a) === 0x20 || s.charCodeAt(a) === 0x09)) a++;
     while (b > a && (s.charCodeAt(b - 1) === 0x20 || s.charCodeAt(b - 1) === 0x09)) b--;
+    if (!validValue(s, a, b)) return 'malformed header value';
     const value = s.slice(a, b);
-    if (!validValue(value)) return 'malformed header value';
-    const name = rawName.toLowerCase();
-    if (name === 'content-length') lengthValue = lengthValue === undefined ? value : `${lengthValue},${value}`;
-    else if (name === 'transfer-encoding') te = te === undefined ? value : `${te},${value}`;
-    else if (name === 'connection') connection += `,${value.toLowerCase()}`;
-    else if (name === 'keep-alive') keepAlive = value;
-    addHeader(headers, name, value);
+    if (name.length >= 10) {
+      if (name === 'content-length') lengthValue = lengthValue === undefined ? value : `${lengthValue},${value}`;
+      else if (name === 'transfer-encoding') te = te === undefined ? value : `${te},${value}`;
+      else if (name === 'connection') connection += `,${value.toLowerCase()}`;
+      else if (name === 'keep-alive') keepAlive = value;
+    }
+    headers.push(name, value);
     pos = end;
   }
   let reusable = minor === 1 && !hasToken(connection, 'close');
@@ -99,6 +125,8 @@ export function parseResponseHead(s: string): ResponseHead | string {
     return { status, minor, headers, framing: 'chunked', length: 0, reusable, keepAliveMs };
   }
   if (lengthValue !== undefined) {
+    const one = digits(lengthValue);
+    if (one >= 0 && one <= MAX_LENGTH) return { status, minor, headers, framing: 'length', length: one, reusable, keepAliveMs };
     let length = -1;
     for (const part of lengthValue.split(',')) {
       const v = part.trim();
@@ -113,20 +141,20 @@ export function parseResponseHead(s: string): ResponseHead | string {
   return { status, minor, headers, framing: 'close', length: 0, reusable: false, keepAliveMs };
 }
 
-function hasToken(list: string, token: string): boolean {
-  if (list === '') return false;
-  for (const t of list.split(',')) if (t.trim() === token) return true;
-  return false;
+/** `s` as a number when it is 1-16 decimal digits, else -1. */
+function digits(s: string): number {
+  if (s.length === 0 || s.length > 16) return -1;
+  let v = 0;
+  for (let i = 0; i < s.length; i++) {
+    const d = s.charCodeAt(i) - 0x30;
+    if (d < 0 || d > 9) return -1;
+    v = v * 10 + d;
+  }
+  return v;
 }
 
-function addHeader(headers: UpstreamHeaders, name: string, value: string): void {
-  if (!Object.hasOwn(headers, name)) {
-    // A plain assignment of '__proto__' would set the prototype instead of a field.
-    if (name === '__proto__') Object.defineProperty(headers, name, { value, enumerable: true, configurable: true, writable: true });
-    else headers[name] = value;
-    return;
-  }
-  const prev = headers[name];
-  if (Array.isArray(prev)) prev.push(value);
-  else headers[name] = [prev as string, value];
+function hasToken(list: string, token: string): boolean {
+  if (!list.includes(token)) return false;
+  for (const t of list.split(',')) if (t.trim() === token) return true;
+  return false;
 }
