@@ -11,6 +11,7 @@
 // still pending, and times out request heads and idle keep-alive connections after a fixed ~10 s. So by default
 // the HTTP/1.x guard (http1-guard.ts) holds the public port and serves requests itself through this module's
 // checks (serveInGuard, NetResponse), in every serving thread; a uWS App serves only with `listen.http1_guard: false`.
+import { isAscii } from 'node:buffer';
 import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
@@ -449,11 +450,19 @@ function serveInGuard(front: Front, wire: ResponseWire, head: RequestHead, buf: 
 function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Record<string, string> {
   const headers: Record<string, string> = {};
   const lines = head.lines;
-  for (let i = 0; i < lines.length; i += 4) {
-    const name = buf.toString('latin1', lines[i]!, lines[i + 1]!).toLowerCase();
-    const value = buf.toString('utf8', lines[i + 2]!, lines[i + 3]!);
-    const prev = headers[name];
-    headers[name] = prev === undefined ? value : `${prev}, ${value}`;
+  if (lines.length > 0) {
+    // One string for every field, sliced per name and value: two native decodes per field cost more. Values are
+    // UTF-8, so a head with any byte past ASCII decodes its values one by one.
+    const from = lines[0]!;
+    const to = lines[lines.length - 1]!;
+    const ascii = isAscii(buf.subarray(from, to));
+    const text = buf.toString('latin1', from, to);
+    for (let i = 0; i < lines.length; i += 4) {
+      const name = text.slice(lines[i]! - from, lines[i + 1]! - from).toLowerCase();
+      const value = ascii ? text.slice(lines[i + 2]! - from, lines[i + 3]! - from) : buf.toString('utf8', lines[i + 2]!, lines[i + 3]!);
+      const prev = headers[name];
+      headers[name] = prev === undefined ? value : `${prev}, ${value}`;
+    }
   }
   if (head.host !== undefined) headers.host = head.host;
   else if (headers.host === undefined) headers.host = wire.socket.localAddress ?? 'localhost';
