@@ -10,8 +10,9 @@ import { windowStartOf, type CounterSpec } from '../../src/quota/types.ts';
 import { redisCall, startCluster, type ClusterHandle } from '../helpers/redis-topology.ts';
 import { flushUntilAcknowledged, startLoad, type Load } from '../conformance/load.ts';
 import { clusterTarget, redisStore } from '../conformance/redis-targets.ts';
+import { avoidWindowEdge } from '../helpers/gateway.ts';
 
-const WINDOW = 10 * 60_000;
+const WINDOW = 60 * 60_000;
 
 describe('Redis Cluster resharding under load', () => {
   let cluster: ClusterHandle;
@@ -25,6 +26,9 @@ describe('Redis Cluster resharding under load', () => {
   it('follows MOVED and ASK redirections without errors and without losing usage', async () => {
     const { store, metrics } = redisStore(clusterTarget(cluster), { allowDegradation: false });
     const run = randomBytes(3).toString('hex');
+    // The load acquires in the window of its start (an injected time): past that window's end the store stops
+    // writing it (redis-leases.test.ts failed once so), so the run keeps clear of the edge.
+    await avoidWindowEdge(WINDOW / 1000, 90_000);
     // Limits sized so that some counters sit near their limit (synchronous admissions) and others far.
     const cs: CounterSpec[] = Array.from({ length: 8 }, (_, i) => ({ id: `reshard-${run}-${i}`, limit: i < 2 ? 60_000 : 1e12, windowMs: WINDOW, sliding: false }));
     const now = Date.now();
