@@ -15,6 +15,7 @@ import type { CounterSpec, QuotaStore } from '../../src/quota/types.ts';
 import { windowStartOf } from '../../src/quota/types.ts';
 import { redisCall, startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { redisStore, standaloneTarget } from '../conformance/redis-targets.ts';
+import { avoidWindowEdge } from '../helpers/gateway.ts';
 
 const WORKER = new URL('../helpers/ledger-worker.ts', import.meta.url);
 
@@ -122,6 +123,8 @@ describe('ledger across two worker_threads, local backend', () => {
   it('2 × 2000 acquires on one counter overshoot by at most one request', async (t) => {
     const limit = 60_000;
     const counter: CounterSpec = { id: `ledger-${run}-exact`, limit, windowMs: 600_000, sliding: false };
+    // The limit must be reached in one window: a window edge mid-run would start a fresh quota.
+    await avoidWindowEdge(600, 30_000);
     const rs = await hammer(host, 'local', counter, { iterations: 2000, maxAmount: 100, actuals: 'exact', hold: 4 });
     host.poll();
     const total = sum(rs, (r) => r.admittedTokens);
