@@ -187,6 +187,17 @@ test('native decode: usage read, body untouched; without usage the content is th
   assert.equal(junk.text, 'not json');
 });
 
+test('native decode: the root usage is read from the tail; a nested usage after it, or odd text, goes to the whole parse', () => {
+  const root = { input_tokens: 3, output_tokens: 5 };
+  const last = decodeNative(Buffer.from(JSON.stringify({ id: 'm', content: [{ type: 'text', text: 'say "usage":{"input_tokens":999}' }], usage: root })), MAX);
+  assert.equal(last.usage?.prompt_tokens, 3);
+  assert.equal(last.usage?.completion_tokens, 5);
+  const nestedAfter = decodeNative(Buffer.from(JSON.stringify({ usage: root, extra: { usage: { input_tokens: 999, output_tokens: 999 } } })), MAX);
+  assert.equal(nestedAfter.usage?.prompt_tokens, 3, 'the root usage, not the later nested one');
+  const trailing = decodeNative(Buffer.from(`${JSON.stringify({ content: [{ type: 'text', text: 'Hi' }], usage: root })} junk`), MAX);
+  assert.equal(trailing.usage, undefined, 'not JSON: counted as text, as before');
+});
+
 // ─── streams ────────────────────────────────────────────────────────────────────────────────────
 
 function ev(type: string, data: Record<string, unknown>): string {

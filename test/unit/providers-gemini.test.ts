@@ -314,6 +314,11 @@ test('native decode and failures: usage from usageMetadata, text when it is miss
   assert.equal(d.text, '');
   const none = p.decode(call(), Buffer.from(JSON.stringify({ candidates: FRAMES[2]!.candidates })), MAX);
   assert.equal(none.usage, undefined);
+  // usageMetadata followed by more root members (as Gemini sends it) is read from the tail; a nested one after it is not taken.
+  const after = p.decode(call(), Buffer.from(JSON.stringify({ ...FRAMES[2], modelVersion: 'gemini-2.0-flash', responseId: 'r1' })), MAX);
+  assert.deepEqual({ ...after.usage }, FINAL);
+  const nested = p.decode(call(), Buffer.from(JSON.stringify({ ...FRAMES[2], extra: { usageMetadata: { promptTokenCount: 999, candidatesTokenCount: 999, totalTokenCount: 1998 } } })), MAX);
+  assert.deepEqual({ ...nested.usage }, FINAL);
   assert.equal(none.text, 'wörld{"name":"f","args":{"a":"\\"x\\""}}');
   const err = Buffer.from('{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}');
   assert.equal(p.failure(call(), 429, err).retry, 'http_429');

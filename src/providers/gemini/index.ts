@@ -8,6 +8,7 @@
 // provider. Neither is ever logged.
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
+import { rootMemberFromTail, TAIL_UNKNOWN } from '../../streaming/json-tail.ts';
 import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
@@ -19,6 +20,8 @@ import { generateSurface, wantsSse } from './surface.ts';
 import { translateRequest } from './translate-request.ts';
 import { decodeTranslated, translateError, TranslatedStream } from './translate-response.ts';
 import { geminiUsage, responseText } from './usage.ts';
+
+const USAGE_METADATA_KEY = Buffer.from('"usageMetadata"');
 
 export const PUBLIC_ENDPOINT = 'https://generativelanguage.googleapis.com';
 /** Sent when neither the instance nor an OpenAI client names a model (the path must hold one). */
@@ -122,6 +125,12 @@ export class GeminiProvider implements ResolvedProvider {
 
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
     if (call.surface !== 'gemini-generate') return decodeTranslated(call, body, maxUsage);
+    // usageMetadata read from the answer's end when it is there and believable (streaming/json-tail.ts).
+    const tail = rootMemberFromTail(body, USAGE_METADATA_KEY);
+    if (tail !== TAIL_UNKNOWN && tail !== null) {
+      const t = geminiUsage(tail, maxUsage);
+      if (t !== undefined && !isRejection(t)) return { body, contentType: undefined, usage: t, rejected: undefined, text: '' };
+    }
     let usage: Usage | undefined;
     let rejected: UsageRejectReason | undefined;
     let text = '';
