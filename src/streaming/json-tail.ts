@@ -8,8 +8,13 @@
 // valid JSON is the root. Anything else (the key missing, nested, a non-object value, bounds exceeded) answers
 // TAIL_UNKNOWN and the caller parses the whole document, as before.
 
+import { isRejection, type Usage, type UsageRejection } from './usage.ts';
+
 /** The member could not be read from the tail: parse the whole document. */
 export const TAIL_UNKNOWN: unique symbol = Symbol('json-tail-unknown');
+
+/** `"usage"`, the key of OpenAI's and Anthropic's usage object. */
+export const QUOTED_USAGE = Buffer.from('"usage"');
 
 /** A member's value, or what follows it, larger than this is read by a whole parse. */
 const MAX_TAIL_BYTES = 4096;
@@ -85,4 +90,15 @@ export function rootMemberFromTail(body: Buffer, quotedKey: Buffer): unknown {
   } catch {
     return TAIL_UNKNOWN;
   }
+}
+
+/**
+ * A buffered answer's usage read from its end (`read` turns the member into a Usage), when it is there and
+ * believable; undefined sends the caller to the whole parse, which also gives the text to count and any rejection.
+ */
+export function usageFromTail(body: Buffer, quotedKey: Buffer, read: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined, maxUsage: number): Usage | undefined {
+  const tail = rootMemberFromTail(body, quotedKey);
+  if (tail === TAIL_UNKNOWN || tail === null) return undefined;
+  const u = read(tail, maxUsage);
+  return u === undefined || isRejection(u) ? undefined : u;
 }

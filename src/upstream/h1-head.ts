@@ -97,12 +97,10 @@ export function parseResponseHead(s: string): ResponseHead | string {
     while (b > a && (s.charCodeAt(b - 1) === 0x20 || s.charCodeAt(b - 1) === 0x09)) b--;
     if (!validValue(s, a, b)) return 'malformed header value';
     const value = s.slice(a, b);
-    if (name.length >= 10) {
-      if (name === 'content-length') lengthValue = lengthValue === undefined ? value : `${lengthValue},${value}`;
-      else if (name === 'transfer-encoding') te = te === undefined ? value : `${te},${value}`;
-      else if (name === 'connection') connection += `,${value.toLowerCase()}`;
-      else if (name === 'keep-alive') keepAlive = value;
-    }
+    if (name === 'content-length') lengthValue = lengthValue === undefined ? value : `${lengthValue},${value}`;
+    else if (name === 'transfer-encoding') te = te === undefined ? value : `${te},${value}`;
+    else if (name === 'connection') connection += `,${value.toLowerCase()}`;
+    else if (name === 'keep-alive') keepAlive = value;
     headers.push(name, value);
     pos = end;
   }
@@ -125,23 +123,22 @@ export function parseResponseHead(s: string): ResponseHead | string {
     return { status, minor, headers, framing: 'chunked', length: 0, reusable, keepAliveMs };
   }
   if (lengthValue !== undefined) {
-    const one = digits(lengthValue);
-    if (one >= 0 && one <= MAX_LENGTH) return { status, minor, headers, framing: 'length', length: one, reusable, keepAliveMs };
-    let length = -1;
-    for (const part of lengthValue.split(',')) {
-      const v = part.trim();
-      if (!/^\d{1,16}$/.test(v)) return 'malformed Content-Length';
-      const n = Number(v);
-      if (n > MAX_LENGTH) return 'malformed Content-Length';
-      if (length >= 0 && n !== length) return 'conflicting Content-Length values';
-      length = n;
+    // One value (the common case) without a split; repeats must all be equal.
+    let length = digits(lengthValue);
+    if (length < 0) {
+      for (const part of lengthValue.split(',')) {
+        const n = digits(part.trim());
+        if (n < 0) return 'malformed Content-Length';
+        if (length >= 0 && n !== length) return 'conflicting Content-Length values';
+        length = n;
+      }
     }
     return { status, minor, headers, framing: 'length', length, reusable, keepAliveMs };
   }
   return { status, minor, headers, framing: 'close', length: 0, reusable: false, keepAliveMs };
 }
 
-/** `s` as a number when it is 1-16 decimal digits, else -1. */
+/** `s` as a length when it is 1-16 decimal digits and at most MAX_LENGTH, else -1. */
 function digits(s: string): number {
   if (s.length === 0 || s.length > 16) return -1;
   let v = 0;
@@ -150,7 +147,7 @@ function digits(s: string): number {
     if (d < 0 || d > 9) return -1;
     v = v * 10 + d;
   }
-  return v;
+  return v <= MAX_LENGTH ? v : -1;
 }
 
 function hasToken(list: string, token: string): boolean {

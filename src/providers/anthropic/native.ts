@@ -1,5 +1,5 @@
 // Anthropic answers to Anthropic clients: bytes pass through untouched, usage and text are read on the side.
-import { rootMemberFromTail, TAIL_UNKNOWN } from '../../streaming/json-tail.ts';
+import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -9,7 +9,6 @@ import { anthropicUsage, StreamUsage } from './usage.ts';
 
 export const JSON_TYPE = 'application/json';
 export const SSE_TYPE = 'text/event-stream';
-const USAGE_KEY = Buffer.from('"usage"');
 
 /** Parses a buffered body; undefined when it is not a JSON object. */
 export function parseBody(body: Buffer): Record<string, unknown> | undefined {
@@ -24,11 +23,8 @@ export function parseBody(body: Buffer): Record<string, unknown> | undefined {
 /** A buffered Messages answer, passed through. An unreadable body is counted as text: nothing goes uncharged. */
 export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
   // Usage read from the answer's end when it is there and believable (streaming/json-tail.ts); else the whole parse.
-  const tail = rootMemberFromTail(body, USAGE_KEY);
-  if (tail !== TAIL_UNKNOWN && tail !== null) {
-    const t = anthropicUsage(tail, maxUsage);
-    if (t !== undefined && !isRejection(t)) return { body, contentType: JSON_TYPE, usage: t, rejected: undefined, text: '' };
-  }
+  const fromTail = usageFromTail(body, QUOTED_USAGE, anthropicUsage, maxUsage);
+  if (fromTail !== undefined) return { body, contentType: JSON_TYPE, usage: fromTail, rejected: undefined, text: '' };
   const obj = parseBody(body);
   if (obj === undefined) return { body, contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: body.toString('utf8') };
   const u = anthropicUsage(obj.usage, maxUsage);

@@ -8,7 +8,7 @@
 // provider. Neither is ever logged.
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
-import { rootMemberFromTail, TAIL_UNKNOWN } from '../../streaming/json-tail.ts';
+import { usageFromTail } from '../../streaming/json-tail.ts';
 import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
@@ -126,11 +126,8 @@ export class GeminiProvider implements ResolvedProvider {
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
     if (call.surface !== 'gemini-generate') return decodeTranslated(call, body, maxUsage);
     // usageMetadata read from the answer's end when it is there and believable (streaming/json-tail.ts).
-    const tail = rootMemberFromTail(body, USAGE_METADATA_KEY);
-    if (tail !== TAIL_UNKNOWN && tail !== null) {
-      const t = geminiUsage(tail, maxUsage);
-      if (t !== undefined && !isRejection(t)) return { body, contentType: undefined, usage: t, rejected: undefined, text: '' };
-    }
+    const fromTail = usageFromTail(body, USAGE_METADATA_KEY, geminiUsage, maxUsage);
+    if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
     let usage: Usage | undefined;
     let rejected: UsageRejectReason | undefined;
     let text = '';

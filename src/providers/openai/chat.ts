@@ -7,7 +7,7 @@ import { chatPromptParts, completionPromptParts, type PromptParts } from '../../
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation, MAX_N } from '../../tokens/limits.ts';
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
-import { rootMemberFromTail, TAIL_UNKNOWN } from '../../streaming/json-tail.ts';
+import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import { fail, modelAndStream, parseBodyObject, promptScale } from '../parse-common.ts';
@@ -143,16 +143,11 @@ function completionText(json: unknown): string {
   return text;
 }
 
-const USAGE_KEY = Buffer.from('"usage"');
-
 /** A buffered 2xx chat/completions answer: relayed as it came; its usage, or its text to count. */
 export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
   // Usage read from the answer's end when it is there and believable; the whole answer is parsed otherwise.
-  const tail = rootMemberFromTail(body, USAGE_KEY);
-  if (tail !== TAIL_UNKNOWN && tail !== null) {
-    const u = openAiUsage(tail, maxUsage);
-    if (u !== undefined && !isRejection(u)) return { body, contentType: undefined, usage: u, rejected: undefined, text: '' };
-  }
+  const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
+  if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
   let usage: Usage | undefined;
   let rejected: UsageRejectReason | undefined;
   let text = '';
