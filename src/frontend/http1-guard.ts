@@ -10,6 +10,7 @@ import { STATUS_CODES } from 'node:http';
 import { SluiceError, toErrorBody, type ErrorCode } from '../core/errors.ts';
 import { TCHAR } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
+import { adoptWithCopyingReads } from '../core/socket-read.ts';
 import type { NetResponse, ResponseWire } from './net-response.ts';
 
 export interface GuardLimits {
@@ -356,7 +357,6 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     this.client = client;
     this.peer = client.remoteAddress ?? '';
     client.setNoDelay(true);
-    client.on('data', (d: Buffer) => this.onClient(d));
     client.on('end', () => this.onClientEnd());
     client.on('error', () => this.destroy());
     client.on('close', () => this.destroy());
@@ -396,7 +396,8 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     }
   }
 
-  private onClient(d: Buffer): void {
+  /** Every read of the client socket, its own buffer (core/socket-read.ts). */
+  onClient(d: Buffer): void {
     this.lastActive = coarseNow;
     if (this.closing) return;
     this.inInput = true;
@@ -665,8 +666,12 @@ export class Guard {
     this.limits = opts.limits;
     this.serve = opts.serve;
     this.onReject = opts.onReject;
-    this.server = createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
-      const c = new GuardConn(this, client);
+    // Paused on accept: each socket moves, before its first read, to one that reads without node's stream path.
+    this.server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted) => {
+      let c: GuardConn | undefined;
+      const client = adoptWithCopyingReads(accepted, (chunk) => c!.onClient(chunk));
+      if (client === undefined) { accepted.destroy(); return; }
+      c = new GuardConn(this, client);
       this.conns.add(c);
     });
     const every = Math.max(10, Math.min(1000, Math.floor(Math.min(opts.limits.client_header_timeout_ms, opts.limits.client_idle_timeout_ms) / 4)));

@@ -1,6 +1,7 @@
 // core/socket-read.ts on real loopback sockets (TCP and TLS): every read reaches the callback as its own buffer, so
 // chunks kept from one socket survive later reads of other sockets into the shared scratch buffer; pause() stops
-// reads until resume(); 'end' and 'close' fire as with 'data'.
+// reads until resume(); 'end' and 'close' fire as with 'data'. Sockets a server accepted read the same way once
+// adopted (adoptWithCopyingReads), half-open included.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer, type AddressInfo, type OnReadOpts, type Server, type Socket } from 'node:net';
@@ -8,7 +9,7 @@ import { connect as tlsConnect, createServer as createTlsServer, type Connection
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
-import { copyingReads } from '../../src/core/socket-read.ts';
+import { adoptWithCopyingReads, copyingReads } from '../../src/core/socket-read.ts';
 import { until } from '../helpers/upstream-call.ts';
 
 const T = { timeout: 20_000 };
@@ -106,4 +107,54 @@ test('over TLS: the decrypted bytes arrive whole and in order; pause() holds the
   peer!.end(big);
   await ended;
   assert.ok(Buffer.concat(got).equals(Buffer.concat([Buffer.from('firstsecond'), big])), 'bytes read differ from bytes sent');
+});
+
+test('an accepted socket, adopted: reads arrive whole through the callback, pause() holds them, writes and a half-open end work', T, async (t) => {
+  const adopted: Socket[] = [];
+  const got: Buffer[] = [];
+  let bytes = 0;
+  const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (accepted) => {
+    const s = adoptWithCopyingReads(accepted, (b) => { got.push(b); bytes += b.length; });
+    assert.ok(s !== undefined, 'an open accepted socket is adopted');
+    assert.ok(accepted.destroyed, 'the emptied socket is destroyed');
+    adopted.push(s);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const c = connect({ host: '127.0.0.1', port: (server.address() as AddressInfo).port, allowHalfOpen: true });
+  t.after(() => { c.destroy(); for (const s of adopted) s.destroy(); server.close(); });
+  // Sent at once, before the server has accepted: nothing of it may be read before the socket is adopted.
+  c.write('early');
+  await until(() => bytes === 5, "'early' read through the callback", 10_000);
+  const s = adopted[0]!;
+  assert.equal(s.remoteAddress, '127.0.0.1');
+  await pauseHolds(s, c, () => bytes - 5);
+  const big = Buffer.alloc(256 * 1024);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 11 + (i >> 10)) & 0xff;
+  const ended = once(s, 'end');
+  c.end(big);
+  await ended;
+  assert.ok(Buffer.concat(got).equals(Buffer.concat([Buffer.from('earlyfirstsecond'), big])), 'bytes read differ from bytes sent');
+  // Half-open: the client ended its side and still reads what the adopted socket writes, then the end.
+  const answer: Buffer[] = [];
+  c.on('data', (b: Buffer) => answer.push(b));
+  const cEnded = once(c, 'end');
+  s.end('answer');
+  await cEnded;
+  assert.equal(Buffer.concat(answer).toString(), 'answer');
+});
+
+test('a socket with no handle left is not adopted', T, async (t) => {
+  let result: Socket | undefined | 'unset' = 'unset';
+  const server = createServer({ pauseOnConnect: true }, (accepted) => {
+    accepted.destroy();
+    result = adoptWithCopyingReads(accepted, () => {});
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const c = connect({ host: '127.0.0.1', port: (server.address() as AddressInfo).port });
+  c.on('error', () => {});
+  t.after(() => { c.destroy(); server.close(); });
+  await until(() => result !== 'unset', 'the connection accepted', 10_000);
+  assert.equal(result, undefined);
 });
