@@ -1,5 +1,6 @@
 // Strict parsing of an upstream's HTTP/1.x response head (RFC 9112): status line, header fields, and what frames
-// the body. Pure functions over a latin1 string, so framing decisions are tested without sockets.
+// the body. Pure functions over a latin1 string, so framing decisions are tested without sockets. Header values
+// come out as UTF-8 text (utf8Value), the same as client header values.
 import { TCHAR } from '../core/http-token.ts';
 
 /**
@@ -38,13 +39,30 @@ export interface ResponseHead {
 }
 
 const MAX_LENGTH = Number.MAX_SAFE_INTEGER;
-/** s[a, b), a field value or reason phrase, holds visible characters, SP, HTAB and obs-text only: no CR, LF, NUL or other controls. */
-function validValue(s: string, a: number, b: number): boolean {
+const INVALID = 0;
+const ASCII = 1;
+const OBS_TEXT = 2;
+/**
+ * s[a, b), a field value or reason phrase: INVALID when it holds a control character (CR, LF, NUL…), OBS_TEXT when
+ * it holds bytes past ASCII, else ASCII. Visible characters, SP and HTAB are what a value may hold besides obs-text.
+ */
+function valueKind(s: string, a: number, b: number): number {
+  let kind = ASCII;
   for (let i = a; i < b; i++) {
     const c = s.charCodeAt(i);
-    if ((c < 0x20 && c !== 0x09) || c === 0x7f) return false;
+    if ((c < 0x20 && c !== 0x09) || c === 0x7f) return INVALID;
+    if (c > 0x7f) kind = OBS_TEXT;
   }
-  return true;
+  return kind;
+}
+
+/**
+ * A value's bytes (one latin1 character each) read as UTF-8, as uWS reads a client's: the relay writes header values
+ * as UTF-8, so an upstream's UTF-8 bytes reach the client unchanged instead of encoded twice (é as C3 83 C2 A9).
+ * Bytes that are not UTF-8 become U+FFFD; no decoded character is below U+0080, so no CR or LF can appear.
+ */
+function utf8Value(latin1: string): string {
+  return Buffer.from(latin1, 'latin1').toString('utf8');
 }
 
 /**
@@ -67,7 +85,7 @@ export function parseResponseHead(s: string): ResponseHead | string {
   let pos = s.indexOf('\r\n');
   if (pos < 0) pos = n;
   if (pos > 12 && s.charCodeAt(12) !== 0x20) return 'malformed status line';
-  if (!validValue(s, 12, pos)) return 'malformed status line';
+  if (valueKind(s, 12, pos) === INVALID) return 'malformed status line';
   const minor = m === 0x31 ? 1 : 0;
   const headers: string[] = [];
   let lengthValue: string | undefined;
@@ -95,8 +113,9 @@ export function parseResponseHead(s: string): ResponseHead | string {
     let b = end;
     while (a < b && (s.charCodeAt(a) === 0x20 || s.charCodeAt(a) === 0x09)) a++;
     while (b > a && (s.charCodeAt(b - 1) === 0x20 || s.charCodeAt(b - 1) === 0x09)) b--;
-    if (!validValue(s, a, b)) return 'malformed header value';
-    const value = s.slice(a, b);
+    const kind = valueKind(s, a, b);
+    if (kind === INVALID) return 'malformed header value';
+    const value = kind === ASCII ? s.slice(a, b) : utf8Value(s.slice(a, b));
     if (name === 'content-length') lengthValue = lengthValue === undefined ? value : `${lengthValue},${value}`;
     else if (name === 'transfer-encoding') te = te === undefined ? value : `${te},${value}`;
     else if (name === 'connection') connection += `,${value.toLowerCase()}`;

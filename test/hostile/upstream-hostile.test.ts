@@ -97,6 +97,32 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await t.close(); }
   });
 
+  it('an upstream header value in UTF-8 reaches the client as the same bytes (guard on and off; buffered and streamed)', T, async () => {
+    const value = 'attachment; filename="café ☕.txt"';
+    const extra = `content-disposition: ${value}\r\n`;
+    for (const guard of [true, false]) {
+      const t = await setup((req, s) => {
+        const stream = (JSON.parse(req.body.toString()) as { stream?: boolean }).stream === true;
+        // Strings go out as UTF-8: the head carries the value's UTF-8 bytes.
+        if (!stream) { s.write(chatAnswer('hi', undefined, extra)); return; }
+        const body = sseDelta('hi') + 'data: {"id":"x","object":"chat.completion.chunk","model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\ndata: [DONE]\n\n';
+        s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}\r\n${body}`);
+      }, (u) => ({ ...route(u), listen: { host: '127.0.0.1', port: 0, http1_guard: guard } }));
+      try {
+        const port = Number(new URL(t.gw.url).port);
+        for (const ask of [ASK, STREAM]) {
+          const body = JSON.stringify(ask);
+          const r = await exchange(port, `POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`, { waitMs: 15_000 });
+          const raw = Buffer.from(r.raw, 'latin1');
+          const at = raw.indexOf('content-disposition: ');
+          assert.ok(at > 0 && at < raw.indexOf('\r\n\r\n'), `guard ${guard}, stream ${ask === STREAM}: no content-disposition in ${r.raw.slice(0, 400)}`);
+          const line = raw.subarray(at + 'content-disposition: '.length, raw.indexOf('\r\n', at));
+          assert.equal(line.toString('hex'), Buffer.from(value, 'utf8').toString('hex'), `guard ${guard}, stream ${ask === STREAM}`);
+        }
+      } finally { await t.close(); }
+    }
+  });
+
   it('a status code outside 100-599 (600, 999) is a 502 JSON error, not relayed', T, async () => {
     let status = '600';
     const t = await setup((_req, s) => { s.write(chatAnswer('hi').replace('200 OK', `${status} Odd`)); });

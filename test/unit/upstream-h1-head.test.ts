@@ -90,6 +90,24 @@ test('malformed heads are refused: status line, versions, names, folding, contro
   ]) refused(s);
 });
 
+test('values with bytes past ASCII are read as UTF-8 (relayed as UTF-8, they keep their bytes); bytes that are not UTF-8 become U+FFFD', () => {
+  const latin1 = (bytes: Buffer): string => bytes.toString('latin1');
+  const utf8 = Buffer.from('attachment; filename="café ☕.txt"', 'utf8');
+  const h = ok(`HTTP/1.1 200 OK\r\nContent-Disposition: ${latin1(utf8)}\r\nX-Raw: a${latin1(Buffer.from([0xe9]))}b\r\nX-Plain: ok\r\nContent-Length: 0`);
+  const v = headerValue(h.headers, 'content-disposition')!;
+  assert.equal(v, 'attachment; filename="café ☕.txt"');
+  assert.ok(Buffer.from(v, 'utf8').equals(utf8), 'written as UTF-8, the value is the bytes the upstream sent');
+  assert.equal(headerValue(h.headers, 'x-raw'), 'a\ufffdb');
+  assert.equal(headerValue(h.headers, 'x-plain'), 'ok');
+  // What no UTF-8 decoding can give: a line break. Overlong and truncated sequences of CR/LF stay replacement characters.
+  for (const bytes of [[0xc0, 0x8d], [0xc0, 0x8a], [0xe0, 0x80, 0x8a], [0xc4], [0xc4, 0x0a]]) {
+    const r = parseResponseHead(`HTTP/1.1 200 OK\r\nX-A: ${latin1(Buffer.from(bytes))}\r\nContent-Length: 0`);
+    if (typeof r === 'string') continue;
+    const x = headerValue(r.headers, 'x-a')!;
+    assert.ok(!/[\r\n\0]/.test(x), `bytes ${bytes.join(',')} gave ${JSON.stringify(x)}`);
+  }
+});
+
 test('names like __proto__ and constructor are plain fields', () => {
   const h = ok('HTTP/1.1 200 OK\r\n__proto__: x\r\nconstructor: y\r\nContent-Length: 0');
   assert.deepEqual(h.headers, ['__proto__', 'x', 'constructor', 'y', 'content-length', '0']);
