@@ -56,6 +56,9 @@ export interface LimitsConfig {
   /** Longest wait for a client to take more of an answer it stopped reading, ms; then the answer is cut (a stream is
    *  settled as a client abort, nginx send_timeout). Default 60000. */
   readonly client_send_timeout_ms: number;
+  /** With the HTTP/1.x guard: most client connections a serving thread holds open (idle ones included); a connection
+   *  accepted past it is closed at once (nginx worker_connections). Default 10000. */
+  readonly max_client_connections: number;
 }
 
 export interface TokensConfig {

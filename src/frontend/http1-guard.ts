@@ -21,6 +21,8 @@ export interface GuardLimits {
   readonly client_idle_timeout_ms: number;
   /** A client that reads none of its answers this long is cut off. */
   readonly client_send_timeout_ms: number;
+  /** Open client connections past which a new one is closed at accept (each idle one holds ~6-7 KB and a descriptor). */
+  readonly max_client_connections: number;
 }
 
 export type HeadLimits = Pick<GuardLimits, 'max_header_fields' | 'max_header_line_bytes' | 'max_header_bytes'>;
@@ -668,6 +670,11 @@ export class Guard {
     this.onReject = opts.onReject;
     // Paused on accept: each socket moves, before its first read, to one that reads without node's stream path.
     this.server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted) => {
+      if (this.conns.size >= this.limits.max_client_connections) {
+        accepted.destroy();
+        this.onReject?.('connection_limit');
+        return;
+      }
       let c: GuardConn | undefined;
       const client = adoptWithCopyingReads(accepted, (chunk) => c!.onClient(chunk));
       if (client === undefined) { accepted.destroy(); return; }

@@ -8,4 +8,5 @@ export const GUARD_LIMITS: GuardLimits = {
   client_header_timeout_ms: 10_000,
   client_idle_timeout_ms: 60_000,
   client_send_timeout_ms: 10_000,
+  max_client_connections: 10_000,
 };
