@@ -59,6 +59,9 @@ export interface LimitsConfig {
   /** With the HTTP/1.x guard: most client connections a serving thread holds open (idle ones included); a connection
    *  accepted past it is closed at once (nginx worker_connections). Default 10000. */
   readonly max_client_connections: number;
+  /** With the HTTP/1.x guard: connections the kernel may hold accepted but not yet taken by the gateway (listen(2)'s
+   *  backlog, capped by net.core.somaxconn). Past it a new client's SYN is dropped and it retries after 1 s. Default 4096. */
+  readonly listen_backlog: number;
 }
 
 export interface TokensConfig {

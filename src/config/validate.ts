@@ -49,6 +49,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   client_idle_timeout_ms: 60000,
   client_send_timeout_ms: 10000,
   max_client_connections: 10_000,
+  listen_backlog: 4096,
 };
 const TOKENS_KEYS = ['default_max_tokens', 'offload_bytes', 'offload_threads', 'max_reservation', 'max_usage', 'models', 'count_budget_ms'] as const;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/;
@@ -322,6 +323,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
     // uWS 20.30 closes a connection whose pending write made no progress for its fixed ~10 s (8–12 s: 4 s timer ticks).
     client_send_timeout_ms: { min: 1, max: 10_000 },
     max_client_connections: { min: 1, max: 10_000_000 },
+    listen_backlog: { min: 1, max: 65_535 },
   });
   const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).

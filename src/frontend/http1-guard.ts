@@ -23,6 +23,8 @@ export interface GuardLimits {
   readonly client_send_timeout_ms: number;
   /** Open client connections past which a new one is closed at accept (each idle one holds ~6-7 KB and a descriptor). */
   readonly max_client_connections: number;
+  /** Accepted connections the kernel queues for this listener (listen(2)'s backlog; node's default is 511). */
+  readonly listen_backlog: number;
 }
 
 export type HeadLimits = Pick<GuardLimits, 'max_header_fields' | 'max_header_line_bytes' | 'max_header_bytes'>;
@@ -699,11 +701,14 @@ export class Guard {
     return this.start(listener);
   }
 
+  // A burst of new connections while the thread is busy queues in the kernel up to the backlog; past it their SYNs
+  // are dropped and each client waits a 1 s retransmit (node's default backlog, 511, overflowed at 2,000 slow
+  // streams opened within a second). A shared listener is listened on again by each thread, with the same backlog.
   private start(what: object): Promise<number> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.server.once('error', onError);
-      this.server.listen(what, () => {
+      this.server.listen(what, this.limits.listen_backlog, () => {
         this.server.off('error', onError);
         this.server.on('error', () => { /* accept errors (EMFILE) are transient */ });
         resolve((this.server.address() as { port: number }).port);

@@ -74,7 +74,7 @@ export class ListenError extends Error {
 
 export type FrontendLimits = Pick<LimitsConfig,
   'max_inflight_body_bytes' | 'max_header_fields' | 'max_header_line_bytes' | 'max_header_bytes' | 'max_drain_bytes' | 'client_body_timeout_ms'
-  | 'client_header_timeout_ms' | 'client_idle_timeout_ms' | 'client_send_timeout_ms' | 'max_client_connections'>;
+  | 'client_header_timeout_ms' | 'client_idle_timeout_ms' | 'client_send_timeout_ms' | 'max_client_connections' | 'listen_backlog'>;
 
 export type FrontendMetrics = Pick<Metrics, 'requestsInFlight' | 'bodyBytesInFlight' | 'frontendRejected'>;
 

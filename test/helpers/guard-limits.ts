@@ -9,4 +9,5 @@ export const GUARD_LIMITS: GuardLimits = {
   client_idle_timeout_ms: 60_000,
   client_send_timeout_ms: 10_000,
   max_client_connections: 10_000,
+  listen_backlog: 4096,
 };

@@ -206,6 +206,7 @@ const INVALID: Record<string, readonly Expected[]> = {
     ['limits.max_body_bytes', 'must be a positive integer'],
     ['limits.upstream_idle_timeout_ms', 'must be a positive integer'],
     ['limits.max_client_connections', 'must be an integer between 1 and 10000000'],
+    ['limits.listen_backlog', 'must be an integer between 1 and 65535'],
     ['tokens.default_max_tokens', 'must be a positive integer'],
     ['redis_batching.max_pending_keys', 'must be at least redis_batching.max_batch_keys'],
     ['trusted_proxies[1]', 'must be an IP address or CIDR range'],
@@ -261,6 +262,7 @@ describe('config defaults', () => {
       max_inflight_body_bytes: 67108864, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
       max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000, client_send_timeout_ms: 10000,
       max_client_connections: 10000,
+      listen_backlog: 4096,
     });
     assert.deepEqual(c.tokens, { default_max_tokens: 256, offload_bytes: 4096, offload_threads: 1, max_reservation: 32768, max_usage: 1047576, models: {}, count_budget_ms: 2000 });
     assert.deepEqual(c.trusted_proxies, []);
