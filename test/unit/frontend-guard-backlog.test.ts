@@ -7,9 +7,8 @@ import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { Guard } from '../../src/frontend/http1-guard.ts';
-import { NetResponse } from '../../src/frontend/net-response.ts';
 import { GUARD_LIMITS } from '../helpers/guard-limits.ts';
+import { okGuard } from '../helpers/ok-guard.ts';
 import { startGateway } from '../helpers/gateway.ts';
 
 const T = { timeout: 90_000 };
@@ -70,22 +69,8 @@ async function burstWhileBlocked(port: number, n: number, waitMs: number): Promi
   return connected;
 }
 
-function okGuard(backlog: number): Guard {
-  return new Guard({
-    limits: { ...GUARD_LIMITS, listen_backlog: backlog },
-    serve: {
-      serve(wire, head) {
-        const res = new NetResponse(wire, head.method === 'HEAD', head.minor === 0, head.keepAlive, false, undefined, GUARD_LIMITS.client_send_timeout_ms);
-        res.send(200, [['content-type', 'text/plain']], 'ok');
-        return res;
-      },
-    },
-    onReject: undefined,
-  });
-}
-
 it(`the default backlog (4096) queues a burst of ${BURST} connections made while the guard's thread is busy`, { ...T, skip: SKIP }, async () => {
-  const guard = okGuard(GUARD_LIMITS.listen_backlog);
+  const guard = okGuard(GUARD_LIMITS);
   try {
     const port = await guard.listen('127.0.0.1', 0);
     // Every one connects: none waits for a SYN retransmit. Node's default of 511 held 512 of them.
@@ -96,7 +81,7 @@ it(`the default backlog (4096) queues a burst of ${BURST} connections made while
 });
 
 it('a small backlog holds only that many: the setting reaches listen(2)', { ...T, skip: SKIP }, async () => {
-  const guard = okGuard(64);
+  const guard = okGuard({ ...GUARD_LIMITS, listen_backlog: 64 });
   try {
     const port = await guard.listen('127.0.0.1', 0);
     const connected = await burstWhileBlocked(port, BURST, 3_000);

@@ -4,9 +4,8 @@
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
-import { Guard } from '../../src/frontend/http1-guard.ts';
-import { NetResponse } from '../../src/frontend/net-response.ts';
 import { GUARD_LIMITS } from '../helpers/guard-limits.ts';
+import { okGuard } from '../helpers/ok-guard.ts';
 import { until } from '../helpers/upstream-call.ts';
 import { startGateway } from '../helpers/gateway.ts';
 
@@ -35,17 +34,7 @@ function open(port: number): Promise<Socket> {
 
 it('past max_client_connections a new connection is closed at accept; a freed place is taken again', T, async () => {
   const rejected: string[] = [];
-  const guard = new Guard({
-    limits: { ...GUARD_LIMITS, max_client_connections: 3 },
-    serve: {
-      serve(wire, head) {
-        const res = new NetResponse(wire, head.method === 'HEAD', head.minor === 0, head.keepAlive, false, undefined, GUARD_LIMITS.client_send_timeout_ms);
-        res.send(200, [['content-type', 'text/plain']], 'ok');
-        return res;
-      },
-    },
-    onReject: (reason) => rejected.push(reason),
-  });
+  const guard = okGuard({ ...GUARD_LIMITS, max_client_connections: 3 }, (reason) => rejected.push(reason));
   const clients: Socket[] = [];
   try {
     const port = await guard.listen('127.0.0.1', 0);
