@@ -3,6 +3,7 @@
 // upstream (with its own node:http server) loads only for `mock-upstream` and `start --embedded`.
 import { fileURLToPath } from 'node:url';
 import type { SluiceHandle } from '../app.ts';
+import type { SluiceConfig } from '../config/types.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError } from '../config/validate.ts';
 import { log } from '../core/log.ts';
@@ -64,10 +65,12 @@ async function start(argv: string[]): Promise<void> {
   let handle: SluiceHandle;
   let listenHost: string;
   let adminHost: string;
+  let served: number;
   try {
     // Provider modules register their names and instance checks with config validation.
     await import('../providers/registry.ts');
     const config = loadConfigFile(configFile, env);
+    served = config.routes.length;
     listenHost = config.listen.host;
     adminHost = config.admin.host;
     const { startSluice } = await import('../app.ts');
@@ -81,7 +84,19 @@ async function start(argv: string[]): Promise<void> {
   }
   console.log(`sluice listening on http://${listenHost}:${handle.port} (metrics on http://${adminHost}:${handle.adminPort}/metrics)`);
   // A file that fails to load or validate is logged and counted (sluice_config_reloads_total{outcome="error"}).
-  onHup = () => { handle.reloadFrom(() => loadConfigFile(configFile, env)); };
+  // So is one that would drop every route of a gateway serving some: more likely a file rewritten in the wrong
+  // place than a wish to answer 404 to everything (a restart still starts a gateway with no routes).
+  onHup = () => {
+    let next: SluiceConfig | undefined;
+    const swapped = handle.reloadFrom(() => {
+      next = loadConfigFile(configFile, env);
+      if (next.routes.length === 0 && served > 0) {
+        throw new ConfigError([{ path: 'routes', message: `the new config has no routes while ${served} are served; a reload never drops every route (restart the gateway to run without routes)` }]);
+      }
+      return next;
+    });
+    if (swapped) served = next!.routes.length;
+  };
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;

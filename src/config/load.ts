@@ -124,5 +124,11 @@ export function loadConfigFile(path: string, env: NodeJS.ProcessEnv = process.en
     const code = (err as NodeJS.ErrnoException).code ?? 'read error';
     throw new ConfigError([{ path: '', message: `${path}: cannot read the file (${code})` }]);
   }
-  return validateConfig(parseConfigText(text, path), env);
+  const raw = parseConfigText(text, path);
+  // A file with no document (empty, blank or comments only) is most often one caught half-written by an editor or
+  // config management: served, it would drop every route (and, on a reload, the local quota counters with them).
+  if (raw === undefined || raw === null) {
+    throw new ConfigError([{ path: '', message: `${path}: the file holds no config (it is empty or only comments); expected a mapping with routes` }]);
+  }
+  return validateConfig(raw, env);
 }

@@ -1,4 +1,4 @@
-// Hostile input: SIGHUP with a broken config file (not parseable, then parseable but invalid). The running
+// Hostile input: SIGHUP with a broken config file (not parseable, parseable but invalid, empty, no routes). The running
 // config stays, the failure is logged and sluice_config_reloads_total{outcome="error"} counts it.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,13 +29,29 @@ describe('a reload that fails', () => {
       gw.signal('SIGHUP');
       await eventually('the invalid config is counted', async () => (await errors()) === 2);
       assert.equal(await serves(), 200);
+      // An empty or comments-only file (one caught half-written) and a config with no routes would each drop
+      // every route of a serving gateway: refused the same way.
+      let refused = 2;
+      for (const text of ['', '  \n', '# being rewritten\n', 'null']) {
+        gw.writeConfig(text);
+        gw.signal('SIGHUP');
+        refused++;
+        await eventually(`the empty file ${JSON.stringify(text)} is counted`, async () => (await errors()) === refused);
+        assert.equal(await serves(), 200);
+      }
+      assert.ok(gw.logs.some((l) => l.includes('the file holds no config')), 'the empty file is named as such');
+      gw.writeConfig({ routes: [] });
+      gw.signal('SIGHUP');
+      await eventually('the config with no routes is counted', async () => (await errors()) === refused + 1);
+      assert.equal(await serves(), 200);
+      assert.ok(gw.logs.some((l) => l.includes('routes: the new config has no routes while 1 are served')), gw.logs.join('\n'));
       assert.equal(await oks(), 0);
-      assert.ok(gw.logs.filter((l) => l.includes('config reload failed')).length >= 2, 'each failure is logged');
+      assert.ok(gw.logs.filter((l) => l.includes('config reload failed')).length >= 7, 'each failure is logged');
 
       gw.writeConfig(good);
       gw.signal('SIGHUP');
       await eventually('a good file reloads', async () => (await oks()) === 1);
-      assert.equal(await errors(), 2);
+      assert.equal(await errors(), 7);
     } finally { await gw.stop(); }
   });
 });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { loadConfigFile, parseConfigText } from '../../src/config/load.ts';
-import { ConfigError, validateConfig } from '../../src/config/validate.ts';
+import { ConfigError } from '../../src/config/validate.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -30,10 +30,21 @@ describe('parseConfigText', () => {
     assert.deepEqual(parseConfigText(json, 'c.json'), expected);
   });
 
-  it('an empty file is an empty config', () => {
+  it('an empty file parses to nothing, and loading one is an error (a file caught half-written must not serve)', () => {
     assert.equal(parseConfigText('', 'c.yaml'), undefined);
     assert.equal(parseConfigText('# only a comment\n', 'c.yaml'), undefined);
-    assert.deepEqual(validateConfig(parseConfigText('', 'c.yaml'), {}).routes, []);
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-empty-'));
+    try {
+      for (const [name, text] of [['a.yaml', ''], ['b.yml', '# only a comment\n'], ['c.json', ' \n'], ['d.json', 'null'], ['e.yaml', '~\n']] as const) {
+        const file = join(dir, name);
+        writeFileSync(file, text);
+        assert.throws(() => loadConfigFile(file, {}), (err: unknown) => err instanceof ConfigError &&
+          err.issues.length === 1 && err.issues[0]!.message === `${file}: the file holds no config (it is empty or only comments); expected a mapping with routes`, name);
+      }
+      // A config that says it has no routes is one: a gateway may start with none.
+      writeFileSync(join(dir, 'f.yaml'), 'routes: []\n');
+      assert.deepEqual(loadConfigFile(join(dir, 'f.yaml'), {}).routes, []);
+    } finally { rmSync(dir, { recursive: true, force: true }); }
   });
 
   it('rejects other extensions, several documents, and reports syntax errors with file:line:col', () => {
