@@ -15,7 +15,8 @@
 // field of a nested object (`cached_tokens` under `prompt_tokens_details`); a name the usage does not carry
 // is 0. `input_tokens` / `output_tokens` are raw names (Anthropic's input_tokens excludes cache tokens) that
 // fall back to the normalised prompt / completion. Functions: max(a,b), min(a,b), ceil(x), floor(x).
-// Division by zero yields 0 so a usage with no completion tokens cannot produce an infinite charge.
+// Division by zero yields 0 so a usage with no completion tokens cannot produce an infinite charge; an expression
+// dividing by the constant 0, a constant 0 and one no usage can make positive fail to compile (they never charge).
 //
 // Without the raw usage (the reservation at admission, or a stream that reported none) the charge is an
 // upper bound. Domains: prompt_tokens is the counted prompt p; input_tokens, cached_prompt_tokens,
@@ -490,12 +491,37 @@ function clamp(v: number): number {
  */
 export function compileCostExpr(src: string): (u: CostUsage) => number {
   const ast = fold(new Parser(src).parseAll());
+  // A divisor written as (or folding to) the constant 0 makes its quotient 0 for every usage: a slip, never meant.
+  if (dividesByZero(ast)) throw new Error(`cost_expr "${src}": divides by the constant 0 (a quotient by 0 counts as 0)`);
   if (ast.t === 'num') {
     const v = clamp(ast.v);
+    if (v === 0) throw new Error(`cost_expr "${src}": is the constant ${ast.v}, so every charge would be 0`);
     return () => v;
   }
   const lin = linear(ast);
+  // Nor may an expression that no usage can make positive (`0 - prompt_tokens`): its upper bound over the usage
+  // domains (the file comment) is 0 or less at every probed prompt and completion size.
+  if (NEVER_POSITIVE_PROBES.every((u) => linearMax(lin, u) <= 0)) {
+    throw new Error(`cost_expr "${src}": is 0 or less for every usage, so every charge would be 0`);
+  }
   return (u) => clamp(u.raw !== undefined ? evalPoint(ast, u) : linearMax(lin, u));
+}
+
+/** Prompt and completion each 0, 1, 10, … 10^9: the refusal must not catch `1000 - total_tokens`. */
+const NEVER_POSITIVE_PROBES: readonly CostUsage[] = (() => {
+  const counts = [0, 1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e9];
+  return counts.flatMap((p) => counts.map((c) => ({ prompt_tokens: p, completion_tokens: c, total_tokens: p + c })));
+})();
+
+function dividesByZero(n: Ast): boolean {
+  switch (n.t) {
+    case 'num':
+    case 'id':
+      return false;
+    case 'neg': return dividesByZero(n.a);
+    case 'bin': return (n.op === '/' && n.b.t === 'num' && n.b.v === 0) || dividesByZero(n.a) || dividesByZero(n.b);
+    case 'call': return n.args.some(dividesByZero);
+  }
 }
 
 /** The usage field names an expression reads (for `sluice validate` warnings). Throws like compileCostExpr. */

@@ -134,6 +134,9 @@ const INVALID: Record<string, readonly Expected[]> = {
     ['routes[1].plugins.ai-rate-limiting.cost_expr', 'is only used when limit_strategy is expression'],
     // Any usage field name is accepted (APISIX resolves names against the usage); a bare function name is not.
     ['routes[2].plugins.ai-rate-limiting.cost_expr', /^is not a valid expression: .*function "max" needs arguments/],
+    // Expressions that never charge: a slip in the config, not a free quota.
+    ['routes[3].plugins.ai-rate-limiting.cost_expr', 'is not a valid expression: cost_expr "prompt_tokens / 0": divides by the constant 0 (a quotient by 0 counts as 0)'],
+    ['routes[3].plugins.ai-rate-limiting.instances[0].cost_expr', 'is not a valid expression: cost_expr "0 - prompt_tokens": is 0 or less for every usage, so every charge would be 0'],
   ],
   'rules.yaml': [
     [`${RL}.rules[0].key`, /unclosed/],

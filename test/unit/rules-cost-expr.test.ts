@@ -25,8 +25,32 @@ test('decimals, rounding up and clamping', () => {
   assert.equal(compileCostExpr('prompt_tokens * 0.5')(u), 12, '11.5 rounds up');
   assert.equal(compileCostExpr('.25 * 4')(u), 1);
   assert.equal(compileCostExpr('completion_tokens - 100')(u), 0, 'negatives clamp to 0');
-  assert.equal(compileCostExpr('total_tokens / 0')(u), 0, 'division by zero is 0, never Infinity');
+  assert.equal(compileCostExpr('total_tokens / (completion_tokens - completion_tokens)')({ ...u, raw: {} }), 0, 'division by zero is 0, never Infinity');
   assert.equal(compileCostExpr('1.000001')(u), 2);
+});
+
+test('expressions that can never charge fail to compile, with the reason', () => {
+  for (const [src, reason] of [
+    ['prompt_tokens / 0', 'divides by the constant 0'],
+    ['prompt_tokens / (2 - 2) + completion_tokens', 'divides by the constant 0'],
+    ['max(1, total_tokens / 0.0)', 'divides by the constant 0'],
+    ['0', 'is the constant 0'],
+    ['1 - 1', 'is the constant 0'],
+    ['-5', 'is the constant -5'],
+    ['0 - prompt_tokens', 'is 0 or less for every usage'],
+    ['-completion_tokens - cached_prompt_tokens', 'is 0 or less for every usage'],
+    ['min(0, total_tokens)', 'is 0 or less for every usage'],
+    ['prompt_tokens - total_tokens - 1', 'is 0 or less for every usage'],
+  ] as const) {
+    const tail = reason.startsWith('divides') ? ' (a quotient by 0 counts as 0)' : ', so every charge would be 0';
+    assert.throws(() => compileCostExpr(src), (err: Error) => err.message === `cost_expr "${src}": ${reason}${tail}`, src);
+  }
+  // Expressions that are 0 for some usages but not for all still compile (a raw cached_tokens may reach the total).
+  assert.equal(compileCostExpr('cached_tokens - total_tokens - 1')({ ...u, raw: { cached_tokens: 40 } }), 40 - 31 - 1);
+  assert.equal(compileCostExpr('completion_tokens - 100')(u), 0);
+  assert.equal(compileCostExpr('max(0, prompt_tokens - 1000000)')(u), 0);
+  assert.equal(compileCostExpr('1000 - total_tokens')({ ...u, raw: {} }), 1000 - 31, 'positive for small usages only');
+  assert.equal(compileCostExpr('1')(u), 1, 'a constant charges per request');
 });
 
 test('functions', () => {
