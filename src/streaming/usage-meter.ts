@@ -12,7 +12,7 @@
 // whose usage arrives never decodes them. Any other frame (the usage chunk, tool calls, escapes, another
 // shape) takes the decoded path.
 import { SseParser, type SseHandler } from './sse-parser.ts';
-import { isRejection, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
+import { isRejection, laterUsage, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
 import { lastScan, scanDeltaText } from './delta-scan.ts';
 import { DEFAULT_TEXT_BOUND, TextTally } from './text-tally.ts';
 
@@ -96,7 +96,7 @@ export class StreamMeter {
     this.parser = new SseParser(handler, opts.maxEventBytes);
   }
 
-  /** The usage object of the last usage-bearing frame, when it was plausible. */
+  /** The usage the stream reported: its last plausible report, never below an earlier one (laterUsage). */
   get usage(): Usage | undefined { return this.usageSeen; }
   /** Why the last usage-bearing frame's usage was not believed (then `usage` is undefined). */
   get usageRejected(): UsageRejectReason | undefined { return this.rejectedSeen; }
@@ -276,7 +276,7 @@ export class StreamMeter {
       this.usageSeen = undefined;
       this.rejectedSeen = usage.rejected;
     } else if (usage !== undefined) {
-      this.usageSeen = usage;
+      this.usageSeen = this.usageSeen === undefined ? usage : laterUsage(this.usageSeen, usage);
       this.rejectedSeen = undefined;
     }
     return this.strip && Array.isArray(choices) && choices.length === 0;

@@ -111,6 +111,30 @@ export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unk
   return usage;
 }
 
+/**
+ * The usage of a stream that reported one more than once. Servers that report usage on several chunks (vLLM's
+ * continuous usage stats) report running totals, which never shrink: a later report below an earlier one is not
+ * believed for the counts it lowers, so an upstream cannot take back tokens it already reported.
+ */
+export function laterUsage(prev: Usage, next: Usage): Usage {
+  if (next.prompt_tokens >= prev.prompt_tokens && next.completion_tokens >= prev.completion_tokens && next.total_tokens >= prev.total_tokens
+    && (next.cached_prompt_tokens ?? 0) >= (prev.cached_prompt_tokens ?? 0) && (next.cache_write_tokens ?? 0) >= (prev.cache_write_tokens ?? 0)
+    && (next.reasoning_tokens ?? 0) >= (prev.reasoning_tokens ?? 0)) return next;
+  const most = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined ? b : b === undefined ? a : Math.max(a, b));
+  const p = Math.max(prev.prompt_tokens, next.prompt_tokens);
+  const c = Math.max(prev.completion_tokens, next.completion_tokens);
+  const usage: Usage = { prompt_tokens: p, completion_tokens: c, total_tokens: Math.max(prev.total_tokens, next.total_tokens, p + c) };
+  const cached = most(prev.cached_prompt_tokens, next.cached_prompt_tokens);
+  const write = most(prev.cache_write_tokens, next.cache_write_tokens);
+  const reasoning = most(prev.reasoning_tokens, next.reasoning_tokens);
+  if (cached !== undefined) usage.cached_prompt_tokens = cached;
+  if (write !== undefined) usage.cache_write_tokens = write;
+  if (reasoning !== undefined) usage.reasoning_tokens = reasoning;
+  // Cost expressions read the raw object for names Usage lacks: the report holding the larger counts.
+  Object.defineProperty(usage, 'raw', { value: next.total_tokens >= prev.total_tokens ? next.raw : prev.raw, enumerable: false });
+  return usage;
+}
+
 export function isRejection(u: Usage | UsageRejection | undefined): u is UsageRejection {
   return u !== undefined && (u as UsageRejection).rejected !== undefined;
 }

@@ -25,6 +25,43 @@ test('openAiUsage: cached and reasoning tokens are parts of prompt and completio
   assert.equal(openAiUsage(null, 1e6), undefined);
 });
 
+test('openAiUsage: a null prompt or completion count is not believed; a total above their sum counts as completion', () => {
+  // Read as 0, a null count made the answer free for a completion_tokens quota.
+  assert.deepEqual(openAiUsage({ prompt_tokens: 16, completion_tokens: null, total_tokens: 32 }, 1e6), { rejected: 'not_a_number' });
+  assert.deepEqual(openAiUsage({ prompt_tokens: null, completion_tokens: 16, total_tokens: 32 }, 1e6), { rejected: 'not_a_number' });
+  // A total with no completion, or one below it, cannot hide the completion the total says there was.
+  assert.deepEqual(openAiUsage({ prompt_tokens: 16, completion_tokens: 0, total_tokens: 32 }, 1e6),
+    { prompt_tokens: 16, completion_tokens: 16, total_tokens: 32, cached_prompt_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 });
+  assert.equal((openAiUsage({ prompt_tokens: 16, total_tokens: 40 }, 1e6) as { completion_tokens: number }).completion_tokens, 24);
+  // Gemini's OpenAI-compatible endpoint: thinking is in the total, not in completion_tokens.
+  const gemini = openAiUsage({ prompt_tokens: 10, completion_tokens: 5, total_tokens: 120, completion_tokens_details: { reasoning_tokens: 0 } }, 1e6);
+  assert.equal((gemini as { completion_tokens: number }).completion_tokens, 110);
+  // Honest usage is unchanged, and a null total is the sum.
+  assert.deepEqual(openAiUsage({ prompt_tokens: 16, completion_tokens: 4, total_tokens: null }, 1e6),
+    { prompt_tokens: 16, completion_tokens: 4, total_tokens: 20, cached_prompt_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 });
+});
+
+test('streamChat: a usage reported twice is believed at its larger counts (a running total never shrinks)', () => {
+  const content = 'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n';
+  const report = (u: Record<string, unknown>): string => `data: ${JSON.stringify({ choices: [], usage: u })}\n\n`;
+  const run = (frames: string[]) => {
+    const codec = streamChat(prepared({ messages: MSG, stream: true }), { maxUsage: 1e6 });
+    for (const f of frames) codec.push(Buffer.from(f));
+    codec.end();
+    return codec.usage;
+  };
+  // A second report taking the first back: the larger counts stay.
+  assert.deepEqual(run([content, report({ prompt_tokens: 10, completion_tokens: 50, total_tokens: 60 }), report({ prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }), 'data: [DONE]\n\n']),
+    { prompt_tokens: 10, completion_tokens: 50, total_tokens: 60, cached_prompt_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 });
+  // Mixed: each count at its largest, the total at least their sum.
+  const mixed = run([report({ prompt_tokens: 10, completion_tokens: 2, total_tokens: 12 }), content, report({ prompt_tokens: 8, completion_tokens: 30, total_tokens: 38 })]);
+  assert.deepEqual({ ...mixed }, { prompt_tokens: 10, completion_tokens: 30, total_tokens: 40, cached_prompt_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 });
+  // Running totals (vLLM continuous usage stats): the last report, as sent.
+  const running = run([report({ prompt_tokens: 10, completion_tokens: 1, total_tokens: 11 }), report({ prompt_tokens: 10, completion_tokens: 2, total_tokens: 12 }), report({ prompt_tokens: 10, completion_tokens: 3, total_tokens: 13 })]);
+  assert.equal(running?.completion_tokens, 3);
+  assert.equal(running?.raw?.completion_tokens, 3);
+});
+
 test('decodeChat: the body is relayed as it came, with its usage; without usage, the text to count', () => {
   const call = prepared({ messages: MSG });
   const body = Buffer.from(JSON.stringify({ choices: [{ message: { content: 'hello' } }], usage: USAGE }));

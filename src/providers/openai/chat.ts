@@ -14,20 +14,30 @@ import { fail, modelAndStream, parseBodyObject, promptScale } from '../parse-com
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
 
-/** An OpenAI usage object → Usage (cached and reasoning tokens are parts of prompt and completion). */
+/**
+ * An OpenAI usage object → Usage (cached and reasoning tokens are parts of prompt and completion). A null prompt
+ * or completion count is no count: the usage is not believed (read as 0 it would make the answer free). A total
+ * above prompt + completion counts its excess as completion: OpenAI's own total is their sum, and the servers
+ * that send more (Gemini's OpenAI-compatible endpoint leaves thinking out of completion_tokens) bill it as output.
+ */
 export function openAiUsage(u: unknown, maxUsage: number): Usage | UsageRejection | undefined {
   if (u === undefined || u === null) return undefined;
   if (typeof u !== 'object' || Array.isArray(u)) return { rejected: 'malformed' };
   const o = u as Record<string, unknown>;
+  if (o.prompt_tokens === null || o.completion_tokens === null) return { rejected: 'not_a_number' };
   const pd = o.prompt_tokens_details;
   const cd = o.completion_tokens_details;
-  return usageFromCounts({
+  const usage = usageFromCounts({
     prompt: o.prompt_tokens,
     completion: o.completion_tokens,
     total: o.total_tokens,
     cachedPrompt: typeof pd === 'object' && pd !== null ? (pd as Record<string, unknown>).cached_tokens : undefined,
     reasoning: typeof cd === 'object' && cd !== null ? (cd as Record<string, unknown>).reasoning_tokens : undefined,
   }, o, maxUsage);
+  if (usage !== undefined && !isRejection(usage) && usage.total_tokens > usage.prompt_tokens + usage.completion_tokens) {
+    usage.completion_tokens = usage.total_tokens - usage.prompt_tokens;
+  }
+  return usage;
 }
 
 function validPrompt(prompt: unknown): boolean {
