@@ -1,4 +1,5 @@
 // Checks every surface parser starts with: one wording of each client error across surfaces.
+import { MAX_JSON_DEPTH } from '../tokens/json-members.ts';
 import { parseJsonObject } from '../tokens/prepare.ts';
 import type { CallFailure, ParseOptions } from './types.ts';
 
@@ -11,6 +12,7 @@ export function parseBodyObject(body: Uint8Array): { readonly ok: true; readonly
   const obj = parseJsonObject(body);
   if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
   if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');
+  if (obj === 'depth') return fail('SLC_BAD_JSON', `request body nests deeper than ${MAX_JSON_DEPTH} levels`);
   return { ok: true, obj };
 }
 

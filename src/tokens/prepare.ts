@@ -3,6 +3,11 @@
 // composing an upstream body from a tail without parsing it again. Pure and thread-agnostic: surface parsers
 // run inline on the main thread for small bodies and on a worker thread for large ones (src/workers).
 
+import { jsonMembers, type JsonMember } from './json-members.ts';
+
+const CLOSE_BRACE = 0x7d;
+const COMMA = 0x2c;
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -13,15 +18,45 @@ export function asBuffer(body: Uint8Array): Buffer {
   return Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
 }
 
-/** The body as a JSON object; 'json' when it does not parse, 'object' when it parses to something else. */
-export function parseJsonObject(body: Uint8Array): Record<string, unknown> | 'json' | 'object' {
+/** Where a parsed body came from: serializeTail copies its members' bytes instead of re-serialising them. */
+interface Source {
+  readonly buf: Buffer;
+  readonly members: readonly JsonMember[];
+  /** Top-level keys changed after parsing (markRewritten): serialised from the object, not copied. */
+  rewritten: string[] | undefined;
+}
+
+const SOURCE = Symbol('sluice.jsonSource');
+type Sourced = Record<string, unknown> & { [SOURCE]?: Source };
+
+/**
+ * The body as a JSON object; 'json' when it does not parse, 'object' when it parses to something else, 'depth'
+ * when it nests deeper than MAX_JSON_DEPTH.
+ */
+export function parseJsonObject(body: Uint8Array): Record<string, unknown> | 'json' | 'object' | 'depth' {
+  const buf = asBuffer(body);
   let obj: unknown;
   try {
-    obj = JSON.parse(asBuffer(body).toString('utf8'));
+    obj = JSON.parse(buf.toString('utf8'));
   } catch {
     return 'json';
   }
-  return isObject(obj) ? obj : 'object';
+  if (!isObject(obj)) return 'object';
+  const members = jsonMembers(buf, Object.keys(obj));
+  if (members === 'too_deep') return 'depth';
+  (obj as Sourced)[SOURCE] = { buf, members, rewritten: undefined };
+  return obj;
+}
+
+/**
+ * A parser or surface hook that sets or changes a top-level member after parsing must say so here, or the
+ * client's bytes of it are sent instead (serializeTail). Removing one (setting it undefined) needs no mark.
+ */
+export function markRewritten(obj: Record<string, unknown>, key: string): void {
+  const src = (obj as Sourced)[SOURCE];
+  if (src === undefined) return;
+  if (src.rewritten === undefined) src.rewritten = [key];
+  else if (!src.rewritten.includes(key)) src.rewritten.push(key);
 }
 
 /** undefined/null → absent; otherwise a positive safe integer or a failure message. */
@@ -46,14 +81,55 @@ export function takeOverrideFields(obj: Record<string, unknown>, keys: readonly 
   });
 }
 
-/** The body JSON without `model` and without its leading '{' (may be '}' alone): what composeUpstreamBody takes. */
+/**
+ * The body JSON without `model` and without its leading '{' (may be '}' alone): what composeUpstreamBody takes.
+ * A body parseJsonObject read keeps the client's bytes of every member still set (the last of duplicates, as
+ * JSON.parse reads them); members marked rewritten follow, serialised. Any other object is serialised whole.
+ */
 export function serializeTail(obj: Record<string, unknown>): Buffer {
   // JSON.stringify drops undefined-valued keys, so this removes `model` without reshaping the object.
   if (Object.hasOwn(obj, 'model')) obj.model = undefined;
-  return Buffer.from(JSON.stringify(obj), 'utf8').subarray(1);
+  const src = (obj as Sourced)[SOURCE];
+  if (src === undefined) return Buffer.from(JSON.stringify(obj), 'utf8').subarray(1);
+  const { buf, members, rewritten } = src;
+  // Index of each key's last occurrence: a Map only when there are many members (keeps the usual case cheap).
+  const last = members.length > 16 ? new Map<string, number>() : undefined;
+  if (last !== undefined) for (let j = 0; j < members.length; j++) last.set(members[j]!.key, j);
+  const keep: JsonMember[] = [];
+  let size = 1;
+  for (let j = 0; j < members.length; j++) {
+    const m = members[j]!;
+    if (obj[m.key] === undefined || (rewritten !== undefined && rewritten.includes(m.key))) continue;
+    if (last !== undefined ? last.get(m.key) !== j : laterKey(members, j)) continue;
+    keep.push(m);
+    size += m.end - m.start + 1;
+  }
+  let extra = '';
+  if (rewritten !== undefined) {
+    for (const k of rewritten) {
+      const v = obj[k];
+      if (v !== undefined) extra += `${keep.length > 0 || extra !== '' ? ',' : ''}${JSON.stringify(k)}:${JSON.stringify(v)}`;
+    }
+  }
+  const extraLen = Buffer.byteLength(extra, 'utf8');
+  const out = Buffer.allocUnsafe(size - (keep.length > 0 ? 1 : 0) + extraLen);
+  let at = 0;
+  for (let j = 0; j < keep.length; j++) {
+    const m = keep[j]!;
+    if (j > 0) out[at++] = COMMA;
+    at += buf.copy(out, at, m.start, m.end);
+  }
+  if (extraLen > 0) at += out.write(extra, at, 'utf8');
+  out[at] = CLOSE_BRACE;
+  return out;
 }
 
-const CLOSE_BRACE = 0x7d;
+function laterKey(members: readonly JsonMember[], j: number): boolean {
+  const key = members[j]!.key;
+  for (let k = j + 1; k < members.length; k++) if (members[k]!.key === key) return true;
+  return false;
+}
+
 
 /**
  * The members an instance adds to its upstream body ('"k":v,"k2":v2'), from the prepared request's field keys:

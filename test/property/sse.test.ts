@@ -260,7 +260,14 @@ function buildStream(s: { frames: readonly Frame[]; usage: [{ usage: unknown; li
     whole = whole.slice(0, -s.term.length);
     withoutUsage = withoutUsage.slice(0, -s.term.length);
   }
-  const lastUsage = usages.filter((u) => u !== undefined).at(-1);
+  // A stream reporting usage more than once is believed at each count's largest report (running totals never shrink).
+  type Counts = { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  const lastUsage = (usages.filter((u) => u !== undefined) as Counts[]).reduce<Counts | undefined>((a, u) => {
+    if (a === undefined) return u;
+    const p = Math.max(a.prompt_tokens, u.prompt_tokens);
+    const c = Math.max(a.completion_tokens, u.completion_tokens);
+    return { prompt_tokens: p, completion_tokens: c, total_tokens: Math.max(a.total_tokens, u.total_tokens, p + c) };
+  }, undefined);
   return { whole: Buffer.from(whole), withoutUsage: Buffer.from(withoutUsage), text: s.frames.map((f) => f.text).join(''), lastUsage };
 }
 

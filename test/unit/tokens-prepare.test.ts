@@ -149,3 +149,41 @@ test('every malformed request is a failure with a code, never a throw', () => {
   const bytes = Buffer.concat([Buffer.from('{"messages":[{"role":"user","content":"'), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('"}]}')]);
   assert.equal(prepareRequest(bytes, CHAT).ok, true);
 });
+
+test('the upstream body carries the client\'s own bytes of each member: numbers, escapes and layout as written', () => {
+  // JSON.parse + JSON.stringify turned this seed into ...992 and 1e999 into null.
+  const body = '{ "model" : "gpt-4o", "seed":9007199254740993,"temperature" : 1e999, "top_p": 1.0,\n'
+    + '  "messages": [ {"role":"user","content":"caf\\u00e9 \\"}{[ \\\\"} ], "n" : 1 , "user":"a\\/b"}';
+  const r = prep(body);
+  assert.equal(composeUpstreamBody('m', r.tail).toString(), '{"model":"m","seed":9007199254740993,"temperature" : 1e999,"top_p": 1.0,'
+    + '"messages": [ {"role":"user","content":"caf\\u00e9 \\"}{[ \\\\"} ],"n" : 1,"user":"a\\/b"}');
+  // A key written with an escape is the key it names: "mod\u0065l" is the model, and leaves the body.
+  const escaped = prep('{"mod\\u0065l":"x","messages":[{"role":"user","content":"hi"}]}');
+  assert.equal(escaped.model, 'x');
+  assert.equal(composeUpstreamBody(undefined, escaped.tail).toString(), '{"messages":[{"role":"user","content":"hi"}]}');
+});
+
+test('the upstream body: duplicate keys leave as the value Sluice read (the last), rewritten members serialised', () => {
+  const dup = prep('{"max_tokens":1,"messages":[{"role":"user","content":"hi"}],"max_tokens":7}');
+  assert.equal(dup.maxTokens, 7);
+  assert.equal(composeUpstreamBody(undefined, dup.tail).toString(), '{"messages":[{"role":"user","content":"hi"}],"max_tokens":7}');
+  // A stream's stream_options is rewritten to ask for usage; the client's other options stay.
+  const stream = prep('{"stream":true,"stream_options":{"x":  1},"messages":[{"role":"user","content":"hi"}],"seed":18446744073709551615}');
+  assert.equal(composeUpstreamBody(undefined, stream.tail).toString(),
+    '{"stream":true,"messages":[{"role":"user","content":"hi"}],"seed":18446744073709551615,"stream_options":{"x":1,"include_usage":true}}');
+  const added = prep('{"stream":true,"messages":[{"role":"user","content":"hi"}]}');
+  assert.equal(composeUpstreamBody(undefined, added.tail).toString(), '{"stream":true,"messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}');
+  assert.equal(composeUpstreamBody('m', prep('{"model":"x","messages":[{"role":"user","content":"hi"}]}').tail).toString(), '{"model":"m","messages":[{"role":"user","content":"hi"}]}');
+});
+
+test('a body nesting deeper than 128 levels is a 400 SLC_BAD_JSON, not a stack overflow', () => {
+  const nest = (n: number): string => `{"messages":[{"role":"user","content":"hi"}],"x":${'['.repeat(n)}${']'.repeat(n)}}`;
+  assert.equal(prep(nest(127)).ok, true, 'the body object and 127 arrays: 128 levels');
+  for (const n of [128, 5000, 100_000]) {
+    const f = failure(nest(n));
+    assert.equal(f.code, 'SLC_BAD_JSON');
+    assert.equal(f.message, 'request body nests deeper than 128 levels');
+  }
+  // Nesting inside a string is text, not depth.
+  assert.equal(prep(`{"messages":[{"role":"user","content":"${'['.repeat(10_000)}"}]}`).ok, true);
+});

@@ -6,7 +6,7 @@ import { errorBody as openAiError } from '../../core/errors.ts';
 import { chatPromptParts, completionPromptParts, type PromptParts } from '../../tokens/count.ts';
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation, MAX_N } from '../../tokens/limits.ts';
-import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
+import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -118,6 +118,7 @@ function forceStreamUsage(obj: Record<string, unknown>, stream: boolean): void {
   if (!stream) return;
   if (isJsonObject(obj.stream_options)) obj.stream_options.include_usage = true;
   else obj.stream_options = { include_usage: true };
+  markRewritten(obj, 'stream_options');
 }
 
 /** The OpenAI error shape: {"error":{"message","type","code","param"}}. */
