@@ -315,6 +315,8 @@ export interface GuardOptions {
 
 /** Most unparsed bytes held from a client while its previous request is answered; beyond, reading pauses. */
 const HOLD_BYTES = 64 * 1024;
+/** Empty-line bytes tolerated before a request line (RFC 9112 §2.2 asks for at least one CRLF). */
+const MAX_BLANK_BYTES = 16;
 /** After the guard closes a connection, how long the client's remaining input is read and discarded. */
 const LINGER_MS = 2000;
 
@@ -344,6 +346,10 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
   private reqChunks: ChunkedScanner | undefined;
   private headSince = 0;
   lastActive = coarseNow;
+  /** When the connection last became idle (opened, or an answer written): empty lines do not move it. */
+  private idleFrom = coarseNow;
+  /** Empty-line bytes skipped since then (bounded: a trickle of them must not hold a connection forever). */
+  private blankBytes = 0;
   // The request being served whose answer is not complete.
   private inFlight = false;
   private curHead = false;
@@ -473,14 +479,23 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
         this.holdCheck();
         return;
       }
-      // Empty lines before a request line are ignored (RFC 9112 §2.2).
+      // Empty lines before a request line are ignored (RFC 9112 §2.2), a few of them: they neither count as
+      // activity for the idle timeout nor, past MAX_BLANK_BYTES, keep the connection at all.
       let skip = 0;
       while (skip < buf.length && (buf[skip] === CR || buf[skip] === LF)) skip++;
       if (skip > 0) {
+        this.blankBytes += skip;
+        if (this.blankBytes > MAX_BLANK_BYTES) {
+          this.refuse('framing', new SluiceError('SLC_BAD_REQUEST', `more than ${MAX_BLANK_BYTES} bytes of empty lines before a request line`), false);
+          return;
+        }
         buf = buf.subarray(skip);
         this.inBuf = buf;
         this.scanFrom = Math.max(0, this.scanFrom - skip);
-        if (buf.length === 0) continue;
+        if (buf.length === 0) {
+          this.lastActive = this.idleFrom;
+          continue;
+        }
       }
       const limits = this.g.limits;
       const found = findHeadEnd(buf, this.scanFrom);
@@ -547,6 +562,8 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     this.cur = undefined;
     this.inFlight = false;
     this.lastActive = coarseNow;
+    this.idleFrom = coarseNow;
+    this.blankBytes = 0;
     if (close || !this.curKeepAlive) {
       this.closing = true;
       this.client.end();

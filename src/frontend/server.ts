@@ -424,7 +424,8 @@ function finisher(front: Front, hold: BodyHold): () => void {
  */
 function serveInGuard(front: Front, wire: ResponseWire, head: RequestHead, buf: Buffer, peer: string): NetResponse {
   const startedAt = performance.now();
-  const method = head.method.toUpperCase();
+  // Methods are case-sensitive (RFC 9110 §9.1): `post` is not POST. (uWS 20.30 lowercases them, so its path cannot tell.)
+  const method = head.method;
   front.metrics?.requestsInFlight.inc();
   const hold: BodyHold = { bytes: 0 };
   const headers = headerRecord(wire, head, buf);

@@ -57,6 +57,22 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assert.equal(r.closed, false);
   });
 
+  it('a few empty lines before a request line are ignored; past 16 bytes of them, 400 and close (no trickle holds a connection)', async () => {
+    const ok = await exchange(port, '\r\n\n\r\n' + post(), { responses: 1 });
+    assert.equal(ok.responses[0]?.status, 200);
+    const r = await exchange(port, '\r\n'.repeat(9) + post(), { waitMs: 20_000 });
+    assert.equal(r.responses.length, 1);
+    assertError(r.responses[0], 400, 'SLC_BAD_REQUEST');
+    assert.match(r.responses[0]!.json?.error?.message ?? '', /empty lines/);
+    assert.equal(r.closed, true);
+  });
+
+  it('methods are case-sensitive: `post` is not POST (405 with Allow)', async () => {
+    const r = await exchange(port, post().replace(/^POST/, 'post'), { responses: 1 });
+    assertError(r.responses[0], 405, 'SLC_METHOD_NOT_ALLOWED');
+    assert.equal(r.responses[0]!.headers.allow, 'POST, HEAD');
+  });
+
   it('HTTP/1.0 requests are answered (with or without Host) and closed after the answer', async () => {
     for (const req of ['GET /nope HTTP/1.0\r\n\r\n', 'GET /nope HTTP/1.0\r\nHost: gw\r\n\r\n']) {
       const r = await exchange(port, req);
