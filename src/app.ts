@@ -218,11 +218,13 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   const gateway = new Gateway(stores.build(config), { metrics, upstream, pool, onSnapshotRetired: (snap) => stores.retire(snap) });
   let front: Listening | undefined;
   let admin: Listening | undefined;
+  let closed = false;
   try {
     front = await startFrontend(gateway, { host: config.listen.host, port: opts.port ?? config.listen.port, limits: config.limits, metrics, http1Guard: config.listen.http1_guard });
     admin = await startAdmin({
       metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-      ready: () => stores.all().every((s) => s.health() !== 'unavailable'),
+      // Not ready once shutdown starts: the port no longer accepts, so load balancers must stop sending at once.
+      ready: () => !closed && stores.all().every((s) => s.health() !== 'unavailable'),
     }, config.admin.host, opts.adminPort ?? config.admin.port);
   } catch (err) {
     front?.close();
@@ -232,7 +234,6 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   for (const w of configWarnings(config)) log.warn('config warning', { path: w.path, message: w.message });
   log.info('sluice listening', { host: config.listen.host, port: front.port, admin_port: admin.port, workers: config.workers, routes: config.routes.length });
 
-  let closed = false;
   const frontL = front;
   const adminL = admin;
   const reload = (next: SluiceConfig): void => {

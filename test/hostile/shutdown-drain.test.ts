@@ -107,8 +107,14 @@ describe('shutdown with streams still running', () => {
     const short = openStream(gw.url, SHORT);
     const slow = fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...SLOW.headers }, body: JSON.stringify(SLOW.body) });
     await eventually('every request reached the upstream and the long streams flow', () => mock.stats().inFlight >= 4 && longs.every((s) => s.frames >= 3));
+    assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200);
     const t0 = Date.now();
-    await gw.handle.close({ drainMs: DRAIN_MS });
+    const closing = gw.handle.close({ drainMs: DRAIN_MS });
+    // From the start of the drain the port takes no new connections: readiness says so at once.
+    const ready = await fetch(`${gw.adminUrl}/readyz`);
+    assert.equal(ready.status, 503);
+    assert.deepEqual(await ready.json(), { status: 'not ready' });
+    await closing;
     const took = Date.now() - t0;
     await Promise.all([...longs, short].map((s) => s.finished));
     assert.ok(took >= DRAIN_MS - 100, `close waited the drain time (${took} ms)`);
