@@ -695,18 +695,27 @@ const JSON_HEADERS: [string, string][] = [['content-type', 'application/json']];
 export function startAdmin(handlers: AdminHandlers, host: string, port: number): Promise<Listening> {
   assertNativeUws();
   const app = uWS.App();
-  app.get('/metrics', (res) => {
-    const client = new UwsResponse(res);
-    handlers.metrics().then(
-      (m) => client.send(200, [['content-type', m.contentType]], m.body),
-      (err: unknown) => sendError(client, new SluiceError('SLC_INTERNAL', undefined, { cause: err })),
-    );
-  });
-  app.get('/healthz', (res) => { new UwsResponse(res).send(200, JSON_HEADERS, '{"status":"ok"}'); });
-  app.get('/readyz', (res) => {
-    const ok = handlers.ready();
-    new UwsResponse(res).send(ok ? 200 : 503, JSON_HEADERS, ok ? '{"status":"ready"}' : '{"status":"not ready"}');
-  });
+  // GET and HEAD (load balancers probe with either; a HEAD answer has the GET's headers and no body), else 405.
+  const paths: Record<string, (client: UwsResponse) => void> = {
+    '/metrics': (client) => {
+      handlers.metrics().then(
+        (m) => client.send(200, [['content-type', m.contentType]], m.body),
+        (err: unknown) => sendError(client, new SluiceError('SLC_INTERNAL', undefined, { cause: err })),
+      );
+    },
+    '/healthz': (client) => { client.send(200, JSON_HEADERS, '{"status":"ok"}'); },
+    '/readyz': (client) => {
+      const ok = handlers.ready();
+      client.send(ok ? 200 : 503, JSON_HEADERS, ok ? '{"status":"ready"}' : '{"status":"not ready"}');
+    },
+  };
+  for (const [path, serve] of Object.entries(paths)) {
+    app.get(path, (res) => { serve(new UwsResponse(res)); });
+    app.head(path, (res) => { serve(new UwsResponse(res, true)); });
+    app.any(path, (res, req) => {
+      sendError(new UwsResponse(res), new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${req.getMethod().toUpperCase()} not allowed on ${path}`, { headers: { allow: 'GET, HEAD' } }));
+    });
+  }
   app.any('/*', (res) => { sendError(new UwsResponse(res), new SluiceError('SLC_NOT_FOUND')); });
   return listen(app, 'admin', host, port, false);
 }

@@ -263,6 +263,17 @@ for (const workers of [1, 2]) {
       assert.ok(!m.includes('client-secret') && !m.includes('sk-a'), 'no secrets in metrics');
       assert.equal((await fetch(`${gw.adminUrl}/healthz`)).status, 200);
       assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200);
+      // Load balancers probe with HEAD too: the GET's status and headers, no body. Other methods: 405 with Allow.
+      for (const path of ['/healthz', '/readyz', '/metrics']) {
+        const head = await fetch(`${gw.adminUrl}${path}`, { method: 'HEAD' });
+        assert.equal(head.status, 200, path);
+        assert.equal(await head.text(), '', path);
+        const post = await fetch(`${gw.adminUrl}${path}`, { method: 'POST', body: 'x' });
+        assert.equal(post.status, 405, path);
+        assert.equal(post.headers.get('allow'), 'GET, HEAD');
+        assert.equal((await post.json() as { error: { code: string } }).error.code, 'SLC_METHOD_NOT_ALLOWED');
+      }
+      assert.equal((await fetch(`${gw.adminUrl}/nope`)).status, 404);
     });
   });
 }
