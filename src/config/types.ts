@@ -346,3 +346,6 @@ export interface SluiceConfig {
   readonly routes: readonly RouteConfig[];
   readonly consumers: readonly ConsumerConfig[];
 }
+
+/** Longest quota window, in seconds (366 days): a longer one is a slip, and its counters would live for ages. */
+export const MAX_TIME_WINDOW_S = 31_622_400;

@@ -2,6 +2,7 @@
 // (the file still validates) and the gateway logs them at start and on reload. Never includes a secret.
 
 import { costExprIdentifiers, KNOWN_USAGE_FIELDS } from '../rules/cost-expr.ts';
+import { templateVars } from '../rules/template.ts';
 import type { AiRateLimitingConfig, SluiceConfig } from './types.ts';
 import { childPath, type ConfigIssue } from './issues.ts';
 
@@ -28,6 +29,32 @@ function costExprWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIs
   });
 }
 
+/** Variables a client sets as it likes (headers, query parameters, cookies, what it asks for). */
+function clientSet(name: string): boolean {
+  return name.startsWith('http_') || name.startsWith('arg_') || name.startsWith('cookie_') || name === 'model' || name === 'uri' || name === 'host';
+}
+
+/** A window is part of a counter's identity: one a client chooses gives it a fresh counter per value it sends. */
+function windowWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIssue[]): void {
+  const check = (src: number | string | undefined, at: string): void => {
+    if (typeof src !== 'string') return;
+    let names: string[];
+    try {
+      names = templateVars(src);
+    } catch {
+      return;
+    }
+    const chosen = names.filter(clientSet);
+    if (chosen.length > 0) {
+      out.push({ path: at, message: `comes from ${chosen.map((n) => `\${${n}}`).join(', ')}, which the client sets: each window length it sends is a counter of its own, a fresh quota; template it on a variable a trusted layer sets` });
+    }
+  };
+  check(cfg.time_window, childPath(path, 'time_window'));
+  cfg.instances.forEach((inst, i) => check(inst.time_window, childPath(childPath(childPath(path, 'instances'), i), 'time_window')));
+  cfg.rules.forEach((r, i) => check(r.time_window, childPath(childPath(childPath(path, 'rules'), i), 'time_window')));
+  (cfg.model_limits ?? []).forEach((m, i) => check(m.time_window, childPath(childPath(childPath(path, 'model_limits'), i), 'time_window')));
+}
+
 export function configWarnings(config: SluiceConfig): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   const perKeyOnRedis: string[] = [];
@@ -36,6 +63,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     const arl = r.plugins['ai-rate-limiting'];
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);
+      windowWarnings(arl, childPath(path, 'ai-rate-limiting'), out);
       if (arl.redis !== undefined && arl.rules.length > 0) perKeyOnRedis.push(childPath(path, 'ai-rate-limiting.rules'));
     }
     const atr = r.plugins['ai-token-ratelimit'];
@@ -49,6 +77,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     if (arl === undefined) return;
     const path = `consumers[${i}].plugins.ai-rate-limiting`;
     costExprWarnings(arl, path, out);
+    windowWarnings(arl, path, out);
     if (arl.redis !== undefined && arl.rules.length > 0) perKeyOnRedis.push(childPath(path, 'rules'));
   });
   if (config.key_hash_secret === undefined && perKeyOnRedis.length > 0) {

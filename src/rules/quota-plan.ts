@@ -34,6 +34,7 @@ import type {
   TokenRuleItem,
 } from '../config/types.ts';
 import type { CounterSpec } from '../quota/types.ts';
+import { MAX_TIME_WINDOW_S } from '../config/types.ts';
 import { SluiceError } from '../core/errors.ts';
 import { compileCostExpr, type RawUsage } from './cost-expr.ts';
 import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, type IpMatcher, type IpRange } from './ip.ts';
@@ -343,8 +344,8 @@ function limitTemplate(count: string | number, window: string | number, at: stri
     }
   };
   return {
-    count: wrap(countField, () => compileCountTemplate(count)),
-    window: wrap('time_window', () => compileCountTemplate(window)),
+    count: wrap(countField, () => compileCountTemplate(count, countField)),
+    window: wrap('time_window', () => compileCountTemplate(window, 'time_window', MAX_TIME_WINDOW_S)),
     countSrc: count,
     windowSrc: window,
     countVars: requiredVars(count),

@@ -152,29 +152,36 @@ export function parsePositiveInt(s: string): number | undefined {
  * Compile a count or time window: a positive integer, or `${var}` / `${var ?? default}` resolved per request.
  * A resolved value that is not a positive integer falls back to the default, else yields undefined.
  */
-export function compileCountTemplate(src: string | number): CountTemplate {
+export function compileCountTemplate(src: string | number, what = 'count', max = Number.MAX_SAFE_INTEGER): CountTemplate {
+  const bounded = (n: number | undefined): number | undefined => (n !== undefined && n <= max ? n : undefined);
+  const range = max === Number.MAX_SAFE_INTEGER ? 'a positive integer' : `an integer from 1 to ${max}`;
   if (typeof src === 'number') {
-    if (!Number.isSafeInteger(src) || src <= 0) throw new Error(`count ${src} is not a positive integer`);
+    if (!Number.isSafeInteger(src) || src <= 0 || src > max) throw new Error(`${what} ${src} is not ${range}`);
     return () => src;
   }
   const s = src.trim();
   const literal = parsePositiveInt(s);
-  if (literal !== undefined) return () => literal;
+  if (literal !== undefined) {
+    if (literal > max) throw new Error(`${what} ${literal} is not ${range}`);
+    return () => literal;
+  }
   if (!s.startsWith('${') || s.indexOf('}') !== s.length - 1) {
-    throw new Error(`count "${src}" must be a positive integer, "\${var}" or "\${var ?? default}"`);
+    throw new Error(`${what} "${src}" must be ${range}, "\${var}" or "\${var ?? default}"`);
   }
   const { name, fallback } = parseBraced(src, s.slice(2, -1), 0);
   const get = withPosition(src, 0, name);
   if (fallback === undefined) {
     return (v) => {
       const raw = get(v);
-      return raw === undefined ? undefined : parsePositiveInt(raw);
+      return raw === undefined ? undefined : bounded(parsePositiveInt(raw));
     };
   }
-  const def = parsePositiveInt(fallback);
-  if (def === undefined) throw new Error(`count "${src}": default "${fallback}" is not a positive integer`);
+  const def = bounded(parsePositiveInt(fallback));
+  if (def === undefined) throw new Error(`${what} "${src}": default "${fallback}" is not ${range}`);
+  // The default stands in for an absent (or empty) value only: a value sent that is not a count is refused, as
+  // it is without a default, not quietly replaced.
   return (v) => {
     const raw = get(v);
-    return (raw === undefined ? undefined : parsePositiveInt(raw)) ?? def;
+    return raw === undefined || raw === '' ? def : bounded(parsePositiveInt(raw));
   };
 }

@@ -36,6 +36,23 @@ test('per-key rules on a Redis policy without key_hash_secret: a warning naming 
   assert.deepEqual(configWarnings(validateConfig(routeWith({ 'ai-rate-limiting': { rules: [{ key: '${http_x_user}', count: 10, time_window: 60 }] } }), {})), [], 'local policy: no warning');
 });
 
+test('a time_window templated on a client-set variable validates with a warning: each value is a fresh counter', () => {
+  const cfg = validateConfig({ routes: [{ uri: '/v1/chat/completions', plugins: {
+    'ai-proxy-multi': { instances: [{ name: 'openai', provider: 'openai' }] },
+    'ai-rate-limiting': {
+      instances: [{ name: 'openai', limit: 100, time_window: '${arg_w ?? 60}' }],
+      rules: [
+        { key: '${http_x_sub}', count: 30, time_window: '${http_x_w ?? 60}' },
+        { key: '${http_x_sub}', count: 30, time_window: '${consumer_name}' },
+        { key: '${http_x_sub}', count: '${http_x_c ?? 5}', time_window: 60 },
+      ],
+    },
+  } }] }, {});
+  const w = configWarnings(cfg);
+  assert.deepEqual(w.map((x) => x.path), ['routes[0].plugins.ai-rate-limiting.instances[0].time_window', 'routes[0].plugins.ai-rate-limiting.rules[0].time_window']);
+  assert.match(w[1]!.message, /^comes from \$\{http_x_w\}, which the client sets: each window length it sends is a counter of its own/);
+});
+
 test('sluice validate prints warnings on stderr and still says ok', () => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-warn-'));
   try {

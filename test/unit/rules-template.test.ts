@@ -49,11 +49,25 @@ test('count templates: ${var ?? default} (the seed X-Custom-Count example)', () 
   const c = compileCountTemplate('${http_x_custom_count ?? 500}');
   assert.equal(c(vars({})), 500);
   assert.equal(c(vars({ 'x-custom-count': '10' })), 10);
-  assert.equal(c(vars({ 'x-custom-count': '0' })), 500, 'non-positive falls back');
-  assert.equal(c(vars({ 'x-custom-count': '-5' })), 500);
-  assert.equal(c(vars({ 'x-custom-count': '2.5' })), 500, 'non-integer falls back');
-  assert.equal(c(vars({ 'x-custom-count': '1e3' })), 500);
-  assert.equal(c(vars({ 'x-custom-count': '99999999999999999999' })), 500, 'beyond safe integers falls back');
+  assert.equal(c(vars({ 'x-custom-count': '' })), 500, 'empty is absent');
+  // A value sent that is not a count is refused (undefined), as without a default, not quietly replaced.
+  assert.equal(c(vars({ 'x-custom-count': '0' })), undefined, 'non-positive');
+  assert.equal(c(vars({ 'x-custom-count': '-5' })), undefined);
+  assert.equal(c(vars({ 'x-custom-count': '2.5' })), undefined, 'non-integer');
+  assert.equal(c(vars({ 'x-custom-count': '1e3' })), undefined);
+  assert.equal(c(vars({ 'x-custom-count': 'abc' })), undefined);
+  assert.equal(c(vars({ 'x-custom-count': '99999999999999999999' })), undefined, 'beyond safe integers');
+});
+
+test('time_window templates are bounded (366 days), and named so in their errors', () => {
+  const w = compileCountTemplate('${http_x_w ?? 60}', 'time_window', 31_622_400);
+  assert.equal(w(vars({})), 60);
+  assert.equal(w(vars({ 'x-w': '31622400' })), 31_622_400);
+  assert.equal(w(vars({ 'x-w': '31622401' })), undefined);
+  assert.equal(w(vars({ 'x-w': '99999999999' })), undefined);
+  assert.throws(() => compileCountTemplate('${http_x_w ?? 99999999999}', 'time_window', 31_622_400), /^Error: time_window "\$\{http_x_w \?\? 99999999999\}": default "99999999999" is not an integer from 1 to 31622400$/);
+  assert.throws(() => compileCountTemplate('sixty', 'time_window', 31_622_400), /^Error: time_window "sixty" must be an integer from 1 to 31622400/);
+  assert.throws(() => compileCountTemplate(31_622_401, 'time_window', 31_622_400), /time_window 31622401 is not an integer from 1 to 31622400/);
 });
 
 test('count templates without default are undefined on a bad value', () => {

@@ -2,7 +2,7 @@
 // may be combined on one route. Expressions and templates are compiled here once, by the same code the
 // request path uses, so a config that validates cannot fail to compile later.
 
-import type { AiRateLimitingConfig, HeaderStyle, InstanceQuotaConfig, LimitStrategy, ModelLimitConfig, RedisPolicy, RuleConfig, WindowType } from '../types.ts';
+import { MAX_TIME_WINDOW_S, type AiRateLimitingConfig, type HeaderStyle, type InstanceQuotaConfig, type LimitStrategy, type ModelLimitConfig, type RedisPolicy, type RuleConfig, type WindowType } from '../types.ts';
 import { compileCostExpr } from '../../rules/cost-expr.ts';
 import { compileCountTemplate, compileTemplate, parsePositiveInt } from '../../rules/template.ts';
 import { childPath, type Issues } from '../issues.ts';
@@ -78,7 +78,9 @@ function readPair(sec: Section, required: boolean): { limit: number | string | u
       if (required) sec.required(key);
       return undefined;
     }
-    return readTemplateNumber(sec.is, sec.p(key), sec.get(key));
+    return key === 'time_window'
+      ? readTemplateNumber(sec.is, sec.p(key), sec.get(key), key, MAX_TIME_WINDOW_S)
+      : readTemplateNumber(sec.is, sec.p(key), sec.get(key), key);
   };
   const limit = read('limit');
   const window = read('time_window');
@@ -158,20 +160,22 @@ function readModelLimits(sec: Section, strategy: LimitStrategy, costExpr: string
   return out;
 }
 
-function readTemplateNumber(is: Issues, path: string, v: unknown): number | string | undefined {
+/** A count or window: a positive integer (at most `max`), or a template resolved per request. */
+function readTemplateNumber(is: Issues, path: string, v: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number | string | undefined {
+  const rule = max === Number.MAX_SAFE_INTEGER ? POSITIVE : { min: 1, max };
   if (typeof v === 'string') {
     // '500' (or a `$ENV://N` number, which arrives as text) is the number it spells.
     const literal = parsePositiveInt(v.trim());
-    if (literal !== undefined) return literal;
+    if (literal !== undefined) return checkInt(is, path, literal, rule);
     try {
-      compileCountTemplate(v);
+      compileCountTemplate(v, what, max);
       return v;
     } catch (err) {
       is.add(path, quotedError(is, path, err));
       return undefined;
     }
   }
-  if (typeof v === 'number') return checkInt(is, path, v, POSITIVE);
+  if (typeof v === 'number') return checkInt(is, path, v, rule);
   is.add(path, 'must be a positive integer or a template such as ${var} or ${var ?? 500}');
   return undefined;
 }
@@ -192,8 +196,8 @@ function readRules(sec: Section): RuleConfig[] {
         key = undefined;
       }
     }
-    const count = rule.required('count') ? readTemplateNumber(rule.is, rule.p('count'), rule.get('count')) : undefined;
-    const window = rule.required('time_window') ? readTemplateNumber(rule.is, rule.p('time_window'), rule.get('time_window')) : undefined;
+    const count = rule.required('count') ? readTemplateNumber(rule.is, rule.p('count'), rule.get('count'), 'count') : undefined;
+    const window = rule.required('time_window') ? readTemplateNumber(rule.is, rule.p('time_window'), rule.get('time_window'), 'time_window', MAX_TIME_WINDOW_S) : undefined;
     let prefix = rule.str('header_prefix');
     if (prefix !== undefined) {
       if (!HEADER_PREFIX.test(prefix)) {
