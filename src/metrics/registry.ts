@@ -18,7 +18,7 @@ function plainGauge(cfg: { name: string; help: string; registers: Registry[] }):
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
-  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'sluice_process_' });
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'sluice_' });
   const registers = [registry];
   // Per-request metrics live in plain-number slots (hot) and reach these metrics at scrape time via collect().
   const hot = new HotSlots(LATENCY_BUCKETS, ESTIMATE_BUCKETS);

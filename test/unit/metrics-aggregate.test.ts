@@ -23,7 +23,9 @@ describe('aggregateMetrics', () => {
     assert.match(body, /^sluice_redis_errors_total\{store="redis-0",kind="timeout"\} 8$/m);
     assert.match(body, /^sluice_config_reloads_total\{outcome="ok"\} 1$/m);
     // The main thread's process metrics, which only it has, pass through whatever their aggregator.
-    assert.match(body, /^sluice_process_process_cpu_user_seconds_total \d/m);
-    assert.match(body, /^sluice_process_process_start_time_seconds \d/m);
+    assert.match(body, /^sluice_process_cpu_user_seconds_total \d/m);
+    assert.match(body, /^sluice_process_start_time_seconds \d/m);
+    assert.match(body, /^sluice_nodejs_eventloop_lag_seconds \d/m);
+    assert.doesNotMatch(body, /sluice_process_process_/);
   });
 });
