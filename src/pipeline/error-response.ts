@@ -9,5 +9,7 @@ export type ErrorFormat = (status: number, code: string, type: string, message: 
 export function sendError(res: ClientResponse, err: SluiceError, format?: ErrorFormat): void {
   const headers: HeaderList = [['content-type', 'application/json']];
   if (err.headers !== undefined) for (const k of Object.keys(err.headers)) headers.push([k, err.headers[k]!]);
+  // Every 503 of Sluice's own (a quota store down, shutting down, overloaded) is worth retrying: say when.
+  if (err.status === 503 && err.headers?.['retry-after'] === undefined) headers.push(['retry-after', '1']);
   res.send(err.status, headers, format === undefined ? toErrorBody(err) : format(err.status, err.code, err.type, err.message, err.param));
 }

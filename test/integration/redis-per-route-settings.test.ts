@@ -85,6 +85,7 @@ describe('per-route Redis settings on one Redis', () => {
       const shortMs = performance.now() - started;
       assert.equal(short.status, 503, short.text);
       assert.equal(short.body?.error?.code, 'SLC_QUOTA_STORE_UNAVAILABLE');
+      assert.equal(short.headers.get('retry-after'), '1', 'a 503 says when to retry');
       // 200 ms expected; generous for a loaded machine, far below the other route's 5 s.
       assert.ok(shortMs < 4000, `short route answered after ${shortMs} ms`);
       assert.equal(longDone, undefined, 'the long-timeout route still waits for Redis');
