@@ -325,6 +325,10 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
     max_client_connections: { min: 1, max: 10_000_000 },
     listen_backlog: { min: 1, max: 65_535 },
   });
+  if (limits.max_inflight_body_bytes < limits.max_body_bytes) {
+    // A body the per-request limit allows but the budget never could would get 503 "retry shortly" forever.
+    is.add('limits.max_inflight_body_bytes', 'must be at least limits.max_body_bytes');
+  }
   const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).
   // A lease shorter than a few flush intervals would let live reservations lapse between renewals.

@@ -264,7 +264,7 @@ describe('limits.max_inflight_body_bytes with workers: 2', () => {
     // Two bodies fit the process; before the fix each thread had the whole budget (four fitted).
     gw = await start({
       workers: 2, listen: { host: '127.0.0.1', port: 0, http1_guard: false },
-      limits: { max_inflight_body_bytes: 100_000, client_body_timeout_ms: 120_000 },
+      limits: { max_body_bytes: 50_000, max_inflight_body_bytes: 100_000, client_body_timeout_ms: 120_000 },
       routes: [{ id: 'free', uri: '/free/v1/chat/completions', plugins: proxy(mock.url) }],
     });
     const h = gw;

@@ -652,3 +652,12 @@ describe('examples/embedded.yaml', () => {
     ]);
   });
 });
+
+describe('limits that contradict each other', () => {
+  it('max_inflight_body_bytes below max_body_bytes is an error (such a body would get 503 forever)', () => {
+    assert.throws(() => validateConfig({ limits: { max_body_bytes: 1_048_576, max_inflight_body_bytes: 4096 } }, {}),
+      (err: unknown) => err instanceof ConfigError && err.issues.length === 1
+        && err.issues[0]!.path === 'limits.max_inflight_body_bytes' && err.issues[0]!.message === 'must be at least limits.max_body_bytes');
+    assert.equal(validateConfig({ limits: { max_body_bytes: 4096, max_inflight_body_bytes: 4096 } }, {}).limits.max_inflight_body_bytes, 4096);
+  });
+});
