@@ -131,9 +131,9 @@ export class Gateway implements RequestSink {
   accept(req: ClientRequest): Accepted | SluiceError {
     if (this.draining) return new SluiceError('SLC_SHUTTING_DOWN');
     const found = findRoute(this.snapshot, req.method, req.path);
-    if (found.kind === 'not_found') return new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`);
+    if (found.kind === 'not_found') return new SluiceError('SLC_NOT_FOUND', `no route matches ${quotedPath(req.path)}`);
     if (found.kind === 'method_not_allowed') {
-      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${req.method} not allowed on ${req.path}`, { headers: { allow: found.allow } });
+      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${quotedPath(req.method)} not allowed on ${quotedPath(req.path)}`, { headers: { allow: found.allow } });
     }
     const route = found.route;
     let a = this.accepted.get(route);
@@ -167,7 +167,7 @@ export class Gateway implements RequestSink {
       // Reloaded while the body was read: the request starts now, on the current snapshot.
       snap = this.snapshot;
       const r = findRoute(snap, req.method, req.path);
-      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${req.path}`)); return undefined; }
+      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${quotedPath(req.path)}`)); return undefined; }
       route = r.route;
     }
     this.users.set(snap, (this.users.get(snap) ?? 0) + 1);
@@ -751,4 +751,9 @@ function stripRateLimitHeaders(headers: HeaderList): void {
 function looksJson(s: string): boolean {
   const c = s.trimStart()[0];
   return c === '{' || c === '[';
+}
+
+/** A client's path (or method) in an error message: at most 200 characters of it, so an 8 KB path is not echoed whole. */
+function quotedPath(p: string): string {
+  return p.length <= 200 ? p : `${p.slice(0, 200)}… (${p.length} characters)`;
 }

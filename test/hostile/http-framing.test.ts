@@ -67,6 +67,12 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assert.equal(r.closed, true);
   });
 
+  it('a 404 for a long path quotes at most 200 characters of it', async () => {
+    const r = await fetch(`http://127.0.0.1:${port}/${'a'.repeat(6000)}`);
+    assert.equal(r.status, 404);
+    assert.equal((await r.json() as { error: { message: string } }).error.message, `no route matches /${'a'.repeat(199)}… (6001 characters)`);
+  });
+
   it('methods are case-sensitive: `post` is not POST (405 with Allow)', async () => {
     const r = await exchange(port, post().replace(/^POST/, 'post'), { responses: 1 });
     assertError(r.responses[0], 405, 'SLC_METHOD_NOT_ALLOWED');
