@@ -12,6 +12,9 @@ import { MAX_TOKENS_PER_REQUEST } from '../../src/quota/window.ts';
 import { windowStartOf, type AcquireResult, type CounterSpec, type Grant } from '../../src/quota/types.ts';
 import { redisCall, startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import { holders } from '../conformance/load.ts';
+import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
+import { mockInstance } from '../helpers/gateway.ts';
+import { eventually, startSluiceProcess } from '../helpers/sluice-process.ts';
 import { redisStore, standaloneTarget } from '../conformance/redis-targets.ts';
 
 const WINDOW = 10 * 60_000;
@@ -145,5 +148,30 @@ describe('RedisQuotaStore hardening', () => {
     } finally {
       await store.close();
     }
+  });
+});
+
+describe('a wrong Redis password', () => {
+  let redis: RedisServerHandle;
+  let mock: MockUpstream;
+  before(async () => {
+    redis = await startRedis({ password: 'right-secret-4711' });
+    mock = await startMockUpstream();
+  });
+  after(async () => {
+    await mock?.close();
+    await redis?.stop();
+  });
+
+  it('is named in the breaker\'s log line (WRONGPASS), not taken for a Redis that is down, and the password is never logged', async () => {
+    const gw = await startSluiceProcess({ routes: [{ id: 'r', uri: '/v1/chat/completions', plugins: {
+      'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] },
+      'ai-rate-limiting': { limit: 1000, time_window: 60, policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, redis_password: 'wrong-secret-0815' },
+    } }] });
+    try {
+      await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }) });
+      await eventually('the breaker opens and says why', () => gw.logs.some((l) => l.includes('redis circuit breaker open') && /WRONGPASS|NOAUTH/.test(l)), 30_000);
+      assert.ok(!gw.logs.some((l) => l.includes('wrong-secret-0815') || l.includes('right-secret-4711')), 'no password in the logs');
+    } finally { await gw.stop(); }
   });
 });

@@ -35,6 +35,8 @@ export interface RedisPort {
   /** A reply said a slot moved (MOVED/ASK): re-read the slot map (Cluster). */
   slotsMoved(): void;
   on(event: 'ready' | 'down', listener: () => void): void;
+  /** The message of the client's last connection error (WRONGPASS, ECONNREFUSED, ...): never holds a password. */
+  readonly lastError: string | undefined;
   quit(): Promise<void>;
 }
 
@@ -76,13 +78,15 @@ function common(t: RedisTargetConfig): NonNullable<ClusterOptions['redisOptions'
   };
 }
 
-function silenceErrorEvents(client: Redis | Cluster): void {
+function silenceErrorEvents(client: Redis | Cluster, seen: { lastError: string | undefined }): void {
   // Errors surface through command results and the breaker; an 'error' listener keeps ioredis from printing them.
-  client.on('error', () => undefined);
+  // The last one is kept for the breaker's log line: a wrong password must not look like a Redis that is down.
+  client.on('error', (err: unknown) => { seen.lastError = err instanceof Error ? err.message.slice(0, 200) : String(err).slice(0, 200); });
 }
 
 class StandalonePort implements RedisPort {
   readonly mode: RedisTargetConfig['mode'];
+  lastError: string | undefined = undefined;
   private readonly writer: Redis;
   private readonly reader: Redis | undefined;
   private closing = false;
@@ -108,10 +112,10 @@ class StandalonePort implements RedisPort {
       this.writer = new (ioredis().Redis)({ ...base, host: target.host, port: target.port });
       this.reader = undefined;
     }
-    silenceErrorEvents(this.writer);
+    silenceErrorEvents(this.writer, this);
     this.keepConnecting(this.writer);
     if (this.reader !== undefined) {
-      silenceErrorEvents(this.reader);
+      silenceErrorEvents(this.reader, this);
       this.keepConnecting(this.reader);
     }
   }
@@ -165,6 +169,7 @@ class StandalonePort implements RedisPort {
 
 class ClusterPort implements RedisPort {
   readonly mode = 'cluster' as const;
+  lastError: string | undefined = undefined;
   readonly readsFromReplica = false;
   private readonly client: Cluster;
   private readonly readyListeners: (() => void)[] = [];
@@ -188,7 +193,7 @@ class ClusterPort implements RedisPort {
     };
     const nodes = target.cluster_nodes.length > 0 ? target.cluster_nodes : [{ host: target.host, port: target.port }];
     this.client = new (ioredis().Cluster)(nodes.map((n) => ({ host: n.host, port: n.port })), opts);
-    silenceErrorEvents(this.client);
+    silenceErrorEvents(this.client, this);
     // ioredis opens node connections lazily. A pipeline sent to a node whose connection is still being
     // opened fails inside ioredis and is retried `retryDelayOnFailover` later, behind pipelines sent after
     // it, so Redis applies them out of order. Every master is therefore connected as soon as it is known,

@@ -365,9 +365,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     });
     this.shared = acquireRedis(target);
     this.unsubscribe = this.shared.subscribe({
-      breaker: (state) => {
+      breaker: (state, cause) => {
         this.m.breaker.set(BREAKER_GAUGE[state]);
-        if (state !== 'closed') this.logError('breaker', `redis circuit breaker ${state}`, undefined);
+        if (state !== 'closed') this.logError('breaker', `redis circuit breaker ${state}`, cause === undefined ? undefined : new Error(cause));
         if (state === 'closed') this.batcher.kick();
       },
       dataLost: () => this.resendAcknowledged(),

@@ -10,7 +10,8 @@ import { EPOCH_KEY } from './keys.ts';
 import { classifyError, createPort, type RedisErrorKind, type RedisPort } from './port.ts';
 
 export interface SharedListener {
-  breaker(state: BreakerState): void;
+  /** `cause`: the client's last connection error, when there was one (logged with the breaker's change). */
+  breaker(state: BreakerState, cause: string | undefined): void;
   /** Redis came back without the data it had (restart without persistence): re-send acknowledged deltas. */
   dataLost(): void;
   /** The client became usable again (connected and epoch checked). */
@@ -46,7 +47,7 @@ export class SharedRedis {
       probeIntervalMs: PROBE_INTERVAL_MS,
       probe: () => this.probe(),
       onChange: (state) => {
-        for (const l of this.listeners) l.breaker(state);
+        for (const l of this.listeners) l.breaker(state, state === 'closed' ? undefined : this.port.lastError);
       },
     });
     // Cluster failovers keep the data on the promoted replica; an epoch key would live on one master only.
