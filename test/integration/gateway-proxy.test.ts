@@ -255,6 +255,7 @@ for (const workers of [1, 2]) {
       assert.match(m, /sluice_worker_tasks_total\{kind="prepare",outcome="ok"\} [1-9]/);
     });
 
+
     it('serves Prometheus metrics, health and readiness on the admin port', async () => {
       const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
       assert.match(m, /sluice_http_requests_total\{route="chat",instance="a",status="200"\}/);
@@ -303,6 +304,27 @@ describe('gateway streaming backpressure', () => {
       assert.ok(received > 15_000_000, `received ${received} bytes`);
       assert.ok(process.memoryUsage().rss - rss < 200 * 1024 * 1024, 'the gateway did not buffer the stream whole');
       assert.equal(mock.stats().inFlight, 0);
+    } finally {
+      await gw.close();
+      await mock.close();
+    }
+  });
+});
+
+describe('very large bodies on a route without quotas', () => {
+  it('are parsed on a worker thread (the event loop stays free), smaller ones inline', async () => {
+    const mock = await startMockUpstream({ name: 'big-body' });
+    const gw = await startGateway({ routes: [{ id: 'free', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('big-body', mock.url)] } } }] });
+    try {
+      const tasks = async (): Promise<number> => {
+        const line = (await (await fetch(`${gw.adminUrl}/metrics`)).text()).split('\n').find((l) => l.startsWith('sluice_worker_tasks_total{kind="prepare",outcome="ok"}'));
+        return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+      };
+      const body = (n: number) => ({ model: 'm', messages: Array.from({ length: n }, () => ({ role: 'user', content: 'a' })) });
+      assert.equal((await post(`${gw.url}/v1/chat/completions`, body(3000))).status, 200, 'about 100 KB: inline');
+      assert.equal(await tasks(), 0);
+      assert.equal((await post(`${gw.url}/v1/chat/completions`, body(9000))).status, 200, 'about 300 KB: on a worker');
+      assert.equal(await tasks(), 1);
     } finally {
       await gw.close();
       await mock.close();
