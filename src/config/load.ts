@@ -117,13 +117,18 @@ export function parseConfigText(text: string, fileName: string): unknown {
 }
 
 export function loadConfigFile(path: string, env: NodeJS.ProcessEnv = process.env): SluiceConfig {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(path, 'utf8');
+    bytes = readFileSync(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'read error';
     throw new ConfigError([{ path: '', message: `${path}: cannot read the file (${code})` }]);
   }
+  // A file saved as UTF-16 (some Windows editors) reads as text full of NULs: say so, not "must be an object".
+  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff) || bytes.subarray(0, 4096).includes(0)) {
+    throw new ConfigError([{ path: '', message: `${path}: is not UTF-8 text (UTF-16, or binary); save it as UTF-8` }]);
+  }
+  const text = bytes.toString('utf8');
   const raw = parseConfigText(text, path);
   // A file with no document (empty, blank or comments only) is most often one caught half-written by an editor or
   // config management: served, it would drop every route (and, on a reload, the local quota counters with them).

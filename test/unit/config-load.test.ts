@@ -41,6 +41,13 @@ describe('parseConfigText', () => {
         assert.throws(() => loadConfigFile(file, {}), (err: unknown) => err instanceof ConfigError &&
           err.issues.length === 1 && err.issues[0]!.message === `${file}: the file holds no config (it is empty or only comments); expected a mapping with routes`, name);
       }
+      for (const [name, bytes] of [['u16le.yaml', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('routes: []\n', 'utf16le')])],
+        ['u16be.json', Buffer.from([0xfe, 0xff, 0x00, 0x7b, 0x00, 0x7d])], ['nul.yaml', Buffer.from('routes: []\n\0')]] as const) {
+        const file = join(dir, name);
+        writeFileSync(file, bytes);
+        assert.throws(() => loadConfigFile(file, {}), (err: unknown) => err instanceof ConfigError &&
+          err.issues[0]!.message === `${file}: is not UTF-8 text (UTF-16, or binary); save it as UTF-8`, name);
+      }
       // A config that says it has no routes is one: a gateway may start with none.
       writeFileSync(join(dir, 'f.yaml'), 'routes: []\n');
       assert.deepEqual(loadConfigFile(join(dir, 'f.yaml'), {}).routes, []);
