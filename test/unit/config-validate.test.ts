@@ -661,3 +661,14 @@ describe('limits that contradict each other', () => {
     assert.equal(validateConfig({ limits: { max_body_bytes: 4096, max_inflight_body_bytes: 4096 } }, {}).limits.max_inflight_body_bytes, 4096);
   });
 });
+
+describe('consumer keys', () => {
+  it('a key no client could send (control characters, leading or trailing spaces) is an error naming the path', () => {
+    for (const key of ['sk-\u0001', 'sk-\n', ' sk', 'sk\t', 'sk-\u007f']) {
+      assert.throws(() => validateConfig({ consumers: [{ username: 'a', plugins: { 'key-auth': { key } } }] }, {}),
+        (err: unknown) => err instanceof ConfigError && err.issues.length === 1 && err.issues[0]!.path === 'consumers[0].plugins.key-auth.key'
+          && err.issues[0]!.message === 'must not hold control characters or leading/trailing spaces (a client could not send it)', JSON.stringify(key));
+    }
+    assert.equal(validateConfig({ consumers: [{ username: 'a', plugins: { 'key-auth': { key: 'sk-ok key-é' } } }] }, {}).consumers[0]!.key, 'sk-ok key-é');
+  });
+});

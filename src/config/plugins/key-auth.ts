@@ -24,5 +24,12 @@ export function readRouteKeyAuth(is: Issues, path: string, value: unknown): KeyA
 
 /** A consumer's credential; undefined when the plugin is malformed (the issue is recorded). */
 export function readConsumerKeyAuth(is: Issues, path: string, value: unknown): string | undefined {
-  return Section.open(is, path, value, ['key'])?.str('key', { required: true });
+  const sec = Section.open(is, path, value, ['key']);
+  const key = sec?.str('key', { required: true });
+  // A key no client could send (header values hold no control characters, nor leading or trailing blanks) is a slip.
+  if (sec !== undefined && key !== undefined && (/[\x00-\x1f\x7f]/.test(key) || key !== key.trim())) {
+    is.add(sec.p('key'), 'must not hold control characters or leading/trailing spaces (a client could not send it)');
+    return undefined;
+  }
+  return key;
 }
