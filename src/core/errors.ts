@@ -38,6 +38,8 @@ export class SluiceError extends Error {
   headers: Record<string, string> | undefined;
   /** The request field at fault (OpenAI's `param`, e.g. 'max_tokens'); null in the body when absent. */
   readonly param: string | undefined;
+  /** The answer's body already in the client's API format (an error raised before the pipeline knew it). */
+  body: string | undefined = undefined;
 
   constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; status?: number; headers?: Record<string, string>; param?: string }) {
     const spec: ErrorSpec = ERRORS[code];

@@ -16,11 +16,11 @@ import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import type { LimitsConfig } from '../config/types.ts';
-import { SluiceError, toErrorBody } from '../core/errors.ts';
+import { SluiceError } from '../core/errors.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
-import { sendError } from '../pipeline/error-response.ts';
+import { errorHeaders, errorText, sendError } from '../pipeline/error-response.ts';
 import { UwsResponse } from './response.ts';
 import { NetResponse, type ResponseWire } from './net-response.ts';
 import type { BaseResponse } from './response-base.ts'; // UwsResponse or the guard's NetResponse
@@ -366,7 +366,7 @@ class Refuser {
 }
 
 function answer(client: BaseResponse, err: SluiceError, close: boolean): void {
-  if (close) client.sendAndClose(err.status, errorHeaders(err), toErrorBody(err));
+  if (close) client.sendAndClose(err.status, errorHeaders(err), errorText(err));
   else sendError(client, err);
 }
 
@@ -376,12 +376,6 @@ function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close:
   if (client.awaitingContinue) { answer(client, err, true); return; }
   const r = new Refuser(front, client, err, close, 0);
   client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
-}
-
-function errorHeaders(err: SluiceError): [string, string][] {
-  const h: [string, string][] = [['content-type', 'application/json']];
-  if (err.headers !== undefined) for (const k of Object.keys(err.headers)) h.push([k, err.headers[k]!]);
-  return h;
 }
 
 function overloaded(): SluiceError {

@@ -139,6 +139,19 @@ export class Gateway implements RequestSink {
       return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${quotedPath(req.method)} not allowed on ${quotedPath(req.path)}`, { headers: { allow: found.allow } });
     }
     const route = found.route;
+    // A key-auth route refuses a request without a valid key from its head: no body is read (nor held in the
+    // body budget, which unauthenticated uploads could otherwise fill). The pipeline checks the key again.
+    if (route.keyAuth !== undefined) {
+      try {
+        this.authenticate(this.snapshot, route, req);
+      } catch (err) {
+        if (!(err instanceof SluiceError)) throw err;
+        const spec = surfaceSpec(surfaceForPath(req.path));
+        if (spec?.errorBody !== undefined) err.body = spec.errorBody(err.status, err.code, err.type, err.message, err.param);
+        this.deps.metrics.hot.route(route.id, '').answered(err.status, (performance.now() - req.startedAt) / 1000);
+        return err;
+      }
+    }
     let a = this.accepted.get(route);
     if (a === undefined) {
       const snapshot = this.snapshot;

@@ -331,3 +331,43 @@ describe('very large bodies on a route without quotas', () => {
     }
   });
 });
+
+describe('key-auth decided from the head', () => {
+  let mock: MockUpstream;
+  let gw: TestGateway;
+  before(async () => {
+    mock = await startMockUpstream({ name: 'ka' });
+    gw = await startGateway({
+      consumers: [{ username: 'alice', plugins: { 'key-auth': { key: 'alice-key' } } }],
+      routes: [
+        { id: 'chat', uri: '/v1/chat/completions', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [mockInstance('ka', mock.url)] } } },
+        { id: 'messages', uri: '/v1/messages', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [mockInstance('ka', mock.url)] } } },
+      ],
+    });
+  });
+  after(async () => { await gw?.close(); await mock?.close(); });
+
+  it('a request without a valid key is refused 401 before its body: no 100 Continue, nothing uploaded', async () => {
+    const { exchange } = await import('../helpers/raw-http.ts');
+    const r = await exchange(gw.handle.port, 'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n'
+      + 'Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n', { waitMs: 20_000 });
+    assert.equal(r.responses.length, 1, r.raw.slice(0, 200));
+    assert.equal(r.responses[0]!.status, 401);
+    assert.equal(r.responses[0]!.json?.error?.code, 'SLC_UNAUTHORIZED');
+    assert.ok(!r.raw.includes('100 Continue'), 'no invitation to send the body');
+  });
+
+  it('the 401 is in the client API\'s own format, counted as before, and a valid key is still served', async () => {
+    const anthropic = await post(`${gw.url}/v1/messages`, { model: 'claude-x', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] }, { 'x-api-key': 'wrong' });
+    assert.equal(anthropic.status, 401);
+    assert.equal(anthropic.body?.type, 'error', anthropic.text);
+    const openai = await post(`${gw.url}/v1/chat/completions`, { model: 'm', messages: [{ role: 'user', content: 'hi' }] }, { authorization: 'Bearer nope' });
+    assert.equal(openai.status, 401);
+    assert.equal(openai.body?.error?.message, 'invalid API key');
+    const ok = await post(`${gw.url}/v1/chat/completions`, { model: 'm', messages: [{ role: 'user', content: 'hi' }] }, { authorization: 'Bearer alice-key' });
+    assert.equal(ok.status, 200, ok.text);
+    const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+    assert.match(m, /sluice_http_requests_total\{route="chat",instance="",status="401"\} 2\b/);
+    assert.match(m, /sluice_http_requests_total\{route="messages",instance="",status="401"\} 1\b/);
+  });
+});
