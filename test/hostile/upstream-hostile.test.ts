@@ -253,7 +253,8 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
         base = gw.rss();
         peak = base;
         for (let i = 0; i < 30; i++) { peak = Math.max(peak, gw.rss()); await new Promise((r) => setTimeout(r, 100)); }
-        if (written === stalledAt) break;
+        // A window in which the tokenizer threads started (once, ~100 MiB: late on a loaded machine) is watched again.
+        if (written === stalledAt && (peak - base < 32 * MiB || Date.now() >= deadline)) break;
         assert.ok(Date.now() < deadline, `the upstream never stayed stalled for 3 s (${(written / MiB).toFixed(0)} MiB written)`);
       }
       assert.ok(written < 256 * MiB, `the upstream wrote ${(written / MiB).toFixed(0)} MiB before it was paused`);

@@ -78,8 +78,9 @@ for (const guard of [true, false]) {
       gw = await startSluiceProcess(JSON.stringify({
         listen: { host: '127.0.0.1', port, http1_guard: guard }, admin: { host: '127.0.0.1', port: admin },
         limits: { client_send_timeout_ms: 3000 },
-        routes: [{ id: 'u', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [
-          { name: 'a', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` } }] } } }],
+        // Routes of their own metric series, so /metrics is well past 16 KiB (the answer the last case reads slowly).
+        routes: ['', '/r0', '/r1'].map((prefix, i) => ({ id: i === 0 ? 'u' : `u${i}`, uri: `${prefix}/v1/chat/completions`, plugins: { 'ai-proxy-multi': { instances: [
+          { name: 'a', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` } }] } } })),
       }));
     });
     after(async () => { await gw?.stop(); await up?.close(); });
@@ -102,6 +103,11 @@ for (const guard of [true, false]) {
     });
 
     it('/metrics over 16 KiB, read slowly, arrives whole', T, async () => {
+      for (const prefix of ['/r0', '/r1']) {
+        const r = await fetch(`http://127.0.0.1:${port}${prefix}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }) });
+        assert.equal(r.status, 200);
+        await r.arrayBuffer();
+      }
       const { raw } = await slowRead(adminPortOf(gw.configFile), 'GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n', 1, 4096, 5, 300);
       const [m] = bodies(raw);
       assert.equal(m!.status, '200');
