@@ -466,6 +466,13 @@ function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Recor
   return headers;
 }
 
+/** The reason label of a refusal at route lookup (bounded: one per error code). */
+const REFUSED_AT_ACCEPT: Partial<Record<string, string>> = {
+  SLC_NOT_FOUND: 'not_found',
+  SLC_METHOD_NOT_ALLOWED: 'method_not_allowed',
+  SLC_SHUTTING_DOWN: 'shutting_down',
+};
+
 /** Route and method check, body limits and budget, then the body is read and the gateway runs. */
 function admit(front: Front, client: BaseResponse, hold: BodyHold, request: ClientRequest, declared: number | undefined, hasBody: boolean): void {
   const metrics = front.metrics;
@@ -476,7 +483,9 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
     accepted = new SluiceError('SLC_INTERNAL', undefined, { cause: err });
   }
   if (accepted instanceof SluiceError) {
-    // 404, 405: the connection stays usable once the (bounded) body is read.
+    // 404, 405 (a 401 is counted by its route): the connection stays usable once the (bounded) body is read.
+    const reason = REFUSED_AT_ACCEPT[accepted.code];
+    if (reason !== undefined) metrics?.frontendRejected.inc({ reason });
     refuseBody(front, client, accepted, false, hasBody);
     return;
   }

@@ -215,6 +215,10 @@ for (const workers of [1, 2]) {
       const r = await fetch(`${gw.url}/v1/chat/completions`);
       assert.equal(r.status, 405);
       assert.equal(((await r.json()) as any).error.code, 'SLC_METHOD_NOT_ALLOWED');
+      // Counted as the front end's own refusals (404s and 405s have no route to be counted under).
+      const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      assert.match(m, /sluice_frontend_rejected_total\{reason="not_found"\} [1-9]/);
+      assert.match(m, /sluice_frontend_rejected_total\{reason="method_not_allowed"\} [1-9]/);
     });
 
     it('answers 413 for a body over max_body_bytes', async () => {
