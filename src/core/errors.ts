@@ -16,6 +16,7 @@ export const ERRORS = {
   SLC_BODY_TOO_LARGE: { status: 413, type: 'invalid_request_error', message: 'request body exceeds the limit' },
   SLC_REQUEST_TIMEOUT: { status: 408, type: 'invalid_request_error', message: 'the request body did not arrive in time' },
   SLC_HEADERS_TOO_LARGE: { status: 431, type: 'invalid_request_error', message: 'request header fields too large' },
+  SLC_UNSUPPORTED_ENCODING: { status: 415, type: 'invalid_request_error', message: 'request bodies must not be content-encoded' },
   SLC_HTTP_VERSION_NOT_SUPPORTED: { status: 505, type: 'invalid_request_error', message: 'only HTTP/1.0 and HTTP/1.1 are supported' },
   SLC_RATE_LIMITED: { status: 429, type: 'rate_limit_error', message: 'token quota exhausted' },
   SLC_RULE_KEY_MISSING: { status: 400, type: 'invalid_request_error', message: 'a request variable a rate-limit rule needs is missing' },

@@ -476,6 +476,13 @@ const REFUSED_AT_ACCEPT: Partial<Record<string, string>> = {
 /** Route and method check, body limits and budget, then the body is read and the gateway runs. */
 function admit(front: Front, client: BaseResponse, hold: BodyHold, request: ClientRequest, declared: number | undefined, hasBody: boolean): void {
   const metrics = front.metrics;
+  // A gzip (or other) encoded body would only fail later as "not valid JSON": say what is wrong, from the head.
+  const encoding = request.headers['content-encoding'];
+  if (hasBody && encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') {
+    metrics?.frontendRejected.inc({ reason: 'content_encoding' });
+    refuseBody(front, client, new SluiceError('SLC_UNSUPPORTED_ENCODING', 'Content-Encoding is not supported on request bodies: send the JSON as it is'), true, hasBody);
+    return;
+  }
   let accepted: Accepted | SluiceError;
   try {
     accepted = front.sink.accept(request);
