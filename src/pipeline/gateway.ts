@@ -8,7 +8,7 @@
 // for new requests only, and a retired snapshot is handed back (its stores may close) once its last request
 // has finished. At shutdown, requests still running past the drain time are cut and settled (cutAll).
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
-import { sendError } from './error-response.ts';
+import { errorText, sendError } from './error-response.ts';
 import { log } from '../core/log.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { ConsumerConfig } from '../config/types.ts';
@@ -134,9 +134,9 @@ export class Gateway implements RequestSink {
   accept(req: ClientRequest): Accepted | SluiceError {
     if (this.draining) return new SluiceError('SLC_SHUTTING_DOWN');
     const found = findRoute(this.snapshot, req.method, req.path);
-    if (found.kind === 'not_found') return new SluiceError('SLC_NOT_FOUND', `no route matches ${quotedPath(req.path)}`);
+    if (found.kind === 'not_found') return new SluiceError('SLC_NOT_FOUND', `no route matches ${clipped(req.path)}`);
     if (found.kind === 'method_not_allowed') {
-      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${quotedPath(req.method)} not allowed on ${quotedPath(req.path)}`, { headers: { allow: found.allow } });
+      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}`, { headers: { allow: found.allow } });
     }
     const route = found.route;
     // A key-auth route refuses a request without a valid key from its head: no body is read (nor held in the
@@ -146,8 +146,7 @@ export class Gateway implements RequestSink {
         this.authenticate(this.snapshot, route, req);
       } catch (err) {
         if (!(err instanceof SluiceError)) throw err;
-        const spec = surfaceSpec(surfaceForPath(req.path));
-        if (spec?.errorBody !== undefined) err.body = spec.errorBody(err.status, err.code, err.type, err.message, err.param);
+        err.body = errorText(err, surfaceSpec(surfaceForPath(req.path))?.errorBody);
         this.deps.metrics.hot.route(route.id, '').answered(err.status, (performance.now() - req.startedAt) / 1000);
         return err;
       }
@@ -183,7 +182,7 @@ export class Gateway implements RequestSink {
       // Reloaded while the body was read: the request starts now, on the current snapshot.
       snap = this.snapshot;
       const r = findRoute(snap, req.method, req.path);
-      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${quotedPath(req.path)}`)); return undefined; }
+      if (r.kind !== 'found') { sendError(res, new SluiceError('SLC_NOT_FOUND', `no route matches ${clipped(req.path)}`)); return undefined; }
       route = r.route;
     }
     this.users.set(snap, (this.users.get(snap) ?? 0) + 1);
@@ -770,7 +769,7 @@ function looksJson(s: string): boolean {
   return c === '{' || c === '[';
 }
 
-/** A client's path (or method) in an error message: at most 200 characters of it, so an 8 KB path is not echoed whole. */
-function quotedPath(p: string): string {
+/** A client's path or method in an error message: at most 200 characters of it, so an 8 KB path is not echoed whole. */
+function clipped(p: string): string {
   return p.length <= 200 ? p : `${p.slice(0, 200)}… (${p.length} characters)`;
 }

@@ -149,8 +149,8 @@ export function parsePositiveInt(s: string): number | undefined {
 }
 
 /**
- * Compile a count or time window: a positive integer, or `${var}` / `${var ?? default}` resolved per request.
- * A resolved value that is not a positive integer falls back to the default, else yields undefined.
+ * Compile a count or time window: a positive integer up to `max`, or `${var}` / `${var ?? default}` resolved per
+ * request. The default stands in for an absent or empty value; a value that is not such an integer yields undefined.
  */
 export function compileCountTemplate(src: string | number, what = 'count', max = Number.MAX_SAFE_INTEGER): CountTemplate {
   const bounded = (n: number | undefined): number | undefined => (n !== undefined && n <= max ? n : undefined);
@@ -178,8 +178,6 @@ export function compileCountTemplate(src: string | number, what = 'count', max =
   }
   const def = bounded(parsePositiveInt(fallback));
   if (def === undefined) throw new Error(`${what} "${src}": default "${fallback}" is not ${range}`);
-  // The default stands in for an absent (or empty) value only: a value sent that is not a count is refused, as
-  // it is without a default, not quietly replaced.
   return (v) => {
     const raw = get(v);
     return raw === undefined || raw === '' ? def : bounded(parsePositiveInt(raw));

@@ -78,9 +78,7 @@ function readPair(sec: Section, required: boolean): { limit: number | string | u
       if (required) sec.required(key);
       return undefined;
     }
-    return key === 'time_window'
-      ? readTemplateNumber(sec.is, sec.p(key), sec.get(key), key, MAX_TIME_WINDOW_S)
-      : readTemplateNumber(sec.is, sec.p(key), sec.get(key), key);
+    return readTemplateNumber(sec.is, sec.p(key), sec.get(key), key, key === 'time_window' ? MAX_TIME_WINDOW_S : undefined);
   };
   const limit = read('limit');
   const window = read('time_window');
