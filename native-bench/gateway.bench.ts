@@ -59,6 +59,8 @@ export interface Args {
   only: Set<string> | undefined;
   /** Measurement kinds to run (json64, json1, stream, slow); all by default. */
   kinds: Set<string> | undefined;
+  /** Directory for a V8 CPU profile of every Sluice process (node --cpu-prof); none by default. */
+  cpuProfDir: string | undefined;
 }
 
 export function parseArgs(argv: readonly string[]): Args {
@@ -69,6 +71,7 @@ export function parseArgs(argv: readonly string[]): Args {
     slowStreams: quick ? 1000 : 2000, slowDelayMs: 50, slowFrames: 100, slowDurationMs: quick ? 2000 : 4000,
     rssStreams: quick ? 500 : 2000,
     maxRequests: 500_000, sluice: 'auto', slowUpstream: 'lean', build: false, install: true, threads: false, only: undefined, kinds: undefined,
+    cpuProfDir: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const f = argv[i]!;
@@ -100,6 +103,9 @@ export function parseArgs(argv: readonly string[]): Args {
         a.slowUpstream = v; i++; break;
       case '--kinds': a.kinds = new Set((v ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')); i++; break;
       case '--only': a.only = new Set((v ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')); i++; break;
+      case '--cpu-prof':
+        if (v === undefined || v === '' || v.startsWith('--')) throw new Error('--cpu-prof needs a directory');
+        a.cpuProfDir = v; i++; break;
       default: throw new Error(`unknown argument ${f}`);
     }
   }
@@ -186,12 +192,14 @@ function sluiceCommand(args: Args, log: (s: string) => void): { argv: string[]; 
     }
   }
   const dist = join(ROOT, 'dist/cli/main.js');
+  // Profiles distort what they measure (~5-10% here): read them for shares, not for the ratio table.
+  const flags = args.cpuProfDir === undefined ? NODE_FLAGS : [...NODE_FLAGS, '--cpu-prof', `--cpu-prof-dir=${args.cpuProfDir}`];
   if (args.sluice !== 'tsx' && existsSync(dist)) {
     const stale = newestMtime(join(ROOT, 'src'), '.ts') > statSync(dist).mtimeMs;
-    return { argv: [...NODE_FLAGS, dist], mode: `compiled dist/ (${['node', ...NODE_FLAGS].join(' ')} dist/cli/main.js)${stale ? '; WARNING: src/ has changed since dist/cli/main.js was built (pass --build)' : ''}` };
+    return { argv: [...flags, dist], mode: `compiled dist/ (${['node', ...flags].join(' ')} dist/cli/main.js)${stale ? '; WARNING: src/ has changed since dist/cli/main.js was built (pass --build)' : ''}` };
   }
   if (args.sluice === 'dist') throw new Error('--sluice dist: dist/cli/main.js is missing (npm run build)');
-  return { argv: [...NODE_FLAGS, ...TSX, join(ROOT, 'src/cli/main.ts')], mode: `src/ through tsx, node flags ${NODE_FLAGS.join(' ') || 'none'} (no dist/: npm run build for the compiled gateway)` };
+  return { argv: [...flags, ...TSX, join(ROOT, 'src/cli/main.ts')], mode: `src/ through tsx, node flags ${flags.join(' ') || 'none'} (no dist/: npm run build for the compiled gateway)` };
 }
 
 function uptime(): string {

@@ -222,16 +222,20 @@ export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): 
  * Incremental chunked request-body scanner (RFC 9112 §7.1). `push` consumes buf[start, end) and returns the offset
  * just past the last chunk's terminator, -1 when it needs more bytes, or -2 on a framing error. Strict: CRLF only,
  * no chunk extensions or trailer fields (refused with 400: parsers that read them differently are how bodies are
- * smuggled). `data` receives the payload.
+ * smuggled). `data` receives the payload; `declared` the sum of the chunk sizes read so far, at each new chunk, so a
+ * body over its limit is refused from its chunk header rather than after the bytes arrive (or never do).
  */
 export class ChunkedScanner {
   private state = 0; // 0 size, 1 size LF, 2 data, 3 data CR, 4 data LF, 5 trailer start, 6 final LF
   private size = 0;
   private digits = 0;
+  private total = 0;
   private readonly data: ((buf: Buffer, s: number, e: number) => void) | undefined;
+  private readonly declared: ((total: number) => void) | undefined;
 
-  constructor(data?: (buf: Buffer, s: number, e: number) => void) {
+  constructor(data?: (buf: Buffer, s: number, e: number) => void, declared?: (total: number) => void) {
     this.data = data;
+    this.declared = declared;
   }
 
   push(buf: Buffer, start: number, end: number): number {
@@ -256,6 +260,10 @@ export class ChunkedScanner {
           i++;
           this.digits = 0;
           this.state = this.size === 0 ? 5 : 2;
+          if (this.size > 0) {
+            this.total += this.size;
+            this.declared?.(this.total);
+          }
           break;
         case 2: {
           const n = Math.min(this.size, end - i);
@@ -544,7 +552,9 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     this.curKeepAlive = head.keepAlive;
     this.reqBody = head.framing;
     this.reqLeft = head.length;
-    this.reqChunks = head.framing === 'chunked' ? new ChunkedScanner((b, s, e) => this.bodyData(b.subarray(s, e), false)) : undefined;
+    this.reqChunks = head.framing === 'chunked'
+      ? new ChunkedScanner((b, s, e) => this.bodyData(b.subarray(s, e), false), (total) => this.cur?.declaredBody(total))
+      : undefined;
     const res = this.g.serve.serve(this, head, buf, this.peer);
     // Answered at once (a refusal of a request without a body to read).
     if (res.done || res.aborted) return;

@@ -43,6 +43,7 @@ function headText(status: number, headers: HeaderList, framing: string): string 
 export class NetResponse extends BaseResponse {
   /** Where the request body goes (set by the front end when it reads or drains one). */
   onBody: BodySink | undefined = undefined;
+  private onDeclared: ((total: number) => void) | undefined = undefined;
   private readonly wire: ResponseWire;
   /** An HTTP/1.0 client: no chunked encoding, a streamed answer ends with the connection. */
   private readonly http10: boolean;
@@ -72,6 +73,15 @@ export class NetResponse extends BaseResponse {
       this.expectContinue = false;
       if (!this.started && !this.aborted) this.wire.socket.write(CONTINUE);
     }
+  }
+
+  override watchDeclared(cb: (total: number) => void): void {
+    this.onDeclared = cb;
+  }
+
+  /** The guard read a chunk header: `total` bytes of chunked body are now announced. */
+  declaredBody(total: number): void {
+    if (!this.done && !this.aborted) this.onDeclared?.(total);
   }
 
   protected respond(status: number, headers: HeaderList, body: string | Uint8Array, close: boolean): void {

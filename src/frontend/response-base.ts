@@ -41,6 +41,9 @@ export abstract class BaseResponse implements ClientResponse {
 
   /** The request body goes to `sink` as it arrives. */
   abstract onData(sink: BodySink): void;
+  /** `cb` hears how many bytes of a chunked body its chunk headers announced so far, where the transport parses them
+   *  (the guard does; uWS does not say). */
+  watchDeclared(_cb: (total: number) => void): void { /* uWS frames chunked bodies itself and does not say */ }
   /** The client waits for `100 Continue` before sending its body: a refusal can answer without reading it. */
   abstract readonly awaitingContinue: boolean;
   protected abstract respond(status: number, headers: HeaderList, body: string | Uint8Array, close: boolean): void;

@@ -517,6 +517,7 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
 function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
   const reader = new BodyReader(front, client, hold, gate, request, declared === undefined ? undefined : Buffer.allocUnsafe(declared));
   front.timeouts.add(reader);
+  if (declared === undefined) client.watchDeclared((total) => reader.declared(total));
   client.onData((chunk, isLast) => reader.data(chunk, isLast));
 }
 
@@ -553,6 +554,16 @@ class BodyReader implements Waiting {
     this.front.metrics?.frontendRejected.inc({ reason: 'body_timeout' });
     const err = new SluiceError('SLC_REQUEST_TIMEOUT', `no request-body bytes for ${this.front.limits.client_body_timeout_ms} ms`);
     answer(this.client, err, true);
+  }
+
+  /** A chunked body announced `total` bytes: past the limit it is refused now, as nginx does, not once they arrive. */
+  declared(total: number): void {
+    if (this.failed || this.refuser !== undefined || this.client.aborted || total <= this.gate.maxBodyBytes) return;
+    this.failed = true;
+    this.parts = undefined;
+    this.front.timeouts.delete(this);
+    this.front.metrics?.frontendRejected.inc({ reason: 'body_too_large' });
+    answer(this.client, tooLarge(this.gate.maxBodyBytes), true);
   }
 
   data(chunk: Uint8Array, isLast: boolean): void {

@@ -386,6 +386,19 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assert.equal(r.closed, true);
   });
 
+  it('413 at once and close from a chunk header that takes the body past max_body_bytes, before its bytes arrive', async () => {
+    // The body timeout is 60 s: an answer inside the wait comes from the chunk header, not from the body never coming.
+    const head = 'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n';
+    const one = await exchange(port, `${head}${(2 * 1024 * 1024).toString(16)}\r\n{"model"`, { waitMs: 20_000 });
+    assertError(one.responses[0], 413, 'SLC_BODY_TOO_LARGE');
+    assert.equal(one.closed, true);
+    // Announced across chunks: 800 KiB received, a third 400 KiB chunk announced.
+    const piece = `${(400 * 1024).toString(16)}\r\n${'a'.repeat(400 * 1024)}\r\n`;
+    const sum = await exchange(port, `${head}${piece}${piece}${(400 * 1024).toString(16)}\r\n`, { waitMs: 20_000 });
+    assertError(sum.responses[0], 413, 'SLC_BODY_TOO_LARGE');
+    assert.equal(sum.closed, true);
+  });
+
   it('a 404 with a body drains it and keeps the connection usable', async () => {
     const r = await exchange(port, post('/nope') + 'GET /again HTTP/1.1\r\nHost: gw\r\n\r\n', { responses: 2 });
     assertError(r.responses[0], 404, 'SLC_NOT_FOUND');

@@ -128,6 +128,10 @@ describe('bench harness: flags and ratios', () => {
     assert.throws(() => parseArgs(['--duration', '-1']));
     assert.throws(() => parseArgs(['--sluice', 'docker']));
     assert.throws(() => parseArgs(['--bogus']));
+    assert.equal(full.cpuProfDir, undefined);
+    assert.equal(parseArgs(['--cpu-prof', '/tmp/p']).cpuProfDir, '/tmp/p');
+    assert.throws(() => parseArgs(['--cpu-prof']));
+    assert.throws(() => parseArgs(['--cpu-prof', '--quick']));
   });
 
   it('computes the issue-11 ratios with their verdicts, and says what was not measured', () => {

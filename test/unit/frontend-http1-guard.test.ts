@@ -153,6 +153,20 @@ describe('http1 guard: ChunkedScanner', () => {
       assert.equal(parts.join(''), 'abcde');
     }
   });
+
+  it('announces the running sum of chunk sizes at each chunk header, before the chunk\'s bytes (the last chunk adds nothing)', () => {
+    const text = Buffer.from('3\r\nabc\r\n1A\r\n' + 'x'.repeat(26) + '\r\n0\r\n\r\n');
+    for (const step of [text.length, 1]) {
+      const events: string[] = [];
+      const s = new ChunkedScanner((b, st, e) => events.push(b.toString('latin1', st, e)), (total) => events.push(`=${total}`));
+      let end = -1;
+      for (let i = 0; i < text.length && end < 0; i += step) end = s.push(text, i, Math.min(text.length, i + step));
+      assert.equal(end, text.length);
+      const joined = events.join('|');
+      assert.match(joined, /^=3\|a.*=29\|x/);
+      assert.deepEqual(events.filter((e) => e.startsWith('=')), ['=3', '=29']);
+    }
+  });
 });
 
 describe('http1 guard: arbitrary input', () => {
