@@ -25,8 +25,9 @@
 // total_tokens in [p, p + C]; every other name in [0, p + C]. The part of an expression that is linear in
 // these names is maximised exactly over those domains (so `prompt_tokens - cached_prompt_tokens +
 // 0.1 * cached_prompt_tokens` reserves p, not 1.1 p); non-linear sub-expressions (products of names,
-// division by a name, functions) are bounded by interval arithmetic (divisors are assumed to be 0, at least 1
-// in magnitude as token counts are, or an end of their range).
+// division by a name, functions) are bounded by interval arithmetic (a divisor is taken to be 0, an end of its
+// range, or no nearer 0 than its constants allow: 1 for token counts, 0.5 for `max(x, 0.5)`; 1 where a sum of
+// non-integers makes that unknown).
 
 export type RawUsage = Readonly<Record<string, unknown>>;
 
@@ -191,13 +192,16 @@ function evalInterval(n: Ast, u: CostUsage): Interval {
         const q = [alo / blo, alo / bhi, ahi / blo, ahi / bhi];
         return [Math.min(...q), Math.max(...q)];
       }
-      // Otherwise divisors are 0 (quotient 0), at least 1 in magnitude, or an end of the range: an end below 1
-      // is what a constant makes of a count (`min(0.5, input_tokens)` is 0 or 0.5) and divides the most.
+      // Otherwise divisors are 0 (quotient 0), an end of the range, or no nearer 0 than the smallest magnitude the
+      // divisor can take when not 0: 1 for token counts, less where constants enter (`min(completion_tokens,
+      // max(x, 0.5))` can be 0.5 inside a range [0, C]); 1 where that is not known (the documented assumption).
       const ds: number[] = [];
       const cands: number[] = [];
       if (blo <= 0 && bhi >= 0) cands.push(0);
       for (const d of [blo, bhi]) if (d !== 0) ds.push(d);
-      for (const d of [1, -1]) if (d >= blo && d <= bhi) ds.push(d);
+      const m = nonZeroMagnitude(n.b, u).m;
+      const s = m > 0 && m < 1 ? m : 1;
+      for (const d of [s, -s]) if (d >= blo && d <= bhi) ds.push(d);
       for (const d of ds) cands.push(alo / d, ahi / d);
       return cands.length === 0 ? [0, 0] : [Math.min(...cands), Math.max(...cands)];
     }
@@ -207,6 +211,42 @@ function evalInterval(n: Ast, u: CostUsage): Interval {
       if (n.fn === 'floor') return [Math.floor(alo), Math.floor(ahi)];
       const [blo, bhi] = evalInterval(n.args[1]!, u);
       return n.fn === 'max' ? [Math.max(alo, blo), Math.max(ahi, bhi)] : [Math.min(alo, blo), Math.min(ahi, bhi)];
+    }
+  }
+}
+
+/**
+ * What a divisor's value can be near 0: `m`, a lower bound of |v| for every value v ≠ 0 it can take (Infinity
+ * when it is always 0; 0 when unknown), and `int`, whether every value is an integer (token counts are).
+ */
+function nonZeroMagnitude(n: Ast, u: CostUsage): { int: boolean; m: number } {
+  switch (n.t) {
+    case 'num': return { int: Number.isInteger(n.v), m: n.v === 0 ? Infinity : Math.abs(n.v) };
+    case 'id': return { int: true, m: 1 };
+    case 'neg': return nonZeroMagnitude(n.a, u);
+    case 'call': {
+      if (n.fn === 'ceil' || n.fn === 'floor') return { int: true, m: 1 };
+      const a = nonZeroMagnitude(n.args[0]!, u);
+      const b = nonZeroMagnitude(n.args[1]!, u);
+      return { int: a.int && b.int, m: Math.min(a.m, b.m) };
+    }
+    case 'bin': {
+      const a = nonZeroMagnitude(n.a, u);
+      const b = nonZeroMagnitude(n.b, u);
+      if (n.op === '*') return { int: a.int && b.int, m: a.m === Infinity || b.m === Infinity ? Infinity : a.m * b.m };
+      if (n.op === '/') {
+        if (a.m === Infinity) return { int: false, m: Infinity };
+        const [blo, bhi] = evalInterval(n.b, u);
+        const most = Math.max(Math.abs(blo), Math.abs(bhi));
+        return { int: false, m: most === 0 ? Infinity : a.m / most };
+      }
+      if (a.m === Infinity) return b;
+      if (b.m === Infinity) return a;
+      if (a.int && b.int) return { int: true, m: 1 };
+      // An integer plus a constant c is never nearer 0 than c is to an integer.
+      const c = n.a.t === 'num' && b.int ? n.a.v : n.b.t === 'num' && a.int ? n.b.v : undefined;
+      if (c !== undefined) return { int: false, m: Math.abs(c - Math.round(c)) };
+      return { int: false, m: 0 };
     }
   }
 }

@@ -240,6 +240,8 @@ test('cost_expr: the charge without the raw usage (admission, usage-less streams
   }), 500, [
     // A constant divisor below 1 once made the bound 0.
     ['(total_tokens / 0.5)', { estimate: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 }, actual: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, raw: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 } } }],
+    // A divisor that is 0.5 inside its range [0, 2], neither an end nor a count: the bound once divided by 1.
+    ['(prompt_tokens / min(completion_tokens, max(unknown_field, 0.5)))', { estimate: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 }, actual: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, raw: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } } }],
   ]);
 });
 
