@@ -58,6 +58,8 @@ export function upstreamHeaders(req: ClientRequest, policy: ForwardPolicy, dropN
     if (k === dropName || NEVER.has(k) || !allowed(policy, k) || !Object.hasOwn(client, k)) continue;
     out[k] = client[k]!;
   }
+  // Without it any coding is acceptable (RFC 9110 §12.5.3), and a compressed answer cannot be metered.
+  out['accept-encoding'] = 'identity';
   if (provider !== undefined) for (const k in provider) if (Object.hasOwn(provider, k)) out[k.toLowerCase()] = provider[k]!;
   for (const k in instance) if (Object.hasOwn(instance, k)) out[k.toLowerCase()] = instance[k]!;
   const fromProxy = trusted(peer);

@@ -23,7 +23,7 @@ import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import type { UsageRejectReason } from '../streaming/usage.ts';
+import { cutShortUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
@@ -49,6 +49,12 @@ const MAX_CUT_TEXT = 4 * 1024 * 1024;
  * in uWS's 16 KiB cork buffer (frontend/response.ts). nginx answers 502 to heads over its 4–8 KiB proxy buffer.
  */
 const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
+/** `Content-Encoding: identity` (or empty): the body as it is. */
+function isIdentity(coding: string): boolean {
+  const c = coding.trim();
+  return c === '' || c.toLowerCase() === 'identity';
+}
+
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
 
@@ -402,6 +408,17 @@ export class Gateway implements RequestSink {
     const status = up.status;
     const ok = status >= 200 && status < 300;
     slots.attempt(status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok');
+    const coding = ok ? headerValue(up.headers, 'content-encoding') : undefined;
+    if (coding !== undefined && !isIdentity(coding)) {
+      // Asked with Accept-Encoding: identity: compressed bytes could be neither metered nor relayed (the coding
+      // header is the hop's). The answer was produced upstream, so, as a 2xx that broke off, it is not sent to
+      // another instance and the prompt is charged.
+      up.abort();
+      log.warn('upstream answer compressed despite accept-encoding: identity', { route: route.id, instance: inst.name, coding: coding.slice(0, 40) });
+      await this.chargeCut(ctx, EMPTY_BODY, 'upstream_broken');
+      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answered with a content-encoding other than identity, which Sluice cannot meter'));
+      return 'done';
+    }
     if (ok && provider.isStream(prepared, headerValue(up.headers, 'content-type') ?? '')) {
       await this.relayStream(ctx, inst, up);
       return 'done';
@@ -527,7 +544,11 @@ export class Gateway implements RequestSink {
       if (usage === undefined || ctx.cut || res.aborted) {
         const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
         if (counting !== undefined) counted += await counting;
-        usage = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, reason);
+        const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, usage === undefined ? reason : undefined);
+        // Cut after the upstream reported usage (its final report, or a running total): the report counts.
+        const cutShort = usage === undefined ? estimate : cutShortUsage(usage, estimate);
+        if (usage !== undefined && cutShort !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
+        usage = cutShort;
       }
       this.settle(ctx, usage);
     } else {
@@ -556,9 +577,9 @@ export class Gateway implements RequestSink {
   }
 
   /** Usage when the upstream gave none (or none believable): our prompt count plus the produced text, counted. */
-  /** `cap`: most completion tokens charged, whatever the text counts. */
-  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string, cap = Infinity): Promise<Usage> {
-    this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
+  /** `reason`: the label of sluice_usage_estimated_total (undefined: the caller decides). `cap`: most completion tokens charged, whatever the text counts. */
+  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string | undefined, cap = Infinity): Promise<Usage> {
+    if (reason !== undefined) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
     let prepared = ctx.prepared!;
     if (!prepared.promptCounted) {
       const opts: ParseOptions = { ...ctx.parseOpts!, countPrompt: true, defaultMaxTokens: 0 };

@@ -44,8 +44,9 @@ function count(v: unknown, max: number): number | undefined | UsageRejectReason 
 
 /**
  * A usage object → Usage; a UsageRejection when it is present but implausible; undefined when absent (no
- * object, or neither a prompt nor a completion count). A missing prompt or completion count is 0 and a missing
- * total is their sum. A total above prompt + completion is believed (some providers count extra tokens in it).
+ * object, or no prompt count: a completion count alone would charge the prompt as 0, so the caller counts the
+ * answer instead). A missing completion count is 0 and a missing total is their sum. A total above
+ * prompt + completion is believed (some providers count extra tokens in it).
  */
 export function readUsage(u: unknown, maxUsage: number = DEFAULT_MAX_USAGE): Usage | UsageRejection | undefined {
   if (u === undefined || u === null) return undefined;
@@ -55,7 +56,7 @@ export function readUsage(u: unknown, maxUsage: number = DEFAULT_MAX_USAGE): Usa
   const completion = count(o.completion_tokens, maxUsage);
   const total = count(o.total_tokens, maxUsage);
   for (const c of [prompt, completion, total]) if (typeof c === 'string') return { rejected: c };
-  if (prompt === undefined && completion === undefined) return undefined;
+  if (prompt === undefined) return undefined;
   const p = (prompt as number | undefined) ?? 0;
   const c = (completion as number | undefined) ?? 0;
   if (p + c > maxUsage) return { rejected: 'too_large' };
@@ -79,8 +80,9 @@ export interface UsageCounts {
 
 /**
  * Validates counts already normalised by a provider module (see Usage) into a Usage; `raw` is the upstream's
- * object, kept for cost expressions. undefined when neither prompt nor completion is reported; a rejection
- * when any count is implausible or a part exceeds its whole.
+ * object, kept for cost expressions. undefined when no prompt count is reported (every provider reports its
+ * input: without it the prompt would be charged as 0, so the caller counts the answer); a rejection when any count
+ * is implausible or a part exceeds its whole.
  */
 export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unknown>>, maxUsage: number = DEFAULT_MAX_USAGE): Usage | UsageRejection | undefined {
   const prompt = count(c.prompt, maxUsage);
@@ -93,7 +95,7 @@ export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unk
   const bad = typeof prompt === 'string' ? prompt : typeof completion === 'string' ? completion : typeof total === 'string' ? total
     : typeof cached === 'string' ? cached : typeof write === 'string' ? write : typeof reasoning === 'string' ? reasoning : undefined;
   if (bad !== undefined) return { rejected: bad };
-  if (prompt === undefined && completion === undefined) return undefined;
+  if (prompt === undefined) return undefined;
   const p = (prompt as number | undefined) ?? 0;
   const o = (completion as number | undefined) ?? 0;
   if (p + o > maxUsage) return { rejected: 'too_large' };
@@ -132,6 +134,26 @@ export function laterUsage(prev: Usage, next: Usage): Usage {
   if (reasoning !== undefined) usage.reasoning_tokens = reasoning;
   // Cost expressions read the raw object for names Usage lacks: the report holding the larger counts.
   Object.defineProperty(usage, 'raw', { value: next.total_tokens >= prev.total_tokens ? next.raw : prev.raw, enumerable: false });
+  return usage;
+}
+
+/**
+ * The usage of a stream cut short (client abort, shutdown) after its upstream reported one. A report is a running
+ * total with an exact prompt count; text that streamed after the last report is in the count of the text, not in
+ * it. So the report as is when its completion is not below the count (an answer whose final usage arrived: hidden
+ * reasoning and all), else its prompt with the counted completion, without the raw object (cost expressions then
+ * take their upper bound, as for any counted usage).
+ */
+export function cutShortUsage(reported: Usage, counted: Usage): Usage {
+  if (reported.completion_tokens >= counted.completion_tokens) return reported;
+  const c = counted.completion_tokens;
+  const usage: Usage = {
+    prompt_tokens: reported.prompt_tokens, completion_tokens: c,
+    total_tokens: reported.total_tokens - reported.completion_tokens + c,
+  };
+  if (reported.cached_prompt_tokens !== undefined) usage.cached_prompt_tokens = reported.cached_prompt_tokens;
+  if (reported.cache_write_tokens !== undefined) usage.cache_write_tokens = reported.cache_write_tokens;
+  if (reported.reasoning_tokens !== undefined) usage.reasoning_tokens = reported.reasoning_tokens;
   return usage;
 }
 

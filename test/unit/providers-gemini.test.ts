@@ -168,6 +168,8 @@ test('usageMetadata: prompt + tool-use prompt, candidates + thoughts, cached and
   assert.ok(isRejection(low) && low.rejected === 'inconsistent');
   assert.equal(geminiUsage(undefined, MAX), undefined);
   assert.equal(geminiUsage({ totalTokenCount: 5 }, MAX), undefined);
+  // No prompt count: the prompt would be charged as 0, so the answer is counted instead.
+  assert.equal(geminiUsage({ candidatesTokenCount: 20, totalTokenCount: 20 }, MAX), undefined);
   const prompt = geminiUsage({ promptTokenCount: 8 }, MAX);
   assert.deepEqual({ ...prompt }, { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8, cached_prompt_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 });
 });

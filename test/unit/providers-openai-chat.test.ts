@@ -23,6 +23,8 @@ test('openAiUsage: cached and reasoning tokens are parts of prompt and completio
   assert.deepEqual(openAiUsage({ ...USAGE, completion_tokens_details: { reasoning_tokens: -1 } }, 1e6), { rejected: 'negative' });
   assert.deepEqual(openAiUsage('x', 1e6), { rejected: 'malformed' });
   assert.equal(openAiUsage(null, 1e6), undefined);
+  // No prompt count: the prompt would be charged as 0, so the answer is counted instead.
+  assert.equal(openAiUsage({ completion_tokens: 20, total_tokens: 20 }, 1e6), undefined);
 });
 
 test('openAiUsage: a null prompt or completion count is not believed; a total above their sum counts as completion', () => {

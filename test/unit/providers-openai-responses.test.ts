@@ -168,6 +168,10 @@ describe('responses: usage', () => {
     assert.equal(x.prompt_tokens, 120);
   });
 
+  it('does not believe a usage without an input count (the prompt would be charged as 0)', () => {
+    assert.equal(responsesUsage({ output_tokens: 20 }, MAX_USAGE), undefined);
+  });
+
   it('rejects implausible numbers and parts larger than their whole', () => {
     assert.deepEqual(responsesUsage({ ...full, input_tokens: -1 }, MAX_USAGE), { rejected: 'negative' });
     assert.deepEqual(responsesUsage({ ...full, output_tokens: '5' }, MAX_USAGE), { rejected: 'not_a_number' });

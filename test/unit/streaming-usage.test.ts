@@ -2,7 +2,7 @@
 // lets a long stream be counted incrementally without keeping its text.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readUsage, isRejection } from '../../src/streaming/usage.ts';
+import { cutShortUsage, readUsage, isRejection } from '../../src/streaming/usage.ts';
 import { TextTally } from '../../src/streaming/text-tally.ts';
 import { StreamMeter } from '../../src/streaming/usage-meter.ts';
 import { countText } from '../../src/tokens/count.ts';
@@ -16,6 +16,21 @@ test('plausible usage is read as is; a larger total is believed', () => {
   assert.equal(readUsage(undefined, MAX), undefined);
   assert.equal(readUsage(null, MAX), undefined);
   assert.equal(readUsage({}, MAX), undefined, 'no counts at all: absent, not implausible');
+  // Without a prompt count the prompt would be charged as 0: not believed, so the answer is counted instead.
+  assert.equal(readUsage({ completion_tokens: 20, total_tokens: 20 }, MAX), undefined);
+  assert.deepEqual(readUsage({ prompt_tokens: 7 }, MAX), { prompt_tokens: 7, completion_tokens: 0, total_tokens: 7 });
+});
+
+test('a stream cut after a usage report: the report when it covers the counted text, else its prompt with the count', () => {
+  const reported = readUsage({ prompt_tokens: 500, completion_tokens: 300, total_tokens: 800 }, MAX)!;
+  assert.ok(!isRejection(reported));
+  assert.equal(cutShortUsage(reported, { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }), reported);
+  // An early running total (Anthropic's message_start says 1 output token): the text streamed since counts.
+  const early = readUsage({ prompt_tokens: 500, completion_tokens: 1 }, MAX)!;
+  assert.ok(!isRejection(early));
+  const cut = cutShortUsage({ ...early, cached_prompt_tokens: 100 }, { prompt_tokens: 480, completion_tokens: 40, total_tokens: 520 });
+  assert.deepEqual(cut, { prompt_tokens: 500, completion_tokens: 40, total_tokens: 540, cached_prompt_tokens: 100 });
+  assert.equal((cut as { raw?: unknown }).raw, undefined, 'counts no longer the report\'s: cost expressions take their bound');
 });
 
 test('implausible usage is rejected with its reason', () => {
