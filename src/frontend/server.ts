@@ -20,7 +20,7 @@ import { SluiceError } from '../core/errors.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
-import { errorHeaders, errorText, sendError } from '../pipeline/error-response.ts';
+import { errorHeaders, errorText, sendError, type ErrorFormat } from '../pipeline/error-response.ts';
 import { UwsResponse } from './response.ts';
 import { NetResponse, type ResponseWire } from './net-response.ts';
 import type { BaseResponse } from './response-base.ts'; // UwsResponse or the guard's NetResponse
@@ -33,6 +33,8 @@ import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budge
 export interface RequestSink {
   /** Synchronous route/method check before any body is read. */
   accept(req: ClientRequest): Accepted | SluiceError;
+  /** The error-body format of the client API a path belongs to (undefined: OpenAI's). */
+  errorFormat(path: string): ErrorFormat | undefined;
 }
 
 export interface Accepted {
@@ -473,6 +475,13 @@ const REFUSED_AT_ACCEPT: Partial<Record<string, string>> = {
   SLC_SHUTTING_DOWN: 'shutting_down',
 };
 
+/** A refusal of the front end's own, its body in the format of the client API the path belongs to (an Anthropic
+ *  SDK reads a 413 as an Anthropic error); a body the error already carries stays. */
+function styled(front: Front, path: string, err: SluiceError): SluiceError {
+  err.body ??= errorText(err, front.sink.errorFormat(path));
+  return err;
+}
+
 /** Route and method check, body limits and budget, then the body is read and the gateway runs. */
 function admit(front: Front, client: BaseResponse, hold: BodyHold, request: ClientRequest, declared: number | undefined, hasBody: boolean): void {
   const metrics = front.metrics;
@@ -480,7 +489,7 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
   const encoding = request.headers['content-encoding'];
   if (hasBody && encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') {
     metrics?.frontendRejected.inc({ reason: 'content_encoding' });
-    refuseBody(front, client, new SluiceError('SLC_UNSUPPORTED_ENCODING', 'Content-Encoding is not supported on request bodies: send the JSON as it is'), true, hasBody);
+    refuseBody(front, client, styled(front, request.path, new SluiceError('SLC_UNSUPPORTED_ENCODING', 'Content-Encoding is not supported on request bodies: send the JSON as it is')), true, hasBody);
     return;
   }
   let accepted: Accepted | SluiceError;
@@ -493,19 +502,19 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
     // 404, 405 (a 401 is counted by its route): the connection stays usable once the (bounded) body is read.
     const reason = REFUSED_AT_ACCEPT[accepted.code];
     if (reason !== undefined) metrics?.frontendRejected.inc({ reason });
-    refuseBody(front, client, accepted, false, hasBody);
+    refuseBody(front, client, styled(front, request.path, accepted), false, hasBody);
     return;
   }
   const gate = accepted;
   if (declared !== undefined && declared > gate.maxBodyBytes) {
     metrics?.frontendRejected.inc({ reason: 'body_too_large' });
-    refuseBody(front, client, tooLarge(gate.maxBodyBytes), true, true);
+    refuseBody(front, client, styled(front, request.path, tooLarge(gate.maxBodyBytes)), true, true);
     return;
   }
   if (declared !== undefined) {
     if (!front.budget.tryReserve(declared)) {
       metrics?.frontendRejected.inc({ reason: 'overloaded' });
-      refuseBody(front, client, overloaded(), true, hasBody);
+      refuseBody(front, client, styled(front, request.path, overloaded()), true, hasBody);
       return;
     }
     hold.bytes = declared;
@@ -553,7 +562,7 @@ class BodyReader implements Waiting {
     this.failed = true;
     this.front.metrics?.frontendRejected.inc({ reason: 'body_timeout' });
     const err = new SluiceError('SLC_REQUEST_TIMEOUT', `no request-body bytes for ${this.front.limits.client_body_timeout_ms} ms`);
-    answer(this.client, err, true);
+    answer(this.client, styled(this.front, this.request.path, err), true);
   }
 
   /** A chunked body announced `total` bytes: past the limit it is refused now, as nginx does, not once they arrive. */
@@ -563,7 +572,7 @@ class BodyReader implements Waiting {
     this.parts = undefined;
     this.front.timeouts.delete(this);
     this.front.metrics?.frontendRejected.inc({ reason: 'body_too_large' });
-    answer(this.client, tooLarge(this.gate.maxBodyBytes), true);
+    answer(this.client, styled(this.front, this.request.path, tooLarge(this.gate.maxBodyBytes)), true);
   }
 
   data(chunk: Uint8Array, isLast: boolean): void {
@@ -584,6 +593,7 @@ class BodyReader implements Waiting {
       if (size > gate.maxBodyBytes) err = tooLarge(gate.maxBodyBytes);
       else if (!front.budget.tryReserve(n)) err = overloaded();
       if (err !== undefined) {
+        styled(front, this.request.path, err);
         this.failed = true;
         front.timeouts.delete(this);
         front.metrics?.frontendRejected.inc({ reason: err.code === 'SLC_OVERLOADED' ? 'overloaded' : 'body_too_large' });

@@ -8,7 +8,7 @@
 // for new requests only, and a retired snapshot is handed back (its stores may close) once its last request
 // has finished. At shutdown, requests still running past the drain time are cut and settled (cutAll).
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
-import { errorText, sendError } from './error-response.ts';
+import { errorText, sendError, type ErrorFormat } from './error-response.ts';
 import { log } from '../core/log.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { ConsumerConfig } from '../config/types.ts';
@@ -135,6 +135,10 @@ export class Gateway implements RequestSink {
 
   get current(): Snapshot {
     return this.snapshot;
+  }
+
+  errorFormat(path: string): ErrorFormat | undefined {
+    return surfaceSpec(surfaceForPath(path))?.errorBody;
   }
 
   accept(req: ClientRequest): Accepted | SluiceError {

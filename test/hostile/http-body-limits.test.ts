@@ -86,3 +86,54 @@ describe('413 is readable by real clients for bodies up to 64 MiB', () => {
     });
   }
 });
+
+// The front end's own refusals (413, 415, 404, 405, 408, 503) answer in the format of the client API the path belongs
+// to, as the pipeline's errors do: an Anthropic or Gemini SDK reads them as its own errors.
+describe('the front end\'s refusals are in the client API\'s format', () => {
+  let gw: TestGateway;
+
+  before(async () => {
+    const inst = (provider: string, auth: Record<string, string>) => ({ name: 'u', provider, auth: { header: auth }, override: { endpoint: 'http://127.0.0.1:9' } });
+    gw = await startGateway({
+      limits: { max_body_bytes: 4096 },
+      routes: [
+        { id: 'a', uri: '/v1/messages', methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [inst('anthropic', { 'x-api-key': 'k' })] } } },
+        { id: 'g', uri: '/v1beta/*', methods: ['POST'], plugins: { 'ai-proxy-multi': { instances: [inst('gemini', { 'x-goog-api-key': 'k' })] } } },
+      ],
+    });
+  });
+
+  after(async () => { await gw?.close(); });
+
+  const send = (path: string, body: string, headers: Record<string, string> = {}, method = 'POST') =>
+    fetch(`${gw.url}${path}`, { method, headers: { 'content-type': 'application/json', ...headers }, body });
+
+  it('Anthropic Messages: 413, 415 and 405 as Anthropic errors', async () => {
+    const big = await send('/v1/messages', JSON.stringify({ pad: 'x'.repeat(8000) }));
+    assert.equal(big.status, 413);
+    assert.deepEqual(await big.json(), { type: 'error', error: { type: 'request_too_large', message: 'request body exceeds 4096 bytes', code: 'SLC_BODY_TOO_LARGE' } });
+    const gz = await send('/v1/messages', '{}', { 'content-encoding': 'gzip' });
+    assert.equal(gz.status, 415);
+    const gzBody = (await gz.json()) as { type: string; error: { code: string } };
+    assert.equal(gzBody.type, 'error');
+    assert.equal(gzBody.error.code, 'SLC_UNSUPPORTED_ENCODING');
+    const put = await send('/v1/messages', '{}', {}, 'PUT');
+    assert.equal(put.status, 405);
+    assert.equal(((await put.json()) as { type: string }).type, 'error');
+  });
+
+  it('Gemini generateContent: 413 as a google.rpc error', async () => {
+    const big = await send('/v1beta/models/g:generateContent', JSON.stringify({ pad: 'x'.repeat(8000) }));
+    assert.equal(big.status, 413);
+    const body = (await big.json()) as { error: { code: number; status: string; details: { reason: string }[] } };
+    assert.equal(body.error.code, 413);
+    assert.equal(typeof body.error.status, 'string');
+    assert.equal(body.error.details[0]?.reason, 'SLC_BODY_TOO_LARGE');
+  });
+
+  it('an OpenAI path keeps the OpenAI shape', async () => {
+    const r = await send('/v1/chat/completions', '{}');
+    assert.equal(r.status, 404);
+    assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'SLC_NOT_FOUND');
+  });
+});
