@@ -472,6 +472,7 @@ export class Gateway implements RequestSink {
   /** Synchronous when the answer carries a usable usage (nearly always); a promise only when its text is counted. */
   private relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer): Promise<void> | undefined {
     const decoded = inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage);
+    if (decoded.unusable !== undefined) return this.relayUnusable(ctx, inst, buf, decoded.unusable);
     const headers = withContentType(this.relayHeaders(upHeaders), decoded.contentType);
     if (ctx.metered) {
       const rejected = decoded.rejected;
@@ -483,6 +484,14 @@ export class Gateway implements RequestSink {
     }
     this.sendBuffered(ctx, status, headers, decoded.body);
     return undefined;
+  }
+
+  /** A 2xx answer that cannot be translated: 502, charged as a 2xx that broke off (produced upstream, so not sent to
+   *  another instance): the prompt plus its bytes counted, within the request's completion cap. */
+  private async relayUnusable(ctx: Exchange, inst: CompiledInstance, buf: Buffer, why: string): Promise<void> {
+    log.warn('upstream answer could not be translated', { route: ctx.route.id, instance: inst.name, why: why.slice(0, 200) });
+    await this.chargeCut(ctx, buf, 'upstream_broken');
+    this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', why));
   }
 
   private async relayCounted(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody): Promise<void> {

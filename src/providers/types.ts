@@ -120,6 +120,9 @@ export interface DecodedBody {
   readonly rejected: UsageRejectReason | undefined;
   /** Generated text to count when usage is missing or rejected ('' otherwise). */
   readonly text: string;
+  /** A 2xx answer that cannot be translated for the client (not the provider's JSON, or an error object): why. The
+   *  pipeline answers 502 rather than relay a 200 the client would take for a completion. */
+  readonly unusable?: string;
 }
 
 /** One streamed answer on its way to the client: decodes the provider's frames, meters them, emits client bytes. */

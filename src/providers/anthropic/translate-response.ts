@@ -20,13 +20,17 @@ export function finishReason(stop: unknown): string | null {
 }
 
 const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+const MAX_ERROR_MESSAGE = 2048;
+const EMPTY = Buffer.alloc(0);
 
 /** A buffered Anthropic message → an OpenAI chat.completion (usage mapped when plausible). */
 export function decodeTranslated(body: Buffer, maxUsage: number, fallbackModel: string | undefined): DecodedBody {
   const msg = parseBody(body);
-  if (msg === undefined) {
-    const err = { error: { message: 'upstream answer is not a JSON object', type: 'upstream_error', param: null, code: 'SLC_UPSTREAM_ERROR' } };
-    return { body: Buffer.from(JSON.stringify(err)), contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: body.toString('utf8') };
+  if (msg === undefined || msg.type === 'error') {
+    const e = msg !== undefined && isObject(msg.error) ? msg.error : undefined;
+    const why = msg === undefined ? 'the upstream answer is not a JSON object'
+      : `the upstream answered 2xx with an error${e !== undefined && typeof e.message === 'string' ? `: ${e.message.slice(0, MAX_ERROR_MESSAGE)}` : ''}`;
+    return { body: EMPTY, contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: '', unusable: why };
   }
   const u = anthropicUsage(msg.usage, maxUsage);
   const usage = u !== undefined && !isRejection(u) ? u : undefined;
@@ -60,7 +64,6 @@ export function decodeTranslated(body: Buffer, maxUsage: number, fallbackModel: 
   };
 }
 
-const MAX_ERROR_MESSAGE = 2048;
 
 /** An Anthropic error body (or any body) → OpenAI's error object. */
 export function openAiErrorFrom(status: number, body: Buffer): string {

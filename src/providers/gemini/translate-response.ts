@@ -81,6 +81,8 @@ function readParts(parts: unknown): Parts {
   return { text, thought, calls: calls ?? NO_CALLS };
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** A buffered generateContent answer → chat.completion; its usage, or the text to count when usage is missing. */
 export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
   let json: unknown;
@@ -89,9 +91,10 @@ export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: num
   } catch {
     json = undefined;
   }
-  if (!isObject(json)) {
-    // Not a Gemini answer: relayed as it came, charged by the prompt (nothing to read text from).
-    return { body, contentType: undefined, usage: undefined, rejected: undefined, text: '' };
+  if (!isObject(json)) return { body: EMPTY, contentType: undefined, usage: undefined, rejected: undefined, text: '', unusable: 'the upstream answer is not a JSON object' };
+  if (isObject(json.error)) {
+    const m = json.error.message;
+    return { body: EMPTY, contentType: undefined, usage: undefined, rejected: undefined, text: '', unusable: `the upstream answered 2xx with an error${typeof m === 'string' ? `: ${m.slice(0, 2048)}` : ''}` };
   }
   const choices: Obj[] = [];
   let allText = '';

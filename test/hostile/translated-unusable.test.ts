@@ -1,0 +1,66 @@
+// A 2xx answer from an Anthropic or Gemini instance that cannot be translated for an OpenAI client (not JSON, not
+// an object, an error object) is a 502 in the client's format, charged as a 2xx that broke off (the prompt and its
+// bytes counted). It was a 200: `{"error":…}` or the raw bytes, which the openai SDK takes for a completion.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+import { startGateway, type TestGateway } from '../helpers/gateway.ts';
+import { metric } from '../helpers/metrics.ts';
+
+const CASES: { route: string; answer: string; message: RegExp }[] = [
+  { route: 'a', answer: 'not json', message: /not a JSON object/ },
+  { route: 'a', answer: '[1,2,3]', message: /not a JSON object/ },
+  { route: 'a', answer: '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', message: /2xx with an error: Overloaded/ },
+  { route: 'g', answer: 'garbage', message: /not a JSON object/ },
+  { route: 'g', answer: '[{"candidates":[]}]', message: /not a JSON object/ },
+];
+
+describe('an untranslatable 2xx answer on a translated route', () => {
+  let up: ScriptedUpstream;
+  let gw: TestGateway;
+
+  before(async () => {
+    up = await startScriptedUpstream((req, s) => {
+      const body = Buffer.from(req.headers['x-answer'] ?? '', 'base64');
+      s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n`);
+      s.write(body);
+    });
+    const inst = (provider: string, auth: Record<string, string>) => ({
+      name: 'u', provider, auth: { header: auth }, options: { model: 'x' }, override: { endpoint: up.url }, forward_headers: ['x-answer'],
+    });
+    const quota = { limit: 1_000_000, time_window: 3600 };
+    gw = await startGateway({
+      routes: [
+        { id: 'a', uri: '/a/*', plugins: { 'ai-proxy-multi': { instances: [inst('anthropic', { 'x-api-key': 'k' })] }, 'ai-rate-limiting': quota } },
+        { id: 'g', uri: '/g/*', plugins: { 'ai-proxy-multi': { instances: [inst('gemini', { 'x-goog-api-key': 'k' })] }, 'ai-rate-limiting': quota } },
+      ],
+    });
+  });
+
+  after(async () => {
+    await gw?.close();
+    await up?.close();
+  });
+
+  for (const c of CASES) {
+    it(`${c.route === 'a' ? 'Anthropic' : 'Gemini'} answering ${c.answer.slice(0, 40)}: 502 in OpenAI's shape, the prompt charged`, async () => {
+      const charged = new RegExp(`^sluice_quota_tokens_charged_total\\{route="${c.route}"`);
+      const before = await metric(gw, charged);
+      const r = await fetch(`${gw.url}/${c.route}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-answer': Buffer.from(c.answer).toString('base64') },
+        body: JSON.stringify({ model: 'm', max_tokens: 20, messages: [{ role: 'user', content: 'Say hello' }] }),
+      });
+      assert.equal(r.status, 502);
+      const body = (await r.json()) as { error: { code: string; message: string } };
+      assert.equal(body.error.code, 'SLC_UPSTREAM_ERROR');
+      assert.match(body.error.message, c.message);
+      assert.ok(await metric(gw, charged) > before, 'the prompt is charged');
+    });
+  }
+
+  it('recorded as broken answers', async () => {
+    assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="a",reason="upstream_broken"\}/), 3);
+    assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="g",reason="upstream_broken"\}/), 2);
+  });
+});
