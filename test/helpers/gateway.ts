@@ -69,3 +69,20 @@ export async function avoidWindowEdge(windowSeconds: number, needMs = 8000): Pro
   const left = w - (Date.now() % w);
   if (left < needMs) await new Promise((r) => setTimeout(r, left + 50));
 }
+
+/**
+ * Routes `/o/*` (OpenAI-compatible), `/a/*` (Anthropic) and `/g/*` (Gemini), route ids o, a and g, each with one
+ * instance `u` at `upstreamUrl` (a scripted upstream) and a local quota far from its limit.
+ */
+export function surfaceRoutes(upstreamUrl: string, extra: Record<string, unknown> = {}): Record<string, unknown>[] {
+  const quota = { limit: 10_000_000, time_window: 3600 };
+  const inst = (provider: string, auth: Record<string, string>, endpoint = upstreamUrl) => ({
+    name: 'u', provider, auth: { header: auth }, options: { model: 'x' }, override: { endpoint }, ...extra,
+  });
+  const route = (id: string, instance: Record<string, unknown>) => ({ id, uri: `/${id}/*`, plugins: { 'ai-proxy-multi': { instances: [instance] }, 'ai-rate-limiting': quota } });
+  return [
+    route('o', inst('openai-compatible', { authorization: 'Bearer k' }, `${upstreamUrl}/v1/chat/completions`)),
+    route('a', inst('anthropic', { 'x-api-key': 'k' })),
+    route('g', inst('gemini', { 'x-goog-api-key': 'k' })),
+  ];
+}

@@ -6,7 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
-import { startGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startGateway, surfaceRoutes, type TestGateway } from '../helpers/gateway.ts';
 import { metric } from '../helpers/metrics.ts';
 import { eventually } from '../helpers/sluice-process.ts';
 
@@ -62,17 +62,7 @@ describe('a stream left after its usage was reported is charged that usage', () 
       for (const f of frames(path)) s.write(chunk(f));
       // The stream's end never comes: the client leaves first.
     });
-    const quota = { limit: 10_000_000, time_window: 3600 };
-    const inst = (provider: string, auth: Record<string, string>) => ({
-      name: 'u', provider, auth: { header: auth }, options: { model: 'x' }, override: { endpoint: up.url },
-    });
-    gw = await startGateway({
-      routes: [
-        { id: 'o', uri: '/o/*', plugins: { 'ai-proxy-multi': { instances: [{ ...inst('openai-compatible', { authorization: 'Bearer k' }), override: { endpoint: `${up.url}/v1/chat/completions` } }] }, 'ai-rate-limiting': quota } },
-        { id: 'a', uri: '/a/*', plugins: { 'ai-proxy-multi': { instances: [inst('anthropic', { 'x-api-key': 'k' })] }, 'ai-rate-limiting': quota } },
-        { id: 'g', uri: '/g/*', plugins: { 'ai-proxy-multi': { instances: [inst('gemini', { 'x-goog-api-key': 'k' })] }, 'ai-rate-limiting': quota } },
-      ],
-    });
+    gw = await startGateway({ routes: surfaceRoutes(up.url) });
   });
 
   after(async () => {

@@ -4,7 +4,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
-import { startGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startGateway, surfaceRoutes, type TestGateway } from '../helpers/gateway.ts';
 import { metric } from '../helpers/metrics.ts';
 
 const CASES: { route: string; answer: string; message: RegExp }[] = [
@@ -25,16 +25,7 @@ describe('an untranslatable 2xx answer on a translated route', () => {
       s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n`);
       s.write(body);
     });
-    const inst = (provider: string, auth: Record<string, string>) => ({
-      name: 'u', provider, auth: { header: auth }, options: { model: 'x' }, override: { endpoint: up.url }, forward_headers: ['x-answer'],
-    });
-    const quota = { limit: 1_000_000, time_window: 3600 };
-    gw = await startGateway({
-      routes: [
-        { id: 'a', uri: '/a/*', plugins: { 'ai-proxy-multi': { instances: [inst('anthropic', { 'x-api-key': 'k' })] }, 'ai-rate-limiting': quota } },
-        { id: 'g', uri: '/g/*', plugins: { 'ai-proxy-multi': { instances: [inst('gemini', { 'x-goog-api-key': 'k' })] }, 'ai-rate-limiting': quota } },
-      ],
-    });
+    gw = await startGateway({ routes: surfaceRoutes(up.url, { forward_headers: ['x-answer'] }) });
   });
 
   after(async () => {
