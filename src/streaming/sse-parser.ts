@@ -29,7 +29,27 @@ const SPACE = 0x20;
 const EMPTY = Buffer.alloc(0);
 const MIN_CARRY = 256;
 
+const BOM = [0xef, 0xbb, 0xbf];
+
+/** Drops one UTF-8 byte order mark at the start of a byte stream, split across chunks or not (the SSE spec ignores
+ *  one; a JSON body read as a stream the same). */
+export class BomSkipper {
+  /** BOM bytes matched so far; -1 once the stream's first bytes are past. */
+  private matched = 0;
+
+  get done(): boolean { return this.matched < 0; }
+
+  /** How many bytes at the start of `chunk` are (the rest of) the mark. */
+  skip(chunk: Buffer): number {
+    let i = 0;
+    while (this.matched >= 0 && this.matched < 3 && i < chunk.length && chunk[i] === BOM[this.matched]) { this.matched++; i++; }
+    if (this.matched === 3 || i < chunk.length) this.matched = -1;
+    return i;
+  }
+}
+
 export class SseParser {
+  private readonly bom = new BomSkipper();
   private readonly handler: SseHandler;
   private readonly maxEventBytes: number;
   /** Bytes of an unterminated line carried over from earlier chunks. */
@@ -57,16 +77,17 @@ export class SseParser {
   }
 
   push(chunk: Buffer): void {
-    this.scan(chunk);
+    // Skipped by offset, not sliced off: handler offsets are the pushed chunk's.
+    this.scan(chunk, this.bom.done ? 0 : this.bom.skip(chunk));
     // An event still open at the chunk's end keeps no reference to the chunk.
     if (this.rawBuf !== undefined) this.decodeRaw();
   }
 
-  private scan(chunk: Buffer): void {
+  private scan(chunk: Buffer, from: number): void {
     const len = chunk.length;
     // An empty chunk says nothing, not even whether a pending CR is followed by LF.
-    if (len === 0) return;
-    let pos = 0;
+    if (from >= len) return;
+    let pos = from;
     if (this.crPending) {
       this.crPending = false;
       if (chunk[0] === LF) pos = 1;

@@ -515,6 +515,19 @@ test('translated stream: role first, content and tool-call deltas, finish, usage
   assert.equal(noUsage.frames.length, f.length - 1);
 });
 
+test('translated stream: a tool call without input deltas gets "{}" as its arguments, as the buffered translation does', () => {
+  const tool = (index: number, id: string) => ev('content_block_start', { index, content_block: { type: 'tool_use', id, name: 'now', input: {} } });
+  const stream = HEAD + tool(0, 'toolu_a') + ev('content_block_stop', { index: 0 })
+    // An empty delta is no argument either; the second call's block never stops (the message ends it).
+    + tool(1, 'toolu_b') + ev('content_block_delta', { index: 1, delta: { type: 'input_json_delta', partial_json: '' } }) + DELTA + STOP;
+  const args = ['', ''];
+  for (const c of chunksOf(translatedStream(false, [Buffer.from(stream)]).out).frames) {
+    const tc = c.choices[0]?.delta?.tool_calls as { index: number; function: { arguments: string } }[] | undefined;
+    if (tc !== undefined) args[tc[0]!.index] += tc[0]!.function.arguments;
+  }
+  assert.deepEqual(args.map((a) => JSON.parse(a)), [{}, {}]);
+});
+
 test('translated stream: an error event becomes an OpenAI error frame; a clean end without message_stop still closes', () => {
   const errEv = 'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n';
   const e = chunksOf(translatedStream(true, [Buffer.from(HEAD + errEv)]).out);

@@ -238,6 +238,18 @@ test('native stream, SSE and JSON array: split at every byte, bytes pass through
   }
 });
 
+test('native stream after a UTF-8 byte order mark, split anywhere: read as without it, bytes passed through', () => {
+  for (const [name, wire, sse] of [['sse', SSE, true], ['array', ARRAY, false]] as const) {
+    const bytes = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(wire, 'utf8')]);
+    for (const cuts of [[], [1], [2], [1, 2], [3], [5]]) {
+      const { out, codec } = run(new GeminiStream(sse, { maxUsage: MAX }), bytes, cuts);
+      assert.ok(out.equals(bytes), `${name} ${cuts}: bytes unchanged`);
+      assert.deepEqual({ ...codec.usage }, FINAL, `${name} ${cuts}`);
+      assert.equal(codec.text, TEXT, `${name} ${cuts}`);
+    }
+  }
+});
+
 test('native stream: usage only once final; a cut stream reports none (its text is charged)', () => {
   const partial = Buffer.from(`data: ${JSON.stringify(FRAMES[0])}\n\ndata: ${JSON.stringify(FRAMES[1])}\n\n`);
   const codec = new GeminiStream(true, { maxUsage: MAX });

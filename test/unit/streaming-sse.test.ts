@@ -126,3 +126,16 @@ test('raw mode: one-line data events come as undecoded bytes, others as strings;
     assert.deepEqual(single.map((e) => e.data), EXPECTED.map((e) => e.data), `${name} byte by byte`);
   }
 });
+
+test('one leading UTF-8 byte order mark is ignored, split across chunks or not; handler offsets stay the pushed chunk\'s', () => {
+  const bom = Buffer.from([0xef, 0xbb, 0xbf]);
+  // The stream starts with a data line: read with the mark as part of its name, its event had no data.
+  const bytes = Buffer.concat([bom, Buffer.from(STREAM.slice(STREAM.indexOf('event: message')))]);
+  for (const cut of [0, 1, 2, 3, 4, 10]) assert.deepEqual(parse([bytes.subarray(0, cut), bytes.subarray(cut)]), EXPECTED.slice(1), `cut ${cut}`);
+  // A second mark is data, not skipped: the first line's field name is then not "data".
+  assert.deepEqual(parse([Buffer.concat([bom, bom, Buffer.from('data: x\n\n')])]), [{ data: null, event: '' }]);
+  const ends: number[] = [];
+  const p = new SseParser({ onEvent: (_d, _e, end) => { ends.push(end); } });
+  p.push(Buffer.concat([bom, Buffer.from('data: a\n\n')]));
+  assert.deepEqual(ends, [12]);
+});

@@ -125,14 +125,18 @@ export abstract class AnthropicStreamReader {
         this.onError(this.error);
         return;
       }
+      case 'content_block_stop':
+        this.onBlockStop(typeof f.index === 'number' ? f.index : 0);
+        return;
       default:
-        // ping, content_block_stop, and event kinds added later carry nothing to meter.
+        // ping and event kinds added later carry nothing to meter.
     }
   }
 
   protected onFastDelta(_data: string, _index: number, _kind: 'text' | 'thinking' | 'json', _start: number, _end: number): void {}
   protected onMessageStart(_m: Record<string, unknown>): void {}
   protected onBlockStart(_index: number, _b: Record<string, unknown>): void {}
+  protected onBlockStop(_index: number): void {}
   protected onDelta(_index: number, _kind: 'text' | 'thinking' | 'json', _text: string): void {}
   protected onMessageDelta(_stopReason: string | undefined): void {}
   protected onMessageStop(): void {}

@@ -91,6 +91,9 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
   private stopReason: string | undefined = undefined;
   /** Anthropic block index → OpenAI tool_calls index. */
   private readonly tools = new Map<number, number>();
+  /** Tool blocks (by Anthropic index) whose arguments have not been sent: each gets "{}" when it stops, as the
+   *  buffered translation gives, since "" is not JSON to a client that parses it. */
+  private readonly noArgs = new Set<number>();
 
   constructor(opts: StreamOptions, clientWantsUsage: boolean, model: string | undefined) {
     super(opts);
@@ -148,6 +151,7 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
   private toolArgs(index: number, literal: string): void {
     const k = this.tools.get(index);
     if (k === undefined) return;
+    if (literal !== '""') this.noArgs.delete(index);
     this.frame('{"tool_calls":[{"index":' + k + ',"function":{"arguments":' + literal + '}}]}');
   }
 
@@ -164,10 +168,15 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
       this.tools.set(index, k);
       this.frame('{"tool_calls":[{"index":' + k + ',"id":' + JSON.stringify(typeof b.id === 'string' ? b.id : '') + ',"type":"function","function":{"name":'
         + JSON.stringify(typeof b.name === 'string' ? b.name : '') + ',"arguments":""}}]}');
+      this.noArgs.add(index);
       if (isObject(b.input) && Object.keys(b.input).length > 0) this.toolArgs(index, JSON.stringify(JSON.stringify(b.input)));
     } else if (typeof b.text === 'string' && b.text !== '') {
       this.frame('{"content":' + JSON.stringify(b.text) + '}');
     }
+  }
+
+  protected override onBlockStop(index: number): void {
+    if (this.noArgs.has(index)) this.toolArgs(index, '"{}"');
   }
 
   protected override onMessageDelta(stopReason: string | undefined): void {
@@ -178,6 +187,7 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
+    for (const index of this.noArgs) this.toolArgs(index, '"{}"');
     if (!this.started) this.start();
     this.out += this.prefix + '{},"logprobs":null,"finish_reason":' + JSON.stringify(finishReason(this.stopReason) ?? 'stop') + '}]}\n\n';
   }

@@ -4,7 +4,7 @@
 // the last one wins and nothing is added up (and only the last is read: the others are just kept). It is reported
 // only once final (a frame with a finishReason, or a clean end): a stream cut in the middle is charged its counted
 // text, not a partial usage.
-import { SseParser } from '../../streaming/sse-parser.ts';
+import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { StreamCodec, StreamOptions } from '../types.ts';
@@ -21,6 +21,7 @@ export class FrameReader {
   private readonly onFrame: (json: string) => void;
   private sse: SseParser | undefined;
   private json: JsonArrayScanner | undefined;
+  private readonly bom = new BomSkipper();
 
   constructor(onFrame: (json: string) => void) {
     this.onFrame = onFrame;
@@ -29,7 +30,7 @@ export class FrameReader {
   push(chunk: Buffer): void {
     if (this.sse !== undefined) { this.sse.push(chunk); return; }
     if (this.json !== undefined) { this.json.push(chunk); return; }
-    let i = 0;
+    let i = this.bom.done ? 0 : this.bom.skip(chunk);
     while (i < chunk.length && isSpace(chunk[i]!)) i++;
     if (i === chunk.length) return;
     const c = chunk[i]!;
