@@ -50,6 +50,21 @@ describe('an untranslatable 2xx answer on a translated route', () => {
     });
   }
 
+  it('a request part an Anthropic instance cannot take (input_audio) is a 400 before anything is sent, nothing charged', async () => {
+    const sent = up.requests.length;
+    const charged = await metric(gw, /^sluice_quota_tokens_charged_total\{route="a"/);
+    const r = await fetch(`${gw.url}/a/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'hello' }, { role: 'user', content: [{ type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }] }] }),
+    });
+    assert.equal(r.status, 400);
+    const body = (await r.json()) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'SLC_BAD_REQUEST');
+    assert.match(body.error.message, /input_audio.*cannot be sent to an Anthropic instance/);
+    assert.equal(up.requests.length, sent);
+    assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="a"/), charged);
+  });
+
   it('recorded as broken answers', async () => {
     assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="a",reason="upstream_broken"\}/), 3);
     assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="g",reason="upstream_broken"\}/), 2);

@@ -6,6 +6,7 @@ import { anthropicUsage, StreamUsage } from '../../src/providers/anthropic/usage
 import { countTokensSurface, messagesSurface } from '../../src/providers/anthropic/surface.ts';
 import { decodeNative, NativeStreamCodec } from '../../src/providers/anthropic/native.ts';
 import { scanDelta, literalText } from '../../src/providers/anthropic/events.ts';
+import { SluiceError } from '../../src/core/errors.ts';
 import { translateRequest, DEFAULT_TRANSLATED_MAX_TOKENS } from '../../src/providers/anthropic/translate-request.ts';
 import { decodeTranslated, TranslatedStreamCodec } from '../../src/providers/anthropic/translate-response.ts';
 import { ANTHROPIC_PROMPT_SCALE, anthropicPromptParts } from '../../src/providers/anthropic/estimate.ts';
@@ -355,6 +356,20 @@ test('translate request: roles, images, tool calls and results, limits, tools, s
 test('translate request: empty turns are left out (Anthropic refuses them)', () => {
   const out = JSON.parse(translateRequest({ messages: [{ role: 'user', content: 'a' }, { role: 'assistant', content: '' }, { role: 'assistant', content: null }, { role: 'user', content: 'b' }] }, 'm', 10));
   assert.deepEqual(out.messages, [{ role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] }]);
+});
+
+test('translate request: an inline PDF file part is a document block; parts Anthropic cannot take are a 400, not dropped', () => {
+  const pdf = { type: 'file', file: { filename: 'a.pdf', file_data: 'data:application/pdf;base64,JVBERi0x' } };
+  const out = JSON.parse(translateRequest({ messages: [{ role: 'user', content: [{ type: 'text', text: 'sum up' }, pdf] }] }, 'm', 10));
+  assert.deepEqual(out.messages[0].content[1], { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0x' } });
+  for (const part of [
+    { type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } },
+    { type: 'file', file: { file_id: 'file-1' } },
+    { type: 'file', file: { file_data: 'data:text/plain;base64,aGk=' } },
+  ]) {
+    const ask = { messages: [{ role: 'user', content: 'first' }, { role: 'assistant', content: 'ok' }, { role: 'user', content: [part] }] };
+    assert.throws(() => translateRequest(ask, 'm', 10), (e: unknown) => e instanceof SluiceError && e.status === 400 && /cannot be sent to an Anthropic instance/.test(e.message), JSON.stringify(part));
+  }
 });
 
 test('streams: an event past the size bound fails the push (the gateway treats the stream as broken)', () => {

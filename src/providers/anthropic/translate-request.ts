@@ -1,6 +1,7 @@
 // An OpenAI chat/completions request → an Anthropic Messages request, for OpenAI clients served by an
 // Anthropic instance. Fields without an Anthropic counterpart (n, logprobs, response_format, seed, penalties)
 // are dropped: one choice is produced.
+import { SluiceError } from '../../core/errors.ts';
 import { isObject } from './events.ts';
 
 /** max_tokens when neither the request nor its reservation gives one: Anthropic requires the field. */
@@ -43,13 +44,30 @@ function contentBlocks(content: unknown): string | Block[] {
       const iu = p.image_url;
       const url = typeof iu === 'string' ? iu : isObject(iu) && typeof iu.url === 'string' ? iu.url : undefined;
       if (url !== undefined) blocks.push(imageBlock(url));
+    } else if (p.type === 'file') {
+      blocks.push(documentBlock(p.file));
     } else if (typeof p.text === 'string') {
       blocks.push({ type: 'text', text: p.text });
     } else if (typeof p.refusal === 'string') {
       blocks.push({ type: 'text', text: p.refusal });
+    } else {
+      // Dropped, the turn could vanish and the model answer another question (the last turn its prefill).
+      throw untranslatable(`content part of type ${JSON.stringify(String(p.type)).slice(0, 40)}`);
     }
   }
   return blocks;
+}
+
+function untranslatable(what: string): SluiceError {
+  return new SluiceError('SLC_BAD_REQUEST', `${what} cannot be sent to an Anthropic instance`, { param: 'messages' });
+}
+
+/** An OpenAI `file` part with inline PDF data → a document block; a file id or another type cannot be sent. */
+function documentBlock(file: unknown): Block {
+  const data = isObject(file) && typeof file.file_data === 'string' ? file.file_data : undefined;
+  const m = data === undefined ? null : /^data:application\/pdf;base64,/.exec(data);
+  if (m === null) throw untranslatable('a file part other than inline PDF data (file_data: data:application/pdf;base64,…)');
+  return { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: data!.slice(m[0].length) } };
 }
 
 function toolInput(args: unknown): unknown {
