@@ -454,7 +454,8 @@ test('translate response: chat.completion with text, tool calls, finish_reason a
   assert.equal(o.choices[0].finish_reason, 'tool_calls');
   assert.deepEqual(o.usage, { prompt_tokens: 35, completion_tokens: 7, total_tokens: 42, prompt_tokens_details: { cached_tokens: 20 } });
   assert.equal(d.usage?.cache_write_tokens, 5);
-  for (const [stop, finish] of [['end_turn', 'stop'], ['stop_sequence', 'stop'], ['max_tokens', 'length'], ['refusal', 'content_filter']] as const) {
+  // A null stop_reason (a message that does not say why it ended) reads as stop, as in streams.
+  for (const [stop, finish] of [['end_turn', 'stop'], ['stop_sequence', 'stop'], ['max_tokens', 'length'], ['refusal', 'content_filter'], [null, 'stop']] as const) {
     assert.equal(JSON.parse(decodeTranslated(body({ ...msg, stop_reason: stop }), MAX, 'm').body.toString()).choices[0].finish_reason, finish);
   }
   const noUsage = decodeTranslated(body({ ...msg, usage: undefined }), MAX, 'm');

@@ -55,7 +55,7 @@ export function decodeTranslated(body: Buffer, maxUsage: number, fallbackModel: 
     object: 'chat.completion',
     created: nowSeconds(),
     model: model ?? '',
-    choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason(msg.stop_reason) }],
+    choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason(msg.stop_reason) ?? 'stop' }],
   });
   const out = usage === undefined ? head : head.slice(0, -1) + ',"usage":' + openAiUsageJson(usage) + '}';
   return {
