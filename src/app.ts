@@ -71,6 +71,11 @@ export interface StartOptions {
 const SETTLE_AFTER_CUT_MS = 10_000;
 /** How long shutdown waits for the HTTP/1.x guard to pass on the last bytes of answers that have ended. */
 const QUIESCE_MS = 2_000;
+/** At shutdown, how long a Redis store keeps trying to write its last usage while Redis is away (restarting,
+ *  failing over) before that usage is logged as lost. */
+const SHUTDOWN_FLUSH_MS = 5_000;
+/** A store a reload retired, in a process that goes on: how long it keeps trying to write what it holds. */
+const RETIRED_FLUSH_MS = 10 * 60_000;
 /** workers > 1: after a serving thread failed, how long the stores' final flush may take before the exit. */
 const FATAL_FLUSH_MS = 10_000;
 
@@ -88,7 +93,7 @@ async function waitUntil(done: () => boolean, ms: number): Promise<void> {
 class StoreRegistry implements StoreResolver {
   private readonly stores = new Map<string, { store: QuotaStore; refs: number }>();
   private readonly keysOf = new WeakMap<Snapshot, readonly string[]>();
-  private readonly closing = new Set<Promise<void>>();
+  private readonly closing = new Map<Promise<void>, QuotaStore>();
   /** Keys used by the snapshot being built. */
   private building: Set<string> | undefined;
   private created = 0;
@@ -144,18 +149,25 @@ class StoreRegistry implements StoreResolver {
       this.ledger?.detach(k);
       log.info('quota store no longer used; closing it', { store: e.store.name });
       const name = e.store.name;
-      const p = e.store.close().catch((err: unknown) => log.error('closing a quota store failed', { store: name, err }))
+      // The process goes on: a Redis away for now gets minutes to come back before the store's usage is lost.
+      const p = e.store.close(RETIRED_FLUSH_MS).catch((err: unknown) => log.error('closing a quota store failed', { store: name, err }))
         // Its series go once it is closed (nothing updates them any more), unless a live store took the label.
         .then(() => (this.all().some((s) => s.name === name) ? undefined : removeStoreSeries(this.metrics, name)))
         .catch((err: unknown) => log.error('removing the metrics of a closed quota store failed', { store: name, err }));
-      this.closing.add(p);
+      this.closing.set(p, e.store);
       void p.then(() => this.closing.delete(p));
     }
   }
 
-  /** Stores closing after a reload dropped them. */
-  pendingCloses(): Promise<void>[] {
-    return [...this.closing];
+  /** Stores closing after a reload dropped them, now given at most `withinMs` more to write what they hold. */
+  pendingCloses(withinMs: number): Promise<void>[] {
+    for (const store of this.closing.values()) void store.close(withinMs).catch(() => undefined);
+    return [...this.closing.keys()];
+  }
+
+  /** Every store closes (flushing what it holds, for at most `withinMs` while Redis is away), retired ones too. */
+  closeAll(withinMs: number): Promise<PromiseSettledResult<void>[]> {
+    return Promise.allSettled([...this.all().map((s) => s.close(withinMs)), ...this.pendingCloses(withinMs)]);
   }
 
   storeFor(source: QuotaSource): QuotaStore {
@@ -262,7 +274,10 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
       frontL.stopListening();
       gateway.draining = true;
       const drainMs = closeOpts.drainMs ?? gateway.current.config.shutdown.drain_timeout_ms;
-      await waitUntil(() => gateway.inFlight === 0, drainMs);
+      // Uploads still arriving are in flight too: they get the drain time to finish and reach the gateway.
+      await waitUntil(() => gateway.inFlight === 0 && (frontL.receiving?.() ?? 0) === 0, drainMs);
+      const uploads = frontL.cutReceiving?.() ?? 0;
+      if (uploads > 0) log.warn('drain time over; answering 503 to requests whose body was still arriving', { requests: uploads });
       if (gateway.inFlight > 0) {
         // Cut and settle before the stores close: their final flush must carry these charges, and every
         // reservation must be released, not left to expire.
@@ -275,7 +290,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
       await frontL.quiesce?.(QUIESCE_MS);
       frontL.close();
       adminL.close();
-      await Promise.allSettled([...stores.all().map((s) => s.close()), ...stores.pendingCloses()]);
+      await stores.closeAll(SHUTDOWN_FLUSH_MS);
       await Promise.allSettled([pool.close(), upstream.close()]);
     },
   };
@@ -304,7 +319,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
   const closeStores = async (): Promise<void> => {
     // The ledger folds what the threads charged into the backends, whose final flush then carries it.
     ledger.close();
-    await Promise.allSettled([...stores.all().map((s) => s.close()), ...stores.pendingCloses()]);
+    await stores.closeAll(SHUTDOWN_FLUSH_MS);
   };
   let first: MainSnapshot;
   try {

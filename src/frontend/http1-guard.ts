@@ -632,6 +632,9 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     // A client that closes its side while its answer is still coming has gone (nginx records a 499 here too):
     // abort now, so the upstream stops generating tokens nobody reads, instead of after two failed writes.
     if (this.inFlight && this.reqBody === 'none') { this.destroy(); return; }
+    // Its body can never be complete: refused now, rather than held (with its share of the body budget) until the
+    // body timeout.
+    if (this.inFlight) { this.failRequest(new SluiceError('SLC_BAD_REQUEST', 'the client closed its side before the request body was complete')); return; }
     if (!this.inFlight && this.reqBody === 'none' && (this.inBuf === undefined || this.inBuf.length === 0)) this.finish();
     else if (!this.inFlight && this.reqBody === 'none') this.next();
   }

@@ -53,6 +53,10 @@ export interface Listening {
   shareableFd?(): number;
   /** Wait (at most graceMs) until no answer is still being written to a client, so close() cuts none short. */
   quiesce?(graceMs: number): Promise<void>;
+  /** Requests whose body is still arriving: in flight for a drain, though the gateway has not seen them yet. */
+  receiving?(): number;
+  /** At the end of a drain: answer every request whose body is still arriving 503 and close its connection. */
+  cutReceiving?(): number;
 }
 
 /** A listen or admin port that cannot be bound: a startup error, never a silent second listener. */
@@ -145,6 +149,9 @@ function listen(app: TemplatedApp, what: string, host: string, port: number, reu
 interface Waiting extends LiveEntry<Waiting> {
   lastActivity: number;
   expire(): void;
+  /** A request body being read (not a refused one being drained): shutdown waits for it, then cuts it. */
+  readonly receiving?: boolean;
+  cut?(): void;
 }
 
 /** One coarse interval instead of a timer per request: most bodies arrive with their head. */
@@ -175,6 +182,23 @@ class BodyTimeouts {
       this.waiting.delete(w);
       w.expire();
     }
+  }
+
+  receiving(): number {
+    let n = 0;
+    for (const w of this.waiting.entries()) if (w.receiving === true) n++;
+    return n;
+  }
+
+  cutReceiving(): number {
+    let n = 0;
+    for (const w of this.waiting.entries()) {
+      if (w.receiving !== true) continue;
+      this.waiting.delete(w);
+      w.cut?.();
+      n++;
+    }
+    return n;
   }
 
   stop(): void {
@@ -380,6 +404,9 @@ function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close:
   client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
 }
 
+/** Body-budget bytes a request with a Content-Length reserves at once, and more each time its bytes pass them. */
+const RESERVE_STEP = 256 * 1024;
+
 function overloaded(): SluiceError {
   return new SluiceError('SLC_OVERLOADED', 'too many request-body bytes in flight; retry shortly', { headers: { 'retry-after': '1' } });
 }
@@ -512,12 +539,15 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
     return;
   }
   if (declared !== undefined) {
-    if (!front.budget.tryReserve(declared)) {
+    // Reserved as it arrives past a first slice: a declared length costs the budget nothing until its bytes come,
+    // so a few clients declaring large bodies and sending a byte a second cannot hold it all.
+    const first = Math.min(declared, RESERVE_STEP);
+    if (!front.budget.tryReserve(first)) {
       metrics?.frontendRejected.inc({ reason: 'overloaded' });
       refuseBody(front, client, styled(front, request.path, overloaded()), true, hasBody);
       return;
     }
-    hold.bytes = declared;
+    hold.bytes = first;
   }
   readBody(front, client, hold, gate, request, declared);
 }
@@ -558,11 +588,37 @@ class BodyReader implements Waiting {
     this.body = body;
   }
 
+  get receiving(): boolean {
+    return !this.failed && !this.client.aborted;
+  }
+
+  /** Shutdown's drain ended before the body did. */
+  cut(): void {
+    if (!this.receiving) return;
+    this.failed = true;
+    this.parts = undefined;
+    this.front.metrics?.frontendRejected.inc({ reason: 'shutting_down' });
+    answer(this.client, styled(this.front, this.request.path, new SluiceError('SLC_SHUTTING_DOWN')), true);
+  }
+
   expire(): void {
     this.failed = true;
     this.front.metrics?.frontendRejected.inc({ reason: 'body_timeout' });
     const err = new SluiceError('SLC_REQUEST_TIMEOUT', `no request-body bytes for ${this.front.limits.client_body_timeout_ms} ms`);
     answer(this.client, styled(this.front, this.request.path, err), true);
+  }
+
+  /** Refused mid-body (over the limit or the budget) with `already` bytes read before this chunk of `n`: what is
+   *  still coming is drained, then the error answers. */
+  private refuse(err: SluiceError, already: number, n: number, isLast: boolean): void {
+    const front = this.front;
+    styled(front, this.request.path, err);
+    this.failed = true;
+    front.timeouts.delete(this);
+    front.metrics?.frontendRejected.inc({ reason: err.code === 'SLC_OVERLOADED' ? 'overloaded' : 'body_too_large' });
+    this.parts = undefined;
+    this.refuser = new Refuser(front, this.client, err, true, already);
+    this.refuser.feed(n, isLast);
   }
 
   /** A chunked body announced `total` bytes: past the limit it is refused now, as nginx does, not once they arrive. */
@@ -583,25 +639,23 @@ class BodyReader implements Waiting {
     this.lastActivity = performance.now();
     const body = this.body;
     if (body !== undefined) {
-      // uWS and the guard frame the body by Content-Length, so neither delivers more than declared.
+      // uWS and the guard frame the body by Content-Length, so neither delivers more than declared. The buffer's
+      // pages become memory as they are written: the budget follows them.
+      const size = this.size + n;
+      if (size > this.hold.bytes) {
+        const more = Math.min(body.length, Math.max(size, this.hold.bytes + RESERVE_STEP)) - this.hold.bytes;
+        if (!front.budget.tryReserve(more)) { this.refuse(overloaded(), this.size, n, isLast); return; }
+        this.hold.bytes += more;
+      }
       body.set(chunk, this.size);
-      this.size += n;
+      this.size = size;
     } else if (n > 0) {
       const size = this.size += n;
       const gate = this.gate;
       let err: SluiceError | undefined;
       if (size > gate.maxBodyBytes) err = tooLarge(gate.maxBodyBytes);
       else if (!front.budget.tryReserve(n)) err = overloaded();
-      if (err !== undefined) {
-        styled(front, this.request.path, err);
-        this.failed = true;
-        front.timeouts.delete(this);
-        front.metrics?.frontendRejected.inc({ reason: err.code === 'SLC_OVERLOADED' ? 'overloaded' : 'body_too_large' });
-        this.parts = undefined;
-        this.refuser = new Refuser(front, this.client, err, true, size - n);
-        this.refuser.feed(n, isLast);
-        return;
-      }
+      if (err !== undefined) { this.refuse(err, size - n, n, isLast); return; }
       this.hold.bytes += n;
       // A copy: uWS reuses its chunk's memory, the guard its held input.
       (this.parts ??= []).push(Buffer.from(chunk));
@@ -652,7 +706,10 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     front.timeouts.stop();
     throw err;
   }
-  return { port: l.port, stopListening: l.stopListening, close: () => { front.timeouts.stop(); l.close(); }, quiesce: () => Promise.resolve() };
+  return {
+    port: l.port, stopListening: l.stopListening, close: () => { front.timeouts.stop(); l.close(); }, quiesce: () => Promise.resolve(),
+    receiving: () => front.timeouts.receiving(), cutReceiving: () => front.timeouts.cutReceiving(),
+  };
 }
 
 /**
@@ -692,6 +749,8 @@ async function startServingGuard(front: Front, opts: FrontendOptions): Promise<L
     stopListening: () => guard.stopListening(),
     close: () => { guard.close(); front.timeouts.stop(); },
     quiesce: (graceMs) => guard.quiesce(graceMs),
+    receiving: () => front.timeouts.receiving(),
+    cutReceiving: () => front.timeouts.cutReceiving(),
   };
 }
 

@@ -74,8 +74,9 @@ export interface QuotaStore {
   health(): StoreHealth;
   /** Write every pending delta (resolves when the shared store has acknowledged them, or at once when local). */
   flush(): Promise<void>;
-  /** Flush and release connections and timers. */
-  close(): Promise<void>;
+  /** Flush (a shared store retrying for at most `flushWithinMs` while it is unreachable; a later call may shorten
+   *  that) and release connections and timers. */
+  close(flushWithinMs?: number): Promise<void>;
 }
 
 /** Fixed windows are aligned to the Unix epoch, so every replica agrees on boundaries without talking. */

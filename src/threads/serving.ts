@@ -151,7 +151,10 @@ function start(): void {
         return;
       case 'drain': {
         gateway.draining = true;
-        await waitUntil(() => gateway.inFlight === 0, msg.drainMs);
+        // Uploads still arriving are in flight too: they get the drain time to finish and reach the gateway.
+        await waitUntil(() => gateway.inFlight === 0 && (front?.receiving?.() ?? 0) === 0, msg.drainMs);
+        const uploads = front?.cutReceiving?.() ?? 0;
+        if (uploads > 0) log.warn('drain time over; answering 503 to requests whose body was still arriving', { thread: init.index, requests: uploads });
         let cut = 0;
         if (gateway.inFlight > 0) {
           // Cut and settle before the main thread flushes the stores: the flush must carry these charges.

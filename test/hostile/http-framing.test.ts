@@ -477,8 +477,9 @@ describe('front-end budgets and timeouts (raw sockets)', () => {
     const size = 1024 * 1024;
     const body = JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'a'.repeat(size - 60) }] });
     let sock: Socket | undefined;
-    const half = Math.floor(body.length / 2);
-    // The first body stays incomplete (well inside the body timeout's sweeps) while the second request arrives.
+    // The budget follows the bytes received: the first body arrives but for its last bytes, and stays incomplete
+    // (well inside the body timeout's sweeps) while the second request arrives.
+    const half = body.length - 10;
     const holder = exchange(port, `POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body.slice(0, half)}`, {
       responses: 1, waitMs: 30_000, feed: (s) => { sock = s; },
     });
@@ -489,6 +490,40 @@ describe('front-end budgets and timeouts (raw sockets)', () => {
     sock!.write(body.slice(half));
     const first = await holder;
     assert.equal(first.responses[0]?.status, 200, 'the request holding the budget completes');
+    await until(async () => (await metric('sluice_request_body_bytes_in_flight')) === 0, 'budget released');
+  });
+
+  it('bodies declared large and sent slowly hold only what they sent: a small request still gets through', async () => {
+    const MiB = 1024 * 1024;
+    const gw3 = await startGateway({
+      limits: { max_body_bytes: 8 * MiB, max_inflight_body_bytes: 8 * MiB },
+      routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] } } }],
+    });
+    const socks: Socket[] = [];
+    try {
+      // Each declares the whole budget; before, the first held it all and every other POST got 503.
+      for (let i = 0; i < 8; i++) {
+        const s = connect(gw3.handle.port, '127.0.0.1');
+        s.on('error', () => undefined);
+        socks.push(s);
+        s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: ${8 * MiB}\r\n\r\n{"mo`);
+      }
+      const read = async (): Promise<number> => Number(/^sluice_request_body_bytes_in_flight (\d+)$/m.exec(await (await fetch(`${gw3.adminUrl}/metrics`)).text())?.[1]);
+      await until(async () => (await read()) === 8 * 256 * 1024, 'every slow body holds its first slice');
+      const r = await exchange(gw3.handle.port, post(), { responses: 1 });
+      assert.equal(r.responses[0]?.status, 200);
+    } finally {
+      for (const s of socks) s.destroy();
+      await gw3.close();
+    }
+  });
+
+  it('a client that closes its side before its body is complete gets 400 at once, and its budget is released', async () => {
+    const r = await exchange(port, 'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n{"model"', {
+      waitMs: 20_000, feed: (s) => { s.end(); },
+    });
+    assertError(r.responses[0], 400, 'SLC_BAD_REQUEST');
+    assert.match(r.responses[0]!.json.error.message, /closed its side before the request body was complete/);
     await until(async () => (await metric('sluice_request_body_bytes_in_flight')) === 0, 'budget released');
   });
 

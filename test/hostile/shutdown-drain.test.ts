@@ -5,6 +5,7 @@
 // real `sluice start` process and SIGTERM.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig, ConfigError } from '../../src/config/validate.ts';
 import { prepareRequest } from '../helpers/prepare.ts';
@@ -167,4 +168,45 @@ describe('shutdown with streams still running', () => {
       } finally { await gw.stop(); }
     });
   });
+});
+
+// An upload still sending its body at shutdown is in flight like any request: it gets the drain time to finish (and
+// is answered), and one still incomplete when the drain ends gets 503, not a reset. It was cut after the guard's
+// ~2 s grace whatever drain_timeout_ms said (found by a hostile probe).
+describe('shutdown with request bodies still arriving', () => {
+  let mock: MockUpstream;
+  before(async () => { mock = await startMockUpstream({ completionTokens: 5, chunks: 2 }); });
+  after(async () => { await mock?.close(); });
+
+  const BODY = JSON.stringify({ model: 'gpt-4o-mini', messages: MESSAGES, max_tokens: 5 });
+
+  function upload(port: number): { sock: Socket; got: () => string } {
+    const sock = connect(port, '127.0.0.1');
+    let got = '';
+    sock.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+    sock.on('error', () => undefined);
+    sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(BODY)}\r\n\r\n${BODY.slice(0, 10)}`);
+    return { sock, got: () => got };
+  }
+
+  for (const workers of [1, 2]) {
+    it(`workers: ${workers}: an upload that completes within the drain is answered 200; one that does not gets 503`, { timeout: 90_000 }, async () => {
+      const gw = await startGateway({ workers, routes: [{ id: 'u', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] } } }] });
+      const finishing = upload(gw.handle.port);
+      const stalled = upload(gw.handle.port);
+      // Both heads are read and their bodies awaited before shutdown starts.
+      await new Promise((r) => setTimeout(r, 300));
+      const closed = gw.handle.close({ drainMs: 6_000 });
+      await new Promise((r) => setTimeout(r, 3_000));
+      finishing.sock.write(BODY.slice(10));
+      await eventually('the finished upload is answered', () => finishing.got().includes('\r\n\r\n') && finishing.got().includes('"usage"'), 20_000);
+      assert.match(finishing.got(), /^HTTP\/1\.1 200 /);
+      await closed;
+      await eventually('the stalled upload is answered', () => stalled.got().includes('\r\n\r\n'), 10_000);
+      assert.match(stalled.got(), /^HTTP\/1\.1 503 /);
+      assert.match(stalled.got(), /SLC_SHUTTING_DOWN/);
+      finishing.sock.destroy();
+      stalled.sock.destroy();
+    });
+  }
 });

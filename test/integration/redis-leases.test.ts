@@ -119,6 +119,30 @@ describe('reservation leases', () => {
     assert.equal((await holders(call, keysOf(c, now).r)).reserved, 0, 'no reservation outlives close()');
   });
 
+  it('a store closing while redis is down keeps trying within its bound: the usage is written once redis is back', async () => {
+    const { store } = redisStore(standaloneTarget(redis, { timeout_ms: 300 }));
+    const c = spec(1e9);
+    const now = Date.now();
+    try {
+      assert.ok(await store.ready());
+      const g = await store.acquire([{ counter: c, amount: 100 }], now);
+      assert.ok(g.ok);
+      await store.flush();
+      await redis.kill();
+      // Settled while redis is away: the charge waits in the store, as at a shutdown or a reload during a restart.
+      store.settle(g, [77]);
+      const closing = store.close(30_000);
+      await sleep(1_500);
+      await redis.restart();
+      await closing;
+      assert.equal(await call(['get', keysOf(c, now).c]), '77', 'the settlement made while redis was down was written by close()');
+      assert.equal((await holders(call, keysOf(c, now).r)).reserved, 0);
+    } finally {
+      if (!redis.running) await redis.restart();
+      await store.close();
+    }
+  });
+
   it('redis-server stopped (SIGSTOP) for 5 s under load: reserved returns to 0 and consumed equals charged', async (t) => {
     const target = () => standaloneTarget(redis, { timeout_ms: 300 });
     const a = redisStore(target(), { allowDegradation: true });

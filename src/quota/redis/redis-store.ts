@@ -63,7 +63,10 @@ const MIN_SHARE = 0.05;
 const SWEEP_EVERY_MS = 10_000;
 /** Synchronous mode: how soon a failed write is retried. */
 const SYNC_RETRY_MS = 50;
+/** How long a closing store keeps trying to write its last deltas, unless its caller says otherwise. */
 const CLOSE_FLUSH_MS = 2_000;
+/** A closing store whose writes fail waits this long before it tries again (Redis restarting, failing over). */
+const CLOSE_RETRY_MS = 200;
 /** Key cap full and nothing evictable: how long new keys are refused before the counters are scanned again. */
 const EVICT_RETRY_MS = 100;
 /** At most one log line per error kind this often (the rest are counted in the line that follows). */
@@ -301,6 +304,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   /** MOVED/ASK replies in the current flush. */
   private redirections = 0;
   private closed = false;
+  private closing: Promise<void> | undefined;
+  /** performance.now() past which a closing store stops trying to write (a later close() may bring it closer). */
+  private closeBy = 0;
   private readonly scratch: RedisCell[] = [];
   private readonly logged = new Map<string, { at: number; suppressed: number }>();
   /**
@@ -519,11 +525,23 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
 
   /**
    * Writes every cell's final state with this process's reservations removed (requests still running are
-   * not waited for: the pipeline settles them before closing the store), bounded by CLOSE_FLUSH_MS. What
-   * cannot be written stops counting when its lease ends.
+   * not waited for: the pipeline settles them before closing the store), retrying while Redis is away for up to
+   * `flushWithinMs` (a reload retiring the store can afford minutes; a shutdown, seconds). A second call can
+   * bring the deadline closer. Usage still unwritten then is logged as lost; reservations stop counting when
+   * their lease ends.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(flushWithinMs: number = CLOSE_FLUSH_MS): Promise<void> {
+    const by = performance.now() + flushWithinMs;
+    if (this.closing !== undefined) {
+      if (by < this.closeBy) this.closeBy = by;
+      return this.closing;
+    }
+    this.closeBy = by;
+    this.closing = this.closeNow();
+    return this.closing;
+  }
+
+  private async closeNow(): Promise<void> {
     this.closed = true;
     this.batcher.stop();
     this.cancelSweep();
@@ -536,20 +554,43 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       }
     }
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      this.drain(),
-      new Promise<void>((resolve) => { timer = setTimeout(resolve, CLOSE_FLUSH_MS); }),
-    ]);
+    const deadline = new Promise<void>((resolve) => {
+      const check = (): void => {
+        const left = this.closeBy - performance.now();
+        if (left <= 0) resolve(); else timer = setTimeout(check, Math.min(left, CLOSE_RETRY_MS));
+      };
+      check();
+    });
+    await Promise.race([this.drain(), deadline]);
     clearTimeout(timer);
+    this.reportUnwritten();
     this.unsubscribe();
     await releaseRedis(this.shared);
   }
 
-  /** Flush until nothing is dirty, or a flush fails (close() bounds the time). */
+  /** Flush until nothing is dirty; a failed flush is tried again, after a pause, until close()'s deadline. */
   private async drain(): Promise<void> {
-    for (let i = 0; i < 5 && this.batcher.backlog > 0; i++) {
-      if (!(await this.batcher.flush().catch(() => false))) return;
+    while (this.batcher.backlog > 0 && performance.now() < this.closeBy) {
+      if (await this.batcher.flush().catch(() => false)) continue;
+      const left = this.closeBy - performance.now();
+      if (left <= 0) return;
+      await this.shared.whenUsable(Math.min(left, CLOSE_RETRY_MS));
+      await new Promise((r) => setTimeout(r, Math.max(0, Math.min(this.closeBy - performance.now(), CLOSE_RETRY_MS))));
     }
+  }
+
+  /** Usage this process admitted that Redis never acknowledged: said, not dropped silently. */
+  private reportUnwritten(): void {
+    let cells = 0;
+    let tokens = 0;
+    for (const counter of this.counters.values()) {
+      for (const cell of [counter.cur, counter.prev]) {
+        if (cell === undefined || !cell.dirty()) continue;
+        cells++;
+        tokens += Math.max(0, cell.ownC - cell.ackedC);
+      }
+    }
+    if (cells > 0) log.error('quota store closed before redis acknowledged its usage: those tokens are not counted', { store: this.name, counters: cells, tokens });
   }
 
   // ------------------------------------------------------------------------------------------------------
