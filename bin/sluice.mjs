@@ -8,6 +8,10 @@ import { existsSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
+// Until the CLI installs its own handler (start reads the config only after that), a SIGHUP's default action
+// would kill the process while its modules load: it is ignored instead, losing nothing.
+process.on('SIGHUP', () => {});
+
 const main = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const bundle = fileURLToPath(new URL('../dist/bundle/sluice.cjs', import.meta.url));
 if (!existsSync(main)) {

@@ -86,7 +86,10 @@ async function start(argv: string[]): Promise<void> {
   // A file that fails to load or validate is logged and counted (sluice_config_reloads_total{outcome="error"}).
   // So is one that would drop every route of a gateway serving some: more likely a file rewritten in the wrong
   // place than a wish to answer 404 to everything (a restart still starts a gateway with no routes).
+  let stopping = false;
   onHup = () => {
+    // A reload during shutdown would open stores and connections the drain then has to close again.
+    if (stopping) { log.warn('reload ignored: shutting down'); return; }
     let next: SluiceConfig | undefined;
     const swapped = handle.reloadFrom(() => {
       next = loadConfigFile(configFile, env);
@@ -97,7 +100,6 @@ async function start(argv: string[]): Promise<void> {
     });
     if (swapped) served = next!.routes.length;
   };
-  let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;

@@ -3,7 +3,7 @@
 // YAML 1.2), which gives both formats line and column numbers and rejects duplicate keys. yaml is loaded on the
 // first YAML read: its first parse is ~12 ms of start-up CPU, JSON.parse well under 1 ms.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { extname } from 'node:path';
 import type { YAMLError } from 'yaml';
@@ -90,6 +90,8 @@ function parseJson(text: string): { value: unknown } | undefined {
   return keys === jsonKeyTokens(text) ? { value } : undefined;
 }
 
+const TOO_DEEP = 'is nested too deeply to read (a config nested more than 64 levels deep is an error)';
+
 /** Parse configuration text; throws ConfigError (path '') with file:line:col on syntax errors. */
 export function parseConfigText(text: string, fileName: string): unknown {
   const ext = extname(fileName).toLowerCase();
@@ -100,27 +102,45 @@ export function parseConfigText(text: string, fileName: string): unknown {
     const json = parseJson(text);
     if (json !== undefined) return json.value;
   }
-  const docs = yaml().parseAllDocuments(text, { prettyErrors: true });
+  let docs: ReturnType<ReturnType<typeof yaml>['parseAllDocuments']>;
+  try {
+    docs = yaml().parseAllDocuments(text, { prettyErrors: true });
+  } catch (err) {
+    // yaml's parser recurses per level: a file nested about a thousand deep overflows the stack.
+    if (err instanceof RangeError) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
+    throw err;
+  }
   if (!Array.isArray(docs) || docs.length === 0) return undefined;
   if (docs.length > 1) {
     throw new ConfigError([{ path: '', message: `${fileName}: holds ${docs.length} YAML documents; expected one` }]);
   }
   const doc = docs[0]!;
+  // yaml's composer recurses per level and reports the stack it overflowed as one error per level.
+  if (doc.errors.some((e) => e.message.includes('call stack'))) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
   if (doc.errors.length > 0) throw new ConfigError(doc.errors.map((e) => parseIssue(fileName, e)));
   keepLimitKeyText(doc);
   try {
     return doc.toJS({ maxAliasCount: 100 });
   } catch (err) {
-    // yaml throws here on alias bombs (more alias expansions than maxAliasCount allows).
-    throw new ConfigError([{ path: '', message: `${fileName}: ${err instanceof Error ? err.message : String(err)}` }]);
+    // yaml throws here on alias bombs (more alias expansions than maxAliasCount allows), and on deep nesting.
+    const why = err instanceof RangeError ? TOO_DEEP : err instanceof Error ? err.message : String(err);
+    throw new ConfigError([{ path: '', message: `${fileName}: ${why}` }]);
   }
 }
+
+/** Largest config file read: a 20,000-route file is ~2 MB; a bound keeps /dev/zero or a runaway generator out. */
+export const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
 export function loadConfigFile(path: string, env: NodeJS.ProcessEnv = process.env): SluiceConfig {
   let bytes: Buffer;
   try {
+    // A regular file only: a FIFO would block the read (a reload with it), a device such as /dev/zero never ends.
+    const st = statSync(path);
+    if (!st.isFile()) throw new ConfigError([{ path: '', message: `${path}: is not a regular file` }]);
+    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError([{ path: '', message: `${path}: is ${st.size} bytes; a config file is at most ${MAX_CONFIG_BYTES}` }]);
     bytes = readFileSync(path);
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     const code = (err as NodeJS.ErrnoException).code ?? 'read error';
     throw new ConfigError([{ path: '', message: `${path}: cannot read the file (${code})` }]);
   }

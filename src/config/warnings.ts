@@ -3,7 +3,7 @@
 
 import { costExprIdentifiers, KNOWN_USAGE_FIELDS } from '../rules/cost-expr.ts';
 import { templateVars } from '../rules/template.ts';
-import type { AiRateLimitingConfig, SluiceConfig } from './types.ts';
+import type { AiProxyConfig, AiRateLimitingConfig, SluiceConfig } from './types.ts';
 import { childPath, type ConfigIssue } from './issues.ts';
 
 function costExprWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIssue[]): void {
@@ -55,11 +55,29 @@ function windowWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIssu
   (cfg.model_limits ?? []).forEach((m, i) => check(m.time_window, childPath(childPath(childPath(path, 'model_limits'), i), 'time_window')));
 }
 
+/** `${NAME}` (a shell's, or APISIX's docs' placeholder) or `$env://NAME` in another case: sent as written. */
+const NOT_SUBSTITUTED = /\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$env:\/\//i;
+
+/** Credentials that look like environment references Sluice does not substitute (the upstream would get them
+ *  as written, and answer 401 with nothing pointing at the cause). The value is not quoted: it may be a secret. */
+function envLookalikes(proxy: AiProxyConfig | undefined, path: string, out: ConfigIssue[]): void {
+  proxy?.instances.forEach((inst, i) => {
+    const at = childPath(childPath(path, 'instances'), i);
+    for (const [kind, values] of [['header', inst.auth_header], ['query', inst.auth_query]] as const) {
+      for (const name of Object.keys(values)) {
+        if (!NOT_SUBSTITUTED.test(values[name]!)) continue;
+        out.push({ path: childPath(childPath(childPath(at, 'auth'), kind), name), message: 'looks like an environment reference but is sent as written: only $ENV://NAME is substituted' });
+      }
+    }
+  });
+}
+
 export function configWarnings(config: SluiceConfig): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   const perKeyOnRedis: string[] = [];
   config.routes.forEach((r, i) => {
     const path = `routes[${i}].plugins`;
+    envLookalikes(r.plugins['ai-proxy-multi'], childPath(path, 'ai-proxy-multi'), out);
     const arl = r.plugins['ai-rate-limiting'];
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);
@@ -70,6 +88,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     if (atr?.redis !== undefined && atr.rule_items.length > 0) perKeyOnRedis.push(childPath(path, 'ai-token-ratelimit.rule_items'));
   });
   config.consumers.forEach((c, i) => {
+    envLookalikes(c.ai_proxy, `consumers[${i}].plugins.ai-proxy-multi`, out);
     if (c.ai_proxy !== undefined && c.key === undefined) {
       out.push({ path: `consumers[${i}].plugins`, message: 'has ai-proxy but no key-auth key: the consumer is never authenticated, so its upstreams are never used' });
     }

@@ -54,4 +54,26 @@ describe('a reload that fails', () => {
       assert.equal(await errors(), 7);
     } finally { await gw.stop(); }
   });
+  it('a SIGHUP during shutdown is not applied (it would open stores the drain must close again)', async () => {
+    const cfg = (n: number) => ({ shutdown: { drain_timeout_ms: 20_000 }, routes: [{ id: `r${n}`, uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('a', mock.url)] } } }] });
+    const gw = await startSluiceProcess(cfg(1));
+    try {
+      // A request still waiting for its answer keeps the drain going.
+      const slow = fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-ttft-ms': '3000' },
+        body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      gw.signal('SIGTERM');
+      await eventually('shutdown started', () => gw.logs.some((l) => l.includes('stopping')));
+      gw.writeConfig(cfg(2));
+      gw.signal('SIGHUP');
+      assert.equal((await slow).status, 200);
+      assert.equal(await gw.exited, 0);
+      assert.ok(gw.logs.some((l) => l.includes('reload ignored: shutting down')), gw.logs.join('\n'));
+      assert.ok(!gw.logs.some((l) => l.includes('config reloaded')), gw.logs.join('\n'));
+    } finally {
+      await gw.stop();
+    }
+  });
 });

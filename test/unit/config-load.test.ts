@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { loadConfigFile, parseConfigText } from '../../src/config/load.ts';
+import { loadConfigFile, MAX_CONFIG_BYTES, parseConfigText } from '../../src/config/load.ts';
 import { ConfigError } from '../../src/config/validate.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -121,6 +121,23 @@ describe('parseConfigText', () => {
 });
 
 describe('loadConfigFile', () => {
+  it('refuses what is not a regular file, or is past the size bound, before reading it; deep YAML is a config error', () => {
+    for (const [path, why] of [['/dev/zero', /is not a regular file/], [tmpdir(), /is not a regular file/]] as const) {
+      assert.throws(() => loadConfigFile(path, {}), (err: unknown) => err instanceof ConfigError && why.test(err.issues[0]!.message), path);
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+    try {
+      const big = join(dir, 'big.yaml');
+      writeFileSync(big, Buffer.alloc(MAX_CONFIG_BYTES + 1, 0x20));
+      assert.throws(() => loadConfigFile(big, {}), (err: unknown) => err instanceof ConfigError && /is \d+ bytes; a config file is at most/.test(err.issues[0]!.message));
+      const deep = join(dir, 'deep.yaml');
+      writeFileSync(deep, 'a: ' + '['.repeat(20_000) + ']'.repeat(20_000) + '\n');
+      assert.throws(() => loadConfigFile(deep, {}), (err: unknown) => err instanceof ConfigError && /nested/.test(err.issues[0]!.message));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reports an unreadable file as a ConfigError naming the file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
     try {

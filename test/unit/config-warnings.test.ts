@@ -81,3 +81,14 @@ test('key_hash_secret shorter than 16 bytes is an error that does not quote it',
     return true;
   });
 });
+
+test('a credential that looks like an environment reference Sluice does not substitute is a warning, its value unquoted', () => {
+  const proxy = (auth: Record<string, unknown>) => ({ routes: [{ uri: '/v1/messages', plugins: { 'ai-proxy': { provider: 'anthropic', auth } } }] });
+  const w = configWarnings(validateConfig(proxy({ header: { 'x-api-key': '${ANTHROPIC_API_KEY}' } }), {}));
+  assert.equal(w.length, 1);
+  assert.match(w[0]!.path, /auth\.header\.x-api-key$/);
+  assert.match(w[0]!.message, /only \$ENV:\/\/NAME is substituted/);
+  assert.ok(!w[0]!.message.includes('ANTHROPIC_API_KEY'));
+  assert.equal(configWarnings(validateConfig(proxy({ query: { key: '$env://GEMINI_KEY' } }), {})).length, 1);
+  assert.deepEqual(configWarnings(validateConfig(proxy({ header: { 'x-api-key': '$ENV://K' } }), { K: 'sk-real' })), []);
+});
