@@ -2,7 +2,7 @@
 // piscina pool, local or Redis quota stores) and wires them into a running gateway.
 import type { SluiceConfig } from './config/types.ts';
 import { log } from './core/log.ts';
-import { configWarnings } from './config/warnings.ts';
+import { configWarnings, restartOnlyChanges } from './config/warnings.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
 import { aggregateMetrics, metricsJson, type MetricsJson } from './metrics/aggregate.ts';
 // A taken listen/admin port rejects startSluice with this (message names the address and the errno code).
@@ -250,10 +250,13 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   const adminL = admin;
   const reload = (next: SluiceConfig): void => {
     try {
+      const prev = gateway.current.config;
       // Requests already running keep the old snapshot (and its stores) until they end.
       gateway.swap(stores.build(next));
       metrics.configReloads.inc({ outcome: 'ok' });
       log.info('config reloaded', { routes: next.routes.length });
+      const later = restartOnlyChanges(prev, next);
+      if (later.length > 0) log.warn('config reloaded without these changed settings; they apply at restart', { settings: later });
       for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
     } catch (err) {
       metrics.configReloads.inc({ outcome: 'error' });
@@ -371,7 +374,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       log.error('config reload failed; keeping the previous config', { err });
       throw err;
     }
-    if (next.workers !== current.workers) log.warn('workers changed; the number of serving threads changes only at restart', { workers: current.workers });
+    const later = restartOnlyChanges(current, next);
     if (ledgerSlotsFor(next.limits.max_quota_keys) > ledger.table.slots) {
       log.warn('limits.max_quota_keys grew; the quota ledger of the serving threads keeps its size until restart (when full, new quota keys get 503 SLC_OVERLOADED)', { ledger_slots: ledger.table.slots });
     }
@@ -380,6 +383,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
         current = next;
         metrics.configReloads.inc({ outcome: 'ok' });
         log.info('config reloaded', { routes: next.routes.length, threads: sup.count });
+        if (later.length > 0) log.warn('config reloaded without these changed settings; they apply at restart', { settings: later });
         for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
       } else {
         metrics.configReloads.inc({ outcome: 'error' });

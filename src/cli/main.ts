@@ -122,6 +122,10 @@ async function start(argv: string[]): Promise<void> {
 async function main(argv: string[]): Promise<void> {
   const cmd = argv[0];
   const rest = argv.slice(1);
+  if ((cmd === 'start' || cmd === 'validate') && (rest.includes('--help') || rest.includes('-h'))) {
+    console.log(USAGE);
+    return;
+  }
   switch (cmd) {
     case 'start': await start(rest); return;
     case 'validate':
@@ -129,9 +133,12 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = (await import('../config/validate-command.ts')).runValidateCommand(rest);
       return;
     case 'mock-upstream': await (await import('../mock/command.ts')).runMockUpstreamCommand(rest); return;
+    case undefined: case '--help': case '-h': case 'help':
+      console.log(USAGE);
+      return;
     default:
       console.error(USAGE);
-      process.exitCode = cmd === undefined || cmd === '--help' || cmd === 'help' ? 0 : 2;
+      process.exitCode = 2;
   }
 }
 

@@ -108,3 +108,24 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
   }
   return out;
 }
+
+/** Settings read once at start: a reload that changes them is applied without them (the listeners, threads and
+ *  front-end limits stay as started). */
+const RESTART_ONLY_LIMITS = [
+  'max_inflight_body_bytes', 'max_header_fields', 'max_header_line_bytes', 'max_header_bytes', 'max_drain_bytes', 'client_body_timeout_ms',
+  'client_header_timeout_ms', 'client_idle_timeout_ms', 'client_send_timeout_ms', 'max_client_connections', 'listen_backlog',
+] as const;
+
+/** Paths of the restart-only settings `next` changes from `prev`. */
+export function restartOnlyChanges(prev: SluiceConfig, next: SluiceConfig): string[] {
+  const out: string[] = [];
+  if (prev.listen.host !== next.listen.host) out.push('listen.host');
+  if (prev.listen.port !== next.listen.port) out.push('listen.port');
+  if (prev.listen.http1_guard !== next.listen.http1_guard) out.push('listen.http1_guard');
+  if (prev.admin.host !== next.admin.host) out.push('admin.host');
+  if (prev.admin.port !== next.admin.port) out.push('admin.port');
+  if (prev.workers !== next.workers) out.push('workers');
+  if (prev.tokens.offload_threads !== next.tokens.offload_threads) out.push('tokens.offload_threads');
+  for (const k of RESTART_ONLY_LIMITS) if (prev.limits[k] !== next.limits[k]) out.push(`limits.${k}`);
+  return out;
+}

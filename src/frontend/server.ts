@@ -12,11 +12,12 @@
 // the HTTP/1.x guard (http1-guard.ts) holds the public port and serves requests itself through this module's
 // checks (serveInGuard, NetResponse), in every serving thread; a uWS App serves only with `listen.http1_guard: false`.
 import { isAscii } from 'node:buffer';
+import { createServer as createHttpServer, type ServerResponse } from 'node:http';
 import { createServer } from 'node:net';
 import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import type { LimitsConfig } from '../config/types.ts';
-import { SluiceError } from '../core/errors.ts';
+import { SluiceError, toErrorBody } from '../core/errors.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
@@ -779,33 +780,62 @@ export interface AdminHandlers {
   ready(): boolean;
 }
 
-const JSON_HEADERS: [string, string][] = [['content-type', 'application/json']];
+/** Admin connections open at once: scrapers and probes, a handful; past it a connection is closed at accept. */
+const ADMIN_MAX_CONNECTIONS = 256;
+/** Whole request heads within this long, idle keep-alive connections closed after it. */
+const ADMIN_TIMEOUT_MS = 10_000;
 
-/** The admin listener: /metrics for Prometheus, /healthz (process alive), /readyz (able to serve). */
+/**
+ * The admin listener: /metrics for Prometheus, /healthz (process alive), /readyz (able to serve). node:http, not
+ * uWS: probes speak what they like (HAProxy's httpchk and many monitors send HTTP/1.0, which uWS 20.30 leaves
+ * unanswered), and node's parser answers malformed or oversized heads itself; admin traffic is light.
+ */
 export function startAdmin(handlers: AdminHandlers, host: string, port: number): Promise<Listening> {
-  assertNativeUws();
-  const app = uWS.App();
-  // GET and HEAD (load balancers probe with either; a HEAD answer has the GET's headers and no body), else 405.
-  const paths: Record<string, (client: UwsResponse) => void> = {
-    '/metrics': (client) => {
-      handlers.metrics().then(
-        (m) => client.send(200, [['content-type', m.contentType]], m.body),
-        (err: unknown) => sendError(client, new SluiceError('SLC_INTERNAL', undefined, { cause: err })),
-      );
-    },
-    '/healthz': (client) => { client.send(200, JSON_HEADERS, '{"status":"ok"}'); },
-    '/readyz': (client) => {
-      const ok = handlers.ready();
-      client.send(ok ? 200 : 503, JSON_HEADERS, ok ? '{"status":"ready"}' : '{"status":"not ready"}');
-    },
+  const json = (res: ServerResponse, status: number, body: string, head: boolean, extra: Record<string, string> = {}): void => {
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extra });
+    res.end(head ? undefined : body);
   };
-  for (const [path, serve] of Object.entries(paths)) {
-    app.get(path, (res) => { serve(new UwsResponse(res)); });
-    app.head(path, (res) => { serve(new UwsResponse(res, true)); });
-    app.any(path, (res, req) => {
-      sendError(new UwsResponse(res), new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${req.getMethod().toUpperCase()} not allowed on ${path}`, { headers: { allow: 'GET, HEAD' } }));
+  const fail = (res: ServerResponse, err: SluiceError, head: boolean): void => json(res, err.status, toErrorBody(err), head, err.headers);
+  const server = createHttpServer({ requestTimeout: ADMIN_TIMEOUT_MS, headersTimeout: ADMIN_TIMEOUT_MS, keepAliveTimeout: ADMIN_TIMEOUT_MS }, (req, res) => {
+    const path = (req.url ?? '/').split('?', 1)[0]!;
+    // GET and HEAD (load balancers probe with either; a HEAD answer has the GET's headers and no body), else 405.
+    const head = req.method === 'HEAD';
+    if (path !== '/metrics' && path !== '/healthz' && path !== '/readyz') { fail(res, new SluiceError('SLC_NOT_FOUND'), head); return; }
+    if (req.method !== 'GET' && !head) {
+      fail(res, new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clippedMethod(req.method ?? '')} not allowed on ${path}`, { headers: { allow: 'GET, HEAD' } }), false);
+      return;
+    }
+    if (path === '/healthz') { json(res, 200, '{"status":"ok"}', head); return; }
+    if (path === '/readyz') {
+      const ok = handlers.ready();
+      json(res, ok ? 200 : 503, ok ? '{"status":"ready"}' : '{"status":"not ready"}', head);
+      return;
+    }
+    handlers.metrics().then(
+      (m) => {
+        res.writeHead(200, { 'content-type': m.contentType, 'content-length': Buffer.byteLength(m.body) });
+        res.end(head ? undefined : m.body);
+      },
+      (err: unknown) => fail(res, new SluiceError('SLC_INTERNAL', undefined, { cause: err }), head),
+    );
+  });
+  server.maxConnections = ADMIN_MAX_CONNECTIONS;
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => reject(new ListenError('admin', host, port, err.code ?? 'UNKNOWN'));
+    server.once('error', onError);
+    server.listen({ host, port, exclusive: true }, () => {
+      server.off('error', onError);
+      server.on('error', () => { /* accept errors (EMFILE) are transient */ });
+      const stopListening = (): void => { if (server.listening) server.close(); };
+      resolve({
+        port: (server.address() as { port: number }).port,
+        stopListening,
+        close: () => { stopListening(); server.closeAllConnections(); },
+      });
     });
-  }
-  app.any('/*', (res) => { sendError(new UwsResponse(res), new SluiceError('SLC_NOT_FOUND')); });
-  return listen(app, 'admin', host, port, false);
+  });
+}
+
+function clippedMethod(m: string): string {
+  return m.length > 20 ? `${m.slice(0, 20)}…` : m;
 }

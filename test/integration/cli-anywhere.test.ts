@@ -96,7 +96,11 @@ test('an unknown command prints the usage and exits 2; --help exits 0', () => {
   const r = runCli(['frobnicate']);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /usage:/);
-  assert.equal(runCli(['--help']).status, 0);
+  for (const args of [['--help'], ['start', '--help'], ['validate', '-h']]) {
+    const h = runCli(args);
+    assert.equal(h.status, 0, args.join(' '));
+    assert.match(h.stdout, /usage:/, 'help goes to stdout');
+  }
 });
 
 test('start from outside the repo: one process (no launcher child, no loader), serves, drains on SIGTERM, exits 0', async () => {

@@ -2,6 +2,7 @@
 // with the real openai SDK and plain fetch. Covers proxying, streaming, abort, fallback and every error.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { exchange } from '../helpers/raw-http.ts';
 import { createServer, type Server } from 'node:http';
 import OpenAI from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
@@ -279,6 +280,12 @@ for (const workers of [1, 2]) {
         assert.equal((await post.json() as { error: { code: string } }).error.code, 'SLC_METHOD_NOT_ALLOWED');
       }
       assert.equal((await fetch(`${gw.adminUrl}/nope`)).status, 404);
+      // HAProxy's httpchk and many monitors probe with HTTP/1.0, with or without a Host: answered, then closed.
+      for (const probe of ['GET /healthz HTTP/1.0\r\n\r\n', 'HEAD /readyz HTTP/1.0\r\nHost: lb\r\n\r\n']) {
+        const r = await exchange(Number(new URL(gw.adminUrl).port), probe, { waitMs: 10_000 });
+        assert.match(r.raw, /^HTTP\/1\.[01] 200 /, probe);
+        assert.equal(r.closed, true, probe);
+      }
     });
   });
 }

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateConfig } from '../../src/config/validate.ts';
-import { configWarnings } from '../../src/config/warnings.ts';
+import { configWarnings, restartOnlyChanges } from '../../src/config/warnings.ts';
 import { runValidateCommand } from '../../src/config/validate-command.ts';
 
 function routeWith(plugins: Record<string, unknown>): Record<string, unknown> {
@@ -91,4 +91,12 @@ test('a credential that looks like an environment reference Sluice does not subs
   assert.ok(!w[0]!.message.includes('ANTHROPIC_API_KEY'));
   assert.equal(configWarnings(validateConfig(proxy({ query: { key: '$env://GEMINI_KEY' } }), {})).length, 1);
   assert.deepEqual(configWarnings(validateConfig(proxy({ header: { 'x-api-key': '$ENV://K' } }), { K: 'sk-real' })), []);
+});
+
+test('a reload lists the settings it changed that apply only at restart', () => {
+  const base = { routes: [{ uri: '/v1/chat/completions', plugins: { 'ai-proxy': { provider: 'openai' } } }] };
+  const a = validateConfig(base, {});
+  const b = validateConfig({ ...base, workers: 2, listen: { port: 1234 }, limits: { client_idle_timeout_ms: 5000, max_body_bytes: 1000 } }, {});
+  assert.deepEqual(restartOnlyChanges(a, b), ['listen.port', 'workers', 'limits.client_idle_timeout_ms']);
+  assert.deepEqual(restartOnlyChanges(a, a), []);
 });

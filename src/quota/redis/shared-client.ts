@@ -32,6 +32,8 @@ export class SharedRedis {
   readonly breaker: CircuitBreaker;
   private readonly listeners = new Set<SharedListener>();
   private epoch: string | undefined;
+  /** The server's run_id at the last check: a new one is a restart, which may have reloaded an older snapshot. */
+  private runId: string | undefined;
   private epochChecked = false;
   private epochTimer: NodeJS.Timeout | undefined;
   private downTimer: NodeJS.Timeout | undefined;
@@ -132,10 +134,17 @@ export class SharedRedis {
     if (this.closed || this.epochChecked) return;
     try {
       const token = randomBytes(8).toString('hex');
-      const replies = await this.port.exec([['set', EPOCH_KEY, token, 'NX'], ['get', EPOCH_KEY]]);
+      const replies = await this.port.exec([['set', EPOCH_KEY, token, 'NX'], ['get', EPOCH_KEY], ['info', 'server']]);
       const [err, value] = replies[1]!;
       if (err !== null || typeof value !== 'string') throw err ?? new Error('epoch marker missing');
-      const lost = this.epoch !== undefined && this.epoch !== value;
+      // A server restarted from an RDB or AOF file keeps the marker but not the writes after its last save: its
+      // run_id changes, so what was written is sent again as for an empty restart (absolute state: a value Redis
+      // still holds is written unchanged). INFO may be refused (ACLs, renamed commands): then only the marker counts.
+      const [infoErr, info] = replies[2] ?? [null, undefined];
+      const runId = infoErr === null && typeof info === 'string' ? /^run_id:([0-9a-f]+)/m.exec(info)?.[1] : undefined;
+      const restarted = runId !== undefined && this.runId !== undefined && runId !== this.runId;
+      if (runId !== undefined) this.runId = runId;
+      const lost = (this.epoch !== undefined && this.epoch !== value) || restarted;
       this.epoch = value;
       this.epochChecked = true;
       if (lost) for (const l of this.listeners) l.dataLost();
