@@ -40,6 +40,8 @@ const EMPTY_BODY = Buffer.alloc(0);
 const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
 /** Implausible upstream usage is logged at most once per this interval (each one is counted in a metric). */
 const USAGE_LOG_EVERY_MS = 10_000;
+/** Distinct (route, instance, failure kind) log rate limiters kept before they are all dropped. */
+const MAX_FAILURE_LOG_KEYS = 4096;
 /** Bytes of a cut-short answer counted per token it may be charged (few tokens span more), and at most this many. */
 const CUT_BYTES_PER_TOKEN = 8;
 const MAX_CUT_TEXT = 4 * 1024 * 1024;
@@ -95,6 +97,7 @@ export class Gateway implements RequestSink {
   /** Set at shutdown: new requests get 503 SLC_SHUTTING_DOWN. */
   draining = false;
   private usageLoggedAt = 0;
+  private readonly failureLogged = new Map<string, { at: number; suppressed: number }>();
   private usageLogSuppressed = 0;
 
   constructor(snapshot: Snapshot, deps: GatewayDeps) {
@@ -399,6 +402,7 @@ export class Gateway implements RequestSink {
       const f = classifyError(err);
       this.deps.metrics.hot.route(route.id, inst.name).attempt(f.kind);
       if (ctx.cut) return f;
+      if (f.kind !== 'aborted' && !res.aborted) this.attemptFailed(route.id, inst.name, f);
       if (f.kind === 'aborted' || res.aborted) {
         // The client went away while the upstream had its prompt: charged, or leaving would be free.
         await this.chargeCut(ctx, EMPTY_BODY, 'client_abort');
@@ -624,6 +628,19 @@ export class Gateway implements RequestSink {
   private ceilingOf(ctx: Exchange): number | undefined {
     const asked = ctx.prepared!;
     return completionCeiling(asked.maxTokens, asked.n, ctx.served?.bodyOptions);
+  }
+
+  /** An upstream that could not be reached or answered in time (connect refused, timeout, reset): a 502/504 or a
+   *  fallback, counted in sluice_upstream_attempts_total and logged at most once per interval per instance, kind. */
+  private attemptFailed(route: string, instance: string, f: UpstreamFailure): void {
+    const key = `${route}\0${instance}\0${f.kind}`;
+    const now = Date.now();
+    const seen = this.failureLogged.get(key);
+    if (seen !== undefined && now - seen.at < USAGE_LOG_EVERY_MS) { seen.suppressed++; return; }
+    // Keys are bounded by the config (routes × instances × kinds); a reload's old ones age out here.
+    if (this.failureLogged.size >= MAX_FAILURE_LOG_KEYS) this.failureLogged.clear();
+    log.warn('upstream attempt failed', { route, instance, kind: f.kind, error: f.message.slice(0, 200), suppressed: seen?.suppressed ?? 0 });
+    this.failureLogged.set(key, { at: now, suppressed: 0 });
   }
 
   /** An upstream usage object that is not believed: counted per reason, logged at most once per interval. */

@@ -147,4 +147,17 @@ describe('non-streamed answers cut short', () => {
       assert.ok(charged > 400 && charged <= 440, `charged ${charged} tokens: prompt (~20) + 400 of completion expected`);
     } finally { await gw.stop(); await up.close(); }
   });
+  it('an unreachable upstream is a 502, logged once per interval (not once per request), counted per attempt', T, async () => {
+    const gw = await startSluiceProcess(route('http://127.0.0.1:9'));
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(ASK) });
+        assert.equal(r.status, 502);
+      }
+      await eventually('the attempts are counted', async () => (await gw.metric(/^sluice_upstream_attempts_total\{route="u",instance="a",outcome="connect_error"\}/)) === 3);
+      const lines = gw.logs.filter((l) => l.includes('upstream attempt failed'));
+      assert.equal(lines.length, 1, gw.logs.join('\n'));
+      assert.match(lines[0]!, /"kind":"connect_error"/);
+    } finally { await gw.stop(); }
+  });
 });
