@@ -79,6 +79,14 @@ const RETIRED_FLUSH_MS = 10 * 60_000;
 /** workers > 1: after a serving thread failed, how long the stores' final flush may take before the exit. */
 const FATAL_FLUSH_MS = 10_000;
 
+/** A reload applied: said once, with the settings it could not apply and the new config's warnings. */
+function logReloaded(prev: SluiceConfig, next: SluiceConfig, fields: Record<string, unknown>): void {
+  log.info('config reloaded', { routes: next.routes.length, ...fields });
+  const later = restartOnlyChanges(prev, next);
+  if (later.length > 0) log.warn('config reloaded without these changed settings; they apply at restart', { settings: later });
+  for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
+}
+
 async function waitUntil(done: () => boolean, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -254,10 +262,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
       // Requests already running keep the old snapshot (and its stores) until they end.
       gateway.swap(stores.build(next));
       metrics.configReloads.inc({ outcome: 'ok' });
-      log.info('config reloaded', { routes: next.routes.length });
-      const later = restartOnlyChanges(prev, next);
-      if (later.length > 0) log.warn('config reloaded without these changed settings; they apply at restart', { settings: later });
-      for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
+      logReloaded(prev, next, {});
     } catch (err) {
       metrics.configReloads.inc({ outcome: 'error' });
       log.error('config reload failed; keeping the previous config', { err });
@@ -374,7 +379,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       log.error('config reload failed; keeping the previous config', { err });
       throw err;
     }
-    const later = restartOnlyChanges(current, next);
+    const prev = current;
     if (ledgerSlotsFor(next.limits.max_quota_keys) > ledger.table.slots) {
       log.warn('limits.max_quota_keys grew; the quota ledger of the serving threads keeps its size until restart (when full, new quota keys get 503 SLC_OVERLOADED)', { ledger_slots: ledger.table.slots });
     }
@@ -382,9 +387,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       if (failed.length === 0) {
         current = next;
         metrics.configReloads.inc({ outcome: 'ok' });
-        log.info('config reloaded', { routes: next.routes.length, threads: sup.count });
-        if (later.length > 0) log.warn('config reloaded without these changed settings; they apply at restart', { settings: later });
-        for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
+        logReloaded(prev, next, { threads: sup.count });
       } else {
         metrics.configReloads.inc({ outcome: 'error' });
         log.error('config reload failed on some serving threads; they keep the previous config, the others serve the new one', { failed });

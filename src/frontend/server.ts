@@ -595,17 +595,19 @@ class BodyReader implements Waiting {
 
   /** Shutdown's drain ended before the body did. */
   cut(): void {
-    if (!this.receiving) return;
-    this.failed = true;
-    this.parts = undefined;
-    this.front.metrics?.frontendRejected.inc({ reason: 'shutting_down' });
-    answer(this.client, styled(this.front, this.request.path, new SluiceError('SLC_SHUTTING_DOWN')), true);
+    if (this.receiving) this.failNow('shutting_down', new SluiceError('SLC_SHUTTING_DOWN'));
   }
 
   expire(): void {
+    this.failNow('body_timeout', new SluiceError('SLC_REQUEST_TIMEOUT', `no request-body bytes for ${this.front.limits.client_body_timeout_ms} ms`));
+  }
+
+  /** Refused before the rest of the body is read: answered now, and the connection closed. */
+  private failNow(reason: string, err: SluiceError): void {
     this.failed = true;
-    this.front.metrics?.frontendRejected.inc({ reason: 'body_timeout' });
-    const err = new SluiceError('SLC_REQUEST_TIMEOUT', `no request-body bytes for ${this.front.limits.client_body_timeout_ms} ms`);
+    this.parts = undefined;
+    this.front.timeouts.delete(this);
+    this.front.metrics?.frontendRejected.inc({ reason });
     answer(this.client, styled(this.front, this.request.path, err), true);
   }
 
@@ -625,11 +627,7 @@ class BodyReader implements Waiting {
   /** A chunked body announced `total` bytes: past the limit it is refused now, as nginx does, not once they arrive. */
   declared(total: number): void {
     if (this.failed || this.refuser !== undefined || this.client.aborted || total <= this.gate.maxBodyBytes) return;
-    this.failed = true;
-    this.parts = undefined;
-    this.front.timeouts.delete(this);
-    this.front.metrics?.frontendRejected.inc({ reason: 'body_too_large' });
-    answer(this.client, styled(this.front, this.request.path, tooLarge(this.gate.maxBodyBytes)), true);
+    this.failNow('body_too_large', tooLarge(this.gate.maxBodyBytes));
   }
 
   data(chunk: Uint8Array, isLast: boolean): void {

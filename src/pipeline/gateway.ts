@@ -8,7 +8,7 @@
 // for new requests only, and a retired snapshot is handed back (its stores may close) once its last request
 // has finished. At shutdown, requests still running past the drain time are cut and settled (cutAll).
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
-import { errorText, sendError, type ErrorFormat } from './error-response.ts';
+import { sendError, type ErrorFormat } from './error-response.ts';
 import { log } from '../core/log.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { ConsumerConfig } from '../config/types.ts';
@@ -159,7 +159,6 @@ export class Gateway implements RequestSink {
         this.authenticate(this.snapshot, route, req);
       } catch (err) {
         if (!(err instanceof SluiceError)) throw err;
-        err.body = errorText(err, surfaceSpec(surfaceForPath(req.path))?.errorBody);
         this.deps.metrics.hot.route(route.id, '').answered(err.status, (performance.now() - req.startedAt) / 1000);
         return err;
       }
@@ -561,11 +560,12 @@ export class Gateway implements RequestSink {
       if (usage === undefined || ctx.cut || res.aborted) {
         const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
         if (counting !== undefined) counted += await counting;
-        const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, usage === undefined ? reason : undefined);
-        // Cut after the upstream reported usage (its final report, or a running total): the report counts.
-        const cutShort = usage === undefined ? estimate : cutShortUsage(usage, estimate);
-        if (usage !== undefined && cutShort !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
-        usage = cutShort;
+        const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
+        // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
+        // only a usage that is (partly) the count is an estimate.
+        const charged = usage === undefined ? estimate : cutShortUsage(usage, estimate);
+        if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
+        usage = charged;
       }
       this.settle(ctx, usage);
     } else {

@@ -1,7 +1,20 @@
-// Checks every surface parser starts with: one wording of each client error across surfaces.
+// Checks every surface parser starts with: one wording of each client error across surfaces (and of a translated
+// answer that cannot be translated).
 import { MAX_JSON_DEPTH } from '../tokens/json-members.ts';
 import { parseJsonObject } from '../tokens/prepare.ts';
-import type { CallFailure, ParseOptions } from './types.ts';
+import type { CallFailure, DecodedBody, ParseOptions } from './types.ts';
+
+const EMPTY = Buffer.alloc(0);
+/** Characters of an upstream's own error message quoted in ours. */
+export const MAX_ERROR_MESSAGE = 2048;
+
+/** A 2xx answer a translating provider cannot turn into the client's format: `errorMessage` is the error object's
+ *  `message` when the answer is one, undefined when it is not a JSON object at all (the pipeline answers 502). */
+export function untranslatable(isError: boolean, errorMessage: unknown): DecodedBody {
+  const why = !isError ? 'the upstream answer is not a JSON object'
+    : `the upstream answered 2xx with an error${typeof errorMessage === 'string' ? `: ${errorMessage.slice(0, MAX_ERROR_MESSAGE)}` : ''}`;
+  return { body: EMPTY, contentType: undefined, usage: undefined, rejected: undefined, text: '', unusable: why };
+}
 
 export function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
   return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };

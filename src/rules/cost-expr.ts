@@ -232,14 +232,15 @@ function nonZeroMagnitude(n: Ast, u: CostUsage): { int: boolean; m: number } {
     }
     case 'bin': {
       const a = nonZeroMagnitude(n.a, u);
-      const b = nonZeroMagnitude(n.b, u);
-      if (n.op === '*') return { int: a.int && b.int, m: a.m === Infinity || b.m === Infinity ? Infinity : a.m * b.m };
       if (n.op === '/') {
+        // A quotient is never nearer 0 than its dividend's magnitude over the divisor's largest.
         if (a.m === Infinity) return { int: false, m: Infinity };
         const [blo, bhi] = evalInterval(n.b, u);
         const most = Math.max(Math.abs(blo), Math.abs(bhi));
         return { int: false, m: most === 0 ? Infinity : a.m / most };
       }
+      const b = nonZeroMagnitude(n.b, u);
+      if (n.op === '*') return { int: a.int && b.int, m: a.m === Infinity || b.m === Infinity ? Infinity : a.m * b.m };
       if (a.m === Infinity) return b;
       if (b.m === Infinity) return a;
       if (a.int && b.int) return { int: true, m: 1 };

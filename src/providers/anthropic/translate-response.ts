@@ -3,6 +3,7 @@
 // delta's JSON string literal is copied from the Anthropic event as is (both are JSON), never unescaped and
 // escaped again, so a translated frame costs little more than a passed-through one.
 import { isRejection } from '../../streaming/usage.ts';
+import { MAX_ERROR_MESSAGE, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, isObject } from './events.ts';
 import { AnthropicStreamReader, JSON_TYPE, parseBody, SSE_TYPE } from './native.ts';
@@ -20,18 +21,12 @@ export function finishReason(stop: unknown): string | null {
 }
 
 const nowSeconds = (): number => Math.floor(Date.now() / 1000);
-const MAX_ERROR_MESSAGE = 2048;
-const EMPTY = Buffer.alloc(0);
 
 /** A buffered Anthropic message → an OpenAI chat.completion (usage mapped when plausible). */
 export function decodeTranslated(body: Buffer, maxUsage: number, fallbackModel: string | undefined): DecodedBody {
   const msg = parseBody(body);
-  if (msg === undefined || msg.type === 'error') {
-    const e = msg !== undefined && isObject(msg.error) ? msg.error : undefined;
-    const why = msg === undefined ? 'the upstream answer is not a JSON object'
-      : `the upstream answered 2xx with an error${e !== undefined && typeof e.message === 'string' ? `: ${e.message.slice(0, MAX_ERROR_MESSAGE)}` : ''}`;
-    return { body: EMPTY, contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: '', unusable: why };
-  }
+  if (msg === undefined) return untranslatable(false, undefined);
+  if (msg.type === 'error') return untranslatable(true, isObject(msg.error) ? msg.error.message : undefined);
   const u = anthropicUsage(msg.usage, maxUsage);
   const usage = u !== undefined && !isRejection(u) ? u : undefined;
   let text = '';

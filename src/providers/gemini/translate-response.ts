@@ -7,6 +7,7 @@
 // chunk as it came; other frames cost one JSON.parse. The chunk's constant head is built once per stream.
 import { randomBytes } from 'node:crypto';
 import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { untranslatable } from '../parse-common.ts';
 import type { DecodedBody, PreparedCall, StreamCodec, StreamOptions } from '../types.ts';
 import { scanTextFrame } from './frame-scan.ts';
 import { FrameReader, GeminiMeter } from './stream.ts';
@@ -81,8 +82,6 @@ function readParts(parts: unknown): Parts {
   return { text, thought, calls: calls ?? NO_CALLS };
 }
 
-const EMPTY = Buffer.alloc(0);
-
 /** A buffered generateContent answer → chat.completion; its usage, or the text to count when usage is missing. */
 export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
   let json: unknown;
@@ -91,11 +90,8 @@ export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: num
   } catch {
     json = undefined;
   }
-  if (!isObject(json)) return { body: EMPTY, contentType: undefined, usage: undefined, rejected: undefined, text: '', unusable: 'the upstream answer is not a JSON object' };
-  if (isObject(json.error)) {
-    const m = json.error.message;
-    return { body: EMPTY, contentType: undefined, usage: undefined, rejected: undefined, text: '', unusable: `the upstream answered 2xx with an error${typeof m === 'string' ? `: ${m.slice(0, 2048)}` : ''}` };
-  }
+  if (!isObject(json)) return untranslatable(false, undefined);
+  if (isObject(json.error)) return untranslatable(true, json.error.message);
   const choices: Obj[] = [];
   let allText = '';
   const cands = Array.isArray(json.candidates) ? json.candidates : [];

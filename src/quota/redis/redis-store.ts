@@ -568,14 +568,15 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     await releaseRedis(this.shared);
   }
 
-  /** Flush until nothing is dirty; a failed flush is tried again, after a pause, until close()'s deadline. */
+  /** Flush until nothing is dirty; a failed flush is tried again until close()'s deadline: as soon as a lost
+   *  connection is back, or after a pause when the connection is up but the writes fail. */
   private async drain(): Promise<void> {
     while (this.batcher.backlog > 0 && performance.now() < this.closeBy) {
       if (await this.batcher.flush().catch(() => false)) continue;
-      const left = this.closeBy - performance.now();
-      if (left <= 0) return;
-      await this.shared.whenUsable(Math.min(left, CLOSE_RETRY_MS));
-      await new Promise((r) => setTimeout(r, Math.max(0, Math.min(this.closeBy - performance.now(), CLOSE_RETRY_MS))));
+      const wait = Math.min(this.closeBy - performance.now(), CLOSE_RETRY_MS);
+      if (wait <= 0) return;
+      if (this.shared.usable) await new Promise((r) => setTimeout(r, wait));
+      else await this.shared.whenUsable(wait);
     }
   }
 
