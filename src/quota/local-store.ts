@@ -72,6 +72,8 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
   private readonly guard: TokenGuard;
   /** After a scan that found nothing to evict, no new scan before this `now` (callers' time may jump). */
   private evictRetryAt = Number.NEGATIVE_INFINITY;
+  /** Serving threads' ledger host, taking a linked cell back (shared/ledger-host.ts). */
+  private ledgerRelease: ((cell: LedgerCell) => boolean) | undefined = undefined;
   private readonly m: { keys?: { set(v: number): void }; evicted?: { inc(n?: number): void }; overflow?: { inc(n?: number): void } };
 
   constructor(name = 'local', opts: LocalStoreOptions = {}) {
@@ -223,7 +225,9 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
 
   ledgerTouch(): void {}
 
-  ledgerBind(): void {}
+  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined, release?: (cell: LedgerCell) => boolean): void {
+    this.ledgerRelease = changed === undefined ? undefined : release;
+  }
 
   /** Counters held (for tests of the sweep). */
   get size(): number {
@@ -243,31 +247,49 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
     return c;
   }
 
-  /** Nothing is lost by forgetting it: its windows are over, or no grant refers to it and it holds no usage. */
-  private evictable(c: LocalCounter, now: number): boolean {
+  /**
+   * Nothing is lost by forgetting it: its windows are over, or no grant refers to it and it holds no usage.
+   * With `linked`, a cell linked to a serving threads' ledger slot does not stop it (see unlinked()).
+   */
+  private evictable(c: LocalCounter, now: number, linked = false): boolean {
     const cur = c.cur;
     const prev = c.prev;
     // Windows over: a late settlement would land in a window nobody reads any more.
     if (cur.start + 2 * c.windowMs <= now) return true;
     if (cur.holds > 0 || (prev !== undefined && prev.holds > 0)) return false;
     // Linked to a ledger slot: serving threads may hold usage in it.
-    if (cur.slot >= 0 || (prev !== undefined && prev.slot >= 0)) return false;
+    if (!linked && (cur.slot >= 0 || (prev !== undefined && prev.slot >= 0))) return false;
     return cur.consumed === 0 && cur.reserved === 0 && (prev === undefined || (prev.consumed === 0 && prev.reserved === 0));
+  }
+
+  /** Take a counter's cells back from the ledger (the threads' usage folded in), then check again. */
+  private unlinked(c: LocalCounter, now: number): boolean {
+    const release = this.ledgerRelease;
+    if (release === undefined) return false;
+    for (const cell of [c.cur, c.prev]) if (cell !== undefined && cell.slot >= 0 && !release(cell)) return false;
+    return this.evictable(c, now);
   }
 
   /** Key cap reached: evict the least recently used evictable counters (1% of the cap at once). */
   private evict(now: number): boolean {
     // A flood of new keys while nothing can go must not rescan every counter for each of them.
     if (now >= this.evictRetryAt - EVICT_RETRY_MS && now < this.evictRetryAt) return false;
+    const linked = this.ledgerRelease !== undefined;
     const candidates: [string, LocalCounter][] = [];
-    for (const e of this.counters) if (this.evictable(e[1], now)) candidates.push(e);
-    if (candidates.length === 0) {
+    for (const e of this.counters) if (this.evictable(e[1], now, linked)) candidates.push(e);
+    candidates.sort((a, b) => a[1].usedAt - b[1].usedAt);
+    const want = Math.max(1, Math.floor(this.maxKeys / 100));
+    let n = 0;
+    for (let i = 0; i < candidates.length && n < want; i++) {
+      const [id, c] = candidates[i]!;
+      if (!this.evictable(c, now) && !this.unlinked(c, now)) continue;
+      this.counters.delete(id);
+      n++;
+    }
+    if (n === 0) {
       this.evictRetryAt = now + EVICT_RETRY_MS;
       return false;
     }
-    candidates.sort((a, b) => a[1].usedAt - b[1].usedAt);
-    const n = Math.min(Math.max(1, Math.floor(this.maxKeys / 100)), candidates.length);
-    for (let i = 0; i < n; i++) this.counters.delete(candidates[i]![0]);
     this.m.evicted?.inc(n);
     this.m.keys?.set(this.counters.size);
     return true;

@@ -16,6 +16,8 @@ import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { mockInstance } from '../helpers/gateway.ts';
 import { eventually, startSluiceProcess } from '../helpers/sluice-process.ts';
 import { redisStore, standaloneTarget } from '../conformance/redis-targets.ts';
+import { LedgerHost } from '../../src/quota/shared/ledger-host.ts';
+import { LedgerClient } from '../../src/quota/shared/ledger-store.ts';
 
 const WINDOW = 10 * 60_000;
 const run = randomBytes(3).toString('hex');
@@ -146,6 +148,49 @@ describe('RedisQuotaStore hardening', () => {
       assert.equal(await metricSum(metrics.quotaTrackedKeys), 3);
       assert.equal((await holders(call, keysOf(cs[1]!, now).r)).reserved, 0);
     } finally {
+      await store.close();
+    }
+  });
+
+  it('with serving threads: counters linked to ledger slots are taken back and evicted past max_quota_keys, as with one thread', async () => {
+    const { store, metrics } = redisStore(standaloneTarget(redis), { maxKeys: 3 });
+    const host = new LedgerHost({ maxSlots: 64 });
+    host.attach('r', store);
+    const thread = new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('r', 'redis');
+    const now = Date.now();
+    const cs = [spec(1e9), spec(1e9), spec(1e9)];
+    try {
+      // Each counter's first admission is delegated and links a slot; the usage is settled on the thread.
+      for (const c of cs) thread.settle(grantOf(await thread.acquire([{ counter: c, amount: 10 }], now)), [5]);
+      host.poll();
+      await store.flush();
+      // Before: every tracked counter was linked, so none could go and a fourth key got 503 for two windows.
+      const extra = spec(1e9);
+      thread.settle(grantOf(await thread.acquire([{ counter: extra, amount: 10 }], now)), [5]);
+      assert.equal(store.size, 3);
+      assert.equal(await metricSum(metrics.quotaKeyEvictions, { outcome: 'evicted' }), 1);
+      assert.equal(host.table.used, 3, 'the evicted counter\'s slot was freed');
+      // The evicted counter (least recently used: the first) comes back with its total from Redis.
+      host.poll();
+      await store.flush();
+      thread.settle(grantOf(await thread.acquire([{ counter: cs[0]!, amount: 10 }], now)), [5]);
+      host.poll();
+      await store.flush();
+      assert.equal(await call(['get', keysOf(cs[0]!, now).c]), '10');
+      for (const c of [cs[1]!, extra]) assert.equal(await call(['get', keysOf(c, now).c]), '5');
+
+      // A thread holds a grant on every tracked counter: nothing can go, a new key is refused, never unmetered.
+      // (Whichever of cs[1] and cs[2] is tracked, holding cs[1] leaves three tracked counters, all held.)
+      const held = [];
+      for (const c of [cs[0]!, extra, cs[1]!]) held.push(grantOf(await thread.acquire([{ counter: c, amount: 10 }], now)));
+      assert.equal(store.size, 3);
+      await assert.rejects(Promise.resolve(thread.acquire([{ counter: spec(1e9), amount: 10 }], now)), (e: unknown) => isSluiceError(e) && e.code === 'SLC_OVERLOADED');
+      for (const g of held) thread.release(g);
+      host.poll();
+      await store.flush();
+      assert.ok((await thread.acquire([{ counter: spec(1e9), amount: 10 }], now)).ok);
+    } finally {
+      host.close();
       await store.close();
     }
   });

@@ -182,6 +182,35 @@ describe('ledger host and client bounds', () => {
     await backend.close();
   });
 
+  it('past max_quota_keys, a counter linked to a slot that holds nothing is taken back and evicted; one a thread holds is not', async () => {
+    const backend = new LocalQuotaStore('local', { maxKeys: 2 });
+    const host = new LedgerHost({ maxSlots: 16 });
+    host.attach('s', backend);
+    const store = new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('s', 'l');
+    const now = Date.now();
+    const idle = await store.acquire([{ counter: spec('idle'), amount: 10 }], now);
+    assert.ok(idle.ok);
+    store.release(idle);
+    const held = await store.acquire([{ counter: spec('held'), amount: 10 }], now);
+    assert.ok(held.ok);
+    assert.equal(host.table.used, 2);
+    // Both tracked counters are linked: 'idle' (released on the thread, nothing in it) goes, 'held' stays.
+    const next = await store.acquire([{ counter: spec('next'), amount: 10 }], now);
+    assert.ok(next.ok);
+    assert.equal(backend.size, 2);
+    assert.equal(host.table.used, 2, 'the evicted counter\'s slot was freed');
+    assert.equal(backend.peek(spec('held'), now).reserved, 10);
+    // Both tracked counters now hold a running request: a new key is refused, never admitted unmetered.
+    await assert.rejects(async () => store.acquire([{ counter: spec('more'), amount: 10 }], now), (e: unknown) => e instanceof SluiceError && e.code === 'SLC_OVERLOADED');
+    store.settle(held, [7]);
+    store.settle(next, [3]);
+    host.poll();
+    assert.equal(backend.peek(spec('held'), now).consumed, 7);
+    assert.equal(backend.peek(spec('next'), now).consumed, 3);
+    host.close();
+    await backend.close();
+  });
+
   it('admits on the fast path with no message, and delegates a counter without a slot', async () => {
     const backend = new LocalQuotaStore('local');
     const host = new LedgerHost({ maxSlots: 16 });

@@ -320,6 +320,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   private evictions = 0;
   /** Serving threads: the LedgerHost's callback for a linked cell whose view changed. */
   private ledgerChanged: ((cell: LedgerCell) => void) | undefined = undefined;
+  private ledgerRelease: ((cell: LedgerCell) => boolean) | undefined = undefined;
 
   constructor(target: RedisTargetConfig, opts: RedisStoreOptions) {
     this.name = opts.storeLabel;
@@ -618,12 +619,26 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     return c;
   }
 
-  /** A counter may be forgotten when Redis holds all of its state and no grant refers to its cells. */
-  private evictable(counter: RedisCounter): boolean {
+  /**
+   * A counter may be forgotten when Redis holds all of its state and no grant refers to its cells. With
+   * `linked`, a cell linked to a serving threads' ledger slot does not stop it (see unlinked()).
+   */
+  private evictable(counter: RedisCounter, linked = false): boolean {
     for (const cell of [counter.cur, counter.prev]) {
-      if (cell !== undefined && (cell.holds > 0 || cell.queued || cell.dirty() || cell.ownR > 0 || cell.slot >= 0)) return false;
+      if (cell !== undefined && (cell.holds > 0 || cell.queued || cell.dirty() || cell.ownR > 0 || (cell.slot >= 0 && !linked))) return false;
     }
     return true;
+  }
+
+  /**
+   * Take a counter's cells back from the serving threads' ledger (their usage folded in, the slots freed),
+   * then check again: what a thread added since the last flush makes it dirty, and it stays.
+   */
+  private unlinked(counter: RedisCounter): boolean {
+    const release = this.ledgerRelease;
+    if (release === undefined) return false;
+    for (const cell of [counter.cur, counter.prev]) if (cell !== undefined && cell.slot >= 0 && !release(cell)) return false;
+    return this.evictable(counter);
   }
 
   /**
@@ -635,15 +650,23 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     const perf = this.clock.now();
     if (perf < this.evictRetryAt) return false;
     const want = Math.max(1, Math.floor(this.maxKeys / 100));
+    // With serving threads, most counters are linked to ledger slots: those are candidates too, taken back
+    // from the ledger only when chosen (least recently used first), so the cap holds as with one thread.
+    const linked = this.ledgerRelease !== undefined;
     const candidates: RedisCounter[] = [];
-    for (const c of this.counters.values()) if (this.evictable(c)) candidates.push(c);
-    if (candidates.length === 0) {
+    for (const c of this.counters.values()) if (this.evictable(c, linked)) candidates.push(c);
+    candidates.sort((a, b) => a.usedAt - b.usedAt);
+    let n = 0;
+    for (let i = 0; i < candidates.length && n < want; i++) {
+      const c = candidates[i]!;
+      if (!this.evictable(c) && !this.unlinked(c)) continue;
+      this.counters.delete(c.id);
+      n++;
+    }
+    if (n === 0) {
       this.evictRetryAt = perf + EVICT_RETRY_MS;
       return false;
     }
-    candidates.sort((a, b) => a.usedAt - b.usedAt);
-    const n = Math.min(want, candidates.length);
-    for (let i = 0; i < n; i++) this.counters.delete(candidates[i]!.id);
     this.evictions++;
     this.m.evicted.inc(n);
     this.m.keys.set(this.counters.size);
@@ -1131,6 +1154,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     const c = cell as RedisCell;
     c.ownC += dC;
     c.ownR = Math.max(0, c.ownR + dR);
+    // Threads' admissions never reach counterFor: their use is seen here, for the key cap's LRU order.
+    c.counter.usedAt = this.clock.now();
     this.batcher.mark(c);
   }
 
@@ -1168,8 +1193,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     this.batcher.mark(cell as RedisCell);
   }
 
-  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined): void {
+  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined, release?: (cell: LedgerCell) => boolean): void {
     this.ledgerChanged = changed;
+    this.ledgerRelease = changed === undefined ? undefined : release;
   }
 
   /** A reconciled cell's slot (and the current window's, whose previous-window fields it feeds). */

@@ -104,7 +104,7 @@ export class LedgerHost {
     if (dir < 0) throw new Error('too many quota stores for the ledger');
     const a: Attached = { key: store, backend, dir, health: HEALTH_OK };
     this.stores.set(store, a);
-    backend.ledgerBind((cell) => this.publish(cell));
+    backend.ledgerBind((cell) => this.publish(cell), (cell) => this.release(cell));
     this.updateHealth(a);
   }
 
@@ -331,6 +331,35 @@ export class LedgerHost {
     this.lock();
     try {
       this.publishLocked(s);
+    } finally {
+      this.unlock();
+    }
+  }
+
+  /**
+   * The backend's key cap wants a linked cell back: fold the threads' usage in, free the slot and unlink the
+   * cell, unless a serving thread holds a grant on it. Threads then find no slot and ask here again (a new
+   * slot, relinked) if the counter is used again.
+   */
+  private release(cell: LedgerCell): boolean {
+    const s = cell.slot;
+    if (s < 0 || this.cells[s] !== cell) return true;
+    this.lock();
+    try {
+      this.pullSlot(s);
+      const f = this.table.f64;
+      if (f[s * SLOT_FIELDS + F_HOLDS]! > 0) return false;
+      const a = this.owners[s]!;
+      const id = this.ids[s]!;
+      const windowMs = f[s * SLOT_FIELDS + F_WMS]!;
+      this.unlinkCell(s, cell);
+      this.table.removeLocked(s);
+      // The next window's slot published this one's usage minus what was pulled from it, which threads
+      // read from this slot: now that it is gone, the next window's view must count all of it.
+      hash3(counterKey(a.key, id, windowMs), this.kbuf);
+      const next = this.table.findLocked(this.kbuf, cell.start + windowMs);
+      if (next >= 0) this.publishLocked(next);
+      return true;
     } finally {
       this.unlock();
     }

@@ -44,8 +44,13 @@ export interface LedgerBackend {
    * `now` (after a denial, so the host can bind a slot to it); undefined otherwise.
    */
   ledgerCellOf(counter: CounterSpec, now: number): LedgerCell | undefined;
-  /** Called by the backend whenever the view of a linked cell changed on its own (a reconciliation). */
-  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined): void;
+  /**
+   * `changed`: called by the backend whenever the view of a linked cell changed on its own (a
+   * reconciliation). `release`: called by the backend's key cap to take a cell it would evict back from the
+   * ledger: the host folds the slot's usage in, frees the slot and unlinks the cell; false (nothing
+   * changed) while a serving thread still holds a grant on it.
+   */
+  ledgerBind(changed: ((cell: LedgerCell) => void) | undefined, release?: (cell: LedgerCell) => boolean): void;
 }
 
 export function isLedgerBackend(s: object): s is LedgerBackend {
