@@ -16,3 +16,12 @@ export function isToken(s: string): boolean {
   }
   return true;
 }
+
+/**
+ * A Content-Encoding value that leaves the body as it is: `identity`, or empty (no coding listed), in either
+ * direction (a client's request body, an upstream's answer).
+ */
+export function isIdentityCoding(coding: string): boolean {
+  const c = coding.trim();
+  return c === '' || c.toLowerCase() === 'identity';
+}

@@ -18,6 +18,7 @@ import uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import type { LimitsConfig } from '../config/types.ts';
 import { SluiceError, toErrorBody } from '../core/errors.ts';
+import { isIdentityCoding } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
@@ -515,7 +516,7 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
   const metrics = front.metrics;
   // A gzip (or other) encoded body would only fail later as "not valid JSON": say what is wrong, from the head.
   const encoding = request.headers['content-encoding'];
-  if (hasBody && encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') {
+  if (hasBody && encoding !== undefined && !isIdentityCoding(encoding)) {
     metrics?.frontendRejected.inc({ reason: 'content_encoding' });
     refuseBody(front, client, styled(front, request.path, new SluiceError('SLC_UNSUPPORTED_ENCODING', 'Content-Encoding is not supported on request bodies: send the JSON as it is')), true, hasBody);
     return;

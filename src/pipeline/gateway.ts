@@ -10,6 +10,7 @@
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
 import { sendError, type ErrorFormat } from './error-response.ts';
 import { log } from '../core/log.ts';
+import { isIdentityCoding } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
@@ -52,11 +53,6 @@ const MAX_CUT_TEXT = 4 * 1024 * 1024;
  */
 const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
 /** `Content-Encoding: identity` (or empty): the body as it is. */
-function isIdentity(coding: string): boolean {
-  const c = coding.trim();
-  return c === '' || c.toLowerCase() === 'identity';
-}
-
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
 
@@ -416,7 +412,7 @@ export class Gateway implements RequestSink {
     const ok = status >= 200 && status < 300;
     slots.attempt(status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok');
     const coding = ok ? headerValue(up.headers, 'content-encoding') : undefined;
-    if (coding !== undefined && !isIdentity(coding)) {
+    if (coding !== undefined && !isIdentityCoding(coding)) {
       // Asked with Accept-Encoding: identity: compressed bytes could be neither metered nor relayed (the coding
       // header is the hop's). The answer was produced upstream, so, as a 2xx that broke off, it is not sent to
       // another instance and the prompt is charged.

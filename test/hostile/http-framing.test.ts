@@ -73,11 +73,13 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assert.equal((await r.json() as { error: { message: string } }).error.message, `no route matches /${'a'.repeat(199)}… (6001 characters)`);
   });
 
-  it('a content-encoded body gets 415 from its head (not a later "not valid JSON"); identity is no encoding', async () => {
+  it('a content-encoded body gets 415 from its head (not a later "not valid JSON"); identity or an empty value is no encoding', async () => {
     const r = await exchange(port, post('/v1/chat/completions', 'Content-Encoding: gzip\r\n'), { waitMs: 20_000 });
     assertError(r.responses[0], 415, 'SLC_UNSUPPORTED_ENCODING');
-    const ok = await exchange(port, post('/v1/chat/completions', 'Content-Encoding: identity\r\n'), { responses: 1 });
-    assert.equal(ok.responses[0]?.status, 200);
+    for (const coding of ['Content-Encoding: identity\r\n', 'Content-Encoding: \r\n', 'Content-Encoding: IDENTITY \r\n']) {
+      const ok = await exchange(port, post('/v1/chat/completions', coding), { responses: 1 });
+      assert.equal(ok.responses[0]?.status, 200, coding);
+    }
   });
 
   it('methods are case-sensitive: `post` is not POST (405 with Allow)', async () => {
