@@ -22,49 +22,69 @@ export function countText(text: string, enc: TokenEncoding): number {
 
 // Prompt text repeats across requests: system prompts, and in multi-turn chats the whole history is re-sent
 // every turn. Counting costs ~0.4 µs per token, a Map hit well under 1 µs, so counts of message texts are
-// remembered per encoding, within a character budget (oldest entries go first; a hit moves an entry to the back).
+// remembered per encoding, within a character budget.
 const CACHE_MIN_CHARS = 16;
 const CACHE_MAX_ENTRY_CHARS = 1024 * 1024;
 // Per encoding and per thread (main + each worker): at most a few tens of MB in all.
 const CACHE_BUDGET_CHARS = 4 * 1024 * 1024;
 
+/**
+ * Two generations, each within half the budget: new counts enter the young one, a hit in the old one moves
+ * the entry up, and when the young one is full the old one is dropped whole. A hit in the young one is a
+ * plain Map lookup: an exact LRU's delete + set on every hit rehashed the Map (~0.8 µs per request).
+ * What is used within the last half budget of new text stays.
+ */
 export class CountCache {
-  private readonly map = new Map<string, number>();
-  private readonly budget: number;
-  private chars = 0;
+  private young = new Map<string, number>();
+  private old = new Map<string, number>();
+  private youngChars = 0;
+  private oldChars = 0;
+  private readonly half: number;
 
   constructor(budgetChars: number = CACHE_BUDGET_CHARS) {
-    this.budget = budgetChars;
+    this.half = Math.max(1, Math.floor(budgetChars / 2));
   }
 
   /** Characters of text held as keys. */
   get size(): number {
-    return this.chars;
+    return this.youngChars + this.oldChars;
   }
 
   get(text: string): number | undefined {
-    const n = this.map.get(text);
-    if (n !== undefined) {
-      this.map.delete(text);
-      this.map.set(text, n);
+    const n = this.young.get(text);
+    if (n !== undefined) return n;
+    const o = this.old.get(text);
+    if (o !== undefined) {
+      this.old.delete(text);
+      this.oldChars -= text.length;
+      this.add(text, o);
     }
-    return n;
+    return o;
   }
 
   set(text: string, n: number): void {
-    if (this.map.has(text)) return;
-    this.map.set(text, n);
-    this.chars += text.length;
-    while (this.chars > this.budget) {
-      const oldest = this.map.keys().next().value as string;
-      this.map.delete(oldest);
-      this.chars -= oldest.length;
-    }
+    if (this.young.has(text) || this.old.has(text)) return;
+    this.add(text, n);
   }
 
   clear(): void {
-    this.map.clear();
-    this.chars = 0;
+    this.young.clear();
+    this.old.clear();
+    this.youngChars = 0;
+    this.oldChars = 0;
+  }
+
+  private add(text: string, n: number): void {
+    // Longer than a generation: not kept (the budget holds; the default admits 1 MiB texts within 2 MiB).
+    if (text.length > this.half) return;
+    if (this.youngChars + text.length > this.half) {
+      this.old = this.young;
+      this.oldChars = this.youngChars;
+      this.young = new Map();
+      this.youngChars = 0;
+    }
+    this.young.set(text, n);
+    this.youngChars += text.length;
   }
 }
 

@@ -125,20 +125,29 @@ test('prompt counts are cached per encoding and equal the uncached counts', () =
   clearPromptCountCache();
 });
 
-test('CountCache stays within its character budget, evicting least recently used first', () => {
+test('CountCache stays within its character budget and keeps what is used: a hit in the older half moves it up', () => {
   const c = new CountCache(100);
   c.set('a'.repeat(40), 1);
   c.set('b'.repeat(40), 2);
-  assert.equal(c.get('a'.repeat(40)), 1); // a is now the most recent
-  c.set('c'.repeat(40), 3); // 120 chars > 100: the oldest (b) goes
+  assert.equal(c.get('a'.repeat(40)), 1); // a is now among the most recent
+  c.set('c'.repeat(40), 3); // b, used least recently, goes
   assert.equal(c.size, 80);
   assert.equal(c.get('b'.repeat(40)), undefined);
   assert.equal(c.get('a'.repeat(40)), 1);
   assert.equal(c.get('c'.repeat(40)), 3);
-  c.set('d'.repeat(100), 4); // alone at the budget: everything older goes
-  assert.equal(c.size, 100);
-  assert.equal(c.get('a'.repeat(40)), undefined);
-  assert.equal(c.get('d'.repeat(100)), 4);
+  assert.equal(c.get('a'.repeat(40)), 1);
+  c.set('d'.repeat(60), 4); // longer than half the budget: not kept
+  assert.equal(c.get('d'.repeat(60)), undefined);
+  assert.ok(c.size <= 100);
+  // Whatever the sequence, the budget holds and every hit is the count that was set.
+  let x = 7;
+  for (let i = 0; i < 5_000; i++) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    const t = String(x % 97).padStart(1 + (x % 41), '.');
+    if (x % 3 === 0) c.set(t, t.length);
+    else { const n = c.get(t); assert.ok(n === undefined || n === t.length); }
+    assert.ok(c.size <= 100, `size ${c.size}`);
+  }
   c.clear();
   assert.equal(c.size, 0);
 });
