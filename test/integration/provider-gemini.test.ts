@@ -293,6 +293,18 @@ describe('provider gemini through the gateway', () => {
     await expectCharged(gw, ROUTE, c0, mockTotal(mock) - u0);
   });
 
+  it('openai SDK → gemini instance (stream): an error Google sends mid-stream is raised by the SDK, and the stream is still charged', async () => {
+    const c0 = await charged(gw, ROUTE);
+    const stream = await openai.chat.completions.create({ model: 'gpt-client', max_tokens: 30, messages: MESSAGES, stream: true },
+      { headers: { 'x-mock-stream-error-after': '2' } });
+    let text = '';
+    await assert.rejects(async () => {
+      for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+    }, (e: unknown) => e instanceof OpenAI.APIError && /INTERNAL|error/i.test(e.message));
+    assert.ok(text.length > 0, 'the chunks before the error arrived');
+    assert.ok((await waitMoved(gw, ROUTE, c0)) > c0);
+  });
+
   it('openai SDK → gemini instance: an upstream error reaches the client in OpenAI\'s shape', async () => {
     await assert.rejects(
       openai.chat.completions.create({ model: 'gpt-client', messages: MESSAGES }, { headers: { 'x-mock-status': '429' } }),

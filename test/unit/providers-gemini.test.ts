@@ -425,6 +425,23 @@ function sseData(buf: Buffer): string[] {
   return buf.toString('utf8').split('\n\n').filter((s) => s !== '').map((s) => s.replace(/^data: /, ''));
 }
 
+test('translated stream: an error frame from Google reaches OpenAI clients as an error object, with no [DONE] after it', () => {
+  const text = 'data: {"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]},"index":0}],"responseId":"r1"}\r\n\r\n'
+    + 'data: {"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}\r\n\r\n'
+    + 'data: {"candidates":[{"content":{"role":"model","parts":[{"text":"ignored"}]},"index":0}]}\r\n\r\n';
+  const bytes = Buffer.from(text, 'utf8');
+  for (const cuts of [[], [40], [130, 131]]) {
+    const frames = sseData(run(new TranslatedStream(chatCall({ stream: true, clientWantsUsage: true }), { maxUsage: MAX }), bytes, cuts).out);
+    assert.notEqual(frames.at(-1), '[DONE]');
+    assert.equal(JSON.parse(frames[0]!).choices[0].delta.content, 'Hel');
+    assert.deepEqual(JSON.parse(frames.at(-1)!), { error: { message: 'Internal error encountered.', type: 'server_error', code: 'internal', param: null } });
+    assert.equal(frames.length, 2, 'nothing after the error');
+  }
+  const quota = sseData(run(new TranslatedStream(chatCall({ stream: true, clientWantsUsage: false }), { maxUsage: MAX }),
+    Buffer.from('data: {"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}\n\n'), []).out);
+  assert.deepEqual(JSON.parse(quota[0]!).error, { message: 'Resource exhausted', type: 'rate_limit_error', code: 'rate_limit_exceeded', param: null });
+});
+
 test('translated stream: chunks, a usage chunk only when asked, [DONE]; split at every byte gives the same', () => {
   const bytes = Buffer.from(SSE, 'utf8');
   for (const wants of [false, true]) {

@@ -144,6 +144,8 @@ export class TranslatedStream implements StreamCodec {
   private readonly roleSent = new Set<number>();
   private readonly toolCalls = new Map<number, number>();
   private readonly finished = new Set<number>();
+  /** Google sent an error frame: it reached the client as OpenAI's error object, and no [DONE] follows. */
+  private errored = false;
 
   constructor(call: PreparedCall, opts: StreamOptions) {
     this.meter = new GeminiMeter(opts);
@@ -165,6 +167,7 @@ export class TranslatedStream implements StreamCodec {
       this.out += this.chunkHead() + ']' + ',"usage":' + JSON.stringify(openAiUsageOf(usage)) + '}\n\n';
     }
     const rest = this.take();
+    if (this.errored) return rest;
     return rest === undefined ? DONE : Buffer.concat([rest, DONE]);
   }
 
@@ -191,6 +194,7 @@ export class TranslatedStream implements StreamCodec {
   }
 
   private onFrame(data: string): void {
+    if (this.errored) return;
     // A plain text frame once the head and the candidate's role are out: its literal is written as it came.
     if (this.head !== undefined) {
       const fast = scanTextFrame(data);
@@ -209,6 +213,15 @@ export class TranslatedStream implements StreamCodec {
     }
     if (!isObject(json)) return;
     this.meter.frame(json, false);
+    if (isObject(json.error)) {
+      // An error in the stream (Google sends {"error":{code,message,status}} and stops): OpenAI clients raise it
+      // only if it reaches them as an error object, not as a quiet end of stream.
+      this.errored = true;
+      const e = json.error;
+      const status = typeof e.code === 'number' ? e.code : 500;
+      this.out += 'data: ' + JSON.stringify({ error: openAiErrorOf(status, e) }) + '\n\n';
+      return;
+    }
     const head = this.chunkHead(json.responseId, json.modelVersion);
     const cands = json.candidates;
     if (!Array.isArray(cands)) {
@@ -249,22 +262,29 @@ export class TranslatedStream implements StreamCodec {
   }
 }
 
-/** Google's error → OpenAI's shape ({"error":{"message","type","code","param"}}); other bodies wrapped. */
-export function translateError(status: number, body: Buffer): Buffer {
-  let message = `upstream answered ${status}`;
+/** OpenAI's error object for a Google error (`e`: its `error` member, when it had one) answered with `status`. */
+function openAiErrorOf(status: number, e: Record<string, unknown> | undefined, fallback?: string): { message: string; type: string; code: string; param: null } {
+  let message = fallback ?? `upstream answered ${status}`;
   let code: string = status === 429 ? 'rate_limit_exceeded' : 'upstream_error';
-  try {
-    const json: unknown = JSON.parse(body.toString('utf8'));
-    const e = isObject(json) ? json.error : undefined;
-    if (isObject(e)) {
-      if (typeof e.message === 'string') message = e.message;
-      if (typeof e.status === 'string' && status !== 429) code = e.status.toLowerCase();
-    }
-  } catch {
-    const text = body.toString('utf8', 0, Math.min(body.length, 512)).trim();
-    if (text !== '') message = text;
+  if (e !== undefined) {
+    if (typeof e.message === 'string') message = e.message;
+    if (typeof e.status === 'string' && status !== 429) code = e.status.toLowerCase();
   }
   const type = status === 429 ? 'rate_limit_error' : status === 401 ? 'authentication_error' : status === 403 ? 'permission_error'
     : status >= 500 ? 'server_error' : 'invalid_request_error';
-  return Buffer.from(JSON.stringify({ error: { message, type, code, param: null } }), 'utf8');
+  return { message, type, code, param: null };
+}
+
+/** Google's error → OpenAI's shape ({"error":{"message","type","code","param"}}); other bodies wrapped. */
+export function translateError(status: number, body: Buffer): Buffer {
+  let e: Record<string, unknown> | undefined;
+  let text: string | undefined;
+  try {
+    const json: unknown = JSON.parse(body.toString('utf8'));
+    if (isObject(json) && isObject(json.error)) e = json.error;
+  } catch {
+    const t = body.toString('utf8', 0, Math.min(body.length, 512)).trim();
+    if (t !== '') text = t;
+  }
+  return Buffer.from(JSON.stringify({ error: openAiErrorOf(status, e, text) }), 'utf8');
 }
