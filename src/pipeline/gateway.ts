@@ -723,7 +723,8 @@ export class Gateway implements RequestSink {
     let left = MAX_RELAYED_HEADER_BYTES;
     for (let i = 0; i < up.length; i += 2) {
       const k = up[i]!;
-      if (!HOP_HEADERS.has(k)) left = pushWithin(out, k, up[i + 1]!, left);
+      // X-Sluice-Usage describes this hop's settlement: an upstream's (a gateway's) never passes as ours.
+      if (!HOP_HEADERS.has(k) && k !== USAGE_HEADER) left = pushWithin(out, k, up[i + 1]!, left);
     }
     return out;
   }
@@ -804,10 +805,16 @@ function withContentType(headers: HeaderList, contentType: string | undefined): 
   return headers;
 }
 
+/**
+ * An upstream's quota headers where Sluice writes its own: OpenAI's and the standard `x-ratelimit-*`, the IETF
+ * pair, and the APISIX / Higress families (`x-ai-ratelimit-*`, `x-ai-<name>-ratelimit-*`, `x-tokenratelimit-*`),
+ * so a client never reads two values for one name (an upstream that is itself a gateway sends them too).
+ */
 function stripRateLimitHeaders(headers: HeaderList): void {
   for (let i = headers.length - 1; i >= 0; i--) {
     const k = headers[i]![0];
-    if (k.startsWith('x-ratelimit-') || k === 'ratelimit' || k === 'ratelimit-policy' || k === USAGE_HEADER) headers.splice(i, 1);
+    if (k.startsWith('x-ratelimit-') || k === 'ratelimit' || k === 'ratelimit-policy' || k.startsWith('x-tokenratelimit-')
+      || (k.startsWith('x-ai-') && k.includes('ratelimit-'))) headers.splice(i, 1);
   }
 }
 

@@ -159,6 +159,42 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await t.close(); }
   });
 
+  it('an upstream\'s own quota headers (a gateway upstream) are dropped where Sluice writes its own; its X-Sluice-Usage always', T, async () => {
+    const theirs = 'X-AI-RateLimit-Remaining-a: 5\r\nX-AI-1-RateLimit-Limit: 9\r\nx-ratelimit-remaining-tokens: 7\r\nRateLimit: "x";r=1;t=2\r\n'
+      + 'X-TokenRateLimit-Reset: 3\r\nx-sluice-usage: prompt=1, completion=1, total=2\r\nx-request-id: up-1\r\n';
+    const t = await setup((req, s) => {
+      const stream = (JSON.parse(req.body.toString()) as { stream?: boolean }).stream === true;
+      if (!stream) { s.write(chatAnswer('hi', undefined, theirs)); return; }
+      const body = sseDelta('hi') + 'data: {"id":"x","object":"chat.completion.chunk","model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\ndata: [DONE]\n\n';
+      s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${theirs}\r\n${body}`);
+    }, (u) => {
+      const cfg = route(u);
+      // A second route to the same upstream without quotas: its quota headers pass, its X-Sluice-Usage does not.
+      const plain = { id: 'plain', uri: '/plain/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [{ name: 'a', provider: 'openai-compatible', override: { endpoint: `${u}/v1/chat/completions` } }] } } };
+      return { routes: [...(cfg.routes as unknown[]), plain] };
+    });
+    try {
+      for (const body of [ASK, STREAM]) {
+        const r = await post(`${t.gw.url}/v1/chat/completions`, body);
+        assert.equal(r.status, 200, r.text);
+        assert.notEqual(r.headers.get('x-ai-ratelimit-remaining-a'), null);
+        assert.doesNotMatch(r.headers.get('x-ai-ratelimit-remaining-a')!, /,/, 'one value: Sluice\'s');
+        assert.notEqual(r.headers.get('x-ai-ratelimit-remaining-a'), '5');
+        assert.equal(r.headers.get('x-ai-1-ratelimit-limit'), null);
+        assert.notEqual(r.headers.get('x-ratelimit-remaining-tokens'), '7');
+        assert.equal(r.headers.get('ratelimit'), null);
+        assert.equal(r.headers.get('x-tokenratelimit-reset'), null);
+        assert.notEqual(r.headers.get('x-sluice-usage'), 'prompt=1, completion=1, total=2');
+        assert.equal(r.headers.get('x-request-id'), 'up-1');
+        const p = await post(`${t.gw.url}/plain/v1/chat/completions`, body);
+        assert.equal(p.status, 200, p.text);
+        assert.equal(p.headers.get('x-ai-ratelimit-remaining-a'), '5');
+        assert.equal(p.headers.get('x-ratelimit-remaining-tokens'), '7');
+        assert.equal(p.headers.get('x-sluice-usage'), null);
+      }
+    } finally { await t.close(); }
+  });
+
   it('a flood of 1xx heads is refused past the head bound, long before the first-byte timeout', T, async () => {
     let heads = 0;
     const blob = Buffer.from('HTTP/1.1 100 Continue\r\n\r\n'.repeat(1000));
