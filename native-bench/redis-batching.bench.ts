@@ -95,6 +95,8 @@ class PerRequestStore implements QuotaStore {
     return 'ok' as const;
   }
 
+  setMaxKeys(): void {}
+
   async flush(): Promise<void> {
     // Settlements are fire-and-forget; a PING behind them on the same connection waits for them all.
     await this.port.exec([['ping']]);

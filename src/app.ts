@@ -2,7 +2,8 @@
 // piscina pool, local or Redis quota stores) and wires them into a running gateway.
 import type { SluiceConfig } from './config/types.ts';
 import { log } from './core/log.ts';
-import { configWarnings, restartOnlyChanges } from './config/warnings.ts';
+import { configWarnings, reloadConflicts, restartOnlyChanges } from './config/warnings.ts';
+import { ConfigError } from './config/issues.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
 import { aggregateMetrics, metricsJson, type MetricsJson } from './metrics/aggregate.ts';
 // A taken listen/admin port rejects startSluice with this (message names the address and the errno code).
@@ -183,7 +184,11 @@ class StoreRegistry implements StoreResolver {
     const key = quotaStoreKey(source);
     this.building?.add(key);
     const known = this.stores.get(key);
-    if (known !== undefined) return known.store;
+    if (known !== undefined) {
+      // A reload's key cap applies to the stores it keeps.
+      known.store.setMaxKeys(this.config.limits.max_quota_keys);
+      return known.store;
+    }
     const store = createQuotaStore(target, {
       batching: this.config.redis_batching,
       metrics: this.metrics,
@@ -258,6 +263,8 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   const adminL = admin;
   const reload = (next: SluiceConfig): void => {
     try {
+      const conflicts = reloadConflicts(config, next);
+      if (conflicts.length > 0) throw new ConfigError(conflicts);
       const prev = gateway.current.config;
       // Requests already running keep the old snapshot (and its stores) until they end.
       gateway.swap(stores.build(next));
@@ -373,6 +380,8 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
   const reload = (next: SluiceConfig): void => {
     let main: MainSnapshot;
     try {
+      const conflicts = reloadConflicts(config, next);
+      if (conflicts.length > 0) throw new ConfigError(conflicts);
       main = mainSnapshot(next);
     } catch (err) {
       metrics.configReloads.inc({ outcome: 'error' });

@@ -129,3 +129,14 @@ export function restartOnlyChanges(prev: SluiceConfig, next: SluiceConfig): stri
   for (const k of RESTART_ONLY_LIMITS) if (prev.limits[k] !== next.limits[k]) out.push(`limits.${k}`);
   return out;
 }
+
+/**
+ * What a reload cannot apply on top of the settings the process started with, so the reload is refused (the old
+ * config stays): a body cap above the in-flight body budget (restart-only) would refuse such bodies for good
+ * with a 503 that says "retry shortly".
+ */
+export function reloadConflicts(started: SluiceConfig, next: SluiceConfig): ConfigIssue[] {
+  const budget = started.limits.max_inflight_body_bytes;
+  if (next.limits.max_body_bytes <= budget) return [];
+  return [{ path: 'limits.max_body_bytes', message: `must be at most the running limits.max_inflight_body_bytes (${budget}), which changes only at restart: restart to raise both` }];
+}

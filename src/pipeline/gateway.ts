@@ -28,7 +28,7 @@ import { cutShortUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { UpstreamFailure, classifyError, headerValue, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -109,6 +109,7 @@ export class Gateway implements RequestSink {
   swap(snapshot: Snapshot): void {
     const old = this.snapshot;
     this.snapshot = snapshot;
+    this.deps.upstream.setTimeouts(upstreamTimeouts(snapshot.config.limits));
     this.accepted = new WeakMap();
     if (!this.users.has(old)) this.deps.onSnapshotRetired?.(old);
   }
@@ -488,7 +489,7 @@ export class Gateway implements RequestSink {
   /** A 2xx answer that cannot be translated: 502, charged as a 2xx that broke off (produced upstream, so not sent to
    *  another instance): the prompt plus its bytes counted, within the request's completion cap. */
   private async relayUnusable(ctx: Exchange, inst: CompiledInstance, buf: Buffer, why: string): Promise<void> {
-    log.warn('upstream answer could not be translated', { route: ctx.route.id, instance: inst.name, why: why.slice(0, 200) });
+    log.warn('upstream 2xx answer unusable (not the provider\'s JSON, or an error object)', { route: ctx.route.id, instance: inst.name, why: why.slice(0, 200) });
     await this.chargeCut(ctx, buf, 'upstream_broken');
     this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', why));
   }

@@ -68,7 +68,7 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
   private nextSweep = 0;
   /** Scratch for acquire: the cells of the current call (no allocation on the admit path). */
   private readonly scratch: LocalCell[] = [];
-  private readonly maxKeys: number;
+  private maxKeys: number;
   private readonly guard: TokenGuard;
   /** After a scan that found nothing to evict, no new scan before this `now` (callers' time may jump). */
   private evictRetryAt = Number.NEGATIVE_INFINITY;
@@ -171,6 +171,14 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
       reserved += prev.reserved * w;
     }
     return { limit: counter.limit, consumed, reserved, resetMs };
+  }
+
+  setMaxKeys(maxKeys: number): void {
+    const n = Math.max(1, Math.floor(maxKeys));
+    if (n === this.maxKeys) return;
+    this.maxKeys = n;
+    // A raised cap has room at once; a lowered one is reached by evicting as new keys come.
+    this.evictRetryAt = Number.NEGATIVE_INFINITY;
   }
 
   health(): StoreHealth {

@@ -74,6 +74,9 @@ export interface QuotaStore {
   health(): StoreHealth;
   /** Write every pending delta (resolves when the shared store has acknowledged them, or at once when local). */
   flush(): Promise<void>;
+  /** A reload's limits.max_quota_keys: the most counters tracked from now on (a lower cap is reached by evicting
+   *  as new keys come, never by dropping usage). */
+  setMaxKeys(maxKeys: number): void;
   /** Flush (a shared store retrying for at most `flushWithinMs` while it is unreachable; a later call may shorten
    *  that) and release connections and timers. */
   close(flushWithinMs?: number): Promise<void>;

@@ -2,15 +2,11 @@
 // and on each serving thread: the upstream client with the config's timeouts and the lazily started tokenizer pool.
 import type { SluiceConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
-import { UpstreamClient } from '../upstream/client.ts';
+import { UpstreamClient, upstreamTimeouts } from '../upstream/client.ts';
 import { WorkerPool } from '../workers/pool.ts';
 
 export function createServingParts(config: SluiceConfig, metrics: Metrics): { upstream: UpstreamClient; pool: WorkerPool } {
-  const upstream = new UpstreamClient({
-    connectMs: config.limits.upstream_connect_timeout_ms,
-    firstByteMs: config.limits.upstream_first_byte_timeout_ms,
-    idleMs: config.limits.upstream_idle_timeout_ms,
-  });
+  const upstream = new UpstreamClient(upstreamTimeouts(config.limits));
   const pool = new WorkerPool({
     threads: config.tokens.offload_threads,
     countBudgetMs: config.tokens.count_budget_ms,

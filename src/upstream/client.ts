@@ -14,6 +14,11 @@ export interface UpstreamTimeouts {
   readonly idleMs: number;
 }
 
+/** The config's upstream timeouts (limits.upstream_*_timeout_ms). */
+export function upstreamTimeouts(limits: { readonly upstream_connect_timeout_ms: number; readonly upstream_first_byte_timeout_ms: number; readonly upstream_idle_timeout_ms: number }): UpstreamTimeouts {
+  return { connectMs: limits.upstream_connect_timeout_ms, firstByteMs: limits.upstream_first_byte_timeout_ms, idleMs: limits.upstream_idle_timeout_ms };
+}
+
 /** Per-instance transport (APISIX `timeout`, `ssl_verify`, `keepalive`, `keepalive_timeout`), resolved at load. */
 export interface Transport {
   /** Instances with equal settings share one pool per origin. */
@@ -57,12 +62,17 @@ export function classifyError(err: unknown): UpstreamFailure {
 }
 
 export class UpstreamClient {
-  private readonly timeouts: UpstreamTimeouts;
+  private timeouts: UpstreamTimeouts;
   /** Pools by transport setting and origin (few: one per distinct instance endpoint and setting). */
   private readonly pools = new Map<string, Pool>();
   private closed = false;
 
   constructor(timeouts: UpstreamTimeouts) {
+    this.timeouts = timeouts;
+  }
+
+  /** A reload's timeouts: requests sent from now on use them (a connection being opened keeps its deadline). */
+  setTimeouts(timeouts: UpstreamTimeouts): void {
     this.timeouts = timeouts;
   }
 
@@ -72,8 +82,10 @@ export class UpstreamClient {
     if (pool === undefined) {
       // Origins come from config; reloads can retire them. Pools with no connection left go first.
       if (this.pools.size >= MAX_IDLE_POOLS) for (const [k, p] of this.pools) if (p.open === 0) this.pools.delete(k);
+      const client = this;
       pool = new Pool(origin, {
-        connectMs: this.timeouts.connectMs,
+        // Read at each connect, so a reload's connect timeout reaches pools made before it.
+        get connectMs() { return client.timeouts.connectMs; },
         keepAlive: t?.keepalive ?? true,
         keepAliveMs: t?.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_MS,
         rejectUnauthorized: t?.sslVerify ?? true,

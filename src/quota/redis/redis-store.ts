@@ -270,7 +270,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   private readonly freshViewMs: number;
   private readonly syncSafety: number;
   private readonly leaseMs: number;
-  private readonly maxKeys: number;
+  private maxKeys: number;
   private readonly clock: Clock;
   private readonly guard: TokenGuard;
   private readonly unsubscribe: () => void;
@@ -511,6 +511,14 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       reserved += prev.reserved() * w;
     }
     return { limit: spec.limit, consumed, reserved, resetMs: cell.start + spec.windowMs - now };
+  }
+
+  setMaxKeys(maxKeys: number): void {
+    const n = Math.max(1, Math.floor(maxKeys));
+    if (n === this.maxKeys) return;
+    this.maxKeys = n;
+    // A raised cap has room at once; a lowered one is reached by evicting as new keys come.
+    this.evictRetryAt = Number.NEGATIVE_INFINITY;
   }
 
   health(): StoreHealth {

@@ -90,6 +90,9 @@ export class LedgerQuotaStore implements QuotaStore {
     storeDirKey(storeKey, this.dirKey);
   }
 
+  /** The cap is the main thread's backends' (their StoreRegistry applies a reload's). */
+  setMaxKeys(): void {}
+
   acquire(items: readonly AcquireItem[], now: number): AcquireResult | Promise<AcquireResult> {
     const n = items.length;
     if (n > this.slots.length) this.grow(n);
