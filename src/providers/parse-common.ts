@@ -16,6 +16,18 @@ export function untranslatable(isError: boolean, errorMessage: unknown): Decoded
   return { body: EMPTY, contentType: undefined, usage: undefined, rejected: undefined, text: '', unusable: why };
 }
 
+/**
+ * A native 2xx answer no client could use: not a JSON object (an HTML page, an empty body), or an `error` object
+ * where the surface's answer member (`choices`, `output`, `data`) should be. undefined when it looks usable.
+ */
+export function unusableNative(json: unknown, answerKey: string): DecodedBody | undefined {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return untranslatable(false, undefined);
+  const o = json as Record<string, unknown>;
+  const e = o.error;
+  if (typeof e === 'object' && e !== null && o[answerKey] === undefined) return untranslatable(true, (e as Record<string, unknown>).message);
+  return undefined;
+}
+
 export function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {
   return param === undefined ? { ok: false, code, message } : { ok: false, code, message, param };
 }

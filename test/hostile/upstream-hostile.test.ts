@@ -136,6 +136,24 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await t.close(); }
   });
 
+  it('a 2xx that is no API answer (an HTML page, an empty body, an error object) is a 502 JSON error, charged its prompt', T, async () => {
+    let answer = '';
+    const t = await setup((_req, s) => { s.write(answer); });
+    try {
+      const page = '<html><body><h1>502 Bad Gateway</h1></body></html>';
+      for (const [type, body] of [['text/html', page], ['application/json', ''], ['application/json', '{"error":{"message":"overloaded"}}']] as const) {
+        answer = `HTTP/1.1 200 OK\r\ncontent-type: ${type}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+        for (const ask of [ASK, STREAM]) {
+          const before = await metric(t.gw, /^sluice_quota_tokens_charged_total\{/);
+          const r = await post(`${t.gw.url}/v1/chat/completions`, ask);
+          assert.equal(r.status, 502, `${type} ${JSON.stringify(body)}: ${r.status} ${r.text}`);
+          assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR');
+          assert.ok((await metric(t.gw, /^sluice_quota_tokens_charged_total\{/)) > before, 'the prompt is charged');
+        }
+      }
+    } finally { await t.close(); }
+  });
+
   it('a 40 KB head (within the 64 KiB head bound) relays at most 8 KiB of its headers; the answer and its usage are whole', T, async () => {
     let extra = '';
     for (let i = 0; i < 40; i++) extra += `x-big-${i}: ${String.fromCharCode(0x61 + (i % 26)).repeat(1000)}\r\n`;

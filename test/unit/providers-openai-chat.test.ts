@@ -77,7 +77,15 @@ test('decodeChat: the body is relayed as it came, with its usage; without usage,
   assert.equal(bare.text, 'hello world');
   const lying = decodeChat(call, Buffer.from(JSON.stringify({ choices: [], usage: { prompt_tokens: 1.5 } })), 1e6);
   assert.equal(lying.rejected, 'fractional');
-  assert.equal(decodeChat(call, Buffer.from('not json'), 1e6).usage, undefined);
+  assert.equal(bare.unusable, undefined);
+  // A 2xx no client could use is refused (the pipeline answers 502), not relayed as a completion.
+  for (const junk of ['not json', '', '<html><body>502 Bad Gateway</body></html>', '[1,2]', '"text"']) {
+    assert.equal(decodeChat(call, Buffer.from(junk), 1e6).unusable, 'the upstream answer is not a JSON object', junk);
+  }
+  assert.equal(decodeChat(call, Buffer.from('{"error":{"message":"model overloaded","type":"server_error"}}'), 1e6).unusable,
+    'the upstream answered 2xx with an error: model overloaded');
+  // An error member beside the answer is the answer's business.
+  assert.equal(decodeChat(call, Buffer.from('{"choices":[],"error":{"message":"x"}}'), 1e6).unusable, undefined);
 });
 
 test('streamChat: include_usage is forced upstream, and the usage chunk reaches only clients that asked', () => {

@@ -111,7 +111,11 @@ describe('embeddings: usage', () => {
     const none = decodeEmbeddings(undefined, Buffer.from('{"object":"list","data":[]}'), MAX_USAGE);
     assert.equal(none.usage, undefined);
     assert.equal(none.text, '', 'no generated text: the prompt count is the charge');
-    assert.equal(decodeEmbeddings(undefined, Buffer.from('<html>'), MAX_USAGE).usage, undefined);
+    assert.equal(none.unusable, undefined);
+    for (const junk of ['<html>', '', '[[0.1,0.2]]']) assert.equal(decodeEmbeddings(undefined, Buffer.from(junk), MAX_USAGE).unusable, 'the upstream answer is not a JSON object', junk);
+    assert.match(decodeEmbeddings(undefined, Buffer.from('{"error":{"message":"bad"}}'), MAX_USAGE).unusable ?? '', /2xx with an error: bad/);
+    // Too large to parse whole: a body that does not start an object is refused by its first byte.
+    assert.equal(decodeEmbeddings(undefined, Buffer.from(' <html>' + 'x'.repeat(1_100_000)), MAX_USAGE).unusable, 'the upstream answer is not a JSON object');
   });
 
   it('scans a large answer for its top-level usage, wherever it sits, ignoring nested ones', () => {

@@ -214,6 +214,13 @@ describe('responses: buffered answers', () => {
     assert.equal(responsesOutputText({ output: 'x' }), '');
   });
 
+  it('a 2xx that is not a response object (a page, nothing, an error object) is unusable: the pipeline answers 502', () => {
+    for (const junk of ['<html></html>', '', '[]']) assert.equal(decodeResponses(undefined, Buffer.from(junk), MAX_USAGE).unusable, 'the upstream answer is not a JSON object', junk);
+    assert.match(decodeResponses(undefined, Buffer.from('{"error":{"message":"no"}}'), MAX_USAGE).unusable ?? '', /2xx with an error: no/);
+    // A failed response carries `error` beside its output: it is a response, relayed.
+    assert.equal(decodeResponses(undefined, Buffer.from(JSON.stringify({ status: 'failed', output: [], error: { code: 'server_error', message: 'x' } })), MAX_USAGE).unusable, undefined);
+  });
+
   it('reports rejected usage with its reason, and the text to count instead', () => {
     const d = decodeResponses(undefined, Buffer.from(JSON.stringify({ output: OUTPUT, usage: { input_tokens: -3, output_tokens: 1 } })), MAX_USAGE);
     assert.equal(d.rejected, 'negative');

@@ -10,7 +10,7 @@ import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '..
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
-import { fail, modelAndStream, parseBodyObject, promptScale } from '../parse-common.ts';
+import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
 
@@ -159,17 +159,21 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   // Usage read from the answer's end when it is there and believable; the whole answer is parsed otherwise.
   const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
   if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    json = undefined;
+  }
+  // A 200 carrying an HTML page or nothing would reach the SDK as a completion (or crash it): a 502 instead.
+  const unusable = unusableNative(json, 'choices');
+  if (unusable !== undefined) return unusable;
   let usage: Usage | undefined;
   let rejected: UsageRejectReason | undefined;
   let text = '';
-  try {
-    const json: unknown = JSON.parse(body.toString('utf8'));
-    const u = openAiUsage((json as { usage?: unknown } | null)?.usage, maxUsage);
-    if (isRejection(u)) rejected = u.rejected; else usage = u;
-    if (usage === undefined) text = completionText(json);
-  } catch {
-    usage = undefined;
-  }
+  const u = openAiUsage((json as { usage?: unknown }).usage, maxUsage);
+  if (isRejection(u)) rejected = u.rejected; else usage = u;
+  if (usage === undefined) text = completionText(json);
   return { body, contentType: undefined, usage, rejected, text };
 }
 

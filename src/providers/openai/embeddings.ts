@@ -10,7 +10,7 @@ import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prep
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, type ScanPath } from '../../streaming/json-scan.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
-import { fail, parseBodyObject, promptScale } from '../parse-common.ts';
+import { fail, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
 
 /** OpenAI's limit on the number of inputs in one request. */
@@ -114,15 +114,25 @@ class UsageScan {
   piece(): void { /* no text is asked for */ }
 }
 
-function bodyUsage(body: Buffer): unknown {
+/** The body's `usage` member; or, for an answer no client could use, why (unusableNative). */
+function bodyUsage(body: Buffer): { readonly raw: unknown } | DecodedBody {
   if (body.length <= PARSE_BODY_BYTES) {
+    let json: unknown;
     try {
-      const json: unknown = JSON.parse(body.toString('utf8'));
-      return isJsonObject(json) ? json.usage : undefined;
+      json = JSON.parse(body.toString('utf8'));
     } catch {
-      return undefined;
+      json = undefined;
     }
+    return unusableNative(json, 'data') ?? { raw: (json as { usage?: unknown }).usage };
   }
+  // Too large to parse: an object at least starts with '{' (what a page or a bare vector list does not).
+  let i = 0;
+  while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
+  if (body[i] !== 0x7b) return unusableNative(undefined, 'data')!;
+  return { raw: scannedUsage(body) };
+}
+
+function scannedUsage(body: Buffer): unknown {
   const sink = new UsageScan();
   const scanner = new JsonScanner(sink, PARSE_BODY_BYTES);
   scanner.push(body);
@@ -138,7 +148,9 @@ function bodyUsage(body: Buffer): unknown {
 
 /** A buffered 2xx embeddings answer: relayed as it came; its usage (no text: the prompt count is the charge). */
 export function decodeEmbeddings(_call: PreparedCall | undefined, body: Buffer, maxUsage: number): DecodedBody {
-  const u = embeddingsUsage(bodyUsage(body), maxUsage);
+  const read = bodyUsage(body);
+  if (!('raw' in read)) return read;
+  const u = embeddingsUsage(read.raw, maxUsage);
   let usage: Usage | undefined;
   let rejected: UsageRejectReason | undefined;
   if (isRejection(u)) rejected = u.rejected; else usage = u;

@@ -18,7 +18,7 @@ import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonS
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
-import { fail, modelAndStream, parseBodyObject, promptScale } from '../parse-common.ts';
+import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
 
 type Obj = Record<string, unknown>;
@@ -283,6 +283,8 @@ export function decodeResponses(_call: PreparedCall | undefined, body: Buffer, m
   } catch {
     json = undefined;
   }
+  const unusable = unusableNative(json, 'output');
+  if (unusable !== undefined) return unusable;
   if (isJsonObject(json)) {
     const u = responsesUsage(json.usage, maxUsage);
     if (isRejection(u)) rejected = u.rejected; else usage = u;
