@@ -53,6 +53,9 @@ const MAX_CUT_TEXT = 4 * 1024 * 1024;
  */
 const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
 /** `Content-Encoding: identity` (or empty): the body as it is. */
+/** Retry-After of a rejection whose quotas are spent only by the reservations of running requests. */
+const RESERVED_RETRY_MS = 1000;
+
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
 
@@ -704,6 +707,9 @@ export class Gateway implements RequestSink {
     quotaHeaders(entries, { rejected: true }, headers);
     let retryAfterMs = 0;
     for (const d of all ?? [r]) retryAfterMs = Math.max(retryAfterMs, d.retryAfterMs);
+    // Spent only by the reservations of requests still running: room comes back as they settle, not at the
+    // window's end, so the client is told to retry shortly rather than wait out the window.
+    if (entries.every((e) => !e.spent || e.view.consumed < e.view.limit)) retryAfterMs = Math.min(retryAfterMs, RESERVED_RETRY_MS);
     headers.push(['retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000)))]);
     const q = r.quota;
     // `instances[i]` is the instance whose quota gave denial i (none for a route-wide quota).

@@ -95,6 +95,38 @@ describe('token accounting (local policy)', () => {
     } finally { await gw.close(); }
   });
 
+  it('a 429 caused only by running requests\' reservations says Retry-After 1, not the window\'s end', async () => {
+    await avoidWindowEdge(60);
+    const gw = await startGateway({ routes: [route(mock.url, { limit: 300, time_window: 60 })] });
+    try {
+      // A slow stream reserves nearly the whole quota; nothing is consumed yet.
+      const ac = new AbortController();
+      const s = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', signal: ac.signal,
+        headers: { 'content-type': 'application/json', 'x-mock-chunk-delay-ms': '200', 'x-mock-chunks': '50' },
+        body: JSON.stringify({ ...MSG, stream: true, max_tokens: 290 }),
+      });
+      try {
+        const held = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+        assert.equal(held.status, 429);
+        assert.equal(held.headers.get('retry-after'), '1');
+        assert.equal(held.headers.get('x-ai-ratelimit-remaining-inst'), '0');
+        assert.ok(Number(held.headers.get('x-ai-ratelimit-reset-inst')) > 1, 'the window\'s reset is still the window\'s');
+      } finally {
+        ac.abort();
+        await s.body?.cancel().catch(() => undefined);
+      }
+      // Spent by consumed tokens: the window's end.
+      const gw2 = await startGateway({ routes: [route(mock.url, { limit: 10, time_window: 60 })] });
+      try {
+        assert.equal((await post(`${gw2.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 })).status, 200);
+        const spent = await post(`${gw2.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+        assert.equal(spent.status, 429);
+        assert.ok(Number(spent.headers.get('retry-after')) > 1, `retry-after ${spent.headers.get('retry-after')}`);
+      } finally { await gw2.close(); }
+    } finally { await gw.close(); }
+  });
+
   it('editing a limit on reload keeps what was consumed', async () => {
     await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });
