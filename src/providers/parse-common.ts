@@ -34,6 +34,8 @@ export function fail(code: CallFailure['code'], message: string, param?: string)
 
 /** The body as a JSON object, or the 400 a body that is not valid JSON or not an object gets. */
 export function parseBodyObject(body: Uint8Array): { readonly ok: true; readonly obj: Record<string, unknown> } | CallFailure {
+  // A GET (or a POST without a body) on an API path: say what is missing, not that nothing failed to parse.
+  if (body.byteLength === 0) return fail('SLC_BAD_JSON', 'request body is empty: this API takes a JSON object, sent with POST');
   const obj = parseJsonObject(body);
   if (obj === 'json') return fail('SLC_BAD_JSON', 'request body is not valid JSON');
   if (obj === 'object') return fail('SLC_BAD_REQUEST', 'request body must be a JSON object');

@@ -109,7 +109,7 @@ test('accepts a Uint8Array that is a view into a larger buffer', () => {
 
 test('every malformed request is a failure with a code, never a throw', () => {
   const cases: [string, 'SLC_BAD_JSON' | 'SLC_BAD_REQUEST', RegExp, ('chat' | 'completion')?][] = [
-    ['', 'SLC_BAD_JSON', /not valid JSON/],
+    ['', 'SLC_BAD_JSON', /request body is empty: this API takes a JSON object, sent with POST/],
     ['{"messages":[', 'SLC_BAD_JSON', /not valid JSON/],
     ['{"a":1}}', 'SLC_BAD_JSON', /not valid JSON/],
     ['[]', 'SLC_BAD_REQUEST', /JSON object/],
