@@ -238,14 +238,19 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     const TINY = 4 * MiB;
     const EXT_DATA = 100_000;
 
+    const OPEN = '{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"';
+    // With its usage at the end (read from the tail): what is measured is the relay, not counting 4 MiB of text.
+    const CLOSE = '"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}';
     /** RSS growth of a fresh, warmed-up gateway process while it relays one answer the upstream floods. */
     async function growthFor(what: 'tiny' | 'ext', expect: number): Promise<number> {
       const up = await startScriptedUpstream((req, s) => {
         if ((JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content === 'warm') { s.write(chatAnswer('warm')); return; }
-        s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n');
-        // 'tiny': 1-byte chunks; 'ext': 1-byte chunks each behind a 4 KiB chunk extension.
-        if (what === 'tiny') pump(s, Buffer.from('1\r\nx\r\n'.repeat(8192)), TINY / 8192, '0\r\n\r\n');
-        else pump(s, Buffer.from(`1;${'e'.repeat(4000)}\r\nx\r\n`.repeat(16)), EXT_DATA / 16, '0\r\n\r\n');
+        // A chat answer whose content arrives as 1-byte chunks ('tiny'), or as 1-byte chunks each behind a 4 KiB
+        // chunk extension ('ext').
+        s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${OPEN.length.toString(16)}\r\n${OPEN}\r\n`);
+        const end = `${CLOSE.length.toString(16)}\r\n${CLOSE}\r\n0\r\n\r\n`;
+        if (what === 'tiny') pump(s, Buffer.from('1\r\nx\r\n'.repeat(8192)), TINY / 8192, end);
+        else pump(s, Buffer.from(`1;${'e'.repeat(4000)}\r\nx\r\n`.repeat(16)), EXT_DATA / 16, end);
       });
       const gw = await startSluiceProcess(route(up.url));
       try {
@@ -261,7 +266,7 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
         })();
         const growth = await peakGrowth(gw, done);
         assert.equal(status, 200);
-        assert.equal(length, expect, 'every byte relayed');
+        assert.equal(length, OPEN.length + expect + CLOSE.length, 'every byte relayed');
         return growth;
       } finally { await gw.stop(); await up.close(); }
     }
