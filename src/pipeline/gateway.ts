@@ -355,7 +355,11 @@ export class Gateway implements RequestSink {
         // Every instance answered with an error: relay the last one (in the client's surface).
         ctx.instanceName = lastResponse.instance.name;
         const f = lastResponse.failure;
-        res.send(f.status, withContentType(this.relayHeaders(lastResponse.headers), f.contentType), f.body);
+        const out = withContentType(this.relayHeaders(lastResponse.headers), f.contentType);
+        // The route's quotas are Sluice's to report (the last instance's hold is gone: the common ones show).
+        if (route.quotas !== undefined && ctx.metered) stripRateLimitHeaders(out);
+        this.addQuotaHeaders(ctx, out);
+        res.send(f.status, out, f.body);
         this.observe(ctx, f.status);
         return;
       }
@@ -705,11 +709,15 @@ export class Gateway implements RequestSink {
     const entries = views(shown, now, ctx.storeOf).map((e) => (spent.has(e.q) ? { ...e, spent: true } : { ...e, spent: false }));
     const headers: HeaderList = [['content-type', 'application/json']];
     quotaHeaders(entries, { rejected: true }, headers);
-    let retryAfterMs = 0;
-    for (const d of all ?? [r]) retryAfterMs = Math.max(retryAfterMs, d.retryAfterMs);
-    // Spent only by the reservations of requests still running: room comes back as they settle, not at the
-    // window's end, so the client is told to retry shortly rather than wait out the window.
-    if (entries.every((e) => !e.spent || e.view.consumed < e.view.limit)) retryAfterMs = Math.min(retryAfterMs, RESERVED_RETRY_MS);
+    // The request is served again as soon as one denied instance has room (each denial's own wait covers every
+    // quota it found spent). A denial whose quotas are spent only by the reservations of requests still running
+    // has room as they settle, not at the window's end: the client is told to retry shortly.
+    const viewOf = new Map(entries.map((e) => [e.q, e.view]));
+    let retryAfterMs = Number.POSITIVE_INFINITY;
+    for (const d of all ?? [r]) {
+      const reservedOnly = d.spent.length > 0 && d.spent.every((sq) => { const v = viewOf.get(sq); return v !== undefined && v.consumed < v.limit; });
+      retryAfterMs = Math.min(retryAfterMs, reservedOnly ? Math.min(d.retryAfterMs, RESERVED_RETRY_MS) : d.retryAfterMs);
+    }
     headers.push(['retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000)))]);
     const q = r.quota;
     // `instances[i]` is the instance whose quota gave denial i (none for a route-wide quota).

@@ -17,15 +17,27 @@ export function untranslatable(isError: boolean, errorMessage: unknown): Decoded
 }
 
 /**
- * A native 2xx answer no client could use: not a JSON object (an HTML page, an empty body), or an `error` object
- * where the surface's answer member (`choices`, `output`, `data`) should be. undefined when it looks usable.
+ * A native 2xx answer no client could use: not a JSON object (an HTML page, an empty body), an object without the
+ * surface's answer array (`choices`, `output`, `data`), or an `error` object with that array empty. A Responses
+ * object (`"object":"response"`, a failed one included) is an answer. undefined when it is usable.
  */
 export function unusableNative(json: unknown, answerKey: string): DecodedBody | undefined {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) return untranslatable(false, undefined);
   const o = json as Record<string, unknown>;
+  if (o.object === 'response') return undefined;
+  const answer = o[answerKey];
   const e = o.error;
-  if (typeof e === 'object' && e !== null && o[answerKey] === undefined) return untranslatable(true, (e as Record<string, unknown>).message);
-  return undefined;
+  const isError = typeof e === 'object' && e !== null;
+  if (Array.isArray(answer) && (answer.length > 0 || !isError)) return undefined;
+  if (isError) return untranslatable(true, (e as Record<string, unknown>).message);
+  return { ...untranslatable(false, undefined), unusable: `the upstream answer has no ${answerKey} array` };
+}
+
+/** Whether the first non-whitespace byte opens a JSON object (what a page or a bare array does not). */
+export function opensObject(body: Uint8Array): boolean {
+  let i = 0;
+  while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
+  return body[i] === 0x7b;
 }
 
 export function fail(code: CallFailure['code'], message: string, param?: string): CallFailure {

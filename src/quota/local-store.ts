@@ -286,7 +286,8 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
     const candidates: [string, LocalCounter][] = [];
     for (const e of this.counters) if (this.evictable(e[1], now, linked)) candidates.push(e);
     candidates.sort((a, b) => a[1].usedAt - b[1].usedAt);
-    const want = Math.max(1, Math.floor(this.maxKeys / 100));
+    // 1% of the cap at once; after a reload lowered the cap, down to below it (what can go without loss).
+    const want = Math.max(1, Math.floor(this.maxKeys / 100), this.counters.size - this.maxKeys + 1);
     let n = 0;
     for (let i = 0; i < candidates.length && n < want; i++) {
       const [id, c] = candidates[i]!;
@@ -300,7 +301,8 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
     }
     this.m.evicted?.inc(n);
     this.m.keys?.set(this.counters.size);
-    return true;
+    // Still at a lowered cap (the rest holds usage): the new key waits, as at any full cap.
+    return this.counters.size < this.maxKeys;
   }
 
   private prevTotal(counter: LocalCounter, cell: LocalCell, spec: CounterSpec): number {

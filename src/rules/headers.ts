@@ -15,7 +15,8 @@
 // Both styles also get the OpenAI trio for the most constraining quota shown:
 //               x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens ("12s"),
 //               unless standard headers already wrote X-RateLimit-*-Tokens.
-// A rejection by an ai-token-ratelimit quota also carries Higress's X-TokenRateLimit-Reset: <seconds>.
+// A rejection by an ai-token-ratelimit quota also carries Higress's X-TokenRateLimit-Reset: <seconds> (1 when the
+// quota is spent only by the reservations of running requests, as Retry-After).
 // Retry-After is the caller's.
 
 import type { CounterView } from '../quota/types.ts';
@@ -90,7 +91,8 @@ export function quotaHeaders(
     const q = e.q;
     // Higress sends this header on every rejection, whatever show_limit_quota_header says.
     if (rejected && q.rejectResetHeader !== undefined && isSpent(e)) {
-      const reset = resetOf(e.view, true);
+      // Spent only by reservations of running requests: room comes back as they settle (Retry-After says 1 too).
+      const reset = e.view.consumed < e.view.limit ? 1 : resetOf(e.view, true);
       if (rejectReset === undefined || reset > rejectReset[1]) rejectReset = [q.rejectResetHeader, reset];
     }
     if (!q.showHeader) continue;

@@ -213,6 +213,26 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await t.close(); }
   });
 
+  it('every instance failing: the last error is relayed without its quota headers, with Sluice\'s', T, async () => {
+    const theirs = 'x-ratelimit-remaining-tokens: 888888\r\nX-AI-RateLimit-Remaining-a: 777\r\nX-TokenRateLimit-Reset: 4444\r\nRateLimit: "x";r=1;t=2\r\n';
+    const body = '{"error":{"message":"boom","type":"server_error"}}';
+    const t = await setup((_req, s) => {
+      s.write(`HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n${theirs}\r\n${body}`);
+    }, (u) => ({ routes: [{ id: 'u', uri: '/v1/chat/completions', plugins: {
+      'ai-proxy-multi': { fallback_strategy: ['http_5xx'], instances: ['a', 'b'].map((name, i) => ({ name, provider: 'openai-compatible', priority: 2 - i, override: { endpoint: `${u}/v1/chat/completions` } })) },
+      'ai-rate-limiting': { limit: 10_000_000, time_window: 3600 },
+    } }] }));
+    try {
+      const r = await post(`${t.gw.url}/v1/chat/completions`, ASK);
+      assert.equal(r.status, 500);
+      assert.equal(r.body?.error?.message, 'boom');
+      assert.notEqual(r.headers.get('x-ratelimit-remaining-tokens'), '888888');
+      assert.equal(r.headers.get('x-ai-ratelimit-remaining-a'), null);
+      assert.equal(r.headers.get('x-tokenratelimit-reset'), null);
+      assert.equal(r.headers.get('ratelimit'), null);
+    } finally { await t.close(); }
+  });
+
   it('a flood of 1xx heads is refused past the head bound, long before the first-byte timeout', T, async () => {
     let heads = 0;
     const blob = Buffer.from('HTTP/1.1 100 Continue\r\n\r\n'.repeat(1000));

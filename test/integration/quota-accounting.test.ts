@@ -127,6 +127,23 @@ describe('token accounting (local policy)', () => {
     } finally { await gw.close(); }
   });
 
+  it('every instance spent: Retry-After is when the first of them has room, not the last', async () => {
+    await avoidWindowEdge(60);
+    const gw = await startGateway({ routes: [{ id: 'fb', uri: '/v1/chat/completions', plugins: {
+      'ai-proxy-multi': { fallback_strategy: ['rate_limiting'], instances: [mockInstance('a', mock.url, { priority: 2 }), mockInstance('b', mock.url, { priority: 1 })] },
+      'ai-rate-limiting': { instances: [{ name: 'a', limit: 10, time_window: 60 }, { name: 'b', limit: 10, time_window: 3600 }] },
+    } }] });
+    try {
+      // a serves and is spent; b serves and is spent; then nothing has room.
+      for (let i = 0; i < 2; i++) assert.equal((await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 })).status, 200);
+      const r = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
+      assert.equal(r.status, 429);
+      assert.ok(Number(r.headers.get('x-ai-ratelimit-reset-b')) > 60, 'b waits for its hour');
+      const after = Number(r.headers.get('retry-after'));
+      assert.ok(after >= 1 && after <= 60, `retry-after ${after}: a's window ends within a minute`);
+    } finally { await gw.close(); }
+  });
+
   it('editing a limit on reload keeps what was consumed', async () => {
     await avoidWindowEdge(60);
     const gw = await startGateway({ routes: [route(mock.url, { limit: 1000, time_window: 60 })] });

@@ -84,8 +84,16 @@ test('decodeChat: the body is relayed as it came, with its usage; without usage,
   }
   assert.equal(decodeChat(call, Buffer.from('{"error":{"message":"model overloaded","type":"server_error"}}'), 1e6).unusable,
     'the upstream answered 2xx with an error: model overloaded');
-  // An error member beside the answer is the answer's business.
-  assert.equal(decodeChat(call, Buffer.from('{"choices":[],"error":{"message":"x"}}'), 1e6).unusable, undefined);
+  // An error member beside a choice is the answer's business; beside no choice, it is the answer.
+  assert.equal(decodeChat(call, Buffer.from('{"choices":[{"message":{"content":"a"}}],"error":{"message":"x"}}'), 1e6).unusable, undefined);
+  for (const e of ['{"choices":[],"error":{"message":"x"}}', '{"error":{"message":"x"},"choices":null}']) {
+    assert.equal(decodeChat(call, Buffer.from(e), 1e6).unusable, 'the upstream answered 2xx with an error: x', e);
+  }
+  for (const e of ['{}', '{"detail":"Not Found"}', '{"error":"string"}']) assert.equal(decodeChat(call, Buffer.from(e), 1e6).unusable, 'the upstream answer has no choices array', e);
+  // A usage at the end does not make a page or an error object an answer (the tail is read only from answers).
+  const zero = ',"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}';
+  assert.match(decodeChat(call, Buffer.from('{"error":{"message":"quota exceeded"}' + zero), 1e6).unusable ?? '', /quota exceeded/);
+  assert.equal(decodeChat(call, Buffer.from('<html>Login</html>{"x":1' + zero), 1e6).unusable, 'the upstream answer is not a JSON object');
 });
 
 test('streamChat: include_usage is forced upstream, and the usage chunk reaches only clients that asked', () => {

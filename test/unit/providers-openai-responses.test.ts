@@ -218,7 +218,8 @@ describe('responses: buffered answers', () => {
     for (const junk of ['<html></html>', '', '[]']) assert.equal(decodeResponses(undefined, Buffer.from(junk), MAX_USAGE).unusable, 'the upstream answer is not a JSON object', junk);
     assert.match(decodeResponses(undefined, Buffer.from('{"error":{"message":"no"}}'), MAX_USAGE).unusable ?? '', /2xx with an error: no/);
     // A failed response carries `error` beside its output: it is a response, relayed.
-    assert.equal(decodeResponses(undefined, Buffer.from(JSON.stringify({ status: 'failed', output: [], error: { code: 'server_error', message: 'x' } })), MAX_USAGE).unusable, undefined);
+    assert.equal(decodeResponses(undefined, Buffer.from(JSON.stringify({ object: 'response', status: 'failed', output: [], error: { code: 'server_error', message: 'x' } })), MAX_USAGE).unusable, undefined);
+    assert.equal(decodeResponses(undefined, Buffer.from('{"detail":"Not Found"}'), MAX_USAGE).unusable, 'the upstream answer has no output array');
   });
 
   it('reports rejected usage with its reason, and the text to count instead', () => {

@@ -47,6 +47,24 @@ describe('local store key cap', () => {
     assert.equal(await metricSum(metrics.quotaTrackedKeys), 3);
   });
 
+  it('setMaxKeys (a reload): a raised cap has room at once; a lowered one is reached as new keys come, never by dropping usage', async () => {
+    const store = new LocalQuotaStore('local', { maxKeys: 4 });
+    for (const id of ['e1', 'e2', 'e3', 'e4']) store.release(sync(store.acquire([{ counter: spec(id), amount: 10 }], T0)));
+    store.setMaxKeys(2);
+    // Three idle counters go for one new key: below the lowered cap.
+    store.settle(sync(store.acquire([{ counter: spec('u1'), amount: 10 }], T0)), [10]);
+    assert.equal(store.size, 2);
+    store.settle(sync(store.acquire([{ counter: spec('u2'), amount: 10 }], T0)), [10]);
+    assert.equal(store.size, 2);
+    // Both hold usage: a third key waits, however low the cap went.
+    store.setMaxKeys(1);
+    await assert.rejects(Promise.resolve(store.acquire([{ counter: spec('u3'), amount: 10 }], T0)), (e: unknown) => isSluiceError(e) && e.code === 'SLC_OVERLOADED');
+    assert.equal(store.peek(spec('u1'), T0).consumed, 10);
+    store.setMaxKeys(10);
+    store.settle(sync(store.acquire([{ counter: spec('u3'), amount: 10 }], T0)), [10]);
+    assert.equal(store.size, 3);
+  });
+
   it('evicts counters whose windows are over first, even while full of usage', () => {
     const store = new LocalQuotaStore('local', { maxKeys: 2 });
     store.settle(sync(store.acquire([{ counter: spec('old', 1_000), amount: 10 }], T0)), [10]);

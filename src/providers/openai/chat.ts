@@ -10,7 +10,7 @@ import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '..
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
-import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
+import { fail, modelAndStream, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
 
@@ -154,11 +154,17 @@ function completionText(json: unknown): string {
   return text;
 }
 
+const QUOTED_ERROR = Buffer.from('"error"');
+
 /** A buffered 2xx chat/completions answer: relayed as it came; its usage, or its text to count. */
 export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
-  // Usage read from the answer's end when it is there and believable; the whole answer is parsed otherwise.
-  const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
-  if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+  // Usage read from the answer's end when it is there and believable, on a body that opens an object and has no
+  // "error" member (the bytes `"error"` occur in valid JSON only as a key or that exact string, which merely
+  // takes the slow path); the whole answer is parsed and checked otherwise.
+  if (opensObject(body) && body.indexOf(QUOTED_ERROR) < 0) {
+    const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
+    if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+  }
   let json: unknown;
   try {
     json = JSON.parse(body.toString('utf8'));

@@ -10,7 +10,7 @@ import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prep
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, type ScanPath } from '../../streaming/json-scan.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
-import { fail, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
+import { fail, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
 
 /** OpenAI's limit on the number of inputs in one request. */
@@ -126,9 +126,7 @@ function bodyUsage(body: Buffer): { readonly raw: unknown } | DecodedBody {
     return unusableNative(json, 'data') ?? { raw: (json as { usage?: unknown }).usage };
   }
   // Too large to parse: an object at least starts with '{' (what a page or a bare vector list does not).
-  let i = 0;
-  while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
-  if (body[i] !== 0x7b) return unusableNative(undefined, 'data')!;
+  if (!opensObject(body)) return unusableNative(undefined, 'data')!;
   return { raw: scannedUsage(body) };
 }
 

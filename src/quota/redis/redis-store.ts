@@ -657,7 +657,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     // A flood of new keys while nothing can go must not rescan every counter for each of them.
     const perf = this.clock.now();
     if (perf < this.evictRetryAt) return false;
-    const want = Math.max(1, Math.floor(this.maxKeys / 100));
+    // 1% of the cap at once; after a reload lowered the cap, down to below it (what can go without loss).
+    const want = Math.max(1, Math.floor(this.maxKeys / 100), this.counters.size - this.maxKeys + 1);
     // With serving threads, most counters are linked to ledger slots: those are candidates too, taken back
     // from the ledger only when chosen (least recently used first), so the cap holds as with one thread.
     const linked = this.ledgerRelease !== undefined;
@@ -678,7 +679,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     this.evictions++;
     this.m.evicted.inc(n);
     this.m.keys.set(this.counters.size);
-    return true;
+    // Still at a lowered cap (the rest holds unwritten state): the new key waits, as at any full cap.
+    return this.counters.size < this.maxKeys;
   }
 
   /** The counter's cell for the window starting at `ws` (a `now` older than the newest window stays in it). */
