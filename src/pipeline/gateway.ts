@@ -52,7 +52,6 @@ const MAX_CUT_TEXT = 4 * 1024 * 1024;
  * in uWS's 16 KiB cork buffer (frontend/response.ts). nginx answers 502 to heads over its 4–8 KiB proxy buffer.
  */
 const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
-/** `Content-Encoding: identity` (or empty): the body as it is. */
 /** Retry-After of a rejection whose quotas are spent only by the reservations of running requests. */
 const RESERVED_RETRY_MS = 1000;
 

@@ -1,6 +1,6 @@
 // Checks every surface parser starts with: one wording of each client error across surfaces (and of a translated
 // answer that cannot be translated).
-import { MAX_JSON_DEPTH } from '../tokens/json-members.ts';
+import { MAX_JSON_DEPTH, isSpace } from '../tokens/json-members.ts';
 import { parseJsonObject } from '../tokens/prepare.ts';
 import type { CallFailure, DecodedBody, ParseOptions } from './types.ts';
 
@@ -36,7 +36,7 @@ export function unusableNative(json: unknown, answerKey: string): DecodedBody | 
 /** Whether the first non-whitespace byte opens a JSON object (what a page or a bare array does not). */
 export function opensObject(body: Uint8Array): boolean {
   let i = 0;
-  while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
+  while (i < body.length && isSpace(body[i]!)) i++;
   return body[i] === 0x7b;
 }
 

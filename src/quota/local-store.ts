@@ -9,7 +9,7 @@ import type { StoreMetrics } from '../metrics/registry.ts';
 import type { AcquireItem, AcquireResult, CounterSpec, CounterView, Denial, Grant, QuotaStore, StoreHealth } from './types.ts';
 import { windowStartOf } from './types.ts';
 import { StoreGrant, StoreGrantEntry, TokenGuard, claimGrant, previousWeight, retryAfterMs } from './window.ts';
-import { V_BASE_C, V_BASE_R, V_CAP_MARGIN, V_LIMIT_MARGIN, V_PREV_C, V_PREV_R, V_VALID_UNTIL, type LedgerBackend, type LedgerCell } from './shared/link.ts';
+import { V_BASE_C, V_BASE_R, V_CAP_MARGIN, V_LIMIT_MARGIN, V_PREV_C, V_PREV_R, V_VALID_UNTIL, releaseLinked, type LedgerBackend, type LedgerCell } from './shared/link.ts';
 
 export interface LocalStoreOptions {
   /** Most counters tracked (limits.max_quota_keys). Default 100000. */
@@ -274,8 +274,7 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
   private unlinked(c: LocalCounter, now: number): boolean {
     const release = this.ledgerRelease;
     if (release === undefined) return false;
-    for (const cell of [c.cur, c.prev]) if (cell !== undefined && cell.slot >= 0 && !release(cell)) return false;
-    return this.evictable(c, now);
+    return releaseLinked(release, [c.cur, c.prev]) && this.evictable(c, now);
   }
 
   /** Key cap reached: evict the least recently used evictable counters (1% of the cap at once). */

@@ -10,7 +10,7 @@ import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prep
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, type ScanPath } from '../../streaming/json-scan.ts';
 import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
-import { fail, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
+import { fail, opensObject, parseBodyObject, promptScale, untranslatable, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
 
 /** OpenAI's limit on the number of inputs in one request. */
@@ -126,7 +126,7 @@ function bodyUsage(body: Buffer): { readonly raw: unknown } | DecodedBody {
     return unusableNative(json, 'data') ?? { raw: (json as { usage?: unknown }).usage };
   }
   // Too large to parse: an object at least starts with '{' (what a page or a bare vector list does not).
-  if (!opensObject(body)) return unusableNative(undefined, 'data')!;
+  if (!opensObject(body)) return untranslatable(false, undefined);
   return { raw: scannedUsage(body) };
 }
 

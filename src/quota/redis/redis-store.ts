@@ -25,7 +25,7 @@ import { classifyError, isRedirection, type PortCommand, type RedisErrorKind } f
 import { ReplyLanes, type RemoteOutcome } from './reply-lanes.ts';
 import { READ_SHA, WRITE_SHA } from './scripts.ts';
 import { acquireRedis, releaseRedis, type SharedRedis } from './shared-client.ts';
-import { V_BASE_C, V_BASE_R, V_CAP_MARGIN, V_LIMIT_MARGIN, V_PREV_C, V_PREV_R, V_VALID_UNTIL, type LedgerBackend, type LedgerCell } from '../shared/link.ts';
+import { V_BASE_C, V_BASE_R, V_CAP_MARGIN, V_LIMIT_MARGIN, V_PREV_C, V_PREV_R, V_VALID_UNTIL, releaseLinked, type LedgerBackend, type LedgerCell } from '../shared/link.ts';
 
 export interface RedisStoreOptions {
   readonly batching: RedisBatchingConfig;
@@ -645,8 +645,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   private unlinked(counter: RedisCounter): boolean {
     const release = this.ledgerRelease;
     if (release === undefined) return false;
-    for (const cell of [counter.cur, counter.prev]) if (cell !== undefined && cell.slot >= 0 && !release(cell)) return false;
-    return this.evictable(counter);
+    return releaseLinked(release, [counter.cur, counter.prev]) && this.evictable(counter);
   }
 
   /**

@@ -53,6 +53,15 @@ export interface LedgerBackend {
   ledgerBind(changed: ((cell: LedgerCell) => void) | undefined, release?: (cell: LedgerCell) => boolean): void;
 }
 
+/**
+ * A backend's key cap taking a counter's cells back from the ledger (`release` from ledgerBind): true when every
+ * linked one was released (a cell a serving thread still holds a grant on stops it).
+ */
+export function releaseLinked(release: (cell: LedgerCell) => boolean, cells: readonly (LedgerCell | undefined)[]): boolean {
+  for (const cell of cells) if (cell !== undefined && cell.slot >= 0 && !release(cell)) return false;
+  return true;
+}
+
 export function isLedgerBackend(s: object): s is LedgerBackend {
   return typeof (s as Partial<LedgerBackend>).ledgerClaim === 'function';
 }
