@@ -3,10 +3,10 @@
 // upstream (with its own node:http server) loads only for `mock-upstream` and `start --embedded`.
 import { fileURLToPath } from 'node:url';
 import type { SluiceHandle } from '../app.ts';
-import type { SluiceConfig } from '../config/types.ts';
 import { loadConfigFile } from '../config/load.ts';
 import { ConfigError } from '../config/validate.ts';
 import { log } from '../core/log.ts';
+import { ConfigReloader } from './config-reload.ts';
 import { runtimeProblem } from './runtime.ts';
 
 const USAGE = `usage:
@@ -87,22 +87,27 @@ async function start(argv: string[]): Promise<void> {
   // So is one that would drop every route of a gateway serving some: more likely a file rewritten in the wrong
   // place than a wish to answer 404 to everything (a restart still starts a gateway with no routes).
   let stopping = false;
+  // Loaded on a thread of its own (config-reload.ts): serving goes on while a large file is parsed.
+  const reloader = new ConfigReloader(configFile, env, (result) => {
+    if (stopping) return;
+    const swapped = handle.reloadFrom(() => {
+      if (result instanceof Error) throw result;
+      if (result.routes.length === 0 && served > 0) {
+        throw new ConfigError([{ path: 'routes', message: `the new config has no routes while ${served} are served; a reload never drops every route (restart the gateway to run without routes)` }]);
+      }
+      return result;
+    });
+    if (swapped && !(result instanceof Error)) served = result.routes.length;
+  });
   onHup = () => {
     // A reload during shutdown would open stores and connections the drain then has to close again.
     if (stopping) { log.warn('reload ignored: shutting down'); return; }
-    let next: SluiceConfig | undefined;
-    const swapped = handle.reloadFrom(() => {
-      next = loadConfigFile(configFile, env);
-      if (next.routes.length === 0 && served > 0) {
-        throw new ConfigError([{ path: 'routes', message: `the new config has no routes while ${served} are served; a reload never drops every route (restart the gateway to run without routes)` }]);
-      }
-      return next;
-    });
-    if (swapped) served = next!.routes.length;
+    reloader.request();
   };
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
+    reloader.close();
     log.info('stopping: draining in-flight requests', { signal });
     handle.close().then(() => mockClose?.()).then(() => {
       log.info('stopped');

@@ -302,6 +302,11 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/** A validated config that crossed a thread boundary (a structured clone is not frozen), frozen again. */
+export function freezeConfig(config: SluiceConfig): SluiceConfig {
+  return deepFreeze(config);
+}
+
 /**
  * Validate, default and freeze a configuration. `$ENV://NAME` references in any string are resolved from
  * `env` first. Throws ConfigError listing every issue.

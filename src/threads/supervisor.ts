@@ -8,9 +8,10 @@
 // this thread took an abstract-socket lock on the address, so a second Sluice there is still refused.
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { SluiceConfig } from '../config/types.ts';
 import { log } from '../core/log.ts';
+import { siblingEntry, spawnModuleThread } from '../core/module-thread.ts';
 import { bodyBudgetCell } from '../frontend/body-budget.ts';
 import { ListenError, lockListenAddress } from '../frontend/server.ts';
 import type { MetricsJson } from '../metrics/aggregate.ts';
@@ -18,17 +19,11 @@ import type { LedgerHost } from '../quota/shared/ledger-host.ts';
 import type { FromThread, ListenSpec, ThreadInit, ThreadReply, ToThread } from './protocol.ts';
 import type { StoreMap } from './store-key.ts';
 
-// Compiled (dist/) this file is supervisor.js next to serving.js; under tsx (tests, benches) both are .ts, and a
-// worker's entry does not go through the loader hooks `--import tsx` installs (Node 20), so the thread registers
-// tsx itself before importing it (piscina's pool gets by because it require()s its entry from a .js worker).
-const FROM_SOURCES = import.meta.url.endsWith('.ts');
-const ENTRY = new URL(FROM_SOURCES ? './serving.ts' : './serving.js', import.meta.url);
+// Compiled (dist/) this file is supervisor.js next to serving.js; under tsx (tests, benches) both are .ts.
+const ENTRY = siblingEntry(import.meta.url, 'serving');
 
 function spawn(options: { workerData: ThreadInit; name: string }): Worker {
-  if (!FROM_SOURCES) return new Worker(ENTRY, options);
-  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
-  const code = `import(${api}).then((t) => { t.register(); return import(${JSON.stringify(ENTRY.href)}); })`;
-  return new Worker(code, { ...options, eval: true });
+  return spawnModuleThread(ENTRY, options);
 }
 
 /** Loading a thread (modules, tokenizer table) on a busy 2-core machine can take seconds. */

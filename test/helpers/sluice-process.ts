@@ -38,11 +38,11 @@ function configText(raw: Record<string, unknown> | string, port: number, adminPo
   return JSON.stringify({ ...raw, listen: { ...listen, host: '127.0.0.1', port }, admin: { host: '127.0.0.1', port: adminPort } }, null, 2);
 }
 
-/** `raw` as a string is written as is (its own listen/admin ports; url and adminUrl then name the free ones picked). */
-export async function startSluiceProcess(raw: Record<string, unknown> | string, opts: { env?: NodeJS.ProcessEnv; startTimeoutMs?: number } = {}): Promise<SluiceProcess> {
+/** `raw` as a string is written as is (its own listen/admin ports; url and adminUrl then name the free ones picked). `fileName` (default config.json) picks the parser: .yaml for YAML text. */
+export async function startSluiceProcess(raw: Record<string, unknown> | string, opts: { env?: NodeJS.ProcessEnv; startTimeoutMs?: number; fileName?: string } = {}): Promise<SluiceProcess> {
   const [port, adminPort] = await freePorts(2) as [number, number];
   const dir = mkdtempSync(join(tmpdir(), 'sluice-proc-'));
-  const configFile = join(dir, 'config.json');
+  const configFile = join(dir, opts.fileName ?? 'config.json');
   writeFileSync(configFile, configText(raw, port, adminPort));
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', MAIN, 'start', '--config', configFile], {
     cwd: ROOT,
