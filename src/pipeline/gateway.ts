@@ -689,11 +689,13 @@ export class Gateway implements RequestSink {
     const quotas: PlannedQuota[] = [];
     if (ctx.common !== undefined) quotas.push(...ctx.common.quotas);
     if (ctx.instance !== undefined) quotas.push(...ctx.instance.quotas);
-    if (quotas.length === 0) return;
-    stripRateLimitHeaders(headers);
-    quotaHeaders(views(quotas, Date.now(), ctx.storeOf), { rejected: false }, headers);
-    // Set once settled: non-streaming answers only (a stream's headers leave before its usage is known).
-    if (ctx.usage !== undefined) headers.push([USAGE_HEADER, usageHeaderValue(ctx.usage)]);
+    if (quotas.length > 0) {
+      stripRateLimitHeaders(headers);
+      quotaHeaders(views(quotas, Date.now(), ctx.storeOf), { rejected: false }, headers);
+    }
+    // Set once settled: non-streaming answers only (a stream's headers leave before its usage is known). On every
+    // answer of a route with quotas, also one that no quota charged (an instance without one, a rule key skipped).
+    if (ctx.usage !== undefined && ctx.route.quotas !== undefined) headers.push([USAGE_HEADER, usageHeaderValue(ctx.usage)]);
   }
 
   private reject(ctx: Exchange, r: Rejection, instances: readonly CompiledInstance[], all?: readonly Rejection[]): void {

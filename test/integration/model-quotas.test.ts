@@ -238,4 +238,28 @@ describe('token kinds and model-aware quotas (openai SDK, mock upstream)', () =>
       assert.match(body.error.message, /model_limits/);
     } finally { await gw.close(); }
   });
+
+  it('X-Sluice-Usage is on every buffered answer of a route with quotas, one that no quota charged too', async () => {
+    const gw = await startGateway({ routes: [{
+      id: 'partial', uri: '/v1/chat/completions',
+      plugins: {
+        // Only instance "a" has a quota; "b" serves once "a" is spent. The rule key is skipped when missing.
+        'ai-proxy-multi': { instances: [mockInstance('a', mock.url, { priority: 1 }), mockInstance('b', mock.url, { priority: 0 })] },
+        'ai-rate-limiting': {
+          instances: [{ name: 'a', limit: 1, time_window: 60 }],
+          rules: [{ key: '${http_x_team}', count: 1_000_000, time_window: 60 }], on_missing_key: 'skip',
+        },
+      },
+    }] });
+    try {
+      const sdk = client(gw);
+      for (let i = 0; i < 3; i++) {
+        const { data, response } = await sdk.chat.completions.create({ model: 'gpt-4o', messages: MESSAGES, max_tokens: 5 }).withResponse();
+        const u = data.usage!;
+        assert.deepEqual(parseUsageHeader(response.headers.get('x-sluice-usage')), {
+          prompt: u.prompt_tokens, completion: u.completion_tokens, total: u.total_tokens, cached_prompt: 0, cache_write: 0, reasoning: 0,
+        }, `request ${i}`);
+      }
+    } finally { await gw.close(); }
+  });
 });
