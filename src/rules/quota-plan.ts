@@ -41,7 +41,7 @@ import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, typ
 import { compileRuleRegex, type RuleRegex } from './regex.ts';
 import { INSTANCE_VARS, cookieValue, headerValue, queryParam, type RequestVars } from './request-vars.ts';
 import {
-  compileCountTemplate, compileTemplate, requiredVars, templateVars, type CountTemplate, type KeyTemplate, type RequiredVar,
+  compileCountTemplate, compileTemplate, countVars, requiredVars, templateVars, type CountTemplate, type KeyTemplate, type RequiredVar,
 } from './template.ts';
 
 /** The normalised usage (streaming/usage.ts): the three kinds are parts of prompt / completion, never added on top. */
@@ -348,20 +348,23 @@ function limitTemplate(count: string | number, window: string | number, at: stri
     window: wrap('time_window', () => compileCountTemplate(window, 'time_window', MAX_TIME_WINDOW_S)),
     countSrc: count,
     windowSrc: window,
-    countVars: requiredVars(count),
-    windowVars: requiredVars(window),
+    countVars: countVars(count),
+    windowVars: countVars(window),
     late: namesInstanceVar(count, window),
   };
 }
 
 /**
- * Why a template did not resolve: the first absent variable, or the one whose value is not a positive integer.
- * The answer goes to the client, so it names variables only: never a value, nor the template (config text).
+ * Why a template did not resolve: the first absent variable (a count's with a default is never absent: the
+ * default stands in), or the one whose value is not what the field takes. The answer goes to the client, so it
+ * names variables only: never a value, nor the template (config text).
  */
-function describeMiss(required: readonly RequiredVar[], vars: RequestVars): string {
-  for (const v of required) if (v.get(vars) === undefined) return `request variable "${v.name}" is missing`;
-  return required.length > 0 ? `request variable "${required[0]!.name}" is not a positive integer` : 'the template did not resolve';
+function describeMiss(vars: readonly RequiredVar[], req: RequestVars, range = 'a positive integer'): string {
+  for (const v of vars) if (v.get(req) === undefined) return `request variable "${v.name}" is missing`;
+  return vars.length > 0 ? `request variable "${vars[0]!.name}" is not ${range}` : 'the template did not resolve';
 }
+
+const WINDOW_RANGE = `an integer from 1 to ${MAX_TIME_WINDOW_S} (seconds)`;
 
 /** A templated (or literal) top-level or instance quota: one counter per resolved window, limit applied per request. */
 interface LimitSlot {
@@ -389,7 +392,7 @@ function resolveLimitSlot(slot: LimitSlot, vars: RequestVars): Resolved {
   const limit = t.count(vars);
   if (limit === undefined) return missingOf(slot.missing, `${slot.what} limit`, describeMiss(t.countVars, vars));
   const windowS = t.window(vars);
-  if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars));
+  if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars, WINDOW_RANGE));
   const cacheKey = `${limit}/${windowS}`;
   return slot.cache.get(cacheKey) ?? cachePut(slot.cache, cacheKey, slot.make(limit, windowS));
 }
@@ -428,7 +431,7 @@ function resolveRule(slot: RuleSlot, vars: RequestVars): Resolved | KeyMiss {
   const limit = t.count(vars);
   if (limit === undefined) return missingOf(slot.missing, `${slot.what} count`, describeMiss(t.countVars, vars));
   const windowS = t.window(vars);
-  if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars));
+  if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars, WINDOW_RANGE));
   const hit = slot.cache.get(value);
   if (hit !== undefined && hit.counter.limit === limit && hit.counter.windowMs === windowS * 1000) return hit;
   // The template source is hashed with the value so a rule re-keyed on another variable starts afresh.
@@ -505,7 +508,7 @@ function resolveModel(slots: readonly ModelSlot[], vars: RequestVars): Resolved 
     const limit = t.count(vars);
     if (limit === undefined) return missingOf(slot.missing, `${slot.what} limit`, describeMiss(t.countVars, vars));
     const windowS = t.window(vars);
-    if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars));
+    if (windowS === undefined) return missingOf(slot.missing, `${slot.what} time_window`, describeMiss(t.windowVars, vars, WINDOW_RANGE));
     const hit = slot.cache.get(model);
     if (hit !== undefined && hit.counter.limit === limit && hit.counter.windowMs === windowS * 1000) return hit;
     const id = `${slot.idPrefix}${windowS}/${slot.hash(model)}`;

@@ -128,6 +128,15 @@ export function requiredVars(src: string | number): RequiredVar[] {
   return out;
 }
 
+/** The variable of a count or time_window template, with its getter (numbers and literals name none): a count
+ *  that does not resolve is the fault of this one, absent or not a positive integer, default or not. */
+export function countVars(src: string | number): RequiredVar[] {
+  if (typeof src === 'number') return [];
+  const out: RequiredVar[] = [];
+  for (const p of parseTemplate(src)) if (typeof p !== 'string') out.push({ name: p.name, get: p.get });
+  return out;
+}
+
 /** Every variable a key or count template names, defaults or not (numbers name none). */
 export function templateVars(src: string | number): string[] {
   if (typeof src === 'number') return [];

@@ -254,6 +254,12 @@ test('rule header_prefix, templated window, combined keys and invalid counts', (
   assert.match(badCount.missing!.message, /request variable "http_x_count" is not a positive integer/);
   assert.ok(!badCount.missing!.message.includes('lots'), 'values are never echoed');
   assert.equal(planRequest(c, vars({ query: 'apikey=k1', consumer: 'jack', headers: { 'x-count': '7' } })).common[1]!.counter.limit, 7);
+  // With a default, an absent variable never misses; a value that is no count does, and is named as well.
+  const badWindow = planRequest(c, vars({ consumer: 'jack', query: 'apikey=k1', headers: { 'x-window': 'hourly', 'x-count': '7' } }));
+  assert.match(badWindow.missing!.message, /rules\[0\] time_window: request variable "http_x_window" is not an integer from 1 to \d+ \(seconds\)/);
+  const defaulted = compileRouteQuotas(route('r2d', { 'ai-rate-limiting': arl({ limit: '${http_x_limit ?? 50}', time_window: 60 }) }), [], NO_PROXIES);
+  assert.equal(only(planRequest(defaulted, vars()).common).counter.limit, 50);
+  assert.match(planRequest(defaulted, vars({ headers: { 'x-limit': '0' } })).missing!.message, /limit: request variable "http_x_limit" is not a positive integer/);
 });
 
 test('rules and instance limits combine on one route', () => {
