@@ -106,6 +106,11 @@ test('the tarball holds the compiled build and nothing for development', () => {
   for (const f of ['package.json', 'README.md', 'bin/sluice.mjs', 'dist/cli/main.js', 'dist/bundle/sluice.cjs', 'dist/workers/entry.js', 'dist/workers/pool.js', 'examples/embedded.yaml']) {
     assert.ok(packed.includes(f), `${f} is packed`);
   }
+  // The README it ships with links the docs: each one it names is in the tarball.
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const named = [...new Set([...readme.matchAll(/\bdocs\/[a-z0-9-]+\.md\b/g)].map((m) => m[0]))];
+  assert.ok(named.length >= 3, `the README names its docs: ${named.join(', ')}`);
+  assert.deepEqual(named.filter((f) => !packed.includes(f)), [], 'every doc the README names is packed');
   const unwanted = packed.filter((f) => /^(src|test|native-bench|load-tests|scripts|deploy|\.ci)\//.test(f) || f.endsWith('.map') || f.endsWith('.ts') || /^tsconfig/.test(f) || f === 'Dockerfile');
   assert.deepEqual(unwanted, []);
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
