@@ -46,7 +46,7 @@ export const PROVIDER_NAMES: readonly string[] = Object.freeze([...byName.keys()
 /** Every surface id, whether or not its module is registered. */
 export const SURFACE_IDS: readonly SurfaceId[] = Object.freeze([
   'openai-chat', 'openai-completions', 'openai-responses', 'openai-embeddings',
-  'anthropic-messages', 'anthropic-count-tokens', 'gemini-generate',
+  'anthropic-messages', 'anthropic-count-tokens', 'gemini-generate', 'gemini-count-tokens',
 ] as const);
 
 function endsWith(path: string, suffix: string): boolean {
@@ -55,8 +55,8 @@ function endsWith(path: string, suffix: string): boolean {
 
 /**
  * The client-facing surface of a request path, by its last segment: …/chat/completions, …/completions,
- * …/responses, …/embeddings, …/messages/count_tokens, …/messages, …:generateContent and
- * …:streamGenerateContent; anything else is OpenAI chat (as routes with custom URIs have always been).
+ * …/responses, …/embeddings, …/messages/count_tokens, …/messages, …:generateContent,
+ * …:streamGenerateContent and …:countTokens; anything else is OpenAI chat (as routes with custom URIs have always been).
  */
 export function surfaceForPath(path: string): SurfaceId {
   const slash = path.lastIndexOf('/');
@@ -73,6 +73,7 @@ export function surfaceForPath(path: string): SurfaceId {
   if (colon !== -1) {
     const method = last.slice(colon + 1);
     if (method === 'generateContent' || method === 'streamGenerateContent') return 'gemini-generate';
+    if (method === 'countTokens') return 'gemini-count-tokens';
   }
   return 'openai-chat';
 }

@@ -17,7 +17,8 @@ export type SurfaceId =
   | 'openai-embeddings'      // POST …/embeddings
   | 'anthropic-messages'     // POST …/messages
   | 'anthropic-count-tokens' // POST …/messages/count_tokens (passed through, not metered)
-  | 'gemini-generate';       // POST …/models/<model>:generateContent | :streamGenerateContent[?alt=sse]
+  | 'gemini-generate'        // POST …/models/<model>:generateContent | :streamGenerateContent[?alt=sse]
+  | 'gemini-count-tokens';   // POST …/models/<model>:countTokens (passed through, not metered)
 
 export interface ParseOptions extends ReservationPolicy {
   readonly surface: SurfaceId;

@@ -101,6 +101,27 @@ describe('provider gemini through the gateway', () => {
     assert.deepEqual((last.body as { systemInstruction: unknown }).systemInstruction, { parts: [{ text: SYSTEM }], role: 'user' });
   });
 
+  it('countTokens (SDK): passed through to the instance model, in Google\'s shape; nothing charged', async () => {
+    const c0 = await charged(gw, ROUTE);
+    const r = await genai.models.countTokens({ model: 'gemini-client', contents: CONTENTS });
+    assert.ok((r.totalTokens ?? 0) > 0, JSON.stringify(r));
+    const last = mock.requests().at(-1)!;
+    assert.equal(last.path, '/v1beta/models/gemini-inst:countTokens');
+    assert.equal(last.headers['x-goog-api-key'], 'instance-key');
+    assert.equal((last.body as { generationConfig?: unknown }).generationConfig, undefined, 'instance options stay out of countTokens');
+    assert.equal(await charged(gw, ROUTE), c0);
+    // An endpoint with {model}:generateContent counts at {model}:countTokens, auth.query kept.
+    const q = new GoogleGenAI({ apiKey: 'client-key', httpOptions: { baseUrl: `${gw.url}/q`, apiVersion: 'v1beta' } });
+    assert.ok(((await q.models.countTokens({ model: 'gemini-q', contents: CONTENTS })).totalTokens ?? 0) > 0);
+    const lastQ = mock.requests().at(-1)!;
+    assert.equal(lastQ.path, '/v1beta/models/gemini-q:countTokens');
+    assert.equal(lastQ.query.key, 'query-key');
+    // A body that is not JSON: Google's error shape, not OpenAI's.
+    const bad = await fetch(`${gw.url}/v1beta/models/gemini-client:countTokens`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{' });
+    assert.equal(bad.status, 400);
+    assert.equal(((await bad.json()) as { error: { status: string } }).error.status, 'INVALID_ARGUMENT');
+  });
+
   it('generateContentStream (SDK, alt=sse): frames pass through; charged = the last usageMetadata', async () => {
     const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);

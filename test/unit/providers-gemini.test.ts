@@ -282,13 +282,13 @@ test('JSON array scanner: strings with brackets and escapes, a bare object, a bo
 // ---- dialect ----
 
 test('addressing: host only, {model}, fixed model, API base; the endpoint query and auth.query kept', () => {
-  assert.equal(pathTemplate('/')('gemini-pro', false), '/v1beta/models/gemini-pro:generateContent');
-  assert.equal(pathTemplate('/')('models/gemini-pro', true), '/v1beta/models/gemini-pro:streamGenerateContent');
-  assert.equal(pathTemplate('/v1/models/%7Bmodel%7D:generateContent')('m', true), '/v1/models/m:streamGenerateContent');
-  assert.equal(pathTemplate('/proxy/{model}')('m', false), '/proxy/m:generateContent');
-  assert.equal(pathTemplate('/v1beta/models/fixed:streamGenerateContent')('m', false), '/v1beta/models/fixed:generateContent');
-  assert.equal(pathTemplate('/gw/v1beta/')('m', false), '/gw/v1beta/models/m:generateContent');
-  assert.equal(pathTemplate('/gw/v1beta/models')('m', true), '/gw/v1beta/models/m:streamGenerateContent');
+  assert.equal(pathTemplate('/')('gemini-pro', ':generateContent'), '/v1beta/models/gemini-pro:generateContent');
+  assert.equal(pathTemplate('/')('models/gemini-pro', ':streamGenerateContent'), '/v1beta/models/gemini-pro:streamGenerateContent');
+  assert.equal(pathTemplate('/v1/models/%7Bmodel%7D:generateContent')('m', ':streamGenerateContent'), '/v1/models/m:streamGenerateContent');
+  assert.equal(pathTemplate('/proxy/{model}')('m', ':generateContent'), '/proxy/m:generateContent');
+  assert.equal(pathTemplate('/v1beta/models/fixed:streamGenerateContent')('m', ':generateContent'), '/v1beta/models/fixed:generateContent');
+  assert.equal(pathTemplate('/gw/v1beta/')('m', ':generateContent'), '/gw/v1beta/models/m:generateContent');
+  assert.equal(pathTemplate('/gw/v1beta/models')('m', ':streamGenerateContent'), '/gw/v1beta/models/m:streamGenerateContent');
 
   const p = resolved({ endpoint: 'http://127.0.0.1:9100', auth_header: {}, auth_query: { key: 'k&1' } }) as GeminiProvider;
   assert.equal(p.origin, 'http://127.0.0.1:9100');

@@ -27,14 +27,15 @@ test('surfaceForPath: by the last path segment, OpenAI chat for anything else', 
     ['/v1/ai', 'openai-chat'],
     ['/', 'openai-chat'],
     ['/v1/count_tokens', 'openai-chat'],
-    ['/v1/models/x:countTokens', 'openai-chat'],
+    ['/v1/models/x:countTokens', 'gemini-count-tokens'],
+    ['/v1/models:countTokens', 'gemini-count-tokens'],
     ['/chat', 'openai-chat'],
   ];
   for (const [path, surface] of cases) assert.equal(surfaceForPath(path), surface, path);
 });
 
 test('every surface id is listed, and the OpenAI ones have specs with the OpenAI error shape', () => {
-  assert.equal(new Set(SURFACE_IDS).size, 7);
+  assert.equal(new Set(SURFACE_IDS).size, 8);
   for (const id of ['openai-chat', 'openai-completions'] as const) {
     const spec = surfaceSpec(id)!;
     assert.equal(spec.id, id);

@@ -16,7 +16,7 @@ import type {
 } from '../types.ts';
 import { PROMPT_SCALE } from './estimate.ts';
 import { GeminiStream } from './stream.ts';
-import { generateSurface, wantsSse } from './surface.ts';
+import { countTokensSurface, generateSurface, wantsSse } from './surface.ts';
 import { translateRequest } from './translate-request.ts';
 import { decodeTranslated, translateError, TranslatedStream } from './translate-response.ts';
 import { geminiUsage, responseText } from './usage.ts';
@@ -29,11 +29,12 @@ export const DEFAULT_MODEL = 'gemini-2.5-flash';
 
 const GENERATE = ':generateContent';
 const STREAM = ':streamGenerateContent';
+const COUNT = ':countTokens';
 const MODEL_MARK = /\{model\}|%7Bmodel%7D/i;
 
-/** Builds the upstream path of a call from the endpoint's path. */
+/** Builds the upstream path of a call from the endpoint's path and the call's method (`:generateContent`…). */
 export interface PathTemplate {
-  (model: string, stream: boolean): string;
+  (model: string, method: string): string;
 }
 
 function method(stream: boolean): string {
@@ -47,7 +48,7 @@ function modelSegment(model: string): string {
 }
 
 export function pathTemplate(pathname: string): PathTemplate {
-  if (pathname === '/' || pathname === '') return (model, stream) => '/v1beta/models/' + modelSegment(model) + method(stream);
+  if (pathname === '/' || pathname === '') return (model, m) => '/v1beta/models/' + modelSegment(model) + m;
   let p = pathname;
   let withMethod = false;
   if (p.endsWith(STREAM)) { p = p.slice(0, -STREAM.length); withMethod = true; }
@@ -56,13 +57,13 @@ export function pathTemplate(pathname: string): PathTemplate {
   if (mark !== null) {
     const before = p.slice(0, mark.index);
     const after = p.slice(mark.index + mark[0].length);
-    return (model, stream) => before + modelSegment(model) + after + method(stream);
+    return (model, m) => before + modelSegment(model) + after + m;
   }
   // The model is fixed in the endpoint itself.
-  if (withMethod) return (_model, stream) => p + method(stream);
+  if (withMethod) return (_model, m) => p + m;
   const base = p.endsWith('/') ? p.slice(0, -1) : p;
   const models = base.endsWith('/models') ? base + '/' : base + '/models/';
-  return (model, stream) => models + modelSegment(model) + method(stream);
+  return (model, m) => models + modelSegment(model) + m;
 }
 
 /** The endpoint's own query plus auth.query, as '?a=b&key=…' ('' when none); alt=sse is added per call. */
@@ -96,19 +97,23 @@ export class GeminiProvider implements ResolvedProvider {
   }
 
   mode(surface: SurfaceId): 'native' | 'translated' | undefined {
-    if (surface === 'gemini-generate') return 'native';
+    if (surface === 'gemini-generate' || surface === 'gemini-count-tokens') return 'native';
     if (surface === 'openai-chat') return 'translated';
     return undefined;
   }
 
   /** The upstream path (query included) of a call to `model`. */
   pathFor(model: string, stream: boolean, sse: boolean): string {
-    const path = this.template(model, stream);
+    const path = this.template(model, method(stream));
     return path + (stream && sse ? withAltSse(this.query) : this.query);
   }
 
   request(call: PreparedCall, model: string | undefined, members: string | undefined): UpstreamCall {
     const m = model ?? call.model ?? DEFAULT_MODEL;
+    // countTokens refuses fields it does not take (generationConfig…): instance options stay out of it.
+    if (call.surface === 'gemini-count-tokens') {
+      return { path: this.template(m, COUNT) + this.query, headers: undefined, body: composeUpstreamBody(undefined, call.tail, undefined) };
+    }
     if (call.surface === 'gemini-generate') {
       // The model is in the path: the client's body goes as it came (plus the instance's options).
       return { path: this.pathFor(m, call.stream, clientSse(call)), headers: undefined, body: composeUpstreamBody(undefined, call.tail, members) };
@@ -124,6 +129,7 @@ export class GeminiProvider implements ResolvedProvider {
   }
 
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
+    if (call.surface === 'gemini-count-tokens') return { body, contentType: undefined, usage: undefined, rejected: undefined, text: '' };
     if (call.surface !== 'gemini-generate') return decodeTranslated(call, body, maxUsage);
     // usageMetadata read from the answer's end when it is there and believable (streaming/json-tail.ts).
     const fromTail = usageFromTail(body, USAGE_METADATA_KEY, geminiUsage, maxUsage);
@@ -149,7 +155,7 @@ export class GeminiProvider implements ResolvedProvider {
 
   failure(call: PreparedCall, status: number, body: Buffer): FailureAnswer {
     const retry = status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : undefined;
-    if (call.surface === 'gemini-generate') return { retry, status, body, contentType: undefined };
+    if (call.surface !== 'openai-chat') return { retry, status, body, contentType: undefined };
     return { retry, status, body: translateError(status, body), contentType: 'application/json' };
   }
 }
@@ -167,7 +173,7 @@ function resolve(inst: InstanceConfig): ResolvedProvider | readonly ResolveIssue
 const gemini: ProviderModule = {
   id: 'gemini',
   names: ['gemini'],
-  surfaces: [generateSurface],
+  surfaces: [generateSurface, countTokensSurface],
   promptScale: PROMPT_SCALE,
   resolve,
 };

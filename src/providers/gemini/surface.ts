@@ -1,5 +1,5 @@
-// The Gemini generateContent surface: POST …/models/<model>:generateContent and …:streamGenerateContent (SSE
-// with `alt=sse` in the query, one JSON array without it). The model and the streaming mode are in the path,
+// The Gemini surfaces: POST …/models/<model>:generateContent and …:streamGenerateContent (SSE with `alt=sse` in
+// the query, one JSON array without it), metered, and …:countTokens, passed through. The model and the streaming mode are in the path,
 // not the body, so the body goes upstream as the client sent it (the tail has no model to take out).
 // Errors are in Google's shape: {"error":{"code":400,"message":"…","status":"INVALID_ARGUMENT"}}.
 import { completionReservation } from '../../tokens/limits.ts';
@@ -17,13 +17,14 @@ export interface GeminiPath {
   readonly stream: boolean;
 }
 
-/** `…/models/<model>:generateContent` → the model and whether it streams; undefined for any other path. */
-export function parseGeminiPath(path: string): GeminiPath | undefined {
+/** `…/models/<model>:generateContent` → the model and whether it streams; undefined for any other path.
+ *  `countTokens`: `…/models/<model>:countTokens` instead (never a stream). */
+export function parseGeminiPath(path: string, countTokens = false): GeminiPath | undefined {
   const colon = path.lastIndexOf(':');
   if (colon === -1) return undefined;
   const method = path.slice(colon + 1);
   const stream = method === 'streamGenerateContent';
-  if (!stream && method !== 'generateContent') return undefined;
+  if (countTokens ? method !== 'countTokens' : !stream && method !== 'generateContent') return undefined;
   const slash = path.lastIndexOf('/', colon);
   const model = path.slice(slash + 1, colon);
   if (model === '' || path.slice(0, slash + 1).endsWith('/models/') === false) return undefined;
@@ -147,6 +148,26 @@ export function geminiErrorBody(status: number, code: string, _type: string, mes
   if (param !== undefined) info.metadata = { param };
   return JSON.stringify({ error: { code: status, message, status: rpcStatus(status), details: [info] } });
 }
+
+/** countTokens produces no tokens: only the path and the JSON are checked; the body goes upstream as it came. */
+export function parseCountTokens(body: Uint8Array, opts: ParseOptions): ParsedCall | CallFailure {
+  const where = parseGeminiPath(opts.path, true);
+  if (where === undefined) return fail('SLC_BAD_REQUEST', 'the path must end in /models/<model>:countTokens');
+  const parsed = parseBodyObject(body);
+  if (!parsed.ok) return parsed;
+  return {
+    ok: true, surface: 'gemini-count-tokens', obj: parsed.obj, model: where.model, stream: false,
+    clientWantsUsage: false, maxTokens: undefined, n: 1, reserveCompletion: 0, enc: 'o200k_base', parts: undefined, scale: 1,
+    fieldKeys: undefined, clientFields: undefined,
+  };
+}
+
+export const countTokensSurface: SurfaceSpec = {
+  id: 'gemini-count-tokens',
+  metered: false,
+  parse: parseCountTokens,
+  errorBody: geminiErrorBody,
+};
 
 export const generateSurface: SurfaceSpec = {
   id: 'gemini-generate',
