@@ -175,6 +175,87 @@ describe('reservation leases', () => {
     }
   });
 
+  it('a lost total is rebuilt from the holders; a lost holders hash counts no one twice (eviction, DEL)', async () => {
+    const a = redisStore(standaloneTarget(redis));
+    const b = redisStore(standaloneTarget(redis));
+    const c = spec(1e9);
+    const now = Date.now();
+    const k = keysOf(c, now);
+    const charge = async (store: typeof a.store, n: number): Promise<void> => {
+      const g = await store.acquire([{ counter: c, amount: n }], now);
+      assert.ok(g.ok);
+      store.settle(g, [n]);
+      await flushUntilAcknowledged(store);
+    };
+    try {
+      assert.ok(await a.store.ready());
+      assert.ok(await b.store.ready());
+      await charge(a.store, 100);
+      await charge(b.store, 200);
+      assert.equal(await call(['get', k.c]), '300');
+      // The total alone is lost: the next write rebuilds it from both holders, not from its own growth.
+      await call(['del', k.c]);
+      await charge(a.store, 10);
+      assert.equal(await call(['get', k.c]), '310');
+      assert.ok(Number(await call(['ttl', k.c])) > 0, 'the rebuilt total has its TTL');
+      await charge(b.store, 1);
+      assert.equal(await call(['get', k.c]), '311');
+      // The holders hash alone is lost: each process adds its growth since Redis last acknowledged it.
+      await call(['del', k.r]);
+      await charge(a.store, 5);
+      await charge(b.store, 7);
+      assert.equal(await call(['get', k.c]), '323');
+      // Both lost (a restart without persistence): every process writes its whole consumed back.
+      await call(['del', k.c, k.r]);
+      await charge(a.store, 1);
+      await charge(b.store, 1);
+      assert.equal(await call(['get', k.c]), '325');
+    } finally {
+      await a.store.close();
+      await b.store.close();
+    }
+  });
+
+  it('a view spent only by reservations that were released since is asked again, not believed (no stale 429)', async () => {
+    const a = redisStore(standaloneTarget(redis));
+    const b = redisStore(standaloneTarget(redis), { freshViewMs: 50 });
+    const c = spec(1_000);
+    const now = Date.now();
+    try {
+      assert.ok(await a.store.ready());
+      assert.ok(await b.store.ready());
+      const held = await a.store.acquire([{ counter: c, amount: 1_000 }], now);
+      assert.ok(held.ok);
+      await flushUntilAcknowledged(a.store);
+      // B learns of A's reservation from Redis: spent.
+      const denied = await b.store.acquire([{ counter: c, amount: 10 }], now);
+      assert.equal(denied.ok, false);
+      // B's flushes refresh that view while A still holds; then B is idle and its view ages.
+      await sleep(300);
+      // A's request fails upstream: released, nothing consumed. B's view still shows it, and is older than fresh.
+      a.store.release(held);
+      await flushUntilAcknowledged(a.store);
+      assert.equal((await holders(call, keysOf(c, now).r)).reserved, 0);
+      await sleep(200);
+      const again = await b.store.acquire([{ counter: c, amount: 10 }], now);
+      assert.ok(again.ok, 'admitted: Redis holds no reservation and nothing consumed');
+      b.store.release(again);
+    } finally {
+      await a.store.close();
+      await b.store.close();
+    }
+  });
+
+  it('a store that never wrote anything closes at once, whatever its flush deadline (a reload retiring a wrong password)', async () => {
+    const { store } = redisStore(standaloneTarget(redis, { password: 'not-the-password', timeout_ms: 300 }));
+    const c = spec(1_000);
+    // Never reachable: the request is refused, but its counter is queued to be read again.
+    await assert.rejects(Promise.resolve(store.acquire([{ counter: c, amount: 10 }], Date.now())), /quota store unavailable/);
+    const closed = store.close(10 * 60_000).then(() => 'closed');
+    const waited = await Promise.race([closed, sleep(30_000).then(() => 'still trying')]);
+    assert.equal(waited, 'closed', 'nothing unwritten: no retries for the deadline (10 minutes before)');
+  });
+
   it('redis-server stopped (SIGSTOP) for 5 s under load: reserved returns to 0 and consumed equals charged', async (t) => {
     const target = () => standaloneTarget(redis, { timeout_ms: 300 });
     const a = redisStore(target(), { allowDegradation: true });

@@ -442,7 +442,11 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       // The cell's next flush refreshes it (a read when this process has nothing to write).
       this.batcher.mark(cell);
       const used = this.usedOf(cell, prev, now);
-      if (used >= spec.limit) {
+      // A view spent by reservations is believed only while fresh: they may have been settled lower since, or
+      // their process died and its lease ran out (Redis judges that). Consumption never shrinks in a window.
+      if (used >= spec.limit && !(cell.known && perf - cell.seenAt <= this.freshViewMs) && this.consumedOf(cell, prev, now) < spec.limit) {
+        remote = true;
+      } else if (used >= spec.limit) {
         (denied ??= []).push(i);
         retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cell.consumed() + cell.reserved(), prev === undefined ? 0 : prev.consumed() + prev.reserved()));
       } else if (!remote && this.needsRedis(counter, cell, prev, spec.limit - used, amount, perf)) {
@@ -580,7 +584,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   /** Flush until nothing is dirty; a failed flush is tried again until close()'s deadline: as soon as a lost
    *  connection is back, or after a pause when the connection is up but the writes fail. */
   private async drain(): Promise<void> {
-    while (this.batcher.backlog > 0 && performance.now() < this.closeBy) {
+    // Only writes are worth the wait: cells queued merely to be read again (a denied request's) are not.
+    while (this.unwritten().cells > 0 && performance.now() < this.closeBy) {
       if (await this.batcher.flush().catch(() => false)) continue;
       const wait = Math.min(this.closeBy - performance.now(), CLOSE_RETRY_MS);
       if (wait <= 0) return;
@@ -589,8 +594,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     }
   }
 
-  /** Usage this process admitted that Redis never acknowledged: said, not dropped silently. */
-  private reportUnwritten(): void {
+  /** Cells whose state Redis has not acknowledged, and the consumed tokens among it. */
+  private unwritten(): { cells: number; tokens: number } {
     let cells = 0;
     let tokens = 0;
     for (const counter of this.counters.values()) {
@@ -600,6 +605,12 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
         tokens += Math.max(0, cell.ownC - cell.ackedC);
       }
     }
+    return { cells, tokens };
+  }
+
+  /** Usage this process admitted that Redis never acknowledged: said, not dropped silently. */
+  private reportUnwritten(): void {
+    const { cells, tokens } = this.unwritten();
     if (cells > 0) log.error('quota store closed before redis acknowledged its usage: those tokens are not counted', { store: this.name, counters: cells, tokens });
   }
 
@@ -855,7 +866,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     cell.admittingR += amount;
     const seq = ++this.sendSeq;
     const keys = prev === undefined ? [cell.keyC, cell.keyR] : [cell.keyC, cell.keyR, prev.keyC, prev.keyR];
-    const cmd: PortCommand = ['evalsha', WRITE_SHA, keys.length, ...keys, cell.field, seq, sentC, sentR, this.leaseMs, ttlSeconds(cell, nowMs), amount, cell.counter.limit, weight];
+    const cmd: PortCommand = ['evalsha', WRITE_SHA, keys.length, ...keys, cell.field, seq, sentC, sentR, this.leaseMs, ttlSeconds(cell, nowMs), amount, cell.counter.limit, weight, cell.ackedC];
     this.m.cmdSync.inc();
     return this.lanes.send(this.laneOf(cell), () => this.shared.port.exec([cmd]), (out): AdmissionReply => {
       cell.admittingR -= amount;
@@ -1011,7 +1022,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       }
       if (write) {
         const sent = { c: cell.ownC, r: cell.ownR + cell.admittingR };
-        const index = g.cmds.push(['evalsha', WRITE_SHA, 2, cell.keyC, cell.keyR, cell.field, seq, sent.c, sent.r, this.leaseMs, ttlSeconds(cell, nowMs), 0, 0, 0]) - 1;
+        const index = g.cmds.push(['evalsha', WRITE_SHA, 2, cell.keyC, cell.keyR, cell.field, seq, sent.c, sent.r, this.leaseMs, ttlSeconds(cell, nowMs), 0, 0, 0, cell.ackedC]) - 1;
         g.ops.push({ cell, index, sent });
       } else {
         const index = g.cmds.push(['evalsha', READ_SHA, 2, cell.keyC, cell.keyR, cell.field]) - 1;

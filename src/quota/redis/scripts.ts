@@ -1,7 +1,8 @@
 // The Lua scripts behind every write and admission of the Redis store. Per counter and window:
 //
 //   …:c   consumed total (string, integer)
-//   …:r   holders hash: one field per process, "<seq>:<consumed>:<reserved>:<lease expiry ms>"
+//   …:r   holders hash: one field per process, "<seq>:<consumed>:<reserved>:<lease expiry ms>" (and `_rebuilt`
+//         once the total was rebuilt from it in this window)
 //
 // A process writes its own absolute state (consumed and reserved in the window) with a sequence number;
 // the script applies it only when the sequence is newer than the stored one, adds the growth of the
@@ -20,35 +21,46 @@ local function nowMs()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The consumed total, or false when the key is absent (evicted, flushed, lost in a restart).
 local function total(key)
   local v = redis.call('GET', key)
-  if not v then return 0 end
+  if not v then return false end
   local n = tonumber(v)
   if n == nil or n ~= math.floor(n) then return redis.error_reply('ERR sluice: consumed total is not an integer') end
   return n
 end
--- One pass over a holders hash: the field 'id' (seq, consumed, reserved; seq -1 when absent) and the sum
--- of the other fields' live reservations. 'clean' zeroes the reservation of expired fields (their consumed
--- stays: it keeps a late write of that process idempotent).
+-- One pass over a holders hash: the field 'id' (seq, consumed, reserved; seq -1 when absent), the sum of the
+-- other fields' live reservations, the sum of their consumed, and whether the total was rebuilt in this window.
+-- 'clean' zeroes the reservation of expired fields (their consumed stays: it keeps a late write of that process
+-- idempotent).
 local function scan(key, id, now, clean)
-  local oseq, oc, orr, sum = -1, 0, 0, 0
+  local oseq, oc, orr, sum, sumC, rebuilt = -1, 0, 0, 0, 0, false
   local all = redis.call('HGETALL', key)
   for i = 1, #all, 2 do
-    local s, c, r, e = parse(all[i + 1])
-    if all[i] == id then oseq, oc, orr = s, c, r
-    elseif r > 0 then
-      if e > now then sum = sum + r
-      elseif clean then redis.call('HSET', key, all[i], string.format('%d:%d:0:0', s, c)) end
+    if all[i] == '_rebuilt' then rebuilt = true
+    else
+      local s, c, r, e = parse(all[i + 1])
+      if all[i] == id then oseq, oc, orr = s, c, r
+      else
+        sumC = sumC + c
+        if r > 0 then
+          if e > now then sum = sum + r
+          elseif clean then redis.call('HSET', key, all[i], string.format('%d:%d:0:0', s, c)) end
+        end
+      end
     end
   end
-  return oseq, oc, orr, sum
+  return oseq, oc, orr, sum, sumC, rebuilt
 end
 `;
 
 /**
  * KEYS: c, r of the window [, c, r of the previous window (sliding admission)].
  * ARGV: field (process), seq, own consumed, own reserved, lease ms, ttl s, amount to admit (0: plain write),
- *       limit, weight of the previous window.
+ *       limit, weight of the previous window, own consumed Redis last acknowledged.
+ * A lost key is recovered from the other: a total that is gone is rebuilt from the holders' consumed (and the
+ * hash marked `_rebuilt`); a holders hash that is gone while the total stayed makes each process add only its
+ * growth since its last acknowledged write (without that, every process's consumed was counted twice).
  * Returns [consumed total, others' live reserved, stored seq, stored own consumed, stored own reserved,
  *          admitted (1 yes, 0 no, 2 not decided), previous consumed total, previous live reserved (all processes)].
  * Admission: the amount is added to this process's reservation iff consumed + every live reservation
@@ -60,28 +72,37 @@ export const WRITE_SCRIPT = `${PARSE}
 local id, seq = ARGV[1], tonumber(ARGV[2])
 local ownC, ownR = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, ttl, amount = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local acked = tonumber(ARGV[10] or '0')
 local now = nowMs()
-local oseq, oc, orr, rest = scan(KEYS[2], id, now, true)
+local oseq, oc, orr, rest, othersC, rebuilt = scan(KEYS[2], id, now, true)
 local pc, pr = 0, 0
 if KEYS[3] then
+  local _, _, _, all, allC = scan(KEYS[4], '', now, false)
   pc = total(KEYS[3])
   if type(pc) == 'table' then return pc end
-  local _, _, _, all = scan(KEYS[4], '', now, false)
+  if pc == false then pc = allC end
   pr = all
 end
-local c
+local c = total(KEYS[1])
+if type(c) == 'table' then return c end
 local admitted = 0
 if seq > oseq then
   if ownC < oc then ownC = oc end
-  if ownC > oc then
-    c = redis.call('INCRBY', KEYS[1], ownC - oc)
-    -- The key was created by this write: give it its TTL (set once per window, never refreshed).
-    if c == ownC - oc then redis.call('EXPIRE', KEYS[1], ttl, 'NX') end
+  if c == false then
+    -- The total is gone (evicted, flushed, a restart): rebuilt from the holders, this process at its new
+    -- state, with the window's TTL. The mark says holders written later are not in it.
+    c = othersC + ownC
+    if c > 0 then redis.call('SET', KEYS[1], c, 'EX', ttl) end
+    redis.call('HSET', KEYS[2], '_rebuilt', '1')
+  else
+    -- A process Redis has no field for adds its whole consumed, unless the field was lost while the total
+    -- was kept (the holders hash evicted): then what Redis acknowledged before is in the total already.
+    local base = oc
+    if oseq < 0 and not rebuilt and acked > 0 then base = math.min(acked, ownC) end
+    if ownC > base then c = redis.call('INCRBY', KEYS[1], ownC - base) end
   end
-end
-if c == nil then
-  c = total(KEYS[1])
-  if type(c) == 'table' then return c end
+elseif c == false then
+  c = othersC + oc
 end
 if seq > oseq then
   if amount > 0 and c + rest + ownR + (pc + pr) * tonumber(ARGV[9]) < tonumber(ARGV[8]) then
@@ -107,7 +128,8 @@ ${PARSE}
 local now = nowMs()
 local c = total(KEYS[1])
 if type(c) == 'table' then return c end
-local oseq, oc, orr, rest = scan(KEYS[2], ARGV[1], now, false)
+local oseq, oc, orr, rest, othersC = scan(KEYS[2], ARGV[1], now, false)
+if c == false then c = othersC + oc end
 return {c, rest, oseq, oc, orr, 0, 0, 0}
 `;
 
