@@ -26,7 +26,7 @@ import { errorHeaders, errorText, sendError, type ErrorFormat } from '../pipelin
 import { UwsResponse } from './response.ts';
 import { NetResponse, type ResponseWire } from './net-response.ts';
 import type { BaseResponse } from './response-base.ts'; // UwsResponse or the guard's NetResponse
-import { normalizePath } from './path.ts';
+import { normalizePath } from '../core/request-path.ts';
 import { Guard, type RequestHead } from './http1-guard.ts';
 import { closeListener, listenerFd, shareListener } from './listener-share.ts';
 import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budget.ts';

@@ -25,7 +25,8 @@ function isUnreserved(c: number): boolean {
   return (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c === 45 || c === 46 || c === 95 || c === 126;
 }
 
-function decodeUnreserved(path: string): string | undefined {
+/** Percent-encoded unreserved characters decoded, other escapes upper-cased; undefined for a malformed escape. */
+export function decodeUnreserved(path: string): string | undefined {
   if (path.indexOf('%') < 0) return path;
   let out = '';
   let from = 0;

@@ -1,7 +1,7 @@
 // Request-path normalisation (RFC 3986 §5.2.4 dot segments, §6.2.2 unreserved escapes, merged slashes).
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { normalizePath } from '../../src/frontend/path.ts';
+import { normalizePath } from '../../src/core/request-path.ts';
 
 describe('normalizePath', () => {
   it('leaves ordinary paths untouched', () => {
