@@ -193,6 +193,7 @@ describe('provider anthropic through the gateway', () => {
     );
     const r = await fetch(`${gw.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-status': '529' }, body: JSON.stringify({ model: 'm', max_tokens: 5, messages: MESSAGES }) });
     assert.equal(r.status, 529);
+    assert.equal(r.statusText, 'Overloaded', 'a code beyond node\'s table gets a reason phrase, not "Unknown"');
     assert.equal(((await r.json()) as { error: { type: string } }).error.type, 'overloaded_error');
   });
 
