@@ -1,7 +1,8 @@
 // Request-path normalisation (RFC 3986 §5.2.4 dot segments, §6.2.2 unreserved escapes, merged slashes).
-import { describe, it } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { normalizePath } from '../../src/core/request-path.ts';
+import { decodeUnreserved, normalizePath } from '../../src/core/request-path.ts';
+import { uriProblem } from '../../src/config/route-uri.ts';
 
 describe('normalizePath', () => {
   it('leaves ordinary paths untouched', () => {
@@ -33,4 +34,25 @@ describe('normalizePath', () => {
   it('rejects a climb above the root and malformed escapes', () => {
     for (const p of ['/..', '/../x', '/a/../../x', '/%2e%2e/x', '/a%', '/a%2', '/a%zz', '/a%g1']) assert.equal(normalizePath(p), undefined, p);
   });
+});
+
+test('route uris: only the normalised form can match a request; others are refused with that form', () => {
+  assert.equal(uriProblem('/v1/chat/completions'), undefined);
+  assert.equal(uriProblem('/v1/*'), undefined);
+  assert.equal(uriProblem('/x/.*'), undefined, 'a prefix may end in a partial segment that starts with a dot');
+  assert.equal(uriProblem('/x/%2F*'), undefined, 'a reserved escape stays encoded in requests too');
+  assert.match(uriProblem('/x//chat')!, /write "\/x\/chat"/);
+  assert.match(uriProblem('/y/./chat')!, /write "\/y\/chat"/);
+  assert.match(uriProblem('/z/%7Euser')!, /write "\/z\/~user"/);
+  assert.match(uriProblem('/z/%2f*')!, /write "\/z\/%2F\*"/);
+  assert.match(uriProblem('/w/../chat')!, /write "\/chat"/);
+  assert.match(uriProblem('/café')!, /write "\/caf%C3%A9"/);
+  assert.match(uriProblem('/../x')!, /not a valid path/);
+  // What is suggested is accepted, and matches the requests it names.
+  for (const uri of ['/x//chat', '/y/./chat', '/z/%7Euser', '/café']) {
+    const form = /write "([^"]+)"/.exec(uriProblem(uri)!)![1]!;
+    assert.equal(uriProblem(form), undefined, form);
+    assert.equal(normalizePath(form), form);
+  }
+  assert.equal(decodeUnreserved('/a%7e%2f'), '/a~%2F');
 });
