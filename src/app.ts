@@ -2,7 +2,7 @@
 // piscina pool, local or Redis quota stores) and wires them into a running gateway.
 import type { SluiceConfig } from './config/types.ts';
 import { log } from './core/log.ts';
-import { configWarnings, reloadConflicts, restartOnlyChanges } from './config/warnings.ts';
+import { configWarnings, reloadConflicts, reloadWarnings, restartOnlyChanges } from './config/warnings.ts';
 import { ConfigError } from './config/issues.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
 import { aggregateMetrics, metricsJson, type MetricsJson } from './metrics/aggregate.ts';
@@ -80,11 +80,16 @@ const RETIRED_FLUSH_MS = 10 * 60_000;
 /** workers > 1: after a serving thread failed, how long the stores' final flush may take before the exit. */
 const FATAL_FLUSH_MS = 10_000;
 
-/** A reload applied: said once, with the settings it could not apply and the new config's warnings. */
-function logReloaded(prev: SluiceConfig, next: SluiceConfig, fields: Record<string, unknown>): void {
+/**
+ * A reload applied: said once, with the settings it could not apply (against `started`, the config the process
+ * runs them from), what it changed from `prev` (the config served until now) that counters feel, and the new
+ * config's warnings.
+ */
+function logReloaded(started: SluiceConfig, prev: SluiceConfig, next: SluiceConfig, fields: Record<string, unknown>): void {
   log.info('config reloaded', { routes: next.routes.length, ...fields });
-  const later = restartOnlyChanges(prev, next);
+  const later = restartOnlyChanges(started, next);
   if (later.length > 0) log.warn('config reloaded without these changed settings; they apply at restart', { settings: later });
+  for (const w of reloadWarnings(prev, next)) log.warn('config reload warning', { path: w.path, message: w.message });
   for (const w of configWarnings(next)) log.warn('config warning', { path: w.path, message: w.message });
 }
 
@@ -269,7 +274,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
       // Requests already running keep the old snapshot (and its stores) until they end.
       gateway.swap(stores.build(next));
       metrics.configReloads.inc({ outcome: 'ok' });
-      logReloaded(prev, next, {});
+      logReloaded(config, prev, next, {});
     } catch (err) {
       metrics.configReloads.inc({ outcome: 'error' });
       log.error('config reload failed; keeping the previous config', { err });
@@ -396,7 +401,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       if (failed.length === 0) {
         current = next;
         metrics.configReloads.inc({ outcome: 'ok' });
-        logReloaded(prev, next, { threads: sup.count });
+        logReloaded(config, prev, next, { threads: sup.count });
       } else {
         metrics.configReloads.inc({ outcome: 'error' });
         log.error('config reload failed on some serving threads; they keep the previous config, the others serve the new one', { failed });

@@ -11,13 +11,29 @@ export function formatIssue(issue: ConfigIssue): string {
   return issue.path === '' ? issue.message : `${issue.path}: ${issue.message}`;
 }
 
+/** Most issues an error lists: a generated file repeating one mistake per route could report millions. */
+export const MAX_ISSUES = 100;
+
+/**
+ * The first MAX_ISSUES of `issues`, then one `… and N more issues` issue counting the rest and `more` (issues
+ * never collected). Idempotent: a list it returned (MAX_ISSUES + 1 long) passes unchanged, so the list can
+ * cross a thread and be wrapped again.
+ */
+function capIssues(issues: ConfigIssue[], more: number): ConfigIssue[] {
+  if (issues.length <= MAX_ISSUES + 1 && more === 0) return issues;
+  const rest = issues.length - MAX_ISSUES + more;
+  return [...issues.slice(0, MAX_ISSUES), { path: '', message: `… and ${rest} more issue${rest === 1 ? '' : 's'}` }];
+}
+
 export class ConfigError extends Error {
   readonly issues: ConfigIssue[];
 
-  constructor(issues: ConfigIssue[]) {
-    super(issues.map(formatIssue).join('\n'));
+  /** `more`: issues found past those in `issues` (Issues.more). */
+  constructor(issues: ConfigIssue[], more = 0) {
+    const capped = capIssues(issues, more);
+    super(capped.map(formatIssue).join('\n'));
     this.name = 'ConfigError';
-    this.issues = issues;
+    this.issues = capped;
   }
 }
 
@@ -29,7 +45,10 @@ export function childPath(path: string, key: string | number): string {
 }
 
 export class Issues {
+  /** The first MAX_ISSUES + 1 issues (one more than an error lists, so it knows the list was cut). */
   readonly list: ConfigIssue[] = [];
+  /** Issues past those in `list`, counted only. */
+  more = 0;
   /** Paths whose string was exactly one `$ENV://NAME`: numeric and boolean readers accept their text form. */
   readonly wholeEnv = new Set<string>();
   /** Paths whose string took any `$ENV://` value: messages about them must not quote the value (it may be a secret). */
@@ -37,7 +56,13 @@ export class Issues {
   private readonly silenced = new Set<string>();
 
   add(path: string, message: string): void {
-    if (!this.silenced.has(path)) this.list.push({ path, message });
+    if (this.silenced.has(path)) return;
+    if (this.list.length <= MAX_ISSUES) this.list.push({ path, message });
+    else this.more++;
+  }
+
+  error(): ConfigError {
+    return new ConfigError(this.list, this.more);
   }
 
   /** Drop later issues at `path`: an unset $ENV variable should not also be reported as a malformed value. */

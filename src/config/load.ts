@@ -1,15 +1,16 @@
 // Reading a configuration file: YAML or JSON chosen by extension. A .json file is read with JSON.parse when
 // that gives what the YAML parser would (see parseJson); anything else goes through the YAML parser (JSON is
-// YAML 1.2), which gives both formats line and column numbers and rejects duplicate keys. yaml is loaded on the
-// first YAML read: its first parse is ~12 ms of start-up CPU, JSON.parse well under 1 ms.
+// YAML 1.2), which gives both formats line and column numbers; resolveAliases then rejects duplicate keys and
+// bounds aliases. yaml is loaded on the first YAML read: its first parse is ~12 ms of start-up CPU, JSON.parse well
+// under 1 ms.
 
 import { readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { extname } from 'node:path';
-import type { YAMLError } from 'yaml';
+import type { Node as YamlNode, YAMLError } from 'yaml';
 import type { SluiceConfig } from './types.ts';
 import { ConfigError } from './issues.ts';
-import { validateConfig } from './validate.ts';
+import { rootShapeMessage, validateConfig } from './validate.ts';
 
 const EXTENSIONS = ['.yaml', '.yml', '.json'];
 // A require() of a literal specifier: scripts/bundle.mjs bundles it (and keeps it lazy).
@@ -19,10 +20,19 @@ function yaml(): typeof import('yaml') {
   return (yamlModule ??= require('yaml') as typeof import('yaml'));
 }
 
+/** Why yaml gave up on a tag, without the value (it may be a secret): the value would be read as plain text. */
+function tagReason(err: YAMLError): string | undefined {
+  if (err.code !== 'TAG_RESOLVE_FAILED') return undefined;
+  const m = /^Unresolved tag: (\S+)/.exec(err.message);
+  if (m === null) return undefined;
+  const tag = m[1]!.replace(/^tag:yaml\.org,2002:/, '!!');
+  return `tag ${tag} is unknown or does not fit its value; remove it (Sluice reads no custom tags: use $ENV://NAME for secrets)`;
+}
+
 function parseIssue(fileName: string, err: YAMLError): { path: string; message: string } {
   const pos = err.linePos?.[0];
   // yaml's message repeats the position and quotes the source; keep its first sentence only.
-  const reason = (err.message.split('\n')[0] ?? err.message).replace(/ at line \d+, column \d+:?$/, '');
+  const reason = tagReason(err) ?? (err.message.split('\n')[0] ?? err.message).replace(/ at line \d+, column \d+:?$/, '');
   return { path: '', message: pos === undefined ? `${fileName}: ${reason}` : `${fileName}:${pos.line}:${pos.col}: ${reason}` };
 }
 
@@ -92,6 +102,95 @@ function parseJson(text: string): { value: unknown } | undefined {
 
 const TOO_DEEP = 'is nested too deeply to read (a config nested more than 64 levels deep is an error)';
 
+/** Most nodes aliases may add to a file: a config reuses a few blocks; past this an alias bomb is at work (a
+ *  64 KB file aliasing a 30,000-item list 99 times took 44 s and 1.6 GB to validate). */
+export const MAX_ALIAS_EXPANSION = 1_000_000;
+const ALIAS_BOMB = `its aliases (*name) expand the config by more than ${MAX_ALIAS_EXPANSION} nodes (an alias repeats all its anchor holds); repeat less`;
+
+class AliasBomb extends Error {}
+
+interface SourceIssue {
+  readonly offset: number;
+  readonly message: string;
+}
+
+/**
+ * One pass over the document, linear in its size: replaces each alias by the node it names and bounds what
+ * that adds (an alias counts the size of its anchor's node, memoized, so nested aliases multiply as they would
+ * in toJS), and reports duplicate keys with a Set per map (yaml's own check scans every earlier key: 13 s for a
+ * 40,000-key map). With no alias left, toJS never runs yaml's alias lookup, which scans every anchor per alias.
+ */
+function resolveAliases(doc: { contents: unknown }): SourceIssue[] {
+  const { isAlias, isMap, isNode, isScalar, isSeq } = yaml();
+  const issues: SourceIssue[] = [];
+  const anchors = new Map<string, YamlNode>();
+  const sizes = new Map<YamlNode, number>();
+  const open = new Set<YamlNode>();
+  let added = 0;
+  const offset = (n: unknown): number => (isNode(n) ? n.range?.[0] ?? 0 : 0);
+
+  const child = (v: unknown): [unknown, number] => {
+    if (!isAlias(v)) return [v, walk(v)];
+    const target = anchors.get(v.source);
+    if (target === undefined) {
+      issues.push({ offset: offset(v), message: `alias *${v.source} names no anchor before it` });
+      return [v, 1];
+    }
+    if (open.has(target)) {
+      issues.push({ offset: offset(v), message: `alias *${v.source} is inside the node it names` });
+      return [v, 1];
+    }
+    const n = sizes.get(target)!;
+    added += n;
+    if (added > MAX_ALIAS_EXPANSION) throw new AliasBomb();
+    return [target, n];
+  };
+
+  const walk = (node: unknown): number => {
+    if (!isNode(node)) return 1;
+    if (node.anchor !== undefined) {
+      anchors.set(node.anchor, node);
+      open.add(node);
+    }
+    let n = 1;
+    if (isMap(node)) {
+      const keys = new Set<string>();
+      for (const pair of node.items) {
+        const at = offset(pair.key);
+        const [key, ks] = child(pair.key);
+        const [value, vs] = child(pair.value);
+        pair.key = key;
+        pair.value = value;
+        n += ks + vs;
+        if (isAlias(key)) continue;
+        if (!isScalar(key)) {
+          if (key !== null) issues.push({ offset: at, message: 'a key must be a plain value, not a mapping or list' });
+          continue;
+        }
+        // A merge key (<<) is a Symbol and may repeat. 1 and '1' are one key of the JS object: a duplicate.
+        if (typeof key.value === 'symbol') continue;
+        const id = key.value === null ? '' : String(key.value);
+        if (keys.has(id)) issues.push({ offset: at, message: 'Map keys must be unique' });
+        else keys.add(id);
+      }
+    } else if (isSeq(node)) {
+      for (let i = 0; i < node.items.length; i++) {
+        const [item, size] = child(node.items[i]);
+        node.items[i] = item;
+        n += size;
+      }
+    }
+    if (node.anchor !== undefined) {
+      open.delete(node);
+      sizes.set(node, n);
+    }
+    return n;
+  };
+
+  doc.contents = child(doc.contents)[0];
+  return issues;
+}
+
 /** Parse configuration text; throws ConfigError (path '') with file:line:col on syntax errors. */
 export function parseConfigText(text: string, fileName: string): unknown {
   const ext = extname(fileName).toLowerCase();
@@ -102,9 +201,11 @@ export function parseConfigText(text: string, fileName: string): unknown {
     const json = parseJson(text);
     if (json !== undefined) return json.value;
   }
+  const lines = new (yaml().LineCounter)();
   let docs: ReturnType<ReturnType<typeof yaml>['parseAllDocuments']>;
   try {
-    docs = yaml().parseAllDocuments(text, { prettyErrors: true });
+    // Duplicate keys are checked in resolveAliases: yaml's check is quadratic. `merge`: `<<: *defaults` works.
+    docs = yaml().parseAllDocuments(text, { prettyErrors: true, lineCounter: lines, uniqueKeys: false, merge: true });
   } catch (err) {
     // yaml's parser recurses per level: a file nested about a thousand deep overflows the stack.
     if (err instanceof RangeError) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
@@ -117,12 +218,28 @@ export function parseConfigText(text: string, fileName: string): unknown {
   const doc = docs[0]!;
   // yaml's composer recurses per level and reports the stack it overflowed as one error per level.
   if (doc.errors.some((e) => e.message.includes('call stack'))) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
-  if (doc.errors.length > 0) throw new ConfigError(doc.errors.map((e) => parseIssue(fileName, e)));
+  let found: SourceIssue[];
+  try {
+    found = resolveAliases(doc);
+  } catch (err) {
+    if (err instanceof AliasBomb) throw new ConfigError([{ path: '', message: `${fileName}: ${ALIAS_BOMB}` }]);
+    if (err instanceof RangeError) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
+    throw err;
+  }
+  // Warnings are errors too: an unknown tag (`!vault path`) would otherwise be read as the plain text after it.
+  const issues = [
+    ...[...doc.errors, ...doc.warnings].map((e) => ({ offset: e.pos[0], issue: parseIssue(fileName, e) })),
+    ...found.map((f) => {
+      const pos = lines.linePos(f.offset);
+      return { offset: f.offset, issue: { path: '', message: `${fileName}:${pos.line}:${pos.col}: ${f.message}` } };
+    }),
+  ];
+  if (issues.length > 0) throw new ConfigError(issues.sort((a, b) => a.offset - b.offset).map((i) => i.issue));
   keepLimitKeyText(doc);
   try {
-    return doc.toJS({ maxAliasCount: 100 });
+    // No alias is left (resolveAliases bounded what they add): yaml's own alias count has nothing to count.
+    return doc.toJS({ maxAliasCount: -1 });
   } catch (err) {
-    // yaml throws here on alias bombs (more alias expansions than maxAliasCount allows), and on deep nesting.
     const why = err instanceof RangeError ? TOO_DEEP : err instanceof Error ? err.message : String(err);
     throw new ConfigError([{ path: '', message: `${fileName}: ${why}` }]);
   }
@@ -155,5 +272,7 @@ export function loadConfigFile(path: string, env: NodeJS.ProcessEnv = process.en
   if (raw === undefined || raw === null) {
     throw new ConfigError([{ path: '', message: `${path}: the file holds no config (it is empty or only comments); expected a mapping with routes` }]);
   }
+  const shape = rootShapeMessage(raw);
+  if (shape !== undefined) throw new ConfigError([{ path: '', message: `${path}: ${shape}` }]);
   return validateConfig(raw, env);
 }

@@ -31,6 +31,16 @@ export function isHttpUrl(s: string): boolean {
   return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
 }
 
+/** A URL with user info (`user:password@host`): fetch-style clients drop it, so the upstream never sees it. */
+export function hasUrlCredentials(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return u.username !== '' || u.password !== '';
+  } catch {
+    return false;
+  }
+}
+
 /** 'host:port' or '[v6]:port'; undefined when malformed. */
 export function parseHostPort(s: string): { host: string; port: number } | undefined {
   let host: string;

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { RedisPolicy, RedisTargetConfig } from './types.ts';
 import { childPath, type Issues } from './issues.ts';
 import { isHost, parseHostPort } from './net.ts';
-import { NON_NEGATIVE, POSITIVE, SERVER_PORT, Section, isPlainObject } from './section.ts';
+import { NON_NEGATIVE, SERVER_PORT, Section, durationMs, isPlainObject } from './section.ts';
 
 /** The ai-rate-limiting (APISIX limit-count) Redis fields. */
 export const APISIX_REDIS_KEYS = [
@@ -110,8 +110,8 @@ export function readApisixRedis(sec: Section, policy: RedisPolicy): RedisTargetC
   const username = sec.str('redis_username');
   const password = optionalSecret(sec, 'redis_password');
   const database = sec.int('redis_database', NON_NEGATIVE) ?? 0;
-  const timeout = sec.int('redis_timeout', POSITIVE) ?? DEFAULT_TIMEOUT_MS;
-  const connectTimeout = sec.int('redis_connect_timeout', POSITIVE) ?? DEFAULT_TIMEOUT_MS;
+  const timeout = sec.int('redis_timeout', durationMs(1)) ?? DEFAULT_TIMEOUT_MS;
+  const connectTimeout = sec.int('redis_connect_timeout', durationMs(1)) ?? DEFAULT_TIMEOUT_MS;
   const clusterName = sec.str('redis_cluster_name');
   const masterName = sec.str('redis_master_name');
   const role = sec.oneOf('redis_role', ['master', 'slave'] as const);
@@ -165,7 +165,7 @@ export function readHigressRedis(is: Issues, path: string, value: unknown): Redi
   const port = sec.int('service_port', SERVER_PORT) ?? DEFAULT_PORT;
   const username = sec.str('username');
   const password = optionalSecret(sec, 'password');
-  const timeout = sec.int('timeout', POSITIVE) ?? DEFAULT_TIMEOUT_MS;
+  const timeout = sec.int('timeout', durationMs(1)) ?? DEFAULT_TIMEOUT_MS;
   const database = sec.int('database', NON_NEGATIVE) ?? 0;
   return target({
     mode: 'standalone', host, port, username, password, database, timeout_ms: timeout, connect_timeout_ms: timeout,

@@ -7,6 +7,8 @@ import { childPath, type Issues } from './issues.ts';
 export interface IntRule {
   readonly min?: number;
   readonly max?: number;
+  /** Said of a value above `max` (other values get the messages of a rule without `max`). */
+  readonly above?: string;
 }
 
 export const POSITIVE: IntRule = { min: 1 };
@@ -14,10 +16,26 @@ export const NON_NEGATIVE: IntRule = { min: 0 };
 export const PORT: IntRule = { min: 0, max: 65535 };
 export const SERVER_PORT: IntRule = { min: 1, max: 65535 };
 
+/** Longest timer Node runs: setTimeout fires a longer one after 1 ms (so a "24-day" timeout would be 1 ms). */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** A duration in ms used as a timer: at least `min`, at most MAX_TIMER_MS. */
+export function durationMs(min: number): IntRule {
+  return { min, max: MAX_TIMER_MS, above: `must be at most ${MAX_TIMER_MS} (ms, about 24.8 days: the longest timer Node runs)` };
+}
+
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
   const proto = Object.getPrototypeOf(v) as unknown;
   return proto === Object.prototype || proto === null;
+}
+
+/**
+ * `base` ('must be a string'), saying why when YAML read the value as a number or boolean (`host: 127.1`,
+ * `name: 1e3`, `key: true`): the fix is quoting it. The value is not repeated: it may be a key.
+ */
+export function stringMessage(v: unknown, base: string): string {
+  return typeof v === 'number' || typeof v === 'boolean' ? `must be a string (YAML read a ${typeof v} here: quote it)` : base;
 }
 
 function typeMessage(rule: IntRule): string {
@@ -39,11 +57,15 @@ export function checkInt(is: Issues, path: string, v: unknown, rule: IntRule): n
   let n = v;
   if (typeof v === 'string' && is.wholeEnv.has(path) && /^-?\d{1,16}$/.test(v)) n = Number(v);
   if (typeof n !== 'number' || !Number.isSafeInteger(n)) {
-    is.add(path, typeMessage(rule));
+    is.add(path, typeMessage(rule.above === undefined ? rule : { min: rule.min }));
+    return undefined;
+  }
+  if (rule.above !== undefined && rule.max !== undefined && n > rule.max) {
+    is.add(path, rule.above);
     return undefined;
   }
   if ((rule.min !== undefined && n < rule.min) || (rule.max !== undefined && n > rule.max)) {
-    is.add(path, rangeMessage(rule));
+    is.add(path, rangeMessage(rule.above === undefined ? rule : { min: rule.min }));
     return undefined;
   }
   return n;
@@ -137,7 +159,7 @@ export class Section {
       return undefined;
     }
     if (typeof v !== 'string' || (opts.empty !== true && v === '')) {
-      this.is.add(this.p(key), opts.empty === true ? 'must be a string' : 'must be a non-empty string');
+      this.is.add(this.p(key), stringMessage(v, opts.empty === true ? 'must be a string' : 'must be a non-empty string'));
       return undefined;
     }
     return v;

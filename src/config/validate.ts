@@ -13,7 +13,8 @@ import { readAiProxy, readAiProxyMulti, NAME_MESSAGE, NAME_PATTERN } from './plu
 import { readAiRateLimiting, type InstanceScope } from './plugins/ai-rate-limiting.ts';
 import { readAiTokenRatelimit } from './plugins/ai-token-ratelimit.ts';
 import { readConsumerKeyAuth, readRouteKeyAuth } from './plugins/key-auth.ts';
-import { NON_NEGATIVE, POSITIVE, PORT, Section, isPlainObject, unknownMessage, type IntRule } from './section.ts';
+import { POSITIVE, PORT, Section, durationMs, isPlainObject, stringMessage, unknownMessage, type IntRule } from './section.ts';
+import { uriProblem } from './route-uri.ts';
 import { parseIpRange } from '../rules/ip.ts';
 import { DEFAULT_MAX_RESERVATION, defaultMaxUsage } from '../tokens/limits.ts';
 
@@ -176,7 +177,7 @@ function readRouteId(sec: Section, index: number): string {
   // APISIX route ids are often numbers.
   const id = typeof raw === 'number' && Number.isSafeInteger(raw) && raw >= 0 ? String(raw) : raw;
   if (typeof id !== 'string' || !NAME_PATTERN.test(id)) {
-    sec.is.add(sec.p('id'), typeof id === 'string' ? NAME_MESSAGE : 'must be a string');
+    sec.is.add(sec.p('id'), typeof id === 'string' ? NAME_MESSAGE : stringMessage(id, 'must be a string'));
     return `route-${index}`;
   }
   return id;
@@ -195,6 +196,9 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
   if (uri !== undefined && !URI.test(uri)) {
     is.add(sec.p('uri'), "must start with '/' and may end with '*' (prefix match); no query or whitespace");
     uri = undefined;
+  } else if (uri !== undefined) {
+    const problem = uriProblem(uri);
+    if (problem !== undefined) { is.add(sec.p('uri'), problem); uri = undefined; }
   }
   const methods = readMethods(sec);
   if (sec.has('upstream') && !isPlainObject(sec.get('upstream'))) is.add(sec.p('upstream'), 'must be an object');
@@ -307,6 +311,13 @@ export function freezeConfig(config: SluiceConfig): SluiceConfig {
   return deepFreeze(config);
 }
 
+/** Why `raw` cannot be a config's root (a YAML list or scalar), or undefined when it is a mapping. */
+export function rootShapeMessage(raw: unknown): string | undefined {
+  if (isPlainObject(raw)) return undefined;
+  const kind = Array.isArray(raw) ? 'a list' : typeof raw === 'string' || typeof raw === 'number' || typeof raw === 'boolean' ? `a ${typeof raw}` : undefined;
+  return `the config must be a mapping (with routes)${kind === undefined ? '' : `, not ${kind}`}`;
+}
+
 /**
  * Validate, default and freeze a configuration. `$ENV://NAME` references in any string are resolved from
  * `env` first. Throws ConfigError listing every issue.
@@ -314,8 +325,10 @@ export function freezeConfig(config: SluiceConfig): SluiceConfig {
 export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env): SluiceConfig {
   const is = new Issues();
   const input = substituteEnv(raw ?? {}, '', env, is);
-  const root = Section.open(is, '', input, TOP_KEYS);
-  if (root === undefined) throw new ConfigError(is.list);
+  const shape = rootShapeMessage(input);
+  if (shape !== undefined) is.add('', shape);
+  const root = shape === undefined ? Section.open(is, '', input, TOP_KEYS) : undefined;
+  if (root === undefined) throw is.error();
 
   const listen = readListen(is, root.get('listen'));
   const admin = readEndpoint(is, 'admin', root.get('admin'), DEFAULT_ADMIN);
@@ -325,6 +338,12 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   const workers = readWorkers(is, root.get('workers'));
   const limits = readPositiveInts(is, 'limits', root.get('limits'), DEFAULT_LIMITS, {
     max_quota_keys: { min: 1, max: 100_000_000 },
+    upstream_connect_timeout_ms: durationMs(1),
+    upstream_first_byte_timeout_ms: durationMs(1),
+    upstream_idle_timeout_ms: durationMs(1),
+    client_body_timeout_ms: durationMs(1),
+    client_header_timeout_ms: durationMs(1),
+    client_idle_timeout_ms: durationMs(1),
     // uWS 20.30 closes a connection whose pending write made no progress for its fixed ~10 s (8–12 s: 4 s timer ticks).
     client_send_timeout_ms: { min: 1, max: 10_000 },
     max_client_connections: { min: 1, max: 10_000_000 },
@@ -337,7 +356,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).
   // A lease shorter than a few flush intervals would let live reservations lapse between renewals.
-  const batching = readPositiveInts(is, 'redis_batching', root.get('redis_batching'), DEFAULT_BATCHING, { flush_interval_ms: NON_NEGATIVE, reservation_lease_ms: { min: 1000, max: 3_600_000 } });
+  const batching = readPositiveInts(is, 'redis_batching', root.get('redis_batching'), DEFAULT_BATCHING, { flush_interval_ms: durationMs(0), reservation_lease_ms: { min: 1000, max: 3_600_000 } });
   if ((batching.reservation_lease_ms ?? 0) < 3 * batching.flush_interval_ms) {
     is.add('redis_batching.reservation_lease_ms', 'must be at least 3 × redis_batching.flush_interval_ms');
   }
@@ -352,7 +371,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
     keyHashSecret = undefined;
   }
   // drain_timeout_ms 0: cut in-flight requests at once.
-  const shutdown = readPositiveInts(is, 'shutdown', root.get('shutdown'), DEFAULT_SHUTDOWN, { drain_timeout_ms: NON_NEGATIVE });
+  const shutdown = readPositiveInts(is, 'shutdown', root.get('shutdown'), DEFAULT_SHUTDOWN, { drain_timeout_ms: durationMs(0) });
 
   // Routes are matched in file order and the first match wins, so two routes with overlapping uri and
   // methods are legal: the later one only serves what the earlier one does not match.
@@ -372,7 +391,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   for (const d of drafts) for (const inst of d.route.plugins['ai-proxy-multi']?.instances ?? []) allInstances.add(inst.name);
   const { consumers } = readConsumers(root, allInstances);
 
-  if (is.list.length > 0) throw new ConfigError(is.list);
+  if (is.list.length > 0) throw is.error();
   const config: SluiceConfig = {
     listen,
     admin,

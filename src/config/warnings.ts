@@ -116,18 +116,34 @@ const RESTART_ONLY_LIMITS = [
   'client_header_timeout_ms', 'client_idle_timeout_ms', 'client_send_timeout_ms', 'max_client_connections', 'listen_backlog',
 ] as const;
 
-/** Paths of the restart-only settings `next` changes from `prev`. */
-export function restartOnlyChanges(prev: SluiceConfig, next: SluiceConfig): string[] {
+/** Read once as well: the token-count pool's budget at start, a quota store's batching when the store is made (a
+ *  reload keeps the stores of the Redis targets it still names, with their counters and batching). */
+const RESTART_ONLY_BATCHING = ['flush_interval_ms', 'max_batch_keys', 'max_pending_keys', 'reservation_lease_ms'] as const;
+
+/**
+ * Paths of the restart-only settings `next` changes from `started`: the config the process started with (what
+ * it runs), not the last one loaded, so a reload repeating a change still says so, and one undoing it does not.
+ */
+export function restartOnlyChanges(started: SluiceConfig, next: SluiceConfig): string[] {
   const out: string[] = [];
-  if (prev.listen.host !== next.listen.host) out.push('listen.host');
-  if (prev.listen.port !== next.listen.port) out.push('listen.port');
-  if (prev.listen.http1_guard !== next.listen.http1_guard) out.push('listen.http1_guard');
-  if (prev.admin.host !== next.admin.host) out.push('admin.host');
-  if (prev.admin.port !== next.admin.port) out.push('admin.port');
-  if (prev.workers !== next.workers) out.push('workers');
-  if (prev.tokens.offload_threads !== next.tokens.offload_threads) out.push('tokens.offload_threads');
-  for (const k of RESTART_ONLY_LIMITS) if (prev.limits[k] !== next.limits[k]) out.push(`limits.${k}`);
+  if (started.listen.host !== next.listen.host) out.push('listen.host');
+  if (started.listen.port !== next.listen.port) out.push('listen.port');
+  if (started.listen.http1_guard !== next.listen.http1_guard) out.push('listen.http1_guard');
+  if (started.admin.host !== next.admin.host) out.push('admin.host');
+  if (started.admin.port !== next.admin.port) out.push('admin.port');
+  if (started.workers !== next.workers) out.push('workers');
+  if (started.tokens.offload_threads !== next.tokens.offload_threads) out.push('tokens.offload_threads');
+  for (const k of RESTART_ONLY_LIMITS) if (started.limits[k] !== next.limits[k]) out.push(`limits.${k}`);
+  if (started.tokens.count_budget_ms !== next.tokens.count_budget_ms) out.push('tokens.count_budget_ms');
+  for (const k of RESTART_ONLY_BATCHING) if (started.redis_batching[k] !== next.redis_batching[k]) out.push(`redis_batching.${k}`);
   return out;
+}
+
+/** What a reload from `prev` (the config served until now) to `next` does that the operator may not expect. */
+export function reloadWarnings(prev: SluiceConfig, next: SluiceConfig): ConfigIssue[] {
+  // Rule key values are hashed under the secret into counter ids: new ids, so counters from zero (never quoted).
+  if (prev.key_hash_secret === next.key_hash_secret) return [];
+  return [{ path: 'key_hash_secret', message: 'changed: every per-key counter (ai-rate-limiting rules, ai-token-ratelimit rule_items) starts again from zero; the usage counted under the old secret no longer applies' }];
 }
 
 /**

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { loadConfigFile, MAX_CONFIG_BYTES, parseConfigText } from '../../src/config/load.ts';
+import { loadConfigFile, MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, parseConfigText } from '../../src/config/load.ts';
 import { ConfigError } from '../../src/config/validate.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -111,12 +111,56 @@ describe('parseConfigText', () => {
     assert.deepEqual(JSON.parse(r.stdout), [false, true, true]);
   });
 
-  it('bounds alias expansion', () => {
-    const bomb = ['a: &a [x, x, x, x, x, x, x, x, x, x]', 'b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]',
-      'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]', 'd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]'].join('\n');
-    const err = parseError(bomb, 'c.yaml');
-    assert.equal(err.issues.length, 1);
-    assert.match(err.issues[0]!.message, /^c\.yaml: .*alias/i);
+  it('bounds what aliases add (an alias counts all its anchor holds), with one file-level message', () => {
+    // Each level aliases the one before ten times: 10^6 items from a few hundred bytes.
+    const levels = ['a: &a [x, x, x, x, x, x, x, x, x, x]'];
+    for (const [name, prev] of [['b', 'a'], ['c', 'b'], ['d', 'c'], ['e', 'd'], ['f', 'e']] as const) {
+      levels.push(`${name}: &${name} [${Array(10).fill(`*${prev}`).join(', ')}]`);
+    }
+    const bomb = parseError(levels.join('\n'), 'c.yaml');
+    assert.deepEqual(bomb.issues, [{ path: '', message: `c.yaml: its aliases (*name) expand the config by more than ${MAX_ALIAS_EXPANSION} nodes (an alias repeats all its anchor holds); repeat less` }]);
+    // The tester's file: one 30,000-item list aliased on 99 routes (44 s and 1.6 GB before).
+    const routes = Array.from({ length: 99 }, (_, i) => `  - { uri: /r${i}, methods: *big }`).join('\n');
+    const started = Date.now();
+    assert.match(parseError(`x: &big [${Array(30_000).fill('a').join(',')}]\nroutes:\n${routes}\n`, 'c.yaml').message, /^c\.yaml: its aliases/);
+    assert.ok(Date.now() - started < 10_000);
+    // Below the bound, aliases read as before; an alias inside what it names, or naming no anchor, is an error.
+    const { c } = parseConfigText(levels.slice(0, 3).join('\n'), 'c.yaml') as { c: string[][][] };
+    assert.deepEqual(c.flat(2), Array(1000).fill('x'));
+    assert.deepEqual(parseError('a: &a [1, *a]\nb: *nope\n', 'c.yaml').issues.map((i) => i.message), [
+      'c.yaml:1:11: alias *a is inside the node it names', 'c.yaml:2:4: alias *nope names no anchor before it',
+    ]);
+  });
+
+  it('reads merge keys (<<: *anchor), and counts what they add against the alias bound', () => {
+    const text = 'base: &inst { provider: openai, weight: 2 }\ninstances:\n  - { <<: *inst, name: a }\n  - { <<: [*inst], name: b, weight: 3 }\n';
+    assert.deepEqual((parseConfigText(text, 'c.yaml') as { instances: unknown }).instances, [
+      { provider: 'openai', weight: 2, name: 'a' }, { provider: 'openai', weight: 3, name: 'b' },
+    ]);
+    const big = `big: &big { k: [${Array(1000).fill('x').join(',')}] }\nm:\n${Array(1000).fill('  - { <<: *big }').join('\n')}\n`;
+    assert.match(parseError(big, 'c.yaml').message, /^c\.yaml: its aliases/);
+  });
+
+  it('checks duplicate keys in linear time, also keys the JS object would merge (1 and "1")', () => {
+    const keys = Array.from({ length: 40_000 }, (_, i) => `k${i}: ${i}`).join(', ');
+    const started = Date.now();
+    assert.equal(Object.keys(parseConfigText(`{${keys}}`, 'c.yaml') as object).length, 40_000);
+    const dup = parseError(`{${keys}, k7: 1}`, 'c.yaml');
+    // yaml's own check took 13 s for these 40,000 keys.
+    assert.ok(Date.now() - started < 10_000, `${Date.now() - started} ms`);
+    assert.deepEqual(dup.issues, [{ path: '', message: `c.yaml:1:${keys.length + 4}: Map keys must be unique` }]);
+    assert.deepEqual(parseError('a:\n  1: x\n  "1": y\n', 'c.yaml').issues, [{ path: '', message: 'c.yaml:3:3: Map keys must be unique' }]);
+    assert.deepEqual(parseError('a: &k x\nb: { *k : 1, x: 2 }\n', 'c.yaml').issues, [{ path: '', message: 'c.yaml:2:14: Map keys must be unique' }]);
+    assert.deepEqual(parseError('? [a]\n: 1\n', 'c.yaml').issues, [{ path: '', message: 'c.yaml:1:3: a key must be a plain value, not a mapping or list' }]);
+  });
+
+  it('refuses tags it cannot honour (yaml warnings) with file:line:col, never quoting the value', () => {
+    const err = parseError('key_hash_secret: !vault secret/path\nb: !!int sk-secret\nc: !!str 1\n', 'c.yaml');
+    assert.deepEqual(err.issues, [
+      { path: '', message: 'c.yaml:1:18: tag !vault is unknown or does not fit its value; remove it (Sluice reads no custom tags: use $ENV://NAME for secrets)' },
+      { path: '', message: 'c.yaml:2:4: tag !!int is unknown or does not fit its value; remove it (Sluice reads no custom tags: use $ENV://NAME for secrets)' },
+    ]);
+    assert.doesNotMatch(err.message, /secret\/path|sk-secret/);
   });
 });
 
@@ -133,6 +177,30 @@ describe('loadConfigFile', () => {
       const deep = join(dir, 'deep.yaml');
       writeFileSync(deep, 'a: ' + '['.repeat(20_000) + ']'.repeat(20_000) + '\n');
       assert.throws(() => loadConfigFile(deep, {}), (err: unknown) => err instanceof ConfigError && /nested/.test(err.issues[0]!.message));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('says when YAML read a number or boolean where a string goes, and names the file when the root is not a mapping', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-config-'));
+    try {
+      const file = join(dir, 'c.yaml');
+      writeFileSync(file, 'listen: { host: 127.1 }\nroutes:\n  - uri: /a\n    plugins:\n      ai-proxy-multi: { instances: [{ name: 1e3, provider: openai, auth: { header: { X-K: true } } }] }\n');
+      assert.throws(() => loadConfigFile(file, {}), (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.deepEqual(err.issues.map((i) => `${i.path}: ${i.message}`), [
+          'listen.host: must be a string (YAML read a number here: quote it)',
+          'routes[0].plugins.ai-proxy-multi.instances[0].name: must be a string (YAML read a number here: quote it)',
+          'routes[0].plugins.ai-proxy-multi.instances[0].auth.header.X-K: must be a string (YAML read a boolean here: quote it)',
+        ]);
+        return true;
+      });
+      for (const [text, kind] of [['- routes\n', 'a list'], ['routes\n', 'a string'], ['12\n', 'a number'], ['[]', 'a list']] as const) {
+        writeFileSync(file, text);
+        assert.throws(() => loadConfigFile(file, {}), (err: unknown) => err instanceof ConfigError &&
+          err.issues.length === 1 && err.issues[0]!.message === `${file}: the config must be a mapping (with routes), not ${kind}`, text);
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,4 +1,4 @@
-import { describe, it } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -83,7 +83,7 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${PM}.instances[3].priority`, 'must be an integer'],
     [`${PM}.instances[3].auth.header.Bad Header`, 'is not a valid header name'],
     [`${PM}.instances[3].auth.header.Host`, 'is set by the proxy and cannot be configured'],
-    [`${PM}.instances[3].auth.header.X-Ok`, 'must be a string'],
+    [`${PM}.instances[3].auth.header.X-Ok`, 'must be a string (YAML read a number here: quote it)'],
   ],
   'instances-empty.yaml': [
     [`${PM}.fallback_strategy`, 'must be a string or an array of strings'],
@@ -222,7 +222,7 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${PM}.instances[0].auth.header.Authorization`, 'environment variable SLUICE_TEST_UNSET_KEY is not set'],
     [`${PM}.instances[0].override.endpoint`, 'environment variable SLUICE_TEST_UNSET_URL is not set'],
   ],
-  'root-not-object.yaml': [['', 'must be an object']],
+  'root-not-object.yaml': [['', /root-not-object\.yaml: the config must be a mapping \(with routes\), not a list$/]],
   'syntax-error.yaml': [['', /syntax-error\.yaml:4:3: Flow sequence/]],
   'duplicate-key.json': [['', /duplicate-key\.json:3:3: Map keys must be unique/]],
 };
@@ -250,6 +250,16 @@ describe('config fixtures: one per failure mode', () => {
       'routes[0].plugins.ai-proxy-multi.instances[0].weight: must be an integer',
       'routes[0].plugins.ai-proxy-multi.instances[1].weight: must not be negative',
     ].join('\n'));
+  });
+
+  it('lists at most 100 issues, then one line counting the rest (a generated file can repeat a mistake millions of times)', () => {
+    const issues = issuesOf(() => validateConfig({ routes: Array.from({ length: 150 }, () => ({ uri: 'x' })) }, {}));
+    assert.equal(issues.length, 101);
+    assert.deepEqual(issues[100], { path: '', message: '… and 200 more issues' });
+    // Wrapped again (the issues cross a thread on reload), the list stays as it is.
+    const again = new ConfigError(issues);
+    assert.deepEqual(again.issues, issues);
+    assert.equal(again.message.split('\n').length, 101);
   });
 });
 
@@ -671,4 +681,63 @@ describe('consumer keys', () => {
     }
     assert.equal(validateConfig({ consumers: [{ username: 'a', plugins: { 'key-auth': { key: 'sk-ok key-é' } } }] }, {}).consumers[0]!.key, 'sk-ok key-é');
   });
+});
+
+describe('override.endpoint', () => {
+  it('refuses credentials in the URL (never sent) without quoting them, from the file or from $ENV', () => {
+    const msg = 'must not hold credentials (user:password@): they are never sent; put them in auth.header (e.g. Authorization)';
+    const issues = issuesOf(() => validateConfig({ routes: [route({}, { 'ai-proxy-multi': { instances: [
+      { name: 'a', provider: 'openai-compatible', override: { endpoint: 'http://user:pw-secret@127.0.0.1:1/v1/chat/completions' } },
+      { name: 'b', provider: 'openai-compatible', override: { endpoint: '$ENV://URL' } },
+      { name: 'c', provider: 'openai-compatible', override: { endpoint: 'http://127.0.0.1:1/v1/chat/completions' } },
+    ] } })] }, { URL: 'https://token-secret@example.com/v1/chat/completions' }));
+    assertIssues(issues, [[`${PM}.instances[0].override.endpoint`, msg], [`${PM}.instances[1].override.endpoint`, msg]]);
+    assert.doesNotMatch(new ConfigError(issues).message, /secret/);
+  });
+});
+
+describe('durations in ms', () => {
+  it('every timer field refuses values above 2^31-1 (Node would fire such a timer after 1 ms), naming the path', () => {
+    const over = 2_147_483_648;
+    const msg = 'must be at most 2147483647 (ms, about 24.8 days: the longest timer Node runs)';
+    const redis = { policy: 'redis', redis_host: '127.0.0.1', redis_timeout: over, redis_connect_timeout: over };
+    const issues = issuesOf(() => validateConfig({
+      limits: Object.fromEntries(['upstream_connect_timeout_ms', 'upstream_first_byte_timeout_ms', 'upstream_idle_timeout_ms', 'client_body_timeout_ms',
+        'client_header_timeout_ms', 'client_idle_timeout_ms'].map((k) => [k, over])),
+      redis_batching: { flush_interval_ms: over },
+      shutdown: { drain_timeout_ms: over },
+      routes: [route({}, { 'ai-proxy-multi': { keepalive_timeout: over, instances: [{ name: 'a', provider: 'openai' }] }, 'ai-rate-limiting': { limit: 1, time_window: 60, ...redis } }),
+        { uri: '/b', plugins: { 'ai-proxy': { provider: 'openai' }, 'ai-token-ratelimit': { rule_name: 'r', global_threshold: { token_per_minute: 1 }, redis: { service_name: 'r.local', timeout: over } } } }],
+    }, {}));
+    assertIssues(issues.filter((i) => i.message === msg), [
+      ['limits.upstream_connect_timeout_ms', msg], ['limits.upstream_first_byte_timeout_ms', msg], ['limits.upstream_idle_timeout_ms', msg],
+      ['limits.client_body_timeout_ms', msg], ['limits.client_header_timeout_ms', msg], ['limits.client_idle_timeout_ms', msg],
+      ['redis_batching.flush_interval_ms', msg], ['shutdown.drain_timeout_ms', msg], [`${PM}.keepalive_timeout`, msg],
+      [`${RL}.redis_timeout`, msg], [`${RL}.redis_connect_timeout`, msg], ['routes[1].plugins.ai-token-ratelimit.redis.timeout', msg],
+    ]);
+    // The largest value is accepted; below the minimum, the messages are as before.
+    assert.equal(validateConfig({ shutdown: { drain_timeout_ms: over - 1 } }, {}).shutdown.drain_timeout_ms, over - 1);
+    assertIssues(issuesOf(() => validateConfig({ shutdown: { drain_timeout_ms: -1 }, limits: { upstream_idle_timeout_ms: 0 } }, {})), [
+      ['limits.upstream_idle_timeout_ms', 'must be a positive integer'], ['shutdown.drain_timeout_ms', 'must not be negative'],
+    ]);
+  });
+});
+
+describe('ai-token-ratelimit rule_name', () => {
+  it('is restricted like instance names: it reaches header names, metric labels and counter ids', () => {
+    const rule = (rule_name: unknown): unknown => ({ routes: [{ uri: '/b', plugins: { 'ai-proxy': { provider: 'openai' }, 'ai-token-ratelimit': { rule_name, global_threshold: { token_per_minute: 1 } } } }] });
+    for (const name of ['a\rb', 'a\0', 'a"b', 'a b', 'a/b', '']) {
+      const expected = name === '' ? 'must be a non-empty string' : "must contain only letters, digits, '.', '_' and '-'";
+      assertIssues(issuesOf(() => validateConfig(rule(name), {})), [['routes[0].plugins.ai-token-ratelimit.rule_name', expected]]);
+    }
+    assert.equal(validateConfig(rule('routeA-global_limit.rule'), {}).routes[0]!.plugins['ai-token-ratelimit']!.rule_name, 'routeA-global_limit.rule');
+  });
+});
+
+test('a route uri that request paths can never equal is refused with the form that would match', () => {
+  const route = (uri: string) => ({ routes: [{ id: 'r', uri, plugins: { 'ai-proxy': { provider: 'openai-compatible', override: { endpoint: 'http://127.0.0.1:9/v1/chat/completions' } } } }] });
+  for (const [uri, form] of [['/x//chat', '/x/chat'], ['/y/./chat', '/y/chat'], ['/z/%7Euser', '/z/~user'], ['/café', '/caf%C3%A9']] as const) {
+    assert.throws(() => validateConfig(route(uri)), (err: unknown) => err instanceof ConfigError && err.message.includes('routes[0].uri: never matches') && err.message.includes(`write "${form}"`), uri);
+    assert.doesNotThrow(() => validateConfig(route(form)), form);
+  }
 });

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateConfig } from '../../src/config/validate.ts';
-import { configWarnings, restartOnlyChanges } from '../../src/config/warnings.ts';
+import { configWarnings, reloadWarnings, restartOnlyChanges } from '../../src/config/warnings.ts';
 import { runValidateCommand } from '../../src/config/validate-command.ts';
 
 function routeWith(plugins: Record<string, unknown>): Record<string, unknown> {
@@ -99,4 +99,23 @@ test('a reload lists the settings it changed that apply only at restart', () => 
   const b = validateConfig({ ...base, workers: 2, listen: { port: 1234 }, limits: { client_idle_timeout_ms: 5000, max_body_bytes: 1000 } }, {});
   assert.deepEqual(restartOnlyChanges(a, b), ['listen.port', 'workers', 'limits.client_idle_timeout_ms']);
   assert.deepEqual(restartOnlyChanges(a, a), []);
+  // Read once as well: the token-count pool's budget, the batching of the quota stores a reload keeps.
+  const c = validateConfig({ ...base, tokens: { count_budget_ms: 500 }, redis_batching: { flush_interval_ms: 50, max_batch_keys: 10, max_pending_keys: 20, reservation_lease_ms: 5000 } }, {});
+  assert.deepEqual(restartOnlyChanges(a, c), [
+    'tokens.count_budget_ms', 'redis_batching.flush_interval_ms', 'redis_batching.max_batch_keys', 'redis_batching.max_pending_keys', 'redis_batching.reservation_lease_ms',
+  ]);
+});
+
+test('a reload changing key_hash_secret warns that per-key counters start afresh, without quoting either secret', () => {
+  const base = { routes: [{ uri: '/v1/chat/completions', plugins: { 'ai-proxy': { provider: 'openai' } } }] };
+  const none = validateConfig(base, {});
+  const one = validateConfig({ ...base, key_hash_secret: 'first-secret-0123456789' }, {});
+  const two = validateConfig({ ...base, key_hash_secret: '$ENV://K' }, { K: 'second-secret-0123456789' });
+  for (const [prev, next] of [[none, one], [one, two], [two, none]] as const) {
+    const w = reloadWarnings(prev, next);
+    assert.deepEqual(w.map((i) => i.path), ['key_hash_secret']);
+    assert.match(w[0]!.message, /per-key counter .* starts again from zero/);
+    assert.doesNotMatch(w[0]!.message, /secret-/);
+  }
+  assert.deepEqual(reloadWarnings(one, validateConfig({ ...base, key_hash_secret: 'first-secret-0123456789' }, {})), []);
 });

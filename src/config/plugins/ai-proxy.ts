@@ -10,8 +10,8 @@
 import type { AiProxyConfig, FallbackReason, InstanceConfig, InstanceTransportConfig } from '../types.ts';
 import { providerCatalogue } from '../provider-catalogue.ts';
 import { childPath, type Issues } from '../issues.ts';
-import { isHeaderName, isHeaderValue, isHttpUrl } from '../net.ts';
-import { NON_NEGATIVE, POSITIVE, Section, checkInt, isPlainObject } from '../section.ts';
+import { hasUrlCredentials, isHeaderName, isHeaderValue, isHttpUrl } from '../net.ts';
+import { NON_NEGATIVE, POSITIVE, Section, checkInt, durationMs, isPlainObject, stringMessage } from '../section.ts';
 import { readForwardHeaders } from '../forward-headers.ts';
 
 const INSTANCE_KEYS = ['name', 'provider', 'weight', 'priority', 'auth', 'options', 'override', 'forward_headers', 'checks'] as const;
@@ -46,6 +46,14 @@ const FALLBACKS: Readonly<Record<string, readonly FallbackReason[]>> = {
 export const NAME_PATTERN = /^[A-Za-z0-9._-]+$/;
 export const NAME_MESSAGE = "must contain only letters, digits, '.', '_' and '-'";
 
+/** A required name that reaches header names and metric labels (instance names, ai-token-ratelimit rule_name). */
+export function readName(sec: Section, key: string): string | undefined {
+  const name = sec.str(key, { required: true });
+  if (name === undefined || NAME_PATTERN.test(name)) return name;
+  sec.is.add(sec.p(key), NAME_MESSAGE);
+  return undefined;
+}
+
 /** Headers the proxy itself owns; an instance setting them would corrupt the upstream request. */
 const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection']);
 
@@ -62,7 +70,7 @@ function readStringMap(is: Issues, path: string, value: unknown, kind: 'header' 
     if (kind === 'header' && !isHeaderName(key)) is.add(p, 'is not a valid header name');
     else if (kind === 'header' && RESERVED_HEADERS.has(key.toLowerCase())) is.add(p, 'is set by the proxy and cannot be configured');
     else if (kind === 'query' && key === '') is.add(p, 'must be a non-empty parameter name');
-    if (typeof v !== 'string') is.add(p, 'must be a string');
+    if (typeof v !== 'string') is.add(p, stringMessage(v, 'must be a string'));
     else if (kind === 'header' && !isHeaderValue(v)) is.add(p, 'must not contain line breaks');
     else Object.defineProperty(out, key, { value: v, enumerable: true, writable: true, configurable: true });
   }
@@ -74,7 +82,7 @@ function readTransport(sec: Section): InstanceTransportConfig | undefined {
   const timeout = sec.int('timeout', TIMEOUT_RULE);
   const sslVerify = sec.bool('ssl_verify');
   const keepalive = sec.bool('keepalive');
-  const keepaliveTimeout = sec.int('keepalive_timeout', { min: 1000 });
+  const keepaliveTimeout = sec.int('keepalive_timeout', durationMs(1000));
   sec.int('keepalive_pool', POSITIVE);
   // Rejected rather than ignored: a config relying on these caps must not run without them.
   for (const k of ['max_stream_duration_ms', 'max_response_bytes']) {
@@ -105,7 +113,7 @@ function readOptions(sec: Section): { model: string | undefined; body: Record<st
     const p = childPath(path, key);
     const value = v[key];
     if (key === 'model') {
-      if (typeof value !== 'string') sec.is.add(p, 'must be a string');
+      if (typeof value !== 'string') sec.is.add(p, stringMessage(value, 'must be a string'));
       else model = value;
       continue;
     }
@@ -141,6 +149,10 @@ function readUpstream(sec: Section, name: string, weight: number, priority: numb
   let endpoint = override?.str('endpoint');
   if (endpoint !== undefined && !isHttpUrl(endpoint)) {
     sec.is.add(childPath(sec.p('override'), 'endpoint'), 'must be an absolute http(s) URL');
+    endpoint = undefined;
+  } else if (endpoint !== undefined && hasUrlCredentials(endpoint)) {
+    // Refused, not stripped: the upstream would answer 401 with nothing pointing at the dropped credentials.
+    sec.is.add(childPath(sec.p('override'), 'endpoint'), 'must not hold credentials (user:password@): they are never sent; put them in auth.header (e.g. Authorization)');
     endpoint = undefined;
   }
   if (provider === 'openai-compatible' && override !== undefined && !override.has('endpoint')) {
@@ -237,11 +249,7 @@ export function readAiProxyMulti(is: Issues, path: string, value: unknown): AiPr
   list.forEach((item, i) => {
     const inst = Section.open(is, childPath(sec.p('instances'), i), item, INSTANCE_KEYS);
     if (inst === undefined) return;
-    let name = inst.str('name', { required: true });
-    if (name !== undefined && !NAME_PATTERN.test(name)) {
-      is.add(inst.p('name'), NAME_MESSAGE);
-      name = undefined;
-    }
+    const name = readName(inst, 'name');
     if (name !== undefined) {
       const prev = firstIndex.get(name);
       if (prev !== undefined) is.add(inst.p('name'), `duplicates instances[${prev}].name`);

@@ -16,6 +16,7 @@ import { compileRuleRegex } from '../../rules/regex.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { isHeaderName } from '../net.ts';
 import { readHigressRedis } from '../redis.ts';
+import { readName } from './ai-proxy.ts';
 import { STRATEGIES, readCostExpr } from './ai-rate-limiting.ts';
 import { POSITIVE, Section } from '../section.ts';
 
@@ -165,7 +166,8 @@ function readRuleItems(sec: Section): TokenRuleItem[] {
 export function readAiTokenRatelimit(is: Issues, path: string, value: unknown): AiTokenRatelimitConfig | undefined {
   const sec = Section.open(is, path, value, KEYS);
   if (sec === undefined) return undefined;
-  const ruleName = sec.str('rule_name', { required: true });
+  // In X-AI-<rule_name>-RateLimit-* header names, metric labels and counter ids.
+  const ruleName = readName(sec, 'rule_name');
   let globalThreshold: AiTokenRatelimitConfig['global_threshold'];
   if (sec.has('global_threshold')) {
     const gt = sec.section('global_threshold', WINDOW_KEYS);
