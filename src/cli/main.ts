@@ -4,7 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import type { SluiceHandle } from '../app.ts';
 import { loadConfigFile } from '../config/load.ts';
-import { ConfigError } from '../config/validate.ts';
+import { ConfigError, hostsOverlap } from '../config/validate.ts';
 import { log } from '../core/log.ts';
 import { ConfigReloader } from './config-reload.ts';
 import { runtimeProblem } from './runtime.ts';
@@ -70,6 +70,12 @@ async function start(argv: string[]): Promise<void> {
     // Provider modules register their names and instance checks with config validation.
     await import('../providers/registry.ts');
     const config = loadConfigFile(configFile, env);
+    const port = portFlag(argv, '--port') ?? config.listen.port;
+    const adminPort = portFlag(argv, '--admin-port') ?? config.admin.port;
+    if (port !== 0 && port === adminPort && hostsOverlap(config.listen.host, config.admin.host)) {
+      console.error(`sluice: the metrics port ${adminPort} is the listen port: give --admin-port (or admin.port) another one`);
+      process.exit(2);
+    }
     served = config.routes.length;
     listenHost = config.listen.host;
     adminHost = config.admin.host;

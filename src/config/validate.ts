@@ -318,6 +318,16 @@ export function rootShapeMessage(raw: unknown): string | undefined {
   return `the config must be a mapping (with routes)${kind === undefined ? '' : `, not ${kind}`}`;
 }
 
+const WILDCARDS = new Set(['0.0.0.0', '::', '[::]']);
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '::1', '[::1]']);
+
+/** Whether two listeners on one port would take the same socket: a wildcard takes every address. */
+export function hostsOverlap(a: string, b: string): boolean {
+  const x = a.toLowerCase();
+  const y = b.toLowerCase();
+  return x === y || WILDCARDS.has(x) || WILDCARDS.has(y) || (LOOPBACK.has(x) && LOOPBACK.has(y));
+}
+
 /**
  * Validate, default and freeze a configuration. `$ENV://NAME` references in any string are resolved from
  * `env` first. Throws ConfigError listing every issue.
@@ -332,7 +342,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
 
   const listen = readListen(is, root.get('listen'));
   const admin = readEndpoint(is, 'admin', root.get('admin'), DEFAULT_ADMIN);
-  if (admin.port !== 0 && admin.port === listen.port && admin.host === listen.host) {
+  if (admin.port !== 0 && admin.port === listen.port && hostsOverlap(admin.host, listen.host)) {
     is.add('admin.port', 'must differ from listen.port');
   }
   const workers = readWorkers(is, root.get('workers'));

@@ -63,4 +63,22 @@ describe('a taken listen or admin port is a startup error', () => {
     const r = await fetch(`${first.url}/nope`);
     assert.equal(r.status, 404);
   });
+
+  it('`sluice start --port P --admin-port P`: one clear line and exit 2, not "address already in use"', async () => {
+    const port = await freePort();
+    const config = join(dir, 'same-port.yaml');
+    writeFileSync(config, 'routes: []\n');
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'start', '--config', config, '--port', String(port), '--admin-port', String(port)], {
+      cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (d) => { output += d; });
+    child.stderr.on('data', (d) => { output += d; });
+    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    clearTimeout(killer);
+    assert.equal(code, 2, output);
+    assert.match(output, new RegExp(`the metrics port ${port} is the listen port`));
+    assert.doesNotMatch(output, /already in use/);
+  });
 });

@@ -741,3 +741,11 @@ test('a route uri that request paths can never equal is refused with the form th
     assert.doesNotThrow(() => validateConfig(route(form)), form);
   }
 });
+
+test('admin and listen on one port: refused when the two hosts take the same socket (a wildcard, two loopback names)', () => {
+  const cfg = (listen: string, admin: string) => ({ listen: { host: listen, port: 9080 }, admin: { host: admin, port: 9080 }, routes: [] });
+  for (const [l, a] of [['localhost', '127.0.0.1'], ['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '::'], ['LOCALHOST', 'localhost']] as const) {
+    assert.throws(() => validateConfig(cfg(l, a)), /admin\.port: must differ from listen\.port/, `${l} / ${a}`);
+  }
+  assert.doesNotThrow(() => validateConfig(cfg('10.0.0.5', '127.0.0.1')), 'two addresses may share a port number');
+});
