@@ -14,6 +14,20 @@ import { freePort } from '../helpers/free-port.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
+/** `sluice start` that is expected to exit by itself: its exit code and everything it printed. */
+async function startCli(config: string, port: number, adminPort: number): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'start', '--config', config, '--port', String(port), '--admin-port', String(adminPort)], {
+    cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (d) => { output += d; });
+  child.stderr.on('data', (d) => { output += d; });
+  const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  clearTimeout(killer);
+  return { code, output };
+}
+
 describe('a taken listen or admin port is a startup error', () => {
   let first: TestGateway;
   let dir: string;
@@ -48,15 +62,7 @@ describe('a taken listen or admin port is a startup error', () => {
     const adminPort = await freePort();
     const config = join(dir, 'sluice.yaml');
     writeFileSync(config, 'routes: []\n');
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'start', '--config', config, '--port', String(first.handle.port), '--admin-port', String(adminPort)], {
-      cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout.on('data', (d) => { output += d; });
-    child.stderr.on('data', (d) => { output += d; });
-    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-    clearTimeout(killer);
+    const { code, output } = await startCli(config, first.handle.port, adminPort);
     assert.notEqual(code, 0, output);
     assert.notEqual(code, null, 'exited by itself');
     assert.match(output, new RegExp(`127\\.0\\.0\\.1:${first.handle.port}: address already in use`));
@@ -68,15 +74,7 @@ describe('a taken listen or admin port is a startup error', () => {
     const port = await freePort();
     const config = join(dir, 'same-port.yaml');
     writeFileSync(config, 'routes: []\n');
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'start', '--config', config, '--port', String(port), '--admin-port', String(port)], {
-      cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout.on('data', (d) => { output += d; });
-    child.stderr.on('data', (d) => { output += d; });
-    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-    clearTimeout(killer);
+    const { code, output } = await startCli(config, port, port);
     assert.equal(code, 2, output);
     assert.match(output, new RegExp(`the metrics port ${port} is the listen port`));
     assert.doesNotMatch(output, /already in use/);
