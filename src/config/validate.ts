@@ -241,7 +241,28 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
       ? readAiTokenRatelimit(is, childPath(pluginsPath, 'ai-token-ratelimit'), conf('ai-token-ratelimit'))
       : undefined,
   };
+  headerClashes(is, pluginsPath, routePlugins);
   return { route: { id, uri: uri ?? '/', methods, plugins: routePlugins }, path };
+}
+
+/**
+ * Quotas of one route that would write the same X-AI-<label>-RateLimit-* headers (a rule's header_prefix or
+ * 1-based position, "Model" for model_limits, an ai-token-ratelimit rule_name): one would hide the other.
+ */
+function headerClashes(is: Issues, pluginsPath: string, plugins: RoutePlugins): void {
+  const arl = plugins['ai-rate-limiting'];
+  const tr = plugins['ai-token-ratelimit'];
+  const seen = new Map<string, string>();
+  const claim = (label: string, path: string): void => {
+    const prev = seen.get(label.toLowerCase());
+    if (prev === undefined) seen.set(label.toLowerCase(), path);
+    // Two rules' header_prefix are compared by the plugin's reader already.
+    else if (!(prev.endsWith('.header_prefix') && path.endsWith('.header_prefix'))) is.add(path, `writes the same X-AI-${label}-RateLimit-* headers as ${prev}`);
+  };
+  const arlPath = childPath(pluginsPath, 'ai-rate-limiting');
+  arl?.rules.forEach((r, i) => claim(r.header_prefix ?? String(i + 1), r.header_prefix !== undefined ? `${arlPath}.rules[${i}].header_prefix` : `${arlPath}.rules[${i}]`));
+  if (arl?.model_limits !== undefined && arl.model_limits.length > 0) claim('Model', `${arlPath}.model_limits`);
+  if (tr !== undefined) claim(tr.rule_name, `${childPath(pluginsPath, 'ai-token-ratelimit')}.rule_name`);
 }
 
 function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { consumers: ConsumerConfig[] } {

@@ -749,3 +749,16 @@ test('admin and listen on one port: refused when the two hosts take the same soc
   }
   assert.doesNotThrow(() => validateConfig(cfg('10.0.0.5', '127.0.0.1')), 'two addresses may share a port number');
 });
+
+test('two quotas of one route that would write the same X-AI-<label>-RateLimit-* headers are refused', () => {
+  const proxy = { provider: 'openai-compatible', override: { endpoint: 'http://127.0.0.1:9/v1/chat/completions' } };
+  const route = (plugins: Record<string, unknown>) => ({ routes: [{ id: 'r', uri: '/v1/chat/completions', plugins: { 'ai-proxy': proxy, ...plugins } }] });
+  const tr = (name: string) => ({ rule_name: name, rule_items: [{ limit_by_header: 'x-user', limit_keys: [{ key: 'alice', token_per_minute: 100 }] }] });
+  const rule = (prefix?: string) => ({ key: '${http_x_user}', count: 100, time_window: 60, ...(prefix === undefined ? {} : { header_prefix: prefix }) });
+  assert.throws(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('r1')] }, 'ai-token-ratelimit': tr('r1') })),
+    /ai-token-ratelimit\.rule_name: writes the same X-AI-r1-RateLimit-\* headers as routes\[0\]\.plugins\.ai-rate-limiting\.rules\[0\]\.header_prefix/);
+  assert.throws(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('model')], model_limits: [{ model: 'gpt-4o', limit: 100, time_window: 60 }] } })),
+    /model_limits: writes the same X-AI-Model-RateLimit-\* headers/);
+  assert.throws(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule()] }, 'ai-token-ratelimit': tr('1') })), /rule_name: writes the same X-AI-1-RateLimit-\*/);
+  assert.doesNotThrow(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('team')] }, 'ai-token-ratelimit': tr('tokens') })));
+});
