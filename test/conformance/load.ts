@@ -128,10 +128,14 @@ export async function holders(call: Call, key: string): Promise<{ reserved: numb
   const all = ((await call(['hgetall', key])) ?? []) as string[];
   let reserved = 0;
   let consumed = 0;
+  let fields = 0;
   for (let i = 0; i + 1 < all.length; i += 2) {
+    // `_c_from_holders` (and any `_` field) marks the hash; holders are the processes' fields.
+    if (all[i]!.startsWith('_')) continue;
+    fields++;
     const [, c, r, exp] = all[i + 1]!.split(':').map(Number) as [number, number, number, number];
     consumed += c;
     if (exp > nowMs) reserved += r;
   }
-  return { reserved, consumed, fields: all.length / 2 };
+  return { reserved, consumed, fields };
 }

@@ -149,10 +149,10 @@ describe('serving threads (workers: 2, sluice processes)', () => {
     await mock?.close();
   });
 
-  async function stream(url: string): Promise<string> {
+  async function stream(url: string, chunks = 12): Promise<string> {
     const r = await fetch(`${url}/free/v1/chat/completions`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-mock-chunks': '12', 'x-mock-chunk-delay-ms': '150' },
+      headers: { 'content-type': 'application/json', 'x-mock-chunks': String(chunks), 'x-mock-chunk-delay-ms': '150' },
       body: JSON.stringify({ ...MSG, stream: true }),
     });
     assert.equal(r.status, 200);
@@ -163,7 +163,9 @@ describe('serving threads (workers: 2, sluice processes)', () => {
     const raw = { workers: 2, routes: routes(mock.url) };
     const p = await startSluiceProcess(raw);
     procs.push(p);
-    const first = stream(p.url);
+    // Long enough to outlast the reload (its file is read on a thread of its own, which starts slowly under tsx on a
+    // loaded machine) and the burst after it: the second stream must start while the first still runs.
+    const first = stream(p.url, 80);
     await eventually('the stream started', () => mock.stats().inFlight > 0);
     p.writeConfig({ ...raw, routes: routes(mock.url, [{ id: 'added', uri: '/added/v1/chat/completions', plugins: proxy(mock.url) }]) });
     p.signal('SIGHUP');

@@ -1,8 +1,9 @@
 // The Lua scripts behind every write and admission of the Redis store. Per counter and window:
 //
 //   …:c   consumed total (string, integer)
-//   …:r   holders hash: one field per process, "<seq>:<consumed>:<reserved>:<lease expiry ms>" (and `_rebuilt`
-//         once the total was rebuilt from it in this window)
+//   …:r   holders hash: one field per process, "<seq>:<consumed>:<reserved>:<lease expiry ms>", and
+//         `_c_from_holders` once a write made the total from the holders then present (its first write of the
+//         window, or a rebuild after the total was lost)
 //
 // A process writes its own absolute state (consumed and reserved in the window) with a sequence number;
 // the script applies it only when the sequence is newer than the stored one, adds the growth of the
@@ -30,14 +31,14 @@ local function total(key)
   return n
 end
 -- One pass over a holders hash: the field 'id' (seq, consumed, reserved; seq -1 when absent), the sum of the
--- other fields' live reservations, the sum of their consumed, and whether the total was rebuilt in this window.
+-- other fields' live reservations, the sum of their consumed, and whether the total was made from the holders.
 -- 'clean' zeroes the reservation of expired fields (their consumed stays: it keeps a late write of that process
 -- idempotent).
 local function scan(key, id, now, clean)
-  local oseq, oc, orr, sum, sumC, rebuilt = -1, 0, 0, 0, 0, false
+  local oseq, oc, orr, sum, sumC, made = -1, 0, 0, 0, 0, false
   local all = redis.call('HGETALL', key)
   for i = 1, #all, 2 do
-    if all[i] == '_rebuilt' then rebuilt = true
+    if all[i] == '_c_from_holders' then made = true
     else
       local s, c, r, e = parse(all[i + 1])
       if all[i] == id then oseq, oc, orr = s, c, r
@@ -50,7 +51,7 @@ local function scan(key, id, now, clean)
       end
     end
   end
-  return oseq, oc, orr, sum, sumC, rebuilt
+  return oseq, oc, orr, sum, sumC, made
 end
 `;
 
@@ -58,8 +59,8 @@ end
  * KEYS: c, r of the window [, c, r of the previous window (sliding admission)].
  * ARGV: field (process), seq, own consumed, own reserved, lease ms, ttl s, amount to admit (0: plain write),
  *       limit, weight of the previous window, own consumed Redis last acknowledged.
- * A lost key is recovered from the other: a total that is gone is rebuilt from the holders' consumed (and the
- * hash marked `_rebuilt`); a holders hash that is gone while the total stayed makes each process add only its
+ * A lost key is recovered from the other: a total that is not there is made from the holders' consumed (and the
+ * hash marked `_c_from_holders`: a holder written later is not in it); a holders hash that is gone while the total stayed makes each process add only its
  * growth since its last acknowledged write (without that, every process's consumed was counted twice).
  * Returns [consumed total, others' live reserved, stored seq, stored own consumed, stored own reserved,
  *          admitted (1 yes, 0 no, 2 not decided), previous consumed total, previous live reserved (all processes)].
@@ -74,7 +75,7 @@ local ownC, ownR = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, ttl, amount = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local acked = tonumber(ARGV[10] or '0')
 local now = nowMs()
-local oseq, oc, orr, rest, othersC, rebuilt = scan(KEYS[2], id, now, true)
+local oseq, oc, orr, rest, othersC, made = scan(KEYS[2], id, now, true)
 local pc, pr = 0, 0
 if KEYS[3] then
   local _, _, _, all, allC = scan(KEYS[4], '', now, false)
@@ -89,16 +90,16 @@ local admitted = 0
 if seq > oseq then
   if ownC < oc then ownC = oc end
   if c == false then
-    -- The total is gone (evicted, flushed, a restart): rebuilt from the holders, this process at its new
-    -- state, with the window's TTL. The mark says holders written later are not in it.
+    -- No total (the window's first write, or it was lost: evicted, flushed, a restart): made from the holders,
+    -- this process at its new state, with the window's TTL. The mark says holders written later are not in it.
     c = othersC + ownC
     if c > 0 then redis.call('SET', KEYS[1], c, 'EX', ttl) end
-    redis.call('HSET', KEYS[2], '_rebuilt', '1')
+    redis.call('HSET', KEYS[2], '_c_from_holders', '1')
   else
     -- A process Redis has no field for adds its whole consumed, unless the field was lost while the total
     -- was kept (the holders hash evicted): then what Redis acknowledged before is in the total already.
     local base = oc
-    if oseq < 0 and not rebuilt and acked > 0 then base = math.min(acked, ownC) end
+    if oseq < 0 and not made and acked > 0 then base = math.min(acked, ownC) end
     if ownC > base then c = redis.call('INCRBY', KEYS[1], ownC - base) end
   end
 elseif c == false then
