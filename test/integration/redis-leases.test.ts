@@ -216,6 +216,34 @@ describe('reservation leases', () => {
     }
   });
 
+  it('FLUSHALL without a restart: a replica idle on the counter writes its usage back too (the epoch is read again every second)', async () => {
+    const a = redisStore(standaloneTarget(redis));
+    const b = redisStore(standaloneTarget(redis));
+    const c = spec(1e9);
+    const now = Date.now();
+    const k = keysOf(c, now);
+    const charge = async (store: typeof a.store, n: number): Promise<void> => {
+      const g = await store.acquire([{ counter: c, amount: n }], now);
+      assert.ok(g.ok);
+      store.settle(g, [n]);
+      await flushUntilAcknowledged(store);
+    };
+    try {
+      assert.ok(await a.store.ready());
+      assert.ok(await b.store.ready());
+      await charge(a.store, 100);
+      await charge(b.store, 200);
+      await call(['flushall']);
+      // Only A touches the counter again; B learns of the loss from the epoch marker and writes its 200 back.
+      await charge(a.store, 10);
+      await until(async () => (await call(['get', k.c])) === '310', 20_000, 'both replicas\' usage to be written back');
+      assert.deepEqual(await holders(call, k.r), { reserved: 0, consumed: 310, fields: 2 });
+    } finally {
+      await a.store.close();
+      await b.store.close();
+    }
+  });
+
   it('a view spent only by reservations that were released since is asked again, not believed (no stale 429)', async () => {
     const a = redisStore(standaloneTarget(redis));
     const b = redisStore(standaloneTarget(redis), { freshViewMs: 50 });

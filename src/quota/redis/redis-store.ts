@@ -884,7 +884,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       const perf = this.clock.now();
       this.apply(cell, seq, reply, { c: sentC, r: sentR + (reply.admitted ? amount : 0) }, perf);
       if (prev !== undefined && this.fresher(prev, seq)) {
-        prev.othersC = reply.prevC - prev.ackedC;
+        prev.othersC = Math.max(0, reply.prevC - prev.ackedC);
         prev.othersR = Math.max(0, reply.prevR - prev.ackedR);
         prev.known = true;
         this.reconciled(prev, perf);

@@ -24,6 +24,9 @@ export interface SharedListener {
 const FAILURE_THRESHOLD = 3;
 const PROBE_INTERVAL_MS = 500;
 const EPOCH_RETRY_MS = 200;
+/** How often a connected client reads the epoch again: FLUSHALL (or the marker evicted) loses the data without a
+ *  reconnect, and what this process wrote must then be sent again like after a restart. */
+const EPOCH_WATCH_MS = 1_000;
 
 export class SharedRedis {
   /** The registry key (redisClientKey): the target plus the client's settings. */
@@ -36,6 +39,7 @@ export class SharedRedis {
   private runId: string | undefined;
   private epochChecked = false;
   private epochTimer: NodeJS.Timeout | undefined;
+  private watchTimer: NodeJS.Timeout | undefined;
   private downTimer: NodeJS.Timeout | undefined;
   private readyWaiters: (() => void)[] = [];
   refs = 0;
@@ -54,6 +58,10 @@ export class SharedRedis {
     });
     // Cluster failovers keep the data on the promoted replica; an epoch key would live on one master only.
     if (port.mode === 'cluster') this.epochChecked = true;
+    else {
+      this.watchTimer = setInterval(() => { if (this.usable && this.breaker.closed) void this.checkEpoch(true); }, EPOCH_WATCH_MS);
+      this.watchTimer.unref();
+    }
     port.on('ready', () => {
       if (port.mode === 'cluster') this.becameUsable();
       else void this.checkEpoch();
@@ -101,6 +109,7 @@ export class SharedRedis {
     this.closed = true;
     this.breaker.stop();
     if (this.epochTimer !== undefined) clearTimeout(this.epochTimer);
+    if (this.watchTimer !== undefined) clearInterval(this.watchTimer);
     if (this.downTimer !== undefined) clearTimeout(this.downTimer);
     this.listeners.clear();
     await this.port.quit();
@@ -130,8 +139,8 @@ export class SharedRedis {
    * SET NX a random marker, then read it. The first reader after a data loss writes a new marker; every
    * process that remembers another value learns the data is gone and re-sends what it had written.
    */
-  private async checkEpoch(): Promise<void> {
-    if (this.closed || this.epochChecked) return;
+  private async checkEpoch(again = false): Promise<void> {
+    if (this.closed || (this.epochChecked && !again)) return;
     try {
       const token = randomBytes(8).toString('hex');
       const replies = await this.port.exec([['set', EPOCH_KEY, token, 'NX'], ['get', EPOCH_KEY], ['info', 'server']]);
@@ -146,10 +155,13 @@ export class SharedRedis {
       if (runId !== undefined) this.runId = runId;
       const lost = (this.epoch !== undefined && this.epoch !== value) || restarted;
       this.epoch = value;
+      const first = !this.epochChecked;
       this.epochChecked = true;
       if (lost) for (const l of this.listeners) l.dataLost();
-      this.becameUsable();
+      if (first) this.becameUsable();
     } catch (err) {
+      // A periodic check that fails is the breaker's business (the commands of the stores fail too).
+      if (again) return;
       const kind = classifyError(err);
       for (const l of this.listeners) l.error(kind);
       if (this.closed || !this.port.ready || this.epochTimer !== undefined) return;
