@@ -26,6 +26,22 @@ describe('reservation leases', () => {
   let redis: RedisServerHandle;
   const call = (a: (string | number)[]) => redisCall(redis, a, { password: redis.password });
   const keysOf = (c: CounterSpec, now: number) => cellKeys(counterTag(c.id), windowStartOf(now, WINDOW));
+  /** Two stores (two replicas) on one fresh counter far from its limit; `charge` settles n and waits for Redis. */
+  async function twoReplicas() {
+    const a = redisStore(standaloneTarget(redis));
+    const b = redisStore(standaloneTarget(redis));
+    const c = spec(1e9);
+    const now = Date.now();
+    const charge = async (store: typeof a.store, n: number): Promise<void> => {
+      const g = await store.acquire([{ counter: c, amount: n }], now);
+      assert.ok(g.ok);
+      store.settle(g, [n]);
+      await flushUntilAcknowledged(store);
+    };
+    assert.ok(await a.store.ready());
+    assert.ok(await b.store.ready());
+    return { a, b, k: keysOf(c, now), charge };
+  }
   before(async () => {
     redis = await startRedis({ password: 'lease-secret' });
   });
@@ -176,20 +192,8 @@ describe('reservation leases', () => {
   });
 
   it('a lost total is rebuilt from the holders; a lost holders hash counts no one twice (eviction, DEL)', async () => {
-    const a = redisStore(standaloneTarget(redis));
-    const b = redisStore(standaloneTarget(redis));
-    const c = spec(1e9);
-    const now = Date.now();
-    const k = keysOf(c, now);
-    const charge = async (store: typeof a.store, n: number): Promise<void> => {
-      const g = await store.acquire([{ counter: c, amount: n }], now);
-      assert.ok(g.ok);
-      store.settle(g, [n]);
-      await flushUntilAcknowledged(store);
-    };
+    const { a, b, k, charge } = await twoReplicas();
     try {
-      assert.ok(await a.store.ready());
-      assert.ok(await b.store.ready());
       await charge(a.store, 100);
       await charge(b.store, 200);
       assert.equal(await call(['get', k.c]), '300');
@@ -217,20 +221,8 @@ describe('reservation leases', () => {
   });
 
   it('FLUSHALL without a restart: a replica idle on the counter writes its usage back too (the epoch is read again every second)', async () => {
-    const a = redisStore(standaloneTarget(redis));
-    const b = redisStore(standaloneTarget(redis));
-    const c = spec(1e9);
-    const now = Date.now();
-    const k = keysOf(c, now);
-    const charge = async (store: typeof a.store, n: number): Promise<void> => {
-      const g = await store.acquire([{ counter: c, amount: n }], now);
-      assert.ok(g.ok);
-      store.settle(g, [n]);
-      await flushUntilAcknowledged(store);
-    };
+    const { a, b, k, charge } = await twoReplicas();
     try {
-      assert.ok(await a.store.ready());
-      assert.ok(await b.store.ready());
       await charge(a.store, 100);
       await charge(b.store, 200);
       await call(['flushall']);
