@@ -15,7 +15,8 @@ export type LoadReply =
   | { readonly ok: false; readonly message: string };
 
 const ENTRY = siblingEntry(import.meta.url, 'config-load-thread');
-/** A load that takes longer is abandoned (its thread terminated): a 16 MiB file, the largest read, takes ~15 s. */
+/** A load that takes longer is abandoned (its thread terminated). yaml parses ~50-100k values a second: a 5,000-route
+ *  file takes ~1.5 s, a 2 MiB list of a million values ~20 s (and ~1 GB); a JSON file is read by JSON.parse. */
 export const LOAD_TIMEOUT_MS = 120_000;
 /** The loading thread's heap: a file that would need more fails the reload instead of the process. */
 const LOAD_HEAP_MB = 2048;

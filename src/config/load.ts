@@ -217,7 +217,12 @@ export function parseConfigText(text: string, fileName: string): unknown {
   }
   const doc = docs[0]!;
   // yaml's composer recurses per level and reports the stack it overflowed as one error per level.
-  if (doc.errors.some((e) => e.message.includes('call stack'))) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
+  // It overflows on a long run of errors too (a thousand `k: a: b` lines): then those errors are the news.
+  if (doc.errors.some((e) => e.message.includes('call stack'))) {
+    const others = doc.errors.filter((e) => !e.message.includes('call stack'));
+    if (others.length === 0) throw new ConfigError([{ path: '', message: `${fileName}: ${TOO_DEEP}` }]);
+    throw new ConfigError(others.map((e) => parseIssue(fileName, e)));
+  }
   let found: SourceIssue[];
   try {
     found = resolveAliases(doc);

@@ -5,14 +5,9 @@ import { decodeUnreserved, normalizePath } from '../core/request-path.ts';
 
 /** Why `uri` (already known to start with '/' and hold no whitespace, '?', '#') never matches; undefined if it can. */
 export function uriProblem(uri: string): string | undefined {
-  for (let i = 0; i < uri.length; i++) {
-    const c = uri.charCodeAt(i);
-    if (c < 0x21 || c > 0x7e) {
-      return `never matches: request paths are matched as sent, percent-encoded; write "${encodeURI(uri)}"`;
-    }
-  }
-  const star = uri.endsWith('*');
-  const lit = star ? uri.slice(0, -1) : uri;
+  const ascii = asciiForm(uri);
+  const star = ascii.endsWith('*');
+  const lit = star ? ascii.slice(0, -1) : ascii;
   // A prefix ends in a partial segment ('/v1/mod*'): only its escapes are normalised, never as a dot segment.
   const cut = star ? lit.lastIndexOf('/') + 1 : lit.length;
   const head = normalizePath(lit.slice(0, cut));
@@ -20,5 +15,15 @@ export function uriProblem(uri: string): string | undefined {
   if (head === undefined || tail === undefined) return 'is not a valid path (a malformed %-escape, or ".." above the root)';
   const form = head + tail + (star ? '*' : '');
   if (form === uri) return undefined;
-  return `never matches: request paths are normalised before routing (unreserved escapes decoded, dot segments removed, slashes merged); write "${form}"`;
+  const why = ascii !== uri ? 'request paths are matched as sent, percent-encoded, and normalised' : 'request paths are normalised before routing (unreserved escapes decoded, dot segments removed, slashes merged)';
+  return `never matches: ${why}; write "${form}"`;
+}
+
+/** `uri` with every byte outside printable ASCII percent-encoded as UTF-8 (a lone surrogate as U+FFFD); `%` kept. */
+function asciiForm(uri: string): string {
+  let out = '';
+  for (const b of Buffer.from(uri, 'utf8')) {
+    out += b >= 0x21 && b <= 0x7e ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
 }

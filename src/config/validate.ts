@@ -260,9 +260,12 @@ function headerClashes(is: Issues, pluginsPath: string, plugins: RoutePlugins): 
     else if (!(prev.endsWith('.header_prefix') && path.endsWith('.header_prefix'))) is.add(path, `writes the same X-AI-${label}-RateLimit-* headers as ${prev}`);
   };
   const arlPath = childPath(pluginsPath, 'ai-rate-limiting');
-  arl?.rules.forEach((r, i) => claim(r.header_prefix ?? String(i + 1), r.header_prefix !== undefined ? `${arlPath}.rules[${i}].header_prefix` : `${arlPath}.rules[${i}]`));
-  if (arl?.model_limits !== undefined && arl.model_limits.length > 0) claim('Model', `${arlPath}.model_limits`);
-  if (tr !== undefined) claim(tr.rule_name, `${childPath(pluginsPath, 'ai-token-ratelimit')}.rule_name`);
+  // Only quotas that write X-AI-<label>-* headers: shown, in the APISIX style, without standard_headers.
+  if (arl !== undefined && arl.show_limit_quota_header && arl.header_style === 'apisix' && !arl.standard_headers) {
+    arl.rules.forEach((r, i) => claim(r.header_prefix ?? String(i + 1), r.header_prefix !== undefined ? `${arlPath}.rules[${i}].header_prefix` : `${arlPath}.rules[${i}]`));
+    if (arl.model_limits !== undefined && arl.model_limits.length > 0) claim('Model', `${arlPath}.model_limits`);
+  }
+  if (tr !== undefined && tr.show_limit_quota_header) claim(tr.rule_name, `${childPath(pluginsPath, 'ai-token-ratelimit')}.rule_name`);
 }
 
 function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { consumers: ConsumerConfig[] } {
@@ -339,14 +342,30 @@ export function rootShapeMessage(raw: unknown): string | undefined {
   return `the config must be a mapping (with routes)${kind === undefined ? '' : `, not ${kind}`}`;
 }
 
-const WILDCARDS = new Set(['0.0.0.0', '::', '[::]']);
-const LOOPBACK = new Set(['localhost', '127.0.0.1', '::1', '[::1]']);
+/** IPv4 or IPv6 of a listen host (a name: both, as it may resolve to either). */
+function families(host: string): { v4: boolean; v6: boolean } {
+  const h = host.replace(/^\[|\]$/g, '');
+  if (/^[\d.]+$/.test(h)) return { v4: true, v6: false };
+  if (h.includes(':')) return { v4: h.startsWith('::ffff:'), v6: true };
+  return { v4: true, v6: true };
+}
 
-/** Whether two listeners on one port would take the same socket: a wildcard takes every address. */
+/**
+ * Whether two listeners on one port would take the same socket: the same address, a wildcard of the other's
+ * family (`0.0.0.0` takes IPv4, `::` both, as node listens dual-stack), or a name such as localhost beside an
+ * address it may resolve to. 127.0.0.1 and ::1 are two sockets.
+ */
 export function hostsOverlap(a: string, b: string): boolean {
-  const x = a.toLowerCase();
-  const y = b.toLowerCase();
-  return x === y || WILDCARDS.has(x) || WILDCARDS.has(y) || (LOOPBACK.has(x) && LOOPBACK.has(y));
+  const x = a.toLowerCase().replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
+  const y = b.toLowerCase().replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
+  if (x === y || x === '::' || y === '::') return true;
+  const fx = families(x);
+  const fy = families(y);
+  if (x === '0.0.0.0') return fy.v4;
+  if (y === '0.0.0.0') return fx.v4;
+  // A name is compared with addresses it may stand for only when it is localhost: others are not resolved here.
+  const loop = (h: string): boolean => h === 'localhost' || h === '127.0.0.1' || h === '::1';
+  return (x === 'localhost' || y === 'localhost') && loop(x) && loop(y);
 }
 
 /**

@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import type { Worker } from 'node:worker_threads';
+import { MAX_TIMER_MS } from '../config/section.ts';
 import type { SluiceConfig } from '../config/types.ts';
 import { log } from '../core/log.ts';
 import { siblingEntry, spawnModuleThread } from '../core/module-thread.ts';
@@ -374,7 +375,9 @@ export class ThreadSupervisor {
   /** Every thread refuses new requests, waits up to drainMs for in-flight ones, then cuts and settles the rest. */
   async drain(drainMs: number, settleMs: number): Promise<{ cut: number; left: number }> {
     this.closing = true;
-    const replies = await Promise.allSettled(this.threads.map((t) => this.call(t, { kind: 'drain', drainMs, settleMs }, drainMs + settleMs + CALL_TIMEOUT_MS)));
+    // A timer past 2^31-1 ms fires after 1 ms: a drain time near the longest allowed must not cut at once.
+    const waitMs = Math.min(drainMs + settleMs + CALL_TIMEOUT_MS, MAX_TIMER_MS);
+    const replies = await Promise.allSettled(this.threads.map((t) => this.call(t, { kind: 'drain', drainMs, settleMs }, waitMs)));
     let cut = 0;
     let left = 0;
     replies.forEach((r, i) => {

@@ -184,6 +184,18 @@ describe('serving threads (workers: 2, sluice processes)', () => {
     assert.ok(!p.logs.some((l) => l.includes('"level":"error"')), p.logs.filter((l) => l.includes('"level":"error"')).join('\n'));
   });
 
+  it('the longest drain time allowed drains: SIGTERM waits for the request in flight (its timer no longer overflows to 1 ms)', async () => {
+    const p = await startSluiceProcess({ workers: 2, shutdown: { drain_timeout_ms: 2_147_483_647 }, routes: routes(mock.url) });
+    procs.push(p);
+    const slow = fetch(`${p.url}/free/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-ttft-ms': '1500' }, body: JSON.stringify(MSG) });
+    await eventually('the request reached the upstream', () => mock.stats().inFlight > 0);
+    p.signal('SIGTERM');
+    const r = await slow;
+    assert.equal(r.status, 200);
+    assert.equal(await p.exited, 0);
+    assert.ok(!p.logs.some((l) => l.includes('did not drain')), p.logs.join('\n'));
+  });
+
   for (const guard of [true, false]) {
     it(`a second sluice on the same port is refused (http1_guard ${guard ? 'on' : 'off'})`, async () => {
       const raw = { workers: 2, listen: { http1_guard: guard }, routes: routes(mock.url) };

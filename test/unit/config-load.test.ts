@@ -1,4 +1,4 @@
-import { describe, it } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -224,4 +224,13 @@ describe('loadConfigFile', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+test('a long run of YAML errors reports them, not "nested too deeply" (yaml\'s composer overflows its stack on it)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-many-errors-'));
+  try {
+    const file = join(dir, 'many.yaml');
+    writeFileSync(file, Array.from({ length: 1500 }, (_, i) => `k${i}: a: b\n`).join(''));
+    assert.throws(() => loadConfigFile(file), (err: unknown) => err instanceof ConfigError && /many\.yaml:1:5: Nested mappings are not allowed/.test(err.message) && !/nested too deeply/.test(err.message));
+  } finally { rmSync(dir, { recursive: true, force: true }); }
 });

@@ -744,10 +744,12 @@ test('a route uri that request paths can never equal is refused with the form th
 
 test('admin and listen on one port: refused when the two hosts take the same socket (a wildcard, two loopback names)', () => {
   const cfg = (listen: string, admin: string) => ({ listen: { host: listen, port: 9080 }, admin: { host: admin, port: 9080 }, routes: [] });
-  for (const [l, a] of [['localhost', '127.0.0.1'], ['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '::'], ['LOCALHOST', 'localhost']] as const) {
+  for (const [l, a] of [['localhost', '127.0.0.1'], ['0.0.0.0', '127.0.0.1'], ['127.0.0.1', '::'], ['LOCALHOST', 'localhost'], ['::ffff:127.0.0.1', '127.0.0.1'], ['localhost', '::1']] as const) {
     assert.throws(() => validateConfig(cfg(l, a)), /admin\.port: must differ from listen\.port/, `${l} / ${a}`);
   }
-  assert.doesNotThrow(() => validateConfig(cfg('10.0.0.5', '127.0.0.1')), 'two addresses may share a port number');
+  for (const [l, a] of [['10.0.0.5', '127.0.0.1'], ['127.0.0.1', '::1'], ['::1', '0.0.0.0']] as const) {
+    assert.doesNotThrow(() => validateConfig(cfg(l, a)), `${l} and ${a} are two sockets on one port number`);
+  }
 });
 
 test('two quotas of one route that would write the same X-AI-<label>-RateLimit-* headers are refused', () => {
@@ -761,4 +763,9 @@ test('two quotas of one route that would write the same X-AI-<label>-RateLimit-*
     /model_limits: writes the same X-AI-Model-RateLimit-\* headers/);
   assert.throws(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule()] }, 'ai-token-ratelimit': tr('1') })), /rule_name: writes the same X-AI-1-RateLimit-\*/);
   assert.doesNotThrow(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('team')] }, 'ai-token-ratelimit': tr('tokens') })));
+  // A quota that writes no X-AI-<label>-* header clashes with nothing.
+  for (const arl of [{ show_limit_quota_header: false }, { header_style: 'ietf' }, { standard_headers: true }]) {
+    assert.doesNotThrow(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('r1')], ...arl }, 'ai-token-ratelimit': tr('r1') })), JSON.stringify(arl));
+  }
+  assert.doesNotThrow(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('r1')] }, 'ai-token-ratelimit': { ...tr('r1'), show_limit_quota_header: false } })));
 });

@@ -48,8 +48,12 @@ test('route uris: only the normalised form can match a request; others are refus
   assert.match(uriProblem('/w/../chat')!, /write "\/chat"/);
   assert.match(uriProblem('/café')!, /write "\/caf%C3%A9"/);
   assert.match(uriProblem('/../x')!, /not a valid path/);
+  // Escapes already there stay as written; a lone surrogate is no crash; one suggestion fixes every problem at once.
+  assert.match(uriProblem('/v1/é%20x')!, /write "\/v1\/%C3%A9%20x"/);
+  assert.match(uriProblem('/v1/é//x')!, /write "\/v1\/%C3%A9\/x"/);
+  assert.match(uriProblem('/v1/\uD800')!, /write "\/v1\/%EF%BF%BD"/);
   // What is suggested is accepted, and matches the requests it names.
-  for (const uri of ['/x//chat', '/y/./chat', '/z/%7Euser', '/café']) {
+  for (const uri of ['/x//chat', '/y/./chat', '/z/%7Euser', '/café', '/v1/é%20x', '/v1/é//x']) {
     const form = /write "([^"]+)"/.exec(uriProblem(uri)!)![1]!;
     assert.equal(uriProblem(form), undefined, form);
     assert.equal(normalizePath(form), form);
