@@ -191,6 +191,28 @@ function resolveAliases(doc: { contents: unknown }): SourceIssue[] {
   return issues;
 }
 
+/** The first value YAML 1.1's tags made that JSON has no form for (!!binary, !!timestamp, !!set, !!omap), with its
+ *  path: passed on, a Buffer or a Date would reach an upstream body (instance options) as something else. */
+function notPlainData(v: unknown, path: string): { path: string; kind: string; tag: string } | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  if (v instanceof Uint8Array) return { path, kind: 'binary', tag: 'binary' };
+  if (v instanceof Date) return { path, kind: 'timestamp', tag: 'timestamp' };
+  if (v instanceof Set) return { path, kind: 'set', tag: 'set' };
+  if (v instanceof Map) return { path, kind: 'ordered map', tag: 'omap or !!pairs' };
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const r = notPlainData(v[i], `${path}[${i}]`);
+      if (r !== undefined) return r;
+    }
+    return undefined;
+  }
+  for (const [k, x] of Object.entries(v)) {
+    const r = notPlainData(x, path === '' ? k : `${path}.${k}`);
+    if (r !== undefined) return r;
+  }
+  return undefined;
+}
+
 /** Parse configuration text; throws ConfigError (path '') with file:line:col on syntax errors. */
 export function parseConfigText(text: string, fileName: string): unknown {
   const ext = extname(fileName).toLowerCase();
@@ -243,7 +265,10 @@ export function parseConfigText(text: string, fileName: string): unknown {
   keepLimitKeyText(doc);
   try {
     // No alias is left (resolveAliases bounded what they add): yaml's own alias count has nothing to count.
-    return doc.toJS({ maxAliasCount: -1 });
+    const value: unknown = doc.toJS({ maxAliasCount: -1 });
+    const odd = notPlainData(value, '');
+    if (odd !== undefined) throw new ConfigError([{ path: odd.path, message: `is a YAML ${odd.kind} (a !!${odd.tag} tag): config values are plain strings, numbers, lists and mappings` }]);
+    return value;
   } catch (err) {
     const why = err instanceof RangeError ? TOO_DEEP : err instanceof Error ? err.message : String(err);
     throw new ConfigError([{ path: '', message: `${fileName}: ${why}` }]);

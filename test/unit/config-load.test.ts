@@ -234,3 +234,16 @@ test('a long run of YAML errors reports them, not "nested too deeply" (yaml\'s c
     assert.throws(() => loadConfigFile(file), (err: unknown) => err instanceof ConfigError && /many\.yaml:1:5: Nested mappings are not allowed/.test(err.message) && !/nested too deeply/.test(err.message));
   } finally { rmSync(dir, { recursive: true, force: true }); }
 });
+
+test('YAML 1.1 tags that make no plain value (!!binary, !!timestamp, !!set, !!omap) are refused with the path', () => {
+  for (const [text, re] of [
+    ['routes:\n  - id: r\n    plugins: { ai-proxy: { options: { seed: !!binary aGVsbG8= } } }\n', /routes\[0\]\.plugins\.ai-proxy\.options\.seed: is a YAML binary/],
+    ['a: !!timestamp 2024-01-01\n', /a: is a YAML timestamp/],
+    ['a: [1, !!set { x }]\n', /a\[1\]: is a YAML set/],
+    ['a: !!omap [ { x: 1 } ]\n', /a: is a YAML ordered map/],
+  ] as const) {
+    assert.throws(() => parseConfigText(text, 'c.yaml'), (err: unknown) => err instanceof ConfigError && re.test(err.message), text);
+  }
+  // An unquoted date stays the string it looks like (YAML 1.2 core schema).
+  assert.deepEqual(parseConfigText('a: 2024-01-01\n', 'c.yaml'), { a: '2024-01-01' });
+});
