@@ -4,7 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import type { SluiceHandle } from '../app.ts';
 import { loadConfigFile } from '../config/load.ts';
-import { ConfigError, hostsOverlap } from '../config/validate.ts';
+import { ConfigError, listenersClash } from '../config/validate.ts';
 import { log } from '../core/log.ts';
 import { ConfigReloader } from './config-reload.ts';
 import { runtimeProblem } from './runtime.ts';
@@ -70,9 +70,9 @@ async function start(argv: string[]): Promise<void> {
     // Provider modules register their names and instance checks with config validation.
     await import('../providers/registry.ts');
     const config = loadConfigFile(configFile, env);
-    const port = portFlag(argv, '--port') ?? config.listen.port;
-    const adminPort = portFlag(argv, '--admin-port') ?? config.admin.port;
-    if (port !== 0 && port === adminPort && hostsOverlap(config.listen.host, config.admin.host)) {
+    const ports = { port: portFlag(argv, '--port'), adminPort: portFlag(argv, '--admin-port') };
+    const adminPort = ports.adminPort ?? config.admin.port;
+    if (listenersClash({ host: config.listen.host, port: ports.port ?? config.listen.port }, { host: config.admin.host, port: adminPort })) {
       console.error(`sluice: the metrics port ${adminPort} is the listen port: give --admin-port (or admin.port) another one`);
       process.exit(2);
     }
@@ -80,7 +80,7 @@ async function start(argv: string[]): Promise<void> {
     listenHost = config.listen.host;
     adminHost = config.admin.host;
     const { startSluice } = await import('../app.ts');
-    handle = await startSluice(config, { port: portFlag(argv, '--port'), adminPort: portFlag(argv, '--admin-port') });
+    handle = await startSluice(config, ports);
   } catch (err) {
     if (err instanceof ConfigError) { console.error(err.message); process.exit(2); }
     // A taken or forbidden port (app.ts's ListenError, matched by name so this file need not import app.ts):

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { extname } from 'node:path';
 import type { Node as YamlNode, YAMLError } from 'yaml';
 import type { SluiceConfig } from './types.ts';
-import { ConfigError } from './issues.ts';
+import { ConfigError, formatIssue } from './issues.ts';
 import { rootShapeMessage, validateConfig } from './validate.ts';
 
 const EXTENSIONS = ['.yaml', '.yml', '.json'];
@@ -263,16 +263,20 @@ export function parseConfigText(text: string, fileName: string): unknown {
   ];
   if (issues.length > 0) throw new ConfigError(issues.sort((a, b) => a.offset - b.offset).map((i) => i.issue));
   keepLimitKeyText(doc);
+  let value: unknown;
   try {
     // No alias is left (resolveAliases bounded what they add): yaml's own alias count has nothing to count.
-    const value: unknown = doc.toJS({ maxAliasCount: -1 });
-    const odd = notPlainData(value, '');
-    if (odd !== undefined) throw new ConfigError([{ path: odd.path, message: `is a YAML ${odd.kind} (a !!${odd.tag} tag): config values are plain strings, numbers, lists and mappings` }]);
-    return value;
+    value = doc.toJS({ maxAliasCount: -1 });
   } catch (err) {
     const why = err instanceof RangeError ? TOO_DEEP : err instanceof Error ? err.message : String(err);
     throw new ConfigError([{ path: '', message: `${fileName}: ${why}` }]);
   }
+  const odd = notPlainData(value, '');
+  if (odd !== undefined) {
+    const what = formatIssue({ path: odd.path, message: `is a YAML ${odd.kind} (a !!${odd.tag} tag): config values are plain strings, numbers, lists and mappings` });
+    throw new ConfigError([{ path: '', message: `${fileName}: ${what}` }]);
+  }
+  return value;
 }
 
 /** Largest config file read: a 20,000-route file is ~2 MB; a bound keeps /dev/zero or a runaway generator out. */

@@ -342,30 +342,26 @@ export function rootShapeMessage(raw: unknown): string | undefined {
   return `the config must be a mapping (with routes)${kind === undefined ? '' : `, not ${kind}`}`;
 }
 
-/** IPv4 or IPv6 of a listen host (a name: both, as it may resolve to either). */
-function families(host: string): { v4: boolean; v6: boolean } {
-  const h = host.replace(/^\[|\]$/g, '');
-  if (/^[\d.]+$/.test(h)) return { v4: true, v6: false };
-  if (h.includes(':')) return { v4: h.startsWith('::ffff:'), v6: true };
-  return { v4: true, v6: true };
-}
-
 /**
  * Whether two listeners on one port would take the same socket: the same address, a wildcard of the other's
  * family (`0.0.0.0` takes IPv4, `::` both, as node listens dual-stack), or a name such as localhost beside an
  * address it may resolve to. 127.0.0.1 and ::1 are two sockets.
  */
-export function hostsOverlap(a: string, b: string): boolean {
+function hostsOverlap(a: string, b: string): boolean {
   const x = a.toLowerCase().replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
   const y = b.toLowerCase().replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
   if (x === y || x === '::' || y === '::') return true;
-  const fx = families(x);
-  const fy = families(y);
-  if (x === '0.0.0.0') return fy.v4;
-  if (y === '0.0.0.0') return fx.v4;
+  // 0.0.0.0 takes every IPv4 address and any name (which may resolve to one); an IPv6 address has a ':'.
+  if (x === '0.0.0.0') return !y.includes(':');
+  if (y === '0.0.0.0') return !x.includes(':');
   // A name is compared with addresses it may stand for only when it is localhost: others are not resolved here.
   const loop = (h: string): boolean => h === 'localhost' || h === '127.0.0.1' || h === '::1';
   return (x === 'localhost' || y === 'localhost') && loop(x) && loop(y);
+}
+
+/** Whether the listen and admin listeners would need one socket (a port 0 is a fresh one each). */
+export function listenersClash(listen: { host: string; port: number }, admin: { host: string; port: number }): boolean {
+  return admin.port !== 0 && admin.port === listen.port && hostsOverlap(admin.host, listen.host);
 }
 
 /**
@@ -382,7 +378,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
 
   const listen = readListen(is, root.get('listen'));
   const admin = readEndpoint(is, 'admin', root.get('admin'), DEFAULT_ADMIN);
-  if (admin.port !== 0 && admin.port === listen.port && hostsOverlap(admin.host, listen.host)) {
+  if (listenersClash(listen, admin)) {
     is.add('admin.port', 'must differ from listen.port');
   }
   const workers = readWorkers(is, root.get('workers'));

@@ -118,23 +118,25 @@ export function compileTemplate(src: string): KeyTemplate {
   };
 }
 
-/** The variables of a key or count template that have no default, in order (numbers have none). */
-export function requiredVars(src: string | number): RequiredVar[] {
+/** The variables of a template with their getters, in order (numbers have none); `defaulted`: those with a default too. */
+function varGetters(src: string | number, defaulted: boolean): RequiredVar[] {
   if (typeof src === 'number') return [];
   const out: RequiredVar[] = [];
   for (const p of parseTemplate(src)) {
-    if (typeof p !== 'string' && p.fallback === undefined) out.push({ name: p.name, get: p.get });
+    if (typeof p !== 'string' && (defaulted || p.fallback === undefined)) out.push({ name: p.name, get: p.get });
   }
   return out;
+}
+
+/** The variables of a key or count template that have no default, in order (numbers have none). */
+export function requiredVars(src: string | number): RequiredVar[] {
+  return varGetters(src, false);
 }
 
 /** The variable of a count or time_window template, with its getter (numbers and literals name none): a count
  *  that does not resolve is the fault of this one, absent or not a positive integer, default or not. */
 export function countVars(src: string | number): RequiredVar[] {
-  if (typeof src === 'number') return [];
-  const out: RequiredVar[] = [];
-  for (const p of parseTemplate(src)) if (typeof p !== 'string') out.push({ name: p.name, get: p.get });
-  return out;
+  return varGetters(src, true);
 }
 
 /** Every variable a key or count template names, defaults or not (numbers name none). */

@@ -442,13 +442,15 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       // The cell's next flush refreshes it (a read when this process has nothing to write).
       this.batcher.mark(cell);
       const used = this.usedOf(cell, prev, now);
-      // A view spent by reservations is believed only while fresh: they may have been settled lower since, or
-      // their process died and its lease ran out (Redis judges that). Consumption never shrinks in a window.
-      if (used >= spec.limit && !(cell.known && perf - cell.seenAt <= this.freshViewMs) && this.consumedOf(cell, prev, now) < spec.limit) {
-        remote = true;
-      } else if (used >= spec.limit) {
-        (denied ??= []).push(i);
-        retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cell.consumed() + cell.reserved(), prev === undefined ? 0 : prev.consumed() + prev.reserved()));
+      if (used >= spec.limit) {
+        // A view spent by reservations is believed only while fresh: they may have been settled lower since, or
+        // their process died and its lease ran out (Redis judges that). Consumption never shrinks in a window.
+        if ((cell.known && perf - cell.seenAt <= this.freshViewMs) || this.consumedOf(cell, prev, now) >= spec.limit) {
+          (denied ??= []).push(i);
+          retry = Math.max(retry, retryAfterMs(now, cell.start, spec, cell.consumed() + cell.reserved(), prev === undefined ? 0 : prev.consumed() + prev.reserved()));
+        } else {
+          remote = true;
+        }
       } else if (!remote && this.needsRedis(counter, cell, prev, spec.limit - used, amount, perf)) {
         remote = true;
       }

@@ -60,8 +60,9 @@ end
  * ARGV: field (process), seq, own consumed, own reserved, lease ms, ttl s, amount to admit (0: plain write),
  *       limit, weight of the previous window, own consumed Redis last acknowledged.
  * A lost key is recovered from the other: a total that is not there is made from the holders' consumed (and the
- * hash marked `_c_from_holders`: a holder written later is not in it); a holders hash that is gone while the total stayed makes each process add only its
- * growth since its last acknowledged write (without that, every process's consumed was counted twice).
+ * hash marked `_c_from_holders`: a holder written later is not in it); a holders hash that is gone while the
+ * total stayed makes each process add only its growth since its last acknowledged write (without that, every
+ * process's consumed was counted twice).
  * Returns [consumed total, others' live reserved, stored seq, stored own consumed, stored own reserved,
  *          admitted (1 yes, 0 no, 2 not decided), previous consumed total, previous live reserved (all processes)].
  * Admission: the amount is added to this process's reservation iff consumed + every live reservation
