@@ -109,6 +109,11 @@ export class Connection implements DeadlineEntry<Connection> {
   /** Taken from the idle pool after DEFER_AFTER_IDLE_MS: the request waits one event-loop turn before it is written (see send()). */
   private reused = false;
   private sendArgs: [number, number] = [0, 0];
+  /** This connection carried a complete answer before (it was parked): a close before the next answer is the keep-alive race. */
+  private served = false;
+  /** The request written on a connection that served before, until the first byte of its answer: see resend(). */
+  private resendHead: string | undefined = undefined;
+  private resendBody: Buffer | undefined = undefined;
 
   constructor(pool: Pool) {
     this.pool = pool;
@@ -212,6 +217,7 @@ export class Connection implements DeadlineEntry<Connection> {
     this.arm(ms);
     // An idle connection alone does not keep the process alive (nor does the deadlines' timer).
     this.socket.unref();
+    this.served = true;
     this.parked = true;
     this.parkedAt = Date.now();
     this.idleUntil = this.parkedAt + ms;
@@ -228,6 +234,7 @@ export class Connection implements DeadlineEntry<Connection> {
   private write(head: string, body: Buffer): void {
     const s = this.socket;
     this.arm(this.firstByteMs);
+    if (this.served) { this.resendHead = head; this.resendBody = body; }
     // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low
     // byte of each character, so U+010A / U+010D would reach the wire as LF / CR (a header injected upstream).
     if (body.length <= ONE_WRITE_MAX) {
@@ -280,8 +287,28 @@ export class Connection implements DeadlineEntry<Connection> {
     h?.onError(f);
   }
 
+  /**
+   * The upstream closed or reset a connection that had served an answer before, after this request was written
+   * and before any byte of its answer: the keep-alive race seen too late to avoid (a server closing an idle
+   * connection as the request arrived, or one that closes on a new request without saying so). The request goes
+   * once more on a new connection, as nginx does with a cached connection; a new connection that fails the
+   * same way fails the request (a POST is not sent a third time).
+   */
+  private resend(): boolean {
+    const h = this.handler;
+    const head = this.resendHead;
+    if (h === undefined || head === undefined || this.st !== St.Head) return false;
+    const body = this.resendBody!;
+    this.resendHead = undefined;
+    this.resendBody = undefined;
+    this.handler = undefined;
+    this.destroy();
+    this.pool.fresh().send(h, head, body, this.firstByteMs, this.bodyIdleMs);
+    return true;
+  }
+
   private onSocketError(err: Error): void {
-    if (this.redispatch()) return;
+    if (this.redispatch() || this.resend()) return;
     const code = (err as NodeJS.ErrnoException).code ?? '';
     const tlsRefused = this.pool.tls && !this.connected;
     const kind = code === 'ETIMEDOUT' ? 'timeout' : 'connect_error';
@@ -294,7 +321,7 @@ export class Connection implements DeadlineEntry<Connection> {
     // idle connections (it gave no hint, or a longer one), so later ones are dropped before that instead of
     // racing its close with a request.
     if (this.parked || (this.connected && this.pendingHead !== undefined)) this.pool.idleClosed(Date.now() - this.parkedAt);
-    if (this.redispatch()) return;
+    if (this.redispatch() || this.resend()) return;
     if (this.st === St.Close && this.handler !== undefined) { this.finish(false); return; }
     if (this.handler === undefined) { this.destroy(); return; }
     const midBody = this.st === St.Length || this.st === St.Chunked;
@@ -305,12 +332,13 @@ export class Connection implements DeadlineEntry<Connection> {
   private onSocketClose(): void {
     this.dead = true;
     this.disarm();
-    this.redispatch();
+    if (!this.redispatch()) this.resend();
     if (this.handler !== undefined) this.fail(new UpstreamFailure('connect_error', 'upstream closed the connection', undefined));
     this.pool.dropped(this);
   }
 
   private onSocketData(b: Buffer): void {
+    if (this.resendHead !== undefined) { this.resendHead = undefined; this.resendBody = undefined; }
     if (this.handler === undefined || this.st === St.Idle || this.st === St.Done) {
       // Bytes nobody asked for (a second answer, garbage on an idle connection): the connection is unusable.
       this.pool.strayBytes();

@@ -656,6 +656,48 @@ test('the server closes (FIN, or reset) after reading the request without answer
   }
 });
 
+test('a kept-alive connection closed (FIN, or reset) as the next request arrives: that request is sent once more on a new connection', T, async () => {
+  for (const reset of [false, true]) {
+    await session({
+      allowHalfOpen: true,
+      onRequest: (req, conn) => {
+        // Answers the first request of each connection; a second one on it is dropped unanswered.
+        if (req.seq === 0) conn.write(ok(`r${req.index}`));
+        else if (reset) conn.socket.resetAndDestroy();
+        else conn.socket.end();
+      },
+    }, async (up, client) => {
+      assertOk(await post(client, up), 'r0');
+      assertOk(await post(client, up), 'r2');
+      assert.equal(up.heads, 3, 'the dropped request was sent once more');
+      assert.equal(up.accepts, 2);
+    });
+  }
+});
+
+test('the resend is once: a new connection that fails the same way fails the request; a started answer is never resent', T, async () => {
+  // Every request after the first is dropped unanswered, on any connection.
+  await session({
+    onRequest: (req, conn) => { if (req.index === 0) conn.write(ok('r0')); else conn.socket.resetAndDestroy(); },
+  }, async (up, client) => {
+    assertOk(await post(client, up), 'r0');
+    assertFailed(await post(client, up), ['connect_error']);
+    assert.equal(up.heads, 3, 'sent on the kept-alive connection, then once on a new one');
+  });
+  // Part of the answer's head came before the reset: the upstream answered, so nothing is sent again.
+  await session({
+    onRequest: (req, conn) => {
+      if (req.seq === 0) { conn.write(ok('r0')); return; }
+      conn.socket.write('HTTP/1.1 200 OK\r\ncontent-');
+      setTimeout(() => conn.socket.resetAndDestroy(), 50);
+    },
+  }, async (up, client) => {
+    assertOk(await post(client, up), 'r0');
+    assertFailed(await post(client, up), ['connect_error', 'protocol_error']);
+    assert.equal(up.heads, 2);
+  });
+});
+
 test('an unsolicited second response in the same packet: the connection is not reused', T, async () => {
   await session({
     onRequest: (req, conn) => {
