@@ -178,6 +178,23 @@ describe('provider gemini through the gateway', () => {
     assert.equal(c1 - c0 - estimate, counted, `charged ${c1 - c0} = estimate ${estimate} + counted text`);
   });
 
+  it('stream that ends cleanly after an in-stream error, before any finishReason: charged = the prompt estimate + the counted text, not the mid-stream usageMetadata', async () => {
+    const c0 = await charged(gw, ROUTE);
+    const body = { contents: CONTENTS, generationConfig: { maxOutputTokens: 40 } };
+    const r = await fetch(`${gw.url}/v1beta/models/gemini-client:streamGenerateContent?alt=sse`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-stream-error-after': '4', 'x-mock-chunks': '16' }, body: JSON.stringify(body),
+    });
+    assert.equal(r.status, 200);
+    const raw = await readAll(r);
+    assert.match(raw, /"error"/, 'the error object reached the client');
+    const estimate = Math.ceil(countPromptParts(geminiPromptParts(body.contents, undefined, undefined), 'o200k_base') * PROMPT_SCALE);
+    const seen = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
+    assert.ok(seen.length > 0, 'the frames before the error reached the client');
+    const c1 = await waitMoved(gw, ROUTE, c0);
+    const counted = Math.min(Math.ceil(countText(seen, 'o200k_base') * PROMPT_SCALE), 40);
+    assert.equal(c1 - c0 - estimate, counted, `charged ${c1 - c0} = estimate ${estimate} + counted text`);
+  });
+
   it('stream aborted by the client: charged = the prompt estimate + the text the gateway had received', async () => {
     const c0 = await charged(gw, ROUTE);
     const body = { contents: CONTENTS, generationConfig: { maxOutputTokens: 24 } };

@@ -250,15 +250,27 @@ test('native stream after a UTF-8 byte order mark, split anywhere: read as witho
   }
 });
 
-test('native stream: usage only once final; a cut stream reports none (its text is charged)', () => {
+test('native stream: usage only once final; a stream ending before its finish reports none (its text is charged)', () => {
   const partial = Buffer.from(`data: ${JSON.stringify(FRAMES[0])}\n\ndata: ${JSON.stringify(FRAMES[1])}\n\n`);
   const codec = new GeminiStream(true, { maxUsage: MAX });
   codec.push(partial);
   assert.equal(codec.usage, undefined);
   assert.equal(codec.text, 'Hello 🌍 ');
-  // A clean end without finishReason: the last usage seen stands.
+  // A clean end without a finishReason (Gemini's mid-stream usageMetadata counts the prompt only): no usage.
   codec.end();
-  assert.equal(usageOf(codec)?.completion_tokens, 2);
+  assert.equal(codec.usage, undefined);
+  assert.equal(codec.usageRejected, undefined);
+  // The same after an in-stream error object.
+  const errored = new GeminiStream(true, { maxUsage: MAX });
+  errored.push(Buffer.concat([partial, Buffer.from('data: {"error":{"code":500,"message":"x","status":"INTERNAL"}}\n\n')]));
+  errored.end();
+  assert.equal(errored.usage, undefined);
+  // A blocked prompt has no candidates and no finishReason: its usage (the prompt) is final.
+  const blocked = new GeminiStream(true, { maxUsage: MAX });
+  blocked.push(Buffer.from(`data: ${JSON.stringify({ promptFeedback: { blockReason: 'SAFETY' }, usageMetadata: { promptTokenCount: 7, totalTokenCount: 7 } })}\n\n`));
+  blocked.end();
+  assert.equal(usageOf(blocked)?.prompt_tokens, 7);
+  assert.equal(usageOf(blocked)?.completion_tokens, 0);
   const lying = new GeminiStream(true, { maxUsage: MAX });
   lying.push(Buffer.from(`data: ${JSON.stringify({ ...FRAMES[2], usageMetadata: { promptTokenCount: -1 } })}\n\n`));
   lying.end();

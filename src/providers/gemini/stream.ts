@@ -2,8 +2,9 @@
 // JSON array of them. The framing is read from the first byte that is not whitespace ('[' or '{': JSON), so a
 // stream is metered right whatever the request said. Every frame may carry usageMetadata; it is cumulative, so
 // the last one wins and nothing is added up (and only the last is read: the others are just kept). It is reported
-// only once final (a frame with a finishReason, or a clean end): a stream cut in the middle is charged its counted
-// text, not a partial usage.
+// only once final, after a frame with a finishReason (or a prompt blocked with promptFeedback.blockReason, which has
+// no candidates): Gemini's mid-stream usageMetadata counts the prompt only, so a stream that ends, even cleanly,
+// before its finish (cut, or after an in-stream error object) is charged its counted text, not a partial usage.
 import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -73,10 +74,13 @@ export class GeminiMeter {
       this.lastMeta = f.usageMetadata;
       this.readDone = false;
     }
+    if (this.final) return;
     const cands = f.candidates;
-    if (!this.final && Array.isArray(cands)) {
+    if (Array.isArray(cands)) {
       for (const c of cands) if (typeof (c as { finishReason?: unknown } | null)?.finishReason === 'string') this.final = true;
     }
+    const fb = (json as { promptFeedback?: { blockReason?: unknown } | null }).promptFeedback;
+    if (typeof fb === 'object' && fb !== null && typeof fb.blockReason === 'string') this.final = true;
   }
 
   /** A frame read by the fast path (frame-scan.ts) that carries usageMetadata: parsed only if it stays the last. */
@@ -85,10 +89,6 @@ export class GeminiMeter {
     this.readDone = false;
   }
 
-  /** The stream ended cleanly: its last usage is its whole usage. */
-  finish(): void {
-    this.final = true;
-  }
 
   private last(): Usage | UsageRejection | undefined {
     if (!this.readDone) {
@@ -136,7 +136,6 @@ export class GeminiStream implements StreamCodec {
 
   end(): Buffer | undefined {
     this.reader.end();
-    this.meter.finish();
     return undefined;
   }
 

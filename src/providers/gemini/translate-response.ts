@@ -161,7 +161,6 @@ export class TranslatedStream implements StreamCodec {
 
   end(): Buffer | undefined {
     this.reader.end();
-    this.meter.finish();
     const usage = this.meter.usage;
     if (this.wantsUsage && usage !== undefined) {
       this.out += this.chunkHead() + ']' + ',"usage":' + JSON.stringify(openAiUsageOf(usage)) + '}\n\n';
