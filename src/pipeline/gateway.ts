@@ -560,8 +560,11 @@ export class Gateway implements RequestSink {
       const rejected = meter.usageRejected;
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
       let usage = meter.usage;
-      if (usage === undefined || ctx.cut || res.aborted) {
-        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
+      // A completion of 0 after text streamed is not believed either: the text is counted (cutShortUsage below).
+      const zeroCompletion = usage !== undefined && usage.completion_tokens === 0 && (counting !== undefined || meter.text !== '');
+      if (zeroCompletion) this.usageRejected(ctx, 'zero_completion');
+      if (usage === undefined || ctx.cut || res.aborted || zeroCompletion) {
+        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
         if (counting !== undefined) counted += await counting;
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
@@ -658,7 +661,21 @@ export class Gateway implements RequestSink {
     this.usageLogSuppressed = 0;
   }
 
-  private settle(ctx: Exchange, usage: Usage): void {
+  /** A reported prompt of 0 for a request whose prompt counted more is not believed (read as is, the prompt would be
+   *  free): the counted prompt replaces it, the rest of the report stands (without its raw object, so cost
+   *  expressions take their upper bound, as for any counted usage). */
+  private believedPrompt(ctx: Exchange, usage: Usage): Usage {
+    const p = ctx.prepared;
+    if (usage.prompt_tokens !== 0 || p === undefined || !p.promptCounted || p.promptTokens <= 0) return usage;
+    this.usageRejected(ctx, 'zero_prompt');
+    const total = usage.total_tokens + p.promptTokens;
+    return usage.reasoning_tokens === undefined
+      ? { prompt_tokens: p.promptTokens, completion_tokens: usage.completion_tokens, total_tokens: total }
+      : { prompt_tokens: p.promptTokens, completion_tokens: usage.completion_tokens, total_tokens: total, reasoning_tokens: usage.reasoning_tokens };
+  }
+
+  private settle(ctx: Exchange, reported: Usage): void {
+    const usage = this.believedPrompt(ctx, reported);
     const m = this.deps.metrics;
     const route = ctx.route.id;
     const instance = ctx.instanceName;

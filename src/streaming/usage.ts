@@ -22,8 +22,9 @@ export interface Usage {
   raw?: Readonly<Record<string, unknown>>;
 }
 
-/** Why an upstream usage object was not believed (the `reason` label of sluice_usage_rejected_total). */
-export type UsageRejectReason = 'malformed' | 'not_a_number' | 'negative' | 'fractional' | 'too_large' | 'inconsistent';
+/** Why an upstream usage object was not believed (the `reason` label of sluice_usage_rejected_total). `zero_prompt`
+ *  and `zero_completion` are judged against the request (the pipeline): a 0 where the gateway counted more. */
+export type UsageRejectReason = 'malformed' | 'not_a_number' | 'negative' | 'fractional' | 'too_large' | 'inconsistent' | 'zero_prompt' | 'zero_completion';
 
 export interface UsageRejection {
   readonly rejected: UsageRejectReason;

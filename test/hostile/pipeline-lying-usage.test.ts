@@ -26,13 +26,21 @@ const LIES: Record<string, [string, string]> = {
   inconsistent: ['{"prompt_tokens":12,"completion_tokens":500000,"total_tokens":3}', 'inconsistent'],
 };
 
+/** Zeros where the gateway counted more: a prompt of 0 is replaced by the counted prompt; a streamed completion of 0
+ *  after text went out by the counted text (a buffered one stands: its text is not decoded when usage came). */
+const ZEROS: Record<string, string> = {
+  all_zero: '{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}',
+  zero_prompt: '{"prompt_tokens":-0,"completion_tokens":7,"total_tokens":7}',
+};
+
 async function lyingUpstream(): Promise<Server> {
   const s = createServer((req, res) => {
     const parts: Buffer[] = [];
     req.on('data', (b: Buffer) => parts.push(b));
     req.on('end', () => {
       const body = JSON.parse(Buffer.concat(parts).toString('utf8')) as { stream?: boolean };
-      const usage = LIES[String(req.headers['x-lie'])]![0];
+      const lie = String(req.headers['x-lie']);
+      const usage = LIES[lie]?.[0] ?? ZEROS[lie]!;
       if (body.stream !== true) {
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(`{"id":"x","object":"chat.completion","model":"${MODEL}","choices":[{"index":0,"message":{"role":"assistant","content":${JSON.stringify(TEXT)}},"finish_reason":"stop"}],"usage":${usage}}`);
@@ -66,9 +74,13 @@ const REQUEST = { model: MODEL, messages: [{ role: 'user', content: 'What is one
 
 /** What the gateway charges when it does not believe the upstream: its own prompt count plus the text, counted. */
 function countedEstimate(): number {
+  return countedPrompt() + countText(TEXT, 'o200k_base');
+}
+
+function countedPrompt(): number {
   const p = prepareRequest(Buffer.from(JSON.stringify(REQUEST)), { kind: 'chat', defaultMaxTokens: 256, countPrompt: true } as Parameters<typeof prepareRequest>[1]);
   assert.ok(p.ok);
-  return p.promptTokens + countText(TEXT, 'o200k_base');
+  return p.promptTokens;
 }
 
 async function streamed(gw: TestGateway, lie: string): Promise<string> {
@@ -121,6 +133,38 @@ describe('a lying upstream cannot poison quotas', () => {
     const gw = await startGateway({ tokens: { max_usage: 1_000_000 }, ...config(url, {}) });
     try {
       await sendEveryLie(gw);
+    } finally { await gw.close(); }
+  });
+
+  it('a usage of 0 where the gateway counted more is not believed: the counted prompt, and a streamed completion counted', async () => {
+    const gw = await startGateway({ tokens: { max_usage: 1_000_000 }, ...config(url, {}) });
+    try {
+      const prompt = countedPrompt();
+      const text = countText(TEXT, 'o200k_base');
+      assert.ok(prompt > 0 && text > 0);
+      let charged = 0;
+      const buffered = async (lie: string, expect: number): Promise<void> => {
+        const r = await post(`${gw.url}/v1/chat/completions`, REQUEST, { 'x-lie': lie });
+        assert.equal(r.status, 200, r.text);
+        charged += expect;
+        assert.equal(r.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - charged), `Remaining after buffered ${lie}`);
+        assert.match(r.headers.get('x-sluice-usage') ?? '', new RegExp(`^prompt=${prompt}, completion=${expect - prompt}, `));
+      };
+      const stream = async (lie: string, expect: number): Promise<void> => {
+        assert.match(await streamed(gw, lie), /\[DONE\]/);
+        charged += expect;
+        // Settled after the stream's last byte: the next answer's Remaining shows it.
+        const probe = await post(`${gw.url}/v1/chat/completions`, REQUEST, { 'x-lie': 'zero_prompt' });
+        charged += prompt + 7;
+        assert.equal(probe.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - charged), `Remaining after streamed ${lie}`);
+      };
+      await buffered('all_zero', prompt);
+      await buffered('zero_prompt', prompt + 7);
+      await stream('all_zero', prompt + text);
+      await stream('zero_prompt', prompt + 7);
+      assert.ok(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_prompt"\}/) >= 4);
+      assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_completion"\}/), 1);
+      assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="lies"/), charged);
     } finally { await gw.close(); }
   });
 
