@@ -97,7 +97,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ['store', 'path'] as const, registers,
     }),
     redisErrors: new Counter({
-      name: 'sluice_redis_errors_total', help: 'Redis errors, by kind (timeout, connection, reply).',
+      name: 'sluice_redis_errors_total', help: 'Redis errors, by kind: timeout, connection (refused, unknown host, dropped), reply (an error reply, a refused AUTH), not_sent (no connection to send on).',
       labelNames: ['store', 'kind'] as const, registers,
     }),
     redisBreakerState: new Gauge({
@@ -133,7 +133,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ['store', 'outcome'] as const, registers,
     }),
     usageRejected: new Counter({
-      name: 'sluice_usage_rejected_total', help: 'Upstream usage objects not believed (malformed, not_a_number, negative, fractional, too_large, inconsistent); the counted estimate was charged instead.',
+      name: 'sluice_usage_rejected_total', help: 'Upstream usage objects not believed (malformed, not_a_number, negative, fractional, too_large, inconsistent; zero_prompt, zero_completion: a 0 where the gateway counted more); the counted estimate (or count) was charged instead.',
       labelNames: ['route', 'reason'] as const, registers,
     }),
     shutdownCut: new Counter({

@@ -15,6 +15,7 @@ import { holders } from '../conformance/load.ts';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { mockInstance } from '../helpers/gateway.ts';
 import { eventually, startSluiceProcess } from '../helpers/sluice-process.ts';
+import { freePorts } from '../helpers/free-port.ts';
 import { redisStore, standaloneTarget } from '../conformance/redis-targets.ts';
 import { LedgerHost } from '../../src/quota/shared/ledger-host.ts';
 import { LedgerClient } from '../../src/quota/shared/ledger-store.ts';
@@ -217,6 +218,26 @@ describe('a wrong Redis password', () => {
       await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }) });
       await eventually('the breaker opens and says why', () => gw.logs.some((l) => l.includes('redis circuit breaker open') && /WRONGPASS|NOAUTH/.test(l)), 30_000);
       assert.ok(!gw.logs.some((l) => l.includes('wrong-secret-0815') || l.includes('right-secret-4711')), 'no password in the logs');
+      // A Redis never reachable shows in the error counter an alert watches, not only in the breaker gauge.
+      const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      const errors = [...metrics.matchAll(/^sluice_redis_errors_total\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+      assert.ok(errors > 0, `sluice_redis_errors_total counts the refused AUTH:\n${metrics.split('\n').filter((l) => l.startsWith('sluice_redis_errors')).join('\n')}`);
+      assert.ok(!metrics.includes('wrong-secret-0815'), 'no password in the metrics');
+    } finally { await gw.stop(); }
+  });
+
+  it('a Redis port with nothing listening is counted in sluice_redis_errors_total{kind="connection"}', async () => {
+    const [closed] = await freePorts(1) as [number];
+    const gw = await startSluiceProcess({ routes: [{ id: 'r', uri: '/v1/chat/completions', plugins: {
+      'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] },
+      'ai-rate-limiting': { limit: 1000, time_window: 60, policy: 'redis', redis_host: '127.0.0.1', redis_port: closed },
+    } }] });
+    try {
+      await eventually('connection errors are counted', async () => {
+        const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+        const m = /^sluice_redis_errors_total\{[^}]*kind="connection"[^}]*\} (\d+)/m.exec(metrics);
+        return m !== null && Number(m[1]) > 0;
+      }, 30_000);
     } finally { await gw.stop(); }
   });
 });

@@ -35,6 +35,8 @@ export interface RedisPort {
   /** A reply said a slot moved (MOVED/ASK): re-read the slot map (Cluster). */
   slotsMoved(): void;
   on(event: 'ready' | 'down', listener: () => void): void;
+  /** Set by the owner: called with every connection-level error of the client (refused, DNS, AUTH, ...). */
+  onError: ((err: unknown) => void) | undefined;
   /** The message of the client's last connection error (WRONGPASS, ECONNREFUSED, ...): never holds a password. */
   readonly lastError: string | undefined;
   quit(): Promise<void>;
@@ -78,15 +80,19 @@ function common(t: RedisTargetConfig): NonNullable<ClusterOptions['redisOptions'
   };
 }
 
-function silenceErrorEvents(client: Redis | Cluster, seen: { lastError: string | undefined }): void {
-  // Errors surface through command results and the breaker; an 'error' listener keeps ioredis from printing them.
+function silenceErrorEvents(client: Redis | Cluster, seen: { lastError: string | undefined; onError: ((err: unknown) => void) | undefined }): void {
+  // An 'error' listener keeps ioredis from printing them; they are counted (sluice_redis_errors_total) by the owner.
   // The last one is kept for the breaker's log line: a wrong password must not look like a Redis that is down.
-  client.on('error', (err: unknown) => { seen.lastError = err instanceof Error ? err.message.slice(0, 200) : String(err).slice(0, 200); });
+  client.on('error', (err: unknown) => {
+    seen.lastError = err instanceof Error ? err.message.slice(0, 200) : String(err).slice(0, 200);
+    seen.onError?.(err);
+  });
 }
 
 class StandalonePort implements RedisPort {
   readonly mode: RedisTargetConfig['mode'];
   lastError: string | undefined = undefined;
+  onError: ((err: unknown) => void) | undefined = undefined;
   private readonly writer: Redis;
   private readonly reader: Redis | undefined;
   private closing = false;
@@ -170,6 +176,7 @@ class StandalonePort implements RedisPort {
 class ClusterPort implements RedisPort {
   readonly mode = 'cluster' as const;
   lastError: string | undefined = undefined;
+  onError: ((err: unknown) => void) | undefined = undefined;
   readonly readsFromReplica = false;
   private readonly client: Cluster;
   private readonly readyListeners: (() => void)[] = [];

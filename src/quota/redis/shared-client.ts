@@ -48,6 +48,13 @@ export class SharedRedis {
   constructor(target: RedisTargetConfig, key = redisClientKey(target), port: RedisPort = createPort(target)) {
     this.id = key;
     this.port = port;
+    // Connection-level errors (refused, unknown host, a wrong password) reach no command: counted here, so an alert
+    // on sluice_redis_errors_total fires for a Redis that was never reachable too.
+    port.onError = (err) => {
+      if (this.closed) return;
+      const kind = classifyError(err);
+      for (const l of this.listeners) l.error(kind);
+    };
     this.breaker = new CircuitBreaker({
       failureThreshold: FAILURE_THRESHOLD,
       probeIntervalMs: PROBE_INTERVAL_MS,
