@@ -11,26 +11,52 @@ import { runtimeProblem } from './runtime.ts';
 
 const USAGE = `usage:
   sluice start --config <file.yaml|file.json> [--port <n>] [--admin-port <n>]
-  sluice start --embedded            local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091)
+  sluice start --embedded [--port <n>] [--admin-port <n>]
+                                     local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091)
   sluice validate --config <file>    prints ok, or every error with its path (exit 2)
   sluice mock-upstream --port <n>    OpenAI-compatible mock LLM (see --help)`;
 
 const EMBEDDED_CONFIG = fileURLToPath(new URL('../../examples/embedded.yaml', import.meta.url));
 
-function flag(argv: string[], name: string): string | undefined {
-  const i = argv.indexOf(name);
-  return i >= 0 ? argv[i + 1] : undefined;
+interface StartArgs {
+  readonly config: string | undefined;
+  readonly embedded: boolean;
+  readonly port: number | undefined;
+  readonly adminPort: number | undefined;
 }
 
-function portFlag(argv: string[], name: string): number | undefined {
-  const v = flag(argv, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) {
-    console.error(`${name}: must be a port number`);
-    process.exit(2);
+const START_VALUE_FLAGS = ['--config', '--port', '--admin-port'] as const;
+
+/** `start`'s arguments, or a message: a mistyped flag must not start the gateway on its default ports. */
+export function parseStartArgs(argv: readonly string[]): StartArgs | string {
+  const values = new Map<string, string>();
+  let embedded = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--embedded') { embedded = true; continue; }
+    const eq = a.indexOf('=');
+    const name = a.startsWith('--') && eq > 0 ? a.slice(0, eq) : a;
+    if (!(START_VALUE_FLAGS as readonly string[]).includes(name)) {
+      return `sluice start: unknown argument ${JSON.stringify(a.slice(0, 100))} (known: --config <file>, --embedded, --port <n>, --admin-port <n>)`;
+    }
+    let v: string | undefined;
+    if (name !== a) v = a.slice(eq + 1);
+    else { v = argv[i + 1]; i++; }
+    if (v === undefined || v === '' || (name === a && v.startsWith('--'))) return `sluice start: ${name} needs a value`;
+    if (values.has(name)) return `sluice start: ${name} is given twice`;
+    values.set(name, v);
   }
-  return n;
+  const port = (name: string): number | string | undefined => {
+    const v = values.get(name);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    return /^[0-9]+$/.test(v) && n <= 65535 ? n : `sluice start: ${name}: must be a port number (0-65535), got ${JSON.stringify(v.slice(0, 40))}`;
+  };
+  const p = port('--port');
+  const ap = port('--admin-port');
+  if (typeof p === 'string') return p;
+  if (typeof ap === 'string') return ap;
+  return { config: values.get('--config'), embedded, port: p, adminPort: ap };
 }
 
 async function start(argv: string[]): Promise<void> {
@@ -39,8 +65,10 @@ async function start(argv: string[]): Promise<void> {
     console.error(problem);
     process.exit(1);
   }
-  const embedded = argv.includes('--embedded');
-  let file = flag(argv, '--config');
+  const args = parseStartArgs(argv);
+  if (typeof args === 'string') { console.error(`${args}\n${USAGE}`); process.exit(2); }
+  const embedded = args.embedded;
+  let file = args.config;
   const env = { ...process.env };
   let mockClose: (() => Promise<void>) | undefined;
   if (embedded) {
@@ -70,7 +98,7 @@ async function start(argv: string[]): Promise<void> {
     // Provider modules register their names and instance checks with config validation.
     await import('../providers/registry.ts');
     const config = loadConfigFile(configFile, env);
-    const ports = { port: portFlag(argv, '--port'), adminPort: portFlag(argv, '--admin-port') };
+    const ports = { port: args.port, adminPort: args.adminPort };
     const adminPort = ports.adminPort ?? config.admin.port;
     if (listenersClash({ host: config.listen.host, port: ports.port ?? config.listen.port }, { host: config.admin.host, port: adminPort })) {
       console.error(`sluice: the metrics port ${adminPort} is the listen port: give --admin-port (or admin.port) another one`);

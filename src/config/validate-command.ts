@@ -18,31 +18,34 @@ const stdio: CommandOutput = {
 
 const USAGE = 'usage: sluice validate --config <file>';
 
-function configArg(argv: readonly string[]): string | undefined {
+/** The file to validate, or what is wrong with the arguments. */
+function configArg(argv: readonly string[]): { file: string } | string {
   let file: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--config' || a === '-c') {
       const next = argv[i + 1];
-      if (next === undefined || next.startsWith('-')) return undefined;
+      if (next === undefined || next.startsWith('-')) return `${a} needs a file`;
       file = next;
       i++;
     } else if (a.startsWith('--config=')) {
       file = a.slice('--config='.length);
     } else {
-      return undefined;
+      return `unknown argument ${JSON.stringify(a.slice(0, 100))}`;
     }
   }
-  return file === '' ? undefined : file;
+  return file === undefined || file === '' ? '--config <file> is required' : { file };
 }
 
 /** `argv` holds the arguments after `validate`. */
 export function runValidateCommand(argv: string[], io: CommandOutput = stdio, env: NodeJS.ProcessEnv = process.env): number {
-  const file = configArg(argv);
-  if (file === undefined) {
+  const arg = configArg(argv);
+  if (typeof arg === 'string') {
+    io.err(`sluice validate: ${arg}`);
     io.err(USAGE);
     return 2;
   }
+  const file = arg.file;
   try {
     const config = loadConfigFile(file, env);
     for (const w of configWarnings(config)) io.err(`warning: ${formatIssue(w)}`);

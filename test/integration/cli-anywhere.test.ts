@@ -103,6 +103,21 @@ test('an unknown command prints the usage and exits 2; --help exits 0', () => {
   }
 });
 
+test('start refuses a mistyped or incomplete flag with exit 2 and says which, before binding any port', () => {
+  for (const [args, said] of [
+    [['start', '--embedded', '--prot', '1'], /unknown argument "--prot"/],
+    [['start', '--embedded', '--admin-prot=1'], /unknown argument "--admin-prot=1"/],
+    [['start', '--embedded', '--port'], /--port needs a value/],
+    [['start', '--embedded', '--port', '99999'], /--port: must be a port number/],
+    [['start', '--embedded', '--port', '1', '--port', '2'], /--port is given twice/],
+  ] as const) {
+    const r = runCli([...args]);
+    assert.equal(r.status, 2, args.join(' '));
+    assert.match(r.stderr, said, args.join(' '));
+    assert.doesNotMatch(r.stdout + r.stderr, /listening/, 'nothing started');
+  }
+});
+
 test('start from outside the repo: one process (no launcher child, no loader), serves, drains on SIGTERM, exits 0', async () => {
   const [mockPort, port, adminPort] = await freePorts(3);
   const mock = startCli(['mock-upstream', '--port', String(mockPort), '--name', 'cli-mock']);

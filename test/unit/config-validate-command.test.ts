@@ -34,12 +34,13 @@ describe('sluice validate', () => {
     assert.deepEqual(run(['--config', join(fixtures, 'broken.yaml')]), { code: 2, out: [], err: BROKEN });
   });
 
-  it('returns 2 with a usage line on bad arguments, and with the file name when it cannot be read', () => {
-    const usage = { code: 2, out: [], err: ['usage: sluice validate --config <file>'] };
-    assert.deepEqual(run([]), usage);
-    assert.deepEqual(run(['--config']), usage);
-    assert.deepEqual(run(['--config=']), usage);
-    assert.deepEqual(run(['--config', 'a.yaml', 'extra']), usage);
+  it('returns 2 saying what is wrong with the arguments, and with the file name when it cannot be read', () => {
+    const usage = (why: string) => ({ code: 2, out: [], err: [`sluice validate: ${why}`, 'usage: sluice validate --config <file>'] });
+    assert.deepEqual(run([]), usage('--config <file> is required'));
+    assert.deepEqual(run(['--config']), usage('--config needs a file'));
+    assert.deepEqual(run(['--config=']), usage('--config <file> is required'));
+    assert.deepEqual(run(['--config', 'a.yaml', 'extra']), usage('unknown argument "extra"'));
+    assert.deepEqual(run(['--confg', 'a.yaml']), usage('unknown argument "--confg"'));
     const missing = join(fixtures, 'no-such-file.yaml');
     assert.deepEqual(run(['--config', missing]), { code: 2, out: [], err: [`${missing}: cannot read the file (ENOENT)`] });
   });
