@@ -8,7 +8,7 @@
 // for new requests only, and a retired snapshot is handed back (its stores may close) once its last request
 // has finished. At shutdown, requests still running past the drain time are cut and settled (cutAll).
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
-import { sendError, type ErrorFormat } from './error-response.ts';
+import { errorHeaders, errorText, sendError, type ErrorFormat } from './error-response.ts';
 import { log } from '../core/log.ts';
 import { isIdentityCoding } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
@@ -224,7 +224,13 @@ export class Gateway implements RequestSink {
   private answerError(ctx: Exchange, e: SluiceError): void {
     const res = ctx.res;
     if (res.started) res.destroy();
-    else sendError(res, e, ctx.spec?.errorBody);
+    else {
+      // Sluice's own answers after an admission (a 502 for a broken answer, charged; a 504) report the quotas as a
+      // relayed upstream error does; before one, there are none to report.
+      const headers = errorHeaders(e);
+      this.addQuotaHeaders(ctx, headers);
+      res.send(e.status, headers, errorText(e, ctx.spec?.errorBody));
+    }
     this.observe(ctx, e.status);
   }
 
