@@ -233,6 +233,10 @@ export class LocalQuotaStore implements QuotaStore, LedgerBackend {
 
   ledgerTouch(): void {}
 
+  ledgerFull(): void {
+    this.m.overflow?.inc();
+  }
+
   ledgerBind(changed: ((cell: LedgerCell) => void) | undefined, release?: (cell: LedgerCell) => boolean): void {
     this.ledgerRelease = changed === undefined ? undefined : release;
   }

@@ -9,6 +9,7 @@ import { LedgerHost, MAX_LEDGER_SLOTS, MIN_LEDGER_SLOTS, ledgerSlotsFor } from '
 import { LedgerClient } from '../../src/quota/shared/ledger-store.ts';
 import type { LedgerReply, LedgerRequest } from '../../src/quota/shared/protocol.ts';
 import { SluiceError } from '../../src/core/errors.ts';
+import { createMetrics } from '../../src/metrics/registry.ts';
 import type { CounterSpec } from '../../src/quota/types.ts';
 
 const WORKER = new URL('../helpers/ledger-worker.ts', import.meta.url);
@@ -166,8 +167,9 @@ describe('ledger host and client bounds', () => {
 
   const spec = (id: string, limit = 1000): CounterSpec => ({ id, limit, windowMs: 600_000, sliding: false });
 
-  it('a full table answers SLC_OVERLOADED and leaves nothing reserved in the backend', async () => {
-    const backend = new LocalQuotaStore('local');
+  it('a full table answers SLC_OVERLOADED, counted as the store\'s key overflow, and leaves nothing reserved in the backend', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const backend = new LocalQuotaStore('local', { metrics });
     const host = new LedgerHost({ maxSlots: 3 });
     host.attach('s', backend);
     const store = new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('s', 'l');
@@ -175,6 +177,8 @@ describe('ledger host and client bounds', () => {
     for (let i = 0; i < 3; i++) assert.equal((await store.acquire([{ counter: spec(`c${i}`), amount: 10 }], now)).ok, true);
     await assert.rejects(async () => store.acquire([{ counter: spec('c3'), amount: 10 }], now), (e: unknown) => e instanceof SluiceError && e.code === 'SLC_OVERLOADED');
     assert.equal(backend.peek(spec('c3'), now).reserved, 0);
+    const text = await metrics.registry.metrics();
+    assert.match(text, /^sluice_quota_key_evictions_total\{store="local",outcome="overflow"\} 1$/m);
     // Counters with a slot keep being served on the fast path.
     const r = store.acquire([{ counter: spec('c1'), amount: 10 }], now);
     assert.equal(r instanceof Promise, false);

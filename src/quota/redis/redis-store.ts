@@ -613,7 +613,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   /** Usage this process admitted that Redis never acknowledged: said, not dropped silently. */
   private reportUnwritten(): void {
     const { cells, tokens } = this.unwritten();
-    if (cells > 0) log.error('quota store closed before redis acknowledged its usage: those tokens are not counted', { store: this.name, counters: cells, tokens });
+    if (cells > 0) log.error('quota store closed before redis acknowledged its usage: those tokens may not be counted (a write that timed out may still be applied)', { store: this.name, counters: cells, tokens });
   }
 
   // ------------------------------------------------------------------------------------------------------
@@ -1213,6 +1213,10 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
 
   ledgerTouch(cell: LedgerCell): void {
     this.batcher.mark(cell as RedisCell);
+  }
+
+  ledgerFull(): void {
+    this.m.overflow.inc();
   }
 
   ledgerBind(changed: ((cell: LedgerCell) => void) | undefined, release?: (cell: LedgerCell) => boolean): void {

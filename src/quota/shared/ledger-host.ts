@@ -3,6 +3,7 @@
 // moves the grant's reservations into slots and publishes the backend's view into them. It folds the
 // threads' slot usage into the backends (dirty ring, polled) and frees slots whose windows are over.
 import { SluiceError } from '../../core/errors.ts';
+import { log } from '../../core/log.ts';
 import type { AcquireItem, AcquireResult, CounterSpec, QuotaStore } from '../types.ts';
 import type { StoreGrantEntry } from '../window.ts';
 import {
@@ -17,6 +18,7 @@ import type { LedgerDescriptor, LedgerReply, LedgerRequest } from './protocol.ts
 
 /** Two windows for each of limits.max_quota_keys' default 100,000 counters. */
 const DEFAULT_MAX_SLOTS = 200_000;
+const FULL_LOG_EVERY_MS = 10_000;
 /** Bounds of `ledgerSlotsFor`: a small key cap still gets a useful table; a huge one no multi-GB buffer. */
 export const MIN_LEDGER_SLOTS = 4_096;
 export const MAX_LEDGER_SLOTS = 4_000_000;
@@ -77,12 +79,16 @@ export class LedgerHost {
   private readonly kbuf = new Int32Array(3);
   private readonly cancelPoll: () => void;
   private readonly holdGraceMs: number;
+  private readonly maxSlots: number;
+  /** When the full ledger was last logged (at most once per FULL_LOG_EVERY_MS). */
+  private fullLoggedAt = Number.NEGATIVE_INFINITY;
   private depth = 0;
   private nextEvict = 0;
   private closed = false;
 
   constructor(opts: LedgerHostOptions = {}) {
-    this.desc = createLedger({ slots: opts.maxSlots ?? DEFAULT_MAX_SLOTS });
+    this.maxSlots = opts.maxSlots ?? DEFAULT_MAX_SLOTS;
+    this.desc = createLedger({ slots: this.maxSlots });
     this.table = new LedgerTable(this.desc, { stealMs: opts.stealMs, fresh: true });
     this.holdGraceMs = opts.holdGraceMs ?? DEFAULT_HOLD_GRACE_MS;
     // Grown as slots are used (lowest first), so a table sized for the key cap costs little until it fills.
@@ -201,6 +207,12 @@ export class LedgerHost {
     for (const e of entries) {
       if (this.linkLocked(a, e.counter, e.cell) < 0) {
         a.backend.release(r);
+        a.backend.ledgerFull();
+        const now = Date.now();
+        if (now - this.fullLoggedAt >= FULL_LOG_EVERY_MS) {
+          this.fullLoggedAt = now;
+          log.warn('serving threads\' quota ledger full: new counters refused with 503 until windows end; it is sized 2 × limits.max_quota_keys at start, for every store of the process', { slots: this.maxSlots });
+        }
         return { kind: 'error', code: 'SLC_OVERLOADED', message: 'too many quota keys tracked' };
       }
     }

@@ -39,6 +39,9 @@ export interface LedgerBackend {
   ledgerView(id: string, cell: LedgerCell, out: Float64Array): void;
   /** Queue a linked cell for a refresh from the shared store (no-op for local stores). */
   ledgerTouch(cell: LedgerCell): void;
+  /** The ledger had no slot for a counter this store granted: the request is refused like a key past the store's
+   *  own cap (503 SLC_OVERLOADED), and counted as such (sluice_quota_key_evictions_total{outcome="overflow"}). */
+  ledgerFull(): void;
   /**
    * The cell `acquire(…, now)` decided `counter` on, when the backend holds it and it is the window of
    * `now` (after a denial, so the host can bind a slot to it); undefined otherwise.
