@@ -186,6 +186,36 @@ describe('ledger host and client bounds', () => {
     await backend.close();
   });
 
+  it('a table full of slots no thread holds makes room: a new counter is admitted, and the counters taken back keep their usage', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const backend = new LocalQuotaStore('local', { metrics });
+    const host = new LedgerHost({ maxSlots: 3 });
+    host.attach('s', backend);
+    const store = new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('s', 'l');
+    const now = Date.now();
+    // Three counters with usage in a live window, none held: the table is full.
+    for (let i = 0; i < 3; i++) {
+      const g = await store.acquire([{ counter: spec(`u${i}`, 100), amount: 10 }], now);
+      assert.ok(g.ok);
+      store.settle(g, [60]);
+    }
+    const fourth = await store.acquire([{ counter: spec('u3', 100), amount: 10 }], now);
+    assert.ok(fourth.ok, 'admitted: a slot was taken back');
+    store.settle(fourth, [60]);
+    assert.doesNotMatch(await metrics.registry.metrics(), /outcome="overflow"\} [1-9]/);
+    // Every counter still holds its 60 tokens, in the backend or its slot: 40 more spend it, and the next is refused.
+    for (let i = 0; i < 4; i++) {
+      const more = await store.acquire([{ counter: spec(`u${i}`, 100), amount: 10 }], now);
+      assert.ok(more.ok, `u${i} has room at 60 of 100`);
+      store.settle(more, [40]);
+      const again = await store.acquire([{ counter: spec(`u${i}`, 100), amount: 10 }], now);
+      if (again.ok) store.settle(again, [0]);
+      assert.equal(again.ok, false, `u${i} is spent at 100: its first 60 were kept`);
+    }
+    host.close();
+    await backend.close();
+  });
+
   it('past max_quota_keys, a counter linked to a slot that holds nothing is taken back and evicted; one a thread holds is not', async () => {
     const backend = new LocalQuotaStore('local', { maxKeys: 2 });
     const host = new LedgerHost({ maxSlots: 16 });

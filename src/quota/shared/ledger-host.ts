@@ -205,13 +205,13 @@ export class LedgerHost {
     }
     const entries = r.entries as readonly StoreGrantEntry<LedgerCell>[];
     for (const e of entries) {
-      if (this.linkLocked(a, e.counter, e.cell) < 0) {
+      if (this.linkLocked(a, e.counter, e.cell, entries) < 0) {
         a.backend.release(r);
         a.backend.ledgerFull();
         const now = Date.now();
         if (now - this.fullLoggedAt >= FULL_LOG_EVERY_MS) {
           this.fullLoggedAt = now;
-          log.warn('serving threads\' quota ledger full: new counters refused with 503 until windows end; it is sized 2 × limits.max_quota_keys at start, for every store of the process', { slots: this.maxSlots });
+          log.warn('serving threads\' quota ledger full of running requests: new counters refused with 503; it is sized 2 × limits.max_quota_keys at start, for every store of the process', { slots: this.maxSlots });
         }
         return { kind: 'error', code: 'SLC_OVERLOADED', message: 'too many quota keys tracked' };
       }
@@ -246,14 +246,18 @@ export class LedgerHost {
       cells.push(cell);
     }
     for (let i = 0; i < items.length; i++) {
-      const s = this.linkLocked(a, items[i]!.counter, cells[i]!);
+      const s = this.linkLocked(a, items[i]!.counter, cells[i]!, undefined, cells);
       if (s < 0) return;
       this.publishLocked(s);
     }
   }
 
-  /** The slot of a counter's backend cell, linking (or relinking) one; −1 when the table is full. */
-  private linkLocked(a: Attached, counter: CounterSpec, cell: LedgerCell): number {
+  /**
+   * The slot of a counter's backend cell, linking (or relinking) one; −1 when the table is full of slots threads
+   * hold grants on. The other cells of the same request (`entries` or `cells`) are never taken back to make room.
+   */
+  private linkLocked(a: Attached, counter: CounterSpec, cell: LedgerCell,
+    entries?: readonly StoreGrantEntry<LedgerCell>[], cells?: readonly LedgerCell[]): number {
     if (cell.slot >= 0 && this.cells[cell.slot] === cell) return cell.slot;
     const k = this.kbuf;
     hash3(counterKey(a.key, counter.id, counter.windowMs), k);
@@ -266,6 +270,12 @@ export class LedgerHost {
       s = this.table.insertLocked(k, cell.start, counter.windowMs, a.dir);
       if (s < 0) {
         this.evictLocked(Date.now());
+        s = this.table.insertLocked(k, cell.start, counter.windowMs, a.dir);
+      }
+      if (s < 0) {
+        this.makeRoomLocked(entries, cells);
+        // Taking cells back hashed their keys into kbuf.
+        hash3(counterKey(a.key, counter.id, counter.windowMs), k);
         s = this.table.insertLocked(k, cell.start, counter.windowMs, a.dir);
         if (s < 0) return -1;
       }
@@ -285,6 +295,29 @@ export class LedgerHost {
       cell.pulledR = tR;
     }
     return s;
+  }
+
+  /**
+   * A table full of slots in live windows: take linked cells back that no thread holds a grant on, as the key cap
+   * does (their usage folds into their backends, which go on counting it; threads then ask here for them, as for a
+   * new counter). Without this, one route's new keys filled the table and every other route's new counters got
+   * 503 until windows ended, although each store had room. A 64th of the table at a time, cells no thread wrote
+   * since the last drain first, so a full table costs one scan per that many new counters.
+   */
+  private makeRoomLocked(entries: readonly StoreGrantEntry<LedgerCell>[] | undefined, cells: readonly LedgerCell[] | undefined): void {
+    const t = this.table;
+    const f = t.f64;
+    const batch = Math.max(1, Math.floor(this.maxSlots / 64));
+    let freed = 0;
+    for (let pass = 0; pass < 2 && freed === 0; pass++) {
+      for (let s = 0, high = t.high; s < high && freed < batch; s++) {
+        const cell = this.cells[s];
+        if (cell === undefined || f[s * SLOT_FIELDS + F_HOLDS]! > 0 || (pass === 0 && t.isDirty(s))) continue;
+        if (entries !== undefined && entries.some((e) => e.cell === cell)) continue;
+        if (cells !== undefined && cells.includes(cell)) continue;
+        if (this.release(cell)) freed++;
+      }
+    }
   }
 
   private unlinkCell(s: number, cell: LedgerCell): void {
