@@ -26,7 +26,7 @@ import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { cutShortUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
-import { surfaceForPath, surfaceSpec } from '../providers/registry.ts';
+import { surfaceForPath, surfaceSpec, unservedGeminiMethod } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
 import { UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
@@ -262,6 +262,11 @@ export class Gateway implements RequestSink {
       const spec = surfaceSpec(surface);
       ctx.surface = surface;
       ctx.spec = spec;
+      const unserved = surface === 'openai-chat' ? unservedGeminiMethod(req.path) : undefined;
+      if (unserved !== undefined) {
+        ctx.spec = surfaceSpec('gemini-generate');
+        throw new SluiceError('SLC_NOT_FOUND', `${unserved} is not served: Sluice meters generateContent, streamGenerateContent and countTokens on Gemini paths`);
+      }
       if (spec === undefined || ctx.proxy.coverage.get(surface) === 'none') {
         throw new SluiceError('SLC_BAD_REQUEST', `${req.path}: surface ${surface} is not supported by this route's instances`);
       }

@@ -78,6 +78,20 @@ export function surfaceForPath(path: string): SurfaceId {
   return 'openai-chat';
 }
 
+/**
+ * A Gemini model method Sluice does not serve (`…/models/<m>:embedContent`, `:batchEmbedContents`, …): its name, so
+ * the client gets Google's error shape naming it, not an OpenAI chat parse error. Undefined for any other path.
+ */
+export function unservedGeminiMethod(path: string): string | undefined {
+  const slash = path.lastIndexOf('/');
+  const last = path.slice(slash + 1);
+  const colon = last.lastIndexOf(':');
+  if (colon <= 0 || !path.slice(0, slash + 1).endsWith('/models/')) return undefined;
+  const method = last.slice(colon + 1);
+  if (method === 'generateContent' || method === 'streamGenerateContent' || method === 'countTokens') return undefined;
+  return /^[A-Za-z]{1,64}$/.test(method) ? method : undefined;
+}
+
 /** The spec of a surface; undefined when no registered module defines it. */
 export function surfaceSpec(id: SurfaceId): SurfaceSpec | undefined {
   return surfaces.get(id);

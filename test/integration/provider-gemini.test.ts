@@ -256,6 +256,17 @@ describe('provider gemini through the gateway', () => {
     );
   });
 
+  it('a Gemini method Sluice does not serve (embedContent, SDK): 404 in Google\'s shape naming it; nothing sent upstream', async () => {
+    const before = mock.requests().length;
+    await assert.rejects(genai.models.embedContent({ model: 'gemini-client', contents: 'hello' }), (err: unknown) => {
+      assert.equal((err as { status: number }).status, 404);
+      assert.match(String((err as Error).message), /(embedContent|batchEmbedContents) is not served/);
+      assert.match(String((err as Error).message), /NOT_FOUND/);
+      return true;
+    });
+    assert.equal(mock.requests().length, before);
+  });
+
   it('fallback: a Gemini 429 or 503 moves an OpenAI client to the next instance; charged = the usage that answered', async () => {
     for (const status of ['429', '503']) {
       const c0 = await charged(gw, 'gemfb');

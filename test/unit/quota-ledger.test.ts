@@ -166,13 +166,17 @@ describe('ledger host and client bounds', () => {
   });
 
   const spec = (id: string, limit = 1000): CounterSpec => ({ id, limit, windowMs: 600_000, sliding: false });
-
-  it('a full table answers SLC_OVERLOADED, counted as the store\'s key overflow, and leaves nothing reserved in the backend', async () => {
+  /** A local backend with metrics behind a three-slot ledger, and a serving thread's store over it. */
+  const threeSlots = () => {
     const metrics = createMetrics({ defaultMetrics: false });
     const backend = new LocalQuotaStore('local', { metrics });
     const host = new LedgerHost({ maxSlots: 3 });
     host.attach('s', backend);
-    const store = new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('s', 'l');
+    return { metrics, backend, host, store: new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('s', 'l') };
+  };
+
+  it('a full table answers SLC_OVERLOADED, counted as the store\'s key overflow, and leaves nothing reserved in the backend', async () => {
+    const { metrics, backend, host, store } = threeSlots();
     const now = Date.now();
     for (let i = 0; i < 3; i++) assert.equal((await store.acquire([{ counter: spec(`c${i}`), amount: 10 }], now)).ok, true);
     await assert.rejects(async () => store.acquire([{ counter: spec('c3'), amount: 10 }], now), (e: unknown) => e instanceof SluiceError && e.code === 'SLC_OVERLOADED');
@@ -187,11 +191,7 @@ describe('ledger host and client bounds', () => {
   });
 
   it('a table full of slots no thread holds makes room: a new counter is admitted, and the counters taken back keep their usage', async () => {
-    const metrics = createMetrics({ defaultMetrics: false });
-    const backend = new LocalQuotaStore('local', { metrics });
-    const host = new LedgerHost({ maxSlots: 3 });
-    host.attach('s', backend);
-    const store = new LedgerClient(host.descriptor(), (r) => host.handle(r)).storeFor('s', 'l');
+    const { metrics, backend, host, store } = threeSlots();
     const now = Date.now();
     // Three counters with usage in a live window, none held: the table is full.
     for (let i = 0; i < 3; i++) {
