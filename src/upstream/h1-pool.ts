@@ -52,6 +52,9 @@ const HINT_MARGIN_MS = 1000;
 const LEARNED_IDLE_TTL_MS = 60_000;
 /** A connection idle at least this long is written one event-loop turn after it is taken (Connection.send). */
 const DEFER_AFTER_IDLE_MS = 1000;
+/** A kept-alive connection closed this soon after a request was written to it, with no byte of answer, is the
+ *  keep-alive race (see Connection.resend); later, the upstream may have worked on the request. */
+const RESEND_WINDOW_MS = 500;
 /** After an origin sent bytes past a complete answer, its connections are not reused for this long. */
 const STRAY_NO_REUSE_MS = 60_000;
 const CRLFCRLF = Buffer.from('\r\n\r\n');
@@ -114,6 +117,7 @@ export class Connection implements DeadlineEntry<Connection> {
   /** The request written on a connection that served before, until the first byte of its answer: see resend(). */
   private resendHead: string | undefined = undefined;
   private resendBody: Buffer | undefined = undefined;
+  private writtenAt = 0;
 
   constructor(pool: Pool) {
     this.pool = pool;
@@ -234,7 +238,7 @@ export class Connection implements DeadlineEntry<Connection> {
   private write(head: string, body: Buffer): void {
     const s = this.socket;
     this.arm(this.firstByteMs);
-    if (this.served) { this.resendHead = head; this.resendBody = body; }
+    if (this.served) { this.resendHead = head; this.resendBody = body; this.writtenAt = performance.now(); }
     // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low
     // byte of each character, so U+010A / U+010D would reach the wire as LF / CR (a header injected upstream).
     if (body.length <= ONE_WRITE_MAX) {
@@ -288,22 +292,25 @@ export class Connection implements DeadlineEntry<Connection> {
   }
 
   /**
-   * The upstream closed or reset a connection that had served an answer before, after this request was written
-   * and before any byte of its answer: the keep-alive race seen too late to avoid (a server closing an idle
-   * connection as the request arrived, or one that closes on a new request without saying so). The request goes
-   * once more on a new connection, as nginx does with a cached connection; a new connection that fails the
-   * same way fails the request (a POST is not sent a third time).
+   * The upstream closed or reset a connection that had served an answer before, within RESEND_WINDOW_MS of this
+   * request's write and before any byte of its answer: the keep-alive race seen too late to avoid (a server closing
+   * an idle connection as the request arrived, or one that closes on a new request without saying so). The request
+   * goes once more on a new connection, with what is left of its first-byte time; a new connection that fails the
+   * same way fails the request. A close later than that is not resent: the upstream may have worked on the request
+   * (a POST; nginx and Go's client send none again once written), and a second send could be billed twice upstream.
    */
   private resend(): boolean {
     const h = this.handler;
     const head = this.resendHead;
     if (h === undefined || head === undefined || this.st !== St.Head) return false;
+    const elapsed = performance.now() - this.writtenAt;
+    if (elapsed > RESEND_WINDOW_MS) return false;
     const body = this.resendBody!;
     this.resendHead = undefined;
     this.resendBody = undefined;
     this.handler = undefined;
     this.destroy();
-    this.pool.fresh().send(h, head, body, this.firstByteMs, this.bodyIdleMs);
+    this.pool.fresh().send(h, head, body, Math.max(1, this.firstByteMs - Math.round(elapsed)), this.bodyIdleMs);
     return true;
   }
 

@@ -675,7 +675,7 @@ test('a kept-alive connection closed (FIN, or reset) as the next request arrives
   }
 });
 
-test('the resend is once: a new connection that fails the same way fails the request; a started answer is never resent', T, async () => {
+test('the resend is once: a new connection that fails the same way fails the request; a late drop or a started answer is never resent', T, async () => {
   // Every request after the first is dropped unanswered, on any connection.
   await session({
     onRequest: (req, conn) => { if (req.index === 0) conn.write(ok('r0')); else conn.socket.resetAndDestroy(); },
@@ -683,6 +683,17 @@ test('the resend is once: a new connection that fails the same way fails the req
     assertOk(await post(client, up), 'r0');
     assertFailed(await post(client, up), ['connect_error']);
     assert.equal(up.heads, 3, 'sent on the kept-alive connection, then once on a new one');
+  });
+  // Dropped long after the write: the upstream may have worked on the request, so it is not sent again.
+  await session({
+    onRequest: (req, conn) => {
+      if (req.seq === 0) { conn.write(ok('r0')); return; }
+      setTimeout(() => conn.socket.resetAndDestroy(), 1500);
+    },
+  }, async (up, client) => {
+    assertOk(await post(client, up), 'r0');
+    assertFailed(await post(client, up), ['connect_error']);
+    assert.equal(up.heads, 2, 'a request dropped 1.5 s after it was written is not resent');
   });
   // Part of the answer's head came before the reset: the upstream answered, so nothing is sent again.
   await session({
