@@ -12,7 +12,8 @@ import { runtimeProblem } from './runtime.ts';
 const USAGE = `usage:
   sluice start --config <file.yaml|file.json> [--port <n>] [--admin-port <n>]
   sluice start --embedded [--port <n>] [--admin-port <n>]
-                                     local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091)
+                                     local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091);
+                                     with --config <file>, that file, which may name the mock as $ENV://SLUICE_MOCK_ENDPOINT
   sluice validate --config <file>    prints ok, or every error with its path (exit 2)
   sluice mock-upstream --port <n>    OpenAI-compatible mock LLM (see --help)`;
 
@@ -33,16 +34,22 @@ export function parseStartArgs(argv: readonly string[]): StartArgs | string {
   let embedded = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a === '--embedded') { embedded = true; continue; }
+    if (a === '--embedded') {
+      if (embedded) return 'sluice start: --embedded is given twice';
+      embedded = true;
+      continue;
+    }
     const eq = a.indexOf('=');
-    const name = a.startsWith('--') && eq > 0 ? a.slice(0, eq) : a;
+    // -c as validate takes it.
+    const name = a === '-c' ? '--config' : a.startsWith('--') && eq > 0 ? a.slice(0, eq) : a;
     if (!(START_VALUE_FLAGS as readonly string[]).includes(name)) {
       return `sluice start: unknown argument ${JSON.stringify(a.slice(0, 100))} (known: --config <file>, --embedded, --port <n>, --admin-port <n>)`;
     }
+    const inline = a.startsWith('--') && eq > 0;
     let v: string | undefined;
-    if (name !== a) v = a.slice(eq + 1);
+    if (inline) v = a.slice(eq + 1);
     else { v = argv[i + 1]; i++; }
-    if (v === undefined || v === '' || (name === a && v.startsWith('--'))) return `sluice start: ${name} needs a value`;
+    if (v === undefined || v === '' || (!inline && v.startsWith('-'))) return `sluice start: ${name} needs a value`;
     if (values.has(name)) return `sluice start: ${name} is given twice`;
     values.set(name, v);
   }

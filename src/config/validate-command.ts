@@ -23,13 +23,13 @@ function configArg(argv: readonly string[]): { file: string } | string {
   let file: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a === '--config' || a === '-c') {
+    if (a === '--config' || a === '-c' || a.startsWith('--config=')) {
+      if (file !== undefined) return '--config is given twice';
+      if (a.startsWith('--config=')) { file = a.slice('--config='.length); continue; }
       const next = argv[i + 1];
       if (next === undefined || next.startsWith('-')) return `${a} needs a file`;
       file = next;
       i++;
-    } else if (a.startsWith('--config=')) {
-      file = a.slice('--config='.length);
     } else {
       return `unknown argument ${JSON.stringify(a.slice(0, 100))}`;
     }

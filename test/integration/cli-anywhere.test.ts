@@ -110,6 +110,8 @@ test('start refuses a mistyped or incomplete flag with exit 2 and says which, be
     [['start', '--embedded', '--port'], /--port needs a value/],
     [['start', '--embedded', '--port', '99999'], /--port: must be a port number/],
     [['start', '--embedded', '--port', '1', '--port', '2'], /--port is given twice/],
+    [['start', '--embedded', '--embedded'], /--embedded is given twice/],
+    [['start', '-c', 'a.yaml', '--config', 'b.yaml'], /--config is given twice/],
   ] as const) {
     const r = runCli([...args]);
     assert.equal(r.status, 2, args.join(' '));

@@ -41,6 +41,7 @@ describe('sluice validate', () => {
     assert.deepEqual(run(['--config=']), usage('--config <file> is required'));
     assert.deepEqual(run(['--config', 'a.yaml', 'extra']), usage('unknown argument "extra"'));
     assert.deepEqual(run(['--confg', 'a.yaml']), usage('unknown argument "--confg"'));
+    assert.deepEqual(run(['--config', 'a.yaml', '-c', 'b.yaml']), usage('--config is given twice'));
     const missing = join(fixtures, 'no-such-file.yaml');
     assert.deepEqual(run(['--config', missing]), { code: 2, out: [], err: [`${missing}: cannot read the file (ENOENT)`] });
   });
