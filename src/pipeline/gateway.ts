@@ -31,7 +31,7 @@ import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId,
 import { UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
-import { acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
+import { EMPTY_HOLD_QUOTAS, acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
 import { findRoute, type CompiledInstance, type CompiledProxy, type CompiledRoute, type QuotaSource, type Snapshot } from './snapshot.ts';
 import type { QuotaStore } from '../quota/types.ts';
 import { upstreamHeaders } from './forward-headers.ts';
@@ -262,7 +262,8 @@ export class Gateway implements RequestSink {
       const spec = surfaceSpec(surface);
       ctx.surface = surface;
       ctx.spec = spec;
-      const unserved = surface === 'openai-chat' ? unservedGeminiMethod(req.path) : undefined;
+      // Only a route that serves Gemini: elsewhere such a path (`/v1/models/x:y`, Vertex's `…:rawPredict`) is proxied as chat.
+      const unserved = surface === 'openai-chat' && ctx.proxy.coverage.get('gemini-generate') !== 'none' ? unservedGeminiMethod(req.path) : undefined;
       if (unserved !== undefined) {
         ctx.spec = surfaceSpec('gemini-generate');
         throw new SluiceError('SLC_NOT_FOUND', `${unserved} is not served: Sluice meters generateContent, streamGenerateContent and countTokens on Gemini paths`);
@@ -336,6 +337,7 @@ export class Gateway implements RequestSink {
             continue;
           }
           ctx.instance = held;
+          ctx.shownInstance = held;
           if (res.aborted) { ctx.releaseAll(); return; }
         }
         ctx.instanceName = inst.name;
@@ -366,7 +368,7 @@ export class Gateway implements RequestSink {
         ctx.instanceName = lastResponse.instance.name;
         const f = lastResponse.failure;
         const out = withContentType(this.relayHeaders(lastResponse.headers), f.contentType);
-        // The route's quotas are Sluice's to report (the last instance's hold is gone: the common ones show).
+        // The route's quotas are Sluice's to report (the common ones and the last instance's).
         if (route.quotas !== undefined && ctx.metered) stripRateLimitHeaders(out);
         this.addQuotaHeaders(ctx, out);
         res.send(f.status, out, f.body);
@@ -672,17 +674,23 @@ export class Gateway implements RequestSink {
     this.usageLogSuppressed = 0;
   }
 
-  /** A reported prompt of 0 for a request whose prompt counted more is not believed (read as is, the prompt would be
-   *  free): the counted prompt replaces it, the rest of the report stands (without its raw object, so cost
-   *  expressions take their upper bound, as for any counted usage). */
+  /**
+   * A reported prompt of 0 for a request whose prompt counted more is not believed (read as is, the prompt would be
+   * free): the counted prompt replaces it. The completion is the one reported; a total that already holds the prompt
+   * (an upstream that left only prompt_tokens out: OpenAI chat's reading had moved that excess into the completion)
+   * is not added to again: the charge is the larger of that total and the counted prompt plus the completion.
+   * Without the raw object, so cost expressions take their upper bound, as for any counted usage.
+   */
   private believedPrompt(ctx: Exchange, usage: Usage): Usage {
     const p = ctx.prepared;
     if (usage.prompt_tokens !== 0 || p === undefined || !p.promptCounted || p.promptTokens <= 0) return usage;
     this.usageRejected(ctx, 'zero_prompt');
-    const total = usage.total_tokens + p.promptTokens;
+    const said = reportedCompletion(usage);
+    const total = Math.max(usage.total_tokens, p.promptTokens + said);
+    const completion = total - p.promptTokens;
     return usage.reasoning_tokens === undefined
-      ? { prompt_tokens: p.promptTokens, completion_tokens: usage.completion_tokens, total_tokens: total }
-      : { prompt_tokens: p.promptTokens, completion_tokens: usage.completion_tokens, total_tokens: total, reasoning_tokens: usage.reasoning_tokens };
+      ? { prompt_tokens: p.promptTokens, completion_tokens: completion, total_tokens: total }
+      : { prompt_tokens: p.promptTokens, completion_tokens: completion, total_tokens: total, reasoning_tokens: Math.min(usage.reasoning_tokens, completion) };
   }
 
   private settle(ctx: Exchange, reported: Usage): void {
@@ -703,20 +711,16 @@ export class Gateway implements RequestSink {
     if (est !== undefined && (ctx.common !== undefined || ctx.instance !== undefined)) {
       slots.estimateError(est.total_tokens - usage.total_tokens);
     }
-    for (const hold of [ctx.common, ctx.instance]) {
-      if (hold === undefined || !hold.open) continue;
-      const charged = hold.settle(usage);
-      for (let i = 0; i < hold.quotas.length; i++) {
-        const q = hold.quotas[i]!;
-        slots.charged(q.metricRule, ctx.consumer, charged[i] ?? 0);
-      }
-    }
+    if (ctx.common !== undefined) settleHold(ctx.common, usage, slots, ctx.consumer);
+    if (ctx.instance !== undefined) settleHold(ctx.instance, usage, slots, ctx.consumer);
   }
 
   private addQuotaHeaders(ctx: Exchange, headers: HeaderList): void {
-    const quotas: PlannedQuota[] = [];
-    if (ctx.common !== undefined) quotas.push(...ctx.common.quotas);
-    if (ctx.instance !== undefined) quotas.push(...ctx.instance.quotas);
+    // Most requests hold one set of quotas: no merged copy.
+    const c = ctx.common?.quotas ?? EMPTY_HOLD_QUOTAS;
+    // After a failed attempt released its instance hold, the last instance tried still shows (a 504, a 502).
+    const i = (ctx.instance ?? ctx.shownInstance)?.quotas ?? EMPTY_HOLD_QUOTAS;
+    const quotas = i.length === 0 ? c : c.length === 0 ? i : [...c, ...i];
     if (quotas.length > 0) {
       stripRateLimitHeaders(headers);
       quotaHeaders(views(quotas, Date.now(), ctx.storeOf), { rejected: false }, headers);
@@ -808,6 +812,8 @@ class Exchange implements LiveEntry<Exchange> {
   usage: Usage | undefined = undefined;
   common: QuotaHold | undefined = undefined;
   instance: QuotaHold | undefined = undefined;
+  /** The last instance hold acquired, kept for the headers of an answer given after its attempt failed. */
+  shownInstance: QuotaHold | undefined = undefined;
   /** The current attempt's upstream request. */
   call: UpstreamCall | undefined = undefined;
   /** The client went away: cut the current attempt (one closure per request, not per attempt). */
@@ -839,6 +845,19 @@ class Exchange implements LiveEntry<Exchange> {
     this.common?.release();
     this.instance?.release();
   }
+}
+
+/** The completion an upstream wrote, before OpenAI chat's reading added a total's excess to it (raw `completion_tokens`). */
+function reportedCompletion(u: Usage): number {
+  const raw = u.raw?.completion_tokens;
+  return typeof raw === 'number' && Number.isSafeInteger(raw) && raw >= 0 && raw < u.completion_tokens ? raw : u.completion_tokens;
+}
+
+/** Charges a hold's quotas once (a hold already settled or released charges nothing) and counts what each charged. */
+function settleHold(hold: QuotaHold, usage: Usage, slots: ReturnType<Metrics['hot']['route']>, consumer: string): void {
+  if (!hold.open) return;
+  const charged = hold.settle(usage);
+  for (let i = 0; i < hold.quotas.length; i++) slots.charged(hold.quotas[i]!.metricRule, consumer, charged[i] ?? 0);
 }
 
 /** Replaces the content type when the provider gives one (a translated answer); otherwise the upstream's stays. */

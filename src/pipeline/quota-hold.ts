@@ -24,10 +24,17 @@ export class QuotaHold {
   settle(usage: Usage): number[] {
     const parts = this.parts;
     this.parts = undefined;
+    if (parts === undefined) return [];
+    // One store holds every quota of nearly every request: its costs are the answer as they are.
+    if (parts.length === 1) {
+      const p = parts[0]!;
+      const actual = costsOf(p.quotas, usage);
+      p.store.settle(p.grant, actual);
+      return actual;
+    }
     const charged: number[] = [];
-    if (parts === undefined) return charged;
     for (const p of parts) {
-      const actual = p.quotas.map((q) => q.cost(usage));
+      const actual = costsOf(p.quotas, usage);
       p.store.settle(p.grant, actual);
       for (const a of actual) charged.push(a);
     }
@@ -47,6 +54,12 @@ export class QuotaHold {
 }
 
 export const EMPTY_HOLD_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
+
+function costsOf(quotas: readonly PlannedQuota[], usage: Usage): number[] {
+  const out = new Array<number>(quotas.length);
+  for (let i = 0; i < quotas.length; i++) out[i] = quotas[i]!.cost(usage);
+  return out;
+}
 
 export interface Rejection {
   readonly ok: false;

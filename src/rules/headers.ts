@@ -44,6 +44,18 @@ export interface QuotaHeaderEntry {
   readonly spent?: boolean;
 }
 
+/** The decimal text of a limit, remembered: a limit repeats answer after answer, and one past 2^31 (a heap number)
+ *  costs a slow conversion each time. */
+let limitNum = Number.NaN;
+let limitStr = '';
+function limitText(n: number): string {
+  if (n !== limitNum) {
+    limitNum = n;
+    limitStr = String(n);
+  }
+  return limitStr;
+}
+
 function isSpent(e: QuotaHeaderEntry): boolean {
   return e.spent ?? e.view.consumed + e.view.reserved >= e.view.limit;
 }
@@ -101,7 +113,7 @@ export function quotaHeaders(
     const reset = resetOf(e.view, rejected);
     const names = q.headerNames;
     if (q.headerStyle === 'apisix') {
-      out.push([names.limit, String(e.view.limit)], [names.remaining, String(remaining)], [names.reset, String(reset)]);
+      out.push([names.limit, limitText(e.view.limit)], [names.remaining, String(remaining)], [names.reset, String(reset)]);
       if (names.key === 'x-ratelimit-limit-tokens') trioTaken = true;
     } else {
       const sep = policy === '' ? '' : ', ';
@@ -118,7 +130,7 @@ export function quotaHeaders(
   if (rejectReset !== undefined) out.push([rejectReset[0], String(rejectReset[1])]);
   if (best >= 0 && !trioTaken) {
     out.push(
-      ['x-ratelimit-limit-tokens', String(entries[best]!.view.limit)],
+      ['x-ratelimit-limit-tokens', limitText(entries[best]!.view.limit)],
       ['x-ratelimit-remaining-tokens', String(bestRemaining)],
       ['x-ratelimit-reset-tokens', `${bestReset}s`],
     );

@@ -31,6 +31,8 @@ const LIES: Record<string, [string, string]> = {
 const ZEROS: Record<string, string> = {
   all_zero: '{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}',
   zero_prompt: '{"prompt_tokens":-0,"completion_tokens":7,"total_tokens":7}',
+  // Only the prompt field left out: the total holds it (1,000 here, more than the counted prompt).
+  total_has_prompt: '{"prompt_tokens":0,"completion_tokens":7,"total_tokens":1007}',
 };
 
 async function lyingUpstream(): Promise<Server> {
@@ -160,6 +162,8 @@ describe('a lying upstream cannot poison quotas', () => {
       };
       await buffered('all_zero', prompt);
       await buffered('zero_prompt', prompt + 7);
+      // The total already holds a prompt: charged that total, not the counted prompt on top of it.
+      await buffered('total_has_prompt', 1007);
       await stream('all_zero', prompt + text);
       await stream('zero_prompt', prompt + 7);
       assert.ok(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_prompt"\}/) >= 4);

@@ -64,7 +64,10 @@ for (const workers of [1, 2]) {
           { id: 'status-fallback', uri: '/status-fallback/v1/chat/completions', plugins: { 'ai-proxy-multi': { fallback_strategy: ['http_429', 'http_5xx'], instances: [mockInstance('limited', limitedUrl, { priority: 2 }), mockInstance('broken', brokenUrl, { priority: 1 }), mockInstance('a', a.url, { priority: 0 })] } } },
           { id: 'no-status-fallback', uri: '/no-status-fallback/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('limited', limitedUrl, { priority: 1 }), mockInstance('a', a.url, { priority: 0 })] } } },
           { id: 'dead', uri: '/dead/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('dead', `http://127.0.0.1:${deadPort}`)] } } },
-          { id: 'slow', uri: '/slow/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('hang', `http://127.0.0.1:${hangPort}`)] } } },
+          { id: 'slow', uri: '/slow/v1/chat/completions', plugins: {
+            'ai-proxy-multi': { instances: [mockInstance('hang', `http://127.0.0.1:${hangPort}`)] },
+            'ai-rate-limiting': { instances: [{ name: 'hang', limit: 5000, time_window: 60 }] },
+          } },
           { id: 'auth', uri: '/auth/*', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [mockInstance('a', a.url)] } } },
         ],
         consumers: [{ username: 'john', plugins: { 'key-auth': { key: 'john-key' } } }],
@@ -239,6 +242,9 @@ for (const workers of [1, 2]) {
       const r = await post(`${gw.url}/slow/v1/chat/completions`, { model: 'm', messages: MESSAGES });
       assert.equal(r.status, 504);
       assert.equal(r.body.error.code, 'SLC_UPSTREAM_TIMEOUT');
+      // The instance's quota shows, as on a relayed upstream error, though its attempt's hold is released.
+      assert.equal(r.headers.get('x-ai-ratelimit-limit-hang'), '5000');
+      assert.equal(r.headers.get('x-ai-ratelimit-remaining-hang'), '5000');
     });
 
     it('survives garbage: odd methods, headers and bodies never crash the process', async () => {

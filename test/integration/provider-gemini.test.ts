@@ -53,6 +53,9 @@ function config(mockUrl: string): Record<string, unknown> {
           override: { endpoint: `${mockUrl}/v1beta/models/{model}:generateContent` },
         },
       },
+    }, {
+      id: 'oai', uri: '/oai/*',
+      plugins: { 'ai-proxy': { provider: 'openai-compatible', auth: { header: { Authorization: 'Bearer k' } }, override: { endpoint: `${mockUrl}/v1/chat/completions` } } },
     }],
   };
 }
@@ -265,6 +268,12 @@ describe('provider gemini through the gateway', () => {
       return true;
     });
     assert.equal(mock.requests().length, before);
+    // A route without a Gemini instance proxies such a path as OpenAI chat, as any custom path.
+    const r = await fetch(`${gw.url}/oai/v1/models/x:embedContent`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', messages: MESSAGES }),
+    });
+    assert.equal(r.status, 200, await r.clone().text());
+    assert.equal(((await r.json()) as { object: string }).object, 'chat.completion');
   });
 
   it('fallback: a Gemini 429 or 503 moves an OpenAI client to the next instance; charged = the usage that answered', async () => {
