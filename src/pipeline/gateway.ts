@@ -582,7 +582,7 @@ export class Gateway implements RequestSink {
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
         // only a usage that is (partly) the count is an estimate.
-        const charged = usage === undefined ? estimate : cutShortUsage(usage, estimate);
+        const charged = usage === undefined ? estimate : zeroCompletion ? withCountedCompletion(usage, estimate) : cutShortUsage(usage, estimate);
         if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
         usage = charged;
       }
@@ -645,6 +645,8 @@ export class Gateway implements RequestSink {
 
   /** Most completion the upstream that served (or is serving) this request was allowed to produce. */
   private ceilingOf(ctx: Exchange): number | undefined {
+    // Embeddings produce no completion: the bytes of a broken answer are vectors, not text.
+    if (ctx.surface === 'openai-embeddings') return 0;
     const asked = ctx.prepared!;
     return completionCeiling(asked.maxTokens, asked.n, ctx.served?.bodyOptions);
   }
@@ -685,6 +687,7 @@ export class Gateway implements RequestSink {
     const p = ctx.prepared;
     if (usage.prompt_tokens !== 0 || p === undefined || !p.promptCounted || p.promptTokens <= 0) return usage;
     this.usageRejected(ctx, 'zero_prompt');
+    this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason: 'usage_rejected' });
     const said = reportedCompletion(usage);
     const total = Math.max(usage.total_tokens, p.promptTokens + said);
     const completion = total - p.promptTokens;
@@ -845,6 +848,19 @@ class Exchange implements LiveEntry<Exchange> {
     this.common?.release();
     this.instance?.release();
   }
+}
+
+/**
+ * A stream's report whose completion of 0 is not believed, with the counted completion instead. A total that already
+ * held the text (only the completion field said 0) is not added to again: the larger of it and prompt + counted.
+ */
+function withCountedCompletion(reported: Usage, counted: Usage): Usage {
+  const c = Math.max(reported.completion_tokens, counted.completion_tokens);
+  return {
+    prompt_tokens: reported.prompt_tokens, completion_tokens: c, total_tokens: Math.max(reported.total_tokens, reported.prompt_tokens + c),
+    ...(reported.cached_prompt_tokens === undefined ? {} : { cached_prompt_tokens: reported.cached_prompt_tokens }),
+    ...(reported.cache_write_tokens === undefined ? {} : { cache_write_tokens: reported.cache_write_tokens }),
+  };
 }
 
 /** The completion an upstream wrote, before OpenAI chat's reading added a total's excess to it (raw `completion_tokens`). */

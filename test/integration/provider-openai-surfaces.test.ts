@@ -207,6 +207,35 @@ describe('openai responses and embeddings through the gateway (openai-compatible
     await expectCharged(gw, ROUTE, c0, promptOf(parts, 'cl100k_base'));
   });
 
+  it('embeddings whose answer breaks off: 502, charged the prompt alone (the vector bytes are no completion)', async () => {
+    const input = Array.from({ length: 50 }, (_, i) => `sentence number ${i} about the quick brown fox`);
+    const c0 = await charged(gw, ROUTE);
+    const r = await fetch(`${gw.url}/v1/embeddings`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-disconnect-after': '3000' },
+      body: JSON.stringify({ model: 'text-embedding-3-small', input, encoding_format: 'float', dimensions: 64 }),
+    });
+    assert.equal(r.status, 502);
+    await r.text();
+    const parts = embeddingsPromptParts(input);
+    assert.ok(typeof parts !== 'string');
+    await expectCharged(gw, ROUTE, c0, promptOf(parts, 'cl100k_base'));
+  });
+
+  it('responses (stream) reporting output_tokens 0 with a total that holds the text: charged that total once, not the text on top', async () => {
+    const c0 = await charged(gw, ROUTE);
+    const body = { model: MODEL, input: INPUT, max_output_tokens: 16, stream: true };
+    const r = await fetch(`${gw.url}/v1/responses`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-mock-lie-completion-tokens': '0' }, body: JSON.stringify(body),
+    });
+    assert.equal(r.status, 200);
+    const raw = await readAll(r);
+    const total = Number([...raw.matchAll(/"total_tokens":(\d+)/g)].at(-1)?.[1]);
+    const text = countText(deltasIn(raw), 'o200k_base');
+    assert.ok(text > 0 && total > text, `total ${total}, text ${text}`);
+    const c1 = await waitMoved(gw, ROUTE, c0);
+    assert.equal(c1 - c0, total);
+  });
+
   it('large bodies (prepared on a worker thread): charged = usage on both surfaces', async () => {
     let c0 = await charged(gw, ROUTE);
     const long = 'Rayleigh scattering makes shorter wavelengths scatter more strongly than longer ones. '.repeat(300);
