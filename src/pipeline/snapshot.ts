@@ -144,8 +144,9 @@ function compileProxy(proxy: AiProxyConfig | undefined, pluginsPath: string, err
 
 function compileRoute(route: RouteConfig, index: number, config: SluiceConfig, errors: ResolveErrors): CompiledRoute {
   const proxy = compileProxy(route.plugins['ai-proxy-multi'], `routes[${index}].plugins`, errors);
+  // A consumer's quota applies where key-auth identifies the consumer: a route without key-auth has none of them.
   const hasQuota = route.plugins['ai-rate-limiting'] !== undefined || route.plugins['ai-token-ratelimit'] !== undefined ||
-    config.consumers.some((c) => c.ai_rate_limiting !== undefined);
+    (route.plugins['key-auth'] !== undefined && config.consumers.some((c) => c.ai_rate_limiting !== undefined));
   return {
     id: route.id,
     config: route,

@@ -349,6 +349,31 @@ describe('very large bodies on a route without quotas', () => {
   });
 });
 
+describe('consumer quotas and routes without key-auth', () => {
+  it('a route no consumer can be identified on has no quotas (no X-Sluice-Usage, no tokenizer); a key-auth route has the consumer\'s', async () => {
+    const mock = await startMockUpstream({ name: 'cq' });
+    const gw = await startGateway({
+      routes: [
+        { id: 'open', uri: '/open/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('o', mock.url)] } } },
+        { id: 'keyed', uri: '/keyed/v1/chat/completions', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [mockInstance('k', mock.url)] } } },
+      ],
+      consumers: [{ username: 'bob', plugins: { 'key-auth': { key: 'bob-key' }, 'ai-rate-limiting': { limit: 1000, time_window: 60 } } }],
+    });
+    try {
+      const open = await post(`${gw.url}/open/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(open.status, 200);
+      assert.equal(open.headers.get('x-sluice-usage'), null);
+      const keyed = await post(`${gw.url}/keyed/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { apikey: 'bob-key' });
+      assert.equal(keyed.status, 200);
+      assert.match(keyed.headers.get('x-sluice-usage') ?? '', /^prompt=\d+/);
+      assert.equal(keyed.headers.get('x-ai-ratelimit-limit-k'), '1000');
+    } finally {
+      await gw.close();
+      await mock.close();
+    }
+  });
+});
+
 describe('key-auth decided from the head', () => {
   let mock: MockUpstream;
   let gw: TestGateway;
