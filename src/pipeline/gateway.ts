@@ -37,6 +37,8 @@ import type { QuotaStore } from '../quota/types.ts';
 import { upstreamHeaders } from './forward-headers.ts';
 
 const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
+/** `created` of the models listed by GET …/models: when this process started, in seconds (the config says no more). */
+const MODELS_CREATED = Math.floor((Date.now() - performance.now()) / 1000);
 const EMPTY_BODY = Buffer.alloc(0);
 const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
 /** Implausible upstream usage is logged at most once per this interval (each one is counted in a metric). */
@@ -257,6 +259,7 @@ export class Gateway implements RequestSink {
       ctx.consumer = consumer?.username ?? '';
       // APISIX precedence: an authenticated consumer's own ai-proxy(-multi) replaces the route's.
       if (consumer?.ai_proxy !== undefined) ctx.proxy = snap.consumerProxies.get(consumer.username) ?? route;
+      if ((req.method === 'GET' || req.method === 'HEAD') && req.path.endsWith('/models')) { this.listModels(ctx); return; }
       // The client's API, from the path; its spec parses the body and formats every error it gets.
       const surface = surfaceForPath(req.path);
       const spec = surfaceSpec(surface);
@@ -385,6 +388,23 @@ export class Gateway implements RequestSink {
     } finally {
       this.finished(snap, ctx);
     }
+  }
+
+  /**
+   * GET …/models (the openai SDK's `models.list()`, and the UIs that ask it first): the models this route's instances
+   * (or the authenticated consumer's) are configured to send (`options.model`), in OpenAI's list shape, answered here:
+   * nothing goes upstream and nothing is metered. An instance that passes the client's model on names none.
+   */
+  private listModels(ctx: Exchange): void {
+    const seen = new Set<string>();
+    const data: { id: string; object: 'model'; created: number; owned_by: string }[] = [];
+    for (const inst of ctx.proxy.instances) {
+      if (inst.model === undefined || seen.has(inst.model)) continue;
+      seen.add(inst.model);
+      data.push({ id: inst.model, object: 'model', created: MODELS_CREATED, owned_by: inst.provider.id });
+    }
+    ctx.res.send(200, [['content-type', 'application/json']], JSON.stringify({ object: 'list', data }));
+    this.observe(ctx, 200);
   }
 
   /** Builds and sends an attempt's request. A frame of its own: the upstream body and headers are not kept alive

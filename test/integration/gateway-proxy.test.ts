@@ -374,6 +374,41 @@ describe('consumer quotas and routes without key-auth', () => {
   });
 });
 
+describe('GET /v1/models', () => {
+  it('lists the models the route\'s instances send (openai SDK models.list), after key-auth; nothing goes upstream', async () => {
+    const mock = await startMockUpstream({ name: 'models' });
+    const inst = (name: string, model?: string) => ({ ...mockInstance(name, mock.url), options: model === undefined ? {} : { model } });
+    const gw = await startGateway({
+      routes: [
+        { id: 'multi', uri: '/v1/*', plugins: { 'ai-proxy-multi': { instances: [inst('a', 'gpt-4o-mini'), inst('b', 'gpt-4o'), inst('c', 'gpt-4o-mini'), inst('d')] } } },
+        { id: 'keyed', uri: '/k/v1/*', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [inst('k', 'claude-ish')] } } },
+      ],
+      consumers: [{ username: 'bob', plugins: { 'key-auth': { key: 'bob-key' } } }],
+    });
+    try {
+      const before = mock.requests().length;
+      const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'anything', maxRetries: 0 });
+      const ids: string[] = [];
+      for await (const m of client.models.list()) {
+        assert.equal(m.object, 'model');
+        assert.ok(Number.isInteger(m.created) && m.created > 0);
+        ids.push(m.id);
+      }
+      assert.deepEqual(ids, ['gpt-4o-mini', 'gpt-4o'], 'each fixed model once; an instance passing the client\'s model names none');
+      const head = await fetch(`${gw.url}/v1/models`, { method: 'HEAD' });
+      assert.equal(head.status, 200);
+      const keyed = new OpenAI({ baseURL: `${gw.url}/k/v1`, apiKey: 'wrong', maxRetries: 0 });
+      await assert.rejects(keyed.models.list(), (e: unknown) => e instanceof OpenAI.AuthenticationError);
+      const bob = new OpenAI({ baseURL: `${gw.url}/k/v1`, apiKey: 'bob-key', maxRetries: 0 });
+      assert.deepEqual((await bob.models.list()).data.map((m) => m.id), ['claude-ish']);
+      assert.equal(mock.requests().length, before, 'nothing reached the upstream');
+    } finally {
+      await gw.close();
+      await mock.close();
+    }
+  });
+});
+
 describe('key-auth decided from the head', () => {
   let mock: MockUpstream;
   let gw: TestGateway;
