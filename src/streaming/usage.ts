@@ -158,6 +158,16 @@ export function cutShortUsage(reported: Usage, counted: Usage): Usage {
   return usage;
 }
 
+/**
+ * A buffered answer's believed usage whose completion is 0 while the answer holds generated text: not believed
+ * (the answer would be free); the text is counted instead. Undefined when the usage stands.
+ */
+export function zeroCompletionText(u: Usage | undefined, textOf: () => string): string | undefined {
+  if (u === undefined || u.completion_tokens !== 0) return undefined;
+  const text = textOf();
+  return text === '' ? undefined : text;
+}
+
 export function isRejection(u: Usage | UsageRejection | undefined): u is UsageRejection {
   return u !== undefined && (u as UsageRejection).rejected !== undefined;
 }

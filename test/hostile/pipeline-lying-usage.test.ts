@@ -26,8 +26,8 @@ const LIES: Record<string, [string, string]> = {
   inconsistent: ['{"prompt_tokens":12,"completion_tokens":500000,"total_tokens":3}', 'inconsistent'],
 };
 
-/** Zeros where the gateway counted more: a prompt of 0 is replaced by the counted prompt; a streamed completion of 0
- *  after text went out by the counted text (a buffered one stands: its text is not decoded when usage came). */
+/** Zeros where the gateway counted more: a prompt of 0 is replaced by the counted prompt; a completion of 0 beside
+ *  generated text by the counted text. */
 const ZEROS: Record<string, string> = {
   all_zero: '{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}',
   zero_prompt: '{"prompt_tokens":-0,"completion_tokens":7,"total_tokens":7}',
@@ -160,14 +160,14 @@ describe('a lying upstream cannot poison quotas', () => {
         charged += prompt + 7;
         assert.equal(probe.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - charged), `Remaining after streamed ${lie}`);
       };
-      await buffered('all_zero', prompt);
+      await buffered('all_zero', prompt + text);
       await buffered('zero_prompt', prompt + 7);
       // The total already holds a prompt: charged that total, not the counted prompt on top of it.
       await buffered('total_has_prompt', 1007);
       await stream('all_zero', prompt + text);
       await stream('zero_prompt', prompt + 7);
       assert.ok(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_prompt"\}/) >= 4);
-      assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_completion"\}/), 1);
+      assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_completion"\}/), 2);
       assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="lies"/), charged);
     } finally { await gw.close(); }
   });

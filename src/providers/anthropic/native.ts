@@ -2,7 +2,7 @@
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, deltaText, isObject, literalText, scanDelta } from './events.ts';
 import { anthropicUsage, StreamUsage } from './usage.ts';
@@ -24,11 +24,15 @@ export function parseBody(body: Buffer): Record<string, unknown> | undefined {
 export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
   // Usage read from the answer's end when it is there and believable (streaming/json-tail.ts); else the whole parse.
   const fromTail = usageFromTail(body, QUOTED_USAGE, anthropicUsage, maxUsage);
-  if (fromTail !== undefined) return { body, contentType: JSON_TYPE, usage: fromTail, rejected: undefined, text: '' };
+  if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: JSON_TYPE, usage: fromTail, rejected: undefined, text: '' };
   const obj = parseBody(body);
   if (obj === undefined) return { body, contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: body.toString('utf8') };
   const u = anthropicUsage(obj.usage, maxUsage);
-  if (u !== undefined && !isRejection(u)) return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
+  if (u !== undefined && !isRejection(u)) {
+    const zero = zeroCompletionText(u, () => contentText(obj.content));
+    if (zero !== undefined) return { body, contentType: JSON_TYPE, usage: undefined, rejected: 'zero_completion', text: zero };
+    return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
+  }
   return { body, contentType: JSON_TYPE, usage: undefined, rejected: u?.rejected, text: contentText(obj.content) };
 }
 

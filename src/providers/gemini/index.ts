@@ -9,7 +9,7 @@
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
 import { usageFromTail } from '../../streaming/json-tail.ts';
-import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
   SurfaceId, UpstreamCall,
@@ -133,7 +133,7 @@ export class GeminiProvider implements ResolvedProvider {
     if (call.surface !== 'gemini-generate') return decodeTranslated(call, body, maxUsage);
     // usageMetadata read from the answer's end when it is there and believable (streaming/json-tail.ts).
     const fromTail = usageFromTail(body, USAGE_METADATA_KEY, geminiUsage, maxUsage);
-    if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+    if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
     let usage: Usage | undefined;
     let rejected: UsageRejectReason | undefined;
     let text = '';
@@ -141,7 +141,10 @@ export class GeminiProvider implements ResolvedProvider {
       const json: unknown = JSON.parse(body.toString('utf8'));
       const u = geminiUsage((json as { usageMetadata?: unknown } | null)?.usageMetadata, maxUsage);
       if (isRejection(u)) rejected = u.rejected; else usage = u;
-      if (usage === undefined) responseText(json, (t) => { text += t; });
+      const all = (): string => { let t = ''; responseText(json, (x) => { t += x; }); return t; };
+      const zero = zeroCompletionText(usage, all);
+      if (zero !== undefined) return { body, contentType: undefined, usage: undefined, rejected: 'zero_completion', text: zero };
+      if (usage === undefined) text = all();
     } catch {
       usage = undefined;
     }

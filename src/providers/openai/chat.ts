@@ -9,7 +9,7 @@ import { completionReservation, mergedReservation, MAX_N } from '../../tokens/li
 import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
-import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import { fail, modelAndStream, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
@@ -163,7 +163,8 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   // takes the slow path); the whole answer is parsed and checked otherwise.
   if (opensObject(body) && body.indexOf(QUOTED_ERROR) < 0) {
     const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
-    if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+    // A completion of 0 is checked against the answer's text below (the whole parse).
+    if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
   }
   let json: unknown;
   try {
@@ -179,6 +180,8 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   let text = '';
   const u = openAiUsage((json as { usage?: unknown }).usage, maxUsage);
   if (isRejection(u)) rejected = u.rejected; else usage = u;
+  const zero = zeroCompletionText(usage, () => completionText(json));
+  if (zero !== undefined) return { body, contentType: undefined, usage: undefined, rejected: 'zero_completion', text: zero };
   if (usage === undefined) text = completionText(json);
   return { body, contentType: undefined, usage, rejected, text };
 }

@@ -16,7 +16,7 @@ import { completionReservation, mergedReservation } from '../../tokens/limits.ts
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonScanSink, type ScanPath } from '../../streaming/json-scan.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { isRejection, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
@@ -288,6 +288,8 @@ export function decodeResponses(_call: PreparedCall | undefined, body: Buffer, m
   if (isJsonObject(json)) {
     const u = responsesUsage(json.usage, maxUsage);
     if (isRejection(u)) rejected = u.rejected; else usage = u;
+    const zero = zeroCompletionText(usage, () => responsesOutputText(json));
+    if (zero !== undefined) return { body, contentType: undefined, usage: undefined, rejected: 'zero_completion', text: zero };
     if (usage === undefined) text = responsesOutputText(json);
   }
   return { body, contentType: undefined, usage, rejected, text };
