@@ -265,6 +265,13 @@ test('native stream: usage only once final; a stream ending before its finish re
   errored.push(Buffer.concat([partial, Buffer.from('data: {"error":{"code":500,"message":"x","status":"INTERNAL"}}\n\n')]));
   errored.end();
   assert.equal(errored.usage, undefined);
+  // Text after a finishReason (an upstream going on): the usage read so far is not final; a later finish makes it so.
+  const after = new GeminiStream(true, { maxUsage: MAX });
+  after.push(Buffer.from(`data: ${JSON.stringify(FRAMES[2])}\n\n`));
+  assert.ok(after.usage !== undefined, 'final after its finishReason');
+  after.push(Buffer.from(`data: ${JSON.stringify(FRAMES[0])}\n\n`));
+  after.end();
+  assert.equal(after.usage, undefined, 'text after the finish: counted, not the earlier usage');
   // A blocked prompt has no candidates and no finishReason: its usage (the prompt) is final.
   const blocked = new GeminiStream(true, { maxUsage: MAX });
   blocked.push(Buffer.from(`data: ${JSON.stringify({ promptFeedback: { blockReason: 'SAFETY' }, usageMetadata: { promptTokenCount: 7, totalTokenCount: 7 } })}\n\n`));

@@ -2,9 +2,10 @@
 // JSON array of them. The framing is read from the first byte that is not whitespace ('[' or '{': JSON), so a
 // stream is metered right whatever the request said. Every frame may carry usageMetadata; it is cumulative, so
 // the last one wins and nothing is added up (and only the last is read: the others are just kept). It is reported
-// only once final, after a frame with a finishReason (or a prompt blocked with promptFeedback.blockReason, which has
-// no candidates): Gemini's mid-stream usageMetadata counts the prompt only, so a stream that ends, even cleanly,
-// before its finish (cut, or after an in-stream error object) is charged its counted text, not a partial usage.
+// only once final, after a frame with a finishReason and no text after it (or a prompt blocked with
+// promptFeedback.blockReason, which has no candidates): Gemini's mid-stream usageMetadata counts the prompt only, so a
+// stream that ends, even cleanly, before its finish (cut, or after an in-stream error object) is charged its counted
+// text, not a partial usage.
 import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -58,7 +59,12 @@ export class GeminiMeter {
   private read: Usage | UsageRejection | undefined = undefined;
   private readDone = true;
   private final = false;
-  readonly add = (t: string): void => this.tally.add(t);
+  readonly add = (t: string): void => {
+    // Text after a finish (another candidate still generating, or an upstream that goes on): the usage read so far
+    // is not the whole; the next finish makes a later one final, and a stream ending first is counted.
+    if (this.final && t !== '') this.final = false;
+    this.tally.add(t);
+  };
 
   constructor(opts: StreamOptions) {
     this.maxUsage = opts.maxUsage;

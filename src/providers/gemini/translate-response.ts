@@ -211,7 +211,16 @@ export class TranslatedStream implements StreamCodec {
       return;
     }
     if (!isObject(json)) return;
-    this.meter.frame(json, false);
+    // The meter reads the frame's usage and finish after its text is added: text after a finish unsettles the usage.
+    try {
+      this.emit(json);
+    } finally {
+      this.meter.frame(json, false);
+    }
+  }
+
+  /** Writes one parsed frame for the client and adds its text to the meter. */
+  private emit(json: Record<string, unknown>): void {
     if (isObject(json.error)) {
       // An error in the stream (Google sends {"error":{code,message,status}} and stops): OpenAI clients raise it
       // only if it reaches them as an error object, not as a quiet end of stream.
