@@ -37,6 +37,18 @@ import type { QuotaStore } from '../quota/types.ts';
 import { upstreamHeaders } from './forward-headers.ts';
 
 const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
+/**
+ * GET …/v1/models ('') or …/v1/models/<id> (the id, decoded): OpenAI's and Anthropic's model list and retrieve paths.
+ * Google's list (`/v1beta/models`) is not one: Gemini routes proxy their own API.
+ */
+function modelsPath(path: string): string | undefined {
+  if (path.endsWith('/v1/models') || path === '/models') return '';
+  const i = path.lastIndexOf('/v1/models/');
+  if (i < 0) return undefined;
+  const id = path.slice(i + '/v1/models/'.length);
+  return id !== '' && !id.includes('/') ? id : undefined;
+}
+
 /** `created` of the models listed by GET …/models: when this process started, in seconds (the config says no more). */
 const MODELS_CREATED = Math.floor((Date.now() - performance.now()) / 1000);
 const EMPTY_BODY = Buffer.alloc(0);
@@ -259,7 +271,10 @@ export class Gateway implements RequestSink {
       ctx.consumer = consumer?.username ?? '';
       // APISIX precedence: an authenticated consumer's own ai-proxy(-multi) replaces the route's.
       if (consumer?.ai_proxy !== undefined) ctx.proxy = snap.consumerProxies.get(consumer.username) ?? route;
-      if ((req.method === 'GET' || req.method === 'HEAD') && req.path.endsWith('/models')) { this.listModels(ctx); return; }
+      if (req.method === 'GET' || req.method === 'HEAD') {
+        const asked = modelsPath(req.path);
+        if (asked !== undefined) { this.listModels(ctx, asked); return; }
+      }
       // The client's API, from the path; its spec parses the body and formats every error it gets.
       const surface = surfaceForPath(req.path);
       const spec = surfaceSpec(surface);
@@ -395,15 +410,29 @@ export class Gateway implements RequestSink {
    * (or the authenticated consumer's) are configured to send (`options.model`), in OpenAI's list shape, answered here:
    * nothing goes upstream and nothing is metered. An instance that passes the client's model on names none.
    */
-  private listModels(ctx: Exchange): void {
-    const seen = new Set<string>();
-    const data: { id: string; object: 'model'; created: number; owned_by: string }[] = [];
-    for (const inst of ctx.proxy.instances) {
-      if (inst.model === undefined || seen.has(inst.model)) continue;
-      seen.add(inst.model);
-      data.push({ id: inst.model, object: 'model', created: MODELS_CREATED, owned_by: inst.provider.id });
+  private listModels(ctx: Exchange, asked: string): void {
+    const owners = new Map<string, string>();
+    for (const inst of ctx.proxy.instances) if (inst.model !== undefined && !owners.has(inst.model)) owners.set(inst.model, inst.provider.id);
+    // The Anthropic SDK asks the same path with its version header, and reads its own shape.
+    const anthropic = ctx.req.headers['anthropic-version'] !== undefined;
+    const created = new Date(MODELS_CREATED * 1000).toISOString();
+    const one = (id: string, owner: string): Record<string, unknown> => (anthropic
+      ? { type: 'model', id, display_name: id, created_at: created }
+      : { id, object: 'model', created: MODELS_CREATED, owned_by: owner });
+    if (asked !== '') {
+      const owner = owners.get(asked);
+      if (owner === undefined) {
+        ctx.spec = anthropic ? surfaceSpec('anthropic-messages') : undefined;
+        throw new SluiceError('SLC_NOT_FOUND', `model ${clipped(asked)} is not one this route's instances send`);
+      }
+      ctx.res.send(200, [['content-type', 'application/json']], JSON.stringify(one(asked, owner)));
+    } else {
+      const data = [...owners].map(([id, owner]) => one(id, owner));
+      const body = anthropic
+        ? { data, has_more: false, first_id: data.length > 0 ? data[0]!.id : null, last_id: data.length > 0 ? data[data.length - 1]!.id : null }
+        : { object: 'list', data };
+      ctx.res.send(200, [['content-type', 'application/json']], JSON.stringify(body));
     }
-    ctx.res.send(200, [['content-type', 'application/json']], JSON.stringify({ object: 'list', data }));
     this.observe(ctx, 200);
   }
 
@@ -517,6 +546,7 @@ export class Gateway implements RequestSink {
       const rejected = decoded.rejected;
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
       if (decoded.usage === undefined) return this.relayCounted(ctx, status, headers, decoded);
+      if (rejected === 'zero_completion') return this.relayZeroCompletion(ctx, status, headers, decoded, decoded.usage);
       this.settle(ctx, decoded.usage);
     } else {
       ctx.releaseAll();
@@ -536,6 +566,13 @@ export class Gateway implements RequestSink {
   private async relayCounted(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody): Promise<void> {
     const usage = await this.countedUsage(ctx, decoded.text, 0, decoded.rejected !== undefined ? 'usage_rejected' : 'no_usage');
     this.settle(ctx, usage);
+    this.sendBuffered(ctx, status, headers, decoded.body);
+  }
+
+  /** A report whose completion of 0 sat beside generated text: the report stands with the text counted as its completion. */
+  private async relayZeroCompletion(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody, reported: Usage): Promise<void> {
+    const counted = await this.countedUsage(ctx, decoded.text, 0, 'usage_rejected');
+    this.settle(ctx, withCountedCompletion(reported, counted));
     this.sendBuffered(ctx, status, headers, decoded.body);
   }
 
@@ -871,7 +908,7 @@ class Exchange implements LiveEntry<Exchange> {
 }
 
 /**
- * A stream's report whose completion of 0 is not believed, with the counted completion instead. A total that already
+ * A report whose completion of 0 is not believed (text came with it), with the counted completion instead. A total that already
  * held the text (only the completion field said 0) is not added to again: the larger of it and prompt + counted.
  */
 function withCountedCompletion(reported: Usage, counted: Usage): Usage {

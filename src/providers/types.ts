@@ -116,10 +116,11 @@ export interface DecodedBody {
   /** Bytes for the client (the upstream's own when native). */
   readonly body: Buffer;
   readonly contentType: string | undefined;
-  /** Plausible usage; a rejection reason when the upstream's was not believable; undefined when absent. */
+  /** Plausible usage; a rejection reason when the upstream's was not believable; undefined when absent. With
+   *  `rejected: 'zero_completion'` both are set: the report stands but for its completion, which `text` replaces. */
   readonly usage: Usage | undefined;
   readonly rejected: UsageRejectReason | undefined;
-  /** Generated text to count when usage is missing or rejected ('' otherwise). */
+  /** Generated text to count when usage is missing or rejected, or its completion is 0 ('' otherwise). */
   readonly text: string;
   /** A 2xx answer that cannot be translated for the client (not the provider's JSON, or an error object): why. The
    *  pipeline answers 502 rather than relay a 200 the client would take for a completion. */

@@ -33,6 +33,8 @@ const ZEROS: Record<string, string> = {
   zero_prompt: '{"prompt_tokens":-0,"completion_tokens":7,"total_tokens":7}',
   // Only the prompt field left out: the total holds it (1,000 here, more than the counted prompt).
   total_has_prompt: '{"prompt_tokens":0,"completion_tokens":7,"total_tokens":1007}',
+  // A completion of 0 beside text, with a prompt reported: the prompt stands, the text is counted.
+  zero_completion: '{"prompt_tokens":500,"completion_tokens":0,"total_tokens":500}',
 };
 
 async function lyingUpstream(): Promise<Server> {
@@ -164,10 +166,17 @@ describe('a lying upstream cannot poison quotas', () => {
       await buffered('zero_prompt', prompt + 7);
       // The total already holds a prompt: charged that total, not the counted prompt on top of it.
       await buffered('total_has_prompt', 1007);
+      // The reported prompt stands (500, not the counted one), the text is counted as the completion.
+      charged += 500 + text;
+      {
+        const r = await post(`${gw.url}/v1/chat/completions`, REQUEST, { 'x-lie': 'zero_completion' });
+        assert.equal(r.status, 200);
+        assert.equal(r.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - charged), 'Remaining after buffered zero_completion');
+      }
       await stream('all_zero', prompt + text);
       await stream('zero_prompt', prompt + 7);
       assert.ok(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_prompt"\}/) >= 4);
-      assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_completion"\}/), 2);
+      assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_completion"\}/), 3);
       assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="lies"/), charged);
     } finally { await gw.close(); }
   });

@@ -219,6 +219,18 @@ describe('provider anthropic through the gateway', () => {
     assert.equal(ub.max_tokens, 30);
   });
 
+  it('openai SDK → anthropic instance (buffered) whose usage says output_tokens 0 beside text: the reported prompt stands, the text is counted', async () => {
+    const c0 = await charged(gw, ROUTE);
+    const r = await openai.chat.completions.create(
+      { model: 'gpt-client', max_tokens: 30, messages: MESSAGES },
+      { headers: { 'x-mock-lie-completion-tokens': '0' } },
+    );
+    const text = r.choices[0]!.message.content ?? '';
+    assert.ok(text.length > 0);
+    const reportedPrompt = r.usage!.prompt_tokens;
+    await expectCharged(gw, ROUTE, c0, reportedPrompt + counted(text, 30));
+  });
+
   it('openai SDK → anthropic instance (stream, include_usage): chunks, a usage chunk, charged = that usage', async () => {
     const c0 = await charged(gw, ROUTE);
     const u0 = mockTotal(mock);

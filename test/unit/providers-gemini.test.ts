@@ -272,6 +272,12 @@ test('native stream: usage only once final; a stream ending before its finish re
   after.push(Buffer.from(`data: ${JSON.stringify(FRAMES[0])}\n\n`));
   after.end();
   assert.equal(after.usage, undefined, 'text after the finish: counted, not the earlier usage');
+  // A second finish without a usageMetadata of its own does not make the earlier usage final again.
+  const stale = new GeminiStream(true, { maxUsage: MAX });
+  stale.push(Buffer.from(`data: ${JSON.stringify(FRAMES[2])}\n\ndata: ${JSON.stringify(FRAMES[0])}\n\n`));
+  stale.push(Buffer.from(`data: ${JSON.stringify({ candidates: [{ content: { role: 'model', parts: [{ text: '' }] }, index: 1, finishReason: 'STOP' }] })}\n\n`));
+  stale.end();
+  assert.equal(stale.usage, undefined, 'the finish after the text brings no usage: the stream is counted');
   // A blocked prompt has no candidates and no finishReason: its usage (the prompt) is final.
   const blocked = new GeminiStream(true, { maxUsage: MAX });
   blocked.push(Buffer.from(`data: ${JSON.stringify({ promptFeedback: { blockReason: 'SAFETY' }, usageMetadata: { promptTokenCount: 7, totalTokenCount: 7 } })}\n\n`));

@@ -30,7 +30,7 @@ export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
   const u = anthropicUsage(obj.usage, maxUsage);
   if (u !== undefined && !isRejection(u)) {
     const zero = zeroCompletionText(u, () => contentText(obj.content));
-    if (zero !== undefined) return { body, contentType: JSON_TYPE, usage: undefined, rejected: 'zero_completion', text: zero };
+    if (zero !== undefined) return { body, contentType: JSON_TYPE, usage: u, rejected: 'zero_completion', text: zero };
     return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
   }
   return { body, contentType: JSON_TYPE, usage: undefined, rejected: u?.rejected, text: contentText(obj.content) };

@@ -2,7 +2,7 @@
 // chat.completion.chunk frames, an error becomes OpenAI's error object. Frames are built as strings: a text
 // delta's JSON string literal is copied from the Anthropic event as is (both are JSON), never unescaped and
 // escaped again, so a translated frame costs little more than a passed-through one.
-import { isRejection } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText } from '../../streaming/usage.ts';
 import { MAX_ERROR_MESSAGE, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, isObject } from './events.ts';
@@ -53,6 +53,8 @@ export function decodeTranslated(body: Buffer, maxUsage: number, fallbackModel: 
     choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason(msg.stop_reason) ?? 'stop' }],
   });
   const out = usage === undefined ? head : head.slice(0, -1) + ',"usage":' + openAiUsageJson(usage) + '}';
+  const zero = zeroCompletionText(usage, () => contentText(msg.content));
+  if (zero !== undefined) return { body: Buffer.from(out, 'utf8'), contentType: JSON_TYPE, usage, rejected: 'zero_completion', text: zero };
   return {
     body: Buffer.from(out, 'utf8'), contentType: JSON_TYPE, usage, rejected: u !== undefined && isRejection(u) ? u.rejected : undefined,
     text: usage === undefined ? contentText(msg.content) : '',

@@ -143,7 +143,7 @@ export class GeminiProvider implements ResolvedProvider {
       if (isRejection(u)) rejected = u.rejected; else usage = u;
       const all = (): string => { let t = ''; responseText(json, (x) => { t += x; }); return t; };
       const zero = zeroCompletionText(usage, all);
-      if (zero !== undefined) return { body, contentType: undefined, usage: undefined, rejected: 'zero_completion', text: zero };
+      if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
       if (usage === undefined) text = all();
     } catch {
       usage = undefined;

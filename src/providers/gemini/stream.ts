@@ -2,10 +2,10 @@
 // JSON array of them. The framing is read from the first byte that is not whitespace ('[' or '{': JSON), so a
 // stream is metered right whatever the request said. Every frame may carry usageMetadata; it is cumulative, so
 // the last one wins and nothing is added up (and only the last is read: the others are just kept). It is reported
-// only once final, after a frame with a finishReason and no text after it (or a prompt blocked with
-// promptFeedback.blockReason, which has no candidates): Gemini's mid-stream usageMetadata counts the prompt only, so a
-// stream that ends, even cleanly, before its finish (cut, or after an in-stream error object) is charged its counted
-// text, not a partial usage.
+// only once final: a usageMetadata in or after a frame with a finishReason, with no text after it (or a prompt blocked
+// with promptFeedback.blockReason, which has no candidates). Gemini's mid-stream usageMetadata counts the prompt only,
+// so a stream that ends, even cleanly, before its finish (cut, or after an in-stream error object), or whose finish
+// brings no usage of its own, is charged its counted text, not a partial usage.
 import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -58,11 +58,17 @@ export class GeminiMeter {
   private lastMeta: unknown = undefined;
   private read: Usage | UsageRejection | undefined = undefined;
   private readDone = true;
+  /** A finish (finishReason, or a blocked prompt) came, and no text after it. */
   private final = false;
+  /** The last usageMetadata came with that finish or after it: mid-stream ones count the prompt only. */
+  private metaFinal = false;
   readonly add = (t: string): void => {
     // Text after a finish (another candidate still generating, or an upstream that goes on): the usage read so far
-    // is not the whole; the next finish makes a later one final, and a stream ending first is counted.
-    if (this.final && t !== '') this.final = false;
+    // is not the whole; a later finish with its own usage is final, and a stream ending first is counted.
+    if (this.final && t !== '') {
+      this.final = false;
+      this.metaFinal = false;
+    }
     this.tally.add(t);
   };
 
@@ -76,23 +82,27 @@ export class GeminiMeter {
     if (typeof json !== 'object' || json === null) return;
     if (collectText) responseText(json, this.add);
     const f = json as { usageMetadata?: unknown; candidates?: unknown };
-    if (f.usageMetadata !== undefined && f.usageMetadata !== null) {
+    const meta = f.usageMetadata !== undefined && f.usageMetadata !== null;
+    if (meta) {
       this.lastMeta = f.usageMetadata;
       this.readDone = false;
     }
-    if (this.final) return;
-    const cands = f.candidates;
-    if (Array.isArray(cands)) {
-      for (const c of cands) if (typeof (c as { finishReason?: unknown } | null)?.finishReason === 'string') this.final = true;
+    if (!this.final) {
+      const cands = f.candidates;
+      if (Array.isArray(cands)) {
+        for (const c of cands) if (typeof (c as { finishReason?: unknown } | null)?.finishReason === 'string') this.final = true;
+      }
+      const fb = (json as { promptFeedback?: { blockReason?: unknown } | null }).promptFeedback;
+      if (typeof fb === 'object' && fb !== null && typeof fb.blockReason === 'string') this.final = true;
     }
-    const fb = (json as { promptFeedback?: { blockReason?: unknown } | null }).promptFeedback;
-    if (typeof fb === 'object' && fb !== null && typeof fb.blockReason === 'string') this.final = true;
+    if (this.final && meta) this.metaFinal = true;
   }
 
   /** A frame read by the fast path (frame-scan.ts) that carries usageMetadata: parsed only if it stays the last. */
   usageFrame(data: string): void {
     this.lastMeta = data;
     this.readDone = false;
+    if (this.final) this.metaFinal = true;
   }
 
 
@@ -109,12 +119,12 @@ export class GeminiMeter {
   }
 
   get usage(): Usage | undefined {
-    const u = this.final ? this.last() : undefined;
+    const u = this.final && this.metaFinal ? this.last() : undefined;
     return u === undefined || isRejection(u) ? undefined : u;
   }
 
   get usageRejected(): UsageRejectReason | undefined {
-    const u = this.final ? this.last() : undefined;
+    const u = this.final && this.metaFinal ? this.last() : undefined;
     return u !== undefined && isRejection(u) ? u.rejected : undefined;
   }
 

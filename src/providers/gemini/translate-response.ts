@@ -123,8 +123,8 @@ export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: num
     body: Buffer.from(JSON.stringify(out), 'utf8'),
     contentType: 'application/json',
     usage,
-    rejected: isRejection(u) ? u.rejected : undefined,
-    text: usage === undefined ? allText : '',
+    rejected: isRejection(u) ? u.rejected : usage !== undefined && usage.completion_tokens === 0 && allText !== '' ? 'zero_completion' : undefined,
+    text: usage === undefined || usage.completion_tokens === 0 ? allText : '',
   };
 }
 

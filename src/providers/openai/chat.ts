@@ -181,7 +181,7 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   const u = openAiUsage((json as { usage?: unknown }).usage, maxUsage);
   if (isRejection(u)) rejected = u.rejected; else usage = u;
   const zero = zeroCompletionText(usage, () => completionText(json));
-  if (zero !== undefined) return { body, contentType: undefined, usage: undefined, rejected: 'zero_completion', text: zero };
+  if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
   if (usage === undefined) text = completionText(json);
   return { body, contentType: undefined, usage, rejected, text };
 }

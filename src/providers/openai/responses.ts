@@ -289,7 +289,7 @@ export function decodeResponses(_call: PreparedCall | undefined, body: Buffer, m
     const u = responsesUsage(json.usage, maxUsage);
     if (isRejection(u)) rejected = u.rejected; else usage = u;
     const zero = zeroCompletionText(usage, () => responsesOutputText(json));
-    if (zero !== undefined) return { body, contentType: undefined, usage: undefined, rejected: 'zero_completion', text: zero };
+    if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
     if (usage === undefined) text = responsesOutputText(json);
   }
   return { body, contentType: undefined, usage, rejected, text };
