@@ -401,6 +401,17 @@ describe('GET /v1/models', () => {
       await assert.rejects(keyed.models.list(), (e: unknown) => e instanceof OpenAI.AuthenticationError);
       const bob = new OpenAI({ baseURL: `${gw.url}/k/v1`, apiKey: 'bob-key', maxRetries: 0 });
       assert.deepEqual((await bob.models.list()).data.map((m) => m.id), ['claude-ish']);
+      // Retrieve: a listed model, or 404 in the client's shape.
+      assert.equal((await client.models.retrieve('gpt-4o')).id, 'gpt-4o');
+      await assert.rejects(client.models.retrieve('not-sent'), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      // The Anthropic SDK asks the same path with its version header and reads its own shape.
+      const anth = (await (await fetch(`${gw.url}/v1/models`, { headers: { 'anthropic-version': '2023-06-01' } })).json()) as
+        { data: { type: string; id: string }[]; has_more: boolean; first_id: string };
+      assert.deepEqual(anth.data.map((m) => [m.type, m.id]), [['model', 'gpt-4o-mini'], ['model', 'gpt-4o']]);
+      assert.equal(anth.has_more, false);
+      assert.equal(anth.first_id, 'gpt-4o-mini');
+      // Only the list paths: another GET ending in /models is not answered from the list.
+      assert.notEqual((await fetch(`${gw.url}/v1/chat/completions/models`)).status, 200);
       assert.equal(mock.requests().length, before, 'nothing reached the upstream');
     } finally {
       await gw.close();
