@@ -24,15 +24,8 @@ export class QuotaHold {
   settle(usage: Usage): number[] {
     const parts = this.parts;
     this.parts = undefined;
-    if (parts === undefined) return [];
-    // One store holds every quota of nearly every request: its costs are the answer as they are.
-    if (parts.length === 1) {
-      const p = parts[0]!;
-      const actual = costsOf(p.quotas, usage);
-      p.store.settle(p.grant, actual);
-      return actual;
-    }
     const charged: number[] = [];
+    if (parts === undefined) return charged;
     for (const p of parts) {
       const actual = costsOf(p.quotas, usage);
       p.store.settle(p.grant, actual);

@@ -70,13 +70,13 @@ export function surfaceForPath(path: string): SurfaceId {
     default: break;
   }
   const colon = last.lastIndexOf(':');
-  if (colon !== -1) {
-    const method = last.slice(colon + 1);
-    if (method === 'generateContent' || method === 'streamGenerateContent') return 'gemini-generate';
-    if (method === 'countTokens') return 'gemini-count-tokens';
-  }
-  return 'openai-chat';
+  return (colon !== -1 ? GEMINI_METHODS.get(last.slice(colon + 1)) : undefined) ?? 'openai-chat';
 }
+
+/** The Gemini model methods (`…/models/<model>:<method>`) Sluice serves, and their surfaces. */
+const GEMINI_METHODS: ReadonlyMap<string, SurfaceId> = new Map([
+  ['generateContent', 'gemini-generate'], ['streamGenerateContent', 'gemini-generate'], ['countTokens', 'gemini-count-tokens'],
+]);
 
 /**
  * A Gemini model method Sluice does not serve (`…/models/<m>:embedContent`, `:batchEmbedContents`, …): its name, so
@@ -88,8 +88,7 @@ export function unservedGeminiMethod(path: string): string | undefined {
   const colon = last.lastIndexOf(':');
   if (colon <= 0 || !path.slice(0, slash + 1).endsWith('/models/')) return undefined;
   const method = last.slice(colon + 1);
-  if (method === 'generateContent' || method === 'streamGenerateContent' || method === 'countTokens') return undefined;
-  return /^[A-Za-z]{1,64}$/.test(method) ? method : undefined;
+  return !GEMINI_METHODS.has(method) && /^[A-Za-z]{1,64}$/.test(method) ? method : undefined;
 }
 
 /** The spec of a surface; undefined when no registered module defines it. */

@@ -105,7 +105,6 @@ export class GeminiMeter {
     if (this.final) this.metaFinal = true;
   }
 
-
   private last(): Usage | UsageRejection | undefined {
     if (!this.readDone) {
       let meta = this.lastMeta;

@@ -6,7 +6,7 @@
 // Per frame: a plain text frame is read by the fast scan (frame-scan.ts) and its text literal copied into the
 // chunk as it came; other frames cost one JSON.parse. The chunk's constant head is built once per stream.
 import { randomBytes } from 'node:crypto';
-import { isRejection, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import { untranslatable } from '../parse-common.ts';
 import type { DecodedBody, PreparedCall, StreamCodec, StreamOptions } from '../types.ts';
 import { scanTextFrame } from './frame-scan.ts';
@@ -123,7 +123,7 @@ export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: num
     body: Buffer.from(JSON.stringify(out), 'utf8'),
     contentType: 'application/json',
     usage,
-    rejected: isRejection(u) ? u.rejected : usage !== undefined && usage.completion_tokens === 0 && allText !== '' ? 'zero_completion' : undefined,
+    rejected: isRejection(u) ? u.rejected : zeroCompletionText(usage, () => allText) !== undefined ? 'zero_completion' : undefined,
     text: usage === undefined || usage.completion_tokens === 0 ? allText : '',
   };
 }
