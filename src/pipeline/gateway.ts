@@ -633,8 +633,11 @@ export class Gateway implements RequestSink {
       // A completion of 0 after text streamed is not believed either: the text is counted (cutShortUsage below).
       const zeroCompletion = usage !== undefined && usage.completion_tokens === 0 && (counting !== undefined || meter.text !== '');
       if (zeroCompletion) this.usageRejected(ctx, 'zero_completion');
-      if (usage === undefined || ctx.cut || res.aborted || zeroCompletion) {
-        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion ? 'usage_rejected' : broken ? 'upstream_broken' : 'no_usage';
+      // Text after the last usage report is not covered by it: counted as if the stream were cut there.
+      const textAfter = usage !== undefined && meter.textAfterUsage;
+      if (usage === undefined || ctx.cut || res.aborted || zeroCompletion || textAfter) {
+        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion ? 'usage_rejected'
+          : broken ? 'upstream_broken' : textAfter ? 'text_after_usage' : 'no_usage';
         if (counting !== undefined) counted += await counting;
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and

@@ -141,6 +141,8 @@ export interface StreamCodec {
   readonly text: string;
   /** Tokens to add so that cutting the text into pieces never under-counts. */
   readonly countMargin: number;
+  /** Generated text came after the stream's last usage report, which therefore does not cover all of it. */
+  readonly textAfterUsage: boolean;
   /** A piece of text to count now (the codec dropped it); undefined until its bound is passed. */
   takeCountable(): string | undefined;
 }

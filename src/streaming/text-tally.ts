@@ -22,6 +22,9 @@ export class TextTally {
   private length = 0;
   private ready: string | undefined = undefined;
   private cuts = 0;
+  /** Characters ever added, and that count when mark() was last called (-1: never). */
+  private added = 0;
+  private markAt = -1;
 
   constructor(bound: number = DEFAULT_TEXT_BOUND) {
     this.bound = Math.max(16, bound);
@@ -29,6 +32,7 @@ export class TextTally {
 
   add(text: string): void {
     if (text.length === 0) return;
+    this.added += text.length;
     this.parts.push(text);
     this.length += text.length;
     if (this.length > this.bound) this.cut();
@@ -50,6 +54,16 @@ export class TextTally {
   /** Tokens to add to the pieces' counts so that cutting never under-counts (CUT_MARGIN_TOKENS per cut). */
   get margin(): number {
     return this.cuts * CUT_MARGIN_TOKENS;
+  }
+
+  /** Records that everything added so far is covered (by a usage report): addedSinceMark tells if more came. */
+  mark(): void {
+    this.markAt = this.added;
+  }
+
+  /** Text was added after the last mark() (false when never marked). */
+  get addedSinceMark(): boolean {
+    return this.markAt !== -1 && this.added > this.markAt;
   }
 
   /** Characters held. */

@@ -53,6 +53,8 @@ function wholeChars(buf: Buffer, a: number, b: number): boolean {
 export class StreamMeter {
   private usageSeen: Usage | undefined = undefined;
   private rejectedSeen: UsageRejectReason | undefined = undefined;
+  /** Text came in a frame after the one that reported usageSeen. */
+  private afterUsage = false;
   private readonly tally: TextTally;
   private readonly maxUsage: number;
   private readonly readUsage: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined;
@@ -100,6 +102,8 @@ export class StreamMeter {
   get usage(): Usage | undefined { return this.usageSeen; }
   /** Why the last usage-bearing frame's usage was not believed (then `usage` is undefined). */
   get usageRejected(): UsageRejectReason | undefined { return this.rejectedSeen; }
+  /** Generated text came after the last usage report (a usage chunk followed by more content). */
+  get textAfterUsage(): boolean { return this.afterUsage && this.usageSeen !== undefined; }
   /**
    * Generated text (content, text, reasoning_content, tool-call names and arguments) held and not yet handed
    * out by takeCountable(): all of it for a stream shorter than the bound.
@@ -176,6 +180,7 @@ export class StreamMeter {
     }
     if (a === b) return true;
     if (high && !wholeChars(buf, a, b)) return false;
+    if (this.usageSeen !== undefined) this.afterUsage = true;
     const n = b - a;
     let raw = this.raw;
     if (raw === undefined || this.rawLen + n > raw.length) {
@@ -200,6 +205,7 @@ export class StreamMeter {
   }
 
   private addText(text: string): void {
+    if (text.length > 0 && this.usageSeen !== undefined) this.afterUsage = true;
     if (this.rawLen > 0) this.decodeHeld();
     this.tally.add(text);
   }
@@ -278,6 +284,7 @@ export class StreamMeter {
     } else if (usage !== undefined) {
       this.usageSeen = this.usageSeen === undefined ? usage : laterUsage(this.usageSeen, usage);
       this.rejectedSeen = undefined;
+      this.afterUsage = false;
     }
     return this.strip && Array.isArray(choices) && choices.length === 0;
   }

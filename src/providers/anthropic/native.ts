@@ -67,6 +67,7 @@ export abstract class AnthropicStreamReader {
 
   get text(): string { return this.tally.rest(); }
   get countMargin(): number { return this.tally.margin; }
+  get textAfterUsage(): boolean { return this.su.finalSeen && this.tally.addedSinceMark; }
   takeCountable(): string | undefined { return this.tally.take(); }
 
   private onData(data: string): void {
@@ -112,6 +113,7 @@ export abstract class AnthropicStreamReader {
       }
       case 'message_delta': {
         this.su.add(f.usage, true);
+        if (f.usage !== undefined && f.usage !== null) this.tally.mark();
         const d = isObject(f.delta) ? f.delta : {};
         this.onMessageDelta(typeof d.stop_reason === 'string' ? d.stop_reason : undefined);
         return;

@@ -158,6 +158,8 @@ export class GeminiStream implements StreamCodec {
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
   get text(): string { return this.meter.text; }
   get countMargin(): number { return this.meter.countMargin; }
+  /** The Gemini meter unsettles a usage that text followed (GeminiMeter): what it reports stands. */
+  readonly textAfterUsage = false;
   takeCountable(): string | undefined { return this.meter.takeCountable(); }
 
   private onFrame(data: string): void {

@@ -174,6 +174,8 @@ export class TranslatedStream implements StreamCodec {
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
   get text(): string { return this.meter.text; }
   get countMargin(): number { return this.meter.countMargin; }
+  /** The Gemini meter unsettles a usage that text followed (GeminiMeter): what it reports stands. */
+  readonly textAfterUsage = false;
   takeCountable(): string | undefined { return this.meter.takeCountable(); }
 
   private take(): Buffer | undefined {

@@ -165,6 +165,7 @@ class EmbeddingsPassThrough implements StreamCodec {
   readonly usageRejected = undefined;
   readonly text = '';
   readonly countMargin = 0;
+  readonly textAfterUsage = false;
   push(chunk: Buffer): Buffer | undefined { return chunk.length > 0 ? chunk : undefined; }
   end(): Buffer | undefined { return undefined; }
   takeCountable(): string | undefined { return undefined; }

@@ -376,6 +376,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   get usageRejected(): UsageRejectReason | undefined { return this.rejectedSeen; }
   get text(): string { return this.tally.rest(); }
   get countMargin(): number { return this.tally.margin; }
+  get textAfterUsage(): boolean { return this.usageSeen !== undefined && this.tally.addedSinceMark; }
   takeCountable(): string | undefined { return this.tally.take(); }
   /** Events dispatched so far. */
   get frames(): number { return this.events; }
@@ -586,8 +587,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     } else if (TERMINAL_TYPES.has(type)) {
       const response = ev.response;
       if (!isJsonObject(response)) return;
-      this.recordUsage(responsesUsage(response.usage, this.maxUsage));
       if (!this.sawDelta) this.tally.add(responsesOutputText(response));
+      this.recordUsage(responsesUsage(response.usage, this.maxUsage));
     }
   }
 
@@ -599,6 +600,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     } else {
       this.usageSeen = u;
       this.rejectedSeen = undefined;
+      this.tally.mark();
     }
   }
 
