@@ -41,7 +41,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       collect() { hot.upstreamFirstByte.export(this); },
     }),
     upstreamAttempts: new Counter({
-      name: 'sluice_upstream_attempts_total', help: 'Upstream attempts by outcome (ok, connect_error, timeout, http_429, http_5xx, aborted).',
+      name: 'sluice_upstream_attempts_total', help: 'Upstream attempts by outcome (ok, connect_error, timeout, http_429, http_5xx, aborted; resent: a send lost to the keep-alive race and sent again).',
       labelNames: ['route', 'instance', 'outcome'] as const, registers,
       collect() { hot.upstreamAttempts.export(this); },
     }),
@@ -69,7 +69,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       collect() { hot.estimateError.export(this); },
     }),
     usageEstimated: new Counter({
-      name: 'sluice_usage_estimated_total', help: 'Responses charged from counted text because upstream usage was missing (aborted or usage-less streams).',
+      name: 'sluice_usage_estimated_total', help: 'Responses charged from counted text because upstream usage was missing, not believed or not covering all the text, by reason.',
       labelNames: ['route', 'reason'] as const, registers,
     }),
     workerTasks: new Counter({

@@ -449,6 +449,12 @@ export class Gateway implements RequestSink {
     return this.deps.upstream.send(provider.origin, call.path, headers, call.body, inst.transport);
   }
 
+  /** Each send lost to the keep-alive race and sent again is an attempt of its own, outcome 'resent'. */
+  private countResends(route: string, instance: string, up: UpstreamCall): void {
+    const slots = this.deps.metrics.hot.route(route, instance);
+    for (let i = 0; i < up.resends; i++) slots.attempt('resent');
+  }
+
   /** One upstream attempt. 'done' when the client got its answer; otherwise what failed, for fallback. */
   private async attempt(ctx: Exchange, inst: CompiledInstance, more: boolean): Promise<'done' | UpstreamFailure | Retry> {
     const { route, res } = ctx;
@@ -464,6 +470,7 @@ export class Gateway implements RequestSink {
       await up.head();
     } catch (err) {
       const f = classifyError(err);
+      this.countResends(route.id, inst.name, up);
       this.deps.metrics.hot.route(route.id, inst.name).attempt(f.kind);
       if (ctx.cut) return f;
       if (f.kind !== 'aborted' && !res.aborted) this.attemptFailed(route.id, inst.name, f);
@@ -476,6 +483,7 @@ export class Gateway implements RequestSink {
       return f;
     }
     const slots = this.deps.metrics.hot.route(route.id, inst.name);
+    if (up.resends > 0) this.countResends(route.id, inst.name, up);
     slots.firstByte((performance.now() - sentAt) / 1000);
     const status = up.status;
     const ok = status >= 200 && status < 300;

@@ -142,6 +142,8 @@ type Waiter = ((v: unknown) => void) | undefined;
 export class UpstreamCall implements ResponseHandler {
   status = 0;
   headers: UpstreamHeaders = NO_HEADERS;
+  /** Times the request was sent again after a kept-alive connection closed under it (the keep-alive race). */
+  resends = 0;
   private conn: Connection | undefined = undefined;
   private failure: UpstreamFailure | undefined = undefined;
   private headDone = false;
@@ -231,6 +233,8 @@ export class UpstreamCall implements ResponseHandler {
   // The pool's handler callbacks.
 
   onStart(conn: Connection): void {
+    // A second start is the pool resending the request on a new connection (Connection.resend).
+    if (this.conn !== undefined) this.resends++;
     this.conn = conn;
   }
 

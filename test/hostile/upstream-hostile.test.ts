@@ -405,6 +405,25 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await gw.close(); await up.close(); }
   });
 
+  it('an upstream closing each kept-alive connection on its next request: every request is sent again and answered; each lost send counts as outcome="resent"', T, async () => {
+    const served = new Map<Socket, number>();
+    const up = await startScriptedUpstream((_req, s) => {
+      const n = (served.get(s) ?? 0) + 1;
+      served.set(s, n);
+      if (n === 1) s.write(chatAnswer('hi')); else s.destroy();
+    });
+    const gw = await startGateway(route(up.url));
+    try {
+      for (let i = 0; i < 6; i++) {
+        const r = await post(`${gw.url}/v1/chat/completions`, ASK);
+        assert.equal(r.status, 200, r.text);
+      }
+      const attempts = (outcome: string) => metric(gw, new RegExp(`^sluice_upstream_attempts_total\\{route="u",instance="a",outcome="${outcome}"\\}`));
+      assert.equal(await attempts('ok'), 6);
+      assert.equal(await attempts('resent'), 5, 'requests 2 to 6 each met a connection the upstream closed');
+    } finally { await gw.close(); await up.close(); }
+  });
+
   it('error mapping: refused, reset, malformed, oversized head -> 502; no answer in time -> 504 (OpenAI-style JSON)', T, async () => {
     const closedPort = await freePort();
     const refused = await startGateway(route(`http://127.0.0.1:${closedPort}`));
