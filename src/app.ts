@@ -17,7 +17,7 @@ import { createServingParts } from './threads/serving-parts.ts';
 import { warmTokenizers } from './tokens/encoding.ts';
 import { LedgerHost, ledgerSlotsFor } from './quota/shared/ledger-host.ts';
 import { ThreadSupervisor, type MainSnapshot } from './threads/supervisor.ts';
-import { quotaSources, quotaStoreKey } from './threads/store-key.ts';
+import { LOCAL_STORE_KEY, quotaSources, quotaStoreKey } from './threads/store-key.ts';
 
 export interface SluiceHandle {
   readonly port: number;
@@ -105,12 +105,15 @@ async function waitUntil(done: () => boolean, ms: number): Promise<void> {
  * references any more is closed then (its close() flushes its deltas).
  */
 class StoreRegistry implements StoreResolver {
-  private readonly stores = new Map<string, { store: QuotaStore; refs: number }>();
+  /** `ledgerKey`: the store's name in the threads' ledger, new for each store made, so a store made again under
+   *  a key (a reload away from a Redis target and back) never meets the slots its predecessor's threads charged. */
+  private readonly stores = new Map<string, { store: QuotaStore; refs: number; ledgerKey: string }>();
   private readonly keysOf = new WeakMap<Snapshot, readonly string[]>();
   private readonly closing = new Map<Promise<void>, QuotaStore>();
   /** Keys used by the snapshot being built. */
   private building: Set<string> | undefined;
   private created = 0;
+  private made = 0;
   private config: SluiceConfig;
   private readonly metrics: Metrics;
   private readonly ledger: LedgerHost | undefined;
@@ -156,11 +159,13 @@ class StoreRegistry implements StoreResolver {
 
   private closeUnreferenced(): void {
     for (const [k, e] of this.stores) {
-      if (e.refs > 0) continue;
+      // The local store's counters live only here: it stays for the process's life, so a reload that drops every
+      // local quota and a later one that brings them back do not hand the spent tokens out again.
+      if (e.refs > 0 || k === LOCAL_STORE_KEY) continue;
       this.stores.delete(k);
       // What the threads charged to it is folded in before its final flush (its snapshots' requests have ended).
       this.ledger?.poll();
-      this.ledger?.detach(k);
+      this.ledger?.detach(e.ledgerKey);
       log.info('quota store no longer used; closing it', { store: e.store.name });
       const name = e.store.name;
       // The process goes on: a Redis away for now gets minutes to come back before the store's usage is lost.
@@ -202,8 +207,9 @@ class StoreRegistry implements StoreResolver {
       storeLabel: target === undefined ? 'local' : `${target.mode}-${this.created++}`,
       maxKeys: this.config.limits.max_quota_keys,
     });
-    this.stores.set(key, { store, refs: 0 });
-    this.ledger?.attach(key, store);
+    const ledgerKey = `${key}#${this.made++}`;
+    this.stores.set(key, { store, refs: 0, ledgerKey });
+    this.ledger?.attach(ledgerKey, store);
     return store;
   }
 
@@ -211,10 +217,10 @@ class StoreRegistry implements StoreResolver {
     return [...this.stores.values()].map((e) => e.store);
   }
 
-  /** Key → metric label of every store. */
-  labels(): Record<string, string> {
-    const out: Record<string, string> = {};
-    for (const [k, e] of this.stores) out[k] = e.store.name;
+  /** Key → ledger key and metric label of every store. */
+  names(): Record<string, { ledgerKey: string; label: string }> {
+    const out: Record<string, { ledgerKey: string; label: string }> = {};
+    for (const [k, e] of this.stores) out[k] = { ledgerKey: e.ledgerKey, label: e.store.name };
     return out;
   }
 }
@@ -328,11 +334,11 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
   const stores = new StoreRegistry(config, metrics, ledger);
   const mainSnapshot = (cfg: SluiceConfig): MainSnapshot => {
     const snap = stores.build(cfg);
-    const labels = stores.labels();
+    const names = stores.names();
     const map: Record<string, { key: string; label: string }> = {};
     for (const [path, source] of quotaSources(cfg)) {
-      const key = quotaStoreKey(source);
-      map[path] = { key, label: labels[key] ?? key };
+      const n = names[quotaStoreKey(source)]!;
+      map[path] = { key: n.ledgerKey, label: n.label };
     }
     return { stores: map, retire: () => stores.retire(snap) };
   };

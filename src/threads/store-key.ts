@@ -5,10 +5,13 @@ import { redisClientKey } from '../config/redis.ts';
 import type { SluiceConfig } from '../config/types.ts';
 import type { QuotaSource } from '../pipeline/snapshot.ts';
 
+/** The key of the process's one local store. */
+export const LOCAL_STORE_KEY = 'local';
+
 export function quotaStoreKey(source: QuotaSource): string {
   // Validation leaves `redis` undefined under policy local (and for ai-token-ratelimit without a redis block).
   const target = source.redis;
-  return target === undefined ? 'local' : `${redisClientKey(target)}|${source.allow_degradation ? 'degrade' : 'strict'}`;
+  return target === undefined ? LOCAL_STORE_KEY : `${redisClientKey(target)}|${source.allow_degradation ? 'degrade' : 'strict'}`;
 }
 
 /** Every quota plugin of a config with a path that names it in any copy of that config. */
@@ -26,5 +29,5 @@ export function quotaSources(config: SluiceConfig): [string, QuotaSource][] {
   return out;
 }
 
-/** Per quota plugin path: its backend store's key (the ledger's store name) and metric label. */
+/** Per quota plugin path: its backend store's name in the ledger (its key, numbered per store made) and metric label. */
 export type StoreMap = Readonly<Record<string, { readonly key: string; readonly label: string }>>;

@@ -315,3 +315,83 @@ describe('limits.max_inflight_body_bytes with workers: 2', () => {
     assert.equal((await post(`http://127.0.0.1:${h.port}/free/v1/chat/completions`, MSG)).status, 200);
   });
 });
+
+describe('serving threads: a store made again under the same key', () => {
+  let mock: MockUpstream;
+  let a: RedisServerHandle;
+  let b: RedisServerHandle;
+  let gw: SluiceHandle | undefined;
+  before(async () => {
+    mock = await startMockUpstream({ completionTokens: 5, chunks: 2 });
+    [a, b] = await Promise.all([startRedis(), startRedis()]);
+  });
+  after(async () => {
+    await gw?.close({ drainMs: 500 });
+    await mock?.close();
+    await Promise.allSettled([a?.stop(), b?.stop()]);
+  });
+
+  const routeOn = (redis: RedisServerHandle | undefined) => ({
+    id: 'q', uri: '/q/v1/chat/completions',
+    plugins: { ...proxy(mock.url), 'ai-rate-limiting': redis === undefined
+      ? { limit: 1_000_000, time_window: 3600 }
+      : { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, limit: 1_000_000, time_window: 3600 } },
+  });
+  const chargedOn = async (h: SluiceHandle): Promise<number> => {
+    let sum = 0;
+    for (const line of (await scrape(h)).split('\n')) if (line.startsWith('sluice_quota_tokens_charged_total{route="q"')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+    return sum;
+  };
+
+  it('Redis A, then B, then A again within the ledger\'s eviction scan: A\'s total is what was charged, not the old usage again', async () => {
+    const vA = { workers: 2, listen: { host: '127.0.0.1', port: 0, http1_guard: false }, redis_batching: { flush_interval_ms: 20 }, routes: [routeOn(a)] };
+    const vB = { ...vA, routes: [routeOn(b)] };
+    gw = await start(vA);
+    const h = gw;
+    const ten = async (): Promise<void> => {
+      for (let i = 0; i < 10; i++) assert.equal((await post(`http://127.0.0.1:${h.port}/q/v1/chat/completions`, MSG)).status, 200);
+    };
+    await ten();
+    for (let cycle = 0; cycle < 3; cycle++) {
+      h.reload(configOf(vB));
+      await h.threads!.settled();
+      h.reload(configOf(vA));
+      await h.threads!.settled();
+      await ten();
+    }
+    const charged = await chargedOn(h);
+    assert.ok(charged > 0);
+    // Before the fix the new A store took over the old one's ledger slots and wrote their usage again (×2–3).
+    await eventually('Redis A holds what was charged', async () => (await redisTotals(a, 'r/q/')).consumed === charged, 30_000);
+    assert.equal((await redisTotals(b, 'r/q/')).consumed, 0);
+    await h.close({ drainMs: 500 });
+    gw = undefined;
+    assert.equal((await redisTotals(a, 'r/q/')).consumed, charged);
+  });
+
+  for (const workers of [1, 2]) {
+    it(`workers: ${workers}: local quotas dropped by a reload and brought back keep what was spent`, async () => {
+      const vLocal = { workers, listen: { host: '127.0.0.1', port: 0, http1_guard: false }, routes: [routeOn(undefined)] };
+      const vRedis = { ...vLocal, routes: [routeOn(b)] };
+      gw = await start(vLocal);
+      const h = gw;
+      const remaining = async (): Promise<number> => {
+        const r = await post(`http://127.0.0.1:${h.port}/q/v1/chat/completions`, MSG);
+        assert.equal(r.status, 200, r.text);
+        return Number(r.headers.get('x-ai-ratelimit-remaining-inst'));
+      };
+      await remaining();
+      const before = await remaining();
+      h.reload(configOf(vRedis));
+      if (h.threads !== undefined) await h.threads.settled();
+      await remaining();
+      h.reload(configOf(vLocal));
+      if (h.threads !== undefined) await h.threads.settled();
+      const after = await remaining();
+      // Before the fix the local store was closed with the reload and made again empty: after > before.
+      assert.ok(after < before, `remaining ${after} after the round trip, ${before} before it`);
+      await h.close({ drainMs: 500 });
+      gw = undefined;
+    });
+  }
+});
