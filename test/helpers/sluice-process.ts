@@ -124,3 +124,18 @@ export async function eventually(what: string, check: () => boolean | Promise<bo
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** Peak RSS growth of `p` (sampled every 20 ms from /proc) while `done` runs. */
+export async function peakGrowth(p: SluiceProcess, done: Promise<unknown>): Promise<number> {
+  const base = p.rss();
+  let peak = base;
+  let running = true;
+  const sampler = (async () => {
+    while (running) {
+      peak = Math.max(peak, p.rss());
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  try { await done; } finally { running = false; await sampler; }
+  return peak - base;
+}

@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { startSluiceProcess, type SluiceProcess } from '../helpers/sluice-process.ts';
+import { peakGrowth, startSluiceProcess } from '../helpers/sluice-process.ts';
 import { startScriptedUpstream, chatAnswer } from '../helpers/scripted-upstream.ts';
 
 const MiB = 1024 * 1024;
@@ -34,19 +34,6 @@ function tinyChunked(port: number, body: string): Promise<number> {
   });
 }
 
-async function peakGrowth(p: SluiceProcess, done: Promise<unknown>): Promise<number> {
-  const base = p.rss();
-  let peak = base;
-  let running = true;
-  const sampler = (async () => {
-    while (running) {
-      peak = Math.max(peak, p.rss());
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  })();
-  try { await done; } finally { running = false; await sampler; }
-  return peak - base;
-}
 
 describe('a chunked request body of 1-byte chunks', () => {
   for (const guard of [true, false]) {

@@ -10,7 +10,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { startGateway, post } from '../helpers/gateway.ts';
-import { startSluiceProcess, eventually, type SluiceProcess } from '../helpers/sluice-process.ts';
+import { peakGrowth, startSluiceProcess, eventually, type SluiceProcess } from '../helpers/sluice-process.ts';
 import { startScriptedUpstream, chatAnswer, sseDelta, endlessSse, type ScriptedUpstream, type Script } from '../helpers/scripted-upstream.ts';
 import { exchange } from '../helpers/raw-http.ts';
 import { metric } from '../helpers/metrics.ts';
@@ -56,19 +56,6 @@ function pump(s: Socket, piece: Buffer, times: number, end?: string): void {
 }
 
 /** Samples a process's RSS every 20 ms until `done` settles; returns the peak growth over the first sample. */
-async function peakGrowth(p: SluiceProcess, done: Promise<unknown>): Promise<number> {
-  const base = p.rss();
-  let peak = base;
-  let running = true;
-  const sampler = (async () => {
-    while (running) {
-      peak = Math.max(peak, p.rss());
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  })();
-  try { await done; } finally { running = false; await sampler; }
-  return peak - base;
-}
 
 describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
   it('a client header value with U+010A / U+010D (UTF-8) never reaches the upstream as a line break', T, async () => {
