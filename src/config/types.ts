@@ -30,6 +30,8 @@ export interface LimitsConfig {
   readonly upstream_first_byte_timeout_ms: number;
   /** Longest silence between two body chunks of a streaming response, ms. Default 60000. */
   readonly upstream_idle_timeout_ms: number;
+  /** Longest time from a buffered (non-stream) answer's headers to its last byte, ms. Default 300000. */
+  readonly upstream_body_timeout_ms: number;
   /**
    * Most quota counters (distinct quota keys) one store tracks in this process. Beyond it idle counters are
    * evicted (after their state is in Redis); a new key when none can be evicted gets 503 SLC_OVERLOADED.

@@ -98,6 +98,19 @@ export interface GatewayDeps {
 /** A body this large is parsed on a worker thread even when its prompt is not counted (JSON.parse: ~40 µs/KB). */
 const PARSE_OFFLOAD_BYTES = 256 * 1024;
 
+/** A buffered answer's body, read within `ms`: past it the call fails as a timeout and `onLate` gets what came. */
+async function readWithin(up: UpstreamCall, ms: number, onLate: (got: Buffer) => void): Promise<Buffer> {
+  const timer = setTimeout(() => {
+    onLate(up.partial());
+    up.timeOut(`upstream answer not complete within ${ms} ms`);
+  }, ms);
+  try {
+    return await up.readAll(MAX_UPSTREAM_BODY);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export class Gateway implements RequestSink {
   private snapshot: Snapshot;
   private readonly deps: GatewayDeps;
@@ -504,9 +517,19 @@ export class Gateway implements RequestSink {
       return 'done';
     }
     let buf: Buffer;
+    const bodyMs = ctx.snap.config.limits.upstream_body_timeout_ms;
+    let late: Buffer | undefined;
     try {
-      buf = up.bodyNow(MAX_UPSTREAM_BODY) ?? await up.readAll(MAX_UPSTREAM_BODY);
+      buf = up.bodyNow(MAX_UPSTREAM_BODY) ?? await readWithin(up, bodyMs, (got) => { late = got; });
     } catch (err) {
+      // Still coming after upstream_body_timeout_ms (an upstream trickling bytes, each within the idle time): 504,
+      // charged the prompt plus the text received, as a broken 2xx answer is.
+      if (late !== undefined && ok && !res.aborted && !ctx.cut) {
+        log.warn('upstream answer not complete in time', { route: route.id, instance: inst.name, timeout_ms: bodyMs });
+        await this.chargeCut(ctx, late, 'upstream_broken');
+        this.answerError(ctx, new SluiceError('SLC_UPSTREAM_TIMEOUT', `the upstream answer did not complete within ${bodyMs} ms`));
+        return 'done';
+      }
       // An error answer is not billed: one cut short is released (a client abort) or falls back (a broken body).
       if (res.aborted && !ctx.cut) {
         if (ok) await this.chargeCut(ctx, up.partial(), 'client_abort');

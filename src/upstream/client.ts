@@ -172,6 +172,12 @@ export class UpstreamCall implements ResponseHandler {
     this.fail(new UpstreamFailure('aborted', 'request aborted', undefined));
   }
 
+  /** Fails the request with kind 'timeout' (a buffered answer not complete in time); pending reads reject. */
+  timeOut(message: string): void {
+    if (this.failure !== undefined || this.ended) return;
+    this.fail(new UpstreamFailure('timeout', message, undefined));
+  }
+
   /** Resolves once status and headers are in (`status`, `headers`). */
   head(): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);

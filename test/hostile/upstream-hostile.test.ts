@@ -411,6 +411,31 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await gw.close(); await up.close(); }
   });
 
+  it('a buffered answer trickled a byte at a time, each within the idle timeout: 504 after upstream_body_timeout_ms, the prompt charged', T, async () => {
+    const timers = new Set<NodeJS.Timeout>();
+    const up = await startScriptedUpstream((_req, s) => {
+      s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{"id":"c",');
+      const t = setInterval(() => { if (!s.destroyed) s.write(' '); }, 100);
+      timers.add(t);
+      s.on('close', () => { clearInterval(t); timers.delete(t); });
+    });
+    const gw = await startGateway({ limits: { upstream_idle_timeout_ms: 1000, upstream_body_timeout_ms: 1500 }, ...route(up.url) });
+    try {
+      const started = Date.now();
+      const r = await post(`${gw.url}/v1/chat/completions`, ASK);
+      const took = Date.now() - started;
+      assert.equal(r.status, 504, r.text);
+      assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_TIMEOUT');
+      assert.ok(took >= 1400, `answered after ${took} ms`);
+      assert.ok(await metric(gw, /^sluice_quota_tokens_charged_total\{route="u"/) > 0, 'the prompt is charged');
+      assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="u",reason="upstream_broken"\}/), 1);
+    } finally {
+      for (const t of timers) clearInterval(t);
+      await gw.close();
+      await up.close();
+    }
+  });
+
   it('error mapping: refused, reset, malformed, oversized head -> 502; no answer in time -> 504 (OpenAI-style JSON)', T, async () => {
     const closedPort = await freePort();
     const refused = await startGateway(route(`http://127.0.0.1:${closedPort}`));

@@ -271,7 +271,7 @@ describe('config defaults', () => {
     assert.equal(c.workers, 1);
     assert.deepEqual(c.limits, {
       max_body_bytes: 8388608, upstream_connect_timeout_ms: 2000, upstream_first_byte_timeout_ms: 60000, upstream_idle_timeout_ms: 60000,
-      max_quota_keys: 100000,
+      upstream_body_timeout_ms: 300000, max_quota_keys: 100000,
       max_inflight_body_bytes: 67108864, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
       max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000, client_send_timeout_ms: 10000,
       max_client_connections: 10000,
