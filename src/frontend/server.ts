@@ -537,7 +537,8 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
   const gate = accepted;
   if (declared !== undefined && declared > gate.maxBodyBytes) {
     metrics?.frontendRejected.inc({ reason: 'body_too_large' });
-    refuseBody(front, client, styled(front, request.path, tooLarge(gate.maxBodyBytes)), true, true);
+    // A body larger than a drain could never be read to its end: answered now, and the connection closed.
+    refuseBody(front, client, styled(front, request.path, tooLarge(gate.maxBodyBytes)), true, declared <= front.limits.max_drain_bytes);
     return;
   }
   if (declared !== undefined) {

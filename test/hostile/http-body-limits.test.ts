@@ -7,6 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
@@ -85,6 +86,25 @@ describe('413 is readable by real clients for bodies up to 64 MiB', () => {
       assert.equal(JSON.parse(body!).error.code, 'SLC_BODY_TOO_LARGE');
     });
   }
+
+  it('a declared length past max_drain_bytes, its body paused: 413 at once and the connection closed (the body could never be drained)', async () => {
+    const port = Number(new URL(gw.url).port);
+    const started = Date.now();
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = connect(port, '127.0.0.1');
+      let got = '';
+      s.setTimeout(30_000, () => s.destroy(new Error('no answer in 30 s')));
+      s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+      s.on('close', () => resolve(got));
+      s.on('error', reject);
+      // 100 MB declared (max_drain_bytes is 64 MiB), a few bytes sent, then nothing: before, the 413 waited for
+      // client_body_timeout_ms (60 s).
+      s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":');
+    });
+    assert.match(answer, /^HTTP\/1\.1 413 /);
+    assert.match(answer, /SLC_BODY_TOO_LARGE/);
+    assert.ok(Date.now() - started < 20_000, `answered after ${Date.now() - started} ms`);
+  });
 });
 
 // The front end's own refusals (413, 415, 404, 405, 408, 503) answer in the format of the client API the path belongs
