@@ -364,6 +364,11 @@ describe('serving threads: a store made again under the same key', () => {
     // Before the fix the new A store took over the old one's ledger slots and wrote their usage again (×2–3).
     await eventually('Redis A holds what was charged', async () => (await redisTotals(a, 'r/q/')).consumed === charged, 30_000);
     assert.equal((await redisTotals(b, 'r/q/')).consumed, 0);
+    // Nothing is pending once Redis acknowledged it (the gauge read 1 for good: the batch just written was counted).
+    await eventually('sluice_redis_pending_deltas falls to 0', async () => {
+      const lines = (await scrape(h)).split('\n').filter((l) => l.startsWith('sluice_redis_pending_deltas{'));
+      return lines.length > 0 && lines.every((l) => l.endsWith(' 0'));
+    }, 30_000);
     await h.close({ drainMs: 500 });
     gw = undefined;
     assert.equal((await redisTotals(a, 'r/q/')).consumed, charged);

@@ -1054,7 +1054,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     this.m.flushKeys.observe(keys);
     this.m.flushCommands.observe(commands);
     this.m.flushDuration.observe(latency / 1000);
-    this.m.pending.set(this.batcher.backlog);
+    // The batcher counts this batch in flight until write() returns; cells not acknowledged are marked dirty again.
+    this.m.pending.set(Math.max(0, this.batcher.backlog - batch.length));
     if (this.redirections > 0) this.shared.port.slotsMoved();
     if (connection !== undefined) {
       this.m.flushError.inc();
