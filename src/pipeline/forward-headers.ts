@@ -4,6 +4,7 @@
 // replaces them (config/forward-headers.ts). The instance's own headers (auth, organisation, project) are set
 // last, and the X-Forwarded-* family is always written by the gateway.
 import { NEVER_FORWARDED } from '../config/forward-headers.ts';
+import { connectionListed } from '../core/http-token.ts';
 import type { ForwardHeadersConfig } from '../config/types.ts';
 import type { IpMatcher } from '../rules/ip.ts';
 import type { ClientRequest } from './http-types.ts';
@@ -53,9 +54,11 @@ export function upstreamHeaders(req: ClientRequest, policy: ForwardPolicy, dropN
   trusted: IpMatcher, peer: string): Record<string, string> {
   const client = req.headers;
   const out: Record<string, string> = {};
+  // Headers the client's Connection header names are for this hop only (a traceparent listed there stays here).
+  const hop = connectionListed(client.connection);
   // for-in over own keys: no array of keys per request.
   for (const k in client) {
-    if (k === dropName || NEVER.has(k) || !allowed(policy, k) || !Object.hasOwn(client, k)) continue;
+    if (k === dropName || NEVER.has(k) || !allowed(policy, k) || !Object.hasOwn(client, k) || hop?.has(k) === true) continue;
     out[k] = client[k]!;
   }
   // Without it any coding is acceptable (RFC 9110 §12.5.3), and a compressed answer cannot be metered.

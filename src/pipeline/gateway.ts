@@ -10,7 +10,7 @@
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
 import { errorHeaders, errorText, sendError, type ErrorFormat } from './error-response.ts';
 import { log } from '../core/log.ts';
-import { isIdentityCoding } from '../core/http-token.ts';
+import { connectionListed, isIdentityCoding } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
@@ -264,12 +264,13 @@ export class Gateway implements RequestSink {
   private authenticate(snap: Snapshot, route: CompiledRoute, req: ClientRequest): ConsumerConfig | undefined {
     const ka = route.keyAuth;
     if (ka === undefined) return undefined;
-    let key: string | undefined = req.headers[ka.header];
+    // An empty key is no key: the next place is read (an empty apikey header hid a valid Bearer key).
+    let key: string | undefined = req.headers[ka.header] || undefined;
     if (key === undefined) {
       const auth = req.headers.authorization;
-      if (auth !== undefined && auth.length > 7 && auth.slice(0, 7).toLowerCase() === 'bearer ') key = auth.slice(7).trim();
+      if (auth !== undefined && auth.length > 7 && auth.slice(0, 7).toLowerCase() === 'bearer ') key = auth.slice(7).trim() || undefined;
     }
-    if (key === undefined && req.query !== '') key = new URLSearchParams(req.query).get(ka.query) ?? undefined;
+    if (key === undefined && req.query !== '') key = new URLSearchParams(req.query).get(ka.query) || undefined;
     if (key === undefined || key === '') throw new SluiceError('SLC_UNAUTHORIZED', 'missing API key');
     const consumer = snap.consumersByKey.get(key);
     if (consumer === undefined) throw new SluiceError('SLC_UNAUTHORIZED', 'invalid API key');
@@ -863,10 +864,14 @@ export class Gateway implements RequestSink {
   private relayHeaders(up: UpstreamHeaders): HeaderList {
     const out: HeaderList = [];
     let left = MAX_RELAYED_HEADER_BYTES;
+    let conn: string | undefined;
+    for (let i = 0; i < up.length; i += 2) if (up[i] === 'connection') conn = conn === undefined ? up[i + 1] : `${conn},${up[i + 1]}`;
+    const hop = connectionListed(conn);
     for (let i = 0; i < up.length; i += 2) {
       const k = up[i]!;
-      // X-Sluice-Usage describes this hop's settlement: an upstream's (a gateway's) never passes as ours.
-      if (!HOP_HEADERS.has(k) && k !== USAGE_HEADER) left = pushWithin(out, k, up[i + 1]!, left);
+      // X-Sluice-Usage describes this hop's settlement: an upstream's (a gateway's) never passes as ours. Headers the
+      // upstream's Connection header names are for its hop only.
+      if (!HOP_HEADERS.has(k) && k !== USAGE_HEADER && hop?.has(k) !== true) left = pushWithin(out, k, up[i + 1]!, left);
     }
     return out;
   }

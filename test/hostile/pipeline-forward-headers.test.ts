@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig, ConfigError } from '../../src/config/validate.ts';
 import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { exchange } from '../helpers/raw-http.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'hi' }] };
 const HOSTILE = {
@@ -72,6 +73,19 @@ describe('client headers reaching the upstream', () => {
       assert.equal(h[k], undefined, `${k} is not forwarded`);
     }
     assert.equal(h.authorization, 'Bearer sk-a', 'the instance credential, never the client one');
+  });
+
+  it('headers the client\'s Connection header names stay at the gateway, allowed ones included (RFC 9110 §7.6.1)', async () => {
+    const body = JSON.stringify(MSG);
+    const port = Number(new URL(gw.url).port);
+    const r = await exchange(port, `POST /extend/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n`
+      + `Connection: keep-alive, traceparent,X-Custom\r\ntraceparent: ${HOSTILE.traceparent}\r\nx-custom: hop\r\nx-request-id: req-9\r\n`
+      + `x-mock-echo-headers: 1\r\nContent-Length: ${body.length}\r\n\r\n${body}`, { responses: 1 });
+    assert.equal(r.responses[0]?.status, 200, r.raw);
+    const h = r.responses[0]!.json.mock_request_headers as Record<string, string>;
+    assert.equal(h.traceparent, undefined, 'listed in Connection: not forwarded');
+    assert.equal(h['x-custom'], undefined, 'listed in Connection: not forwarded, though forward_headers allows it');
+    assert.equal(h['x-request-id'], 'req-9', 'an allowed header not listed is forwarded');
   });
 
   it('X-Forwarded-* are the gateway\'s own from an untrusted peer', async () => {

@@ -411,6 +411,19 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await gw.close(); await up.close(); }
   });
 
+  it('headers the upstream\'s Connection header names are not relayed to the client (RFC 9110 §7.6.1)', T, async () => {
+    const up = await startScriptedUpstream((_req, s) => {
+      s.write(chatAnswer('hi', undefined, 'connection: keep-alive\r\nconnection: X-Foo\r\nx-foo: hop\r\nx-bar: end\r\n'));
+    });
+    const gw = await startGateway(route(up.url));
+    try {
+      const r = await post(`${gw.url}/v1/chat/completions`, ASK);
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.headers.get('x-foo'), null, 'listed in the upstream\'s Connection header');
+      assert.equal(r.headers.get('x-bar'), 'end');
+    } finally { await gw.close(); await up.close(); }
+  });
+
   it('a buffered answer trickled a byte at a time, each within the idle timeout: 504 after upstream_body_timeout_ms, the prompt charged', T, async () => {
     const timers = new Set<NodeJS.Timeout>();
     const up = await startScriptedUpstream((_req, s) => {

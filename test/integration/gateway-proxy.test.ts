@@ -210,6 +210,11 @@ for (const workers of [1, 2]) {
       assert.equal(ok.status, 200);
       const bearer = await post(`${gw.url}/auth/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { authorization: 'Bearer john-key' });
       assert.equal(bearer.status, 200);
+      // An empty apikey header is no key: the Bearer key, then the query key, are read (it hid them with a 401).
+      const emptyThenBearer = await post(`${gw.url}/auth/v1/chat/completions`, { model: 'm', messages: MESSAGES }, { apikey: '', authorization: 'Bearer john-key' });
+      assert.equal(emptyThenBearer.status, 200, emptyThenBearer.text);
+      const emptyThenQuery = await post(`${gw.url}/auth/v1/chat/completions?apikey=john-key`, { model: 'm', messages: MESSAGES }, { apikey: '', authorization: 'Bearer ' });
+      assert.equal(emptyThenQuery.status, 200, emptyThenQuery.text);
     });
 
     it('answers 404 for an unknown path and 405 for a wrong method', async () => {
