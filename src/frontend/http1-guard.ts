@@ -84,6 +84,21 @@ function headErr(error: ErrorCode, message: string): HeadError {
 }
 
 /** Case-insensitive compare of buf[s, s+name.length) with a lower-case ASCII name. */
+/** Bytes of a Host value: uri-host (reg-name: unreserved, pct-encoded, sub-delims; an IP literal's brackets and
+ *  colons) and its port. No '/', '@', '?', '#' or space. */
+const HOSTCHAR: Uint8Array = new Uint8Array(256);
+for (const c of "-._~%!$&'()*+,;=:[]") HOSTCHAR[c.charCodeAt(0)] = 1;
+for (let c = 0x30; c <= 0x39; c++) HOSTCHAR[c] = 1;
+for (let c = 0x41; c <= 0x5a; c++) { HOSTCHAR[c] = 1; HOSTCHAR[c + 32] = 1; }
+
+function validHost(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 256 || HOSTCHAR[c] === 0) return false;
+  }
+  return true;
+}
+
 function nameIs(buf: Buffer, s: number, len: number, name: string): boolean {
   if (len !== name.length) return false;
   for (let i = 0; i < len; i++) if ((buf[s + i]! | 0x20) !== name.charCodeAt(i)) return false;
@@ -133,7 +148,7 @@ export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): 
   if (target.charCodeAt(0) !== 0x2f) {
     // absolute-form (RFC 9112 §3.2.2): the target's authority replaces Host; its path and query are the target.
     const m = /^https?:\/\/([^/?#]*)([^#]*)$/i.exec(target);
-    if (m !== null && m[1] !== '' && !m[1]!.includes('@')) {
+    if (m !== null && m[1] !== '' && validHost(m[1]!)) {
       host = m[1];
       target = m[2] === '' ? '/' : m[2]!.startsWith('?') ? `/${m[2]}` : m[2]!;
     } else if (!(target === '*' && method === 'OPTIONS')) {
@@ -180,6 +195,8 @@ export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): 
       te = te === undefined ? v : `${te},${v}`;
     } else if (c0 === 0x68 && nameIs(buf, at, nameLen, 'host')) {
       hosts++;
+      // uri-host [":" port] (RFC 9112 §3.2: an invalid value is a 400); it becomes X-Forwarded-Host upstream.
+      for (let i = vs; i < ve; i++) if (HOSTCHAR[buf[i]!] === 0) return headErr('SLC_BAD_REQUEST', 'invalid Host header');
     }
     lines.push(at, colon, vs, ve);
     at = eol + 1;

@@ -127,6 +127,16 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     const a = await exchange(port, 'GET http://gw/nope HTTP/1.1\r\nHost: gw\r\n\r\n', { responses: 1 });
     assertError(a.responses[0], 404, 'SLC_NOT_FOUND');
     assert.match(a.responses[0]!.json.error.message, /\/nope/);
+    // An invalid Host value (RFC 9112 §3.2), in the header or an absolute-form authority: 400, never X-Forwarded-Host.
+    for (const bad of ['GET /nope HTTP/1.1\r\nHost: evil.com/../x@y\r\n\r\n', 'GET /nope HTTP/1.1\r\nHost: a b\r\n\r\n', 'GET http://u@gw/nope HTTP/1.1\r\nHost: gw\r\n\r\n', 'GET http://g"w/nope HTTP/1.1\r\nHost: gw\r\n\r\n']) {
+      const r = await exchange(port, bad);
+      assertError(r.responses[0], 400, 'SLC_BAD_REQUEST');
+      assert.equal(r.closed, true, JSON.stringify(bad));
+    }
+    for (const good of ['gw:9080', '[::1]:80', '127.0.0.1', 'xn--bcher-kva.example', '']) {
+      const r = await exchange(port, `GET /nope HTTP/1.1\r\nHost: ${good}\r\n\r\n`, { responses: 1 });
+      assertError(r.responses[0], 404, 'SLC_NOT_FOUND');
+    }
   });
 
   it('HTTP/2 preface and unknown versions: 505; a malformed request line: 400', async () => {
