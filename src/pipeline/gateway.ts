@@ -97,6 +97,8 @@ export interface GatewayDeps {
 
 /** A body this large is parsed on a worker thread even when its prompt is not counted (JSON.parse: ~40 µs/KB). */
 const PARSE_OFFLOAD_BYTES = 256 * 1024;
+/** Buffered answers at least this large are decoded on a worker thread (relayDecodedOffThread). */
+const DECODE_OFFLOAD_BYTES = 1024 * 1024;
 
 /** A buffered answer's body, read within `ms`: past it the call fails as a timeout and `onLate` gets what came. */
 async function readWithin(up: UpstreamCall, ms: number, onLate: (got: Buffer) => void): Promise<Buffer> {
@@ -571,7 +573,24 @@ export class Gateway implements RequestSink {
 
   /** Synchronous when the answer carries a usable usage (nearly always); a promise only when its text is counted. */
   private relayBuffered(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer): Promise<void> | undefined {
-    const decoded = inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage);
+    if (buf.length >= DECODE_OFFLOAD_BYTES) return this.relayDecodedOffThread(ctx, inst, status, upHeaders, buf);
+    return this.relayDecoded(ctx, inst, status, upHeaders, buf, inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage));
+  }
+
+  /** A large answer is parsed on a worker thread: a 20 MB answer parsed here stalled every request of this thread
+   *  for seconds. Decoded here as before when the pool cannot take it (closed, or its queue full). */
+  private async relayDecodedOffThread(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer): Promise<void> {
+    let decoded: DecodedBody;
+    try {
+      decoded = await this.deps.pool.decode(inst.config, ctx.prepared!, buf, ctx.snap.maxUsage);
+    } catch {
+      decoded = inst.provider.decode(ctx.prepared!, buf, ctx.snap.maxUsage);
+    }
+    const counting = this.relayDecoded(ctx, inst, status, upHeaders, buf, decoded);
+    if (counting !== undefined) await counting;
+  }
+
+  private relayDecoded(ctx: Exchange, inst: CompiledInstance, status: number, upHeaders: UpstreamHeaders, buf: Buffer, decoded: DecodedBody): Promise<void> | undefined {
     if (decoded.unusable !== undefined) return this.relayUnusable(ctx, inst, buf, decoded.unusable);
     const headers = withContentType(this.relayHeaders(upHeaders), decoded.contentType);
     if (ctx.metered) {

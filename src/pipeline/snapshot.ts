@@ -24,6 +24,8 @@ export interface CompiledInstance {
   readonly model: string | undefined;
   /** The instance's provider: upstream origin and path, provider headers, body, codecs, error classification. */
   readonly provider: ResolvedProvider;
+  /** Its config, from which a worker thread resolves the same provider to decode a large answer there. */
+  readonly config: InstanceConfig;
   /** The instance's own timeout, TLS and keep-alive settings; undefined: the client's defaults. */
   readonly transport: Transport | undefined;
   /** Multiplier for text this instance generated and Sluice had to count (no usage, or an aborted stream): its
@@ -108,6 +110,7 @@ function compileInstance(inst: InstanceConfig, path: string, errors: ResolveErro
     priority: inst.priority,
     model: inst.model,
     provider,
+    config: inst,
     transport: resolveTransport(inst),
     outputScale: promptScaleOf(inst.provider),
     headers: Object.freeze({ 'content-type': 'application/json', ...inst.auth_header }),

@@ -7,6 +7,7 @@
 import { promptCountJob } from '../tokens/count.ts';
 import { warmTokenizers } from '../tokens/encoding.ts';
 import { finishCall, parseCall } from '../providers/prepare.ts';
+import { isIssues, resolveInstance } from '../providers/registry.ts';
 import { CountJob } from '../tokens/text-count.ts';
 import { driveJob } from './drive.ts';
 import { decodeTask, encodeMessage, transferable, type WorkerResult, type WorkerTask } from './protocol.ts';
@@ -28,6 +29,11 @@ async function run(task: WorkerTask): Promise<WorkerResult> {
       const job = new CountJob([task.text], task.enc);
       await driveJob(job, task.budgetMs);
       return { kind: 'count-text', tokens: job.total, exact: job.exact };
+    }
+    case 'decode': {
+      const provider = resolveInstance(task.instance);
+      if (isIssues(provider)) return { kind: 'error', message: 'instance does not resolve on the worker' };
+      return { kind: 'decode', decoded: provider.decode(task.call, Buffer.from(task.body.buffer, task.body.byteOffset, task.body.byteLength), task.maxUsage) };
     }
     default: return { kind: 'error', message: `unknown task kind ${String((task as { kind: unknown }).kind)}` };
   }

@@ -9,7 +9,8 @@
 import type { Piscina } from 'piscina';
 import { SluiceError } from '../core/errors.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
-import type { CallFailure, ParseOptions, PreparedCall } from '../providers/types.ts';
+import type { InstanceConfig } from '../config/types.ts';
+import type { CallFailure, DecodedBody, ParseOptions, PreparedCall } from '../providers/types.ts';
 import type { TaskKind, WorkerResult, WorkerTask } from './protocol.ts';
 
 export interface WorkerPoolOptions {
@@ -138,6 +139,13 @@ export class WorkerPool {
     const res = await this.run({ kind: 'count-text', text, enc: encodingForModel(model), budgetMs: this.budgetMs }, text.length);
     if (res.kind !== 'count-text') throw this.unexpected('count-text', res);
     return res.tokens;
+  }
+
+  /** A large buffered answer decoded (parsed, metered, translated) by its instance's provider on a worker thread. */
+  async decode(instance: InstanceConfig, call: PreparedCall, body: Buffer, maxUsage: number): Promise<DecodedBody> {
+    const res = await this.run({ kind: 'decode', instance, call, body, maxUsage }, body.byteLength);
+    if (res.kind !== 'decode') throw this.unexpected('decode', res);
+    return res.decoded;
   }
 
   /**

@@ -3,7 +3,8 @@
 import { Packr } from 'msgpackr';
 import { move } from 'piscina';
 import type { TokenEncoding } from '../tokens/encoding.ts';
-import type { CallFailure, ParseOptions, PreparedCall } from '../providers/types.ts';
+import type { InstanceConfig } from '../config/types.ts';
+import type { CallFailure, DecodedBody, ParseOptions, PreparedCall } from '../providers/types.ts';
 
 /**
  * budgetMs: worker time the task may spend counting before the rest is bounded by its UTF-8 bytes. A prepare
@@ -11,12 +12,14 @@ import type { CallFailure, ParseOptions, PreparedCall } from '../providers/types
  */
 export type WorkerTask =
   | { kind: 'prepare'; body: Uint8Array; opts: ParseOptions; budgetMs: number }
-  | { kind: 'count-text'; text: string; enc: TokenEncoding; budgetMs: number };
+  | { kind: 'count-text'; text: string; enc: TokenEncoding; budgetMs: number }
+  | { kind: 'decode'; instance: InstanceConfig; call: PreparedCall; body: Uint8Array; maxUsage: number };
 
 /** exact: false when the budget ran out and the count is an upper bound. */
 export type WorkerResult =
   | { kind: 'prepare'; result: PreparedCall | CallFailure }
   | { kind: 'count-text'; tokens: number; exact: boolean }
+  | { kind: 'decode'; decoded: DecodedBody }
   | { kind: 'error'; message: string };
 
 export type TaskKind = WorkerTask['kind'];

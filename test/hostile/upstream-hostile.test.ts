@@ -251,7 +251,10 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     /** RSS growth of a fresh, warmed-up gateway process while it relays one answer the upstream floods. */
     async function growthFor(what: 'tiny' | 'ext', expect: number): Promise<number> {
       const up = await startScriptedUpstream((req, s) => {
-        if ((JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content === 'warm') { s.write(chatAnswer('warm')); return; }
+        const content = (JSON.parse(req.body.toString()) as typeof ASK).messages[0]!.content;
+        if (content === 'warm') { s.write(chatAnswer('warm')); return; }
+        // Answers of 1 MiB or more are decoded on a worker thread: one starts the pool before the baseline.
+        if (content === 'warm-large') { s.write(chatAnswer('w'.repeat(2 * MiB))); return; }
         // A chat answer whose content arrives as 1-byte chunks ('tiny'), or as 1-byte chunks each behind a 4 KiB
         // chunk extension ('ext').
         s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${OPEN.length.toString(16)}\r\n${OPEN}\r\n`);
@@ -264,6 +267,7 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
         const ask = (content: string) => fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...ASK, messages: [{ role: 'user', content }] }) });
         // Warm up (first requests load parts lazily) before the RSS baseline.
         for (let i = 0; i < 3; i++) await (await ask('warm')).text();
+        for (let i = 0; i < 2; i++) await (await ask('warm-large')).text();
         let status = 0;
         let length = 0;
         const done = (async () => {
