@@ -65,6 +65,9 @@ const BODY = {
 test('the model and the streaming mode come from the path; alt=sse from the query', () => {
   assert.deepEqual(parseGeminiPath('/v1beta/models/gemini-2.0-flash:generateContent'), { model: 'gemini-2.0-flash', stream: false });
   assert.deepEqual(parseGeminiPath('/v1/models/gemini-pro:streamGenerateContent'), { model: 'gemini-pro', stream: true });
+  // The segment is percent-encoded: its text is the model (sent upstream encoded once, not %25-encoded again).
+  assert.deepEqual(parseGeminiPath('/v1beta/models/a%2F..%2Fx:generateContent'), { model: 'a/../x', stream: false });
+  assert.deepEqual(parseGeminiPath('/v1beta/models/tuned%40v2:generateContent'), { model: 'tuned@v2', stream: false });
   assert.deepEqual(parseGeminiPath('/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-pro:generateContent'), { model: 'gemini-2.5-pro', stream: false });
   assert.equal(parseGeminiPath('/v1beta/models/gemini-pro:countTokens'), undefined);
   assert.equal(parseGeminiPath('/v1beta/models/:generateContent'), undefined);

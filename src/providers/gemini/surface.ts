@@ -26,8 +26,13 @@ export function parseGeminiPath(path: string, countTokens = false): GeminiPath |
   const stream = method === 'streamGenerateContent';
   if (countTokens ? method !== 'countTokens' : !stream && method !== 'generateContent') return undefined;
   const slash = path.lastIndexOf('/', colon);
-  const model = path.slice(slash + 1, colon);
-  if (model === '' || path.slice(0, slash + 1).endsWith('/models/') === false) return undefined;
+  const raw = path.slice(slash + 1, colon);
+  if (raw === '' || path.slice(0, slash + 1).endsWith('/models/') === false) return undefined;
+  // The segment is percent-encoded; the model is its text (encoded again, once, when it goes upstream).
+  let model = raw;
+  if (raw.includes('%')) {
+    try { model = decodeURIComponent(raw); } catch { return undefined; }
+  }
   return { model, stream };
 }
 
