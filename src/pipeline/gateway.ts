@@ -552,7 +552,8 @@ export class Gateway implements RequestSink {
       }
       log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
       await this.chargeCut(ctx, up.partial(), 'upstream_broken');
-      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answer broke off'));
+      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', f.message === 'upstream response too large'
+        ? `the upstream answer is larger than ${MAX_UPSTREAM_BODY} bytes, the most Sluice buffers` : 'the upstream answer broke off'));
       return 'done';
     }
     if (!ok) {

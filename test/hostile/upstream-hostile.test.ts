@@ -428,6 +428,26 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await gw.close(); await up.close(); }
   });
 
+  it('a buffered answer past 64 MiB: 502 saying it is too large (not that it broke off), the prompt charged', T, async () => {
+    const up = await startScriptedUpstream((_req, s) => {
+      s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 70000000\r\n\r\n{"id":"c",');
+      const chunk = Buffer.alloc(MiB, 0x20);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < 69 && !s.destroyed) { sent++; if (!s.write(chunk)) { s.once('drain', pump); return; } }
+      };
+      pump();
+    });
+    const gw = await startGateway(route(up.url));
+    try {
+      const r = await post(`${gw.url}/v1/chat/completions`, ASK);
+      assert.equal(r.status, 502, r.text);
+      assert.equal(r.body?.error?.code, 'SLC_UPSTREAM_ERROR');
+      assert.match(r.body?.error?.message, /larger than 67108864 bytes/);
+      assert.ok(await metric(gw, /^sluice_quota_tokens_charged_total\{route="u"/) > 0, 'the prompt is charged');
+    } finally { await gw.close(); await up.close(); }
+  });
+
   it('a buffered answer trickled a byte at a time, each within the idle timeout: 504 after upstream_body_timeout_ms, the prompt charged', T, async () => {
     const timers = new Set<NodeJS.Timeout>();
     const up = await startScriptedUpstream((_req, s) => {
