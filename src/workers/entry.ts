@@ -33,7 +33,9 @@ async function run(task: WorkerTask): Promise<WorkerResult> {
     case 'decode': {
       const provider = resolveInstance(task.instance);
       if (isIssues(provider)) return { kind: 'error', message: 'instance does not resolve on the worker' };
-      return { kind: 'decode', decoded: provider.decode(task.call, Buffer.from(task.body.buffer, task.body.byteOffset, task.body.byteLength), task.maxUsage) };
+      const decoded = provider.decode(task.call, Buffer.from(task.body.buffer, task.body.byteOffset, task.body.byteLength), task.maxUsage);
+      // Usage.raw is not enumerable (it stays out of JSON): it crosses as a field of its own.
+      return { kind: 'decode', decoded, raw: decoded.usage?.raw };
     }
     default: return { kind: 'error', message: `unknown task kind ${String((task as { kind: unknown }).kind)}` };
   }

@@ -145,6 +145,8 @@ export class WorkerPool {
   async decode(instance: InstanceConfig, call: PreparedCall, body: Buffer, maxUsage: number): Promise<DecodedBody> {
     const res = await this.run({ kind: 'decode', instance, call, body, maxUsage }, body.byteLength);
     if (res.kind !== 'decode') throw this.unexpected('decode', res);
+    // The usage's raw report (cost expressions and X-Sluice-Usage read it) as decode() made it: not enumerable.
+    if (res.decoded.usage !== undefined && res.raw !== undefined) Object.defineProperty(res.decoded.usage, 'raw', { value: res.raw, enumerable: false });
     return res.decoded;
   }
 

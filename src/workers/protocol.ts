@@ -19,7 +19,7 @@ export type WorkerTask =
 export type WorkerResult =
   | { kind: 'prepare'; result: PreparedCall | CallFailure }
   | { kind: 'count-text'; tokens: number; exact: boolean }
-  | { kind: 'decode'; decoded: DecodedBody }
+  | { kind: 'decode'; decoded: DecodedBody; raw: Readonly<Record<string, unknown>> | undefined }
   | { kind: 'error'; message: string };
 
 export type TaskKind = WorkerTask['kind'];

@@ -25,7 +25,9 @@ describe('large buffered answers are decoded on a worker thread', () => {
           stop_reason: 'end_turn', usage: { input_tokens: 40, output_tokens: 300_000 } })));
         return;
       }
-      const usage = mode === 'none' ? '' : ',"usage":{"prompt_tokens":40,"completion_tokens":300000,"total_tokens":300040}';
+      const usage = mode === 'none' ? ''
+        : mode === 'cached' ? ',"usage":{"prompt_tokens":100,"completion_tokens":7000,"total_tokens":7100,"prompt_tokens_details":{"cached_tokens":80},"completion_tokens_details":{"reasoning_tokens":30}}'
+          : ',"usage":{"prompt_tokens":40,"completion_tokens":300000,"total_tokens":300040}';
       s.write(http(`{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"${WORDS}"},"finish_reason":"stop"}]${usage}}`));
     });
     const quota = { 'ai-rate-limiting': { limit: 100_000_000, time_window: 3600 } };
@@ -33,6 +35,7 @@ describe('large buffered answers are decoded on a worker thread', () => {
       tokens: { max_reservation: 1_000_000 },
       routes: [
         { id: 'oai', uri: '/v1/chat/completions', plugins: { ...quota, 'ai-proxy-multi': { instances: [{ name: 'a', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` }, forward_headers: ['x-mode'] }] } } },
+        { id: 'cx', uri: '/cx/v1/chat/completions', plugins: { 'ai-rate-limiting': { limit: 100_000_000, time_window: 3600, limit_strategy: 'expression', cost_expr: 'completion_tokens + cached_tokens * 10' }, 'ai-proxy-multi': { instances: [{ name: 'x', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` }, forward_headers: ['x-mode'] }] } } },
         { id: 'anth', uri: '/anth/v1/chat/completions', plugins: { ...quota, 'ai-proxy-multi': { instances: [{ name: 'c', provider: 'anthropic', auth: { header: { 'x-api-key': 'k' } }, options: { model: 'claude-x' }, override: { endpoint: up.url } }] } } },
       ],
     });
@@ -53,6 +56,18 @@ describe('large buffered answers are decoded on a worker thread', () => {
     assert.equal(r.body.choices[0].message.content, WORDS);
     await expectCharged(gw, 'oai', c0, 300_040);
     assert.equal(await decodes(), d0 + 1);
+  });
+
+  it('the raw usage crosses back from the worker: cost expressions read its cached tokens, X-Sluice-Usage its kinds', async () => {
+    const c0 = await charged(gw, 'cx');
+    const r = await post(`${gw.url}/cx/v1/chat/completions`, ASK, { 'x-mode': 'cached' });
+    assert.equal(r.status, 200);
+    // 7,000 + 80 × 10 (the upper bound, 71,000, was charged when the raw report was lost on the way back).
+    await expectCharged(gw, 'cx', c0, 7800);
+    const usage = r.headers.get('x-sluice-usage') ?? '';
+    assert.match(usage, /cached_prompt=80/);
+    assert.match(usage, /reasoning=30/);
+    assert.doesNotMatch(usage, /estimated/);
   });
 
   it('OpenAI chat without usage: the text handed back from the worker is counted', async () => {
