@@ -282,9 +282,12 @@ export class StreamMeter {
       this.usageSeen = undefined;
       this.rejectedSeen = usage.rejected;
     } else if (usage !== undefined) {
-      this.usageSeen = this.usageSeen === undefined ? usage : laterUsage(this.usageSeen, usage);
+      const prev = this.usageSeen;
+      this.usageSeen = prev === undefined ? usage : laterUsage(prev, usage);
       this.rejectedSeen = undefined;
-      this.afterUsage = false;
+      // A report covers the text before it only when it counted more than the last: a stale repeat after new text
+      // (a per-chunk usage that stopped growing) leaves that text uncovered.
+      if (prev === undefined || this.usageSeen.completion_tokens > prev.completion_tokens) this.afterUsage = false;
     }
     return this.strip && Array.isArray(choices) && choices.length === 0;
   }

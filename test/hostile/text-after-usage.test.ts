@@ -25,9 +25,10 @@ function chat(mode: string): string {
   let s = '';
   const frame = (w: string, usage: string) => `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":${JSON.stringify(w)}},"finish_reason":null}],"usage":${usage}}\n\n`;
   const usage = (c: number) => `{"prompt_tokens":${PROMPT},"completion_tokens":${c},"total_tokens":${PROMPT + c}}`;
-  if (mode === 'continuous') {
+  if (mode === 'continuous' || mode === 'stale') {
+    // A usage in every chunk: growing with each (it covers its chunk), or stuck at the first count (it does not).
     let c = 0;
-    for (const w of words(BEFORE + AFTER)) s += frame(w, usage(++c));
+    for (const w of words(BEFORE + AFTER)) s += frame(w, usage(mode === 'stale' ? REPORTED_COMPLETION : ++c));
     return s + 'data: [DONE]\n\n';
   }
   for (const w of words(BEFORE)) s += frame(w, 'null');
@@ -43,7 +44,9 @@ function anthropic(mode: string): string {
   s += ev('content_block_start', { index: 0, content_block: { type: 'text', text: '' } });
   for (const w of words(BEFORE)) s += delta(w);
   s += ev('message_delta', { delta: { stop_reason: 'end_turn' }, usage: { output_tokens: REPORTED_COMPLETION } });
-  if (mode === 'after') for (const w of words(AFTER)) s += delta(w);
+  if (mode === 'after' || mode === 'twice') for (const w of words(AFTER)) s += delta(w);
+  // The same report again after the text: it did not grow, so it does not cover that text.
+  if (mode === 'twice') s += ev('message_delta', { delta: { stop_reason: 'end_turn' }, usage: { output_tokens: REPORTED_COMPLETION } });
   return s + ev('message_stop', {});
 }
 
@@ -51,6 +54,13 @@ function responses(mode: string): string {
   const ev = (type: string, o: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ type, ...o })}\n\n`;
   const delta = (t: string) => ev('response.output_text.delta', { item_id: 'i', output_index: 0, content_index: 0, delta: t });
   let s = ev('response.created', { response: { id: 'r', object: 'response', status: 'in_progress', output: [] } });
+  const completed = (c: number) => ev('response.completed', { response: { id: 'r', object: 'response', status: 'completed', output: [],
+    usage: { input_tokens: PROMPT, output_tokens: c, total_tokens: PROMPT + c } } });
+  if (mode === 'lower') {
+    // Two reports, the later one lower: the larger stands, as for chat.
+    for (const w of words(BEFORE + AFTER)) s += delta(w);
+    return s + completed(100) + completed(REPORTED_COMPLETION);
+  }
   for (const w of words(BEFORE)) s += delta(w);
   s += ev('response.completed', { response: { id: 'r', object: 'response', status: 'completed', output: [],
     usage: { input_tokens: PROMPT, output_tokens: REPORTED_COMPLETION, total_tokens: PROMPT + REPORTED_COMPLETION } } });
@@ -142,6 +152,12 @@ describe('text streamed after the usage report is charged', () => {
     assert.equal(await afterEstimates(gw, 'chat'), 1);
   });
 
+  it('OpenAI chat with a usage in every chunk that stopped growing: the text it does not cover is counted', async () => {
+    const c0 = await charged(gw, 'chat');
+    await stream(gw, '/v1/chat/completions', CHAT, 'stale');
+    await expectCharged(gw, 'chat', c0, PROMPT + all);
+  });
+
   it('Anthropic Messages: text after message_delta\'s usage is counted', async () => {
     const body = { model: 'claude-x', max_tokens: 1000, messages: [{ role: 'user', content: 'Tides?' }] };
     let c0 = await charged(gw, 'anth');
@@ -151,6 +167,10 @@ describe('text streamed after the usage report is charged', () => {
     await stream(gw, '/v1/messages', body, 'after');
     await expectCharged(gw, 'anth', c0, PROMPT + Math.ceil(all * ANTHROPIC_PROMPT_SCALE));
     assert.equal(await afterEstimates(gw, 'anth'), 1);
+    // The same report again after the text does not cover it.
+    c0 = await charged(gw, 'anth');
+    await stream(gw, '/v1/messages', body, 'twice');
+    await expectCharged(gw, 'anth', c0, PROMPT + Math.ceil(all * ANTHROPIC_PROMPT_SCALE));
   });
 
   it('Responses: text after response.completed is counted', async () => {
@@ -162,5 +182,8 @@ describe('text streamed after the usage report is charged', () => {
     await stream(gw, '/v1/responses', body, 'after');
     await expectCharged(gw, 'resp', c0, PROMPT + all);
     assert.equal(await afterEstimates(gw, 'resp'), 1);
+    c0 = await charged(gw, 'resp');
+    await stream(gw, '/v1/responses', body, 'lower');
+    await expectCharged(gw, 'resp', c0, PROMPT + 100);
   });
 });

@@ -112,8 +112,11 @@ export abstract class AnthropicStreamReader {
         return;
       }
       case 'message_delta': {
+        // A report covers the text before it only when its output count grew (or is the first final one).
+        const before = this.su.finalSeen ? this.usage : undefined;
         this.su.add(f.usage, true);
-        if (f.usage !== undefined && f.usage !== null) this.tally.mark();
+        const after = this.usage;
+        if (f.usage !== undefined && f.usage !== null && after !== undefined && (before === undefined || after.completion_tokens > before.completion_tokens)) this.tally.mark();
         const d = isObject(f.delta) ? f.delta : {};
         this.onMessageDelta(typeof d.stop_reason === 'string' ? d.stop_reason : undefined);
         return;
