@@ -169,7 +169,8 @@ export class UpstreamCall implements ResponseHandler {
   /** Cuts the request now (client gone, shutdown): pending and later reads fail with kind 'aborted'. */
   abort(): void {
     if (this.failure !== undefined || this.ended) return;
-    this.fail(new UpstreamFailure('aborted', 'request aborted', undefined));
+    // What a buffered body received so far stays for partial(): a client that leaves mid-answer is charged it.
+    this.fail(new UpstreamFailure('aborted', 'request aborted', undefined), this.collecting);
   }
 
   /** Fails the request with kind 'timeout' (a buffered answer not complete in time); pending reads reject. */
@@ -205,8 +206,8 @@ export class UpstreamCall implements ResponseHandler {
     return this.joined();
   }
 
-  /** After readAll failed: the body bytes received before it broke off (empty when none, or when it was cut for
-   *  size or by abort()). For charging what an upstream produced. */
+  /** After readAll failed: the body bytes received before it broke off, or before abort() (empty when none, or
+   *  when it was cut for size). For charging what an upstream produced. */
   partial(): Buffer {
     return this.collecting && this.queued > 0 ? this.joined() : EMPTY;
   }
@@ -320,12 +321,15 @@ export class UpstreamCall implements ResponseHandler {
     this.fail(new UpstreamFailure('protocol_error', 'upstream response too large', undefined));
   }
 
-  private fail(f: UpstreamFailure): void {
+  /** `keep`: the bytes received stay for partial(). */
+  private fail(f: UpstreamFailure, keep = false): void {
     this.failure = f;
-    this.queue.length = 0;
-    this.queued = 0;
-    this.tail = undefined;
-    this.tailLen = 0;
+    if (!keep) {
+      this.queue.length = 0;
+      this.queued = 0;
+      this.tail = undefined;
+      this.tailLen = 0;
+    }
     this.conn?.cancel(this);
     this.rejectWaiter();
   }

@@ -448,6 +448,25 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
     } finally { await gw.close(); await up.close(); }
   });
 
+  it('abort() while a buffered body arrives keeps what came for partial(): a client that leaves mid-answer is charged it', T, async () => {
+    const PART = '{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"one two three';
+    const up = await startScriptedUpstream((_q, s) => {
+      s.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${PART.length + 5000}\r\n\r\n${PART}`);
+    });
+    const client = new UpstreamClient({ connectMs: 2000, firstByteMs: 30_000, idleMs: 30_000 });
+    try {
+      const call = client.send(up.url, '/v1/chat/completions', { 'content-type': 'application/json' }, Buffer.from(JSON.stringify(ASK)));
+      await call.head();
+      const all = call.readAll(MiB);
+      all.catch(() => undefined);
+      await eventually('the partial body is in', async () => call.queuedBytes === PART.length);
+      call.abort();
+      await assert.rejects(all);
+      // Before, abort() dropped it: the client was charged the prompt only (README: the prompt and the text received).
+      assert.equal(call.partial().toString(), PART);
+    } finally { await client.close(); await up.close(); }
+  });
+
   it('a buffered answer trickled a byte at a time, each within the idle timeout: 504 after upstream_body_timeout_ms, the prompt charged', T, async () => {
     const timers = new Set<NodeJS.Timeout>();
     const up = await startScriptedUpstream((_req, s) => {
