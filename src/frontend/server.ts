@@ -378,6 +378,11 @@ class Refuser {
     front.timeouts.add(this.waiting);
   }
 
+  /** The client went away: nothing is left to answer. */
+  gone(): void {
+    this.front.timeouts.delete(this.waiting);
+  }
+
   /** One body chunk of `n` bytes arrived. */
   feed(n: number, isLast: boolean): void {
     if (this.client.aborted || this.client.done) { this.front.timeouts.delete(this.waiting); return; }
@@ -403,6 +408,7 @@ function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close:
   // The client has not sent its body yet: answer now and close rather than invite it.
   if (client.awaitingContinue) { answer(client, err, true); return; }
   const r = new Refuser(front, client, err, close, 0);
+  client.onAbort(() => r.gone());
   client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
 }
 
@@ -559,6 +565,8 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
 function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
   const reader = new BodyReader(front, client, hold, gate, request, declared === undefined ? undefined : Buffer.allocUnsafe(declared));
   front.timeouts.add(reader);
+  // Until the body is complete (the pipeline then sets its own): a client gone mid-body frees the body at once.
+  client.onAbort(() => reader.gone());
   if (declared === undefined) client.watchDeclared((total) => reader.declared(total));
   client.onData((chunk, isLast) => reader.data(chunk, isLast));
 }
@@ -584,8 +592,8 @@ class BodyReader implements Waiting {
   private readonly hold: BodyHold;
   private readonly gate: Accepted;
   private readonly request: ClientRequest;
-  /** Preallocated from Content-Length; undefined for a chunked body (kept in parts). */
-  private readonly body: Buffer | undefined;
+  /** Preallocated from Content-Length; undefined for a chunked body (kept in acc). */
+  private body: Buffer | undefined;
 
   constructor(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, body: Buffer | undefined) {
     this.front = front;
@@ -598,6 +606,16 @@ class BodyReader implements Waiting {
 
   get receiving(): boolean {
     return !this.failed && !this.client.aborted;
+  }
+
+  /** The client went away mid-body: its bytes and its sweeper entry go now, not when the body timeout would have
+   *  expired it (a client aborting large uploads held memory past the budget, which its finish had released). */
+  gone(): void {
+    this.failed = true;
+    this.acc = undefined;
+    this.body = undefined;
+    this.front.timeouts.delete(this);
+    this.refuser?.gone();
   }
 
   /** Shutdown's drain ended before the body did. */

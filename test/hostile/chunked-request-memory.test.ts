@@ -64,4 +64,36 @@ describe('a chunked request body of 1-byte chunks', () => {
       } finally { await gw.stop(); await up.close(); }
     });
   }
+
+  it('uploads aborted mid-body free their buffers at once: RSS stays flat, each counted once (not again at the body timeout)', T, async () => {
+    const up = await startScriptedUpstream((_req, s) => { s.write(chatAnswer('ok')); });
+    const gw = await startSluiceProcess({
+      // Long enough for the 40 aborts to run within it (their buffers were held that long), short enough to wait past.
+      limits: { client_body_timeout_ms: 8000 },
+      routes: [{ id: 'u', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [{ name: 'a', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` } }] } } }],
+    });
+    try {
+      const port = Number(new URL(gw.url).port);
+      const DECLARED = 6 * MiB;
+      const piece = Buffer.alloc(MiB, 0x61);
+      /** Declares 6 MiB, sends 4 MiB (chunked or not), then goes away once the gateway has read them. */
+      const abortOne = (chunked: boolean): Promise<void> => new Promise((resolve) => {
+        const s = connect(port, '127.0.0.1');
+        s.on('error', () => undefined);
+        s.on('close', () => resolve());
+        s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${chunked ? 'Transfer-Encoding: chunked' : `Content-Length: ${DECLARED}`}\r\n\r\n`);
+        for (let i = 0; i < 4; i++) s.write(chunked ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')]) : piece);
+        s.write('', () => setTimeout(() => s.destroy(), 50));
+      });
+      for (let i = 0; i < 4; i++) await abortOne(i % 2 === 0);
+      const base = gw.rss();
+      for (let i = 0; i < 40; i++) await abortOne(i % 2 === 0);
+      const growth = gw.rss() - base;
+      // Before: each abort's buffer stayed until client_body_timeout_ms expired it (+230 MB per 40 aborts at 60 s).
+      assert.ok(growth < 96 * MiB, `RSS grew by ${(growth / MiB).toFixed(0)} MiB over 40 aborted 4 MiB uploads`);
+      // Past the body timeout: none of them is counted again as a body timeout.
+      await new Promise((r) => setTimeout(r, 10_000));
+      assert.equal(await gw.metric(/^sluice_frontend_rejected_total\{reason="body_timeout"\}/), 0);
+    } finally { await gw.stop(); await up.close(); }
+  });
 });
