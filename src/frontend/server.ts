@@ -403,10 +403,10 @@ function answer(client: BaseResponse, err: SluiceError, close: boolean): void {
   else sendError(client, err);
 }
 
-function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close: boolean, hasBody: boolean): void {
+function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close: boolean, hasBody: boolean, declared?: number): void {
   if (!hasBody) { answer(client, err, close); return; }
-  // The client has not sent its body yet: answer now and close rather than invite it.
-  if (client.awaitingContinue) { answer(client, err, true); return; }
+  // The client has not sent its body yet, or declared one larger than a drain reads: answer now and close.
+  if (client.awaitingContinue || (declared !== undefined && declared > front.limits.max_drain_bytes)) { answer(client, err, true); return; }
   const r = new Refuser(front, client, err, close, 0);
   client.onAbort(() => r.gone());
   client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
@@ -469,7 +469,7 @@ function serveInGuard(front: Front, wire: ResponseWire, head: RequestHead, buf: 
   const path = normalizePath(q < 0 ? target : target.slice(0, q));
   if (path === undefined) {
     front.metrics?.frontendRejected.inc({ reason: 'bad_path' });
-    refuseBody(front, client, new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), true, hasBody);
+    refuseBody(front, client, new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), true, hasBody, head.framing === 'length' ? head.length : undefined);
     return client;
   }
   const request: ClientRequest = { method, path, query: q < 0 ? '' : target.slice(q + 1), headers, remoteAddr: peer, startedAt };
@@ -524,7 +524,7 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
   const encoding = request.headers['content-encoding'];
   if (hasBody && encoding !== undefined && !isIdentityCoding(encoding)) {
     metrics?.frontendRejected.inc({ reason: 'content_encoding' });
-    refuseBody(front, client, styled(front, request.path, new SluiceError('SLC_UNSUPPORTED_ENCODING', 'Content-Encoding is not supported on request bodies: send the JSON as it is')), true, hasBody);
+    refuseBody(front, client, styled(front, request.path, new SluiceError('SLC_UNSUPPORTED_ENCODING', 'Content-Encoding is not supported on request bodies: send the JSON as it is')), true, hasBody, declared);
     return;
   }
   let accepted: Accepted | SluiceError;
@@ -537,14 +537,13 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
     // 404, 405 (a 401 is counted by its route): the connection stays usable once the (bounded) body is read.
     const reason = REFUSED_AT_ACCEPT[accepted.code];
     if (reason !== undefined) metrics?.frontendRejected.inc({ reason });
-    refuseBody(front, client, styled(front, request.path, accepted), false, hasBody);
+    refuseBody(front, client, styled(front, request.path, accepted), false, hasBody, declared);
     return;
   }
   const gate = accepted;
   if (declared !== undefined && declared > gate.maxBodyBytes) {
     metrics?.frontendRejected.inc({ reason: 'body_too_large' });
-    // A body larger than a drain could never be read to its end: answered now, and the connection closed.
-    refuseBody(front, client, styled(front, request.path, tooLarge(gate.maxBodyBytes)), true, declared <= front.limits.max_drain_bytes);
+    refuseBody(front, client, styled(front, request.path, tooLarge(gate.maxBodyBytes)), true, true, declared);
     return;
   }
   if (declared !== undefined) {
@@ -553,7 +552,7 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
     const first = Math.min(declared, RESERVE_STEP);
     if (!front.budget.tryReserve(first)) {
       metrics?.frontendRejected.inc({ reason: 'overloaded' });
-      refuseBody(front, client, styled(front, request.path, overloaded()), true, hasBody);
+      refuseBody(front, client, styled(front, request.path, overloaded()), true, hasBody, declared);
       return;
     }
     hold.bytes = first;

@@ -104,6 +104,17 @@ describe('413 is readable by real clients for bodies up to 64 MiB', () => {
     assert.match(answer, /^HTTP\/1\.1 413 /);
     assert.match(answer, /SLC_BODY_TOO_LARGE/);
     assert.ok(Date.now() - started < 20_000, `answered after ${Date.now() - started} ms`);
+    // Any other refusal of such a body too (a 404 here): answered from the head, the connection closed.
+    const other = await new Promise<string>((resolve, reject) => {
+      const s = connect(port, '127.0.0.1');
+      let got = '';
+      s.setTimeout(30_000, () => s.destroy(new Error('no answer in 30 s')));
+      s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+      s.on('close', () => resolve(got));
+      s.on('error', reject);
+      s.write('POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":');
+    });
+    assert.match(other, /^HTTP\/1\.1 404 /);
   });
 });
 
