@@ -41,3 +41,40 @@ export function connectionListed(value: string | undefined): ReadonlySet<string>
   }
   return out.size > 0 ? out : undefined;
 }
+
+function isNameChar(c: number): boolean {
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x2e || c === 0x5f || c === 0x7e;
+}
+
+/**
+ * A Host value (RFC 9112 §3.2) as Sluice accepts it: empty, or a host and an optional port of 1–5 digits. The host
+ * is an IP literal in brackets (hex digits, ':', '.', and a '%25' zone of name characters) or a name of letters,
+ * digits, '-', '.', '_', '~'. Stricter than RFC 3986's reg-name, whose sub-delims (',', ';', '*', '(' …) and
+ * percent-escapes no DNS name uses and which would reach the upstream in X-Forwarded-Host (a comma reads as a list).
+ */
+export function isHostValue(s: string): boolean {
+  const n = s.length;
+  if (n === 0) return true;
+  let i = 0;
+  if (s.charCodeAt(0) === 0x5b) {
+    const close = s.indexOf(']');
+    if (close < 2) return false;
+    for (i = 1; i < close; i++) {
+      const c = s.charCodeAt(i);
+      if (!(isNameChar(c) || c === 0x3a || c === 0x25)) return false;
+    }
+    i = close + 1;
+  } else {
+    while (i < n && isNameChar(s.charCodeAt(i))) i++;
+    if (i === 0) return false;
+  }
+  if (i === n) return true;
+  if (s.charCodeAt(i) !== 0x3a) return false;
+  const digits = n - i - 1;
+  if (digits < 1 || digits > 5) return false;
+  for (let j = i + 1; j < n; j++) {
+    const c = s.charCodeAt(j);
+    if (c < 0x30 || c > 0x39) return false;
+  }
+  return true;
+}

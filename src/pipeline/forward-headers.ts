@@ -4,7 +4,7 @@
 // replaces them (config/forward-headers.ts). The instance's own headers (auth, organisation, project) are set
 // last, and the X-Forwarded-* family is always written by the gateway.
 import { NEVER_FORWARDED } from '../config/forward-headers.ts';
-import { connectionListed } from '../core/http-token.ts';
+import { connectionListed, isHostValue } from '../core/http-token.ts';
 import type { ForwardHeadersConfig } from '../config/types.ts';
 import type { IpMatcher } from '../rules/ip.ts';
 import type { ClientRequest } from './http-types.ts';
@@ -71,6 +71,8 @@ export function upstreamHeaders(req: ClientRequest, policy: ForwardPolicy, dropN
   const proto = fromProxy ? client['x-forwarded-proto'] : undefined;
   out['x-forwarded-proto'] = proto !== undefined && proto !== '' ? proto : 'http';
   const host = (fromProxy ? client['x-forwarded-host'] : undefined) ?? client.host;
-  if (host !== undefined && host !== '') out['x-forwarded-host'] = host;
+  // A client's own Host only when it is host[:port]: uWS (guard off) checks none, and a list or a path in it would
+  // reach the upstream as X-Forwarded-Host.
+  if (host !== undefined && host !== '' && (fromProxy || isHostValue(host))) out['x-forwarded-host'] = host;
   return out;
 }

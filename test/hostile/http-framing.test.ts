@@ -128,12 +128,14 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assertError(a.responses[0], 404, 'SLC_NOT_FOUND');
     assert.match(a.responses[0]!.json.error.message, /\/nope/);
     // An invalid Host value (RFC 9112 §3.2), in the header or an absolute-form authority: 400, never X-Forwarded-Host.
-    for (const bad of ['GET /nope HTTP/1.1\r\nHost: evil.com/../x@y\r\n\r\n', 'GET /nope HTTP/1.1\r\nHost: a b\r\n\r\n', 'GET http://u@gw/nope HTTP/1.1\r\nHost: gw\r\n\r\n', 'GET http://g"w/nope HTTP/1.1\r\nHost: gw\r\n\r\n']) {
+    for (const bad of ['GET /nope HTTP/1.1\r\nHost: evil.com/../x@y\r\n\r\n', 'GET /nope HTTP/1.1\r\nHost: a b\r\n\r\n', 'GET http://u@gw/nope HTTP/1.1\r\nHost: gw\r\n\r\n', 'GET http://g"w/nope HTTP/1.1\r\nHost: gw\r\n\r\n',
+      ...['example.com:abc', 'a:1:2', '*', 'evil.com,good.com', 'a;b=c', 'evil.com%2F..%2Fx', ']x[', 'gw:123456'].map((h) => `GET /nope HTTP/1.1\r\nHost: ${h}\r\n\r\n`),
+      'GET http://a,b/nope HTTP/1.1\r\nHost: gw\r\n\r\n', 'GET http://a:b:c/nope HTTP/1.1\r\nHost: gw\r\n\r\n']) {
       const r = await exchange(port, bad);
       assertError(r.responses[0], 400, 'SLC_BAD_REQUEST');
       assert.equal(r.closed, true, JSON.stringify(bad));
     }
-    for (const good of ['gw:9080', '[::1]:80', '127.0.0.1', 'xn--bcher-kva.example', '']) {
+    for (const good of ['gw:9080', '[::1]:80', '127.0.0.1', 'xn--bcher-kva.example', 'example.com.', '[fe80::1%25eth0]', 'my_host:1', '']) {
       const r = await exchange(port, `GET /nope HTTP/1.1\r\nHost: ${good}\r\n\r\n`, { responses: 1 });
       assertError(r.responses[0], 404, 'SLC_NOT_FOUND');
     }

@@ -88,6 +88,23 @@ describe('client headers reaching the upstream', () => {
     assert.equal(h['x-request-id'], 'req-9', 'an allowed header not listed is forwarded');
   });
 
+  it('guard off (uWS checks no Host): a client Host that is not host[:port] never becomes X-Forwarded-Host', async () => {
+    const bare = await startGateway({ listen: { http1_guard: false }, routes: [route('default', '/v1/chat/completions', mockInstance('a', mock.url))] });
+    try {
+      const body = JSON.stringify(MSG);
+      const port = Number(new URL(bare.url).port);
+      const ask = async (host: string) => {
+        const r = await exchange(port, `POST /v1/chat/completions HTTP/1.1\r\nHost: ${host}\r\nContent-Type: application/json\r\nx-mock-echo-headers: 1\r\n`
+          + `Content-Length: ${body.length}\r\n\r\n${body}`, { responses: 1 });
+        assert.equal(r.responses[0]?.status, 200, r.raw);
+        return r.responses[0]!.json.mock_request_headers as Record<string, string>;
+      };
+      assert.equal((await ask('evil.com/../x@y'))['x-forwarded-host'], undefined);
+      assert.equal((await ask('evil.com,good.com'))['x-forwarded-host'], undefined);
+      assert.equal((await ask('gw.example:8080'))['x-forwarded-host'], 'gw.example:8080');
+    } finally { await bare.close(); }
+  });
+
   it('X-Forwarded-* are the gateway\'s own from an untrusted peer', async () => {
     const h = await echoed(gw, '/v1/chat/completions');
     assert.equal(h['x-forwarded-for'], '127.0.0.1');
