@@ -314,6 +314,10 @@ test('addressing: host only, {model}, fixed model, API base; the endpoint query 
   assert.equal(pathTemplate('/')('models/gemini-pro', ':streamGenerateContent'), '/v1beta/models/gemini-pro:streamGenerateContent');
   assert.equal(pathTemplate('/v1/models/%7Bmodel%7D:generateContent')('m', ':streamGenerateContent'), '/v1/models/m:streamGenerateContent');
   assert.equal(pathTemplate('/proxy/{model}')('m', ':generateContent'), '/proxy/m:generateContent');
+  // A model of '.' or '..' never becomes a dot-segment of the upstream path.
+  assert.equal(pathTemplate('/api/{model}/run')('..', ':generateContent'), '/api/%2E%2E/run:generateContent');
+  assert.equal(pathTemplate('/api/{model}/run')('models/.', ':generateContent'), '/api/%2E/run:generateContent');
+  assert.equal(pathTemplate('/api/{model}/run')('...', ':generateContent'), '/api/.../run:generateContent');
   assert.equal(pathTemplate('/v1beta/models/fixed:streamGenerateContent')('m', ':generateContent'), '/v1beta/models/fixed:generateContent');
   assert.equal(pathTemplate('/gw/v1beta/')('m', ':generateContent'), '/gw/v1beta/models/m:generateContent');
   assert.equal(pathTemplate('/gw/v1beta/models')('m', ':streamGenerateContent'), '/gw/v1beta/models/m:streamGenerateContent');

@@ -44,7 +44,10 @@ function method(stream: boolean): string {
 /** `models/gemini-x` and `gemini-x` name the same model; the name goes in a path segment. */
 function modelSegment(model: string): string {
   const m = model.startsWith('models/') ? model.slice(7) : model;
-  return encodeURIComponent(m).replace(/%40/g, '@');
+  const seg = encodeURIComponent(m).replace(/%40/g, '@');
+  // '.' and '..' stay dots under encodeURIComponent: in a `{model}` template they would be dot-segments that a
+  // normalising upstream or proxy resolves to another path.
+  return seg === '.' || seg === '..' ? seg.replace(/\./g, '%2E') : seg;
 }
 
 export function pathTemplate(pathname: string): PathTemplate {
