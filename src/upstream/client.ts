@@ -240,9 +240,11 @@ export class UpstreamCall implements ResponseHandler {
   // The pool's handler callbacks.
 
   onStart(conn: Connection): void {
-    // A second start is the pool resending the request on a new connection (Connection.resend).
-    if (this.conn !== undefined) this.resends++;
     this.conn = conn;
+  }
+
+  onResend(): void {
+    this.resends++;
   }
 
   onHead(status: number, headers: UpstreamHeaders): void {

@@ -31,6 +31,8 @@ export interface ResponseHandler {
   onData(chunk: Buffer): boolean;
   onComplete(): void;
   onError(err: UpstreamFailure): void;
+  /** The request, written on a connection the upstream then closed, goes once more on a new one (Connection.resend). */
+  onResend(): void;
 }
 
 export interface PoolOptions {
@@ -310,6 +312,7 @@ export class Connection implements DeadlineEntry<Connection> {
     this.resendBody = undefined;
     this.handler = undefined;
     this.destroy();
+    h.onResend();
     this.pool.fresh().send(h, head, body, Math.max(1, this.firstByteMs - Math.round(elapsed)), this.bodyIdleMs);
     return true;
   }
