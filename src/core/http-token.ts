@@ -28,16 +28,16 @@ export function isIdentityCoding(coding: string): boolean {
 
 /**
  * The header names a Connection header lists (RFC 9110 §7.6.1: hop-by-hop, never forwarded), lowercased; undefined
- * for none. `keep-alive` and `close` alone, what nearly every peer sends, cost no split.
+ * for none (`keep`: a name never listed). `keep-alive` and `close` alone, what nearly every peer sends, cost no split.
  */
-export function connectionListed(value: string | undefined): ReadonlySet<string> | undefined {
+export function connectionListed(value: string | undefined, keep?: string): ReadonlySet<string> | undefined {
   if (value === undefined || value.length === 0) return undefined;
   const v = value.length <= 10 ? value.toLowerCase() : value;
   if (v === 'keep-alive' || v === 'close') return undefined;
   const out = new Set<string>();
   for (const part of value.split(',')) {
     const n = part.trim().toLowerCase();
-    if (n !== '' && n !== 'keep-alive' && n !== 'close') out.add(n);
+    if (n !== '' && n !== 'keep-alive' && n !== 'close' && n !== keep) out.add(n);
   }
   return out.size > 0 ? out : undefined;
 }

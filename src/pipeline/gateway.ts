@@ -886,7 +886,8 @@ export class Gateway implements RequestSink {
     let left = MAX_RELAYED_HEADER_BYTES;
     let conn: string | undefined;
     for (let i = 0; i < up.length; i += 2) if (up[i] === 'connection') conn = conn === undefined ? up[i + 1] : `${conn},${up[i + 1]}`;
-    const hop = connectionListed(conn);
+    // Content-Type describes the body Sluice relays (and metered as it): never dropped by an upstream's Connection.
+    const hop = connectionListed(conn, 'content-type');
     for (let i = 0; i < up.length; i += 2) {
       const k = up[i]!;
       // X-Sluice-Usage describes this hop's settlement: an upstream's (a gateway's) never passes as ours. Headers the

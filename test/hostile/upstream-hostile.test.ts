@@ -417,7 +417,7 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
 
   it('headers the upstream\'s Connection header names are not relayed to the client (RFC 9110 §7.6.1)', T, async () => {
     const up = await startScriptedUpstream((_req, s) => {
-      s.write(chatAnswer('hi', undefined, 'connection: keep-alive\r\nconnection: X-Foo\r\nx-foo: hop\r\nx-bar: end\r\n'));
+      s.write(chatAnswer('hi', undefined, 'connection: keep-alive\r\nconnection: X-Foo, Content-Type\r\nx-foo: hop\r\nx-bar: end\r\n'));
     });
     const gw = await startGateway(route(up.url));
     try {
@@ -425,6 +425,7 @@ describe('a hostile upstream against the HTTP/1.1 upstream client', () => {
       assert.equal(r.status, 200, r.text);
       assert.equal(r.headers.get('x-foo'), null, 'listed in the upstream\'s Connection header');
       assert.equal(r.headers.get('x-bar'), 'end');
+      assert.equal(r.headers.get('content-type'), 'application/json', 'the body\'s type is Sluice\'s to relay, listed or not');
     } finally { await gw.close(); await up.close(); }
   });
 
