@@ -59,9 +59,13 @@ export function isHostValue(s: string): boolean {
   if (s.charCodeAt(0) === 0x5b) {
     const close = s.indexOf(']');
     if (close < 2) return false;
+    let zone = false;
     for (i = 1; i < close; i++) {
       const c = s.charCodeAt(i);
-      if (!(isNameChar(c) || c === 0x3a || c === 0x25)) return false;
+      if (zone) { if (!isNameChar(c)) return false; continue; }
+      if (c === 0x25) { zone = true; continue; }
+      const hex = (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x66);
+      if (!(hex || c === 0x3a || c === 0x2e)) return false;
     }
     i = close + 1;
   } else {

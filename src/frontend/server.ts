@@ -237,12 +237,14 @@ interface Refusal {
   /** Framing unknown: answer and close at once, no drain. */
   readonly framing: boolean;
   readonly hasBody: boolean;
+  /** The body's Content-Length, when known: past max_drain_bytes the refusal answers from the head. */
+  readonly declared?: number;
 }
 
 const DIGITS = /^\d{1,15}$/;
 
-function refuse(reason: string, err: SluiceError, framing: boolean, hasBody: boolean): Refusal {
-  return { err, reason, framing, hasBody };
+function refuse(reason: string, err: SluiceError, framing: boolean, hasBody: boolean, declared?: number): Refusal {
+  return { err, reason, framing, hasBody, declared };
 }
 
 /**
@@ -337,7 +339,7 @@ function readHead(front: Front, res: HttpResponse, req: HttpRequest, method: str
     if (single.length > 1 && single.charCodeAt(0) === 0x30) headers['content-length'] = String(declared);
   }
   const path = normalizePath(url);
-  if (path === undefined) return refuse('bad_path', new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), false, hasBody);
+  if (path === undefined) return refuse('bad_path', new SluiceError('SLC_BAD_REQUEST', 'malformed request path'), false, hasBody, declared);
   return {
     request: {
       method,
@@ -435,7 +437,7 @@ function handle(front: Front, res: HttpResponse, req: HttpRequest): void {
   if (!('request' in head)) {
     metrics?.frontendRejected.inc({ reason: head.reason });
     if (head.framing) answer(client, head.err, true);
-    else refuseBody(front, client, head.err, true, head.hasBody);
+    else refuseBody(front, client, head.err, true, head.hasBody, head.declared);
     return;
   }
   admit(front, client, hold, head.request, head.declared, head.hasBody);

@@ -115,6 +115,21 @@ describe('413 is readable by real clients for bodies up to 64 MiB', () => {
       s.write('POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":');
     });
     assert.match(other, /^HTTP\/1\.1 404 /);
+    // Guard off, a path refused before routing (a bad escape): the same (it was left unanswered until uWS's timeout).
+    const bare = await startGateway({ listen: { http1_guard: false }, limits: { max_drain_bytes: MiB },
+      routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] } } }] });
+    try {
+      const badPath = await new Promise<string>((resolve, reject) => {
+        const s = connect(Number(new URL(bare.url).port), '127.0.0.1');
+        let got = '';
+        s.setTimeout(30_000, () => s.destroy(new Error('no answer in 30 s')));
+        s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+        s.on('close', () => resolve(got));
+        s.on('error', reject);
+        s.write(`POST /%zz HTTP/1.1\r\nHost: x\r\nContent-Length: ${2 * MiB}\r\n\r\n`);
+      });
+      assert.match(badPath, /^HTTP\/1\.1 400 /);
+    } finally { await bare.close(); }
   });
 });
 

@@ -129,7 +129,7 @@ for (const workers of [1, 2]) describe(`HTTP/1.x framing (raw sockets, workers: 
     assert.match(a.responses[0]!.json.error.message, /\/nope/);
     // An invalid Host value (RFC 9112 §3.2), in the header or an absolute-form authority: 400, never X-Forwarded-Host.
     for (const bad of ['GET /nope HTTP/1.1\r\nHost: evil.com/../x@y\r\n\r\n', 'GET /nope HTTP/1.1\r\nHost: a b\r\n\r\n', 'GET http://u@gw/nope HTTP/1.1\r\nHost: gw\r\n\r\n', 'GET http://g"w/nope HTTP/1.1\r\nHost: gw\r\n\r\n',
-      ...['example.com:abc', 'a:1:2', '*', 'evil.com,good.com', 'a;b=c', 'evil.com%2F..%2Fx', ']x[', 'gw:123456'].map((h) => `GET /nope HTTP/1.1\r\nHost: ${h}\r\n\r\n`),
+      ...['example.com:abc', 'a:1:2', '*', 'evil.com,good.com', 'a;b=c', 'evil.com%2F..%2Fx', ']x[', 'gw:123456', '[v1.x]', '[evil.com]'].map((h) => `GET /nope HTTP/1.1\r\nHost: ${h}\r\n\r\n`),
       'GET http://a,b/nope HTTP/1.1\r\nHost: gw\r\n\r\n', 'GET http://a:b:c/nope HTTP/1.1\r\nHost: gw\r\n\r\n']) {
       const r = await exchange(port, bad);
       assertError(r.responses[0], 400, 'SLC_BAD_REQUEST');
