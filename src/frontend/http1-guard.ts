@@ -84,7 +84,6 @@ function headErr(error: ErrorCode, message: string): HeadError {
 }
 
 /** Case-insensitive compare of buf[s, s+name.length) with a lower-case ASCII name. */
-
 function nameIs(buf: Buffer, s: number, len: number, name: string): boolean {
   if (len !== name.length) return false;
   for (let i = 0; i < len; i++) if ((buf[s + i]! | 0x20) !== name.charCodeAt(i)) return false;

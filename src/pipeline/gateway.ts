@@ -28,7 +28,7 @@ import { cutShortUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { RESPONSE_TOO_LARGE, UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { EMPTY_HOLD_QUOTAS, acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -552,7 +552,7 @@ export class Gateway implements RequestSink {
       }
       log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
       await this.chargeCut(ctx, up.partial(), 'upstream_broken');
-      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', f.message === 'upstream response too large'
+      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', f.message === RESPONSE_TOO_LARGE
         ? `the upstream answer is larger than ${MAX_UPSTREAM_BODY} bytes, the most Sluice buffers` : 'the upstream answer broke off'));
       return 'done';
     }

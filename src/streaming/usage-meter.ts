@@ -12,7 +12,7 @@
 // whose usage arrives never decodes them. Any other frame (the usage chunk, tool calls, escapes, another
 // shape) takes the decoded path.
 import { SseParser, type SseHandler } from './sse-parser.ts';
-import { isRejection, laterUsage, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
+import { coversMore, isRejection, laterUsage, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
 import { lastScan, scanDeltaText } from './delta-scan.ts';
 import { DEFAULT_TEXT_BOUND, TextTally } from './text-tally.ts';
 
@@ -285,9 +285,7 @@ export class StreamMeter {
       const prev = this.usageSeen;
       this.usageSeen = prev === undefined ? usage : laterUsage(prev, usage);
       this.rejectedSeen = undefined;
-      // A report covers the text before it only when it counted more than the last: a stale repeat after new text
-      // (a per-chunk usage that stopped growing) leaves that text uncovered.
-      if (prev === undefined || this.usageSeen.completion_tokens > prev.completion_tokens) this.afterUsage = false;
+      if (coversMore(prev, this.usageSeen)) this.afterUsage = false;
     }
     return this.strip && Array.isArray(choices) && choices.length === 0;
   }

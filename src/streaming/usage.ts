@@ -168,6 +168,12 @@ export function zeroCompletionText(u: Usage | undefined, textOf: () => string): 
   return text === '' ? undefined : text;
 }
 
+/** A report covers the text streamed before it only when it counted more completion than the last one (or is the
+ *  first): a stale repeat after new text leaves that text uncovered. */
+export function coversMore(prev: Usage | undefined, next: Usage): boolean {
+  return prev === undefined || next.completion_tokens > prev.completion_tokens;
+}
+
 export function isRejection(u: Usage | UsageRejection | undefined): u is UsageRejection {
   return u !== undefined && (u as UsageRejection).rejected !== undefined;
 }

@@ -139,6 +139,9 @@ type Waiter = ((v: unknown) => void) | undefined;
  * past readAll's cap, abort()) becomes one UpstreamFailure, delivered to whatever waits now or next.
  * Readers: `head()` once, then either `readAll(max)` once or `next()` in a loop (one outstanding at a time).
  */
+/** The failure message of a body cut past readAll's cap. */
+export const RESPONSE_TOO_LARGE = 'upstream response too large';
+
 export class UpstreamCall implements ResponseHandler {
   status = 0;
   headers: UpstreamHeaders = NO_HEADERS;
@@ -320,7 +323,7 @@ export class UpstreamCall implements ResponseHandler {
 
   private tooLarge(): void {
     this.queue = [];
-    this.fail(new UpstreamFailure('protocol_error', 'upstream response too large', undefined));
+    this.fail(new UpstreamFailure('protocol_error', RESPONSE_TOO_LARGE, undefined));
   }
 
   /** `keep`: the bytes received stay for partial(). */

@@ -7,11 +7,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { exchange } from '../helpers/raw-http.ts';
 
 const MiB = 1024 * 1024;
 const SIZES = [9 * MiB, 64 * MiB];
@@ -90,45 +90,24 @@ describe('413 is readable by real clients for bodies up to 64 MiB', () => {
   it('a declared length past max_drain_bytes, its body paused: 413 at once and the connection closed (the body could never be drained)', async () => {
     const port = Number(new URL(gw.url).port);
     const started = Date.now();
-    const answer = await new Promise<string>((resolve, reject) => {
-      const s = connect(port, '127.0.0.1');
-      let got = '';
-      s.setTimeout(30_000, () => s.destroy(new Error('no answer in 30 s')));
-      s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
-      s.on('close', () => resolve(got));
-      s.on('error', reject);
-      // 100 MB declared (max_drain_bytes is 64 MiB), a few bytes sent, then nothing: before, the 413 waited for
-      // client_body_timeout_ms (60 s).
-      s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":');
-    });
-    assert.match(answer, /^HTTP\/1\.1 413 /);
-    assert.match(answer, /SLC_BODY_TOO_LARGE/);
+    // 100 MB declared (max_drain_bytes is 64 MiB), a few bytes sent, then nothing: before, the 413 waited for
+    // client_body_timeout_ms (60 s).
+    const answer = await exchange(port, 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":', { waitMs: 30_000 });
+    assert.ok(answer.closed, 'no answer in 30 s');
+    assert.match(answer.raw, /^HTTP\/1\.1 413 /);
+    assert.match(answer.raw, /SLC_BODY_TOO_LARGE/);
     assert.ok(Date.now() - started < 20_000, `answered after ${Date.now() - started} ms`);
     // Any other refusal of such a body too (a 404 here): answered from the head, the connection closed.
-    const other = await new Promise<string>((resolve, reject) => {
-      const s = connect(port, '127.0.0.1');
-      let got = '';
-      s.setTimeout(30_000, () => s.destroy(new Error('no answer in 30 s')));
-      s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
-      s.on('close', () => resolve(got));
-      s.on('error', reject);
-      s.write('POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":');
-    });
-    assert.match(other, /^HTTP\/1\.1 404 /);
+    const other = await exchange(port, 'POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"messages":', { waitMs: 30_000 });
+    assert.ok(other.closed, 'no answer in 30 s');
+    assert.match(other.raw, /^HTTP\/1\.1 404 /);
     // Guard off, a path refused before routing (a bad escape): the same (it was left unanswered until uWS's timeout).
     const bare = await startGateway({ listen: { http1_guard: false }, limits: { max_drain_bytes: MiB },
       routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('m', mock.url)] } } }] });
     try {
-      const badPath = await new Promise<string>((resolve, reject) => {
-        const s = connect(Number(new URL(bare.url).port), '127.0.0.1');
-        let got = '';
-        s.setTimeout(30_000, () => s.destroy(new Error('no answer in 30 s')));
-        s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
-        s.on('close', () => resolve(got));
-        s.on('error', reject);
-        s.write(`POST /%zz HTTP/1.1\r\nHost: x\r\nContent-Length: ${2 * MiB}\r\n\r\n`);
-      });
-      assert.match(badPath, /^HTTP\/1\.1 400 /);
+      const badPath = await exchange(Number(new URL(bare.url).port), `POST /%zz HTTP/1.1\r\nHost: x\r\nContent-Length: ${2 * MiB}\r\n\r\n`, { waitMs: 30_000 });
+      assert.ok(badPath.closed, 'no answer in 30 s');
+      assert.match(badPath.raw, /^HTTP\/1\.1 400 /);
     } finally { await bare.close(); }
   });
 });

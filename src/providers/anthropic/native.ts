@@ -2,7 +2,7 @@
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { coversMore, isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, deltaText, isObject, literalText, scanDelta } from './events.ts';
 import { anthropicUsage, StreamUsage } from './usage.ts';
@@ -112,11 +112,10 @@ export abstract class AnthropicStreamReader {
         return;
       }
       case 'message_delta': {
-        // A report covers the text before it only when its output count grew (or is the first final one).
         const before = this.su.finalSeen ? this.usage : undefined;
         this.su.add(f.usage, true);
         const after = this.usage;
-        if (f.usage !== undefined && f.usage !== null && after !== undefined && (before === undefined || after.completion_tokens > before.completion_tokens)) this.tally.mark();
+        if (f.usage !== undefined && f.usage !== null && after !== undefined && coversMore(before, after)) this.tally.mark();
         const d = isObject(f.delta) ? f.delta : {};
         this.onMessageDelta(typeof d.stop_reason === 'string' ? d.stop_reason : undefined);
         return;

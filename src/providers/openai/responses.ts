@@ -16,7 +16,7 @@ import { completionReservation, mergedReservation } from '../../tokens/limits.ts
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonScanSink, type ScanPath } from '../../streaming/json-scan.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { coversMore, isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
@@ -602,7 +602,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       const prev = this.usageSeen;
       this.usageSeen = prev === undefined ? u : laterUsage(prev, u);
       this.rejectedSeen = undefined;
-      if (prev === undefined || this.usageSeen.completion_tokens > prev.completion_tokens) this.tally.mark();
+      if (coversMore(prev, this.usageSeen)) this.tally.mark();
     }
   }
 
