@@ -296,6 +296,19 @@ test('native stream: aborted before message_delta → no usage, the text so far;
   assert.equal(replaced.usage?.cached_prompt_tokens, 0);
 });
 
+test('native stream: a message_delta whose usage has no output_tokens is not the final count (message_start\'s early 1 is not the answer)', () => {
+  for (const usage of [{}, { output_tokens: null }, { input_tokens: 11 }]) {
+    const c = new NativeStreamCodec({ maxUsage: MAX });
+    feed(c, [Buffer.from(HEAD + BODY + ev('message_delta', { delta: { stop_reason: 'end_turn' }, usage }) + STOP)]);
+    assert.equal(c.usage, undefined, JSON.stringify(usage));
+    assert.equal(c.usageRejected, undefined);
+    assert.equal(c.text, TEXT, 'the whole answer is counted instead');
+  }
+  const later = new NativeStreamCodec({ maxUsage: MAX });
+  feed(later, [Buffer.from(HEAD + BODY + ev('message_delta', { delta: {}, usage: {} }) + DELTA + STOP)]);
+  assert.deepEqual({ ...later.usage }, FINAL, 'a later delta with output_tokens is believed');
+});
+
 test('native stream: error event recorded, bytes still passed through; the text bound hands pieces out', () => {
   const c = new NativeStreamCodec({ maxUsage: MAX, textBound: 64 });
   const errEv = 'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n';

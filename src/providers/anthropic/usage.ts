@@ -59,12 +59,15 @@ export class StreamUsage {
   /** Folds one usage object in; `final` for message_delta. */
   add(u: unknown, final: boolean): void {
     if (u === undefined || u === null) return;
-    if (final) this.finalSeen = true;
     if (typeof u !== 'object' || Array.isArray(u)) {
+      if (final) this.finalSeen = true;
       this.malformed = true;
       return;
     }
     const o = u as Record<string, unknown>;
+    // A message_delta whose usage omits output_tokens (`usage: {}`) reports no final count: believing it would
+    // charge message_start's early output_tokens (often 1) for the whole answer, so the text is counted instead.
+    if (final && o.output_tokens !== undefined && o.output_tokens !== null) this.finalSeen = true;
     const m = this.merged;
     for (const k of FIELDS) if (o[k] !== undefined && o[k] !== null) m[k] = o[k];
     if (o.output_tokens_details !== undefined && o.output_tokens_details !== null) m.output_tokens_details = o.output_tokens_details;
