@@ -491,8 +491,10 @@ export class Gateway implements RequestSink {
       if (ctx.cut) return f;
       if (f.kind !== 'aborted' && !res.aborted) this.attemptFailed(route.id, inst.name, f);
       if (f.kind === 'aborted' || res.aborted) {
-        // The client went away while the upstream had its prompt: charged, or leaving would be free.
-        await this.chargeCut(ctx, EMPTY_BODY, 'client_abort');
+        // The client went away while the upstream had its prompt: charged, or leaving would be free. Gone before
+        // the request was written (a connection still opening, a deferred write), the upstream never saw it.
+        if (up.written) await this.chargeCut(ctx, EMPTY_BODY, 'client_abort');
+        else ctx.releaseAll();
         this.observe(ctx, 499);
         return 'done';
       }

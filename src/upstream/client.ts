@@ -147,6 +147,8 @@ export class UpstreamCall implements ResponseHandler {
   headers: UpstreamHeaders = NO_HEADERS;
   /** Times the request was sent again after a kept-alive connection closed under it (the keep-alive race). */
   resends = 0;
+  /** The request was written to a socket: a call cut before that never reached the upstream. */
+  written = false;
   private conn: Connection | undefined = undefined;
   private failure: UpstreamFailure | undefined = undefined;
   private headDone = false;
@@ -248,6 +250,10 @@ export class UpstreamCall implements ResponseHandler {
 
   onResend(): void {
     this.resends++;
+  }
+
+  onWritten(): void {
+    this.written = true;
   }
 
   onHead(status: number, headers: UpstreamHeaders): void {

@@ -33,6 +33,8 @@ export interface ResponseHandler {
   onError(err: UpstreamFailure): void;
   /** The request, written on a connection the upstream then closed, goes once more on a new one (Connection.resend). */
   onResend(): void;
+  /** The request's bytes were handed to the socket: from now on the upstream may have seen (and billed) it. */
+  onWritten(): void;
 }
 
 export interface PoolOptions {
@@ -239,6 +241,7 @@ export class Connection implements DeadlineEntry<Connection> {
 
   private write(head: string, body: Buffer): void {
     const s = this.socket;
+    this.handler?.onWritten();
     this.arm(this.firstByteMs);
     if (this.served) { this.resendHead = head; this.resendBody = body; this.writtenAt = performance.now(); }
     // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low

@@ -2,10 +2,11 @@
 // aborted, usage-less), released reservations, reloads that edit a limit, expressions and header styles.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { validateConfig } from '../../src/config/validate.ts';
 import { startGateway, post, mockInstance, type TestGateway } from '../helpers/gateway.ts';
-import { metric } from '../helpers/metrics.ts';
+import { eventually, metric } from '../helpers/metrics.ts';
 import { avoidWindowEdge } from '../helpers/gateway.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }] };
@@ -93,6 +94,52 @@ describe('token accounting (local policy)', () => {
       const ok = await post(`${gw.url}/v1/chat/completions`, { ...MSG, max_tokens: 5 });
       assert.equal(Number(ok.headers.get('x-ai-ratelimit-remaining-inst')), 1000 - ok.body.usage.total_tokens);
     } finally { await gw.close(); }
+  });
+
+  it('a client that leaves before its request reached the upstream is not charged; after it was written, the prompt is', async () => {
+    await avoidWindowEdge(60);
+    // Both servers accept and never answer. Over TLS the handshake never completes, so the request is never
+    // written; over plain TCP it is written at once and the upstream holds the prompt.
+    const got: Buffer[] = [];
+    let accepted = 0;
+    const silent = net.createServer((c) => { accepted++; c.on('data', (d: Buffer) => got.push(d)); c.on('error', () => undefined); });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const port = (silent.address() as net.AddressInfo).port;
+    const inst = (scheme: string) => mockInstance('inst', `${scheme}://127.0.0.1:${port}`);
+    // Accepted sockets are destroyed with the server: a hanging TLS handshake must not keep the test file alive.
+    const sockets = new Set<net.Socket>();
+    silent.on('connection', (c) => { sockets.add(c); c.on('close', () => sockets.delete(c)); });
+    const closeSilent = () => { for (const c of sockets) c.destroy(); silent.close(); };
+    let gw: TestGateway;
+    try {
+      gw = await startGateway({ routes: [
+        { id: 'tls', uri: '/tls', plugins: { 'ai-proxy-multi': { instances: [inst('https')] }, 'ai-rate-limiting': { limit: 100000, time_window: 60 } } },
+        { id: 'tcp', uri: '/tcp', plugins: { 'ai-proxy-multi': { instances: [inst('http')] }, 'ai-rate-limiting': { limit: 100000, time_window: 60 } } },
+      ] });
+    } catch (err) {
+      closeSilent();
+      throw err;
+    }
+    const aborted = (route: string) => metric(gw, new RegExp(`^sluice_upstream_attempts_total\\{route="${route}",.*outcome="aborted"`));
+    const leave = async (path: string, arrived: () => boolean) => {
+      const ac = new AbortController();
+      const p = fetch(`${gw.url}${path}`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...MSG, max_tokens: 5 }) }).catch(() => undefined);
+      await eventually(`${path}: the upstream saw the request's connection`, async () => arrived());
+      ac.abort();
+      await p;
+      await eventually(`${path}: the gateway recorded the abort`, async () => await aborted(path.slice(1)) > 0);
+    };
+    try {
+      await leave('/tls', () => accepted > 0);
+      assert.equal(Buffer.concat(got).includes('Count to ten'), false, 'no request bytes went out over TLS');
+      assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="tls"/), 0, 'never written: not charged');
+      await leave('/tcp', () => Buffer.concat(got).includes('Count to ten'));
+      await eventually('the written prompt is charged', async () => await metric(gw, /^sluice_quota_tokens_charged_total\{route="tcp"/) > 0);
+      assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="tls"/), 0);
+    } finally {
+      await gw.close();
+      closeSilent();
+    }
   });
 
   it('a 429 caused only by running requests\' reservations says Retry-After 1, not the window\'s end', async () => {
