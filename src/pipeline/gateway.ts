@@ -689,7 +689,7 @@ export class Gateway implements RequestSink {
       if (zeroCompletion) this.usageRejected(ctx, 'zero_completion');
       // Text after the last usage report is not covered by it: counted as if the stream were cut there.
       const textAfter = usage !== undefined && meter.textAfterUsage;
-      if (usage === undefined || ctx.cut || res.aborted || zeroCompletion || textAfter) {
+      if (usage === undefined || rejected !== undefined || ctx.cut || res.aborted || zeroCompletion || textAfter) {
         const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion ? 'usage_rejected'
           : broken ? 'upstream_broken' : textAfter ? 'text_after_usage' : 'no_usage';
         if (counting !== undefined) counted += await counting;

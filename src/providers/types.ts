@@ -136,6 +136,7 @@ export interface StreamCodec {
   /** The stream ended cleanly: what is left to send (a last event without its blank line, a closing frame). */
   end(): Buffer | undefined;
   readonly usage: Usage | undefined;
+  /** The last usage report was not believed; `usage` may still hold an earlier one, which the count then tops up. */
   readonly usageRejected: UsageRejectReason | undefined;
   /** Generated text held and not yet handed out (count it when usage is missing). */
   readonly text: string;

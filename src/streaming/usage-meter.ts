@@ -100,7 +100,7 @@ export class StreamMeter {
 
   /** The usage the stream reported: its last plausible report, never below an earlier one (laterUsage). */
   get usage(): Usage | undefined { return this.usageSeen; }
-  /** Why the last usage-bearing frame's usage was not believed (then `usage` is undefined). */
+  /** Why the last usage-bearing frame's usage was not believed (`usage` then holds an earlier believed report, if any). */
   get usageRejected(): UsageRejectReason | undefined { return this.rejectedSeen; }
   /** Generated text came after the last usage report (a usage chunk followed by more content). */
   get textAfterUsage(): boolean { return this.afterUsage && this.usageSeen !== undefined; }
@@ -279,7 +279,7 @@ export class StreamMeter {
     if (f.usage === undefined || f.usage === null) return false;
     const usage = this.readUsage(f.usage, this.maxUsage);
     if (isRejection(usage)) {
-      this.usageSeen = undefined;
+      // An earlier report stays: it is a floor of what was used (the gateway charges it or the count, the larger).
       this.rejectedSeen = usage.rejected;
     } else if (usage !== undefined) {
       const prev = this.usageSeen;

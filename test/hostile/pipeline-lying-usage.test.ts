@@ -37,6 +37,9 @@ const ZEROS: Record<string, string> = {
   zero_completion: '{"prompt_tokens":500,"completion_tokens":0,"total_tokens":500}',
 };
 
+/** A plausible report a stream sends before a lie: it stays the floor of what the stream is charged. */
+const BELIEVED = '{"prompt_tokens":900,"completion_tokens":800,"total_tokens":1700}';
+
 async function lyingUpstream(): Promise<Server> {
   const s = createServer((req, res) => {
     const parts: Buffer[] = [];
@@ -44,7 +47,7 @@ async function lyingUpstream(): Promise<Server> {
     req.on('end', () => {
       const body = JSON.parse(Buffer.concat(parts).toString('utf8')) as { stream?: boolean };
       const lie = String(req.headers['x-lie']);
-      const usage = LIES[lie]?.[0] ?? ZEROS[lie]!;
+      const usage = lie === 'believed_then_negative' ? LIES.negative![0] : LIES[lie]?.[0] ?? ZEROS[lie]!;
       if (body.stream !== true) {
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(`{"id":"x","object":"chat.completion","model":"${MODEL}","choices":[{"index":0,"message":{"role":"assistant","content":${JSON.stringify(TEXT)}},"finish_reason":"stop"}],"usage":${usage}}`);
@@ -52,6 +55,7 @@ async function lyingUpstream(): Promise<Server> {
       }
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       for (const w of TEXT.split(/(?= )/)) res.write(`data: {"choices":[{"index":0,"delta":{"content":${JSON.stringify(w)}}}],"usage":null}\n\n`);
+      if (lie === 'believed_then_negative') res.write(`data: {"choices":[],"usage":${BELIEVED}}\n\n`);
       res.write(`data: {"choices":[],"usage":${usage}}\n\n`);
       res.end('data: [DONE]\n\n');
     });
@@ -178,6 +182,17 @@ describe('a lying upstream cannot poison quotas', () => {
       assert.ok(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_prompt"\}/) >= 4);
       assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="zero_completion"\}/), 3);
       assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="lies"/), charged);
+    } finally { await gw.close(); }
+  });
+
+  it('a lie after a believed report in a stream: the believed report is charged, not the smaller count', async () => {
+    const gw = await startGateway({ tokens: { max_usage: 1_000_000 }, ...config(url, {}) });
+    try {
+      assert.ok(countedEstimate() < 1700);
+      assert.match(await streamed(gw, 'believed_then_negative'), /\[DONE\]/);
+      const probe = await post(`${gw.url}/v1/chat/completions`, REQUEST, { 'x-lie': 'zero_prompt' });
+      assert.equal(probe.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - 1700 - (countedPrompt() + 7)));
+      assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="negative"\}/), 1);
     } finally { await gw.close(); }
   });
 

@@ -162,6 +162,21 @@ test('malformed frames never throw and never fake usage', () => {
   }
 });
 
+test('a usage report not believed after a believed one keeps the believed one as a floor, and says why', () => {
+  const s = chunk({ choices: [{ delta: { content: 'hello there' } }] })
+    + chunk({ choices: [], usage: USAGE })
+    + chunk({ choices: [], usage: { prompt_tokens: 12, completion_tokens: -4, total_tokens: 8 } });
+  const m = new StreamMeter({ stripUsage: false });
+  m.push(Buffer.from(s));
+  m.end();
+  assert.deepEqual(m.usage, USAGE);
+  assert.equal(m.usageRejected, 'negative');
+  const fixed = new StreamMeter({ stripUsage: false });
+  fixed.push(Buffer.from(s + chunk({ choices: [], usage: { ...USAGE, completion_tokens: 10, total_tokens: 22 } })));
+  assert.equal(fixed.usageRejected, undefined, 'a later believed report clears the rejection');
+  assert.equal(fixed.usage?.completion_tokens, 10);
+});
+
 test('an oversized upstream event fails the stream with SLC_UPSTREAM_ERROR', () => {
   for (const stripUsage of [false, true]) {
     const m = new StreamMeter({ stripUsage, maxEventBytes: 1024 });
