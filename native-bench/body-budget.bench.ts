@@ -5,7 +5,7 @@
 //
 // Usage: node --import tsx native-bench/body-budget.bench.ts [--quick]
 // Bounded: a few seconds; the worker threads end by themselves (and are terminated at the end).
-import { LocalBodyBudget, SharedBodyBudget, bodyBudgetCell, type BodyBudget } from '../src/frontend/body-budget.ts';
+import { LocalByteBudget, SharedByteBudget, byteBudgetCell, type ByteBudget } from '../src/core/byte-budget.ts';
 import { createMetrics } from '../src/metrics/registry.ts';
 import { fmt, median, table } from './lib/stats.ts';
 import { runTogether, tsWorker } from './lib/together.ts';
@@ -17,7 +17,7 @@ const MAX = 64 * 1024 * 1024;
 const BIG_MAX = 4 * 1024 * 1024 * 1024;
 const WORKER = new URL('./lib/body-budget-worker.ts', import.meta.url);
 
-function loop(b: BodyBudget, ops: number): number {
+function loop(b: ByteBudget, ops: number): number {
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < ops; i++) {
     const n = 1000 + (i & 1023);
@@ -28,19 +28,19 @@ function loop(b: BodyBudget, ops: number): number {
 
 /** Mean ns per op of each of `n` threads running at once on one cell. */
 async function threads(n: number, max: number): Promise<{ ns: number; refused: number }> {
-  const cell = bodyBudgetCell();
+  const cell = byteBudgetCell();
   const rs = await runTogether<{ ns: number; refused: number }>(n, (_i, barrier) => tsWorker(WORKER, { workerData: { cell, max, ops: OPS, barrier } }));
-  const left = new SharedBodyBudget(cell, max, undefined).total();
+  const left = new SharedByteBudget(cell, max, undefined).total();
   if (left !== 0) throw new Error(`the shared budget holds ${left} bytes after the run`);
   return { ns: rs.reduce((a, r) => a + r.ns / OPS, 0) / n, refused: rs.reduce((a, r) => a + r.refused, 0) };
 }
 
 async function main(): Promise<void> {
   const gauge = createMetrics({ defaultMetrics: false }).bodyBytesInFlight;
-  const budgets: [string, BodyBudget][] = [
-    ['local counter (workers: 1)', new LocalBodyBudget(MAX, gauge)],
-    ['shared Int32 cell, CAS (serving threads)', new SharedBodyBudget(bodyBudgetCell(), MAX, gauge)],
-    ['shared BigInt64 cell (limit > 2 GiB − 1)', new SharedBodyBudget(bodyBudgetCell(), BIG_MAX, gauge)],
+  const budgets: [string, ByteBudget][] = [
+    ['local counter (workers: 1)', new LocalByteBudget(MAX, gauge)],
+    ['shared Int32 cell, CAS (serving threads)', new SharedByteBudget(byteBudgetCell(), MAX, gauge)],
+    ['shared BigInt64 cell (limit > 2 GiB − 1)', new SharedByteBudget(byteBudgetCell(), BIG_MAX, gauge)],
   ];
   for (const [, b] of budgets) loop(b, 200_000);
   const ns = budgets.map(() => [] as number[]);

@@ -1,11 +1,11 @@
 // A worker_thread for native-bench/body-budget.bench.ts: `ops` reserve+release pairs on the process-wide body
 // budget (one shared cell). Starts when the barrier is released; posts the elapsed nanoseconds.
 import { parentPort, workerData } from 'node:worker_threads';
-import { SharedBodyBudget } from '../../src/frontend/body-budget.ts';
+import { SharedByteBudget } from '../../src/core/byte-budget.ts';
 import { createMetrics } from '../../src/metrics/registry.ts';
 
 const d = workerData as { cell: SharedArrayBuffer; max: number; ops: number; barrier: Int32Array };
-const budget = new SharedBodyBudget(d.cell, d.max, createMetrics({ defaultMetrics: false }).bodyBytesInFlight);
+const budget = new SharedByteBudget(d.cell, d.max, createMetrics({ defaultMetrics: false }).bodyBytesInFlight);
 let refused = 0;
 const run = (ops: number): void => {
   for (let i = 0; i < ops; i++) {

@@ -21,6 +21,9 @@ export interface ListenConfig {
   readonly http1_guard: boolean;
 }
 
+/** The largest upstream answer Sluice buffers whole (a non-streamed answer); larger: 502. */
+export const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
+
 export interface LimitsConfig {
   /** Largest accepted request body; larger bodies get 413. Default 8 MiB. */
   readonly max_body_bytes: number;
@@ -40,6 +43,12 @@ export interface LimitsConfig {
   readonly max_quota_keys: number;
   /** Request-body bytes all requests together may hold in the front end; beyond it: 503 SLC_OVERLOADED. Default 64 MiB. */
   readonly max_inflight_body_bytes: number;
+  /**
+   * Bytes of buffered (non-streamed) upstream answers all requests together may hold while they arrive; past it the
+   * answer being read is cut: 503 SLC_OVERLOADED, charged the prompt plus what arrived. At least 64 MiB (one answer
+   * of the most Sluice buffers). Default 256 MiB.
+   */
+  readonly max_inflight_answer_bytes: number;
   /** Most header fields in a request; more: 431. Default 48 (uWS itself cannot parse 49 or more). */
   readonly max_header_fields: number;
   /** Longest request line or header line (name: value), bytes; longer: 431. Default 8192 (nginx's buffer size). */

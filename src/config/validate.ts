@@ -1,6 +1,7 @@
 // Validation of a raw configuration tree (parsed YAML or JSON) into a defaulted, deep-frozen SluiceConfig.
 // Every problem is collected with its path and reported at once in a ConfigError; nothing stops early.
 
+import { MAX_ANSWER_BYTES } from './types.ts';
 import type {
   AdminConfig, AiProxyConfig, ConsumerConfig, LimitsConfig, ListenConfig, RedisBatchingConfig, RouteConfig,
   RoutePlugins, ShutdownConfig, SluiceConfig, TokensConfig, TokensModelConfig,
@@ -42,6 +43,7 @@ const DEFAULT_LIMITS: LimitsConfig = {
   upstream_body_timeout_ms: 300000,
   max_quota_keys: 100_000,
   max_inflight_body_bytes: 64 * 1024 * 1024,
+  max_inflight_answer_bytes: 256 * 1024 * 1024,
   max_header_fields: 48,
   max_header_line_bytes: 8192,
   max_header_bytes: 32768,
@@ -400,6 +402,10 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   if (limits.max_inflight_body_bytes < limits.max_body_bytes) {
     // A body the per-request limit allows but the budget never could would get 503 "retry shortly" forever.
     is.add('limits.max_inflight_body_bytes', 'must be at least limits.max_body_bytes');
+  }
+  if (limits.max_inflight_answer_bytes < MAX_ANSWER_BYTES) {
+    // One answer of the most Sluice buffers must fit, or it would be refused whatever else is in flight.
+    is.add('limits.max_inflight_answer_bytes', `must be at least ${MAX_ANSWER_BYTES} (the largest buffered answer)`);
   }
   const tokens = readTokens(is, root.get('tokens'));
   // flush_interval_ms 0: synchronous mode (every admission is a Redis round trip).

@@ -112,7 +112,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
 /** Settings read once at start: a reload that changes them is applied without them (the listeners, threads and
  *  front-end limits stay as started). */
 const RESTART_ONLY_LIMITS = [
-  'max_inflight_body_bytes', 'max_header_fields', 'max_header_line_bytes', 'max_header_bytes', 'max_drain_bytes', 'client_body_timeout_ms',
+  'max_inflight_body_bytes', 'max_inflight_answer_bytes', 'max_header_fields', 'max_header_line_bytes', 'max_header_bytes', 'max_drain_bytes', 'client_body_timeout_ms',
   'client_header_timeout_ms', 'client_idle_timeout_ms', 'client_send_timeout_ms', 'max_client_connections', 'listen_backlog',
 ] as const;
 

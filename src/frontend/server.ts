@@ -29,7 +29,7 @@ import type { BaseResponse } from './response-base.ts'; // UwsResponse or the gu
 import { normalizePath } from '../core/request-path.ts';
 import { Guard, type RequestHead } from './http1-guard.ts';
 import { closeListener, listenerFd, shareListener } from './listener-share.ts';
-import { LocalBodyBudget, SharedBodyBudget, type BodyBudget } from './body-budget.ts';
+import { LocalByteBudget, SharedByteBudget, type ByteBudget } from '../core/byte-budget.ts';
 
 /** What the front end needs from the gateway behind it. */
 export interface RequestSink {
@@ -213,7 +213,7 @@ interface Front {
   readonly sink: RequestSink;
   readonly limits: FrontendLimits;
   readonly metrics: FrontendMetrics | undefined;
-  readonly budget: BodyBudget;
+  readonly budget: ByteBudget;
   readonly timeouts: BodyTimeouts;
 }
 
@@ -724,8 +724,8 @@ export async function startFrontend(sink: RequestSink, opts: FrontendOptions): P
     limits: opts.limits,
     metrics: opts.metrics,
     budget: opts.bodyBudget !== undefined
-      ? new SharedBodyBudget(opts.bodyBudget, opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight)
-      : new LocalBodyBudget(opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight),
+      ? new SharedByteBudget(opts.bodyBudget, opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight)
+      : new LocalByteBudget(opts.limits.max_inflight_body_bytes, opts.metrics?.bodyBytesInFlight),
     timeouts: new BodyTimeouts(opts.limits.client_body_timeout_ms),
   };
   if (opts.http1Guard !== false) return startServingGuard(front, opts);

@@ -12,7 +12,7 @@ import { errorHeaders, errorText, sendError, type ErrorFormat } from './error-re
 import { log } from '../core/log.ts';
 import { connectionListed, isIdentityCoding } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
-import type { ConsumerConfig } from '../config/types.ts';
+import { MAX_ANSWER_BYTES, type ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { PlannedQuota, RequestQuotaPlan, Usage } from '../rules/quota-plan.ts';
 import { planRequest } from '../rules/quota-plan.ts';
@@ -28,7 +28,7 @@ import { cutShortUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { RESPONSE_TOO_LARGE, UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { EMPTY_HOLD_QUOTAS, acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -52,7 +52,6 @@ function modelsPath(path: string): string | undefined {
 /** `created` of the models listed by GET …/models: when this process started, in seconds (the config says no more). */
 const MODELS_CREATED = Math.floor((Date.now() - performance.now()) / 1000);
 const EMPTY_BODY = Buffer.alloc(0);
-const MAX_UPSTREAM_BODY = 64 * 1024 * 1024;
 /** Implausible upstream usage is logged at most once per this interval (each one is counted in a metric). */
 const USAGE_LOG_EVERY_MS = 10_000;
 /** Distinct (route, instance, failure kind) log rate limiters kept before they are all dropped. */
@@ -107,7 +106,7 @@ async function readWithin(up: UpstreamCall, ms: number, onLate: (got: Buffer) =>
     up.timeOut(`upstream answer not complete within ${ms} ms`);
   }, ms);
   try {
-    return await up.readAll(MAX_UPSTREAM_BODY);
+    return await up.readAll(MAX_ANSWER_BYTES);
   } finally {
     clearTimeout(timer);
   }
@@ -525,7 +524,7 @@ export class Gateway implements RequestSink {
     const bodyMs = ctx.snap.config.limits.upstream_body_timeout_ms;
     let late: Buffer | undefined;
     try {
-      buf = up.bodyNow(MAX_UPSTREAM_BODY) ?? await readWithin(up, bodyMs, (got) => { late = got; });
+      buf = up.bodyNow(MAX_ANSWER_BYTES) ?? await readWithin(up, bodyMs, (got) => { late = got; });
     } catch (err) {
       // Still coming after upstream_body_timeout_ms (an upstream trickling bytes, each within the idle time): 504,
       // charged the prompt plus the text received, as a broken 2xx answer is.
@@ -552,10 +551,18 @@ export class Gateway implements RequestSink {
         await this.chargeCut(ctx, up.partial(), 'shutdown');
         throw new SluiceError('SLC_SHUTTING_DOWN');
       }
+      if (f.message === ANSWERS_OVER_BUDGET) {
+        // Every buffered answer in flight together reached limits.max_inflight_answer_bytes: this one is cut (503,
+        // retry shortly), charged as a broken answer: produced upstream, so not sent to another instance.
+        log.warn('buffered answers in flight over limits.max_inflight_answer_bytes: answer cut', { route: route.id, instance: inst.name });
+        await this.chargeCut(ctx, up.partial(), 'overloaded');
+        this.answerError(ctx, new SluiceError('SLC_OVERLOADED', 'too many large upstream answers in flight; retry shortly', { headers: { 'retry-after': '1' } }));
+        return 'done';
+      }
       log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
       await this.chargeCut(ctx, up.partial(), 'upstream_broken');
       this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', f.message === RESPONSE_TOO_LARGE
-        ? `the upstream answer is larger than ${MAX_UPSTREAM_BODY} bytes, the most Sluice buffers` : 'the upstream answer broke off'));
+        ? `the upstream answer is larger than ${MAX_ANSWER_BYTES} bytes, the most Sluice buffers` : 'the upstream answer broke off'));
       return 'done';
     }
     if (!ok) {

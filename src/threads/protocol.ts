@@ -30,6 +30,8 @@ export interface ThreadInit {
   readonly ledger: LedgerDescriptor;
   /** limits.max_inflight_body_bytes is one budget for the process: every thread's App draws from this cell. */
   readonly bodyBudget: SharedArrayBuffer;
+  /** The shared cell of limits.max_inflight_answer_bytes (buffered upstream answers). */
+  readonly answerBudget: SharedArrayBuffer;
 }
 
 /** Main → serving thread. */

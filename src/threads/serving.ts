@@ -56,7 +56,7 @@ function start(): void {
   const config = init.config;
   warmTokenizers();
   const metrics = createMetrics({ defaultMetrics: false });
-  const { upstream, pool } = createServingParts(config, metrics);
+  const { upstream, pool } = createServingParts(config, metrics, init.answerBudget);
   const ledger = new LedgerClient(init.ledger, delegate, { timeoutMs: LEDGER_TIMEOUT_MS });
   // Quota plugins are found by their path in the config the thread built from (see store-key.ts).
   let stores = init.stores;

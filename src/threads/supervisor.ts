@@ -14,7 +14,7 @@ import { MAX_TIMER_MS } from '../config/section.ts';
 import type { SluiceConfig } from '../config/types.ts';
 import { log } from '../core/log.ts';
 import { siblingEntry, spawnModuleThread } from '../core/module-thread.ts';
-import { bodyBudgetCell } from '../frontend/body-budget.ts';
+import { byteBudgetCell } from '../core/byte-budget.ts';
 import { ListenError, lockListenAddress } from '../frontend/server.ts';
 import type { MetricsJson } from '../metrics/aggregate.ts';
 import type { LedgerHost } from '../quota/shared/ledger-host.ts';
@@ -138,10 +138,11 @@ export class ThreadSupervisor {
     const o = this.opts;
     this.versions.set(0, { main: o.first, holders: new Set(Array.from({ length: o.threads }, (_, i) => i)), pending: false });
     const config = this.forThreads(o.config);
-    const bodyBudget = bodyBudgetCell();
+    const bodyBudget = byteBudgetCell();
+    const answerBudget = byteBudgetCell();
     const ready: Promise<void>[] = [];
     for (let i = 0; i < o.threads; i++) {
-      const init: ThreadInit = { index: i, config, version: 0, stores: o.first.stores, ledger: o.ledger.descriptor(), bodyBudget };
+      const init: ThreadInit = { index: i, config, version: 0, stores: o.first.stores, ledger: o.ledger.descriptor(), bodyBudget, answerBudget };
       const worker = spawn({ workerData: init, name: `sluice-serving-${i}` });
       const t: Thread = { index: i, worker, calls: new Map(), listening: false, exited: false };
       this.threads.push(t);

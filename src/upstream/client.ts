@@ -2,6 +2,7 @@
 // client; no cap on connections: an HTTP/1.1 stream holds its connection for its whole life, so a capped pool
 // would cap concurrent streams). Only HTTP: origin, path, headers, body and transport. Where a request goes and
 // what it says is the provider's (src/providers/).
+import type { ByteBudget } from '../core/byte-budget.ts';
 import { Pool, UpstreamFailure, requestHead, type Connection, type FailureKind, type ResponseHandler } from './h1-pool.ts';
 import { headerValue, headerValues, type UpstreamHeaders } from './h1-head.ts';
 import type { InstanceConfig } from '../config/types.ts';
@@ -66,9 +67,12 @@ export class UpstreamClient {
   /** Pools by transport setting and origin (few: one per distinct instance endpoint and setting). */
   private readonly pools = new Map<string, Pool>();
   private closed = false;
+  /** Bytes of buffered answers held while they arrive, for the whole process (limits.max_inflight_answer_bytes). */
+  private readonly budget: ByteBudget | undefined;
 
-  constructor(timeouts: UpstreamTimeouts) {
+  constructor(timeouts: UpstreamTimeouts, budget?: ByteBudget) {
     this.timeouts = timeouts;
+    this.budget = budget;
   }
 
   /** A reload's timeouts: requests sent from now on use them (a connection being opened keeps its deadline). */
@@ -100,7 +104,7 @@ export class UpstreamClient {
    * Await `call.head()`, then read the body with `readAll(max)` or `next()`; `abort()` cuts it at any point.
    */
   send(origin: string, path: string, headers: Record<string, string>, body: Buffer, transport?: Transport): UpstreamCall {
-    const call = new UpstreamCall();
+    const call = new UpstreamCall(this.budget);
     if (this.closed) { call.onError(new UpstreamFailure('aborted', 'upstream client closed', undefined)); return call; }
     let pool: Pool;
     try {
@@ -141,6 +145,8 @@ type Waiter = ((v: unknown) => void) | undefined;
  */
 /** The failure message of a body cut past readAll's cap. */
 export const RESPONSE_TOO_LARGE = 'upstream response too large';
+/** The failure message of a body cut because buffered answers in flight reached the process's budget. */
+export const ANSWERS_OVER_BUDGET = 'buffered upstream answers in flight exceed limits.max_inflight_answer_bytes';
 
 export class UpstreamCall implements ResponseHandler {
   status = 0;
@@ -165,6 +171,13 @@ export class UpstreamCall implements ResponseHandler {
   private tailLen = 0;
   private resolve: Waiter = undefined;
   private reject: Waiter = undefined;
+  private readonly budget: ByteBudget | undefined;
+  /** Bytes of this answer reserved on the budget while readAll collects it. */
+  private held = 0;
+
+  constructor(budget?: ByteBudget) {
+    this.budget = budget;
+  }
 
   /** Body bytes received and not yet read (bounded by QUEUE_HIGH_WATER plus one chunk while streaming). */
   get queuedBytes(): number {
@@ -197,6 +210,7 @@ export class UpstreamCall implements ResponseHandler {
     this.max = max;
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (this.queued > max) { this.tooLarge(); return Promise.reject(this.failure); }
+    if (!this.hold(this.queued)) return Promise.reject(this.failure);
     if (this.ended) return Promise.resolve(this.joined());
     this.unpause();
     return this.wait();
@@ -268,6 +282,7 @@ export class UpstreamCall implements ResponseHandler {
     if (this.failure !== undefined) return true;
     if (this.collecting) {
       if (this.queued + chunk.length > this.max) { this.tooLarge(); return true; }
+      if (!this.hold(chunk.length)) return true;
       this.enqueue(chunk);
       return true;
     }
@@ -287,7 +302,27 @@ export class UpstreamCall implements ResponseHandler {
   onError(err: UpstreamFailure): void {
     if (this.failure !== undefined || this.ended) return;
     this.failure = err;
+    this.unhold();
     this.rejectWaiter();
+  }
+
+  /** Reserves `n` more bytes of a collected answer; past the budget the call fails (the bytes so far stay for
+   *  partial(): the answer was produced upstream and is charged). */
+  private hold(n: number): boolean {
+    const b = this.budget;
+    if (b === undefined || n === 0) return true;
+    if (!b.tryReserve(n)) {
+      this.fail(new UpstreamFailure('protocol_error', ANSWERS_OVER_BUDGET, undefined), true);
+      return false;
+    }
+    this.held += n;
+    return true;
+  }
+
+  private unhold(): void {
+    if (this.held === 0) return;
+    this.budget!.release(this.held);
+    this.held = 0;
   }
 
   private enqueue(chunk: Buffer): void {
@@ -335,6 +370,7 @@ export class UpstreamCall implements ResponseHandler {
   /** `keep`: the bytes received stay for partial(). */
   private fail(f: UpstreamFailure, keep = false): void {
     this.failure = f;
+    this.unhold();
     if (!keep) {
       this.queue.length = 0;
       this.queued = 0;
@@ -357,6 +393,8 @@ export class UpstreamCall implements ResponseHandler {
     const out = q.length === 1 ? q[0]! : Buffer.concat(q, this.queued);
     this.queue = [];
     this.queued = 0;
+    // Handed to the gateway, which decodes and sends it in the same turn (or copies it to a worker).
+    this.unhold();
     return out;
   }
 

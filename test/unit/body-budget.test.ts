@@ -3,7 +3,7 @@
 // budget object (thread) mapping it, with each one's gauge showing its own share.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { LocalBodyBudget, SharedBodyBudget, bodyBudgetCell, type BodyBudget } from '../../src/frontend/body-budget.ts';
+import { LocalByteBudget, SharedByteBudget, byteBudgetCell, type ByteBudget } from '../../src/core/byte-budget.ts';
 import { createMetrics } from '../../src/metrics/registry.ts';
 
 type Metrics = ReturnType<typeof createMetrics>;
@@ -13,7 +13,7 @@ async function gaugeValue(m: Metrics): Promise<number> {
   return json.find((x) => x.name === 'sluice_request_body_bytes_in_flight')?.values[0]?.value ?? 0;
 }
 
-function limitCases(make: (max: number) => BodyBudget, max: number): void {
+function limitCases(make: (max: number) => ByteBudget, max: number): void {
   const b = make(max);
   assert.equal(b.tryReserve(max - 10), true);
   assert.equal(b.tryReserve(11), false, 'one byte over the limit');
@@ -29,22 +29,22 @@ function limitCases(make: (max: number) => BodyBudget, max: number): void {
 
 describe('body budget', () => {
   it('local counter: refuses what passes the limit, exactly', () => {
-    limitCases((max) => new LocalBodyBudget(max, undefined), 1000);
+    limitCases((max) => new LocalByteBudget(max, undefined), 1000);
   });
 
   it('shared Int32 cell and BigInt64 cell (limit above 2 GiB − 1): the same answers', () => {
-    limitCases((max) => new SharedBodyBudget(bodyBudgetCell(), max, undefined), 1000);
-    limitCases((max) => new SharedBodyBudget(bodyBudgetCell(), max, undefined), 0x7fffffff);
-    limitCases((max) => new SharedBodyBudget(bodyBudgetCell(), max, undefined), 6 * 1024 * 1024 * 1024);
+    limitCases((max) => new SharedByteBudget(byteBudgetCell(), max, undefined), 1000);
+    limitCases((max) => new SharedByteBudget(byteBudgetCell(), max, undefined), 0x7fffffff);
+    limitCases((max) => new SharedByteBudget(byteBudgetCell(), max, undefined), 6 * 1024 * 1024 * 1024);
   });
 
   for (const max of [1000, 5 * 1024 * 1024 * 1024]) {
     it(`two budgets on one cell share the limit (${max} bytes), each gauge shows its own share`, async () => {
-      const cell = bodyBudgetCell();
+      const cell = byteBudgetCell();
       const ma = createMetrics({ defaultMetrics: false });
       const mb = createMetrics({ defaultMetrics: false });
-      const a = new SharedBodyBudget(cell, max, ma.bodyBytesInFlight);
-      const b = new SharedBodyBudget(cell, max, mb.bodyBytesInFlight);
+      const a = new SharedByteBudget(cell, max, ma.bodyBytesInFlight);
+      const b = new SharedByteBudget(cell, max, mb.bodyBytesInFlight);
       const part = Math.floor(max / 3);
       assert.equal(a.tryReserve(part), true);
       assert.equal(b.tryReserve(part), true);

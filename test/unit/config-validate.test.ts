@@ -272,7 +272,7 @@ describe('config defaults', () => {
     assert.deepEqual(c.limits, {
       max_body_bytes: 8388608, upstream_connect_timeout_ms: 2000, upstream_first_byte_timeout_ms: 60000, upstream_idle_timeout_ms: 60000,
       upstream_body_timeout_ms: 300000, max_quota_keys: 100000,
-      max_inflight_body_bytes: 67108864, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
+      max_inflight_body_bytes: 67108864, max_inflight_answer_bytes: 268435456, max_header_fields: 48, max_header_line_bytes: 8192, max_header_bytes: 32768,
       max_drain_bytes: 67108864, client_body_timeout_ms: 60000, client_header_timeout_ms: 10000, client_idle_timeout_ms: 60000, client_send_timeout_ms: 10000,
       max_client_connections: 10000,
       listen_backlog: 4096,
@@ -669,6 +669,13 @@ describe('limits that contradict each other', () => {
       (err: unknown) => err instanceof ConfigError && err.issues.length === 1
         && err.issues[0]!.path === 'limits.max_inflight_body_bytes' && err.issues[0]!.message === 'must be at least limits.max_body_bytes');
     assert.equal(validateConfig({ limits: { max_body_bytes: 4096, max_inflight_body_bytes: 4096 } }, {}).limits.max_inflight_body_bytes, 4096);
+  });
+
+  it('max_inflight_answer_bytes below one buffered answer (64 MiB) is an error', () => {
+    assert.throws(() => validateConfig({ limits: { max_inflight_answer_bytes: 1_048_576 } }, {}),
+      (err: unknown) => err instanceof ConfigError && err.issues.length === 1
+        && err.issues[0]!.path === 'limits.max_inflight_answer_bytes' && err.issues[0]!.message === 'must be at least 67108864 (the largest buffered answer)');
+    assert.equal(validateConfig({ limits: { max_inflight_answer_bytes: 67_108_864 } }, {}).limits.max_inflight_answer_bytes, 67_108_864);
   });
 });
 

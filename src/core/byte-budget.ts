@@ -1,18 +1,21 @@
-// The budget of request-body bytes held by the front end (limits.max_inflight_body_bytes). One serving loop
+// A process-wide budget of bytes held: request bodies in the front end (limits.max_inflight_body_bytes) and
+// buffered upstream answers in the upstream client (limits.max_inflight_answer_bytes). One serving loop
 // (workers: 1) keeps a plain counter; serving threads share one counter in a SharedArrayBuffer, so the limit
 // holds for the whole process, not per thread (native-bench/body-budget.bench.ts: the cost of each).
-import type { Metrics } from '../metrics/registry.ts';
 
-type Gauge = Metrics['bodyBytesInFlight'];
+/** What a budget reports its bytes to (a prom-client gauge). */
+interface Gauge {
+  set(v: number): void;
+}
 
-export interface BodyBudget {
+export interface ByteBudget {
   /** Takes `n` bytes, or refuses (false) when that would pass the limit. */
   tryReserve(n: number): boolean;
   release(n: number): void;
 }
 
 /** One serving loop's budget. */
-export class LocalBodyBudget implements BodyBudget {
+export class LocalByteBudget implements ByteBudget {
   used = 0;
   private readonly max: number;
   private readonly gauge: Gauge | undefined;
@@ -39,7 +42,7 @@ export class LocalBodyBudget implements BodyBudget {
 const INT32_MAX = 0x7fffffff;
 
 /** The shared cell of a process-wide budget: made once on the main thread and sent to every serving thread. */
-export function bodyBudgetCell(): SharedArrayBuffer {
+export function byteBudgetCell(): SharedArrayBuffer {
   return new SharedArrayBuffer(8);
 }
 
@@ -48,7 +51,7 @@ export function bodyBudgetCell(): SharedArrayBuffer {
  * bytes held by all threads together never pass the limit (no reservation is refused that would have fit).
  * The gauge is this thread's own share: /metrics sums the threads' gauges into the process's total.
  */
-export class SharedBodyBudget implements BodyBudget {
+export class SharedByteBudget implements ByteBudget {
   private own = 0;
   private readonly max: number;
   private readonly small: Int32Array | undefined;
