@@ -24,7 +24,7 @@ import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { cutShortUsage, type UsageRejectReason } from '../streaming/usage.ts';
+import { cutShortUsage, largerUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
@@ -110,6 +110,10 @@ async function readWithin(up: UpstreamCall, ms: number, onLate: (got: Buffer) =>
   } finally {
     clearTimeout(timer);
   }
+}
+
+function overBudget(): SluiceError {
+  return new SluiceError('SLC_OVERLOADED', 'too many large upstream answers in flight; retry shortly', { headers: { 'retry-after': '1' } });
 }
 
 export class Gateway implements RequestSink {
@@ -378,8 +382,9 @@ export class Gateway implements RequestSink {
         const outcome = await this.attempt(ctx, inst, more);
         if (outcome === 'done') return;
         if (ctx.cut) {
-          // Cut at shutdown before an answer came: the upstream had the prompt, so the prompt is charged.
-          if (ctx.sent) this.settle(ctx, await this.countedUsage(ctx, '', 0, 'shutdown'));
+          // Cut at shutdown before an answer came: an upstream that had the prompt charges it; one still being
+          // connected to (or sent the request's bytes) never had it.
+          if (ctx.call?.written === true) this.settle(ctx, await this.countedUsage(ctx, '', 0, 'shutdown'));
           throw new SluiceError('SLC_SHUTTING_DOWN');
         }
         ctx.releaseInstance();
@@ -410,6 +415,8 @@ export class Gateway implements RequestSink {
       }
       if (lastFailure !== undefined) {
         if (lastFailure.kind === 'timeout') throw new SluiceError('SLC_UPSTREAM_TIMEOUT', 'upstream did not answer in time');
+        // The last error answer was cut by the buffered-answer budget: the gateway is busy, not the upstream at fault.
+        if (lastFailure.message === ANSWERS_OVER_BUDGET) throw overBudget();
         throw new SluiceError('SLC_UPSTREAM_ERROR', order.length > 1 ? `every upstream instance failed: ${lastFailure.message}` : lastFailure.message);
       }
       throw new SluiceError('SLC_UPSTREAM_UNAVAILABLE');
@@ -460,7 +467,6 @@ export class Gateway implements RequestSink {
     const members = prepared.clientFields === undefined ? undefined : bodyMembers(prepared.fieldKeys!, prepared.clientFields, inst.optionJson);
     const call = provider.request(prepared, inst.model ?? prepared.model, members);
     const headers = upstreamHeaders(ctx.req, inst.forward, ctx.route.keyAuth?.header, call.headers, inst.headers, ctx.snap.trustedProxies, ctx.peer);
-    ctx.sent = true;
     return this.deps.upstream.send(provider.origin, call.path, headers, call.body, inst.transport);
   }
 
@@ -556,7 +562,7 @@ export class Gateway implements RequestSink {
         // retry shortly), charged as a broken answer: produced upstream, so not sent to another instance.
         log.warn('buffered answers in flight over limits.max_inflight_answer_bytes: answer cut', { route: route.id, instance: inst.name });
         await this.chargeCut(ctx, up.partial(), 'overloaded');
-        this.answerError(ctx, new SluiceError('SLC_OVERLOADED', 'too many large upstream answers in flight; retry shortly', { headers: { 'retry-after': '1' } }));
+        this.answerError(ctx, overBudget());
         return 'done';
       }
       log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
@@ -703,7 +709,8 @@ export class Gateway implements RequestSink {
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
         // only a usage that is (partly) the count is an estimate.
-        const charged = usage === undefined ? estimate : zeroCompletion ? withCountedCompletion(usage, estimate) : cutShortUsage(usage, estimate);
+        const charged = usage === undefined ? estimate : zeroCompletion ? withCountedCompletion(usage, estimate)
+          : rejected !== undefined ? largerUsage(usage, estimate) : cutShortUsage(usage, estimate);
         if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
         usage = charged;
       }
@@ -947,8 +954,6 @@ class Exchange implements LiveEntry<Exchange> {
   call: UpstreamCall | undefined = undefined;
   /** The client went away: cut the current attempt (one closure per request, not per attempt). */
   readonly abortUpstream = (): void => { this.call?.abort(); };
-  /** An upstream request was sent (its prompt may be billed). */
-  sent = false;
   /** Cut at shutdown. */
   cut = false;
   liveOwner: object | undefined = undefined;

@@ -159,6 +159,18 @@ export function cutShortUsage(reported: Usage, counted: Usage): Usage {
 }
 
 /**
+ * An earlier believed report and the count of a stream whose last report was not believed: each part the larger,
+ * so a plausible report sent before a lie can only raise the charge, never lower it below the count.
+ */
+export function largerUsage(reported: Usage, counted: Usage): Usage {
+  if (reported.prompt_tokens >= counted.prompt_tokens) return cutShortUsage(reported, counted);
+  const completion = Math.max(reported.completion_tokens, counted.completion_tokens);
+  const usage: Usage = { prompt_tokens: counted.prompt_tokens, completion_tokens: completion, total_tokens: counted.prompt_tokens + completion };
+  if (reported.reasoning_tokens !== undefined) usage.reasoning_tokens = reported.reasoning_tokens;
+  return usage;
+}
+
+/**
  * A buffered answer's believed usage whose completion is 0 while the answer holds generated text: not believed
  * (the answer would be free); the text is counted instead. Undefined when the usage stands.
  */

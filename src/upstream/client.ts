@@ -153,7 +153,8 @@ export class UpstreamCall implements ResponseHandler {
   headers: UpstreamHeaders = NO_HEADERS;
   /** Times the request was sent again after a kept-alive connection closed under it (the keep-alive race). */
   resends = 0;
-  /** The request was written to a socket: a call cut before that never reached the upstream. */
+  /** The whole request reached the kernel (Connection.write's callback): a call cut before that never reached the
+   *  upstream whole. */
   written = false;
   private conn: Connection | undefined = undefined;
   private failure: UpstreamFailure | undefined = undefined;
@@ -264,6 +265,8 @@ export class UpstreamCall implements ResponseHandler {
 
   onResend(): void {
     this.resends++;
+    // Resent because the upstream did not act on the first write: written again only when the new one is.
+    this.written = false;
   }
 
   onWritten(): void {

@@ -33,7 +33,7 @@ export interface ResponseHandler {
   onError(err: UpstreamFailure): void;
   /** The request, written on a connection the upstream then closed, goes once more on a new one (Connection.resend). */
   onResend(): void;
-  /** The request's bytes were handed to the socket: from now on the upstream may have seen (and billed) it. */
+  /** Every byte of the request reached the kernel: from now on the upstream may have it whole (and bill it). */
   onWritten(): void;
 }
 
@@ -241,7 +241,10 @@ export class Connection implements DeadlineEntry<Connection> {
 
   private write(head: string, body: Buffer): void {
     const s = this.socket;
-    this.handler?.onWritten();
+    const h = this.handler;
+    // Written once the kernel has every byte (the callback): a request cut mid-body, or still queued in node, never
+    // reached the upstream whole.
+    const flushed = h === undefined ? undefined : (err?: Error | null): void => { if (err == null) h.onWritten(); };
     this.arm(this.firstByteMs);
     if (this.served) { this.resendHead = head; this.resendBody = body; this.writtenAt = performance.now(); }
     // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low
@@ -253,12 +256,12 @@ export class Connection implements DeadlineEntry<Connection> {
       const out = Buffer.allocUnsafe(n + body.length);
       out.write(head, 0, n, 'utf8');
       body.copy(out, n);
-      s.write(out);
+      s.write(out, flushed);
       return;
     }
     s.cork();
     s.write(head, 'utf8');
-    s.write(body);
+    s.write(body, flushed);
     s.uncork();
   }
 

@@ -1,6 +1,7 @@
 // Hostile upstreams: buffered (non-streamed) answers are held whole while they arrive, up to 64 MiB each. All of
 // them together are bounded by limits.max_inflight_answer_bytes for the whole process: past it the answer being
-// read is cut with 503 SLC_OVERLOADED (Retry-After: 1) and charged its prompt plus what arrived, the others go on,
+// read is cut with 503 SLC_OVERLOADED (Retry-After: 1) and charged its prompt plus what arrived (an error answer:
+// 503 too, not billed), the others go on,
 // and the gauge sluice_upstream_answer_bytes_in_flight returns to 0. Once per serving-thread layout: with
 // `workers: 2` the two answers can be held by different threads and the limit still holds for the process.
 import { describe, it, before, after } from 'node:test';
@@ -21,7 +22,7 @@ async function bigAnswers(): Promise<{ server: Server; url: string; sent: () => 
     req.resume();
     req.on('end', () => {
       const mib = Number(req.headers['x-size']);
-      res.writeHead(200, { 'content-type': 'application/json' });
+      res.writeHead(Number(req.headers['x-status'] ?? 200), { 'content-type': 'application/json' });
       res.write('{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"');
       for (let i = 0; i < mib; i++) res.write(PIECE);
       sent++;
@@ -50,7 +51,7 @@ for (const workers of [1, 2]) {
         routes: [{
           id: 'big', uri: '/v1/chat/completions',
           plugins: {
-            'ai-proxy-multi': { instances: [{ name: 'up', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` }, forward_headers: ['x-size'] }] },
+            'ai-proxy-multi': { instances: [{ name: 'up', provider: 'openai-compatible', override: { endpoint: `${up.url}/v1/chat/completions` }, forward_headers: ['x-size', 'x-status'] }] },
             'ai-rate-limiting': { limit: 1_000_000, time_window: 3600 },
           },
         }],
@@ -71,6 +72,11 @@ for (const workers of [1, 2]) {
       assert.equal(second.status, 503, second.text);
       assert.equal(second.body.error.code, 'SLC_OVERLOADED');
       assert.equal(second.headers.get('retry-after'), '1');
+      // An error answer cut the same way is the gateway's overload too, not an upstream fault (and not billed).
+      const error = await post(`${gw.url}/v1/chat/completions`, req, { 'x-size': '40', 'x-status': '500' });
+      assert.equal(error.status, 503, error.text);
+      assert.equal(error.body.error.code, 'SLC_OVERLOADED');
+      assert.equal(error.headers.get('retry-after'), '1');
       assert.ok(await gauge() <= LIMIT, 'the budget holds');
       up.release();
       const done = await first;

@@ -37,8 +37,11 @@ const ZEROS: Record<string, string> = {
   zero_completion: '{"prompt_tokens":500,"completion_tokens":0,"total_tokens":500}',
 };
 
-/** A plausible report a stream sends before a lie: it stays the floor of what the stream is charged. */
-const BELIEVED = '{"prompt_tokens":900,"completion_tokens":800,"total_tokens":1700}';
+/** Plausible reports a stream sends before a lie: each part the larger of the report and the count is charged. */
+const BEFORE_LIE: Record<string, string> = {
+  believed_then_negative: '{"prompt_tokens":900,"completion_tokens":800,"total_tokens":1700}',
+  tiny_then_negative: '{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}',
+};
 
 async function lyingUpstream(): Promise<Server> {
   const s = createServer((req, res) => {
@@ -47,7 +50,8 @@ async function lyingUpstream(): Promise<Server> {
     req.on('end', () => {
       const body = JSON.parse(Buffer.concat(parts).toString('utf8')) as { stream?: boolean };
       const lie = String(req.headers['x-lie']);
-      const usage = lie === 'believed_then_negative' ? LIES.negative![0] : LIES[lie]?.[0] ?? ZEROS[lie]!;
+      const before = BEFORE_LIE[lie];
+      const usage = before !== undefined ? LIES.negative![0] : LIES[lie]?.[0] ?? ZEROS[lie]!;
       if (body.stream !== true) {
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(`{"id":"x","object":"chat.completion","model":"${MODEL}","choices":[{"index":0,"message":{"role":"assistant","content":${JSON.stringify(TEXT)}},"finish_reason":"stop"}],"usage":${usage}}`);
@@ -55,7 +59,7 @@ async function lyingUpstream(): Promise<Server> {
       }
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       for (const w of TEXT.split(/(?= )/)) res.write(`data: {"choices":[{"index":0,"delta":{"content":${JSON.stringify(w)}}}],"usage":null}\n\n`);
-      if (lie === 'believed_then_negative') res.write(`data: {"choices":[],"usage":${BELIEVED}}\n\n`);
+      if (before !== undefined) res.write(`data: {"choices":[],"usage":${before}}\n\n`);
       res.write(`data: {"choices":[],"usage":${usage}}\n\n`);
       res.end('data: [DONE]\n\n');
     });
@@ -193,6 +197,10 @@ describe('a lying upstream cannot poison quotas', () => {
       const probe = await post(`${gw.url}/v1/chat/completions`, REQUEST, { 'x-lie': 'zero_prompt' });
       assert.equal(probe.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - 1700 - (countedPrompt() + 7)));
       assert.equal(await metric(gw, /^sluice_usage_rejected_total\{route="lies",reason="negative"\}/), 1);
+      // A tiny report before the lie cannot lower the charge below the count.
+      assert.match(await streamed(gw, 'tiny_then_negative'), /\[DONE\]/);
+      const after = await post(`${gw.url}/v1/chat/completions`, REQUEST, { 'x-lie': 'zero_prompt' });
+      assert.equal(after.headers.get('x-ai-ratelimit-remaining-liar'), String(LIMIT - 1700 - 2 * (countedPrompt() + 7) - countedEstimate()));
     } finally { await gw.close(); }
   });
 

@@ -111,6 +111,7 @@ describe('token accounting (local policy)', () => {
     silent.on('connection', (c) => { sockets.add(c); c.on('close', () => sockets.delete(c)); });
     const closeSilent = () => { for (const c of sockets) c.destroy(); silent.close(); };
     let gw: TestGateway;
+    let closed = false;
     try {
       gw = await startGateway({ routes: [
         { id: 'tls', uri: '/tls', plugins: { 'ai-proxy-multi': { instances: [inst('https')] }, 'ai-rate-limiting': { limit: 100000, time_window: 60 } } },
@@ -136,9 +137,45 @@ describe('token accounting (local policy)', () => {
       await leave('/tcp', () => Buffer.concat(got).includes('Count to ten'));
       await eventually('the written prompt is charged', async () => await metric(gw, /^sluice_quota_tokens_charged_total\{route="tcp"/) > 0);
       assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="tls"/), 0);
+      // Cut by a shutdown while still in the handshake: not charged either.
+      const seen = accepted;
+      const pending = fetch(`${gw.url}/tls`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...MSG, max_tokens: 5 }) }).then((r) => r.status, () => 0);
+      await eventually('the upstream saw the connection', async () => accepted > seen);
+      closed = true;
+      await gw.handle.close({ drainMs: 200 });
+      assert.equal(await pending, 503);
+      const text = await gw.handle.metrics.registry.metrics();
+      assert.equal(text.split('\n').filter((l) => l.startsWith('sluice_quota_tokens_charged_total{route="tls"')).length, 0, 'nothing charged to the TLS route');
     } finally {
-      await gw.close();
+      if (!closed) await gw.close();
       closeSilent();
+    }
+  });
+
+  it('a request body the upstream never took whole (it does not read) is not charged when the client leaves', async () => {
+    await avoidWindowEdge(60);
+    const held = new Set<net.Socket>();
+    // Accepts and never reads: a 7.5 MB body cannot all reach the kernel's buffers, so the request is never written.
+    const stuck = net.createServer({ pauseOnConnect: true }, (c) => { held.add(c); c.on('error', () => undefined); });
+    await new Promise<void>((r) => stuck.listen(0, '127.0.0.1', r));
+    const port = (stuck.address() as net.AddressInfo).port;
+    let gw: TestGateway | undefined;
+    try {
+      gw = await startGateway({ routes: [{ id: 'big', uri: '/big', plugins: {
+        'ai-proxy-multi': { instances: [mockInstance('inst', `http://127.0.0.1:${port}`)] }, 'ai-rate-limiting': { limit: 100_000_000, time_window: 60 } } }] });
+      const g = gw;
+      const ac = new AbortController();
+      const p = fetch(`${g.url}/big`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...MSG, max_tokens: 5, messages: [{ role: 'user', content: 'word '.repeat(1_500_000) }] }) }).catch(() => undefined);
+      await eventually('the upstream took the connection', async () => held.size > 0);
+      ac.abort();
+      await p;
+      await eventually('the gateway recorded the abort', async () => await metric(g, /^sluice_upstream_attempts_total\{route="big",.*outcome="aborted"/) > 0);
+      assert.equal(await metric(g, /^sluice_quota_tokens_charged_total\{route="big"/), 0);
+    } finally {
+      await gw?.close();
+      for (const c of held) c.destroy();
+      stuck.close();
     }
   });
 

@@ -304,6 +304,10 @@ test('native stream: a message_delta whose usage has no output_tokens is not the
     assert.equal(c.usageRejected, undefined);
     assert.equal(c.text, TEXT, 'the whole answer is counted instead');
   }
+  const floor = new NativeStreamCodec({ maxUsage: MAX });
+  feed(floor, [Buffer.from(HEAD + BODY + DELTA + ev('message_delta', { delta: {}, usage: { output_tokens: -5 } }) + STOP)]);
+  assert.deepEqual({ ...floor.usage }, FINAL, 'a lie after a believed final count keeps the believed one as the floor');
+  assert.equal(floor.usageRejected, 'negative');
   const later = new NativeStreamCodec({ maxUsage: MAX });
   feed(later, [Buffer.from(HEAD + BODY + ev('message_delta', { delta: {}, usage: {} }) + DELTA + STOP)]);
   assert.deepEqual({ ...later.usage }, FINAL, 'a later delta with output_tokens is believed');

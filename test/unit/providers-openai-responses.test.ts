@@ -369,6 +369,13 @@ describe('responses: stream codec', () => {
     assert.equal(codec.usage?.total_tokens, 3);
   });
 
+  it('a report not believed after a believed one keeps the believed one (the floor) and says why', () => {
+    const bad = ev('response.completed', { response: { status: 'completed', output: [], usage: { input_tokens: 12, output_tokens: -3, total_tokens: 9 } } }, 99);
+    const { codec } = run(Buffer.from(streamText() + bad), []);
+    assert.equal(codec.usage?.completion_tokens, 9);
+    assert.equal(codec.usageRejected, 'negative');
+  });
+
   it('garbage and non-JSON data neither throw nor yield usage', () => {
     const { codec, out } = run(Buffer.from('data: {oops\n\ndata: [DONE]\n\nevent: x\n\n\n\n'), [3, 9]);
     assert.equal(codec.usage, undefined);

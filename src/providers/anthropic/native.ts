@@ -55,9 +55,13 @@ export abstract class AnthropicStreamReader {
     this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); } });
   }
 
+  /** The last final usage that was believed: stays the floor when a later report is not (StreamCodec.usage). */
+  private believed: Usage | undefined = undefined;
+
   get usage(): Usage | undefined {
     const u = this.su.read(this.maxUsage);
-    return u === undefined || isRejection(u) ? undefined : u;
+    if (u === undefined) return undefined;
+    return isRejection(u) ? this.believed : u;
   }
 
   get usageRejected(): UsageRejectReason | undefined {
@@ -114,6 +118,8 @@ export abstract class AnthropicStreamReader {
       case 'message_delta': {
         const before = this.su.finalSeen ? this.usage : undefined;
         this.su.add(f.usage, true);
+        const read = this.su.read(this.maxUsage);
+        if (read !== undefined && !isRejection(read)) this.believed = read;
         const after = this.usage;
         if (f.usage !== undefined && f.usage !== null && after !== undefined && coversMore(before, after)) this.tally.mark();
         const d = isObject(f.delta) ? f.delta : {};

@@ -595,7 +595,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private recordUsage(u: Usage | UsageRejection | undefined): void {
     if (u === undefined) return;
     if (isRejection(u)) {
-      this.usageSeen = undefined;
+      // An earlier believed report stays the floor (the gateway charges it or the count, each part the larger).
       this.rejectedSeen = u.rejected;
     } else {
       // Never below an earlier report (laterUsage), as for chat; it covers the text before it only when it grew.
