@@ -138,16 +138,16 @@ const TAIL_MAX = 16 * 1024;
 const NO_HEADERS: UpstreamHeaders = Object.freeze([]);
 type Waiter = ((v: unknown) => void) | undefined;
 
-/**
- * One upstream request, driven by the pool's handler callbacks. Every failure (timeouts, resets, a body
- * past readAll's cap, abort()) becomes one UpstreamFailure, delivered to whatever waits now or next.
- * Readers: `head()` once, then either `readAll(max)` once or `next()` in a loop (one outstanding at a time).
- */
 /** The failure message of a body cut past readAll's cap. */
 export const RESPONSE_TOO_LARGE = 'upstream response too large';
 /** The failure message of a body cut because buffered answers in flight reached the process's budget. */
 export const ANSWERS_OVER_BUDGET = 'buffered upstream answers in flight exceed limits.max_inflight_answer_bytes';
 
+/**
+ * One upstream request, driven by the pool's handler callbacks. Every failure (timeouts, resets, a body
+ * past readAll's cap, abort()) becomes one UpstreamFailure, delivered to whatever waits now or next.
+ * Readers: `head()` once, then either `readAll(max)` once or `next()` in a loop (one outstanding at a time).
+ */
 export class UpstreamCall implements ResponseHandler {
   status = 0;
   headers: UpstreamHeaders = NO_HEADERS;

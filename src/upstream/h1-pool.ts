@@ -83,6 +83,18 @@ export class Connection implements DeadlineEntry<Connection> {
   readonly pool: Pool;
   readonly socket: Socket;
   private handler: ResponseHandler | undefined = undefined;
+  /** The handler whose request is being written, until the write's callback. */
+  private writing: ResponseHandler | undefined = undefined;
+  /**
+   * Written once the kernel has every byte (the write's callback; an error when the socket was destroyed first): a
+   * request cut mid-body, or still queued in node, never reached the upstream whole. One per connection, not a
+   * closure per request: a connection carries one request at a time and is reused only once it was fully written.
+   */
+  private readonly onFlushed = (err?: Error | null): void => {
+    const h = this.writing;
+    this.writing = undefined;
+    if (err == null) h?.onWritten();
+  };
   private connected = false;
   dead = false;
   /** In the pool's idle list. */
@@ -241,10 +253,7 @@ export class Connection implements DeadlineEntry<Connection> {
 
   private write(head: string, body: Buffer): void {
     const s = this.socket;
-    const h = this.handler;
-    // Written once the kernel has every byte (the callback): a request cut mid-body, or still queued in node, never
-    // reached the upstream whole.
-    const flushed = h === undefined ? undefined : (err?: Error | null): void => { if (err == null) h.onWritten(); };
+    this.writing = this.handler;
     this.arm(this.firstByteMs);
     if (this.served) { this.resendHead = head; this.resendBody = body; this.writtenAt = performance.now(); }
     // UTF-8, never latin1: uWS hands header values over decoded from UTF-8, and a latin1 write keeps only the low
@@ -256,12 +265,12 @@ export class Connection implements DeadlineEntry<Connection> {
       const out = Buffer.allocUnsafe(n + body.length);
       out.write(head, 0, n, 'utf8');
       body.copy(out, n);
-      s.write(out, flushed);
+      s.write(out, this.onFlushed);
       return;
     }
     s.cork();
     s.write(head, 'utf8');
-    s.write(body, flushed);
+    s.write(body, this.onFlushed);
     s.uncork();
   }
 

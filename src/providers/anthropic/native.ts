@@ -43,6 +43,8 @@ export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
 export abstract class AnthropicStreamReader {
   protected readonly tally: TextTally;
   protected readonly su = new StreamUsage();
+  /** The last final usage that was believed: stays the floor when a later report is not (StreamCodec.usage). */
+  private believed: Usage | undefined = undefined;
   protected readonly maxUsage: number;
   protected readonly parser: SseParser;
   /** The stream's error event, when one came. */
@@ -54,9 +56,6 @@ export abstract class AnthropicStreamReader {
     this.tally = new TextTally(opts.textBound);
     this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); } });
   }
-
-  /** The last final usage that was believed: stays the floor when a later report is not (StreamCodec.usage). */
-  private believed: Usage | undefined = undefined;
 
   get usage(): Usage | undefined {
     const u = this.su.read(this.maxUsage);
