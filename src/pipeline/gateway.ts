@@ -709,7 +709,10 @@ export class Gateway implements RequestSink {
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
         // only a usage that is (partly) the count is an estimate.
-        const charged = usage === undefined ? estimate : zeroCompletion ? withCountedCompletion(usage, estimate)
+        // No final count: the prompt the upstream reported on the way (Anthropic's message_start), unless it lied since.
+        const early = usage === undefined && rejected === undefined ? meter.promptReport : undefined;
+        const charged = usage === undefined ? (early === undefined ? estimate : cutShortUsage(early, estimate))
+          : zeroCompletion ? withCountedCompletion(usage, estimate)
           : rejected !== undefined ? largerUsage(usage, estimate) : cutShortUsage(usage, estimate);
         if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
         usage = charged;
@@ -720,7 +723,7 @@ export class Gateway implements RequestSink {
     }
     if (!res.aborted) {
       if (status !== 200) res.destroy();
-      else res.end(last);
+      else res.end(joined(last, meter.closing?.(ctx.usage)));
     }
     this.observe(ctx, status);
   }
@@ -1005,6 +1008,11 @@ function settleHold(hold: QuotaHold, usage: Usage, slots: ReturnType<Metrics['ho
   if (!hold.open) return;
   const charged = hold.settle(usage);
   for (let i = 0; i < hold.quotas.length; i++) slots.charged(hold.quotas[i]!.metricRule, consumer, charged[i] ?? 0);
+}
+
+/** A stream's last bytes: what end() gave, then what the codec held for the charged usage. */
+function joined(a: Buffer | undefined, b: Buffer | undefined): Buffer | undefined {
+  return b === undefined ? a : a === undefined ? b : Buffer.concat([a, b]);
 }
 
 /** Replaces the content type when the provider gives one (a translated answer); otherwise the upstream's stays. */

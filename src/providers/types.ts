@@ -146,6 +146,18 @@ export interface StreamCodec {
   readonly textAfterUsage: boolean;
   /** A piece of text to count now (the codec dropped it); undefined until its bound is passed. */
   takeCountable(): string | undefined;
+  /**
+   * The prompt side of a report that came before the final count (Anthropic's message_start, Gemini's usage of a frame
+   * before its finish), believable, with no completion: a stream that ends without a final usage is charged these
+   * prompt counts beside its counted text, instead of the gateway's own prompt count. Undefined when none came.
+   */
+  readonly promptReport?: Usage | undefined;
+  /**
+   * Closing frames held back at end() because the client asked for a usage report that the upstream did not give
+   * (a translated stream with `include_usage`): called once the stream is settled, with the usage charged (undefined
+   * when nothing was metered), it returns them with that usage. Undefined when nothing was held.
+   */
+  closing?(charged: Usage | undefined): Buffer | undefined;
 }
 
 export interface StreamOptions {

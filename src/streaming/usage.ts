@@ -159,6 +159,17 @@ export function cutShortUsage(reported: Usage, counted: Usage): Usage {
 }
 
 /**
+ * The prompt side of a report made before the final count (StreamCodec.promptReport): its prompt parts, no completion,
+ * no raw object (a usage completed by a count is an estimate).
+ */
+export function promptOnly(u: Usage): Usage {
+  const usage: Usage = { prompt_tokens: u.prompt_tokens, completion_tokens: 0, total_tokens: u.prompt_tokens };
+  if (u.cached_prompt_tokens !== undefined) usage.cached_prompt_tokens = u.cached_prompt_tokens;
+  if (u.cache_write_tokens !== undefined) usage.cache_write_tokens = u.cache_write_tokens;
+  return usage;
+}
+
+/**
  * An earlier believed report and the count of a stream whose last report was not believed: each part the larger,
  * so a plausible report sent before a lie can only raise the charge, never lower it below the count.
  */

@@ -43,6 +43,14 @@ function counted(text: string, maxTokens: number): number {
   return Math.min(Math.ceil(countText(text, 'o200k_base') * ANTHROPIC_PROMPT_SCALE), maxTokens);
 }
 
+/** The prompt message_start reported in a raw Anthropic stream: input plus cache reads and writes. */
+function startPrompt(raw: string): number {
+  const line = raw.split('\n').find((l) => l.startsWith('data: ') && l.includes('"message_start"'));
+  assert.ok(line !== undefined, 'message_start reached the client');
+  const u = (JSON.parse(line.slice(6)) as { message: { usage: Record<string, number | undefined> } }).message.usage;
+  return (u.input_tokens ?? 0) + (u.cache_read_input_tokens ?? 0) + (u.cache_creation_input_tokens ?? 0);
+}
+
 describe('provider anthropic through the gateway', () => {
   let mock: MockUpstream;
   let gw: TestGateway;
@@ -97,7 +105,7 @@ describe('provider anthropic through the gateway', () => {
     await expectCharged(gw, ROUTE, c0, total);
   });
 
-  it('messages (stream cut by the upstream): charged = the prompt estimate + the counted text', async () => {
+  it('messages (stream cut by the upstream): charged = message_start\'s prompt + the counted text', async () => {
     const c0 = await charged(gw, ROUTE);
     const body = { model: 'claude-client', max_tokens: 40, system: SYSTEM, messages: MESSAGES, stream: true };
     const r = await fetch(`${gw.url}/v1/messages`, {
@@ -109,24 +117,31 @@ describe('provider anthropic through the gateway', () => {
     // Read in pieces: the gateway destroys a stream the upstream broke, and what arrived before must be kept.
     const raw = await readAll(r);
     // The text the gateway received is what the mock wrote before dropping: 3 frames of its deterministic slice.
+    // The prompt is the upstream's own count from message_start, not the gateway's estimate.
+    const prompt = startPrompt(raw);
     const estimate = Math.ceil(countPromptParts(anthropicPromptParts(body), 'o200k_base') * ANTHROPIC_PROMPT_SCALE);
+    assert.notEqual(prompt, estimate, 'the mock counts the prompt its own way');
     const seen = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
     const c1 = await waitMoved(gw, ROUTE, c0);
-    const produced = c1 - c0 - estimate;
+    const produced = c1 - c0 - prompt;
     assert.ok(seen.length > 0, 'the frames before the cut reached the client');
-    assert.equal(produced, counted(seen, 40), `charged ${c1 - c0} = estimate ${estimate} + counted text`);
+    assert.equal(produced, counted(seen, 40), `charged ${c1 - c0} = reported prompt ${prompt} + counted text`);
   });
 
-  it('messages (stream aborted by the client, SDK): charged = the prompt estimate + the text received so far', async () => {
+  it('messages (stream aborted by the client, SDK): charged = message_start\'s prompt + the text received so far', async () => {
     const c0 = await charged(gw, ROUTE);
     const body = { model: 'claude-client', max_tokens: 24, system: SYSTEM, messages: MESSAGES };
-    const stream = claude.messages.stream(body, { headers: { 'x-mock-chunk-delay-ms': '1000', 'x-mock-chunks': '8' } });
+    const stream = claude.messages.stream(body, { headers: { 'x-mock-chunk-delay-ms': '1000', 'x-mock-chunks': '8', 'x-mock-cached-tokens': '6' } });
+    let prompt = 0;
+    stream.on('streamEvent', (e) => {
+      if (e.type === 'message_start') prompt = e.message.usage.input_tokens + (e.message.usage.cache_read_input_tokens ?? 0) + (e.message.usage.cache_creation_input_tokens ?? 0);
+    });
     await new Promise<void>((resolve) => stream.on('text', () => resolve()));
     stream.abort();
     await stream.done().catch(() => undefined);
-    const estimate = Math.ceil(countPromptParts(anthropicPromptParts(body), 'o200k_base') * ANTHROPIC_PROMPT_SCALE);
-    const produced = (await waitMoved(gw, ROUTE, c0)) - c0 - estimate;
-    assert.ok(produced > 0 && produced < 24, `charged the estimate ${estimate} + ${produced} tokens of text, not the whole answer`);
+    assert.ok(prompt > 6, 'message_start reported the prompt');
+    const produced = (await waitMoved(gw, ROUTE, c0)) - c0 - prompt;
+    assert.ok(produced > 0 && produced < 24, `charged the reported prompt ${prompt} + ${produced} tokens of text, not the whole answer`);
   });
 
   it('messages without usage (buffered and stream): charged = the prompt estimate + the counted text', async () => {

@@ -64,6 +64,13 @@ const CONTENTS = [{ role: 'user', parts: [{ text: 'Tell me about the tides, brie
 const SYSTEM = 'You are a concise oceanographer.';
 const MESSAGES = [{ role: 'user' as const, content: 'Tell me about the tides, briefly.' }];
 
+/** The promptTokenCount of the last usageMetadata in a raw Gemini stream. */
+function lastPromptCount(raw: string): number {
+  const all = [...raw.matchAll(/"promptTokenCount":(\d+)/g)];
+  assert.ok(all.length > 0, 'a usageMetadata reached the client');
+  return Number(all.at(-1)![1]);
+}
+
 describe('provider gemini through the gateway', () => {
   let mock: MockUpstream;
   let gw: TestGateway;
@@ -164,7 +171,7 @@ describe('provider gemini through the gateway', () => {
     assert.equal(mock.requests().at(-1)!.query.alt, undefined);
   });
 
-  it('stream cut by the upstream: charged = the prompt estimate + the counted text', async () => {
+  it('stream cut by the upstream: charged = the prompt of the last usageMetadata + the counted text', async () => {
     const c0 = await charged(gw, ROUTE);
     const body = { contents: CONTENTS, systemInstruction: { parts: [{ text: SYSTEM }] }, generationConfig: { maxOutputTokens: 40 } };
     const r = await fetch(`${gw.url}/v1beta/models/gemini-client:streamGenerateContent?alt=sse`, {
@@ -172,16 +179,19 @@ describe('provider gemini through the gateway', () => {
     });
     assert.equal(r.status, 200);
     const raw = await readAll(r);
+    // Gemini's usageMetadata before the finish counts the prompt: that count stands, not the gateway's estimate.
+    const prompt = lastPromptCount(raw);
     const estimate = Math.ceil(countPromptParts(geminiPromptParts(body.contents, body.systemInstruction, undefined), 'o200k_base') * PROMPT_SCALE);
+    assert.notEqual(prompt, estimate, 'the mock counts the prompt its own way');
     const seen = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
     const c1 = await waitMoved(gw, ROUTE, c0);
     assert.ok(seen.length > 0, 'the frames before the cut reached the client');
     // Gemini output Sluice had to count: o200k × the module's scale (no public tokenizer), at most maxOutputTokens.
     const counted = Math.min(Math.ceil(countText(seen, 'o200k_base') * PROMPT_SCALE), 40);
-    assert.equal(c1 - c0 - estimate, counted, `charged ${c1 - c0} = estimate ${estimate} + counted text`);
+    assert.equal(c1 - c0 - prompt, counted, `charged ${c1 - c0} = reported prompt ${prompt} + counted text`);
   });
 
-  it('stream that ends cleanly after an in-stream error, before any finishReason: charged = the prompt estimate + the counted text, not the mid-stream usageMetadata', async () => {
+  it('stream that ends cleanly after an in-stream error, before any finishReason: charged = the mid-stream usageMetadata\'s prompt + the counted text', async () => {
     const c0 = await charged(gw, ROUTE);
     const body = { contents: CONTENTS, generationConfig: { maxOutputTokens: 40 } };
     const r = await fetch(`${gw.url}/v1beta/models/gemini-client:streamGenerateContent?alt=sse`, {
@@ -190,15 +200,16 @@ describe('provider gemini through the gateway', () => {
     assert.equal(r.status, 200);
     const raw = await readAll(r);
     assert.match(raw, /"error"/, 'the error object reached the client');
-    const estimate = Math.ceil(countPromptParts(geminiPromptParts(body.contents, undefined, undefined), 'o200k_base') * PROMPT_SCALE);
+    const prompt = lastPromptCount(raw);
     const seen = [...raw.matchAll(/"text":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string).join('');
     assert.ok(seen.length > 0, 'the frames before the error reached the client');
     const c1 = await waitMoved(gw, ROUTE, c0);
+    // Not the mid-stream usage as a whole (it has no output count): its prompt, and the text counted.
     const counted = Math.min(Math.ceil(countText(seen, 'o200k_base') * PROMPT_SCALE), 40);
-    assert.equal(c1 - c0 - estimate, counted, `charged ${c1 - c0} = estimate ${estimate} + counted text`);
+    assert.equal(c1 - c0 - prompt, counted, `charged ${c1 - c0} = reported prompt ${prompt} + counted text`);
   });
 
-  it('stream aborted by the client: charged = the prompt estimate + the text the gateway had received', async () => {
+  it('stream aborted by the client: charged = the reported prompt + the text the gateway had received', async () => {
     const c0 = await charged(gw, ROUTE);
     const body = { contents: CONTENTS, generationConfig: { maxOutputTokens: 24 } };
     const ac = new AbortController();
@@ -210,11 +221,11 @@ describe('provider gemini through the gateway', () => {
     const first = await reader.read();
     assert.ok(first.value !== undefined && first.value.length > 0);
     ac.abort();
-    const estimate = Math.ceil(countPromptParts(geminiPromptParts(body.contents, undefined, undefined), 'o200k_base') * PROMPT_SCALE);
+    const prompt = lastPromptCount(Buffer.from(first.value).toString('utf8'));
     const c1 = await waitMoved(gw, ROUTE, c0);
     // At least the first frame's text was counted; never more than the whole answer (24 tokens) would have been.
-    assert.ok(c1 - c0 > estimate, `charged ${c1 - c0} > estimate ${estimate}`);
-    assert.ok(c1 - c0 <= estimate + 24, `charged ${c1 - c0} ≤ estimate ${estimate} + 24`);
+    assert.ok(c1 - c0 > prompt, `charged ${c1 - c0} > reported prompt ${prompt}`);
+    assert.ok(c1 - c0 <= prompt + 24, `charged ${c1 - c0} ≤ reported prompt ${prompt} + 24`);
   });
 
   it('estimate: the reservation bounds the mock\'s prompt count (sluice_quota_estimate_error_tokens ≥ 0)', async (t) => {

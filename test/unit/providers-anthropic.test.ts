@@ -568,10 +568,30 @@ test('translated stream: an error event becomes an OpenAI error frame; a clean e
   assert.equal(e.done, false);
   const cut = translatedStream(true, [Buffer.from(HEAD + BODY)]);
   const c = chunksOf(cut.out);
-  assert.equal(c.done, true);
+  // The client asked for usage and none came: the usage chunk and [DONE] wait for what the pipeline charges.
+  assert.equal(c.done, false);
   assert.equal(c.frames.at(-1)!.choices[0]!.finish_reason, 'stop');
   assert.equal(cut.codec.usage, undefined, 'no final usage: the pipeline counts the text');
   assert.equal(cut.codec.text, TEXT);
+  const tail = chunksOf(cut.codec.closing({ prompt_tokens: 40, completion_tokens: 7, total_tokens: 47 })!);
+  assert.equal(tail.done, true);
+  assert.deepEqual(tail.frames.map((f) => f.usage?.total_tokens), [47]);
+  assert.equal(cut.codec.closing(undefined), undefined, 'given once');
+  // Without include_usage nothing is held.
+  const plain = translatedStream(false, [Buffer.from(HEAD + BODY)]);
+  assert.equal(chunksOf(plain.out).done, true);
+  assert.equal(plain.codec.closing(undefined), undefined);
+});
+
+test('stream reader: message_start\'s input counts are the prompt report, until a lie', () => {
+  const start = (usage: object): string => `event: message_start\ndata: ${JSON.stringify({ type: 'message_start', message: { id: 'm', usage } })}\n\n`;
+  const of = (s: string) => translatedStream(false, [Buffer.from(s)]).codec.promptReport;
+  assert.deepEqual(of(start({ input_tokens: 30, cache_read_input_tokens: 5, cache_creation_input_tokens: 2, output_tokens: 1 })),
+    { prompt_tokens: 37, completion_tokens: 0, total_tokens: 37, cached_prompt_tokens: 5, cache_write_tokens: 2 });
+  assert.equal(of(start({ input_tokens: 0, output_tokens: 1 })), undefined, 'a prompt of 0 is no report');
+  assert.equal(of(start({ input_tokens: -3, output_tokens: 1 })), undefined);
+  assert.equal(of(start({ output_tokens: 1 })), undefined);
+  assert.equal(of('event: ping\ndata: {"type":"ping"}\n\n'), undefined);
 });
 
 // ─── estimate ───────────────────────────────────────────────────────────────────────────────────

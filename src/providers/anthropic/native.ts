@@ -68,6 +68,7 @@ export abstract class AnthropicStreamReader {
     return u !== undefined && isRejection(u) ? u.rejected : undefined;
   }
 
+  get promptReport(): Usage | undefined { return this.su.readPrompt(this.maxUsage); }
   get text(): string { return this.tally.rest(); }
   get countMargin(): number { return this.tally.margin; }
   get textAfterUsage(): boolean { return this.su.finalSeen && this.tally.addedSinceMark; }

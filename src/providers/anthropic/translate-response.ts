@@ -2,7 +2,7 @@
 // chat.completion.chunk frames, an error becomes OpenAI's error object. Frames are built as strings: a text
 // delta's JSON string literal is copied from the Anthropic event as is (both are JSON), never unescaped and
 // escaped again, so a translated frame costs little more than a passed-through one.
-import { isRejection, zeroCompletionText } from '../../streaming/usage.ts';
+import { isRejection, zeroCompletionText, type Usage } from '../../streaming/usage.ts';
 import { MAX_ERROR_MESSAGE, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, isObject } from './events.ts';
@@ -86,6 +86,9 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
   private finished = false;
   private closed = false;
   private stopReason: string | undefined = undefined;
+  /** The client asked for usage and the stream closed without a final count: its usage chunk and [DONE] wait for
+   *  the charged usage (closing). */
+  private owed = false;
   /** Anthropic block index → OpenAI tool_calls index. */
   private readonly tools = new Map<number, number>();
   /** Tool blocks (by Anthropic index) whose arguments have not been sent: each gets "{}" when it stops, as the
@@ -198,11 +201,23 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
     this.closed = true;
     this.finish();
     const u = this.usage;
-    if (this.wantsUsage && u !== undefined) {
-      this.out += 'data: {"id":' + JSON.stringify(this.id) + ',"object":"chat.completion.chunk","created":' + this.created
-        + ',"model":' + JSON.stringify(this.model) + ',"choices":[],"usage":' + openAiUsageJson(u) + '}\n\n';
+    if (this.wantsUsage && u === undefined) {
+      this.owed = true;
+      return;
     }
+    if (this.wantsUsage) this.out += this.usageChunk(u!);
     this.out += 'data: [DONE]\n\n';
+  }
+
+  closing(charged: Usage | undefined): Buffer | undefined {
+    if (!this.owed) return undefined;
+    this.owed = false;
+    return Buffer.from((charged === undefined ? '' : this.usageChunk(charged)) + 'data: [DONE]\n\n', 'utf8');
+  }
+
+  private usageChunk(u: Usage): string {
+    return 'data: {"id":' + JSON.stringify(this.id) + ',"object":"chat.completion.chunk","created":' + this.created
+      + ',"model":' + JSON.stringify(this.model) + ',"choices":[],"usage":' + openAiUsageJson(u) + '}\n\n';
   }
 
   protected override onError(e: { type: string; message: string }): void {

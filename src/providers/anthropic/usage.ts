@@ -3,7 +3,7 @@
 // output_tokens is every generated token, thinking included. In a stream, message_start carries the input
 // fields (and an early output_tokens) and message_delta the cumulative output_tokens, sometimes input fields
 // too: a later value replaces an earlier one, never adds to it.
-import { usageFromCounts, type Usage, type UsageRejection } from '../../streaming/usage.ts';
+import { isRejection, promptOnly, usageFromCounts, type Usage, type UsageRejection } from '../../streaming/usage.ts';
 
 const FIELDS = ['input_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens', 'output_tokens'] as const;
 
@@ -71,6 +71,14 @@ export class StreamUsage {
     const m = this.merged;
     for (const k of FIELDS) if (o[k] !== undefined && o[k] !== null) m[k] = o[k];
     if (o.output_tokens_details !== undefined && o.output_tokens_details !== null) m.output_tokens_details = o.output_tokens_details;
+  }
+
+  /** The prompt counts reported so far (message_start's input fields, or a later event's), when believable and above 0:
+   *  what a stream that ends without its final count is charged for its prompt. */
+  readPrompt(maxUsage: number): Usage | undefined {
+    if (this.malformed) return undefined;
+    const u = anthropicUsage(this.merged, maxUsage);
+    return u === undefined || isRejection(u) || u.prompt_tokens === 0 ? undefined : promptOnly(u);
   }
 
   /** The merged usage once a message_delta reported it; undefined before (an aborted stream is counted instead). */

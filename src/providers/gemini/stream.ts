@@ -8,7 +8,7 @@
 // brings no usage of its own, is charged its counted text, not a partial usage.
 import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { isRejection, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, laterUsage, promptOnly, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { StreamCodec, StreamOptions } from '../types.ts';
 import { scanTextFrame } from './frame-scan.ts';
 import { JsonArrayScanner } from './json-array.ts';
@@ -62,6 +62,9 @@ export class GeminiMeter {
   private final = false;
   /** The last usageMetadata came with that finish or after it: mid-stream ones count the prompt only. */
   private metaFinal = false;
+  /** The largest final usage believed before the last one: what a later final report that is not believed leaves
+   *  standing (read only when a final report is followed by another, which is rare). */
+  private floor: Usage | undefined = undefined;
   readonly add = (t: string): void => {
     // Text after a finish (another candidate still generating, or an upstream that goes on): the usage read so far
     // is not the whole; a later finish with its own usage is final, and a stream ending first is counted.
@@ -84,6 +87,7 @@ export class GeminiMeter {
     const f = json as { usageMetadata?: unknown; candidates?: unknown };
     const meta = f.usageMetadata !== undefined && f.usageMetadata !== null;
     if (meta) {
+      this.keepFloor();
       this.lastMeta = f.usageMetadata;
       this.readDone = false;
     }
@@ -100,6 +104,7 @@ export class GeminiMeter {
 
   /** A frame read by the fast path (frame-scan.ts) that carries usageMetadata: parsed only if it stays the last. */
   usageFrame(data: string): void {
+    this.keepFloor();
     this.lastMeta = data;
     this.readDone = false;
     if (this.final) this.metaFinal = true;
@@ -117,9 +122,23 @@ export class GeminiMeter {
     return this.read;
   }
 
+  /** A final usage is about to be replaced by a later one: kept, when believed, as the floor under that one. */
+  private keepFloor(): void {
+    if (!this.final || !this.metaFinal) return;
+    const u = this.last();
+    if (u !== undefined && !isRejection(u)) this.floor = this.floor === undefined ? u : laterUsage(this.floor, u);
+  }
+
   get usage(): Usage | undefined {
     const u = this.final && this.metaFinal ? this.last() : undefined;
-    return u === undefined || isRejection(u) ? undefined : u;
+    if (u === undefined) return undefined;
+    return isRejection(u) ? this.floor : u;
+  }
+
+  /** The prompt counts of the last usageMetadata (a frame before the finish counts the prompt), when believable and above 0. */
+  get promptReport(): Usage | undefined {
+    const u = this.last();
+    return u === undefined || isRejection(u) || u.prompt_tokens === 0 ? undefined : promptOnly(u);
   }
 
   get usageRejected(): UsageRejectReason | undefined {
@@ -156,6 +175,7 @@ export class GeminiStream implements StreamCodec {
 
   get usage(): Usage | undefined { return this.meter.usage; }
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
+  get promptReport(): Usage | undefined { return this.meter.promptReport; }
   get text(): string { return this.meter.text; }
   get countMargin(): number { return this.meter.countMargin; }
   /** The Gemini meter unsettles a usage that text followed (GeminiMeter): what it reports stands. */

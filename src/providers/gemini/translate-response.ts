@@ -146,6 +146,8 @@ export class TranslatedStream implements StreamCodec {
   private readonly finished = new Set<number>();
   /** Google sent an error frame: it reached the client as OpenAI's error object, and no [DONE] follows. */
   private errored = false;
+  /** The client asked for usage and the stream ended without a final one: see closing. */
+  private owed = false;
 
   constructor(call: PreparedCall, opts: StreamOptions) {
     this.meter = new GeminiMeter(opts);
@@ -162,16 +164,30 @@ export class TranslatedStream implements StreamCodec {
   end(): Buffer | undefined {
     this.reader.end();
     const usage = this.meter.usage;
-    if (this.wantsUsage && usage !== undefined) {
-      this.out += this.chunkHead() + ']' + ',"usage":' + JSON.stringify(openAiUsageOf(usage)) + '}\n\n';
+    if (this.errored) return this.take();
+    // Asked for and not given: the usage chunk and [DONE] wait for the usage charged (closing).
+    if (this.wantsUsage && usage === undefined) {
+      this.owed = true;
+      return this.take();
     }
+    if (this.wantsUsage) this.out += this.usageChunk(usage!);
     const rest = this.take();
-    if (this.errored) return rest;
     return rest === undefined ? DONE : Buffer.concat([rest, DONE]);
+  }
+
+  closing(charged: Usage | undefined): Buffer | undefined {
+    if (!this.owed) return undefined;
+    this.owed = false;
+    return charged === undefined ? DONE : Buffer.concat([Buffer.from(this.usageChunk(charged), 'utf8'), DONE]);
+  }
+
+  private usageChunk(u: Usage): string {
+    return this.chunkHead() + ']' + ',"usage":' + JSON.stringify(openAiUsageOf(u)) + '}\n\n';
   }
 
   get usage(): Usage | undefined { return this.meter.usage; }
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
+  get promptReport(): Usage | undefined { return this.meter.promptReport; }
   get text(): string { return this.meter.text; }
   get countMargin(): number { return this.meter.countMargin; }
   /** The Gemini meter unsettles a usage that text followed (GeminiMeter): what it reports stands. */
