@@ -5,7 +5,7 @@
 // only once final: a usageMetadata in or after a frame with a finishReason, with no text after it (or a prompt blocked
 // with promptFeedback.blockReason, which has no candidates). Gemini's mid-stream usageMetadata counts the prompt only,
 // so a stream that ends, even cleanly, before its finish (cut, or after an in-stream error object), or whose finish
-// brings no usage of its own, is charged its counted text, not a partial usage.
+// brings no usage of its own, is charged that prompt (promptReport) and its counted text, not a partial usage.
 import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, laterUsage, promptOnly, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
