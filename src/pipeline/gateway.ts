@@ -26,7 +26,7 @@ import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { cutShortUsage, largerUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
-import { surfaceForPath, surfaceSpec, unservedGeminiMethod } from '../providers/registry.ts';
+import { surfaceForPath, surfaceSpec, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
 import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
@@ -183,6 +183,14 @@ export class Gateway implements RequestSink {
       return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}`, { headers: { allow: found.allow } });
     }
     const route = found.route;
+    // Every API Sluice meters takes a JSON body sent with POST; GET and HEAD serve the model list only.
+    if (req.method !== 'POST' && ((req.method !== 'GET' && req.method !== 'HEAD') || modelsPath(req.path) === undefined)) {
+      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}: this API takes a JSON body sent with POST`, { headers: { allow: 'POST' } });
+    }
+    const unserved = unservedOpenAiPath(req.path);
+    if (unserved !== undefined) {
+      return new SluiceError('SLC_NOT_FOUND', `/v1/${clipped(unserved)} is not served: Sluice meters /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings and /v1/messages`);
+    }
     // A key-auth route refuses a request without a valid key from its head: no body is read (nor held in the
     // body budget, which unauthenticated uploads could otherwise fill). The pipeline checks the key again.
     if (route.keyAuth !== undefined) {

@@ -91,6 +91,30 @@ export function unservedGeminiMethod(path: string): string | undefined {
   return !GEMINI_METHODS.has(method) && /^[A-Za-z]{1,64}$/.test(method) ? method : undefined;
 }
 
+/** OpenAI API families Sluice does not meter: served by no LLM instance, so a request to one is not a chat completion. */
+const UNSERVED_OPENAI: ReadonlySet<string> = new Set([
+  'images', 'audio', 'moderations', 'files', 'uploads', 'batches', 'fine_tuning', 'fine-tunes', 'assistants', 'threads',
+  'vector_stores', 'realtime', 'evals', 'containers', 'videos', 'conversations', 'organization',
+]);
+
+/**
+ * An OpenAI API path under `/v1/` that Sluice does not serve (`/v1/images/generations`, `/v1/audio/speech`,
+ * `/v1/files`, a stored response's `/v1/responses/<id>`, a misspelt `/v1/chat/completion`): what follows `/v1/`, so
+ * the client gets a 404 naming it instead of having it proxied and billed as chat. Any other path stays chat, as
+ * APISIX's ai-proxy sends every request of its route to the chat endpoint. Undefined for paths Sluice serves.
+ */
+export function unservedOpenAiPath(path: string): string | undefined {
+  const i = path.lastIndexOf('/v1/');
+  if (i < 0) return undefined;
+  const rest = path.slice(i + 4);
+  const slash = rest.indexOf('/');
+  const family = slash < 0 ? rest : rest.slice(0, slash);
+  if (UNSERVED_OPENAI.has(family)) return rest;
+  if (family === 'chat' && rest !== 'chat/completions') return rest;
+  if (family === 'responses' && rest !== 'responses') return rest;
+  return undefined;
+}
+
 /** The spec of a surface; undefined when no registered module defines it. */
 export function surfaceSpec(id: SurfaceId): SurfaceSpec | undefined {
   return surfaces.get(id);
