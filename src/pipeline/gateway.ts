@@ -398,7 +398,8 @@ export class Gateway implements RequestSink {
         ctx.releaseInstance();
         if (outcome instanceof UpstreamFailure) {
           lastFailure = outcome;
-          lastResponse = undefined;
+          // An earlier instance's 429 outranks a later one that could not be reached: the client keeps its Retry-After.
+          if (lastResponse?.failure.status !== 429) lastResponse = undefined;
           if (more) this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.kind });
         } else {
           lastResponse = { ...outcome, instance: inst };

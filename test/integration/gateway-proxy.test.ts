@@ -464,3 +464,33 @@ describe('key-auth decided from the head', () => {
     assert.match(m, /sluice_http_requests_total\{route="messages",instance="",status="401"\} 1\b/);
   });
 });
+
+describe('every instance failed', () => {
+  it('an earlier instance\'s 429 outranks a later one that could not be reached: the client gets the 429 and its Retry-After', async () => {
+    const limited = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '7' });
+        res.end(JSON.stringify({ error: { message: 'slow down', type: 'rate_limit_error', code: 'rate_limit_exceeded' } }));
+      });
+    });
+    await new Promise<void>((r) => limited.listen(0, '127.0.0.1', r));
+    const closed = await freePort();
+    const url = `http://127.0.0.1:${(limited.address() as { port: number }).port}`;
+    const gw = await startGateway({ routes: [{ id: 'r', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { fallback_strategy: ['http_429', 'http_5xx'], instances: [
+      mockInstance('limited', url, { priority: 1 }), mockInstance('gone', `http://127.0.0.1:${closed}`, { priority: 0 }),
+    ] } } }] });
+    try {
+      const r = await post(`${gw.url}/v1/chat/completions`, { model: 'm', messages: MESSAGES });
+      assert.equal(r.status, 429);
+      assert.equal(r.headers.get('retry-after'), '7');
+      assert.equal((r.body as { error: { message: string } }).error.message, 'slow down');
+      // Both were tried, in order.
+      const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      assert.match(m, /sluice_fallbacks_total\{route="r",from_instance="limited",reason="http_429"\} 1/);
+    } finally {
+      await gw.close();
+      await new Promise<void>((r) => limited.close(() => r()));
+    }
+  });
+});
