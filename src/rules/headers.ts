@@ -13,7 +13,7 @@
 // standard_headers (APISIX): X-RateLimit-{Limit,Remaining,Reset}-{Tokens|PromptTokens|CompletionTokens},
 //               Reset in whole seconds; quotas sharing a name show the one with the least remaining.
 // Both styles also get the OpenAI trio for the most constraining quota shown:
-//               x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens ("12s"),
+//               x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens ("12s", "7m27s"),
 //               unless standard headers already wrote X-RateLimit-*-Tokens.
 // A rejection by an ai-token-ratelimit quota also carries Higress's X-TokenRateLimit-Reset: <seconds> (1 when the
 // quota is spent only by the reservations of running requests, as Retry-After).
@@ -54,6 +54,15 @@ function limitText(n: number): string {
     limitStr = String(n);
   }
   return limitStr;
+}
+
+/** Whole seconds as OpenAI writes its reset headers (Go's duration format): `44s`, `7m27s`, `1h0m0s`. */
+export function goDuration(seconds: number): string {
+  if (seconds < 60) return `${seconds}s`;
+  const s = seconds % 60;
+  const m = Math.floor(seconds / 60) % 60;
+  const h = Math.floor(seconds / 3600);
+  return h > 0 ? `${h}h${m}m${s}s` : `${m}m${s}s`;
 }
 
 function isSpent(e: QuotaHeaderEntry): boolean {
@@ -132,7 +141,7 @@ export function quotaHeaders(
     out.push(
       ['x-ratelimit-limit-tokens', limitText(entries[best]!.view.limit)],
       ['x-ratelimit-remaining-tokens', String(bestRemaining)],
-      ['x-ratelimit-reset-tokens', `${bestReset}s`],
+      ['x-ratelimit-reset-tokens', goDuration(bestReset)],
     );
   }
 }

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AiTokenRatelimitConfig, ConsumerConfig, RouteConfig, RoutePlugins } from '../../src/config/types.ts';
 import type { CounterView } from '../../src/quota/types.ts';
-import { quotaHeaders, type QuotaHeaderEntry } from '../../src/rules/headers.ts';
+import { goDuration, quotaHeaders, type QuotaHeaderEntry } from '../../src/rules/headers.ts';
 import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/rules/quota-plan.ts';
 import type { RequestVars } from '../../src/rules/request-vars.ts';
 import { arl } from '../helpers/rule-configs.ts';
@@ -72,7 +72,7 @@ test('seed: rule headers X-AI-<n>-RateLimit-*; Remaining is limit minus settled 
   const q = plan.common[0]!;
   assert.deepEqual(render([{ q, view: view(500, 0, 0, 60_000) }]), {
     'X-AI-1-RateLimit-Limit': '500', 'X-AI-1-RateLimit-Remaining': '500', 'X-AI-1-RateLimit-Reset': '60',
-    'x-ratelimit-limit-tokens': '500', 'x-ratelimit-remaining-tokens': '500', 'x-ratelimit-reset-tokens': '60s',
+    'x-ratelimit-limit-tokens': '500', 'x-ratelimit-remaining-tokens': '500', 'x-ratelimit-reset-tokens': '1m0s',
   });
   const second = render([{ q, view: view(500, 156, 0, 57_989) }]);
   assert.equal(second['X-AI-1-RateLimit-Remaining'], '344');
@@ -125,7 +125,7 @@ test('OpenAI-style trio follows the quota with the least remaining; hidden quota
     'X-AI-user-RateLimit-Reset': '3000',
     'x-ratelimit-limit-tokens': '200',
     'x-ratelimit-remaining-tokens': '50',
-    'x-ratelimit-reset-tokens': '3000s',
+    'x-ratelimit-reset-tokens': '50m0s',
   });
   assert.deepEqual(render([{ q: hidden.inst('openai-instance'), view: view(5, 0, 0, 1_000) }]), {}, 'nothing shown: no headers');
   assert.deepEqual(render([]), {});
@@ -248,4 +248,9 @@ test('Higress: a rejection by ai-token-ratelimit carries X-TokenRateLimit-Reset,
   const t = quotas(route({ 'ai-token-ratelimit': tokenCfg })).plan.common[0]!;
   assert.deepEqual(render([{ q: t, view: view(100, 120, 0, 30_500) }], true), { 'X-TokenRateLimit-Reset': '31' });
   assert.deepEqual(render([{ q: t, view: view(100, 10, 0, 30_500) }], false), {}, 'not on success');
+});
+
+test('x-ratelimit-reset-tokens is written as OpenAI writes it (Go durations)', () => {
+  assert.deepEqual([0, 1, 44, 59, 60, 447, 3599, 3600, 3661, 86400].map(goDuration),
+    ['0s', '1s', '44s', '59s', '1m0s', '7m27s', '59m59s', '1h0m0s', '1h1m1s', '24h0m0s']);
 });
