@@ -15,6 +15,8 @@ const USAGE = `usage:
                                      local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091);
                                      with --config <file>, that file, which may name the mock as $ENV://SLUICE_MOCK_ENDPOINT
   sluice validate --config <file>    prints ok, or every error with its path (exit 2)
+  sluice validate --embedded [--config <file>]
+                                     the same for what start --embedded runs (the mock's address set as it sets it)
   sluice mock-upstream --port <n>    OpenAI-compatible mock LLM (see --help)`;
 
 const EMBEDDED_CONFIG = fileURLToPath(new URL('../../examples/embedded.yaml', import.meta.url));
@@ -176,7 +178,7 @@ async function main(argv: string[]): Promise<void> {
     case 'start': await start(rest); return;
     case 'validate':
       await import('../providers/registry.ts');
-      process.exitCode = (await import('../config/validate-command.ts')).runValidateCommand(rest);
+      process.exitCode = (await import('../config/validate-command.ts')).runValidateCommand(rest, undefined, process.env, EMBEDDED_CONFIG);
       return;
     case 'mock-upstream': await (await import('../mock/command.ts')).runMockUpstreamCommand(rest); return;
     case undefined: case '--help': case '-h': case 'help':

@@ -20,7 +20,7 @@ function substituteString(s: string, path: string, env: NodeJS.ProcessEnv, is: I
     }
     const v = env[name];
     if (v === undefined) {
-      is.add(path, `environment variable ${name} is not set`);
+      is.add(path, `environment variable ${name} is not set${name.startsWith('SLUICE_MOCK_') ? ' (start --embedded sets it for its built-in mock: check such a file with `sluice validate --embedded --config <file>`)' : ''}`);
       ok = false;
       return ref;
     }

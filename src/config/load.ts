@@ -78,12 +78,12 @@ function jsonKeyTokens(text: string): number {
  * the last, YAML refuses: every key written must be a key read), and Higress `limit_keys` (the YAML path keeps
  * the source text of their numeric keys).
  */
-function parseJson(text: string): { value: unknown } | undefined {
+function parseJson(text: string): { value: unknown } | { syntax: string } | undefined {
   let value: unknown;
   try {
     value = JSON.parse(text);
-  } catch {
-    return undefined;
+  } catch (err) {
+    return { syntax: err instanceof Error ? err.message : String(err) };
   }
   let keys = 0;
   const stack: unknown[] = [value];
@@ -213,6 +213,19 @@ function notPlainData(v: unknown, path: string): { path: string; kind: string; t
   return undefined;
 }
 
+/** JSON.parse's complaint about a .json file, at the line and column of the position it names. */
+function jsonSyntax(fileName: string, text: string, message: string): string {
+  const m = / at position (\d+)/.exec(message);
+  const at = m !== null ? Number(m[1]) : message.includes('end of JSON input') ? text.length : -1;
+  // V8 quotes the text around an unexpected token: left out, as the file may hold secrets.
+  const reason = message.replace(/ at position \d+.*$/s, '').replace(/ in JSON$/, '').replace(/, (?:\.\.\.)?".*$/s, '').replace(/^Unexpected end of JSON input$/, 'unexpected end of the file');
+  if (at < 0) return `${fileName}: not valid JSON: ${reason}`;
+  let line = 1;
+  let start = 0;
+  for (let i = text.indexOf('\n'); i !== -1 && i < at; i = text.indexOf('\n', i + 1)) { line++; start = i + 1; }
+  return `${fileName}:${line}:${at - start + 1}: not valid JSON: ${reason}`;
+}
+
 /** Parse configuration text; throws ConfigError (path '') with file:line:col on syntax errors. */
 export function parseConfigText(text: string, fileName: string): unknown {
   const ext = extname(fileName).toLowerCase();
@@ -221,8 +234,21 @@ export function parseConfigText(text: string, fileName: string): unknown {
   }
   if (ext === '.json') {
     const json = parseJson(text);
-    if (json !== undefined) return json.value;
+    if (json !== undefined && 'value' in json) return json.value;
+    // YAML in a .json file is still read; a file that is neither gets JSON's complaint, not YAML's.
+    if (json !== undefined) {
+      try {
+        return parseYamlText(text, fileName);
+      } catch (err) {
+        if (err instanceof ConfigError && err.issues.every((i) => i.path === '')) throw new ConfigError([{ path: '', message: jsonSyntax(fileName, text, json.syntax) }]);
+        throw err;
+      }
+    }
   }
+  return parseYamlText(text, fileName);
+}
+
+function parseYamlText(text: string, fileName: string): unknown {
   const lines = new (yaml().LineCounter)();
   let docs: ReturnType<ReturnType<typeof yaml>['parseAllDocuments']>;
   try {

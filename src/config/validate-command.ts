@@ -16,14 +16,18 @@ const stdio: CommandOutput = {
   err: (line) => process.stderr.write(`${line}\n`),
 };
 
-const USAGE = 'usage: sluice validate --config <file>';
+const USAGE = 'usage: sluice validate --config <file> | --embedded [--config <file>]';
 
-/** The file to validate, or what is wrong with the arguments. */
-function configArg(argv: readonly string[]): { file: string } | string {
+/** The file to validate and whether it is read as `start --embedded` reads it, or what is wrong with the arguments. */
+function configArg(argv: readonly string[]): { file: string | undefined; embedded: boolean } | string {
   let file: string | undefined;
+  let embedded = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a === '--config' || a === '-c' || a.startsWith('--config=')) {
+    if (a === '--embedded') {
+      if (embedded) return '--embedded is given twice';
+      embedded = true;
+    } else if (a === '--config' || a === '-c' || a.startsWith('--config=')) {
       if (file !== undefined) return '--config is given twice';
       if (a.startsWith('--config=')) { file = a.slice('--config='.length); continue; }
       const next = argv[i + 1];
@@ -34,18 +38,26 @@ function configArg(argv: readonly string[]): { file: string } | string {
       return `unknown argument ${JSON.stringify(a.slice(0, 100))}`;
     }
   }
-  return file === undefined || file === '' ? '--config <file> is required' : { file };
+  if (file === '' || (file === undefined && !embedded)) return '--config <file> is required';
+  return { file, embedded };
 }
 
-/** `argv` holds the arguments after `validate`. */
-export function runValidateCommand(argv: string[], io: CommandOutput = stdio, env: NodeJS.ProcessEnv = process.env): number {
+/** What `start --embedded` sets for the built-in mock, whose port is known only once it listens: any address validates. */
+const EMBEDDED_MOCK = 'http://127.0.0.1:9';
+
+/**
+ * `argv` holds the arguments after `validate`. `--embedded` validates `embeddedConfig` (the file `start --embedded`
+ * runs, or the `--config` given with it) with the mock's addresses set, as `start --embedded` sets them.
+ */
+export function runValidateCommand(argv: string[], io: CommandOutput = stdio, env: NodeJS.ProcessEnv = process.env, embeddedConfig?: string): number {
   const arg = configArg(argv);
-  if (typeof arg === 'string') {
-    io.err(`sluice validate: ${arg}`);
+  const file = typeof arg === 'string' ? undefined : arg.file ?? embeddedConfig;
+  if (typeof arg === 'string' || file === undefined) {
+    io.err(`sluice validate: ${typeof arg === 'string' ? arg : '--embedded has no built-in config here'}`);
     io.err(USAGE);
     return 2;
   }
-  const file = arg.file;
+  if (arg.embedded) env = { ...env, SLUICE_MOCK_ENDPOINT: `${EMBEDDED_MOCK}/v1/chat/completions`, SLUICE_MOCK_ORIGIN: EMBEDDED_MOCK };
   try {
     const config = loadConfigFile(file, env);
     for (const w of configWarnings(config)) io.err(`warning: ${formatIssue(w)}`);

@@ -21,6 +21,18 @@ function parseError(text: string, file: string): ConfigError {
 }
 
 describe('parseConfigText', () => {
+  it('a .json file that is not JSON gets JSON\'s complaint at its line and column, never quoting the file; YAML in it is still read', () => {
+    const issue = (text: string): string => {
+      try { parseConfigText(text, 'c.json'); } catch (err) { return (err as ConfigError).issues.map((i) => i.message).join('; '); }
+      return 'parsed';
+    };
+    assert.equal(issue('{\n  "routes": [\n    {"id": "r",\n'), 'c.json:4:1: not valid JSON: Expected double-quoted property name');
+    assert.equal(issue('{"routes": [], "key": "sk-secret-123" }}'), 'c.json:1:40: not valid JSON: Unexpected non-whitespace character after JSON');
+    const token = issue('{"routes": [}, "key": "sk-secret-123"}');
+    assert.match(token, /^c\.json: not valid JSON: Unexpected token/);
+    assert.doesNotMatch(token, /sk-secret/);
+    assert.deepEqual(parseConfigText('routes: []\n', 'c.json'), { routes: [] });
+  });
   it('reads YAML (.yaml and .yml) and JSON (.json, tabs included) into the same tree', () => {
     const yaml = 'routes:\n  - uri: /a\n    methods: [POST]\n';
     const json = '{\n\t"routes": [\n\t\t{ "uri": "/a", "methods": ["POST"] }\n\t]\n}\n';

@@ -30,12 +30,30 @@ describe('sluice validate', () => {
     assert.deepEqual(embedded, { code: 0, out: ['ok'], err: [] });
   });
 
+  it('--embedded checks what start --embedded runs, the mock\'s addresses set as it sets them; without it the file says how', () => {
+    const io = (): { out: string[]; err: string[]; io: CommandOutput } => {
+      const out: string[] = [];
+      const err: string[] = [];
+      return { out, err, io: { out: (l) => out.push(l), err: (l) => err.push(l) } };
+    };
+    const a = io();
+    assert.equal(runValidateCommand(['--embedded'], a.io, {}, join(root, 'examples/embedded.yaml')), 0);
+    assert.deepEqual([a.out, a.err], [['ok'], []]);
+    const b = io();
+    assert.equal(runValidateCommand(['--embedded', '--config', join(fixtures, 'broken.yaml')], b.io, {}, join(root, 'examples/embedded.yaml')), 2);
+    assert.deepEqual(b.err, BROKEN);
+    const plain = run(['--config', join(root, 'examples/embedded.yaml')]);
+    assert.equal(plain.code, 2);
+    assert.match(plain.err[0]!, /SLUICE_MOCK_ENDPOINT is not set \(start --embedded sets it .*sluice validate --embedded --config <file>/);
+    assert.deepEqual(run(['--embedded']).err[0], 'sluice validate: --embedded has no built-in config here');
+  });
+
   it('prints every issue of a broken file as path: message and returns 2', () => {
     assert.deepEqual(run(['--config', join(fixtures, 'broken.yaml')]), { code: 2, out: [], err: BROKEN });
   });
 
   it('returns 2 saying what is wrong with the arguments, and with the file name when it cannot be read', () => {
-    const usage = (why: string) => ({ code: 2, out: [], err: [`sluice validate: ${why}`, 'usage: sluice validate --config <file>'] });
+    const usage = (why: string) => ({ code: 2, out: [], err: [`sluice validate: ${why}`, 'usage: sluice validate --config <file> | --embedded [--config <file>]'] });
     assert.deepEqual(run([]), usage('--config <file> is required'));
     assert.deepEqual(run(['--config']), usage('--config needs a file'));
     assert.deepEqual(run(['--config=']), usage('--config <file> is required'));

@@ -653,7 +653,7 @@ describe('examples/embedded.yaml', () => {
   });
 
   it('names the missing variable at each endpoint when SLUICE_MOCK_ENDPOINT is unset', () => {
-    const msg = 'environment variable SLUICE_MOCK_ENDPOINT is not set';
+    const msg = 'environment variable SLUICE_MOCK_ENDPOINT is not set (start --embedded sets it for its built-in mock: check such a file with `sluice validate --embedded --config <file>`)';
     assertIssues(issuesOf(() => loadConfigFile(file, { SLUICE_MOCK_ORIGIN: 'http://127.0.0.1:41234' })), [
       ['routes[0].plugins.ai-proxy-multi.instances[0].override.endpoint', msg],
       ['routes[0].plugins.ai-proxy-multi.instances[1].override.endpoint', msg],
