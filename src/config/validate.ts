@@ -25,7 +25,8 @@ export type { ConfigIssue };
 const TOP_KEYS = ['listen', 'admin', 'workers', 'limits', 'tokens', 'trusted_proxies', 'redis_batching', 'shutdown', 'key_hash_secret', 'routes', 'consumers'] as const;
 // `upstream` is accepted because APISIX route definitions (seed 001's rules example) carry one; as in APISIX,
 // ai-proxy and ai-proxy-multi choose the upstream themselves, so it is checked to be an object and unused.
-const ROUTE_KEYS = ['id', 'uri', 'methods', 'plugins', 'upstream'] as const;
+// `name`, `desc` and `status` are APISIX's too: the first two describe the route, `status: 0` disables it.
+const ROUTE_KEYS = ['id', 'uri', 'methods', 'plugins', 'upstream', 'name', 'desc', 'status'] as const;
 const PLUGINS = ['ai-proxy', 'ai-proxy-multi', 'key-auth', 'ai-rate-limiting', 'ai-token-ratelimit'] as const;
 const CONSUMER_PLUGINS = ['key-auth', 'ai-rate-limiting', 'ai-proxy', 'ai-proxy-multi'] as const;
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS'] as const;
@@ -189,6 +190,22 @@ function readRouteId(sec: Section, index: number): string {
 interface RouteDraft {
   readonly route: RouteConfig;
   readonly path: string;
+  /** APISIX `status: 0`: validated, not served. */
+  readonly disabled: boolean;
+}
+
+/**
+ * A plugin's config without APISIX's `_meta`, and whether `_meta.disable` turns the plugin off. Of `_meta`, only
+ * `disable` has a meaning here (Sluice runs its plugins in one fixed order, on every request of the route).
+ */
+function pluginMeta(is: Issues, path: string, conf: unknown): { conf: unknown; disabled: boolean } {
+  if (!isPlainObject(conf) || !Object.hasOwn(conf, '_meta')) return { conf, disabled: false };
+  const { _meta: meta, ...rest } = conf;
+  const metaPath = childPath(path, '_meta');
+  if (!isPlainObject(meta)) { is.add(metaPath, 'must be an object'); return { conf: rest, disabled: false }; }
+  for (const k of Object.keys(meta)) if (k !== 'disable') is.add(childPath(metaPath, k), 'not supported: of _meta, Sluice reads only disable');
+  if (meta.disable !== undefined && typeof meta.disable !== 'boolean') is.add(childPath(metaPath, 'disable'), 'must be a boolean');
+  return { conf: rest, disabled: meta.disable === true };
 }
 
 function readRoute(is: Issues, path: string, value: unknown, index: number): RouteDraft | undefined {
@@ -205,6 +222,10 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
   }
   const methods = readMethods(sec);
   if (sec.has('upstream') && !isPlainObject(sec.get('upstream'))) is.add(sec.p('upstream'), 'must be an object');
+  sec.str('name');
+  sec.str('desc', { empty: true });
+  const status = sec.get('status');
+  if (status !== undefined && status !== 0 && status !== 1) is.add(sec.p('status'), 'must be 1 (enabled) or 0 (disabled)');
 
   const pluginsPath = sec.p('plugins');
   const raw = sec.get('plugins');
@@ -216,11 +237,15 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
     plugins = raw;
   }
   const present = new Set<string>();
+  const confs = new Map<string, unknown>();
   for (const name of Object.keys(plugins ?? {})) {
-    if ((PLUGINS as readonly string[]).includes(name)) present.add(name);
-    else is.add(childPath(pluginsPath, name), unknownMessage('plugin', name, PLUGINS));
+    if (!(PLUGINS as readonly string[]).includes(name)) { is.add(childPath(pluginsPath, name), unknownMessage('plugin', name, PLUGINS)); continue; }
+    const m = pluginMeta(is, childPath(pluginsPath, name), plugins![name]);
+    if (m.disabled) continue;
+    present.add(name);
+    confs.set(name, m.conf);
   }
-  const conf = (name: string): unknown => plugins?.[name];
+  const conf = (name: string): unknown => confs.get(name);
 
   let proxy: AiProxyConfig | undefined;
   if (plugins !== undefined && present.has('ai-proxy') === present.has('ai-proxy-multi')) {
@@ -245,7 +270,7 @@ function readRoute(is: Issues, path: string, value: unknown, index: number): Rou
       : undefined,
   };
   headerClashes(is, pluginsPath, routePlugins);
-  return { route: { id, uri: uri ?? '/', methods, plugins: routePlugins }, path };
+  return { route: { id, uri: uri ?? '/', methods, plugins: routePlugins }, path, disabled: status === 0 };
 }
 
 /**
@@ -456,7 +481,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
     key_hash_secret: keyHashSecret,
     redis_batching: batching,
     shutdown,
-    routes: drafts.map((d) => d.route),
+    routes: drafts.filter((d) => !d.disabled).map((d) => d.route),
     consumers,
   };
   return deepFreeze(config);

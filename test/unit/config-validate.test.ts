@@ -381,6 +381,31 @@ describe('config normalisation', () => {
     assert.equal(c.routes[0]!.plugins['ai-proxy-multi']!.instances.length, 1);
   });
 
+  it('APISIX route name, desc and status, and a plugin\'s _meta.disable: status 0 and disable true take them out', () => {
+    const proxy = { 'ai-proxy': { provider: 'openai' } };
+    const c = validateConfig({
+      routes: [
+        { id: 'on', name: 'chat', desc: '', status: 1, uri: '/a', plugins: { ...proxy, 'ai-rate-limiting': { limit: 10, time_window: 60, _meta: { disable: true } } } },
+        { id: 'off', name: 'old chat', desc: 'kept for later', status: 0, uri: '/b', plugins: proxy },
+        { id: 'quota', uri: '/c', plugins: { ...proxy, 'ai-rate-limiting': { limit: 10, time_window: 60, _meta: { disable: false } } } },
+      ],
+    }, {});
+    assert.deepEqual(c.routes.map((r) => r.id), ['on', 'quota']);
+    assert.equal(c.routes[0]!.plugins['ai-rate-limiting'], undefined);
+    assert.equal(c.routes[1]!.plugins['ai-rate-limiting']!.limit, 10);
+    assertIssues(issuesOf(() => validateConfig({ routes: [{ uri: '/a', status: 2, name: 7, plugins: { ...proxy, 'ai-rate-limiting': { limit: 10, time_window: 60, _meta: { disable: 'yes', priority: 1 } } } }] }, {})), [
+      ['routes[0].name', 'must be a string (YAML read a number here: quote it)'],
+      ['routes[0].status', 'must be 1 (enabled) or 0 (disabled)'],
+      ['routes[0].plugins.ai-rate-limiting._meta.priority', 'not supported: of _meta, Sluice reads only disable'],
+      ['routes[0].plugins.ai-rate-limiting._meta.disable', 'must be a boolean'],
+    ]);
+    // A disabled route is still validated, and still needs an id of its own.
+    assertIssues(issuesOf(() => validateConfig({ routes: [{ id: 'x', uri: '/a', plugins: proxy }, { id: 'x', status: 0, uri: '/b', plugins: {} }] }, {})), [
+      ['routes[1].plugins', 'must contain exactly one of ai-proxy or ai-proxy-multi'],
+      ['routes[1].id', 'duplicates routes[0].id'],
+    ]);
+  });
+
   it('instance quotas inherit the plugin-level strategy and expression', () => {
     const c = validateConfig({
       routes: [route({}, {
