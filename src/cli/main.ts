@@ -11,9 +11,10 @@ import { runtimeProblem } from './runtime.ts';
 
 const USAGE = `usage:
   sluice start --config <file.yaml|file.json> [--port <n>] [--admin-port <n>]
-  sluice start --embedded [--port <n>] [--admin-port <n>]
+  sluice start --embedded [--port <n>] [--admin-port <n>] [--mock-port <n>]
                                      local quotas and the built-in mock upstream (127.0.0.1:9080, metrics on :9091);
-                                     with --config <file>, that file, which may name the mock as $ENV://SLUICE_MOCK_ENDPOINT
+                                     with --config <file>, that file, which may name the mock as $ENV://SLUICE_MOCK_ENDPOINT;
+                                     --mock-port pins the mock's port (default: a free one, logged)
   sluice validate --config <file>    prints ok, or every error with its path (exit 2)
   sluice validate --embedded [--config <file>]
                                      the same for what start --embedded runs (the mock's address set as it sets it)
@@ -26,9 +27,10 @@ interface StartArgs {
   readonly embedded: boolean;
   readonly port: number | undefined;
   readonly adminPort: number | undefined;
+  readonly mockPort: number | undefined;
 }
 
-const START_VALUE_FLAGS = ['--config', '--port', '--admin-port'] as const;
+const START_VALUE_FLAGS = ['--config', '--port', '--admin-port', '--mock-port'] as const;
 
 /** `start`'s arguments, or a message: a mistyped flag must not start the gateway on its default ports. */
 export function parseStartArgs(argv: readonly string[]): StartArgs | string {
@@ -45,7 +47,7 @@ export function parseStartArgs(argv: readonly string[]): StartArgs | string {
     // -c as validate takes it.
     const name = a === '-c' ? '--config' : a.startsWith('--') && eq > 0 ? a.slice(0, eq) : a;
     if (!(START_VALUE_FLAGS as readonly string[]).includes(name)) {
-      return `sluice start: unknown argument ${JSON.stringify(a.slice(0, 100))} (known: --config <file>, --embedded, --port <n>, --admin-port <n>)`;
+      return `sluice start: unknown argument ${JSON.stringify(a.slice(0, 100))} (known: --config <file>, --embedded, --port <n>, --admin-port <n>, --mock-port <n>)`;
     }
     const inline = a.startsWith('--') && eq > 0;
     let v: string | undefined;
@@ -65,7 +67,10 @@ export function parseStartArgs(argv: readonly string[]): StartArgs | string {
   const ap = port('--admin-port');
   if (typeof p === 'string') return p;
   if (typeof ap === 'string') return ap;
-  return { config: values.get('--config'), embedded, port: p, adminPort: ap };
+  const mp = port('--mock-port');
+  if (typeof mp === 'string') return mp;
+  if (mp !== undefined && !embedded) return 'sluice start: --mock-port needs --embedded (only start --embedded runs the mock)';
+  return { config: values.get('--config'), embedded, port: p, adminPort: ap, mockPort: mp };
 }
 
 async function start(argv: string[]): Promise<void> {
@@ -83,7 +88,7 @@ async function start(argv: string[]): Promise<void> {
   if (embedded) {
     file ??= EMBEDDED_CONFIG;
     const { startMockUpstream } = await import('../mock/server.ts');
-    const mock = await startMockUpstream({ host: '127.0.0.1', port: 0, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' });
+    const mock = await startMockUpstream({ host: '127.0.0.1', port: args.mockPort ?? 0, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' });
     mockClose = () => mock.close();
     env.SLUICE_MOCK_ENDPOINT = `${mock.url}/v1/chat/completions`;
     env.SLUICE_MOCK_ORIGIN = mock.url;

@@ -57,7 +57,9 @@ export function checkInt(is: Issues, path: string, v: unknown, rule: IntRule): n
   let n = v;
   if (typeof v === 'string' && is.wholeEnv.has(path) && /^-?\d{1,16}$/.test(v)) n = Number(v);
   if (typeof n !== 'number' || !Number.isSafeInteger(n)) {
-    is.add(path, typeMessage(rule.above === undefined ? rule : { min: rule.min }));
+    // A number past 2^53 − 1 is an integer the counters cannot hold exactly: say where the bound is.
+    const tooBig = typeof n === 'number' && Number.isInteger(n) && n > 0 && rule.max === undefined;
+    is.add(path, tooBig ? `must be at most ${Number.MAX_SAFE_INTEGER}` : typeMessage(rule.above === undefined ? rule : { min: rule.min }));
     return undefined;
   }
   if (rule.above !== undefined && rule.max !== undefined && n > rule.max) {

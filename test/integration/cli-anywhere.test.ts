@@ -112,6 +112,8 @@ test('start refuses a mistyped or incomplete flag with exit 2 and says which, be
     [['start', '--embedded', '--port', '1', '--port', '2'], /--port is given twice/],
     [['start', '--embedded', '--embedded'], /--embedded is given twice/],
     [['start', '-c', 'a.yaml', '--config', 'b.yaml'], /--config is given twice/],
+    [['start', '-c', 'a.yaml', '--mock-port', '1'], /--mock-port needs --embedded/],
+    [['start', '--embedded', '--mock-port', 'x'], /--mock-port: must be a port number/],
   ] as const) {
     const r = runCli([...args]);
     assert.equal(r.status, 2, args.join(' '));
@@ -162,8 +164,8 @@ test('start from outside the repo: one process (no launcher child, no loader), s
 });
 
 test('start --embedded from outside the repo: the bundled example config and the in-process mock upstream', async () => {
-  const [port, adminPort] = await freePorts(2);
-  const gw = startCli(['start', '--embedded', '--port', String(port), '--admin-port', String(adminPort)]);
+  const [port, adminPort, mockPort] = await freePorts(3);
+  const gw = startCli(['start', '--embedded', '--port', String(port), '--admin-port', String(adminPort), '--mock-port', String(mockPort)]);
   await until('embedded gateway ready', async () => {
     try { return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).ok ? true : undefined; } catch { return undefined; }
   });
@@ -174,6 +176,13 @@ test('start --embedded from outside the repo: the bundled example config and the
   assert.equal(r.status, 200, await r.clone().text());
   assert.equal(r.headers.get('x-mock-name'), 'embedded-mock');
   await r.arrayBuffer();
+  // --mock-port pins the mock: it answers there directly.
+  const direct = await fetch(`http://127.0.0.1:${mockPort}/v1/chat/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4', messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  assert.equal(direct.headers.get('x-mock-name'), 'embedded-mock');
+  await direct.arrayBuffer();
   gw.child.kill('SIGTERM');
   assert.deepEqual(await exitOf(gw.child), { code: 0, signal: null }, gw.output());
 });

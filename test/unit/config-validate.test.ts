@@ -118,6 +118,8 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${RL}.window_type`, 'must be one of: fixed, sliding'],
     ['routes[1].plugins.ai-rate-limiting.time_window', 'is required when limit is set'],
     ['routes[2].plugins.ai-rate-limiting', 'must set at least one of limit, instances, rules or model_limits'],
+    // Past 2^53 − 1 the message gives the bound, not "must be a positive integer" for a positive integer.
+    ['routes[3].plugins.ai-rate-limiting.limit', 'must be at most 9007199254740991'],
   ],
   'rate-limit-instances.yaml': [
     [`${RL}.instances[1].name`, 'duplicates instances[0].name'],
@@ -126,6 +128,9 @@ const INVALID: Record<string, readonly Expected[]> = {
     [`${RL}.instances[3].name`, 'is required'],
     [`${RL}.instances[3].limit_strategy`, 'must be one of: total_tokens, prompt_tokens, completion_tokens, cached_prompt_tokens, cache_write_tokens, reasoning_tokens, uncached_prompt_tokens, expression'],
     ['routes[1].plugins.ai-rate-limiting.instances[1].name', "does not name an instance of this route's ai-proxy-multi or ai-proxy"],
+    // A name no instance may carry: both places say why, neither says the other does not exist.
+    ['routes[2].plugins.ai-proxy-multi.instances[0].name', "must contain only letters, digits, '.', '_' and '-'"],
+    ['routes[2].plugins.ai-rate-limiting.instances[0].name', "must contain only letters, digits, '.', '_' and '-'"],
   ],
   'cost-expr.yaml': [
     [`${RL}.cost_expr`, 'is required when limit_strategy is expression'],

@@ -8,6 +8,7 @@ import { compileCountTemplate, compileTemplate, parsePositiveInt } from '../../r
 import { childPath, type Issues } from '../issues.ts';
 import { APISIX_REDIS_KEYS, readApisixRedis } from '../redis.ts';
 import { POSITIVE, Section, checkInt } from '../section.ts';
+import { NAME_MESSAGE, NAME_PATTERN } from './ai-proxy.ts';
 
 const KEYS = [
   'limit', 'time_window', 'limit_strategy', 'cost_expr', 'instances', 'rules', 'model_limits', 'rejected_code', 'rejected_msg',
@@ -101,7 +102,9 @@ function readInstances(sec: Section, scope: InstanceScope, strategy: LimitStrate
       const prev = firstIndex.get(name);
       if (prev !== undefined) inst.is.add(inst.p('name'), `duplicates instances[${prev}].name`);
       else firstIndex.set(name, i);
-      if (!scope.names.has(name)) {
+      // A name no instance may carry gets the instance's own complaint, not "names no instance".
+      if (!NAME_PATTERN.test(name)) inst.is.add(inst.p('name'), NAME_MESSAGE);
+      else if (!scope.names.has(name)) {
         inst.is.add(inst.p('name'), scope.kind === 'route'
           ? "does not name an instance of this route's ai-proxy-multi or ai-proxy"
           : 'does not name an instance of any route');
