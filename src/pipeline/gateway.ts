@@ -24,7 +24,7 @@ import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { cutShortUsage, largerUsage, type UsageRejectReason } from '../streaming/usage.ts';
+import { cutShortUsage, largerUsage, laterUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
@@ -699,9 +699,16 @@ export class Gateway implements RequestSink {
     if (res.aborted) up.abort();
     // Decided before the response is touched: destroying it fires the abort handler (aborted becomes true),
     // and a stream the upstream broke is a 502, not a client abort.
-    const status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;
+    let status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;
     // A last event without its blank line still counts (and may carry the usage): parse it before settling.
     const last = status === 200 ? meter.end() : undefined;
+    // Closed cleanly before its last event: broken off, though the client is told so in its own format (`last`).
+    const truncated = status === 200 && meter.truncated === true;
+    if (truncated) {
+      broken = true;
+      status = 502;
+      log.warn('upstream stream ended before its last event', { route: ctx.route.id, instance: inst.name });
+    }
     if (ctx.metered) {
       const rejected = meter.usageRejected;
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
@@ -718,11 +725,15 @@ export class Gateway implements RequestSink {
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
         // only a usage that is (partly) the count is an estimate.
-        // No final count: the prompt the upstream reported on the way (Anthropic's message_start), unless it lied since.
-        const early = usage === undefined && rejected === undefined ? meter.promptReport : undefined;
-        const charged = usage === undefined ? (early === undefined ? estimate : cutShortUsage(early, estimate))
-          : zeroCompletion ? withCountedCompletion(usage, estimate)
-          : rejected !== undefined ? largerUsage(usage, estimate) : cutShortUsage(usage, estimate);
+        // No believable final count: the prompt the upstream reported on the way (Anthropic's message_start, Gemini's
+        // frames before the finish) still stands. After a lie, each part is the larger of what was believed and the
+        // count, so a lie can only raise the charge.
+        const early = usage === undefined || rejected !== undefined ? meter.promptReport : undefined;
+        const believed = usage === undefined ? early : early === undefined ? usage : laterUsage(usage, early);
+        const charged = believed === undefined ? estimate
+          : rejected !== undefined ? largerUsage(believed, estimate)
+          : usage === undefined ? cutShortUsage(believed, estimate)
+          : zeroCompletion ? withCountedCompletion(usage, estimate) : cutShortUsage(usage, estimate);
         if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
         usage = charged;
       }
@@ -731,7 +742,8 @@ export class Gateway implements RequestSink {
       ctx.releaseAll();
     }
     if (!res.aborted) {
-      if (status !== 200) res.destroy();
+      if (truncated) res.end(last);
+      else if (status !== 200) res.destroy();
       else res.end(joined(last, meter.closing?.(ctx.usage)));
     }
     this.observe(ctx, status);

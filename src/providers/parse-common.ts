@@ -2,6 +2,7 @@
 // answer that cannot be translated).
 import { MAX_JSON_DEPTH, isSpace } from '../tokens/json-members.ts';
 import { parseJsonObject } from '../tokens/prepare.ts';
+import { errorBody as openAiError } from '../core/errors.ts';
 import type { CallFailure, DecodedBody, ParseOptions } from './types.ts';
 
 const EMPTY = Buffer.alloc(0);
@@ -69,4 +70,13 @@ export function modelAndStream(obj: Record<string, unknown>): { readonly ok: tru
 /** The route's prompt scale (1 unless it scales up). */
 export function promptScale(opts: ParseOptions): number {
   return opts.promptScale !== undefined && opts.promptScale > 1 ? opts.promptScale : 1;
+}
+
+/**
+ * The error frame a translated stream ends with when its upstream closed cleanly before the stream's last event
+ * (Anthropic's message_delta, Gemini's finishReason): an OpenAI client raises it instead of taking a cut-off answer
+ * for a finished one (StreamCodec.truncated).
+ */
+export function truncatedFrame(lastEvent: string): string {
+  return 'data: ' + openAiError(`the upstream stream ended before ${lastEvent}: the answer is incomplete`, 'upstream_error', 'SLC_UPSTREAM_ERROR') + '\n\n';
 }

@@ -158,6 +158,12 @@ export interface StreamCodec {
    * when nothing was metered), it returns them with that usage. Undefined when nothing was held.
    */
   closing?(charged: Usage | undefined): Buffer | undefined;
+  /**
+   * After end(): the upstream closed cleanly before its stream's last event, and what end() returned tells the client
+   * so (a translated stream's error frame) instead of a made-up ending. The pipeline counts the stream as broken off
+   * (502). Undefined or false for streams relayed as the upstream sent them.
+   */
+  readonly truncated?: boolean;
 }
 
 export interface StreamOptions {

@@ -38,6 +38,12 @@ const SCRIPTS: Record<string, { frames: string[]; end: boolean }> = {
   gemini_cut: { frames: [gem({ ...text('Two'), usageMetadata: { promptTokenCount: PROMPT, cachedContentTokenCount: CACHED, totalTokenCount: PROMPT } })], end: false },
   // The finish brings no usage of its own: the mid-stream usage counted the prompt only.
   gemini_no_final: { frames: [gem({ ...text('Two'), usageMetadata: { promptTokenCount: PROMPT, totalTokenCount: PROMPT } }), gem(text(' words', { finishReason: 'STOP' }))], end: true },
+  // A final count that is not believed: message_start's prompt still stands (each part the larger of it and the count).
+  anthropic_lie_final: { frames: [START, ...TEXT, ev('content_block_stop', { index: 0 }), ev('message_delta', { delta: { stop_reason: 'end_turn' }, usage: { output_tokens: -5 } }), ev('message_stop', {})], end: true },
+  gemini_lie_final: { frames: [gem({ ...text('Two'), usageMetadata: { promptTokenCount: PROMPT, totalTokenCount: PROMPT } }),
+    gem({ ...text(' words', { finishReason: 'STOP' }), usageMetadata: { promptTokenCount: PROMPT, candidatesTokenCount: 'x' } })], end: true },
+  // Ends cleanly before message_delta: an answer cut short, not a finished one.
+  anthropic_truncated: { frames: [START, ...TEXT], end: true },
   gemini_lie_after_final: { frames: [
     gem({ ...text('Two words', { finishReason: 'STOP' }), usageMetadata: { promptTokenCount: PROMPT, candidatesTokenCount: 300, totalTokenCount: PROMPT + 300 } }),
     gem({ usageMetadata: { promptTokenCount: PROMPT, candidatesTokenCount: -5, totalTokenCount: PROMPT - 5 } }),
@@ -147,6 +153,43 @@ describe('streams without a believable final usage: what the upstream reported o
     assert.ok(usage.completion_tokens >= 1 && usage.completion_tokens < 20);
     await eventually('the stream is settled', async () => (await charged('g')) > before, 30_000);
     assert.equal((await charged('g')) - before, usage.total_tokens);
+  });
+
+  it('a final count that is not believed keeps the prompt reported on the way (Anthropic, Gemini)', { timeout: 60_000 }, async () => {
+    for (const [route, path, body, prompt] of [
+      ['a', '/a/v1/messages', { model: 'c', stream: true, max_tokens: 1000, messages: [{ role: 'user', content: 'case anthropic_lie_final' }] }, PROMPT + CACHED],
+      ['g', '/g/v1beta/models/gem:streamGenerateContent?alt=sse', { contents: [{ role: 'user', parts: [{ text: 'case gemini_lie_final' }] }] }, PROMPT],
+    ] as const) {
+      const before = await charged(route);
+      const promptBefore = await tokens(route, 'prompt');
+      const res = await fetch(`${gw.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      assert.equal(res.status, 200);
+      assert.match(await res.text(), /Two/);
+      await eventually('the stream is settled', async () => (await charged(route)) > before, 30_000);
+      assert.equal((await tokens(route, 'prompt')) - promptBefore, prompt, `${route}: the reported prompt, not the gateway's count of a few words`);
+      const n = (await charged(route)) - before;
+      assert.ok(n > prompt && n < prompt + 20, `${route}: charged ${n}: the prompt and the counted text`);
+    }
+  });
+
+  it('translated Anthropic stream that ends before message_delta: the SDK raises an error, and what was produced is charged', { timeout: 60_000 }, async () => {
+    const openai = new OpenAI({ apiKey: 'x', baseURL: `${gw.url}/a/v1`, maxRetries: 0 });
+    const before = await charged('a');
+    const stream = await openai.chat.completions.create({ model: 'c', stream: true, stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'case anthropic_truncated' }] });
+    let content = '';
+    let finish: string | null | undefined;
+    await assert.rejects(async () => {
+      for await (const c of stream) {
+        content += c.choices[0]?.delta.content ?? '';
+        finish = c.choices[0]?.finish_reason ?? finish;
+      }
+    }, /the upstream stream ended before message_delta: the answer is incomplete/);
+    assert.equal(content, 'Two words');
+    assert.equal(finish, undefined, 'no made-up finish_reason');
+    await eventually('the stream is settled', async () => (await charged('a')) > before, 30_000);
+    const n = (await charged('a')) - before;
+    assert.ok(n > PROMPT + CACHED && n < PROMPT + CACHED + 20, `charged ${n}`);
+    assert.ok((await metric(gw, /^sluice_usage_estimated_total\{route="a",reason="upstream_broken"\}/)) >= 1);
   });
 
   it('Gemini: a lie after a believed final report leaves that report as the floor', { timeout: 60_000 }, async () => {

@@ -148,24 +148,37 @@ test('usage: prompt sums input and both cache fields; cached = reads, cache_writ
   assert.deepEqual(anthropicUsage({ input_tokens: 1, output_tokens: 2, output_tokens_details: { thinking_tokens: 3 } }, MAX), { rejected: 'inconsistent' });
 });
 
-test('usage: message_start + cumulative message_delta; later values replace, never add', () => {
+test('usage: message_start + cumulative message_delta; later values replace, never add, never lower', () => {
   const s = new StreamUsage();
-  s.add({ input_tokens: 10, cache_creation_input_tokens: 5, cache_read_input_tokens: 20, output_tokens: 1 }, false);
+  s.add({ input_tokens: 10, cache_creation_input_tokens: 5, cache_read_input_tokens: 20, output_tokens: 1 }, false, MAX);
   assert.equal(s.read(MAX), undefined, 'no final usage before message_delta');
-  s.add({ output_tokens: 30 }, true);
-  s.add({ output_tokens: 42, input_tokens: 12 }, true);
+  s.add({ output_tokens: 30 }, true, MAX);
+  s.add({ output_tokens: 42, input_tokens: 12 }, true, MAX);
   const u = s.read(MAX) as unknown as Record<string, number>;
   assert.equal(u.prompt_tokens, 37);
   assert.equal(u.completion_tokens, 42);
   assert.equal(u.cached_prompt_tokens, 20);
   assert.equal(u.cache_write_tokens, 5);
+  // Cumulative counts: a later, smaller value cannot take back what was reported.
+  s.add({ output_tokens: 3, input_tokens: 2 }, true, MAX);
+  const lower = s.read(MAX) as unknown as Record<string, number>;
+  assert.equal(lower.prompt_tokens, 37);
+  assert.equal(lower.completion_tokens, 42);
   const deltaOnly = new StreamUsage();
-  deltaOnly.add({ output_tokens: 9 }, true);
+  deltaOnly.add({ output_tokens: 9 }, true, MAX);
   assert.equal(deltaOnly.read(MAX), undefined, 'no input reported anywhere: counted instead');
   const sticky = new StreamUsage();
-  sticky.add('junk', false);
-  sticky.add({ input_tokens: 1, output_tokens: 9 }, true);
+  sticky.add('junk', false, MAX);
+  sticky.add({ input_tokens: 1, output_tokens: 9 }, true, MAX);
   assert.deepEqual(sticky.read(MAX), { rejected: 'malformed' });
+  // A final count that is not believed leaves the believable input counts as the prompt report.
+  const lied = new StreamUsage();
+  lied.add({ input_tokens: 1000, cache_read_input_tokens: 200, output_tokens: -1 }, false, MAX);
+  assert.deepEqual(lied.readPrompt(MAX), { prompt_tokens: 1200, completion_tokens: 0, total_tokens: 1200, cached_prompt_tokens: 200, cache_write_tokens: 0 },
+    'a bad output count does not discard the input counts');
+  lied.add({ output_tokens: '50', input_tokens: -1 }, true, MAX);
+  assert.deepEqual(lied.read(MAX), { rejected: 'negative' });
+  assert.equal(lied.readPrompt(MAX)?.prompt_tokens, 1200);
 });
 
 // ─── native buffered ────────────────────────────────────────────────────────────────────────────
@@ -292,8 +305,9 @@ test('native stream: aborted before message_delta → no usage, the text so far;
   assert.equal(bad.usageRejected, 'negative');
   const replaced = new NativeStreamCodec({ maxUsage: MAX });
   feed(replaced, [Buffer.from(HEAD + BODY + ev('message_delta', { delta: {}, usage: { input_tokens: 11, cache_read_input_tokens: 0, output_tokens: 42 } }) + STOP)]);
-  assert.equal(replaced.usage?.prompt_tokens, 16, 'message_delta input fields replace message_start\'s');
-  assert.equal(replaced.usage?.cached_prompt_tokens, 0);
+  // Counts are cumulative: a larger input raises the prompt, a smaller cache read does not take back message_start's.
+  assert.equal(replaced.usage?.prompt_tokens, 11 + START_USAGE.cache_read_input_tokens + START_USAGE.cache_creation_input_tokens);
+  assert.equal(replaced.usage?.cached_prompt_tokens, START_USAGE.cache_read_input_tokens);
 });
 
 test('native stream: a message_delta whose usage has no output_tokens is not the final count (message_start\'s early 1 is not the answer)', () => {
@@ -498,9 +512,12 @@ function chunksOf(out: Buffer): { frames: Chunk[]; done: boolean; raw: string } 
   return { frames, done, raw };
 }
 
-function translatedStream(wantsUsage: boolean, pieces: Buffer[]): { out: Buffer; codec: TranslatedStreamCodec } {
+/** `settle`: append what the pipeline sends once the stream is settled (closing, with the codec's own usage). */
+function translatedStream(wantsUsage: boolean, pieces: Buffer[], settle = true): { out: Buffer; codec: TranslatedStreamCodec } {
   const codec = new TranslatedStreamCodec({ maxUsage: MAX }, wantsUsage, 'req-model');
-  return { out: feed(codec, pieces), codec };
+  const out = feed(codec, pieces);
+  const tail = settle && codec.usage !== undefined ? codec.closing(codec.usage) : undefined;
+  return { out: tail === undefined ? out : Buffer.concat([out, tail]), codec };
 }
 
 test('translated stream: role first, content and tool-call deltas, finish, usage only when asked, [DONE]; same at every split', () => {
@@ -561,24 +578,36 @@ test('translated stream: a tool call without input deltas gets "{}" as its argum
   assert.deepEqual(args.map((a) => JSON.parse(a)), [{}, {}]);
 });
 
-test('translated stream: an error event becomes an OpenAI error frame; a clean end without message_stop still closes', () => {
+test('translated stream: an error event becomes an OpenAI error frame; a clean end before message_delta is an error, not a finish', () => {
   const errEv = 'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n';
   const e = chunksOf(translatedStream(true, [Buffer.from(HEAD + errEv)]).out);
   assert.deepEqual(e.frames.at(-1)!.error, { message: 'Overloaded', type: 'overloaded_error', param: null, code: 'overloaded_error' });
   assert.equal(e.done, false);
-  const cut = translatedStream(true, [Buffer.from(HEAD + BODY)]);
-  const c = chunksOf(cut.out);
-  // The client asked for usage and none came: the usage chunk and [DONE] wait for what the pipeline charges.
-  assert.equal(c.done, false);
-  assert.equal(c.frames.at(-1)!.choices[0]!.finish_reason, 'stop');
-  assert.equal(cut.codec.usage, undefined, 'no final usage: the pipeline counts the text');
-  assert.equal(cut.codec.text, TEXT);
-  const tail = chunksOf(cut.codec.closing({ prompt_tokens: 40, completion_tokens: 7, total_tokens: 47 })!);
+  // Cut before message_delta (no stop reason, no final count): the client gets an error, never finish_reason "stop".
+  for (const [wants, wire] of [[true, HEAD + BODY], [false, HEAD + BODY], [true, ''], [false, HEAD]] as const) {
+    const cut = translatedStream(wants, [Buffer.from(wire)], false);
+    const c = chunksOf(cut.out);
+    assert.equal(c.done, false, wire);
+    assert.equal(cut.codec.truncated, true);
+    assert.equal(c.frames.some((f) => f.choices?.[0]?.finish_reason != null), false, 'no made-up finish');
+    assert.deepEqual(c.frames.at(-1)!.error, {
+      message: 'the upstream stream ended before message_delta: the answer is incomplete', type: 'upstream_error', code: 'SLC_UPSTREAM_ERROR', param: null,
+    });
+    assert.equal(cut.codec.closing({ prompt_tokens: 40, completion_tokens: 7, total_tokens: 47 }), undefined, 'nothing held after the error');
+  }
+  assert.equal(translatedStream(true, [Buffer.from(HEAD + BODY)], false).codec.text, TEXT, 'the text is still counted');
+  // Closed after message_delta but before message_stop: finished as OpenAI clients expect, the usage chunk held for the charge.
+  const late = translatedStream(true, [Buffer.from(HEAD + BODY + DELTA)], false);
+  const l = chunksOf(late.out);
+  assert.equal(late.codec.truncated, false);
+  assert.equal(l.done, false);
+  assert.equal(l.frames.at(-1)!.choices[0]!.finish_reason, 'tool_calls');
+  const tail = chunksOf(late.codec.closing({ prompt_tokens: 40, completion_tokens: 7, total_tokens: 47 })!);
   assert.equal(tail.done, true);
-  assert.deepEqual(tail.frames.map((f) => f.usage?.total_tokens), [47]);
-  assert.equal(cut.codec.closing(undefined), undefined, 'given once');
+  assert.deepEqual(tail.frames.map((f) => f.usage?.total_tokens), [47], 'the usage chunk says what was charged');
+  assert.equal(late.codec.closing(undefined), undefined, 'given once');
   // Without include_usage nothing is held.
-  const plain = translatedStream(false, [Buffer.from(HEAD + BODY)]);
+  const plain = translatedStream(false, [Buffer.from(HEAD + BODY + DELTA)], false);
   assert.equal(chunksOf(plain.out).done, true);
   assert.equal(plain.codec.closing(undefined), undefined);
 });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import gemini, { GeminiProvider, pathTemplate } from '../../src/providers/gemini/index.ts';
 import { extraTokens, geminiPromptParts, PROMPT_SCALE } from '../../src/providers/gemini/estimate.ts';
-import { scanTextFrame } from '../../src/providers/gemini/frame-scan.ts';
+import { scanTextFrame, usageMetadataText } from '../../src/providers/gemini/frame-scan.ts';
 import { JsonArrayScanner } from '../../src/providers/gemini/json-array.ts';
 import { GeminiStream } from '../../src/providers/gemini/stream.ts';
 import { geminiErrorBody, parseGeminiPath, parseGenerate, wantsSse } from '../../src/providers/gemini/surface.ts';
@@ -221,6 +221,9 @@ function run(codec: StreamCodec, bytes: Buffer, cuts: number[]): { out: Buffer; 
   }
   const e = codec.end();
   if (e !== undefined) out.push(e);
+  // As the pipeline does once the stream is settled (here with the codec's own usage, which settles unchanged).
+  const tail = codec.closing?.(codec.usage);
+  if (tail !== undefined) out.push(tail);
   return { out: Buffer.concat(out), codec };
 }
 
@@ -563,11 +566,12 @@ function googleFrame(literal: string, extra = ''): string {
 test('fast path: plain text frames are read without a parse, in compact and spaced layouts; anything else is not', () => {
   const lit = '"a \\"q\\" \\u003cb\\u003e ✓"';
   const f = scanTextFrame(googleFrame(lit));
-  assert.deepEqual(f, { text: 'a "q" <b> ✓', literal: lit, index: 0, usage: true });
-  assert.deepEqual(scanTextFrame(JSON.stringify(FRAMES[0])), { text: 'Hel', literal: '"Hel"', index: 0, usage: true });
+  assert.deepEqual(f, { text: 'a "q" <b> ✓', literal: lit, index: 0, usageAt: googleFrame(lit).indexOf('"usageMetadata"') });
+  const first = JSON.stringify(FRAMES[0]);
+  assert.deepEqual(scanTextFrame(first), { text: 'Hel', literal: '"Hel"', index: 0, usageAt: first.indexOf('"usageMetadata"') });
   assert.equal(scanTextFrame(JSON.stringify({ candidates: [{ content: { parts: [{ text: 'x' }] }, index: 2 }] }))?.index, 2);
   const pretty = JSON.stringify({ candidates: [{ content: { parts: [{ text: 'p' }] } }] }, null, 2);
-  assert.deepEqual(scanTextFrame(pretty), { text: 'p', literal: '"p"', index: 0, usage: false });
+  assert.deepEqual(scanTextFrame(pretty), { text: 'p', literal: '"p"', index: 0, usageAt: -1 });
   const refused = [
     googleFrame('"x"', ',"finishReason": "STOP"'),
     JSON.stringify({ candidates: [{ content: { parts: [{ text: 'x', thought: true }] } }] }),
@@ -599,4 +603,52 @@ test('fast path: a stream of spaced frames with escapes reads the same through t
   assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join(''), texts.join(''));
   assert.equal(chunks.at(-1).usage.total_tokens, 11);
   assert.equal(chunks.filter((c) => c.choices[0]?.finish_reason === 'stop').length, 1);
+});
+
+test('usageMetadataText: the usage object as written, strings and nesting skipped; none when absent, repeated or unbalanced', () => {
+  const usage = '{"promptTokenCount": 5, "promptTokensDetails": [{"modality": "TEXT}]", "tokenCount": 5}], "totalTokenCount": 5}';
+  assert.equal(usageMetadataText(`{"candidates": [], "usageMetadata": ${usage}, "responseId": "x"}`), usage);
+  assert.equal(usageMetadataText('{"candidates": [{"content": {"parts": [{"text": "\\"usageMetadata\\": {}"}]}}]}'), undefined, 'a key inside a string is no key');
+  assert.equal(usageMetadataText(`{"usageMetadata": ${usage}, "usageMetadata": {"promptTokenCount": 1}}`), undefined, 'twice: parsed whole instead');
+  assert.equal(usageMetadataText('{"usageMetadata": {"promptTokenCount": 5'), undefined);
+  assert.equal(usageMetadataText('{"usageMetadata": 5}'), undefined);
+});
+
+test('stream meter: counts are cumulative: the largest believable prompt of any frame stands; a later smaller or lying report cannot lower it', () => {
+  const frame = (usage: string, extra = ''): string => `data: {"candidates": [{"content": {"parts": [{"text": "hi"}],"role": "model"},"index": 0${extra}}],"usageMetadata": ${usage}}\r\n\r\n`;
+  const mid = frame('{"promptTokenCount": 1000, "totalTokenCount": 1000}');
+  const meter = (wire: string) => run(new GeminiStream(true, { maxUsage: MAX }), Buffer.from(wire), []).codec;
+  // Good mid-stream reports, then a lie, then a cut: the good prompt is the report.
+  for (const lie of ['{"promptTokenCount": "abc"}', '{"promptTokenCount": 10}', '{"promptTokenCount": -1}']) {
+    const c = meter(mid.repeat(3) + frame(lie));
+    assert.equal(c.usage, undefined);
+    assert.equal(c.promptReport?.prompt_tokens, 1000, lie);
+  }
+  // A final report whose prompt is below the one reported on the way: that prompt stands, the completion is the report's.
+  const low = meter(mid + frame('{"promptTokenCount": 0, "candidatesTokenCount": 50, "totalTokenCount": 50}', ', "finishReason": "STOP"'));
+  assert.equal(low.usage?.prompt_tokens, 1000);
+  assert.equal(low.usage?.completion_tokens, 50);
+  assert.equal(low.usage?.total_tokens, 1050);
+  // Two finals, the second smaller: the first is not taken back.
+  const twice = meter(mid + frame('{"promptTokenCount": 1000, "candidatesTokenCount": 50, "totalTokenCount": 1050}', ', "finishReason": "STOP"')
+    + frame('{"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}', ', "finishReason": "STOP"').replace('"hi"', '""'));
+  assert.equal(twice.usage?.total_tokens, 1050);
+  // A final report that lies after good mid reports: rejected, and the prompt report stays for the pipeline.
+  const lied = meter(mid + frame('{"promptTokenCount": 1000, "candidatesTokenCount": -50}', ', "finishReason": "STOP"'));
+  assert.equal(lied.usageRejected, 'negative');
+  assert.equal(lied.promptReport?.prompt_tokens, 1000);
+});
+
+test('translated stream: a stream that ends before any finishReason is an error for the client, not a [DONE]', () => {
+  const text = 'data: {"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]},"index":0}],"usageMetadata":{"promptTokenCount":7},"responseId":"r1"}\r\n\r\n';
+  for (const [wants, wire] of [[true, text], [false, text], [true, '']] as const) {
+    const { out, codec } = run(new TranslatedStream(chatCall({ stream: true, clientWantsUsage: wants }), { maxUsage: MAX }), Buffer.from(wire), []);
+    const frames = sseData(out);
+    assert.equal(codec.truncated, true);
+    assert.notEqual(frames.at(-1), '[DONE]');
+    assert.deepEqual(JSON.parse(frames.at(-1)!).error, {
+      message: 'the upstream stream ended before a finishReason: the answer is incomplete', type: 'upstream_error', code: 'SLC_UPSTREAM_ERROR', param: null,
+    });
+    assert.equal(frames.some((f) => f.includes('finish_reason":"')), false, 'no made-up finish');
+  }
 });

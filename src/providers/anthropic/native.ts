@@ -91,7 +91,7 @@ export abstract class AnthropicStreamReader {
     switch (f.type) {
       case 'message_start': {
         const m = isObject(f.message) ? f.message : {};
-        this.su.add(m.usage, false);
+        this.su.add(m.usage, false, this.maxUsage);
         this.onMessageStart(m);
         return;
       }
@@ -117,7 +117,7 @@ export abstract class AnthropicStreamReader {
       }
       case 'message_delta': {
         const before = this.su.finalSeen ? this.usage : undefined;
-        this.su.add(f.usage, true);
+        this.su.add(f.usage, true, this.maxUsage);
         const read = this.su.read(this.maxUsage);
         if (read !== undefined && !isRejection(read)) this.believed = read;
         const after = this.usage;

@@ -3,7 +3,7 @@
 // delta's JSON string literal is copied from the Anthropic event as is (both are JSON), never unescaped and
 // escaped again, so a translated frame costs little more than a passed-through one.
 import { isRejection, zeroCompletionText, type Usage } from '../../streaming/usage.ts';
-import { MAX_ERROR_MESSAGE, untranslatable } from '../parse-common.ts';
+import { MAX_ERROR_MESSAGE, truncatedFrame, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, isObject } from './events.ts';
 import { AnthropicStreamReader, JSON_TYPE, parseBody, SSE_TYPE } from './native.ts';
@@ -86,9 +86,10 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
   private finished = false;
   private closed = false;
   private stopReason: string | undefined = undefined;
-  /** The client asked for usage and the stream closed without a final count: its usage chunk and [DONE] wait for
-   *  the charged usage (closing). */
+  /** The client asked for usage: its usage chunk and [DONE] wait for the usage charged (closing), so the chunk
+   *  says what the quotas were charged, also when that is not the upstream's report. */
   private owed = false;
+  truncated = false;
   /** Anthropic block index → OpenAI tool_calls index. */
   private readonly tools = new Map<number, number>();
   /** Tool blocks (by Anthropic index) whose arguments have not been sent: each gets "{}" when it stops, as the
@@ -124,8 +125,16 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
 
   end(): Buffer | undefined {
     this.parser.end();
-    // A stream closed without message_stop still ends as OpenAI clients expect, unless an error event ended it.
-    if (!this.closed && this.error === undefined) this.close();
+    // Closed after message_delta (the stop reason and final count) but before message_stop: ended as OpenAI clients
+    // expect. Closed before it: the answer was cut, and the client is told so rather than given a finish_reason.
+    if (!this.closed && this.error === undefined) {
+      if (this.finished) this.close();
+      else {
+        this.closed = true;
+        this.truncated = true;
+        this.out += truncatedFrame('message_delta');
+      }
+    }
     return this.take();
   }
 
@@ -200,12 +209,10 @@ export class TranslatedStreamCodec extends AnthropicStreamReader implements Stre
     if (this.closed) return;
     this.closed = true;
     this.finish();
-    const u = this.usage;
-    if (this.wantsUsage && u === undefined) {
+    if (this.wantsUsage) {
       this.owed = true;
       return;
     }
-    if (this.wantsUsage) this.out += this.usageChunk(u!);
     this.out += 'data: [DONE]\n\n';
   }
 

@@ -2,7 +2,7 @@
 // cache reads and cache writes, so prompt_tokens is their sum (apache/apisix#13662 charged only the first);
 // output_tokens is every generated token, thinking included. In a stream, message_start carries the input
 // fields (and an early output_tokens) and message_delta the cumulative output_tokens, sometimes input fields
-// too: a later value replaces an earlier one, never adds to it.
+// too: a later value replaces an earlier one, never adds to it, and never lowers it (counts are cumulative).
 import { isRejection, promptOnly, usageFromCounts, type Usage, type UsageRejection } from '../../streaming/usage.ts';
 
 const FIELDS = ['input_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens', 'output_tokens'] as const;
@@ -48,16 +48,23 @@ export function anthropicUsage(u: unknown, maxUsage: number): Usage | UsageRejec
   }, o, maxUsage);
 }
 
-/** The usage of a stream so far: message_start's, with each later message_delta's fields replacing it. */
+/**
+ * The usage of a stream so far: message_start's, with each later message_delta's fields. Counts are cumulative, so
+ * each field keeps the largest believable value reported (a later, smaller one cannot take back tokens already
+ * reported); whether the stream's usage is believed at all is judged on the last value of each field.
+ */
 export class StreamUsage {
+  /** The last value of each field (what the upstream says now): judged for plausibility. */
   private merged: Record<string, unknown> = {};
-  /** A usage that was not an object: the stream's usage is not believed, whatever follows. */
+  /** The largest believable value of each field: what is charged. */
+  private readonly best: Record<string, number> = {};
+  /** A usage that was not an object: the stream's final usage is not believed, whatever follows. */
   private malformed = false;
   /** A message_delta reported usage: output_tokens is final (cumulative), not message_start's early count. */
   finalSeen = false;
 
   /** Folds one usage object in; `final` for message_delta. */
-  add(u: unknown, final: boolean): void {
+  add(u: unknown, final: boolean, maxUsage: number): void {
     if (u === undefined || u === null) return;
     if (typeof u !== 'object' || Array.isArray(u)) {
       if (final) this.finalSeen = true;
@@ -69,23 +76,38 @@ export class StreamUsage {
     // charge message_start's early output_tokens (often 1) for the whole answer, so the text is counted instead.
     if (final && o.output_tokens !== undefined && o.output_tokens !== null) this.finalSeen = true;
     const m = this.merged;
-    for (const k of FIELDS) if (o[k] !== undefined && o[k] !== null) m[k] = o[k];
+    const best = this.best;
+    for (const k of FIELDS) {
+      const v = o[k];
+      if (v === undefined || v === null) continue;
+      m[k] = v;
+      if (!bad(v, maxUsage) && (best[k] === undefined || (v as number) > best[k]!)) best[k] = v as number;
+    }
     if (o.output_tokens_details !== undefined && o.output_tokens_details !== null) m.output_tokens_details = o.output_tokens_details;
   }
 
-  /** The prompt counts reported so far (message_start's input fields, or a later event's), when believable and above 0:
-   *  what a stream that ends without its final count is charged for its prompt. */
+  /** The prompt counts reported so far (message_start's input fields, or a later event's larger ones), each the
+   *  largest believable value, when above 0: what a stream without a believable final count is charged for its
+   *  prompt. A field reported only implausibly counts as not reported. */
   readPrompt(maxUsage: number): Usage | undefined {
-    if (this.malformed) return undefined;
-    const u = anthropicUsage(this.merged, maxUsage);
+    const b = this.best;
+    const u = anthropicUsage({
+      input_tokens: b.input_tokens, cache_creation_input_tokens: b.cache_creation_input_tokens,
+      cache_read_input_tokens: b.cache_read_input_tokens,
+    }, maxUsage);
     return u === undefined || isRejection(u) || u.prompt_tokens === 0 ? undefined : promptOnly(u);
   }
 
-  /** The merged usage once a message_delta reported it; undefined before (an aborted stream is counted instead). */
+  /** The usage once a message_delta reported it (each field its largest value); undefined before (an aborted stream
+   *  is counted instead); a rejection when the last values are not believable. */
   read(maxUsage: number): Usage | UsageRejection | undefined {
     if (!this.finalSeen) return undefined;
     if (this.malformed) return { rejected: 'malformed' };
-    return anthropicUsage(this.merged, maxUsage);
+    const last = anthropicUsage(this.merged, maxUsage);
+    if (last === undefined || isRejection(last)) return last;
+    const b = this.best;
+    const most = anthropicUsage({ ...b, output_tokens_details: this.merged.output_tokens_details }, maxUsage);
+    return most === undefined || isRejection(most) ? last : most;
   }
 }
 

@@ -16,8 +16,8 @@ export interface TextFrame {
   readonly literal: string;
   /** The candidate's index (0 when not written). */
   readonly index: number;
-  /** The frame carries usageMetadata. */
-  readonly usage: boolean;
+  /** Where the frame's usageMetadata key is (its opening quote), -1 when it has none. */
+  readonly usageAt: number;
 }
 
 const QUOTE = 0x22;
@@ -102,5 +102,38 @@ export function scanTextFrame(data: string): TextFrame | null {
     if (digits === 0) return null;
     index = num;
   }
-  return { text, literal, index, usage: key(data, USAGE) !== -1 };
+  return { text, literal, index, usageAt: key(data, USAGE) };
+}
+
+/** Longest usageMetadata text read out of a frame; a larger one is left to a whole-frame parse. */
+const MAX_USAGE_TEXT = 8 * 1024;
+
+/** Where a frame's `usageMetadata` object opens (its `{`); -1 when the frame has none, has it twice (JSON.parse
+ *  keeps the last, a scan would read the first: the whole frame is parsed instead) or it is not an object. */
+export function usageMetadataStart(data: string, k = key(data, USAGE)): number {
+  if (k === -1 || key(data, USAGE, k + USAGE.length + 1) !== -1) return -1;
+  let i = skipSpace(data, k + USAGE.length + 1);
+  if (data.charCodeAt(i) !== 0x3a) return -1;
+  i = skipSpace(data, i + 1);
+  return data.charCodeAt(i) === 0x7b ? i : -1;
+}
+
+/**
+ * The JSON text of the object opening at `start` (usageMetadataStart), found by its balanced braces (strings
+ * skipped); undefined when unbalanced within MAX_USAGE_TEXT. Mid-stream frames repeat the same text, so comparing it
+ * spares parsing each one.
+ */
+export function usageMetadataText(data: string, start = usageMetadataStart(data)): string | undefined {
+  if (start === -1) return undefined;
+  const stop = Math.min(data.length, start + MAX_USAGE_TEXT);
+  let depth = 0;
+  for (let i = start; i < stop; i++) {
+    const c = data.charCodeAt(i);
+    if (c === QUOTE) {
+      i = closingQuote(data, i);
+      if (i === -1 || i >= stop) return undefined;
+    } else if (c === 0x7b || c === 0x5b) depth++;
+    else if ((c === 0x7d || c === 0x5d) && --depth === 0) return data.slice(start, i + 1);
+  }
+  return undefined;
 }

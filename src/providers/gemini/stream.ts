@@ -10,7 +10,7 @@ import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, laterUsage, promptOnly, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { StreamCodec, StreamOptions } from '../types.ts';
-import { scanTextFrame } from './frame-scan.ts';
+import { scanTextFrame, usageMetadataStart, usageMetadataText } from './frame-scan.ts';
 import { JsonArrayScanner } from './json-array.ts';
 import { geminiUsage, responseText } from './usage.ts';
 
@@ -50,6 +50,14 @@ export class FrameReader {
   }
 }
 
+/** A final usage whose prompt is below the one reported on the way: that prompt, the rest (and the raw object) kept. */
+function withPrompt(u: Usage, p: Usage): Usage {
+  const usage: Usage = { ...u, prompt_tokens: p.prompt_tokens, total_tokens: u.total_tokens - u.prompt_tokens + p.prompt_tokens };
+  if ((p.cached_prompt_tokens ?? 0) > (u.cached_prompt_tokens ?? 0)) usage.cached_prompt_tokens = p.cached_prompt_tokens;
+  if (u.raw !== undefined) Object.defineProperty(usage, 'raw', { value: u.raw, enumerable: false });
+  return usage;
+}
+
 /** Usage and text of a Gemini stream, frame by frame. */
 export class GeminiMeter {
   private readonly tally: TextTally;
@@ -62,9 +70,14 @@ export class GeminiMeter {
   private final = false;
   /** The last usageMetadata came with that finish or after it: mid-stream ones count the prompt only. */
   private metaFinal = false;
-  /** The largest final usage believed before the last one: what a later final report that is not believed leaves
-   *  standing (read only when a final report is followed by another, which is rare). */
+  /** The largest final usage believed before the last one: what a later final report, believed or not, cannot
+   *  lower (read only when a final report is followed by another, which is rare). */
   private floor: Usage | undefined = undefined;
+  /** The largest believable prompt counts of any usageMetadata so far (a later frame's lie or smaller count cannot
+   *  lower it): the prompt a stream without a believable final usage is charged. */
+  private prompt: Usage | undefined = undefined;
+  /** The usageMetadata text of the last fast-path frame: frames that repeat it are not parsed again. */
+  private metaText: string | undefined = undefined;
   readonly add = (t: string): void => {
     // Text after a finish (another candidate still generating, or an upstream that goes on): the usage read so far
     // is not the whole; a later finish with its own usage is final, and a stream ending first is counted.
@@ -89,7 +102,9 @@ export class GeminiMeter {
     if (meta) {
       this.keepFloor();
       this.lastMeta = f.usageMetadata;
+      this.metaText = undefined;
       this.readDone = false;
+      this.notePrompt();
     }
     if (!this.final) {
       const cands = f.candidates;
@@ -102,12 +117,34 @@ export class GeminiMeter {
     if (this.final && meta) this.metaFinal = true;
   }
 
-  /** A frame read by the fast path (frame-scan.ts) that carries usageMetadata: parsed only if it stays the last. */
-  usageFrame(data: string): void {
+  /** A frame read by the fast path (frame-scan.ts) that carries usageMetadata (its key at `keyAt`): parsed only when its
+   *  usage text differs from the last one's. */
+  usageFrame(data: string, keyAt: number): void {
+    const at = usageMetadataStart(data, keyAt);
+    // The same counts again (mid-stream frames repeat the prompt's): nothing to read. A complete object is a prefix
+    // of the text at `at` only if it is the object there (indexOf: a native compare, several times startsWith's speed).
+    if (at !== -1 && this.metaText !== undefined && data.indexOf(this.metaText, at) === at) {
+      if (this.final) this.metaFinal = true;
+      return;
+    }
+    const text = usageMetadataText(data, at);
     this.keepFloor();
-    this.lastMeta = data;
+    if (text === undefined) this.lastMeta = data;
+    else {
+      try { this.lastMeta = JSON.parse(text) as unknown; } catch { this.lastMeta = undefined; }
+    }
+    this.metaText = text;
     this.readDone = false;
     if (this.final) this.metaFinal = true;
+    this.notePrompt();
+  }
+
+  /** Folds the last usageMetadata's prompt counts, when believable and above 0, into the largest seen. */
+  private notePrompt(): void {
+    const u = this.last();
+    if (u === undefined || isRejection(u) || u.prompt_tokens === 0) return;
+    const p = this.prompt;
+    if (p === undefined || u.prompt_tokens > p.prompt_tokens) this.prompt = promptOnly(u);
   }
 
   private last(): Usage | UsageRejection | undefined {
@@ -132,13 +169,17 @@ export class GeminiMeter {
   get usage(): Usage | undefined {
     const u = this.final && this.metaFinal ? this.last() : undefined;
     if (u === undefined) return undefined;
-    return isRejection(u) ? this.floor : u;
+    if (isRejection(u)) return this.floor;
+    // Cumulative counts: neither an earlier final report nor the prompt reported on the way is taken back.
+    let most = this.floor === undefined ? u : laterUsage(this.floor, u);
+    const p = this.prompt;
+    if (p !== undefined && p.prompt_tokens > most.prompt_tokens) most = withPrompt(most, p);
+    return most;
   }
 
-  /** The prompt counts of the last usageMetadata (a frame before the finish counts the prompt), when believable and above 0. */
+  /** The largest believable prompt counts any usageMetadata reported (a frame before the finish counts the prompt). */
   get promptReport(): Usage | undefined {
-    const u = this.last();
-    return u === undefined || isRejection(u) || u.prompt_tokens === 0 ? undefined : promptOnly(u);
+    return this.prompt;
   }
 
   get usageRejected(): UsageRejectReason | undefined {
@@ -186,7 +227,7 @@ export class GeminiStream implements StreamCodec {
     const fast = scanTextFrame(data);
     if (fast !== null) {
       this.meter.add(fast.text);
-      if (fast.usage) this.meter.usageFrame(data);
+      if (fast.usageAt !== -1) this.meter.usageFrame(data, fast.usageAt);
       return;
     }
     let json: unknown;

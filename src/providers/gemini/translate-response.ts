@@ -7,7 +7,7 @@
 // chunk as it came; other frames cost one JSON.parse. The chunk's constant head is built once per stream.
 import { randomBytes } from 'node:crypto';
 import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
-import { untranslatable } from '../parse-common.ts';
+import { truncatedFrame, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, PreparedCall, StreamCodec, StreamOptions } from '../types.ts';
 import { scanTextFrame } from './frame-scan.ts';
 import { FrameReader, GeminiMeter } from './stream.ts';
@@ -146,8 +146,9 @@ export class TranslatedStream implements StreamCodec {
   private readonly finished = new Set<number>();
   /** Google sent an error frame: it reached the client as OpenAI's error object, and no [DONE] follows. */
   private errored = false;
-  /** The client asked for usage and the stream ended without a final one: see closing. */
+  /** The client asked for usage: its chunk and [DONE] wait for the usage charged (closing). */
   private owed = false;
+  truncated = false;
 
   constructor(call: PreparedCall, opts: StreamOptions) {
     this.meter = new GeminiMeter(opts);
@@ -163,14 +164,18 @@ export class TranslatedStream implements StreamCodec {
 
   end(): Buffer | undefined {
     this.reader.end();
-    const usage = this.meter.usage;
     if (this.errored) return this.take();
-    // Asked for and not given: the usage chunk and [DONE] wait for the usage charged (closing).
-    if (this.wantsUsage && usage === undefined) {
+    // No candidate finished (and no blocked prompt): the stream was cut, and the client is told so.
+    if (this.finished.size === 0) {
+      this.truncated = true;
+      this.out += truncatedFrame('a finishReason');
+      return this.take();
+    }
+    // The usage chunk says what was charged, so it and [DONE] wait for the settlement (closing).
+    if (this.wantsUsage) {
       this.owed = true;
       return this.take();
     }
-    if (this.wantsUsage) this.out += this.usageChunk(usage!);
     const rest = this.take();
     return rest === undefined ? DONE : Buffer.concat([rest, DONE]);
   }
@@ -217,7 +222,7 @@ export class TranslatedStream implements StreamCodec {
       const fast = scanTextFrame(data);
       if (fast !== null && this.roleSent.has(fast.index)) {
         this.meter.add(fast.text);
-        if (fast.usage) this.meter.usageFrame(data);
+        if (fast.usageAt !== -1) this.meter.usageFrame(data, fast.usageAt);
         if (fast.text !== '') this.out += this.head + '{"index":' + fast.index + ',"delta":{"content":' + fast.literal + '},"logprobs":null,"finish_reason":null}]}\n\n';
         return;
       }
