@@ -52,6 +52,18 @@ function rangeMessage(rule: IntRule): string {
   return `must be at most ${rule.max}`;
 }
 
+/** Statuses that carry no body (RFC 9110): a rejection answers with one, so they cannot be a `rejected_code`. */
+const BODILESS = new Set([204, 205, 304]);
+
+/** A `rejected_code` (200–599 as APISIX and Higress take it, except a status that carries no body); 429 when unset. */
+export function rejectedCode(sec: Section): number {
+  const code = sec.int('rejected_code', { min: 200, max: 599 });
+  if (code !== undefined && BODILESS.has(code)) {
+    sec.is.add(sec.p('rejected_code'), `must not be ${code}: a rejection carries an error body, which a ${code} answer cannot`);
+  }
+  return code ?? 429;
+}
+
 /** Check an integer value already taken out of its object (array items, map values). */
 export function checkInt(is: Issues, path: string, v: unknown, rule: IntRule): number | undefined {
   let n = v;

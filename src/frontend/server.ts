@@ -284,7 +284,13 @@ function scanHeader(k: string, v: string): void {
   } else if (k === 'transfer-encoding') scan.te = scan.te === undefined ? v : `${scan.te}, ${v}`;
   const headers = scan.headers;
   const prev = headers[k];
-  headers[k] = prev === undefined ? v : `${prev}, ${v}`;
+  headers[k] = prev === undefined ? v : joinField(k, prev, v);
+}
+
+/** A repeated field's lines as one value: ', ' (RFC 9110), except Cookie's, which are '; '-separated pairs (RFC 9113
+ *  §8.2.3, as nginx joins them), so `${cookie_x}` finds its pair on any line. */
+function joinField(name: string, prev: string, value: string): string {
+  return name === 'cookie' ? `${prev}; ${value}` : `${prev}, ${value}`;
 }
 
 const NO_HEADERS: Record<string, string> = {};
@@ -479,7 +485,7 @@ function serveInGuard(front: Front, wire: ResponseWire, head: RequestHead, buf: 
   return client;
 }
 
-/** The head's fields as the pipeline reads them: lower-case names, repeated ones joined with ', ', values UTF-8
+/** The head's fields as the pipeline reads them: lower-case names, repeated ones joined (joinField), values UTF-8
  *  (as uWS decodes them), Host from an absolute-form target. */
 function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Record<string, string> {
   const headers: Record<string, string> = {};
@@ -495,7 +501,7 @@ function headerRecord(wire: ResponseWire, head: RequestHead, buf: Buffer): Recor
       const name = text.slice(lines[i]! - from, lines[i + 1]! - from).toLowerCase();
       const value = ascii ? text.slice(lines[i + 2]! - from, lines[i + 3]! - from) : buf.toString('utf8', lines[i + 2]!, lines[i + 3]!);
       const prev = headers[name];
-      headers[name] = prev === undefined ? value : `${prev}, ${value}`;
+      headers[name] = prev === undefined ? value : joinField(name, prev, value);
     }
   }
   if (head.host !== undefined) headers.host = head.host;

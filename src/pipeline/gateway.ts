@@ -906,7 +906,11 @@ export class Gateway implements RequestSink {
       const reservedOnly = d.spent.length > 0 && d.spent.every((sq) => { const v = viewOf.get(sq); return v !== undefined && v.consumed < v.limit; });
       retryAfterMs = Math.min(retryAfterMs, reservedOnly ? Math.min(d.retryAfterMs, RESERVED_RETRY_MS) : d.retryAfterMs);
     }
-    headers.push(['retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000)))]);
+    const retryAfter = String(Math.max(1, Math.ceil(retryAfterMs / 1000)));
+    headers.push(['retry-after', retryAfter]);
+    // Higress's reset header says when to retry, as Retry-After does: a sliding window frees room after its fixed
+    // window's end, and the store's wait is the one that knows when.
+    for (const h of headers) if (shown.some((sq) => sq.rejectResetHeader === h[0])) h[1] = retryAfter;
     const q = r.quota;
     // `instances[i]` is the instance whose quota gave denial i (none for a route-wide quota).
     (all ?? [r]).forEach((d, i) => {

@@ -69,7 +69,17 @@ describe('Higress ai-token-ratelimit compatibility', () => {
     assert.equal(r.status, 429);
     const reset = Number(r.headers.get('x-tokenratelimit-reset'));
     assert.ok(Number.isInteger(reset) && reset >= 1 && reset <= 60, `reset ${reset}`);
+    assert.equal(r.headers.get('x-tokenratelimit-reset'), r.headers.get('retry-after'));
     assert.match(r.text, /Too many requests/);
+  });
+
+  it('window_type sliding: X-TokenRateLimit-Reset says when room comes back, as Retry-After does (past the fixed window\'s end)', async () => {
+    await avoidWindowEdge(60);
+    const g = await gw({ rule_name: 'slide', window_type: 'sliding', global_threshold: { token_per_minute: 30 } });
+    let r = await chat(g);
+    for (let i = 0; i < 5 && r.status === 200; i++) r = await chat(g);
+    assert.equal(r.status, 429);
+    assert.equal(r.headers.get('x-tokenratelimit-reset'), r.headers.get('retry-after'));
   });
 
   it('admission boundary: limit 20 at 10 tokens a request admits 2 (Higress admits 3: it admits while spent <= threshold)', async () => {

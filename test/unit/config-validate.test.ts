@@ -120,6 +120,8 @@ const INVALID: Record<string, readonly Expected[]> = {
     ['routes[2].plugins.ai-rate-limiting', 'must set at least one of limit, instances, rules or model_limits'],
     // Past 2^53 − 1 the message gives the bound, not "must be a positive integer" for a positive integer.
     ['routes[3].plugins.ai-rate-limiting.limit', 'must be at most 9007199254740991'],
+    // A rejection has an error body: a status without one would leave its bytes to be read as the next answer.
+    ['routes[4].plugins.ai-rate-limiting.rejected_code', 'must not be 204: a rejection carries an error body, which a 204 answer cannot'],
   ],
   'rate-limit-instances.yaml': [
     [`${RL}.instances[1].name`, 'duplicates instances[0].name'],

@@ -326,6 +326,28 @@ describe('responses: stream codec', () => {
     assert.equal(codec.text, DELTAS.join(''));
   });
 
+  it('text that comes only in done events (no deltas) is counted once per item, and the terminal output adds only what none brought', () => {
+    const text = 'hello '.repeat(50);
+    const item = { id: 'msg_9', type: 'message', role: 'assistant', content: [{ type: 'output_text', text }] };
+    const call = { id: 'fc_1', type: 'function_call', name: 'f', arguments: '{"a":1}' };
+    let s = ev('response.output_item.added', { output_index: 0, item: { ...item, content: [] } }, 0);
+    s += ev('response.output_text.done', { item_id: 'msg_9', output_index: 0, content_index: 0, text }, 1);
+    s += ev('response.content_part.done', { item_id: 'msg_9', output_index: 0, content_index: 0, part: item.content[0] }, 2);
+    s += ev('response.output_item.done', { output_index: 0, item }, 3);
+    s += ev('response.output_item.done', { output_index: 1, item: call }, 4);
+    const extra = { id: 'msg_10', type: 'message', role: 'assistant', content: [{ type: 'output_text', text: 'late' }] };
+    s += ev('response.completed', { response: { id: 'r', status: 'completed', output: [item, call, extra], usage: null } }, 5);
+    const { codec } = run(Buffer.from(s), []);
+    assert.equal(codec.usage, undefined);
+    assert.equal(codec.text, text + 'f\n{"a":1}' + 'late');
+    // Each done event alone, cut before the terminal event: its text is still counted.
+    for (const only of [
+      ev('response.output_text.done', { item_id: 'm', content_index: 0, text }, 0),
+      ev('response.content_part.done', { item_id: 'm', content_index: 0, part: { type: 'output_text', text } }, 0),
+      ev('response.output_item.done', { output_index: 0, item }, 0),
+    ]) assert.equal(run(Buffer.from(only), []).codec.text, text);
+  });
+
   it('an implausible usage is rejected with its reason', () => {
     const { codec } = run(Buffer.from(streamText({ usage: { input_tokens: 5, output_tokens: 3, total_tokens: 2 } })), []);
     assert.equal(codec.usage, undefined);

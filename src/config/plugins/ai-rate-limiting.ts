@@ -7,7 +7,7 @@ import { compileCostExpr } from '../../rules/cost-expr.ts';
 import { compileCountTemplate, compileTemplate, parsePositiveInt } from '../../rules/template.ts';
 import { childPath, type Issues } from '../issues.ts';
 import { APISIX_REDIS_KEYS, readApisixRedis } from '../redis.ts';
-import { POSITIVE, Section, checkInt } from '../section.ts';
+import { POSITIVE, Section, checkInt, rejectedCode } from '../section.ts';
 import { NAME_MESSAGE, NAME_PATTERN } from './ai-proxy.ts';
 
 const KEYS = [
@@ -231,7 +231,7 @@ export function readAiRateLimiting(is: Issues, path: string, value: unknown, sco
     is.add(path, 'must set at least one of limit, instances, rules or model_limits');
   }
   const policy = sec.oneOf('policy', POLICIES) ?? 'local';
-  const rejectedCode = sec.int('rejected_code', { min: 200, max: 599 }) ?? 429;
+  const rejected = rejectedCode(sec);
   const rejectedMsg = sec.str('rejected_msg', { empty: true });
   const showHeader = sec.bool('show_limit_quota_header') ?? true;
   const headerStyle = sec.oneOf('header_style', HEADER_STYLES) ?? 'apisix';
@@ -246,7 +246,7 @@ export function readAiRateLimiting(is: Issues, path: string, value: unknown, sco
     rules,
     // Absent unless configured, so configs without it keep their shape.
     ...(sec.has('model_limits') ? { model_limits: modelLimits } : {}),
-    rejected_code: rejectedCode,
+    rejected_code: rejected,
     rejected_msg: rejectedMsg,
     show_limit_quota_header: showHeader,
     header_style: headerStyle,

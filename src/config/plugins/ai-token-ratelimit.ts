@@ -18,7 +18,7 @@ import { isHeaderName } from '../net.ts';
 import { readHigressRedis } from '../redis.ts';
 import { readName } from './ai-proxy.ts';
 import { STRATEGIES, readCostExpr } from './ai-rate-limiting.ts';
-import { POSITIVE, Section } from '../section.ts';
+import { POSITIVE, Section, rejectedCode } from '../section.ts';
 
 const KEYS = [
   'rule_name', 'global_threshold', 'rule_items', 'rejected_code', 'rejected_msg', 'show_limit_quota_header',
@@ -183,7 +183,7 @@ export function readAiTokenRatelimit(is: Issues, path: string, value: unknown): 
     rule_match: sec.oneOf('rule_match', ['all', 'first'] as const) ?? 'all',
     limit_strategy: strategy,
     cost_expr: readCostExpr(sec, strategy, true),
-    rejected_code: sec.int('rejected_code', { min: 200, max: 599 }) ?? 429,
+    rejected_code: rejectedCode(sec),
     rejected_msg: sec.str('rejected_msg', { empty: true }) ?? 'Too many requests',
     show_limit_quota_header: sec.bool('show_limit_quota_header') ?? true,
     window_type: sec.oneOf('window_type', ['fixed', 'sliding'] as readonly WindowType[]) ?? 'fixed',

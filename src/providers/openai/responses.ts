@@ -248,25 +248,30 @@ export function responsesUsage(u: unknown, maxUsage: number): Usage | UsageRejec
 }
 
 /** Generated text of a Response object's output items (for counting when usage is missing). */
-export function responsesOutputText(response: unknown): string {
+export function responsesOutputText(response: unknown, skip?: ReadonlySet<string>): string {
   if (!isJsonObject(response) || !Array.isArray(response.output)) return '';
   const out: string[] = [];
   for (const item of response.output) {
-    if (!isJsonObject(item)) continue;
-    for (const list of [item.content, item.summary]) {
-      if (!Array.isArray(list)) continue;
-      for (const c of list) {
-        if (!isJsonObject(c)) continue;
-        if (typeof c.text === 'string') out.push(c.text);
-        else if (typeof c.refusal === 'string') out.push(c.refusal);
-      }
-    }
-    for (const key of OUTPUT_ITEM_TEXT_KEYS) {
-      const v = item[key];
-      if (typeof v === 'string') out.push(v);
-    }
+    if (!isJsonObject(item) || (skip !== undefined && typeof item.id === 'string' && skip.has(item.id))) continue;
+    itemText(item, out);
   }
   return out.join('\n');
+}
+
+/** The generated strings of one output item (message parts, reasoning summaries, tool-call fields) onto `out`. */
+function itemText(item: Obj, out: string[]): void {
+  for (const list of [item.content, item.summary]) {
+    if (!Array.isArray(list)) continue;
+    for (const c of list) {
+      if (!isJsonObject(c)) continue;
+      if (typeof c.text === 'string') out.push(c.text);
+      else if (typeof c.refusal === 'string') out.push(c.refusal);
+    }
+  }
+  for (const key of OUTPUT_ITEM_TEXT_KEYS) {
+    const v = item[key];
+    if (typeof v === 'string') out.push(v);
+  }
 }
 
 /** Generated strings of tool-call output items (function, custom and MCP calls, interpreter code). */
@@ -306,9 +311,21 @@ const DELTA_TYPES: ReadonlySet<string> = new Set([
   'response.code_interpreter_call_code.delta', 'response.audio.transcript.delta',
 ]);
 const ITEM_ADDED = 'response.output_item.added';
+const ITEM_DONE = 'response.output_item.done';
+const PART_DONE = 'response.content_part.done';
+/** Events that repeat an item's generated text whole once it is complete, and the member holding it. A server
+ *  that sends only these (no deltas) still produced that text: it is counted once per item. */
+const DONE_TEXT: ReadonlyMap<string, string> = new Map([
+  ['response.output_text.done', 'text'], ['response.refusal.done', 'refusal'], ['response.reasoning_summary_text.done', 'text'],
+  ['response.reasoning_text.done', 'text'], ['response.function_call_arguments.done', 'arguments'],
+  ['response.custom_tool_call_input.done', 'input'], ['response.mcp_call_arguments.done', 'arguments'],
+  ['response.code_interpreter_call_code.done', 'code'], ['response.audio.transcript.done', 'transcript'],
+]);
+/** Items whose text was counted, remembered up to this many (past it a done event's text may count twice: more, never less). */
+const MAX_TEXT_ITEMS = 1024;
 
 function wanted(type: string): boolean {
-  return DELTA_TYPES.has(type) || TERMINAL_TYPES.has(type) || type === ITEM_ADDED;
+  return DELTA_TYPES.has(type) || TERMINAL_TYPES.has(type) || type === ITEM_ADDED || type === ITEM_DONE || type === PART_DONE || DONE_TEXT.has(type);
 }
 
 /** Events up to this size are JSON.parsed whole; larger ones are scanned as they arrive. */
@@ -343,6 +360,9 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private rejectedSeen: UsageRejectReason | undefined;
   /** Text arrived incrementally: a terminal event's output (the same text again) is not collected. */
   private sawDelta = false;
+  /** Items (by id) whose text was counted, from deltas or from a done event: their done events and their part of the
+   *  terminal event's output are the same text again. */
+  private readonly textItems = new Set<string>();
   private events = 0;
 
   // SSE framing.
@@ -578,6 +598,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     if (DELTA_TYPES.has(type)) {
       if (typeof ev.delta === 'string') this.tally.add(ev.delta);
       this.sawDelta = true;
+      this.textOf(ev.item_id);
     } else if (type === ITEM_ADDED) {
       const item = ev.item;
       if (isJsonObject(item) && typeof item.name === 'string') {
@@ -587,9 +608,41 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     } else if (TERMINAL_TYPES.has(type)) {
       const response = ev.response;
       if (!isJsonObject(response)) return;
-      if (!this.sawDelta) this.tally.add(responsesOutputText(response));
+      // Output whose text no delta or done event brought (all of it when nothing came incrementally).
+      if (!this.sawDelta) this.tally.add(responsesOutputText(response, this.textItems));
       this.recordUsage(responsesUsage(response.usage, this.maxUsage));
+    } else {
+      this.doneEvent(ev, type);
     }
+  }
+
+  /** Whether the text of item `id` is still to be counted; from now on it is counted (or unknown: no id). */
+  private textOf(id: unknown): boolean {
+    if (typeof id !== 'string') return !this.sawDelta;
+    if (this.textItems.has(id)) return false;
+    if (this.textItems.size < MAX_TEXT_ITEMS) this.textItems.add(id);
+    return true;
+  }
+
+  /** A done event: its text counts when no delta or earlier done event of its item brought it. */
+  private doneEvent(ev: Obj, type: string): void {
+    let text: unknown;
+    let id: unknown = ev.item_id;
+    const member = DONE_TEXT.get(type);
+    if (member !== undefined) text = ev[member];
+    else if (type === PART_DONE) {
+      const part = ev.part;
+      if (isJsonObject(part)) text = typeof part.text === 'string' ? part.text : part.refusal;
+    } else if (type === ITEM_DONE) {
+      const item = ev.item;
+      if (!isJsonObject(item)) return;
+      id = item.id;
+      const out: string[] = [];
+      itemText(item, out);
+      text = out.join('\n');
+    } else return;
+    if (typeof text !== 'string' || text === '' || !this.textOf(id)) return;
+    this.tally.add(text);
   }
 
   private recordUsage(u: Usage | UsageRejection | undefined): void {
