@@ -696,7 +696,8 @@ export class Gateway implements RequestSink {
       broken = !res.aborted && !ctx.cut;
       if (broken) log.warn('upstream stream broke off', { route: ctx.route.id, instance: inst.name, err });
     }
-    if (res.aborted) up.abort();
+    // A client gone, or a stream cut here (the codec threw on bytes it cannot read): the upstream's rest is not read.
+    if (res.aborted || broken) up.abort();
     // Decided before the response is touched: destroying it fires the abort handler (aborted becomes true),
     // and a stream the upstream broke is a 502, not a client abort.
     let status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;

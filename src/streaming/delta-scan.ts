@@ -61,6 +61,8 @@ export const lastScan = { literals: 0, escaped: false, start: 0, end: 0 };
 export function scanDeltaText(data: string): string | null {
   lastScan.literals = 0;
   lastScan.escaped = false;
+  // Not an object (text that is not JSON, a space before the brace): the full parse decides.
+  if (data.charCodeAt(0) !== 0x7b) return null;
   for (let u = data.indexOf('usage"'); u !== -1; u = data.indexOf('usage"', u + 6)) {
     if (data.charCodeAt(u - 1) === QUOTE && !data.startsWith(':null', u + 6)) return null;
   }

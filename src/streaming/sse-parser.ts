@@ -129,6 +129,9 @@ export class SseParser {
   }
 
   /** The stream ended: a final line or event without its terminating blank line still counts. */
+  /** The event being dispatched is one the stream ended inside (no blank line after it): a cut frame. */
+  endedInside = false;
+
   end(): void {
     if (this.crPending) {
       this.crPending = false;
@@ -136,7 +139,10 @@ export class SseParser {
     } else if (this.carryLen > 0) {
       this.lineFromCarry(0, 0);
     }
-    if (this.data !== null || this.eventBytes > 0) this.dispatch(0);
+    if (this.data !== null || this.eventBytes > 0) {
+      this.endedInside = true;
+      this.dispatch(0);
+    }
   }
 
   private appendCarry(src: Buffer, start: number, end: number): void {

@@ -268,6 +268,9 @@ export class StreamMeter {
     try {
       frame = JSON.parse(data);
     } catch {
+      // Not JSON, yet relayed to the client: counted as produced text (no relayed byte is free). A last event the
+      // stream ended inside is a cut frame, not text: its content up to the cut is what the count misses, a few tokens.
+      if (!this.parser.endedInside) this.addText(data);
       return false;
     }
     if (typeof frame !== 'object' || frame === null) return false;

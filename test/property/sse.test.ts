@@ -181,7 +181,7 @@ test('SSE: comment lines and unknown fields inside an event are ignored', () => 
 const text = fc.string({ unit: fc.oneof(fc.string({ unit: 'grapheme', minLength: 1, maxLength: 1 }), fc.constantFrom('"', '\\', '\n', '\r', '\t', 'é', '🎌', 'content"', 'usage"', ':null', '\\"', '\u2028')), maxLength: 16 });
 const count = fc.nat({ max: 100_000 });
 
-interface Frame { lines: readonly string[]; text: string; usage?: unknown }
+interface Frame { lines: readonly string[]; text: string; usage?: unknown; cutText?: string }
 
 function dataFrame(obj: unknown, spaced: boolean): string[] {
   // A spaced frame is split over several data lines: the parser joins them with '\n', which JSON allows.
@@ -209,7 +209,8 @@ const contentFrame: fc.Arbitrary<Frame> = fc.oneof(
     usage: { prompt_tokens: p, completion_tokens: c, total_tokens: p + c },
   })),
   lineText.map((t) => ({ lines: [':' + t], text: '' })),
-  fc.constant({ lines: ['data: not json {'], text: '' }),
+  // Not JSON, yet relayed: counted as text, except as a last event the stream ended inside (a cut frame).
+  fc.constant({ lines: ['data: not json {'], text: 'not json {', cutText: '' }),
   fc.constant({ lines: ['event: ping', 'data: {}'], text: '' }),
   fc.constant({ lines: ['data: [DONE]'], text: '' }),
 );
@@ -268,7 +269,9 @@ function buildStream(s: { frames: readonly Frame[]; usage: [{ usage: unknown; li
     const c = Math.max(a.completion_tokens, u.completion_tokens);
     return { prompt_tokens: p, completion_tokens: c, total_tokens: Math.max(a.total_tokens, u.total_tokens, p + c) };
   }, undefined);
-  return { whole: Buffer.from(whole), withoutUsage: Buffer.from(withoutUsage), text: s.frames.map((f) => f.text).join(''), lastUsage };
+  const cutLast = !s.closed && blocks.length > 0 && usageAt !== blocks.length - 1;
+  const text = s.frames.map((f, i) => (cutLast && i === s.frames.length - 1 ? f.cutText ?? f.text : f.text)).join('');
+  return { whole: Buffer.from(whole), withoutUsage: Buffer.from(withoutUsage), text, lastUsage };
 }
 
 test('StreamMeter: same output, usage, text and frame count at any split, in both modes', () => {

@@ -90,6 +90,9 @@ test('decodeChat: the body is relayed as it came, with its usage; without usage,
     assert.equal(decodeChat(call, Buffer.from(e), 1e6).unusable, 'the upstream answered 2xx with an error: x', e);
   }
   for (const e of ['{}', '{"detail":"Not Found"}', '{"error":"string"}']) assert.equal(decodeChat(call, Buffer.from(e), 1e6).unusable, 'the upstream answer has no choices array', e);
+  // A believable usage at the end does not make an answer without choices one (the tail shortcut needs "choices").
+  assert.equal(decodeChat(call, Buffer.from('{"id":"x","object":"text_completion","usage":{"prompt_tokens":20,"completion_tokens":100,"total_tokens":120}}'), 1e6).unusable,
+    'the upstream answer has no choices array');
   // A usage at the end does not make a page or an error object an answer (the tail is read only from answers).
   const zero = ',"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}';
   assert.match(decodeChat(call, Buffer.from('{"error":{"message":"quota exceeded"}' + zero), 1e6).unusable ?? '', /quota exceeded/);

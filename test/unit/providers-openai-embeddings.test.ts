@@ -127,8 +127,13 @@ describe('embeddings: usage', () => {
     assert.equal(decodeEmbeddings(undefined, first, MAX_USAGE).usage?.prompt_tokens, 77);
     const missing = Buffer.from(JSON.stringify({ object: 'list', data, model: 'm' }));
     assert.equal(decodeEmbeddings(undefined, missing, MAX_USAGE).usage, undefined);
+    // Too large to parse whole, and still checked as a parsed one is: cut short, an error padded out, no data.
     const truncated = last.subarray(0, last.length - 20);
-    assert.equal(decodeEmbeddings(undefined, truncated, MAX_USAGE).usage, undefined);
+    assert.equal(decodeEmbeddings(undefined, truncated, MAX_USAGE).unusable, 'the upstream answer is not a JSON object');
+    const pad = 'x'.repeat(100_000);
+    assert.match(decodeEmbeddings(undefined, Buffer.from(JSON.stringify({ error: { message: 'boom' }, pad })), MAX_USAGE).unusable ?? '', /2xx with an error: boom/);
+    assert.equal(decodeEmbeddings(undefined, Buffer.from(JSON.stringify({ object: 'list', pad, usage: { prompt_tokens: 1, total_tokens: 1 } })), MAX_USAGE).unusable,
+      'the upstream answer has no data array');
   });
 
   it('an event stream from an upstream that should not send one passes through, charged its prompt', () => {

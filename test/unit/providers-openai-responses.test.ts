@@ -348,6 +348,24 @@ describe('responses: stream codec', () => {
     ]) assert.equal(run(Buffer.from(only), []).codec.text, text);
   });
 
+  it('a body that is not SSE is cut at 64 KiB of a line that is not data; data that is not JSON is counted as text', () => {
+    const codec = new ResponsesStream({ maxUsage: MAX_USAGE });
+    const junk = Buffer.from('hello '.repeat(4096));
+    let relayed = 0;
+    assert.throws(() => { for (let i = 0; i < 100; i++) relayed += codec.push(junk)?.length ?? 0; }, /not SSE/);
+    assert.ok(relayed <= 64 * 1024, `relayed ${relayed} bytes before the cut`);
+    for (const line of [': ' + 'c'.repeat(70_000) + '\n', 'event: ' + 'e'.repeat(70_000) + '\n']) {
+      assert.throws(() => new ResponsesStream({ maxUsage: MAX_USAGE }).push(Buffer.from(line)), /not SSE/);
+    }
+    // Short comments and ids are SSE: relayed and ignored.
+    assert.equal(run(Buffer.from(': keep-alive\nid: 7\n\n'), []).codec.text, '');
+    // A data event that is not JSON reached the client: its text counts; a last one the stream ended inside does not.
+    assert.equal(run(Buffer.from('data: hello there\n\ndata: {"type":"response.output_text.delta","delta":"x"}\n\ndata: {"cut'), []).codec.text, 'hello therex');
+    // Too large to hold and not JSON: cut.
+    const big = new ResponsesStream({ maxUsage: MAX_USAGE });
+    assert.throws(() => { big.push(Buffer.from('data: ')); for (let i = 0; i < 20; i++) big.push(Buffer.from('z'.repeat(64 * 1024))); }, /not JSON/);
+  });
+
   it('an implausible usage is rejected with its reason', () => {
     const { codec } = run(Buffer.from(streamText({ usage: { input_tokens: 5, output_tokens: 3, total_tokens: 2 } })), []);
     assert.equal(codec.usage, undefined);

@@ -113,6 +113,11 @@ test('usage on a chunk that also carries choices is recorded but never stripped'
   assert.equal(r.text, 'hi');
 });
 
+test('a data frame that is not JSON reached the client: its text is counted', () => {
+  const s = chunk({ ...base, choices: [{ index: 0, delta: { content: 'ok' } }] }) + 'data: plain words here\n\n' + 'data: [DONE]\n\n';
+  for (const strip of [false, true]) assert.equal(run([Buffer.from(s)], strip).text, 'okplain words here');
+});
+
 test('a stream cut before [DONE] or without usage still yields its text', () => {
   const s = chunk({ ...base, choices: [{ index: 0, delta: { content: 'partial' } }] }) + 'data: {"choices":[{"delta":{"content":" answ';
   for (const strip of [false, true]) {

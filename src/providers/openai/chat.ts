@@ -155,13 +155,14 @@ function completionText(json: unknown): string {
 }
 
 const QUOTED_ERROR = Buffer.from('"error"');
+const QUOTED_CHOICES = Buffer.from('"choices"');
 
 /** A buffered 2xx chat/completions answer: relayed as it came; its usage, or its text to count. */
 export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
-  // Usage read from the answer's end when it is there and believable, on a body that opens an object and has no
-  // "error" member (the bytes `"error"` occur in valid JSON only as a key or that exact string, which merely
-  // takes the slow path); the whole answer is parsed and checked otherwise.
-  if (opensObject(body) && body.indexOf(QUOTED_ERROR) < 0) {
+  // Usage read from the answer's end when it is there and believable, on a body that opens an object, has a
+  // "choices" member and no "error" member (those bytes occur in valid JSON only as a key or that exact string,
+  // which merely takes the slow path); the whole answer is parsed and checked otherwise.
+  if (opensObject(body) && body.indexOf(QUOTED_CHOICES) >= 0 && body.indexOf(QUOTED_ERROR) < 0) {
     const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
     // A completion of 0 is checked against the answer's text below (the whole parse).
     if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };

@@ -103,14 +103,22 @@ export function embeddingsUsage(u: unknown, maxUsage: number): Usage | UsageReje
   return usageFromCounts({ prompt, completion: u.completion_tokens ?? 0, total: u.total_tokens }, u, maxUsage);
 }
 
-/** The top-level `usage` of a large body, scanned without building the vectors. */
+/** The top-level `usage` of a large body, scanned without building the vectors; and whether it has `data` or an
+ *  `error` object (the checks unusableNative makes on a parsed one). */
 class UsageScan {
   json: string | undefined | null = null;
+  sawData = false;
+  error: string | undefined | null = null;
   value(path: ScanPath): number {
     if (path.length === 0) return SCAN_SKIP;
-    return path.length === 1 && path[0] === 'usage' ? SCAN_RAW : SCAN_SKIP_TREE;
+    if (path.length !== 1) return SCAN_SKIP_TREE;
+    if (path[0] === 'data') this.sawData = true;
+    return path[0] === 'usage' || path[0] === 'error' ? SCAN_RAW : SCAN_SKIP_TREE;
   }
-  raw(_path: ScanPath, json: string | undefined): void { this.json = json; }
+  raw(path: ScanPath, json: string | undefined): void {
+    if (path[0] === 'error') this.error = json;
+    else this.json = json;
+  }
   piece(): void { /* no text is asked for */ }
 }
 
@@ -127,18 +135,26 @@ function bodyUsage(body: Buffer): { readonly raw: unknown } | DecodedBody {
   }
   // Too large to parse: an object at least starts with '{' (what a page or a bare vector list does not).
   if (!opensObject(body)) return untranslatable(false, undefined);
-  return { raw: scannedUsage(body) };
-}
-
-function scannedUsage(body: Buffer): unknown {
   const sink = new UsageScan();
   const scanner = new JsonScanner(sink, PARSE_BODY_BYTES);
   scanner.push(body);
   scanner.end();
-  if (sink.json === null) return undefined;
-  if (sink.json === undefined) return 'too large';
+  // Not JSON to its end, or padding around an error or around nothing: the same answers as for a parsed body.
+  if (scanner.broken || !scanner.done) return untranslatable(false, undefined);
+  if (!sink.sawData) {
+    const e = parsed(sink.error);
+    if (typeof e === 'object' && e !== null && !Array.isArray(e)) return untranslatable(true, (e as Record<string, unknown>).message);
+    return { ...untranslatable(false, undefined), unusable: 'the upstream answer has no data array' };
+  }
+  if (sink.json === null) return { raw: undefined };
+  if (sink.json === undefined) return { raw: 'too large' };
+  return { raw: parsed(sink.json) };
+}
+
+function parsed(json: string | undefined | null): unknown {
+  if (typeof json !== 'string') return undefined;
   try {
-    return JSON.parse(sink.json) as unknown;
+    return JSON.parse(json) as unknown;
   } catch {
     return undefined;
   }

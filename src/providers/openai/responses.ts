@@ -333,6 +333,9 @@ export const SMALL_EVENT_BYTES = 256 * 1024;
 /** Most bytes of a usage object believed (a real one is a few hundred). */
 const MAX_USAGE_JSON_BYTES = 64 * 1024;
 const MAX_EVENT_NAME_BYTES = 64;
+/** Longest line that is not a `data:` line (a field name, an `event:`/`id:` value, a comment): past it the body is
+ *  not SSE, and the stream is cut rather than relayed unread without bound. */
+const MAX_OTHER_LINE_BYTES = 64 * 1024;
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -346,6 +349,10 @@ const L_FIELD = 0;   // reading a field name (an empty line so far: a blank line
 const L_DATA = 1;
 const L_EVENT = 2;
 const L_IGNORE = 3;  // a comment or a field Sluice does not read
+
+function notSse(): Error {
+  return new Error(`upstream Responses stream is not SSE: a line of more than ${MAX_OTHER_LINE_BYTES} bytes that is not data`);
+}
 
 /**
  * One Responses stream on its way to the client: every byte is forwarded as it came; the codec reads the
@@ -386,6 +393,10 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private skipData = false;
   private scanType: string | undefined;
   private scanUsage: string | undefined | null = null;
+  /** Bytes of the current line that is not a data line. */
+  private otherLine = 0;
+  /** end() is reading what the stream ended inside. */
+  private ending = false;
 
   constructor(opts: StreamOptions) {
     this.maxUsage = opts.maxUsage;
@@ -412,6 +423,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   }
 
   end(): Buffer | undefined {
+    this.ending = true;
     this.crPending = false;
     if (this.lineState !== L_FIELD || this.fieldLen > 0) this.endLine();
     if (this.hasData || this.scanner !== undefined) this.dispatch();
@@ -440,7 +452,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
           continue;
         }
         if (this.fieldLen < this.field.length) this.field[this.fieldLen] = b;
-        this.fieldLen++;
+        if (++this.fieldLen > MAX_OTHER_LINE_BYTES) throw notSse();
         continue;
       }
       if (this.valueStart) {
@@ -454,7 +466,11 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       }
       const to = stop === -1 ? len : stop;
       if (this.lineState === L_DATA) this.data(chunk, pos, to);
-      else if (this.lineState === L_EVENT) this.eventNameBytes(chunk, pos, to);
+      else {
+        this.otherLine += to - pos;
+        if (this.otherLine > MAX_OTHER_LINE_BYTES) throw notSse();
+        if (this.lineState === L_EVENT) this.eventNameBytes(chunk, pos, to);
+      }
       if (stop === -1) return;
       pos = this.lineEnd(chunk, stop);
     }
@@ -511,6 +527,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     }
     this.lineState = L_FIELD;
     this.fieldLen = 0;
+    this.otherLine = 0;
     this.valueStart = false;
   }
 
@@ -524,6 +541,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private data(chunk: Buffer, from: number, to: number): void {
     if (to <= from || this.skipData) return;
     if (this.scanner !== undefined) {
+      // An event too large to hold that is not JSON either: nothing in it can be read or counted.
+      if (this.scanner.broken) throw new Error(`upstream Responses event is not JSON and exceeds ${SMALL_EVENT_BYTES} bytes`);
       this.scanner.push(chunk.subarray(from, to));
       return;
     }
@@ -582,6 +601,9 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       try {
         ev = JSON.parse(json);
       } catch {
+        // Not JSON, yet relayed to the client: counted as produced text (no relayed byte is free); not a last event
+        // the stream ended inside (a cut frame).
+        if (!this.ending) this.tally.add(json);
         ev = undefined;
       }
       if (isJsonObject(ev)) this.parsedEvent(ev, named);
