@@ -72,12 +72,54 @@ function envLookalikes(proxy: AiProxyConfig | undefined, path: string, out: Conf
   });
 }
 
+/** Quotas keyed by the consumer on a route that authenticates nobody: no request there ever has one. */
+function consumerWithoutAuth(r: SluiceConfig['routes'][number], path: string, out: ConfigIssue[]): void {
+  if (r.plugins['key-auth'] !== undefined) return;
+  const arl = r.plugins['ai-rate-limiting'];
+  arl?.rules.forEach((rule, j) => {
+    let names: string[];
+    try {
+      names = templateVars(rule.key);
+    } catch {
+      return;
+    }
+    if (!names.includes('consumer_name')) return;
+    out.push({
+      path: childPath(childPath(childPath(path, 'ai-rate-limiting.rules'), j), 'key'),
+      message: `names \${consumer_name}, but this route has no key-auth: no request has a consumer, so ${arl.on_missing_key === 'skip' ? 'this rule never limits anything' : `every request is refused (${arl.missing_key_code})`}`,
+    });
+  });
+  r.plugins['ai-token-ratelimit']?.rule_items.forEach((item, j) => {
+    if (item.by !== 'consumer') return;
+    out.push({ path: childPath(childPath(path, 'ai-token-ratelimit.rule_items'), j), message: 'limits by consumer, but this route has no key-auth: no request has a consumer, so this item never applies' });
+  });
+}
+
+/** A consumer's own upstreams replace the route's; instance quotas name instances: one naming none of the consumer's leaves it unlimited. */
+function consumerInstancesUnlimited(config: SluiceConfig, out: ConfigIssue[]): void {
+  config.routes.forEach((r, i) => {
+    const arl = r.plugins['ai-rate-limiting'];
+    if (r.plugins['key-auth'] === undefined || arl === undefined || arl.instances.length === 0) return;
+    if (arl.limit !== undefined || arl.rules.length > 0 || (arl.model_limits ?? []).length > 0) return;
+    const named = new Set(arl.instances.map((q) => q.name));
+    config.consumers.forEach((c, j) => {
+      if (c.ai_proxy === undefined || c.ai_rate_limiting !== undefined || c.ai_proxy.instances.some((inst) => named.has(inst.name))) return;
+      out.push({
+        path: `consumers[${j}].plugins`,
+        message: `has its own ai-proxy, whose instances routes[${i}].plugins.ai-rate-limiting.instances does not name: that route's quotas do not limit this consumer there (name an instance alike, or add a route-wide limit or a rule)`,
+      });
+    });
+  });
+}
+
 export function configWarnings(config: SluiceConfig): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   const perKeyOnRedis: string[] = [];
+  consumerInstancesUnlimited(config, out);
   config.routes.forEach((r, i) => {
     const path = `routes[${i}].plugins`;
     envLookalikes(r.plugins['ai-proxy-multi'], childPath(path, 'ai-proxy-multi'), out);
+    consumerWithoutAuth(r, path, out);
     const arl = r.plugins['ai-rate-limiting'];
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);
@@ -141,9 +183,23 @@ export function restartOnlyChanges(started: SluiceConfig, next: SluiceConfig): s
 
 /** What a reload from `prev` (the config served until now) to `next` does that the operator may not expect. */
 export function reloadWarnings(prev: SluiceConfig, next: SluiceConfig): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
   // Rule key values are hashed under the secret into counter ids: new ids, so counters from zero (never quoted).
-  if (prev.key_hash_secret === next.key_hash_secret) return [];
-  return [{ path: 'key_hash_secret', message: 'changed: every per-key counter (ai-rate-limiting rules, ai-token-ratelimit rule_items) starts again from zero; the usage counted under the old secret no longer applies' }];
+  if (prev.key_hash_secret !== next.key_hash_secret) {
+    out.push({ path: 'key_hash_secret', message: 'changed: every per-key counter (ai-rate-limiting rules, ai-token-ratelimit rule_items) starts again from zero; the usage counted under the old secret no longer applies' });
+  }
+  // A route's counters are keyed by its id; a route without one is `route-<position>`.
+  const before = new Map(prev.routes.map((r) => [r.id, r]));
+  const gone = prev.routes.filter((r) => !next.routes.some((n) => n.id === r.id)).map((r) => r.id);
+  next.routes.forEach((r, i) => {
+    const was = before.get(r.id);
+    if (was === undefined && gone.length > 0) {
+      out.push({ path: `routes[${i}].id`, message: `"${r.id}" is new and ${gone.map((g) => `"${g}"`).join(', ')} no longer exist${gone.length === 1 ? 's' : ''}: a route's counters are keyed by its id, so if it was renamed its quotas start again from zero` });
+    } else if (was !== undefined && was.uri !== r.uri && /^route-\d+$/.test(r.id)) {
+      out.push({ path: `routes[${i}]`, message: `has no id, so its counters are keyed "${r.id}" by position, which served ${JSON.stringify(was.uri)} before this reload: it takes over that route's counters; give each route an id` });
+    }
+  });
+  return out;
 }
 
 /**

@@ -119,3 +119,39 @@ test('a reload changing key_hash_secret warns that per-key counters start afresh
   }
   assert.deepEqual(reloadWarnings(one, validateConfig({ ...base, key_hash_secret: 'first-secret-0123456789' }, {})), []);
 });
+
+test('quotas keyed by the consumer on a route without key-auth, and consumer upstreams no instance quota names: warnings', () => {
+  const w = configWarnings(validateConfig(routeWith({
+    'ai-rate-limiting': { rules: [{ key: '${consumer_name}', count: 10, time_window: 60 }, { key: '${http_x_user}', count: 10, time_window: 60 }] },
+    'ai-token-ratelimit': { rule_name: 'r', rule_items: [{ limit_by_per_consumer: '', limit_keys: [{ key: '*', token_per_minute: 5 }] }] },
+  }), {}));
+  assert.deepEqual(w.map((x) => x.path), ['routes[0].plugins.ai-rate-limiting.rules[0].key', 'routes[0].plugins.ai-token-ratelimit.rule_items[0]']);
+  assert.match(w[0]!.message, /no key-auth: no request has a consumer, so every request is refused \(400\)/);
+  const authed = routeWith({ 'key-auth': {}, 'ai-rate-limiting': { rules: [{ key: '${consumer_name}', count: 10, time_window: 60 }] } });
+  assert.deepEqual(configWarnings(validateConfig({ ...authed, consumers: [{ username: 'a', plugins: { 'key-auth': { key: 'k-a' } } }] }, {})), []);
+  // A consumer whose own ai-proxy instances the route's instance quotas do not name is not limited there.
+  const multi = (instances: Record<string, unknown>[]) => ({ instances });
+  const inst = (name: string) => ({ name, provider: 'openai', weight: 1, auth: { header: { Authorization: 'Bearer x' } } });
+  const cfg = {
+    routes: [{ uri: '/v1/chat/completions', plugins: { 'key-auth': {}, 'ai-proxy-multi': multi([inst('main')]), 'ai-rate-limiting': { instances: [{ name: 'main', limit: 10, time_window: 60 }] } } }],
+    consumers: [
+      { username: 'bob', plugins: { 'key-auth': { key: 'k-bob' }, 'ai-proxy-multi': multi([inst('bobs')]) } },
+      { username: 'carol', plugins: { 'key-auth': { key: 'k-carol' }, 'ai-proxy-multi': multi([inst('main')]) } },
+    ],
+  };
+  const c = configWarnings(validateConfig(cfg, {}));
+  assert.deepEqual(c.map((x) => x.path), ['consumers[0].plugins']);
+  assert.match(c[0]!.message, /routes\[0\]\.plugins\.ai-rate-limiting\.instances does not name/);
+});
+
+test('a reload that renames a route, or moves one without an id, warns that its counters start afresh or change hands', () => {
+  const route = (uri: string, id?: string) => ({ ...(id === undefined ? {} : { id }), uri, plugins: { 'ai-proxy': { provider: 'openai' }, 'ai-rate-limiting': { limit: 10, time_window: 60 } } });
+  const cfg = (...routes: Record<string, unknown>[]) => validateConfig({ routes }, {});
+  const renamed = reloadWarnings(cfg(route('/a', 'chat')), cfg(route('/a', 'chat2')));
+  assert.deepEqual(renamed.map((w) => w.path), ['routes[0].id']);
+  assert.match(renamed[0]!.message, /"chat2" is new and "chat" no longer exists: .* start again from zero/);
+  const moved = reloadWarnings(cfg(route('/a')), cfg(route('/new'), route('/a')));
+  assert.deepEqual(moved.map((w) => w.path), ['routes[0]']);
+  assert.match(moved[0]!.message, /keyed "route-0" by position, which served "\/a" before this reload/);
+  assert.deepEqual(reloadWarnings(cfg(route('/a', 'x')), cfg(route('/a', 'x'), route('/b', 'y'))), [], 'a route added beside the others: nothing to say');
+});
