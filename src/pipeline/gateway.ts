@@ -24,7 +24,7 @@ import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { cutShortUsage, largerUsage, laterUsage, type UsageRejectReason } from '../streaming/usage.ts';
+import { completionBelowText, cutShortUsage, largerUsage, laterUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
@@ -623,6 +623,7 @@ export class Gateway implements RequestSink {
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
       if (decoded.usage === undefined) return this.relayCounted(ctx, status, headers, decoded);
       if (rejected === 'zero_completion') return this.relayZeroCompletion(ctx, status, headers, decoded, decoded.usage);
+      if (decoded.verifyText !== undefined) return this.relayVerified(ctx, status, headers, decoded, decoded.usage, decoded.verifyText);
       this.settle(ctx, decoded.usage);
     } else {
       ctx.releaseAll();
@@ -649,6 +650,20 @@ export class Gateway implements RequestSink {
   private async relayZeroCompletion(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody, reported: Usage): Promise<void> {
     const counted = await this.countedUsage(ctx, decoded.text, 0, 'usage_rejected');
     this.settle(ctx, withCountedCompletion(reported, counted));
+    this.sendBuffered(ctx, status, headers, decoded.body);
+  }
+
+  /** A report whose completion looks small for the text beside it (completionBelowText): the text is counted and
+   *  the larger completion charged, so the report can only be raised. */
+  private async relayVerified(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody, reported: Usage, text: string): Promise<void> {
+    const counted = await this.countedUsage(ctx, text, 0, undefined);
+    if (counted.completion_tokens > reported.completion_tokens) {
+      this.usageRejected(ctx, 'inconsistent');
+      this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason: 'usage_rejected' });
+      this.settle(ctx, largerUsage(reported, counted));
+    } else {
+      this.settle(ctx, reported);
+    }
     this.sendBuffered(ctx, status, headers, decoded.body);
   }
 
@@ -719,8 +734,10 @@ export class Gateway implements RequestSink {
       if (zeroCompletion) this.usageRejected(ctx, 'zero_completion');
       // Text after the last usage report is not covered by it: counted as if the stream were cut there.
       const textAfter = usage !== undefined && meter.textAfterUsage;
-      if (usage === undefined || rejected !== undefined || ctx.cut || res.aborted || zeroCompletion || textAfter) {
-        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion ? 'usage_rejected'
+      // A completion that looks small for the text streamed: the text is counted, and the larger one charged.
+      const low = usage !== undefined && !zeroCompletion && completionBelowText(usage.completion_tokens, meter.textChars ?? 0);
+      if (usage === undefined || rejected !== undefined || ctx.cut || res.aborted || zeroCompletion || textAfter || low) {
+        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion || low ? 'usage_rejected'
           : broken ? 'upstream_broken' : textAfter ? 'text_after_usage' : 'no_usage';
         if (counting !== undefined) counted += await counting;
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
@@ -731,10 +748,15 @@ export class Gateway implements RequestSink {
         // count, so a lie can only raise the charge.
         const early = usage === undefined || rejected !== undefined ? meter.promptReport : undefined;
         const believed = usage === undefined ? early : early === undefined ? usage : laterUsage(usage, early);
-        const charged = believed === undefined ? estimate
+        let charged = believed === undefined ? estimate
           : rejected !== undefined ? largerUsage(believed, estimate)
           : usage === undefined ? cutShortUsage(believed, estimate)
           : zeroCompletion ? withCountedCompletion(usage, estimate) : cutShortUsage(usage, estimate);
+        if (low && usage !== undefined && rejected === undefined && !ctx.cut && !res.aborted && !textAfter) {
+          // Only the check: the report stands unless the count is larger.
+          charged = estimate.completion_tokens > usage.completion_tokens ? largerUsage(usage, estimate) : usage;
+          if (charged !== usage) this.usageRejected(ctx, 'inconsistent');
+        }
         if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
         usage = charged;
       }

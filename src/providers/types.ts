@@ -125,6 +125,9 @@ export interface DecodedBody {
   /** A 2xx answer that cannot be translated for the client (not the provider's JSON, or an error object): why. The
    *  pipeline answers 502 rather than relay a 200 the client would take for a completion. */
   readonly unusable?: string;
+  /** A believed usage whose completion looks small for this much generated text (completionBelowText): the text, to
+   *  count; the larger completion is charged. */
+  readonly verifyText?: string;
 }
 
 /** One streamed answer on its way to the client: decodes the provider's frames, meters them, emits client bytes. */
@@ -164,6 +167,8 @@ export interface StreamCodec {
    * (502). Undefined or false for streams relayed as the upstream sent them.
    */
   readonly truncated?: boolean;
+  /** Characters of generated text the stream carried (for completionBelowText); undefined when the codec keeps none. */
+  readonly textChars?: number;
 }
 
 export interface StreamOptions {

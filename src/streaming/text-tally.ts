@@ -66,6 +66,11 @@ export class TextTally {
     return this.markAt !== -1 && this.added > this.markAt;
   }
 
+  /** Characters ever added. */
+  get total(): number {
+    return this.added;
+  }
+
   /** Characters held. */
   get held(): number {
     return this.length + (this.ready?.length ?? 0);

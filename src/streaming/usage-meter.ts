@@ -111,6 +111,8 @@ export class StreamMeter {
   get text(): string { this.decodeHeld(); return this.tally.rest(); }
   /** Characters of generated text held (undecoded bytes counted as characters: never fewer). */
   get heldChars(): number { return this.tally.held + this.rawLen; }
+  /** Characters of text the stream carried (text kept as bytes counted by its bytes, a bound). */
+  get textChars(): number { return this.tally.total + this.rawLen; }
   /** Tokens to add to the count of the pieces and the rest, so that cutting the text never under-counts. */
   get countMargin(): number { return this.tally.margin; }
   /** A piece of text to count now; the meter has dropped it. undefined until the bound is passed. */

@@ -197,6 +197,15 @@ export function coversMore(prev: Usage | undefined, next: Usage): boolean {
   return prev === undefined || next.completion_tokens > prev.completion_tokens;
 }
 
+/**
+ * Whether `chars` characters of generated text are too many for a reported completion of `completion` tokens to be
+ * taken on trust: more than 32 characters a token (beyond a small allowance) is more than tokenizers pack. The
+ * caller then counts the text and charges the larger completion, so a report is only ever raised by this check.
+ */
+export function completionBelowText(completion: number, chars: number): boolean {
+  return chars > (completion + 16) * 32;
+}
+
 export function isRejection(u: Usage | UsageRejection | undefined): u is UsageRejection {
   return u !== undefined && (u as UsageRejection).rejected !== undefined;
 }

@@ -26,7 +26,7 @@ describe('large buffered answers are decoded on a worker thread', () => {
         return;
       }
       const usage = mode === 'none' ? ''
-        : mode === 'cached' ? ',"usage":{"prompt_tokens":100,"completion_tokens":7000,"total_tokens":7100,"prompt_tokens_details":{"cached_tokens":80},"completion_tokens_details":{"reasoning_tokens":30}}'
+        : mode === 'cached' ? ',"usage":{"prompt_tokens":100,"completion_tokens":300000,"total_tokens":300100,"prompt_tokens_details":{"cached_tokens":80},"completion_tokens_details":{"reasoning_tokens":30}}'
           : ',"usage":{"prompt_tokens":40,"completion_tokens":300000,"total_tokens":300040}';
       s.write(http(`{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"${WORDS}"},"finish_reason":"stop"}]${usage}}`));
     });
@@ -62,8 +62,8 @@ describe('large buffered answers are decoded on a worker thread', () => {
     const c0 = await charged(gw, 'cx');
     const r = await post(`${gw.url}/cx/v1/chat/completions`, ASK, { 'x-mode': 'cached' });
     assert.equal(r.status, 200);
-    // 7,000 + 80 × 10 (the upper bound, 71,000, was charged when the raw report was lost on the way back).
-    await expectCharged(gw, 'cx', c0, 7800);
+    // 300,000 + 80 × 10 (the upper bound, 301,000, was charged when the raw report was lost on the way back).
+    await expectCharged(gw, 'cx', c0, 300_800);
     const usage = r.headers.get('x-sluice-usage') ?? '';
     assert.match(usage, /cached_prompt=80/);
     assert.match(usage, /reasoning=30/);

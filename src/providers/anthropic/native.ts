@@ -70,6 +70,7 @@ export abstract class AnthropicStreamReader {
 
   get promptReport(): Usage | undefined { return this.su.readPrompt(this.maxUsage); }
   get text(): string { return this.tally.rest(); }
+  get textChars(): number { return this.tally.total; }
   get countMargin(): number { return this.tally.margin; }
   get textAfterUsage(): boolean { return this.su.finalSeen && this.tally.addedSinceMark; }
   takeCountable(): string | undefined { return this.tally.take(); }

@@ -188,6 +188,7 @@ export class GeminiMeter {
   }
 
   get text(): string { return this.tally.rest(); }
+  get textChars(): number { return this.tally.total; }
   get countMargin(): number { return this.tally.margin; }
   takeCountable(): string | undefined { return this.tally.take(); }
 }
@@ -218,6 +219,7 @@ export class GeminiStream implements StreamCodec {
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
   get promptReport(): Usage | undefined { return this.meter.promptReport; }
   get text(): string { return this.meter.text; }
+  get textChars(): number { return this.meter.textChars; }
   get countMargin(): number { return this.meter.countMargin; }
   /** The Gemini meter unsettles a usage that text followed (GeminiMeter): what it reports stands. */
   readonly textAfterUsage = false;

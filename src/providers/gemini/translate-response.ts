@@ -194,6 +194,7 @@ export class TranslatedStream implements StreamCodec {
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
   get promptReport(): Usage | undefined { return this.meter.promptReport; }
   get text(): string { return this.meter.text; }
+  get textChars(): number { return this.meter.textChars; }
   get countMargin(): number { return this.meter.countMargin; }
   /** The Gemini meter unsettles a usage that text followed (GeminiMeter): what it reports stands. */
   readonly textAfterUsage = false;

@@ -9,7 +9,7 @@ import { completionReservation, mergedReservation, MAX_N } from '../../tokens/li
 import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
-import { isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { completionBelowText, isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import { fail, modelAndStream, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
@@ -165,7 +165,9 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   if (opensObject(body) && body.indexOf(QUOTED_CHOICES) >= 0 && body.indexOf(QUOTED_ERROR) < 0) {
     const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
     // A completion of 0 is checked against the answer's text below (the whole parse).
-    if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+    if (fromTail !== undefined && fromTail.completion_tokens !== 0 && !completionBelowText(fromTail.completion_tokens, body.length)) {
+      return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+    }
   }
   let json: unknown;
   try {
@@ -184,6 +186,10 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   const zero = zeroCompletionText(usage, () => completionText(json));
   if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
   if (usage === undefined) text = completionText(json);
+  else if (completionBelowText(usage.completion_tokens, body.length)) {
+    const t = completionText(json);
+    if (completionBelowText(usage.completion_tokens, t.length)) return { body, contentType: undefined, usage, rejected, text, verifyText: t };
+  }
   return { body, contentType: undefined, usage, rejected, text };
 }
 

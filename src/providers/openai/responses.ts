@@ -16,7 +16,7 @@ import { completionReservation, mergedReservation } from '../../tokens/limits.ts
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonScanSink, type ScanPath } from '../../streaming/json-scan.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { coversMore, isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { completionBelowText, coversMore, isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
@@ -296,6 +296,10 @@ export function decodeResponses(_call: PreparedCall | undefined, body: Buffer, m
     const zero = zeroCompletionText(usage, () => responsesOutputText(json));
     if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
     if (usage === undefined) text = responsesOutputText(json);
+    else if (completionBelowText(usage.completion_tokens, body.length)) {
+      const t = responsesOutputText(json);
+      if (completionBelowText(usage.completion_tokens, t.length)) return { body, contentType: undefined, usage, rejected, text, verifyText: t };
+    }
   }
   return { body, contentType: undefined, usage, rejected, text };
 }
@@ -406,6 +410,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   get usage(): Usage | undefined { return this.usageSeen; }
   get usageRejected(): UsageRejectReason | undefined { return this.rejectedSeen; }
   get text(): string { return this.tally.rest(); }
+  get textChars(): number { return this.tally.total; }
   get countMargin(): number { return this.tally.margin; }
   get textAfterUsage(): boolean { return this.usageSeen !== undefined && this.tally.addedSinceMark; }
   takeCountable(): string | undefined { return this.tally.take(); }

@@ -1,0 +1,84 @@
+// A believed usage whose completion is far too small for the text it came with (more than 32 characters a token):
+// the text is counted and the larger completion charged, buffered and streamed, chat and Responses. A report that
+// fits its text is charged as reported, uncounted.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { startGateway, surfaceRoutes, type TestGateway } from '../helpers/gateway.ts';
+import { metric } from '../helpers/metrics.ts';
+import { eventually } from '../helpers/sluice-process.ts';
+
+const LONG = 'hello '.repeat(20_000);
+const SHORT = 'hi there';
+
+function upstream(): Promise<Server> {
+  const s = createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (b: Buffer) => parts.push(b));
+    req.on('end', () => {
+      const body = JSON.parse(Buffer.concat(parts).toString('utf8')) as { stream?: boolean; input?: string; messages?: { content: string }[] };
+      const asked = body.input ?? body.messages?.[0]?.content ?? '';
+      const text = asked.includes('long') ? LONG : SHORT;
+      if (body.input !== undefined) {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ id: 'r', object: 'response', status: 'completed', output: [{ id: 'm', type: 'message', role: 'assistant', content: [{ type: 'output_text', text }] }],
+          usage: { input_tokens: 10, output_tokens: 3, total_tokens: 13 } }));
+        return;
+      }
+      const usage = { prompt_tokens: 10, completion_tokens: 3, total_tokens: 13 };
+      if (body.stream !== true) {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: 'stop' }], usage }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const piece = Math.ceil(text.length / 50);
+      for (let i = 0; i < text.length; i += piece) res.write(`data: ${JSON.stringify({ id: 'x', object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: text.slice(i, i + piece) } }] })}\n\n`);
+      res.end(`data: ${JSON.stringify({ id: 'x', object: 'chat.completion.chunk', choices: [], usage })}\n\ndata: [DONE]\n\n`);
+    });
+  });
+  return new Promise((resolve) => s.listen(0, '127.0.0.1', () => resolve(s)));
+}
+
+describe('a completion report far below its text', () => {
+  let up: Server;
+  let gw: TestGateway;
+
+  before(async () => {
+    up = await upstream();
+    gw = await startGateway({ routes: surfaceRoutes(`http://127.0.0.1:${(up.address() as AddressInfo).port}`) });
+  });
+
+  after(async () => {
+    await gw?.close();
+    await new Promise<void>((resolve) => up?.close(() => resolve()));
+  });
+
+  const charged = (): Promise<number> => metric(gw, /^sluice_quota_tokens_charged_total\{route="o"/);
+  const inconsistent = (): Promise<number> => metric(gw, /^sluice_usage_rejected_total\{route="o",reason="inconsistent"\}/);
+
+  async function send(path: string, body: object): Promise<number> {
+    const before = await charged();
+    const res = await fetch(`${gw.url}/o${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    assert.equal(res.status, 200);
+    await res.arrayBuffer();
+    await eventually('settled', async () => (await charged()) > before, 30_000);
+    return (await charged()) - before;
+  }
+
+  for (const [name, path, body] of [
+    ['chat, buffered', '/v1/chat/completions', (w: string) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: w }] })],
+    ['chat, streamed', '/v1/chat/completions', (w: string) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: w }], stream: true })],
+    ['Responses, buffered', '/v1/responses', (w: string) => ({ model: 'gpt-4o', input: w })],
+  ] as const) {
+    it(`${name}: 3 completion tokens beside 120 KB of text are not believed; beside a short answer they are`, { timeout: 60_000 }, async () => {
+      const rejected = await inconsistent();
+      const n = await send(path, body('long'));
+      assert.ok(n >= 15_000, `charged ${n}: the text counted`);
+      assert.equal(await inconsistent(), rejected + 1);
+      assert.equal(await send(path, body('short')), 13, 'a report that fits its text is charged as it came');
+      assert.equal(await inconsistent(), rejected + 1);
+    });
+  }
+});
