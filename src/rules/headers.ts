@@ -1,8 +1,9 @@
 // Quota response headers.
 //
 // Remaining = limit - consumed, where consumed counts only tokens of finished requests in the window
-// (reservations of running requests are left out), clamped at 0 and rounded down. It is the quota left
-// before this response's own tokens are settled, so it never increases within a window.
+// (reservations of running requests are left out), clamped at 0 and rounded down. A non-streaming answer is
+// settled before its headers, so its own tokens are in it; a stream's headers leave first, so its are not. It never
+// increases within a window.
 // On a rejection every spent quota (consumed + reserved >= limit) shows Remaining 0.
 // Reset = seconds until the window ends, rounded up (at least 1 on a rejection).
 //
