@@ -283,7 +283,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
       logReloaded(config, prev, next, {});
     } catch (err) {
       metrics.configReloads.inc({ outcome: 'error' });
-      log.error('config reload failed; keeping the previous config', { err });
+      log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
       throw err;
     }
   };
@@ -396,7 +396,7 @@ async function startThreaded(config: SluiceConfig, opts: StartOptions): Promise<
       main = mainSnapshot(next);
     } catch (err) {
       metrics.configReloads.inc({ outcome: 'error' });
-      log.error('config reload failed; keeping the previous config', { err });
+      log.error('config reload failed; keeping the previous config', { err: err instanceof Error ? err.message : String(err) });
       throw err;
     }
     const prev = current;

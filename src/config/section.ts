@@ -193,7 +193,8 @@ export class Section {
     if (v === undefined) return undefined;
     if (typeof v === 'boolean') return v;
     if (this.is.wholeEnv.has(this.p(key)) && (v === 'true' || v === 'false')) return v === 'true';
-    this.is.add(this.p(key), 'must be a boolean');
+    // YAML 1.2 reads yes/no/on/off (YAML 1.1 booleans) and quoted "true" as strings: say what to write.
+    this.is.add(this.p(key), typeof v === 'string' && /^(?:yes|no|on|off|y|n|true|false)$/i.test(v) ? 'must be a boolean: write true or false, unquoted' : 'must be a boolean');
     return undefined;
   }
 

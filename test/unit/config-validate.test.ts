@@ -113,7 +113,7 @@ const INVALID: Record<string, readonly Expected[]> = {
   'rate-limit-limits.yaml': [
     [`${RL}.limit`, 'must be a positive integer'],
     [`${RL}.rejected_code`, 'must be an integer between 200 and 599'],
-    [`${RL}.show_limit_quota_header`, 'must be a boolean'],
+    [`${RL}.show_limit_quota_header`, 'must be a boolean: write true or false, unquoted'],
     [`${RL}.header_style`, 'must be one of: apisix, ietf'],
     [`${RL}.window_type`, 'must be one of: fixed, sliding'],
     ['routes[1].plugins.ai-rate-limiting.time_window', 'is required when limit is set'],
