@@ -29,6 +29,15 @@ function costExprWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIs
   });
 }
 
+/** The variables a template names; none when it does not compile (validation has reported that already). */
+function namedVars(src: string): string[] {
+  try {
+    return templateVars(src);
+  } catch {
+    return [];
+  }
+}
+
 /** Variables a client sets as it likes (headers, query parameters, cookies, what it asks for). */
 function clientSet(name: string): boolean {
   return name.startsWith('http_') || name.startsWith('arg_') || name.startsWith('cookie_') || name === 'model' || name === 'uri' || name === 'host';
@@ -38,13 +47,7 @@ function clientSet(name: string): boolean {
 function windowWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIssue[]): void {
   const check = (src: number | string | undefined, at: string): void => {
     if (typeof src !== 'string') return;
-    let names: string[];
-    try {
-      names = templateVars(src);
-    } catch {
-      return;
-    }
-    const chosen = names.filter(clientSet);
+    const chosen = namedVars(src).filter(clientSet);
     if (chosen.length > 0) {
       out.push({ path: at, message: `comes from ${chosen.map((n) => `\${${n}}`).join(', ')}, which the client sets: each window length it sends is a counter of its own, a fresh quota; template it on a variable a trusted layer sets` });
     }
@@ -77,13 +80,7 @@ function consumerWithoutAuth(r: SluiceConfig['routes'][number], path: string, ou
   if (r.plugins['key-auth'] !== undefined) return;
   const arl = r.plugins['ai-rate-limiting'];
   arl?.rules.forEach((rule, j) => {
-    let names: string[];
-    try {
-      names = templateVars(rule.key);
-    } catch {
-      return;
-    }
-    if (!names.includes('consumer_name')) return;
+    if (!namedVars(rule.key).includes('consumer_name')) return;
     out.push({
       path: childPath(childPath(childPath(path, 'ai-rate-limiting.rules'), j), 'key'),
       message: `names \${consumer_name}, but this route has no key-auth: no request has a consumer, so ${arl.on_missing_key === 'skip' ? 'this rule never limits anything' : `every request is refused (${arl.missing_key_code})`}`,

@@ -24,7 +24,7 @@ import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
-import { completionBelowText, cutShortUsage, largerUsage, laterUsage, type UsageRejectReason } from '../streaming/usage.ts';
+import { completionBelowText, cutShortUsage, largerUsage, laterUsage, verifiedUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
@@ -656,14 +656,12 @@ export class Gateway implements RequestSink {
   /** A report whose completion looks small for the text beside it (completionBelowText): the text is counted and
    *  the larger completion charged, so the report can only be raised. */
   private async relayVerified(ctx: Exchange, status: number, headers: HeaderList, decoded: DecodedBody, reported: Usage, text: string): Promise<void> {
-    const counted = await this.countedUsage(ctx, text, 0, undefined);
-    if (counted.completion_tokens > reported.completion_tokens) {
+    const charged = verifiedUsage(reported, await this.countedUsage(ctx, text, 0, undefined));
+    if (charged !== reported) {
       this.usageRejected(ctx, 'inconsistent');
       this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason: 'usage_rejected' });
-      this.settle(ctx, largerUsage(reported, counted));
-    } else {
-      this.settle(ctx, reported);
     }
+    this.settle(ctx, charged);
     this.sendBuffered(ctx, status, headers, decoded.body);
   }
 
@@ -748,15 +746,14 @@ export class Gateway implements RequestSink {
         // count, so a lie can only raise the charge.
         const early = usage === undefined || rejected !== undefined ? meter.promptReport : undefined;
         const believed = usage === undefined ? early : early === undefined ? usage : laterUsage(usage, early);
-        let charged = believed === undefined ? estimate
+        // Flagged by the check alone (nothing else cut or unsettled the report): it stands unless the count is larger.
+        const onlyLow = low && rejected === undefined && !ctx.cut && !res.aborted && !textAfter;
+        const charged = believed === undefined ? estimate
           : rejected !== undefined ? largerUsage(believed, estimate)
           : usage === undefined ? cutShortUsage(believed, estimate)
-          : zeroCompletion ? withCountedCompletion(usage, estimate) : cutShortUsage(usage, estimate);
-        if (low && usage !== undefined && rejected === undefined && !ctx.cut && !res.aborted && !textAfter) {
-          // Only the check: the report stands unless the count is larger.
-          charged = estimate.completion_tokens > usage.completion_tokens ? largerUsage(usage, estimate) : usage;
-          if (charged !== usage) this.usageRejected(ctx, 'inconsistent');
-        }
+          : zeroCompletion ? withCountedCompletion(usage, estimate)
+          : onlyLow ? verifiedUsage(usage, estimate) : cutShortUsage(usage, estimate);
+        if (onlyLow && charged !== usage) this.usageRejected(ctx, 'inconsistent');
         if (charged !== usage) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
         usage = charged;
       }
@@ -918,8 +915,6 @@ export class Gateway implements RequestSink {
     if (ctx.common !== undefined) shown.push(...ctx.common.quotas);
     for (const d of all ?? [r]) for (const q of d.spent) if (!shown.includes(q)) shown.push(q);
     const entries = views(shown, now, ctx.storeOf).map((e) => (spent.has(e.q) ? { ...e, spent: true } : { ...e, spent: false }));
-    const headers: HeaderList = [['content-type', 'application/json']];
-    quotaHeaders(entries, { rejected: true }, headers);
     // The request is served again as soon as one denied instance has room (each denial's own wait covers every
     // quota it found spent). A denial whose quotas are spent only by the reservations of requests still running
     // has room as they settle, not at the window's end: the client is told to retry shortly.
@@ -929,11 +924,10 @@ export class Gateway implements RequestSink {
       const reservedOnly = d.spent.length > 0 && d.spent.every((sq) => { const v = viewOf.get(sq); return v !== undefined && v.consumed < v.limit; });
       retryAfterMs = Math.min(retryAfterMs, reservedOnly ? Math.min(d.retryAfterMs, RESERVED_RETRY_MS) : d.retryAfterMs);
     }
-    const retryAfter = String(Math.max(1, Math.ceil(retryAfterMs / 1000)));
-    headers.push(['retry-after', retryAfter]);
-    // Higress's reset header says when to retry, as Retry-After does: a sliding window frees room after its fixed
-    // window's end, and the store's wait is the one that knows when.
-    for (const h of headers) if (shown.some((sq) => sq.rejectResetHeader === h[0])) h[1] = retryAfter;
+    const retryAfterS = Math.max(1, Math.ceil(retryAfterMs / 1000));
+    const headers: HeaderList = [['content-type', 'application/json']];
+    quotaHeaders(entries, { rejected: true, retryAfterS }, headers);
+    headers.push(['retry-after', String(retryAfterS)]);
     const q = r.quota;
     // `instances[i]` is the instance whose quota gave denial i (none for a route-wide quota).
     (all ?? [r]).forEach((d, i) => {

@@ -97,7 +97,7 @@ function shadowed(entries: readonly QuotaHeaderEntry[], i: number, remaining: nu
 /** Push the headers of every shown quota onto `out`. */
 export function quotaHeaders(
   entries: readonly QuotaHeaderEntry[],
-  opts: { readonly rejected: boolean },
+  opts: { readonly rejected: boolean; readonly retryAfterS?: number },
   out: [string, string][],
 ): void {
   const rejected = opts.rejected;
@@ -137,7 +137,9 @@ export function quotaHeaders(
     }
   }
   if (policy !== '') out.push(['RateLimit-Policy', policy], ['RateLimit', state]);
-  if (rejectReset !== undefined) out.push([rejectReset[0], String(rejectReset[1])]);
+  // Higress's reset header says when to retry: the caller's Retry-After when it knows it (a sliding window frees room
+  // after its fixed window's end, and the store's wait is the one that knows when), else the window's reset.
+  if (rejectReset !== undefined) out.push([rejectReset[0], String(opts.retryAfterS ?? rejectReset[1])]);
   if (best >= 0 && !trioTaken) {
     out.push(
       ['x-ratelimit-limit-tokens', limitText(entries[best]!.view.limit)],

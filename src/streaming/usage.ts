@@ -206,6 +206,12 @@ export function completionBelowText(completion: number, chars: number): boolean 
   return chars > (completion + 16) * 32;
 }
 
+/** A report completionBelowText flagged, against the count of its text: the report itself unless the count's
+ *  completion is larger, then each part the larger. */
+export function verifiedUsage(reported: Usage, counted: Usage): Usage {
+  return counted.completion_tokens > reported.completion_tokens ? largerUsage(reported, counted) : reported;
+}
+
 export function isRejection(u: Usage | UsageRejection | undefined): u is UsageRejection {
   return u !== undefined && (u as UsageRejection).rejected !== undefined;
 }
