@@ -46,7 +46,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       collect() { hot.upstreamAttempts.export(this); },
     }),
     tokens: new Counter({
-      name: 'sluice_tokens_total', help: 'Tokens used, from upstream usage or counted, by kind: prompt, completion, and parts of those (never added on top): cached_prompt, cache_write (of prompt), reasoning (of completion).',
+      name: 'sluice_tokens_total', help: 'Tokens used, from upstream usage or counted, by kind: prompt, completion, other (a reported total_tokens above prompt + completion, charged whole), and parts of those (never added on top): cached_prompt, cache_write (of prompt), reasoning (of completion).',
       labelNames: ['route', 'instance', 'consumer', 'kind'] as const, registers,
       collect() { hot.tokens.export(this); },
     }),

@@ -877,6 +877,9 @@ export class Gateway implements RequestSink {
     const tokens = slots.tokens(ctx.consumer);
     tokens.add('prompt', usage.prompt_tokens);
     tokens.add('completion', usage.completion_tokens);
+    // A total above its parts is charged whole (total_tokens quotas): the excess is its own kind, so the kinds sum to it.
+    const other = usage.total_tokens - usage.prompt_tokens - usage.completion_tokens;
+    if (other > 0) tokens.add('other', other);
     // Parts of prompt / completion, reported apart (never added to them); absent when the usage was counted.
     if (usage.cached_prompt_tokens !== undefined) tokens.add('cached_prompt', usage.cached_prompt_tokens);
     if (usage.cache_write_tokens !== undefined) tokens.add('cache_write', usage.cache_write_tokens);

@@ -5,6 +5,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, avoidWindowEdge, type TestGateway } from '../helpers/gateway.ts';
 
@@ -100,6 +102,40 @@ describe('token kinds and model-aware quotas (openai SDK, mock upstream)', () =>
       await expectMetric(gw, 'sluice_tokens_total', { route: 'cached', kind: 'prompt' }, u.prompt_tokens + su!.prompt_tokens);
       await expectMetric(gw, 'sluice_tokens_total', { route: 'cached', kind: 'completion' }, 9 + su!.completion_tokens);
     } finally { await gw.close(); }
+  });
+
+  it('a total above prompt + completion is charged whole and sluice_tokens_total shows the excess as kind other', async () => {
+    // Embeddings keep a reported total above their parts (some servers count extra tokens in it).
+    const upstream = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const body = JSON.stringify({ object: 'list', model: 'e', data: [{ object: 'embedding', index: 0, embedding: [0.5, 0.25] }], usage: { prompt_tokens: 8, total_tokens: 20 } });
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      });
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    await avoidWindowEdge(60);
+    const gw = await startGateway({ routes: [{
+      id: 'other', uri: '/v1/*',
+      plugins: {
+        'ai-proxy-multi': { instances: [mockInstance('inst', url)] },
+        'ai-rate-limiting': { limit: 1000, time_window: 60 },
+      },
+    }] });
+    try {
+      const r = await client(gw).embeddings.create({ model: 'e', input: 'hello there' });
+      assert.equal(r.usage.total_tokens, 20);
+      await expectMetric(gw, 'sluice_quota_tokens_charged_total', { route: 'other' }, 20);
+      await expectMetric(gw, 'sluice_tokens_total', { route: 'other', kind: 'prompt' }, 8);
+      await expectMetric(gw, 'sluice_tokens_total', { route: 'other', kind: 'completion' }, 0);
+      await expectMetric(gw, 'sluice_tokens_total', { route: 'other', kind: 'other' }, 12);
+    } finally {
+      await gw.close();
+      upstream.closeAllConnections();
+      await new Promise<void>((r) => upstream.close(() => r()));
+    }
   });
 
   it('reasoning stays inside completion: completion_tokens charges it once, reasoning_tokens charges only it', async () => {

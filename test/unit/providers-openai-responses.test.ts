@@ -175,6 +175,9 @@ describe('responses: usage', () => {
   it('rejects implausible numbers and parts larger than their whole', () => {
     assert.deepEqual(responsesUsage({ ...full, input_tokens: -1 }, MAX_USAGE), { rejected: 'negative' });
     assert.deepEqual(responsesUsage({ ...full, output_tokens: '5' }, MAX_USAGE), { rejected: 'not_a_number' });
+    assert.deepEqual(responsesUsage({ ...full, input_tokens: null }, MAX_USAGE), { rejected: 'not_a_number' }, 'a null count would make the answer free');
+    assert.deepEqual(responsesUsage({ ...full, output_tokens: null }, MAX_USAGE), { rejected: 'not_a_number' });
+    assert.deepEqual(responsesUsage({ prompt_tokens: 5, completion_tokens: null }, MAX_USAGE), { rejected: 'not_a_number' });
     assert.deepEqual(responsesUsage({ ...full, total_tokens: 10 }, MAX_USAGE), { rejected: 'inconsistent' });
     assert.deepEqual(responsesUsage({ ...full, output_tokens_details: { reasoning_tokens: 51 } }, MAX_USAGE), { rejected: 'inconsistent' });
     assert.deepEqual(responsesUsage({ ...full, input_tokens_details: { cached_tokens: 121 } }, MAX_USAGE), { rejected: 'inconsistent' });

@@ -227,6 +227,10 @@ export function responsesUsage(u: unknown, maxUsage: number): Usage | UsageRejec
   if (u === undefined || u === null) return undefined;
   if (!isJsonObject(u)) return { rejected: 'malformed' };
   const chatStyle = u.input_tokens === undefined && u.output_tokens === undefined;
+  // A null count is no count, as on chat (read as 0 it would make the answer free): not believed, labelled so.
+  if (chatStyle ? u.prompt_tokens === null || u.completion_tokens === null : u.input_tokens === null || u.output_tokens === null) {
+    return { rejected: 'not_a_number' };
+  }
   const counts = chatStyle
     ? {
       prompt: u.prompt_tokens, completion: u.completion_tokens, total: u.total_tokens,
