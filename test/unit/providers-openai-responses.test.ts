@@ -351,6 +351,20 @@ describe('responses: stream codec', () => {
     ]) assert.equal(run(Buffer.from(only), []).codec.text, text);
   });
 
+  it('a done event too large to hold (scanned as it arrives) still counts its text once per item', () => {
+    const big = 'word '.repeat(80_000);
+    const done = (id: string, seq: number) => ev('response.output_text.done', { item_id: id, output_index: 0, content_index: 0, text: big }, seq);
+    const s = done('msg_big', 0) + done('msg_big', 1) + done('msg_other', 2);
+    assert.ok(Buffer.byteLength(done('msg_big', 0)) > SMALL_EVENT_BYTES);
+    const cuts = (n: number) => Array.from({ length: Math.floor(n / 50_000) }, (_, i) => (i + 1) * 50_000);
+    const { codec } = run(Buffer.from(s), cuts(s.length));
+    assert.equal(codec.usage, undefined);
+    assert.equal(codec.text, big + big, 'the repeated item once, the other item once');
+    // A large delta marks its item: that item's done event is not counted again.
+    const delta = ev('response.output_text.delta', { item_id: 'm', output_index: 0, content_index: 0, delta: big }, 0);
+    assert.equal(run(Buffer.from(delta + done('m', 1)), cuts(2 * big.length)).codec.text, big);
+  });
+
   it('a body that is not SSE is cut at 64 KiB of a line that is not data; data that is not JSON is counted as text', () => {
     const codec = new ResponsesStream({ maxUsage: MAX_USAGE });
     const junk = Buffer.from('hello '.repeat(4096));

@@ -400,6 +400,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   /** The event's `event:` field names a type Sluice does not read: its data is dropped unread. */
   private skipData = false;
   private scanType: string | undefined;
+  /** A large done event's item_id (read before its text, as servers order them), to count each item once. */
+  private scanItemId: string | undefined;
   private scanUsage: string | undefined | null = null;
   /** Bytes of the current line that is not a data line. */
   private otherLine = 0;
@@ -563,6 +565,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     }
     // Too large to hold: scan what was held, then everything that follows, as it arrives.
     this.scanType = undefined;
+    this.scanItemId = undefined;
     this.scanUsage = null;
     const scanner = new JsonScanner(this, MAX_USAGE_JSON_BYTES);
     this.scanner = scanner;
@@ -692,6 +695,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
 
   private scannedEvent(named: string): void {
     const type = this.scanType ?? named;
+    // A large delta's item is counted: its done event must not count the text again.
+    if (DELTA_TYPES.has(type)) this.textOf(this.scanItemId);
     if (!TERMINAL_TYPES.has(type) || this.scanUsage === null) return;
     if (this.scanUsage === undefined) {
       this.recordUsage({ rejected: 'malformed' });
@@ -714,9 +719,13 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     if (depth === 0) return SCAN_SKIP;
     const top = path[0];
     if (depth === 1) {
-      if (top === 'type') return SCAN_RAW;
+      if (top === 'type' || top === 'item_id') return SCAN_RAW;
       if (top === 'delta') return this.scanType === undefined || DELTA_TYPES.has(this.scanType) ? SCAN_TEXT : SCAN_SKIP;
-      return top === 'response' ? SCAN_SKIP : SCAN_SKIP_TREE;
+      if (top === 'response') return SCAN_SKIP;
+      // A done event's whole text (a server that sends no deltas), counted once per item as when parsed whole.
+      const type = this.scanType ?? this.namedType();
+      const member = type === undefined ? undefined : DONE_TEXT.get(type);
+      return member === top && this.textOf(this.scanItemId) ? SCAN_TEXT : SCAN_SKIP_TREE;
     }
     if (top !== 'response') return SCAN_SKIP_TREE;
     const key = path[1];
@@ -741,7 +750,9 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     if (path.length === 1) {
       let t: unknown;
       try { t = json === undefined ? undefined : JSON.parse(json); } catch { t = undefined; }
-      if (typeof t === 'string') this.scanType = t;
+      if (typeof t !== 'string') return;
+      if (path[0] === 'type') this.scanType = t;
+      else this.scanItemId = t;
     } else {
       this.scanUsage = json;
     }
@@ -749,7 +760,12 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
 
   piece(path: ScanPath, text: string): void {
     this.tally.add(text);
-    if (path.length === 1) this.sawDelta = true;
+    if (path.length === 1 && path[0] === 'delta') this.sawDelta = true;
+  }
+
+  /** The `event:` field's type, for a large event whose data has not said its own (yet). */
+  private namedType(): string | undefined {
+    return this.eventNameLen > 0 ? this.eventName.toString('latin1', 0, this.eventNameLen) : undefined;
   }
 }
 
