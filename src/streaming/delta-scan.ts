@@ -1,6 +1,6 @@
 // A fast path for the common OpenAI chunk: text-only deltas and `"usage":null`. Almost every frame of a stream
 // is one of these, and reading their text with a few indexOf scans costs a fraction of a JSON.parse of the
-// whole frame. Anything else (usage, tool calls, logprobs, spacing the scan does not expect, text under two
+// whole frame. Anything else (usage, tool calls, a refusal, reasoning or audio, logprobs, spacing the scan does not expect, text under two
 // different keys) returns null and the caller parses the frame in full, so both paths yield the same text.
 //
 // Search patterns never start with '"': JSON is full of quotes, and V8's indexOf slows down several-fold when
@@ -57,6 +57,18 @@ function inTextPlace(data: string, q: number, key: string, choices: number): boo
  */
 export const lastScan = { literals: 0, escaped: false, start: 0, end: 0 };
 
+/** Text fields the scan does not read (chat-text.ts does): `"refusal":null` is common and stays on the fast path. */
+const OTHER_TEXT_KEYS = ['refusal"', 'reasoning"', 'audio"'] as const;
+
+function otherText(data: string): boolean {
+  for (const key of OTHER_TEXT_KEYS) {
+    for (let i = data.indexOf(key); i !== -1; i = data.indexOf(key, i + key.length)) {
+      if (!data.startsWith(':null', i + key.length)) return true;
+    }
+  }
+  return false;
+}
+
 /** The delta text of a plain chunk ('' when it has none), or null when the frame needs a full JSON.parse. */
 export function scanDeltaText(data: string): string | null {
   lastScan.literals = 0;
@@ -66,8 +78,8 @@ export function scanDeltaText(data: string): string | null {
   for (let u = data.indexOf('usage"'); u !== -1; u = data.indexOf('usage"', u + 6)) {
     if (data.charCodeAt(u - 1) === QUOTE && !data.startsWith(':null', u + 6)) return null;
   }
-  // tool_calls, function_call: their arguments need the full parse.
-  if (data.indexOf('_call') !== -1) return null;
+  // tool_calls, function_call: their arguments need the full parse; so does any other text field with a value.
+  if (data.indexOf('_call') !== -1 || otherText(data)) return null;
   let out = '';
   let kinds = 0;
   let choices = -2;

@@ -15,6 +15,7 @@ import { SseParser, type SseHandler } from './sse-parser.ts';
 import { coversMore, isRejection, laterUsage, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
 import { lastScan, scanDeltaText } from './delta-scan.ts';
 import { DEFAULT_TEXT_BOUND, TextTally } from './text-tally.ts';
+import { chatMessageText, type TextSink } from './chat-text.ts';
 
 export interface StreamMeterOptions {
   /** The client did not set stream_options.include_usage: drop the usage-only chunk (choices: [] with usage). */
@@ -55,6 +56,8 @@ export class StreamMeter {
   private rejectedSeen: UsageRejectReason | undefined = undefined;
   /** Text came in a frame after the one that reported usageSeen. */
   private afterUsage = false;
+  /** addText as a callback, made on the first frame that takes the full parse. */
+  private sink: TextSink | undefined = undefined;
   private readonly tally: TextTally;
   private readonly maxUsage: number;
   private readonly readUsage: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined;
@@ -299,20 +302,8 @@ export class StreamMeter {
     if (typeof choice !== 'object' || choice === null) return;
     const c = choice as { delta?: unknown; text?: unknown };
     if (typeof c.text === 'string') this.addText(c.text);
-    const delta = c.delta;
-    if (typeof delta !== 'object' || delta === null) return;
-    const d = delta as { content?: unknown; reasoning_content?: unknown; tool_calls?: unknown };
-    if (typeof d.content === 'string') this.addText(d.content);
-    if (typeof d.reasoning_content === 'string') this.addText(d.reasoning_content);
-    // Tool-call names and arguments are generated tokens too: an aborted tool call must still be charged.
-    if (Array.isArray(d.tool_calls)) {
-      for (const call of d.tool_calls) {
-        const fn = (call as { function?: { name?: unknown; arguments?: unknown } } | null)?.function;
-        if (typeof fn !== 'object' || fn === null) continue;
-        if (typeof fn.name === 'string') this.addText(fn.name);
-        if (typeof fn.arguments === 'string') this.addText(fn.arguments);
-      }
-    }
+    // Tool calls, refusals, reasoning and transcripts are generated tokens too: an aborted one must still be charged.
+    chatMessageText(c.delta, this.sink ??= (t) => this.addText(t));
   }
 
   /** Closes the current run of kept bytes of the current chunk into an output piece. */

@@ -75,6 +75,21 @@ test('decodeChat: the body is relayed as it came, with its usage; without usage,
   const bare = decodeChat(call, Buffer.from(JSON.stringify({ choices: [{ message: { content: 'hello' } }, { text: ' world' }] })), 1e6);
   assert.equal(bare.usage, undefined);
   assert.equal(bare.text, 'hello world');
+  // Every generated field counts: tool and function calls, refusals, reasoning, content parts, a transcript.
+  const message = {
+    content: [{ type: 'text', text: 'part' }], refusal: ' no', reasoning_content: ' think',
+    tool_calls: [{ id: 'c', type: 'function', function: { name: ' f', arguments: ' {"q":1}' } }],
+    function_call: { name: ' g', arguments: ' {}' }, audio: { id: 'a', data: 'AAAA', transcript: ' said' },
+  };
+  assert.equal(decodeChat(call, Buffer.from(JSON.stringify({ choices: [{ message }] })), 1e6).text, 'part no think f {"q":1} g {} said');
+  // A completion of 0 beside a tool call is not believed; 1 beside 100 KB of arguments gets its text counted.
+  const args = 'x'.repeat(100_000);
+  const toolCall = { tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: args } }] };
+  const zeroTool = decodeChat(call, Buffer.from(JSON.stringify({ choices: [{ message: { content: null, ...toolCall } }], usage: { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8 } })), 1e6);
+  assert.equal(zeroTool.rejected, 'zero_completion');
+  assert.equal(zeroTool.text, 'f' + args);
+  const oneTool = decodeChat(call, Buffer.from(JSON.stringify({ choices: [{ message: { content: null, ...toolCall } }], usage: { prompt_tokens: 8, completion_tokens: 1, total_tokens: 9 } })), 1e6);
+  assert.equal(oneTool.verifyText, 'f' + args);
   const lying = decodeChat(call, Buffer.from(JSON.stringify({ choices: [], usage: { prompt_tokens: 1.5 } })), 1e6);
   assert.equal(lying.rejected, 'fractional');
   assert.equal(bare.unusable, undefined);

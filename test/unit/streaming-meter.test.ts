@@ -213,6 +213,12 @@ test('the delta scan fast path yields exactly what a full parse yields', () => {
     { choices: [{ index: 0, text: 'completion text' }] },
     { choices: [{ index: 0, delta: { content: 'with logprobs' }, logprobs: { content: [{ token: 'x', logprob: -0.1 }] } }] },
     { choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { name: 'f', arguments: '{"content":"not text"}' } }] } }] },
+    { choices: [{ index: 0, delta: { role: 'assistant', content: 'r0', refusal: null } }] },
+    { choices: [{ index: 0, delta: { refusal: 'I cannot help' } }] },
+    { choices: [{ index: 0, delta: { function_call: { name: 'legacy', arguments: '{"a":' } } }] },
+    { choices: [{ index: 0, delta: { reasoning: 'openrouter thinks' } }] },
+    { choices: [{ index: 0, delta: { audio: { id: 'a1', transcript: 'spoken words' } } }] },
+    { choices: [{ index: 0, delta: { content: [{ type: 'text', text: 'part one' }, { type: 'refusal', refusal: ' part two' }] } }] },
     { choices: [{ index: 0, delta: { content: 'last' }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } },
     { choices: [], usage: { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 } },
   ];
@@ -236,7 +242,8 @@ test('the delta scan fast path yields exactly what a full parse yields', () => {
   const m = new StreamMeter({ stripUsage: false });
   m.push(Buffer.from(compact));
   assert.equal(m.text, ['', 'quote " backslash \\ both \\" tab \t nl \n uni \u00e9 \u2028 emoji 🎌', 'ends with backslash \\', '\\\\"', 'reason "x"',
-    'both', 'kinds', 'a', 'b', 'completion text', 'with logprobs', 'f', '{"content":"not text"}', 'last'].join(''));
+    'both', 'kinds', 'a', 'b', 'completion text', 'with logprobs', 'f', '{"content":"not text"}', 'r0', 'I cannot help', 'legacy', '{"a":',
+    'openrouter thinks', 'spoken words', 'part one', ' part two', 'last'].join(''));
   assert.deepEqual(m.usage, { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 });
 });
 
@@ -246,6 +253,7 @@ test('scanDeltaText takes plain content frames and declines everything else', ()
   assert.equal(scanDeltaText('{"choices":[{"delta":{"content":null,"reasoning_content":"r"}}]}'), 'r');
   assert.equal(scanDeltaText('{"choices":[{"index":0,"text":"t"}]}'), 't');
   assert.equal(scanDeltaText('{"choices":[{"delta":{"role":"assistant"}}]}'), '');
+  assert.equal(scanDeltaText('{"choices":[{"delta":{"content":"c","refusal":null}}]}'), 'c');
   assert.equal(scanDeltaText('{not json at all'), '');
   for (const declined of [
     '{"choices":[],"usage":{"prompt_tokens":1}}',
@@ -254,6 +262,10 @@ test('scanDeltaText takes plain content frames and declines everything else', ()
     '{"choices":[{"delta":{"content": "spaced"}}]}',
     '{"choices":[{"delta":{"content":"a","reasoning_content":"b"}}]}',
     '{"choices":[{"delta":{"content":5}}]}',
+    // Text under keys the scan does not read: a refusal, reasoning (OpenRouter), an audio transcript.
+    '{"choices":[{"delta":{"refusal":"no"}}]}',
+    '{"choices":[{"delta":{"reasoning":"r"}}]}',
+    '{"choices":[{"delta":{"audio":{"transcript":"t"}}}]}',
     '{"choices":[{"logprobs":{"content":[]}}]}',
     '{"choices":[{"delta":{"content":"unterminated',
     // Text keys outside choices[0].delta / choices[0]: a full parse does not read them.

@@ -9,6 +9,7 @@ import { completionReservation, mergedReservation, MAX_N } from '../../tokens/li
 import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
+import { chatMessageText } from '../../streaming/chat-text.ts';
 import { completionBelowText, isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import { fail, modelAndStream, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
@@ -142,16 +143,20 @@ export const completionsSurface: SurfaceSpec = {
   errorBody: openAiErrorBody,
 };
 
-/** Generated text of a chat or completions body (message content, or a completion's text), for counting. */
+/** Generated text of a chat or completions body (every message's content, refusal, reasoning, tool calls and
+ *  transcript; a completion's text), for counting. */
 function completionText(json: unknown): string {
   const choices = (json as { choices?: unknown } | null)?.choices;
   if (!Array.isArray(choices)) return '';
-  let text = '';
+  const parts: string[] = [];
+  const add = (t: string): void => { parts.push(t); };
   for (const c of choices) {
-    const msg = (c as { message?: { content?: unknown }; text?: unknown }).message?.content ?? (c as { text?: unknown }).text;
-    if (typeof msg === 'string') text += msg;
+    if (typeof c !== 'object' || c === null) continue;
+    const text = (c as { text?: unknown }).text;
+    if (typeof text === 'string') parts.push(text);
+    chatMessageText((c as { message?: unknown }).message, add);
   }
-  return text;
+  return parts.join('');
 }
 
 const QUOTED_ERROR = Buffer.from('"error"');
