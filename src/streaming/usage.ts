@@ -83,7 +83,7 @@ export interface UsageCounts {
  * Validates counts already normalised by a provider module (see Usage) into a Usage; `raw` is the upstream's
  * object, kept for cost expressions. undefined when no prompt count is reported (every provider reports its
  * input: without it the prompt would be charged as 0, so the caller counts the answer); a rejection when any count
- * is implausible or a part exceeds its whole.
+ * is implausible, or a part exceeds its whole and the total does not cover the two side by side.
  */
 export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unknown>>, maxUsage: number = DEFAULT_MAX_USAGE): Usage | UsageRejection | undefined {
   const prompt = count(c.prompt, maxUsage);
@@ -105,9 +105,17 @@ export function usageFromCounts(c: UsageCounts, raw: Readonly<Record<string, unk
   const cp = (cached as number | undefined) ?? 0;
   const cw = (write as number | undefined) ?? 0;
   const r = (reasoning as number | undefined) ?? 0;
-  if (cp + cw > p || r > o) return { rejected: 'inconsistent' };
+  let whole = p;
+  let out = o;
+  if (cp + cw > p || r > o) {
+    // A part larger than its whole was counted beside it (xAI reports reasoning apart from completion_tokens),
+    // when the total says so: the whole is the two together. Otherwise the usage contradicts itself.
+    if (cp + cw > p) whole = p + cp + cw;
+    if (r > o) out = o + r;
+    if (t === undefined || t < whole + out || whole + out > maxUsage) return { rejected: 'inconsistent' };
+  }
   const usage: Usage = {
-    prompt_tokens: p, completion_tokens: o, total_tokens: t ?? p + o,
+    prompt_tokens: whole, completion_tokens: out, total_tokens: t ?? whole + out,
     cached_prompt_tokens: cp, cache_write_tokens: cw, reasoning_tokens: r,
   };
   Object.defineProperty(usage, 'raw', { value: raw, enumerable: false });

@@ -20,6 +20,14 @@ test('openAiUsage: cached and reasoning tokens are parts of prompt and completio
   const u = openAiUsage(USAGE, 1e6);
   assert.deepEqual(u, { prompt_tokens: 100, completion_tokens: 40, total_tokens: 140, cached_prompt_tokens: 64, cache_write_tokens: 0, reasoning_tokens: 25 });
   assert.deepEqual(openAiUsage({ ...USAGE, prompt_tokens_details: { cached_tokens: 101 } }, 1e6), { rejected: 'inconsistent' });
+  // A part reported beside its whole (xAI: reasoning apart from completion_tokens) when the total includes both.
+  assert.deepEqual(openAiUsage({ prompt_tokens: 100, completion_tokens: 50, total_tokens: 650, completion_tokens_details: { reasoning_tokens: 500 } }, 1e6),
+    { prompt_tokens: 100, completion_tokens: 550, total_tokens: 650, cached_prompt_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 500 });
+  assert.deepEqual(openAiUsage({ prompt_tokens: 100, completion_tokens: 50, total_tokens: 1650, prompt_tokens_details: { cached_tokens: 1500 } }, 1e6),
+    { prompt_tokens: 1600, completion_tokens: 50, total_tokens: 1650, cached_prompt_tokens: 1500, cache_write_tokens: 0, reasoning_tokens: 0 });
+  // Without a total that covers both, a part above its whole contradicts the usage.
+  assert.deepEqual(openAiUsage({ prompt_tokens: 100, completion_tokens: 50, total_tokens: 600, completion_tokens_details: { reasoning_tokens: 500 } }, 1e6), { rejected: 'inconsistent' });
+  assert.deepEqual(openAiUsage({ prompt_tokens: 100, completion_tokens: 50, completion_tokens_details: { reasoning_tokens: 500 } }, 1e6), { rejected: 'inconsistent' });
   assert.deepEqual(openAiUsage({ ...USAGE, completion_tokens_details: { reasoning_tokens: -1 } }, 1e6), { rejected: 'negative' });
   assert.deepEqual(openAiUsage('x', 1e6), { rejected: 'malformed' });
   assert.equal(openAiUsage(null, 1e6), undefined);
