@@ -13,6 +13,8 @@ import {
   type ClusterHandle, type HostPort, type RedisServerHandle, type SentinelHandle,
 } from '../helpers/redis-topology.ts';
 import { startFaultServer } from '../helpers/resp-fault-server.ts';
+import { freePorts } from '../helpers/free-port.ts';
+import type { RedisTargetConfig } from '../../src/config/types.ts';
 import { flushUntilAcknowledged, holders, startLoad, until, warmUp, type Load } from '../conformance/load.ts';
 import { clusterTarget, redisStore, sentinelTarget, standaloneTarget } from '../conformance/redis-targets.ts';
 
@@ -203,6 +205,25 @@ describe('Redis Sentinel failover mid-load', () => {
   });
   after(async () => {
     await sentinel?.stop();
+  });
+
+  it('sentinels that refuse the password, name no such master or cannot be reached open the breaker (readiness 503), never a silent outage', async () => {
+    const [closed] = await freePorts(1);
+    const cases: [string, Partial<RedisTargetConfig>][] = [
+      ['wrong sentinel password', { sentinel_password: 'not-the-password' }],
+      ['wrong sentinel username', { sentinel_username: 'admin' }],
+      ['unknown master name', { master_name: 'no-such-master' }],
+      ['no sentinel reachable', { sentinels: [{ host: '127.0.0.1', port: closed! }], host: '127.0.0.1', port: closed! }],
+    ];
+    for (const [name, over] of cases) {
+      const { store, metrics } = redisStore(sentinelTarget(sentinel, over), { allowDegradation: false });
+      try {
+        await until(() => store.health() === 'unavailable', 15_000, `${name}: the breaker to open`);
+        assert.match(await metrics.registry.getSingleMetricAsString('sluice_redis_breaker_state'), /sluice_redis_breaker_state\{[^}]*\} 2/, name);
+      } finally {
+        await store.close();
+      }
+    }
   });
 
   it('no errors reach acquire or settle, and the totals are intact', async () => {

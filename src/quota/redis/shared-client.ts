@@ -54,6 +54,9 @@ export class SharedRedis {
       if (this.closed) return;
       const kind = classifyError(err);
       for (const l of this.listeners) l.error(kind);
+      // Sentinel's connector retries unreachable sentinels (or a refused sentinel AUTH) without ever opening a
+      // connection, so no 'down' comes: an error while not usable starts the same clock.
+      if (!this.usable) this.armDown(target.timeout_ms);
     };
     this.breaker = new CircuitBreaker({
       failureThreshold: FAILURE_THRESHOLD,
@@ -75,14 +78,18 @@ export class SharedRedis {
     });
     port.on('down', () => {
       if (port.mode !== 'cluster') this.epochChecked = false;
-      // A connection that stays down opens the breaker even when no command notices (no traffic).
-      if (this.downTimer !== undefined || this.closed) return;
-      this.downTimer = setTimeout(() => {
-        this.downTimer = undefined;
-        if (!this.usable && !this.closed) this.breaker.open();
-      }, Math.max(target.timeout_ms, 100));
-      this.downTimer.unref();
+      this.armDown(target.timeout_ms);
     });
+  }
+
+  /** A connection that stays down opens the breaker even when no command notices (no traffic). */
+  private armDown(timeoutMs: number): void {
+    if (this.downTimer !== undefined || this.closed) return;
+    this.downTimer = setTimeout(() => {
+      this.downTimer = undefined;
+      if (!this.usable && !this.closed) this.breaker.open();
+    }, Math.max(timeoutMs, 100));
+    this.downTimer.unref();
   }
 
   /** Connected, and (standalone/Sentinel) the dataset epoch was checked since the last connect. */
