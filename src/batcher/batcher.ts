@@ -6,7 +6,7 @@
 // requests marked in the same turn (the timer then only retries failed writes). At most one
 // write is in flight at a time, so a slow store sees one batch, not a pile of them. Items the sink fails to
 // write are marked again by the sink and go out with a later batch. The backlog (dirty + in flight) is
-// bounded by `maxPendingKeys`: beyond it the oldest dirty item is handed to `sink.drop`.
+// bounded by `maxPendingKeys`: beyond it `mark` hands the oldest dirty item to `sink.drop`, while `offer` declines.
 
 import { monotonicClock, type Clock } from '../core/clock.ts';
 
@@ -25,6 +25,8 @@ export interface BatchSink<T extends Batchable> {
   drop(item: T): void;
   /** Whether timer-driven writes should be attempted now (e.g. false while a circuit breaker is open). */
   canWrite(): boolean;
+  /** A batch was acknowledged and the backlog has room again: items that `offer` declined may be offered now. */
+  room?(): void;
 }
 
 export interface BatcherOptions {
@@ -80,6 +82,18 @@ export class Batcher<T extends Batchable> {
     if (this.dirty.size >= this.opts.maxBatchKeys || (this.opts.immediate === true && !this.lastFailed)) this.schedule();
   }
 
+  /**
+   * Queue an item when the backlog has room, evicting nothing; false when it is full. For sweeps that re-queue
+   * state their items keep (a resend, a renewal): what does not fit waits for a later sweep instead of pushing
+   * out what is already queued, which would leave the earliest items last every time.
+   */
+  offer(item: T): boolean {
+    if (item.queued) return true;
+    if (this.dirty.size + this.inflight >= this.opts.maxPendingKeys) return false;
+    this.mark(item);
+    return true;
+  }
+
   /** Items not yet acknowledged: dirty plus in flight. */
   get backlog(): number {
     return this.dirty.size + this.inflight;
@@ -133,6 +147,7 @@ export class Batcher<T extends Batchable> {
       this.inflight = 0;
       this.running = undefined;
       this.lastFailed = !ok;
+      if (ok) this.sink.room?.();
       // Items marked while this batch was in flight: a full batch, or (immediate) anything after a success.
       const more = this.dirty.size >= this.opts.maxBatchKeys || (this.opts.immediate === true && ok && this.dirty.size > 0);
       if (more && !this.scheduled) this.schedule();

@@ -236,6 +236,34 @@ describe('reservation leases', () => {
     }
   });
 
+  it('an empty restart with more live counters than max_pending_keys: all are written back batch after batch, first-made first, none waits for a renewal', async () => {
+    // The renewal sweep runs every lease / 6 = 20 s here: a write-back that waited for it would miss the deadline.
+    const { store, metrics } = redisStore(standaloneTarget(redis), {
+      batching: { flush_interval_ms: 50, max_batch_keys: 8, max_pending_keys: 8, reservation_lease_ms: 120_000 },
+    });
+    const now = Date.now();
+    const counters = Array.from({ length: 60 }, () => spec(1e9));
+    try {
+      assert.ok(await store.ready());
+      for (const [i, c] of counters.entries()) {
+        const g = await store.acquire([{ counter: c, amount: i + 1 }], now);
+        assert.ok(g.ok);
+        store.settle(g, [i + 1]);
+        await flushUntilAcknowledged(store);
+      }
+      await call(['flushall']);
+      // The epoch check (every second) finds the loss; every counter's usage is written back, the first-made first.
+      await until(async () => (await call(['get', keysOf(counters[0]!, now).c])) === '1', 10_000, 'the first counter written back');
+      await until(async () => {
+        for (const [i, c] of counters.entries()) if ((await call(['get', keysOf(c, now).c])) !== String(i + 1)) return false;
+        return true;
+      }, 10_000, 'every counter written back');
+      await until(async () => / 0$/m.test(await metrics.registry.getSingleMetricAsString('sluice_redis_pending_deltas')), 10_000, 'nothing pending');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('a view spent only by reservations that were released since is asked again, not believed (no stale 429)', async () => {
     const a = redisStore(standaloneTarget(redis));
     const b = redisStore(standaloneTarget(redis), { freshViewMs: 50 });

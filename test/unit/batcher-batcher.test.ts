@@ -46,6 +46,8 @@ class RecordingSink implements BatchSink<Item> {
   canWrite(): boolean {
     return this.open;
   }
+
+  room?: () => void;
 }
 
 function setup(opts: { intervalMs?: number; maxBatchKeys?: number; maxPendingKeys?: number } = {}) {
@@ -128,6 +130,27 @@ describe('batcher', () => {
     for (let i = 0; i < 5; i++) batcher.mark(new Item(i));
     assert.equal(batcher.backlog, 3);
     assert.deepEqual(sink.dropped, [0, 1]);
+  });
+
+  it('offer() queues only when the backlog has room, evicting nothing; room() is called once an acknowledged write frees it', async () => {
+    const { sink, batcher } = setup({ intervalMs: 60_000, maxBatchKeys: 2, maxPendingKeys: 2 });
+    const items = [0, 1, 2, 3].map((i) => new Item(i));
+    const declined: Item[] = [];
+    let rooms = 0;
+    sink.room = () => {
+      rooms++;
+      while (declined.length > 0 && batcher.offer(declined[0]!)) declined.shift();
+    };
+    batcher.start();
+    for (const it of items) if (!batcher.offer(it)) declined.push(it);
+    assert.deepEqual(declined.map((i) => i.id), [2, 3]);
+    assert.deepEqual(sink.dropped, []);
+    assert.equal(batcher.offer(items[0]!), true, 'an item already queued is in');
+    await turns(10);
+    assert.deepEqual(sink.batches, [[0, 1], [2, 3]], 'the declined items went with the next batch, in order');
+    assert.ok(rooms >= 1);
+    assert.equal(batcher.backlog, 0);
+    batcher.stop();
   });
 
   it('flush() waits for the write in flight and then writes what is left', async () => {

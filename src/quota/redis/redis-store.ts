@@ -314,6 +314,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
    * flushes do not count against the breaker: the shared client opens it if the connection stays down.
    */
   private connectedOnce = false;
+  /** Cells a renewal sweep found unwritten but could not queue (the backlog was full), in the counters' order;
+   *  at most two per counter. Queued as acknowledged writes make room. */
+  private readonly waiting = new Set<RedisCell>();
   /** After a scan that found nothing to evict, no new scan before this clock time. */
   private evictRetryAt = Number.NEGATIVE_INFINITY;
   /** Eviction rounds so far (cells created afterwards write under a new field name, see RedisCell.field). */
@@ -388,6 +391,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     this.m.breaker.set(BREAKER_GAUGE[this.shared.breaker.state]);
     this.connectedOnce = this.shared.usable;
     this.m.keys.set(0);
+    this.m.pending.set(0);
     this.batcher.start();
     this.cancelSweep = this.clock.every(SWEEP_EVERY_MS, () => this.sweep());
     // Live reservations are written again well within their lease; dropped or failed writes are retried.
@@ -998,6 +1002,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       }
       this.m.flushError.inc();
       this.m.errors.not_sent.inc();
+      this.m.pending.set(this.batcher.backlog - batch.length + this.waiting.size);
       if (this.connectedOnce) this.failed('not_sent');
       return false;
     }
@@ -1055,7 +1060,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     this.m.flushCommands.observe(commands);
     this.m.flushDuration.observe(latency / 1000);
     // The batcher counts this batch in flight until write() returns; cells not acknowledged are marked dirty again.
-    this.m.pending.set(Math.max(0, this.batcher.backlog - batch.length));
+    this.m.pending.set(Math.max(0, this.batcher.backlog - batch.length) + this.waiting.size);
     if (this.redirections > 0) this.shared.port.slotsMoved();
     if (connection !== undefined) {
       this.m.flushError.inc();
@@ -1257,20 +1262,39 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
         cell.ackedC = 0;
         cell.ackedR = 0;
         cell.ackedAt = Number.NEGATIVE_INFINITY;
-        this.batcher.mark(cell);
       }
     }
+    this.renew();
   }
 
-  /** Queue live reservations whose lease needs renewing, and state not yet written (dropped, failed). */
+  /**
+   * Queue live reservations whose lease needs renewing, and state not yet written (dropped, failed, lost by an
+   * empty restart). What the backlog has no room for waits, counted in the pending gauge, and is queued as soon as
+   * a write is acknowledged, not a renewal period later: a resend larger than the backlog reaches Redis batch after
+   * batch, in the counters' order (route-wide counters, made first, go first).
+   */
   private renew(): void {
     if (this.closed) return;
     for (const counter of this.counters.values()) {
       for (const cell of [counter.cur, counter.prev]) {
         if (cell === undefined || cell.queued) continue;
-        if (cell.dirty() || (cell.ownR > 0 && this.leaseDue(cell))) this.batcher.mark(cell);
+        if (this.needsWrite(cell) && !this.batcher.offer(cell)) this.waiting.add(cell);
       }
     }
+    this.m.pending.set(this.batcher.backlog + this.waiting.size);
+  }
+
+  private needsWrite(cell: RedisCell): boolean {
+    return cell.dirty() || (cell.ownR > 0 && this.leaseDue(cell));
+  }
+
+  /** BatchSink: cells the backlog had no room for go next, not a renewal period later. */
+  room(): void {
+    for (const cell of this.waiting) {
+      if (this.needsWrite(cell) && !this.batcher.offer(cell)) break;
+      this.waiting.delete(cell);
+    }
+    this.m.pending.set(this.batcher.backlog + this.waiting.size);
   }
 
   /** Forget counters whose windows are over and that hold nothing unwritten. */
