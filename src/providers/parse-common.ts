@@ -3,6 +3,8 @@
 import { MAX_JSON_DEPTH, isSpace } from '../tokens/json-members.ts';
 import { parseJsonObject } from '../tokens/prepare.ts';
 import { errorBody as openAiError } from '../core/errors.ts';
+import { usageFromTail } from '../streaming/json-tail.ts';
+import { completionBelowText, type Usage, type UsageRejection } from '../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions } from './types.ts';
 
 const EMPTY = Buffer.alloc(0);
@@ -32,6 +34,30 @@ export function unusableNative(json: unknown, answerKey: string): DecodedBody | 
   if (Array.isArray(answer) && (answer.length > 0 || !isError)) return undefined;
   if (isError) return untranslatable(true, (e as Record<string, unknown>).message);
   return { ...untranslatable(false, undefined), unusable: `the upstream answer has no ${answerKey} array` };
+}
+
+const QUOTED_ERROR = Buffer.from('"error"');
+
+/**
+ * A buffered answer's usage read from its end without a parse (streaming/json-tail.ts), when the body looks like an
+ * answer: it opens an object, has the surface's answer member (`quotedAnswer`, e.g. `"choices"`) and no `"error"`
+ * member (those bytes occur in valid JSON only as a key or that exact string, which merely takes the slow path).
+ * undefined sends the caller to the whole parse and its checks: no such usage, or a completion of 0 or one small for
+ * the body's size, which the answer's text must confirm.
+ */
+export function answerTailUsage(body: Buffer, quotedAnswer: Buffer, quotedUsage: Buffer, read: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined, maxUsage: number): Usage | undefined {
+  if (!opensObject(body) || body.indexOf(quotedAnswer) < 0 || body.indexOf(QUOTED_ERROR) >= 0) return undefined;
+  const u = usageFromTail(body, quotedUsage, read, maxUsage);
+  return u !== undefined && u.completion_tokens !== 0 && !completionBelowText(u.completion_tokens, body.length) ? u : undefined;
+}
+
+/** A buffered answer parsed whole; undefined when it is not JSON. */
+export function parseAnswer(body: Buffer): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    return undefined;
+  }
 }
 
 /** Whether the first non-whitespace byte opens a JSON object (what a page or a bare array does not). */

@@ -197,8 +197,19 @@ test('native decode: usage read, body untouched; without usage the content is th
   const r = decodeNative(body({ content: [{ type: 'text', text: 'Hi' }], usage: { input_tokens: -1, output_tokens: 2 } }), MAX);
   assert.equal(r.rejected, 'negative');
   assert.equal(r.text, 'Hi');
-  const junk = decodeNative(Buffer.from('not json'), MAX);
-  assert.equal(junk.text, 'not json');
+  // A 2xx no Anthropic client could use is refused (the pipeline answers 502), not relayed as a message.
+  for (const junk of ['not json', '', '<html><body>Login</body></html>', '[1]']) {
+    assert.equal(decodeNative(Buffer.from(junk), MAX).unusable, 'the upstream answer is not a JSON object', junk);
+  }
+  assert.equal(decodeNative(body({ type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } }), MAX).unusable,
+    'the upstream answered 2xx with an error: Overloaded');
+  assert.equal(decodeNative(body({ id: 'm', type: 'message' }), MAX).unusable, 'the upstream answer has no content array');
+  assert.equal(decodeNative(body({ type: 'error', error: { message: 'x' }, usage: { input_tokens: 1, output_tokens: 9 } }), MAX).unusable,
+    'the upstream answered 2xx with an error: x', 'a usage at the end does not make an error an answer');
+  // A believed output far too small for its text: the text is counted (the pipeline charges the larger).
+  const big = 'word '.repeat(20_000);
+  const small = decodeNative(body({ content: [{ type: 'text', text: big }], usage: { input_tokens: 4, output_tokens: 1 } }), MAX);
+  assert.equal(small.verifyText, big);
 });
 
 test('native decode: the root usage is read from the tail; a nested usage after it, or odd text, goes to the whole parse', () => {
@@ -206,10 +217,10 @@ test('native decode: the root usage is read from the tail; a nested usage after 
   const last = decodeNative(Buffer.from(JSON.stringify({ id: 'm', content: [{ type: 'text', text: 'say "usage":{"input_tokens":999}' }], usage: root })), MAX);
   assert.equal(last.usage?.prompt_tokens, 3);
   assert.equal(last.usage?.completion_tokens, 5);
-  const nestedAfter = decodeNative(Buffer.from(JSON.stringify({ usage: root, extra: { usage: { input_tokens: 999, output_tokens: 999 } } })), MAX);
+  const nestedAfter = decodeNative(Buffer.from(JSON.stringify({ content: [], usage: root, extra: { usage: { input_tokens: 999, output_tokens: 999 } } })), MAX);
   assert.equal(nestedAfter.usage?.prompt_tokens, 3, 'the root usage, not the later nested one');
   const trailing = decodeNative(Buffer.from(`${JSON.stringify({ content: [{ type: 'text', text: 'Hi' }], usage: root })} junk`), MAX);
-  assert.equal(trailing.usage, undefined, 'not JSON: counted as text, as before');
+  assert.equal(trailing.unusable, 'the upstream answer is not a JSON object', 'not JSON: refused, charged as an answer that broke off');
 });
 
 // ─── streams ────────────────────────────────────────────────────────────────────────────────────

@@ -369,6 +369,13 @@ test('native decode and failures: usage from usageMetadata, text when it is miss
   const nested = p.decode(call(), Buffer.from(JSON.stringify({ ...FRAMES[2], extra: { usageMetadata: { promptTokenCount: 999, candidatesTokenCount: 999, totalTokenCount: 1998 } } })), MAX);
   assert.deepEqual({ ...nested.usage }, FINAL);
   assert.equal(none.text, 'wörld{"name":"f","args":{"a":"\\"x\\""}}');
+  // A 2xx no Gemini client could use is refused (502); a prompt the filters blocked is an answer.
+  for (const junk of ['not json', '', '<html>Login</html>', '[1]']) assert.equal(p.decode(call(), Buffer.from(junk), MAX).unusable, 'the upstream answer is not a JSON object', junk);
+  assert.equal(p.decode(call(), Buffer.from('{"error":{"code":429,"message":"Resource exhausted"}}'), MAX).unusable, 'the upstream answered 2xx with an error: Resource exhausted');
+  assert.equal(p.decode(call(), Buffer.from('{"modelVersion":"x"}'), MAX).unusable, 'the upstream answer has no candidates array');
+  const blocked = p.decode(call(), Buffer.from(JSON.stringify({ promptFeedback: { blockReason: 'SAFETY' }, usageMetadata: { promptTokenCount: 7, totalTokenCount: 7 } })), MAX);
+  assert.equal(blocked.unusable, undefined);
+  assert.equal(blocked.usage?.prompt_tokens, 7);
   const err = Buffer.from('{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}');
   assert.equal(p.failure(call(), 429, err).retry, 'http_429');
   assert.equal(p.failure(call(), 429, err).body, err);

@@ -1,8 +1,9 @@
 // Anthropic answers to Anthropic clients: bytes pass through untouched, usage and text are read on the side.
-import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
+import { QUOTED_USAGE } from '../../streaming/json-tail.ts';
 import { SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { coversMore, isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { completionBelowText, coversMore, isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { answerTailUsage, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, deltaText, isObject, literalText, scanDelta } from './events.ts';
 import { anthropicUsage, StreamUsage } from './usage.ts';
@@ -20,20 +21,28 @@ export function parseBody(body: Buffer): Record<string, unknown> | undefined {
   }
 }
 
-/** A buffered Messages answer, passed through. An unreadable body is counted as text: nothing goes uncharged. */
+const QUOTED_CONTENT = Buffer.from('"content"');
+
+/** A buffered Messages answer, passed through: its usage, or its text to count; a 2xx no client could use (not a
+ *  JSON object, an error object, no content array) is refused (502), charged as an answer that broke off. */
 export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
-  // Usage read from the answer's end when it is there and believable (streaming/json-tail.ts); else the whole parse.
-  const fromTail = usageFromTail(body, QUOTED_USAGE, anthropicUsage, maxUsage);
-  if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: JSON_TYPE, usage: fromTail, rejected: undefined, text: '' };
+  const fromTail = answerTailUsage(body, QUOTED_CONTENT, QUOTED_USAGE, anthropicUsage, maxUsage);
+  if (fromTail !== undefined) return { body, contentType: JSON_TYPE, usage: fromTail, rejected: undefined, text: '' };
   const obj = parseBody(body);
-  if (obj === undefined) return { body, contentType: JSON_TYPE, usage: undefined, rejected: undefined, text: body.toString('utf8') };
-  const u = anthropicUsage(obj.usage, maxUsage);
-  if (u !== undefined && !isRejection(u)) {
-    const zero = zeroCompletionText(u, () => contentText(obj.content));
-    if (zero !== undefined) return { body, contentType: JSON_TYPE, usage: u, rejected: 'zero_completion', text: zero };
-    return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
+  if (obj === undefined) return untranslatable(false, undefined);
+  if (obj.type === 'error' || (isObject(obj.error) && !Array.isArray(obj.content))) {
+    return untranslatable(true, isObject(obj.error) ? obj.error.message : undefined);
   }
-  return { body, contentType: JSON_TYPE, usage: undefined, rejected: u?.rejected, text: contentText(obj.content) };
+  if (!Array.isArray(obj.content)) return { ...untranslatable(false, undefined), unusable: 'the upstream answer has no content array' };
+  const u = anthropicUsage(obj.usage, maxUsage);
+  if (u === undefined || isRejection(u)) return { body, contentType: JSON_TYPE, usage: undefined, rejected: u?.rejected, text: contentText(obj.content) };
+  const zero = zeroCompletionText(u, () => contentText(obj.content));
+  if (zero !== undefined) return { body, contentType: JSON_TYPE, usage: u, rejected: 'zero_completion', text: zero };
+  if (completionBelowText(u.completion_tokens, body.length)) {
+    const t = contentText(obj.content);
+    if (completionBelowText(u.completion_tokens, t.length)) return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '', verifyText: t };
+  }
+  return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
 }
 
 /**

@@ -8,8 +8,8 @@
 // provider. Neither is ever logged.
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
-import { usageFromTail } from '../../streaming/json-tail.ts';
-import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { completionBelowText, isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { answerTailUsage, parseAnswer, untranslatable } from '../parse-common.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
   SurfaceId, UpstreamCall,
@@ -134,24 +134,7 @@ export class GeminiProvider implements ResolvedProvider {
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
     if (call.surface === 'gemini-count-tokens') return { body, contentType: undefined, usage: undefined, rejected: undefined, text: '' };
     if (call.surface !== 'gemini-generate') return decodeTranslated(call, body, maxUsage);
-    // usageMetadata read from the answer's end when it is there and believable (streaming/json-tail.ts).
-    const fromTail = usageFromTail(body, USAGE_METADATA_KEY, geminiUsage, maxUsage);
-    if (fromTail !== undefined && fromTail.completion_tokens !== 0) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
-    let usage: Usage | undefined;
-    let rejected: UsageRejectReason | undefined;
-    let text = '';
-    try {
-      const json: unknown = JSON.parse(body.toString('utf8'));
-      const u = geminiUsage((json as { usageMetadata?: unknown } | null)?.usageMetadata, maxUsage);
-      if (isRejection(u)) rejected = u.rejected; else usage = u;
-      const all = (): string => { let t = ''; responseText(json, (x) => { t += x; }); return t; };
-      const zero = zeroCompletionText(usage, all);
-      if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
-      if (usage === undefined) text = all();
-    } catch {
-      usage = undefined;
-    }
-    return { body, contentType: undefined, usage, rejected, text };
+    return decodeGenerate(body, maxUsage);
   }
 
   stream(call: PreparedCall, opts: StreamOptions): StreamCodec {
@@ -164,6 +147,37 @@ export class GeminiProvider implements ResolvedProvider {
     if (call.surface !== 'openai-chat') return { retry, status, body, contentType: undefined };
     return { retry, status, body: translateError(status, body), contentType: 'application/json' };
   }
+}
+
+const QUOTED_CANDIDATES = Buffer.from('"candidates"');
+
+/** A buffered generateContent answer, passed through: its usageMetadata, or its text to count; a 2xx no client
+ *  could use (not a JSON object, an error object, neither candidates nor a prompt block) is refused (502). */
+function decodeGenerate(body: Buffer, maxUsage: number): DecodedBody {
+  const fromTail = answerTailUsage(body, QUOTED_CANDIDATES, USAGE_METADATA_KEY, geminiUsage, maxUsage);
+  if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+  const json = parseAnswer(body);
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return untranslatable(false, undefined);
+  const o = json as Record<string, unknown>;
+  const err = o.error;
+  if (typeof err === 'object' && err !== null) return untranslatable(true, (err as Record<string, unknown>).message);
+  // A prompt the safety filters blocked has no candidates, only promptFeedback: an answer all the same.
+  if (!Array.isArray(o.candidates) && (typeof o.promptFeedback !== 'object' || o.promptFeedback === null)) {
+    return { ...untranslatable(false, undefined), unusable: 'the upstream answer has no candidates array' };
+  }
+  let usage: Usage | undefined;
+  let rejected: UsageRejectReason | undefined;
+  const u = geminiUsage(o.usageMetadata, maxUsage);
+  if (isRejection(u)) rejected = u.rejected; else usage = u;
+  const all = (): string => { let t = ''; responseText(json, (x) => { t += x; }); return t; };
+  const zero = zeroCompletionText(usage, all);
+  if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
+  if (usage === undefined) return { body, contentType: undefined, usage, rejected, text: all() };
+  if (completionBelowText(usage.completion_tokens, body.length)) {
+    const t = all();
+    if (completionBelowText(usage.completion_tokens, t.length)) return { body, contentType: undefined, usage, rejected, text: '', verifyText: t };
+  }
+  return { body, contentType: undefined, usage, rejected, text: '' };
 }
 
 function resolve(inst: InstanceConfig): ResolvedProvider | readonly ResolveIssue[] {

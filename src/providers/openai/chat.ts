@@ -7,11 +7,11 @@ import { chatPromptParts, completionPromptParts, type PromptParts } from '../../
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation, MAX_N } from '../../tokens/limits.ts';
 import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
-import { QUOTED_USAGE, usageFromTail } from '../../streaming/json-tail.ts';
+import { QUOTED_USAGE } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { chatMessageText } from '../../streaming/chat-text.ts';
 import { completionBelowText, isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
-import { fail, modelAndStream, opensObject, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
+import { answerTailUsage, fail, modelAndStream, parseAnswer, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
 
@@ -159,27 +159,13 @@ function completionText(json: unknown): string {
   return parts.join('');
 }
 
-const QUOTED_ERROR = Buffer.from('"error"');
 const QUOTED_CHOICES = Buffer.from('"choices"');
 
 /** A buffered 2xx chat/completions answer: relayed as it came; its usage, or its text to count. */
 export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {
-  // Usage read from the answer's end when it is there and believable, on a body that opens an object, has a
-  // "choices" member and no "error" member (those bytes occur in valid JSON only as a key or that exact string,
-  // which merely takes the slow path); the whole answer is parsed and checked otherwise.
-  if (opensObject(body) && body.indexOf(QUOTED_CHOICES) >= 0 && body.indexOf(QUOTED_ERROR) < 0) {
-    const fromTail = usageFromTail(body, QUOTED_USAGE, openAiUsage, maxUsage);
-    // A completion of 0 is checked against the answer's text below (the whole parse).
-    if (fromTail !== undefined && fromTail.completion_tokens !== 0 && !completionBelowText(fromTail.completion_tokens, body.length)) {
-      return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
-    }
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(body.toString('utf8'));
-  } catch {
-    json = undefined;
-  }
+  const fromTail = answerTailUsage(body, QUOTED_CHOICES, QUOTED_USAGE, openAiUsage, maxUsage);
+  if (fromTail !== undefined) return { body, contentType: undefined, usage: fromTail, rejected: undefined, text: '' };
+  const json = parseAnswer(body);
   // A 200 carrying an HTML page or nothing would reach the SDK as a completion (or crash it): a 502 instead.
   const unusable = unusableNative(json, 'choices');
   if (unusable !== undefined) return unusable;
