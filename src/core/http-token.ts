@@ -23,7 +23,9 @@ export function isToken(s: string): boolean {
  */
 export function isIdentityCoding(coding: string): boolean {
   const c = coding.trim();
-  return c === '' || c.toLowerCase() === 'identity';
+  if (c === '' || c.toLowerCase() === 'identity') return true;
+  // A list (`identity, gzip`, or repeated header lines joined) leaves the body as it is only if every member does.
+  return c.includes(',') && c.split(',').every((m) => isIdentityCoding(m));
 }
 
 /**

@@ -10,7 +10,7 @@
 import { ERRORS, SluiceError, errorBody } from '../core/errors.ts';
 import { errorHeaders, errorText, sendError, type ErrorFormat } from './error-response.ts';
 import { log } from '../core/log.ts';
-import { connectionListed, isIdentityCoding } from '../core/http-token.ts';
+import { connectionListed } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import { MAX_ANSWER_BYTES, type ConsumerConfig } from '../config/types.ts';
 import type { Metrics } from '../metrics/registry.ts';
@@ -28,7 +28,7 @@ import { completionBelowText, cutShortUsage, largerUsage, laterUsage, verifiedUs
 import { prepareCall } from '../providers/prepare.ts';
 import { surfaceForPath, surfaceSpec, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, byteCoding, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { EMPTY_HOLD_QUOTAS, acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -520,15 +520,15 @@ export class Gateway implements RequestSink {
     const status = up.status;
     const ok = status >= 200 && status < 300;
     slots.attempt(status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok');
-    const coding = ok ? headerValue(up.headers, 'content-encoding') : undefined;
-    if (coding !== undefined && !isIdentityCoding(coding)) {
+    const coding = ok ? byteCoding(up.headers) : undefined;
+    if (coding !== undefined) {
       // Asked with Accept-Encoding: identity: compressed bytes could be neither metered nor relayed (the coding
       // header is the hop's). The answer was produced upstream, so, as a 2xx that broke off, it is not sent to
       // another instance and the prompt is charged.
       up.abort();
       log.warn('upstream answer compressed despite accept-encoding: identity', { route: route.id, instance: inst.name, coding: coding.slice(0, 40) });
       await this.chargeCut(ctx, EMPTY_BODY, 'upstream_broken');
-      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answered with a content-encoding other than identity, which Sluice cannot meter'));
+      this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answered with a content or transfer coding Sluice cannot meter (it asks for identity)'));
       return 'done';
     }
     if (ok && provider.isStream(prepared, headerValue(up.headers, 'content-type') ?? '')) {

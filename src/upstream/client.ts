@@ -4,10 +4,10 @@
 // what it says is the provider's (src/providers/).
 import type { ByteBudget } from '../core/byte-budget.ts';
 import { Pool, UpstreamFailure, requestHead, type Connection, type FailureKind, type ResponseHandler } from './h1-pool.ts';
-import { headerValue, headerValues, type UpstreamHeaders } from './h1-head.ts';
+import { byteCoding, headerValue, headerValues, type UpstreamHeaders } from './h1-head.ts';
 import type { InstanceConfig } from '../config/types.ts';
 
-export { UpstreamFailure, headerValue, headerValues, type FailureKind, type UpstreamHeaders };
+export { UpstreamFailure, byteCoding, headerValue, headerValues, type FailureKind, type UpstreamHeaders };
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;

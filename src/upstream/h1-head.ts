@@ -1,7 +1,7 @@
 // Strict parsing of an upstream's HTTP/1.x response head (RFC 9112): status line, header fields, and what frames
 // the body. Pure functions over a latin1 string, so framing decisions are tested without sockets. Header values
 // come out as UTF-8 text (utf8Value), the same as client header values.
-import { TCHAR } from '../core/http-token.ts';
+import { isIdentityCoding, TCHAR } from '../core/http-token.ts';
 
 /**
  * Header fields in the order received, flat: name, value, name, value… Names are lower-cased; a repeated name
@@ -13,6 +13,26 @@ export type UpstreamHeaders = readonly string[];
 /** The first value of `name` (lower-case), or undefined. */
 export function headerValue(h: UpstreamHeaders, name: string): string | undefined {
   for (let i = 0; i < h.length; i += 2) if (h[i] === name) return h[i + 1];
+  return undefined;
+}
+
+/**
+ * A coding that changes an answer's bytes, which Sluice can neither meter nor relay (its coding headers are the hop's):
+ * a Content-Encoding other than identity on any of its lines, or a transfer coding other than chunked (a server may
+ * apply no other unless asked with TE, and Sluice never asks). undefined when the bytes are the answer's own.
+ */
+export function byteCoding(h: UpstreamHeaders): string | undefined {
+  for (let i = 0; i < h.length; i += 2) {
+    const name = h[i];
+    if (name === 'content-encoding') {
+      if (!isIdentityCoding(h[i + 1]!)) return h[i + 1];
+    } else if (name === 'transfer-encoding') {
+      for (const m of h[i + 1]!.split(',')) {
+        const c = m.trim().toLowerCase();
+        if (c !== '' && c !== 'chunked' && c !== 'identity') return h[i + 1];
+      }
+    }
+  }
   return undefined;
 }
 

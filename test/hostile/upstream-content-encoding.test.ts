@@ -26,7 +26,16 @@ describe('an upstream answer with a content coding', () => {
       const stream = req.body.toString().includes('"stream":true');
       const coding = req.headers['x-coding'] ?? 'gzip';
       const body = coding === 'identity' ? Buffer.from(ANSWER) : gzipSync(stream ? FRAME : ANSWER);
-      s.write(`HTTP/1.1 200 OK\r\ncontent-type: ${stream ? 'text/event-stream' : 'application/json'}\r\ncontent-encoding: ${coding}\r\ncontent-length: ${body.length}\r\n\r\n`);
+      const type = `content-type: ${stream ? 'text/event-stream' : 'application/json'}\r\n`;
+      if (coding === 'te-gzip') {
+        // A transfer coding other than chunked, which Sluice never asks for (no TE header).
+        s.write(`HTTP/1.1 200 OK\r\n${type}transfer-encoding: gzip, chunked\r\n\r\n${body.length.toString(16)}\r\n`);
+        s.write(Buffer.concat([body, Buffer.from('\r\n0\r\n\r\n')]));
+        return;
+      }
+      // Two coding lines: the first alone says identity.
+      const codings = coding === 'lines' ? 'content-encoding: identity\r\ncontent-encoding: gzip\r\n' : `content-encoding: ${coding}\r\n`;
+      s.write(`HTTP/1.1 200 OK\r\n${type}${codings}content-length: ${body.length}\r\n\r\n`);
       s.write(body);
     });
     spare = await startScriptedUpstream((_q, s) => {
@@ -66,15 +75,15 @@ describe('an upstream answer with a content coding', () => {
     assert.equal(up.requests.at(-1)?.headers['accept-encoding'], 'identity');
   });
 
-  for (const stream of [false, true]) {
-    it(`a gzip ${stream ? 'stream' : 'answer'}: 502 in the client's format, the prompt charged, no other instance asked`, async () => {
+  for (const [coding, label] of [['gzip', 'gzip'], ['lines', 'identity then gzip on a second Content-Encoding line'], ['te-gzip', 'Transfer-Encoding: gzip, chunked']] as const) for (const stream of [false, true]) {
+    it(`${label}, ${stream ? 'stream' : 'answer'}: 502 in the client's format, the prompt charged, no other instance asked`, async () => {
       const before = await metric(gw, /^sluice_quota_tokens_charged_total\{route="e"/);
       const broken = await metric(gw, /^sluice_usage_estimated_total\{route="e",reason="upstream_broken"\}/);
-      const r = await ask(stream);
+      const r = await ask(stream, coding);
       assert.equal(r.status, 502);
       const err = (await r.json()) as { error: { code: string; message: string } };
       assert.equal(err.error.code, 'SLC_UPSTREAM_ERROR');
-      assert.match(err.error.message, /content-encoding/);
+      assert.match(err.error.message, /coding Sluice cannot meter/);
       assert.equal(spare.requests.length, 0);
       const charged = await metric(gw, /^sluice_quota_tokens_charged_total\{route="e"/);
       assert.ok(charged > before, 'the prompt is charged');
