@@ -738,7 +738,7 @@ export class Gateway implements RequestSink {
         const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion || low ? 'usage_rejected'
           : broken ? 'upstream_broken' : textAfter ? 'text_after_usage' : 'no_usage';
         if (counting !== undefined) counted += await counting;
-        const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin, undefined);
+        const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin + (meter.hiddenCompletion ?? 0), undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and
         // only a usage that is (partly) the count is an estimate.
         // No believable final count: the prompt the upstream reported on the way (Anthropic's message_start, Gemini's

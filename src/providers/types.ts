@@ -156,6 +156,11 @@ export interface StreamCodec {
    */
   readonly promptReport?: Usage | undefined;
   /**
+   * Completion tokens a report before the final count said were produced where no relayed text shows them (Gemini's
+   * thoughts): a stream charged from its counted text is charged these beside it. Undefined or 0 when none.
+   */
+  readonly hiddenCompletion?: number;
+  /**
    * Closing frames held back at end() because the client asked for a usage report that the upstream did not give
    * (a translated stream with `include_usage`): called once the stream is settled, with the usage charged (undefined
    * when nothing was metered), it returns them with that usage. Undefined when nothing was held.

@@ -14,6 +14,7 @@ import { eventually } from '../helpers/sluice-process.ts';
 
 const PROMPT = 500;
 const CACHED = 100;
+const THOUGHTS = 700;
 
 function chunk(s: string): string {
   return `${Buffer.byteLength(s).toString(16)}\r\n${s}\r\n`;
@@ -35,7 +36,8 @@ const SCRIPTS: Record<string, { frames: string[]; end: boolean }> = {
   anthropic_cut: { frames: [START, ...TEXT], end: false },
   // message_delta without usage, then message_stop: the stream ends cleanly with no final count.
   anthropic_no_final: { frames: [START, ...TEXT, ev('content_block_stop', { index: 0 }), ev('message_delta', { delta: { stop_reason: 'end_turn' } }), ev('message_stop', {})], end: true },
-  gemini_cut: { frames: [gem({ ...text('Two'), usageMetadata: { promptTokenCount: PROMPT, cachedContentTokenCount: CACHED, totalTokenCount: PROMPT } })], end: false },
+  // Thinking done before the cut (Gemini 2.5 reports it mid-stream): produced, though no text shows it.
+  gemini_cut: { frames: [gem({ ...text('Two'), usageMetadata: { promptTokenCount: PROMPT, cachedContentTokenCount: CACHED, thoughtsTokenCount: THOUGHTS, totalTokenCount: PROMPT + THOUGHTS } })], end: false },
   // The finish brings no usage of its own: the mid-stream usage counted the prompt only.
   gemini_no_final: { frames: [gem({ ...text('Two'), usageMetadata: { promptTokenCount: PROMPT, totalTokenCount: PROMPT } }), gem(text(' words', { finishReason: 'STOP' }))], end: true },
   // A final count that is not believed: message_start's prompt still stands (each part the larger of it and the count).
@@ -105,12 +107,12 @@ describe('streams without a believable final usage: what the upstream reported o
     assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="a",reason="client_abort"\}/), 1);
   });
 
-  it('Gemini: a client that leaves before the finish is charged the mid-stream prompt count and the counted text', { timeout: 60_000 }, async () => {
+  it('Gemini: a client that leaves before the finish is charged the mid-stream prompt count, the thoughts reported and the counted text', { timeout: 60_000 }, async () => {
     const n = await leaveAfter('g', '/g/v1beta/models/gem:streamGenerateContent?alt=sse', { contents: [{ role: 'user', parts: [{ text: 'case gemini_cut' }] }] }, 'usageMetadata');
     assert.equal(await tokens('g', 'prompt'), PROMPT);
     assert.equal(await tokens('g', 'cached_prompt'), CACHED);
     const completion = await tokens('g', 'completion');
-    assert.ok(completion >= 1 && completion < 20, `counted completion ${completion}`);
+    assert.ok(completion >= THOUGHTS + 1 && completion < THOUGHTS + 20, `thoughts and counted completion ${completion}`);
     assert.equal(n, PROMPT + completion);
   });
 

@@ -644,6 +644,12 @@ test('stream meter: counts are cumulative: the largest believable prompt of any 
   const lied = meter(mid + frame('{"promptTokenCount": 1000, "candidatesTokenCount": -50}', ', "finishReason": "STOP"'));
   assert.equal(lied.usageRejected, 'negative');
   assert.equal(lied.promptReport?.prompt_tokens, 1000);
+  // Thoughts reported before the finish (Gemini 2.5, once thinking is done) show in no text: a cut stream keeps them.
+  const thought = meter(mid + frame('{"promptTokenCount": 1000, "candidatesTokenCount": 2, "thoughtsTokenCount": 3000, "totalTokenCount": 4002}')
+    + frame('{"promptTokenCount": 1000, "thoughtsTokenCount": 7, "totalTokenCount": 1007}'));
+  assert.equal(thought.usage, undefined);
+  assert.equal(thought.hiddenCompletion, 3000, 'the largest believable report, a later smaller one not taking it back');
+  assert.equal(meter(mid).hiddenCompletion, 0);
 });
 
 test('translated stream: a stream that ends before any finishReason is an error for the client, not a [DONE]', () => {

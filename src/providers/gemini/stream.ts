@@ -5,7 +5,8 @@
 // only once final: a usageMetadata in or after a frame with a finishReason, with no text after it (or a prompt blocked
 // with promptFeedback.blockReason, which has no candidates). Gemini's mid-stream usageMetadata counts the prompt only,
 // so a stream that ends, even cleanly, before its finish (cut, or after an in-stream error object), or whose finish
-// brings no usage of its own, is charged that prompt (promptReport) and its counted text, not a partial usage.
+// brings no usage of its own, is charged that prompt (promptReport) and its counted text, not a partial usage, plus
+// the thoughts a report gave (hiddenCompletion: thinking shows in no text).
 import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, laterUsage, promptOnly, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -76,6 +77,8 @@ export class GeminiMeter {
   /** The largest believable prompt counts of any usageMetadata so far (a later frame's lie or smaller count cannot
    *  lower it): the prompt a stream without a believable final usage is charged. */
   private prompt: Usage | undefined = undefined;
+  /** The largest believable thoughts count of any usageMetadata: tokens no relayed text shows (hiddenCompletion). */
+  private thoughts = 0;
   /** The usageMetadata text of the last fast-path frame: frames that repeat it are not parsed again. */
   private metaText: string | undefined = undefined;
   readonly add = (t: string): void => {
@@ -142,7 +145,10 @@ export class GeminiMeter {
   /** Folds the last usageMetadata's prompt counts, when believable and above 0, into the largest seen. */
   private notePrompt(): void {
     const u = this.last();
-    if (u === undefined || isRejection(u) || u.prompt_tokens === 0) return;
+    if (u === undefined || isRejection(u)) return;
+    // Thinking done before a cut was produced (and billed) although the stream shows none of it.
+    if ((u.reasoning_tokens ?? 0) > this.thoughts) this.thoughts = u.reasoning_tokens!;
+    if (u.prompt_tokens === 0) return;
     const p = this.prompt;
     if (p === undefined || u.prompt_tokens > p.prompt_tokens) this.prompt = promptOnly(u);
   }
@@ -182,6 +188,13 @@ export class GeminiMeter {
     return this.prompt;
   }
 
+  /** Thoughts a usageMetadata reported (Gemini 2.5 reports them once thinking is done): no relayed text shows them,
+   *  so a stream charged from its count is charged them beside it. A thought summary streamed as text (includeThoughts)
+   *  is then counted in both, a small overcharge rather than thinking for free. */
+  get hiddenCompletion(): number {
+    return this.thoughts;
+  }
+
   get usageRejected(): UsageRejectReason | undefined {
     const u = this.final && this.metaFinal ? this.last() : undefined;
     return u !== undefined && isRejection(u) ? u.rejected : undefined;
@@ -218,6 +231,7 @@ export class GeminiStream implements StreamCodec {
   get usage(): Usage | undefined { return this.meter.usage; }
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
   get promptReport(): Usage | undefined { return this.meter.promptReport; }
+  get hiddenCompletion(): number { return this.meter.hiddenCompletion; }
   get text(): string { return this.meter.text; }
   get textChars(): number { return this.meter.textChars; }
   get countMargin(): number { return this.meter.countMargin; }

@@ -193,6 +193,7 @@ export class TranslatedStream implements StreamCodec {
   get usage(): Usage | undefined { return this.meter.usage; }
   get usageRejected(): UsageRejectReason | undefined { return this.meter.usageRejected; }
   get promptReport(): Usage | undefined { return this.meter.promptReport; }
+  get hiddenCompletion(): number { return this.meter.hiddenCompletion; }
   get text(): string { return this.meter.text; }
   get textChars(): number { return this.meter.textChars; }
   get countMargin(): number { return this.meter.countMargin; }
