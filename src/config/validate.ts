@@ -401,7 +401,7 @@ export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.en
   const input = substituteEnv(raw ?? {}, '', env, is);
   const shape = rootShapeMessage(input);
   if (shape !== undefined) is.add('', shape);
-  const root = shape === undefined ? Section.open(is, '', input, TOP_KEYS) : undefined;
+  const root = shape === undefined ? Section.open(is, '', input, TOP_KEYS, true) : undefined;
   if (root === undefined) throw is.error();
 
   const listen = readListen(is, root.get('listen'));

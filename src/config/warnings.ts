@@ -125,6 +125,10 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     }
     const atr = r.plugins['ai-token-ratelimit'];
     if (atr?.redis !== undefined && atr.rule_items.length > 0) perKeyOnRedis.push(childPath(path, 'ai-token-ratelimit.rule_items'));
+    if (atr !== undefined && atr.redis === undefined) {
+      // Higress requires redis; a config carried over without it (or with it misspelt away) counts per process.
+      out.push({ path: childPath(path, 'ai-token-ratelimit'), message: "has no redis: its counters are this process's own, so each gateway replica grants the whole quota (add redis to share it)" });
+    }
   });
   config.consumers.forEach((c, i) => {
     envLookalikes(c.ai_proxy, `consumers[${i}].plugins.ai-proxy-multi`, out);

@@ -293,6 +293,21 @@ describe('config defaults', () => {
     assert.deepEqual(validateConfig(null, {}), c);
   });
 
+  it('top-level x- keys are the writer\'s own (an anchor\'s home): ignored; any other unknown key is still an error', async () => {
+    const { parseConfigText } = await import('../../src/config/load.ts');
+    const text = [
+      'x-instance: &inst { provider: openai-compatible, auth: { header: { Authorization: "Bearer k" } }, override: { endpoint: "http://127.0.0.1:1/v1/chat/completions" } }',
+      'routes:',
+      '  - id: r',
+      '    uri: /v1/chat/completions',
+      '    plugins:',
+      '      ai-proxy-multi: { instances: [ { <<: *inst, name: a }, { <<: *inst, name: b, weight: 2 } ] }',
+    ].join('\n');
+    const c = validateConfig(parseConfigText(text, 'x.yaml'), {});
+    assert.deepEqual(c.routes[0]!.plugins['ai-proxy-multi']!.instances.map((i) => [i.name, i.weight]), [['a', 1], ['b', 2]]);
+    assert.throws(() => validateConfig(parseConfigText(text.replace('x-instance', 'defaults'), 'x.yaml'), {}), /defaults: unknown key/);
+  });
+
   it('a partial section keeps defaults for the fields it omits', () => {
     const c = validateConfig({ listen: { port: 0 }, limits: { max_body_bytes: 1024 }, workers: 2 }, {});
     assert.deepEqual(c.listen, { host: '127.0.0.1', port: 0, http1_guard: true });

@@ -125,8 +125,10 @@ test('quotas keyed by the consumer on a route without key-auth, and consumer ups
     'ai-rate-limiting': { rules: [{ key: '${consumer_name}', count: 10, time_window: 60 }, { key: '${http_x_user}', count: 10, time_window: 60 }] },
     'ai-token-ratelimit': { rule_name: 'r', rule_items: [{ limit_by_per_consumer: '', limit_keys: [{ key: '*', token_per_minute: 5 }] }] },
   }), {}));
-  assert.deepEqual(w.map((x) => x.path), ['routes[0].plugins.ai-rate-limiting.rules[0].key', 'routes[0].plugins.ai-token-ratelimit.rule_items[0]']);
+  assert.deepEqual(w.map((x) => x.path), ['routes[0].plugins.ai-rate-limiting.rules[0].key', 'routes[0].plugins.ai-token-ratelimit.rule_items[0]', 'routes[0].plugins.ai-token-ratelimit']);
   assert.match(w[0]!.message, /no key-auth: no request has a consumer, so every request is refused \(400\)/);
+  // Higress's plugin without redis (which Higress requires) counts per process: said so.
+  assert.match(w[2]!.message, /has no redis: .* each gateway replica grants the whole quota/);
   const authed = routeWith({ 'key-auth': {}, 'ai-rate-limiting': { rules: [{ key: '${consumer_name}', count: 10, time_window: 60 }] } });
   assert.deepEqual(configWarnings(validateConfig({ ...authed, consumers: [{ username: 'a', plugins: { 'key-auth': { key: 'k-a' } } }] }, {})), []);
   // A consumer whose own ai-proxy instances the route's instance quotas do not name is not limited there.
