@@ -1,6 +1,7 @@
 // `sluice start | validate | mock-upstream`. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.
 // Each command imports only what it runs: `validate` never loads uWS, undici or a tokenizer, and the mock
 // upstream (with its own node:http server) loads only for `mock-upstream` and `start --embedded`.
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { SluiceHandle } from '../app.ts';
 import { loadConfigFile } from '../config/load.ts';
@@ -18,7 +19,8 @@ const USAGE = `usage:
   sluice validate --config <file>    prints ok, or every error with its path (exit 2)
   sluice validate --embedded [--config <file>]
                                      the same for what start --embedded runs (the mock's address set as it sets it)
-  sluice mock-upstream --port <n>    OpenAI-compatible mock LLM (see --help)`;
+  sluice mock-upstream --port <n>    OpenAI-compatible mock LLM (see --help)
+  sluice --version`;
 
 const EMBEDDED_CONFIG = fileURLToPath(new URL('../../examples/embedded.yaml', import.meta.url));
 
@@ -88,7 +90,13 @@ async function start(argv: string[]): Promise<void> {
   if (embedded) {
     file ??= EMBEDDED_CONFIG;
     const { startMockUpstream } = await import('../mock/server.ts');
-    const mock = await startMockUpstream({ host: '127.0.0.1', port: args.mockPort ?? 0, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' });
+    const port = args.mockPort ?? 0;
+    const mock = await startMockUpstream({ host: '127.0.0.1', port, chunks: 8, chunkDelayMs: 20, name: 'embedded-mock' }).catch((err: unknown) => {
+      // A pinned port that is taken: said as the gateway's own ports say it, not as a crash.
+      const code = (err as NodeJS.ErrnoException | null)?.code;
+      console.error(`sluice: mock upstream 127.0.0.1:${port}: ${code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : 'cannot listen'} [${code ?? 'UNKNOWN'}]`);
+      process.exit(1);
+    });
     mockClose = () => mock.close();
     env.SLUICE_MOCK_ENDPOINT = `${mock.url}/v1/chat/completions`;
     env.SLUICE_MOCK_ORIGIN = mock.url;
@@ -189,8 +197,11 @@ async function main(argv: string[]): Promise<void> {
     case undefined: case '--help': case '-h': case 'help':
       console.log(USAGE);
       return;
+    case '--version': case '-v': case 'version':
+      console.log(`sluice ${(JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version}`);
+      return;
     default:
-      console.error(USAGE);
+      console.error(`sluice: unknown command '${cmd.slice(0, 64)}'\n${USAGE}`);
       process.exitCode = 2;
   }
 }

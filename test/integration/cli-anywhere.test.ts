@@ -92,10 +92,14 @@ test('validate works from a directory outside the repo: ok / every error with it
   assert.match(r.stderr, /routes\[0\]\.plugins\.ai-proxy\.auth\.header\.Authorization: environment variable SLUICE_TEST_UNSET_KEY is not set/);
 });
 
-test('an unknown command prints the usage and exits 2; --help exits 0', () => {
+test('an unknown command is named, with the usage, exit 2; --help exits 0; --version prints the package version', () => {
   const r = runCli(['frobnicate']);
   assert.equal(r.status, 2);
+  assert.match(r.stderr, /unknown command 'frobnicate'/);
   assert.match(r.stderr, /usage:/);
+  const v = runCli(['--version']);
+  assert.equal(v.status, 0);
+  assert.match(v.stdout, /^sluice \d+\.\d+\.\d+/);
   for (const args of [['--help'], ['start', '--help'], ['validate', '-h']]) {
     const h = runCli(args);
     assert.equal(h.status, 0, args.join(' '));
