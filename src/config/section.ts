@@ -129,15 +129,13 @@ export class Section {
    * Open `value` as an object at `path` and report keys outside `allowed`. YAML's empty value (null) and an
    * absent section both read as {}, so `key-auth:` with nothing after it means the plugin with defaults.
    */
-  /** `extensions`: keys starting with `x-` are the writer's own (a YAML anchor's home, as in Compose files), ignored. */
-  static open(is: Issues, path: string, value: unknown, allowed: readonly string[], extensions = false): Section | undefined {
+  static open(is: Issues, path: string, value: unknown, allowed: readonly string[]): Section | undefined {
     if (value === undefined || value === null) return new Section(is, path, {});
     if (!isPlainObject(value)) {
       is.add(path, 'must be an object');
       return undefined;
     }
     for (const key of Object.keys(value)) {
-      if (extensions && key.startsWith('x-')) continue;
       if (!allowed.includes(key)) is.add(childPath(path, key), unknownMessage('key', key, allowed));
     }
     return new Section(is, path, value);

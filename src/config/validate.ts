@@ -392,16 +392,25 @@ export function listenersClash(listen: { host: string; port: number }, admin: { 
   return admin.port !== 0 && admin.port === listen.port && hostsOverlap(admin.host, listen.host);
 }
 
+/** Top-level keys starting with `x-` are the writer's own (a home for YAML anchors, as in Compose files): dropped
+ *  before anything reads them, `$ENV://` references included. */
+function withoutExtensions(raw: unknown): unknown {
+  if (!isPlainObject(raw) || !Object.keys(raw).some((k) => k.startsWith('x-'))) return raw;
+  const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  for (const k of Object.keys(raw)) if (!k.startsWith('x-')) out[k] = raw[k];
+  return out;
+}
+
 /**
  * Validate, default and freeze a configuration. `$ENV://NAME` references in any string are resolved from
  * `env` first. Throws ConfigError listing every issue.
  */
 export function validateConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env): SluiceConfig {
   const is = new Issues();
-  const input = substituteEnv(raw ?? {}, '', env, is);
+  const input = substituteEnv(withoutExtensions(raw ?? {}), '', env, is);
   const shape = rootShapeMessage(input);
   if (shape !== undefined) is.add('', shape);
-  const root = shape === undefined ? Section.open(is, '', input, TOP_KEYS, true) : undefined;
+  const root = shape === undefined ? Section.open(is, '', input, TOP_KEYS) : undefined;
   if (root === undefined) throw is.error();
 
   const listen = readListen(is, root.get('listen'));

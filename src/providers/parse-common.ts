@@ -40,15 +40,26 @@ const QUOTED_ERROR = Buffer.from('"error"');
 
 /**
  * A buffered answer's usage read from its end without a parse (streaming/json-tail.ts), when the body looks like an
- * answer: it opens an object, has the surface's answer member (`quotedAnswer`, e.g. `"choices"`) and no `"error"`
+ * answer: it opens an object, has the surface's answer member (`quotedAnswer`, e.g. `"choices"`) with an array after its first occurrence and no `"error"`
  * member (those bytes occur in valid JSON only as a key or that exact string, which merely takes the slow path).
  * undefined sends the caller to the whole parse and its checks: no such usage, or a completion of 0 or one small for
  * the body's size, which the answer's text must confirm.
  */
 export function answerTailUsage(body: Buffer, quotedAnswer: Buffer, quotedUsage: Buffer, read: (u: unknown, maxUsage: number) => Usage | UsageRejection | undefined, maxUsage: number): Usage | undefined {
-  if (!opensObject(body) || body.indexOf(quotedAnswer) < 0 || body.indexOf(QUOTED_ERROR) >= 0) return undefined;
+  if (!opensObject(body) || !opensArrayAfter(body, body.indexOf(quotedAnswer), quotedAnswer.length) || body.indexOf(QUOTED_ERROR) >= 0) return undefined;
   const u = usageFromTail(body, quotedUsage, read, maxUsage);
   return u !== undefined && u.completion_tokens !== 0 && !completionBelowText(u.completion_tokens, body.length) ? u : undefined;
+}
+
+/** Whether the key at `at` (`len` bytes, -1: absent) has an array for its value: `null`, a number or an object is no answer. */
+function opensArrayAfter(body: Buffer, at: number, len: number): boolean {
+  if (at < 0) return false;
+  let i = at + len;
+  while (i < body.length && isSpace(body[i]!)) i++;
+  if (body[i] !== 0x3a) return false;
+  i++;
+  while (i < body.length && isSpace(body[i]!)) i++;
+  return body[i] === 0x5b;
 }
 
 /** A buffered answer parsed whole; undefined when it is not JSON. */

@@ -41,7 +41,7 @@ export function chatMessageText(m: unknown, add: TextSink): void {
     }
   }
   str(m.refusal, add);
-  if (typeof m.reasoning_content === 'string') str(m.reasoning_content, add);
+  if (typeof m.reasoning_content === 'string' && m.reasoning_content !== '') add(m.reasoning_content);
   else str(m.reasoning, add);
   const calls = m.tool_calls;
   if (Array.isArray(calls)) {

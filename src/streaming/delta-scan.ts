@@ -112,5 +112,11 @@ export function scanDeltaText(data: string): string | null {
     }
     if (found && ++kinds > 1) return null;
   }
+  // What a full parse would read differently: no top-level choices (text that is not JSON, another shape), a second
+  // `choices` member (JSON.parse keeps the last), or an escape outside the text literal (a key spelt with \u escapes).
+  if (choices === -2) choices = topChoices(data);
+  if (choices === -1 || data.indexOf('choices"', choices + 10) !== -1) return null;
+  const esc = data.indexOf('\\');
+  if (esc !== -1 && (lastScan.literals === 0 || esc < lastScan.start || data.indexOf('\\', lastScan.end) !== -1)) return null;
   return out;
 }

@@ -306,6 +306,8 @@ describe('config defaults', () => {
     const c = validateConfig(parseConfigText(text, 'x.yaml'), {});
     assert.deepEqual(c.routes[0]!.plugins['ai-proxy-multi']!.instances.map((i) => [i.name, i.weight]), [['a', 1], ['b', 2]]);
     assert.throws(() => validateConfig(parseConfigText(text.replace('x-instance', 'defaults'), 'x.yaml'), {}), /defaults: unknown key/);
+    // Nothing in them is read, an unset $ENV:// reference included.
+    assert.doesNotThrow(() => validateConfig(parseConfigText(`x-secrets: { k: "$ENV://SLUICE_TEST_UNSET_VARIABLE" }\n${text}`, 'x.yaml'), {}));
   });
 
   it('a partial section keeps defaults for the fields it omits', () => {

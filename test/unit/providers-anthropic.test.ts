@@ -206,6 +206,9 @@ test('native decode: usage read, body untouched; without usage the content is th
   assert.equal(decodeNative(body({ id: 'm', type: 'message' }), MAX).unusable, 'the upstream answer has no content array');
   assert.equal(decodeNative(body({ type: 'error', error: { message: 'x' }, usage: { input_tokens: 1, output_tokens: 9 } }), MAX).unusable,
     'the upstream answered 2xx with an error: x', 'a usage at the end does not make an error an answer');
+  // Nor does a believable usage at the end make an answer of a null or nested content.
+  assert.equal(decodeNative(body({ id: 'm', content: null, usage: { input_tokens: 1, output_tokens: 3 } }), MAX).unusable, 'the upstream answer has no content array');
+  assert.equal(decodeNative(body({ id: 'm', meta: { content: 1 }, usage: { input_tokens: 1, output_tokens: 3 } }), MAX).unusable, 'the upstream answer has no content array');
   // A believed output far too small for its text: the text is counted (the pipeline charges the larger).
   const big = 'word '.repeat(20_000);
   const small = decodeNative(body({ content: [{ type: 'text', text: big }], usage: { input_tokens: 4, output_tokens: 1 } }), MAX);

@@ -113,6 +113,7 @@ test('decodeChat: the body is relayed as it came, with its usage; without usage,
     assert.equal(decodeChat(call, Buffer.from(e), 1e6).unusable, 'the upstream answered 2xx with an error: x', e);
   }
   for (const e of ['{}', '{"detail":"Not Found"}', '{"error":"string"}']) assert.equal(decodeChat(call, Buffer.from(e), 1e6).unusable, 'the upstream answer has no choices array', e);
+  assert.equal(decodeChat(call, Buffer.from('{"choices":null,"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}'), 1e6).unusable, 'the upstream answer has no choices array');
   // A believable usage at the end does not make an answer without choices one (the tail shortcut needs "choices").
   assert.equal(decodeChat(call, Buffer.from('{"id":"x","object":"text_completion","usage":{"prompt_tokens":20,"completion_tokens":100,"total_tokens":120}}'), 1e6).unusable,
     'the upstream answer has no choices array');

@@ -363,6 +363,17 @@ describe('responses: stream codec', () => {
     // A large delta marks its item: that item's done event is not counted again.
     const delta = ev('response.output_text.delta', { item_id: 'm', output_index: 0, content_index: 0, delta: big }, 0);
     assert.equal(run(Buffer.from(delta + done('m', 1)), cuts(2 * big.length)).codec.text, big);
+    // A large terminal event repeating the item: skipped there, as the parsed path skips it; another item still counts.
+    const item = (id: string, text: string) => ({ id, type: 'message', role: 'assistant', content: [{ type: 'output_text', text }] });
+    const completed = ev('response.completed', { response: { id: 'r', status: 'completed', output: [item('msg_big', big), item('late', 'late words')], usage: null } }, 3);
+    const withTerminal = done('msg_big', 0) + completed;
+    assert.equal(run(Buffer.from(withTerminal), cuts(withTerminal.length)).codec.text, big + 'late words');
+    // The text before its item_id (another item's delta came first): counted, and its item marked for what follows.
+    const early = `event: response.output_text.done\ndata: ${JSON.stringify({ type: 'response.output_text.done', text: big, item_id: 'x', sequence_number: 1 })}\n\n`;
+    const part = ev('response.content_part.done', { item_id: 'x', output_index: 0, content_index: 0, part: { type: 'output_text', text: 'again' } }, 2);
+    const other = ev('response.reasoning_summary_text.delta', { item_id: 'rs', output_index: 0, delta: 'hmm' }, 0);
+    const seq = other + early + part;
+    assert.equal(run(Buffer.from(seq), cuts(seq.length)).codec.text, 'hmm' + big);
   });
 
   it('a body that is not SSE is cut at 64 KiB of a line that is not data; data that is not JSON is counted as text', () => {

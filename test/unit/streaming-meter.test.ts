@@ -161,7 +161,8 @@ test('malformed frames never throw and never fake usage', () => {
   for (const strip of [false, true]) {
     const r = run([Buffer.from(s)], strip);
     assert.equal(r.usage, undefined);
-    assert.equal(r.text, '');
+    // Data that is not JSON reached the client: counted as text (no relayed byte is free); the rest holds none.
+    assert.equal(r.text, '{not json');
     assert.equal(r.sawDone, true);
     assert.equal(r.frames, 10);
   }
@@ -216,7 +217,7 @@ test('the delta scan fast path yields exactly what a full parse yields', () => {
     { choices: [{ index: 0, delta: { role: 'assistant', content: 'r0', refusal: null } }] },
     { choices: [{ index: 0, delta: { refusal: 'I cannot help' } }] },
     { choices: [{ index: 0, delta: { function_call: { name: 'legacy', arguments: '{"a":' } } }] },
-    { choices: [{ index: 0, delta: { reasoning: 'openrouter thinks' } }] },
+    { choices: [{ index: 0, delta: { reasoning: 'openrouter thinks', reasoning_content: '' } }] },
     { choices: [{ index: 0, delta: { audio: { id: 'a1', transcript: 'spoken words' } } }] },
     { choices: [{ index: 0, delta: { content: [{ type: 'text', text: 'part one' }, { type: 'refusal', refusal: ' part two' }] } }] },
     { choices: [{ index: 0, delta: { content: 'last' }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } },
@@ -254,7 +255,7 @@ test('scanDeltaText takes plain content frames and declines everything else', ()
   assert.equal(scanDeltaText('{"choices":[{"index":0,"text":"t"}]}'), 't');
   assert.equal(scanDeltaText('{"choices":[{"delta":{"role":"assistant"}}]}'), '');
   assert.equal(scanDeltaText('{"choices":[{"delta":{"content":"c","refusal":null}}]}'), 'c');
-  assert.equal(scanDeltaText('{not json at all'), '');
+  assert.equal(scanDeltaText('{"choices":[{"delta":{"role":"assistant"}}],"usage":null}'), '');
   for (const declined of [
     '{"choices":[],"usage":{"prompt_tokens":1}}',
     '{"choices":[{"delta":{"content":"x"}}],"usage":{"total_tokens":1}}',
@@ -262,6 +263,11 @@ test('scanDeltaText takes plain content frames and declines everything else', ()
     '{"choices":[{"delta":{"content": "spaced"}}]}',
     '{"choices":[{"delta":{"content":"a","reasoning_content":"b"}}]}',
     '{"choices":[{"delta":{"content":5}}]}',
+    // What a full parse reads differently: not JSON, keys spelt with escapes, a second choices member.
+    '{not json at all',
+    '{"choices":[{"index":0,"delta":{"content":"a","refus\\u0061l":"r"}}]}',
+    '{"choices":[{"index":0,"delta":{"content":"a","tool\\u005fcalls":[]}}]}',
+    '{"choices":[{"index":0,"delta":{"content":"a"}}],"choices":[]}',
     // Text under keys the scan does not read: a refusal, reasoning (OpenRouter), an audio transcript.
     '{"choices":[{"delta":{"refusal":"no"}}]}',
     '{"choices":[{"delta":{"reasoning":"r"}}]}',

@@ -402,6 +402,10 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private scanType: string | undefined;
   /** A large done event's item_id (read before its text, as servers order them), to count each item once. */
   private scanItemId: string | undefined;
+  /** A large done event's text came before its item_id: counted (more, never less), its item marked once the id comes. */
+  private scanTextBeforeId = false;
+  /** A large terminal event's current output item was counted already (its id is in textItems): its text is skipped. */
+  private scanOutSkip = false;
   private scanUsage: string | undefined | null = null;
   /** Bytes of the current line that is not a data line. */
   private otherLine = 0;
@@ -566,6 +570,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     // Too large to hold: scan what was held, then everything that follows, as it arrives.
     this.scanType = undefined;
     this.scanItemId = undefined;
+    this.scanTextBeforeId = false;
+    this.scanOutSkip = false;
     this.scanUsage = null;
     const scanner = new JsonScanner(this, MAX_USAGE_JSON_BYTES);
     this.scanner = scanner;
@@ -725,7 +731,11 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       // A done event's whole text (a server that sends no deltas), counted once per item as when parsed whole.
       const type = this.scanType ?? this.namedType();
       const member = type === undefined ? undefined : DONE_TEXT.get(type);
-      return member === top && this.textOf(this.scanItemId) ? SCAN_TEXT : SCAN_SKIP_TREE;
+      if (member !== top) return SCAN_SKIP_TREE;
+      if (this.scanItemId !== undefined) return this.textOf(this.scanItemId) ? SCAN_TEXT : SCAN_SKIP_TREE;
+      // Its item is not known yet: counted, and the item marked when its id comes.
+      this.scanTextBeforeId = true;
+      return SCAN_TEXT;
     }
     if (top !== 'response') return SCAN_SKIP_TREE;
     const key = path[1];
@@ -735,8 +745,15 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       return collect ? SCAN_SKIP : SCAN_SKIP_TREE;
     }
     if (key !== 'output') return SCAN_SKIP_TREE;
-    if (depth === 3) return SCAN_SKIP;
+    if (depth === 3) {
+      // A new output item: whether its text counts is known once its id is read (servers send the id first).
+      this.scanOutSkip = false;
+      return SCAN_SKIP;
+    }
     const itemKey = path[3];
+    if (depth === 4 && itemKey === 'id') return SCAN_RAW;
+    // An item whose text a delta or done event brought (responsesOutputText's skip): not counted again.
+    if (this.scanOutSkip) return SCAN_SKIP_TREE;
     if (depth === 4) {
       if (itemKey === 'content' || itemKey === 'summary') return SCAN_SKIP;
       return (OUTPUT_ITEM_TEXT_KEYS as readonly unknown[]).includes(itemKey) ? SCAN_TEXT : SCAN_SKIP_TREE;
@@ -747,14 +764,18 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   }
 
   raw(path: ScanPath, json: string | undefined): void {
-    if (path.length === 1) {
-      let t: unknown;
-      try { t = json === undefined ? undefined : JSON.parse(json); } catch { t = undefined; }
-      if (typeof t !== 'string') return;
-      if (path[0] === 'type') this.scanType = t;
-      else this.scanItemId = t;
-    } else {
+    if (path.length === 2) {
       this.scanUsage = json;
+      return;
+    }
+    let t: unknown;
+    try { t = json === undefined ? undefined : JSON.parse(json); } catch { t = undefined; }
+    if (typeof t !== 'string') return;
+    if (path.length === 4) this.scanOutSkip = this.textItems.has(t);
+    else if (path[0] === 'type') this.scanType = t;
+    else {
+      this.scanItemId = t;
+      if (this.scanTextBeforeId) this.textOf(t);
     }
   }
 
