@@ -65,6 +65,8 @@ const MAX_CUT_TEXT = 4 * 1024 * 1024;
  * in uWS's 16 KiB cork buffer (frontend/response.ts). nginx answers 502 to heads over its 4–8 KiB proxy buffer.
  */
 const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
+/** Longest Retry-After a client SDK is left to wait out by itself (the openai SDK's own former cap). */
+const SDK_RETRY_MAX_S = 60;
 /** Retry-After of a rejection whose quotas are spent only by the reservations of running requests. */
 const RESERVED_RETRY_MS = 1000;
 
@@ -931,6 +933,10 @@ export class Gateway implements RequestSink {
     const headers: HeaderList = [['content-type', 'application/json']];
     quotaHeaders(entries, { rejected: true, retryAfterS }, headers);
     headers.push(['retry-after', String(retryAfterS)]);
+    // The openai and Anthropic SDKs retry a 429 after whatever Retry-After says, uncapped: a call would hang until
+    // the window's end. A wait that long is for the caller to decide, so the SDK is told not to retry (it raises
+    // its rate-limit error at once); shorter waits keep their retry.
+    if (retryAfterS > SDK_RETRY_MAX_S) headers.push(['x-should-retry', 'false']);
     const q = r.quota;
     // `instances[i]` is the instance whose quota gave denial i (none for a route-wide quota).
     (all ?? [r]).forEach((d, i) => {

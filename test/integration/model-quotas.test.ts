@@ -275,6 +275,27 @@ describe('token kinds and model-aware quotas (openai SDK, mock upstream)', () =>
     } finally { await gw.close(); }
   });
 
+  it('a 429 whose wait is longer than a minute tells SDKs not to retry (the default maxRetries raises at once, no hour-long sleep); shorter ones keep the retry', { timeout: 60_000 }, async () => {
+    for (const [window, told] of [[3600, true], [60, false]] as const) {
+      const gw = await startGateway({ routes: [{
+        id: 'wait', uri: '/v1/chat/completions',
+        plugins: { 'ai-proxy-multi': { instances: [mockInstance('inst', mock.url)] }, 'ai-rate-limiting': { limit: 1, time_window: window } },
+      }] });
+      try {
+        const first = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', messages: MESSAGES, max_tokens: 3 }) });
+        assert.equal(first.status, 200);
+        const raw = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', messages: MESSAGES, max_tokens: 3 }) });
+        assert.equal(raw.status, 429);
+        assert.equal(raw.headers.get('x-should-retry'), told ? 'false' : null, `window ${window}: Retry-After ${raw.headers.get('retry-after')}`);
+        if (told) {
+          // The SDK's defaults (maxRetries 2): RateLimitError, not a sleep of Retry-After seconds.
+          const sdk = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'anything' });
+          await assert.rejects(sdk.chat.completions.create({ model: 'm', messages: MESSAGES, max_tokens: 3 }), (e: unknown) => e instanceof OpenAI.RateLimitError);
+        }
+      } finally { await gw.close(); }
+    }
+  });
+
   it('X-Sluice-Usage is on every buffered answer of a route with quotas, one that no quota charged too', async () => {
     const gw = await startGateway({ routes: [{
       id: 'partial', uri: '/v1/chat/completions',
