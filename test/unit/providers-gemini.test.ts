@@ -290,6 +290,12 @@ test('native stream: usage only once final; a stream ending before its finish re
   blocked.end();
   assert.equal(usageOf(blocked)?.prompt_tokens, 7);
   assert.equal(usageOf(blocked)?.completion_tokens, 0);
+  // Translated for an OpenAI client: the one choice opens with its role (the SDK refuses a choice without one).
+  const wire = Buffer.from(`data: ${JSON.stringify({ promptFeedback: { blockReason: 'SAFETY' }, usageMetadata: { promptTokenCount: 7, totalTokenCount: 7 } })}\n\n`);
+  const translated = run(new TranslatedStream(chatCall({ stream: true, clientWantsUsage: false }), { maxUsage: MAX }), wire, []);
+  const first = JSON.parse(sseData(translated.out)[0]!) as { choices: { delta: { role?: string }; finish_reason: string }[] };
+  assert.equal(first.choices[0]!.delta.role, 'assistant');
+  assert.equal(first.choices[0]!.finish_reason, 'content_filter');
   const lying = new GeminiStream(true, { maxUsage: MAX });
   lying.push(Buffer.from(`data: ${JSON.stringify({ ...FRAMES[2], usageMetadata: { promptTokenCount: -1 } })}\n\n`));
   lying.end();

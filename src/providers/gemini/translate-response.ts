@@ -260,7 +260,10 @@ export class TranslatedStream implements StreamCodec {
     if (!Array.isArray(cands)) {
       if (isObject(json.promptFeedback) && json.promptFeedback.blockReason !== undefined && !this.finished.has(0)) {
         this.finished.add(0);
-        this.out += head + '{"index":0,"delta":{},"logprobs":null,"finish_reason":"content_filter"}]}\n\n';
+        // OpenAI streams open each choice with its role (the SDK's accumulator refuses a choice without one).
+        const role = this.roleSent.has(0) ? '' : '"role":"assistant","content":null';
+        this.roleSent.add(0);
+        this.out += head + `{"index":0,"delta":{${role}},"logprobs":null,"finish_reason":"content_filter"}]}\n\n`;
       }
       return;
     }
