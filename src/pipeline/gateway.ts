@@ -26,7 +26,7 @@ import { encodingForModel } from '../tokens/encoding.ts';
 import type { WorkerPool } from '../workers/pool.ts';
 import { completionBelowText, cutShortUsage, largerUsage, laterUsage, verifiedUsage, type UsageRejectReason } from '../streaming/usage.ts';
 import { prepareCall } from '../providers/prepare.ts';
-import { surfaceForPath, surfaceSpec, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
+import { errorSurfaceForPath, surfaceForPath, surfaceSpec, unservedAnthropicPath, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
 import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, byteCoding, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
@@ -174,7 +174,7 @@ export class Gateway implements RequestSink {
   }
 
   errorFormat(path: string): ErrorFormat | undefined {
-    return surfaceSpec(surfaceForPath(path))?.errorBody;
+    return surfaceSpec(errorSurfaceForPath(path))?.errorBody;
   }
 
   accept(req: ClientRequest): Accepted | SluiceError {
@@ -185,13 +185,18 @@ export class Gateway implements RequestSink {
       return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}`, { headers: { allow: found.allow } });
     }
     const route = found.route;
-    // Every API Sluice meters takes a JSON body sent with POST; GET and HEAD serve the model list only.
-    if (req.method !== 'POST' && ((req.method !== 'GET' && req.method !== 'HEAD') || modelsPath(req.path) === undefined)) {
-      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}: this API takes a JSON body sent with POST`, { headers: { allow: 'POST' } });
-    }
+    // An API Sluice does not serve is named, whatever the method (the SDKs list and fetch with GET).
     const unserved = unservedOpenAiPath(req.path);
     if (unserved !== undefined) {
       return new SluiceError('SLC_NOT_FOUND', `/v1/${clipped(unserved)} is not served: Sluice meters /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings and /v1/messages`);
+    }
+    const anthropic = unservedAnthropicPath(req.path);
+    if (anthropic !== undefined) {
+      return new SluiceError('SLC_NOT_FOUND', `${clipped(anthropic)} is not served: Sluice meters /v1/messages and passes /v1/messages/count_tokens through`);
+    }
+    // Every API Sluice meters takes a JSON body sent with POST; GET and HEAD serve the model list only.
+    if (req.method !== 'POST' && ((req.method !== 'GET' && req.method !== 'HEAD') || modelsPath(req.path) === undefined)) {
+      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}: this API takes a JSON body sent with POST`, { headers: { allow: 'POST' } });
     }
     // A key-auth route refuses a request without a valid key from its head: no body is read (nor held in the
     // body budget, which unauthenticated uploads could otherwise fill). The pipeline checks the key again.

@@ -67,6 +67,22 @@ describe('paths and methods a route cannot serve', () => {
       assert.equal(r.status, 404, path);
       assert.match(((await r.json()) as { error: { message: string } }).error.message, /is not served/);
     }
+    // Listed and fetched with GET too: still 404 naming it, not a 405.
+    const listed = await fetch(`${gw.url}/v1/files`);
+    assert.equal(listed.status, 404);
+    // Anthropic's Message Batches (the SDK's messages.batches.*): 404 in Anthropic's shape, whatever the method.
+    for (const [method, path] of [['POST', '/v1/messages/batches'], ['GET', '/v1/messages/batches'], ['GET', '/v1/messages/batches/msgbatch_1/results']]) {
+      const r = await fetch(`${gw.url}${path}`, { method, headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' }, body: method === 'GET' ? undefined : '{"requests":[]}' });
+      assert.equal(r.status, 404, `${method} ${path}`);
+      const e = (await r.json()) as { type: string; error: { type: string; message: string } };
+      assert.equal(e.type, 'error');
+      assert.equal(e.error.type, 'not_found_error');
+      assert.match(e.error.message, /messages\/batches.* is not served/);
+    }
+    // A Gemini path Sluice serves no API on gets Google's error shape.
+    const gemini = await fetch(`${gw.url}/v1beta/models/gemini-2.5-flash`);
+    assert.equal(gemini.status, 405);
+    assert.equal(((await gemini.json()) as { error: { status?: string } }).error.status !== undefined, true, 'Google\'s error shape');
     assert.equal(up.requests.length, 0, 'nothing reached the upstream');
     assert.equal(await metric(gw, /^sluice_quota_tokens_charged_total\{route="r"/), 0);
   });
