@@ -92,6 +92,26 @@ function consumerWithoutAuth(r: SluiceConfig['routes'][number], path: string, ou
   });
 }
 
+/** Quotas keyed on the credential as the client writes it, on a key-auth route: key-auth accepts other spellings of
+ *  one key (header or Bearer or query, the scheme's case, spaces), each of which would be a counter of its own. */
+function keyedOnCredential(r: SluiceConfig['routes'][number], path: string, out: ConfigIssue[]): void {
+  const ka = r.plugins['key-auth'];
+  if (ka === undefined) return;
+  const headers = new Set(['authorization', ka.header.toLowerCase()]);
+  const message = 'keys on the API key as the client writes it, which key-auth also accepts spelt otherwise (Authorization: Bearer or '
+    + `the ${ka.header} header or the ${ka.query} query parameter, any case of the scheme, extra spaces), each spelling a counter of its own: `
+    + 'key on ${consumer_name} (limit_by_consumer) to count the consumer key-auth found';
+  r.plugins['ai-rate-limiting']?.rules.forEach((rule, j) => {
+    const names = namedVars(rule.key);
+    if (!names.some((v) => (v.startsWith('http_') && headers.has(v.slice(5).replace(/_/g, '-'))) || v === `arg_${ka.query}`)) return;
+    out.push({ path: childPath(childPath(childPath(path, 'ai-rate-limiting.rules'), j), 'key'), message });
+  });
+  r.plugins['ai-token-ratelimit']?.rule_items.forEach((item, j) => {
+    const credential = (item.by === 'header' && headers.has(item.name.toLowerCase())) || (item.by === 'param' && item.name === ka.query);
+    if (credential) out.push({ path: childPath(childPath(path, 'ai-token-ratelimit.rule_items'), j), message });
+  });
+}
+
 /** A consumer's own upstreams replace the route's; instance quotas name instances: one naming none of the consumer's leaves it unlimited. */
 function consumerInstancesUnlimited(config: SluiceConfig, out: ConfigIssue[]): void {
   config.routes.forEach((r, i) => {
@@ -117,6 +137,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     const path = `routes[${i}].plugins`;
     envLookalikes(r.plugins['ai-proxy-multi'], childPath(path, 'ai-proxy-multi'), out);
     consumerWithoutAuth(r, path, out);
+    keyedOnCredential(r, path, out);
     const arl = r.plugins['ai-rate-limiting'];
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);

@@ -321,7 +321,7 @@ export class Gateway implements RequestSink {
         throw new SluiceError('SLC_NOT_FOUND', `${unserved} is not served: Sluice meters generateContent, streamGenerateContent and countTokens on Gemini paths`);
       }
       if (spec === undefined || ctx.proxy.coverage.get(surface) === 'none') {
-        throw new SluiceError('SLC_BAD_REQUEST', `${req.path}: surface ${surface} is not supported by this route's instances`);
+        throw new SluiceError('SLC_BAD_REQUEST', `${clipped(req.path)}: surface ${surface} is not supported by this route's instances`);
       }
       // count_tokens and the like produce no tokens: passed through, no reservation, no settlement.
       const metered = spec.metered;
@@ -377,7 +377,8 @@ export class Gateway implements RequestSink {
         const inst = order[i]!;
         const more = i < order.length - 1;
         // ${upstream_model} and model_limits: the model this instance sends. Throws SLC_RULE_KEY_MISSING when fail-closed.
-        const iq = plan !== undefined ? plan.perInstance(inst.name, inst.model ?? prepared.model) : NO_QUOTAS;
+        const sent = inst.model ?? prepared.model;
+        const iq = plan !== undefined ? plan.perInstance(inst.name, inst.provider.quotaModel?.(surface, sent) ?? sent) : NO_QUOTAS;
         if (iq.length > 0) {
           const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
           const held = r instanceof Promise ? await r : r;

@@ -200,6 +200,13 @@ export interface ResolvedProvider {
   mode(surface: SurfaceId): 'native' | 'translated' | undefined;
   /** `model`: the instance's model, or the requested one when the instance sets none. */
   request(call: PreparedCall, model: string | undefined, members: string | undefined): UpstreamCall;
+  /**
+   * The model a call with `model` (the instance's, else the requested one) is served by, for `${upstream_model}` and
+   * `model_limits`: the model the URL fixes where it fixes one (an Azure deployment, a Gemini endpoint naming its
+   * model), so a client cannot name another to escape a spent model quota, and otherwise `model` as the upstream
+   * reads it (Gemini's `models/` prefix dropped). Absent: `model`.
+   */
+  quotaModel?(surface: SurfaceId, model: string | undefined): string | undefined;
   /** Whether a 2xx answer is a stream (by its content type, and the call). */
   isStream(call: PreparedCall, contentType: string): boolean;
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody;

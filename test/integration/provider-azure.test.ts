@@ -175,3 +175,17 @@ describe('azure-openai provider', () => {
     assert.match(issues[2]!.message, /not an Azure OpenAI URL/);
   });
 });
+
+describe('azure-openai: the model quotas see', () => {
+  it('a deployment URL fixes the model of every surface but Responses: a client naming another cannot escape a spent model quota', () => {
+    const inst = (endpoint: string) => resolveInstance({ name: 'az', provider: 'azure-openai', weight: 1, priority: 0, auth_header: { 'api-key': 'k' }, auth_query: {}, model: undefined, endpoint });
+    const dep = inst('https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21');
+    assert.ok(!isIssues(dep));
+    assert.equal(dep.quotaModel?.('openai-chat', 'cheap-model'), 'gpt-4o');
+    assert.equal(dep.quotaModel?.('openai-embeddings', undefined), 'gpt-4o');
+    assert.equal(dep.quotaModel?.('openai-responses', 'gpt-4o-deployment'), 'gpt-4o-deployment', 'Responses takes the deployment from the body');
+    const v1 = inst('https://r.openai.azure.com/openai/v1/chat/completions');
+    assert.ok(!isIssues(v1));
+    assert.equal(v1.quotaModel?.('openai-chat', 'gpt-4o'), 'gpt-4o');
+  });
+});

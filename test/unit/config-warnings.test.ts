@@ -120,6 +120,24 @@ test('a reload changing key_hash_secret warns that per-key counters start afresh
   assert.deepEqual(reloadWarnings(one, validateConfig({ ...base, key_hash_secret: 'first-secret-0123456789' }, {})), []);
 });
 
+test('on a key-auth route, a quota keyed on the credential as written warns (other spellings of one key are other counters)', () => {
+  const w = configWarnings(validateConfig(routeWith({
+    'key-auth': {},
+    'ai-rate-limiting': { rules: [
+      { key: '${http_authorization}', count: 10, time_window: 60 }, { key: '${http_apikey}', count: 10, time_window: 60 },
+      { key: '${arg_apikey}', count: 10, time_window: 60 }, { key: '${consumer_name}', count: 10, time_window: 60 }, { key: '${http_x_user}', count: 10, time_window: 60 },
+    ] },
+    'ai-token-ratelimit': { rule_name: 'r', redis: { service_name: '127.0.0.1' }, rule_items: [
+      { limit_by_per_param: 'apikey', limit_keys: [{ key: '*', token_per_minute: 5 }] }, { limit_by_per_consumer: '', limit_keys: [{ key: '*', token_per_minute: 5 }] },
+    ] },
+  }), {}));
+  const paths = w.filter((x) => /keys on the API key as the client writes it/.test(x.message)).map((x) => x.path);
+  assert.deepEqual(paths, [
+    'routes[0].plugins.ai-rate-limiting.rules[0].key', 'routes[0].plugins.ai-rate-limiting.rules[1].key', 'routes[0].plugins.ai-rate-limiting.rules[2].key',
+    'routes[0].plugins.ai-token-ratelimit.rule_items[0]',
+  ]);
+});
+
 test('quotas keyed by the consumer on a route without key-auth, and consumer upstreams no instance quota names: warnings', () => {
   const w = configWarnings(validateConfig(routeWith({
     'ai-rate-limiting': { rules: [{ key: '${consumer_name}', count: 10, time_window: 60 }, { key: '${http_x_user}', count: 10, time_window: 60 }] },

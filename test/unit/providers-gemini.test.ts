@@ -53,6 +53,14 @@ function resolved(over: Partial<InstanceConfig> = {}): ResolvedProvider {
   return r as ResolvedProvider;
 }
 
+test('quotaModel: the model the endpoint fixes, else the one sent, without its models/ prefix', () => {
+  assert.equal(resolved().quotaModel?.('gemini-generate', 'models/gemini-2.5-pro'), 'gemini-2.5-pro');
+  assert.equal(resolved().quotaModel?.('openai-chat', 'gemini-2.5-flash'), 'gemini-2.5-flash');
+  const fixed = resolved({ endpoint: 'https://g.example/v1beta/models/gemini-2.5-pro:generateContent' });
+  assert.equal(fixed.quotaModel?.('gemini-generate', 'other'), 'gemini-2.5-pro', 'a client naming another model still reaches this one');
+  assert.equal(resolved({ endpoint: 'https://g.example/v1beta/models/{model}:generateContent' }).quotaModel?.('gemini-generate', 'x'), 'x');
+});
+
 const BODY = {
   contents: [{ role: 'user', parts: [{ text: 'Tell me about 2024.' }] }, { role: 'model', parts: [{ text: 'It was a leap year.' }] }, { role: 'user', parts: [{ text: 'And?' }, { inlineData: { mimeType: 'image/png', data: 'AAAA' } }] }],
   systemInstruction: { parts: [{ text: 'Be brief.' }] },
@@ -67,6 +75,8 @@ test('the model and the streaming mode come from the path; alt=sse from the quer
   assert.deepEqual(parseGeminiPath('/v1/models/gemini-pro:streamGenerateContent'), { model: 'gemini-pro', stream: true });
   // The segment is percent-encoded: its text is the model (sent upstream encoded once, not %25-encoded again).
   assert.deepEqual(parseGeminiPath('/v1beta/models/a%2F..%2Fx:generateContent'), { model: 'a/../x', stream: false });
+  // `models/<m>` spelt into the segment is the model <m>, as upstream reads it: one name for quotas and keys.
+  assert.deepEqual(parseGeminiPath('/v1beta/models/models%2Fgemini-2.5-pro:generateContent'), { model: 'gemini-2.5-pro', stream: false });
   assert.deepEqual(parseGeminiPath('/v1beta/models/tuned%40v2:generateContent'), { model: 'tuned@v2', stream: false });
   assert.deepEqual(parseGeminiPath('/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-pro:generateContent'), { model: 'gemini-2.5-pro', stream: false });
   assert.equal(parseGeminiPath('/v1beta/models/gemini-pro:countTokens'), undefined);

@@ -69,6 +69,19 @@ export function pathTemplate(pathname: string): PathTemplate {
   return (model, m) => models + modelSegment(model) + m;
 }
 
+/** The model an endpoint ending in `…/models/<model>:generateContent` names (every call goes there); else undefined. */
+function fixedModelOf(pathname: string): string | undefined {
+  let p = pathname;
+  if (p.endsWith(STREAM)) p = p.slice(0, -STREAM.length);
+  else if (p.endsWith(GENERATE)) p = p.slice(0, -GENERATE.length);
+  else return undefined;
+  if (MODEL_MARK.test(p)) return undefined;
+  const seg = p.slice(p.lastIndexOf('/') + 1);
+  let model = seg;
+  try { model = decodeURIComponent(seg); } catch { /* kept as written */ }
+  return model === '' ? undefined : model;
+}
+
 /** The endpoint's own query plus auth.query, as '?a=b&key=…' ('' when none); alt=sse is added per call. */
 function baseQuery(url: URL, inst: InstanceConfig): string {
   const sp = new URLSearchParams(url.search);
@@ -93,10 +106,14 @@ export class GeminiProvider implements ResolvedProvider {
   private readonly template: PathTemplate;
   private readonly query: string;
 
-  constructor(origin: string, template: PathTemplate, query: string) {
+  constructor(origin: string, template: PathTemplate, query: string, private readonly fixedModel?: string) {
     this.origin = origin;
     this.template = template;
     this.query = query;
+  }
+
+  quotaModel(_surface: SurfaceId, model: string | undefined): string | undefined {
+    return this.fixedModel ?? (model?.startsWith('models/') === true ? model.slice(7) : model);
   }
 
   mode(surface: SurfaceId): 'native' | 'translated' | undefined {
@@ -187,7 +204,7 @@ function resolve(inst: InstanceConfig): ResolvedProvider | readonly ResolveIssue
   } catch {
     return [{ path: 'override.endpoint', message: 'must be an absolute http(s) URL' }];
   }
-  return new GeminiProvider(url.origin, pathTemplate(url.pathname), baseQuery(url, inst));
+  return new GeminiProvider(url.origin, pathTemplate(url.pathname), baseQuery(url, inst), fixedModelOf(url.pathname));
 }
 
 const gemini: ProviderModule = {

@@ -33,6 +33,9 @@ export function parseGeminiPath(path: string, countTokens = false): GeminiPath |
   if (raw.includes('%')) {
     try { model = decodeURIComponent(raw); } catch { return undefined; }
   }
+  // `models/gemini-x` (an encoded slash) and `gemini-x` are one model, as upstream: one name for quotas and keys.
+  if (model.startsWith('models/')) model = model.slice(7);
+  if (model === '') return undefined;
   return { model, stream };
 }
 
