@@ -112,6 +112,23 @@ function keyedOnCredential(r: SluiceConfig['routes'][number], path: string, out:
   });
 }
 
+/** Model quotas on Azure deployments that set no model: the model they see is the client's body model, which Azure
+ *  ignores (the URL's deployment serves), so a client naming another escapes a spent one. */
+function azureModelQuotas(r: SluiceConfig['routes'][number], path: string, out: ConfigIssue[]): void {
+  const arl = r.plugins['ai-rate-limiting'];
+  const proxy = r.plugins['ai-proxy-multi'];
+  if (arl === undefined || proxy === undefined) return;
+  const byModel = (arl.model_limits ?? []).length > 0 || arl.rules.some((rule) => namedVars(rule.key).includes('upstream_model'));
+  if (!byModel) return;
+  proxy.instances.forEach((inst, j) => {
+    if (inst.provider !== 'azure-openai' || inst.model !== undefined || inst.endpoint?.includes('/openai/deployments/') !== true) return;
+    out.push({
+      path: childPath(childPath(childPath(path, 'ai-proxy-multi.instances'), j), 'options.model'),
+      message: 'is not set on an Azure deployment: model quotas see the model the client writes in the body, which Azure ignores (the deployment serves), so a client naming another model escapes a spent one; set it to the deployment\'s model',
+    });
+  });
+}
+
 /** A consumer's own upstreams replace the route's; instance quotas name instances: one naming none of the consumer's leaves it unlimited. */
 function consumerInstancesUnlimited(config: SluiceConfig, out: ConfigIssue[]): void {
   config.routes.forEach((r, i) => {
@@ -138,6 +155,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     envLookalikes(r.plugins['ai-proxy-multi'], childPath(path, 'ai-proxy-multi'), out);
     consumerWithoutAuth(r, path, out);
     keyedOnCredential(r, path, out);
+    azureModelQuotas(r, path, out);
     const arl = r.plugins['ai-rate-limiting'];
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);

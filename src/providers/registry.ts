@@ -116,26 +116,26 @@ export function unservedOpenAiPath(path: string): string | undefined {
 }
 
 /**
- * An Anthropic API path under `…/messages/` that Sluice does not serve (Message Batches: `/v1/messages/batches`, a
+ * An Anthropic API path under `…/v1/messages/` that Sluice does not serve (Message Batches: `/v1/messages/batches`, a
  * batch's id or results): what follows the last `/`-segment before `messages`, so the client gets a 404 in
  * Anthropic's shape naming it. Undefined for `…/messages` and `…/messages/count_tokens`, and for any other path.
  */
 export function unservedAnthropicPath(path: string): string | undefined {
-  const i = path.lastIndexOf('/messages/');
-  if (i < 0 || unservedOpenAiPath(path) !== undefined) return undefined;
+  const i = path.lastIndexOf('/v1/messages/') + 3;
+  if (i < 3 || unservedOpenAiPath(path) !== undefined) return undefined;
   const rest = path.slice(i + 1);
   return rest === 'messages/count_tokens' ? undefined : rest;
 }
 
 /**
  * The surface whose format an error for `path` takes when no request body says more: the path's API, and for a path
- * Sluice serves as no API, the family it belongs to (an Anthropic `…/messages/…` path, a Gemini `/v1beta/` one).
+ * Sluice serves as no API, the family it belongs to (an Anthropic `…/v1/messages/…` path, a Gemini `/v1beta/` one).
  */
 export function errorSurfaceForPath(path: string): SurfaceId {
   if (unservedOpenAiPath(path) !== undefined) return 'openai-chat';
   const s = surfaceForPath(path);
   if (s !== 'openai-chat') return s;
-  if (path.includes('/messages/')) return 'anthropic-messages';
+  if (path.includes('/v1/messages/')) return 'anthropic-messages';
   if (path.includes('/v1beta/') || path.includes('/v1alpha/')) return 'gemini-generate';
   return s;
 }

@@ -201,12 +201,12 @@ export interface ResolvedProvider {
   /** `model`: the instance's model, or the requested one when the instance sets none. */
   request(call: PreparedCall, model: string | undefined, members: string | undefined): UpstreamCall;
   /**
-   * The model a call with `model` (the instance's, else the requested one) is served by, for `${upstream_model}` and
-   * `model_limits`: the model the URL fixes where it fixes one (an Azure deployment, a Gemini endpoint naming its
-   * model), so a client cannot name another to escape a spent model quota, and otherwise `model` as the upstream
-   * reads it (Gemini's `models/` prefix dropped). Absent: `model`.
+   * For an instance that sets no model: the model a call asking for `requested` is served by, for `${upstream_model}`
+   * and `model_limits`. The model the URL names where it names one (a Gemini endpoint ending in
+   * `…/models/<m>:generateContent`), so a client cannot name another to escape a spent model quota; otherwise
+   * `requested` as the upstream reads it (Gemini's `models/` prefix dropped). Absent: `requested`.
    */
-  quotaModel?(surface: SurfaceId, model: string | undefined): string | undefined;
+  quotaModel?(surface: SurfaceId, requested: string | undefined): string | undefined;
   /** Whether a 2xx answer is a stream (by its content type, and the call). */
   isStream(call: PreparedCall, contentType: string): boolean;
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody;

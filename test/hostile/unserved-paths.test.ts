@@ -88,11 +88,11 @@ describe('paths and methods a route cannot serve', () => {
   });
 
   it('the paths Sluice serves, and any other path on the route (APISIX\'s /anything), are still chat', async () => {
-    for (const path of ['/v1/chat/completions', '/anything', '/openai/deployments/d/chat/completions']) {
+    for (const path of ['/v1/chat/completions', '/anything', '/openai/deployments/d/chat/completions', '/anything/messages/x']) {
       const r = await fetch(`${gw.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: chat });
       assert.equal(r.status, 200, path);
       assert.equal(((await r.json()) as { choices: { message: { content: string } }[] }).choices[0]!.message.content, 'ok');
     }
-    assert.equal(up.requests.length, 3);
+    assert.equal(up.requests.length, 4);
   });
 });

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import OpenAI, { AzureOpenAI } from 'openai';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { ConfigError, validateConfig } from '../../src/config/validate.ts';
+import { configWarnings } from '../../src/config/warnings.ts';
 import { isIssues, resolveInstance } from '../../src/providers/registry.ts';
 import { startGateway, avoidWindowEdge, type TestGateway } from '../helpers/gateway.ts';
 import { charged } from '../helpers/metrics.ts';
@@ -176,16 +177,15 @@ describe('azure-openai provider', () => {
   });
 });
 
-describe('azure-openai: the model quotas see', () => {
-  it('a deployment URL fixes the model of every surface but Responses: a client naming another cannot escape a spent model quota', () => {
-    const inst = (endpoint: string) => resolveInstance({ name: 'az', provider: 'azure-openai', weight: 1, priority: 0, auth_header: { 'api-key': 'k' }, auth_query: {}, model: undefined, endpoint });
-    const dep = inst('https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21');
-    assert.ok(!isIssues(dep));
-    assert.equal(dep.quotaModel?.('openai-chat', 'cheap-model'), 'gpt-4o');
-    assert.equal(dep.quotaModel?.('openai-embeddings', undefined), 'gpt-4o');
-    assert.equal(dep.quotaModel?.('openai-responses', 'gpt-4o-deployment'), 'gpt-4o-deployment', 'Responses takes the deployment from the body');
-    const v1 = inst('https://r.openai.azure.com/openai/v1/chat/completions');
-    assert.ok(!isIssues(v1));
-    assert.equal(v1.quotaModel?.('openai-chat', 'gpt-4o'), 'gpt-4o');
+describe('azure-openai: model quotas on a deployment', () => {
+  it('a deployment instance without options.model under model_limits warns: the body model Azure ignores is what the quota sees', () => {
+    const route = (options: Record<string, unknown> | undefined) => ({ routes: [{ uri: '/v1/*', plugins: {
+      'ai-proxy-multi': { instances: [{ name: 'az', provider: 'azure-openai', auth: { header: { 'api-key': 'k' } }, ...(options === undefined ? {} : { options }),
+        override: { endpoint: 'https://r.openai.azure.com/openai/deployments/prod-east/chat/completions?api-version=2024-10-21' } }] },
+      'ai-rate-limiting': { model_limits: [{ model: 'gpt-4o*', limit: 10, time_window: 60 }] },
+    } }] });
+    const warned = configWarnings(validateConfig(route(undefined), {}));
+    assert.deepEqual(warned.map((w) => w.path), ['routes[0].plugins.ai-proxy-multi.instances[0].options.model']);
+    assert.deepEqual(configWarnings(validateConfig(route({ model: 'gpt-4o' }), {})), []);
   });
 });

@@ -59,6 +59,7 @@ test('quotaModel: the model the endpoint fixes, else the one sent, without its m
   const fixed = resolved({ endpoint: 'https://g.example/v1beta/models/gemini-2.5-pro:generateContent' });
   assert.equal(fixed.quotaModel?.('gemini-generate', 'other'), 'gemini-2.5-pro', 'a client naming another model still reaches this one');
   assert.equal(resolved({ endpoint: 'https://g.example/v1beta/models/{model}:generateContent' }).quotaModel?.('gemini-generate', 'x'), 'x');
+  assert.equal(resolved({ endpoint: 'https://g.example/v1/projects/p/locations/l/endpoints/1234567:generateContent' }).quotaModel?.('gemini-generate', 'x'), 'x', 'a tuned endpoint id is no model');
 });
 
 const BODY = {

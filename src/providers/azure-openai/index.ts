@@ -18,12 +18,8 @@ function issue(message: string): ResolveIssue[] {
   return [{ path: 'override.endpoint', message }];
 }
 
-function decodeSegment(s: string): string {
-  try { return decodeURIComponent(s); } catch { return s; }
-}
-
 /** The deployment URL's path without a surface suffix, and whether it is the v1 shape. */
-function basePath(path: string): { base: string; v1: boolean; deployment?: string } | string {
+function basePath(path: string): { base: string; v1: boolean } | string {
   let p = path.endsWith('/') && path.length > 1 ? path.slice(0, -1) : path;
   for (const s of bySuffixLength()) {
     if (p.endsWith(s.suffix)) { p = p.slice(0, -s.suffix.length); break; }
@@ -32,7 +28,7 @@ function basePath(path: string): { base: string; v1: boolean; deployment?: strin
   if (p.startsWith(DEPLOYMENTS)) {
     const deployment = p.slice(DEPLOYMENTS.length);
     if (deployment === '' || deployment.includes('/')) return `has no deployment name after ${DEPLOYMENTS}`;
-    return { base: p, v1: false, deployment: decodeSegment(deployment) };
+    return { base: p, v1: false };
   }
   return `is not an Azure OpenAI URL: expected ${DEPLOYMENTS}<deployment>/… or ${V1}/…`;
 }
@@ -60,7 +56,7 @@ function resolve(inst: InstanceConfig): ResolvedProvider | readonly ResolveIssue
     const path = !shape.v1 && entry.spec.id === 'openai-responses' ? '/openai' + entry.suffix : shape.base + entry.suffix;
     routes.set(entry.spec.id, { entry, path: path + tail });
   }
-  return new OpenAiWire('azure-openai', url.origin, routes, shape.deployment);
+  return new OpenAiWire('azure-openai', url.origin, routes);
 }
 
 const azureOpenai: ProviderModule = {

@@ -69,14 +69,16 @@ export function pathTemplate(pathname: string): PathTemplate {
   return (model, m) => models + modelSegment(model) + m;
 }
 
-/** The model an endpoint ending in `…/models/<model>:generateContent` names (every call goes there); else undefined. */
+/** The model an endpoint ending in `…/models/<model>:generateContent` names (every call goes there); else undefined
+ *  (a `{model}` template, or an endpoint whose last segment is no model: a tuned model's `…/endpoints/<id>`). */
 function fixedModelOf(pathname: string): string | undefined {
   let p = pathname;
   if (p.endsWith(STREAM)) p = p.slice(0, -STREAM.length);
   else if (p.endsWith(GENERATE)) p = p.slice(0, -GENERATE.length);
   else return undefined;
-  if (MODEL_MARK.test(p)) return undefined;
-  const seg = p.slice(p.lastIndexOf('/') + 1);
+  const slash = p.lastIndexOf('/');
+  if (MODEL_MARK.test(p) || !p.slice(0, slash + 1).endsWith('/models/')) return undefined;
+  const seg = p.slice(slash + 1);
   let model = seg;
   try { model = decodeURIComponent(seg); } catch { /* kept as written */ }
   return model === '' ? undefined : model;
@@ -112,8 +114,8 @@ export class GeminiProvider implements ResolvedProvider {
     this.query = query;
   }
 
-  quotaModel(_surface: SurfaceId, model: string | undefined): string | undefined {
-    return this.fixedModel ?? (model?.startsWith('models/') === true ? model.slice(7) : model);
+  quotaModel(_surface: SurfaceId, requested: string | undefined): string | undefined {
+    return this.fixedModel ?? (requested?.startsWith('models/') === true ? requested.slice(7) : requested);
   }
 
   mode(surface: SurfaceId): 'native' | 'translated' | undefined {

@@ -68,15 +68,10 @@ export class OpenAiWire implements ResolvedProvider {
   readonly origin: string;
   private readonly routes: ReadonlyMap<SurfaceId, SurfaceRoute>;
 
-  /** `deployment`: the Azure deployment its URL names (the model of every surface but Responses, which reads the body's). */
-  constructor(id: string, origin: string, routes: ReadonlyMap<SurfaceId, SurfaceRoute>, private readonly deployment?: string) {
+  constructor(id: string, origin: string, routes: ReadonlyMap<SurfaceId, SurfaceRoute>) {
     this.id = id;
     this.origin = origin;
     this.routes = routes;
-  }
-
-  quotaModel(surface: SurfaceId, model: string | undefined): string | undefined {
-    return this.deployment !== undefined && surface !== 'openai-responses' ? this.deployment : model;
   }
 
   /** The upstream path of a surface (tests and docs read it). */
