@@ -3,6 +3,7 @@
 
 import { costExprIdentifiers, KNOWN_USAGE_FIELDS } from '../rules/cost-expr.ts';
 import { templateVars } from '../rules/template.ts';
+import { headerOfVar } from '../rules/request-vars.ts';
 import type { AiProxyConfig, AiRateLimitingConfig, SluiceConfig } from './types.ts';
 import { childPath, type ConfigIssue } from './issues.ts';
 
@@ -103,7 +104,7 @@ function keyedOnCredential(r: SluiceConfig['routes'][number], path: string, out:
     + 'key on ${consumer_name} (limit_by_consumer) to count the consumer key-auth found';
   r.plugins['ai-rate-limiting']?.rules.forEach((rule, j) => {
     const names = namedVars(rule.key);
-    if (!names.some((v) => (v.startsWith('http_') && headers.has(v.slice(5).replace(/_/g, '-'))) || v === `arg_${ka.query}`)) return;
+    if (!names.some((v) => headers.has(headerOfVar(v) ?? '') || v === `arg_${ka.query}`)) return;
     out.push({ path: childPath(childPath(childPath(path, 'ai-rate-limiting.rules'), j), 'key'), message });
   });
   r.plugins['ai-token-ratelimit']?.rule_items.forEach((item, j) => {

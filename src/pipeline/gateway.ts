@@ -377,9 +377,9 @@ export class Gateway implements RequestSink {
         const inst = order[i]!;
         const more = i < order.length - 1;
         // ${upstream_model} and model_limits: the model this instance sends. Throws SLC_RULE_KEY_MISSING when fail-closed.
-        // The instance's own model when it sets one; else what its URL names, or the requested one.
-        const served = inst.model ?? (inst.provider.quotaModel !== undefined ? inst.provider.quotaModel(surface, prepared.model) : prepared.model);
-        const iq = plan !== undefined ? plan.perInstance(inst.name, served) : NO_QUOTAS;
+        // The model: the instance's own when it sets one; else what its URL names, or the requested one.
+        const iq = plan === undefined ? NO_QUOTAS
+          : plan.perInstance(inst.name, inst.model ?? (inst.provider.quotaModel?.(surface, prepared.model) ?? prepared.model));
         if (iq.length > 0) {
           const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
           const held = r instanceof Promise ? await r : r;

@@ -106,14 +106,17 @@ const FIXED: Readonly<Record<string, VarGetter>> = {
 /** Variables whose value depends on the upstream instance: quotas using them are resolved per attempt. */
 export const INSTANCE_VARS: ReadonlySet<string> = new Set(['upstream_model']);
 
+/** The header an `http_<name>` variable reads (lower-cased, `_` as `-`); undefined for any other variable. */
+export function headerOfVar(name: string): string | undefined {
+  return name.startsWith('http_') && name.length > 5 ? name.slice(5).toLowerCase().replace(/_/g, '-') : undefined;
+}
+
 /** Resolve a variable name to a getter; throws on a name Sluice does not know (config validation). */
 export function compileVar(name: string): VarGetter {
   if (!NAME_CHARS.test(name)) throw new Error(`invalid variable name "${name}"`);
   if (Object.hasOwn(FIXED, name)) return FIXED[name]!;
-  if (name.startsWith('http_') && name.length > 5) {
-    const header = name.slice(5).toLowerCase().replace(/_/g, '-');
-    return (v) => headerValue(v, header);
-  }
+  const header = headerOfVar(name);
+  if (header !== undefined) return (v) => headerValue(v, header);
   if (name.startsWith('arg_') && name.length > 4) {
     const arg = name.slice(4);
     return (v) => queryParam(v.query, arg);

@@ -206,6 +206,17 @@ export function coversMore(prev: Usage | undefined, next: Usage): boolean {
 }
 
 /**
+ * The text of a buffered answer whose believed `completion` must be checked against it (completionBelowText): only
+ * when the body itself is that large is the text extracted (`textOf`), and it is returned when it is too large too.
+ * Undefined when the report stands unchecked.
+ */
+export function textToVerify(completion: number, bodyBytes: number, textOf: () => string): string | undefined {
+  if (!completionBelowText(completion, bodyBytes)) return undefined;
+  const t = textOf();
+  return completionBelowText(completion, t.length) ? t : undefined;
+}
+
+/**
  * Whether `chars` characters of generated text are too many for a reported completion of `completion` tokens to be
  * taken on trust: more than 32 characters a token (beyond a small allowance) is more than tokenizers pack. The
  * caller then counts the text and charges the larger completion, so a report is only ever raised by this check.

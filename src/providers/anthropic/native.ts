@@ -2,7 +2,7 @@
 import { QUOTED_USAGE } from '../../streaming/json-tail.ts';
 import { SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { completionBelowText, coversMore, isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { coversMore, isRejection, textToVerify, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import { answerTailUsage, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, deltaText, isObject, literalText, scanDelta } from './events.ts';
@@ -38,10 +38,8 @@ export function decodeNative(body: Buffer, maxUsage: number): DecodedBody {
   if (u === undefined || isRejection(u)) return { body, contentType: JSON_TYPE, usage: undefined, rejected: u?.rejected, text: contentText(obj.content) };
   const zero = zeroCompletionText(u, () => contentText(obj.content));
   if (zero !== undefined) return { body, contentType: JSON_TYPE, usage: u, rejected: 'zero_completion', text: zero };
-  if (completionBelowText(u.completion_tokens, body.length)) {
-    const t = contentText(obj.content);
-    if (completionBelowText(u.completion_tokens, t.length)) return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '', verifyText: t };
-  }
+  const verifyText = textToVerify(u.completion_tokens, body.length, () => contentText(obj.content));
+  if (verifyText !== undefined) return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '', verifyText };
   return { body, contentType: JSON_TYPE, usage: u, rejected: undefined, text: '' };
 }
 

@@ -8,7 +8,7 @@
 // provider. Neither is ever logged.
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
-import { completionBelowText, isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, textToVerify, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import { answerTailUsage, parseAnswer, untranslatable } from '../parse-common.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
@@ -192,10 +192,8 @@ function decodeGenerate(body: Buffer, maxUsage: number): DecodedBody {
   const zero = zeroCompletionText(usage, all);
   if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
   if (usage === undefined) return { body, contentType: undefined, usage, rejected, text: all() };
-  if (completionBelowText(usage.completion_tokens, body.length)) {
-    const t = all();
-    if (completionBelowText(usage.completion_tokens, t.length)) return { body, contentType: undefined, usage, rejected, text: '', verifyText: t };
-  }
+  const verifyText = textToVerify(usage.completion_tokens, body.length, all);
+  if (verifyText !== undefined) return { body, contentType: undefined, usage, rejected, text: '', verifyText };
   return { body, contentType: undefined, usage, rejected, text: '' };
 }
 

@@ -10,7 +10,7 @@ import { isJsonObject, markRewritten, positiveInt, takeOverrideFields } from '..
 import { QUOTED_USAGE } from '../../streaming/json-tail.ts';
 import { StreamMeter } from '../../streaming/usage-meter.ts';
 import { chatMessageText } from '../../streaming/chat-text.ts';
-import { completionBelowText, isRejection, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, textToVerify, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import { answerTailUsage, fail, modelAndStream, parseAnswer, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import type { CallFailure, DecodedBody, FailureAnswer, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 
@@ -177,9 +177,9 @@ export function decodeChat(_call: PreparedCall, body: Buffer, maxUsage: number):
   const zero = zeroCompletionText(usage, () => completionText(json));
   if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
   if (usage === undefined) text = completionText(json);
-  else if (completionBelowText(usage.completion_tokens, body.length)) {
-    const t = completionText(json);
-    if (completionBelowText(usage.completion_tokens, t.length)) return { body, contentType: undefined, usage, rejected, text, verifyText: t };
+  else {
+    const verifyText = textToVerify(usage.completion_tokens, body.length, () => completionText(json));
+    if (verifyText !== undefined) return { body, contentType: undefined, usage, rejected, text, verifyText };
   }
   return { body, contentType: undefined, usage, rejected, text };
 }

@@ -16,7 +16,7 @@ import { completionReservation, mergedReservation } from '../../tokens/limits.ts
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonScanSink, type ScanPath } from '../../streaming/json-scan.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
-import { completionBelowText, coversMore, isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
+import { coversMore, textToVerify, isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { CallFailure, DecodedBody, ParseOptions, ParsedCall, PreparedCall, StreamCodec, StreamOptions, SurfaceSpec } from '../types.ts';
 import { fail, modelAndStream, parseBodyObject, promptScale, unusableNative } from '../parse-common.ts';
 import { openAiErrorBody } from './chat.ts';
@@ -300,9 +300,9 @@ export function decodeResponses(_call: PreparedCall | undefined, body: Buffer, m
     const zero = zeroCompletionText(usage, () => responsesOutputText(json));
     if (zero !== undefined) return { body, contentType: undefined, usage, rejected: 'zero_completion', text: zero };
     if (usage === undefined) text = responsesOutputText(json);
-    else if (completionBelowText(usage.completion_tokens, body.length)) {
-      const t = responsesOutputText(json);
-      if (completionBelowText(usage.completion_tokens, t.length)) return { body, contentType: undefined, usage, rejected, text, verifyText: t };
+    else {
+      const verifyText = textToVerify(usage.completion_tokens, body.length, () => responsesOutputText(json));
+      if (verifyText !== undefined) return { body, contentType: undefined, usage, rejected, text, verifyText };
     }
   }
   return { body, contentType: undefined, usage, rejected, text };
