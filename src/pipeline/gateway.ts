@@ -69,6 +69,17 @@ const MAX_RELAYED_HEADER_BYTES = 8 * 1024;
 const SDK_RETRY_MAX_S = 60;
 /** Retry-After of a rejection whose quotas are spent only by the reservations of running requests. */
 const RESERVED_RETRY_MS = 1000;
+/**
+ * A stream whose client went (or that shutdown cut) reads on what its upstream sends, unrelayed, until
+ * READ_ON_QUIET_MS pass without a byte or READ_ON_MS in all: an upstream that had finished while its client was slow
+ * has its usage report, and its text, waiting unread in the socket, and that report is what it billed.
+ */
+const READ_ON_QUIET_MS = 50;
+const READ_ON_MS = 1000;
+/** After a stream's last event, how long its upstream may stay quiet (and, sending on, how long in all) before the
+ *  answer is ended without the rest of its framing (the connection is then not reused). */
+const COMPLETE_QUIET_MS = 1000;
+const COMPLETE_READ_MS = 5000;
 
 /** Upstream response headers that describe the hop or the body encoding, not the response. */
 const HOP_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'proxy-connection', 'upgrade', 'te', 'trailer', 'content-encoding', 'date']);
@@ -162,7 +173,7 @@ export class Gateway implements RequestSink {
       ctx.cut = true;
       n++;
       this.deps.metrics.shutdownCut.inc({ route: ctx.route.id });
-      ctx.call?.abort();
+      ctx.cutCall();
       // A stream parked on a slow client wakes up only when its response goes.
       if (ctx.res.started) ctx.res.destroy();
     }
@@ -340,7 +351,7 @@ export class Gateway implements RequestSink {
         ? await this.deps.pool.prepare(body, opts)
         : prepareCall(body, opts);
       if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message, { param: prepared.param });
-      if (res.aborted) return;
+      if (res.aborted) { this.left(ctx); return; }
       ctx.prepared = prepared;
       ctx.body = body;
       const estimate: Usage = {
@@ -361,7 +372,7 @@ export class Gateway implements RequestSink {
           const held = r instanceof Promise ? await r : r;
           if (!held.ok) { this.reject(ctx, held, []); return; }
           ctx.common = held;
-          if (res.aborted) { ctx.releaseAll(); return; }
+          if (res.aborted) { this.left(ctx); return; }
         }
       }
 
@@ -392,7 +403,7 @@ export class Gateway implements RequestSink {
           }
           ctx.instance = held;
           ctx.shownInstance = held;
-          if (res.aborted) { ctx.releaseAll(); return; }
+          if (res.aborted) { this.left(ctx); return; }
         }
         ctx.instanceName = inst.name;
         ctx.served = inst;
@@ -415,7 +426,7 @@ export class Gateway implements RequestSink {
           lastFailure = undefined;
           this.deps.metrics.fallbacks.inc({ route: route.id, from_instance: inst.name, reason: outcome.failure.retry ?? 'http_5xx' });
         }
-        if (res.aborted) { ctx.releaseAll(); return; }
+        if (res.aborted) { this.left(ctx); return; }
       }
       ctx.releaseAll();
       if (denials.length === order.length) { this.reject(ctx, denials[0]!, deniedInstances, denials); return; }
@@ -696,11 +707,14 @@ export class Gateway implements RequestSink {
     let counted = 0;
     let counting: Promise<number> | undefined;
     let broken = false;
+    let winding = false;
+    ctx.streaming = true;
+    if (res.aborted || ctx.cut) up.windDown(READ_ON_QUIET_MS, READ_ON_MS);
     try {
       // Chunks queued past a high-water mark while this waits on a slow client pause the upstream socket.
       // A chunk already queued is taken without an await (each await allocates its reaction and closures).
+      // Once the client is gone, frames are read and metered but not written (the call winds down: cutCall).
       for (let chunk = first ?? await up.next(); chunk !== null; chunk = up.takeQueued() ?? await up.next()) {
-        if (res.aborted) break;
         const out = meter.push(chunk);
         if (first !== undefined) {
           first = undefined;
@@ -713,9 +727,12 @@ export class Gateway implements RequestSink {
           if (counting !== undefined) counted += await counting;
           counting = this.countCompletion(ctx, piece);
         }
+        // The last event came: an upstream that holds its connection open after it is not waited on for long.
+        if (meter.complete === true && !winding) { winding = true; up.windDown(COMPLETE_QUIET_MS, COMPLETE_READ_MS); }
       }
     } catch (err) {
-      broken = !res.aborted && !ctx.cut;
+      // Cut after its last event (the upstream kept the connection open, or broke it then): the answer is whole.
+      broken = !res.aborted && !ctx.cut && meter.complete !== true;
       if (broken) log.warn('upstream stream broke off', { route: ctx.route.id, instance: inst.name, err });
     }
     // A client gone, or a stream cut here (the codec threw on bytes it cannot read): the upstream's rest is not read.
@@ -974,6 +991,12 @@ export class Gateway implements RequestSink {
     return out;
   }
 
+  /** The client went away before anything was sent upstream: its holds go back, and it is recorded as a 499. */
+  private left(ctx: Exchange): void {
+    ctx.releaseAll();
+    this.observe(ctx, 499);
+  }
+
   private observe(ctx: Exchange, status: number): void {
     this.deps.metrics.hot.route(ctx.route.id, ctx.instanceName).answered(status, (performance.now() - ctx.req.startedAt) / 1000);
   }
@@ -1013,10 +1036,21 @@ class Exchange implements LiveEntry<Exchange> {
   shownInstance: QuotaHold | undefined = undefined;
   /** The current attempt's upstream request. */
   call: UpstreamCall | undefined = undefined;
-  /** The client went away: cut the current attempt (one closure per request, not per attempt). */
-  readonly abortUpstream = (): void => { this.call?.abort(); };
+  /** The current attempt relays a stream: after its client goes, what the upstream already sent is still read. */
+  streaming = false;
+  /** The client went away: cut the current attempt (one closure per request, not per attempt); a stream's is wound
+   *  down instead (its usage report may be waiting unread behind a slow client). */
+  readonly abortUpstream = (): void => { this.cutCall(); };
   /** Cut at shutdown. */
   cut = false;
+
+  cutCall(): void {
+    const c = this.call;
+    if (c === undefined) return;
+    if (this.streaming) c.windDown(READ_ON_QUIET_MS, READ_ON_MS);
+    else c.abort();
+  }
+
   liveOwner: object | undefined = undefined;
   livePrev: Exchange | undefined = undefined;
   liveNext: Exchange | undefined = undefined;

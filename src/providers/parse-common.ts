@@ -11,6 +11,16 @@ const EMPTY = Buffer.alloc(0);
 /** Characters of an upstream's own error message quoted in ours. */
 export const MAX_ERROR_MESSAGE = 2048;
 
+/**
+ * A 2xx answer is relayed as a stream when the client asked for one and the upstream sends one: a media type is
+ * case-insensitive (`Text/Event-Stream` is SSE), and an SSE answer to a request that asked for none is read as the
+ * JSON it should be (an event stream there is not the client's answer: 502, charged for its bytes) — relayed as a
+ * stream, a JSON body under an SSE type would have been metered as an empty stream.
+ */
+export function answersStream(asked: boolean, contentType: string): boolean {
+  return asked && (contentType.includes('text/event-stream') || contentType.toLowerCase().includes('text/event-stream'));
+}
+
 /** A 2xx answer a translating provider cannot turn into the client's format: `errorMessage` is the error object's
  *  `message` when the answer is one, undefined when it is not a JSON object at all (the pipeline answers 502). */
 export function untranslatable(isError: boolean, errorMessage: unknown): DecodedBody {

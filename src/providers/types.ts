@@ -147,6 +147,9 @@ export interface StreamCodec {
   readonly countMargin: number;
   /** Generated text came after the stream's last usage report, which therefore does not cover all of it. */
   readonly textAfterUsage: boolean;
+  /** The stream's last event came (chat's `[DONE]`, Anthropic's `message_stop`, a Responses terminal event): the
+   *  answer is whole, and an upstream that keeps its connection open after it is not waited for. */
+  readonly complete?: boolean;
   /** A piece of text to count now (the codec dropped it); undefined until its bound is passed. */
   takeCountable(): string | undefined;
   /**

@@ -38,6 +38,8 @@ const BACKSLASH = 0x5c;
 const MAX_LEARN = 4;
 /** First size of the undecoded-text buffer. */
 const RAW_START = 64;
+/** First size of the buffer holding an event that spans reads (strip mode). */
+const PEND_START = 512;
 
 /** buf[a, b) starts and ends on whole UTF-8 characters, so decoding it alone or joined to others gives the same text. */
 function wholeChars(buf: Buffer, a: number, b: number): boolean {
@@ -77,10 +79,12 @@ export class StreamMeter {
   private readonly fast: boolean;
   private readonly parser: SseParser;
   // Strip mode only: the chunk being pushed, where its current event starts, the bytes of an event begun in
-  // earlier chunks, and the kept pieces of output.
+  // earlier chunks (copied into one growing buffer: a Buffer per read held ~100 bytes per byte of an event trickled
+  // a byte at a time), and the kept pieces of output.
   private cur: Buffer | undefined = undefined;
   private segStart = 0;
-  private pend: Buffer[] = [];
+  private pend: Buffer | undefined = undefined;
+  private pendLen = 0;
   private runStart = -1;
   private runEnd = -1;
   /** Output pieces [0, outN): the array is reused across chunks (emptying it with `length = 0` would free its
@@ -134,7 +138,7 @@ export class StreamMeter {
     this.segStart = 0;
     this.parser.push(chunk);
     this.flushRun();
-    if (this.segStart < chunk.length) this.pend.push(Buffer.from(chunk.subarray(this.segStart)));
+    if (this.segStart < chunk.length) this.hold(chunk, this.segStart);
     this.cur = undefined;
     return this.takeOutput();
   }
@@ -149,9 +153,31 @@ export class StreamMeter {
     this.segStart = 0;
     this.parser.end();
     // Bytes after the last boundary that formed no event (a stray partial line) are forwarded as they came.
-    for (const p of this.pend) this.emit(p);
-    this.pend.length = 0;
+    this.emitHeld();
     return this.takeOutput();
+  }
+
+  /** Keeps chunk[from, end) of an event not complete yet, after what is held. */
+  private hold(chunk: Buffer, from: number): void {
+    const n = chunk.length - from;
+    const need = this.pendLen + n;
+    let p = this.pend;
+    if (p === undefined || need > p.length) {
+      // Its own memory (a pool slice would pin a shared slab); at most twice the event, which the parser bounds.
+      const grown = Buffer.allocUnsafeSlow(Math.max(PEND_START, need, p === undefined ? 0 : 2 * p.length));
+      if (p !== undefined) p.copy(grown, 0, 0, this.pendLen);
+      p = this.pend = grown;
+    }
+    chunk.copy(p, this.pendLen, from);
+    this.pendLen = need;
+  }
+
+  /** The held bytes go out; their buffer goes with them (the socket may keep it queued), so it is not reused. */
+  private emitHeld(): void {
+    if (this.pendLen === 0) return;
+    this.emit(this.pend!.subarray(0, this.pendLen));
+    this.pend = undefined;
+    this.pendLen = 0;
   }
 
   /** A one-line data event as bytes: a frame of the learned shape is kept undecoded, any other is decoded. */
@@ -238,12 +264,10 @@ export class StreamMeter {
     const cur = this.cur;
     if (drop) {
       this.flushRun();
-      this.pend.length = 0;
+      this.pendLen = 0;
+      if (this.pend !== undefined && this.pend.length > 4 * PEND_START) this.pend = undefined;
     } else {
-      if (this.pend.length > 0) {
-        for (const p of this.pend) this.emit(p);
-        this.pend.length = 0;
-      }
+      this.emitHeld();
       if (cur !== undefined && end > this.segStart) {
         if (this.runStart === -1) this.runStart = this.segStart;
         this.runEnd = end;

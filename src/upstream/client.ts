@@ -138,6 +138,14 @@ const TAIL_MAX = 16 * 1024;
 const NO_HEADERS: UpstreamHeaders = Object.freeze([]);
 type Waiter = ((v: unknown) => void) | undefined;
 
+function windCheck(call: UpstreamCall): void {
+  call.windTick();
+}
+
+function windConfirm(call: UpstreamCall, activeAt: number): void {
+  call.windConfirm(activeAt);
+}
+
 /** The failure message of a body cut past readAll's cap. */
 export const RESPONSE_TOO_LARGE = 'upstream response too large';
 /** The failure message of a body cut because buffered answers in flight reached the process's budget. */
@@ -175,6 +183,14 @@ export class UpstreamCall implements ResponseHandler {
   private readonly budget: ByteBudget | undefined;
   /** Bytes of this answer reserved on the budget while readAll collects it. */
   private held = 0;
+  /** windDown: whether it runs, its timer (or the immediate that confirms a quiet spell), its quiet time, end, and
+   *  when the upstream last sent a byte (or the reader last asked). */
+  private winding = false;
+  private windTimer: NodeJS.Timeout | undefined = undefined;
+  private windImmediate: NodeJS.Immediate | undefined = undefined;
+  private windQuietMs = 0;
+  private windEnd = 0;
+  private windActiveAt = 0;
 
   constructor(budget?: ByteBudget) {
     this.budget = budget;
@@ -190,6 +206,58 @@ export class UpstreamCall implements ResponseHandler {
     if (this.failure !== undefined || this.ended) return;
     // What a buffered body received so far stays for partial(): a client that leaves mid-answer is charged it.
     this.fail(new UpstreamFailure('aborted', 'request aborted', undefined), this.collecting);
+  }
+
+  /**
+   * The reader's client is gone, but what the upstream already sent is still read (the usage report of a stream
+   * that finished while its client was slow waits in the socket): the call is cut once no byte has come for
+   * `quietMs` while the reader waits, or `maxMs` from now. A generation still running is cut within `quietMs` of
+   * its last token; a call that ends or fails first needs nothing more.
+   */
+  windDown(quietMs: number, maxMs: number): void {
+    if (this.failure !== undefined || this.ended || this.winding) return;
+    this.winding = true;
+    const now = performance.now();
+    this.windActiveAt = now;
+    this.windQuietMs = quietMs;
+    this.windEnd = now + maxMs;
+    this.windTimer = setTimeout(windCheck, Math.min(quietMs, maxMs), this);
+    this.windTimer.unref();
+  }
+
+  /** windDown's timer: cut the call when it went quiet or its time is up, else look again. */
+  windTick(): void {
+    this.windTimer = undefined;
+    if (this.failure !== undefined || this.ended) return;
+    const now = performance.now();
+    // Paused, bytes wait for a reader busy elsewhere (counting text): not quiet.
+    if (this.paused) this.windActiveAt = now;
+    const quiet = now - this.windActiveAt;
+    if (now >= this.windEnd) {
+      this.abort();
+      return;
+    }
+    if (quiet >= this.windQuietMs) {
+      // Quiet by the clock, which also runs while this process waits for a core: cut only if this loop turn's poll,
+      // which runs before the immediate, finds nothing of it in the socket either.
+      this.windImmediate = setImmediate(windConfirm, this, this.windActiveAt);
+      return;
+    }
+    this.rearmWind(now);
+  }
+
+  /** windTick found the call quiet: still nothing since, it is cut. */
+  windConfirm(activeAt: number): void {
+    this.windImmediate = undefined;
+    if (this.failure !== undefined || this.ended) return;
+    if (this.windActiveAt === activeAt && !this.paused) this.abort();
+    else this.rearmWind(performance.now());
+  }
+
+  private rearmWind(now: number): void {
+    const quiet = now - this.windActiveAt;
+    this.windTimer = setTimeout(windCheck, Math.max(1, Math.min(this.windQuietMs - quiet, this.windEnd - now)), this);
+    this.windTimer.unref();
   }
 
   /** Fails the request with kind 'timeout' (a buffered answer not complete in time); pending reads reject. */
@@ -249,6 +317,7 @@ export class UpstreamCall implements ResponseHandler {
 
   /** The next body chunk, or null at the end. The socket pauses while QUEUE_HIGH_WATER bytes wait unread. */
   next(): Promise<Buffer | null> {
+    if (this.winding) this.windActiveAt = performance.now();
     const c = this.takeQueued();
     if (c !== undefined) return Promise.resolve(c);
     if (this.failure !== undefined) return Promise.reject(this.failure);
@@ -289,6 +358,7 @@ export class UpstreamCall implements ResponseHandler {
       this.enqueue(chunk);
       return true;
     }
+    if (this.winding) this.windActiveAt = performance.now();
     if (this.resolve !== undefined) { this.settle(chunk); return true; }
     this.enqueue(chunk);
     if (this.queued >= QUEUE_HIGH_WATER) { this.paused = true; return false; }
@@ -298,6 +368,7 @@ export class UpstreamCall implements ResponseHandler {
   onComplete(): void {
     if (this.failure !== undefined) return;
     this.ended = true;
+    this.stopWinding();
     if (this.resolve === undefined) return;
     this.settle(this.collecting ? this.joined() : null);
   }
@@ -305,6 +376,7 @@ export class UpstreamCall implements ResponseHandler {
   onError(err: UpstreamFailure): void {
     if (this.failure !== undefined || this.ended) return;
     this.failure = err;
+    this.stopWinding();
     this.unhold();
     this.rejectWaiter();
   }
@@ -373,6 +445,7 @@ export class UpstreamCall implements ResponseHandler {
   /** `keep`: the bytes received stay for partial(). */
   private fail(f: UpstreamFailure, keep = false): void {
     this.failure = f;
+    this.stopWinding();
     this.unhold();
     if (!keep) {
       this.queue.length = 0;
@@ -382,6 +455,15 @@ export class UpstreamCall implements ResponseHandler {
     }
     this.conn?.cancel(this);
     this.rejectWaiter();
+  }
+
+  private stopWinding(): void {
+    if (!this.winding) return;
+    this.winding = false;
+    if (this.windTimer !== undefined) clearTimeout(this.windTimer);
+    if (this.windImmediate !== undefined) clearImmediate(this.windImmediate);
+    this.windTimer = undefined;
+    this.windImmediate = undefined;
   }
 
   private unpause(): void {

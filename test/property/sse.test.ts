@@ -391,8 +391,10 @@ test('SSE bounds: a never-terminated line or event is cut off at maxEventBytes; 
         assert.ok(isOversize(err), describeThrown(err));
         break;
       }
-      const held = m['pend'].reduce((n, b) => n + b.length, 0);
+      const held = m['pendLen'];
       assert.ok(held <= max + 1, `strip mode holds ${held} bytes > ${max} + 1`);
+      const cap = m['pend']?.length ?? 0;
+      assert.ok(cap <= Math.max(512, 2 * (max + 1)), `strip mode's buffer is ${cap} bytes for at most ${max + 1} held`);
     }
   }), 150);
 });

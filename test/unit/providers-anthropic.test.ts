@@ -441,8 +441,10 @@ test('dialect: request bodies per surface; the translated one from the tail with
   assert.equal(d.mode('anthropic-messages'), 'native');
   assert.equal(d.mode('anthropic-count-tokens'), 'native');
   assert.equal(d.mode('openai-embeddings'), undefined);
-  assert.equal(d.isStream(call('anthropic-messages'), 'text/event-stream; charset=utf-8'), true);
-  assert.equal(d.isStream(call('anthropic-messages'), 'application/json'), false);
+  assert.equal(d.isStream(call('anthropic-messages', { stream: true }), 'text/event-stream; charset=utf-8'), true);
+  assert.equal(d.isStream(call('anthropic-messages', { stream: true }), 'Text/Event-Stream'), true, 'media types are case-insensitive');
+  assert.equal(d.isStream(call('anthropic-messages', { stream: true }), 'application/json'), false);
+  assert.equal(d.isStream(call('anthropic-messages'), 'text/event-stream'), false, 'a request that asked for no stream is answered in JSON');
 });
 
 test('dialect: endpoints, version header, auth query, bad URLs', () => {

@@ -339,3 +339,22 @@ test('learned-shape frames whose text bytes are not whole UTF-8 characters decod
   assert.equal(fast.text, slow.text);
   assert.equal(fast.text, 'ab \ufffd\ufffdc\ufffdd🌍');
 });
+
+test('strip mode: an event trickled a byte per read is held in one buffer, not a Buffer per read', async () => {
+  const { setFlagsFromString } = await import('node:v8');
+  const { runInNewContext } = await import('node:vm');
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const text = 'word '.repeat(100_000);
+  const event = Buffer.from(chunk({ ...base, choices: [{ index: 0, delta: { content: text }, finish_reason: null }] }));
+  const m = new StreamMeter({ stripUsage: true });
+  const bytes = (): number => { gc(); const u = process.memoryUsage(); return u.heapUsed + u.external + u.arrayBuffers; };
+  const before = bytes();
+  // Held until its blank line: all but the last two bytes, one read each.
+  for (let i = 0; i < event.length - 2; i++) assert.equal(m.push(event.subarray(i, i + 1)), undefined);
+  const held = bytes() - before;
+  assert.ok(held < 8 * event.length, `holding a ${event.length}-byte event took ${held} bytes`);
+  const out = m.push(event.subarray(event.length - 2));
+  assert.ok(out !== undefined && out.equals(event), 'the event goes out whole, as it came');
+  assert.equal(m.text, text);
+});

@@ -7,6 +7,7 @@
 // (`auth: {header: {x-api-key: …}}`); `anthropic-version: 2023-06-01` is sent unless auth.header sets its own.
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
+import { answersStream } from '../parse-common.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
   SurfaceId, UpstreamCall,
@@ -83,8 +84,8 @@ export class AnthropicDialect implements ResolvedProvider {
     }
   }
 
-  isStream(_call: PreparedCall, contentType: string): boolean {
-    return contentType.includes('text/event-stream');
+  isStream(call: PreparedCall, contentType: string): boolean {
+    return answersStream(call.stream, contentType);
   }
 
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {

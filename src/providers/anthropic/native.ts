@@ -58,6 +58,10 @@ export abstract class AnthropicStreamReader {
   error: { type: string; message: string } | undefined = undefined;
   stopped = false;
 
+  get complete(): boolean {
+    return this.stopped;
+  }
+
   constructor(opts: StreamOptions) {
     this.maxUsage = opts.maxUsage;
     this.tally = new TextTally(opts.textBound);

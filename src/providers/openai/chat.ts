@@ -189,6 +189,10 @@ const SSE = 'text/event-stream';
 /** The chat/completions stream as it came (minus the forced usage chunk), metered by StreamMeter. */
 class ChatStream extends StreamMeter implements StreamCodec {
   readonly contentType = SSE;
+
+  get complete(): boolean {
+    return this.sawDone;
+  }
 }
 
 export function streamChat(call: PreparedCall, opts: StreamOptions): StreamCodec {

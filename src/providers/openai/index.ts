@@ -12,6 +12,7 @@
 // azure-openai reuses this table with its own addressing (providers/azure-openai/).
 import type { InstanceConfig } from '../../config/types.ts';
 import { composeUpstreamBody } from '../../tokens/prepare.ts';
+import { answersStream } from '../parse-common.ts';
 import type {
   DecodedBody, FailureAnswer, PreparedCall, ProviderModule, ResolveIssue, ResolvedProvider, StreamCodec, StreamOptions,
   SurfaceId, SurfaceSpec, UpstreamCall,
@@ -87,8 +88,8 @@ export class OpenAiWire implements ResolvedProvider {
     return { path: this.route(call).path, headers: undefined, body: composeUpstreamBody(model, call.tail, members) };
   }
 
-  isStream(_call: PreparedCall, contentType: string): boolean {
-    return contentType.includes('text/event-stream');
+  isStream(call: PreparedCall, contentType: string): boolean {
+    return answersStream(call.stream, contentType);
   }
 
   decode(call: PreparedCall, body: Buffer, maxUsage: number): DecodedBody {

@@ -375,6 +375,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private rejectedSeen: UsageRejectReason | undefined;
   /** Text arrived incrementally: a terminal event's output (the same text again) is not collected. */
   private sawDelta = false;
+  /** A terminal event came (StreamCodec.complete). */
+  complete = false;
   /** Items (by id) whose text was counted, from deltas or from a done event: their done events and their part of the
    *  terminal event's output are the same text again. */
   private readonly textItems = new Set<string>();
@@ -646,6 +648,7 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
         this.sawDelta = true;
       }
     } else if (TERMINAL_TYPES.has(type)) {
+      this.complete = true;
       const response = ev.response;
       if (!isJsonObject(response)) return;
       // Output whose text no delta or done event brought (all of it when nothing came incrementally).
@@ -703,7 +706,9 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     const type = this.scanType ?? named;
     // A large delta's item is counted: its done event must not count the text again.
     if (DELTA_TYPES.has(type)) this.textOf(this.scanItemId);
-    if (!TERMINAL_TYPES.has(type) || this.scanUsage === null) return;
+    if (!TERMINAL_TYPES.has(type)) return;
+    this.complete = true;
+    if (this.scanUsage === null) return;
     if (this.scanUsage === undefined) {
       this.recordUsage({ rejected: 'malformed' });
       return;
