@@ -130,6 +130,20 @@ function azureModelQuotas(r: SluiceConfig['routes'][number], path: string, out: 
   });
 }
 
+/** uWS (the guard off) answers no request with a header name of anything but letters, digits and '-'. */
+const UWS_HEADER_NAME = /^[A-Za-z0-9-]+$/;
+
+/** With the guard off, a header a route reads that clients cannot send through uWS. */
+function uwsHeaderNames(r: SluiceConfig['routes'][number], path: string, out: ConfigIssue[]): void {
+  const message = (name: string): string => `"${name}": with listen.http1_guard false, uWS leaves every request carrying a header so named `
+    + 'unanswered (it takes only letters, digits and "-" in a name), so clients cannot send it: rename it or keep the guard on';
+  const ka = r.plugins['key-auth'];
+  if (ka !== undefined && !UWS_HEADER_NAME.test(ka.header)) out.push({ path: childPath(path, 'key-auth.header'), message: message(ka.header) });
+  r.plugins['ai-token-ratelimit']?.rule_items.forEach((item, j) => {
+    if (item.by === 'header' && !UWS_HEADER_NAME.test(item.name)) out.push({ path: childPath(childPath(path, 'ai-token-ratelimit.rule_items'), j), message: message(item.name) });
+  });
+}
+
 /** A consumer's own upstreams replace the route's; instance quotas name instances: one naming none of the consumer's leaves it unlimited. */
 function consumerInstancesUnlimited(config: SluiceConfig, out: ConfigIssue[]): void {
   config.routes.forEach((r, i) => {
@@ -157,6 +171,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     consumerWithoutAuth(r, path, out);
     keyedOnCredential(r, path, out);
     azureModelQuotas(r, path, out);
+    if (!config.listen.http1_guard) uwsHeaderNames(r, path, out);
     const arl = r.plugins['ai-rate-limiting'];
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);

@@ -168,7 +168,8 @@ export function parseRequestHead(buf: Buffer, end: number, limits: HeadLimits): 
     while (ve > vs && (buf[ve - 1] === SP || buf[ve - 1] === HT)) ve--;
     fields++;
     const nameLen = colon - at;
-    const len = nameLen + 2 + ve - vs;
+    // The line as sent: whitespace around the value counts too (padding would otherwise pass the limits).
+    const len = Math.max(nameLen + 2 + ve - vs, lineEnd - at);
     if (len > limits.max_header_line_bytes) return headErr('SLC_HEADERS_TOO_LARGE', `request has a header line longer than ${limits.max_header_line_bytes} bytes`);
     total += len + 2;
     const c0 = buf[at]! | 0x20;
@@ -384,7 +385,7 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
       this.cur?.drained();
       if (this.drainSince !== 0) {
         this.drainSince = 0;
-        this.headSince = coarseNow;
+        this.headSince = performance.now();
         this.next();
       }
     });
@@ -444,7 +445,9 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
    */
   private hold(d: Buffer): void {
     const cur = this.inBuf;
-    if (cur === undefined || cur.length === 0) { this.inBuf = d; this.headSince = coarseNow; return; }
+    // A head begins: its clock starts now, not at the last sweep (the coarse time lags by up to a sweep period, and
+    // the head timeout would fire that much early).
+    if (cur === undefined || cur.length === 0) { this.inBuf = d; this.headSince = performance.now(); return; }
     const store = this.inStore;
     if (store !== undefined && cur.buffer === store.buffer && cur.byteOffset + cur.length === store.byteOffset + this.inStoreUsed
       && this.inStoreUsed + d.length <= store.length) {
@@ -582,7 +585,8 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
       this.linger();
       return;
     }
-    this.headSince = coarseNow;
+    // A pipelined head held in part starts its clock now (see hold()).
+    this.headSince = this.inBuf !== undefined && this.inBuf.length > 0 ? performance.now() : coarseNow;
     // Inside onClient the loop there goes on to the next held request; otherwise (an answer that came later)
     // start it here.
     if (!this.inInput) this.next();

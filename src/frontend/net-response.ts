@@ -4,7 +4,7 @@
 // The connection (GuardConn) owns framing of the request side, pipelining and timeouts; this writes one answer.
 import type { Socket } from 'node:net';
 import type { HeaderList } from '../pipeline/http-types.ts';
-import { BaseResponse, type BodySink } from './response-base.ts';
+import { BaseResponse, bodiless, type BodySink } from './response-base.ts';
 import { statusLine } from './status.ts';
 
 /** The client connection an answer is written to. */
@@ -90,7 +90,8 @@ export class NetResponse extends BaseResponse {
     this.started = true;
     close = close || !this.keepAlive;
     const size = typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
-    const framing = `content-length: ${size}\r\n${close ? 'connection: close\r\n' : this.http10 ? 'connection: keep-alive\r\n' : ''}`;
+    const length = bodiless(status) ? '' : `content-length: ${size}\r\n`;
+    const framing = `${length}${close ? 'connection: close\r\n' : this.http10 ? 'connection: keep-alive\r\n' : ''}`;
     const text = headText(status, headers, framing);
     const socket = this.wire.socket;
     if (this.head || size === 0) socket.write(text);

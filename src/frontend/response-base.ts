@@ -6,6 +6,12 @@ import type { ClientResponse, HeaderList } from '../pipeline/http-types.ts';
 /** A request body's bytes as they arrive; the last call has isLast (an empty chunk when nothing is left). */
 export type BodySink = (chunk: Uint8Array, isLast: boolean) => void;
 
+/** 204 and 304 answers end at their head (RFC 9110 §15.3.5, §15.4.5): bytes after it would be read by the client as
+ *  the start of its next answer. */
+export function bodiless(status: number): boolean {
+  return status === 204 || status === 304;
+}
+
 export abstract class BaseResponse implements ClientResponse {
   aborted = false;
   done = false;
@@ -31,12 +37,12 @@ export abstract class BaseResponse implements ClientResponse {
   }
 
   send(status: number, headers: HeaderList, body: string | Uint8Array): void {
-    this.respond(status, headers, body, false);
+    this.respond(status, headers, bodiless(status) ? '' : body, false);
   }
 
   /** Answer and close the connection: used when the rest of an oversized body will not be read. */
   sendAndClose(status: number, headers: HeaderList, body: string): void {
-    this.respond(status, headers, body, true);
+    this.respond(status, headers, bodiless(status) ? '' : body, true);
   }
 
   /** The request body goes to `sink` as it arrives. */

@@ -28,7 +28,7 @@ import { completionBelowText, cutShortUsage, largerUsage, laterUsage, verifiedUs
 import { prepareCall } from '../providers/prepare.ts';
 import { errorSurfaceForPath, surfaceForPath, surfaceSpec, unservedAnthropicPath, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, byteCoding, classifyError, headerValue, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, byteCoding, classifyError, headerValue, headerValues, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { EMPTY_HOLD_QUOTAS, acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -70,9 +70,9 @@ const SDK_RETRY_MAX_S = 60;
 /** Retry-After of a rejection whose quotas are spent only by the reservations of running requests. */
 const RESERVED_RETRY_MS = 1000;
 /**
- * A stream whose client went (or that shutdown cut) reads on what its upstream sends, unrelayed, until
- * READ_ON_QUIET_MS pass without a byte or READ_ON_MS in all: an upstream that had finished while its client was slow
- * has its usage report, and its text, waiting unread in the socket, and that report is what it billed.
+ * A stream whose client went (or that shutdown cut) while bytes of it waited unread reads on what its upstream sends,
+ * unrelayed, until READ_ON_QUIET_MS pass without a byte or READ_ON_MS in all: an upstream that had finished while its
+ * client was slow has its usage report, and its text, waiting unread in the socket, and that report is what it billed.
  */
 const READ_ON_QUIET_MS = 50;
 const READ_ON_MS = 1000;
@@ -97,6 +97,8 @@ function pushWithin(out: HeaderList, name: string, value: string, left: number):
 interface Retry {
   readonly failure: FailureAnswer;
   readonly headers: UpstreamHeaders;
+  /** Its body goes as the upstream coded it (relayed natively): its Content-Encoding goes too. */
+  readonly native: boolean;
 }
 
 export interface GatewayDeps {
@@ -176,6 +178,12 @@ export class Gateway implements RequestSink {
       ctx.cutCall();
       // A stream parked on a slow client wakes up only when its response goes.
       if (ctx.res.started) ctx.res.destroy();
+      else if (ctx.waiting) {
+        // Waiting on its prompt count or a quota admission (a hung Redis answers within redis_timeout, which may
+        // outlast the shutdown): answered now; what it holds goes back when the wait ends.
+        this.answerError(ctx, new SluiceError('SLC_SHUTTING_DOWN'));
+        ctx.answeredAtCut = true;
+      }
     }
     return n;
   }
@@ -279,7 +287,19 @@ export class Gateway implements RequestSink {
     }
   }
 
+  /** A wait on something other than the upstream (a prompt count, a quota admission): shutdown answers it at the cut. */
+  private async waited<T>(ctx: Exchange, p: Promise<T>): Promise<T> {
+    ctx.waiting = true;
+    try {
+      return await p;
+    } finally {
+      ctx.waiting = false;
+    }
+  }
+
   private answerError(ctx: Exchange, e: SluiceError): void {
+    // Answered (and recorded) at the shutdown cut, while it waited.
+    if (ctx.answeredAtCut) return;
     const res = ctx.res;
     if (res.started) res.destroy();
     else {
@@ -348,8 +368,9 @@ export class Gateway implements RequestSink {
       ctx.parseOpts = opts;
       // Without a count, parsing alone blocks the loop on very large bodies (a 6 MB body: ~250 ms of JSON.parse).
       const prepared = body.length >= (count ? snap.config.tokens.offload_bytes : PARSE_OFFLOAD_BYTES)
-        ? await this.deps.pool.prepare(body, opts)
+        ? await this.waited(ctx, this.deps.pool.prepare(body, opts))
         : prepareCall(body, opts);
+      if (ctx.cut) throw new SluiceError('SLC_SHUTTING_DOWN');
       if (!prepared.ok) throw new SluiceError(prepared.code, prepared.message, { param: prepared.param });
       if (res.aborted) { this.left(ctx); return; }
       ctx.prepared = prepared;
@@ -369,9 +390,10 @@ export class Gateway implements RequestSink {
         if (plan.missing !== undefined) throw new SluiceError('SLC_RULE_KEY_MISSING', plan.missing.message, { status: plan.missing.status });
         if (plan.common.length > 0) {
           const r = acquireAll(plan.common, estimate, Date.now(), ctx.storeOf);
-          const held = r instanceof Promise ? await r : r;
+          const held = r instanceof Promise ? await this.waited(ctx, r) : r;
+          if (held.ok) ctx.common = held;
+          if (ctx.cut) throw new SluiceError('SLC_SHUTTING_DOWN');
           if (!held.ok) { this.reject(ctx, held, []); return; }
-          ctx.common = held;
           if (res.aborted) { this.left(ctx); return; }
         }
       }
@@ -393,7 +415,11 @@ export class Gateway implements RequestSink {
           : plan.perInstance(inst.name, inst.model ?? (inst.provider.quotaModel?.(surface, prepared.model) ?? prepared.model));
         if (iq.length > 0) {
           const r = acquireAll(iq, estimate, Date.now(), ctx.storeOf);
-          const held = r instanceof Promise ? await r : r;
+          const held = r instanceof Promise ? await this.waited(ctx, r) : r;
+          if (ctx.cut) {
+            if (held.ok) ctx.instance = held;
+            throw new SluiceError('SLC_SHUTTING_DOWN');
+          }
           if (!held.ok) {
             denials.push(held);
             deniedInstances.push(inst);
@@ -434,7 +460,7 @@ export class Gateway implements RequestSink {
         // Every instance answered with an error: relay the last one (in the client's surface).
         ctx.instanceName = lastResponse.instance.name;
         const f = lastResponse.failure;
-        const out = withContentType(this.relayHeaders(lastResponse.headers), f.contentType);
+        const out = withContentType(this.failureHeaders(lastResponse.headers, lastResponse.native), f.contentType);
         // The route's quotas are Sluice's to report (the common ones and the last instance's).
         if (route.quotas !== undefined && ctx.metered) stripRateLimitHeaders(out);
         this.addQuotaHeaders(ctx, out);
@@ -538,6 +564,14 @@ export class Gateway implements RequestSink {
     if (up.resends > 0) this.countResends(route.id, inst.name, up);
     slots.firstByte((performance.now() - sentAt) / 1000);
     const status = up.status;
+    if (status === 304) {
+      // No answer to a POST (never conditional), and a client's 304 could carry none: the upstream is broken.
+      up.abort();
+      slots.attempt('protocol_error');
+      const f = new UpstreamFailure('protocol_error', 'the upstream answered 304 Not Modified to a POST', undefined);
+      this.attemptFailed(route.id, inst.name, f);
+      return f;
+    }
     const ok = status >= 200 && status < 300;
     slots.attempt(status === 429 ? 'http_429' : status >= 500 ? 'http_5xx' : 'ok');
     const coding = ok ? byteCoding(up.headers) : undefined;
@@ -596,16 +630,24 @@ export class Gateway implements RequestSink {
       }
       log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
       await this.chargeCut(ctx, up.partial(), 'upstream_broken');
+      // Silent past the idle timeout: a timeout (504), as one past the body timeout is, though charged as broken off.
+      if (f.kind === 'timeout') {
+        this.answerError(ctx, new SluiceError('SLC_UPSTREAM_TIMEOUT', 'the upstream answer stalled: no byte within the idle timeout'));
+        return 'done';
+      }
       this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', f.message === RESPONSE_TOO_LARGE
         ? `the upstream answer is larger than ${MAX_ANSWER_BYTES} bytes, the most Sluice buffers` : 'the upstream answer broke off'));
       return 'done';
     }
     if (!ok) {
-      const failure = provider.failure(prepared, status, buf);
+      // An error body in a coding Sluice asked not to get (Accept-Encoding: identity) is relayed natively with its
+      // Content-Encoding, which the client can undo; a translated one is not read: its message would be the coded bytes.
+      const coded = byteCoding(up.headers) !== undefined;
+      const failure = provider.failure(prepared, status, coded && ctx.translated ? EMPTY_BODY : buf);
       const retryable = failure.retry !== undefined && ctx.proxy.fallback.has(failure.retry);
-      if (retryable && more) return { failure, headers: up.headers };
+      if (retryable && more) return { failure, headers: up.headers, native: !ctx.translated };
       ctx.releaseAll();
-      const out = withContentType(this.relayHeaders(up.headers), failure.contentType);
+      const out = withContentType(this.failureHeaders(up.headers, !ctx.translated), failure.contentType);
       this.addQuotaHeaders(ctx, out);
       res.send(failure.status, out, failure.body);
       this.observe(ctx, failure.status);
@@ -709,7 +751,7 @@ export class Gateway implements RequestSink {
     let broken = false;
     let winding = false;
     ctx.streaming = true;
-    if (res.aborted || ctx.cut) up.windDown(READ_ON_QUIET_MS, READ_ON_MS);
+    if (res.aborted || ctx.cut) ctx.cutCall();
     try {
       // Chunks queued past a high-water mark while this waits on a slow client pause the upstream socket.
       // A chunk already queued is taken without an await (each await allocates its reaction and closures).
@@ -975,6 +1017,13 @@ export class Gateway implements RequestSink {
     this.observe(ctx, q.rejectedCode);
   }
 
+  /** An error answer's headers: relayed ones, plus its Content-Encoding when its body goes as the upstream coded it. */
+  private failureHeaders(up: UpstreamHeaders, native: boolean): HeaderList {
+    const out = this.relayHeaders(up);
+    if (native) for (const v of headerValues(up, 'content-encoding')) out.push(['content-encoding', v]);
+    return out;
+  }
+
   private relayHeaders(up: UpstreamHeaders): HeaderList {
     const out: HeaderList = [];
     let left = MAX_RELAYED_HEADER_BYTES;
@@ -1043,11 +1092,17 @@ class Exchange implements LiveEntry<Exchange> {
   readonly abortUpstream = (): void => { this.cutCall(); };
   /** Cut at shutdown. */
   cut = false;
+  /** Waiting on a prompt count or a quota admission (nothing sent upstream yet). */
+  waiting = false;
+  /** Answered 503 by the shutdown cut while it waited: the pipeline answers nothing more. */
+  answeredAtCut = false;
 
+  /** Cuts the current attempt; a stream with bytes waiting unread (its client was slow) is wound down instead, so what
+   *  the upstream already sent is read. One whose client kept up is cut at once: its upstream stops generating. */
   cutCall(): void {
     const c = this.call;
     if (c === undefined) return;
-    if (this.streaming) c.windDown(READ_ON_QUIET_MS, READ_ON_MS);
+    if (this.streaming && c.backlogged) c.windDown(READ_ON_QUIET_MS, READ_ON_MS);
     else c.abort();
   }
 

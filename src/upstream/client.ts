@@ -196,6 +196,11 @@ export class UpstreamCall implements ResponseHandler {
     this.budget = budget;
   }
 
+  /** Bytes of the answer wait unread (queued, or the socket paused behind them): its reader is behind. */
+  get backlogged(): boolean {
+    return this.paused || this.queued > 0;
+  }
+
   /** Body bytes received and not yet read (bounded by QUEUE_HIGH_WATER plus one chunk while streaming). */
   get queuedBytes(): number {
     return this.queued;

@@ -150,6 +150,9 @@ export function parseResponseHead(s: string): ResponseHead | string {
     if (t !== null) keepAliveMs = Number(t[1]) * 1000;
   }
   if (status < 200 || status === 204 || status === 304) {
+    // A transfer coding on either, or a 204 declaring a length (forbidden, RFC 9110 §8.6): what follows on the
+    // connection may be the body it announced, read as the next request's answer if it were reused.
+    if (status >= 200 && (te !== undefined || (status === 204 && lengthValue !== undefined && lengthValue.trim() !== '0'))) reusable = false;
     return { status, minor, headers, framing: 'none', length: 0, reusable, keepAliveMs };
   }
   if (te !== undefined) {

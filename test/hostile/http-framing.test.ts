@@ -586,6 +586,21 @@ describe('HTTP/1.x guard timeouts (raw sockets)', () => {
     assert.equal(r.closed, true);
   });
 
+  it('a head completed well within limits.client_header_timeout_ms is served, whatever the sweep\'s phase', { timeout: 60_000 }, async () => {
+    // Timeout 4 s, swept every 1 s: a head's clock started at the last sweep's time made the 408 come up to 1 s early.
+    // Eight heads, their starts spread over a sweep period, each completed 3.3 s after it began.
+    const gw2 = await startGateway({ limits: { client_header_timeout_ms: 4000, client_idle_timeout_ms: 60_000 }, routes: [] });
+    try {
+      const runs = Array.from({ length: 8 }, (_, i) => new Promise<void>((r) => setTimeout(r, i * 125)).then(() => exchange(gw2.handle.port, 'GET /nope HTTP/1.1\r\n', {
+        waitMs: 20_000,
+        feed: (s) => { setTimeout(() => s.write('Host: g\r\nConnection: close\r\n\r\n'), 3300); },
+      })));
+      for (const r of await Promise.all(runs)) assertError(r.responses[0], 404, 'SLC_NOT_FOUND');
+    } finally {
+      await gw2.close();
+    }
+  });
+
   it('an idle keep-alive connection is closed quietly after limits.client_idle_timeout_ms', async () => {
     const r = await exchange(gw.handle.port, 'GET /nope HTTP/1.1\r\nHost: gw\r\n\r\n', { waitMs: 20_000 });
     assert.equal(r.responses.length, 1);
@@ -625,8 +640,9 @@ describe('listen.http1_guard: false (uWS alone; documented uWS 20.30 behaviour)'
 
   after(async () => { await gw?.close(); });
 
-  it('HTTP/1.0, a missing Host and 49+ header lines get no answer; uWS closes them after ~10 s', async () => {
-    const cases = ['GET /nope HTTP/1.0\r\nHost: gw\r\n\r\n', 'GET /nope HTTP/1.1\r\n\r\n', `GET /nope HTTP/1.1\r\nHost: gw\r\n${headerLines(48)}\r\n`];
+  it('HTTP/1.0, a missing Host, 49+ header lines and a header name with `_` or `.` get no answer; uWS closes them after ~10 s', async () => {
+    const cases = ['GET /nope HTTP/1.0\r\nHost: gw\r\n\r\n', 'GET /nope HTTP/1.1\r\n\r\n', `GET /nope HTTP/1.1\r\nHost: gw\r\n${headerLines(48)}\r\n`,
+      'GET /nope HTTP/1.1\r\nHost: gw\r\nx_api_key: 1\r\n\r\n', 'GET /nope HTTP/1.1\r\nHost: gw\r\nx.a: 1\r\n\r\n'];
     const results = await Promise.all(cases.map((c) => exchange(port, c, { waitMs: 40_000 })));
     for (const [i, r] of results.entries()) {
       assert.equal(r.raw, '', `case ${i}: no bytes answered`);

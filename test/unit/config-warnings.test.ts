@@ -175,3 +175,18 @@ test('a reload that renames a route, or moves one without an id, warns that its 
   assert.match(moved[0]!.message, /keyed "route-0" by position, which served "\/a" before this reload/);
   assert.deepEqual(reloadWarnings(cfg(route('/a', 'x')), cfg(route('/a', 'x'), route('/b', 'y'))), [], 'a route added beside the others: nothing to say');
 });
+
+test('with the guard off, a key-auth header or a limit_by_header name uWS cannot take warns; with it on, none', () => {
+  const raw = (guard: boolean): Record<string, unknown> => ({
+    listen: { host: '127.0.0.1', port: 9080, http1_guard: guard },
+    routes: [{ uri: '/v1/chat/completions', plugins: {
+      'ai-proxy': { provider: 'openai' },
+      'key-auth': { header: 'x_api_key' },
+      'ai-token-ratelimit': { rule_name: 'r', redis: { service_name: 'redis.local', service_port: 6379 }, rule_items: [{ limit_by_per_header: 'x.user', limit_keys: [{ key: '*', token_per_minute: 100 }] }] },
+    } }],
+  });
+  const off = configWarnings(validateConfig(raw(false), {})).filter((w) => /uWS/.test(w.message));
+  assert.deepEqual(off.map((w) => w.path), ['routes[0].plugins.key-auth.header', 'routes[0].plugins.ai-token-ratelimit.rule_items[0]']);
+  assert.match(off[0]!.message, /"x_api_key"/);
+  assert.deepEqual(configWarnings(validateConfig(raw(true), {})).filter((w) => /uWS/.test(w.message)), []);
+});

@@ -125,6 +125,11 @@ describe('http1 guard: parseRequestHead', () => {
     // max_header_fields (48) fields fit, Host included.
     assert.equal(ok(`GET / HTTP/1.1\r\nHost: a\r\n${lines(47)}\r\n`).lines.length, 4 * 48);
     assert.equal(ok(`GET / HTTP/1.1\r\nHost: a\r\n${'accept: x\r\n'.repeat(47)}\r\n`).lines.length, 4 * 48);
+    // Whitespace around a value is part of the line: padding does not get a line or a head past the limits.
+    err(`GET / HTTP/1.1\r\nHost: a\r\nx-pad: ${' '.repeat(9000)}v\r\n\r\n`, 'SLC_HEADERS_TOO_LARGE');
+    err(`GET / HTTP/1.1\r\nHost: a\r\nx-pad: v${'\t'.repeat(9000)}\r\n\r\n`, 'SLC_HEADERS_TOO_LARGE');
+    err(`GET / HTTP/1.1\r\nHost: a\r\n${Array.from({ length: 5 }, (_, i) => `x-${i}: ${' '.repeat(8000)}v\r\n`).join('')}\r\n`, 'SLC_HEADERS_TOO_LARGE');
+    assert.equal(ok(`GET / HTTP/1.1\r\nHost: a\r\nx:${'a'.repeat(8189)}\r\n\r\n`).lines.length, 8, 'name: value counted as sent, a line of 8192');
   });
 });
 

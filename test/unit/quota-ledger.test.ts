@@ -165,6 +165,15 @@ describe('ledger host and client bounds', () => {
     host.close();
   });
 
+  it('the store directory takes a config of 1,000 stores twice over (a reload attaches the new before the old go)', async () => {
+    const host = new LedgerHost({ maxSlots: MIN_LEDGER_SLOTS });
+    const metrics = createMetrics({ defaultMetrics: false });
+    const backends = Array.from({ length: 2000 }, (_, i) => new LocalQuotaStore(`s${i}`, { metrics }));
+    backends.forEach((b, i) => host.attach(`store-${i}`, b));
+    host.close();
+    await Promise.all(backends.map((b) => b.close()));
+  });
+
   const spec = (id: string, limit = 1000): CounterSpec => ({ id, limit, windowMs: 600_000, sliding: false });
   /** A local backend with metrics behind a three-slot ledger, and a serving thread's store over it. */
   const threeSlots = () => {

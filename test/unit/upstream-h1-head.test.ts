@@ -67,6 +67,13 @@ test('no framing: read until close, never reused; 204, 304 and 1xx have no body'
   assert.equal(h.framing, 'close');
   assert.equal(h.reusable, false);
   for (const s of [204, 304, 103, 100]) assert.equal(ok(`HTTP/1.1 ${s} X\r\nContent-Length: 10`).framing, 'none');
+  // What a 204 announced (a length it may not have, a transfer coding) may follow: the connection is not reused.
+  assert.equal(ok('HTTP/1.1 204 X\r\nContent-Length: 10').reusable, false);
+  assert.equal(ok('HTTP/1.1 204 X\r\nTransfer-Encoding: chunked').reusable, false);
+  assert.equal(ok('HTTP/1.1 304 X\r\nTransfer-Encoding: chunked').reusable, false);
+  assert.equal(ok('HTTP/1.1 204 X\r\nContent-Length: 0').reusable, true);
+  assert.equal(ok('HTTP/1.1 304 X\r\nContent-Length: 10').reusable, true, "a 304's length is the representation's");
+  assert.equal(ok('HTTP/1.1 204 X').reusable, true);
 });
 
 test('Connection: close and HTTP/1.0 answers are not reused; the Keep-Alive hint is read', () => {

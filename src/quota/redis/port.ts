@@ -287,11 +287,22 @@ async function execScripts(send: (cmds: readonly PortCommand[]) => Promise<PortR
   return replies;
 }
 
+/** How long a closing store waits for Redis to answer QUIT: a hung server (or one behind a stalled network) answers it
+ *  only when redis_timeout fails the commands queued before it, which could hold a shutdown far past its drain. */
+const QUIT_WAIT_MS = 1000;
+
 async function quit(client: Redis | Cluster): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
   try {
-    if (client.status === 'ready') await client.quit();
+    if (client.status === 'ready') {
+      // Its failure after the wait (the connection closed below) is nobody's to handle.
+      const quitting = client.quit().then(() => undefined, () => undefined);
+      await Promise.race([quitting, new Promise<void>((r) => { timer = setTimeout(r, QUIT_WAIT_MS); })]);
+    }
   } catch {
     // Closing anyway below.
+  } finally {
+    clearTimeout(timer);
   }
   client.disconnect();
 }

@@ -107,7 +107,7 @@ export class LedgerHost {
     if (this.stores.has(store)) this.detach(store);
     storeDirKey(store, this.kbuf);
     const dir = this.table.attachStore(this.kbuf);
-    if (dir < 0) throw new Error('too many quota stores for the ledger');
+    if (dir < 0) throw new Error(`too many quota stores for the serving threads' ledger (${this.desc.stores}: distinct Redis targets and option sets, the old config's and the new one's during a reload)`);
     const a: Attached = { key: store, backend, dir, health: HEALTH_OK };
     this.stores.set(store, a);
     backend.ledgerBind((cell) => this.publish(cell), (cell) => this.release(cell));

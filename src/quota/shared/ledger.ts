@@ -103,12 +103,19 @@ export function storeDirKey(store: string, out: Int32Array): void {
   hash3(`\u0001store\u0001${store}`, out);
 }
 
+/**
+ * Stores the directory holds (16 bytes each): every distinct Redis target and option set of a config is a store, and
+ * a reload attaches its new stores before the old ones go, so a config may use half of these. 256 refused configs
+ * that a single thread serves (300 routes, each its own redis_timeout).
+ */
+export const DEFAULT_STORES = 4096;
+
 export interface LedgerSizes {
   /** Slots (counter windows) the table holds. */
   readonly slots: number;
   /** Dirty-ring entries; default the slot count (at least 1024). */
   readonly ringSize?: number;
-  /** Store directory entries; default 256. */
+  /** Store directory entries; default DEFAULT_STORES. */
   readonly stores?: number;
 }
 
@@ -117,7 +124,7 @@ export function createLedger(sizes: LedgerSizes): LedgerDescriptor {
   const slots = Math.max(1, Math.floor(sizes.slots));
   const indexSize = nextPow2(slots * 2);
   const ringSize = nextPow2(Math.max(1024, sizes.ringSize ?? slots));
-  const stores = Math.max(1, sizes.stores ?? 256);
+  const stores = Math.max(1, sizes.stores ?? DEFAULT_STORES);
   const bytes = layout(slots, indexSize, ringSize, stores).total;
   return { sab: new SharedArrayBuffer(bytes), slots, indexSize, ringSize, stores };
 }
