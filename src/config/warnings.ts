@@ -142,6 +142,12 @@ function uwsHeaderNames(r: SluiceConfig['routes'][number], path: string, out: Co
   r.plugins['ai-token-ratelimit']?.rule_items.forEach((item, j) => {
     if (item.by === 'header' && !UWS_HEADER_NAME.test(item.name)) out.push({ path: childPath(childPath(path, 'ai-token-ratelimit.rule_items'), j), message: message(item.name) });
   });
+  r.plugins['ai-proxy-multi']?.instances.forEach((inst, j) => {
+    for (const h of inst.forward_headers?.headers ?? []) {
+      const name = h.endsWith('*') ? h.slice(0, -1) : h;
+      if (name !== '' && !UWS_HEADER_NAME.test(name)) out.push({ path: childPath(childPath(childPath(path, 'ai-proxy-multi.instances'), j), 'forward_headers'), message: message(h) });
+    }
+  });
 }
 
 /** A consumer's own upstreams replace the route's; instance quotas name instances: one naming none of the consumer's leaves it unlimited. */

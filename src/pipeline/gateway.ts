@@ -28,7 +28,7 @@ import { completionBelowText, cutShortUsage, largerUsage, laterUsage, verifiedUs
 import { prepareCall } from '../providers/prepare.ts';
 import { errorSurfaceForPath, surfaceForPath, surfaceSpec, unservedAnthropicPath, unservedGeminiMethod, unservedOpenAiPath } from '../providers/registry.ts';
 import type { DecodedBody, FailureAnswer, ParseOptions, PreparedCall, SurfaceId, SurfaceSpec } from '../providers/types.ts';
-import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, byteCoding, classifyError, headerValue, headerValues, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
+import { ANSWERS_OVER_BUDGET, RESPONSE_TOO_LARGE, UpstreamFailure, byteCoding, classifyError, headerValue, headerValues, transferCoded, upstreamTimeouts, type UpstreamCall, type UpstreamClient, type UpstreamHeaders } from '../upstream/client.ts';
 import type { Accepted, RequestSink } from '../frontend/server.ts';
 import type { ClientRequest, ClientResponse, HeaderList } from './http-types.ts';
 import { EMPTY_HOLD_QUOTAS, acquireAll, views, type QuotaHold, type Rejection } from './quota-hold.ts';
@@ -642,12 +642,14 @@ export class Gateway implements RequestSink {
     if (!ok) {
       // An error body in a coding Sluice asked not to get (Accept-Encoding: identity) is relayed natively with its
       // Content-Encoding, which the client can undo; a translated one is not read: its message would be the coded bytes.
+      // A transfer coding (other than chunked) left on the body is undone by nobody: that body is not relayed either.
       const coded = byteCoding(up.headers) !== undefined;
-      const failure = provider.failure(prepared, status, coded && ctx.translated ? EMPTY_BODY : buf);
+      const native = !ctx.translated && !transferCoded(up.headers);
+      const failure = provider.failure(prepared, status, coded && !native ? EMPTY_BODY : buf);
       const retryable = failure.retry !== undefined && ctx.proxy.fallback.has(failure.retry);
-      if (retryable && more) return { failure, headers: up.headers, native: !ctx.translated };
+      if (retryable && more) return { failure, headers: up.headers, native };
       ctx.releaseAll();
-      const out = withContentType(this.failureHeaders(up.headers, !ctx.translated), failure.contentType);
+      const out = withContentType(this.failureHeaders(up.headers, native), failure.contentType);
       this.addQuotaHeaders(ctx, out);
       res.send(failure.status, out, failure.body);
       this.observe(ctx, failure.status);
@@ -750,6 +752,11 @@ export class Gateway implements RequestSink {
     let counting: Promise<number> | undefined;
     let broken = false;
     let winding = false;
+    // A body that opens with `{` is no event stream but one JSON answer (an upstream that ignored stream: true): kept
+    // (up to MAX_CUT_TEXT) to be metered as the buffered answer it is; the meter finds no event in it.
+    let looked = false;
+    let plain: Buffer[] | undefined;
+    let plainBytes = 0;
     ctx.streaming = true;
     if (res.aborted || ctx.cut) ctx.cutCall();
     try {
@@ -757,6 +764,14 @@ export class Gateway implements RequestSink {
       // A chunk already queued is taken without an await (each await allocates its reaction and closures).
       // Once the client is gone, frames are read and metered but not written (the call winds down: cutCall).
       for (let chunk = first ?? await up.next(); chunk !== null; chunk = up.takeQueued() ?? await up.next()) {
+        if (!looked) {
+          const b = firstNonSpace(chunk);
+          if (b >= 0) { looked = true; if (b === 0x7b) plain = []; }
+        }
+        if (plain !== undefined) {
+          plainBytes += chunk.length;
+          if (plainBytes <= MAX_CUT_TEXT) plain.push(chunk);
+        }
         const out = meter.push(chunk);
         if (first !== undefined) {
           first = undefined;
@@ -781,7 +796,8 @@ export class Gateway implements RequestSink {
     if (res.aborted || broken) up.abort();
     // Decided before the response is touched: destroying it fires the abort handler (aborted becomes true),
     // and a stream the upstream broke is a 502, not a client abort.
-    let status = ctx.cut ? 503 : res.aborted ? 499 : broken ? 502 : 200;
+    // A client that leaves after the last event (many close on [DONE]) had the whole answer.
+    let status = ctx.cut ? 503 : res.aborted && meter.complete !== true ? 499 : broken ? 502 : 200;
     // A last event without its blank line still counts (and may carry the usage): parse it before settling.
     const last = status === 200 ? meter.end() : undefined;
     // Closed cleanly before its last event: broken off, though the client is told so in its own format (`last`).
@@ -791,7 +807,9 @@ export class Gateway implements RequestSink {
       status = 502;
       log.warn('upstream stream ended before its last event', { route: ctx.route.id, instance: inst.name });
     }
-    if (ctx.metered) {
+    if (ctx.metered && plain !== undefined) {
+      await this.settlePlain(ctx, inst, plain, status === 200 && plainBytes <= MAX_CUT_TEXT);
+    } else if (ctx.metered) {
       const rejected = meter.usageRejected;
       if (rejected !== undefined) this.usageRejected(ctx, rejected);
       let usage = meter.usage;
@@ -835,6 +853,20 @@ export class Gateway implements RequestSink {
       else res.end(joined(last, meter.closing?.(ctx.usage)));
     }
     this.observe(ctx, status);
+  }
+
+  /** A streamed answer that was one JSON object: charged its usage when it came whole and believable, else as a
+   *  broken answer (the prompt plus its bytes counted, within the request's completion cap). */
+  private async settlePlain(ctx: Exchange, inst: CompiledInstance, parts: Buffer[], whole: boolean): Promise<void> {
+    const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    if (whole) {
+      const d = inst.provider.decode(ctx.prepared!, body, ctx.snap.maxUsage);
+      if (d.unusable === undefined && d.usage !== undefined && d.rejected === undefined && d.verifyText === undefined) {
+        this.settle(ctx, d.usage);
+        return;
+      }
+    }
+    await this.chargeCut(ctx, body, 'upstream_broken');
   }
 
   /** Completion tokens of a piece of generated text; large pieces on a worker thread, inline if it cannot take them. */
@@ -1049,6 +1081,15 @@ export class Gateway implements RequestSink {
   private observe(ctx: Exchange, status: number): void {
     this.deps.metrics.hot.route(ctx.route.id, ctx.instanceName).answered(status, (performance.now() - ctx.req.startedAt) / 1000);
   }
+}
+
+/** The first byte of `b` that is not JSON whitespace, or -1. */
+function firstNonSpace(b: Buffer): number {
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]!;
+    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return c;
+  }
+  return -1;
 }
 
 /** Per-request state. Every field is set in the constructor so all exchanges share one shape. */

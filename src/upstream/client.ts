@@ -4,10 +4,10 @@
 // what it says is the provider's (src/providers/).
 import type { ByteBudget } from '../core/byte-budget.ts';
 import { Pool, UpstreamFailure, requestHead, type Connection, type FailureKind, type ResponseHandler } from './h1-pool.ts';
-import { byteCoding, headerValue, headerValues, type UpstreamHeaders } from './h1-head.ts';
+import { byteCoding, headerValue, headerValues, transferCoded, type UpstreamHeaders } from './h1-head.ts';
 import type { InstanceConfig } from '../config/types.ts';
 
-export { UpstreamFailure, byteCoding, headerValue, headerValues, type FailureKind, type UpstreamHeaders };
+export { UpstreamFailure, byteCoding, headerValue, headerValues, transferCoded, type FailureKind, type UpstreamHeaders };
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -220,9 +220,15 @@ export class UpstreamCall implements ResponseHandler {
    * its last token; a call that ends or fails first needs nothing more.
    */
   windDown(quietMs: number, maxMs: number): void {
-    if (this.failure !== undefined || this.ended || this.winding) return;
-    this.winding = true;
+    if (this.failure !== undefined || this.ended) return;
     const now = performance.now();
+    if (this.winding) {
+      // Wound down already (after a stream's last event): the tighter bounds hold.
+      this.windQuietMs = Math.min(this.windQuietMs, quietMs);
+      this.windEnd = Math.min(this.windEnd, now + maxMs);
+      return;
+    }
+    this.winding = true;
     this.windActiveAt = now;
     this.windQuietMs = quietMs;
     this.windEnd = now + maxMs;
@@ -235,8 +241,8 @@ export class UpstreamCall implements ResponseHandler {
     this.windTimer = undefined;
     if (this.failure !== undefined || this.ended) return;
     const now = performance.now();
-    // Paused, bytes wait for a reader busy elsewhere (counting text): not quiet.
-    if (this.paused) this.windActiveAt = now;
+    // Bytes wait for a reader busy elsewhere (counting text): not quiet (cut, they would be lost).
+    if (this.backlogged) this.windActiveAt = now;
     const quiet = now - this.windActiveAt;
     if (now >= this.windEnd) {
       this.abort();
@@ -255,7 +261,7 @@ export class UpstreamCall implements ResponseHandler {
   windConfirm(activeAt: number): void {
     this.windImmediate = undefined;
     if (this.failure !== undefined || this.ended) return;
-    if (this.windActiveAt === activeAt && !this.paused) this.abort();
+    if (this.windActiveAt === activeAt && !this.backlogged) this.abort();
     else this.rearmWind(performance.now());
   }
 

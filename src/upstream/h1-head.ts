@@ -26,14 +26,26 @@ export function byteCoding(h: UpstreamHeaders): string | undefined {
     const name = h[i];
     if (name === 'content-encoding') {
       if (!isIdentityCoding(h[i + 1]!)) return h[i + 1];
-    } else if (name === 'transfer-encoding') {
-      for (const m of h[i + 1]!.split(',')) {
-        const c = m.trim().toLowerCase();
-        if (c !== '' && c !== 'chunked' && c !== 'identity') return h[i + 1];
-      }
+    } else if (name === 'transfer-encoding' && otherTransferCoding(h[i + 1]!)) {
+      return h[i + 1];
     }
   }
   return undefined;
+}
+
+/** A Transfer-Encoding value names a coding other than chunked (the pool undoes chunked only). */
+function otherTransferCoding(value: string): boolean {
+  for (const m of value.split(',')) {
+    const c = m.trim().toLowerCase();
+    if (c !== '' && c !== 'chunked' && c !== 'identity') return true;
+  }
+  return false;
+}
+
+/** A transfer coding other than chunked was applied to the body. */
+export function transferCoded(h: UpstreamHeaders): boolean {
+  for (let i = 0; i < h.length; i += 2) if (h[i] === 'transfer-encoding' && otherTransferCoding(h[i + 1]!)) return true;
+  return false;
 }
 
 /** Every value of `name` (lower-case), in order. */

@@ -79,6 +79,13 @@ describe('the media type of a 2xx answer', () => {
     assert.equal(await settledBy('o', before), 511);
   });
 
+  it('a JSON answer under an SSE type to a request that asked for a stream is charged its report', async () => {
+    const before = await charged(gw, 'o');
+    const r = await post(`${gw.url}/o/v1/chat/completions`, { model: 'x', stream: true, messages: [{ role: 'user', content: 'case json-as-sse' }] });
+    assert.equal(r.status, 200);
+    assert.equal(await settledBy('o', before), 511);
+  });
+
   it('an event stream answering a request that asked for no stream is a 502, charged for what it carried', async () => {
     const before = await charged(gw, 'o');
     const r = await post(`${gw.url}/o/v1/chat/completions`, { model: 'x', messages: [{ role: 'user', content: 'case plain-sse' }] });

@@ -57,6 +57,32 @@ describe('an upstream that holds its connection open after the last event', () =
     return { status: r.status, text, ms: Date.now() - t0 };
   }
 
+  it('a client that closes on [DONE] while the upstream holds on had the whole answer: recorded 200, charged the report', { timeout: 60_000 }, async () => {
+    const before = await charged(gw, 'o');
+    const ok = await metric(gw, /^sluice_http_requests_total\{route="o".*status="200"/);
+    const aborted = await metric(gw, /^sluice_http_requests_total\{route="o".*status="499"/);
+    const ac = new AbortController();
+    const r = await fetch(`${gw.url}/o/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, signal: ac.signal,
+      body: JSON.stringify({ model: 'x', stream: true, messages: [{ role: 'user', content: 'chunked' }] }),
+    });
+    let text = '';
+    const dec = new TextDecoder();
+    try {
+      for await (const c of r.body!) {
+        text += dec.decode(c as Uint8Array, { stream: true });
+        if (text.includes('data: [DONE]')) { ac.abort(); break; }
+      }
+    } catch (err) {
+      assert.equal((err as Error).name, 'AbortError');
+    }
+    assert.match(text, /data: \[DONE\]/);
+    await eventually('settled', async () => (await charged(gw, 'o')) !== before);
+    assert.equal(await charged(gw, 'o') - before, 14);
+    await eventually('recorded', async () => (await metric(gw, /^sluice_http_requests_total\{route="o".*status="200"/)) === ok + 1);
+    assert.equal(await metric(gw, /^sluice_http_requests_total\{route="o".*status="499"/), aborted);
+  });
+
   const cases: [string, string, string, Record<string, unknown>, RegExp, number][] = [
     ['chat, chunked', 'o', '/o/v1/chat/completions', { model: 'x', messages: [{ role: 'user', content: 'chunked' }] }, /data: \[DONE\]/, 14],
     ['chat, close-delimited', 'o', '/o/v1/chat/completions', { model: 'x', messages: [{ role: 'user', content: 'close-delimited' }] }, /data: \[DONE\]/, 14],

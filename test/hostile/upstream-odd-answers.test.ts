@@ -25,6 +25,10 @@ describe('upstream answers without a usable body', () => {
       else if (body.includes('case gzip-error')) {
         s.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: ${GZ.length}\r\n\r\n`);
         s.write(GZ);
+      } else if (body.includes('case te-gzip-error')) {
+        s.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n${GZ.length.toString(16)}\r\n`);
+        s.write(GZ);
+        s.write('\r\n0\r\n\r\n');
       } else if (body.includes('case stall')) {
         s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n\r\n{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"partial words here');
       }
@@ -69,6 +73,16 @@ describe('upstream answers without a usable body', () => {
     assert.equal(status, 400);
     assert.equal(headers['content-encoding'], 'gzip');
     assert.equal(gunzipSync(raw).toString(), ERROR_JSON);
+  });
+
+  it('an error body in a transfer coding (which nobody undoes) is not relayed as it came', async () => {
+    const r = await fetch(`${gw.url}/o/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'case te-gzip-error' }] }),
+    });
+    assert.equal(r.status, 400);
+    const raw = Buffer.from(await r.arrayBuffer());
+    assert.ok(!raw.includes(GZ.subarray(0, 10)), 'no coded bytes');
   });
 
   it('a gzip error body is not quoted into a translated error', async () => {

@@ -180,13 +180,14 @@ test('with the guard off, a key-auth header or a limit_by_header name uWS cannot
   const raw = (guard: boolean): Record<string, unknown> => ({
     listen: { host: '127.0.0.1', port: 9080, http1_guard: guard },
     routes: [{ uri: '/v1/chat/completions', plugins: {
-      'ai-proxy': { provider: 'openai' },
+      'ai-proxy': { provider: 'openai', forward_headers: ['x-scn', 'x_tenant'] },
       'key-auth': { header: 'x_api_key' },
       'ai-token-ratelimit': { rule_name: 'r', redis: { service_name: 'redis.local', service_port: 6379 }, rule_items: [{ limit_by_per_header: 'x.user', limit_keys: [{ key: '*', token_per_minute: 100 }] }] },
     } }],
   });
   const off = configWarnings(validateConfig(raw(false), {})).filter((w) => /uWS/.test(w.message));
-  assert.deepEqual(off.map((w) => w.path), ['routes[0].plugins.key-auth.header', 'routes[0].plugins.ai-token-ratelimit.rule_items[0]']);
+  assert.deepEqual(off.map((w) => w.path), ['routes[0].plugins.key-auth.header', 'routes[0].plugins.ai-token-ratelimit.rule_items[0]', 'routes[0].plugins.ai-proxy-multi.instances[0].forward_headers']);
+  assert.match(off[2]!.message, /"x_tenant"/);
   assert.match(off[0]!.message, /"x_api_key"/);
   assert.deepEqual(configWarnings(validateConfig(raw(true), {})).filter((w) => /uWS/.test(w.message)), []);
 });
