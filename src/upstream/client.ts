@@ -138,6 +138,9 @@ const TAIL_MAX = 16 * 1024;
 const NO_HEADERS: UpstreamHeaders = Object.freeze([]);
 type Waiter = ((v: unknown) => void) | undefined;
 
+/** The longest a wind-down reads on, however busy its reader is kept by bytes already received. */
+const WIND_HARD_MS = 10_000;
+
 function windCheck(call: UpstreamCall): void {
   call.windTick();
 }
@@ -189,7 +192,11 @@ export class UpstreamCall implements ResponseHandler {
   private windTimer: NodeJS.Timeout | undefined = undefined;
   private windImmediate: NodeJS.Immediate | undefined = undefined;
   private windQuietMs = 0;
+  /** windDown's `maxMs` runs only while the reader waits on the upstream (a reader busy with bytes already here,
+   *  counting text on a loaded machine, does not use it up), within a hard end of WIND_HARD_MS at least. */
   private windEnd = 0;
+  private windHardEnd = 0;
+  private windTickAt = 0;
   private windActiveAt = 0;
 
   constructor(budget?: ByteBudget) {
@@ -226,9 +233,12 @@ export class UpstreamCall implements ResponseHandler {
       // Wound down already (after a stream's last event): the tighter bounds hold.
       this.windQuietMs = Math.min(this.windQuietMs, quietMs);
       this.windEnd = Math.min(this.windEnd, now + maxMs);
+      this.windHardEnd = Math.min(this.windHardEnd, now + Math.max(WIND_HARD_MS, maxMs));
       return;
     }
     this.winding = true;
+    this.windTickAt = now;
+    this.windHardEnd = now + Math.max(WIND_HARD_MS, maxMs);
     this.windActiveAt = now;
     this.windQuietMs = quietMs;
     this.windEnd = now + maxMs;
@@ -241,10 +251,15 @@ export class UpstreamCall implements ResponseHandler {
     this.windTimer = undefined;
     if (this.failure !== undefined || this.ended) return;
     const now = performance.now();
-    // Bytes wait for a reader busy elsewhere (counting text): not quiet (cut, they would be lost).
-    if (this.backlogged) this.windActiveAt = now;
+    // Bytes wait for a reader busy elsewhere (counting text): not quiet (cut, they would be lost), and its time is
+    // not the upstream's.
+    if (this.backlogged) {
+      this.windActiveAt = now;
+      this.windEnd += now - this.windTickAt;
+    }
+    this.windTickAt = now;
     const quiet = now - this.windActiveAt;
-    if (now >= this.windEnd) {
+    if (now >= this.windEnd || now >= this.windHardEnd) {
       this.abort();
       return;
     }
@@ -267,7 +282,7 @@ export class UpstreamCall implements ResponseHandler {
 
   private rearmWind(now: number): void {
     const quiet = now - this.windActiveAt;
-    this.windTimer = setTimeout(windCheck, Math.max(1, Math.min(this.windQuietMs - quiet, this.windEnd - now)), this);
+    this.windTimer = setTimeout(windCheck, Math.max(1, Math.min(this.windQuietMs - quiet, this.windEnd - now, this.windHardEnd - now)), this);
     this.windTimer.unref();
   }
 
