@@ -20,6 +20,7 @@ import { USAGE_HEADER, quotaHeaders, usageHeaderValue } from '../rules/headers.t
 import type { RequestVars } from '../rules/request-vars.ts';
 import { canonicalIp } from '../rules/ip.ts';
 import { bodyMembers } from '../tokens/prepare.ts';
+import { isSpace } from '../tokens/json-members.ts';
 import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
@@ -1085,10 +1086,7 @@ export class Gateway implements RequestSink {
 
 /** The first byte of `b` that is not JSON whitespace, or -1. */
 function firstNonSpace(b: Buffer): number {
-  for (let i = 0; i < b.length; i++) {
-    const c = b[i]!;
-    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return c;
-  }
+  for (let i = 0; i < b.length; i++) if (!isSpace(b[i]!)) return b[i]!;
   return -1;
 }
 

@@ -14,8 +14,8 @@ export const MAX_ERROR_MESSAGE = 2048;
 /**
  * A 2xx answer is relayed as a stream when the client asked for one and the upstream sends one: a media type is
  * case-insensitive (`Text/Event-Stream` is SSE), and an SSE answer to a request that asked for none is read as the
- * JSON it should be (an event stream there is not the client's answer: 502, charged for its bytes) — relayed as a
- * stream, a JSON body under an SSE type would have been metered as an empty stream.
+ * JSON it should be (a JSON body under an SSE type is decoded and charged; an event stream there is not the client's
+ * answer: 502, charged for its bytes).
  */
 export function answersStream(asked: boolean, contentType: string): boolean {
   return asked && (contentType.includes('text/event-stream') || contentType.toLowerCase().includes('text/event-stream'));

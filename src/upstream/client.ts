@@ -223,8 +223,8 @@ export class UpstreamCall implements ResponseHandler {
   /**
    * The reader's client is gone, but what the upstream already sent is still read (the usage report of a stream
    * that finished while its client was slow waits in the socket): the call is cut once no byte has come for
-   * `quietMs` while the reader waits, or `maxMs` from now. A generation still running is cut within `quietMs` of
-   * its last token; a call that ends or fails first needs nothing more.
+   * `quietMs` while the reader waits, or after `maxMs` of waiting in all (windEnd). A generation still running is cut
+   * within `quietMs` of its last token; a call that ends or fails first needs nothing more.
    */
   windDown(quietMs: number, maxMs: number): void {
     if (this.failure !== undefined || this.ended) return;
