@@ -254,6 +254,13 @@ function ttlSeconds(cell: RedisCell, nowMs: number): number {
 
 const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 };
 
+/**
+ * This process's stores per Redis dataset (target id). A reload that changes a store's options (timeouts,
+ * credentials, allow_degradation) makes a new store while the retired one is still writing what it holds; during
+ * an outage a degraded decision counts both, or every reload would hand the whole limit out again.
+ */
+const storesOfTarget = new Map<string, Set<RedisQuotaStore>>();
+
 export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, LedgerBackend {
   readonly name: string;
   /** This store's identity in the holders hashes: unique per process and store instance. */
@@ -324,6 +331,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   /** Serving threads: the LedgerHost's callback for a linked cell whose view changed. */
   private ledgerChanged: ((cell: LedgerCell) => void) | undefined = undefined;
   private ledgerRelease: ((cell: LedgerCell) => boolean) | undefined = undefined;
+  /** Every open or closing store of this process on the same Redis dataset, this one included. */
+  private readonly siblings: Set<RedisQuotaStore>;
+  private readonly targetId: string;
 
   constructor(target: RedisTargetConfig, opts: RedisStoreOptions) {
     this.name = opts.storeLabel;
@@ -374,6 +384,11 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       clock: this.clock,
     });
     this.shared = acquireRedis(target);
+    this.targetId = target.id;
+    let siblings = storesOfTarget.get(target.id);
+    if (siblings === undefined) storesOfTarget.set(target.id, siblings = new Set());
+    siblings.add(this);
+    this.siblings = siblings;
     this.unsubscribe = this.shared.subscribe({
       breaker: (state, cause) => {
         this.m.breaker.set(BREAKER_GAUGE[state]);
@@ -583,6 +598,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     await Promise.race([this.drain(), deadline]);
     clearTimeout(timer);
     this.reportUnwritten();
+    this.siblings.delete(this);
+    if (this.siblings.size === 0 && storesOfTarget.get(this.targetId) === this.siblings) storesOfTarget.delete(this.targetId);
     this.unsubscribe();
     await releaseRedis(this.shared);
   }
@@ -973,10 +990,30 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
   }
 
   private degradedEstimate(cell: RedisCell): number {
-    const s = cell.counter.share;
+    let s = cell.counter.share;
+    let base = cell.othersC + cell.othersR + cell.ackedC + cell.ackedR;
+    let unflushed = cell.unflushed();
+    if (this.siblings.size > 1) {
+      // Each store's base is the global total as of its last reply (which counts the others' written usage);
+      // what none of them could write is this process's usage on top of the newest.
+      for (const other of this.siblings) {
+        if (other === this) continue;
+        const c = other.cellAt(cell.counter.id, cell.counter.windowMs, cell.start);
+        if (c === undefined) continue;
+        base = Math.max(base, c.othersC + c.othersR + c.ackedC + c.ackedR);
+        unflushed += c.unflushed();
+        if (s <= 0) s = c.counter.share;
+      }
+    }
     const share = s <= 0 ? 1 : s < MIN_SHARE ? MIN_SHARE : s;
-    const base = cell.othersC + cell.othersR + cell.ackedC + cell.ackedR;
-    return Math.max(0, base + cell.unflushed() / share);
+    return Math.max(0, base + unflushed / share);
+  }
+
+  private cellAt(id: string, windowMs: number, start: number): RedisCell | undefined {
+    const counter = this.counters.get(id);
+    if (counter === undefined || counter.windowMs !== windowMs) return undefined;
+    if (counter.cur?.start === start) return counter.cur;
+    return counter.prev?.start === start ? counter.prev : undefined;
   }
 
   // ------------------------------------------------------------------------------------------------------
