@@ -420,8 +420,8 @@ function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close:
   client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
 }
 
-/** Body-budget bytes a request with a Content-Length reserves at once, and more each time its bytes pass them. */
-const RESERVE_STEP = 256 * 1024;
+/** The least a Content-Length body reserves when its bytes pass what it holds (a page: what its buffer then takes). */
+const RESERVE_MIN = 4096;
 
 function overloaded(): SluiceError {
   return new SluiceError('SLC_OVERLOADED', 'too many request-body bytes in flight; retry shortly', { headers: { 'retry-after': '1' } });
@@ -554,23 +554,15 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
     refuseBody(front, client, styled(front, request.path, tooLarge(gate.maxBodyBytes)), true, true, declared);
     return;
   }
-  if (declared !== undefined) {
-    // Reserved as it arrives past a first slice: a declared length costs the budget nothing until its bytes come,
-    // so a few clients declaring large bodies and sending a byte a second cannot hold it all.
-    const first = Math.min(declared, RESERVE_STEP);
-    if (!front.budget.tryReserve(first)) {
-      metrics?.frontendRejected.inc({ reason: 'overloaded' });
-      refuseBody(front, client, styled(front, request.path, overloaded()), true, hasBody, declared);
-      return;
-    }
-    hold.bytes = first;
-  }
+  // A declared length reserves nothing until its bytes come (BodyReader.data): clients that declare large bodies
+  // and send a byte now and then hold a page each, not the budget (260 of them at 256 KiB each had held all of it).
   readBody(front, client, hold, gate, request, declared);
 }
 
-/** Body bytes are copied once: into a buffer preallocated from Content-Length, or (chunked) into parts. */
+/** Body bytes are copied once into a buffer preallocated from Content-Length (up to PREALLOC_MAX; past it, and for a
+ *  chunked body, into one buffer grown by doubling). */
 function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
-  const reader = new BodyReader(front, client, hold, gate, request, declared === undefined ? undefined : Buffer.allocUnsafe(declared));
+  const reader = new BodyReader(front, client, hold, gate, request, declared);
   front.timeouts.add(reader);
   // Until the body is complete (the pipeline then sets its own): a client gone mid-body frees the body at once.
   client.onAbort(() => reader.gone());
@@ -580,6 +572,9 @@ function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Acce
 
 /** First size of a chunked body's buffer. */
 const CHUNKED_START = 16 * 1024;
+/** A declared body up to this size gets its whole buffer at once; a larger one grows as its bytes come: a buffer of
+ *  the declared size per connection cost a full GC for each (V8 counts it as external memory) before any byte came. */
+const PREALLOC_MAX = 64 * 1024;
 
 /** One request's body as it arrives: the sweeper's Waiting entry and the state of uWS's onData in one object,
  *  rather than closures over a context of their own per request. */
@@ -599,16 +594,19 @@ class BodyReader implements Waiting {
   private readonly hold: BodyHold;
   private readonly gate: Accepted;
   private readonly request: ClientRequest;
-  /** Preallocated from Content-Length; undefined for a chunked body (kept in acc). */
+  /** A Content-Length body: allocated at its length up to PREALLOC_MAX, and grown by doubling past it; undefined for
+   *  a chunked body (kept in acc). */
   private body: Buffer | undefined;
+  private readonly declaredBytes: number;
 
-  constructor(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, body: Buffer | undefined) {
+  constructor(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined) {
     this.front = front;
     this.client = client;
     this.hold = hold;
     this.gate = gate;
     this.request = request;
-    this.body = body;
+    this.declaredBytes = declared ?? 0;
+    this.body = declared === undefined ? undefined : Buffer.allocUnsafe(Math.min(declared, PREALLOC_MAX));
   }
 
   get receiving(): boolean {
@@ -671,14 +669,19 @@ class BodyReader implements Waiting {
     const body = this.body;
     if (body !== undefined) {
       // uWS and the guard frame the body by Content-Length, so neither delivers more than declared. The buffer's
-      // pages become memory as they are written: the budget follows them.
+      // pages become memory as they are written: the budget follows them, doubling (at most twice what came).
       const size = this.size + n;
       if (size > this.hold.bytes) {
-        const more = Math.min(body.length, Math.max(size, this.hold.bytes + RESERVE_STEP)) - this.hold.bytes;
+        const more = Math.min(this.declaredBytes, Math.max(size, 2 * this.hold.bytes, RESERVE_MIN)) - this.hold.bytes;
         if (!front.budget.tryReserve(more)) { this.refuse(overloaded(), this.size, n, isLast); return; }
         this.hold.bytes += more;
       }
-      body.set(chunk, this.size);
+      if (size > body.length) {
+        const grown = Buffer.allocUnsafe(Math.min(this.declaredBytes, Math.max(size, 2 * body.length)));
+        body.copy(grown, 0, 0, this.size);
+        this.body = grown;
+        grown.set(chunk, this.size);
+      } else body.set(chunk, this.size);
       this.size = size;
     } else if (n > 0) {
       const size = this.size += n;
@@ -701,7 +704,8 @@ class BodyReader implements Waiting {
     front.timeouts.delete(this);
     const acc = this.acc;
     this.acc = undefined;
-    const full = body ?? (acc === undefined ? Buffer.alloc(0) : acc.subarray(0, this.size));
+    const b = this.body;
+    const full = b !== undefined ? (b.length === this.size ? b : b.subarray(0, this.size)) : acc === undefined ? Buffer.alloc(0) : acc.subarray(0, this.size);
     run(this.gate, this.request, this.client, full);
   }
 }

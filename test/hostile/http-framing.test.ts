@@ -515,15 +515,17 @@ describe('front-end budgets and timeouts (raw sockets)', () => {
     });
     const socks: Socket[] = [];
     try {
-      // Each declares the whole budget; before, the first held it all and every other POST got 503.
-      for (let i = 0; i < 8; i++) {
+      // Each declares the whole budget. Before, the first held it all and every other POST got 503; later each held
+      // a first slice of 256 KiB, so 32 of them did (a probe: 260 idle uploads locked out every client at the default
+      // budget). Now each holds the page its bytes take.
+      for (let i = 0; i < 40; i++) {
         const s = connect(gw3.handle.port, '127.0.0.1');
         s.on('error', () => undefined);
         socks.push(s);
         s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: ${8 * MiB}\r\n\r\n{"mo`);
       }
       const read = async (): Promise<number> => Number(/^sluice_request_body_bytes_in_flight (\d+)$/m.exec(await (await fetch(`${gw3.adminUrl}/metrics`)).text())?.[1]);
-      await until(async () => (await read()) === 8 * 256 * 1024, 'every slow body holds its first slice');
+      await until(async () => (await read()) === 40 * 4096, 'every slow body holds a page');
       const r = await exchange(gw3.handle.port, post(), { responses: 1 });
       assert.equal(r.responses[0]?.status, 200);
     } finally {
