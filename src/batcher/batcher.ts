@@ -50,6 +50,8 @@ export class Batcher<T extends Batchable> {
   private scheduled = false;
   /** The last write failed: immediate mode leaves retries to the timer rather than spin on a failing sink. */
   private lastFailed = false;
+  /** expedite() was called while a batch was in flight: the next batch goes as soon as that one is done. */
+  private urgent = false;
 
   constructor(sink: BatchSink<T>, opts: BatcherOptions) {
     this.sink = sink;
@@ -80,6 +82,14 @@ export class Batcher<T extends Batchable> {
     this.dirty.add(item);
     if (this.running !== undefined || this.scheduled) return;
     if (this.dirty.size >= this.opts.maxBatchKeys || (this.opts.immediate === true && !this.lastFailed)) this.schedule();
+  }
+
+  /** Write what is dirty on the next turn of the event loop, as immediate mode does, this once (not while writes
+   *  fail: the timer retries them). */
+  expedite(): void {
+    if (this.lastFailed || this.cancelTimer === undefined) return;
+    if (this.running !== undefined) this.urgent = true;
+    else if (!this.scheduled) this.schedule();
   }
 
   /**
@@ -149,7 +159,8 @@ export class Batcher<T extends Batchable> {
       this.lastFailed = !ok;
       if (ok) this.sink.room?.();
       // Items marked while this batch was in flight: a full batch, or (immediate) anything after a success.
-      const more = this.dirty.size >= this.opts.maxBatchKeys || (this.opts.immediate === true && ok && this.dirty.size > 0);
+      const more = this.dirty.size >= this.opts.maxBatchKeys || ((this.opts.immediate === true || this.urgent) && ok && this.dirty.size > 0);
+      this.urgent = false;
       if (more && !this.scheduled) this.schedule();
       return ok;
     });

@@ -507,6 +507,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       // A value no upstream can produce (non-finite, negative, beyond any context) is charged as the estimate.
       cell.ownC += this.guard.amount(actual[i] ?? 0, e.reserved, 'settle');
       this.batcher.mark(cell);
+      this.expediteNearLimit(cell);
     }
   }
 
@@ -517,6 +518,22 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       e.cell.holds--;
       e.cell.ownR = Math.max(0, e.cell.ownR - e.reserved);
       this.batcher.mark(e.cell);
+      this.expediteNearLimit(e.cell);
+    }
+  }
+
+  /**
+   * A reservation Redis holds for this process was released near the limit: written on the next turn rather than
+   * at the next tick, or for up to a flush interval every other replica's admission counted it (requests taking
+   * turns between two replicas got 429 with most of a small limit left).
+   */
+  private expediteNearLimit(cell: RedisCell): void {
+    if (cell.ackedR <= cell.ownR + cell.admittingR) return;
+    const counter = cell.counter;
+    const prev = this.prevCell(counter, cell);
+    const remaining = counter.limit - this.usedOf(cell, prev, Date.now());
+    if (remaining < counter.rate * (this.intervalMs + this.flushLatencyMs) * this.syncSafety + Math.max(counter.maxAmount, counter.maxAmountPrev)) {
+      this.batcher.expedite();
     }
   }
 
@@ -1192,8 +1209,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     if (dt < RATE_MIN_SAMPLE_MS) return;
     const grew = Math.max(0, total - counter.rateTotal);
     const sample = grew / dt;
-    // Fast attack, slow decay: a burst counts at once, a lull only gradually.
-    counter.rate = counter.rateKnown ? Math.max(sample, counter.rate * (1 - RATE_ALPHA) + sample * RATE_ALPHA) : sample;
+    // Fast attack, slow decay: a burst counts at once, a lull only gradually. A spent window is no lull: its growth
+    // is what the limit let through, not what was asked; decayed there, the rate let every replica trust its own
+    // view at the next window's start and admit most of the limit alone (3 replicas: up to 2.1× a 2 s window).
+    const spent = total + Math.max(1, counter.maxAmount) >= counter.limit;
+    counter.rate = !counter.rateKnown ? sample
+      : spent ? Math.max(sample, counter.rate)
+      : Math.max(sample, counter.rate * (1 - RATE_ALPHA) + sample * RATE_ALPHA);
     counter.rateKnown = true;
     if (grew > 0) {
       const mine = Math.min(1, Math.max(0, (own - counter.rateOwn) / grew));
@@ -1222,6 +1244,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     // Threads' admissions never reach counterFor: their use is seen here, for the key cap's LRU order.
     c.counter.usedAt = this.clock.now();
     this.batcher.mark(c);
+    if (dR < 0) this.expediteNearLimit(c);
   }
 
   /**

@@ -171,6 +171,7 @@ export class LedgerQuotaStore implements QuotaStore {
     if (g === undefined) return;
     const entries = g.entries;
     const n = entries.length;
+    let near = false;
     if (n > this.amounts.length) this.grow(n);
     // A value no upstream can produce is charged as the estimate (guard), decided before the lock.
     const ks = this.kscratch;
@@ -191,8 +192,23 @@ export class LedgerQuotaStore implements QuotaStore {
       f[o + F_TC] += this.amounts[i]!;
       f[o + F_HOLDS] -= 1;
       t.markDirtyLocked(e.cell);
+      near ||= this.nearLimitLocked(o, e.counter.limit);
     }
     t.unlock();
+    if (near) this.poke();
+  }
+
+  /** Within the backend's margin of the limit: other replicas' admissions are decided by Redis, where this
+   *  reservation counts until the backend writes it released. */
+  private nearLimitLocked(o: number, limit: number): boolean {
+    const f = this.f;
+    return limit - (f[o + F_BASE_C]! + f[o + F_BASE_R]! + f[o + F_TC]! + f[o + F_TR]!) < f[o + F_LIMIT_MARGIN]!;
+  }
+
+  /** The main thread folds the slots in and writes them now rather than at its next poll and flush interval
+   *  (requests taking turns between two replicas got 429 while a released reservation waited). */
+  private poke(): void {
+    void this.ask({ kind: 'flush', store: this.storeKey }).catch(() => undefined);
   }
 
   release(grant: Grant): void {
@@ -200,6 +216,7 @@ export class LedgerQuotaStore implements QuotaStore {
     if (g === undefined) return;
     const entries = g.entries;
     const ks = this.kscratch;
+    let near = false;
     for (let i = 0; i < entries.length; i++) ks[i] = this.keyOf(entries[i]!.counter);
     const t = this.table;
     const f = this.f;
@@ -212,8 +229,10 @@ export class LedgerQuotaStore implements QuotaStore {
       f[o + F_TR] = Math.max(0, f[o + F_TR]! - e.reserved);
       f[o + F_HOLDS] -= 1;
       t.markDirtyLocked(e.cell);
+      near ||= this.nearLimitLocked(o, e.counter.limit);
     }
     t.unlock();
+    if (near) this.poke();
   }
 
   peek(counter: CounterSpec, now: number): CounterView {
