@@ -140,9 +140,12 @@ class RedisCell implements Batchable, LedgerCell {
   ackedR = 0;
   /** Clock time of the last acknowledged write (a live reservation renews its lease well before it ends). */
   ackedAt = Number.NEGATIVE_INFINITY;
-  /** Others' consumed and live reserved, as of the newest applied reply. */
+  /** Others' consumed and live reserved, as of the newest applied reply. Others' consumed never shrinks in a window:
+   *  a reply with less (Redis lost data and the total is being rebuilt) does not lower it. */
   othersC = 0;
   othersR = 0;
+  /** The largest consumed total Redis has answered for the window: sent with every write as the window's floor. */
+  seenC = 0;
   /** Send sequence of the reply the totals come from; an older reply (from another lane) is ignored. */
   appliedSeq = 0;
   /** Grants issued on this cell not yet settled or released (the cell must not be evicted meanwhile). */
@@ -906,7 +909,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     cell.admittingR += amount;
     const seq = ++this.sendSeq;
     const keys = prev === undefined ? [cell.keyC, cell.keyR] : [cell.keyC, cell.keyR, prev.keyC, prev.keyR];
-    const cmd: PortCommand = ['evalsha', WRITE_SHA, keys.length, ...keys, cell.field, seq, sentC, sentR, this.leaseMs, ttlSeconds(cell, nowMs), amount, cell.counter.limit, weight, cell.ackedC];
+    const cmd: PortCommand = ['evalsha', WRITE_SHA, keys.length, ...keys, cell.field, seq, sentC, sentR, this.leaseMs, ttlSeconds(cell, nowMs), amount, cell.counter.limit, weight, cell.ackedC, cell.seenC, prev?.seenC ?? 0];
     this.m.cmdSync.inc();
     return this.lanes.send(this.laneOf(cell), () => this.shared.port.exec([cmd]), (out): AdmissionReply => {
       cell.admittingR -= amount;
@@ -924,7 +927,8 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       const perf = this.clock.now();
       this.apply(cell, seq, reply, { c: sentC, r: sentR + (reply.admitted ? amount : 0) }, perf);
       if (prev !== undefined && this.fresher(prev, seq)) {
-        prev.othersC = Math.max(0, reply.prevC - prev.ackedC);
+        prev.othersC = Math.max(prev.othersC, reply.prevC - prev.ackedC);
+        if (reply.prevC > prev.seenC) prev.seenC = reply.prevC;
         prev.othersR = Math.max(0, reply.prevR - prev.ackedR);
         prev.known = true;
         this.reconciled(prev, perf);
@@ -961,8 +965,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       // The cell may have become evictable.
       this.evictRetryAt = Number.NEGATIVE_INFINITY;
     }
-    cell.othersC = Math.max(0, reply.c - reply.storedC);
+    cell.othersC = Math.max(cell.othersC, reply.c - reply.storedC);
     cell.othersR = reply.othersR;
+    if (reply.c > cell.seenC) cell.seenC = reply.c;
     cell.known = true;
     this.reconciled(cell, perf);
   }
@@ -1083,7 +1088,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       }
       if (write) {
         const sent = { c: cell.ownC, r: cell.ownR + cell.admittingR };
-        const index = g.cmds.push(['evalsha', WRITE_SHA, 2, cell.keyC, cell.keyR, cell.field, seq, sent.c, sent.r, this.leaseMs, ttlSeconds(cell, nowMs), 0, 0, 0, cell.ackedC]) - 1;
+        const index = g.cmds.push(['evalsha', WRITE_SHA, 2, cell.keyC, cell.keyR, cell.field, seq, sent.c, sent.r, this.leaseMs, ttlSeconds(cell, nowMs), 0, 0, 0, cell.ackedC, cell.seenC, 0]) - 1;
         g.ops.push({ cell, index, sent });
       } else {
         const index = g.cmds.push(['evalsha', READ_SHA, 2, cell.keyC, cell.keyR, cell.field]) - 1;

@@ -3,7 +3,9 @@
 //   …:c   consumed total (string, integer)
 //   …:r   holders hash: one field per process, "<seq>:<consumed>:<reserved>:<lease expiry ms>", and
 //         `_c_from_holders` once a write made the total from the holders then present (its first write of the
-//         window, or a rebuild after the total was lost)
+//         window, or a rebuild after the total was lost), and `_floor`, the largest total a process had seen
+//         before a loss left Redis with less (consumption never shrinks in a window: decisions and replies use
+//         the larger of the two until the processes' rewrites bring the total back past it)
 //
 // A process writes its own absolute state (consumed and reserved in the window) with a sequence number;
 // the script applies it only when the sequence is newer than the stored one, adds the growth of the
@@ -31,14 +33,16 @@ local function total(key)
   return n
 end
 -- One pass over a holders hash: the field 'id' (seq, consumed, reserved; seq -1 when absent), the sum of the
--- other fields' live reservations, the sum of their consumed, and whether the total was made from the holders.
+-- other fields' live reservations, the sum of their consumed, whether the total was made from the holders, and
+-- the floor a process set after a loss (0 when none).
 -- 'clean' zeroes the reservation of expired fields (their consumed stays: it keeps a late write of that process
 -- idempotent).
 local function scan(key, id, now, clean)
-  local oseq, oc, orr, sum, sumC, made = -1, 0, 0, 0, 0, false
+  local oseq, oc, orr, sum, sumC, made, floor = -1, 0, 0, 0, 0, false, 0
   local all = redis.call('HGETALL', key)
   for i = 1, #all, 2 do
     if all[i] == '_c_from_holders' then made = true
+    elseif all[i] == '_floor' then floor = tonumber(all[i + 1]) or 0
     else
       local s, c, r, e = parse(all[i + 1])
       if all[i] == id then oseq, oc, orr = s, c, r
@@ -51,14 +55,15 @@ local function scan(key, id, now, clean)
       end
     end
   end
-  return oseq, oc, orr, sum, sumC, made
+  return oseq, oc, orr, sum, sumC, made, floor
 end
 `;
 
 /**
  * KEYS: c, r of the window [, c, r of the previous window (sliding admission)].
  * ARGV: field (process), seq, own consumed, own reserved, lease ms, ttl s, amount to admit (0: plain write),
- *       limit, weight of the previous window, own consumed Redis last acknowledged.
+ *       limit, weight of the previous window, own consumed Redis last acknowledged, the largest consumed total
+ *       this process has seen in the window and in the previous one (floors: see the key layout above).
  * A lost key is recovered from the other: a total that is not there is made from the holders' consumed (and the
  * hash marked `_c_from_holders`: a holder written later is not in it); a holders hash that is gone while the
  * total stayed makes each process add only its growth since its last acknowledged write (without that, every
@@ -75,14 +80,17 @@ local id, seq = ARGV[1], tonumber(ARGV[2])
 local ownC, ownR = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, ttl, amount = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local acked = tonumber(ARGV[10] or '0')
+local floor, pfloor = tonumber(ARGV[11] or '0') or 0, tonumber(ARGV[12] or '0') or 0
 local now = nowMs()
-local oseq, oc, orr, rest, othersC, made = scan(KEYS[2], id, now, true)
+local oseq, oc, orr, rest, othersC, made, sfloor = scan(KEYS[2], id, now, true)
 local pc, pr = 0, 0
 if KEYS[3] then
-  local _, _, _, all, allC = scan(KEYS[4], '', now, false)
+  local _, _, _, all, allC, _, spf = scan(KEYS[4], '', now, false)
   pc = total(KEYS[3])
   if type(pc) == 'table' then return pc end
   if pc == false then pc = allC end
+  if spf > pc then pc = spf end
+  if pfloor > pc then pc = pfloor end
   pr = all
 end
 local c = total(KEYS[1])
@@ -105,6 +113,16 @@ if seq > oseq then
   end
 elseif c == false then
   c = othersC + oc
+end
+-- A total below what a process saw before (a flush, a restart without persistence, an eviction) is lost usage,
+-- not usage that never was: it counts as the floor until the rewrites bring it back.
+if sfloor > c then c = sfloor end
+if floor > c then
+  c = floor
+  if seq > oseq then
+    redis.call('HSET', KEYS[2], '_floor', floor)
+    redis.call('EXPIRE', KEYS[2], ttl, 'NX')
+  end
 end
 if seq > oseq then
   if amount > 0 and c + rest + ownR + (pc + pr) * tonumber(ARGV[9]) < tonumber(ARGV[8]) then
@@ -130,8 +148,9 @@ ${PARSE}
 local now = nowMs()
 local c = total(KEYS[1])
 if type(c) == 'table' then return c end
-local oseq, oc, orr, rest, othersC = scan(KEYS[2], ARGV[1], now, false)
+local oseq, oc, orr, rest, othersC, _, sfloor = scan(KEYS[2], ARGV[1], now, false)
 if c == false then c = othersC + oc end
+if sfloor > c then c = sfloor end
 return {c, rest, oseq, oc, orr, 0, 0, 0}
 `;
 
