@@ -581,7 +581,7 @@ export class Gateway implements RequestSink {
       // header is the hop's). The answer was produced upstream, so, as a 2xx that broke off, it is not sent to
       // another instance and the prompt is charged.
       up.abort();
-      log.warn('upstream answer compressed despite accept-encoding: identity', { route: route.id, instance: inst.name, coding: coding.slice(0, 40) });
+      this.warnAbout('upstream answer compressed despite accept-encoding: identity', route.id, inst.name, { coding: coding.slice(0, 40) });
       await this.chargeCut(ctx, EMPTY_BODY, 'upstream_broken');
       this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', 'the upstream answered with a content or transfer coding Sluice cannot meter (it asks for identity)'));
       return 'done';
@@ -599,7 +599,7 @@ export class Gateway implements RequestSink {
       // Still coming after upstream_body_timeout_ms (an upstream trickling bytes, each within the idle time): 504,
       // charged the prompt plus the text received, as a broken 2xx answer is.
       if (late !== undefined && ok && !res.aborted && !ctx.cut) {
-        log.warn('upstream answer not complete in time', { route: route.id, instance: inst.name, timeout_ms: bodyMs });
+        this.warnAbout('upstream answer not complete in time', route.id, inst.name, { timeout_ms: bodyMs });
         await this.chargeCut(ctx, late, 'upstream_broken');
         this.answerError(ctx, new SluiceError('SLC_UPSTREAM_TIMEOUT', `the upstream answer did not complete within ${bodyMs} ms`));
         return 'done';
@@ -624,12 +624,12 @@ export class Gateway implements RequestSink {
       if (f.message === ANSWERS_OVER_BUDGET) {
         // Every buffered answer in flight together reached limits.max_inflight_answer_bytes: this one is cut (503,
         // retry shortly), charged as a broken answer: produced upstream, so not sent to another instance.
-        log.warn('buffered answers in flight over limits.max_inflight_answer_bytes: answer cut', { route: route.id, instance: inst.name });
+        this.warnAbout('buffered answers in flight over limits.max_inflight_answer_bytes: answer cut', route.id, inst.name, {});
         await this.chargeCut(ctx, up.partial(), 'overloaded');
         this.answerError(ctx, overBudget());
         return 'done';
       }
-      log.warn('upstream answer broke off', { route: route.id, instance: inst.name, err });
+      this.warnAbout('upstream answer broke off', route.id, inst.name, { err });
       await this.chargeCut(ctx, up.partial(), 'upstream_broken');
       // Silent past the idle timeout: a timeout (504), as one past the body timeout is, though charged as broken off.
       if (f.kind === 'timeout') {
@@ -700,7 +700,7 @@ export class Gateway implements RequestSink {
   /** A 2xx answer that cannot be translated: 502, charged as a 2xx that broke off (produced upstream, so not sent to
    *  another instance): the prompt plus its bytes counted, within the request's completion cap. */
   private async relayUnusable(ctx: Exchange, inst: CompiledInstance, buf: Buffer, why: string): Promise<void> {
-    log.warn('upstream 2xx answer unusable (not the provider\'s JSON, or an error object)', { route: ctx.route.id, instance: inst.name, why: why.slice(0, 200) });
+    this.warnAbout('upstream 2xx answer unusable (not the provider\'s JSON, or an error object)', ctx.route.id, inst.name, { why: why.slice(0, 200) });
     await this.chargeCut(ctx, buf, 'upstream_broken');
     this.answerError(ctx, new SluiceError('SLC_UPSTREAM_ERROR', why));
   }
@@ -791,7 +791,7 @@ export class Gateway implements RequestSink {
     } catch (err) {
       // Cut after its last event (the upstream kept the connection open, or broke it then): the answer is whole.
       broken = !res.aborted && !ctx.cut && meter.complete !== true;
-      if (broken) log.warn('upstream stream broke off', { route: ctx.route.id, instance: inst.name, err });
+      if (broken) this.warnAbout('upstream stream broke off', ctx.route.id, inst.name, { err });
     }
     // A client gone, or a stream cut here (the codec threw on bytes it cannot read): the upstream's rest is not read.
     if (res.aborted || broken) up.abort();
@@ -806,7 +806,7 @@ export class Gateway implements RequestSink {
     if (truncated) {
       broken = true;
       status = 502;
-      log.warn('upstream stream ended before its last event', { route: ctx.route.id, instance: inst.name });
+      this.warnAbout('upstream stream ended before its last event', ctx.route.id, inst.name, {});
     }
     if (ctx.metered && plain !== undefined) {
       await this.settlePlain(ctx, inst, plain, status === 200 && plainBytes <= MAX_CUT_TEXT);
@@ -927,13 +927,19 @@ export class Gateway implements RequestSink {
   /** An upstream that could not be reached or answered in time (connect refused, timeout, reset): a 502/504 or a
    *  fallback, counted in sluice_upstream_attempts_total and logged at most once per interval per instance, kind. */
   private attemptFailed(route: string, instance: string, f: UpstreamFailure): void {
-    const key = `${route}\0${instance}\0${f.kind}`;
+    this.warnAbout('upstream attempt failed', route, instance, { kind: f.kind, error: f.message.slice(0, 200) }, f.kind);
+  }
+
+  /** A warning about an instance's answers, at most once per interval per message, route, instance (and `sub`): an
+   *  upstream that breaks answers every request the same way. The next line says how many were left out. */
+  private warnAbout(msg: string, route: string, instance: string, fields: Record<string, unknown>, sub = ''): void {
+    const key = `${msg}\0${route}\0${instance}\0${sub}`;
     const now = Date.now();
     const seen = this.failureLogged.get(key);
     if (seen !== undefined && now - seen.at < USAGE_LOG_EVERY_MS) { seen.suppressed++; return; }
-    // Keys are bounded by the config (routes × instances × kinds); a reload's old ones age out here.
+    // Keys are bounded by the config (routes × instances × messages and kinds); a reload's old ones age out here.
     if (this.failureLogged.size >= MAX_FAILURE_LOG_KEYS) this.failureLogged.clear();
-    log.warn('upstream attempt failed', { route, instance, kind: f.kind, error: f.message.slice(0, 200), suppressed: seen?.suppressed ?? 0 });
+    log.warn(msg, { route, instance, ...fields, suppressed: seen?.suppressed ?? 0 });
     this.failureLogged.set(key, { at: now, suppressed: 0 });
   }
 
