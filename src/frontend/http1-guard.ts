@@ -369,6 +369,8 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
   private closing = false;
   private clientEnded = false;
   private pausedHold = false;
+  /** whenFlushed callbacks waiting for the client to take what was written. */
+  private flushed: (() => void)[] | undefined = undefined;
   liveOwner: object | undefined = undefined;
   livePrev: GuardConn | undefined = undefined;
   liveNext: GuardConn | undefined = undefined;
@@ -383,6 +385,7 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     client.on('close', () => this.destroy());
     client.on('drain', () => {
       this.cur?.drained();
+      if (this.flushed !== undefined && this.client.writableLength === 0) this.runFlushed();
       if (this.drainSince !== 0) {
         this.drainSince = 0;
         this.headSince = performance.now();
@@ -597,6 +600,19 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     this.destroy();
   }
 
+  /** ResponseWire: runs `cb` when the client's socket holds nothing more for the kernel, or is gone. */
+  whenFlushed(cb: () => void): void {
+    if (this.client.writableLength === 0 || this.client.destroyed) { cb(); return; }
+    (this.flushed ??= []).push(cb);
+  }
+
+  private runFlushed(): void {
+    const f = this.flushed;
+    if (f === undefined) return;
+    this.flushed = undefined;
+    for (const cb of f) cb();
+  }
+
   /** Hands the request-body bytes at the start of d to the request being served; returns how many bytes of d the
    *  body used, or -1 after a refusal. */
   private forwardBody(d: Buffer): number {
@@ -690,6 +706,7 @@ class GuardConn implements ResponseWire, LiveEntry<GuardConn> {
     const cur = this.cur;
     this.cur = undefined;
     cur?.abort();
+    this.runFlushed();
   }
 }
 

@@ -14,6 +14,8 @@ export interface ResponseWire {
   answered(close: boolean): void;
   /** Drop the connection at once (a stream that cannot complete, a client that takes nothing). */
   cut(): void;
+  /** `cb` runs once the socket has handed every byte written to the kernel, or the connection is gone. */
+  whenFlushed(cb: () => void): void;
 }
 
 /** Whole answers and streamed chunks up to this size leave in one buffer: a corked pair takes node's writev path. */
@@ -189,6 +191,14 @@ export class NetResponse extends BaseResponse {
     this.finish();
     this.wakeDrainers();
     this.wire.cut();
+  }
+
+  unsent(): boolean {
+    return this.wire.socket.writableLength > 0;
+  }
+
+  onSent(cb: () => void): void {
+    this.wire.whenFlushed(cb);
   }
 
   /** The connection is gone (client closed, reset or cut) before the answer was complete. */

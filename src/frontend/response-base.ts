@@ -59,6 +59,10 @@ export abstract class BaseResponse implements ClientResponse {
   abstract destroy(): void;
   /** Close the connection of a client that took nothing for the send timeout; its abort follows. */
   protected abstract cutOff(): void;
+  /** Bytes of a whole answer sent still wait in the transport for the client (it reads slowly). */
+  abstract unsent(): boolean;
+  /** `cb` runs once, when the transport has handed the whole answer to the kernel or the client is gone. */
+  abstract onSent(cb: () => void): void;
   /** The first writer started waiting: ask the transport to say when the client can take more. */
   protected watchWritable(): void { /* the transport calls wakeDrainers on its own event */ }
 

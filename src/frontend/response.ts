@@ -73,13 +73,33 @@ export class UwsResponse extends BaseResponse {
   private readonly res: HttpResponse;
   /** The body of a whole answer uWS has not taken all of yet (respond() with tryEnd). */
   private rest: Buffer | undefined = undefined;
+  private sentCb: (() => void) | undefined = undefined;
 
   /** `onFinish` runs exactly once, when the response is complete or the client has gone. `sendTimeoutMs` (> 0):
    *  a client that takes nothing of a pending answer for this long is cut off. */
   constructor(res: HttpResponse, head = false, onFinish?: () => void, sendTimeoutMs = 0) {
     super(head, onFinish, sendTimeoutMs);
     this.res = res;
-    res.onAborted(() => this.aborting());
+    res.onAborted(() => {
+      this.aborting();
+      this.sent();
+    });
+  }
+
+  unsent(): boolean {
+    return this.rest !== undefined && !this.aborted;
+  }
+
+  onSent(cb: () => void): void {
+    if (!this.unsent()) cb();
+    else this.sentCb = cb;
+  }
+
+  private sent(): void {
+    const cb = this.sentCb;
+    if (cb === undefined) return;
+    this.sentCb = undefined;
+    cb();
   }
 
   /** The request body as uWS delivers it (each chunk valid only during the call). */
@@ -133,7 +153,10 @@ export class UwsResponse extends BaseResponse {
       c.chunk = rest.subarray(offset);
       try {
         this.res.cork(UwsResponse.corkedRest);
-        if (c.wholeDone) this.rest = undefined;
+        if (c.wholeDone) {
+          this.rest = undefined;
+          this.sent();
+        }
         return c.ok;
       } finally {
         c.release();

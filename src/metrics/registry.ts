@@ -147,7 +147,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       name: 'sluice_request_body_bytes_in_flight', help: 'Request-body bytes held by the front end (budget: limits.max_inflight_body_bytes).', registers,
     }),
     answerBytesInFlight: plainGauge({
-      name: 'sluice_upstream_answer_bytes_in_flight', help: 'Bytes of buffered upstream answers held while they arrive (budget: limits.max_inflight_answer_bytes).', registers,
+      name: 'sluice_upstream_answer_bytes_in_flight', help: 'Bytes of buffered upstream answers held while they arrive and until their clients have taken them (budget: limits.max_inflight_answer_bytes).', registers,
     }),
     frontendRejected: new Counter({
       name: 'sluice_frontend_rejected_total', help: 'Requests the front end answered itself before the pipeline, by reason.',

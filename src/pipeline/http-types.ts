@@ -34,6 +34,10 @@ export interface ClientResponse {
   write(chunk: Uint8Array): boolean;
   /** Resolves when the client can take more data (or has gone). */
   drain(): Promise<void>;
+  /** Bytes of a whole answer sent still wait in the transport for the client (it reads slowly). */
+  unsent(): boolean;
+  /** `cb` runs once, when the transport has handed the whole answer to the kernel or the client is gone. */
+  onSent(cb: () => void): void;
   /** Finish a streamed response, optionally with a last chunk. */
   end(chunk?: Uint8Array): void;
   /** Drop the connection (a stream that cannot be completed properly). */

@@ -75,6 +75,16 @@ export class UpstreamClient {
     this.budget = budget;
   }
 
+  /** An answer sent whole to a client that has not taken it yet (it reads slowly): its bytes count in the answer
+   *  budget until it has. False when the budget is full (the answer goes anyway: it was produced and charged). */
+  holdUnsent(n: number): boolean {
+    return this.budget !== undefined && this.budget.tryReserve(n);
+  }
+
+  releaseUnsent(n: number): void {
+    this.budget?.release(n);
+  }
+
   /** A reload's timeouts: requests sent from now on use them (a connection being opened keeps its deadline). */
   setTimeouts(timeouts: UpstreamTimeouts): void {
     this.timeouts = timeouts;

@@ -1,0 +1,78 @@
+// A buffered answer sent whole to a client that reads slowly stays in memory until the client has taken it. Before,
+// limits.max_inflight_answer_bytes counted an answer only while it arrived: ten clients reading a 65 MB answer a chunk
+// every 2 s held 1.2 GB outside any bound (a probe). The budget now counts an answer's bytes until the transport has
+// handed them all to the kernel, or the client is gone. Guard on and off (the guard's sockets and uWS's own buffer).
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { startScriptedUpstream, chatAnswer, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
+
+const MB = 1_000_000;
+const TEXT = 'x'.repeat(20 * MB);
+
+async function answerBytesInFlight(gw: TestGateway): Promise<number> {
+  return Number(/^sluice_upstream_answer_bytes_in_flight (\d+)$/m.exec(await (await fetch(`${gw.adminUrl}/metrics`)).text())?.[1]);
+}
+
+async function until(what: string, cond: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (!(await cond())) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+for (const guard of [true, false]) {
+  describe(`a whole answer a client does not read (http1_guard ${guard})`, () => {
+    let up: ScriptedUpstream;
+    let gw: TestGateway;
+    before(async () => {
+      up = await startScriptedUpstream((_req, s) => { s.write(chatAnswer(TEXT, { prompt_tokens: 5, completion_tokens: 100, total_tokens: 105 })); });
+      gw = await startGateway({
+        listen: { host: '127.0.0.1', port: 0, http1_guard: guard },
+        routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('u', up.url)] } } }],
+      });
+    });
+    after(async () => {
+      await gw?.close();
+      await up?.close();
+    });
+
+    it('counts in the answer budget until the client takes it or goes', async () => {
+      const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] });
+      let s: Socket | undefined;
+      try {
+        s = connect(gw.handle.port, '127.0.0.1');
+        s.on('error', () => undefined);
+        s.pause();
+        s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        // The kernel's socket buffers take a few MB of the 20 MB answer; the rest waits in the gateway.
+        await until('the unread answer to be counted', async () => (await answerBytesInFlight(gw)) >= 10 * MB);
+        await sleep(200);
+        assert.ok((await answerBytesInFlight(gw)) >= 10 * MB, 'still counted while the client reads nothing');
+      } finally {
+        s?.destroy();
+      }
+      await until('the budget to be released when the client goes', async () => (await answerBytesInFlight(gw)) === 0);
+    });
+
+    it('a client that reads it all releases it', async () => {
+      const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] });
+      const got = await new Promise<number>((resolve, reject) => {
+        const s = connect(gw.handle.port, '127.0.0.1');
+        let n = 0;
+        s.setTimeout(60_000, () => s.destroy(new Error('no answer in 60 s')));
+        s.on('data', (d: Buffer) => {
+          n += d.length;
+          if (n > TEXT.length) { s.destroy(); resolve(n); }
+        });
+        s.on('error', reject);
+        s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      });
+      assert.ok(got > TEXT.length);
+      await until('the budget to be released', async () => (await answerBytesInFlight(gw)) === 0);
+    });
+  });
+}
