@@ -903,11 +903,10 @@ export class Gateway implements RequestSink {
       const again = ctx.body.length >= ctx.snap.config.tokens.offload_bytes ? await this.deps.pool.prepare(ctx.body, opts) : prepareCall(ctx.body, opts);
       if (again.ok) prepared = again;
     }
-    let completion = alreadyCounted + await this.countCompletion(ctx, text);
-    const inst = ctx.served;
-    // A scaled count is capped at what the upstream was allowed to produce: it cannot have produced more.
-    if (inst !== undefined && inst.outputScale > 1) completion = Math.min(completion, this.ceilingOf(ctx) ?? Infinity);
-    completion = Math.min(completion, cap);
+    // Capped at what the request let the upstream produce (n × max_tokens, when known: it bills no more), whatever the
+    // provider: text past it is an upstream ignoring the request (a probe's 30 MB answer reporting 5 was charged 15 M
+    // on an OpenAI instance, while the same lie through a translated provider's scaled count was capped).
+    const completion = Math.min(alreadyCounted + await this.countCompletion(ctx, text), this.ceilingOf(ctx) ?? Infinity, cap);
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
   }
 

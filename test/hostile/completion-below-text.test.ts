@@ -1,6 +1,7 @@
 // A believed usage whose completion is far too small for the text it came with (more than 32 characters a token):
 // the text is counted and the larger completion charged, buffered and streamed, chat and Responses. A report that
-// fits its text is charged as reported, uncounted.
+// fits its text is charged as reported, uncounted. The count is capped at what the request let the upstream
+// produce (n × max_tokens).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
@@ -79,6 +80,12 @@ describe('a completion report far below its text', () => {
       assert.equal(await inconsistent(), rejected + 1);
       assert.equal(await send(path, body('short')), 13, 'a report that fits its text is charged as it came');
       assert.equal(await inconsistent(), rejected + 1);
+    });
+
+    it(`${name}: the counted text is charged no more than the request let the upstream produce`, { timeout: 60_000 }, async () => {
+      // Before, only a scaled count (a translated provider's) was capped: this one charged ~20,000.
+      const limit = path === '/v1/responses' ? { max_output_tokens: 50 } : { max_tokens: 50 };
+      assert.equal(await send(path, { ...body('long'), ...limit }), 10 + 50);
     });
   }
 });
