@@ -11,6 +11,13 @@ export const TOKENS_REPLY_PRIMING = 3;
 export const TOKENS_PER_NAME = 1;
 /** Flat charge per image part until image sizes are taken into account (a low-detail image is 85 tokens). */
 export const TOKENS_PER_IMAGE = 85;
+/** Inline file or audio data (base64) counts one token per 4 characters: a bound, not a tokenization. */
+const INLINE_DATA_CHARS_PER_TOKEN = 4;
+
+/** Inline (base64) file or audio data of a prompt. */
+export function addInlineData(parts: PromptParts, data: unknown): void {
+  if (typeof data === 'string') parts.fixed += Math.ceil(data.length / INLINE_DATA_CHARS_PER_TOKEN);
+}
 
 /**
  * Tokens of `text` as ordinary text (`<|endoftext|>` and friends are plain characters: user content must never
@@ -146,8 +153,18 @@ function addContent(parts: PromptParts, content: unknown): void {
     if (!isObject(part)) continue;
     const type = part.type;
     if (type === 'image_url' || type === 'image' || type === 'input_image') { parts.fixed += TOKENS_PER_IMAGE; continue; }
+    if (type === 'input_audio') { addInlineData(parts, isObject(part.input_audio) ? part.input_audio.data : part.data); continue; }
+    if (type === 'file') {
+      const file = isObject(part.file) ? part.file : part;
+      if (typeof file.filename === 'string') parts.texts.push(file.filename);
+      if (typeof file.file_data === 'string') addInlineData(parts, file.file_data);
+      else parts.fixed += TOKENS_PER_IMAGE;
+      continue;
+    }
     if (typeof part.text === 'string') parts.texts.push(part.text);
     else if (typeof part.refusal === 'string') parts.texts.push(part.refusal);
+    // A part of a type this does not know is counted as its JSON: an upper bound of what it can carry.
+    else addJson(parts, part);
   }
 }
 
@@ -157,10 +174,11 @@ function addJson(parts: PromptParts, value: unknown): void {
 }
 
 /**
- * Prompt of a chat request: 3 per message + role, name (+1), content text, tool calls, plus 3 for the reply
- * priming, plus the JSON text of `tools` / `functions` when given.
+ * Prompt of a chat request: 3 per message + role, name (+1), content text, refusal, tool calls, plus 3 for the reply
+ * priming, plus the JSON text of `tools` / `functions` and of a `json_schema` response format, and a prediction's
+ * content, when given.
  */
-export function chatPromptParts(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown): PromptParts {
+export function chatPromptParts(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown, responseFormat?: unknown, prediction?: unknown): PromptParts {
   const parts: PromptParts = { fixed: TOKENS_REPLY_PRIMING, texts: [] };
   for (const m of messages) {
     parts.fixed += TOKENS_PER_MESSAGE;
@@ -174,9 +192,12 @@ export function chatPromptParts(messages: readonly unknown[], enc: TokenEncoding
     if (m.tool_calls !== undefined) addJson(parts, m.tool_calls);
     if (m.function_call !== undefined) addJson(parts, m.function_call);
     if (typeof m.tool_call_id === 'string') parts.texts.push(m.tool_call_id);
+    if (typeof m.refusal === 'string') parts.texts.push(m.refusal);
   }
   addJson(parts, tools);
   addJson(parts, functions);
+  if (isObject(responseFormat) && responseFormat.type === 'json_schema') addJson(parts, responseFormat.json_schema);
+  if (isObject(prediction)) addContent(parts, prediction.content);
   return parts;
 }
 
@@ -207,8 +228,8 @@ export function promptCountJob(parts: PromptParts, enc: TokenEncoding): CountJob
   return job;
 }
 
-export function countChatPrompt(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown): number {
-  return countPromptParts(chatPromptParts(messages, enc, tools, functions), enc);
+export function countChatPrompt(messages: readonly unknown[], enc: TokenEncoding, tools?: unknown, functions?: unknown, responseFormat?: unknown, prediction?: unknown): number {
+  return countPromptParts(chatPromptParts(messages, enc, tools, functions, responseFormat, prediction), enc);
 }
 
 export function countCompletionPrompt(prompt: unknown, enc: TokenEncoding): number {

@@ -151,3 +151,25 @@ test('CountCache stays within its character budget and keeps what is used: a hit
   c.clear();
   assert.equal(c.size, 0);
 });
+
+test('chat prompt: a json_schema response format, a prediction, audio and file parts, refusals and unknown parts count', () => {
+  const enc = 'o200k_base' as const;
+  const base = [{ role: 'user', content: 'hi' }];
+  const plain = countChatPrompt(base, enc);
+  const schema = { name: 's', schema: { type: 'object', properties: Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`field_${i}`, { type: 'string', description: `the value number ${i}` }])) } };
+  const withSchema = countChatPrompt(base, enc, undefined, undefined, { type: 'json_schema', json_schema: schema });
+  assert.ok(withSchema - plain >= countText(JSON.stringify(schema), enc) - 5, `schema counted: ${withSchema - plain}`);
+  assert.equal(countChatPrompt(base, enc, undefined, undefined, { type: 'json_object' }), plain, 'no schema, nothing added');
+  const predicted = 'the predicted output '.repeat(200);
+  assert.ok(countChatPrompt(base, enc, undefined, undefined, undefined, { type: 'content', content: predicted }) - plain >= countText(predicted, enc));
+  assert.ok(countChatPrompt(base, enc, undefined, undefined, undefined, { type: 'content', content: [{ type: 'text', text: predicted }] }) - plain >= countText(predicted, enc));
+  const audio = [{ role: 'user', content: [{ type: 'input_audio', input_audio: { data: 'A'.repeat(40_000), format: 'wav' } }] }];
+  assert.ok(countChatPrompt(audio, enc) >= 10_000, 'audio data, one token per 4 base64 characters');
+  const file = [{ role: 'user', content: [{ type: 'file', file: { filename: 'a.pdf', file_data: 'B'.repeat(8_000) } }] }];
+  assert.ok(countChatPrompt(file, enc) >= 2_000, 'inline file data');
+  assert.ok(countChatPrompt([{ role: 'user', content: [{ type: 'file', file: { file_id: 'file-1' } }] }], enc) >= TOKENS_PER_IMAGE, 'a file by id');
+  const refusal = 'I cannot help with that request. '.repeat(50);
+  assert.ok(countChatPrompt([...base, { role: 'assistant', content: null, refusal }], enc) - plain >= countText(refusal, enc));
+  const odd = [{ role: 'user', content: [{ type: 'future_part', payload: 'word '.repeat(500) }] }];
+  assert.ok(countChatPrompt(odd, enc) >= 500, 'a part of an unknown type counts as its JSON');
+});

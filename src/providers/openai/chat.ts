@@ -96,7 +96,7 @@ function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): Parse
     for (let i = 0; i < messages.length; i++) {
       if (!isJsonObject(messages[i])) return fail('SLC_BAD_REQUEST', `messages[${i}] must be an object`, 'messages');
     }
-    if (count) parts = chatPromptParts(messages, enc, obj.tools, obj.functions);
+    if (count) parts = chatPromptParts(messages, enc, obj.tools, obj.functions, obj.response_format, obj.prediction);
   } else {
     const prompt = obj.prompt;
     if (prompt === undefined || prompt === null) return fail('SLC_BAD_REQUEST', 'prompt is required', 'prompt');

@@ -10,7 +10,7 @@
 // earlier turns it stores, `item_reference` items and stored `prompt` templates are expanded upstream, and
 // built-in tools (web or file search) add their results as input. The prompt counted is what the client sent;
 // settlement charges the upstream's own usage, so only admission near a limit is affected.
-import { TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, type PromptParts } from '../../tokens/count.ts';
+import { TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, addInlineData, type PromptParts } from '../../tokens/count.ts';
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation } from '../../tokens/limits.ts';
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
@@ -23,15 +23,8 @@ import { openAiErrorBody } from './chat.ts';
 
 type Obj = Record<string, unknown>;
 
-/** Inline file or audio data (base64) counts one token per 4 characters: a bound, not a tokenization. */
-const INLINE_DATA_CHARS_PER_TOKEN = 4;
-
 // ---------------------------------------------------------------------------------------------------------
 // Request
-
-function inlineData(parts: PromptParts, data: unknown): void {
-  if (typeof data === 'string') parts.fixed += Math.ceil(data.length / INLINE_DATA_CHARS_PER_TOKEN);
-}
 
 function addJson(parts: PromptParts, value: unknown): void {
   if (value !== undefined && value !== null) parts.texts.push(JSON.stringify(value));
@@ -50,11 +43,11 @@ function addContent(parts: PromptParts, content: unknown): void {
         break;
       case 'input_file':
         if (typeof part.filename === 'string') parts.texts.push(part.filename);
-        if (typeof part.file_data === 'string') inlineData(parts, part.file_data);
+        if (typeof part.file_data === 'string') addInlineData(parts, part.file_data);
         else parts.fixed += TOKENS_PER_IMAGE;
         break;
       case 'input_audio':
-        inlineData(parts, isJsonObject(part.input_audio) ? part.input_audio.data : part.data);
+        addInlineData(parts, isJsonObject(part.input_audio) ? part.input_audio.data : part.data);
         break;
       default:
         if (typeof part.text === 'string') parts.texts.push(part.text);
