@@ -303,8 +303,10 @@ function readConsumers(sec: Section, routeInstances: ReadonlySet<string>): { con
   const keys = new Map<string, number>();
   list.forEach((value, i) => {
     const path = childPath(sec.p('consumers'), i);
-    const c = Section.open(sec.is, path, value, ['username', 'plugins']);
+    const c = Section.open(sec.is, path, value, ['username', 'plugins', 'credentials']);
     if (c === undefined) return;
+    // API7/APISIX 3 create a consumer's key as a separate credential object; a standalone config writes it inline.
+    if (c.written('credentials')) c.is.add(c.p('credentials'), 'is not read: write the key in the consumer\'s own plugins (plugins: { key-auth: { key: … } })');
     let username = c.str('username', { required: true });
     if (username !== undefined && !USERNAME.test(username)) {
       c.is.add(c.p('username'), "must contain only letters, digits, '_' and '-'");

@@ -4,7 +4,7 @@
 import { costExprIdentifiers, KNOWN_USAGE_FIELDS } from '../rules/cost-expr.ts';
 import { templateVars } from '../rules/template.ts';
 import { headerOfVar } from '../rules/request-vars.ts';
-import type { AiProxyConfig, AiRateLimitingConfig, SluiceConfig } from './types.ts';
+import type { AiProxyConfig, AiRateLimitingConfig, SluiceConfig, TokenRuleItem } from './types.ts';
 import { childPath, type ConfigIssue } from './issues.ts';
 
 function costExprWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIssue[]): void {
@@ -57,6 +57,14 @@ function windowWarnings(cfg: AiRateLimitingConfig, path: string, out: ConfigIssu
   cfg.instances.forEach((inst, i) => check(inst.time_window, childPath(childPath(childPath(path, 'instances'), i), 'time_window')));
   cfg.rules.forEach((r, i) => check(r.time_window, childPath(childPath(childPath(path, 'rules'), i), 'time_window')));
   (cfg.model_limits ?? []).forEach((m, i) => check(m.time_window, childPath(childPath(childPath(path, 'model_limits'), i), 'time_window')));
+}
+
+/** A rule key naming no variable (`x_subscription_id` for `${http_x_subscription_id}`): one counter for everybody. */
+function constantRuleKeys(cfg: AiRateLimitingConfig, path: string, out: ConfigIssue[]): void {
+  cfg.rules.forEach((r, i) => {
+    if (r.key === '' || namedVars(r.key).length > 0) return;
+    out.push({ path: childPath(childPath(childPath(path, 'rules'), i), 'key'), message: 'names no request variable: every request shares this rule\'s one counter (a per-caller key is a template such as ${http_x_subscription_id} or ${consumer_name})' });
+  });
 }
 
 /** `${NAME}` (a shell's, or APISIX's docs' placeholder) or `$env://NAME` in another case: sent as written. */
@@ -167,6 +175,18 @@ function consumerInstancesUnlimited(config: SluiceConfig, out: ConfigIssue[]): v
   });
 }
 
+/** An IP rule that reads a header (Higress `from-header-x-forwarded-for`) with no trusted proxy: Sluice believes the
+ *  header only from a peer in trusted_proxies, so every request would be keyed by its connection's address. */
+function ipFromHeaderUntrusted(items: readonly TokenRuleItem[], path: string, out: ConfigIssue[]): void {
+  items.forEach((item, j) => {
+    if (item.by !== 'ip' || !item.name.startsWith('from-header-')) return;
+    out.push({
+      path: childPath(path, j),
+      message: `reads the client address from ${item.name.slice('from-header-'.length)}, which is believed only from a peer in trusted_proxies, and trusted_proxies is empty: every request is keyed by its connection's address (list the proxies that set the header)`,
+    });
+  });
+}
+
 export function configWarnings(config: SluiceConfig): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   const perKeyOnRedis: string[] = [];
@@ -182,10 +202,12 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     if (arl !== undefined) {
       costExprWarnings(arl, childPath(path, 'ai-rate-limiting'), out);
       windowWarnings(arl, childPath(path, 'ai-rate-limiting'), out);
+      constantRuleKeys(arl, childPath(path, 'ai-rate-limiting'), out);
       if (arl.redis !== undefined && arl.rules.length > 0) perKeyOnRedis.push(childPath(path, 'ai-rate-limiting.rules'));
     }
     const atr = r.plugins['ai-token-ratelimit'];
     if (atr?.redis !== undefined && atr.rule_items.length > 0) perKeyOnRedis.push(childPath(path, 'ai-token-ratelimit.rule_items'));
+    if (atr !== undefined && config.trusted_proxies.length === 0) ipFromHeaderUntrusted(atr.rule_items, childPath(path, 'ai-token-ratelimit.rule_items'), out);
     if (atr !== undefined && atr.redis === undefined) {
       // Higress requires redis; a config carried over without it (or with it misspelt away) counts per process.
       out.push({ path: childPath(path, 'ai-token-ratelimit'), message: "has no redis: its counters are this process's own, so each gateway replica grants the whole quota (add redis to share it)" });
@@ -201,6 +223,7 @@ export function configWarnings(config: SluiceConfig): ConfigIssue[] {
     const path = `consumers[${i}].plugins.ai-rate-limiting`;
     costExprWarnings(arl, path, out);
     windowWarnings(arl, path, out);
+    constantRuleKeys(arl, path, out);
     if (arl.redis !== undefined && arl.rules.length > 0) perKeyOnRedis.push(childPath(path, 'rules'));
   });
   if (config.key_hash_secret === undefined && perKeyOnRedis.length > 0) {

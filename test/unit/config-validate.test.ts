@@ -825,3 +825,9 @@ test('two quotas of one route that would write the same X-AI-<label>-RateLimit-*
   }
   assert.doesNotThrow(() => validateConfig(route({ 'ai-rate-limiting': { rules: [rule('r1')] }, 'ai-token-ratelimit': { ...tr('r1'), show_limit_quota_header: false } })));
 });
+
+test('a consumer written with the Admin API\'s separate credentials object says where its key goes', () => {
+  assert.throws(() => validateConfig({ consumers: [{ username: 'jane', credentials: [{ plugins: { 'key-auth': { key: 'k' } } }] }] }, {}),
+    (err: unknown) => err instanceof ConfigError && err.issues.length === 1 && err.issues[0]!.path === 'consumers[0].credentials'
+      && /plugins: \{ key-auth/.test(err.issues[0]!.message));
+});

@@ -191,3 +191,23 @@ test('with the guard off, a key-auth header or a limit_by_header name uWS cannot
   assert.match(off[0]!.message, /"x_api_key"/);
   assert.deepEqual(configWarnings(validateConfig(raw(true), {})).filter((w) => /uWS/.test(w.message)), []);
 });
+
+test('a rule key naming no variable is a warning: every caller shares its one counter', () => {
+  const w = configWarnings(validateConfig(routeWith({ 'ai-rate-limiting': { rules: [
+    { key: 'x_subscription_id', count: 10, time_window: 60 }, { key: '${http_x_user}', count: 10, time_window: 60 },
+  ] } }), {}));
+  assert.deepEqual(w.map((x) => x.path), ['routes[0].plugins.ai-rate-limiting.rules[0].key']);
+  assert.match(w[0]!.message, /every request shares/);
+});
+
+test('a Higress per-IP rule reading a header with no trusted_proxies is a warning; with them, none', () => {
+  const atr = { 'ai-token-ratelimit': { rule_name: 'r', rule_items: [
+    { limit_by_per_ip: 'from-header-x-forwarded-for', limit_keys: [{ key: '0.0.0.0/0', token_per_day: 1000 }] },
+    { limit_by_per_ip: 'from-remote-addr', limit_keys: [{ key: '0.0.0.0/0', token_per_day: 1000 }] },
+  ] } };
+  const w = configWarnings(validateConfig(routeWith(atr), {})).filter((x) => x.path.includes('rule_items'));
+  assert.deepEqual(w.map((x) => x.path), ['routes[0].plugins.ai-token-ratelimit.rule_items[0]']);
+  assert.match(w[0]!.message, /trusted_proxies is empty/);
+  const trusted = configWarnings(validateConfig({ ...routeWith(atr), trusted_proxies: ['127.0.0.1'] }, {}));
+  assert.deepEqual(trusted.filter((x) => x.path.includes('rule_items')), []);
+});
