@@ -194,7 +194,9 @@ export class NetResponse extends BaseResponse {
   }
 
   unsent(): boolean {
-    return this.wire.socket.writableLength > 0;
+    // What the socket holds past its high-water mark: a 'drain' then says when it was taken. Less than that (a small
+    // answer the kernel could not take at once) is bounded per connection, and no 'drain' would come for it.
+    return this.wire.socket.writableNeedDrain;
   }
 
   onSent(cb: () => void): void {

@@ -420,7 +420,7 @@ function refuseBody(front: Front, client: BaseResponse, err: SluiceError, close:
   client.onData((chunk, isLast) => r.feed(chunk.byteLength, isLast));
 }
 
-/** The least a Content-Length body reserves when its bytes pass what it holds (a page: what its buffer then takes). */
+/** The least a body's buffer takes (a page), unless its declared length is less. */
 const RESERVE_MIN = 4096;
 
 function overloaded(): SluiceError {
@@ -559,8 +559,7 @@ function admit(front: Front, client: BaseResponse, hold: BodyHold, request: Clie
   readBody(front, client, hold, gate, request, declared);
 }
 
-/** Body bytes are copied once into a buffer preallocated from Content-Length (up to PREALLOC_MAX; past it, and for a
- *  chunked body, into one buffer grown by doubling). */
+/** Body bytes are copied into one buffer grown by doubling as they come (a body that comes in one read: once). */
 function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined): void {
   const reader = new BodyReader(front, client, hold, gate, request, declared);
   front.timeouts.add(reader);
@@ -570,11 +569,6 @@ function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Acce
   client.onData((chunk, isLast) => reader.data(chunk, isLast));
 }
 
-/** First size of a chunked body's buffer. */
-const CHUNKED_START = 16 * 1024;
-/** A declared body up to this size gets its whole buffer at once; a larger one grows as its bytes come: a buffer of
- *  the declared size per connection cost a full GC for each (V8 counts it as external memory) before any byte came. */
-const PREALLOC_MAX = 64 * 1024;
 
 /** One request's body as it arrives: the sweeper's Waiting entry and the state of uWS's onData in one object,
  *  rather than closures over a context of their own per request. */
@@ -583,9 +577,13 @@ class BodyReader implements Waiting {
   liveOwner: object | undefined = undefined;
   livePrev: Waiting | undefined = undefined;
   liveNext: Waiting | undefined = undefined;
-  /** A chunked body's bytes so far, in one buffer grown by doubling: a Buffer per chunk cost ~100 bytes of heap per
-   *  1-byte chunk (a probe's 8 MB body of 1-byte chunks took 1.1 GB, and eight of them exhausted the heap). */
-  private acc: Buffer | undefined = undefined;
+  /**
+   * The body's bytes so far, in one buffer grown by doubling (at least a page, at most the declared length or the
+   * limit), which the body budget holds whole: the budget is the memory. A Buffer per chunk had cost ~100 bytes of
+   * heap per 1-byte chunk (a probe's 8 MB body of 1-byte chunks took 1.1 GB); a buffer of the declared length at
+   * once cost a full GC each (V8 counts it as external memory), and idle uploads held more than the budget said.
+   */
+  private buf: Buffer | undefined = undefined;
   private size = 0;
   private failed = false;
   private refuser: Refuser | undefined = undefined;
@@ -594,9 +592,7 @@ class BodyReader implements Waiting {
   private readonly hold: BodyHold;
   private readonly gate: Accepted;
   private readonly request: ClientRequest;
-  /** A Content-Length body: allocated at its length up to PREALLOC_MAX, and grown by doubling past it; undefined for
-   *  a chunked body (kept in acc). */
-  private body: Buffer | undefined;
+  /** Content-Length; -1 for a chunked body. */
   private readonly declaredBytes: number;
 
   constructor(front: Front, client: BaseResponse, hold: BodyHold, gate: Accepted, request: ClientRequest, declared: number | undefined) {
@@ -605,8 +601,7 @@ class BodyReader implements Waiting {
     this.hold = hold;
     this.gate = gate;
     this.request = request;
-    this.declaredBytes = declared ?? 0;
-    this.body = declared === undefined ? undefined : Buffer.allocUnsafe(Math.min(declared, PREALLOC_MAX));
+    this.declaredBytes = declared ?? -1;
   }
 
   get receiving(): boolean {
@@ -617,8 +612,7 @@ class BodyReader implements Waiting {
    *  expired it (a client aborting large uploads held memory past the budget, which its finish had released). */
   gone(): void {
     this.failed = true;
-    this.acc = undefined;
-    this.body = undefined;
+    this.buf = undefined;
     this.front.timeouts.delete(this);
     this.refuser?.gone();
   }
@@ -635,7 +629,7 @@ class BodyReader implements Waiting {
   /** Refused before the rest of the body is read: answered now, and the connection closed. */
   private failNow(reason: string, err: SluiceError): void {
     this.failed = true;
-    this.acc = undefined;
+    this.buf = undefined;
     this.front.timeouts.delete(this);
     this.front.metrics?.frontendRejected.inc({ reason });
     answer(this.client, styled(this.front, this.request.path, err), true);
@@ -649,7 +643,7 @@ class BodyReader implements Waiting {
     this.failed = true;
     front.timeouts.delete(this);
     front.metrics?.frontendRejected.inc({ reason: err.code === 'SLC_OVERLOADED' ? 'overloaded' : 'body_too_large' });
-    this.acc = undefined;
+    this.buf = undefined;
     this.refuser = new Refuser(front, this.client, err, true, already);
     this.refuser.feed(n, isLast);
   }
@@ -666,46 +660,29 @@ class BodyReader implements Waiting {
     if (this.refuser !== undefined) { this.refuser.feed(n, isLast); return; }
     if (this.failed || this.client.aborted) { front.timeouts.delete(this); return; }
     this.lastActivity = performance.now();
-    const body = this.body;
-    if (body !== undefined) {
-      // uWS and the guard frame the body by Content-Length, so neither delivers more than declared. The buffer's
-      // pages become memory as they are written: the budget follows them, doubling (at most twice what came).
+    if (n > 0) {
+      // uWS and the guard frame a Content-Length body by it: neither delivers more than declared.
       const size = this.size + n;
-      if (size > this.hold.bytes) {
-        const more = Math.min(this.declaredBytes, Math.max(size, 2 * this.hold.bytes, RESERVE_MIN)) - this.hold.bytes;
-        if (!front.budget.tryReserve(more)) { this.refuse(overloaded(), this.size, n, isLast); return; }
-        this.hold.bytes += more;
+      let buf = this.buf;
+      if (buf === undefined || size > buf.length) {
+        const max = this.gate.maxBodyBytes;
+        if (size > max) { this.refuse(tooLarge(max), this.size, n, isLast); return; }
+        const len = Math.min(this.declaredBytes >= 0 ? this.declaredBytes : max, Math.max(size, 2 * (buf?.length ?? 0), RESERVE_MIN));
+        if (!front.budget.tryReserve(len - this.hold.bytes)) { this.refuse(overloaded(), this.size, n, isLast); return; }
+        this.hold.bytes = len;
+        const grown = Buffer.allocUnsafe(len);
+        if (buf !== undefined) buf.copy(grown, 0, 0, this.size);
+        this.buf = buf = grown;
       }
-      if (size > body.length) {
-        const grown = Buffer.allocUnsafe(Math.min(this.declaredBytes, Math.max(size, 2 * body.length)));
-        body.copy(grown, 0, 0, this.size);
-        this.body = grown;
-        grown.set(chunk, this.size);
-      } else body.set(chunk, this.size);
+      // A copy: uWS reuses its chunk's memory, the guard its held input.
+      buf.set(chunk, this.size);
       this.size = size;
-    } else if (n > 0) {
-      const size = this.size += n;
-      const gate = this.gate;
-      let err: SluiceError | undefined;
-      if (size > gate.maxBodyBytes) err = tooLarge(gate.maxBodyBytes);
-      else if (!front.budget.tryReserve(n)) err = overloaded();
-      if (err !== undefined) { this.refuse(err, size - n, n, isLast); return; }
-      this.hold.bytes += n;
-      // A copy: uWS reuses its chunk's memory, the guard its held input. At most twice the body, and the limit.
-      let acc = this.acc;
-      if (acc === undefined || size > acc.length) {
-        const grown = Buffer.allocUnsafe(Math.min(gate.maxBodyBytes, Math.max(CHUNKED_START, size, (acc?.length ?? 0) * 2)));
-        if (acc !== undefined) acc.copy(grown, 0, 0, size - n);
-        acc = this.acc = grown;
-      }
-      acc.set(chunk, size - n);
     }
     if (!isLast) return;
     front.timeouts.delete(this);
-    const acc = this.acc;
-    this.acc = undefined;
-    const b = this.body;
-    const full = b !== undefined ? (b.length === this.size ? b : b.subarray(0, this.size)) : acc === undefined ? Buffer.alloc(0) : acc.subarray(0, this.size);
+    const b = this.buf;
+    this.buf = undefined;
+    const full = b === undefined ? Buffer.alloc(0) : b.length === this.size ? b : b.subarray(0, this.size);
     run(this.gate, this.request, this.client, full);
   }
 }

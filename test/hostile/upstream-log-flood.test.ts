@@ -3,6 +3,7 @@
 // warning now comes at most once per interval per route and instance, the next one saying how many were left out.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { setLogLevel } from '../../src/core/log.ts';
 import { startGateway, mockInstance, post, type TestGateway } from '../helpers/gateway.ts';
 import { startScriptedUpstream, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
@@ -42,6 +43,9 @@ describe('warnings about a broken upstream', () => {
       return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
     }) as typeof process.stderr.write;
     const statuses: number[] = [];
+    // The suite runs with SLUICE_LOG=silent.
+    setLogLevel('warn');
+    const started = Date.now();
     try {
       for (const mode of ['html', 'gzip']) {
         for (let i = 0; i < N; i++) {
@@ -51,7 +55,10 @@ describe('warnings about a broken upstream', () => {
       }
     } finally {
       process.stderr.write = write;
+      setLogLevel('silent');
     }
+    // One line per message per 10 s interval: a machine slow enough to take longer gets one more per interval.
+    const allowed = 1 + Math.floor((Date.now() - started) / 10_000);
     assert.deepEqual([...new Set(statuses)], [502], 'each broken answer is a 502');
     const perMessage = new Map<string, number>();
     for (const l of lines.join('').split('\n')) {
@@ -59,7 +66,8 @@ describe('warnings about a broken upstream', () => {
       const msg = (JSON.parse(l) as { msg: string }).msg;
       perMessage.set(msg, (perMessage.get(msg) ?? 0) + 1);
     }
-    assert.equal(perMessage.get('upstream 2xx answer unusable (not the provider\'s JSON, or an error object)'), 1, lines.join(''));
-    for (const [msg, n] of perMessage) assert.equal(n, 1, `"${msg}" logged ${n} times`);
+    const unusable = perMessage.get('upstream 2xx answer unusable (not the provider\'s JSON, or an error object)') ?? 0;
+    assert.ok(unusable >= 1 && unusable <= allowed, lines.join(''));
+    for (const [msg, n] of perMessage) assert.ok(n <= allowed, `"${msg}" logged ${n} times`);
   });
 });

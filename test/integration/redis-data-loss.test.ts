@@ -22,6 +22,54 @@ describe('Redis loses a spent window while three replicas keep asking', () => {
   before(async () => { redis = await startRedis(); });
   after(async () => { await redis?.stop(); });
 
+  it('a replica whose field was lost sees the floor, then its own usage once, not twice', async () => {
+    if (!redis.running) await redis.restart();
+    const slow = { batching: { flush_interval_ms: 60_000, max_batch_keys: 1000, max_pending_keys: 100_000 } };
+    const a = redisStore(standaloneTarget(redis), slow).store;
+    const b = redisStore(standaloneTarget(redis), slow).store;
+    const counter: CounterSpec = { id: `own-${randomBytes(3).toString('hex')}`, limit: 1_200, windowMs: 3_600_000, sliding: false };
+    const now = Date.now();
+    const take = async (s: RedisQuotaStore, n: number): Promise<void> => {
+      const p = s.acquire([{ counter, amount: n }], now);
+      const r = p instanceof Promise ? await p : p;
+      assert.ok(r.ok);
+      s.settle(r, [n]);
+      await s.flush();
+    };
+    try {
+      assert.ok(await a.ready(10_000));
+      assert.ok(await b.ready(10_000));
+      await take(a, 500);
+      await take(b, 500);
+      a.peek(counter, now);
+      await a.flush();
+      await redisCall(redis, ['flushall']);
+      await take(b, 10);
+      // A's cell is clean: its refresh is a read, its field gone; the floor keeps its view at what it saw.
+      a.peek(counter, now);
+      await a.flush();
+      assert.ok(a.peek(counter, now).consumed >= 1_000, 'no view below what was seen');
+      // Once every replica has written again (the epoch check), A counts its own usage once (before a fix it kept
+      // it among the others' too: 1,500, and refused 100 tokens with 190 left).
+      const key = cellKeys(counterTag(counter.id), windowStartOf(now, counter.windowMs)).c;
+      const deadline = Date.now() + 20_000;
+      while (Number(await redisCall(redis, ['get', key]) ?? 0) !== 1_010) {
+        assert.ok(Date.now() < deadline, 'the total is rebuilt');
+        await sleep(100);
+        await a.flush();
+        await b.flush();
+      }
+      a.peek(counter, now);
+      await a.flush();
+      assert.equal(a.peek(counter, now).consumed, 1_010);
+      const p = a.acquire([{ counter, amount: 100 }], now);
+      assert.ok((p instanceof Promise ? await p : p).ok, '100 tokens of the 190 left are admitted');
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   for (const loss of ['flushall', 'restart'] as const) {
     it(`${loss}: nothing more is admitted, and the total comes back`, async () => {
       if (!redis.running) await redis.restart();

@@ -1,7 +1,7 @@
 // A reload during a Redis outage must not hand an allow_degradation quota its whole limit again. A reload that
 // changes a Redis store's options (here its timeout) makes a new store; the retired one still holds the usage
 // it could not write. Before the fix the new store's degraded estimate started from zero: a probe had 1,400
-// tokens admitted against a limit of 280 over four reloads.
+// tokens admitted against a limit of 280 over four reloads (and, changing the username, a review 540).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
@@ -34,7 +34,7 @@ describe('reloads during a Redis outage (allow_degradation)', () => {
   for (const workers of [1, 2]) {
     it(`workers: ${workers}: a new store counts what the retired one could not write`, async () => {
       if (!redis.running) await redis.restart();
-      const version = (timeoutMs: number) => ({
+      const version = (timeoutMs: number, user?: string) => ({
         workers,
         redis_batching: { flush_interval_ms: 20 },
         routes: [{
@@ -43,7 +43,7 @@ describe('reloads during a Redis outage (allow_degradation)', () => {
             'ai-proxy-multi': { instances: [mockInstance('inst', mock.url)] },
             'ai-rate-limiting': {
               policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, redis_database: workers,
-              redis_timeout: timeoutMs, allow_degradation: true, limit: LIMIT, time_window: 3600,
+              redis_timeout: timeoutMs, ...(user === undefined ? {} : { redis_username: user }), allow_degradation: true, limit: LIMIT, time_window: 3600,
             },
           },
         }],
@@ -72,10 +72,10 @@ describe('reloads during a Redis outage (allow_degradation)', () => {
       assert.equal((await post(url, MSG)).status, 429, 'the degraded quota is spent');
       const spentBefore = charged;
 
-      // Four reloads, alternating the store's options (each makes a new store; the second brings back settings
-      // whose store has been retired).
-      for (const timeoutMs of [700, 500, 900, 500]) {
-        h.reload(configOf(version(timeoutMs)));
+      // Six reloads, alternating the store's options (each makes a new store; some bring back settings whose store
+      // has been retired): its timeout, then its username (part of the target's id, not of the dataset).
+      for (const [timeoutMs, user] of [[700, undefined], [500, undefined], [900, undefined], [500, 'default'], [500, undefined], [500, 'default']] as const) {
+        h.reload(configOf(version(timeoutMs, user)));
         await h.threads?.settled();
         await spend();
       }

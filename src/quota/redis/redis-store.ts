@@ -140,8 +140,7 @@ class RedisCell implements Batchable, LedgerCell {
   ackedR = 0;
   /** Clock time of the last acknowledged write (a live reservation renews its lease well before it ends). */
   ackedAt = Number.NEGATIVE_INFINITY;
-  /** Others' consumed and live reserved, as of the newest applied reply. Others' consumed never shrinks in a window:
-   *  a reply with less (Redis lost data and the total is being rebuilt) does not lower it. */
+  /** Others' consumed and live reserved, as of the newest applied reply. */
   othersC = 0;
   othersR = 0;
   /** The largest consumed total Redis has answered for the window: sent with every write as the window's floor. */
@@ -263,6 +262,13 @@ const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, 'half-open': 1,
  * an outage a degraded decision counts both, or every reload would hand the whole limit out again.
  */
 const storesOfTarget = new Map<string, Set<RedisQuotaStore>>();
+
+/** Which Redis data a target names, whatever the credentials and timeouts it reaches it with: its id (mode,
+ *  endpoints, database) without the username. Another spelling of the same server (a host name for its address) is
+ *  another dataset here. */
+function datasetOf(t: RedisTargetConfig): string {
+  return t.id.replace(/^([a-z]+:\/\/)[^@/]*@/, '$1');
+}
 
 export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, LedgerBackend {
   readonly name: string;
@@ -387,9 +393,9 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       clock: this.clock,
     });
     this.shared = acquireRedis(target);
-    this.targetId = target.id;
-    let siblings = storesOfTarget.get(target.id);
-    if (siblings === undefined) storesOfTarget.set(target.id, siblings = new Set());
+    this.targetId = datasetOf(target);
+    let siblings = storesOfTarget.get(this.targetId);
+    if (siblings === undefined) storesOfTarget.set(this.targetId, siblings = new Set());
     siblings.add(this);
     this.siblings = siblings;
     this.unsubscribe = this.shared.subscribe({
@@ -927,7 +933,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       const perf = this.clock.now();
       this.apply(cell, seq, reply, { c: sentC, r: sentR + (reply.admitted ? amount : 0) }, perf);
       if (prev !== undefined && this.fresher(prev, seq)) {
-        prev.othersC = Math.max(prev.othersC, reply.prevC - prev.ackedC);
+        prev.othersC = Math.max(0, reply.prevC - prev.ackedC);
         if (reply.prevC > prev.seenC) prev.seenC = reply.prevC;
         prev.othersR = Math.max(0, reply.prevR - prev.ackedR);
         prev.known = true;
@@ -965,7 +971,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
       // The cell may have become evictable.
       this.evictRetryAt = Number.NEGATIVE_INFINITY;
     }
-    cell.othersC = Math.max(cell.othersC, reply.c - reply.storedC);
+    cell.othersC = Math.max(0, reply.c - reply.storedC);
     cell.othersR = reply.othersR;
     if (reply.c > cell.seenC) cell.seenC = reply.c;
     cell.known = true;
@@ -1091,7 +1097,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
         const index = g.cmds.push(['evalsha', WRITE_SHA, 2, cell.keyC, cell.keyR, cell.field, seq, sent.c, sent.r, this.leaseMs, ttlSeconds(cell, nowMs), 0, 0, 0, cell.ackedC, cell.seenC, 0]) - 1;
         g.ops.push({ cell, index, sent });
       } else {
-        const index = g.cmds.push(['evalsha', READ_SHA, 2, cell.keyC, cell.keyR, cell.field]) - 1;
+        const index = g.cmds.push(['evalsha', READ_SHA, 2, cell.keyC, cell.keyR, cell.field, cell.seenC]) - 1;
         g.ops.push({ cell, index, sent: undefined });
       }
       keys++;

@@ -142,7 +142,8 @@ end
 return {c, rest, oseq, oc, orr, admitted, pc, pr}
 `;
 
-/** Read-only refresh (may run on a replica). KEYS: c, r. ARGV: field. Same reply layout as WRITE_SCRIPT. */
+/** Read-only refresh (may run on a replica). KEYS: c, r. ARGV: field, the largest total this process has seen in
+ *  the window (a floor it does not store). Same reply layout as WRITE_SCRIPT. */
 export const READ_SCRIPT = `#!lua flags=no-writes
 ${PARSE}
 local now = nowMs()
@@ -151,6 +152,8 @@ if type(c) == 'table' then return c end
 local oseq, oc, orr, rest, othersC, _, sfloor = scan(KEYS[2], ARGV[1], now, false)
 if c == false then c = othersC + oc end
 if sfloor > c then c = sfloor end
+local floor = tonumber(ARGV[2] or '0') or 0
+if floor > c then c = floor end
 return {c, rest, oseq, oc, orr, 0, 0, 0}
 `;
 

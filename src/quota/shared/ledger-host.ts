@@ -141,6 +141,12 @@ export class LedgerHost {
       const a = this.stores.get(req.store);
       if (a === undefined || this.closed) return { kind: 'error', code: 'SLC_QUOTA_STORE_UNAVAILABLE', message: 'quota store not available' };
       if (req.kind === 'flush') return await this.flush(a);
+      if (req.kind === 'poke') {
+        // What the pull folds in is written as its backend decides (a Redis store: released reservations near the
+        // limit on the next turn, the rest at its interval).
+        this.poll();
+        return { kind: 'poked' };
+      }
       return await this.acquire(a, req.items, req.now);
     } catch (err) {
       return errorReply(err);

@@ -64,6 +64,7 @@ export class LedgerQuotaStore implements QuotaStore {
   private readonly table: LedgerTable;
   private readonly f: Float64Array;
   private readonly storeKey: string;
+  private poking = false;
   private readonly delegate: Delegate;
   private readonly timeoutMs: number;
   private readonly guard: TokenGuard;
@@ -205,10 +206,13 @@ export class LedgerQuotaStore implements QuotaStore {
     return limit - (f[o + F_BASE_C]! + f[o + F_BASE_R]! + f[o + F_TC]! + f[o + F_TR]!) < f[o + F_LIMIT_MARGIN]!;
   }
 
-  /** The main thread folds the slots in and writes them now rather than at its next poll and flush interval
-   *  (requests taking turns between two replicas got 429 while a released reservation waited). */
+  /** The main thread folds the slots in now rather than at its next poll, and its backend writes what is near a limit
+   *  on its next turn (requests taking turns between two replicas got 429 while a released reservation waited). One
+   *  poke at a time: what changes meanwhile is folded by the host's next poll. */
   private poke(): void {
-    void this.ask({ kind: 'flush', store: this.storeKey }).catch(() => undefined);
+    if (this.poking) return;
+    this.poking = true;
+    void this.ask({ kind: 'poke', store: this.storeKey }).catch(() => undefined).finally(() => { this.poking = false; });
   }
 
   release(grant: Grant): void {

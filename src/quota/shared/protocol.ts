@@ -12,12 +12,15 @@ export interface LedgerItem {
 
 export type LedgerRequest =
   | { kind: 'acquire'; store: string; items: LedgerItem[]; now: number }
-  | { kind: 'flush'; store: string };
+  | { kind: 'flush'; store: string }
+  /** A thread released reservations near a limit: fold the slots into the backends now, not at the next poll. */
+  | { kind: 'poke'; store: string };
 
 export type LedgerReply =
   | { kind: 'granted'; entries: { slot: number; windowStart: number; reserved: number }[] }
   | { kind: 'denied'; denied: number[]; retryAfterMs: number }
   | { kind: 'flushed' }
+  | { kind: 'poked' }
   /** A SluiceError code (SLC_QUOTA_STORE_UNAVAILABLE, SLC_OVERLOADED, ...) and its message. */
   | { kind: 'error'; code: string; message: string };
 
