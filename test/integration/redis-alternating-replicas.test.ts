@@ -5,6 +5,7 @@
 // most of the limit left. A reservation released near the limit is now written on the next turn.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
 import { startGateway, mockInstance, post, type TestGateway } from '../helpers/gateway.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
@@ -35,11 +36,15 @@ describe('two replicas taking turns under a small Redis quota', () => {
           'ai-rate-limiting': { policy: 'redis', redis_host: '127.0.0.1', redis_port: redis.port, redis_database: workers, limit: LIMIT, time_window: 3600 },
         },
       };
-      const pair = [await startGateway({ workers, routes: [route] }), await startGateway({ workers, routes: [route] })];
+      // A second between flushes, and 20 ms between requests: the release must be written early, not by the timer,
+      // and the test does not race the early write.
+      const raw = { workers, redis_batching: { flush_interval_ms: 1_000 }, routes: [route] };
+      const pair = [await startGateway(raw), await startGateway(raw)];
       gws.push(...pair);
       let charged = 0;
       const seen: string[] = [];
       for (let i = 0; i < 20; i++) {
+        if (i > 0) await sleep(20);
         const r = await post(`${pair[i % 2]!.url}/v1/chat/completions`, MSG);
         seen.push(`${r.status}:${r.headers.get('x-ai-ratelimit-remaining-r' + workers) ?? r.headers.get('x-ai-ratelimit-remaining') ?? ''}`);
         if (r.status === 429) break;
