@@ -10,10 +10,18 @@ import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway
 import { startScriptedUpstream, chatAnswer, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 const MB = 1_000_000;
-const TEXT = 'x'.repeat(20 * MB);
+// Larger than what loopback's socket buffers can take while the client reads nothing (4 MB to send, up to 32 MB
+// to receive here: net.ipv4.tcp_wmem, tcp_rmem), within the 64 MiB a buffered answer may have.
+const TEXT = 'x'.repeat(60 * MB);
 
 async function answerBytesInFlight(gw: TestGateway): Promise<number> {
   return Number(/^sluice_upstream_answer_bytes_in_flight (\d+)$/m.exec(await (await fetch(`${gw.adminUrl}/metrics`)).text())?.[1]);
+}
+
+/** Answers recorded (they are recorded when sent): the bytes counted after that are the sent answer's, not the
+ *  arriving one's (a 60 MB answer is also counted while it arrives, then decoded on a worker thread). */
+async function answered(gw: TestGateway): Promise<number> {
+  return Number(/^sluice_http_requests_total\{route="chat",instance="u",status="200"\} (\d+)$/m.exec(await (await fetch(`${gw.adminUrl}/metrics`)).text())?.[1] ?? 0);
 }
 
 async function until(what: string, cond: () => Promise<boolean>): Promise<void> {
@@ -46,15 +54,17 @@ for (const guard of [true, false]) {
     it('counts in the answer budget until the client takes it or goes', async () => {
       const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] });
       let s: Socket | undefined;
+      const before = await answered(gw);
       try {
         s = connect(gw.handle.port, '127.0.0.1');
         s.on('error', () => undefined);
         s.pause();
         s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
-        // The kernel's socket buffers take a few MB of the 20 MB answer; the rest waits in the gateway.
-        await until('the unread answer to be counted', async () => (await answerBytesInFlight(gw)) >= 10 * MB);
+        // The kernel's socket buffers take up to ~36 MB of the 60 MB answer; the rest waits in the gateway.
+        await until('the answer to be sent', async () => (await answered(gw)) > before);
+        await until('the unread answer to be counted', async () => (await answerBytesInFlight(gw)) >= 16 * MB);
         await sleep(200);
-        assert.ok((await answerBytesInFlight(gw)) >= 10 * MB, 'still counted while the client reads nothing');
+        assert.ok((await answerBytesInFlight(gw)) >= 16 * MB, 'still counted while the client reads nothing');
       } finally {
         s?.destroy();
       }
