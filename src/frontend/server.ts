@@ -569,7 +569,6 @@ function readBody(front: Front, client: BaseResponse, hold: BodyHold, gate: Acce
   client.onData((chunk, isLast) => reader.data(chunk, isLast));
 }
 
-
 /** One request's body as it arrives: the sweeper's Waiting entry and the state of uWS's onData in one object,
  *  rather than closures over a context of their own per request. */
 class BodyReader implements Waiting {

@@ -168,7 +168,8 @@ function addContent(parts: PromptParts, content: unknown): void {
   }
 }
 
-function addJson(parts: PromptParts, value: unknown): void {
+/** A JSON value of a prompt (tools, schemas, tool calls), counted as its text. */
+export function addJson(parts: PromptParts, value: unknown): void {
   if (value === undefined || value === null) return;
   parts.texts.push(JSON.stringify(value));
 }

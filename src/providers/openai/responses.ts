@@ -10,7 +10,7 @@
 // earlier turns it stores, `item_reference` items and stored `prompt` templates are expanded upstream, and
 // built-in tools (web or file search) add their results as input. The prompt counted is what the client sent;
 // settlement charges the upstream's own usage, so only admission near a limit is affected.
-import { TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, addInlineData, type PromptParts } from '../../tokens/count.ts';
+import { TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, addInlineData, addJson, type PromptParts } from '../../tokens/count.ts';
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation } from '../../tokens/limits.ts';
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
@@ -25,10 +25,6 @@ type Obj = Record<string, unknown>;
 
 // ---------------------------------------------------------------------------------------------------------
 // Request
-
-function addJson(parts: PromptParts, value: unknown): void {
-  if (value !== undefined && value !== null) parts.texts.push(JSON.stringify(value));
-}
 
 /** A message's or a tool output's content: a string, or parts (input_text, output_text, refusal, image, file, audio). */
 function addContent(parts: PromptParts, content: unknown): void {

@@ -541,9 +541,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     const counter = cell.counter;
     const prev = this.prevCell(counter, cell);
     const remaining = counter.limit - this.usedOf(cell, prev, Date.now());
-    if (remaining < counter.rate * (this.intervalMs + this.flushLatencyMs) * this.syncSafety + Math.max(counter.maxAmount, counter.maxAmountPrev)) {
-      this.batcher.expedite();
-    }
+    if (remaining < this.syncCap(counter, 0) + Math.max(counter.maxAmount, counter.maxAmountPrev)) this.batcher.expedite();
   }
 
   peek(spec: CounterSpec, now: number): CounterView {
@@ -808,9 +806,13 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     if (!cell.known || (prev !== undefined && !prev.known) || !counter.rateKnown) return false;
     const age = perf - cell.seenAt;
     if (age > maxAgeMs) return false;
-    const horizon = this.intervalMs + this.flushLatencyMs + age;
-    const biggest = Math.max(amount, counter.maxAmount, counter.maxAmountPrev);
-    return remaining >= counter.rate * horizon * this.syncSafety + biggest;
+    return remaining >= this.syncCap(counter, age) + Math.max(amount, counter.maxAmount, counter.maxAmountPrev);
+  }
+
+  /** What the other replicas may add, at the counter's global rate, before a view `ageMs` old is reconciled again
+   *  (§2.3's S·G·(I + L + A)): the margin of a local decision. */
+  private syncCap(counter: RedisCounter, ageMs: number): number {
+    return counter.rate * (this.intervalMs + this.flushLatencyMs + ageMs) * this.syncSafety;
   }
 
   private reserveLocally(items: readonly AcquireItem[], cells: readonly RedisCell[]): StoreGrant<RedisCell> {
@@ -1272,8 +1274,7 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
     out[V_BASE_R] = c.reserved() - c.pulledR;
     out[V_PREV_C] = prev === undefined ? 0 : prev.consumed() - prev.pulledC;
     out[V_PREV_R] = prev === undefined ? 0 : prev.reserved() - prev.pulledR;
-    const h = this.intervalMs + this.flushLatencyMs + this.freshViewMs;
-    const cap = counter.rate * h * this.syncSafety;
+    const cap = this.syncCap(counter, this.freshViewMs);
     out[V_CAP_MARGIN] = cap;
     out[V_LIMIT_MARGIN] = cap + Math.max(counter.maxAmount, counter.maxAmountPrev);
     const trustworthy = !this.syncMode && this.shared.breaker.closed && c.known && (prev === undefined || prev.known) && counter.rateKnown;
