@@ -2,6 +2,7 @@
 // from a raw config object in the file's shape, validated exactly as `sluice start` does.
 import { startSluice, type SluiceHandle } from '../../src/app.ts';
 import { validateConfig } from '../../src/config/validate.ts';
+import type { SluiceConfig } from '../../src/config/types.ts';
 
 export interface TestGateway {
   readonly handle: SluiceHandle;
@@ -10,13 +11,13 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
+/** A raw config validated as `sluice start` does, listening (and its admin port) on ephemeral loopback ports. */
+export function testConfig(raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): SluiceConfig {
+  return validateConfig({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...raw }, env);
+}
+
 export async function startGateway(raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): Promise<TestGateway> {
-  const config = validateConfig({
-    listen: { host: '127.0.0.1', port: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    ...raw,
-  }, env);
-  const handle = await startSluice(config, { port: 0, adminPort: 0, defaultMetrics: false });
+  const handle = await startSluice(testConfig(raw, env), { port: 0, adminPort: 0, defaultMetrics: false });
   return {
     handle,
     url: `http://127.0.0.1:${handle.port}`,
@@ -42,6 +43,11 @@ export async function post(url: string, body: unknown, headers: Record<string, s
   let parsed: unknown;
   try { parsed = JSON.parse(text); } catch { parsed = undefined; }
   return { status: r.status, headers: r.headers, body: parsed, text };
+}
+
+/** A route `chat` serving /v1/chat/completions from one mock instance. */
+export function chatRoute(instance: string, upstreamUrl: string): Record<string, unknown> {
+  return { id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance(instance, upstreamUrl)] } } };
 }
 
 /**

@@ -6,7 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startGateway, mockInstance, type TestGateway } from '../helpers/gateway.ts';
+import { startGateway, chatRoute, type TestGateway } from '../helpers/gateway.ts';
 import { startScriptedUpstream, chatAnswer, type ScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 const MB = 1_000_000;
@@ -43,7 +43,7 @@ for (const guard of [true, false]) {
       });
       gw = await startGateway({
         listen: { host: '127.0.0.1', port: 0, http1_guard: guard },
-        routes: [{ id: 'chat', uri: '/v1/chat/completions', plugins: { 'ai-proxy-multi': { instances: [mockInstance('u', up.url)] } } }],
+        routes: [chatRoute('u', up.url)],
       });
     });
     after(async () => {

@@ -5,17 +5,13 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
-import { validateConfig } from '../../src/config/validate.ts';
 import { startSluice, type SluiceHandle } from '../../src/app.ts';
-import { mockInstance, post } from '../helpers/gateway.ts';
+import { mockInstance, post, testConfig } from '../helpers/gateway.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 
 const MSG = { model: 'm', messages: [{ role: 'user', content: 'Count to ten please' }], max_tokens: 20 };
 const LIMIT = 280;
 
-function configOf(raw: Record<string, unknown>) {
-  return validateConfig({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...raw }, {});
-}
 
 describe('reloads during a Redis outage (allow_degradation)', () => {
   let mock: MockUpstream;
@@ -48,7 +44,7 @@ describe('reloads during a Redis outage (allow_degradation)', () => {
           },
         }],
       });
-      const h = await startSluice(configOf(version(500)), { port: 0, adminPort: 0, defaultMetrics: false });
+      const h = await startSluice(testConfig(version(500)), { port: 0, adminPort: 0, defaultMetrics: false });
       handles.push(h);
       const url = `http://127.0.0.1:${h.port}/q/v1/chat/completions`;
       // One answer while Redis is up: the counter is known, then Redis goes away.
@@ -75,7 +71,7 @@ describe('reloads during a Redis outage (allow_degradation)', () => {
       // Six reloads, alternating the store's options (each makes a new store; some bring back settings whose store
       // has been retired): its timeout, then its username (part of the target's id, not of the dataset).
       for (const [timeoutMs, user] of [[700, undefined], [500, undefined], [900, undefined], [500, 'default'], [500, undefined], [500, 'default']] as const) {
-        h.reload(configOf(version(timeoutMs, user)));
+        h.reload(testConfig(version(timeoutMs, user)));
         await h.threads?.settled();
         await spend();
       }

@@ -8,9 +8,8 @@ import assert from 'node:assert/strict';
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { startMockUpstream, type MockUpstream } from '../../src/mock/server.ts';
-import { validateConfig } from '../../src/config/validate.ts';
 import { startSluice, type SluiceHandle, type StartOptions } from '../../src/app.ts';
-import { mockInstance, post } from '../helpers/gateway.ts';
+import { mockInstance, post, testConfig } from '../helpers/gateway.ts';
 import { eventually } from '../helpers/metrics.ts';
 import { startRedis, type RedisServerHandle } from '../helpers/redis-topology.ts';
 import type { MetricsJson } from '../../src/metrics/aggregate.ts';
@@ -23,12 +22,9 @@ function proxy(mockUrl: string) {
   return { 'ai-proxy-multi': { instances: [mockInstance('inst', mockUrl)] } };
 }
 
-function configOf(raw: Record<string, unknown>) {
-  return validateConfig({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...raw }, {});
-}
 
 function start(raw: Record<string, unknown>, opts: StartOptions = {}): Promise<SluiceHandle> {
-  return startSluice(configOf(raw), { port: 0, adminPort: 0, defaultMetrics: false, ...opts });
+  return startSluice(testConfig(raw), { port: 0, adminPort: 0, defaultMetrics: false, ...opts });
 }
 
 async function scrape(h: SluiceHandle): Promise<string> {
@@ -66,7 +62,7 @@ describe('serving threads: a config swap answered after its timeout', () => {
     // Both threads are busy well past the swap's timeout, then take the swap anyway (it waited in their queue).
     gw.threads!.stall(0, 2_000);
     gw.threads!.stall(1, 2_000);
-    gw.reload(configOf(v1));
+    gw.reload(testConfig(v1));
     await gw.threads!.settled();
     // Answered after the stall, behind the late 'swapped' and 'retired' messages: the main thread has seen them.
     await gw.threads!.perThreadMetrics();
@@ -138,7 +134,7 @@ describe('serving threads: a late thread\'s version outlives a later reload whil
     const h = gw;
     // Thread 1 takes version 1 (the only one with the Redis store) after the swap's timeout; thread 0 in time.
     h.threads!.stall(1, 2_000);
-    h.reload(configOf({ ...v0, routes: [free, q2] }));
+    h.reload(testConfig({ ...v0, routes: [free, q2] }));
     await h.threads!.settled();
     await h.threads!.perThreadMetrics();
     const inFlight = async (): Promise<number[]> => (await h.threads!.perThreadMetrics()).map((j) => gaugeOf(j, 'sluice_requests_in_flight'));
@@ -162,7 +158,7 @@ describe('serving threads: a late thread\'s version outlives a later reload whil
       }
     }
     // Version 2 drops the route: thread 0 retires version 1 at once, thread 1 only when its request ends.
-    h.reload(configOf(v0));
+    h.reload(testConfig(v0));
     await h.threads!.settled();
     await eventually('thread 0 has no request left', async () => (await inFlight())[0] === 0, 60_000);
     await eventually('the held request reached the upstream', async () => release.has(heldContent), 60_000);
@@ -220,7 +216,7 @@ describe('quota store metrics after a reload drops the store', () => {
         const l = storeLabels(await scrape(gw));
         return l.has('standalone-0') && l.has('standalone-1');
       });
-      gw.reload(configOf({ ...raw, routes: [b] }));
+      gw.reload(testConfig({ ...raw, routes: [b] }));
       await gw.threads?.settled();
       await eventually('the dropped store\'s series are gone', async () => !storeLabels(await scrape(gw)).has('standalone-0'));
       assert.equal((await post(`${url}/b/v1/chat/completions`, MSG)).status, 200);
@@ -355,9 +351,9 @@ describe('serving threads: a store made again under the same key', () => {
     };
     await ten();
     for (let cycle = 0; cycle < 3; cycle++) {
-      h.reload(configOf(vB));
+      h.reload(testConfig(vB));
       await h.threads!.settled();
-      h.reload(configOf(vA));
+      h.reload(testConfig(vA));
       await h.threads!.settled();
       await ten();
     }
@@ -389,10 +385,10 @@ describe('serving threads: a store made again under the same key', () => {
       };
       await remaining();
       const before = await remaining();
-      h.reload(configOf(vRedis));
+      h.reload(testConfig(vRedis));
       if (h.threads !== undefined) await h.threads.settled();
       await remaining();
-      h.reload(configOf(vLocal));
+      h.reload(testConfig(vLocal));
       if (h.threads !== undefined) await h.threads.settled();
       const after = await remaining();
       // Before the fix the local store was closed with the reload and made again empty: after > before.
