@@ -3,7 +3,9 @@
 // or decode a string's text in pieces. Memory is the path, one capture and one text piece, whatever the size
 // of the document. A `response.completed` event repeats a whole Responses answer; an embeddings body holds
 // thousands of vectors: both are scanned here for their few interesting fields instead of JSON.parsed whole.
-// Invalid JSON, or nesting deeper than MAX_SCAN_DEPTH, stops the scan (`broken`); what was captured before stays valid.
+// Invalid JSON stops the scan (`broken`); what was captured before stays valid. A value nesting deeper than
+// MAX_SCAN_DEPTH is skipped by counting its brackets (its inside is not checked, nor asked about): the path stays
+// bounded, and a field after it (a `response.completed` event's usage after a deeply nested output) is still read.
 
 /** Sink answers (JsonScanSink.value). */
 export const SCAN_SKIP = 0;
@@ -36,11 +38,13 @@ const ST_LITERAL = 7;    // inside a number, true, false or null
 const ST_AFTER = 8;      // after a value: ',' or a closer
 const ST_DONE = 9;       // the top-level value ended
 const ST_BROKEN = 10;
+const ST_DEEP = 11;      // inside a value nested past MAX_SCAN_DEPTH: brackets counted
+const ST_DEEP_STR = 12;  // inside a string in such a value
 
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 const MAX_KEY_BYTES = 64;
-/** Deeper nesting stops the scan: no answer Sluice reads nests near it, and the path must stay bounded. */
+/** Deeper nesting is skipped by counting brackets: no field Sluice reads nests near it, and the path must stay bounded. */
 export const MAX_SCAN_DEPTH = 256;
 /** Text pieces are cut at about this many bytes (at a character and escape boundary). */
 const TEXT_PIECE_BYTES = 16 * 1024;
@@ -94,6 +98,8 @@ export class JsonScanner {
   private quietDepth = -1;
   /** Inside a string: the previous chunk ended in an unescaped backslash. */
   private esc = false;
+  /** ST_DEEP: brackets open in the value nested past MAX_SCAN_DEPTH. */
+  private deep = 0;
 
   private readonly key: Buffer = Buffer.allocUnsafe(MAX_KEY_BYTES);
   private keyLen = 0;
@@ -128,6 +134,31 @@ export class JsonScanner {
     let capFrom = 0;
     while (i < end) {
       const state = this.state;
+      if (state === ST_DEEP) {
+        let b = 0;
+        for (; i < end; i++) {
+          b = buf[i]!;
+          if (b === QUOTE) break;
+          if (b === 0x7b || b === 0x5b) this.deep++;
+          else if ((b === 0x7d || b === 0x5d) && --this.deep === 0) break;
+        }
+        if (i === end) break;
+        i++;
+        if (b === QUOTE) {
+          this.state = ST_DEEP_STR;
+          this.esc = false;
+        } else {
+          capFrom = this.closeDeep(buf, capFrom, i);
+        }
+        continue;
+      }
+      if (state === ST_DEEP_STR) {
+        const close = this.stringEnd(buf, i, end);
+        if (close === -1) break;
+        i = close + 1;
+        this.state = ST_DEEP;
+        continue;
+      }
       if (state === ST_STRING || state === ST_KEY) {
         const close = this.stringEnd(buf, i, end);
         const stop = close === -1 ? end : close;
@@ -270,7 +301,8 @@ export class JsonScanner {
     }
     if (b === 0x7b || b === 0x5b) {
       if (depth >= MAX_SCAN_DEPTH) {
-        this.fail();
+        this.deep = 1;
+        this.state = ST_DEEP;
         return;
       }
       if (mode === SCAN_SKIP_TREE) this.quietDepth = depth;
@@ -300,6 +332,17 @@ export class JsonScanner {
     if (this.quietDepth !== -1 && depth <= this.quietDepth) this.quietDepth = -1;
     this.state = depth === 0 ? ST_DONE : ST_AFTER;
     if (this.capDepth === depth) {
+      this.capture(buf, capFrom, i);
+      this.endCapture();
+      return i;
+    }
+    return capFrom;
+  }
+
+  /** The value nested past MAX_SCAN_DEPTH closed (its closer is just before `i`): as closeContainer, nothing to pop. */
+  private closeDeep(buf: Buffer, capFrom: number, i: number): number {
+    this.state = ST_AFTER;
+    if (this.capDepth === this.objects.length) {
       this.capture(buf, capFrom, i);
       this.endCapture();
       return i;

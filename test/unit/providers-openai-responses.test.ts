@@ -475,6 +475,22 @@ describe('responses: bounded memory', () => {
     assert.equal(codec.text, 'x', 'the output repeated by the terminal event is not collected once deltas were seen');
   });
 
+  it('a large response.completed whose output nests past the scan depth still gives its usage', () => {
+    // A function call's arguments may be any JSON an upstream writes: here 1,000 levels deep, inside a 300 KB event.
+    const depth = 1000;
+    const deltas = ev('response.output_text.delta', { delta: 'x' }, 0);
+    const args = JSON.parse('{"a":'.repeat(depth) + '"' + 'y'.repeat(300_000) + '"' + '}'.repeat(depth)) as unknown;
+    const response = { id: 'resp_1', status: 'completed', output: [{ type: 'function_call', name: 'f', arguments: args }], usage: USAGE };
+    const completed = Buffer.from(`event: response.completed\ndata: ${JSON.stringify({ type: 'response.completed', response })}\n\n`);
+    assert.ok(completed.length > SMALL_EVENT_BYTES);
+    const bytes = Buffer.concat([Buffer.from(deltas), completed]);
+    const codec = new ResponsesStream({ maxUsage: MAX_USAGE });
+    for (let at = 0; at < bytes.length; at += 4096) codec.push(bytes.subarray(at, at + 4096));
+    codec.end();
+    assert.equal(codec.usage?.total_tokens, 21);
+    assert.equal(codec.complete, true);
+  });
+
   it('without usage and deltas, counts the huge output in bounded pieces', () => {
     const text = 'word '.repeat(1_000_000);
     const bytes = hugeCompleted(text, null);
