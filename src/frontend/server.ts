@@ -21,8 +21,8 @@ import { SluiceError, toErrorBody } from '../core/errors.ts';
 import { isIdentityCoding } from '../core/http-token.ts';
 import { LiveList, type LiveEntry } from '../core/live-list.ts';
 import type { Metrics } from '../metrics/registry.ts';
-import type { ClientRequest, ClientResponse } from '../pipeline/http-types.ts';
-import { errorHeaders, errorText, sendError, type ErrorFormat } from '../pipeline/error-response.ts';
+import type { Accepted, ClientRequest, RequestSink } from '../pipeline/http-types.ts';
+import { errorHeaders, errorText, sendError } from '../pipeline/error-response.ts';
 import { UwsResponse } from './response.ts';
 import { NetResponse, type ResponseWire } from './net-response.ts';
 import type { BaseResponse } from './response-base.ts'; // UwsResponse or the guard's NetResponse
@@ -32,18 +32,6 @@ import { closeListener, listenerFd, shareListener } from './listener-share.ts';
 import { LocalByteBudget, SharedByteBudget, type ByteBudget } from '../core/byte-budget.ts';
 
 /** What the front end needs from the gateway behind it. */
-export interface RequestSink {
-  /** Synchronous route/method check before any body is read. */
-  accept(req: ClientRequest): Accepted | SluiceError;
-  /** The error-body format of the client API a path belongs to (undefined: OpenAI's). */
-  errorFormat(path: string): ErrorFormat | undefined;
-}
-
-export interface Accepted {
-  readonly maxBodyBytes: number;
-  run(req: ClientRequest, res: ClientResponse, body: Buffer): void | Promise<void>;
-}
-
 export interface Listening {
   readonly port: number;
   /** Stop accepting new connections; open ones keep being served. */

@@ -41,7 +41,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       collect() { hot.upstreamFirstByte.export(this); },
     }),
     upstreamAttempts: new Counter({
-      name: 'sluice_upstream_attempts_total', help: 'Upstream attempts by outcome (ok, connect_error, timeout, http_429, http_5xx, aborted; resent: a send lost to the keep-alive race and sent again).',
+      name: 'sluice_upstream_attempts_total', help: 'Upstream attempts by outcome (ok, connect_error, timeout, protocol_error, http_429, http_5xx, aborted; resent: a send lost to the keep-alive race and sent again).',
       labelNames: ['route', 'instance', 'outcome'] as const, registers,
       collect() { hot.upstreamAttempts.export(this); },
     }),

@@ -1,6 +1,9 @@
 // The request and response the pipeline sees. The front end (uWS) adapts to these, so no other layer has to
 // know uWS's rules (cork every async write, respond exactly once, never touch a response after abort).
 
+import type { SluiceError } from '../core/errors.ts';
+import type { ErrorFormat } from './error-response.ts';
+
 export type HeaderList = [string, string][];
 
 export interface ClientRequest {
@@ -42,4 +45,17 @@ export interface ClientResponse {
   end(chunk?: Uint8Array): void;
   /** Drop the connection (a stream that cannot be completed properly). */
   destroy(): void;
+}
+
+/** What the front end hands each request to (the Gateway): decided from the head, before any body byte is read. */
+export interface RequestSink {
+  /** Synchronous route/method check before any body is read. */
+  accept(req: ClientRequest): Accepted | SluiceError;
+  /** The error-body format of the client API a path belongs to (undefined: OpenAI's). */
+  errorFormat(path: string): ErrorFormat | undefined;
+}
+
+export interface Accepted {
+  readonly maxBodyBytes: number;
+  run(req: ClientRequest, res: ClientResponse, body: Buffer): void | Promise<void>;
 }

@@ -7,7 +7,7 @@ import type {
   KeyAuthRouteConfig, RouteConfig, SluiceConfig,
 } from '../config/types.ts';
 import type { QuotaStore } from '../quota/types.ts';
-import { compileRouteQuotas, type CompiledRouteQuotas } from '../rules/quota-plan.ts';
+import { compileRouteQuotas, type CompiledRouteQuotas } from '../quota/plan.ts';
 import { compileIpMatcher, type IpMatcher } from '../rules/ip.ts';
 import { DEFAULT_MAX_USAGE } from '../streaming/usage.ts';
 import { InstancePicker } from '../upstream/select.ts';

@@ -111,7 +111,7 @@ export class ThreadSupervisor {
   /** The public port. */
   port = 0;
   /** Rule key values are HMAC'ed into counter ids: every thread must use the same key, also when the config
-   *  gives none (quota-plan.ts would draw a random one per thread). One per process, kept across reloads. */
+   *  gives none (quota/plan.ts would draw a random one per thread). One per process, kept across reloads. */
   private readonly processSecret = randomBytes(32).toString('base64');
 
   private constructor(opts: SupervisorOptions) {

@@ -18,7 +18,7 @@ import { prepareCall } from '../../src/providers/prepare.ts';
 import { promptScaleOf, providerModule, surfaceSpec } from '../../src/providers/registry.ts';
 import type { SurfaceId } from '../../src/providers/types.ts';
 import type { CompiledRoute, Snapshot } from '../../src/pipeline/snapshot.ts';
-import type { PlannedQuota } from '../../src/rules/quota-plan.ts';
+import type { PlannedQuota } from '../../src/quota/plan.ts';
 import type { TestGateway } from '../helpers/gateway.ts';
 
 // ─── The table ──────────────────────────────────────────────────────────────────────────────────────────────

@@ -26,7 +26,7 @@ export const MAX_LEDGER_SLOTS = 4_000_000;
 /**
  * Slots for a table serving `limits.max_quota_keys` counters: two windows each (the current and the previous
  * one, kept for sliding counts and late settlements), within [MIN_LEDGER_SLOTS, MAX_LEDGER_SLOTS]. Beyond the
- * maximum (149 B of address space per slot: 596 MB) a full table answers new counters SLC_OVERLOADED, as the
+ * maximum (~141–144 B of address space per slot: 562 MB) a full table answers new counters SLC_OVERLOADED, as the
  * key cap does.
  */
 export function ledgerSlotsFor(maxQuotaKeys: number): number {

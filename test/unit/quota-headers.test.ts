@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AiTokenRatelimitConfig, ConsumerConfig, RouteConfig, RoutePlugins } from '../../src/config/types.ts';
 import type { CounterView } from '../../src/quota/types.ts';
-import { goDuration, quotaHeaders, type QuotaHeaderEntry } from '../../src/rules/headers.ts';
-import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/rules/quota-plan.ts';
+import { goDuration, quotaHeaders, type QuotaHeaderEntry } from '../../src/quota/headers.ts';
+import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/quota/plan.ts';
 import type { RequestVars } from '../../src/rules/request-vars.ts';
 import { arl } from '../helpers/rule-configs.ts';
 

@@ -33,16 +33,16 @@ import type {
   TokenLimitKey,
   TokenRuleItem,
 } from '../config/types.ts';
-import type { CounterSpec } from '../quota/types.ts';
+import type { CounterSpec } from './types.ts';
 import { MAX_TIME_WINDOW_S } from '../config/types.ts';
 import { SluiceError } from '../core/errors.ts';
-import { compileCostExpr, type RawUsage } from './cost-expr.ts';
-import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, type IpMatcher, type IpRange } from './ip.ts';
-import { compileRuleRegex, type RuleRegex } from './regex.ts';
-import { INSTANCE_VARS, cookieValue, headerValue, queryParam, type RequestVars } from './request-vars.ts';
+import { compileCostExpr, type RawUsage } from '../rules/cost-expr.ts';
+import { clientIp, compileIpMatcher, newIpAddr, parseIpRange, rangeContains, type IpMatcher, type IpRange } from '../rules/ip.ts';
+import { compileRuleRegex, type RuleRegex } from '../rules/regex.ts';
+import { INSTANCE_VARS, cookieValue, headerValue, queryParam, type RequestVars } from '../rules/request-vars.ts';
 import {
   compileCountTemplate, compileTemplate, countVars, requiredVars, templateVars, type CountTemplate, type KeyTemplate, type RequiredVar,
-} from './template.ts';
+} from '../rules/template.ts';
 
 /** The normalised usage (streaming/usage.ts): the three kinds are parts of prompt / completion, never added on top. */
 export interface Usage {

@@ -14,7 +14,7 @@ import type {
   RuleConfig,
   TokenRuleItem,
 } from '../../src/config/types.ts';
-import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/rules/quota-plan.ts';
+import { compileRouteQuotas, planRequest, type PlannedQuota } from '../../src/quota/plan.ts';
 import type { RequestVars } from '../../src/rules/request-vars.ts';
 import { arl } from '../helpers/rule-configs.ts';
 

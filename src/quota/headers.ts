@@ -20,8 +20,8 @@
 // quota is spent only by the reservations of running requests, as Retry-After).
 // Retry-After is the caller's.
 
-import type { CounterView } from '../quota/types.ts';
-import type { PlannedQuota, Usage } from './quota-plan.ts';
+import type { CounterView } from './types.ts';
+import type { PlannedQuota, Usage } from './plan.ts';
 
 /** Lower-case: how the pipeline's header lists hold names (an upstream's copy is dropped before ours is added). */
 export const USAGE_HEADER = 'x-sluice-usage';
