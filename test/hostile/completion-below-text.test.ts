@@ -89,3 +89,63 @@ describe('a completion report far below its text', () => {
     });
   }
 });
+
+// The same check on answers translated for an OpenAI client: an Anthropic message or a Gemini answer reporting 3
+// output tokens beside 120 KB of text (in text, thinking or a tool call's input) had been charged as reported.
+describe('a completion report far below its text, on translated answers', () => {
+  let up: Server;
+  let gw: TestGateway;
+  let where: 'text' | 'thinking' | 'tool' = 'text';
+  let long = true;
+
+  before(async () => {
+    up = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const text = long ? LONG : SHORT;
+        res.writeHead(200, { 'content-type': 'application/json' });
+        if ((req.url ?? '').startsWith('/v1/messages')) {
+          const block = where === 'text' ? { type: 'text', text } : where === 'thinking' ? { type: 'thinking', thinking: text, signature: 's' }
+            : { type: 'tool_use', id: 't', name: 'f', input: { text } };
+          res.end(JSON.stringify({ id: 'msg', type: 'message', role: 'assistant', model: 'x', content: [block], stop_reason: 'end_turn',
+            usage: { input_tokens: 10, output_tokens: 3 } }));
+          return;
+        }
+        const part = where === 'text' ? { text } : where === 'thinking' ? { text, thought: true } : { functionCall: { name: 'f', args: { text } } };
+        res.end(JSON.stringify({ candidates: [{ index: 0, content: { role: 'model', parts: [part] }, finishReason: 'STOP' }],
+          usageMetadata: { promptTokenCount: 10, candidatesTokenCount: 3, totalTokenCount: 13 } }));
+      });
+    });
+    await new Promise<void>((resolve) => up.listen(0, '127.0.0.1', () => resolve()));
+    gw = await startGateway({ routes: surfaceRoutes(`http://127.0.0.1:${(up.address() as AddressInfo).port}`) });
+  });
+
+  after(async () => {
+    await gw?.close();
+    await new Promise<void>((resolve) => up?.close(() => resolve()));
+  });
+
+  for (const route of ['a', 'g'] as const) {
+    for (const w of ['text', 'thinking', 'tool'] as const) {
+      it(`${route === 'a' ? 'Anthropic' : 'Gemini'} → chat, ${w}: 3 output tokens beside 120 KB are not believed; beside a short answer they are`, { timeout: 60_000 }, async () => {
+        where = w;
+        const charged = (): Promise<number> => metric(gw, new RegExp(`^sluice_quota_tokens_charged_total\\{route="${route}"`));
+        const send = async (): Promise<number> => {
+          const before = await charged();
+          const res = await fetch(`${gw.url}/${route}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'hi' }] }) });
+          assert.equal(res.status, 200);
+          const body = await res.json() as { choices: unknown[] };
+          assert.equal(body.choices.length, 1);
+          await eventually('settled', async () => (await charged()) > before, 30_000);
+          return (await charged()) - before;
+        };
+        long = true;
+        const n = await send();
+        assert.ok(n >= 15_000, `charged ${n}: the text counted`);
+        long = false;
+        assert.equal(await send(), 13, 'a report that fits its text is charged as it came');
+      });
+    }
+  }
+});

@@ -2,7 +2,7 @@
 // chat.completion.chunk frames, an error becomes OpenAI's error object. Frames are built as strings: a text
 // delta's JSON string literal is copied from the Anthropic event as is (both are JSON), never unescaped and
 // escaped again, so a translated frame costs little more than a passed-through one.
-import { isRejection, zeroCompletionText, type Usage } from '../../streaming/usage.ts';
+import { isRejection, textToVerify, zeroCompletionText, type Usage } from '../../streaming/usage.ts';
 import { MAX_ERROR_MESSAGE, truncatedFrame, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, StreamCodec, StreamOptions } from '../types.ts';
 import { contentText, isObject } from './events.ts';
@@ -55,6 +55,9 @@ export function decodeTranslated(body: Buffer, maxUsage: number, fallbackModel: 
   const out = usage === undefined ? head : head.slice(0, -1) + ',"usage":' + openAiUsageJson(usage) + '}';
   const zero = zeroCompletionText(usage, () => contentText(msg.content));
   if (zero !== undefined) return { body: Buffer.from(out, 'utf8'), contentType: JSON_TYPE, usage, rejected: 'zero_completion', text: zero };
+  // A completion that looks small for the text (as the native decoder checks): the text is counted, the larger charged.
+  const verifyText = usage === undefined ? undefined : textToVerify(usage.completion_tokens, body.length, () => contentText(msg.content));
+  if (verifyText !== undefined) return { body: Buffer.from(out, 'utf8'), contentType: JSON_TYPE, usage, rejected: undefined, text: '', verifyText };
   return {
     body: Buffer.from(out, 'utf8'), contentType: JSON_TYPE, usage, rejected: u !== undefined && isRejection(u) ? u.rejected : undefined,
     text: usage === undefined ? contentText(msg.content) : '',

@@ -6,7 +6,7 @@
 // Per frame: a plain text frame is read by the fast scan (frame-scan.ts) and its text literal copied into the
 // chunk as it came; other frames cost one JSON.parse. The chunk's constant head is built once per stream.
 import { randomBytes } from 'node:crypto';
-import { isRejection, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { isRejection, textToVerify, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
 import { truncatedFrame, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, PreparedCall, StreamCodec, StreamOptions } from '../types.ts';
 import { scanTextFrame } from './frame-scan.ts';
@@ -119,11 +119,15 @@ export function decodeTranslated(call: PreparedCall, body: Buffer, maxUsage: num
     choices,
   };
   if (usage !== undefined) out.usage = openAiUsageOf(usage);
+  // A completion that looks small for the text (as the native decoder checks): the text is counted, the larger charged.
+  const zero = zeroCompletionText(usage, () => allText) !== undefined;
+  const verifyText = usage === undefined || zero ? undefined : textToVerify(usage.completion_tokens, body.length, () => allText);
+  if (verifyText !== undefined) return { body: Buffer.from(JSON.stringify(out), 'utf8'), contentType: 'application/json', usage, rejected: undefined, text: '', verifyText };
   return {
     body: Buffer.from(JSON.stringify(out), 'utf8'),
     contentType: 'application/json',
     usage,
-    rejected: isRejection(u) ? u.rejected : zeroCompletionText(usage, () => allText) !== undefined ? 'zero_completion' : undefined,
+    rejected: isRejection(u) ? u.rejected : zero ? 'zero_completion' : undefined,
     text: usage === undefined || usage.completion_tokens === 0 ? allText : '',
   };
 }
