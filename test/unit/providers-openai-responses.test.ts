@@ -475,6 +475,28 @@ describe('responses: bounded memory', () => {
     assert.equal(codec.text, 'x', 'the output repeated by the terminal event is not collected once deltas were seen');
   });
 
+  it('a large terminal or done event whose `type` comes last still has its text counted (member order means nothing)', () => {
+    const text = 'word '.repeat(80_000);
+    const response = { id: 'resp_1', status: 'completed', output: [{ id: 'msg_1', type: 'message', role: 'assistant', content: [{ type: 'output_text', text }] }] };
+    const cases: Array<[string, string]> = [
+      ['completed, no event name', `data: ${JSON.stringify({ response, type: 'response.completed' })}\n\n`],
+      ['completed, named message', `event: message\ndata: ${JSON.stringify({ response, type: 'response.completed' })}\n\n`],
+      ['output_text.done, no event name', `data: ${JSON.stringify({ item_id: 'msg_1', text, type: 'response.output_text.done' })}\n\n`],
+    ];
+    for (const [name, event] of cases) {
+      const bytes = Buffer.from(event);
+      assert.ok(bytes.length > SMALL_EVENT_BYTES);
+      const codec = new ResponsesStream({ maxUsage: MAX_USAGE, textBound: 64 * 1024 });
+      let taken = 0;
+      for (let at = 0; at < bytes.length; at += 8192) {
+        codec.push(bytes.subarray(at, at + 8192));
+        for (let piece = codec.takeCountable(); piece !== undefined; piece = codec.takeCountable()) taken += piece.length;
+      }
+      codec.end();
+      assert.equal(taken + codec.text.length, text.length, `${name}: every character counted once`);
+    }
+  });
+
   it('a large response.completed whose output nests past the scan depth still gives its usage', () => {
     // A function call's arguments may be any JSON an upstream writes: here 1,000 levels deep, inside a 300 KB event.
     const depth = 1000;

@@ -318,6 +318,8 @@ const DONE_TEXT: ReadonlyMap<string, string> = new Map([
   ['response.custom_tool_call_input.done', 'input'], ['response.mcp_call_arguments.done', 'arguments'],
   ['response.code_interpreter_call_code.done', 'code'], ['response.audio.transcript.done', 'transcript'],
 ]);
+/** Every member a done event holds its text in. */
+const DONE_MEMBERS: ReadonlySet<string> = new Set(DONE_TEXT.values());
 /** Items whose text was counted, remembered up to this many (past it a done event's text may count twice: more, never less). */
 const MAX_TEXT_ITEMS = 1024;
 
@@ -722,10 +724,10 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       if (top === 'type' || top === 'item_id') return SCAN_RAW;
       if (top === 'delta') return this.scanType === undefined || DELTA_TYPES.has(this.scanType) ? SCAN_TEXT : SCAN_SKIP;
       if (top === 'response') return SCAN_SKIP;
-      // A done event's whole text (a server that sends no deltas), counted once per item as when parsed whole.
-      const type = this.scanType ?? this.namedType();
-      const member = type === undefined ? undefined : DONE_TEXT.get(type);
-      if (member !== top) return SCAN_SKIP_TREE;
+      // A done event's whole text (a server that sends no deltas), counted once per item as when parsed whole. A type
+      // not known yet (JSON members come in any order) counts any member that may hold it: more, never less.
+      const type = this.knownType();
+      if (type === undefined ? !DONE_MEMBERS.has(top as string) : DONE_TEXT.get(type) !== top) return SCAN_SKIP_TREE;
       if (this.scanItemId !== undefined) return this.textOf(this.scanItemId) ? SCAN_TEXT : SCAN_SKIP_TREE;
       // Its item is not known yet: counted, and the item marked when its id comes.
       this.scanTextBeforeId = true;
@@ -735,7 +737,9 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     const key = path[1];
     if (depth === 2) {
       if (key === 'usage') return SCAN_RAW;
-      const collect = key === 'output' && !this.sawDelta && this.scanType !== undefined && TERMINAL_TYPES.has(this.scanType);
+      // The output of a terminal event, or of an event whose type comes after it (counted: more, never less).
+      const type = this.knownType();
+      const collect = key === 'output' && !this.sawDelta && (type === undefined || TERMINAL_TYPES.has(type));
       return collect ? SCAN_SKIP : SCAN_SKIP_TREE;
     }
     if (key !== 'output') return SCAN_SKIP_TREE;
@@ -778,9 +782,12 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     if (path.length === 1 && path[0] === 'delta') this.sawDelta = true;
   }
 
-  /** The `event:` field's type, for a large event whose data has not said its own (yet). */
-  private namedType(): string | undefined {
-    return this.eventNameLen > 0 ? this.eventName.toString('latin1', 0, this.eventNameLen) : undefined;
+  /** A large event's type as far as known: its `type` member once read, else its `event:` field when that names a
+   *  Responses event (servers naming every event `message` say nothing); undefined: not known yet. */
+  private knownType(): string | undefined {
+    if (this.scanType !== undefined) return this.scanType;
+    const named = this.eventNameLen > 0 ? this.eventName.toString('latin1', 0, this.eventNameLen) : undefined;
+    return named !== undefined && named.startsWith('response.') ? named : undefined;
   }
 }
 
