@@ -667,6 +667,15 @@ test('stream meter: counts are cumulative: the largest believable prompt of any 
   assert.equal(thought.usage, undefined);
   assert.equal(thought.hiddenCompletion, 3000, 'the largest believable report, a later smaller one not taking it back');
   assert.equal(meter(mid).hiddenCompletion, 0);
+  // A mid-stream report of 400 thoughts or candidates, then a final one of 1 or 5: the final is not believed lower.
+  for (const [before, last] of [
+    ['{"promptTokenCount": 10, "candidatesTokenCount": 1, "thoughtsTokenCount": 400, "totalTokenCount": 411}', '{"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 1, "totalTokenCount": 16}'],
+    ['{"promptTokenCount": 10, "candidatesTokenCount": 400, "totalTokenCount": 410}', '{"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}'],
+  ]) {
+    const c = meter(frame(before!) + frame(last!, ', "finishReason": "STOP"'));
+    assert.ok(c.usage!.completion_tokens >= 400, `${before} then ${last}: completion ${c.usage!.completion_tokens}`);
+    assert.ok(c.usage!.total_tokens >= 410);
+  }
 });
 
 test('translated stream: a stream that ends before any finishReason is an error for the client, not a [DONE]', () => {

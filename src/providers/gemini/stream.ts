@@ -1,7 +1,8 @@
 // Metering a Gemini stream: SSE (`alt=sse`, one GenerateContentResponse per `data:` event, no [DONE]) or one
 // JSON array of them. The framing is read from the first byte that is not whitespace ('[' or '{': JSON), so a
 // stream is metered right whatever the request said. Every frame may carry usageMetadata; it is cumulative, so
-// the last one wins and nothing is added up (and only the last is read: the others are just kept). It is reported
+// nothing is added up and no count is taken back: the reported usage holds, part by part, the largest of every
+// believed report (a report is parsed only when its text changes). It is reported
 // only once final: a usageMetadata in or after a frame with a finishReason, with no text after it (or a prompt blocked
 // with promptFeedback.blockReason, which has no candidates). Gemini's mid-stream usageMetadata counts the prompt only,
 // so a stream that ends, even cleanly, before its finish (cut, or after an in-stream error object), or whose finish
@@ -71,8 +72,8 @@ export class GeminiMeter {
   private final = false;
   /** The last usageMetadata came with that finish or after it: mid-stream ones count the prompt only. */
   private metaFinal = false;
-  /** The largest final usage believed before the last one: what a later final report, believed or not, cannot
-   *  lower (read only when a final report is followed by another, which is rare). */
+  /** The largest counts of every usage believed before the last one: what a later report, final or not, believed or
+   *  not, cannot lower (counts are cumulative: a mid-stream report of 400 thoughts then a final one of 1 is 400). */
   private floor: Usage | undefined = undefined;
   /** The largest believable prompt counts of any usageMetadata so far (a later frame's lie or smaller count cannot
    *  lower it): the prompt a stream without a believable final usage is charged. */
@@ -165,9 +166,9 @@ export class GeminiMeter {
     return this.read;
   }
 
-  /** A final usage is about to be replaced by a later one: kept, when believed, as the floor under that one. */
+  /** A usage is about to be replaced by a later one: kept, when believed, as the floor under that one. */
   private keepFloor(): void {
-    if (!this.final || !this.metaFinal) return;
+    if (this.lastMeta === undefined) return;
     const u = this.last();
     if (u !== undefined && !isRejection(u)) this.floor = this.floor === undefined ? u : laterUsage(this.floor, u);
   }
@@ -175,8 +176,9 @@ export class GeminiMeter {
   get usage(): Usage | undefined {
     const u = this.final && this.metaFinal ? this.last() : undefined;
     if (u === undefined) return undefined;
-    if (isRejection(u)) return this.floor;
-    // Cumulative counts: neither an earlier final report nor the prompt reported on the way is taken back.
+    // A final lie after believed reports: the floor, when it holds more than a prompt (else the count decides).
+    if (isRejection(u)) return this.floor !== undefined && this.floor.completion_tokens > 0 ? this.floor : undefined;
+    // Cumulative counts: neither an earlier report nor the prompt reported on the way is taken back.
     let most = this.floor === undefined ? u : laterUsage(this.floor, u);
     const p = this.prompt;
     if (p !== undefined && p.prompt_tokens > most.prompt_tokens) most = withPrompt(most, p);
