@@ -20,6 +20,12 @@ export interface SseHandler {
    * lines, or whose line spans chunks, still come to onEvent.
    */
   onRawData?(buf: Buffer, start: number, stop: number, end: number): void;
+  /**
+   * Optional: the event went past the size bound and the stream is about to be refused (push throws). `held` is
+   * what the event had brought (its lines, decoded), about to be dropped: an upstream produced it all the same, so a
+   * meter counts it as text.
+   */
+  onOversized?(held: string): void;
 }
 
 const LF = 0x0a;
@@ -149,7 +155,7 @@ export class SseParser {
     const n = end - start;
     if (n === 0) return;
     const need = this.carryLen + n;
-    if (this.eventBytes + need > this.maxEventBytes) this.tooLarge();
+    if (this.eventBytes + need > this.maxEventBytes) this.tooLarge(src, start, end);
     if (need > this.carry.length) {
       const grown = Buffer.allocUnsafe(Math.min(Math.max(need, this.carry.length * 2, MIN_CARRY), this.maxEventBytes));
       this.carry.copy(grown, 0, 0, this.carryLen);
@@ -172,7 +178,7 @@ export class SseParser {
       return;
     }
     this.eventBytes += bytes;
-    if (this.eventBytes > this.maxEventBytes) this.tooLarge();
+    if (this.eventBytes > this.maxEventBytes) this.tooLarge(buf, start, stop);
     const first = buf[start];
     if (first === COLON) return;
     // Field names compared byte by byte: only `data` and `event` matter here (`id` and `retry` do not).
@@ -227,7 +233,17 @@ export class SseParser {
     this.handler.onEvent(data, event, end);
   }
 
-  private tooLarge(): never {
+  /** `src[start, end)`: the bytes that went past the bound, not held yet. */
+  private tooLarge(src: Buffer, start: number, end: number): never {
+    const report = this.handler.onOversized;
+    if (report !== undefined) {
+      let held = this.data ?? '';
+      if (this.rawBuf !== undefined) held += this.rawBuf.toString('utf8', this.rawStart, this.rawStop);
+      // The carry is the line being read when the bytes came from elsewhere (appendCarry); else it was taken already.
+      if (this.carryLen > 0 && src !== this.carry) held += this.carry.toString('utf8', 0, this.carryLen);
+      held += src.toString('utf8', start, end);
+      report(held);
+    }
     throw new SluiceError('SLC_UPSTREAM_ERROR', `upstream SSE event exceeds ${this.maxEventBytes} bytes`);
   }
 }

@@ -99,9 +99,11 @@ export class StreamMeter {
     this.readUsage = opts.readUsage ?? readUsage;
     this.tally = new TextTally(opts.textBound);
     this.bound = Math.max(16, opts.textBound ?? DEFAULT_TEXT_BOUND);
+    // An event past the size bound cuts the stream; what it held was produced all the same: counted as text.
+    const onOversized = (held: string): void => { this.addText(held); };
     const handler: SseHandler = this.fast
-      ? { onEvent: (data, _event, end) => this.onEvent(data, end), onRawData: (buf, start, stop, end) => this.onRaw(buf, start, stop, end) }
-      : { onEvent: (data, _event, end) => this.onEvent(data, end) };
+      ? { onEvent: (data, _event, end) => this.onEvent(data, end), onRawData: (buf, start, stop, end) => this.onRaw(buf, start, stop, end), onOversized }
+      : { onEvent: (data, _event, end) => this.onEvent(data, end), onOversized };
     this.parser = new SseParser(handler, opts.maxEventBytes);
   }
 

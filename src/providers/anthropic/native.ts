@@ -65,7 +65,8 @@ export abstract class AnthropicStreamReader {
   constructor(opts: StreamOptions) {
     this.maxUsage = opts.maxUsage;
     this.tally = new TextTally(opts.textBound);
-    this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); } });
+    // An event past the size bound cuts the stream; what it held was produced all the same: counted as text.
+    this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); }, onOversized: (held) => this.tally.add(held) });
   }
 
   get usage(): Usage | undefined {

@@ -17,6 +17,7 @@ const enum State { Start, Between, InElement, Done }
 
 export class JsonArrayScanner {
   private readonly onElement: (json: string) => void;
+  private readonly onOversized: ((held: string) => void) | undefined;
   private readonly maxElementBytes: number;
   private state = State.Start;
   /** true: the body is one bare object, not an array. */
@@ -28,8 +29,10 @@ export class JsonArrayScanner {
   private held: Buffer[] = [];
   private heldLen = 0;
 
-  constructor(onElement: (json: string) => void, maxElementBytes: number = DEFAULT_MAX_EVENT_BYTES) {
+  /** `onOversized`: an element past the bound is refused (push throws); it is first given what the element held. */
+  constructor(onElement: (json: string) => void, maxElementBytes: number = DEFAULT_MAX_EVENT_BYTES, onOversized?: (held: string) => void) {
     this.onElement = onElement;
+    this.onOversized = onOversized;
     this.maxElementBytes = maxElementBytes;
   }
 
@@ -107,7 +110,7 @@ export class JsonArrayScanner {
   }
 
   private hold(piece: Buffer): void {
-    if (this.heldLen + piece.length > this.maxElementBytes) this.tooLarge();
+    if (this.heldLen + piece.length > this.maxElementBytes) this.tooLarge(piece);
     // A copy: the caller may reuse its chunk.
     this.held.push(Buffer.from(piece));
     this.heldLen += piece.length;
@@ -117,17 +120,22 @@ export class JsonArrayScanner {
     let bytes: Buffer;
     if (this.heldLen === 0) bytes = chunk.subarray(start, end);
     else {
-      if (this.heldLen + end > this.maxElementBytes) this.tooLarge();
+      if (this.heldLen + end > this.maxElementBytes) this.tooLarge(chunk.subarray(0, end));
       this.held.push(chunk.subarray(0, end));
       bytes = Buffer.concat(this.held);
       this.held = [];
       this.heldLen = 0;
     }
-    if (bytes.length > this.maxElementBytes) this.tooLarge();
+    if (bytes.length > this.maxElementBytes) this.tooLarge(undefined, bytes);
     this.onElement(bytes.toString('utf8'));
   }
 
-  private tooLarge(): never {
+  /** `extra`: bytes of the element not held yet; `whole`: the element joined already (then nothing is held). */
+  private tooLarge(extra?: Buffer, whole?: Buffer): never {
+    if (this.onOversized !== undefined) {
+      const all = whole ?? Buffer.concat(extra === undefined ? this.held : [...this.held, extra]);
+      this.onOversized(all.toString('utf8'));
+    }
     throw new SluiceError('SLC_UPSTREAM_ERROR', `upstream stream element exceeds ${this.maxElementBytes} bytes`);
   }
 }

@@ -8,7 +8,7 @@
 // so a stream that ends, even cleanly, before its finish (cut, or after an in-stream error object), or whose finish
 // brings no usage of its own, is charged that prompt (promptReport) and its counted text, not a partial usage, plus
 // the thoughts a report gave (hiddenCompletion: thinking shows in no text).
-import { BomSkipper, SseParser } from '../../streaming/sse-parser.ts';
+import { BomSkipper, DEFAULT_MAX_EVENT_BYTES, SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, laterUsage, promptOnly, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { StreamCodec, StreamOptions } from '../types.ts';
@@ -20,15 +20,18 @@ function isSpace(c: number): boolean {
   return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }
 
-/** Feeds an upstream byte stream frame by frame (each frame's JSON text) to `onFrame`, SSE or JSON array alike. */
+/** Feeds an upstream byte stream frame by frame (each frame's JSON text) to `onFrame`, SSE or JSON array alike. A frame
+ *  past the size bound cuts the stream (push throws), after `onOversized` got what it held: produced all the same. */
 export class FrameReader {
   private readonly onFrame: (json: string) => void;
+  private readonly onOversized: (held: string) => void;
   private sse: SseParser | undefined;
   private json: JsonArrayScanner | undefined;
   private readonly bom = new BomSkipper();
 
-  constructor(onFrame: (json: string) => void) {
+  constructor(onFrame: (json: string) => void, onOversized: (held: string) => void) {
     this.onFrame = onFrame;
+    this.onOversized = onOversized;
   }
 
   push(chunk: Buffer): void {
@@ -39,10 +42,10 @@ export class FrameReader {
     if (i === chunk.length) return;
     const c = chunk[i]!;
     if (c === 0x5b || c === 0x7b) {
-      this.json = new JsonArrayScanner(this.onFrame);
+      this.json = new JsonArrayScanner(this.onFrame, DEFAULT_MAX_EVENT_BYTES, this.onOversized);
       this.json.push(chunk.subarray(i));
     } else {
-      this.sse = new SseParser({ onEvent: (data) => { if (data !== null && data !== '' && data !== '[DONE]') this.onFrame(data); } });
+      this.sse = new SseParser({ onEvent: (data) => { if (data !== null && data !== '' && data !== '[DONE]') this.onFrame(data); }, onOversized: this.onOversized });
       this.sse.push(chunk.subarray(i));
     }
   }
@@ -217,7 +220,7 @@ export class GeminiStream implements StreamCodec {
   constructor(sse: boolean, opts: StreamOptions) {
     this.contentType = sse ? 'text/event-stream' : 'application/json';
     this.meter = new GeminiMeter(opts);
-    this.reader = new FrameReader((data) => this.onFrame(data));
+    this.reader = new FrameReader((data) => this.onFrame(data), this.meter.add);
   }
 
   push(chunk: Buffer): Buffer | undefined {

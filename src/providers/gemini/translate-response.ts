@@ -156,7 +156,7 @@ export class TranslatedStream implements StreamCodec {
 
   constructor(call: PreparedCall, opts: StreamOptions) {
     this.meter = new GeminiMeter(opts);
-    this.reader = new FrameReader((data) => this.onFrame(data));
+    this.reader = new FrameReader((data) => this.onFrame(data), this.meter.add);
     this.wantsUsage = call.clientWantsUsage;
     this.model = call.model ?? '';
   }
