@@ -830,8 +830,9 @@ export class Gateway implements RequestSink {
       // A completion that looks small for the text streamed: the text is counted, and the larger one charged.
       const low = usage !== undefined && !zeroCompletion && completionBelowText(usage.completion_tokens, meter.textChars ?? 0);
       if (usage === undefined || rejected !== undefined || ctx.cut || res.aborted || zeroCompletion || textAfter || low) {
-        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion || low ? 'usage_rejected'
-          : broken ? 'upstream_broken' : textAfter ? 'text_after_usage' : 'no_usage';
+        // Text after a believed report is charged as a cut there (below), whether or not the report also looks low.
+        const reason = ctx.cut ? 'shutdown' : res.aborted ? 'client_abort' : rejected !== undefined || zeroCompletion ? 'usage_rejected'
+          : broken ? 'upstream_broken' : textAfter ? 'text_after_usage' : low ? 'usage_rejected' : 'no_usage';
         if (counting !== undefined) counted += await counting;
         const estimate = await this.countedUsage(ctx, meter.text, counted + meter.countMargin + (meter.hiddenCompletion ?? 0), undefined);
         // Cut after the upstream reported usage (its final report, or a running total): the report counts, and

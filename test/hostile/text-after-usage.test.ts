@@ -34,6 +34,8 @@ function chat(mode: string): string {
   for (const w of words(BEFORE)) s += frame(w, 'null');
   s += `data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":${usage(REPORTED_COMPLETION)}}\n\n`;
   if (mode === 'after') for (const w of words(AFTER)) s += frame(w, 'null');
+  // Enough text after the report that the report also looks low for the whole stream's text (completionBelowText).
+  if (mode === 'after-long') for (const w of words(AFTER.repeat(5))) s += frame(w, 'null');
   return s + 'data: [DONE]\n\n';
 }
 
@@ -145,11 +147,22 @@ describe('text streamed after the usage report is charged', () => {
     assert.equal(await afterEstimates(gw, 'chat'), 1);
   });
 
+  it('OpenAI chat: a report that also looks low for the text after it is estimated as text after usage', async () => {
+    const c0 = await charged(gw, 'chat');
+    const rejected = await metric(gw, /^sluice_usage_estimated_total\{route="chat",reason="usage_rejected"\}/);
+    const before = await afterEstimates(gw, 'chat');
+    await stream(gw, '/v1/chat/completions', CHAT, 'after-long');
+    await expectCharged(gw, 'chat', c0, PROMPT + countText(BEFORE + AFTER.repeat(5), 'o200k_base'));
+    assert.equal(await afterEstimates(gw, 'chat'), before + 1);
+    assert.equal(await metric(gw, /^sluice_usage_estimated_total\{route="chat",reason="usage_rejected"\}/), rejected);
+  });
+
   it('OpenAI chat with a usage in every chunk: the last report stands', async () => {
     const c0 = await charged(gw, 'chat');
+    const before = await afterEstimates(gw, 'chat');
     await stream(gw, '/v1/chat/completions', CHAT, 'continuous');
     await expectCharged(gw, 'chat', c0, PROMPT + words(BEFORE + AFTER).length);
-    assert.equal(await afterEstimates(gw, 'chat'), 1);
+    assert.equal(await afterEstimates(gw, 'chat'), before);
   });
 
   it('OpenAI chat with a usage in every chunk that stopped growing: the text it does not cover is counted', async () => {
