@@ -43,10 +43,17 @@ const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
  */
 function modelsPath(path: string): string | undefined {
   if (path.endsWith('/v1/models') || path === '/models') return '';
-  const i = path.lastIndexOf('/v1/models/');
+  const i = path.indexOf('/v1/models/');
   if (i < 0) return undefined;
-  const id = path.slice(i + '/v1/models/'.length);
-  return id !== '' && !id.includes('/') ? id : undefined;
+  // Ids may hold slashes (`meta-llama/llama-3.1-8b-instruct`), sent as they are or escaped (the openai SDK sends
+  // `%2F`; a space comes as `%20`): the path's escapes are decoded once, as the list wrote the ids.
+  const raw = path.slice(i + '/v1/models/'.length);
+  if (raw === '') return undefined;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
 }
 
 /** `created` of the models listed by GET …/models: when this process started, in seconds (the config says no more). */
@@ -214,6 +221,9 @@ export class Gateway implements RequestSink {
       return new SluiceError('SLC_NOT_FOUND', `${clipped(anthropic)} is not served: Sluice meters /v1/messages and passes /v1/messages/count_tokens through`);
     }
     // Every API Sluice meters takes a JSON body sent with POST; GET and HEAD serve the model list only.
+    if (req.method !== 'POST' && req.method !== 'GET' && req.method !== 'HEAD' && modelsPath(req.path) !== undefined) {
+      return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}: the model list is read with GET`, { headers: { allow: 'GET, HEAD' } });
+    }
     if (req.method !== 'POST' && ((req.method !== 'GET' && req.method !== 'HEAD') || modelsPath(req.path) === undefined)) {
       return new SluiceError('SLC_METHOD_NOT_ALLOWED', `method ${clipped(req.method)} not allowed on ${clipped(req.path)}: this API takes a JSON body sent with POST`, { headers: { allow: 'POST' } });
     }

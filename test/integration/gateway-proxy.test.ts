@@ -386,6 +386,7 @@ describe('GET /v1/models', () => {
     const gw = await startGateway({
       routes: [
         { id: 'multi', uri: '/v1/*', plugins: { 'ai-proxy-multi': { instances: [inst('a', 'gpt-4o-mini'), inst('b', 'gpt-4o'), inst('c', 'gpt-4o-mini'), inst('d')] } } },
+        { id: 'slashed', uri: '/s/v1/*', plugins: { 'ai-proxy-multi': { instances: [inst('s', 'meta-llama/llama-3.1-8b-instruct'), inst('t', 'my model')] } } },
         { id: 'keyed', uri: '/k/v1/*', plugins: { 'key-auth': {}, 'ai-proxy-multi': { instances: [inst('k', 'claude-ish')] } } },
       ],
       consumers: [{ username: 'bob', plugins: { 'key-auth': { key: 'bob-key' } } }],
@@ -409,6 +410,18 @@ describe('GET /v1/models', () => {
       // Retrieve: a listed model, or 404 in the client's shape.
       assert.equal((await client.models.retrieve('gpt-4o')).id, 'gpt-4o');
       await assert.rejects(client.models.retrieve('not-sent'), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      // Every listed id comes back from retrieve: the SDK escapes `/` and spaces in it; a slash may also come as it is.
+      const slashed = new OpenAI({ baseURL: `${gw.url}/s/v1`, apiKey: 'anything', maxRetries: 0 });
+      const listed = (await slashed.models.list()).data.map((m) => m.id);
+      assert.deepEqual(listed, ['meta-llama/llama-3.1-8b-instruct', 'my model']);
+      for (const id of listed) assert.equal((await slashed.models.retrieve(id)).id, id);
+      assert.equal((await fetch(`${gw.url}/s/v1/models/meta-llama/llama-3.1-8b-instruct`)).status, 200);
+      // Other methods on the list: 405 naming the ones it takes.
+      for (const method of ['OPTIONS', 'DELETE', 'PUT']) {
+        const r = await fetch(`${gw.url}/v1/models${method === 'DELETE' ? '/gpt-4o' : ''}`, { method });
+        assert.equal(r.status, 405, method);
+        assert.equal(r.headers.get('allow'), 'GET, HEAD');
+      }
       // The Anthropic SDK asks the same path with its version header and reads its own shape.
       const anth = (await (await fetch(`${gw.url}/v1/models`, { headers: { 'anthropic-version': '2023-06-01' } })).json()) as
         { data: { type: string; id: string }[]; has_more: boolean; first_id: string };
