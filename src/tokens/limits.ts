@@ -2,7 +2,7 @@
 // Without a cap one client could reserve max_tokens = 2^53 − 1 and lock a shared quota for the length of its
 // stream. The rule (README "Accounting semantics"):
 //
-//   per choice   = min(max_completion_tokens ?? max_tokens ?? tokens.default_max_tokens, model cap)
+//   per choice   = min(max(max_completion_tokens, max_tokens) (either when only one is sent) ?? tokens.default_max_tokens, model cap)
 //   completion   = min(n · per choice, tokens.max_reservation)
 //   reservation  = prompt tokens + completion
 //
@@ -195,12 +195,9 @@ export function mergedReservation(
   let n = 1;
   for (const ask of asks) {
     let v: number | undefined;
-    if (ask === null) v = clientMaxCompletion ?? clientMaxTokens;
-    else {
-      const mt = ask.max_tokens ?? clientMaxTokens;
-      const mct = ask.max_completion_tokens ?? clientMaxCompletion;
-      v = mt === undefined ? mct : mct === undefined ? mt : Math.max(mt, mct);
-    }
+    const mt = ask?.max_tokens ?? clientMaxTokens;
+    const mct = ask?.max_completion_tokens ?? clientMaxCompletion;
+    v = mt === undefined ? mct : mct === undefined ? mt : Math.max(mt, mct);
     if (v === undefined) unset = true;
     else requested = Math.max(requested ?? 0, v);
     n = Math.max(n, ask?.n ?? clientN);

@@ -62,9 +62,14 @@ test('stream_options is left alone when not streaming', () => {
   assert.deepEqual(upstreamJson(undefined, r), { messages: [{ role: 'user', content: 'x' }], stream: false, stream_options: { include_usage: true } });
 });
 
-test('max_completion_tokens wins over max_tokens; null means absent', () => {
+test('both limits sent: the larger bounds the answer (both reach the upstream, which may read either); null means absent', () => {
   const messages = [{ role: 'user', content: 'x' }];
   assert.equal(prep({ messages, max_tokens: 10, max_completion_tokens: 20 }).maxTokens, 20);
+  // A small max_completion_tokens beside a large max_tokens (DeepSeek-style servers read max_tokens only) had reserved
+  // and capped the count at 1.
+  const both = prep({ messages, max_tokens: 2000, max_completion_tokens: 1 });
+  assert.equal(both.maxTokens, 2000);
+  assert.equal(both.reserveCompletion, 2000);
   assert.equal(prep({ messages, max_tokens: 10, max_completion_tokens: null }).maxTokens, 10);
   const r = prep({ messages, max_tokens: null, stream: null });
   assert.equal(r.maxTokens, undefined);

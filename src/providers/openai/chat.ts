@@ -70,7 +70,10 @@ function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): Parse
   if (typeof maxCompletion === 'string') return fail('SLC_BAD_REQUEST', maxCompletion, 'max_completion_tokens');
   const maxTokensField = positiveInt(obj, 'max_tokens');
   if (typeof maxTokensField === 'string') return fail('SLC_BAD_REQUEST', maxTokensField, 'max_tokens');
-  const maxTokens = maxCompletion ?? maxTokensField;
+  // Both sent: both reach an OpenAI-compatible upstream, and some read max_tokens only (DeepSeek, older servers), so
+  // the larger bounds what it may produce: reserved, checked against the model and capping a count (never less).
+  const bothLarger = maxCompletion !== undefined && maxTokensField !== undefined && maxTokensField > maxCompletion;
+  const maxTokens = bothLarger ? maxTokensField : maxCompletion ?? maxTokensField;
 
   const nField = obj.n;
   let n = 1;
@@ -80,7 +83,7 @@ function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): Parse
     }
     n = nField;
   }
-  const reservation = completionReservation(opts, model, maxTokens, maxCompletion !== undefined ? 'max_completion_tokens' : 'max_tokens', n);
+  const reservation = completionReservation(opts, model, maxTokens, maxCompletion !== undefined && !bothLarger ? 'max_completion_tokens' : 'max_tokens', n);
   if (!reservation.ok) return fail('SLC_BAD_REQUEST', reservation.message, reservation.param);
   const reserveCompletion = opts.instanceAsks === undefined
     ? reservation.tokens
