@@ -798,8 +798,8 @@ export class Gateway implements RequestSink {
           if (!sent) await res.drain();
         } else if (out !== undefined && !res.write(out)) await res.drain();
         const piece = meter.takeCountable();
-        // Past the most a count may charge, further text changes nothing: it is dropped uncounted (bounded CPU).
-        if (piece !== undefined && ctx.metered && counted < this.completionCap(ctx)) {
+        // Past n × max_tokens (what a count may charge), further text changes nothing: dropped uncounted (bounded CPU).
+        if (piece !== undefined && ctx.metered && counted < (this.ceilingOf(ctx) ?? Infinity)) {
           if (counting !== undefined) counted += await counting;
           counting = this.countCompletion(ctx, piece);
         }
@@ -905,8 +905,8 @@ export class Gateway implements RequestSink {
   }
 
   /** Usage when the upstream gave none (or none believable): our prompt count plus the produced text, counted. */
-  /** `reason`: the label of sluice_usage_estimated_total (undefined: the caller decides). */
-  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string | undefined): Promise<Usage> {
+  /** `reason`: the label of sluice_usage_estimated_total (undefined: the caller decides). `cap`: most completion charged. */
+  private async countedUsage(ctx: Exchange, text: string, alreadyCounted: number, reason: string | undefined, cap = Infinity): Promise<Usage> {
     if (reason !== undefined) this.deps.metrics.usageEstimated.inc({ route: ctx.route.id, reason });
     let prepared = ctx.prepared!;
     if (!prepared.promptCounted) {
@@ -917,9 +917,9 @@ export class Gateway implements RequestSink {
     // Capped at what the request let the upstream produce (n × max_tokens, when known: it bills no more), whatever the
     // provider: text past it is an upstream ignoring the request (a probe's 30 MB answer reporting 5 was charged 15 M
     // on an OpenAI instance, while the same lie through a translated provider's scaled count was capped).
-    // And never past `tokens.max_usage`: no upstream's report is believed beyond it, nor is a count (an upstream
-    // streaming text without end and without usage would otherwise be charged without bound).
-    const completion = Math.min(alreadyCounted + await this.countCompletion(ctx, text), this.completionCap(ctx));
+    // No other cap for text that reached the client: every token relayed is charged, `tokens.max_usage` bounding
+    // only what an upstream reports (`cap`: a buffered answer cut short, counted from a bounded prefix).
+    const completion = Math.min(alreadyCounted + await this.countCompletion(ctx, text), this.ceilingOf(ctx) ?? Infinity, cap);
     return { prompt_tokens: prepared.promptTokens, completion_tokens: completion, total_tokens: prepared.promptTokens + completion };
   }
 
@@ -933,7 +933,7 @@ export class Gateway implements RequestSink {
     if (!ctx.metered) { ctx.releaseAll(); return; }
     const cap = this.completionCap(ctx);
     const text = partial.toString('utf8', 0, Math.min(partial.length, cap * CUT_BYTES_PER_TOKEN, MAX_CUT_TEXT));
-    this.settle(ctx, await this.countedUsage(ctx, text, 0, reason));
+    this.settle(ctx, await this.countedUsage(ctx, text, 0, reason, cap));
   }
 
   /** Most completion tokens a count may charge: the served upstream's allowance, within `tokens.max_usage`. */
