@@ -5,7 +5,7 @@ import { log } from './core/log.ts';
 import { configWarnings, reloadConflicts, reloadWarnings, restartOnlyChanges } from './config/warnings.ts';
 import { ConfigError } from './config/issues.ts';
 import { startAdmin, startFrontend, type Listening } from './frontend/server.ts';
-import { aggregateMetrics, metricsJson, type MetricsJson } from './metrics/aggregate.ts';
+import { aggregateMetrics, metricsJson, metricsText, type MetricsJson } from './metrics/aggregate.ts';
 // A taken listen/admin port rejects startSluice with this (message names the address and the errno code).
 export { ListenError } from './frontend/server.ts';
 import { createMetrics, removeStoreSeries, type Metrics } from './metrics/registry.ts';
@@ -258,7 +258,7 @@ export async function startSluice(config: SluiceConfig, opts: StartOptions = {})
   try {
     front = await startFrontend(gateway, { host: config.listen.host, port: opts.port ?? config.listen.port, limits: config.limits, metrics, http1Guard: config.listen.http1_guard });
     admin = await startAdmin({
-      metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
+      metrics: () => metricsText(metrics.registry),
       // Not ready once shutdown starts: the port no longer accepts, so load balancers must stop sending at once.
       ready: () => !closed && stores.all().every((s) => s.health() !== 'unavailable'),
     }, config.admin.host, opts.adminPort ?? config.admin.port);

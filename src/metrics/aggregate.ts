@@ -1,6 +1,6 @@
 // One /metrics answer for a process of several serving threads: each thread's registry exported as JSON
 // (getMetricsAsJSON, structured-cloneable) and summed with the main thread's by prom-client's aggregator.
-import { AggregatorRegistry, type Registry } from 'prom-client';
+import { AggregatorRegistry, type Registry, type RegistryContentType } from 'prom-client';
 
 export type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
 
@@ -19,5 +19,12 @@ export async function aggregateMetrics(parts: readonly MetricsJson[]): Promise<{
   for (const p of parts) for (const m of p) sources.set(m.name, (sources.get(m.name) ?? 0) + 1);
   const prepared = parts.map((p) => p.map((m) => (sources.get(m.name) === 1 ? { ...m, aggregator: 'first' as const } : m)));
   const reg = AggregatorRegistry.aggregate(prepared);
-  return { contentType: reg.contentType, body: await reg.metrics() };
+  return metricsText(reg);
+}
+
+/** A registry's Prometheus text. prom-client 15 writes a NaN value as `Nan` (an event-loop lag with no samples yet,
+ *  two scrapes apart by a few ms), which strict OpenMetrics parsers refuse: spelt `NaN` here. */
+export async function metricsText(reg: Registry<RegistryContentType>): Promise<{ contentType: string; body: string }> {
+  const body = await reg.metrics();
+  return { contentType: reg.contentType, body: body.includes(' Nan') ? body.replace(/ Nan$/gm, ' NaN') : body };
 }

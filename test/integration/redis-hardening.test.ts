@@ -238,6 +238,8 @@ describe('a wrong Redis password', () => {
         const m = /^sluice_redis_errors_total\{[^}]*kind="connection"[^}]*\} (\d+)/m.exec(metrics);
         return m !== null && Number(m[1]) > 0;
       }, 30_000);
+      // And logged, whatever the breaker does: a replica the views are read from fails without any write noticing.
+      await eventually('connection errors are logged', () => gw.logs.some((l) => l.includes('redis connection error') && l.includes('"kind":"connection"')), 30_000);
     } finally { await gw.stop(); }
   });
 });

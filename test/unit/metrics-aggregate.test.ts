@@ -2,7 +2,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createMetrics } from '../../src/metrics/registry.ts';
-import { aggregateMetrics, metricsJson } from '../../src/metrics/aggregate.ts';
+import { Gauge, Registry } from 'prom-client';
+import { aggregateMetrics, metricsJson, metricsText } from '../../src/metrics/aggregate.ts';
 
 describe('aggregateMetrics', () => {
   it('sums counters, histograms (hot slots included) and gauges across registries', async () => {
@@ -27,5 +28,17 @@ describe('aggregateMetrics', () => {
     assert.match(body, /^sluice_process_start_time_seconds \d/m);
     assert.match(body, /^sluice_nodejs_eventloop_lag_seconds \d/m);
     assert.doesNotMatch(body, /sluice_process_process_/);
+  });
+
+  it('a NaN value is written NaN (prom-client writes Nan, as the event-loop lag does before its first sample)', async () => {
+    const reg = new Registry();
+    new Gauge({ name: 't_nan', help: 'x', registers: [reg] }).set(Number.NaN);
+    new Gauge({ name: 't_num', help: 'Nan in help text stays', registers: [reg] }).set(1);
+    const { body } = await metricsText(reg);
+    assert.match(body, /^t_nan NaN$/m);
+    assert.doesNotMatch(body, / Nan$/m);
+    assert.match(body, /Nan in help text stays/);
+    const summed = await aggregateMetrics([await reg.getMetricsAsJSON()]);
+    assert.match(summed.body, /^t_nan NaN$/m);
   });
 });

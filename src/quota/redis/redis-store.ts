@@ -410,7 +410,12 @@ export class RedisQuotaStore implements QuotaStore, BatchSink<RedisCell>, Ledger
         this.batcher.kick();
       },
       probe: () => this.m.cmdProbe.inc(),
-      error: (kind) => this.m.errors[kind].inc(),
+      // Logged too (at most a line per kind per interval): a replica the views are read from (`redis_role: slave`)
+      // may fail without the writes, and so the breaker, ever noticing; the metric alone left the log silent.
+      error: (kind, err) => {
+        this.m.errors[kind].inc();
+        this.logError(`${kind}:connection`, 'redis connection error', err);
+      },
     });
     this.m.breaker.set(BREAKER_GAUGE[this.shared.breaker.state]);
     this.connectedOnce = this.shared.usable;

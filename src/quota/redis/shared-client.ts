@@ -18,7 +18,7 @@ export interface SharedListener {
   usable(): void;
   /** A probe was sent (for the commands metric). */
   probe(): void;
-  error(kind: RedisErrorKind): void;
+  error(kind: RedisErrorKind, err: Error | undefined): void;
 }
 
 const FAILURE_THRESHOLD = 3;
@@ -53,7 +53,7 @@ export class SharedRedis {
     port.onError = (err) => {
       if (this.closed) return;
       const kind = classifyError(err);
-      for (const l of this.listeners) l.error(kind);
+      for (const l of this.listeners) l.error(kind, err instanceof Error ? err : undefined);
       // Sentinel's connector retries unreachable sentinels (or a refused sentinel AUTH) without ever opening a
       // connection, so no 'down' comes: an error while not usable starts the same clock.
       if (!this.usable) this.armDown(target.timeout_ms);
@@ -177,7 +177,7 @@ export class SharedRedis {
       // A periodic check that fails is the breaker's business (the commands of the stores fail too).
       if (again) return;
       const kind = classifyError(err);
-      for (const l of this.listeners) l.error(kind);
+      for (const l of this.listeners) l.error(kind, err instanceof Error ? err : undefined);
       if (this.closed || !this.port.ready || this.epochTimer !== undefined) return;
       this.epochTimer = setTimeout(() => {
         this.epochTimer = undefined;
