@@ -31,7 +31,7 @@ import { Guard, type RequestHead } from './http1-guard.ts';
 import { closeListener, listenerFd, shareListener } from './listener-share.ts';
 import { LocalByteBudget, SharedByteBudget, type ByteBudget } from '../core/byte-budget.ts';
 
-/** What the front end needs from the gateway behind it. */
+/** A listening port the front end opened: stop accepting, close, share, wind down. */
 export interface Listening {
   readonly port: number;
   /** Stop accepting new connections; open ones keep being served. */

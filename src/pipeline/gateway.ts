@@ -20,7 +20,7 @@ import { USAGE_HEADER, quotaHeaders, usageHeaderValue } from '../quota/headers.t
 import type { RequestVars } from '../rules/request-vars.ts';
 import { canonicalIp } from '../rules/ip.ts';
 import { bodyMembers } from '../tokens/prepare.ts';
-import { isSpace } from '../tokens/json-members.ts';
+import { firstNonSpace } from '../tokens/json-members.ts';
 import { completionCeiling, reservationPolicy } from '../tokens/limits.ts';
 import { countText } from '../tokens/count.ts';
 import { encodingForModel } from '../tokens/encoding.ts';
@@ -44,7 +44,8 @@ const NO_QUOTAS: readonly PlannedQuota[] = Object.freeze([]);
 function modelsPath(path: string): string | undefined {
   if (path.endsWith('/v1/models') || path === '/models') return '';
   const i = path.indexOf('/v1/models/');
-  if (i < 0) return undefined;
+  // Gemini's v1 methods (`/v1/models/<m>:generateContent`) are calls, not model ids.
+  if (i < 0 || surfaceForPath(path).startsWith('gemini-')) return undefined;
   // Ids may hold slashes (`meta-llama/llama-3.1-8b-instruct`), sent as they are or escaped (the openai SDK sends
   // `%2F`; a space comes as `%20`): the path's escapes are decoded once, as the list wrote the ids.
   const raw = path.slice(i + '/v1/models/'.length);
@@ -1113,12 +1114,6 @@ export class Gateway implements RequestSink {
   private observe(ctx: Exchange, status: number): void {
     this.deps.metrics.hot.route(ctx.route.id, ctx.instanceName).answered(status, (performance.now() - ctx.req.startedAt) / 1000);
   }
-}
-
-/** The first byte of `b` that is not JSON whitespace, or -1. */
-function firstNonSpace(b: Buffer): number {
-  for (let i = 0; i < b.length; i++) if (!isSpace(b[i]!)) return b[i]!;
-  return -1;
 }
 
 /** Per-request state. Every field is set in the constructor so all exchanges share one shape. */

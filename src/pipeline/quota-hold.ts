@@ -1,4 +1,4 @@
-// Joins planned quotas (rules/) with their stores (quota/): acquire across stores all-or-nothing, settle
+// Joins planned quotas (quota/plan.ts) with their stores (quota/): acquire across stores all-or-nothing, settle
 // with actual usage, release on failure. Each hold is settled or released exactly once.
 import type { AcquireItem, CounterView, Denial, Grant, QuotaStore } from '../quota/types.ts';
 import type { PlannedQuota, Usage } from '../quota/plan.ts';

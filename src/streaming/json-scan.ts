@@ -4,7 +4,7 @@
 // of the document. A `response.completed` event repeats a whole Responses answer; an embeddings body holds
 // thousands of vectors: both are scanned here for their few interesting fields instead of JSON.parsed whole.
 // Invalid JSON stops the scan (`broken`); what was captured before stays valid. A value nesting deeper than
-// MAX_SCAN_DEPTH is skipped by counting its brackets (its inside is not checked, nor asked about): the path stays
+// MAX_SCAN_DEPTH is skipped by counting its brackets (its bytes checked to be JSON's, not its grammar; nothing asked about): the path stays
 // bounded, and a field after it (a `response.completed` event's usage after a deeply nested output) is still read.
 
 /** Sink answers (JsonScanSink.value). */
@@ -50,6 +50,11 @@ export const MAX_SCAN_DEPTH = 256;
 const TEXT_PIECE_BYTES = 16 * 1024;
 /** A key longer than MAX_KEY_BYTES: matches nothing a sink looks for. */
 const LONG_KEY = '\u0000';
+
+/** Bytes JSON may have outside strings besides brackets and quotes: whitespace, `,` `:`, and those of numbers and
+ *  literals. What a value nested past MAX_SCAN_DEPTH is checked against (its grammar is not followed). */
+const DEEP_BYTES = new Uint8Array(256);
+for (const c of ' \t\r\n,:0123456789-+.eEtrufalsn') DEEP_BYTES[c.charCodeAt(0)] = 1;
 
 function isWs(b: number): boolean {
   return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
@@ -140,7 +145,12 @@ export class JsonScanner {
           b = buf[i]!;
           if (b === QUOTE) break;
           if (b === 0x7b || b === 0x5b) this.deep++;
-          else if ((b === 0x7d || b === 0x5d) && --this.deep === 0) break;
+          else if (b === 0x7d || b === 0x5d) { if (--this.deep === 0) break; }
+          else if (DEEP_BYTES[b] === 0) {
+            // Not a byte JSON has outside strings: the input is no JSON, as at any depth.
+            this.fail();
+            return;
+          }
         }
         if (i === end) break;
         i++;
@@ -247,15 +257,18 @@ export class JsonScanner {
     if (this.capDepth !== -1 && capFrom < end) this.capture(buf, capFrom, end);
   }
 
-  /** The input ended: a top-level literal ends here; a value still open is dropped. */
+  /** The input ended: a top-level literal ends here; a value still open is dropped, but for the text of a string it
+   *  ended inside, handed out as far as it came (its pieces before were too). */
   end(): void {
     if (this.state === ST_LITERAL && this.objects.length === 0) {
       if (this.capDepth === 0) this.endCapture();
       this.state = ST_DONE;
     }
+    if (this.texting && this.state === ST_STRING) this.flushText(true);
     this.capDepth = -1;
     this.capParts = [];
     this.texting = false;
+    this.textLen = 0;
   }
 
   private fail(): void {

@@ -22,8 +22,8 @@ export interface SseHandler {
   onRawData?(buf: Buffer, start: number, stop: number, end: number): void;
   /**
    * Optional: the event went past the size bound and the stream is about to be refused (push throws). `held` is
-   * what the event had brought (its lines, decoded), about to be dropped: an upstream produced it all the same, so a
-   * meter counts it as text.
+   * its data as far as it came (data lines' values joined, the last one cut), about to be dropped: an upstream
+   * produced it all the same, so a meter counts its text (streaming/held-text.ts).
    */
   onOversized?(held: string): void;
 }
@@ -237,12 +237,15 @@ export class SseParser {
   private tooLarge(src: Buffer, start: number, end: number): never {
     const report = this.handler.onOversized;
     if (report !== undefined) {
-      let held = this.data ?? '';
-      if (this.rawBuf !== undefined) held += this.rawBuf.toString('utf8', this.rawStart, this.rawStop);
-      // The carry is the line being read when the bytes came from elsewhere (appendCarry); else it was taken already.
-      if (this.carryLen > 0 && src !== this.carry) held += this.carry.toString('utf8', 0, this.carryLen);
-      held += src.toString('utf8', start, end);
-      report(held);
+      let held = this.rawBuf !== undefined ? this.rawBuf.toString('utf8', this.rawStart, this.rawStop) : this.data;
+      // The line being read: the carry holds its start when the bytes came from elsewhere (appendCarry).
+      const line = (this.carryLen > 0 && src !== this.carry ? this.carry.toString('utf8', 0, this.carryLen) : '') + src.toString('utf8', start, end);
+      // Only a data line's value is the event's: a comment or another field past the bound is no text.
+      if (line.startsWith('data:')) {
+        const v = line.charCodeAt(5) === SPACE ? line.slice(6) : line.slice(5);
+        held = held === null ? v : held + '\n' + v;
+      }
+      report(held ?? '');
     }
     throw new SluiceError('SLC_UPSTREAM_ERROR', `upstream SSE event exceeds ${this.maxEventBytes} bytes`);
   }

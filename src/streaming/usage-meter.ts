@@ -15,6 +15,7 @@ import { SseParser, type SseHandler } from './sse-parser.ts';
 import { coversMore, isRejection, laterUsage, readUsage, DEFAULT_MAX_USAGE, type Usage, type UsageRejection, type UsageRejectReason } from './usage.ts';
 import { lastScan, scanDeltaText } from './delta-scan.ts';
 import { DEFAULT_TEXT_BOUND, TextTally } from './text-tally.ts';
+import { heldText } from './held-text.ts';
 import { chatMessageText, type TextSink } from './chat-text.ts';
 
 export interface StreamMeterOptions {
@@ -100,7 +101,7 @@ export class StreamMeter {
     this.tally = new TextTally(opts.textBound);
     this.bound = Math.max(16, opts.textBound ?? DEFAULT_TEXT_BOUND);
     // An event past the size bound cuts the stream; what it held was produced all the same: counted as text.
-    const onOversized = (held: string): void => { this.addText(held); };
+    const onOversized = (held: string): void => { this.addText(heldText(held)); };
     const handler: SseHandler = this.fast
       ? { onEvent: (data, _event, end) => this.onEvent(data, end), onRawData: (buf, start, stop, end) => this.onRaw(buf, start, stop, end), onOversized }
       : { onEvent: (data, _event, end) => this.onEvent(data, end), onOversized };

@@ -29,6 +29,12 @@ export function isSpace(c: number): boolean {
   return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }
 
+/** The first byte of `b` that is not JSON whitespace, or -1. */
+export function firstNonSpace(b: Buffer): number {
+  for (let i = 0; i < b.length; i++) if (!isSpace(b[i]!)) return b[i]!;
+  return -1;
+}
+
 /** Index of the quote closing the string whose opening quote is at `open`. */
 function stringEnd(buf: Buffer, open: number): number {
   // Short strings (keys, roles) by hand: Buffer#indexOf is a native call of ~0.2 µs, worth it on long text only.

@@ -74,3 +74,51 @@ describe('a stream event past the size bound is charged as produced text', () =>
     });
   }
 });
+
+// Without a completion cap the count itself is checked: the event's text as far as it came, once, and no more than
+// its text (a Gemini image frame's base64 data is no text: it had been charged as ~944,000 tokens).
+describe('an oversized event is counted by its text', () => {
+  let up: Server;
+  let gw: TestGateway;
+  const IMAGE = 'iVBORw0KGgo'.repeat(110_000);
+  before(async () => {
+    up = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        if ((req.url ?? '').includes(':streamGenerateContent')) {
+          res.end(`data: ${JSON.stringify({ candidates: [{ index: 0, content: { role: 'model', parts: [{ text: 'Here is your image' }, { inlineData: { mimeType: 'image/png', data: IMAGE } }] } }],
+            usageMetadata: { promptTokenCount: 10, candidatesTokenCount: 1300, totalTokenCount: 1310 } })}\r\n\r\n`);
+        } else {
+          res.end(`data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: HUGE } }] })}\n\n`);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => up.listen(0, '127.0.0.1', () => resolve()));
+    gw = await startGateway({ routes: surfaceRoutes(`http://127.0.0.1:${(up.address() as AddressInfo).port}`) });
+  });
+  after(async () => {
+    await gw?.close();
+    await new Promise<void>((resolve) => up?.close(() => resolve()));
+  });
+
+  async function send(route: string, path: string, body: object): Promise<number> {
+    const charged = (): Promise<number> => metric(gw, new RegExp(`^sluice_quota_tokens_charged_total\\{route="${route}"`));
+    const before = await charged();
+    const res = await fetch(`${gw.url}/${route}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    await res.arrayBuffer().catch(() => undefined);
+    await eventually('settled', async () => (await charged()) > before, 30_000);
+    return (await charged()) - before;
+  }
+
+  it('OpenAI chat, no max_tokens: the text that came (over 1 MiB of "word "), counted once', { timeout: 60_000 }, async () => {
+    const n = await send('o', '/v1/chat/completions', { model: 'x', messages: [{ role: 'user', content: 'hi' }], stream: true });
+    // At least the 1 MiB held before the bound (~209,000 tokens of "word "), at most the whole text's 240,000.
+    assert.ok(n >= 200_000 && n <= 240_100, `charged ${n}`);
+  });
+
+  it('Gemini, an image frame past the bound: its text and the reported prompt, not the base64', { timeout: 60_000 }, async () => {
+    const n = await send('g', '/v1beta/models/x:streamGenerateContent?alt=sse', { contents: [{ role: 'user', parts: [{ text: 'draw' }] }] });
+    assert.ok(n < 200, `charged ${n}`);
+  });
+});

@@ -422,6 +422,10 @@ describe('GET /v1/models', () => {
         assert.equal(r.status, 405, method);
         assert.equal(r.headers.get('allow'), 'GET, HEAD');
       }
+      // A Gemini v1 call under /v1/models/ is not the model list: it takes POST.
+      const put = await fetch(`${gw.url}/v1/models/gemini-2.0-flash:generateContent`, { method: 'PUT' });
+      assert.equal(put.status, 405);
+      assert.equal(put.headers.get('allow'), 'POST');
       // The Anthropic SDK asks the same path with its version header and reads its own shape.
       const anth = (await (await fetch(`${gw.url}/v1/models`, { headers: { 'anthropic-version': '2023-06-01' } })).json()) as
         { data: { type: string; id: string }[]; has_more: boolean; first_id: string };

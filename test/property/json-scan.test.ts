@@ -101,6 +101,13 @@ test('nesting deeper than the bound is skipped by counting brackets: the path st
   const ok = new JsonScanner({ value: () => SCAN_SKIP, raw: () => undefined, piece: () => undefined });
   ok.push(Buffer.from('['.repeat(MAX_SCAN_DEPTH) + ']'.repeat(MAX_SCAN_DEPTH)));
   assert.ok(ok.done);
+  // Deep, and then no JSON: broken as at any depth (3 MB of text in it is not relayed unread).
+  const prose = new JsonScanner({ value: () => SCAN_SKIP, raw: () => undefined, piece: () => undefined });
+  prose.push(Buffer.from('{"pad":' + '['.repeat(MAX_SCAN_DEPTH + 10) + 'plain text'));
+  assert.ok(prose.broken);
+  const literals = new JsonScanner({ value: () => SCAN_SKIP, raw: () => undefined, piece: () => undefined });
+  literals.push(Buffer.from('['.repeat(MAX_SCAN_DEPTH + 2) + 'true, false, null, -1.5e+3, "x\\"y"' + ']'.repeat(MAX_SCAN_DEPTH + 2)));
+  assert.ok(literals.done && !literals.broken);
   // A deep value (with brackets and escaped quotes in its strings) between two fields, cut into any chunks: the field
   // after it, and a capture that holds it, come back whole.
   const depth = MAX_SCAN_DEPTH * 3;

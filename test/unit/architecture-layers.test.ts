@@ -1,6 +1,7 @@
 // The layer table of docs/architecture.md §1, enforced: every folder of src/ is in it, every import of a module in
-// src/ goes to its own layer or a lower one, and each heavy dependency is imported from one folder only. The table
-// is read from the document itself, so the two cannot drift apart.
+// src/ goes to its own layer or a lower one, each heavy dependency is imported from one folder only (the list below
+// repeats the document's), and every package src/ loads is a runtime dependency. The layer table is read from the
+// document itself, so the two cannot drift apart.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
@@ -55,8 +56,14 @@ function specifiers(text: string): string[] {
 
 const HEAVY: Record<string, string> = {
   'uWebSockets.js': 'frontend', ioredis: 'quota/redis', piscina: 'workers', msgpackr: 'workers',
-  'prom-client': 'metrics', 'gpt-tokenizer': 'tokens', re2js: 'rules',
+  'prom-client': 'metrics', 'gpt-tokenizer': 'tokens', re2js: 'rules/regex.ts',
 };
+
+/** Packages production may load: package.json's dependencies (a dev dependency is missing from an installed image). */
+function runtimeDependencies(): Set<string> {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> };
+  return new Set(Object.keys(pkg.dependencies ?? {}));
+}
 
 test('every folder of src/ has a layer in docs/architecture.md', () => {
   const layers = layersFromDoc();
@@ -65,10 +72,12 @@ test('every folder of src/ has a layer in docs/architecture.md', () => {
   for (const f of folders) assert.ok(layers.has(f), `src/${f}/ is not in the layer table`);
 });
 
-test('imports go down the layers (or stay in one), and heavy dependencies stay in their folder', () => {
+test('imports go down the layers (or stay in one), heavy dependencies stay in their folder, packages are runtime dependencies', () => {
   const layers = layersFromDoc();
+  const deps = runtimeDependencies();
   const up: string[] = [];
   const heavy: string[] = [];
+  const undeclared: string[] = [];
   let imports = 0;
   for (const file of sources(SRC)) {
     const from = folderOf(file);
@@ -80,12 +89,15 @@ test('imports go down the layers (or stay in one), and heavy dependencies stay i
         if (to !== from && layers.get(to)! > layers.get(from)!) up.push(`${rel} (layer ${layers.get(from)}) → ${spec} (layer ${layers.get(to)})`);
         continue;
       }
+      if (spec.startsWith('node:')) continue;
       const pkg = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!;
+      if (!deps.has(pkg)) undeclared.push(`${rel} imports ${pkg}`);
       const home = HEAVY[pkg];
-      if (home !== undefined && !rel.startsWith(home + '/')) heavy.push(`${rel} imports ${pkg} (its folder: ${home}/)`);
+      if (home !== undefined && rel !== home && !rel.startsWith(home + '/')) heavy.push(`${rel} imports ${pkg} (its place: ${home})`);
     }
   }
   assert.ok(imports > 500, `imports read: ${imports}`);
   assert.deepEqual(up, [], 'imports that go up a layer');
   assert.deepEqual(heavy, [], 'heavy dependencies imported outside their folder');
+  assert.deepEqual(undeclared, [], 'packages that are not runtime dependencies in package.json');
 });

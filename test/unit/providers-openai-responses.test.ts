@@ -497,6 +497,43 @@ describe('responses: bounded memory', () => {
     }
   });
 
+  it('text counted once when types come last: an in-progress event repeating the output, a done event after deltas', () => {
+    const text = 'word '.repeat(80_000);
+    const out = [{ id: 'msg_1', type: 'message', role: 'assistant', content: [{ type: 'output_text', text }] }];
+    const count = (wire: string): number => {
+      const bytes = Buffer.from(wire);
+      const codec = new ResponsesStream({ maxUsage: MAX_USAGE, textBound: 64 * 1024 });
+      let taken = 0;
+      for (let at = 0; at < bytes.length; at += 8192) {
+        codec.push(bytes.subarray(at, at + 8192));
+        for (let piece = codec.takeCountable(); piece !== undefined; piece = codec.takeCountable()) taken += piece.length;
+      }
+      codec.end();
+      return taken + codec.text.length;
+    };
+    const progress = `data: ${JSON.stringify({ response: { id: 'r', status: 'in_progress', output: out }, type: 'response.in_progress' })}\n\n`;
+    const completed = `data: ${JSON.stringify({ type: 'response.completed', response: { id: 'r', status: 'completed', output: out } })}\n\n`;
+    assert.equal(count(progress + completed), text.length);
+    const deltas = [0, 1, 2, 3].map((i) => `data: ${JSON.stringify({ type: 'response.output_text.delta', item_id: 'msg_1', delta: text.slice(i * 100_000, (i + 1) * 100_000) })}\n\n`).join('');
+    const done = `data: ${JSON.stringify({ text, item_id: 'msg_1', type: 'response.output_text.done' })}\n\n`;
+    assert.equal(count(deltas + done), text.length);
+    // Its id never comes: the text is counted.
+    assert.equal(count(`data: ${JSON.stringify({ text, type: 'response.output_text.done' })}\n\n`), text.length);
+  });
+
+  it('a data event too large to hold that is not JSON: what came of it is counted as text, then the stream is cut', () => {
+    const codec = new ResponsesStream({ maxUsage: MAX_USAGE, textBound: 64 * 1024 });
+    const bytes = Buffer.from('data: ' + 'plain words '.repeat(50_000));
+    let taken = 0;
+    assert.throws(() => {
+      for (let at = 0; at < bytes.length; at += 65536) {
+        codec.push(bytes.subarray(at, at + 65536));
+        for (let piece = codec.takeCountable(); piece !== undefined; piece = codec.takeCountable()) taken += piece.length;
+      }
+    }, /not JSON/);
+    assert.ok(taken + codec.text.length > SMALL_EVENT_BYTES, `counted ${taken + codec.text.length}`);
+  });
+
   it('a large response.completed whose output nests past the scan depth still gives its usage', () => {
     // A function call's arguments may be any JSON an upstream writes: here 1,000 levels deep, inside a 300 KB event.
     const depth = 1000;

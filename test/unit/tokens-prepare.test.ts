@@ -70,6 +70,10 @@ test('both limits sent: the larger bounds the answer (both reach the upstream, w
   const both = prep({ messages, max_tokens: 2000, max_completion_tokens: 1 });
   assert.equal(both.maxTokens, 2000);
   assert.equal(both.reserveCompletion, 2000);
+  // The model check reads max_completion_tokens (the client's limit); a larger max_tokens is reserved up to the model's cap.
+  const over = prep({ messages, model: 'gpt-4o', max_completion_tokens: 1000, max_tokens: 100_000 });
+  assert.equal(over.reserveCompletion, 16_384);
+  assert.equal(prepareRequest(Buffer.from(JSON.stringify({ messages, model: 'gpt-4o', max_completion_tokens: 100_000 })), CHAT).ok, false);
   assert.equal(prep({ messages, max_tokens: 10, max_completion_tokens: null }).maxTokens, 10);
   const r = prep({ messages, max_tokens: null, stream: null });
   assert.equal(r.maxTokens, undefined);

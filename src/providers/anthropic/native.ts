@@ -1,5 +1,6 @@
 // Anthropic answers to Anthropic clients: bytes pass through untouched, usage and text are read on the side.
 import { QUOTED_USAGE } from '../../streaming/json-tail.ts';
+import { heldText } from '../../streaming/held-text.ts';
 import { SseParser } from '../../streaming/sse-parser.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { coversMore, isRejection, textToVerify, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -66,7 +67,7 @@ export abstract class AnthropicStreamReader {
     this.maxUsage = opts.maxUsage;
     this.tally = new TextTally(opts.textBound);
     // An event past the size bound cuts the stream; what it held was produced all the same: counted as text.
-    this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); }, onOversized: (held) => this.tally.add(held) });
+    this.parser = new SseParser({ onEvent: (data) => { if (data !== null) this.onData(data); }, onOversized: (held) => this.tally.add(heldText(held)) });
   }
 
   get usage(): Usage | undefined {

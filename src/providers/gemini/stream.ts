@@ -9,6 +9,7 @@
 // brings no usage of its own, is charged that prompt (promptReport) and its counted text, not a partial usage, plus
 // the thoughts a report gave (hiddenCompletion: thinking shows in no text).
 import { BomSkipper, DEFAULT_MAX_EVENT_BYTES, SseParser } from '../../streaming/sse-parser.ts';
+import { heldText } from '../../streaming/held-text.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { isRejection, laterUsage, promptOnly, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
 import type { StreamCodec, StreamOptions } from '../types.ts';
@@ -220,7 +221,7 @@ export class GeminiStream implements StreamCodec {
   constructor(sse: boolean, opts: StreamOptions) {
     this.contentType = sse ? 'text/event-stream' : 'application/json';
     this.meter = new GeminiMeter(opts);
-    this.reader = new FrameReader((data) => this.onFrame(data), this.meter.add);
+    this.reader = new FrameReader((data) => this.onFrame(data), (held) => this.meter.add(heldText(held)));
   }
 
   push(chunk: Buffer): Buffer | undefined {

@@ -7,6 +7,7 @@
 // chunk as it came; other frames cost one JSON.parse. The chunk's constant head is built once per stream.
 import { randomBytes } from 'node:crypto';
 import { isRejection, textToVerify, zeroCompletionText, type Usage, type UsageRejectReason } from '../../streaming/usage.ts';
+import { heldText } from '../../streaming/held-text.ts';
 import { truncatedFrame, untranslatable } from '../parse-common.ts';
 import type { DecodedBody, PreparedCall, StreamCodec, StreamOptions } from '../types.ts';
 import { scanTextFrame } from './frame-scan.ts';
@@ -156,7 +157,7 @@ export class TranslatedStream implements StreamCodec {
 
   constructor(call: PreparedCall, opts: StreamOptions) {
     this.meter = new GeminiMeter(opts);
-    this.reader = new FrameReader((data) => this.onFrame(data), this.meter.add);
+    this.reader = new FrameReader((data) => this.onFrame(data), (held) => this.meter.add(heldText(held)));
     this.wantsUsage = call.clientWantsUsage;
     this.model = call.model ?? '';
   }

@@ -70,8 +70,9 @@ function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): Parse
   if (typeof maxCompletion === 'string') return fail('SLC_BAD_REQUEST', maxCompletion, 'max_completion_tokens');
   const maxTokensField = positiveInt(obj, 'max_tokens');
   if (typeof maxTokensField === 'string') return fail('SLC_BAD_REQUEST', maxTokensField, 'max_tokens');
-  // Both sent: both reach an OpenAI-compatible upstream, and some read max_tokens only (DeepSeek, older servers), so
-  // the larger bounds what it may produce: reserved, checked against the model and capping a count (never less).
+  // Both sent: max_completion_tokens is the client's limit (checked against the model; what a translated instance is
+  // sent), but both reach an OpenAI-compatible upstream, some of which read max_tokens only (DeepSeek, older
+  // servers): the larger bounds what it may produce, so it is reserved and caps a count (never less).
   const bothLarger = maxCompletion !== undefined && maxTokensField !== undefined && maxTokensField > maxCompletion;
   const maxTokens = bothLarger ? maxTokensField : maxCompletion ?? maxTokensField;
 
@@ -83,10 +84,11 @@ function parseOpenAi(body: Uint8Array, opts: ParseOptions, chat: boolean): Parse
     }
     n = nField;
   }
-  const reservation = completionReservation(opts, model, maxTokens, maxCompletion !== undefined && !bothLarger ? 'max_completion_tokens' : 'max_tokens', n);
-  if (!reservation.ok) return fail('SLC_BAD_REQUEST', reservation.message, reservation.param);
+  const checked = completionReservation(opts, model, maxCompletion ?? maxTokensField, maxCompletion !== undefined ? 'max_completion_tokens' : 'max_tokens', n);
+  if (!checked.ok) return fail('SLC_BAD_REQUEST', checked.message, checked.param);
+  const reservation = bothLarger ? completionReservation(opts, model, maxTokens, 'max_tokens', n, false) : checked;
   const reserveCompletion = opts.instanceAsks === undefined
-    ? reservation.tokens
+    ? (reservation.ok ? reservation.tokens : checked.tokens)
     : mergedReservation(opts, opts.instanceAsks, model, maxTokensField, maxCompletion, n);
 
   const enc = encodingForModel(model);

@@ -14,6 +14,7 @@ import { TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, addInlineDa
 import { encodingForModel } from '../../tokens/encoding.ts';
 import { completionReservation, mergedReservation } from '../../tokens/limits.ts';
 import { isJsonObject, positiveInt, takeOverrideFields } from '../../tokens/prepare.ts';
+import { firstNonSpace } from '../../tokens/json-members.ts';
 import { JsonScanner, SCAN_RAW, SCAN_SKIP, SCAN_SKIP_TREE, SCAN_TEXT, type JsonScanSink, type ScanPath } from '../../streaming/json-scan.ts';
 import { TextTally } from '../../streaming/text-tally.ts';
 import { coversMore, textToVerify, isRejection, laterUsage, zeroCompletionText, usageFromCounts, type Usage, type UsageRejection, type UsageRejectReason } from '../../streaming/usage.ts';
@@ -318,6 +319,8 @@ const DONE_TEXT: ReadonlyMap<string, string> = new Map([
   ['response.custom_tool_call_input.done', 'input'], ['response.mcp_call_arguments.done', 'arguments'],
   ['response.code_interpreter_call_code.done', 'code'], ['response.audio.transcript.done', 'transcript'],
 ]);
+/** Characters of a large done event's text held while its item id is not known yet. */
+const MAX_BEFORE_ID_CHARS = 1024 * 1024;
 /** Every member a done event holds its text in. */
 const DONE_MEMBERS: ReadonlySet<string> = new Set(DONE_TEXT.values());
 /** Items whose text was counted, remembered up to this many (past it a done event's text may count twice: more, never less). */
@@ -397,6 +400,9 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   private scanItemId: string | undefined;
   /** A large done event's text came before its item_id: counted (more, never less), its item marked once the id comes. */
   private scanTextBeforeId = false;
+  /** That text, held until the id says whether it was counted already (bounded: past it, counted at once). */
+  private beforeId: string[] = [];
+  private beforeIdLen = 0;
   /** A large terminal event's current output item was counted already (its id is in textItems): its text is skipped. */
   private scanOutSkip = false;
   private scanUsage: string | undefined | null = null;
@@ -560,10 +566,19 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
       this.viewsLen += n;
       return;
     }
+    // Too large to hold and not JSON (a small one is counted as text): what it held is counted, and the stream cut.
+    const held = this.carryLen > 0 ? this.carry.subarray(0, this.carryLen) : this.views[0] ?? chunk.subarray(from, to);
+    const first = firstNonSpace(held);
+    if (first !== -1 && first !== 0x7b && first !== 0x5b) {
+      this.tally.add(Buffer.concat([this.carry.subarray(0, this.carryLen), ...this.views, chunk.subarray(from, to)]).toString('utf8'));
+      this.clearData();
+      throw new Error(`upstream Responses event is not JSON and exceeds ${SMALL_EVENT_BYTES} bytes`);
+    }
     // Too large to hold: scan what was held, then everything that follows, as it arrives.
     this.scanType = undefined;
     this.scanItemId = undefined;
     this.scanTextBeforeId = false;
+    this.dropBeforeId();
     this.scanOutSkip = false;
     this.scanUsage = null;
     const scanner = new JsonScanner(this, MAX_USAGE_JSON_BYTES);
@@ -694,6 +709,8 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
   }
 
   private scannedEvent(named: string): void {
+    // Text whose item id never came: counted (more, never less).
+    this.flushBeforeId();
     const type = this.scanType ?? named;
     // A large delta's item is counted: its done event must not count the text again.
     if (DELTA_TYPES.has(type)) this.textOf(this.scanItemId);
@@ -769,17 +786,40 @@ export class ResponsesStream implements StreamCodec, JsonScanSink {
     let t: unknown;
     try { t = json === undefined ? undefined : JSON.parse(json); } catch { t = undefined; }
     if (typeof t !== 'string') return;
-    if (path.length === 4) this.scanOutSkip = this.textItems.has(t);
+    // An output item's id: its text is skipped if counted already, else counted now and marked, so the same item in a
+    // later event (an event whose type came last, then the terminal one) is not counted again.
+    if (path.length === 4) this.scanOutSkip = !this.textOf(t);
     else if (path[0] === 'type') this.scanType = t;
     else {
       this.scanItemId = t;
-      if (this.scanTextBeforeId) this.textOf(t);
+      if (this.scanTextBeforeId) {
+        if (this.textOf(t)) this.flushBeforeId();
+        else this.dropBeforeId();
+      }
     }
   }
 
   piece(path: ScanPath, text: string): void {
+    if (path.length === 1 && path[0] !== 'delta' && this.scanTextBeforeId && this.scanItemId === undefined) {
+      if (this.beforeIdLen + text.length <= MAX_BEFORE_ID_CHARS) {
+        this.beforeId.push(text);
+        this.beforeIdLen += text.length;
+        return;
+      }
+      this.flushBeforeId();
+    }
     this.tally.add(text);
     if (path.length === 1 && path[0] === 'delta') this.sawDelta = true;
+  }
+
+  private flushBeforeId(): void {
+    for (const t of this.beforeId) this.tally.add(t);
+    this.dropBeforeId();
+  }
+
+  private dropBeforeId(): void {
+    this.beforeId = [];
+    this.beforeIdLen = 0;
   }
 
   /** A large event's type as far as known: its `type` member once read, else its `event:` field when that names a
